@@ -1,0 +1,426 @@
+//! KVM vCPUs: `KVM_RUN` and the register and state ioctls.
+
+use std::sync::Arc;
+
+use kvm_bindings::{
+    kvm_mp_state, kvm_xcrs, CpuId, Msrs, Xsave as KvmXsave, KVM_MAX_CPUID_ENTRIES, KVM_MAX_XCRS,
+};
+use kvm_ioctls::{Cap, VcpuExit as KvmExit, VcpuFd};
+use vmm_sys_util::errno;
+
+use super::convert::system_event_kind;
+use super::os_error;
+use super::vm::VmShared;
+use crate::arch::x86_64::{
+    CpuidEntry, Fpu, LapicState, MpState, Msr, Regs, SpecialRegs, VcpuEvents, Xcr, Xsave,
+};
+use crate::vcpu::{DebugExit, Vcpu, VcpuError, VcpuExit};
+
+/// Size in bytes of the fixed part of `struct kvm_xsave`.
+const LEGACY_XSAVE_BYTES: usize = std::mem::size_of::<kvm_bindings::kvm_xsave>();
+
+/// A KVM vCPU.
+#[derive(Debug)]
+pub struct KvmVcpu {
+    fd: VcpuFd,
+    id: u32,
+    // Keeps the VM, and so guest memory, alive while this vCPU exists.
+    vm: Arc<VmShared>,
+}
+
+/// What `run()` took from kvm-ioctls' exit. Borrowed data is kept as raw parts so that the
+/// borrow of the vCPU fd ends before `kvm_run` is read again for what kvm-ioctls leaves out
+/// (the I/O access width, the internal-error details).
+enum Pending {
+    Done(VcpuExit<'static>),
+    IoIn(u16, *mut u8, usize),
+    IoOut(u16, *const u8, usize),
+    MmioRead(u64, *mut u8, usize),
+    MmioWrite(u64, *const u8, usize),
+    SystemEvent(u32, *const u64, usize),
+    InternalError,
+    Unknown,
+}
+
+impl KvmVcpu {
+    pub(crate) fn new(fd: VcpuFd, id: u32, vm: Arc<VmShared>) -> Self {
+        KvmVcpu { fd, id, vm }
+    }
+
+    /// The underlying `kvm-ioctls` vCPU, for what vmkit does not wrap.
+    pub fn as_vcpu_fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    fn os(&self, op: &'static str) -> impl FnOnce(errno::Error) -> VcpuError {
+        let vcpu = self.id;
+        move |err| VcpuError::Os {
+            vcpu,
+            op,
+            source: os_error(err),
+        }
+    }
+
+    fn invalid(&self, what: &'static str, reason: String) -> VcpuError {
+        VcpuError::InvalidState {
+            vcpu: self.id,
+            what,
+            reason,
+        }
+    }
+
+    fn require(
+        &self,
+        present: bool,
+        feature: &'static str,
+        reason: &'static str,
+    ) -> Result<(), VcpuError> {
+        if present {
+            Ok(())
+        } else {
+            Err(VcpuError::Unsupported {
+                vcpu: self.id,
+                feature,
+                reason,
+            })
+        }
+    }
+
+    fn require_irqchip(&self) -> Result<(), VcpuError> {
+        self.require(
+            self.vm.config.irqchip,
+            "local APIC state",
+            "the VM was created without an in-kernel irqchip (VmConfig::irqchip)",
+        )
+    }
+
+    /// Bytes KVM exchanges for the XSAVE area: `KVM_CAP_XSAVE2` when the kernel has it.
+    fn xsave_size(&self) -> usize {
+        let size = self.vm.fd.check_extension_int(Cap::Xsave2);
+        usize::try_from(size).unwrap_or(0).max(LEGACY_XSAVE_BYTES)
+    }
+
+    /// A zeroed `kvm_xsave2` big enough for `bytes` bytes of XSAVE area.
+    fn xsave_buffer(&self, bytes: usize) -> Result<KvmXsave, VcpuError> {
+        let extra_words = bytes.saturating_sub(LEGACY_XSAVE_BYTES).div_ceil(4);
+        KvmXsave::new(extra_words).map_err(|err| {
+            self.invalid(
+                "XSAVE area",
+                format!("cannot allocate {bytes} bytes: {err:?}"),
+            )
+        })
+    }
+}
+
+impl Vcpu for KvmVcpu {
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn run(&mut self) -> Result<VcpuExit<'_>, VcpuError> {
+        let pending = match self.fd.run() {
+            Ok(KvmExit::IoIn(port, data)) => Pending::IoIn(port, data.as_mut_ptr(), data.len()),
+            Ok(KvmExit::IoOut(port, data)) => Pending::IoOut(port, data.as_ptr(), data.len()),
+            Ok(KvmExit::MmioRead(addr, data)) => {
+                Pending::MmioRead(addr, data.as_mut_ptr(), data.len())
+            }
+            Ok(KvmExit::MmioWrite(addr, data)) => {
+                Pending::MmioWrite(addr, data.as_ptr(), data.len())
+            }
+            Ok(KvmExit::SystemEvent(kind, data)) => {
+                Pending::SystemEvent(kind, data.as_ptr(), data.len())
+            }
+            Ok(KvmExit::Hlt) => Pending::Done(VcpuExit::Hlt),
+            Ok(KvmExit::Shutdown) => Pending::Done(VcpuExit::Shutdown),
+            Ok(KvmExit::Intr) => Pending::Done(VcpuExit::Interrupted),
+            Ok(KvmExit::Debug(arch)) => Pending::Done(VcpuExit::Debug(DebugExit {
+                pc: arch.pc,
+                exception: arch.exception,
+                dr6: arch.dr6,
+                dr7: arch.dr7,
+            })),
+            Ok(KvmExit::FailEntry(reason, cpu)) => {
+                Pending::Done(VcpuExit::FailEntry { reason, cpu })
+            }
+            Ok(KvmExit::InternalError) => Pending::InternalError,
+            Ok(_) => Pending::Unknown,
+            Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => {
+                Pending::Done(VcpuExit::Interrupted)
+            }
+            Err(err) => return Err(self.os("KVM_RUN")(err)),
+        };
+        // SAFETY (for every `from_raw_parts` below): the pointer and length are those of the
+        // slice kvm-ioctls built for this very exit, inside the vCPU's `kvm_run` mapping, which
+        // lives as long as `self.fd`. The returned exit borrows `self` mutably, so no other
+        // reference to those bytes can exist while it lives; the `kvm_run` fields read below
+        // (exit reason, io header, internal error) do not overlap the data areas.
+        let run = self.fd.get_kvm_run();
+        Ok(match pending {
+            Pending::Done(exit) => exit,
+            Pending::IoIn(port, ptr, len) => {
+                // SAFETY: the exit reason is KVM_EXIT_IO, so `io` is the active union member.
+                let size = unsafe { run.__bindgen_anon_1.io.size };
+                // SAFETY: see above.
+                let data = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+                VcpuExit::IoIn { port, size, data }
+            }
+            Pending::IoOut(port, ptr, len) => {
+                // SAFETY: the exit reason is KVM_EXIT_IO, so `io` is the active union member.
+                let size = unsafe { run.__bindgen_anon_1.io.size };
+                // SAFETY: see above.
+                let data = unsafe { std::slice::from_raw_parts(ptr, len) };
+                VcpuExit::IoOut { port, size, data }
+            }
+            Pending::MmioRead(addr, ptr, len) => VcpuExit::MmioRead {
+                addr,
+                // SAFETY: see above.
+                data: unsafe { std::slice::from_raw_parts_mut(ptr, len) },
+            },
+            Pending::MmioWrite(addr, ptr, len) => VcpuExit::MmioWrite {
+                addr,
+                // SAFETY: see above.
+                data: unsafe { std::slice::from_raw_parts(ptr, len) },
+            },
+            Pending::SystemEvent(kind, ptr, len) => VcpuExit::SystemEvent {
+                kind: system_event_kind(kind),
+                // SAFETY: see above.
+                data: unsafe { std::slice::from_raw_parts(ptr, len) },
+            },
+            Pending::InternalError => {
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                // active union member.
+                let internal = unsafe { &run.__bindgen_anon_1.internal };
+                let ndata = (internal.ndata as usize).min(internal.data.len());
+                VcpuExit::InternalError {
+                    suberror: internal.suberror,
+                    data: &internal.data[..ndata],
+                }
+            }
+            Pending::Unknown => VcpuExit::Unknown {
+                code: run.exit_reason,
+            },
+        })
+    }
+
+    fn regs(&self) -> Result<Regs, VcpuError> {
+        self.fd
+            .get_regs()
+            .map(Regs::from)
+            .map_err(self.os("KVM_GET_REGS"))
+    }
+
+    fn set_regs(&self, regs: &Regs) -> Result<(), VcpuError> {
+        self.fd
+            .set_regs(&regs.into())
+            .map_err(self.os("KVM_SET_REGS"))
+    }
+
+    fn sregs(&self) -> Result<SpecialRegs, VcpuError> {
+        self.fd
+            .get_sregs()
+            .map(SpecialRegs::from)
+            .map_err(self.os("KVM_GET_SREGS"))
+    }
+
+    fn set_sregs(&self, sregs: &SpecialRegs) -> Result<(), VcpuError> {
+        self.fd
+            .set_sregs(&sregs.into())
+            .map_err(self.os("KVM_SET_SREGS"))
+    }
+
+    fn fpu(&self) -> Result<Fpu, VcpuError> {
+        self.fd
+            .get_fpu()
+            .map(Fpu::from)
+            .map_err(self.os("KVM_GET_FPU"))
+    }
+
+    fn set_fpu(&self, fpu: &Fpu) -> Result<(), VcpuError> {
+        self.fd.set_fpu(&fpu.into()).map_err(self.os("KVM_SET_FPU"))
+    }
+
+    fn msrs(&self, indices: &[u32]) -> Result<Vec<Msr>, VcpuError> {
+        let entries: Vec<_> = indices
+            .iter()
+            .map(|&index| kvm_bindings::kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|err| {
+            self.invalid("MSR list", format!("{} entries: {err:?}", entries.len()))
+        })?;
+        let read = self
+            .fd
+            .get_msrs(&mut msrs)
+            .map_err(self.os("KVM_GET_MSRS"))?;
+        if let Some(index) = indices.get(read) {
+            return Err(self.invalid("MSR list", format!("MSR {index:#x} cannot be read")));
+        }
+        Ok(msrs.as_slice().iter().copied().map(Msr::from).collect())
+    }
+
+    fn set_msrs(&self, msrs: &[Msr]) -> Result<(), VcpuError> {
+        let entries: Vec<_> = msrs.iter().map(Into::into).collect();
+        let raw = Msrs::from_entries(&entries).map_err(|err| {
+            self.invalid("MSR list", format!("{} entries: {err:?}", entries.len()))
+        })?;
+        let written = self.fd.set_msrs(&raw).map_err(self.os("KVM_SET_MSRS"))?;
+        if let Some(msr) = msrs.get(written) {
+            return Err(self.invalid(
+                "MSR list",
+                format!("MSR {:#x} refused the value {:#x}", msr.index, msr.data),
+            ));
+        }
+        Ok(())
+    }
+
+    fn cpuid(&self) -> Result<Vec<CpuidEntry>, VcpuError> {
+        let cpuid = self
+            .fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(self.os("KVM_GET_CPUID2"))?;
+        Ok(cpuid
+            .as_slice()
+            .iter()
+            .copied()
+            .map(CpuidEntry::from)
+            .collect())
+    }
+
+    fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<(), VcpuError> {
+        if entries.len() > KVM_MAX_CPUID_ENTRIES {
+            return Err(self.invalid(
+                "CPUID",
+                format!(
+                    "{} entries, KVM takes at most {KVM_MAX_CPUID_ENTRIES}",
+                    entries.len()
+                ),
+            ));
+        }
+        let raw: Vec<_> = entries.iter().map(Into::into).collect();
+        let cpuid = CpuId::from_entries(&raw)
+            .map_err(|err| self.invalid("CPUID", format!("{} entries: {err:?}", raw.len())))?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(self.os("KVM_SET_CPUID2"))
+    }
+
+    fn lapic(&self) -> Result<LapicState, VcpuError> {
+        self.require_irqchip()?;
+        let raw = self.fd.get_lapic().map_err(self.os("KVM_GET_LAPIC"))?;
+        Ok(LapicState::from(&raw))
+    }
+
+    fn set_lapic(&self, lapic: &LapicState) -> Result<(), VcpuError> {
+        self.require_irqchip()?;
+        self.fd
+            .set_lapic(&lapic.into())
+            .map_err(self.os("KVM_SET_LAPIC"))
+    }
+
+    fn xsave(&self) -> Result<Xsave, VcpuError> {
+        self.require(
+            self.vm.capabilities.xsave,
+            "XSAVE state",
+            "KVM lacks KVM_CAP_XSAVE",
+        )?;
+        let bytes = self.xsave_size();
+        let mut raw = self.xsave_buffer(bytes)?;
+        // SAFETY: the buffer was sized just above from KVM_CAP_XSAVE2, the size the kernel
+        // copies out; vmkit never enables extra XSTATE features after that query.
+        unsafe { self.fd.get_xsave2(&mut raw) }.map_err(self.os("KVM_GET_XSAVE2"))?;
+        let mut region = raw.as_fam_struct_ref().xsave.region.to_vec();
+        region.extend_from_slice(raw.as_slice());
+        region.truncate(bytes / 4);
+        Ok(Xsave { region })
+    }
+
+    fn set_xsave(&self, xsave: &Xsave) -> Result<(), VcpuError> {
+        self.require(
+            self.vm.capabilities.xsave,
+            "XSAVE state",
+            "KVM lacks KVM_CAP_XSAVE",
+        )?;
+        let bytes = self.xsave_size();
+        if xsave.region.len() * 4 != bytes {
+            return Err(self.invalid(
+                "XSAVE area",
+                format!(
+                    "{} bytes given, KVM exchanges {bytes}",
+                    xsave.region.len() * 4
+                ),
+            ));
+        }
+        let mut raw = self.xsave_buffer(bytes)?;
+        let (legacy, extra) = xsave.region.split_at(LEGACY_XSAVE_BYTES / 4);
+        // SAFETY: only the fixed `region` array is written, not the FAM length field, so the
+        // wrapper's length stays consistent with its allocation.
+        unsafe { raw.as_mut_fam_struct() }
+            .xsave
+            .region
+            .copy_from_slice(legacy);
+        raw.as_mut_slice()[..extra.len()].copy_from_slice(extra);
+        // SAFETY: the buffer holds KVM_CAP_XSAVE2 bytes, all the kernel reads.
+        unsafe { self.fd.set_xsave2(&raw) }.map_err(self.os("KVM_SET_XSAVE"))
+    }
+
+    fn xcrs(&self) -> Result<Vec<Xcr>, VcpuError> {
+        self.require(self.vm.capabilities.xcrs, "XCRs", "KVM lacks KVM_CAP_XCRS")?;
+        let raw = self.fd.get_xcrs().map_err(self.os("KVM_GET_XCRS"))?;
+        let count = (raw.nr_xcrs as usize).min(raw.xcrs.len());
+        Ok(raw.xcrs[..count].iter().copied().map(Xcr::from).collect())
+    }
+
+    fn set_xcrs(&self, xcrs: &[Xcr]) -> Result<(), VcpuError> {
+        self.require(self.vm.capabilities.xcrs, "XCRs", "KVM lacks KVM_CAP_XCRS")?;
+        let mut raw = kvm_xcrs::default();
+        if xcrs.len() > KVM_MAX_XCRS as usize {
+            return Err(self.invalid(
+                "XCRs",
+                format!("{} given, KVM takes at most {KVM_MAX_XCRS}", xcrs.len()),
+            ));
+        }
+        for (to, from) in raw.xcrs.iter_mut().zip(xcrs) {
+            *to = from.into();
+        }
+        raw.nr_xcrs = xcrs.len() as u32;
+        self.fd.set_xcrs(&raw).map_err(self.os("KVM_SET_XCRS"))
+    }
+
+    fn vcpu_events(&self) -> Result<VcpuEvents, VcpuError> {
+        self.require(
+            self.vm.capabilities.vcpu_events,
+            "vCPU events",
+            "KVM lacks KVM_CAP_VCPU_EVENTS",
+        )?;
+        self.fd
+            .get_vcpu_events()
+            .map(VcpuEvents::from)
+            .map_err(self.os("KVM_GET_VCPU_EVENTS"))
+    }
+
+    fn set_vcpu_events(&self, events: &VcpuEvents) -> Result<(), VcpuError> {
+        self.require(
+            self.vm.capabilities.vcpu_events,
+            "vCPU events",
+            "KVM lacks KVM_CAP_VCPU_EVENTS",
+        )?;
+        self.fd
+            .set_vcpu_events(&events.into())
+            .map_err(self.os("KVM_SET_VCPU_EVENTS"))
+    }
+
+    fn mp_state(&self) -> Result<MpState, VcpuError> {
+        self.fd
+            .get_mp_state()
+            .map(MpState::from)
+            .map_err(self.os("KVM_GET_MP_STATE"))
+    }
+
+    fn set_mp_state(&self, state: MpState) -> Result<(), VcpuError> {
+        self.fd
+            .set_mp_state(kvm_mp_state::from(state))
+            .map_err(self.os("KVM_SET_MP_STATE"))
+    }
+}

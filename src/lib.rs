@@ -1,0 +1,94 @@
+//! # vmkit
+//!
+//! An embeddable hypervisor library: create VMs, map memory, run vCPUs and answer their exits,
+//! on KVM (and, in a later release, Xen) through one object-safe API.
+//!
+//! The pieces are:
+//! - [`Hypervisor`]: the host's hypervisor, from [`open`] (or a backend type such as
+//!   [`kvm::Kvm`]); it reports [`Capabilities`] and creates VMs.
+//! - [`Vm`]: guest memory ([`MemoryRegion`]s, owned by the VM while mapped) and vCPUs.
+//! - [`Vcpu`]: `run()` returns a [`VcpuExit`]; register and state access uses the
+//!   backend-neutral types of [`arch::x86_64`].
+//!
+//! ## Example
+//!
+//! Run four bytes of guest code that write to a port and halt:
+//!
+//! ```no_run
+//! use vmkit::{MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
+//! use vm_memory::{Bytes, GuestAddress};
+//!
+//! # fn main() -> vmkit::Result<()> {
+//! let hypervisor = vmkit::open()?;
+//! let vm = hypervisor.create_vm(&VmConfig::default())?;
+//! let ram = MemoryRegion::anonymous(GuestAddress(0), 0x1000, MemoryFlags::empty())?;
+//! // mov al, 0x42; out 0x80, al; hlt
+//! let code = [0xb0, 0x42, 0xe6, 0x80, 0xf4];
+//! ram.mapping().write_slice(&code, vm_memory::MemoryRegionAddress(0)).unwrap();
+//! vm.add_memory_region(ram)?;
+//!
+//! let mut vcpu = vm.create_vcpu(0)?;
+//! let mut sregs = vcpu.sregs()?;
+//! sregs.cs.base = 0;
+//! sregs.cs.selector = 0;
+//! vcpu.set_sregs(&sregs)?;
+//! let mut regs = vcpu.regs()?;
+//! regs.rip = 0;
+//! regs.rflags = 0x2;
+//! vcpu.set_regs(&regs)?;
+//!
+//! loop {
+//!     match vcpu.run()? {
+//!         VcpuExit::IoOut { port: 0x80, data, .. } => println!("guest wrote {:#x}", data[0]),
+//!         VcpuExit::Hlt => break,
+//!         other => panic!("unexpected exit: {other:?}"),
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! To start a vCPU directly in 64-bit mode, see [`arch::x86_64::boot`].
+
+#![deny(missing_docs)]
+
+pub mod arch;
+pub mod error;
+pub mod hypervisor;
+#[cfg(feature = "kvm")]
+pub mod kvm;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+pub use error::{Error, OpenAttempt, OpenFailure, Result};
+pub use hypervisor::{Capabilities, Hypervisor, HypervisorError, HypervisorKind, VmConfig};
+pub use memory::{
+    GuestMemoryMmap, GuestRegionMmap, MemoryError, MemoryFlags, MemoryRegion, MemorySlot,
+};
+pub use vcpu::{DebugExit, SystemEventKind, Vcpu, VcpuError, VcpuExit};
+pub use vm::{Vm, VmError};
+
+/// Opens the hypervisor this host has: KVM when `/dev/kvm` opens.
+///
+/// Every compiled-in backend is tried in turn; if none can be used, the error lists each one
+/// with the reason (not compiled in, device missing, permission denied…).
+pub fn open() -> Result<Box<dyn Hypervisor>> {
+    let mut tried = Vec::new();
+
+    #[cfg(feature = "kvm")]
+    match kvm::Kvm::new() {
+        Ok(kvm) => return Ok(Box::new(kvm)),
+        Err(err) => tried.push(OpenAttempt {
+            kind: HypervisorKind::Kvm,
+            reason: OpenFailure::Failed(err),
+        }),
+    }
+    #[cfg(not(feature = "kvm"))]
+    tried.push(OpenAttempt {
+        kind: HypervisorKind::Kvm,
+        reason: OpenFailure::NotCompiled { feature: "kvm" },
+    });
+
+    Err(Error::NoHypervisor { tried })
+}

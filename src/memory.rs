@@ -1,0 +1,473 @@
+//! Guest memory regions: what a VMM maps into a VM, and how the VM keeps track of them.
+//!
+//! A [`MemoryRegion`] is a host mapping (a vm-memory [`MmapRegion`]) placed at a guest-physical
+//! address, with [`MemoryFlags`]. The VMM hands a region to [`Vm::add_memory_region`], the VM owns
+//! it while it is mapped, and [`Vm::remove_memory_region`] hands it back. No caller writes
+//! `unsafe` to share memory with a guest.
+//!
+//! Regions whose flags include [`MemoryFlags::LOG_DIRTY`] carry a vm-memory [`AtomicBitmap`] so
+//! that writes made by the VMM itself (device emulation) are tracked too, not only the guest's.
+//!
+//! [`Vm::add_memory_region`]: crate::Vm::add_memory_region
+//! [`Vm::remove_memory_region`]: crate::Vm::remove_memory_region
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use bitflags::bitflags;
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryRegion, GuestUsize, MmapRegion};
+
+/// The page size that region addresses and sizes must be aligned to.
+pub const PAGE_SIZE: usize = 4096;
+
+/// The dirty-page bitmap kept for VMM-side writes: present only on regions that log dirty pages.
+pub type DirtyBitmap = Option<AtomicBitmap>;
+
+/// One guest memory region as vm-memory sees it, with vmkit's dirty bitmap type.
+pub type GuestRegionMmap = vm_memory::GuestRegionMmap<DirtyBitmap>;
+
+/// The guest's memory as vm-memory sees it: every region currently mapped into a VM.
+///
+/// Obtained from [`Vm::memory`](crate::Vm::memory); it is a cheap, immutable snapshot of the
+/// layout (regions are reference-counted), usable with the whole vm-memory API (`Bytes`,
+/// `GuestMemory`, …) and with crates built on it, such as linux-loader.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<DirtyBitmap>;
+
+bitflags! {
+    /// How the guest may use a memory region.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct MemoryFlags: u32 {
+        /// The guest may read but not write the region; guest writes become MMIO write exits.
+        const READ_ONLY = 1 << 0;
+        /// The hypervisor logs which pages the guest writes (and vm-memory logs the VMM's
+        /// writes), for live migration and incremental snapshots.
+        const LOG_DIRTY = 1 << 1;
+    }
+}
+
+/// Identifies a region mapped into a VM. Returned by `add_memory_region`, taken by
+/// `remove_memory_region`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemorySlot(pub u32);
+
+impl fmt::Display for MemorySlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "slot {}", self.0)
+    }
+}
+
+/// A guest-physical range `[start, start + size)`, printed as `0xstart..0xend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestRange {
+    /// First guest-physical address of the range.
+    pub start: u64,
+    /// Length of the range in bytes.
+    pub size: u64,
+}
+
+impl GuestRange {
+    /// One past the last address; saturates so that a wrapping range still prints.
+    pub fn end(&self) -> u64 {
+        self.start.saturating_add(self.size)
+    }
+
+    fn overlaps(&self, other: &GuestRange) -> bool {
+        self.start < other.end() && other.start < self.end()
+    }
+}
+
+impl fmt::Display for GuestRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}..{:#x}", self.start, self.end())
+    }
+}
+
+/// Errors about memory regions: building them, and placing them in a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The region has no bytes.
+    #[error("memory region at {guest_addr:#x} has size zero")]
+    ZeroSize {
+        /// Requested guest-physical address.
+        guest_addr: u64,
+    },
+    /// The address or the size is not a multiple of the page size.
+    #[error("memory region {range} is not aligned to the {PAGE_SIZE}-byte page size")]
+    Unaligned {
+        /// The offending range.
+        range: GuestRange,
+    },
+    /// `guest_addr + size` does not fit in 64 bits.
+    #[error("memory region at {guest_addr:#x} with size {size:#x} wraps past the end of the address space")]
+    AddressOverflow {
+        /// Requested guest-physical address.
+        guest_addr: u64,
+        /// Requested size.
+        size: u64,
+    },
+    /// Creating the host mapping failed.
+    #[error("failed to map {size:#x} bytes for the memory region at {guest_addr:#x}")]
+    Mmap {
+        /// Requested guest-physical address.
+        guest_addr: u64,
+        /// Requested size.
+        size: u64,
+        /// What vm-memory reported.
+        #[source]
+        source: MmapRegionError,
+    },
+    /// The new region overlaps one the VM already has.
+    #[error("memory region {new} overlaps region {existing} in {slot}")]
+    Overlap {
+        /// The region being added.
+        new: GuestRange,
+        /// The region already mapped.
+        existing: GuestRange,
+        /// The slot of the region already mapped.
+        slot: MemorySlot,
+    },
+    /// Every memory slot the hypervisor offers is in use.
+    #[error("no free memory slot for region {range}: all {max} slots are in use")]
+    SlotsExhausted {
+        /// The region that did not fit.
+        range: GuestRange,
+        /// How many slots the hypervisor offers.
+        max: u32,
+    },
+    /// No region is mapped in that slot.
+    #[error("no memory region is mapped in {0}")]
+    NoSuchSlot(MemorySlot),
+}
+
+/// A host mapping to be placed at a guest-physical address.
+///
+/// # Example
+///
+/// ```
+/// use vmkit::memory::{MemoryFlags, MemoryRegion};
+/// use vm_memory::{Bytes, GuestAddress};
+///
+/// let region = MemoryRegion::anonymous(GuestAddress(0x10_0000), 0x4000, MemoryFlags::empty())?;
+/// assert_eq!(region.size(), 0x4000);
+/// // The VMM can fill it before handing it to a VM, e.g. with a kernel image.
+/// region.mapping().write_slice(b"hello", vm_memory::MemoryRegionAddress(0))?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryRegion {
+    mapping: Arc<GuestRegionMmap>,
+    flags: MemoryFlags,
+}
+
+impl MemoryRegion {
+    /// Maps `size` bytes of fresh, zeroed anonymous memory for guest address `guest_addr`.
+    pub fn anonymous(
+        guest_addr: GuestAddress,
+        size: usize,
+        flags: MemoryFlags,
+    ) -> Result<Self, MemoryError> {
+        Self::map(guest_addr, size, None, flags)
+    }
+
+    /// Maps `size` bytes of a file (shared with the file, `MAP_SHARED`) for guest address
+    /// `guest_addr`.
+    pub fn from_file(
+        guest_addr: GuestAddress,
+        size: usize,
+        file: FileOffset,
+        flags: MemoryFlags,
+    ) -> Result<Self, MemoryError> {
+        Self::map(guest_addr, size, Some(file), flags)
+    }
+
+    /// Wraps a mapping the caller built with vm-memory (for example with special `mmap` flags).
+    ///
+    /// Its placement is checked when it is added to a VM.
+    pub fn from_mapping(mapping: GuestRegionMmap, flags: MemoryFlags) -> Self {
+        MemoryRegion {
+            mapping: Arc::new(mapping),
+            flags,
+        }
+    }
+
+    fn map(
+        guest_addr: GuestAddress,
+        size: usize,
+        file: Option<FileOffset>,
+        flags: MemoryFlags,
+    ) -> Result<Self, MemoryError> {
+        let range = check_placement(guest_addr.0, size as u64)?;
+        let mmap_error = |source| MemoryError::Mmap {
+            guest_addr: range.start,
+            size: range.size,
+            source,
+        };
+        let bitmap = flags.contains(MemoryFlags::LOG_DIRTY).then(|| {
+            // PAGE_SIZE is a nonzero constant.
+            AtomicBitmap::new(
+                size,
+                NonZeroUsize::new(PAGE_SIZE).unwrap_or(NonZeroUsize::MIN),
+            )
+        });
+        let mut builder = MmapRegionBuilder::new_with_bitmap(size, bitmap)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
+        builder = match file {
+            Some(file) => builder
+                .with_file_offset(file)
+                .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE),
+            None => builder
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE),
+        };
+        let mmap: MmapRegion<DirtyBitmap> = builder.build().map_err(mmap_error)?;
+        // check_placement proved that guest_addr + size does not overflow.
+        let mapping =
+            GuestRegionMmap::new(mmap, guest_addr).ok_or(MemoryError::AddressOverflow {
+                guest_addr: range.start,
+                size: range.size,
+            })?;
+        Ok(Self::from_mapping(mapping, flags))
+    }
+
+    /// First guest-physical address of the region.
+    pub fn guest_addr(&self) -> GuestAddress {
+        self.mapping.start_addr()
+    }
+
+    /// Size of the region in bytes.
+    pub fn size(&self) -> u64 {
+        self.mapping.len()
+    }
+
+    /// The guest-physical range the region covers.
+    pub fn range(&self) -> GuestRange {
+        GuestRange {
+            start: self.guest_addr().0,
+            size: self.size(),
+        }
+    }
+
+    /// How the guest may use the region.
+    pub fn flags(&self) -> MemoryFlags {
+        self.flags
+    }
+
+    /// The vm-memory region, for reading and writing guest memory from the host.
+    pub fn mapping(&self) -> &Arc<GuestRegionMmap> {
+        &self.mapping
+    }
+
+    /// Host virtual address of the first byte of the mapping.
+    pub fn host_addr(&self) -> u64 {
+        self.mapping.as_ptr() as u64
+    }
+}
+
+/// Checks that a region's address and size can be mapped: nonzero, page aligned, no wrap.
+fn check_placement(guest_addr: u64, size: GuestUsize) -> Result<GuestRange, MemoryError> {
+    let range = GuestRange {
+        start: guest_addr,
+        size,
+    };
+    if size == 0 {
+        return Err(MemoryError::ZeroSize { guest_addr });
+    }
+    if guest_addr.checked_add(size).is_none() {
+        return Err(MemoryError::AddressOverflow { guest_addr, size });
+    }
+    let page = PAGE_SIZE as u64;
+    if guest_addr % page != 0 || size % page != 0 {
+        return Err(MemoryError::Unaligned { range });
+    }
+    Ok(range)
+}
+
+/// The slot table every backend keeps: which region is in which slot, with overlap and
+/// exhaustion checks, and the vm-memory view of all of them.
+///
+/// Backends call [`RegionTable::reserve`] before telling the hypervisor about a region and
+/// [`RegionTable::commit`] once the hypervisor has accepted it, so a failed hypercall or ioctl
+/// leaves the table unchanged.
+#[derive(Debug)]
+pub(crate) struct RegionTable {
+    max_slots: u32,
+    regions: BTreeMap<MemorySlot, MemoryRegion>,
+    /// Start address -> (end, slot), for overlap checks in O(log n).
+    by_addr: BTreeMap<u64, (u64, MemorySlot)>,
+    /// Slots below `next_slot` that were freed, reused lowest first.
+    freed: BTreeSet<u32>,
+    next_slot: u32,
+    /// The vm-memory view, rebuilt lazily after a change.
+    memory: Option<GuestMemoryMmap>,
+}
+
+impl RegionTable {
+    pub(crate) fn new(max_slots: u32) -> Self {
+        RegionTable {
+            max_slots,
+            regions: BTreeMap::new(),
+            by_addr: BTreeMap::new(),
+            freed: BTreeSet::new(),
+            next_slot: 0,
+            memory: None,
+        }
+    }
+
+    /// Validates `region` against the table and picks the slot it would get.
+    pub(crate) fn reserve(&self, region: &MemoryRegion) -> Result<MemorySlot, MemoryError> {
+        let new = check_placement(region.guest_addr().0, region.size())?;
+        // The only regions that can overlap `new` are the last one starting before its end.
+        if let Some((&start, &(end, slot))) = self.by_addr.range(..new.end()).next_back() {
+            let existing = GuestRange {
+                start,
+                size: end - start,
+            };
+            if existing.overlaps(&new) {
+                return Err(MemoryError::Overlap {
+                    new,
+                    existing,
+                    slot,
+                });
+            }
+        }
+        if let Some(&slot) = self.freed.first() {
+            return Ok(MemorySlot(slot));
+        }
+        if self.next_slot >= self.max_slots {
+            return Err(MemoryError::SlotsExhausted {
+                range: new,
+                max: self.max_slots,
+            });
+        }
+        Ok(MemorySlot(self.next_slot))
+    }
+
+    /// Records `region` in `slot`, which [`RegionTable::reserve`] returned.
+    pub(crate) fn commit(&mut self, slot: MemorySlot, region: MemoryRegion) {
+        if !self.freed.remove(&slot.0) {
+            self.next_slot = self.next_slot.max(slot.0 + 1);
+        }
+        let range = region.range();
+        self.by_addr.insert(range.start, (range.end(), slot));
+        self.regions.insert(slot, region);
+        self.memory = None;
+    }
+
+    /// The region in `slot`, if any.
+    pub(crate) fn get(&self, slot: MemorySlot) -> Result<&MemoryRegion, MemoryError> {
+        self.regions.get(&slot).ok_or(MemoryError::NoSuchSlot(slot))
+    }
+
+    /// Forgets the region in `slot` and returns it.
+    pub(crate) fn remove(&mut self, slot: MemorySlot) -> Result<MemoryRegion, MemoryError> {
+        let region = self
+            .regions
+            .remove(&slot)
+            .ok_or(MemoryError::NoSuchSlot(slot))?;
+        self.by_addr.remove(&region.guest_addr().0);
+        self.freed.insert(slot.0);
+        self.memory = None;
+        Ok(region)
+    }
+
+    /// The vm-memory view of all regions.
+    pub(crate) fn memory(&mut self) -> GuestMemoryMmap {
+        if let Some(memory) = &self.memory {
+            return memory.clone();
+        }
+        let mut regions: Vec<Arc<GuestRegionMmap>> = self
+            .regions
+            .values()
+            .map(|region| Arc::clone(region.mapping()))
+            .collect();
+        regions.sort_by_key(|region| region.start_addr());
+        // The table never holds overlapping regions, so the only failure is "no regions".
+        let memory = GuestMemoryMmap::from_arc_regions(regions).unwrap_or_default();
+        self.memory = Some(memory.clone());
+        memory
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(addr: u64, size: usize) -> MemoryRegion {
+        MemoryRegion::anonymous(GuestAddress(addr), size, MemoryFlags::empty()).unwrap()
+    }
+
+    #[test]
+    fn rejects_bad_placement() {
+        assert!(matches!(
+            MemoryRegion::anonymous(GuestAddress(0x1000), 0, MemoryFlags::empty()),
+            Err(MemoryError::ZeroSize { guest_addr: 0x1000 })
+        ));
+        let err = MemoryRegion::anonymous(GuestAddress(0x1001), 0x1000, MemoryFlags::empty())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "memory region 0x1001..0x2001 is not aligned to the 4096-byte page size"
+        );
+        assert!(matches!(
+            MemoryRegion::anonymous(GuestAddress(0), 0x1800, MemoryFlags::empty()),
+            Err(MemoryError::Unaligned { .. })
+        ));
+        assert!(matches!(
+            MemoryRegion::anonymous(GuestAddress(u64::MAX - 0xfff), 0x2000, MemoryFlags::empty()),
+            Err(MemoryError::AddressOverflow { .. })
+        ));
+    }
+
+    #[test]
+    fn table_detects_overlaps_on_both_sides() {
+        let mut table = RegionTable::new(8);
+        let a = region(0x10000, 0x4000);
+        let slot = table.reserve(&a).unwrap();
+        table.commit(slot, a);
+        for (addr, size) in [(0xf000, 0x2000), (0x13000, 0x1000), (0x8000, 0x10000)] {
+            match table.reserve(&region(addr, size)) {
+                Err(MemoryError::Overlap { existing, slot, .. }) => {
+                    assert_eq!(existing.start, 0x10000);
+                    assert_eq!(slot, MemorySlot(0));
+                }
+                other => panic!("{addr:#x}+{size:#x}: expected overlap, got {other:?}"),
+            }
+        }
+        // Adjacent on both sides is fine.
+        for (addr, size) in [(0xc000, 0x4000), (0x14000, 0x1000)] {
+            let r = region(addr, size);
+            let slot = table.reserve(&r).unwrap();
+            table.commit(slot, r);
+        }
+        assert_eq!(table.memory().num_regions(), 3);
+    }
+
+    #[test]
+    fn table_reuses_freed_slots_and_reports_exhaustion() {
+        let mut table = RegionTable::new(2);
+        for i in 0..2 {
+            let r = region(i * 0x1000, 0x1000);
+            let slot = table.reserve(&r).unwrap();
+            assert_eq!(slot, MemorySlot(i as u32));
+            table.commit(slot, r);
+        }
+        let err = table.reserve(&region(0x10000, 0x1000)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no free memory slot for region 0x10000..0x11000: all 2 slots are in use"
+        );
+        let removed = table.remove(MemorySlot(0)).unwrap();
+        assert_eq!(removed.guest_addr(), GuestAddress(0));
+        assert!(matches!(
+            table.remove(MemorySlot(0)),
+            Err(MemoryError::NoSuchSlot(MemorySlot(0)))
+        ));
+        let r = region(0x10000, 0x1000);
+        assert_eq!(table.reserve(&r).unwrap(), MemorySlot(0));
+    }
+
+    use vm_memory::GuestMemoryBackend;
+}

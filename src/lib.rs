@@ -14,7 +14,7 @@
 //!
 //! Run four bytes of guest code that write to a port and halt:
 //!
-//! ```no_run
+//! ```
 //! use vmkit::{MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
 //! use vm_memory::{Bytes, GuestAddress};
 //!
@@ -66,7 +66,7 @@ pub use hypervisor::{Capabilities, Hypervisor, HypervisorError, HypervisorKind, 
 pub use memory::{
     GuestMemoryMmap, GuestRegionMmap, MemoryError, MemoryFlags, MemoryRegion, MemorySlot,
 };
-pub use vcpu::{DebugExit, SystemEventKind, Vcpu, VcpuError, VcpuExit};
+pub use vcpu::{DebugExit, GuestDebug, SystemEventKind, Vcpu, VcpuError, VcpuExit};
 pub use vm::{Vm, VmError};
 
 /// Opens the hypervisor this host has: KVM when `/dev/kvm` opens.

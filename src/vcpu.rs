@@ -114,6 +114,24 @@ pub struct DebugExit {
     pub dr7: u64,
 }
 
+/// Guest-debugging controls: single-stepping and hardware breakpoints.
+///
+/// While enabled, the events they cause end `run()` with [`VcpuExit::Debug`] instead of reaching
+/// the guest. `GuestDebug::default()` turns debugging off.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestDebug {
+    /// Stop after every guest instruction.
+    pub single_step: bool,
+    /// Guest addresses at which to stop before executing (at most
+    /// [`GuestDebug::MAX_HW_BREAKPOINTS`]).
+    pub hw_breakpoints: Vec<u64>,
+}
+
+impl GuestDebug {
+    /// How many hardware breakpoints x86 offers (DR0–DR3).
+    pub const MAX_HW_BREAKPOINTS: usize = 4;
+}
+
 /// Errors from running a vCPU or reading and writing its state.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -163,6 +181,9 @@ pub trait Vcpu: Send {
     /// The exit borrows the vCPU: fill the data of a read exit, then drop the exit and call
     /// `run()` again to complete the access and continue.
     fn run(&mut self) -> Result<VcpuExit<'_>, VcpuError>;
+
+    /// Enables or disables single-stepping and hardware breakpoints.
+    fn set_guest_debug(&self, debug: &GuestDebug) -> Result<(), VcpuError>;
 
     /// Reads the general-purpose registers.
     #[cfg(target_arch = "x86_64")]

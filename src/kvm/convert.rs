@@ -18,10 +18,14 @@ use crate::arch::x86_64::{
 };
 use crate::vcpu::SystemEventKind;
 
+/// Builds `$to` from the same-named fields of `$from`; fields not listed (padding) are zeroed.
 macro_rules! copy_fields {
-    ($from:expr => $to:ident { $($field:ident),* $(,)? }) => {
-        $to { $($field: $from.$field,)* ..Default::default() }
-    };
+    ($from:expr => $to:ident { $($field:ident),* $(,)? }) => {{
+        // vmkit's types have no padding, so the update is empty for them.
+        #[allow(clippy::needless_update)]
+        let value = $to { $($field: $from.$field,)* ..Default::default() };
+        value
+    }};
 }
 
 impl From<kvm_regs> for Regs {

@@ -1,7 +1,7 @@
 //! The KVM backend (cargo feature `kvm`), over `kvm-ioctls` and `kvm-bindings`.
 //!
 //! [`Kvm`] opens `/dev/kvm`; its VMs are [`KvmVm`]s and their vCPUs [`KvmVcpu`]s. Everything is
-//! reached through the [`Hypervisor`], [`Vm`](crate::Vm) and [`Vcpu`](crate::Vcpu) traits; the
+//! reached through the [`Hypervisor`], [`Vm`] and [`Vcpu`](crate::Vcpu) traits; the
 //! concrete types are public so a VMM that only ever runs on KVM can name them.
 //!
 //! ```no_run

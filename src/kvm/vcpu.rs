@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_mp_state, kvm_xcrs, CpuId, Msrs, Xsave as KvmXsave, KVM_MAX_CPUID_ENTRIES, KVM_MAX_XCRS,
+    kvm_guest_debug, kvm_mp_state, kvm_xcrs, CpuId, Msrs, Xsave as KvmXsave, KVM_GUESTDBG_ENABLE,
+    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_MAX_CPUID_ENTRIES, KVM_MAX_XCRS,
 };
 use kvm_ioctls::{Cap, VcpuExit as KvmExit, VcpuFd};
 use vmm_sys_util::errno;
@@ -14,7 +15,7 @@ use super::vm::VmShared;
 use crate::arch::x86_64::{
     CpuidEntry, Fpu, LapicState, MpState, Msr, Regs, SpecialRegs, VcpuEvents, Xcr, Xsave,
 };
-use crate::vcpu::{DebugExit, Vcpu, VcpuError, VcpuExit};
+use crate::vcpu::{DebugExit, GuestDebug, Vcpu, VcpuError, VcpuExit};
 
 /// Size in bytes of the fixed part of `struct kvm_xsave`.
 const LEGACY_XSAVE_BYTES: usize = std::mem::size_of::<kvm_bindings::kvm_xsave>();
@@ -200,6 +201,37 @@ impl Vcpu for KvmVcpu {
                 code: run.exit_reason,
             },
         })
+    }
+
+    fn set_guest_debug(&self, debug: &GuestDebug) -> Result<(), VcpuError> {
+        if debug.hw_breakpoints.len() > GuestDebug::MAX_HW_BREAKPOINTS {
+            return Err(self.invalid(
+                "guest debug",
+                format!(
+                    "{} hardware breakpoints, x86 has {}",
+                    debug.hw_breakpoints.len(),
+                    GuestDebug::MAX_HW_BREAKPOINTS
+                ),
+            ));
+        }
+        let mut raw = kvm_guest_debug::default();
+        if debug.single_step || !debug.hw_breakpoints.is_empty() {
+            raw.control = KVM_GUESTDBG_ENABLE;
+        }
+        if debug.single_step {
+            raw.control |= KVM_GUESTDBG_SINGLESTEP;
+        }
+        if !debug.hw_breakpoints.is_empty() {
+            raw.control |= KVM_GUESTDBG_USE_HW_BP;
+        }
+        for (i, &addr) in debug.hw_breakpoints.iter().enumerate() {
+            raw.arch.debugreg[i] = addr;
+            // DR7: global-enable bit G<i>; R/W and LEN 0 mean "break on execution".
+            raw.arch.debugreg[7] |= 1 << (2 * i + 1);
+        }
+        self.fd
+            .set_guest_debug(&raw)
+            .map_err(self.os("KVM_SET_GUEST_DEBUG"))
     }
 
     fn regs(&self) -> Result<Regs, VcpuError> {

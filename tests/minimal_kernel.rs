@@ -1,0 +1,105 @@
+//! The minimal guest kernel boots end to end on the real hypervisor, through its 64-bit entry
+//! and through its PVH entry, with the host answering its port and MMIO accesses.
+
+mod common;
+
+use std::io::Cursor;
+
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::KernelLoader;
+use vm_memory::GuestAddress;
+use vmkit::arch::x86_64::boot;
+use vmkit::{MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
+use vmkit_guests::minimal;
+
+const MMIO_ANSWER: u32 = 0x1234_abcd;
+
+enum Entry {
+    LongMode,
+    Pvh,
+}
+
+/// Boots the kernel and returns (serial output, value the guest wrote to MMIO).
+fn boot(entry: Entry) -> (String, Vec<u8>, [u8; 12]) {
+    let hv = common::hypervisor();
+    let vm = hv.create_vm(&VmConfig::default()).unwrap();
+    let ram = MemoryRegion::anonymous(GuestAddress(0), 4 << 20, MemoryFlags::empty()).unwrap();
+    vm.add_memory_region(ram).unwrap();
+    let memory = vm.memory();
+    let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    let cpuid = hv.supported_cpuid().unwrap();
+    vcpu.set_cpuid(&cpuid).unwrap();
+    match entry {
+        Entry::LongMode => {
+            boot::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap()
+        }
+        Entry::Pvh => {
+            let PvhBootCapability::PvhEntryPresent(addr) = kernel.pvh_boot_cap else {
+                panic!("the minimal kernel has no PVH note");
+            };
+            let entry = u32::try_from(addr.0).unwrap();
+            boot::configure_pvh(vcpu.as_ref(), &memory, entry, 0).unwrap();
+        }
+    }
+
+    let mut serial = Vec::new();
+    let mut mmio_written = Vec::new();
+    loop {
+        match vcpu.run().unwrap() {
+            VcpuExit::IoIn { port, data, .. } => {
+                assert_eq!(
+                    port,
+                    minimal::SERIAL_LSR_PORT,
+                    "the kernel only polls the LSR"
+                );
+                data.fill(minimal::LSR_THR_EMPTY);
+            }
+            VcpuExit::IoOut { port, data, .. } if port == minimal::SERIAL_PORT => {
+                serial.extend_from_slice(data)
+            }
+            VcpuExit::IoOut { port, data, .. } => {
+                assert_eq!(
+                    (port, data),
+                    (minimal::POWER_OFF_PORT, &[minimal::POWER_OFF_VALUE][..])
+                );
+                break;
+            }
+            VcpuExit::MmioRead { addr, data } => {
+                assert_eq!((addr, data.len()), (minimal::MMIO_READ_ADDR, 4));
+                data.copy_from_slice(&MMIO_ANSWER.to_le_bytes());
+            }
+            VcpuExit::MmioWrite { addr, data } => {
+                assert_eq!(addr, minimal::MMIO_WRITE_ADDR);
+                mmio_written = data.to_vec();
+            }
+            other => panic!(
+                "unexpected exit {other:?}; serial so far: {:?}",
+                String::from_utf8_lossy(&serial)
+            ),
+        }
+    }
+    let leaf0 = cpuid.iter().find(|e| e.function == 0).unwrap();
+    let mut vendor = [0u8; 12];
+    vendor[..4].copy_from_slice(&leaf0.ebx.to_le_bytes());
+    vendor[4..8].copy_from_slice(&leaf0.edx.to_le_bytes());
+    vendor[8..].copy_from_slice(&leaf0.ecx.to_le_bytes());
+    (String::from_utf8(serial).unwrap(), mmio_written, vendor)
+}
+
+fn check(entry: Entry) {
+    let (serial, mmio_written, vendor) = boot(entry);
+    assert!(serial.starts_with(minimal::HELLO), "{serial:?}");
+    assert_eq!(serial, minimal::expected_serial(&vendor, MMIO_ANSWER));
+    assert_eq!(mmio_written, (MMIO_ANSWER + 1).to_le_bytes());
+}
+
+#[test]
+fn boots_through_the_64_bit_entry() {
+    check(Entry::LongMode);
+}
+
+#[test]
+fn boots_through_the_pvh_entry() {
+    check(Entry::Pvh);
+}

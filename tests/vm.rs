@@ -1,0 +1,209 @@
+//! VM and vCPU lifecycle and memory regions on the real hypervisor, including every way a
+//! caller can get them wrong.
+
+mod common;
+
+use common::{hypervisor, long_mode_vm, next_exit, RAM_SIZE};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryRegion, MemoryRegionAddress};
+use vmkit::{
+    HypervisorError, HypervisorKind, MemoryError, MemoryFlags, MemoryRegion, MemorySlot, VcpuExit,
+    VmConfig, VmError,
+};
+
+fn region(addr: u64, size: usize) -> MemoryRegion {
+    MemoryRegion::anonymous(GuestAddress(addr), size, MemoryFlags::empty()).unwrap()
+}
+
+#[test]
+fn open_finds_kvm_and_reports_capabilities() {
+    let hv = hypervisor();
+    assert_eq!(hv.kind(), HypervisorKind::Kvm);
+    let caps = hv.capabilities();
+    assert!(
+        caps.max_vcpus >= 1 && caps.max_memory_slots >= 32,
+        "{caps:?}"
+    );
+}
+
+#[test]
+fn many_vms_and_vcpus_come_and_go() {
+    let hv = hypervisor();
+    for _ in 0..8 {
+        let vm = hv.create_vm(&VmConfig::default().max_vcpus(4)).unwrap();
+        let vcpus: Vec<_> = (0..4).map(|id| vm.create_vcpu(id).unwrap()).collect();
+        assert_eq!(
+            vcpus.iter().map(|v| v.id()).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+    }
+}
+
+#[test]
+fn vcpu_ids_are_checked() {
+    let hv = hypervisor();
+    let vm = hv.create_vm(&VmConfig::default().max_vcpus(2)).unwrap();
+    let _first = vm.create_vcpu(1).unwrap();
+    match vm.create_vcpu(1) {
+        Err(VmError::VcpuExists { id: 1 }) => {}
+        other => panic!("expected VcpuExists, got {:?}", other.map(|v| v.id())),
+    }
+    let err = vm.create_vcpu(2).map(|v| v.id()).unwrap_err();
+    assert!(matches!(
+        err,
+        VmError::VcpuIdOutOfRange {
+            id: 2,
+            max_vcpus: 2
+        }
+    ));
+    assert_eq!(
+        err.to_string(),
+        "vCPU id 2 is out of range: this VM allows ids 0 to 1"
+    );
+    let err = vm.create_vcpu(u32::MAX).map(|v| v.id()).unwrap_err();
+    assert!(matches!(err, VmError::VcpuIdOutOfRange { .. }));
+
+    let max = hv.capabilities().max_vcpus;
+    match hv.create_vm(&VmConfig::default().max_vcpus(max + 1)) {
+        Err(HypervisorError::TooManyVcpus { requested, max: m }) => {
+            assert_eq!((requested, m), (max + 1, max))
+        }
+        other => panic!("expected TooManyVcpus, got {:?}", other.map(|_| ())),
+    }
+    assert!(hv.create_vm(&VmConfig::default().max_vcpus(0)).is_err());
+}
+
+#[test]
+fn overlapping_regions_are_refused_with_both_ranges() {
+    let hv = hypervisor();
+    let vm = hv.create_vm(&VmConfig::default()).unwrap();
+    let slot = vm.add_memory_region(region(0x10_0000, 0x10_0000)).unwrap();
+    let err = vm.add_memory_region(region(0x1f_f000, 0x2000)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("memory region 0x1ff000..0x201000 overlaps region 0x100000..0x200000 in {slot}")
+    );
+    // Adjacent is fine, and a refused region did not use up a slot.
+    let next = vm.add_memory_region(region(0x20_0000, 0x1000)).unwrap();
+    assert_eq!(next, MemorySlot(slot.0 + 1));
+}
+
+#[test]
+fn zero_and_unaligned_regions_are_refused() {
+    let err = MemoryRegion::anonymous(GuestAddress(0x1000), 0, MemoryFlags::empty()).unwrap_err();
+    assert!(matches!(err, MemoryError::ZeroSize { guest_addr: 0x1000 }));
+    let err =
+        MemoryRegion::anonymous(GuestAddress(0x1234), 0x1000, MemoryFlags::empty()).unwrap_err();
+    assert!(matches!(err, MemoryError::Unaligned { .. }), "{err}");
+    // A caller-built mapping is checked when it is added.
+    let vm = hypervisor().create_vm(&VmConfig::default()).unwrap();
+    let mmap = vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(0x1000, None)
+        .build()
+        .unwrap();
+    let odd = vmkit::GuestRegionMmap::new(mmap, GuestAddress(0x800)).unwrap();
+    let err = vm
+        .add_memory_region(MemoryRegion::from_mapping(odd, MemoryFlags::empty()))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "memory region 0x800..0x1800 is not aligned to the 4096-byte page size"
+    );
+}
+
+#[test]
+fn slot_exhaustion_is_an_error_naming_the_region() {
+    let hv = hypervisor();
+    let max = hv.capabilities().max_memory_slots;
+    let vm = hv.create_vm(&VmConfig::default()).unwrap();
+    for i in 0..u64::from(max) {
+        vm.add_memory_region(region(i * 0x1000, 0x1000))
+            .unwrap_or_else(|err| panic!("region {i} of {max}: {err}"));
+    }
+    let addr = u64::from(max) * 0x1000;
+    let err = vm.add_memory_region(region(addr, 0x1000)).unwrap_err();
+    assert!(matches!(
+        err,
+        VmError::Memory(MemoryError::SlotsExhausted { .. })
+    ));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "no free memory slot for region {addr:#x}..{:#x}: all {max} slots are in use",
+            addr + 0x1000
+        )
+    );
+    // Freeing one makes room again.
+    vm.remove_memory_region(MemorySlot(7)).unwrap();
+    assert_eq!(
+        vm.add_memory_region(region(addr, 0x1000)).unwrap(),
+        MemorySlot(7)
+    );
+}
+
+#[test]
+fn removed_region_comes_back_with_what_the_guest_wrote() {
+    // mov ebx, 0x200000; mov dword [rbx], 0x600df00d; hlt
+    let code = [
+        0xbb, 0x00, 0x00, 0x20, 0x00, 0xc7, 0x03, 0x0d, 0xf0, 0x0d, 0x60, 0xf4,
+    ];
+    let mut t = long_mode_vm(&code);
+    assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
+    let ram = t.vm.remove_memory_region(MemorySlot(0)).unwrap();
+    assert_eq!(ram.size(), RAM_SIZE as u64);
+    let value: u32 = ram
+        .mapping()
+        .read_obj(MemoryRegionAddress(0x20_0000))
+        .unwrap();
+    assert_eq!(value, 0x600d_f00d);
+    assert!(t.vm.memory().find_region(GuestAddress(0)).is_none());
+    match t.vm.remove_memory_region(MemorySlot(0)) {
+        Err(VmError::Memory(MemoryError::NoSuchSlot(MemorySlot(0)))) => {}
+        other => panic!("expected NoSuchSlot, got {other:?}"),
+    }
+    assert_eq!(ram.mapping().len(), RAM_SIZE as u64);
+}
+
+#[test]
+fn read_only_region_turns_guest_writes_into_mmio_exits() {
+    // mov ebx, 0x500000; mov eax, [rbx]; out 0x80, eax; mov dword [rbx], 0xabcdef01; hlt
+    let code = [
+        0xbb, 0x00, 0x00, 0x50, 0x00, 0x8b, 0x03, 0xe7, 0x80, 0xc7, 0x03, 0x01, 0xef, 0xcd, 0xab,
+        0xf4,
+    ];
+    let mut t = long_mode_vm(&code);
+    assert!(t.hypervisor.capabilities().read_only_memory);
+    let rom =
+        MemoryRegion::anonymous(GuestAddress(0x50_0000), 0x1000, MemoryFlags::READ_ONLY).unwrap();
+    rom.mapping()
+        .write_obj(0x1234_5678u32, MemoryRegionAddress(0))
+        .unwrap();
+    t.vm.add_memory_region(rom).unwrap();
+    match t.vcpu.run().unwrap() {
+        VcpuExit::IoOut { data, .. } => assert_eq!(data, 0x1234_5678u32.to_le_bytes()),
+        other => panic!("expected the guest to echo the ROM word, got {other:?}"),
+    }
+    match t.vcpu.run().unwrap() {
+        VcpuExit::MmioWrite { addr, data } => {
+            assert_eq!((addr, data), (0x50_0000, &0xabcd_ef01u32.to_le_bytes()[..]))
+        }
+        other => panic!("expected an MMIO write exit, got {other:?}"),
+    }
+    assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
+    let word: u32 = t.vm.memory().read_obj(GuestAddress(0x50_0000)).unwrap();
+    assert_eq!(word, 0x1234_5678, "the ROM is unchanged");
+}
+
+#[test]
+fn dirty_logging_regions_track_vmm_writes() {
+    let vm = hypervisor().create_vm(&VmConfig::default()).unwrap();
+    let ram = MemoryRegion::anonymous(GuestAddress(0), 0x10000, MemoryFlags::LOG_DIRTY).unwrap();
+    vm.add_memory_region(ram).unwrap();
+    let memory = vm.memory();
+    memory.write_obj(1u8, GuestAddress(0x3000)).unwrap();
+    let region = memory.find_region(GuestAddress(0)).unwrap();
+    let bitmap = GuestMemoryRegion::bitmap(region);
+    assert!(bitmap.dirty_at(0x3000));
+    assert!(!bitmap.dirty_at(0x4000));
+}
+
+use vm_memory::bitmap::Bitmap;
+use vm_memory::GuestMemoryBackend;

@@ -92,3 +92,8 @@ pub fn open() -> Result<Box<dyn Hypervisor>> {
 
     Err(Error::NoHypervisor { tried })
 }
+
+// Compile and run the README's example as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -52,6 +52,16 @@
 //! interrupts, and keeps ring-0 instruction counts low (the page tables are
 //! static data), because nested hosts may emulate every guest instruction.
 //!
+//! # Writing guest code for a software-emulated KVM
+//!
+//! On a nested KVM that emulates ring-0 guest code (such as this project's CI
+//! host), each ring-0 instruction costs about 2 µs, and these fail with an
+//! emulation error at CPL0: `int N`, `int3`, `cmpxchg16b`, `xsave`/`xrstor`,
+//! `xgetbv`, `clac`/`stac`, `popcnt`, `rdtscp`, `andn`, `adcx`, `lar`,
+//! `verr`. Faults such as `#UD` or `#PF`, and events injected by the host, are
+//! delivered normally. Guest code here is therefore baseline x86-64, never
+//! built for the host CPU.
+//!
 //! # Example
 //!
 //! ```

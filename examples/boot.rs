@@ -149,7 +149,8 @@ fn run() -> Result<(), Box<dyn Error>> {
             VcpuExit::IoOut { port, data, .. } => {
                 // Nothing claims the port: the write goes nowhere, as on real hardware.
                 let _ = bus.pio_write(PioAddress(port), data);
-                if power_off_seen.read().is_ok() {
+                let to_i8042 = (I8042_BASE..I8042_BASE + I8042_PORTS).contains(&port);
+                if to_i8042 && power_off_seen.read().is_ok() {
                     eprintln!("boot: the guest powered off");
                     return Ok(());
                 }

@@ -129,6 +129,12 @@ pub enum HypervisorError {
         /// The hypervisor's limit.
         max: u32,
     },
+    /// The configuration is invalid whatever the hypervisor.
+    #[error("invalid VM configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The configuration asks for something this hypervisor does not have.
     #[error("{feature} is not supported by this hypervisor")]
     Unsupported {

@@ -69,7 +69,15 @@ fn vcpu_ids_are_checked() {
         }
         other => panic!("expected TooManyVcpus, got {:?}", other.map(|_| ())),
     }
-    assert!(hv.create_vm(&VmConfig::default().max_vcpus(0)).is_err());
+    match hv.create_vm(&VmConfig::default().max_vcpus(0)) {
+        Err(err @ HypervisorError::InvalidConfig { .. }) => {
+            assert_eq!(
+                err.to_string(),
+                "invalid VM configuration: max_vcpus must be at least 1"
+            )
+        }
+        other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
+    }
 }
 
 #[test]

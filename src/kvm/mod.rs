@@ -88,7 +88,12 @@ impl Kvm {
     /// Creates a VM, with the concrete KVM type.
     pub fn create_kvm_vm(&self, config: &VmConfig) -> Result<KvmVm, HypervisorError> {
         let caps = &self.capabilities;
-        if config.max_vcpus == 0 || config.max_vcpus > caps.max_vcpus {
+        if config.max_vcpus == 0 {
+            return Err(HypervisorError::InvalidConfig {
+                reason: "max_vcpus must be at least 1",
+            });
+        }
+        if config.max_vcpus > caps.max_vcpus {
             return Err(HypervisorError::TooManyVcpus {
                 requested: config.max_vcpus,
                 max: caps.max_vcpus,

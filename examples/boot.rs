@@ -123,7 +123,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         .map_err(|err| format!("cannot load the minimal kernel: {err}"))?;
 
     let mut vcpu = vm.create_vcpu(0)?;
-    vcpu.set_cpuid(&hypervisor.supported_cpuid()?)?;
+    vcpu.set_cpuid(&hypervisor.supported_cpuid())?;
     boot::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0)?;
 
     let power_off = EventFdTrigger::new()?;

@@ -26,8 +26,11 @@ impl fmt::Display for HypervisorKind {
     }
 }
 
-/// What a hypervisor supports, as plain data that can be logged or compared.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What a hypervisor supports, as plain data that can be logged, serialized and compared.
+///
+/// A VMM saves the capabilities of the host a VM ran on (e.g. in a snapshot) and, before
+/// restoring elsewhere, asks [`Capabilities::missing_in`] what the new host lacks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Capabilities {
     /// The most vCPUs one VM may have.
@@ -36,16 +39,217 @@ pub struct Capabilities {
     pub max_memory_slots: u32,
     /// Read-only memory regions ([`MemoryFlags::READ_ONLY`](crate::MemoryFlags::READ_ONLY)).
     pub read_only_memory: bool,
-    /// Dirty-page logging ([`MemoryFlags::LOG_DIRTY`](crate::MemoryFlags::LOG_DIRTY)).
+    /// Dirty-page logging with bitmaps ([`MemoryFlags::LOG_DIRTY`](crate::MemoryFlags::LOG_DIRTY)).
     pub dirty_log: bool,
+    /// Bitmaps are cleared page by page (KVM's manual dirty-log protection), which makes
+    /// harvesting large memories cheaper.
+    pub dirty_log_manual_clear: bool,
+    /// The most entries a per-vCPU dirty ring may have; 0 if there are no dirty rings.
+    pub dirty_ring_max_entries: u32,
     /// An in-kernel interrupt controller ([`VmConfig::irqchip`]).
     pub irqchip: bool,
+    /// An in-kernel PIT ([`VmConfig::pit`]).
+    pub pit: bool,
+    /// Eventfds that inject interrupts.
+    pub irqfd: bool,
+    /// Eventfds that guest writes signal.
+    pub ioeventfd: bool,
+    /// Sending MSIs directly.
+    pub msi: bool,
+    /// Setting the GSI routing table.
+    pub gsi_routing: bool,
+    /// Single-stepping and hardware breakpoints.
+    pub guest_debug: bool,
+    /// Reading and setting the VM clock.
+    pub clock: bool,
     /// The XSAVE area can be read and written.
     pub xsave: bool,
     /// The extended control registers (XCR0) can be read and written.
     pub xcrs: bool,
     /// Pending events can be read and written.
     pub vcpu_events: bool,
+    /// The CPUID leaves the hypervisor can offer a guest.
+    #[cfg(target_arch = "x86_64")]
+    pub cpuid: Vec<CpuidEntry>,
+    /// The MSRs a VMM can read and write.
+    #[cfg(target_arch = "x86_64")]
+    pub msrs: Vec<u32>,
+}
+
+/// One thing a host lacks compared with another, from [`Capabilities::missing_in`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MissingCapability {
+    /// A feature is absent.
+    Feature(&'static str),
+    /// A limit is lower.
+    Limit {
+        /// Which limit.
+        what: &'static str,
+        /// The value required.
+        required: u32,
+        /// The value available.
+        available: u32,
+    },
+    /// A CPUID leaf is not offered at all.
+    CpuidLeaf {
+        /// Leaf.
+        function: u32,
+        /// Sub-leaf.
+        index: u32,
+    },
+    /// Feature bits of a CPUID leaf are not offered.
+    CpuidBits {
+        /// Leaf.
+        function: u32,
+        /// Sub-leaf.
+        index: u32,
+        /// The register, `"eax"` to `"edx"`.
+        register: &'static str,
+        /// The bits that are set in the requirement and clear on the host.
+        bits: u32,
+    },
+    /// An MSR cannot be read or written.
+    Msr(u32),
+}
+
+impl fmt::Display for MissingCapability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MissingCapability::Feature(what) => write!(f, "{what} is not supported"),
+            MissingCapability::Limit {
+                what,
+                required,
+                available,
+            } => write!(f, "{what}: {required} required, {available} available"),
+            MissingCapability::CpuidLeaf { function, index } => {
+                write!(f, "CPUID leaf {function:#x}.{index} is not offered")
+            }
+            MissingCapability::CpuidBits {
+                function,
+                index,
+                register,
+                bits,
+            } => write!(
+                f,
+                "CPUID leaf {function:#x}.{index} {register} lacks feature bits {bits:#010x}"
+            ),
+            MissingCapability::Msr(index) => write!(f, "MSR {index:#x} is not available"),
+        }
+    }
+}
+
+/// CPUID leaves whose registers are feature bitmaps (a bit set means "supported").
+#[cfg(target_arch = "x86_64")]
+const CPUID_FEATURE_LEAVES: [(u32, u32); 5] = [(1, 0), (7, 0), (7, 1), (0xd, 1), (0x8000_0001, 0)];
+
+impl Capabilities {
+    /// Everything `self` has that `host` lacks: features, limits, CPUID feature bits and MSRs.
+    /// Empty when a VM that ran with `self` can run on `host`.
+    ///
+    /// ```
+    /// # use vmkit::Capabilities;
+    /// let mut old = Capabilities::default();
+    /// old.irqfd = true;
+    /// old.max_vcpus = 8;
+    /// let mut new = Capabilities::default();
+    /// new.max_vcpus = 4;
+    /// let missing: Vec<String> = old.missing_in(&new).iter().map(|m| m.to_string()).collect();
+    /// assert_eq!(missing, ["irqfd is not supported", "max vCPUs: 8 required, 4 available"]);
+    /// ```
+    pub fn missing_in(&self, host: &Capabilities) -> Vec<MissingCapability> {
+        let mut missing = Vec::new();
+        let features = [
+            (
+                "read-only memory",
+                self.read_only_memory,
+                host.read_only_memory,
+            ),
+            ("dirty logging", self.dirty_log, host.dirty_log),
+            (
+                "manual dirty-log clearing",
+                self.dirty_log_manual_clear,
+                host.dirty_log_manual_clear,
+            ),
+            ("an in-kernel irqchip", self.irqchip, host.irqchip),
+            ("an in-kernel PIT", self.pit, host.pit),
+            ("irqfd", self.irqfd, host.irqfd),
+            ("ioeventfd", self.ioeventfd, host.ioeventfd),
+            ("MSI injection", self.msi, host.msi),
+            ("GSI routing", self.gsi_routing, host.gsi_routing),
+            ("guest debugging", self.guest_debug, host.guest_debug),
+            ("the VM clock", self.clock, host.clock),
+            ("XSAVE state", self.xsave, host.xsave),
+            ("XCRs", self.xcrs, host.xcrs),
+            ("vCPU events", self.vcpu_events, host.vcpu_events),
+        ];
+        for (name, required, available) in features {
+            if required && !available {
+                missing.push(MissingCapability::Feature(name));
+            }
+        }
+        let limits = [
+            ("max vCPUs", self.max_vcpus, host.max_vcpus),
+            ("memory slots", self.max_memory_slots, host.max_memory_slots),
+            (
+                "dirty ring entries",
+                self.dirty_ring_max_entries,
+                host.dirty_ring_max_entries,
+            ),
+        ];
+        for (what, required, available) in limits {
+            if required > available {
+                missing.push(MissingCapability::Limit {
+                    what,
+                    required,
+                    available,
+                });
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        self.missing_x86_in(host, &mut missing);
+        missing
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn missing_x86_in(&self, host: &Capabilities, missing: &mut Vec<MissingCapability>) {
+        let find = |caps: &Capabilities, function: u32, index: u32| {
+            caps.cpuid
+                .iter()
+                .find(|e| e.function == function && e.index == index)
+                .copied()
+        };
+        for (function, index) in CPUID_FEATURE_LEAVES {
+            let Some(required) = find(self, function, index) else {
+                continue;
+            };
+            let Some(available) = find(host, function, index) else {
+                missing.push(MissingCapability::CpuidLeaf { function, index });
+                continue;
+            };
+            let registers = [
+                ("eax", required.eax, available.eax),
+                ("ebx", required.ebx, available.ebx),
+                ("ecx", required.ecx, available.ecx),
+                ("edx", required.edx, available.edx),
+            ];
+            for (register, required, available) in registers {
+                let bits = required & !available;
+                if bits != 0 {
+                    missing.push(MissingCapability::CpuidBits {
+                        function,
+                        index,
+                        register,
+                        bits,
+                    });
+                }
+            }
+        }
+        for &msr in &self.msrs {
+            if !host.msrs.contains(&msr) {
+                missing.push(MissingCapability::Msr(msr));
+            }
+        }
+    }
 }
 
 /// How to build a VM.
@@ -65,6 +269,11 @@ pub struct VmConfig {
     /// returning [`VcpuExit::Hlt`](crate::VcpuExit::Hlt), and each vCPU has a local APIC whose
     /// state can be read and written.
     pub irqchip: bool,
+    /// Emulate the 8254 PIT in the hypervisor (needs `irqchip`).
+    pub pit: bool,
+    /// Track dirty pages with per-vCPU rings of this many entries (a power of two) instead of
+    /// bitmaps; see [`DirtyLogMode`](crate::dirty::DirtyLogMode).
+    pub dirty_ring: Option<u32>,
 }
 
 impl Default for VmConfig {
@@ -72,6 +281,8 @@ impl Default for VmConfig {
         VmConfig {
             max_vcpus: 1,
             irqchip: false,
+            pit: false,
+            dirty_ring: None,
         }
     }
 }
@@ -86,6 +297,18 @@ impl VmConfig {
     /// Chooses whether the hypervisor emulates the interrupt controllers.
     pub fn irqchip(mut self, irqchip: bool) -> Self {
         self.irqchip = irqchip;
+        self
+    }
+
+    /// Chooses whether the hypervisor emulates the PIT (needs the irqchip).
+    pub fn pit(mut self, pit: bool) -> Self {
+        self.pit = pit;
+        self
+    }
+
+    /// Tracks dirty pages with per-vCPU rings of `entries` entries, or with bitmaps (`None`).
+    pub fn dirty_ring(mut self, entries: Option<u32>) -> Self {
+        self.dirty_ring = entries;
         self
     }
 }
@@ -157,11 +380,16 @@ pub trait Hypervisor: Send + Sync {
     /// Creates a VM with no memory and no vCPUs.
     fn create_vm(&self, config: &VmConfig) -> Result<Box<dyn Vm>, HypervisorError>;
 
-    /// The CPUID leaves this hypervisor can present to a guest, with every supported feature set.
+    /// The CPUID leaves this hypervisor can present to a guest, with every supported feature
+    /// set: a starting point for [`Vcpu::set_cpuid`](crate::Vcpu::set_cpuid).
     #[cfg(target_arch = "x86_64")]
-    fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>, HypervisorError>;
+    fn supported_cpuid(&self) -> Vec<CpuidEntry> {
+        self.capabilities().cpuid.clone()
+    }
 
     /// The MSRs whose values a VMM can read and write (and should save and restore).
     #[cfg(target_arch = "x86_64")]
-    fn msr_index_list(&self) -> Result<Vec<u32>, HypervisorError>;
+    fn msr_index_list(&self) -> Vec<u32> {
+        self.capabilities().msrs.clone()
+    }
 }

@@ -53,21 +53,30 @@
 #![deny(missing_docs)]
 
 pub mod arch;
+pub mod dirty;
 pub mod error;
 pub mod hypervisor;
+pub mod interrupt;
 #[cfg(feature = "kvm")]
 pub mod kvm;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;
 
+pub use dirty::{DirtyLog, DirtyLogMode, DirtyRegion};
 pub use error::{Error, OpenAttempt, OpenFailure, Result};
-pub use hypervisor::{Capabilities, Hypervisor, HypervisorError, HypervisorKind, VmConfig};
+pub use hypervisor::{
+    Capabilities, Hypervisor, HypervisorError, HypervisorKind, MissingCapability, VmConfig,
+};
+pub use interrupt::{DataMatch, IoEventAddress, IrqChip, IrqRoute, MsiMessage};
 pub use memory::{
     GuestMemoryMmap, GuestRegionMmap, MemoryError, MemoryFlags, MemoryRegion, MemorySlot,
 };
-pub use vcpu::{DebugExit, GuestDebug, SystemEventKind, Vcpu, VcpuError, VcpuExit};
-pub use vm::{Vm, VmError};
+pub use vcpu::{
+    DebugExit, GuestDebug, Kick, KickHandle, SystemEventKind, Vcpu, VcpuError, VcpuExit,
+};
+pub use vm::{ClockState, Vm, VmError};
+pub use vmm_sys_util::eventfd::EventFd;
 
 /// Opens the hypervisor this host has: KVM when `/dev/kvm` opens.
 ///

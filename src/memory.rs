@@ -361,6 +361,11 @@ impl RegionTable {
         self.regions.get(&slot).ok_or(MemoryError::NoSuchSlot(slot))
     }
 
+    /// Every mapped region with its slot, in slot order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (MemorySlot, &MemoryRegion)> {
+        self.regions.iter().map(|(slot, region)| (*slot, region))
+    }
+
     /// Forgets the region in `slot` and returns it.
     pub(crate) fn remove(&mut self, slot: MemorySlot) -> Result<MemoryRegion, MemoryError> {
         let region = self

@@ -1,6 +1,8 @@
 //! The [`Vcpu`] trait: running a virtual CPU and reading or writing its state.
 
+use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 #[cfg(target_arch = "x86_64")]
 use crate::arch::x86_64::{
@@ -79,8 +81,12 @@ pub enum VcpuExit<'a> {
         /// Host CPU the entry failed on.
         cpu: u32,
     },
-    /// `run()` returned early because the thread got a signal, before or while the guest ran.
+    /// `run()` returned because of a [`KickHandle::kick`] (made before or during this call).
+    Kicked,
+    /// `run()` returned early because the thread got a signal other than a kick.
     Interrupted,
+    /// A dirty ring of this vCPU is full: harvest the VM's dirty log before running it again.
+    DirtyRingFull,
     /// An exit this version of vmkit does not decode, with the backend's raw exit code.
     Unknown {
         /// The raw exit reason (for KVM, `kvm_run.exit_reason`).
@@ -132,6 +138,46 @@ impl GuestDebug {
     pub const MAX_HW_BREAKPOINTS: usize = 4;
 }
 
+/// Something that can make a vCPU return from `run()`; see [`KickHandle`].
+pub trait Kick: Send + Sync + fmt::Debug {
+    /// Makes the vCPU return [`VcpuExit::Kicked`] from its current `run()`, or from the next
+    /// one if it is not running. Never blocks; async-signal-safe.
+    fn kick(&self);
+}
+
+/// A cloneable handle that kicks one vCPU out of `run()`, from any thread (or a signal
+/// handler).
+///
+/// No kick is lost: if the vCPU is in `run()` it returns promptly; if it is about to call
+/// `run()`, or is handling an exit, its next `run()` returns [`VcpuExit::Kicked`] without
+/// entering the guest. Kicks that arrive before the vCPU observes one are merged into it.
+///
+/// ```no_run
+/// # fn f(mut vcpu: Box<dyn vmkit::Vcpu>) -> Result<(), vmkit::VcpuError> {
+/// let kick = vcpu.kick_handle();
+/// std::thread::spawn(move || kick.kick());
+/// loop {
+///     if let vmkit::VcpuExit::Kicked = vcpu.run()? {
+///         break;
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct KickHandle(Arc<dyn Kick>);
+
+impl KickHandle {
+    /// Wraps a backend's kick mechanism.
+    pub fn new(kick: Arc<dyn Kick>) -> Self {
+        KickHandle(kick)
+    }
+
+    /// Kicks the vCPU; see [`Kick::kick`].
+    pub fn kick(&self) {
+        self.0.kick()
+    }
+}
+
 /// Errors from running a vCPU or reading and writing its state.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -181,6 +227,9 @@ pub trait Vcpu: Send {
     /// The exit borrows the vCPU: fill the data of a read exit, then drop the exit and call
     /// `run()` again to complete the access and continue.
     fn run(&mut self) -> Result<VcpuExit<'_>, VcpuError>;
+
+    /// A handle that kicks this vCPU out of `run()` from another thread.
+    fn kick_handle(&self) -> KickHandle;
 
     /// Enables or disables single-stepping and hardware breakpoints.
     fn set_guest_debug(&self, debug: &GuestDebug) -> Result<(), VcpuError>;

@@ -2,8 +2,22 @@
 
 use std::io;
 
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::dirty::{DirtyLog, DirtyLogMode};
+use crate::interrupt::{DataMatch, IoEventAddress, IrqRoute, MsiMessage};
 use crate::memory::{GuestMemoryMmap, GuestRange, MemoryError, MemoryRegion, MemorySlot};
 use crate::vcpu::Vcpu;
+
+/// The VM's clock (on KVM, kvmclock's time base), to carry across a snapshot and restore.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClockState {
+    /// Nanoseconds of guest time.
+    pub ns: u64,
+    /// The clock is the same on every vCPU (a stable TSC); informational when read, ignored
+    /// when set.
+    pub stable: bool,
+}
 
 /// Errors from configuring a VM.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +53,72 @@ pub enum VmError {
         id: u32,
         /// The VM's `max_vcpus`.
         max_vcpus: u32,
+    },
+    /// The operation needs an in-kernel interrupt controller, and the VM was created without
+    /// one.
+    #[error("{op} needs an in-kernel irqchip; create the VM with VmConfig::irqchip(true)")]
+    NoIrqchip {
+        /// What was attempted.
+        op: &'static str,
+    },
+    /// An interrupt operation on a GSI failed.
+    #[error("{op} failed for GSI {gsi}")]
+    Irq {
+        /// The ioctl or hypercall.
+        op: &'static str,
+        /// The GSI.
+        gsi: u32,
+        /// What the OS reported.
+        #[source]
+        source: io::Error,
+    },
+    /// Sending an MSI failed.
+    #[error("sending the MSI (address {:#x}, data {:#x}) failed", .msi.address, .msi.data)]
+    Msi {
+        /// The message.
+        msi: MsiMessage,
+        /// What the OS reported.
+        #[source]
+        source: io::Error,
+    },
+    /// The routing table is not acceptable.
+    #[error("invalid GSI route for GSI {gsi}: {reason}")]
+    InvalidRoute {
+        /// The GSI of the offending route.
+        gsi: u32,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Registering or unregistering an ioeventfd failed.
+    #[error("{op} failed for the ioeventfd at {addr}")]
+    IoEvent {
+        /// The ioctl.
+        op: &'static str,
+        /// The watched address.
+        addr: IoEventAddress,
+        /// What the OS reported.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading or clearing the dirty log of a region failed.
+    #[error("{op} failed for {slot}")]
+    DirtyLog {
+        /// The ioctl.
+        op: &'static str,
+        /// The region's slot.
+        slot: MemorySlot,
+        /// What the OS reported.
+        #[source]
+        source: io::Error,
+    },
+    /// Another VM-wide operation failed.
+    #[error("{op} failed")]
+    Os {
+        /// The ioctl or hypercall, e.g. `KVM_GET_CLOCK`.
+        op: &'static str,
+        /// What the OS reported.
+        #[source]
+        source: io::Error,
     },
     /// A vCPU with that id exists already.
     #[error("vCPU {id} already exists")]
@@ -85,4 +165,62 @@ pub trait Vm: Send + Sync {
 
     /// Creates the vCPU `id` (from 0 to the VM's `max_vcpus - 1`).
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>, VmError>;
+
+    /// Sets the level of interrupt line `gsi` (needs an in-kernel irqchip).
+    ///
+    /// For an edge-triggered input, raise then lower it; a level-triggered input stays
+    /// asserted until lowered.
+    fn set_irq_line(&self, gsi: u32, level: bool) -> Result<(), VmError>;
+
+    /// Sends a message-signalled interrupt.
+    fn signal_msi(&self, msi: MsiMessage) -> Result<(), VmError>;
+
+    /// Replaces the whole GSI routing table (needs an in-kernel irqchip). Start from
+    /// [`IrqRoute::pc_defaults`] to keep the legacy routes.
+    fn set_gsi_routing(&self, routes: &[IrqRoute]) -> Result<(), VmError>;
+
+    /// Makes every write to `fd` raise `gsi` (needs an in-kernel irqchip).
+    ///
+    /// With `resample`, the GSI is treated as level-triggered: it stays asserted until the guest
+    /// acknowledges it (EOI), at which point the hypervisor lowers it and writes `resample`, so
+    /// the device can re-raise it if its condition still holds.
+    fn register_irqfd(
+        &self,
+        fd: &EventFd,
+        gsi: u32,
+        resample: Option<&EventFd>,
+    ) -> Result<(), VmError>;
+
+    /// Undoes [`Vm::register_irqfd`].
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), VmError>;
+
+    /// Makes guest writes to `addr` that match `datamatch` signal `fd` instead of exiting to
+    /// the VMM.
+    fn register_ioeventfd(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: DataMatch,
+    ) -> Result<(), VmError>;
+
+    /// Undoes [`Vm::register_ioeventfd`] (with the same address and data match).
+    fn unregister_ioeventfd(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: DataMatch,
+    ) -> Result<(), VmError>;
+
+    /// How this VM tracks dirty pages (chosen with [`VmConfig::dirty_ring`](crate::VmConfig)).
+    fn dirty_log_mode(&self) -> DirtyLogMode;
+
+    /// The pages the guest wrote since the previous harvest, in every region that logs dirty
+    /// pages; tracking is re-armed for them before this returns (see [`crate::dirty`]).
+    fn harvest_dirty_log(&self) -> Result<DirtyLog, VmError>;
+
+    /// Reads the VM clock.
+    fn clock(&self) -> Result<ClockState, VmError>;
+
+    /// Sets the VM clock, e.g. to the value saved with a snapshot.
+    fn set_clock(&self, clock: &ClockState) -> Result<(), VmError>;
 }

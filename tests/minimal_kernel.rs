@@ -28,7 +28,7 @@ fn boot(entry: Entry) -> (String, Vec<u8>, [u8; 12]) {
     let memory = vm.memory();
     let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
     let mut vcpu = vm.create_vcpu(0).unwrap();
-    let cpuid = hv.supported_cpuid().unwrap();
+    let cpuid = hv.supported_cpuid();
     vcpu.set_cpuid(&cpuid).unwrap();
     match entry {
         Entry::LongMode => {

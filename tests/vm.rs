@@ -215,3 +215,58 @@ fn dirty_logging_regions_track_vmm_writes() {
 
 use vm_memory::bitmap::Bitmap;
 use vm_memory::GuestMemoryBackend;
+
+#[test]
+fn clock_can_be_read_and_moved_forward() {
+    let vm = hypervisor().create_vm(&VmConfig::default()).unwrap();
+    let before = vm.clock().unwrap();
+    let target = before.ns + 3_600_000_000_000; // an hour ahead
+    vm.set_clock(&vmkit::ClockState {
+        ns: target,
+        stable: false,
+    })
+    .unwrap();
+    let after = vm.clock().unwrap();
+    assert!(after.ns >= target, "{} < {target}", after.ns);
+    assert!(
+        after.ns - target < 60_000_000_000,
+        "the clock jumped further than asked"
+    );
+}
+
+#[test]
+fn capabilities_serialize_and_compare() {
+    let caps = hypervisor().capabilities().clone();
+    assert!(caps.irqfd && caps.ioeventfd && caps.msi && caps.gsi_routing && caps.clock);
+    assert!(!caps.cpuid.is_empty() && !caps.msrs.is_empty());
+    let json = serde_json::to_string(&caps).unwrap();
+    let back: vmkit::Capabilities = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, caps);
+    assert!(caps.missing_in(&caps).is_empty());
+
+    // A host without irqfd, with fewer vCPUs, without SSE2 and without LSTAR.
+    let mut lesser = caps.clone();
+    lesser.irqfd = false;
+    lesser.max_vcpus = 1;
+    let leaf1 = lesser.cpuid.iter_mut().find(|e| e.function == 1).unwrap();
+    leaf1.edx &= !(1 << 26);
+    lesser
+        .msrs
+        .retain(|&m| m != vmkit::arch::x86_64::msr_index::LSTAR);
+    let missing: Vec<String> = caps
+        .missing_in(&lesser)
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    assert_eq!(
+        missing,
+        [
+            "irqfd is not supported".to_string(),
+            format!("max vCPUs: {} required, 1 available", caps.max_vcpus),
+            "CPUID leaf 0x1.0 edx lacks feature bits 0x04000000".to_string(),
+            "MSR 0xc0000082 is not available".to_string(),
+        ]
+    );
+    // The other way round nothing is missing.
+    assert!(lesser.missing_in(&caps).is_empty());
+}

@@ -14,6 +14,9 @@
 //! ```
 
 mod convert;
+mod dirty;
+mod irq;
+mod kick;
 mod vcpu;
 mod vm;
 
@@ -44,6 +47,14 @@ pub(crate) fn os_error(err: vmm_sys_util::errno::Error) -> io::Error {
     io::Error::from_raw_os_error(err.errno())
 }
 
+/// Maps a failed ioctl to a [`HypervisorError`] naming it.
+fn hv_os(op: &'static str) -> impl Fn(vmm_sys_util::errno::Error) -> HypervisorError {
+    move |err| HypervisorError::Os {
+        op,
+        source: os_error(err),
+    }
+}
+
 /// The KVM hypervisor: an open `/dev/kvm`.
 #[derive(Debug)]
 pub struct Kvm {
@@ -66,16 +77,42 @@ impl Kvm {
                 expected: KVM_API_VERSION,
             });
         }
+        let cpuid = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(hv_os("KVM_GET_SUPPORTED_CPUID"))?;
+        let msrs = kvm
+            .get_msr_index_list()
+            .map_err(hv_os("KVM_GET_MSR_INDEX_LIST"))?;
+        let has = |cap| kvm.check_extension(cap);
+        let ring_bytes = u32::try_from(kvm.check_extension_int(Cap::DirtyLogRing)).unwrap_or(0);
         let capabilities = Capabilities {
             max_vcpus: u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX),
             max_memory_slots: u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX),
-            read_only_memory: kvm.check_extension(Cap::ReadonlyMem),
+            read_only_memory: has(Cap::ReadonlyMem),
             // KVM_MEM_LOG_DIRTY_PAGES has been part of the base API since the beginning.
             dirty_log: true,
-            irqchip: kvm.check_extension(Cap::Irqchip),
-            xsave: kvm.check_extension(Cap::Xsave),
-            xcrs: kvm.check_extension(Cap::Xcrs),
-            vcpu_events: kvm.check_extension(Cap::VcpuEvents),
+            dirty_log_manual_clear: kvm
+                .check_extension_raw(kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2.into())
+                > 0,
+            dirty_ring_max_entries: ring_bytes / dirty::ENTRY_SIZE,
+            irqchip: has(Cap::Irqchip),
+            pit: has(Cap::Pit2),
+            irqfd: has(Cap::Irqfd),
+            ioeventfd: has(Cap::Ioeventfd),
+            msi: has(Cap::SignalMsi),
+            gsi_routing: has(Cap::IrqRouting),
+            guest_debug: has(Cap::SetGuestDebug),
+            clock: has(Cap::AdjustClock),
+            xsave: has(Cap::Xsave),
+            xcrs: has(Cap::Xcrs),
+            vcpu_events: has(Cap::VcpuEvents),
+            cpuid: cpuid
+                .as_slice()
+                .iter()
+                .copied()
+                .map(CpuidEntry::from)
+                .collect(),
+            msrs: msrs.as_slice().to_vec(),
         };
         Ok(Kvm { kvm, capabilities })
     }
@@ -88,10 +125,10 @@ impl Kvm {
     /// Creates a VM, with the concrete KVM type.
     pub fn create_kvm_vm(&self, config: &VmConfig) -> Result<KvmVm, HypervisorError> {
         let caps = &self.capabilities;
+        let invalid = |reason| Err(HypervisorError::InvalidConfig { reason });
+        let unsupported = |feature| Err(HypervisorError::Unsupported { feature });
         if config.max_vcpus == 0 {
-            return Err(HypervisorError::InvalidConfig {
-                reason: "max_vcpus must be at least 1",
-            });
+            return invalid("max_vcpus must be at least 1");
         }
         if config.max_vcpus > caps.max_vcpus {
             return Err(HypervisorError::TooManyVcpus {
@@ -100,29 +137,58 @@ impl Kvm {
             });
         }
         if config.irqchip && !caps.irqchip {
-            return Err(HypervisorError::Unsupported {
-                feature: "an in-kernel irqchip",
-            });
+            return unsupported("an in-kernel irqchip");
         }
-        let fd = self.kvm.create_vm().map_err(|err| HypervisorError::Os {
-            op: "KVM_CREATE_VM",
-            source: os_error(err),
-        })?;
+        if config.pit && !config.irqchip {
+            return invalid("an in-kernel PIT needs the in-kernel irqchip too");
+        }
+        if config.pit && !caps.pit {
+            return unsupported("an in-kernel PIT");
+        }
+        if let Some(entries) = config.dirty_ring {
+            if caps.dirty_ring_max_entries == 0 {
+                return unsupported("dirty rings");
+            }
+            if !entries.is_power_of_two() || entries > caps.dirty_ring_max_entries {
+                return invalid(
+                    "dirty ring entries must be a power of two, at most \
+                     Capabilities::dirty_ring_max_entries",
+                );
+            }
+        }
+
+        let fd = self.kvm.create_vm().map_err(hv_os("KVM_CREATE_VM"))?;
         fd.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(|err| HypervisorError::Os {
-                op: "KVM_SET_TSS_ADDR",
-                source: os_error(err),
-            })?;
+            .map_err(hv_os("KVM_SET_TSS_ADDR"))?;
         if config.irqchip {
-            fd.create_irq_chip().map_err(|err| HypervisorError::Os {
-                op: "KVM_CREATE_IRQCHIP",
-                source: os_error(err),
-            })?;
+            fd.create_irq_chip().map_err(hv_os("KVM_CREATE_IRQCHIP"))?;
         }
+        if config.pit {
+            let pit = kvm_bindings::kvm_pit_config {
+                flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            fd.create_pit2(pit).map_err(hv_os("KVM_CREATE_PIT2"))?;
+        }
+        // The dirty-tracking mode must be chosen before any vCPU or memory slot exists.
+        let dirty = match config.dirty_ring {
+            Some(entries) => {
+                dirty::enable_ring(&fd, entries)
+                    .map_err(hv_os("KVM_ENABLE_CAP(KVM_CAP_DIRTY_LOG_RING)"))?;
+                dirty::Mode::Ring { entries }
+            }
+            None if caps.dirty_log_manual_clear => {
+                dirty::enable_manual_clear(&fd)
+                    .map_err(hv_os("KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)"))?;
+                dirty::Mode::BitmapManualClear
+            }
+            None => dirty::Mode::Bitmap,
+        };
         Ok(KvmVm::new(
             fd,
             config.clone(),
             Arc::new(self.capabilities.clone()),
+            dirty,
         ))
     }
 }
@@ -138,32 +204,5 @@ impl Hypervisor for Kvm {
 
     fn create_vm(&self, config: &VmConfig) -> Result<Box<dyn Vm>, HypervisorError> {
         Ok(Box::new(self.create_kvm_vm(config)?))
-    }
-
-    fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>, HypervisorError> {
-        let cpuid = self
-            .kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(|err| HypervisorError::Os {
-                op: "KVM_GET_SUPPORTED_CPUID",
-                source: os_error(err),
-            })?;
-        Ok(cpuid
-            .as_slice()
-            .iter()
-            .copied()
-            .map(CpuidEntry::from)
-            .collect())
-    }
-
-    fn msr_index_list(&self) -> Result<Vec<u32>, HypervisorError> {
-        let list = self
-            .kvm
-            .get_msr_index_list()
-            .map_err(|err| HypervisorError::Os {
-                op: "KVM_GET_MSR_INDEX_LIST",
-                source: os_error(err),
-            })?;
-        Ok(list.as_slice().to_vec())
     }
 }

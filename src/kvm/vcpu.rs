@@ -3,19 +3,21 @@
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_guest_debug, kvm_mp_state, kvm_xcrs, CpuId, Msrs, Xsave as KvmXsave, KVM_GUESTDBG_ENABLE,
-    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_MAX_CPUID_ENTRIES, KVM_MAX_XCRS,
+    kvm_guest_debug, kvm_mp_state, kvm_xcrs, CpuId, Msrs, Xsave as KvmXsave,
+    KVM_EXIT_DIRTY_RING_FULL, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    KVM_MAX_CPUID_ENTRIES, KVM_MAX_XCRS,
 };
 use kvm_ioctls::{Cap, VcpuExit as KvmExit, VcpuFd};
 use vmm_sys_util::errno;
 
 use super::convert::system_event_kind;
+use super::kick::KickState;
 use super::os_error;
 use super::vm::VmShared;
 use crate::arch::x86_64::{
     CpuidEntry, Fpu, LapicState, MpState, Msr, Regs, SpecialRegs, VcpuEvents, Xcr, Xsave,
 };
-use crate::vcpu::{DebugExit, GuestDebug, Vcpu, VcpuError, VcpuExit};
+use crate::vcpu::{DebugExit, GuestDebug, KickHandle, Vcpu, VcpuError, VcpuExit};
 
 /// Size in bytes of the fixed part of `struct kvm_xsave`.
 const LEGACY_XSAVE_BYTES: usize = std::mem::size_of::<kvm_bindings::kvm_xsave>();
@@ -27,6 +29,15 @@ pub struct KvmVcpu {
     id: u32,
     // Keeps the VM, and so guest memory, alive while this vCPU exists.
     vm: Arc<VmShared>,
+    kick: Arc<KickState>,
+}
+
+impl Drop for KvmVcpu {
+    fn drop(&mut self) {
+        // Kick handles may outlive the vCPU: stop them touching its kvm_run before it is
+        // unmapped with `fd`.
+        self.kick.detach();
+    }
 }
 
 /// What `run()` took from kvm-ioctls' exit. Borrowed data is kept as raw parts so that the
@@ -34,6 +45,7 @@ pub struct KvmVcpu {
 /// (the I/O access width, the internal-error details).
 enum Pending {
     Done(VcpuExit<'static>),
+    Interrupted,
     IoIn(u16, *mut u8, usize),
     IoOut(u16, *const u8, usize),
     MmioRead(u64, *mut u8, usize),
@@ -44,8 +56,10 @@ enum Pending {
 }
 
 impl KvmVcpu {
-    pub(crate) fn new(fd: VcpuFd, id: u32, vm: Arc<VmShared>) -> Self {
-        KvmVcpu { fd, id, vm }
+    pub(crate) fn new(mut fd: VcpuFd, id: u32, vm: Arc<VmShared>) -> Self {
+        let immediate_exit = std::ptr::addr_of_mut!(fd.get_kvm_run().immediate_exit);
+        let kick = Arc::new(KickState::new(immediate_exit));
+        KvmVcpu { fd, id, vm, kick }
     }
 
     /// The underlying `kvm-ioctls` vCPU, for what vmkit does not wrap.
@@ -119,6 +133,9 @@ impl Vcpu for KvmVcpu {
     }
 
     fn run(&mut self) -> Result<VcpuExit<'_>, VcpuError> {
+        if self.kick.before_run() {
+            return Ok(VcpuExit::Kicked);
+        }
         let pending = match self.fd.run() {
             Ok(KvmExit::IoIn(port, data)) => Pending::IoIn(port, data.as_mut_ptr(), data.len()),
             Ok(KvmExit::IoOut(port, data)) => Pending::IoOut(port, data.as_ptr(), data.len()),
@@ -133,7 +150,10 @@ impl Vcpu for KvmVcpu {
             }
             Ok(KvmExit::Hlt) => Pending::Done(VcpuExit::Hlt),
             Ok(KvmExit::Shutdown) => Pending::Done(VcpuExit::Shutdown),
-            Ok(KvmExit::Intr) => Pending::Done(VcpuExit::Interrupted),
+            Ok(KvmExit::Intr) => Pending::Interrupted,
+            Ok(KvmExit::Unsupported(KVM_EXIT_DIRTY_RING_FULL)) => {
+                Pending::Done(VcpuExit::DirtyRingFull)
+            }
             Ok(KvmExit::Debug(arch)) => Pending::Done(VcpuExit::Debug(DebugExit {
                 pc: arch.pc,
                 exception: arch.exception,
@@ -146,7 +166,7 @@ impl Vcpu for KvmVcpu {
             Ok(KvmExit::InternalError) => Pending::InternalError,
             Ok(_) => Pending::Unknown,
             Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => {
-                Pending::Done(VcpuExit::Interrupted)
+                Pending::Interrupted
             }
             Err(err) => return Err(self.os("KVM_RUN")(err)),
         };
@@ -158,6 +178,8 @@ impl Vcpu for KvmVcpu {
         let run = self.fd.get_kvm_run();
         Ok(match pending {
             Pending::Done(exit) => exit,
+            Pending::Interrupted if self.kick.consume() => VcpuExit::Kicked,
+            Pending::Interrupted => VcpuExit::Interrupted,
             Pending::IoIn(port, ptr, len) => {
                 // SAFETY: the exit reason is KVM_EXIT_IO, so `io` is the active union member.
                 let size = unsafe { run.__bindgen_anon_1.io.size };
@@ -201,6 +223,10 @@ impl Vcpu for KvmVcpu {
                 code: run.exit_reason,
             },
         })
+    }
+
+    fn kick_handle(&self) -> KickHandle {
+        KickHandle::new(self.kick.clone())
     }
 
     fn set_guest_debug(&self, debug: &GuestDebug) -> Result<(), VcpuError> {

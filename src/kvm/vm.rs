@@ -2,14 +2,24 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
+use kvm_bindings::{
+    kvm_clock_data, kvm_userspace_memory_region, KVM_CLOCK_TSC_STABLE, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_READONLY,
+};
 use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
 
+use super::dirty::{self, DirtyRing, Mode};
+use super::kick;
 use super::{os_error, KvmVcpu};
+use crate::dirty::{DirtyLog, DirtyLogMode, DirtyRegion};
 use crate::hypervisor::{Capabilities, VmConfig};
-use crate::memory::{GuestMemoryMmap, MemoryFlags, MemoryRegion, MemorySlot, RegionTable};
+use crate::interrupt::{DataMatch, IoEventAddress, IrqRoute, MsiMessage};
+use crate::memory::{
+    GuestMemoryMmap, MemoryFlags, MemoryRegion, MemorySlot, RegionTable, PAGE_SIZE,
+};
 use crate::vcpu::Vcpu;
-use crate::vm::{Vm, VmError};
+use crate::vm::{ClockState, Vm, VmError};
 
 /// What a VM and its vCPUs share. vCPUs hold it too, so guest memory stays mapped for as long
 /// as any vCPU can run.
@@ -20,24 +30,32 @@ pub(crate) struct VmShared {
     regions: Mutex<RegionTable>,
     pub(crate) config: VmConfig,
     pub(crate) capabilities: Arc<Capabilities>,
+    dirty_mode: Mode,
+    /// Every vCPU's dirty ring (ring mode only); harvested with the table locked.
+    rings: Mutex<Vec<Arc<DirtyRing>>>,
 }
 
 impl VmShared {
     fn regions(&self) -> MutexGuard<'_, RegionTable> {
         // The table is consistent at every unlock (it changes only after the ioctl succeeded),
         // so a panic elsewhere while holding the lock leaves nothing half done.
-        self.regions.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.regions)
     }
 }
 
 /// A KVM virtual machine.
 #[derive(Debug)]
 pub struct KvmVm {
-    shared: Arc<VmShared>,
+    pub(super) shared: Arc<VmShared>,
 }
 
 impl KvmVm {
-    pub(crate) fn new(fd: VmFd, config: VmConfig, capabilities: Arc<Capabilities>) -> Self {
+    pub(crate) fn new(
+        fd: VmFd,
+        config: VmConfig,
+        capabilities: Arc<Capabilities>,
+        dirty_mode: Mode,
+    ) -> Self {
         let regions = Mutex::new(RegionTable::new(capabilities.max_memory_slots));
         KvmVm {
             shared: Arc::new(VmShared {
@@ -45,6 +63,8 @@ impl KvmVm {
                 regions,
                 config,
                 capabilities,
+                dirty_mode,
+                rings: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -72,7 +92,77 @@ impl KvmVm {
                     source: os_error(err),
                 },
             })?;
+        let create_error = |op, source| VmError::CreateVcpu { op, id, source };
+        kick::install_signal_handler()
+            .map_err(|err| create_error("installing the kick signal handler", err))?;
+        if let Mode::Ring { entries } = self.shared.dirty_mode {
+            let ring = DirtyRing::map(&fd, entries)
+                .map_err(|err| create_error("mmap of the vCPU dirty ring", err))?;
+            lock(&self.shared.rings).push(Arc::new(ring));
+        }
         Ok(KvmVcpu::new(fd, id, Arc::clone(&self.shared)))
+    }
+
+    /// Bitmap modes: fetch (and, with manual clearing, re-protect) each logging region.
+    fn harvest_bitmaps(&self, table: &RegionTable) -> Result<DirtyLog, VmError> {
+        let mut log = DirtyLog::default();
+        for (slot, region) in table
+            .iter()
+            .filter(|(_, r)| r.flags().contains(MemoryFlags::LOG_DIRTY))
+        {
+            let os = |op| move |source| VmError::DirtyLog { op, slot, source };
+            let mut bitmap = self
+                .shared
+                .fd
+                .get_dirty_log(slot.0, region.size() as usize)
+                .map_err(|err| os("KVM_GET_DIRTY_LOG")(os_error(err)))?;
+            if self.shared.dirty_mode == Mode::BitmapManualClear && bitmap.iter().any(|&w| w != 0) {
+                let pages = region.size() / PAGE_SIZE as u64;
+                dirty::clear_dirty_log(&self.shared.fd, slot.0, pages, &mut bitmap)
+                    .map_err(os("KVM_CLEAR_DIRTY_LOG"))?;
+            }
+            log.regions.push(DirtyRegion {
+                slot,
+                guest_addr: region.guest_addr(),
+                bitmap,
+            });
+        }
+        Ok(log)
+    }
+
+    /// Ring mode: collect every vCPU's ring into per-region bitmaps, then reset the rings.
+    fn harvest_rings(&self, table: &RegionTable) -> Result<DirtyLog, VmError> {
+        let mut log = DirtyLog::default();
+        for (slot, region) in table
+            .iter()
+            .filter(|(_, r)| r.flags().contains(MemoryFlags::LOG_DIRTY))
+        {
+            let pages = region.size() / PAGE_SIZE as u64;
+            log.regions.push(DirtyRegion {
+                slot,
+                guest_addr: region.guest_addr(),
+                bitmap: vec![0; pages.div_ceil(64) as usize],
+            });
+        }
+        for ring in lock(&self.shared.rings).iter() {
+            ring.harvest(|raw_slot, page| {
+                // The upper 16 bits name the address space; vmkit uses only the first. An
+                // entry for a slot that was removed meanwhile is dropped.
+                let slot = MemorySlot(raw_slot & 0xffff);
+                let Some(region) = log.regions.iter_mut().find(|r| r.slot == slot) else {
+                    return;
+                };
+                let word = (page / 64) as usize;
+                if let Some(bits) = region.bitmap.get_mut(word) {
+                    *bits |= 1 << (page % 64);
+                }
+            });
+        }
+        dirty::reset_rings(&self.shared.fd).map_err(|source| VmError::Os {
+            op: "KVM_RESET_DIRTY_RINGS",
+            source,
+        })?;
+        Ok(log)
     }
 
     fn set_slot(
@@ -139,4 +229,89 @@ impl Vm for KvmVm {
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>, VmError> {
         Ok(Box::new(self.create_kvm_vcpu(id)?))
     }
+
+    fn set_irq_line(&self, gsi: u32, level: bool) -> Result<(), VmError> {
+        self.irq_line(gsi, level)
+    }
+
+    fn signal_msi(&self, msi: MsiMessage) -> Result<(), VmError> {
+        self.msi(msi)
+    }
+
+    fn set_gsi_routing(&self, routes: &[IrqRoute]) -> Result<(), VmError> {
+        self.gsi_routing(routes)
+    }
+
+    fn register_irqfd(
+        &self,
+        fd: &EventFd,
+        gsi: u32,
+        resample: Option<&EventFd>,
+    ) -> Result<(), VmError> {
+        self.irqfd(fd, gsi, resample)
+    }
+
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.irqfd_remove(fd, gsi)
+    }
+
+    fn register_ioeventfd(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: DataMatch,
+    ) -> Result<(), VmError> {
+        self.ioeventfd(fd, addr, datamatch, true)
+    }
+
+    fn unregister_ioeventfd(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: DataMatch,
+    ) -> Result<(), VmError> {
+        self.ioeventfd(fd, addr, datamatch, false)
+    }
+
+    fn dirty_log_mode(&self) -> DirtyLogMode {
+        match self.shared.dirty_mode {
+            Mode::Bitmap | Mode::BitmapManualClear => DirtyLogMode::Bitmap,
+            Mode::Ring { entries } => DirtyLogMode::Ring { entries },
+        }
+    }
+
+    fn harvest_dirty_log(&self) -> Result<DirtyLog, VmError> {
+        let table = self.shared.regions();
+        match self.shared.dirty_mode {
+            Mode::Bitmap | Mode::BitmapManualClear => self.harvest_bitmaps(&table),
+            Mode::Ring { .. } => self.harvest_rings(&table),
+        }
+    }
+
+    fn clock(&self) -> Result<ClockState, VmError> {
+        let raw = self.shared.fd.get_clock().map_err(|err| VmError::Os {
+            op: "KVM_GET_CLOCK",
+            source: os_error(err),
+        })?;
+        Ok(ClockState {
+            ns: raw.clock,
+            stable: raw.flags & KVM_CLOCK_TSC_STABLE != 0,
+        })
+    }
+
+    fn set_clock(&self, clock: &ClockState) -> Result<(), VmError> {
+        let raw = kvm_clock_data {
+            clock: clock.ns,
+            ..Default::default()
+        };
+        self.shared.fd.set_clock(&raw).map_err(|err| VmError::Os {
+            op: "KVM_SET_CLOCK",
+            source: os_error(err),
+        })
+    }
+}
+
+/// Locks a mutex whose data stays consistent across panics (it is only ever replaced whole).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -36,8 +36,7 @@ pub fn long_mode_vm_with(config: VmConfig, code: &[u8]) -> TestVm {
     let memory = vm.memory();
     memory.write_slice(code, GuestAddress(CODE_ADDR)).unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
-    vcpu.set_cpuid(&hypervisor.supported_cpuid().unwrap())
-        .unwrap();
+    vcpu.set_cpuid(&hypervisor.supported_cpuid()).unwrap();
     boot::configure_long_mode(vcpu.as_ref(), &memory, CODE_ADDR).unwrap();
     TestVm {
         hypervisor,

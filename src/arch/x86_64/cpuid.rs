@@ -1,7 +1,9 @@
 //! CPUID leaves as the guest sees them.
 
 /// One CPUID leaf (and sub-leaf) with the values the guest reads.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct CpuidEntry {
     /// The leaf (EAX input).
     pub function: u32,

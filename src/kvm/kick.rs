@@ -1,0 +1,136 @@
+//! Kicking a KVM vCPU out of `KVM_RUN` from any thread or a signal handler, without lost kicks.
+//!
+//! A kick sets a pending flag, sets `kvm_run.immediate_exit`, and sends the vCPU's thread the
+//! kick signal ([`kick_signal`]), whose handler does nothing: the signal only makes a running
+//! `KVM_RUN` return `EINTR`. `immediate_exit` covers a kick that lands after the vCPU thread
+//! checked the pending flag but before it entered the guest: KVM then returns at once. The
+//! pending flag covers a kick that lands while the vCPU is out of `KVM_RUN` for another exit:
+//! the next `run()` returns [`VcpuExit::Kicked`](crate::VcpuExit::Kicked) without entering.
+//! Every operation on the kicking side is an atomic memory access or a `tgkill` system call,
+//! so [`Kick::kick`](crate::vcpu::Kick::kick) is async-signal-safe.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Once;
+
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use crate::vcpu::Kick;
+
+/// The real-time signal vmkit sends to kick a vCPU thread: `SIGRTMIN() + 2`.
+///
+/// vmkit installs a handler that does nothing the first time a KVM vCPU is created; a VMM must
+/// not block this signal on vCPU threads, nor use it for anything else.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN() + 2
+}
+
+extern "C" fn ignore_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the kick signal's handler once per process.
+pub(crate) fn install_signal_handler() -> std::io::Result<()> {
+    static INSTALL: Once = Once::new();
+    let mut result = Ok(());
+    INSTALL.call_once(|| {
+        result = register_signal_handler(kick_signal(), ignore_kick)
+            .map_err(|err| std::io::Error::from_raw_os_error(err.errno()));
+    });
+    result
+}
+
+thread_local! {
+    /// This thread's kernel thread id, cached: `gettid` on every `run()` would cost a syscall.
+    static THREAD_ID: Cell<libc::pid_t> = const { Cell::new(0) };
+}
+
+fn current_thread_id() -> libc::pid_t {
+    THREAD_ID.with(|id| {
+        if id.get() == 0 {
+            // SAFETY: gettid has no preconditions.
+            id.set(unsafe { libc::gettid() });
+        }
+        id.get()
+    })
+}
+
+/// What a vCPU and its kick handles share.
+#[derive(Debug)]
+pub(crate) struct KickState {
+    pending: AtomicBool,
+    /// `kvm_run.immediate_exit`, or null once the vCPU (and its kvm_run mapping) is gone.
+    immediate_exit: AtomicPtr<u8>,
+    /// Kicks currently using `immediate_exit`; the vCPU waits for zero before unmapping.
+    in_flight: AtomicUsize,
+    /// Kernel thread id of the thread that last ran the vCPU (0: never ran).
+    thread: AtomicI32,
+}
+
+impl KickState {
+    pub(crate) fn new(immediate_exit: *mut u8) -> Self {
+        KickState {
+            pending: AtomicBool::new(false),
+            immediate_exit: AtomicPtr::new(immediate_exit),
+            in_flight: AtomicUsize::new(0),
+            thread: AtomicI32::new(0),
+        }
+    }
+
+    fn immediate_exit(&self) -> Option<&AtomicU8> {
+        let ptr = self.immediate_exit.load(Ordering::SeqCst);
+        // SAFETY: non-null means the vCPU's kvm_run mapping is live, and it stays live while
+        // `in_flight` is non-zero (see `detach`); the byte is only accessed atomically.
+        (!ptr.is_null()).then(|| unsafe { AtomicU8::from_ptr(ptr) })
+    }
+
+    /// Called by `run()` before entering the guest: records the thread to signal, and consumes
+    /// a pending kick. Returns true if the vCPU was kicked and must not enter the guest.
+    pub(crate) fn before_run(&self) -> bool {
+        let tid = current_thread_id();
+        if self.thread.load(Ordering::Relaxed) != tid {
+            self.thread.store(tid, Ordering::SeqCst);
+        }
+        self.consume()
+    }
+
+    /// Consumes a pending kick, if any, and re-arms `immediate_exit`.
+    pub(crate) fn consume(&self) -> bool {
+        if !self.pending.load(Ordering::SeqCst) || !self.pending.swap(false, Ordering::SeqCst) {
+            return false;
+        }
+        // A kick arriving from here on sets `pending` and `immediate_exit` again, so clearing
+        // the flag now cannot lose it: the next `run()` sees `pending`.
+        if let Some(flag) = self.immediate_exit() {
+            flag.store(0, Ordering::SeqCst);
+        }
+        true
+    }
+
+    /// Makes later kicks leave the vCPU's memory alone; returns once no kick touches it.
+    pub(crate) fn detach(&self) {
+        self.immediate_exit
+            .store(std::ptr::null_mut(), Ordering::SeqCst);
+        while self.in_flight.load(Ordering::SeqCst) != 0 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+impl Kick for KickState {
+    fn kick(&self) {
+        self.pending.store(true, Ordering::SeqCst);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if let Some(flag) = self.immediate_exit() {
+            flag.store(1, Ordering::SeqCst);
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let tid = self.thread.load(Ordering::SeqCst);
+        if tid != 0 {
+            // tgkill (not pthread_kill) because the thread may have exited: a dead thread id
+            // gives ESRCH, a reused one (in this process only) a harmless no-op signal.
+            // SAFETY: tgkill has no memory-safety preconditions.
+            unsafe {
+                libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, kick_signal());
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Dirty-page tracking on the real hypervisor, in bitmap and ring mode: the guest writes a
+//! known set of pages and the host must report exactly that set, then only the next set.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::long_mode_vm_with;
+use vm_memory::{Bytes, GuestAddress};
+use vmkit::{DirtyLogMode, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
+
+/// Tracked region: 1 MiB at 1 GiB, away from the code, tables and page tables in RAM.
+const TRACKED: u64 = 0x4000_0000;
+const TRACKED_PAGES: u64 = 256;
+/// Where the host puts the list of pages for the guest to write: a count, then addresses.
+const TABLE: u64 = 0x20_0000;
+
+/// start: mov esi, TABLE; mov rcx, [rsi]; add rsi, 8
+/// next:  test rcx, rcx; jz done; mov rdi, [rsi]; mov byte [rdi], 1; add rsi, 8; dec rcx;
+///        jmp next
+/// done:  out 0x80, al; jmp start
+const WRITER: [u8; 36] = [
+    0xbe, 0x00, 0x00, 0x20, 0x00, 0x48, 0x8b, 0x0e, 0x48, 0x83, 0xc6, 0x08, 0x48, 0x85, 0xc9, 0x74,
+    0x0f, 0x48, 0x8b, 0x3e, 0xc6, 0x07, 0x01, 0x48, 0x83, 0xc6, 0x08, 0x48, 0xff, 0xc9, 0xeb, 0xec,
+    0xe6, 0x80, 0xeb, 0xdc,
+];
+
+fn tracked_vm(config: VmConfig) -> common::TestVm {
+    let t = long_mode_vm_with(config, &WRITER);
+    let region = MemoryRegion::anonymous(
+        GuestAddress(TRACKED),
+        (TRACKED_PAGES * 0x1000) as usize,
+        MemoryFlags::LOG_DIRTY,
+    )
+    .unwrap();
+    t.vm.add_memory_region(region).unwrap();
+    t
+}
+
+/// Has the guest write one byte to each of `pages` (page numbers in the tracked region), and
+/// harvests the dirty log whenever the ring fills up on the way. Returns what those harvests
+/// reported (empty in bitmap mode).
+fn guest_writes(vm: &dyn Vm, vcpu: &mut dyn Vcpu, pages: &[u64]) -> BTreeSet<u64> {
+    let memory = vm.memory();
+    memory
+        .write_obj(pages.len() as u64, GuestAddress(TABLE))
+        .unwrap();
+    for (i, page) in pages.iter().enumerate() {
+        let addr = TRACKED + page * 0x1000 + (page % 7) * 8;
+        memory
+            .write_obj(addr, GuestAddress(TABLE + 8 + 8 * i as u64))
+            .unwrap();
+    }
+    let mut harvested_early = BTreeSet::new();
+    loop {
+        match vcpu.run().unwrap() {
+            VcpuExit::IoOut { port: 0x80, .. } => return harvested_early,
+            VcpuExit::DirtyRingFull => harvested_early.extend(dirty_pages(vm)),
+            other => panic!("unexpected exit {other:?}"),
+        }
+    }
+}
+
+fn dirty_pages(vm: &dyn Vm) -> BTreeSet<u64> {
+    let log = vm.harvest_dirty_log().unwrap();
+    assert_eq!(
+        log.regions.len(),
+        1,
+        "only the tracked region logs dirty pages"
+    );
+    log.dirty_pages()
+        .map(|addr| (addr.0 - TRACKED) / 0x1000)
+        .collect()
+}
+
+fn exact_sets(config: VmConfig) {
+    let mut t = tracked_vm(config);
+    let first = [0, 5, 63, 64, 200, 255];
+    guest_writes(t.vm.as_ref(), t.vcpu.as_mut(), &first);
+    assert_eq!(dirty_pages(t.vm.as_ref()), first.into_iter().collect());
+    // Nothing written since: nothing reported.
+    assert_eq!(dirty_pages(t.vm.as_ref()), BTreeSet::new());
+    let second = [1, 5, 100];
+    guest_writes(t.vm.as_ref(), t.vcpu.as_mut(), &second);
+    assert_eq!(dirty_pages(t.vm.as_ref()), second.into_iter().collect());
+}
+
+#[test]
+fn bitmap_reports_exactly_the_written_pages() {
+    let t = tracked_vm(VmConfig::default());
+    assert_eq!(t.vm.dirty_log_mode(), DirtyLogMode::Bitmap);
+    drop(t);
+    exact_sets(VmConfig::default());
+}
+
+#[test]
+fn ring_reports_exactly_the_written_pages() {
+    let caps = common::hypervisor().capabilities().clone();
+    assert!(caps.dirty_ring_max_entries >= 4096, "{caps:?}");
+    let config = VmConfig::default().dirty_ring(Some(4096));
+    let t = tracked_vm(config.clone());
+    assert_eq!(t.vm.dirty_log_mode(), DirtyLogMode::Ring { entries: 4096 });
+    drop(t);
+    exact_sets(config);
+}
+
+#[test]
+fn a_full_ring_stops_the_vcpu_and_loses_nothing() {
+    // The smallest ring KVM accepts (one page of entries) holds fewer pages than we write.
+    let mut t = tracked_vm(VmConfig::default().dirty_ring(Some(256)));
+    let pages: Vec<u64> = (0..TRACKED_PAGES).collect();
+    let early = guest_writes(t.vm.as_ref(), t.vcpu.as_mut(), &pages);
+    assert!(
+        !early.is_empty(),
+        "the ring must have filled up at least once"
+    );
+    let mut all = early;
+    all.extend(dirty_pages(t.vm.as_ref()));
+    assert_eq!(all, pages.into_iter().collect());
+}
+
+#[test]
+fn dirty_ring_sizes_are_checked() {
+    let hv = common::hypervisor();
+    for bad in [0, 1000, hv.capabilities().dirty_ring_max_entries * 2] {
+        let err = hv
+            .create_vm(&VmConfig::default().dirty_ring(Some(bad)))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("power of two"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn vmm_writes_do_not_count_as_guest_writes_but_are_in_the_vm_memory_bitmap() {
+    let t = tracked_vm(VmConfig::default());
+    t.vm.memory()
+        .write_obj(7u8, GuestAddress(TRACKED + 3 * 0x1000))
+        .unwrap();
+    // KVM's log is about the guest; vm-memory's bitmap (see tests/vm.rs) is about the VMM.
+    assert_eq!(dirty_pages(t.vm.as_ref()), BTreeSet::new());
+}

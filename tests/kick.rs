@@ -1,0 +1,125 @@
+//! Kicking vCPUs out of `run()`: before, during and between runs, from other threads, with no
+//! kick lost.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::long_mode_vm;
+use vmkit::VcpuExit;
+
+/// spin: jmp spin
+const SPIN: [u8; 2] = [0xeb, 0xfe];
+/// again: out 0x80, al; jmp again
+const PIO_LOOP: [u8; 4] = [0xe6, 0x80, 0xeb, 0xfc];
+
+/// A liveness bound, not a performance threshold: a lost kick would wait forever.
+const GIVE_UP: Duration = Duration::from_secs(20);
+
+#[test]
+fn a_kick_before_run_returns_without_entering_the_guest() {
+    let mut t = long_mode_vm(&[0xf4]); // hlt
+    t.vcpu.kick_handle().kick();
+    assert!(matches!(t.vcpu.run().unwrap(), VcpuExit::Kicked));
+    // The kick was consumed: the guest now runs to its hlt.
+    assert!(matches!(t.vcpu.run().unwrap(), VcpuExit::Hlt));
+    assert_eq!(t.vcpu.regs().unwrap().rip, common::CODE_ADDR + 1);
+}
+
+#[test]
+fn a_kick_stops_a_guest_that_never_exits() {
+    let mut t = long_mode_vm(&SPIN);
+    let kick = t.vcpu.kick_handle();
+    let kicker = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(50));
+        kick.kick();
+    });
+    assert!(matches!(t.vcpu.run().unwrap(), VcpuExit::Kicked));
+    kicker.join().unwrap();
+    let rip = t.vcpu.regs().unwrap().rip;
+    assert_eq!(
+        rip,
+        common::CODE_ADDR,
+        "the guest was spinning at its only instruction"
+    );
+}
+
+#[test]
+fn every_kick_is_observed_under_stress() {
+    const KICKS: u64 = 2000;
+    let mut t = long_mode_vm(&PIO_LOOP);
+    let kick = t.vcpu.kick_handle();
+    let observed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+
+    let kicker = {
+        let observed = Arc::clone(&observed);
+        let done = Arc::clone(&done);
+        thread::spawn(move || {
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+            for i in 1..=KICKS {
+                // xorshift: a pseudo-random pause so kicks land before, during and between runs.
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let pause = Instant::now();
+                while pause.elapsed() < Duration::from_micros(seed % 40) {
+                    std::hint::spin_loop();
+                }
+                kick.kick();
+                let start = Instant::now();
+                while observed.load(Ordering::SeqCst) < i {
+                    assert!(start.elapsed() < GIVE_UP, "kick {i} was never observed");
+                    thread::yield_now();
+                }
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+
+    let mut exits = 0u64;
+    while !done.load(Ordering::SeqCst) {
+        match t.vcpu.run().unwrap() {
+            VcpuExit::Kicked => {
+                observed.fetch_add(1, Ordering::SeqCst);
+            }
+            VcpuExit::IoOut { port: 0x80, .. } => exits += 1,
+            VcpuExit::Interrupted => {}
+            other => panic!("unexpected exit {other:?}"),
+        }
+        // Sometimes linger between runs, where a kick must be kept for the next run().
+        if exits % 16 == 3 {
+            thread::yield_now();
+        }
+    }
+    kicker.join().unwrap();
+    assert_eq!(observed.load(Ordering::SeqCst), KICKS);
+    assert!(exits > 0, "the guest ran between kicks");
+}
+
+#[test]
+fn a_kick_handle_outliving_its_vcpu_is_harmless() {
+    let t = long_mode_vm(&SPIN);
+    let kick = t.vcpu.kick_handle();
+    let clone = kick.clone();
+    drop(t);
+    kick.kick();
+    clone.kick();
+}
+
+#[test]
+fn kicks_follow_the_vcpu_to_another_thread() {
+    let mut t = long_mode_vm(&SPIN);
+    let kick = t.vcpu.kick_handle();
+    // The vCPU first runs (and is kicked) on this thread, then moves to another one.
+    kick.kick();
+    assert!(matches!(t.vcpu.run().unwrap(), VcpuExit::Kicked));
+    let mut vcpu = t.vcpu;
+    let runner = thread::spawn(move || matches!(vcpu.run().unwrap(), VcpuExit::Kicked));
+    thread::sleep(Duration::from_millis(50));
+    kick.kick();
+    assert!(runner.join().unwrap());
+}

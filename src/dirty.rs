@@ -62,6 +62,15 @@ impl DirtyRegion {
 pub struct DirtyLog {
     /// One entry per region that logs dirty pages, in slot order.
     pub regions: Vec<DirtyRegion>,
+    /// A dirty ring was found completely full, so the hypervisor may have dropped entries:
+    /// the log may be incomplete and the VMM should treat all tracked memory as dirty.
+    ///
+    /// A hypervisor normally stops a vCPU ([`VcpuExit::DirtyRingFull`]) before its ring fills;
+    /// a nested, software-emulated KVM may not, when it emulates many guest instructions
+    /// without re-entering its run loop.
+    ///
+    /// [`VcpuExit::DirtyRingFull`]: crate::VcpuExit::DirtyRingFull
+    pub overflowed: bool,
 }
 
 impl DirtyLog {

@@ -60,6 +60,7 @@ pub mod interrupt;
 #[cfg(feature = "kvm")]
 pub mod kvm;
 pub mod memory;
+pub mod pause;
 pub mod vcpu;
 pub mod vm;
 

@@ -151,6 +151,11 @@ impl DirtyRing {
         })
     }
 
+    /// Number of entries in the ring.
+    pub(crate) fn len(&self) -> usize {
+        self.len as usize
+    }
+
     /// Collects every entry KVM has published, calling `record(slot, page offset)` for each,
     /// and marks them for reset. Returns how many were collected.
     pub(crate) fn harvest(&self, mut record: impl FnMut(u32, u64)) -> usize {

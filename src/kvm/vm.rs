@@ -145,7 +145,7 @@ impl KvmVm {
             });
         }
         for ring in lock(&self.shared.rings).iter() {
-            ring.harvest(|raw_slot, page| {
+            let collected = ring.harvest(|raw_slot, page| {
                 // The upper 16 bits name the address space; vmkit uses only the first. An
                 // entry for a slot that was removed meanwhile is dropped.
                 let slot = MemorySlot(raw_slot & 0xffff);
@@ -157,6 +157,8 @@ impl KvmVm {
                     *bits |= 1 << (page % 64);
                 }
             });
+            // KVM keeps entries in reserve so that a ring it stops in time is never full.
+            log.overflowed |= collected == ring.len();
         }
         dirty::reset_rings(&self.shared.fd).map_err(|source| VmError::Os {
             op: "KVM_RESET_DIRTY_RINGS",

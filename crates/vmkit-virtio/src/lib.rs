@@ -1,0 +1,129 @@
+//! Virtqueues, device side, over [`vm_memory`]: the split and the packed
+//! layouts of the virtio 1.2 specification, written for a hostile driver.
+//!
+//! Every value the guest controls — ring indices, descriptor addresses,
+//! lengths, flags, `next` links, indirect tables, event suppression fields —
+//! is checked against the specification and against guest memory before it
+//! is used. A violation gives an [`Error`] that names the value; nothing the
+//! guest writes can make this crate panic, read or write outside guest
+//! memory, loop without bound or allocate memory: chains are iterated in
+//! place, and iteration is bounded by the table size.
+//!
+//! - [`SplitQueue`] pops [`SplitChain`]s from the available ring and returns
+//!   them with [`SplitQueue::add_used`].
+//! - [`PackedQueue`] pops [`PackedChain`]s from the descriptor ring and
+//!   writes used descriptors back with [`PackedQueue::add_used`].
+//! - Both iterate validated [`Descriptor`]s, direct and indirect, implement
+//!   notification suppression (EVENT_IDX or flags), and save and restore
+//!   their state ([`SplitQueueState`], [`PackedQueueState`]).
+//!
+//! # Example
+//!
+//! A driver places a two-descriptor chain (one readable, one writable
+//! buffer) on a split queue; the device pops it, walks its buffers and
+//! returns it.
+//!
+//! ```
+//! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+//! use vmkit_virtio::{SplitQueue, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)])?;
+//! let (desc, avail, used) = (0x1000u64, 0x2000u64, 0x3000u64);
+//!
+//! // Driver side: descriptor 0 -> 1, head 0 in avail.ring[0], avail.idx = 1.
+//! let write_desc = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+//!     let at = desc + 16 * i;
+//!     mem.write_obj(addr, GuestAddress(at)).unwrap();
+//!     mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+//!     mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+//!     mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+//! };
+//! write_desc(0, 0x4000, 16, VIRTQ_DESC_F_NEXT, 1);
+//! write_desc(1, 0x5000, 512, VIRTQ_DESC_F_WRITE, 0);
+//! mem.write_obj(0u16, GuestAddress(avail + 4))?;
+//! mem.write_obj(1u16, GuestAddress(avail + 2))?;
+//!
+//! // Device side.
+//! let mut q = SplitQueue::new(256)?;
+//! q.set_size(16)?;
+//! q.set_desc_table(GuestAddress(desc))?;
+//! q.set_avail_ring(GuestAddress(avail))?;
+//! q.set_used_ring(GuestAddress(used))?;
+//! q.set_ready(true);
+//! q.validate(&mem)?;
+//!
+//! let chain = q.pop(&mem)?.expect("one chain is available");
+//! let head = chain.head_index();
+//! let mut written = 0;
+//! for d in chain {
+//!     let d = d?; // a malformed chain is an error here, never a panic
+//!     if d.is_write_only() {
+//!         written += d.len(); // a real device writes its reply here
+//!     }
+//! }
+//! q.add_used(&mem, head, written)?;
+//! assert_eq!(mem.read_obj::<u16>(GuestAddress(used + 2))?, 1); // used.idx
+//! assert_eq!(mem.read_obj::<u32>(GuestAddress(used + 8))?, 512); // used.ring[0].len
+//! assert!(q.pop(&mem)?.is_none());
+//!
+//! // For batches, `access` resolves the rings once for many chains.
+//! mem.write_obj(2u16, GuestAddress(avail + 2))?; // head 0 again, in avail.ring[1]
+//! let mut batch = q.access(&mem)?;
+//! while let Some(chain) = batch.pop()? {
+//!     let head = chain.head_index();
+//!     let n = chain.filter(|d| d.is_ok()).count();
+//!     assert_eq!(n, 2);
+//!     batch.add_used(head, 0)?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Errors and device failure
+//!
+//! Errors while iterating a chain concern that request only: the device
+//! fails it (returns it with length 0, or with a device-specific error
+//! status) and carries on. Errors that leave the ring itself untrustworthy
+//! (an available index that jumps, a head index out of range, more buffers
+//! than the queue holds) mark the queue broken; it then answers
+//! [`Error::Broken`] until it is reset, and the device should set
+//! `DEVICE_NEEDS_RESET`.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod error;
+mod mem;
+pub mod packed;
+pub mod split;
+
+pub use error::{DescIndex, Error, Result, RingArea};
+pub use mem::Descriptor;
+pub use packed::{PackedAccess, PackedChain, PackedQueue, PackedQueueState};
+pub use split::{
+    SplitAccess, SplitChain, SplitQueue, SplitQueueState, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
+};
+
+/// The largest queue size the specification allows (split and packed).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// The most descriptors an indirect table may hold. The specification sets
+/// no limit of its own; this is the largest queue size, so no indirect
+/// chain is longer than the longest direct one could be.
+pub const MAX_INDIRECT_DESCRIPTORS: u32 = MAX_QUEUE_SIZE as u32;
+
+fn check_max_size(max: u16) -> Result<()> {
+    if max == 0 || max > MAX_QUEUE_SIZE {
+        return Err(Error::InvalidMaxSize { max });
+    }
+    Ok(())
+}
+
+/// The standard EVENT_IDX test: whether moving an index from `old` to `new`
+/// crossed `event` (all free-running 16-bit indices), i.e. whether the other
+/// side asked to be notified at `event`.
+pub fn vring_need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}

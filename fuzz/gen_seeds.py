@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora in corpus/<target>/ (run from fuzz/)."""
+import os
+import struct
+
+NEXT, WRITE, INDIRECT = 1, 2, 4
+AVAIL_F, USED_F = 1 << 7, 1 << 15
+
+
+def image(size=0x1000):
+    return bytearray(size)
+
+
+def split_desc(img, table, i, addr, ln, flags, nxt):
+    struct.pack_into("<QIHH", img, table + 16 * i, addr, ln, flags, nxt)
+
+
+def packed_desc(img, i, addr, ln, bid, flags, table=0):
+    struct.pack_into("<QIHH", img, table + 16 * i, addr, ln, bid, flags)
+
+
+def avail(img, heads):
+    struct.pack_into("<HH", img, 0x200, 0, len(heads))
+    for k, h in enumerate(heads):
+        struct.pack_into("<H", img, 0x204 + 2 * k, h)
+
+
+def save(target, name, header, img):
+    os.makedirs(f"corpus/{target}", exist_ok=True)
+    with open(f"corpus/{target}/{name}", "wb") as f:
+        f.write(bytes(header) + bytes(img).rstrip(b"\0"))
+
+
+# Split: header [size_log, flags(1 event_idx, 2 indirect, 4 access, 8 interleave), start_lo, start_hi]
+img = image()
+split_desc(img, 0, 0, 0x1000, 16, NEXT, 1)
+split_desc(img, 0, 1, 0x2000, 64, WRITE, 0)
+avail(img, [0])
+save("split_queue", "valid_two_descriptors", [4, 0, 0, 0], img)
+
+img = image()
+for k in range(3):
+    split_desc(img, 0, k, 0x1000 + 0x100 * k, 32, WRITE, 0)
+avail(img, [0, 1, 2])
+save("split_queue", "three_single_chains_event_idx", [4, 1 | 4 | 8, 0, 0], img)
+
+img = image()
+split_desc(img, 0x800, 0, 0x1000, 16, NEXT, 1)
+split_desc(img, 0x800, 1, 0x2000, 64, WRITE, 0)
+split_desc(img, 0, 0, 0x800, 32, INDIRECT, 0)
+avail(img, [0])
+save("split_queue", "indirect_table", [4, 2, 0, 0], img)
+
+img = image()
+split_desc(img, 0, 0, 0x1000, 16, NEXT, 1)
+split_desc(img, 0, 1, 0x1000, 16, NEXT, 0)
+avail(img, [0])
+save("split_queue", "loop", [3, 0, 0, 0], img)
+
+img = image()
+struct.pack_into("<HH", img, 0x200, 0, 40)
+save("split_queue", "avail_jump", [4, 0, 0, 0], img)
+
+# Packed: header [size, flags]
+img = image()
+packed_desc(img, 0, 0x1000, 16, 7, AVAIL_F | NEXT)
+packed_desc(img, 1, 0x2000, 64, 7, AVAIL_F | WRITE)
+save("packed_queue", "valid_two_descriptors", [16, 0], img)
+
+img = image()
+packed_desc(img, 0, 0x1000, 16, 0, NEXT, table=0x800)
+packed_desc(img, 1, 0x2000, 64, 0, WRITE, table=0x800)
+packed_desc(img, 0, 0x800, 32, 3, AVAIL_F | INDIRECT)
+struct.pack_into("<HH", img, 0x400, 0x8001, 2)
+save("packed_queue", "indirect_event_idx", [16, 1 | 2 | 8], img)
+
+img = image()
+for k in range(4):
+    packed_desc(img, k, 0x1000, 16, k, AVAIL_F | NEXT)
+save("packed_queue", "list_longer_than_ring", [3, 0], img)

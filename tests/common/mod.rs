@@ -54,3 +54,4 @@ pub fn next_exit(vcpu: &mut dyn Vcpu) -> String {
         }
     }
 }
+pub mod guest;

@@ -1,0 +1,208 @@
+//! Interrupts reach the guest: the host raises them (IRQ line, MSI, irqfd, routed GSI), the
+//! minimal kernel's handler runs and reports the vector on port 0x511. Guest writes reach
+//! ioeventfds without exiting.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::guest::{Guest, GuestConfig, GIVE_UP};
+use common::long_mode_vm;
+use vmkit::{
+    DataMatch, EventFd, IoEventAddress, IrqRoute, MsiMessage, VcpuExit, VmConfig, VmError,
+};
+use vmkit_guests::minimal;
+use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+/// How long to wait for a report that must *not* come.
+const QUIET: Duration = Duration::from_millis(200);
+
+fn irq_guest() -> Guest {
+    let hv = common::hypervisor();
+    let guest = Guest::boot(hv.as_ref(), GuestConfig::interrupts(1));
+    guest.wait_for_serial(minimal::IRQ_READY);
+    // The kernel enables the UART's THR-empty interrupt last; vm-superio raises it through the
+    // irqfd on GSI 4, so that is the first vector the guest reports.
+    assert_eq!(
+        guest.next_report(GIVE_UP),
+        minimal::gsi_vector(minimal::SERIAL_GSI)
+    );
+    guest
+}
+
+fn wait_signalled(fd: &EventFd) -> u64 {
+    let start = Instant::now();
+    loop {
+        if let Ok(count) = fd.read() {
+            return count;
+        }
+        assert!(start.elapsed() < GIVE_UP, "the eventfd was never signalled");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn irq_lines_and_msis_reach_the_handler() {
+    let guest = irq_guest();
+    for gsi in [3, 0, 15] {
+        guest.vm.set_irq_line(gsi, true).unwrap();
+        guest.vm.set_irq_line(gsi, false).unwrap();
+        assert_eq!(
+            guest.next_report(GIVE_UP),
+            minimal::gsi_vector(gsi),
+            "GSI {gsi}"
+        );
+    }
+    for vector in [0x38, 0x3f] {
+        guest.vm.signal_msi(MsiMessage::x86(0, vector)).unwrap();
+        assert_eq!(guest.next_report(GIVE_UP), Some(vector));
+    }
+    assert_eq!(
+        guest.next_report(QUIET),
+        None,
+        "no interrupt was raised twice"
+    );
+    guest.finish(false);
+}
+
+#[test]
+fn irqfd_with_resample_acts_as_a_level_interrupt() {
+    let guest = irq_guest();
+    let gsi = 17;
+    assert!(minimal::gsi_is_level_triggered(gsi));
+    let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
+    let resample = EventFd::new(EFD_NONBLOCK).unwrap();
+    guest
+        .vm
+        .register_irqfd(&irqfd, gsi, Some(&resample))
+        .unwrap();
+    irqfd.write(1).unwrap();
+    assert_eq!(guest.next_report(GIVE_UP), minimal::gsi_vector(gsi));
+    // The guest's EOI makes KVM lower the line and tell the device through `resample`.
+    assert_eq!(wait_signalled(&resample), 1);
+    // The device's condition is gone (it does not write the irqfd again): nothing more comes.
+    assert_eq!(guest.next_report(QUIET), None);
+
+    guest.vm.unregister_irqfd(&irqfd, gsi).unwrap();
+    irqfd.write(1).unwrap();
+    assert_eq!(
+        guest.next_report(QUIET),
+        None,
+        "an unregistered irqfd injects nothing"
+    );
+    guest.finish(false);
+}
+
+#[test]
+fn gsi_routing_sends_an_irqfd_as_an_msi() {
+    let guest = irq_guest();
+    let mut routes = IrqRoute::pc_defaults();
+    routes.push(IrqRoute::Msi {
+        gsi: 30,
+        msi: MsiMessage::x86(0, 0x3a),
+    });
+    guest.vm.set_gsi_routing(&routes).unwrap();
+    let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
+    guest.vm.register_irqfd(&irqfd, 30, None).unwrap();
+    irqfd.write(1).unwrap();
+    assert_eq!(guest.next_report(GIVE_UP), Some(0x3a));
+    // The legacy routes are still there.
+    guest.vm.set_irq_line(6, true).unwrap();
+    guest.vm.set_irq_line(6, false).unwrap();
+    assert_eq!(guest.next_report(GIVE_UP), minimal::gsi_vector(6));
+    guest.finish(false);
+}
+
+#[test]
+fn ioeventfd_on_a_port_with_and_without_datamatch() {
+    let guest = irq_guest();
+    let report = IoEventAddress::Pio(minimal::IRQ_REPORT_PORT);
+    let fd = EventFd::new(EFD_NONBLOCK).unwrap();
+    let vector5 = minimal::gsi_vector(5).unwrap();
+    guest
+        .vm
+        .register_ioeventfd(&fd, report, DataMatch::U8(vector5))
+        .unwrap();
+    // The guest's report of vector 0x25 now signals the eventfd instead of exiting...
+    guest.vm.set_irq_line(5, true).unwrap();
+    guest.vm.set_irq_line(5, false).unwrap();
+    assert_eq!(wait_signalled(&fd), 1);
+    // ...while other values still exit.
+    guest.vm.set_irq_line(7, true).unwrap();
+    guest.vm.set_irq_line(7, false).unwrap();
+    assert_eq!(guest.next_report(GIVE_UP), minimal::gsi_vector(7));
+    assert!(fd.read().is_err(), "0x27 does not match");
+
+    guest
+        .vm
+        .unregister_ioeventfd(&fd, report, DataMatch::U8(vector5))
+        .unwrap();
+    let any = EventFd::new(EFD_NONBLOCK).unwrap();
+    guest
+        .vm
+        .register_ioeventfd(&any, report, DataMatch::Any)
+        .unwrap();
+    guest.vm.set_irq_line(9, true).unwrap();
+    guest.vm.set_irq_line(9, false).unwrap();
+    assert_eq!(wait_signalled(&any), 1);
+    assert_eq!(
+        guest.next_report(QUIET),
+        None,
+        "the report went to the eventfd"
+    );
+    guest.finish(false);
+}
+
+#[test]
+fn ioeventfd_on_mmio_matches_the_written_value() {
+    // mov ebx, 0xd0000000; mov dword [rbx], 7; mov dword [rbx], 9; out 0x80, al; hlt
+    let code = [
+        0xbb, 0x00, 0x00, 0x00, 0xd0, 0xc7, 0x03, 0x07, 0x00, 0x00, 0x00, 0xc7, 0x03, 0x09, 0x00,
+        0x00, 0x00, 0xe6, 0x80, 0xf4,
+    ];
+    let mut t = long_mode_vm(&code);
+    let fd = EventFd::new(EFD_NONBLOCK).unwrap();
+    let addr = IoEventAddress::Mmio(common::MMIO_ADDR);
+    t.vm.register_ioeventfd(&fd, addr, DataMatch::U32(7))
+        .unwrap();
+    match t.vcpu.run().unwrap() {
+        VcpuExit::MmioWrite { addr, data } => {
+            assert_eq!((addr, data), (common::MMIO_ADDR, &9u32.to_le_bytes()[..]))
+        }
+        other => panic!("expected only the write of 9 to exit, got {other:?}"),
+    }
+    assert_eq!(
+        fd.read().unwrap(),
+        1,
+        "the write of 7 signalled the eventfd"
+    );
+    assert!(matches!(
+        t.vcpu.run().unwrap(),
+        VcpuExit::IoOut { port: 0x80, .. }
+    ));
+    // Unregistering with a different match is an error that names the address.
+    let err =
+        t.vm.unregister_ioeventfd(&fd, addr, DataMatch::U32(8))
+            .unwrap_err();
+    assert!(err.to_string().contains("MMIO address 0xd0000000"), "{err}");
+    t.vm.unregister_ioeventfd(&fd, addr, DataMatch::U32(7))
+        .unwrap();
+}
+
+#[test]
+fn interrupt_calls_without_an_irqchip_say_so() {
+    let vm = common::hypervisor()
+        .create_vm(&VmConfig::default())
+        .unwrap();
+    let err = vm.set_irq_line(4, true).unwrap_err();
+    assert!(matches!(err, VmError::NoIrqchip { .. }));
+    assert_eq!(
+        err.to_string(),
+        "KVM_IRQ_LINE needs an in-kernel irqchip; create the VM with VmConfig::irqchip(true)"
+    );
+    let fd = EventFd::new(0).unwrap();
+    assert!(matches!(
+        vm.register_irqfd(&fd, 4, None),
+        Err(VmError::NoIrqchip { .. })
+    ));
+}

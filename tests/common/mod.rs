@@ -18,18 +18,16 @@ pub fn hypervisor() -> Box<dyn Hypervisor> {
 }
 
 pub struct TestVm {
-    pub hypervisor: Box<dyn Hypervisor>,
     pub vm: Box<dyn Vm>,
     pub vcpu: Box<dyn Vcpu>,
 }
 
 /// A VM with `RAM_SIZE` bytes of RAM at 0 and vCPU 0 about to run `code` in long mode.
-pub fn long_mode_vm(code: &[u8]) -> TestVm {
-    long_mode_vm_with(VmConfig::default(), code)
+pub fn long_mode_vm(hypervisor: &dyn Hypervisor, code: &[u8]) -> TestVm {
+    long_mode_vm_with(hypervisor, VmConfig::default(), code)
 }
 
-pub fn long_mode_vm_with(config: VmConfig, code: &[u8]) -> TestVm {
-    let hypervisor = hypervisor();
+pub fn long_mode_vm_with(hypervisor: &dyn Hypervisor, config: VmConfig, code: &[u8]) -> TestVm {
     let vm = hypervisor.create_vm(&config).unwrap();
     let ram = MemoryRegion::anonymous(GuestAddress(0), RAM_SIZE, MemoryFlags::empty()).unwrap();
     vm.add_memory_region(ram).unwrap();
@@ -38,11 +36,7 @@ pub fn long_mode_vm_with(config: VmConfig, code: &[u8]) -> TestVm {
     let vcpu = vm.create_vcpu(0).unwrap();
     vcpu.set_cpuid(&hypervisor.supported_cpuid()).unwrap();
     boot::configure_long_mode(vcpu.as_ref(), &memory, CODE_ADDR).unwrap();
-    TestVm {
-        hypervisor,
-        vm,
-        vcpu,
-    }
+    TestVm { vm, vcpu }
 }
 
 /// Runs until the next exit that is not `Interrupted`, and returns a printable form of it.

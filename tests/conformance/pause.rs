@@ -1,6 +1,8 @@
 //! Pausing and resuming all vCPUs of a VM, each running on its own thread.
 
-mod common;
+use vmkit::Hypervisor;
+
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,10 +17,8 @@ use vmkit::{MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
 /// again: out 0x80, al; jmp again
 const PIO_LOOP: [u8; 4] = [0xe6, 0x80, 0xeb, 0xfc];
 
-#[test]
-fn pause_stops_every_vcpu_and_resume_restarts_them() {
+pub fn pause_stops_every_vcpu_and_resume_restarts_them(hv: &dyn Hypervisor) {
     const VCPUS: u32 = 3;
-    let hv = common::hypervisor();
     let vm = hv.create_vm(&VmConfig::default().max_vcpus(VCPUS)).unwrap();
     let ram =
         MemoryRegion::anonymous(GuestAddress(0), common::RAM_SIZE, MemoryFlags::empty()).unwrap();
@@ -85,3 +85,5 @@ fn pause_stops_every_vcpu_and_resume_restarts_them() {
     pauser.pause();
     assert!(pauser.is_paused());
 }
+
+crate::scenarios![pause_stops_every_vcpu_and_resume_restarts_them];

@@ -1,7 +1,7 @@
 //! The minimal guest kernel boots end to end on the real hypervisor, through its 64-bit entry
 //! and through its PVH entry, with the host answering its port and MMIO accesses.
 
-mod common;
+use vmkit::Hypervisor;
 
 use std::io::Cursor;
 
@@ -20,8 +20,7 @@ enum Entry {
 }
 
 /// Boots the kernel and returns (serial output, value the guest wrote to MMIO).
-fn boot(entry: Entry) -> (String, Vec<u8>, [u8; 12]) {
-    let hv = common::hypervisor();
+fn boot(hv: &dyn Hypervisor, entry: Entry) -> (String, Vec<u8>, [u8; 12]) {
     let vm = hv.create_vm(&VmConfig::default()).unwrap();
     let ram = MemoryRegion::anonymous(GuestAddress(0), 4 << 20, MemoryFlags::empty()).unwrap();
     vm.add_memory_region(ram).unwrap();
@@ -87,19 +86,19 @@ fn boot(entry: Entry) -> (String, Vec<u8>, [u8; 12]) {
     (String::from_utf8(serial).unwrap(), mmio_written, vendor)
 }
 
-fn check(entry: Entry) {
-    let (serial, mmio_written, vendor) = boot(entry);
+fn check(hv: &dyn Hypervisor, entry: Entry) {
+    let (serial, mmio_written, vendor) = boot(hv, entry);
     assert!(serial.starts_with(minimal::HELLO), "{serial:?}");
     assert_eq!(serial, minimal::expected_serial(&vendor, MMIO_ANSWER));
     assert_eq!(mmio_written, (MMIO_ANSWER + 1).to_le_bytes());
 }
 
-#[test]
-fn boots_through_the_64_bit_entry() {
-    check(Entry::LongMode);
+pub fn boots_through_the_64_bit_entry(hv: &dyn Hypervisor) {
+    check(hv, Entry::LongMode);
 }
 
-#[test]
-fn boots_through_the_pvh_entry() {
-    check(Entry::Pvh);
+pub fn boots_through_the_pvh_entry(hv: &dyn Hypervisor) {
+    check(hv, Entry::Pvh);
 }
+
+crate::scenarios![boots_through_the_64_bit_entry, boots_through_the_pvh_entry];

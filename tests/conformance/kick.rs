@@ -1,14 +1,16 @@
 //! Kicking vCPUs out of `run()`: before, during and between runs, from other threads, with no
 //! kick lost.
 
-mod common;
+use vmkit::Hypervisor;
+
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::long_mode_vm;
+use crate::common::long_mode_vm;
 use vmkit::VcpuExit;
 
 /// spin: jmp spin
@@ -19,9 +21,8 @@ const PIO_LOOP: [u8; 4] = [0xe6, 0x80, 0xeb, 0xfc];
 /// A liveness bound, not a performance threshold: a lost kick would wait forever.
 const GIVE_UP: Duration = Duration::from_secs(20);
 
-#[test]
-fn a_kick_before_run_returns_without_entering_the_guest() {
-    let mut t = long_mode_vm(&[0xf4]); // hlt
+pub fn a_kick_before_run_returns_without_entering_the_guest(hv: &dyn Hypervisor) {
+    let mut t = long_mode_vm(hv, &[0xf4]); // hlt
     t.vcpu.kick_handle().kick();
     assert!(matches!(t.vcpu.run().unwrap(), VcpuExit::Kicked));
     // The kick was consumed: the guest now runs to its hlt.
@@ -29,9 +30,8 @@ fn a_kick_before_run_returns_without_entering_the_guest() {
     assert_eq!(t.vcpu.regs().unwrap().rip, common::CODE_ADDR + 1);
 }
 
-#[test]
-fn a_kick_stops_a_guest_that_never_exits() {
-    let mut t = long_mode_vm(&SPIN);
+pub fn a_kick_stops_a_guest_that_never_exits(hv: &dyn Hypervisor) {
+    let mut t = long_mode_vm(hv, &SPIN);
     let kick = t.vcpu.kick_handle();
     let kicker = thread::spawn(move || {
         thread::sleep(Duration::from_millis(50));
@@ -47,10 +47,9 @@ fn a_kick_stops_a_guest_that_never_exits() {
     );
 }
 
-#[test]
-fn every_kick_is_observed_under_stress() {
+pub fn every_kick_is_observed_under_stress(hv: &dyn Hypervisor) {
     const KICKS: u64 = 2000;
-    let mut t = long_mode_vm(&PIO_LOOP);
+    let mut t = long_mode_vm(hv, &PIO_LOOP);
     let kick = t.vcpu.kick_handle();
     let observed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
@@ -100,9 +99,8 @@ fn every_kick_is_observed_under_stress() {
     assert!(exits > 0, "the guest ran between kicks");
 }
 
-#[test]
-fn a_kick_handle_outliving_its_vcpu_is_harmless() {
-    let t = long_mode_vm(&SPIN);
+pub fn a_kick_handle_outliving_its_vcpu_is_harmless(hv: &dyn Hypervisor) {
+    let t = long_mode_vm(hv, &SPIN);
     let kick = t.vcpu.kick_handle();
     let clone = kick.clone();
     drop(t);
@@ -110,9 +108,8 @@ fn a_kick_handle_outliving_its_vcpu_is_harmless() {
     clone.kick();
 }
 
-#[test]
-fn kicks_follow_the_vcpu_to_another_thread() {
-    let mut t = long_mode_vm(&SPIN);
+pub fn kicks_follow_the_vcpu_to_another_thread(hv: &dyn Hypervisor) {
+    let mut t = long_mode_vm(hv, &SPIN);
     let kick = t.vcpu.kick_handle();
     // The vCPU first runs (and is kicked) on this thread, then moves to another one.
     kick.kick();
@@ -123,3 +120,11 @@ fn kicks_follow_the_vcpu_to_another_thread() {
     kick.kick();
     assert!(runner.join().unwrap());
 }
+
+crate::scenarios![
+    a_kick_before_run_returns_without_entering_the_guest,
+    a_kick_stops_a_guest_that_never_exits,
+    every_kick_is_observed_under_stress,
+    a_kick_handle_outliving_its_vcpu_is_harmless,
+    kicks_follow_the_vcpu_to_another_thread,
+];

@@ -1,21 +1,20 @@
 //! Every kind of exit, each caused by a few hand-assembled guest instructions on the real
 //! hypervisor, checking what the host saw and what the guest read back.
 
-mod common;
+use vmkit::Hypervisor;
 
-use common::{long_mode_vm, next_exit, CODE_ADDR, MMIO_ADDR};
+use crate::common::{long_mode_vm, next_exit, CODE_ADDR, MMIO_ADDR};
 use vm_memory::{Bytes, GuestAddress};
 use vmkit::{GuestDebug, VcpuExit};
 
-#[test]
-fn port_writes_of_each_width() {
+pub fn port_writes_of_each_width(hv: &dyn Hypervisor) {
     // mov al, 0x5a; out 0x80, al; mov ax, 0x1234; mov dx, 0x3f8; out dx, ax;
     // mov eax, 0xdeadbeef; out dx, eax; hlt
     let code = [
         0xb0, 0x5a, 0xe6, 0x80, 0x66, 0xb8, 0x34, 0x12, 0x66, 0xba, 0xf8, 0x03, 0x66, 0xef, 0xb8,
         0xef, 0xbe, 0xad, 0xde, 0xef, 0xf4,
     ];
-    let mut t = long_mode_vm(&code);
+    let mut t = long_mode_vm(hv, &code);
     let expected: [(u16, u8, &[u8]); 3] = [
         (0x80, 1, &[0x5a]),
         (0x3f8, 2, &[0x34, 0x12]),
@@ -32,15 +31,14 @@ fn port_writes_of_each_width() {
     assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
 }
 
-#[test]
-fn port_reads_reach_the_guest() {
+pub fn port_reads_reach_the_guest(hv: &dyn Hypervisor) {
     // in al, 0x61; mov ebx, eax; mov dx, 0x71; in eax, dx; out 0x80, eax;
     // mov eax, ebx; out 0x80, al; hlt
     let code = [
         0xe4, 0x61, 0x89, 0xc3, 0x66, 0xba, 0x71, 0x00, 0xed, 0xe7, 0x80, 0x89, 0xd8, 0xe6, 0x80,
         0xf4,
     ];
-    let mut t = long_mode_vm(&code);
+    let mut t = long_mode_vm(hv, &code);
     match t.vcpu.run().unwrap() {
         VcpuExit::IoIn { port, size, data } => {
             assert_eq!((port, size, data.len()), (0x61, 1, 1));
@@ -77,14 +75,13 @@ fn port_reads_reach_the_guest() {
     assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
 }
 
-#[test]
-fn string_port_reads_keep_the_access_width() {
+pub fn string_port_reads_keep_the_access_width(hv: &dyn Hypervisor) {
     // mov edi, 0x200000; mov ecx, 6; mov dx, 0x90; rep insb; hlt
     let code = [
         0xbf, 0x00, 0x00, 0x20, 0x00, 0xb9, 0x06, 0x00, 0x00, 0x00, 0x66, 0xba, 0x90, 0x00, 0xf3,
         0x6c, 0xf4,
     ];
-    let mut t = long_mode_vm(&code);
+    let mut t = long_mode_vm(hv, &code);
     let mut next = b'a';
     loop {
         match t.vcpu.run().unwrap() {
@@ -108,8 +105,7 @@ fn string_port_reads_keep_the_access_width() {
     assert_eq!(&stored, b"abcdef");
 }
 
-#[test]
-fn mmio_reads_and_writes() {
+pub fn mmio_reads_and_writes(hv: &dyn Hypervisor) {
     // mov ebx, 0xd0000000; mov eax, [rbx]; out 0x80, eax; mov dword [rbx+8], 0x11223344;
     // mov rax, 0x0102030405060708; mov [rbx+16], rax; mov byte [rbx+3], 0x99; hlt
     let code = [
@@ -117,7 +113,7 @@ fn mmio_reads_and_writes() {
         0x11, 0x48, 0xb8, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 0x48, 0x89, 0x43, 0x10,
         0xc6, 0x43, 0x03, 0x99, 0xf4,
     ];
-    let mut t = long_mode_vm(&code);
+    let mut t = long_mode_vm(hv, &code);
     match t.vcpu.run().unwrap() {
         VcpuExit::MmioRead { addr, data } => {
             assert_eq!((addr, data.len()), (MMIO_ADDR, 4));
@@ -151,36 +147,20 @@ fn mmio_reads_and_writes() {
     assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
 }
 
-#[test]
-fn triple_fault_is_a_shutdown_exit() {
+pub fn triple_fault_is_a_shutdown_exit(hv: &dyn Hypervisor) {
     // lidt [rip+2]; ud2; idtr: dw 0; dq 0  -- #UD with an empty IDT escalates to a triple fault.
     let code = [
         0x0f, 0x01, 0x1d, 0x02, 0x00, 0x00, 0x00, 0x0f, 0x0b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
         0x00, 0x00, 0x00, 0x00,
     ];
-    let mut t = long_mode_vm(&code);
+    let mut t = long_mode_vm(hv, &code);
     assert_eq!(next_exit(t.vcpu.as_mut()), "Shutdown");
 }
 
-#[test]
-fn executing_from_mmio_is_an_internal_error() {
-    // mov eax, 0xd0000000; jmp rax -- no hypervisor can fetch instructions from MMIO.
-    let code = [0xb8, 0x00, 0x00, 0x00, 0xd0, 0xff, 0xe0];
-    let mut t = long_mode_vm(&code);
-    match t.vcpu.run().unwrap() {
-        VcpuExit::InternalError { suberror, .. } => {
-            // KVM_INTERNAL_ERROR_EMULATION
-            assert_eq!(suberror, 1);
-        }
-        other => panic!("expected an internal error, got {other:?}"),
-    }
-}
-
-#[test]
-fn single_step_reports_each_instruction() {
+pub fn single_step_reports_each_instruction(hv: &dyn Hypervisor) {
     // nop; inc rax; inc rax; hlt
     let code = [0x90, 0x48, 0xff, 0xc0, 0x48, 0xff, 0xc0, 0xf4];
-    let mut t = long_mode_vm(&code);
+    let mut t = long_mode_vm(hv, &code);
     t.vcpu
         .set_guest_debug(&GuestDebug {
             single_step: true,
@@ -204,10 +184,9 @@ fn single_step_reports_each_instruction() {
     assert_eq!(t.vcpu.regs().unwrap().rax, 2);
 }
 
-#[test]
-fn hardware_breakpoint_stops_before_the_instruction() {
+pub fn hardware_breakpoint_stops_before_the_instruction(hv: &dyn Hypervisor) {
     let code = [0x90, 0x48, 0xff, 0xc0, 0x48, 0xff, 0xc0, 0xf4];
-    let mut t = long_mode_vm(&code);
+    let mut t = long_mode_vm(hv, &code);
     t.vcpu
         .set_guest_debug(&GuestDebug {
             hw_breakpoints: vec![CODE_ADDR + 4],
@@ -226,3 +205,13 @@ fn hardware_breakpoint_stops_before_the_instruction() {
     let err = t.vcpu.set_guest_debug(&too_many).unwrap_err();
     assert!(err.to_string().contains("5 hardware breakpoints"), "{err}");
 }
+
+crate::scenarios![
+    port_writes_of_each_width,
+    port_reads_reach_the_guest,
+    string_port_reads_keep_the_access_width,
+    mmio_reads_and_writes,
+    triple_fault_is_a_shutdown_exit,
+    single_step_reports_each_instruction => crate::guest_debug,
+    hardware_breakpoint_stops_before_the_instruction => crate::guest_debug,
+];

@@ -1,11 +1,13 @@
 //! Dirty-page tracking on the real hypervisor, in bitmap and ring mode: the guest writes a
 //! known set of pages and the host must report exactly that set, then only the next set.
 
-mod common;
+use vmkit::Hypervisor;
+
+use crate::common;
 
 use std::collections::BTreeSet;
 
-use common::long_mode_vm_with;
+use crate::common::long_mode_vm_with;
 use vm_memory::{Bytes, GuestAddress};
 use vmkit::{DirtyLogMode, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
 
@@ -25,8 +27,8 @@ const WRITER: [u8; 36] = [
     0xe6, 0x80, 0xeb, 0xdc,
 ];
 
-fn tracked_vm(config: VmConfig) -> common::TestVm {
-    let t = long_mode_vm_with(config, &WRITER);
+fn tracked_vm(hv: &dyn Hypervisor, config: VmConfig) -> common::TestVm {
+    let t = long_mode_vm_with(hv, config, &WRITER);
     let region = MemoryRegion::anonymous(
         GuestAddress(TRACKED),
         (TRACKED_PAGES * 0x1000) as usize,
@@ -89,8 +91,8 @@ fn dirty_pages(vm: &dyn Vm) -> BTreeSet<u64> {
     harvested.pages
 }
 
-fn exact_sets(config: VmConfig) {
-    let mut t = tracked_vm(config);
+fn exact_sets(hv: &dyn Hypervisor, config: VmConfig) {
+    let mut t = tracked_vm(hv, config);
     let first = [0, 5, 63, 64, 200, 255];
     guest_writes(t.vm.as_ref(), t.vcpu.as_mut(), &first);
     assert_eq!(dirty_pages(t.vm.as_ref()), first.into_iter().collect());
@@ -101,32 +103,29 @@ fn exact_sets(config: VmConfig) {
     assert_eq!(dirty_pages(t.vm.as_ref()), second.into_iter().collect());
 }
 
-#[test]
-fn bitmap_reports_exactly_the_written_pages() {
-    let t = tracked_vm(VmConfig::default());
+pub fn bitmap_reports_exactly_the_written_pages(hv: &dyn Hypervisor) {
+    let t = tracked_vm(hv, VmConfig::default());
     assert_eq!(t.vm.dirty_log_mode(), DirtyLogMode::Bitmap);
     drop(t);
-    exact_sets(VmConfig::default());
+    exact_sets(hv, VmConfig::default());
 }
 
-#[test]
-fn ring_reports_exactly_the_written_pages() {
-    let caps = common::hypervisor().capabilities().clone();
+pub fn ring_reports_exactly_the_written_pages(hv: &dyn Hypervisor) {
+    let caps = hv.capabilities().clone();
     assert!(caps.dirty_ring_max_entries >= 4096, "{caps:?}");
     let config = VmConfig::default().dirty_ring(Some(4096));
-    let t = tracked_vm(config.clone());
+    let t = tracked_vm(hv, config.clone());
     assert_eq!(t.vm.dirty_log_mode(), DirtyLogMode::Ring { entries: 4096 });
     drop(t);
-    exact_sets(config);
+    exact_sets(hv, config);
 }
 
-#[test]
-fn a_full_ring_never_loses_pages_silently() {
+pub fn a_full_ring_never_loses_pages_silently(hv: &dyn Hypervisor) {
     // The smallest ring KVM accepts (one page of entries: 256) holds fewer pages than the
     // guest writes. KVM should stop the vCPU with DirtyRingFull before the ring overflows, and
     // then nothing is lost; a host that does not (this project's nested software KVM emulates
     // the whole write loop without stopping) must at least have the harvest say so.
-    let mut t = tracked_vm(VmConfig::default().dirty_ring(Some(256)));
+    let mut t = tracked_vm(hv, VmConfig::default().dirty_ring(Some(256)));
     let pages: Vec<u64> = (0..300).collect();
     let mut harvested = guest_writes(t.vm.as_ref(), t.vcpu.as_mut(), &pages);
     harvested.add(t.vm.as_ref());
@@ -142,9 +141,7 @@ fn a_full_ring_never_loses_pages_silently() {
     }
 }
 
-#[test]
-fn dirty_ring_sizes_are_checked() {
-    let hv = common::hypervisor();
+pub fn dirty_ring_sizes_are_checked(hv: &dyn Hypervisor) {
     for bad in [0, 1000, hv.capabilities().dirty_ring_max_entries * 2] {
         let err = hv
             .create_vm(&VmConfig::default().dirty_ring(Some(bad)))
@@ -154,12 +151,21 @@ fn dirty_ring_sizes_are_checked() {
     }
 }
 
-#[test]
-fn vmm_writes_do_not_count_as_guest_writes_but_are_in_the_vm_memory_bitmap() {
-    let t = tracked_vm(VmConfig::default());
+pub fn vmm_writes_do_not_count_as_guest_writes_but_are_in_the_vm_memory_bitmap(
+    hv: &dyn Hypervisor,
+) {
+    let t = tracked_vm(hv, VmConfig::default());
     t.vm.memory()
         .write_obj(7u8, GuestAddress(TRACKED + 3 * 0x1000))
         .unwrap();
     // KVM's log is about the guest; vm-memory's bitmap (see tests/vm.rs) is about the VMM.
     assert_eq!(dirty_pages(t.vm.as_ref()), BTreeSet::new());
 }
+
+crate::scenarios![
+    bitmap_reports_exactly_the_written_pages => crate::dirty_log,
+    ring_reports_exactly_the_written_pages => crate::dirty_ring,
+    a_full_ring_never_loses_pages_silently => crate::dirty_ring,
+    dirty_ring_sizes_are_checked => crate::dirty_ring,
+    vmm_writes_do_not_count_as_guest_writes_but_are_in_the_vm_memory_bitmap => crate::dirty_log,
+];

@@ -1,33 +1,20 @@
 //! VM and vCPU lifecycle and memory regions on the real hypervisor, including every way a
 //! caller can get them wrong.
 
-mod common;
+use vmkit::Hypervisor;
 
-use common::{hypervisor, long_mode_vm, next_exit, RAM_SIZE};
+use crate::common::{long_mode_vm, next_exit, RAM_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryRegion, MemoryRegionAddress};
 use vmkit::{
-    HypervisorError, HypervisorKind, MemoryError, MemoryFlags, MemoryRegion, MemorySlot, VcpuExit,
-    VmConfig, VmError,
+    HypervisorError, MemoryError, MemoryFlags, MemoryRegion, MemorySlot, VcpuExit, VmConfig,
+    VmError,
 };
 
 fn region(addr: u64, size: usize) -> MemoryRegion {
     MemoryRegion::anonymous(GuestAddress(addr), size, MemoryFlags::empty()).unwrap()
 }
 
-#[test]
-fn open_finds_kvm_and_reports_capabilities() {
-    let hv = hypervisor();
-    assert_eq!(hv.kind(), HypervisorKind::Kvm);
-    let caps = hv.capabilities();
-    assert!(
-        caps.max_vcpus >= 1 && caps.max_memory_slots >= 32,
-        "{caps:?}"
-    );
-}
-
-#[test]
-fn many_vms_and_vcpus_come_and_go() {
-    let hv = hypervisor();
+pub fn many_vms_and_vcpus_come_and_go(hv: &dyn Hypervisor) {
     for _ in 0..8 {
         let vm = hv.create_vm(&VmConfig::default().max_vcpus(4)).unwrap();
         let vcpus: Vec<_> = (0..4).map(|id| vm.create_vcpu(id).unwrap()).collect();
@@ -38,9 +25,7 @@ fn many_vms_and_vcpus_come_and_go() {
     }
 }
 
-#[test]
-fn vcpu_ids_are_checked() {
-    let hv = hypervisor();
+pub fn vcpu_ids_are_checked(hv: &dyn Hypervisor) {
     let vm = hv.create_vm(&VmConfig::default().max_vcpus(2)).unwrap();
     let _first = vm.create_vcpu(1).unwrap();
     match vm.create_vcpu(1) {
@@ -80,9 +65,7 @@ fn vcpu_ids_are_checked() {
     }
 }
 
-#[test]
-fn overlapping_regions_are_refused_with_both_ranges() {
-    let hv = hypervisor();
+pub fn overlapping_regions_are_refused_with_both_ranges(hv: &dyn Hypervisor) {
     let vm = hv.create_vm(&VmConfig::default()).unwrap();
     let slot = vm.add_memory_region(region(0x10_0000, 0x10_0000)).unwrap();
     let err = vm.add_memory_region(region(0x1f_f000, 0x2000)).unwrap_err();
@@ -95,15 +78,14 @@ fn overlapping_regions_are_refused_with_both_ranges() {
     assert_eq!(next, MemorySlot(slot.0 + 1));
 }
 
-#[test]
-fn zero_and_unaligned_regions_are_refused() {
+pub fn zero_and_unaligned_regions_are_refused(hv: &dyn Hypervisor) {
     let err = MemoryRegion::anonymous(GuestAddress(0x1000), 0, MemoryFlags::empty()).unwrap_err();
     assert!(matches!(err, MemoryError::ZeroSize { guest_addr: 0x1000 }));
     let err =
         MemoryRegion::anonymous(GuestAddress(0x1234), 0x1000, MemoryFlags::empty()).unwrap_err();
     assert!(matches!(err, MemoryError::Unaligned { .. }), "{err}");
     // A caller-built mapping is checked when it is added.
-    let vm = hypervisor().create_vm(&VmConfig::default()).unwrap();
+    let vm = hv.create_vm(&VmConfig::default()).unwrap();
     let mmap = vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(0x1000, None)
         .build()
         .unwrap();
@@ -117,9 +99,7 @@ fn zero_and_unaligned_regions_are_refused() {
     );
 }
 
-#[test]
-fn slot_exhaustion_is_an_error_naming_the_region() {
-    let hv = hypervisor();
+pub fn slot_exhaustion_is_an_error_naming_the_region(hv: &dyn Hypervisor) {
     let max = hv.capabilities().max_memory_slots;
     let vm = hv.create_vm(&VmConfig::default()).unwrap();
     for i in 0..u64::from(max) {
@@ -147,13 +127,12 @@ fn slot_exhaustion_is_an_error_naming_the_region() {
     );
 }
 
-#[test]
-fn removed_region_comes_back_with_what_the_guest_wrote() {
+pub fn removed_region_comes_back_with_what_the_guest_wrote(hv: &dyn Hypervisor) {
     // mov ebx, 0x200000; mov dword [rbx], 0x600df00d; hlt
     let code = [
         0xbb, 0x00, 0x00, 0x20, 0x00, 0xc7, 0x03, 0x0d, 0xf0, 0x0d, 0x60, 0xf4,
     ];
-    let mut t = long_mode_vm(&code);
+    let mut t = long_mode_vm(hv, &code);
     assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
     let ram = t.vm.remove_memory_region(MemorySlot(0)).unwrap();
     assert_eq!(ram.size(), RAM_SIZE as u64);
@@ -170,15 +149,14 @@ fn removed_region_comes_back_with_what_the_guest_wrote() {
     assert_eq!(ram.mapping().len(), RAM_SIZE as u64);
 }
 
-#[test]
-fn read_only_region_turns_guest_writes_into_mmio_exits() {
+pub fn read_only_region_turns_guest_writes_into_mmio_exits(hv: &dyn Hypervisor) {
     // mov ebx, 0x500000; mov eax, [rbx]; out 0x80, eax; mov dword [rbx], 0xabcdef01; hlt
     let code = [
         0xbb, 0x00, 0x00, 0x50, 0x00, 0x8b, 0x03, 0xe7, 0x80, 0xc7, 0x03, 0x01, 0xef, 0xcd, 0xab,
         0xf4,
     ];
-    let mut t = long_mode_vm(&code);
-    assert!(t.hypervisor.capabilities().read_only_memory);
+    let mut t = long_mode_vm(hv, &code);
+    assert!(hv.capabilities().read_only_memory);
     let rom =
         MemoryRegion::anonymous(GuestAddress(0x50_0000), 0x1000, MemoryFlags::READ_ONLY).unwrap();
     rom.mapping()
@@ -200,9 +178,8 @@ fn read_only_region_turns_guest_writes_into_mmio_exits() {
     assert_eq!(word, 0x1234_5678, "the ROM is unchanged");
 }
 
-#[test]
-fn dirty_logging_regions_track_vmm_writes() {
-    let vm = hypervisor().create_vm(&VmConfig::default()).unwrap();
+pub fn dirty_logging_regions_track_vmm_writes(hv: &dyn Hypervisor) {
+    let vm = hv.create_vm(&VmConfig::default()).unwrap();
     let ram = MemoryRegion::anonymous(GuestAddress(0), 0x10000, MemoryFlags::LOG_DIRTY).unwrap();
     vm.add_memory_region(ram).unwrap();
     let memory = vm.memory();
@@ -216,9 +193,8 @@ fn dirty_logging_regions_track_vmm_writes() {
 use vm_memory::bitmap::Bitmap;
 use vm_memory::GuestMemoryBackend;
 
-#[test]
-fn clock_can_be_read_and_moved_forward() {
-    let vm = hypervisor().create_vm(&VmConfig::default()).unwrap();
+pub fn clock_can_be_read_and_moved_forward(hv: &dyn Hypervisor) {
+    let vm = hv.create_vm(&VmConfig::default()).unwrap();
     let before = vm.clock().unwrap();
     let target = before.ns + 3_600_000_000_000; // an hour ahead
     vm.set_clock(&vmkit::ClockState {
@@ -234,9 +210,8 @@ fn clock_can_be_read_and_moved_forward() {
     );
 }
 
-#[test]
-fn capabilities_serialize_and_compare() {
-    let caps = hypervisor().capabilities().clone();
+pub fn capabilities_serialize_and_compare(hv: &dyn Hypervisor) {
+    let caps = hv.capabilities().clone();
     assert!(caps.irqfd && caps.ioeventfd && caps.msi && caps.gsi_routing && caps.clock);
     assert!(!caps.cpuid.is_empty() && !caps.msrs.is_empty());
     let json = serde_json::to_string(&caps).unwrap();
@@ -270,3 +245,16 @@ fn capabilities_serialize_and_compare() {
     // The other way round nothing is missing.
     assert!(lesser.missing_in(&caps).is_empty());
 }
+
+crate::scenarios![
+    many_vms_and_vcpus_come_and_go,
+    vcpu_ids_are_checked,
+    overlapping_regions_are_refused_with_both_ranges,
+    zero_and_unaligned_regions_are_refused,
+    slot_exhaustion_is_an_error_naming_the_region,
+    removed_region_comes_back_with_what_the_guest_wrote,
+    read_only_region_turns_guest_writes_into_mmio_exits => crate::read_only_memory,
+    dirty_logging_regions_track_vmm_writes => crate::dirty_log,
+    clock_can_be_read_and_moved_forward => crate::clock,
+    capabilities_serialize_and_compare,
+];

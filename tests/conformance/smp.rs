@@ -1,9 +1,9 @@
 //! Several vCPUs, each on its own thread, bring up the minimal kernel together: every one of
 //! them prints `cpu N online`, and the bootstrap processor powers off once all are up.
 
-mod common;
+use vmkit::Hypervisor;
 
-use common::guest::{Guest, GuestConfig, MMIO_ANSWER};
+use crate::common::guest::{Guest, GuestConfig, MMIO_ANSWER};
 use vmkit_guests::minimal;
 
 fn vendor(hv: &dyn vmkit::Hypervisor) -> [u8; 12] {
@@ -19,11 +19,10 @@ fn vendor(hv: &dyn vmkit::Hypervisor) -> [u8; 12] {
     vendor
 }
 
-fn boot_smp(config: GuestConfig) {
-    let hv = common::hypervisor();
-    let guest = Guest::boot(hv.as_ref(), config);
+fn boot_smp(hv: &dyn Hypervisor, config: GuestConfig) {
+    let guest = Guest::boot(hv, config);
     let (serial, outcomes) = guest.finish(true);
-    minimal::check_smp_serial(&serial, &vendor(hv.as_ref()), MMIO_ANSWER, config.vcpus)
+    minimal::check_smp_serial(&serial, &vendor(hv), MMIO_ANSWER, config.vcpus)
         .unwrap_or_else(|err| panic!("{err}; output:\n{serial}"));
     assert!(outcomes[0].powered_off, "the BSP powers off");
     assert_eq!(outcomes[0].mmio_written, (MMIO_ANSWER + 1).to_le_bytes());
@@ -35,25 +34,31 @@ fn boot_smp(config: GuestConfig) {
     }
 }
 
-#[test]
-fn one_vcpu() {
-    boot_smp(GuestConfig::smp(1));
+pub fn one_vcpu(hv: &dyn Hypervisor) {
+    boot_smp(hv, GuestConfig::smp(1));
 }
 
-#[test]
-fn two_vcpus() {
-    boot_smp(GuestConfig::smp(2));
+pub fn two_vcpus(hv: &dyn Hypervisor) {
+    boot_smp(hv, GuestConfig::smp(2));
 }
 
-#[test]
-fn four_vcpus() {
-    boot_smp(GuestConfig::smp(4));
+pub fn four_vcpus(hv: &dyn Hypervisor) {
+    boot_smp(hv, GuestConfig::smp(4));
 }
 
-#[test]
-fn four_vcpus_with_an_irqchip() {
-    boot_smp(GuestConfig {
-        irqchip: true,
-        ..GuestConfig::smp(4)
-    });
+pub fn four_vcpus_with_an_irqchip(hv: &dyn Hypervisor) {
+    boot_smp(
+        hv,
+        GuestConfig {
+            irqchip: true,
+            ..GuestConfig::smp(4)
+        },
+    );
 }
+
+crate::scenarios![
+    one_vcpu,
+    two_vcpus,
+    four_vcpus,
+    four_vcpus_with_an_irqchip => crate::irqchip,
+];

@@ -1,21 +1,20 @@
 //! vCPU state through vmkit's own types: what is written is read back, and what the guest
 //! does shows up in it.
 
-mod common;
+use vmkit::Hypervisor;
 
-use common::{hypervisor, long_mode_vm, long_mode_vm_with, next_exit, CODE_ADDR};
+use crate::common::{long_mode_vm, long_mode_vm_with, next_exit, CODE_ADDR};
 use vmkit::arch::x86_64::{msr_index, LapicState, MpState, Msr, Xcr};
 use vmkit::{VcpuError, VcpuExit, VmConfig};
 
 const HLT: [u8; 1] = [0xf4];
 
-#[test]
-fn general_registers_reach_the_guest_and_come_back() {
+pub fn general_registers_reach_the_guest_and_come_back(hv: &dyn Hypervisor) {
     // add rax, rbx; mov rcx, 0x1122334455667788; hlt
     let code = [
         0x48, 0x01, 0xd8, 0x48, 0xb9, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0xf4,
     ];
-    let mut t = long_mode_vm(&code);
+    let mut t = long_mode_vm(hv, &code);
     let mut regs = t.vcpu.regs().unwrap();
     assert_eq!(regs.rip, CODE_ADDR);
     regs.rax = 40;
@@ -31,9 +30,8 @@ fn general_registers_reach_the_guest_and_come_back() {
     assert_eq!(after.rip, CODE_ADDR + code.len() as u64);
 }
 
-#[test]
-fn special_registers_round_trip() {
-    let t = long_mode_vm(&HLT);
+pub fn special_registers_round_trip(hv: &dyn Hypervisor) {
+    let t = long_mode_vm(hv, &HLT);
     let mut sregs = t.vcpu.sregs().unwrap();
     assert!(sregs.cs.l, "configure_long_mode set a 64-bit code segment");
     assert_eq!(sregs.efer & 0x500, 0x500, "LME and LMA");
@@ -46,9 +44,8 @@ fn special_registers_round_trip() {
     assert_eq!(t.vcpu.sregs().unwrap(), sregs);
 }
 
-#[test]
-fn fpu_round_trip() {
-    let t = long_mode_vm(&HLT);
+pub fn fpu_round_trip(hv: &dyn Hypervisor) {
+    let t = long_mode_vm(hv, &HLT);
     let mut fpu = t.vcpu.fpu().unwrap();
     fpu.fcw = 0x37f;
     fpu.xmm[3] = *b"vmkit xmm3 test!";
@@ -62,9 +59,8 @@ fn fpu_round_trip() {
     assert_eq!(back.fpr[1], fpu.fpr[1]);
 }
 
-#[test]
-fn msrs_round_trip_and_unknown_ones_are_named() {
-    let t = long_mode_vm(&HLT);
+pub fn msrs_round_trip_and_unknown_ones_are_named(hv: &dyn Hypervisor) {
+    let t = long_mode_vm(hv, &HLT);
     let msrs = [
         Msr {
             index: msr_index::LSTAR,
@@ -88,7 +84,7 @@ fn msrs_round_trip_and_unknown_ones_are_named() {
     assert_eq!(t.vcpu.msrs(&indices).unwrap(), msrs);
 
     // Every MSR the hypervisor lists can be read.
-    let all = t.hypervisor.msr_index_list();
+    let all = hv.msr_index_list();
     assert!(all.contains(&msr_index::LSTAR));
 
     let bogus = 0x4242_4242;
@@ -107,14 +103,13 @@ fn msrs_round_trip_and_unknown_ones_are_named() {
     assert!(format!("{err:?}").contains("0x42424242"), "{err:?}");
 }
 
-#[test]
-fn cpuid_set_is_what_the_guest_executes() {
+pub fn cpuid_set_is_what_the_guest_executes(hv: &dyn Hypervisor) {
     // xor eax, eax; cpuid; out 0x80, eax (max leaf); mov eax, ebx; out 0x80, eax; hlt
     let code = [
         0x31, 0xc0, 0x0f, 0xa2, 0xe7, 0x80, 0x89, 0xd8, 0xe7, 0x80, 0xf4,
     ];
-    let mut t = long_mode_vm(&code);
-    let mut cpuid = t.hypervisor.supported_cpuid();
+    let mut t = long_mode_vm(hv, &code);
+    let mut cpuid = hv.supported_cpuid();
     let leaf0 = cpuid.iter_mut().find(|e| e.function == 0).unwrap();
     leaf0.ebx = u32::from_le_bytes(*b"vmki");
     let max_leaf = leaf0.eax;
@@ -135,14 +130,13 @@ fn cpuid_set_is_what_the_guest_executes() {
     assert_eq!(words, [max_leaf, u32::from_le_bytes(*b"vmki")]);
 }
 
-#[test]
-fn lapic_needs_an_irqchip_and_round_trips_with_one() {
-    let t = long_mode_vm(&HLT);
+pub fn lapic_needs_an_irqchip_and_round_trips_with_one(hv: &dyn Hypervisor) {
+    let t = long_mode_vm(hv, &HLT);
     match t.vcpu.lapic() {
         Err(VcpuError::Unsupported { feature, .. }) => assert_eq!(feature, "local APIC state"),
         other => panic!("expected Unsupported without an irqchip, got {other:?}"),
     }
-    let t = long_mode_vm_with(VmConfig::default().irqchip(true), &HLT);
+    let t = long_mode_vm_with(hv, VmConfig::default().irqchip(true), &HLT);
     let mut lapic = t.vcpu.lapic().unwrap();
     assert_eq!(
         lapic.register(LapicState::ID).unwrap() >> 24,
@@ -157,10 +151,9 @@ fn lapic_needs_an_irqchip_and_round_trips_with_one() {
     assert_eq!(back.register(LapicState::LVT_LINT0), Some(0x700));
 }
 
-#[test]
-fn xsave_and_xcrs_round_trip() {
-    let t = long_mode_vm(&HLT);
-    let caps = t.hypervisor.capabilities().clone();
+pub fn xsave_and_xcrs_round_trip(hv: &dyn Hypervisor) {
+    let t = long_mode_vm(hv, &HLT);
+    let caps = hv.capabilities().clone();
     if !caps.xsave || !caps.xcrs {
         panic!("this host's KVM lacks XSAVE or XCRS: {caps:?}");
     }
@@ -211,9 +204,8 @@ fn xsave_and_xcrs_round_trip() {
     assert!(err.to_string().contains("400 bytes given"), "{err}");
 }
 
-#[test]
-fn events_and_mp_state_round_trip() {
-    let t = long_mode_vm(&HLT);
+pub fn events_and_mp_state_round_trip(hv: &dyn Hypervisor) {
+    let t = long_mode_vm(hv, &HLT);
     let mut events = t.vcpu.vcpu_events().unwrap();
     events.nmi.pending = true;
     events.nmi.masked = true;
@@ -223,16 +215,27 @@ fn events_and_mp_state_round_trip() {
     assert!(back.nmi.pending && back.nmi.masked);
     assert_eq!(back.interrupt.shadow, 1);
 
-    let t = long_mode_vm_with(VmConfig::default().irqchip(true), &HLT);
+    let t = long_mode_vm_with(hv, VmConfig::default().irqchip(true), &HLT);
     assert_eq!(t.vcpu.mp_state().unwrap(), MpState::Runnable);
     t.vcpu.set_mp_state(MpState::Halted).unwrap();
     assert_eq!(t.vcpu.mp_state().unwrap(), MpState::Halted);
 }
 
-#[test]
-fn supported_cpuid_has_the_basic_leaves() {
-    let cpuid = hypervisor().supported_cpuid();
+pub fn supported_cpuid_has_the_basic_leaves(hv: &dyn Hypervisor) {
+    let cpuid = hv.supported_cpuid();
     assert!(cpuid.iter().any(|e| e.function == 0));
     assert!(cpuid.iter().any(|e| e.function == 1));
     assert!(cpuid.iter().any(|e| e.function == 0x8000_0000));
 }
+
+crate::scenarios![
+    general_registers_reach_the_guest_and_come_back,
+    special_registers_round_trip,
+    fpu_round_trip,
+    msrs_round_trip_and_unknown_ones_are_named,
+    cpuid_set_is_what_the_guest_executes,
+    lapic_needs_an_irqchip_and_round_trips_with_one => crate::irqchip,
+    xsave_and_xcrs_round_trip => crate::xsave,
+    events_and_mp_state_round_trip,
+    supported_cpuid_has_the_basic_leaves,
+];

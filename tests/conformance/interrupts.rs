@@ -2,24 +2,23 @@
 //! minimal kernel's handler runs and reports the vector on port 0x511. Guest writes reach
 //! ioeventfds without exiting.
 
-mod common;
+use vmkit::Hypervisor;
+
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::guest::{Guest, GuestConfig, GIVE_UP};
-use common::long_mode_vm;
-use vmkit::{
-    DataMatch, EventFd, IoEventAddress, IrqRoute, MsiMessage, VcpuExit, VmConfig, VmError,
-};
+use crate::common::guest::{Guest, GuestConfig, GIVE_UP};
+use crate::common::long_mode_vm;
+use vmkit::{DataMatch, EventFd, IoEventAddress, IrqRoute, MsiMessage, VcpuExit};
 use vmkit_guests::minimal;
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 /// How long to wait for a report that must *not* come.
 const QUIET: Duration = Duration::from_millis(200);
 
-fn irq_guest() -> Guest {
-    let hv = common::hypervisor();
-    let guest = Guest::boot(hv.as_ref(), GuestConfig::interrupts(1));
+fn irq_guest(hv: &dyn Hypervisor) -> Guest {
+    let guest = Guest::boot(hv, GuestConfig::interrupts(1));
     guest.wait_for_serial(minimal::IRQ_READY);
     // The kernel enables the UART's THR-empty interrupt last; vm-superio raises it through the
     // irqfd on GSI 4, so that is the first vector the guest reports.
@@ -41,9 +40,8 @@ fn wait_signalled(fd: &EventFd) -> u64 {
     }
 }
 
-#[test]
-fn irq_lines_and_msis_reach_the_handler() {
-    let guest = irq_guest();
+pub fn irq_lines_and_msis_reach_the_handler(hv: &dyn Hypervisor) {
+    let guest = irq_guest(hv);
     for gsi in [3, 0, 15] {
         guest.vm.set_irq_line(gsi, true).unwrap();
         guest.vm.set_irq_line(gsi, false).unwrap();
@@ -65,9 +63,8 @@ fn irq_lines_and_msis_reach_the_handler() {
     guest.finish(false);
 }
 
-#[test]
-fn irqfd_with_resample_acts_as_a_level_interrupt() {
-    let guest = irq_guest();
+pub fn irqfd_with_resample_acts_as_a_level_interrupt(hv: &dyn Hypervisor) {
+    let guest = irq_guest(hv);
     let gsi = 17;
     assert!(minimal::gsi_is_level_triggered(gsi));
     let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -93,9 +90,8 @@ fn irqfd_with_resample_acts_as_a_level_interrupt() {
     guest.finish(false);
 }
 
-#[test]
-fn gsi_routing_sends_an_irqfd_as_an_msi() {
-    let guest = irq_guest();
+pub fn gsi_routing_sends_an_irqfd_as_an_msi(hv: &dyn Hypervisor) {
+    let guest = irq_guest(hv);
     let mut routes = IrqRoute::pc_defaults();
     routes.push(IrqRoute::Msi {
         gsi: 30,
@@ -113,9 +109,8 @@ fn gsi_routing_sends_an_irqfd_as_an_msi() {
     guest.finish(false);
 }
 
-#[test]
-fn ioeventfd_on_a_port_with_and_without_datamatch() {
-    let guest = irq_guest();
+pub fn ioeventfd_on_a_port_with_and_without_datamatch(hv: &dyn Hypervisor) {
+    let guest = irq_guest(hv);
     let report = IoEventAddress::Pio(minimal::IRQ_REPORT_PORT);
     let fd = EventFd::new(EFD_NONBLOCK).unwrap();
     let vector5 = minimal::gsi_vector(5).unwrap();
@@ -153,14 +148,13 @@ fn ioeventfd_on_a_port_with_and_without_datamatch() {
     guest.finish(false);
 }
 
-#[test]
-fn ioeventfd_on_mmio_matches_the_written_value() {
+pub fn ioeventfd_on_mmio_matches_the_written_value(hv: &dyn Hypervisor) {
     // mov ebx, 0xd0000000; mov dword [rbx], 7; mov dword [rbx], 9; out 0x80, al; hlt
     let code = [
         0xbb, 0x00, 0x00, 0x00, 0xd0, 0xc7, 0x03, 0x07, 0x00, 0x00, 0x00, 0xc7, 0x03, 0x09, 0x00,
         0x00, 0x00, 0xe6, 0x80, 0xf4,
     ];
-    let mut t = long_mode_vm(&code);
+    let mut t = long_mode_vm(hv, &code);
     let fd = EventFd::new(EFD_NONBLOCK).unwrap();
     let addr = IoEventAddress::Mmio(common::MMIO_ADDR);
     t.vm.register_ioeventfd(&fd, addr, DataMatch::U32(7))
@@ -189,20 +183,10 @@ fn ioeventfd_on_mmio_matches_the_written_value() {
         .unwrap();
 }
 
-#[test]
-fn interrupt_calls_without_an_irqchip_say_so() {
-    let vm = common::hypervisor()
-        .create_vm(&VmConfig::default())
-        .unwrap();
-    let err = vm.set_irq_line(4, true).unwrap_err();
-    assert!(matches!(err, VmError::NoIrqchip { .. }));
-    assert_eq!(
-        err.to_string(),
-        "KVM_IRQ_LINE needs an in-kernel irqchip; create the VM with VmConfig::irqchip(true)"
-    );
-    let fd = EventFd::new(0).unwrap();
-    assert!(matches!(
-        vm.register_irqfd(&fd, 4, None),
-        Err(VmError::NoIrqchip { .. })
-    ));
-}
+crate::scenarios![
+    irq_lines_and_msis_reach_the_handler => crate::irqchip,
+    irqfd_with_resample_acts_as_a_level_interrupt => crate::irqchip,
+    gsi_routing_sends_an_irqfd_as_an_msi => crate::irqchip,
+    ioeventfd_on_a_port_with_and_without_datamatch => crate::irqchip,
+    ioeventfd_on_mmio_matches_the_written_value => crate::ioeventfd,
+];

@@ -1,0 +1,241 @@
+//! Interrupt and notification latency on the real hypervisor, each path against its
+//! alternative in the same run:
+//!
+//! - `inject_to_handler`: from the host raising an interrupt until the guest's handler has run
+//!   and reported the vector (a port write that exits): through an irqfd, through a direct
+//!   `set_irq_line`, and as an MSI.
+//! - `guest_write_to_host`: from an MSI injection until the host sees the guest handler's port
+//!   write: through an ioeventfd (a host thread blocked on the eventfd wakes, no exit to the
+//!   vCPU thread) and through an ordinary exit to the vCPU thread.
+//!
+//! ```text
+//! cargo bench --bench interrupts
+//! ```
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use linux_loader::loader::{elf::Elf, KernelLoader};
+use vm_memory::GuestAddress;
+use vmkit::arch::x86_64::boot;
+use vmkit::{
+    DataMatch, EventFd, IoEventAddress, KickHandle, MemoryFlags, MemoryRegion, MsiMessage,
+    VcpuExit, Vm, VmConfig,
+};
+use vmkit_guests::minimal;
+
+/// A booted minimal kernel in interrupt mode, its vCPU on a thread that timestamps every
+/// vector report that exits.
+struct IrqGuest {
+    vm: Arc<dyn Vm>,
+    epoch: Instant,
+    /// Reports seen by the vCPU thread, and the time of the last (ns since `epoch`).
+    reports: Arc<AtomicU64>,
+    last_report_ns: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    kick: KickHandle,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl IrqGuest {
+    fn boot() -> IrqGuest {
+        let hv = vmkit::open().unwrap();
+        let vm: Arc<dyn Vm> = Arc::from(hv.create_vm(&VmConfig::default().irqchip(true)).unwrap());
+        let ram = MemoryRegion::anonymous(GuestAddress(0), 4 << 20, MemoryFlags::empty()).unwrap();
+        vm.add_memory_region(ram).unwrap();
+        let memory = vm.memory();
+        let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
+        let mut vcpu = vm.create_vcpu(0).unwrap();
+        vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
+        boot::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
+        let mut regs = vcpu.regs().unwrap();
+        regs.rdx = minimal::ENTRY_FLAG_INTERRUPTS;
+        vcpu.set_regs(&regs).unwrap();
+
+        let epoch = Instant::now();
+        let reports = Arc::new(AtomicU64::new(0));
+        let last_report_ns = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(AtomicBool::new(false));
+        let kick = vcpu.kick_handle();
+        let thread = {
+            let (reports, last, stop, ready) = (
+                Arc::clone(&reports),
+                Arc::clone(&last_report_ns),
+                Arc::clone(&stop),
+                Arc::clone(&ready),
+            );
+            let mut line = Vec::new();
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match vcpu.run().unwrap() {
+                        VcpuExit::IoIn { data, .. } => data.fill(minimal::LSR_THR_EMPTY),
+                        VcpuExit::IoOut { port, data, .. } => match port {
+                            minimal::IRQ_REPORT_PORT => {
+                                last.store(epoch.elapsed().as_nanos() as u64, Ordering::SeqCst);
+                                reports.fetch_add(1, Ordering::SeqCst);
+                            }
+                            minimal::SERIAL_PORT => {
+                                line.extend_from_slice(data);
+                                if line.ends_with(format!("{}\n", minimal::IRQ_READY).as_bytes()) {
+                                    ready.store(true, Ordering::SeqCst);
+                                }
+                            }
+                            _ => {}
+                        },
+                        VcpuExit::Kicked | VcpuExit::Interrupted => {}
+                        other => panic!("unexpected exit {other:?}"),
+                    }
+                }
+            })
+        };
+        let start = Instant::now();
+        while !ready.load(Ordering::SeqCst) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the guest never got ready"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        // The UART's THR-empty interrupt is not wired here, so no report is pending.
+        IrqGuest {
+            vm,
+            epoch,
+            reports,
+            last_report_ns,
+            stop,
+            kick,
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `raise`, waits for the report it causes, and returns the latency.
+    fn latency(&self, raise: impl FnOnce()) -> Duration {
+        let before = self.reports.load(Ordering::SeqCst);
+        let t0 = self.epoch.elapsed();
+        raise();
+        let start = Instant::now();
+        while self.reports.load(Ordering::SeqCst) == before {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the interrupt was lost"
+            );
+            std::hint::spin_loop();
+        }
+        Duration::from_nanos(self.last_report_ns.load(Ordering::SeqCst)) - t0
+    }
+}
+
+impl Drop for IrqGuest {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.kick.kick();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn inject_to_handler(c: &mut Criterion) {
+    let guest = IrqGuest::boot();
+    let gsi = 5;
+    let irqfd = EventFd::new(0).unwrap();
+    guest.vm.register_irqfd(&irqfd, gsi, None).unwrap();
+    let mut group = c.benchmark_group("inject_to_handler");
+    group.bench_function("irqfd", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| guest.latency(|| irqfd.write(1).unwrap()))
+                .sum()
+        })
+    });
+    group.bench_function("set_irq_line", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    guest.latency(|| {
+                        guest.vm.set_irq_line(gsi, true).unwrap();
+                        guest.vm.set_irq_line(gsi, false).unwrap();
+                    })
+                })
+                .sum()
+        })
+    });
+    group.bench_function("msi", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| guest.latency(|| guest.vm.signal_msi(MsiMessage::x86(0, 0x38)).unwrap()))
+                .sum()
+        })
+    });
+    group.finish();
+}
+
+fn guest_write_to_host(c: &mut Criterion) {
+    let guest = IrqGuest::boot();
+    let mut group = c.benchmark_group("guest_write_to_host");
+    group.bench_function("exit_to_vcpu_thread", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| guest.latency(|| guest.vm.signal_msi(MsiMessage::x86(0, 0x39)).unwrap()))
+                .sum()
+        })
+    });
+
+    // The same report, now caught by an ioeventfd that a host thread blocks on.
+    let fd = Arc::new(EventFd::new(0).unwrap());
+    let addr = IoEventAddress::Pio(minimal::IRQ_REPORT_PORT);
+    guest
+        .vm
+        .register_ioeventfd(&fd, addr, DataMatch::Any)
+        .unwrap();
+    let woke = Arc::new(AtomicU64::new(0));
+    let woke_ns = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let (fd, woke, woke_ns, done, epoch) = (
+            Arc::clone(&fd),
+            Arc::clone(&woke),
+            Arc::clone(&woke_ns),
+            Arc::clone(&done),
+            guest.epoch,
+        );
+        thread::spawn(move || {
+            while fd.read().is_ok() && !done.load(Ordering::SeqCst) {
+                woke_ns.store(epoch.elapsed().as_nanos() as u64, Ordering::SeqCst);
+                woke.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    group.bench_function("ioeventfd", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let before = woke.load(Ordering::SeqCst);
+                let t0 = guest.epoch.elapsed();
+                guest.vm.signal_msi(MsiMessage::x86(0, 0x39)).unwrap();
+                let start = Instant::now();
+                while woke.load(Ordering::SeqCst) == before {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(10),
+                        "the write was lost"
+                    );
+                    std::hint::spin_loop();
+                }
+                total += Duration::from_nanos(woke_ns.load(Ordering::SeqCst)) - t0;
+            }
+            total
+        })
+    });
+    group.finish();
+    done.store(true, Ordering::SeqCst);
+    fd.write(1).unwrap();
+    waiter.join().unwrap();
+}
+
+criterion_group!(benches, inject_to_handler, guest_write_to_host);
+criterion_main!(benches);

@@ -15,6 +15,7 @@
 
 mod convert;
 mod dirty;
+mod exit;
 mod irq;
 mod kick;
 mod vcpu;
@@ -189,6 +190,9 @@ impl Kvm {
             config.clone(),
             Arc::new(self.capabilities.clone()),
             dirty,
+            self.kvm
+                .get_vcpu_mmap_size()
+                .map_err(hv_os("KVM_GET_VCPU_MMAP_SIZE"))?,
         ))
     }
 }

@@ -1,23 +1,27 @@
 //! KVM vCPUs: `KVM_RUN` and the register and state ioctls.
 
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_guest_debug, kvm_mp_state, kvm_xcrs, CpuId, Msrs, Xsave as KvmXsave,
-    KVM_EXIT_DIRTY_RING_FULL, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
-    KVM_MAX_CPUID_ENTRIES, KVM_MAX_XCRS,
+    kvm_guest_debug, kvm_mp_state, kvm_xcrs, CpuId, Msrs, Xsave as KvmXsave, KVM_GUESTDBG_ENABLE,
+    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_MAX_CPUID_ENTRIES, KVM_MAX_XCRS,
 };
-use kvm_ioctls::{Cap, VcpuExit as KvmExit, VcpuFd};
+use kvm_ioctls::{Cap, VcpuFd};
 use vmm_sys_util::errno;
+use vmm_sys_util::ioctl::ioctl;
+use vmm_sys_util::ioctl_io_nr;
 
-use super::convert::system_event_kind;
+use super::exit;
 use super::kick::KickState;
 use super::os_error;
 use super::vm::VmShared;
 use crate::arch::x86_64::{
     CpuidEntry, Fpu, LapicState, MpState, Msr, Regs, SpecialRegs, VcpuEvents, Xcr, Xsave,
 };
-use crate::vcpu::{DebugExit, GuestDebug, KickHandle, Vcpu, VcpuError, VcpuExit};
+use crate::vcpu::{GuestDebug, KickHandle, Vcpu, VcpuError, VcpuExit};
+
+ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
 
 /// Size in bytes of the fixed part of `struct kvm_xsave`.
 const LEGACY_XSAVE_BYTES: usize = std::mem::size_of::<kvm_bindings::kvm_xsave>();
@@ -30,7 +34,14 @@ pub struct KvmVcpu {
     // Keeps the VM, and so guest memory, alive while this vCPU exists.
     vm: Arc<VmShared>,
     kick: Arc<KickState>,
+    /// Start and size of the vCPU's kvm_run mapping (owned by `fd`).
+    run: NonNull<u8>,
+    run_size: usize,
 }
+
+// SAFETY: `run` points into the kvm_run mapping owned by `fd`, which moves with the vCPU; it
+// is only dereferenced through `&mut self` in `run()`. Everything else is Send.
+unsafe impl Send for KvmVcpu {}
 
 impl Drop for KvmVcpu {
     fn drop(&mut self) {
@@ -40,26 +51,21 @@ impl Drop for KvmVcpu {
     }
 }
 
-/// What `run()` took from kvm-ioctls' exit. Borrowed data is kept as raw parts so that the
-/// borrow of the vCPU fd ends before `kvm_run` is read again for what kvm-ioctls leaves out
-/// (the I/O access width, the internal-error details).
-enum Pending {
-    Done(VcpuExit<'static>),
-    Interrupted,
-    IoIn(u16, *mut u8, usize),
-    IoOut(u16, *const u8, usize),
-    MmioRead(u64, *mut u8, usize),
-    MmioWrite(u64, *const u8, usize),
-    SystemEvent(u32, *const u64, usize),
-    InternalError,
-    Unknown,
-}
-
 impl KvmVcpu {
     pub(crate) fn new(mut fd: VcpuFd, id: u32, vm: Arc<VmShared>) -> Self {
-        let immediate_exit = std::ptr::addr_of_mut!(fd.get_kvm_run().immediate_exit);
+        let run_struct = fd.get_kvm_run();
+        let immediate_exit = std::ptr::addr_of_mut!(run_struct.immediate_exit);
+        let run = NonNull::from(run_struct).cast::<u8>();
         let kick = Arc::new(KickState::new(immediate_exit));
-        KvmVcpu { fd, id, vm, kick }
+        let run_size = vm.vcpu_mmap_size;
+        KvmVcpu {
+            fd,
+            id,
+            vm,
+            kick,
+            run,
+            run_size,
+        }
     }
 
     /// The underlying `kvm-ioctls` vCPU, for what vmkit does not wrap.
@@ -136,92 +142,31 @@ impl Vcpu for KvmVcpu {
         if self.kick.before_run() {
             return Ok(VcpuExit::Kicked);
         }
-        let pending = match self.fd.run() {
-            Ok(KvmExit::IoIn(port, data)) => Pending::IoIn(port, data.as_mut_ptr(), data.len()),
-            Ok(KvmExit::IoOut(port, data)) => Pending::IoOut(port, data.as_ptr(), data.len()),
-            Ok(KvmExit::MmioRead(addr, data)) => {
-                Pending::MmioRead(addr, data.as_mut_ptr(), data.len())
-            }
-            Ok(KvmExit::MmioWrite(addr, data)) => {
-                Pending::MmioWrite(addr, data.as_ptr(), data.len())
-            }
-            Ok(KvmExit::SystemEvent(kind, data)) => {
-                Pending::SystemEvent(kind, data.as_ptr(), data.len())
-            }
-            Ok(KvmExit::Hlt) => Pending::Done(VcpuExit::Hlt),
-            Ok(KvmExit::Shutdown) => Pending::Done(VcpuExit::Shutdown),
-            Ok(KvmExit::Intr) => Pending::Interrupted,
-            Ok(KvmExit::Unsupported(KVM_EXIT_DIRTY_RING_FULL)) => {
-                Pending::Done(VcpuExit::DirtyRingFull)
-            }
-            Ok(KvmExit::Debug(arch)) => Pending::Done(VcpuExit::Debug(DebugExit {
-                pc: arch.pc,
-                exception: arch.exception,
-                dr6: arch.dr6,
-                dr7: arch.dr7,
-            })),
-            Ok(KvmExit::FailEntry(reason, cpu)) => {
-                Pending::Done(VcpuExit::FailEntry { reason, cpu })
-            }
-            Ok(KvmExit::InternalError) => Pending::InternalError,
-            Ok(_) => Pending::Unknown,
-            Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => {
-                Pending::Interrupted
-            }
-            Err(err) => return Err(self.os("KVM_RUN")(err)),
-        };
-        // SAFETY (for every `from_raw_parts` below): the pointer and length are those of the
-        // slice kvm-ioctls built for this very exit, inside the vCPU's `kvm_run` mapping, which
-        // lives as long as `self.fd`. The returned exit borrows `self` mutably, so no other
-        // reference to those bytes can exist while it lives; the `kvm_run` fields read below
-        // (exit reason, io header, internal error) do not overlap the data areas.
-        let run = self.fd.get_kvm_run();
-        Ok(match pending {
-            Pending::Done(exit) => exit,
-            Pending::Interrupted if self.kick.consume() => VcpuExit::Kicked,
-            Pending::Interrupted => VcpuExit::Interrupted,
-            Pending::IoIn(port, ptr, len) => {
-                // SAFETY: the exit reason is KVM_EXIT_IO, so `io` is the active union member.
-                let size = unsafe { run.__bindgen_anon_1.io.size };
-                // SAFETY: see above.
-                let data = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
-                VcpuExit::IoIn { port, size, data }
-            }
-            Pending::IoOut(port, ptr, len) => {
-                // SAFETY: the exit reason is KVM_EXIT_IO, so `io` is the active union member.
-                let size = unsafe { run.__bindgen_anon_1.io.size };
-                // SAFETY: see above.
-                let data = unsafe { std::slice::from_raw_parts(ptr, len) };
-                VcpuExit::IoOut { port, size, data }
-            }
-            Pending::MmioRead(addr, ptr, len) => VcpuExit::MmioRead {
-                addr,
-                // SAFETY: see above.
-                data: unsafe { std::slice::from_raw_parts_mut(ptr, len) },
-            },
-            Pending::MmioWrite(addr, ptr, len) => VcpuExit::MmioWrite {
-                addr,
-                // SAFETY: see above.
-                data: unsafe { std::slice::from_raw_parts(ptr, len) },
-            },
-            Pending::SystemEvent(kind, ptr, len) => VcpuExit::SystemEvent {
-                kind: system_event_kind(kind),
-                // SAFETY: see above.
-                data: unsafe { std::slice::from_raw_parts(ptr, len) },
-            },
-            Pending::InternalError => {
-                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
-                // active union member.
-                let internal = unsafe { &run.__bindgen_anon_1.internal };
-                let ndata = (internal.ndata as usize).min(internal.data.len());
-                VcpuExit::InternalError {
-                    suberror: internal.suberror,
-                    data: &internal.data[..ndata],
+        // KVM_RUN is issued here rather than through kvm-ioctls so that the exit is decoded
+        // once, with the I/O access width kvm-ioctls does not pass on (see exit.rs).
+        // SAFETY: KVM_RUN takes no argument and the fd is a vCPU fd; the result is checked.
+        let ret = unsafe { ioctl(&self.fd, KVM_RUN()) };
+        if ret < 0 {
+            let err = std::io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EINTR) | Some(libc::EAGAIN) if self.kick.consume() => {
+                    Ok(VcpuExit::Kicked)
                 }
-            }
-            Pending::Unknown => VcpuExit::Unknown {
-                code: run.exit_reason,
-            },
+                Some(libc::EINTR) | Some(libc::EAGAIN) => Ok(VcpuExit::Interrupted),
+                _ => Err(VcpuError::Os {
+                    vcpu: self.id,
+                    op: "KVM_RUN",
+                    source: err,
+                }),
+            };
+        }
+        // SAFETY: `run` is this vCPU's kvm_run mapping of `run_size` bytes, alive as long as
+        // `self.fd`; KVM finished writing it when KVM_RUN returned, and `&mut self` keeps
+        // everything else away from it for the life of the returned exit.
+        let exit = unsafe { exit::decode(self.run, self.run_size) };
+        Ok(match exit {
+            VcpuExit::Interrupted if self.kick.consume() => VcpuExit::Kicked,
+            exit => exit,
         })
     }
 

@@ -31,6 +31,8 @@ pub(crate) struct VmShared {
     pub(crate) config: VmConfig,
     pub(crate) capabilities: Arc<Capabilities>,
     dirty_mode: Mode,
+    /// Size of each vCPU's kvm_run mapping.
+    pub(crate) vcpu_mmap_size: usize,
     /// Every vCPU's dirty ring (ring mode only); harvested with the table locked.
     rings: Mutex<Vec<Arc<DirtyRing>>>,
 }
@@ -55,6 +57,7 @@ impl KvmVm {
         config: VmConfig,
         capabilities: Arc<Capabilities>,
         dirty_mode: Mode,
+        vcpu_mmap_size: usize,
     ) -> Self {
         let regions = Mutex::new(RegionTable::new(capabilities.max_memory_slots));
         KvmVm {
@@ -64,6 +67,7 @@ impl KvmVm {
                 config,
                 capabilities,
                 dirty_mode,
+                vcpu_mmap_size,
                 rings: Mutex::new(Vec::new()),
             }),
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::guest::{Guest, GuestConfig, GIVE_UP};
 use crate::common::long_mode_vm;
-use vmkit::{DataMatch, EventFd, IoEventAddress, IrqRoute, MsiMessage, VcpuExit};
+use vmkit::{DataMatch, EventFd, IoEventAddress, IrqRoute, MsiMessage, VcpuExit, VmConfig};
 use vmkit_guests::minimal;
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
@@ -183,7 +183,39 @@ pub fn ioeventfd_on_mmio_matches_the_written_value(hv: &dyn Hypervisor) {
         .unwrap();
 }
 
+pub fn the_pit_is_emulated_in_the_hypervisor(hv: &dyn Hypervisor) {
+    // mov al, 0x34; out 0x43, al; out 0x80, al; hlt -- program PIT channel 0, then report.
+    let code = [0xb0, 0x34, 0xe6, 0x43, 0xe6, 0x80, 0xf4];
+    let mut t =
+        crate::common::long_mode_vm_with(hv, VmConfig::default().irqchip(true).pit(true), &code);
+    match t.vcpu.run().unwrap() {
+        VcpuExit::IoOut { port, .. } => assert_eq!(
+            port, 0x80,
+            "the PIT command port was handled in the hypervisor"
+        ),
+        other => panic!("unexpected exit {other:?}"),
+    }
+    let mut t = long_mode_vm(hv, &code);
+    match t.vcpu.run().unwrap() {
+        VcpuExit::IoOut { port, data, .. } => assert_eq!(
+            (port, data),
+            (0x43, &[0x34][..]),
+            "without a PIT the VMM sees it"
+        ),
+        other => panic!("unexpected exit {other:?}"),
+    }
+    let err = hv
+        .create_vm(&VmConfig::default().pit(true))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("needs the in-kernel irqchip"),
+        "{err}"
+    );
+}
+
 crate::scenarios![
+    the_pit_is_emulated_in_the_hypervisor => crate::pit,
     irq_lines_and_msis_reach_the_handler => crate::irqchip,
     irqfd_with_resample_acts_as_a_level_interrupt => crate::irqchip,
     gsi_routing_sends_an_irqfd_as_an_msi => crate::irqchip,

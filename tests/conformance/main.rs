@@ -47,6 +47,10 @@ pub fn irqchip(caps: &Capabilities) -> Option<&'static str> {
     (!all).then_some("needs an in-kernel irqchip with irqfd, MSI and GSI routing")
 }
 
+pub fn pit(caps: &Capabilities) -> Option<&'static str> {
+    (!(caps.irqchip && caps.pit)).then_some("needs an in-kernel irqchip and PIT")
+}
+
 pub fn ioeventfd(caps: &Capabilities) -> Option<&'static str> {
     (!caps.ioeventfd).then_some("needs ioeventfd")
 }

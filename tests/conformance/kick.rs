@@ -121,7 +121,40 @@ pub fn kicks_follow_the_vcpu_to_another_thread(hv: &dyn Hypervisor) {
     assert!(runner.join().unwrap());
 }
 
+/// The kick handle a signal handler uses in `a_signal_handler_can_kick`.
+static SIGNAL_KICK: std::sync::OnceLock<vmkit::KickHandle> = std::sync::OnceLock::new();
+
+extern "C" fn kick_from_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    if let Some(kick) = SIGNAL_KICK.get() {
+        kick.kick();
+    }
+}
+
+pub fn a_signal_handler_can_kick(hv: &dyn Hypervisor) {
+    let mut t = long_mode_vm(hv, &SPIN);
+    if SIGNAL_KICK.set(t.vcpu.kick_handle()).is_err() {
+        panic!("this scenario runs once per process");
+    }
+    vmm_sys_util::signal::register_signal_handler(libc::SIGUSR2, kick_from_handler).unwrap();
+    let sender = thread::spawn(|| {
+        thread::sleep(Duration::from_millis(50));
+        // A process-directed signal: whichever thread takes it runs the handler.
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };
+    });
+    loop {
+        match t.vcpu.run().unwrap() {
+            VcpuExit::Kicked => break,
+            // The signal may land on this thread and interrupt KVM_RUN before the kick.
+            VcpuExit::Interrupted => {}
+            other => panic!("unexpected exit {other:?}"),
+        }
+    }
+    sender.join().unwrap();
+}
+
 crate::scenarios![
+    a_signal_handler_can_kick,
     a_kick_before_run_returns_without_entering_the_guest,
     a_kick_stops_a_guest_that_never_exits,
     every_kick_is_observed_under_stress,

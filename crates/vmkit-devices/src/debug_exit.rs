@@ -1,0 +1,167 @@
+//! A port through which a test guest ends itself with a status.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vm_device::bus::{PioAddress, PioAddressOffset};
+use vm_device::DevicePio;
+use vmkit::EventFd;
+
+use crate::error::eventfd;
+use crate::DeviceError;
+
+/// Marks a stored exit code as present (bit 32, above any `u32` code).
+const PRESENT: u64 = 1 << 32;
+
+/// A debug-exit port, in the spirit of QEMU's `isa-debug-exit`: a test guest writes a status
+/// to it, and the VMM ends the run with that status.
+///
+/// Register it on a port bus at [`DebugExit::PORT`] (`0x501`) with [`DebugExit::PORTS`] (4)
+/// ports, so that 1-, 2- and 4-byte `out`s to `0x501` all fall inside its range; it
+/// implements [`DevicePio`].
+///
+/// A write of 1, 2 or 4 bytes at offset 0 records its little-endian value, zero-extended, as
+/// the exit code (the code is the value written, with no transformation; a later write
+/// replaces it) and signals [`DebugExit::exit_evt`]. Any other write (another offset or
+/// width) is ignored and counted ([`DebugExit::ignored_writes`]). Reads return all-ones.
+#[derive(Debug)]
+pub struct DebugExit {
+    /// `PRESENT | code`, or 0 when no code was written.
+    code: AtomicU64,
+    evt: EventFd,
+    ignored: AtomicU64,
+}
+
+impl DebugExit {
+    /// The conventional port (QEMU's `isa-debug-exit` default).
+    pub const PORT: u16 = 0x501;
+    /// How many ports the device's range spans: room for a 4-byte write at its base.
+    pub const PORTS: u16 = 4;
+
+    /// A port with no exit code yet and a new non-blocking exit eventfd.
+    pub fn new() -> Result<Self, DeviceError> {
+        let evt = eventfd("debug-exit port", "exit")?;
+        Ok(DebugExit {
+            code: AtomicU64::new(0),
+            evt,
+            ignored: AtomicU64::new(0),
+        })
+    }
+
+    /// The eventfd signalled by each exit-code write.
+    pub fn exit_evt(&self) -> &EventFd {
+        &self.evt
+    }
+
+    /// The last exit code the guest wrote, if any.
+    pub fn exit_code(&self) -> Option<u32> {
+        decode(self.code.load(Ordering::SeqCst))
+    }
+
+    /// Returns the last exit code the guest wrote, if any, and forgets it.
+    pub fn take_exit_code(&self) -> Option<u32> {
+        decode(self.code.swap(0, Ordering::SeqCst))
+    }
+
+    /// How many writes were ignored for their offset or width.
+    pub fn ignored_writes(&self) -> u64 {
+        self.ignored.load(Ordering::Relaxed)
+    }
+
+    /// Handles a guest write of `data` at `offset` (see the type's documentation).
+    pub fn write(&self, offset: u16, data: &[u8]) {
+        let code = match (offset, data) {
+            (0, &[a]) => u32::from(a),
+            (0, &[a, b]) => u32::from(u16::from_le_bytes([a, b])),
+            (0, &[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
+            _ => {
+                self.ignored.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        self.code.store(PRESENT | u64::from(code), Ordering::SeqCst);
+        // Fails only when the counter is at its maximum: an exit is signalled already.
+        let _ = self.evt.write(1);
+    }
+
+    /// Handles a guest read: all-ones.
+    pub fn read(&self, _offset: u16, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+}
+
+fn decode(stored: u64) -> Option<u32> {
+    (stored & PRESENT != 0).then_some((stored & u64::from(u32::MAX)) as u32)
+}
+
+impl DevicePio for DebugExit {
+    fn pio_read(&self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+        self.read(offset, data);
+    }
+
+    fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+        self.write(offset, data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    fn signals(evt: &EventFd) -> u64 {
+        match evt.read() {
+            Ok(count) => count,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(err) => panic!("eventfd read failed: {err}"),
+        }
+    }
+
+    #[test]
+    fn writes_of_one_two_and_four_bytes_record_the_code() {
+        let port = DebugExit::new().unwrap();
+        assert_eq!(port.exit_code(), None);
+        assert_eq!(signals(port.exit_evt()), 0);
+
+        port.write(0, &[0x2a]);
+        assert_eq!(port.exit_code(), Some(0x2a));
+        assert_eq!(signals(port.exit_evt()), 1);
+
+        port.write(0, &0xbeefu16.to_le_bytes());
+        assert_eq!(port.exit_code(), Some(0xbeef));
+
+        port.write(0, &0xdead_beefu32.to_le_bytes());
+        assert_eq!(port.exit_code(), Some(0xdead_beef));
+        assert_eq!(signals(port.exit_evt()), 2);
+
+        // Zero and all-ones are codes like any other.
+        port.write(0, &[0]);
+        assert_eq!(port.take_exit_code(), Some(0));
+        assert_eq!(port.exit_code(), None);
+        port.write(0, &u32::MAX.to_le_bytes());
+        assert_eq!(port.take_exit_code(), Some(u32::MAX));
+        assert_eq!(port.ignored_writes(), 0);
+    }
+
+    #[test]
+    fn other_offsets_and_widths_are_ignored_and_counted() {
+        let port = DebugExit::new().unwrap();
+        port.write(1, &[1]);
+        port.write(3, &[1, 2, 3, 4]);
+        port.write(0, &[1, 2, 3]);
+        port.write(0, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        port.write(0, &[]);
+        port.write(u16::MAX, &[1]);
+        assert_eq!(port.exit_code(), None);
+        assert_eq!(signals(port.exit_evt()), 0);
+        assert_eq!(port.ignored_writes(), 6);
+    }
+
+    #[test]
+    fn reads_return_all_ones() {
+        let port = DebugExit::new().unwrap();
+        let mut data = [0u8; 4];
+        port.read(0, &mut data);
+        assert_eq!(data, [0xff; 4]);
+    }
+}

@@ -1,0 +1,47 @@
+//! Errors of device creation.
+
+use std::io;
+
+/// Why a device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The kernel refused an eventfd (for example: too many open files).
+    #[error("cannot create the {purpose} eventfd of the {device}: {source}")]
+    EventFd {
+        /// The device being created.
+        device: &'static str,
+        /// What the eventfd signals.
+        purpose: &'static str,
+        /// The error from `eventfd(2)`.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A new non-blocking eventfd for `device`.
+pub(crate) fn eventfd(
+    device: &'static str,
+    purpose: &'static str,
+) -> Result<vmkit::EventFd, DeviceError> {
+    vmkit::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).map_err(|source| {
+        DeviceError::EventFd {
+            device,
+            purpose,
+            source,
+        }
+    })
+}
+
+/// A non-blocking eventfd and a duplicate of it (the device keeps one, the VMM gets the other).
+pub(crate) fn eventfd_pair(
+    device: &'static str,
+    purpose: &'static str,
+) -> Result<(vmkit::EventFd, vmkit::EventFd), DeviceError> {
+    let evt = eventfd(device, purpose)?;
+    let dup = evt.try_clone().map_err(|source| DeviceError::EventFd {
+        device,
+        purpose,
+        source,
+    })?;
+    Ok((evt, dup))
+}

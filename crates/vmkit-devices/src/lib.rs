@@ -1,0 +1,75 @@
+//! # vmkit-devices
+//!
+//! The legacy PC devices a minimal VM needs, ready for a [`vmkit_bus`]-style port bus (each
+//! implements vm-device's [`DevicePio`](vm_device::DevicePio)):
+//!
+//! - [`Serial`]: a 16550A UART on vm-superio's model; output to any `Write`, input from the
+//!   host with [`Serial::enqueue_input`], interrupt through an [`EventFd`](vmkit::EventFd)
+//!   to register as an irqfd (GSI 4 for COM1 at `0x3f8`).
+//! - [`I8042`]: the keyboard controller on vm-superio's model, for its CPU-reset command
+//!   (`0xfe` to port `0x64`), which raises a flag and signals an eventfd.
+//! - [`DebugExit`]: a port (`0x501`) through which a test guest ends itself with an exit
+//!   code.
+//!
+//! Every value a guest gives these devices is checked: accesses of any width and offset get a
+//! documented answer (each device's documentation says which), never a panic. The devices
+//! use interior mutability, so one `Arc` of each serves every vCPU thread.
+//!
+//! [`vmkit_bus`]: https://docs.rs/vmkit-bus
+//!
+//! ## Example
+//!
+//! A serial port, the reset controller and the debug-exit port on a bus, driven by exits as
+//! a guest would cause them:
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use vm_device::bus::PioAddress;
+//! use vmkit::VcpuExit;
+//! use vmkit_bus::Bus;
+//! use vmkit_devices::{DebugExit, Serial, COM1, I8042, SERIAL_PORTS};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let serial = Arc::new(Serial::new(Vec::new())?);
+//! let i8042 = Arc::new(I8042::new()?);
+//! let debug_exit = Arc::new(DebugExit::new()?);
+//!
+//! let mut bus = Bus::new();
+//! bus.register_pio(PioAddress(COM1), SERIAL_PORTS, serial.clone())?;
+//! bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())?;
+//! bus.register_pio(PioAddress(DebugExit::PORT), DebugExit::PORTS, debug_exit.clone())?;
+//!
+//! // The guest prints "hi" ...
+//! for byte in *b"hi" {
+//!     bus.handle_exit(&mut VcpuExit::IoOut { port: 0x3f8, size: 1, data: &[byte] });
+//! }
+//! assert_eq!(serial.with_output(|out| out.clone()), b"hi");
+//!
+//! // ... reports status 3 ...
+//! bus.handle_exit(&mut VcpuExit::IoOut { port: 0x501, size: 4, data: &3u32.to_le_bytes() });
+//! assert_eq!(debug_exit.exit_code(), Some(3));
+//! assert_eq!(debug_exit.exit_evt().read()?, 1);
+//!
+//! // ... and resets the machine.
+//! bus.handle_exit(&mut VcpuExit::IoOut { port: 0x64, size: 1, data: &[0xfe] });
+//! assert!(i8042.reset_requested());
+//! assert_eq!(i8042.reset_evt().read()?, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod debug_exit;
+mod error;
+mod i8042;
+mod registers;
+mod serial;
+
+pub use debug_exit::DebugExit;
+pub use error::DeviceError;
+pub use i8042::I8042;
+pub use serial::{Serial, COM1, COM1_GSI, SERIAL_FIFO_SIZE, SERIAL_PORTS};
+pub use vm_superio::serial::SerialState;

@@ -7,93 +7,32 @@
 //! The VMM side is what any VMM built on vmkit does: open the host's hypervisor, create a VM,
 //! map RAM, load the kernel ELF with linux-loader, start each vCPU in long mode on its own
 //! thread (the kernel learns the vCPU count and its index from `rdi` and `rsi`; each vCPU
-//! prints `cpu N online`), and answer port and MMIO exits from devices on a vm-device bus: a 16550 serial port (vm-superio) at
-//! 0x3f8 and the i8042 controller (vm-superio) at 0x60, whose reset command (0xfe on port
-//! 0x64) is how the guest powers off. Accesses no device claims read as all-ones and writes to
-//! them are dropped, as on a PC with nothing at that address.
+//! prints `cpu N online`), and answer port and MMIO exits from devices on a vmkit-bus: a
+//! 16550 serial port at 0x3f8 and the i8042 controller at 0x60 (vmkit-devices, on
+//! vm-superio). The i8042 reset command (0xfe on port 0x64) is how the guest powers off.
+//! Accesses no device claims read as all-ones and writes to them are dropped, as on a PC with
+//! nothing at that address.
 //!
 //! Exit status: 0 once the guest powers off; 1, with the reason on stderr, on any failure.
 
 use std::error::Error;
-use std::io::{self, Cursor, Stdout};
+use std::io::{self, Cursor};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 
 use linux_loader::loader::{elf::Elf, KernelLoader};
-use vm_device::bus::{MmioAddress, PioAddress, PioAddressOffset, PioRange};
-use vm_device::device_manager::{IoManager, MmioManager, PioManager};
-use vm_device::DevicePio;
+use vm_device::bus::PioAddress;
 use vm_memory::GuestAddress;
-use vm_superio::{I8042Device, Serial, Trigger};
 use vmkit::arch::x86_64::boot;
 use vmkit::{KickHandle, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
+use vmkit_bus::{Bus, ExitOutcome};
+use vmkit_devices::{Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Guest RAM: enough for the boot tables below 1 MiB and the kernel above it.
 const RAM_SIZE: usize = 4 << 20;
-const SERIAL_PORTS: u16 = 8;
-const I8042_BASE: u16 = 0x60;
-const I8042_PORTS: u16 = 5;
-
-/// vm-superio devices signal through a `Trigger`; an eventfd is the usual one.
-struct EventFdTrigger(EventFd);
-
-impl Trigger for EventFdTrigger {
-    type E = io::Error;
-
-    fn trigger(&self) -> io::Result<()> {
-        self.0.write(1)
-    }
-}
-
-impl EventFdTrigger {
-    fn new() -> io::Result<Self> {
-        EventFd::new(EFD_NONBLOCK).map(EventFdTrigger)
-    }
-}
-
-/// The 16550 UART on the port bus; its output goes to stdout.
-struct SerialPort(Mutex<Serial<EventFdTrigger, vm_superio::serial::NoEvents, Stdout>>);
-
-impl DevicePio for SerialPort {
-    fn pio_read(&self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
-        let mut serial = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for byte in data.iter_mut() {
-            *byte = serial.read(offset as u8);
-        }
-    }
-
-    fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
-        let mut serial = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for &byte in data {
-            if let Err(err) = serial.write(offset as u8, byte) {
-                eprintln!("boot: serial output failed: {err:?}");
-            }
-        }
-    }
-}
-
-/// The i8042 keyboard controller, present for its CPU-reset command.
-struct ResetPort(Mutex<I8042Device<EventFdTrigger>>);
-
-impl DevicePio for ResetPort {
-    fn pio_read(&self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
-        let mut i8042 = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        data.fill(i8042.read(offset as u8));
-    }
-
-    fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
-        let mut i8042 = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for &byte in data {
-            if let Err(err) = i8042.write(offset as u8, byte) {
-                eprintln!("boot: i8042 reset signal failed: {err}");
-            }
-        }
-    }
-}
 
 fn main() -> ExitCode {
     match run() {
@@ -156,18 +95,16 @@ fn run() -> Result<(), Box<dyn Error>> {
     let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None)
         .map_err(|err| format!("cannot load the minimal kernel: {err}"))?;
 
-    let power_off = EventFdTrigger::new()?;
-    let power_off_seen = power_off.0.try_clone()?;
-    let serial = Serial::new(EventFdTrigger::new()?, io::stdout());
-    let mut bus = IoManager::new();
+    // The devices: a 16550 whose output is our stdout, and the i8042 whose reset command
+    // is the guest's way to power off.
+    let i8042 = Arc::new(I8042::new()?);
+    let mut bus = Bus::new();
     bus.register_pio(
-        PioRange::new(PioAddress(minimal::SERIAL_PORT), SERIAL_PORTS)?,
-        Arc::new(SerialPort(Mutex::new(serial))),
+        PioAddress(COM1),
+        SERIAL_PORTS,
+        Arc::new(Serial::new(io::stdout())?),
     )?;
-    bus.register_pio(
-        PioRange::new(PioAddress(I8042_BASE), I8042_PORTS)?,
-        Arc::new(ResetPort(Mutex::new(I8042Device::new(power_off)))),
-    )?;
+    bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())?;
 
     let mut vcpu_handles = Vec::new();
     for index in 0..vcpus {
@@ -182,7 +119,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     }
     let machine = Arc::new(Machine {
         bus,
-        power_off: power_off_seen,
+        i8042,
         stopping: AtomicBool::new(false),
         kicks: vcpu_handles.iter().map(|v| v.kick_handle()).collect(),
     });
@@ -213,8 +150,8 @@ fn run() -> Result<(), Box<dyn Error>> {
 
 /// What the vCPU threads share: the device bus and the way to stop everything.
 struct Machine {
-    bus: IoManager,
-    power_off: EventFd,
+    bus: Bus,
+    i8042: Arc<I8042>,
     stopping: AtomicBool,
     kicks: Vec<KickHandle>,
 }
@@ -240,33 +177,20 @@ impl Machine {
     fn vcpu_loop(&self, mut vcpu: Box<dyn Vcpu>) -> Result<(), String> {
         let id = vcpu.id();
         while !self.stopping.load(Ordering::SeqCst) {
-            let exit = vcpu.run().map_err(|err| format!("vCPU {id}: {err}"))?;
+            let mut exit = vcpu.run().map_err(|err| format!("vCPU {id}: {err}"))?;
             match exit {
-                VcpuExit::IoIn { port, data, .. } => {
-                    if self.bus.pio_read(PioAddress(port), data).is_err() {
-                        data.fill(0xff);
-                    }
-                }
-                VcpuExit::IoOut { port, data, .. } => {
-                    // Nothing claims the port: the write goes nowhere, as on real hardware.
-                    let _ = self.bus.pio_write(PioAddress(port), data);
-                    let to_i8042 = (I8042_BASE..I8042_BASE + I8042_PORTS).contains(&port);
-                    if to_i8042 && self.power_off.read().is_ok() {
-                        self.stop();
-                    }
-                }
-                VcpuExit::MmioRead { addr, data } => {
-                    if self.bus.mmio_read(MmioAddress(addr), data).is_err() {
-                        data.fill(0xff);
-                    }
-                }
-                VcpuExit::MmioWrite { addr, data } => {
-                    let _ = self.bus.mmio_write(MmioAddress(addr), data);
-                }
                 // An application processor parks in `hlt` once it is online.
                 VcpuExit::Hlt if id != 0 => return Ok(()),
-                VcpuExit::Kicked | VcpuExit::Interrupted => {}
-                other => return Err(format!("vCPU {id} stopped unexpectedly: {other:?}")),
+                VcpuExit::Kicked | VcpuExit::Interrupted => continue,
+                _ => {}
+            }
+            // Port and MMIO accesses go to the bus; nothing claims an address: reads are
+            // all-ones and writes go nowhere, as on real hardware.
+            if let ExitOutcome::NotBusExit = self.bus.handle_exit(&mut exit) {
+                return Err(format!("vCPU {id} stopped unexpectedly: {exit:?}"));
+            }
+            if self.i8042.take_reset_request() {
+                self.stop();
             }
         }
         Ok(())

@@ -78,3 +78,68 @@ img = image()
 for k in range(4):
     packed_desc(img, k, 0x1000, 16, k, AVAIL_F | NEXT)
 save("packed_queue", "list_longer_than_ring", [3, 0], img)
+
+# virtio-blk: header [size_log, flags(1 event_idx, 2 indirect, 4 read-only,
+# 8 flush negotiated, 16 failing disk), sectors]; request header at 0x1000,
+# data at 0x1100, status at 0x2000.
+T_IN, T_OUT, T_FLUSH, T_GET_ID = 0, 1, 4, 8
+
+
+def blk_header(img, at, t, sector):
+    struct.pack_into("<IIQ", img, at, t, 0, sector)
+
+
+def blk_chain(img, first, bufs):
+    """bufs: (addr, len, writable); descriptors first, first+1, ..."""
+    for k, (a, ln, wr) in enumerate(bufs):
+        flags = (WRITE if wr else 0) | (NEXT if k + 1 < len(bufs) else 0)
+        split_desc(img, 0, first + k, a, ln, flags, first + k + 1)
+
+
+img = image(0x1400)
+blk_header(img, 0x1000, T_OUT, 2)
+img[0x1100:0x1300] = bytes(range(256)) * 2
+blk_chain(img, 0, [(0x1000, 16, False), (0x1100, 512, False), (0x2000, 1, True)])
+avail(img, [0])
+save("virtio_blk_request", "write_one_sector", [4, 0, 16], img)
+
+img = image(0x1400)
+blk_header(img, 0x1000, T_IN, 15)
+blk_header(img, 0x1010, T_FLUSH, 0)
+blk_chain(img, 0, [(0x1000, 16, False), (0x1100, 512, True), (0x2000, 1, True)])
+blk_chain(img, 3, [(0x1010, 16, False), (0x2001, 1, True)])
+avail(img, [0, 3])
+save("virtio_blk_request", "read_last_sector_then_flush", [4, 8, 16], img)
+
+img = image(0x1400)
+blk_header(img, 0x1000, T_GET_ID, 0)
+blk_chain(img, 0, [(0x1000, 16, False), (0x1100, 20, True), (0x2000, 1, True)])
+avail(img, [0])
+save("virtio_blk_request", "get_id", [3, 0, 1], img)
+
+img = image(0x1400)
+blk_header(img, 0x1000, T_OUT, 0)
+blk_chain(img, 0, [(0x1000, 8, False), (0x2000, 1, True)])
+blk_header(img, 0x1010, T_IN, 1 << 60)
+blk_chain(img, 2, [(0x1010, 16, False), (0x1100, 1024, True), (0x2001, 1, True)])
+blk_header(img, 0x1020, T_IN, 0)
+blk_chain(img, 5, [(0x1020, 16, False), (0x1100, 100, True), (0x2002, 1, True)])
+blk_header(img, 0x1030, 11, 0)
+blk_chain(img, 8, [(0x1030, 16, False), (0x2003, 1, True)])
+avail(img, [0, 2, 5, 8])
+save("virtio_blk_request", "malformed_mix", [4, 0, 8], img)
+
+img = image(0x1400)
+blk_header(img, 0x1000, T_OUT, 1)
+split_desc(img, 0x800, 0, 0x1000, 16, NEXT, 1)
+split_desc(img, 0x800, 1, 0x1100, 512, NEXT, 2)
+split_desc(img, 0x800, 2, 0x2000, 1, WRITE, 0)
+split_desc(img, 0, 0, 0x800, 48, INDIRECT, 0)
+avail(img, [0])
+save("virtio_blk_request", "indirect_event_idx_read_only", [4, 1 | 2 | 4, 4], img)
+
+img = image(0x1400)
+blk_header(img, 0x1000, T_IN, 0)
+blk_chain(img, 0, [(0x1000, 16, False), (0x1100, 512, True), (0x2000, 1, True)])
+avail(img, [0])
+save("virtio_blk_request", "failing_disk", [4, 16, 4], img)

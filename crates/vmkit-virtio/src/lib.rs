@@ -17,6 +17,43 @@
 //!   notification suppression (EVENT_IDX or flags), and save and restore
 //!   their state ([`SplitQueueState`], [`PackedQueueState`]).
 //!
+//! On top of the queues:
+//!
+//! - [`VirtioDevice`] ([`device`]): what a device back end implements.
+//! - [`mmio::MmioTransport`]: the virtio-mmio transport (version 2
+//!   registers), usable on a `vm-device` bus, with interrupts through an
+//!   `EventFd` and notifications by MMIO write or ioeventfd.
+//! - [`blk::Block`]: virtio-blk on a host file; [`blk::Request::parse`]
+//!   validates requests.
+//! - [`console::Console`]: a single-port virtio-console.
+//!
+//! A VMM puts a disk at a guest address like this:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use vm_memory::{GuestAddress, GuestMemoryMmap};
+//! use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+//! use vmkit_virtio::blk::{Block, BlockOptions};
+//! use vmkit_virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_OFFSET};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)])?);
+//! let disk = vmm_sys_util::tempfile::TempFile::new()?.into_file();
+//! disk.set_len(64 * 512)?;
+//! let blk = Block::new(disk, BlockOptions::default())?;
+//! let irq = EventFd::new(EFD_NONBLOCK)?; // register as an irqfd for the device's GSI
+//! let transport = Arc::new(MmioTransport::new(blk, mem, irq)?);
+//!
+//! // Register `transport.clone()` on a vm-device MMIO bus at, say,
+//! // 0xd100_0000..+MMIO_REGION_SIZE. Optionally register an ioeventfd at
+//! // 0xd100_0000 + NOTIFY_OFFSET (datamatch 0) and, when it fires, call:
+//! let interrupted = transport.process_queue(0)?;
+//! assert!(!interrupted); // the driver has not set the device up yet
+//! # let _ = (MMIO_REGION_SIZE, NOTIFY_OFFSET);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Example
 //!
 //! A driver places a two-descriptor chain (one readable, one writable
@@ -93,11 +130,16 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod blk;
+pub mod console;
+pub mod device;
 mod error;
 mod mem;
+pub mod mmio;
 pub mod packed;
 pub mod split;
 
+pub use device::{DeviceError, VirtioDevice};
 pub use error::{DescIndex, Error, Result, RingArea};
 pub use mem::Descriptor;
 pub use packed::{PackedAccess, PackedChain, PackedQueue, PackedQueueState};

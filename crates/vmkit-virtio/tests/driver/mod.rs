@@ -1,0 +1,201 @@
+//! A test-side virtio-mmio driver: talks to the transport only through its
+//! registers and guest memory, as a guest would.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmkit_virtio::mmio::*;
+use vmkit_virtio::VirtioDevice;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+pub type Mem = GuestMemoryMmap<()>;
+pub type Transport<D> = MmioTransport<Arc<Mem>, D>;
+
+/// Guest memory: 4 MiB at 0.
+pub const MEM_SIZE: usize = 0x40_0000;
+/// Where buffers live.
+pub const BUF: u64 = 0x20_0000;
+
+pub const DESC_F_NEXT: u16 = 1;
+pub const DESC_F_WRITE: u16 = 2;
+
+pub fn mem() -> Arc<Mem> {
+    Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap())
+}
+
+pub fn transport<D: VirtioDevice<Mem>>(dev: D, mem: &Arc<Mem>) -> Transport<D> {
+    MmioTransport::new(dev, mem.clone(), EventFd::new(EFD_NONBLOCK).unwrap()).unwrap()
+}
+
+/// A buffer of a chain: address, length, device-writable.
+#[derive(Clone, Copy, Debug)]
+pub struct Buf {
+    pub addr: u64,
+    pub len: u32,
+    pub write: bool,
+}
+
+pub fn r(addr: u64, len: u32) -> Buf {
+    Buf {
+        addr,
+        len,
+        write: false,
+    }
+}
+
+pub fn w(addr: u64, len: u32) -> Buf {
+    Buf {
+        addr,
+        len,
+        write: true,
+    }
+}
+
+/// Driver side of one split queue.
+#[derive(Debug)]
+pub struct Vq {
+    pub index: u32,
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    pub avail_idx: u16,
+    pub last_used: u16,
+    next_desc: u16,
+}
+
+impl Vq {
+    /// Queue `index` laid out at 0x10000 * (index + 1).
+    pub fn new(index: u32, size: u16) -> Self {
+        let base = 0x1_0000 * (u64::from(index) + 1);
+        Vq {
+            index,
+            size,
+            desc: base,
+            avail: base + 0x1000,
+            used: base + 0x2000,
+            avail_idx: 0,
+            last_used: 0,
+            next_desc: 0,
+        }
+    }
+
+    /// Writes a chain of descriptors and publishes it; returns the head.
+    pub fn push(&mut self, mem: &Mem, bufs: &[Buf]) -> u16 {
+        assert!(!bufs.is_empty() && bufs.len() <= usize::from(self.size));
+        let head = self.next_desc;
+        for (k, b) in bufs.iter().enumerate() {
+            let i = (head + k as u16) % self.size;
+            let next = (i + 1) % self.size;
+            let mut flags = if b.write { DESC_F_WRITE } else { 0 };
+            if k + 1 < bufs.len() {
+                flags |= DESC_F_NEXT;
+            }
+            let at = self.desc + 16 * u64::from(i);
+            mem.write_obj(b.addr, GuestAddress(at)).unwrap();
+            mem.write_obj(b.len, GuestAddress(at + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+            mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+        }
+        self.next_desc = (head + bufs.len() as u16) % self.size;
+        let slot = u64::from(self.avail_idx % self.size);
+        mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot))
+            .unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .unwrap();
+        head
+    }
+
+    /// The next used entry, if any: (id, len).
+    pub fn pop_used(&mut self, mem: &Mem) -> Option<(u32, u32)> {
+        let idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
+        if idx == self.last_used {
+            return None;
+        }
+        let slot = u64::from(self.last_used % self.size);
+        let at = self.used + 4 + 8 * slot;
+        let id = mem.read_obj(GuestAddress(at)).unwrap();
+        let len = mem.read_obj(GuestAddress(at + 4)).unwrap();
+        self.last_used = self.last_used.wrapping_add(1);
+        Some((id, len))
+    }
+}
+
+/// Register access helpers.
+pub trait Regs {
+    fn r32(&self, off: u64) -> u32;
+    fn w32(&self, off: u64, v: u32);
+}
+
+impl<D: VirtioDevice<Mem>> Regs for Transport<D> {
+    fn r32(&self, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn w32(&self, off: u64, v: u32) {
+        self.write(off, &v.to_le_bytes());
+    }
+}
+
+pub fn device_features(t: &impl Regs) -> u64 {
+    t.w32(0x14, 0);
+    let lo = t.r32(0x10);
+    t.w32(0x14, 1);
+    let hi = t.r32(0x10);
+    u64::from(lo) | (u64::from(hi) << 32)
+}
+
+/// ACKNOWLEDGE, DRIVER, write `features`, FEATURES_OK; returns whether
+/// FEATURES_OK stuck.
+pub fn negotiate(t: &impl Regs, features: u64) -> bool {
+    t.w32(0x70, 0);
+    t.w32(0x70, STATUS_ACKNOWLEDGE);
+    t.w32(0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    t.w32(0x24, 0);
+    t.w32(0x20, features as u32);
+    t.w32(0x24, 1);
+    t.w32(0x20, (features >> 32) as u32);
+    t.w32(
+        0x70,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+    );
+    t.r32(0x70) & STATUS_FEATURES_OK != 0
+}
+
+/// Programs queue `vq` and makes it ready; returns QueueReady as read back.
+pub fn setup_queue(t: &impl Regs, vq: &Vq) -> bool {
+    t.w32(0x30, vq.index);
+    t.w32(0x38, u32::from(vq.size));
+    for (off, addr) in [(0x80, vq.desc), (0x90, vq.avail), (0xa0, vq.used)] {
+        t.w32(off, addr as u32);
+        t.w32(off + 4, (addr >> 32) as u32);
+    }
+    t.w32(0x44, 1);
+    t.r32(0x44) == 1
+}
+
+pub fn driver_ok(t: &impl Regs) {
+    let s = t.r32(0x70);
+    t.w32(0x70, s | STATUS_DRIVER_OK);
+}
+
+/// Full bring-up with VERSION_1 only and the given queues.
+pub fn bring_up(t: &impl Regs, queues: &[&Vq]) {
+    assert!(negotiate(t, 1 << 32));
+    for q in queues {
+        assert!(setup_queue(t, q));
+    }
+    driver_ok(t);
+    assert_eq!(
+        t.r32(0x70),
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK
+    );
+}
+
+pub fn notify(t: &impl Regs, q: u32) {
+    t.w32(NOTIFY_OFFSET, q);
+}

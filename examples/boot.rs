@@ -1,7 +1,7 @@
 //! Boots vmkit's minimal guest kernel and streams its serial console to stdout.
 //!
 //! ```text
-//! cargo run --release --example boot [-- --vcpus N]
+//! cargo run --release --example boot [-- --vcpus N] [--disk FILE]
 //! ```
 //!
 //! The VMM side is what any VMM built on vmkit does: open the host's hypervisor, create a VM,
@@ -13,6 +13,12 @@
 //! Accesses no device claims read as all-ones and writes to them are dropped, as on a PC with
 //! nothing at that address.
 //!
+//! With `--disk FILE`, FILE becomes a virtio-blk disk (vmkit-virtio, on virtio-mmio at
+//! 0xd100_0000) and the kernel's driver reads its first 8 bytes, **overwrites sectors 8–15
+//! with a test pattern**, flushes, reads them back and prints `virtio-blk: ok`. The file must
+//! hold at least 16 sectors (8 KiB); use a scratch file, e.g.
+//! `truncate -s 1M /tmp/disk.img`.
+//!
 //! Exit status: 0 once the guest powers off; 1, with the reason on stderr, on any failure.
 
 use std::error::Error;
@@ -23,13 +29,15 @@ use std::sync::Arc;
 use std::thread;
 
 use linux_loader::loader::{elf::Elf, KernelLoader};
-use vm_device::bus::PioAddress;
+use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
 use vmkit::arch::x86_64::boot;
-use vmkit::{KickHandle, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
+use vmkit::{EventFd, KickHandle, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
 use vmkit_bus::{Bus, ExitOutcome};
 use vmkit_devices::{Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
+use vmkit_virtio::blk::{Block, BlockOptions};
+use vmkit_virtio::mmio::{MmioTransport, MMIO_REGION_SIZE};
 
 /// Guest RAM: enough for the boot tables below 1 MiB and the kernel above it.
 const RAM_SIZE: usize = 4 << 20;
@@ -50,38 +58,64 @@ fn main() -> ExitCode {
     }
 }
 
-/// Parses `--vcpus N` (default 1).
-fn vcpu_count() -> Result<u32, Box<dyn Error>> {
+/// What the command line asks for.
+struct Options {
+    vcpus: u32,
+    disk: Option<std::path::PathBuf>,
+}
+
+/// Parses `--vcpus N` (default 1) and `--disk FILE`.
+fn options() -> Result<Options, Box<dyn Error>> {
+    const USAGE: &str = "usage: boot [--vcpus N] [--disk FILE]";
     let mut args = std::env::args().skip(1);
-    let mut vcpus = 1;
+    let mut options = Options {
+        vcpus: 1,
+        disk: None,
+    };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--vcpus" => {
-                let value = args.next().ok_or("--vcpus needs a number")?;
-                vcpus = value.parse().map_err(|_| {
-                    format!(
-                        "--vcpus takes a number from 1 to {}, not {value:?}",
-                        minimal::MAX_VCPUS
-                    )
-                })?;
-                if vcpus == 0 || vcpus > minimal::MAX_VCPUS {
-                    return Err(
-                        format!("--vcpus takes a number from 1 to {}", minimal::MAX_VCPUS).into(),
-                    );
+                let range = format!("--vcpus takes a number from 1 to {}", minimal::MAX_VCPUS);
+                let value = args.next().ok_or_else(|| range.clone())?;
+                options.vcpus = value
+                    .parse()
+                    .map_err(|_| format!("{range}, not {value:?}"))?;
+                if options.vcpus == 0 || options.vcpus > minimal::MAX_VCPUS {
+                    return Err(range.into());
                 }
             }
-            other => {
-                return Err(
-                    format!("unexpected argument {other:?}; usage: boot [--vcpus N]").into(),
-                )
+            "--disk" => {
+                options.disk = Some(args.next().ok_or("--disk needs a file")?.into());
             }
+            other => return Err(format!("unexpected argument {other:?}; {USAGE}").into()),
         }
     }
-    Ok(vcpus)
+    Ok(options)
+}
+
+/// Opens `path` as the guest's virtio-blk disk.
+fn open_disk(path: &std::path::Path) -> Result<std::fs::File, Box<dyn Error>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|err| format!("cannot open the disk {}: {err}", path.display()))?;
+    let needed = (minimal::BLK_TEST_SECTOR + minimal::BLK_TEST_SECTORS) * 512;
+    if file.metadata()?.len() < needed {
+        return Err(format!(
+            "the disk {} must hold at least {needed} bytes (the guest writes sectors {}-{})",
+            path.display(),
+            minimal::BLK_TEST_SECTOR,
+            minimal::BLK_TEST_SECTOR + minimal::BLK_TEST_SECTORS - 1
+        )
+        .into());
+    }
+    Ok(file)
 }
 
 fn run() -> Result<(), Box<dyn Error>> {
-    let vcpus = vcpu_count()?;
+    let options = options()?;
+    let vcpus = options.vcpus;
     let hypervisor = vmkit::open()?;
     eprintln!(
         "boot: running the minimal kernel on {} with {vcpus} vCPU(s)",
@@ -105,6 +139,19 @@ fn run() -> Result<(), Box<dyn Error>> {
         Arc::new(Serial::new(io::stdout())?),
     )?;
     bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())?;
+    let mut entry_flags = 0;
+    if let Some(path) = &options.disk {
+        let block = Block::new(open_disk(path)?, BlockOptions::default())?;
+        // The kernel's driver polls; a VMM with an irqchip would register this as an irqfd.
+        let interrupt = EventFd::new(0)?;
+        let transport = MmioTransport::new(block, Arc::new(memory.clone()), interrupt)?;
+        bus.register_mmio(
+            MmioAddress(minimal::VIRTIO_MMIO_BASE),
+            MMIO_REGION_SIZE,
+            Arc::new(transport),
+        )?;
+        entry_flags |= minimal::ENTRY_FLAG_VIRTIO_BLK;
+    }
 
     let mut vcpu_handles = Vec::new();
     for index in 0..vcpus {
@@ -114,6 +161,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         let mut regs = vcpu.regs()?;
         regs.rdi = u64::from(vcpus);
         regs.rsi = u64::from(index);
+        regs.rdx = entry_flags;
         vcpu.set_regs(&regs)?;
         vcpu_handles.push(vcpu);
     }

@@ -39,6 +39,20 @@ pub fn long_mode_vm_with(hypervisor: &dyn Hypervisor, config: VmConfig, code: &[
     TestVm { vm, vcpu }
 }
 
+/// The CPU vendor string the guest sees in CPUID leaf 0 (EBX, EDX, ECX).
+pub fn cpu_vendor(hypervisor: &dyn Hypervisor) -> [u8; 12] {
+    let leaf0 = hypervisor
+        .supported_cpuid()
+        .into_iter()
+        .find(|e| e.function == 0)
+        .expect("CPUID leaf 0 is always supported");
+    let mut vendor = [0u8; 12];
+    vendor[..4].copy_from_slice(&leaf0.ebx.to_le_bytes());
+    vendor[4..8].copy_from_slice(&leaf0.edx.to_le_bytes());
+    vendor[8..].copy_from_slice(&leaf0.ecx.to_le_bytes());
+    vendor
+}
+
 /// Runs until the next exit that is not `Interrupted`, and returns a printable form of it.
 pub fn next_exit(vcpu: &mut dyn Vcpu) -> String {
     loop {

@@ -19,6 +19,7 @@ mod minimal_kernel;
 mod pause;
 mod smp;
 mod state;
+mod virtio;
 mod vm;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -119,6 +120,7 @@ fn main() -> ExitCode {
         pause::SCENARIOS,
         dirty::SCENARIOS,
         minimal_kernel::SCENARIOS,
+        virtio::SCENARIOS,
     ];
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);

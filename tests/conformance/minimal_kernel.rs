@@ -78,11 +78,7 @@ fn boot(hv: &dyn Hypervisor, entry: Entry) -> (String, Vec<u8>, [u8; 12]) {
             ),
         }
     }
-    let leaf0 = cpuid.iter().find(|e| e.function == 0).unwrap();
-    let mut vendor = [0u8; 12];
-    vendor[..4].copy_from_slice(&leaf0.ebx.to_le_bytes());
-    vendor[4..8].copy_from_slice(&leaf0.edx.to_le_bytes());
-    vendor[8..].copy_from_slice(&leaf0.ecx.to_le_bytes());
+    let vendor = crate::common::cpu_vendor(hv);
     (String::from_utf8(serial).unwrap(), mmio_written, vendor)
 }
 

@@ -6,24 +6,16 @@ use vmkit::Hypervisor;
 use crate::common::guest::{Guest, GuestConfig, MMIO_ANSWER};
 use vmkit_guests::minimal;
 
-fn vendor(hv: &dyn vmkit::Hypervisor) -> [u8; 12] {
-    let leaf0 = hv
-        .supported_cpuid()
-        .into_iter()
-        .find(|e| e.function == 0)
-        .unwrap();
-    let mut vendor = [0u8; 12];
-    vendor[..4].copy_from_slice(&leaf0.ebx.to_le_bytes());
-    vendor[4..8].copy_from_slice(&leaf0.edx.to_le_bytes());
-    vendor[8..].copy_from_slice(&leaf0.ecx.to_le_bytes());
-    vendor
-}
-
 fn boot_smp(hv: &dyn Hypervisor, config: GuestConfig) {
     let guest = Guest::boot(hv, config);
     let (serial, outcomes) = guest.finish(true);
-    minimal::check_smp_serial(&serial, &vendor(hv), MMIO_ANSWER, config.vcpus)
-        .unwrap_or_else(|err| panic!("{err}; output:\n{serial}"));
+    minimal::check_smp_serial(
+        &serial,
+        &crate::common::cpu_vendor(hv),
+        MMIO_ANSWER,
+        config.vcpus,
+    )
+    .unwrap_or_else(|err| panic!("{err}; output:\n{serial}"));
     assert!(outcomes[0].powered_off, "the BSP powers off");
     assert_eq!(outcomes[0].mmio_written, (MMIO_ANSWER + 1).to_le_bytes());
     for (index, outcome) in outcomes.iter().enumerate().skip(1) {

@@ -4,6 +4,8 @@ use std::io;
 
 use vmm_sys_util::eventfd::EventFd;
 
+#[cfg(target_arch = "x86_64")]
+use crate::arch::x86_64::{IrqchipState, PitState};
 use crate::dirty::{DirtyLog, DirtyLogMode};
 use crate::interrupt::{DataMatch, IoEventAddress, IrqRoute, MsiMessage};
 use crate::memory::{GuestMemoryMmap, GuestRange, MemoryError, MemoryRegion, MemorySlot};
@@ -120,6 +122,12 @@ pub enum VmError {
         #[source]
         source: io::Error,
     },
+    /// The VM was created without the in-kernel PIT.
+    #[error("{op} needs an in-kernel PIT; create the VM with VmConfig::pit(true)")]
+    NoPit {
+        /// What was attempted.
+        op: &'static str,
+    },
     /// A vCPU with that id exists already.
     #[error("vCPU {id} already exists")]
     VcpuExists {
@@ -217,6 +225,22 @@ pub trait Vm: Send + Sync {
     /// The pages the guest wrote since the previous harvest, in every region that logs dirty
     /// pages; tracking is re-armed for them before this returns (see [`crate::dirty`]).
     fn harvest_dirty_log(&self) -> Result<DirtyLog, VmError>;
+
+    /// Reads the in-kernel interrupt controllers' state (needs an in-kernel irqchip).
+    #[cfg(target_arch = "x86_64")]
+    fn irqchip_state(&self) -> Result<IrqchipState, VmError>;
+
+    /// Restores the in-kernel interrupt controllers' state (needs an in-kernel irqchip).
+    #[cfg(target_arch = "x86_64")]
+    fn set_irqchip_state(&self, state: &IrqchipState) -> Result<(), VmError>;
+
+    /// Reads the in-kernel PIT's state (needs [`VmConfig::pit`](crate::VmConfig)).
+    #[cfg(target_arch = "x86_64")]
+    fn pit_state(&self) -> Result<PitState, VmError>;
+
+    /// Restores the in-kernel PIT's state (needs [`VmConfig::pit`](crate::VmConfig)).
+    #[cfg(target_arch = "x86_64")]
+    fn set_pit_state(&self, state: &PitState) -> Result<(), VmError>;
 
     /// Reads the VM clock.
     fn clock(&self) -> Result<ClockState, VmError>;

@@ -3,18 +3,19 @@
 //! Each conversion copies every architectural field; padding and reserved fields are zeroed.
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
-    kvm_segment, kvm_sregs, kvm_vcpu_events, kvm_xcr, KVM_MP_STATE_AP_RESET_HOLD,
-    KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
-    KVM_MP_STATE_SIPI_RECEIVED, KVM_MP_STATE_SUSPENDED, KVM_MP_STATE_UNINITIALIZED,
-    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
-    KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SHADOW, KVM_VCPUEVENT_VALID_SIPI_VECTOR,
-    KVM_VCPUEVENT_VALID_SMM,
+    kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_ioapic_state, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_pic_state, kvm_pit_channel_state, kvm_pit_state2, kvm_regs, kvm_segment,
+    kvm_sregs, kvm_vcpu_events, kvm_xcr, KVM_MP_STATE_AP_RESET_HOLD, KVM_MP_STATE_HALTED,
+    KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_SIPI_RECEIVED,
+    KVM_MP_STATE_SUSPENDED, KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, KVM_VCPUEVENT_VALID_NMI_PENDING,
+    KVM_VCPUEVENT_VALID_SHADOW, KVM_VCPUEVENT_VALID_SIPI_VECTOR, KVM_VCPUEVENT_VALID_SMM,
 };
 
 use crate::arch::x86_64::{
-    CpuidEntry, DescriptorTable, Fpu, LapicState, MpState, Msr, PendingException, PendingInterrupt,
-    PendingNmi, Regs, Segment, SmmState, SpecialRegs, VcpuEvents, Xcr,
+    CpuidEntry, DescriptorTable, Fpu, IoapicState, LapicState, MpState, Msr, PendingException,
+    PendingInterrupt, PendingNmi, PicState, PitChannel, PitState, Regs, Segment, SmmState,
+    SpecialRegs, VcpuEvents, Xcr,
 };
 use crate::vcpu::SystemEventKind;
 
@@ -325,6 +326,95 @@ impl From<MpState> for kvm_mp_state {
             MpState::Other(raw) => raw,
         };
         kvm_mp_state { mp_state }
+    }
+}
+
+impl From<kvm_pic_state> for PicState {
+    fn from(p: kvm_pic_state) -> Self {
+        copy_fields!(p => PicState { last_irr, irr, imr, isr, priority_add, irq_base,
+            read_reg_select, poll, special_mask, init_state, auto_eoi, rotate_on_auto_eoi,
+            special_fully_nested_mode, init4, elcr, elcr_mask })
+    }
+}
+
+impl From<&PicState> for kvm_pic_state {
+    fn from(p: &PicState) -> Self {
+        copy_fields!(p => kvm_pic_state { last_irr, irr, imr, isr, priority_add, irq_base,
+            read_reg_select, poll, special_mask, init_state, auto_eoi, rotate_on_auto_eoi,
+            special_fully_nested_mode, init4, elcr, elcr_mask })
+    }
+}
+
+impl From<&kvm_ioapic_state> for IoapicState {
+    fn from(s: &kvm_ioapic_state) -> Self {
+        let mut redirection_table = [0u64; 24];
+        for (to, from) in redirection_table.iter_mut().zip(s.redirtbl.iter()) {
+            // SAFETY: both union members are plain data covering the same 8 bytes; `bits` is
+            // the whole entry.
+            *to = unsafe { from.bits };
+        }
+        IoapicState {
+            base_address: s.base_address,
+            ioregsel: s.ioregsel,
+            id: s.id,
+            irr: s.irr,
+            redirection_table,
+        }
+    }
+}
+
+impl From<&IoapicState> for kvm_ioapic_state {
+    fn from(s: &IoapicState) -> Self {
+        let mut raw = kvm_ioapic_state {
+            base_address: s.base_address,
+            ioregsel: s.ioregsel,
+            id: s.id,
+            irr: s.irr,
+            ..Default::default()
+        };
+        for (to, &bits) in raw.redirtbl.iter_mut().zip(s.redirection_table.iter()) {
+            to.bits = bits;
+        }
+        raw
+    }
+}
+
+impl From<kvm_pit_channel_state> for PitChannel {
+    fn from(c: kvm_pit_channel_state) -> Self {
+        copy_fields!(c => PitChannel { count, latched_count, count_latched, status_latched,
+            status, read_state, write_state, write_latch, rw_mode, mode, bcd, gate,
+            count_load_time })
+    }
+}
+
+impl From<&PitChannel> for kvm_pit_channel_state {
+    fn from(c: &PitChannel) -> Self {
+        copy_fields!(c => kvm_pit_channel_state { count, latched_count, count_latched,
+            status_latched, status, read_state, write_state, write_latch, rw_mode, mode, bcd,
+            gate, count_load_time })
+    }
+}
+
+impl From<&kvm_pit_state2> for PitState {
+    fn from(p: &kvm_pit_state2) -> Self {
+        PitState {
+            channels: p.channels.map(PitChannel::from),
+            flags: p.flags,
+        }
+    }
+}
+
+impl From<&PitState> for kvm_pit_state2 {
+    fn from(p: &PitState) -> Self {
+        kvm_pit_state2 {
+            channels: [
+                (&p.channels[0]).into(),
+                (&p.channels[1]).into(),
+                (&p.channels[2]).into(),
+            ],
+            flags: p.flags,
+            ..Default::default()
+        }
     }
 }
 

@@ -1,14 +1,15 @@
 //! KVM interrupt plumbing: IRQ lines, MSIs, GSI routing, irqfd and ioeventfd.
 
 use kvm_bindings::{
-    kvm_irq_routing_entry, kvm_msi, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    kvm_irq_routing_entry, kvm_irqchip, kvm_msi, kvm_pit_state2, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::{IoEventAddress as KvmIoEventAddress, NoDatamatch};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::os_error;
 use super::vm::KvmVm;
+use crate::arch::x86_64::{IoapicState, IrqchipState, PicState, PitState};
 use crate::interrupt::{DataMatch, IoEventAddress, IrqChip, IrqRoute, MsiMessage};
 use crate::vm::VmError;
 
@@ -62,6 +63,90 @@ fn raw_route(route: &IrqRoute) -> Result<kvm_irq_routing_entry, VmError> {
 }
 
 impl KvmVm {
+    fn irqchip_os(op: &'static str) -> impl Fn(vmm_sys_util::errno::Error) -> VmError {
+        move |err| VmError::Os {
+            op,
+            source: os_error(err),
+        }
+    }
+
+    fn read_chip(&self, chip_id: u32) -> Result<kvm_irqchip, VmError> {
+        let mut raw = kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        self.shared
+            .fd
+            .get_irqchip(&mut raw)
+            .map_err(Self::irqchip_os("KVM_GET_IRQCHIP"))?;
+        Ok(raw)
+    }
+
+    pub(super) fn irqchip_get(&self) -> Result<IrqchipState, VmError> {
+        self.require_irqchip("KVM_GET_IRQCHIP")?;
+        let (master, slave, ioapic) = (
+            self.read_chip(KVM_IRQCHIP_PIC_MASTER)?,
+            self.read_chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            self.read_chip(KVM_IRQCHIP_IOAPIC)?,
+        );
+        // SAFETY (the three union reads): KVM filled the member that `chip_id` selects.
+        Ok(IrqchipState {
+            pic_master: PicState::from(unsafe { master.chip.pic }),
+            pic_slave: PicState::from(unsafe { slave.chip.pic }),
+            ioapic: IoapicState::from(unsafe { &ioapic.chip.ioapic }),
+        })
+    }
+
+    pub(super) fn irqchip_set(&self, state: &IrqchipState) -> Result<(), VmError> {
+        self.require_irqchip("KVM_SET_IRQCHIP")?;
+        let mut chips = [
+            kvm_irqchip {
+                chip_id: KVM_IRQCHIP_PIC_MASTER,
+                ..Default::default()
+            },
+            kvm_irqchip {
+                chip_id: KVM_IRQCHIP_PIC_SLAVE,
+                ..Default::default()
+            },
+            kvm_irqchip {
+                chip_id: KVM_IRQCHIP_IOAPIC,
+                ..Default::default()
+            },
+        ];
+        chips[0].chip.pic = (&state.pic_master).into();
+        chips[1].chip.pic = (&state.pic_slave).into();
+        chips[2].chip.ioapic = (&state.ioapic).into();
+        for chip in &chips {
+            self.shared
+                .fd
+                .set_irqchip(chip)
+                .map_err(Self::irqchip_os("KVM_SET_IRQCHIP"))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn pit_get(&self) -> Result<PitState, VmError> {
+        if !self.shared.config.pit {
+            return Err(VmError::NoPit { op: "KVM_GET_PIT2" });
+        }
+        let raw = self
+            .shared
+            .fd
+            .get_pit2()
+            .map_err(Self::irqchip_os("KVM_GET_PIT2"))?;
+        Ok(PitState::from(&raw))
+    }
+
+    pub(super) fn pit_set(&self, state: &PitState) -> Result<(), VmError> {
+        if !self.shared.config.pit {
+            return Err(VmError::NoPit { op: "KVM_SET_PIT2" });
+        }
+        self.shared
+            .fd
+            .set_pit2(&kvm_pit_state2::from(state))
+            .map_err(Self::irqchip_os("KVM_SET_PIT2"))
+    }
+
     fn require_irqchip(&self, op: &'static str) -> Result<(), VmError> {
         if self.shared.config.irqchip {
             Ok(())

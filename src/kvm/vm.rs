@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::dirty::{self, DirtyRing, Mode};
 use super::kick;
 use super::{os_error, KvmVcpu};
+use crate::arch::x86_64::{IrqchipState, PitState};
 use crate::dirty::{DirtyLog, DirtyLogMode, DirtyRegion};
 use crate::hypervisor::{Capabilities, VmConfig};
 use crate::interrupt::{DataMatch, IoEventAddress, IrqRoute, MsiMessage};
@@ -292,6 +293,22 @@ impl Vm for KvmVm {
             Mode::Bitmap | Mode::BitmapManualClear => self.harvest_bitmaps(&table),
             Mode::Ring { .. } => self.harvest_rings(&table),
         }
+    }
+
+    fn irqchip_state(&self) -> Result<IrqchipState, VmError> {
+        self.irqchip_get()
+    }
+
+    fn set_irqchip_state(&self, state: &IrqchipState) -> Result<(), VmError> {
+        self.irqchip_set(state)
+    }
+
+    fn pit_state(&self) -> Result<PitState, VmError> {
+        self.pit_get()
+    }
+
+    fn set_pit_state(&self, state: &PitState) -> Result<(), VmError> {
+        self.pit_set(state)
     }
 
     fn clock(&self) -> Result<ClockState, VmError> {

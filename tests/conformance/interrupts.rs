@@ -183,6 +183,57 @@ pub fn ioeventfd_on_mmio_matches_the_written_value(hv: &dyn Hypervisor) {
         .unwrap();
 }
 
+pub fn irqchip_state_shows_what_the_guest_programmed_and_round_trips(hv: &dyn Hypervisor) {
+    let guest = irq_guest(hv);
+    let mut state = guest.vm.irqchip_state().unwrap();
+    // The kernel masked both PICs and routed GSI 17 to vector 0x31, level-triggered, unmasked.
+    assert_eq!((state.pic_master.imr, state.pic_slave.imr), (0xff, 0xff));
+    let entry = state.ioapic.redirection_table[17];
+    assert_eq!(entry & 0xff, 0x31, "vector");
+    assert_ne!(entry & (1 << 15), 0, "level-triggered");
+    assert_eq!(entry & (1 << 16), 0, "unmasked");
+
+    // Written state is what is read back.
+    state.ioapic.redirection_table[3] = 0x0001_0000 | 0x33; // masked, vector 0x33
+    state.pic_slave.irq_base = 0x70;
+    guest.vm.set_irqchip_state(&state).unwrap();
+    assert_eq!(guest.vm.irqchip_state().unwrap(), state);
+    // And it is what the hypervisor acts on: GSI 3 is now masked.
+    guest.vm.set_irq_line(3, true).unwrap();
+    guest.vm.set_irq_line(3, false).unwrap();
+    assert_eq!(
+        guest.next_report(QUIET),
+        None,
+        "a masked pin delivers nothing"
+    );
+    guest.finish(false);
+}
+
+pub fn pit_state_round_trips(hv: &dyn Hypervisor) {
+    let vm = hv
+        .create_vm(&VmConfig::default().irqchip(true).pit(true))
+        .unwrap();
+    let mut pit = vm.pit_state().unwrap();
+    pit.channels[2].mode = 3;
+    pit.channels[2].count = 0x1234;
+    pit.channels[2].rw_mode = 3;
+    vm.set_pit_state(&pit).unwrap();
+    let back = vm.pit_state().unwrap();
+    assert_eq!(
+        (
+            back.channels[2].mode,
+            back.channels[2].count,
+            back.channels[2].rw_mode
+        ),
+        (3, 0x1234, 3)
+    );
+    let no_pit = hv.create_vm(&VmConfig::default().irqchip(true)).unwrap();
+    assert!(matches!(
+        no_pit.pit_state(),
+        Err(vmkit::VmError::NoPit { .. })
+    ));
+}
+
 pub fn the_pit_is_emulated_in_the_hypervisor(hv: &dyn Hypervisor) {
     // mov al, 0x34; out 0x43, al; out 0x80, al; hlt -- program PIT channel 0, then report.
     let code = [0xb0, 0x34, 0xe6, 0x43, 0xe6, 0x80, 0xf4];
@@ -216,6 +267,8 @@ pub fn the_pit_is_emulated_in_the_hypervisor(hv: &dyn Hypervisor) {
 
 crate::scenarios![
     the_pit_is_emulated_in_the_hypervisor => crate::pit,
+    pit_state_round_trips => crate::pit,
+    irqchip_state_shows_what_the_guest_programmed_and_round_trips => crate::irqchip,
     irq_lines_and_msis_reach_the_handler => crate::irqchip,
     irqfd_with_resample_acts_as_a_level_interrupt => crate::irqchip,
     gsi_routing_sends_an_irqfd_as_an_msi => crate::irqchip,

@@ -1,7 +1,7 @@
 //! Pending exceptions, interrupts and NMIs, SMM state, and the multiprocessing state.
 
 /// An exception that is being delivered or waits to be.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PendingException {
     /// Delivery has started (it must be re-injected on resume).
     pub injected: bool,
@@ -16,7 +16,7 @@ pub struct PendingException {
 }
 
 /// An external interrupt being injected, and the interrupt shadow.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PendingInterrupt {
     /// An interrupt is being injected.
     pub injected: bool,
@@ -29,7 +29,7 @@ pub struct PendingInterrupt {
 }
 
 /// Non-maskable interrupt state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PendingNmi {
     /// An NMI is being injected.
     pub injected: bool,
@@ -40,7 +40,7 @@ pub struct PendingNmi {
 }
 
 /// System-management-mode state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SmmState {
     /// The vCPU is in SMM.
     pub smm: bool,
@@ -54,7 +54,7 @@ pub struct SmmState {
 
 /// Events in flight on a vCPU: what must be carried over a save and restore so that an
 /// interrupted delivery resumes correctly.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VcpuEvents {
     /// Exception state.
     pub exception: PendingException,
@@ -69,7 +69,9 @@ pub struct VcpuEvents {
 }
 
 /// The multiprocessing state of a vCPU.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum MpState {
     /// Running, or ready to run.
     #[default]

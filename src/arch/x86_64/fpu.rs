@@ -1,7 +1,7 @@
 //! Legacy FPU/SSE state, the XSAVE area and the extended control registers.
 
 /// The x87 FPU and SSE state (the FXSAVE layout's contents).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Fpu {
     /// The eight x87 registers (ST0–ST7 / MM0–MM7), 80 bits each in 16-byte slots.
     pub fpr: [[u8; 16]; 8],
@@ -25,7 +25,7 @@ pub struct Fpu {
 
 /// The XSAVE area, as the processor's `XSAVE` instruction lays it out (legacy region, header,
 /// then the extended components).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Xsave {
     /// The area as 32-bit words, as KVM and Xen both exchange it.
     pub region: Vec<u32>,
@@ -37,7 +37,7 @@ impl Xsave {
 }
 
 /// One extended control register (XCR0 is the only one defined today).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Xcr {
     /// Register index (0 for XCR0).
     pub index: u32,

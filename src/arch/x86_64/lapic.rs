@@ -1,9 +1,10 @@
 //! The local APIC's register page.
 
 /// The local APIC's 1 KiB register page, as the xAPIC MMIO layout orders it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LapicState {
     /// The register bytes; register `N` lives at offset `N * 0x10`.
+    #[serde(with = "super::serde_array")]
     pub regs: [u8; LapicState::SIZE],
 }
 

@@ -1,7 +1,9 @@
 //! Model-specific registers.
 
 /// One model-specific register and its value.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Msr {
     /// The MSR's index (the ECX operand of `rdmsr`/`wrmsr`).
     pub index: u32,

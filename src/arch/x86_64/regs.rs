@@ -1,7 +1,7 @@
 //! General-purpose and special (segment, control, descriptor-table) registers.
 
 /// The general-purpose registers, instruction pointer and flags.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[allow(missing_docs)] // The fields are the architectural registers of the same name.
 pub struct Regs {
     pub rax: u64,
@@ -25,7 +25,7 @@ pub struct Regs {
 }
 
 /// A segment register, with its hidden descriptor cache.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Segment {
     /// Segment base address.
     pub base: u64,
@@ -54,7 +54,7 @@ pub struct Segment {
 }
 
 /// The GDTR or IDTR: base and limit of a descriptor table.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DescriptorTable {
     /// Linear base address of the table.
     pub base: u64,
@@ -63,7 +63,7 @@ pub struct DescriptorTable {
 }
 
 /// Segment, descriptor-table and control registers, EFER and the APIC base.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[allow(missing_docs)] // The fields are the architectural registers of the same name.
 pub struct SpecialRegs {
     pub cs: Segment,

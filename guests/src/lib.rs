@@ -41,7 +41,7 @@
 //! |----------|---------|
 //! | `rdi` | how many vCPUs the VMM starts; 0 and 1 both mean one (uniprocessor); more than [`minimal::MAX_VCPUS`] counts as [`minimal::MAX_VCPUS`] |
 //! | `rsi` | this vCPU's index, `0..count`; 0 is the bootstrap processor (BSP), every other index an application processor (AP) |
-//! | `rdx` | flags, read on the BSP only; bit 0 is [`minimal::ENTRY_FLAG_INTERRUPTS`], bit 1 [`minimal::ENTRY_FLAG_VIRTIO_BLK`]; the two are independent |
+//! | `rdx` | flags, read on the BSP only; bit 0 is [`minimal::ENTRY_FLAG_INTERRUPTS`], bit 1 [`minimal::ENTRY_FLAG_VIRTIO_BLK`], bit 2 [`minimal::ENTRY_FLAG_COUNT`]; bits 0 and 1 are independent, bit 2 overrides bit 0; other bits are ignored |
 //!
 //! All three zero (what a VMM that knows nothing of this protocol leaves) is
 //! a uniprocessor boot without interrupt mode. The PVH entry always behaves
@@ -58,7 +58,9 @@
 //!   releases the APs, and waits until `n` vCPUs, itself included, are
 //!   online. Then, with [`minimal::ENTRY_FLAG_VIRTIO_BLK`], it runs the
 //!   [virtio-blk driver](#the-virtio-blk-driver), and then the sequence
-//!   below (or, with [`minimal::ENTRY_FLAG_INTERRUPTS`], interrupt mode).
+//!   below (or, with [`minimal::ENTRY_FLAG_COUNT`],
+//!   [counting mode](#counting-mode); else, with
+//!   [`minimal::ENTRY_FLAG_INTERRUPTS`], interrupt mode).
 //! - **AP** (index `k` ≥ 1): waits for the flag, prints `cpu k online` (`k`
 //!   in decimal), counts itself online, then loops on `cli; hlt`. Without an
 //!   in-kernel interrupt controller that `hlt` reaches the VMM (as
@@ -190,6 +192,63 @@
 //! device that never completes a request costs the full
 //! [`minimal::BLK_POLL_LIMIT`] polls, about 3.5 s there.
 //!
+//! ## Counting mode
+//!
+//! With [`minimal::ENTRY_FLAG_COUNT`] set in `rdx` on the BSP, the BSP, once
+//! all vCPUs are online and after the virtio-blk driver (with
+//! [`minimal::ENTRY_FLAG_VIRTIO_BLK`]), counts instead of running the
+//! CPUID/MMIO sequence or interrupt mode (it ignores
+//! [`minimal::ENTRY_FLAG_INTERRUPTS`]). It is meant for snapshot and restore
+//! tests: the host stops the VM mid-count, restores it elsewhere, and checks
+//! that the count goes on. For `N` = 1 to [`minimal::COUNT_LIMIT`] (40) it:
+//!
+//! 1. increments `N` (a `u64` in the kernel's `.data`, symbol `count_n` in
+//!    the image's symbol table, 0 when loaded) and
+//!    prints [`minimal::count_line`]`(N)` = `"count N"` (decimal) and `"\n"`;
+//! 2. if the driver succeeded (printed [`minimal::BLK_OK`]; the device is
+//!    still `DRIVER_OK` with queue 0 ready, and the rings go on from where
+//!    the driver left them): writes one sector, [`minimal::count_sector_bytes`]`(N)`
+//!    (`N` as `le64`, then zeros), to [`minimal::COUNT_SECTOR`] (16), zeroes
+//!    the first 8 bytes of its read buffer, reads the sector back and
+//!    compares its first 8 bytes with `N`; both requests are made as the
+//!    driver makes them (no flush). On any failure it prints
+//!    [`minimal::COUNT_DISK_ERROR`] and stops counting (step 4, without
+//!    [`minimal::COUNT_DONE`]). Then it acknowledges `InterruptStatus` as
+//!    the driver does (one read, and a write if not 0). Without a
+//!    working driver (flag clear, no device, or a driver error) it
+//!    skips this step and just counts;
+//! 3. executes `pause` [`minimal::COUNT_DELAY`] times (the loop counter is
+//!    in `ecx`), so that each number takes about 2–3 ms on the nested CI
+//!    host and a host can stop the VM between two numbers, or in the middle
+//!    of a line or of the delay;
+//! 4. after `N` = [`minimal::COUNT_LIMIT`], prints [`minimal::COUNT_DONE`],
+//!    then, as at the end of the normal sequence, `"bye\n"`, writes
+//!    [`minimal::POWER_OFF_VALUE`] to [`minimal::POWER_OFF_PORT`] and loops
+//!    on `cli; hlt`.
+//!
+//! `N` lives only in guest memory (and, while used, in guest registers); it
+//! is never derived from anything the host provides, and
+//! [`minimal::COUNT_SECTOR`] is only ever read right after it was written. So after a restore the count goes
+//! on from the saved `N` (`count 17` is followed by `count 18`, never by
+//! `count 1`), and after a complete run, before or after any number of
+//! restores, the disk holds `count_sector_bytes(COUNT_LIMIT)` at sector
+//! [`minimal::COUNT_SECTOR`] (the only other sectors the kernel writes are
+//! the driver's test sectors). One vCPU without a disk sees
+//! [`minimal::expected_count_serial`]`(&[])`; with a working disk,
+//! `expected_count_serial(&[&blk_signature_line(BLK_SIGNATURE), BLK_OK])`.
+//! [`minimal::check_count_serial`] checks the count lines of any part of
+//! such an output (what one process saw before a snapshot, or after a
+//! restore, with a line possibly cut between them) and returns the first
+//! and last `N`.
+//!
+//! On the nested CI host (vmkit-virtio's device on a vmkit-bus, handled in
+//! the vCPU thread): without a disk, each number takes about 2.2 ms
+//! (about 17 port exits for the line, the rest in the delay loop, which
+//! makes no exit) and the whole run from the first instruction to power off
+//! about 90 ms; with the disk, about 2.6 ms per number (3 more MMIO exits:
+//! two `QueueNotify` writes and one `InterruptStatus` read) and about
+//! 110 ms in all.
+//!
 //! ## Interrupt mode
 //!
 //! With [`minimal::ENTRY_FLAG_INTERRUPTS`] set in `rdx` on the BSP, the BSP,
@@ -308,14 +367,28 @@
 //!      cpuid: GenuineIntel\nmmio: 00000001\nbye\n"
 //! );
 //! assert_eq!(&[0, 1, 2, 256].map(minimal::blk_pattern), &[7, 38, 69, 7]);
+//!
+//! // Counting mode (rdx bit 2), snapshotted in the middle of "count 17":
+//! // each part checks on its own, and the count goes on across the cut.
+//! assert_eq!(minimal::ENTRY_FLAG_COUNT, 4);
+//! let full = minimal::expected_count_serial(&[]);
+//! let cut = full.find("count 17").unwrap() + 7;
+//! let (before, after) = full.split_at(cut);
+//! assert!(before.ends_with("count 1") && after.starts_with("7\ncount 18\n"));
+//! assert_eq!(minimal::check_count_serial(before), Ok((1, 16)));
+//! assert_eq!(minimal::check_count_serial(after), Ok((17, minimal::COUNT_LIMIT)));
+//! assert_eq!(minimal::check_count_serial(&full), Ok((1, 40)));
+//! assert!(minimal::check_count_serial("count 16\ncount 1\n").is_err());
+//! assert_eq!(&minimal::count_sector_bytes(40)[..9], &[40, 0, 0, 0, 0, 0, 0, 0, 0]);
 //! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 /// The minimal kernel: serial output, SMP bring-up of VMM-started vCPUs,
-/// CPUID, one MMIO read and write, power off, an optional interrupt mode
-/// and an optional virtio-mmio + virtio-blk driver. See the [crate documentation](crate) for its boot protocol.
+/// CPUID, one MMIO read and write, power off, an optional interrupt mode,
+/// an optional virtio-mmio + virtio-blk driver and an optional counting mode
+/// for snapshot tests. See the [crate documentation](crate) for its boot protocol.
 pub mod minimal {
     /// The kernel's ELF64 image, built from `src/minimal.S` and
     /// `src/minimal.ld`.
@@ -337,6 +410,39 @@ pub mod minimal {
     /// virtio-mmio device at [`VIRTIO_MMIO_BASE`] before going on. See
     /// [the driver's description](crate#the-virtio-blk-driver).
     pub const ENTRY_FLAG_VIRTIO_BLK: u64 = 1 << 1;
+
+    /// Boot flag (bit 2 of `rdx` at the 64-bit entry of the bootstrap
+    /// processor): after bring-up (and after the virtio-blk driver, with
+    /// [`ENTRY_FLAG_VIRTIO_BLK`]), the bootstrap processor counts from 1 to
+    /// [`COUNT_LIMIT`] instead of running the CPUID/MMIO sequence or
+    /// interrupt mode ([`ENTRY_FLAG_INTERRUPTS`] is then ignored). See
+    /// [counting mode](crate#counting-mode).
+    pub const ENTRY_FLAG_COUNT: u64 = 1 << 2;
+
+    /// The last number counting mode prints; it then prints [`COUNT_DONE`].
+    pub const COUNT_LIMIT: u64 = 40;
+
+    /// The sector counting mode writes each number to (as `le64`, padded
+    /// with zeros to one sector; see [`count_sector_bytes`]) and reads back,
+    /// when the virtio-blk driver succeeded. The disk needs at least
+    /// `COUNT_SECTOR + 1` sectors; the driver itself only checks for
+    /// `BLK_TEST_SECTOR + BLK_TEST_SECTORS` (= `COUNT_SECTOR`), so a smaller
+    /// disk gives [`COUNT_DISK_ERROR`].
+    pub const COUNT_SECTOR: u64 = 16;
+
+    /// How many times counting mode executes `pause` after each number, so
+    /// that one number takes a few milliseconds on the nested CI host and a
+    /// host can stop the VM between two of them.
+    pub const COUNT_DELAY: u32 = 1000;
+
+    /// The line (without `"\n"`) counting mode prints after
+    /// `count_line(COUNT_LIMIT)`, before `bye`.
+    pub const COUNT_DONE: &str = "count done";
+
+    /// The line (without `"\n"`) counting mode prints when writing the
+    /// number to [`COUNT_SECTOR`], or reading it back, fails; it then stops
+    /// counting and prints `bye` and powers off.
+    pub const COUNT_DISK_ERROR: &str = "count: disk error";
 
     /// Guest physical address of the virtio-mmio device the virtio-blk
     /// driver uses; its registers (layout version 2) span
@@ -550,6 +656,151 @@ pub mod minimal {
     /// The line (without `"\n"`) vCPU `index` prints once it is online.
     pub fn cpu_online_line(index: u32) -> String {
         format!("cpu {index} online")
+    }
+
+    /// The line (without `"\n"`) counting mode prints for `n`:
+    /// `"count <n>"`, `n` in decimal.
+    pub fn count_line(n: u64) -> String {
+        format!("count {n}")
+    }
+
+    /// The sector counting mode writes to [`COUNT_SECTOR`] for `n`: `n` as
+    /// `le64`, then 504 zero bytes. After a complete run the disk holds
+    /// `count_sector_bytes(COUNT_LIMIT)` there.
+    pub fn count_sector_bytes(n: u64) -> [u8; BLK_SECTOR_SIZE as usize] {
+        let mut sector = [0; BLK_SECTOR_SIZE as usize];
+        sector[..8].copy_from_slice(&n.to_le_bytes());
+        sector
+    }
+
+    /// The kernel's complete serial output on one vCPU started with
+    /// [`ENTRY_FLAG_COUNT`] when the virtio-blk driver prints `blk_lines`
+    /// (each without `"\n"`; `&[]` without [`ENTRY_FLAG_VIRTIO_BLK`]) and
+    /// every count succeeds: [`HELLO`], `cpu 0 online`, `blk_lines`,
+    /// `count 1` to `count 40`, [`COUNT_DONE`], `bye`.
+    pub fn expected_count_serial(blk_lines: &[&str]) -> String {
+        let mut out = format!("{HELLO}\n{}\n", cpu_online_line(0));
+        for line in blk_lines {
+            out.push_str(line);
+            out.push('\n');
+        }
+        for n in 1..=COUNT_LIMIT {
+            out.push_str(&count_line(n));
+            out.push('\n');
+        }
+        out.push_str(COUNT_DONE);
+        out.push_str("\nbye\n");
+        out
+    }
+
+    /// The number in a complete `count N` line, as the kernel prints it
+    /// (decimal, no sign, no leading zero).
+    fn parse_count_line(line: &str) -> Option<u64> {
+        let digits = line.strip_prefix("count ")?;
+        let well_formed = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !(digits.len() > 1 && digits.starts_with('0'));
+        well_formed.then(|| digits.parse().ok()).flatten()
+    }
+
+    /// Checks the `count N` lines in the serial output of counting mode (all
+    /// of a run, or only what one process saw of it before a snapshot or
+    /// after a restore) and returns `(first, last)`: the first and the last
+    /// `N` seen.
+    ///
+    /// - Lines before the first complete `count N` line may be anything but
+    ///   [`COUNT_DONE`] or [`COUNT_DISK_ERROR`] (the hello, `cpu k online`
+    ///   and virtio-blk lines, or the tail of a line cut by a snapshot).
+    /// - From that line on, the lines must be `count N`, `count N+1`, … (no
+    ///   gap, no repeat, no restart), each `N` in `1..=COUNT_LIMIT`,
+    ///   optionally followed, once `N` reached [`COUNT_LIMIT`], by
+    ///   [`COUNT_DONE`] and then `bye`; nothing after `bye`.
+    ///   [`COUNT_DISK_ERROR`] or any other line is an error that names it.
+    /// - **Cut lines.** A snapshot can fall in the middle of a line: the
+    ///   process that ran before it has the line's start without its
+    ///   `"\n"`, the restored one has the rest. A line counts in the output
+    ///   that has its `"\n"`: a last line without `"\n"` is not counted but
+    ///   must be the start of the line expected next, and a first line of
+    ///   the output that is the end (possibly empty) of `count_line(M - 1)`,
+    ///   where `count M` is the first complete count line, counts as
+    ///   `M - 1`.
+    ///
+    /// So for a run snapshotted once, the output `a` before the snapshot
+    /// and `b` after the restore give `(1, k)` and `(k + 1, COUNT_LIMIT)`,
+    /// whatever the point of the snapshot, and so does `a + b` as a whole
+    /// (`(1, COUNT_LIMIT)`). An output with no complete `count N` line is an
+    /// error.
+    pub fn check_count_serial(output: &str) -> Result<(u64, u64), String> {
+        let (complete, partial) = match output.rfind('\n') {
+            Some(end) => (&output[..end], &output[end + 1..]),
+            None => ("", output),
+        };
+        let lines: Vec<&str> = if output.contains('\n') {
+            complete.split('\n').collect()
+        } else {
+            Vec::new()
+        };
+        let context = |i: usize| format!("line {} ({:?}) of {output:?}", i + 1, lines[i]);
+        let Some(start) = lines
+            .iter()
+            .position(|line| parse_count_line(line).is_some())
+        else {
+            return Err(format!("no complete `count N` line in {output:?}"));
+        };
+        if let Some(i) = lines[..start]
+            .iter()
+            .position(|&line| line == COUNT_DONE || line == COUNT_DISK_ERROR)
+        {
+            return Err(format!("{} before any count", context(i)));
+        }
+        let mut last = parse_count_line(lines[start]).unwrap_or_default();
+        if !(1..=COUNT_LIMIT).contains(&last) {
+            return Err(format!(
+                "{}: N is outside 1..={COUNT_LIMIT}",
+                context(start)
+            ));
+        }
+        let mut first = last;
+        if start == 1 && last >= 2 && count_line(last - 1).ends_with(lines[0]) {
+            first = last - 1; // the end of a line cut by a snapshot
+        }
+        // 0: counting, 1: "count done" seen, 2: "bye" seen.
+        let mut stage = 0;
+        for (i, &line) in lines.iter().enumerate().skip(start + 1) {
+            let expected = match stage {
+                0 if last < COUNT_LIMIT => count_line(last + 1),
+                0 => COUNT_DONE.to_owned(),
+                1 => "bye".to_owned(),
+                _ => return Err(format!("{} after bye", context(i))),
+            };
+            if line != expected {
+                let why = if line == COUNT_DISK_ERROR {
+                    format!("the guest reported a disk error after count {last}")
+                } else {
+                    format!("expected {expected:?}")
+                };
+                return Err(format!("{}: {why}", context(i)));
+            }
+            if stage == 0 && last < COUNT_LIMIT {
+                last += 1;
+            } else {
+                stage += 1;
+            }
+        }
+        if !partial.is_empty() {
+            let expected = match stage {
+                0 if last < COUNT_LIMIT => count_line(last + 1),
+                0 => COUNT_DONE.to_owned(),
+                1 => "bye".to_owned(),
+                _ => String::new(),
+            };
+            if !expected.starts_with(partial) {
+                return Err(format!(
+                    "the last, unfinished line {partial:?} is not the start of {expected:?} in {output:?}"
+                ));
+            }
+        }
+        Ok((first, last))
     }
 
     /// The kernel's complete serial output on one vCPU (entry registers all
@@ -957,7 +1208,7 @@ mod tests {
         let phdrs = program_headers(minimal::ELF);
         let &(_, _, paddr, _, filesz, memsz) = phdrs.iter().find(|p| p.0 == 1).unwrap();
         // Loading the image resets the lock, the flag and the counter.
-        for name in ["serial_lock", "hello_done", "online"] {
+        for name in ["serial_lock", "hello_done", "online", "blk_ready"] {
             assert_eq!(image_at(symbol(name), 4), [0; 4], "{name}");
         }
         let stacks = symbol("stacks");
@@ -1219,5 +1470,145 @@ mod tests {
         // Sector 0 holds the signature; the test sectors come after it.
         assert_eq!(minimal::BLK_TEST_SECTOR, 8);
         assert_eq!(minimal::BLK_TEST_SECTORS, 8);
+    }
+
+    #[test]
+    fn count_constants_match_the_kernel() {
+        // Each labelled instruction is `mov $imm32, %reg` (0xb8 + reg).
+        let imm = |name: &str, opcode: u8| {
+            let insn = image_at(symbol(name), 5);
+            assert_eq!(insn[0], opcode, "{name}");
+            u64::from(u32_at(insn, 1))
+        };
+        let delay = u64::from(minimal::COUNT_DELAY);
+        assert_eq!(imm("count_limit_imm", 0xb8), minimal::COUNT_LIMIT); // eax
+        assert_eq!(imm("count_sector_imm", 0xbb), minimal::COUNT_SECTOR); // ebx
+        assert_eq!(imm("count_delay_imm", 0xb9), delay); // ecx
+                                                         // The counter is a u64 in .data, 0 when loaded.
+        let count_n = symbol("count_n");
+        assert_eq!(count_n % 8, 0);
+        assert_eq!(image_at(count_n, 8), [0; 8]);
+        // Disjoint flags; the count sector lies past the driver's test sectors.
+        let flags = [
+            minimal::ENTRY_FLAG_INTERRUPTS,
+            minimal::ENTRY_FLAG_VIRTIO_BLK,
+            minimal::ENTRY_FLAG_COUNT,
+        ];
+        assert_eq!(flags.iter().fold(0, |a, f| a | f), 0b111);
+        assert_eq!(
+            minimal::COUNT_SECTOR,
+            minimal::BLK_TEST_SECTOR + minimal::BLK_TEST_SECTORS
+        );
+        let contains = |needle: &[u8]| minimal::ELF.windows(needle.len()).any(|w| w == needle);
+        assert!(contains(b"count "));
+        assert!(contains(format!("{}\n", minimal::COUNT_DONE).as_bytes()));
+        assert!(contains(
+            format!("{}\n", minimal::COUNT_DISK_ERROR).as_bytes()
+        ));
+    }
+
+    #[test]
+    fn count_lines_sector_and_expected_output() {
+        assert_eq!(minimal::count_line(7), "count 7");
+        assert_eq!(minimal::count_line(40), "count 40");
+        let sector = minimal::count_sector_bytes(0x0102);
+        assert_eq!(sector.len(), 512);
+        assert_eq!(sector[..3], [2, 1, 0]);
+        assert!(sector[8..].iter().all(|&b| b == 0));
+        let out = minimal::expected_count_serial(&[minimal::BLK_OK]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2 + 1 + 40 + 2);
+        assert_eq!(
+            lines[..4],
+            [minimal::HELLO, "cpu 0 online", "virtio-blk: ok", "count 1"]
+        );
+        assert_eq!(lines[42..], ["count 40", "count done", "bye"]);
+        assert!(out.ends_with("bye\n"));
+        assert_eq!(minimal::check_count_serial(&out), Ok((1, 40)));
+    }
+
+    #[test]
+    fn check_count_serial_accepts_every_snapshot_cut() {
+        let full = minimal::expected_count_serial(&[
+            &minimal::blk_signature_line(minimal::BLK_SIGNATURE),
+            minimal::BLK_OK,
+        ]);
+        assert_eq!(minimal::check_count_serial(&full), Ok((1, 40)));
+        let mut cuts = 0;
+        for at in 0..=full.len() {
+            let (before, after) = full.split_at(at);
+            let (Ok((1, k)), Ok((first, last))) = (
+                minimal::check_count_serial(before),
+                minimal::check_count_serial(after),
+            ) else {
+                // Only before "count 1\n" is complete or after "count 40\n"
+                // began may either side have no complete count line.
+                let count_1_end = full.find("count 1\n").unwrap() + 8;
+                let count_40_start = full.find("count 40\n").unwrap();
+                assert!(
+                    at < count_1_end || at > count_40_start,
+                    "cut at {at}: {:?} / {:?}",
+                    minimal::check_count_serial(before),
+                    minimal::check_count_serial(after)
+                );
+                continue;
+            };
+            assert_eq!(first, k + 1, "cut at {at}: {before:?} / {after:?}");
+            assert_eq!(last, minimal::COUNT_LIMIT);
+            cuts += 1;
+        }
+        assert!(cuts > 300, "{cuts}");
+    }
+
+    #[test]
+    fn check_count_serial_rejects_gaps_repeats_restarts_and_errors() {
+        let check = minimal::check_count_serial;
+        let head = format!("{}\ncpu 0 online\n", minimal::HELLO);
+        let counts = |ns: &[u64]| {
+            ns.iter()
+                .map(|&n| minimal::count_line(n) + "\n")
+                .collect::<String>()
+        };
+        assert_eq!(check(&(head.clone() + &counts(&[1, 2, 3]))), Ok((1, 3)));
+        assert_eq!(check(&counts(&[17, 18])), Ok((17, 18)));
+        for bad in [
+            &[1, 2, 4][..],
+            &[1, 2, 2],
+            &[5, 6, 1, 2],
+            &[3, 2],
+            &[0, 1],
+            &[41],
+        ] {
+            let out = head.clone() + &counts(bad);
+            assert!(check(&out).is_err(), "{bad:?}");
+        }
+        // The kernel's own error line, and lines that are not count lines.
+        let err = check(&(counts(&[1, 2]) + minimal::COUNT_DISK_ERROR + "\nbye\n")).unwrap_err();
+        assert!(err.contains("disk error after count 2"), "{err}");
+        assert!(check(&(counts(&[1]) + "count 02\n")).is_err());
+        assert!(check(&(counts(&[1]) + "count  2\n")).is_err());
+        assert!(check(&(counts(&[1]) + "cpu 1 online\ncount 2\n")).is_err());
+        assert!(check(&(minimal::COUNT_DISK_ERROR.to_owned() + "\n" + &counts(&[1]))).is_err());
+        // "count done" only after the last number, then "bye", then nothing.
+        assert!(check(&(counts(&[1]) + "count done\n")).is_err());
+        let all: Vec<u64> = (1..=minimal::COUNT_LIMIT).collect();
+        assert_eq!(check(&(counts(&all) + "count done\n")), Ok((1, 40)));
+        assert!(check(&(counts(&all) + "bye\n")).is_err());
+        assert!(check(&(counts(&all) + "count done\nbye\nx\n")).is_err());
+        assert!(check(&(counts(&all) + "count done\nbye\nx")).is_err());
+        // An unfinished last line must start the line expected next.
+        assert_eq!(check(&(counts(&[1, 2]) + "coun")), Ok((1, 2)));
+        assert_eq!(check(&(counts(&[9]) + "count 1")), Ok((9, 9)));
+        assert!(check(&(counts(&[1, 2]) + "count 4")).is_err());
+        assert!(check(&(counts(&[1, 2]) + "count 2")).is_err());
+        // A cut first line counts only as the end of the line before.
+        assert_eq!(check(&("\n".to_owned() + &counts(&[18]))), Ok((17, 18)));
+        assert_eq!(check(&("t 17\n".to_owned() + &counts(&[18]))), Ok((17, 18)));
+        assert_eq!(check(&("x 17\n".to_owned() + &counts(&[18]))), Ok((18, 18)));
+        assert_eq!(check(&("1\n".to_owned() + &counts(&[1]))), Ok((1, 1)));
+        // No complete count line at all.
+        assert!(check("").is_err());
+        assert!(check(&head).is_err());
+        assert!(check("count 1").is_err());
     }
 }

@@ -9,7 +9,8 @@
  *             and:  rdi = number of vCPUs the VMM starts (0 or 1: one),
  *                   rsi = this vCPU's index (0: the bootstrap processor),
  *                   rdx = flags, read on the BSP only (bit 0: interrupt
- *                         mode; bit 1: run the virtio-blk driver).
+ *                         mode; bit 1: run the virtio-blk driver; bit 2:
+ *                         counting mode, which overrides bit 0).
  *             The VMM starts every vCPU here; there is no INIT/SIPI.
  *   pvh_start PVH entry (XEN_ELFNOTE_PHYS32_ENTRY note). Entered in 32-bit
  *             protected mode, paging off, flat CS/DS/ES/SS, ebx = physical
@@ -28,6 +29,7 @@
  *   2. print "cpu 0 online\n", count itself online, set hello_done, then
  *      wait until min(rdi, 64) vCPUs (itself included) are online;
  *   2'. with rdx bit 1: run the virtio-blk driver below, then go on;
+ *   2''. with rdx bit 2: counting mode (below) instead of step 3 or 3';
  *   3. without interrupt mode:
  *      a. print "cpuid: " + the CPUID leaf 0 vendor string + "\n";
  *      b. read 32 bits from 0xd000_0000 (one mov), print "mmio: %08x\n",
@@ -65,6 +67,18 @@
  * Any failure prints "virtio-blk: error <step>\n" and sets FAILED in
  * Status. Either way the driver then acknowledges any InterruptStatus bits.
  *
+ * Counting mode (BSP, rdx bit 2): for N = 1..=COUNT_LIMIT: print
+ * "count N\n" (N in decimal); if the virtio-blk driver printed
+ * "virtio-blk: ok", write N as le64 followed by zeros (one sector) to
+ * COUNT_SECTOR, read the sector back and compare its first 8 bytes with N
+ * (on any failure print "count: disk error\n" and stop counting), then
+ * acknowledge InterruptStatus as the driver does; then spin COUNT_DELAY
+ * times on `pause`. After COUNT_LIMIT print "count done\n", then "bye\n"
+ * and power off as in 3c (after a disk error: "bye\n" and power off).
+ * N lives only in count_n (guest memory) and is never derived from
+ * anything the host provides, so a snapshot restored anywhere in the loop
+ * goes on from the saved N.
+ *
  * Every ring-0 instruction may go through a software instruction emulator
  * on nested hosts, so the code is short, uses only baseline x86-64
  * instructions (no int N / int3), and the page tables and the IDT are
@@ -87,6 +101,11 @@
 #define STACK_SHIFT     10              /* 1 KiB stack per vCPU */
 #define FLAG_INTERRUPTS 0x1
 #define FLAG_VIRTIO_BLK 0x2
+#define FLAG_COUNT      0x4
+
+#define COUNT_LIMIT     40              /* counting mode: 1..=40 */
+#define COUNT_SECTOR    16              /* where N goes on the disk */
+#define COUNT_DELAY     1000            /* pause iterations after each N */
 
 #define IRQ_REPORT_PORT 0x511
 #define VECTOR_BASE     0x20
@@ -218,7 +237,9 @@ common64:                               /* rdi = n, rsi = index, rdx = flags */
 3:      test    $FLAG_VIRTIO_BLK, %r13d
         jz      5f
         call    virtio_blk              /* keeps r12, r13 */
-5:      test    $FLAG_INTERRUPTS, %r13d
+5:      test    $FLAG_COUNT, %r13d
+        jnz     count_mode
+        test    $FLAG_INTERRUPTS, %r13d
         jnz     irq_mode
 
         /* 3a. CPUID vendor: EBX, EDX, ECX */
@@ -253,6 +274,7 @@ common64:                               /* rdi = n, rsi = index, rdx = flags */
         mov     %eax, MMIO_WRITE_OFF(%rdi)
 
         /* 3c. goodbye, power off */
+bye:
         mov     $msg_bye, %esi
         mov     $(msg_bye_end - msg_bye), %ecx
         call    puts_line
@@ -271,6 +293,88 @@ ap_main:
         jmp     ap_main
 1:      call    announce
         jmp     halt
+
+/* 2''. Counting mode (BSP only, all vCPUs online, after the driver). */
+count_mode:
+        mov     $blk_wbuf, %edi         /* the sector written: N, then zeros */
+        mov     $(SECTOR_SIZE / 8), %ecx
+        xor     %eax, %eax
+        cld
+        rep stosq
+count_next:
+        incq    count_n
+        call    lock_serial
+        mov     $msg_count, %esi
+        mov     $(msg_count_end - msg_count), %ecx
+        call    puts
+        mov     count_n, %rax
+        call    put_dec
+        mov     $0x0a, %bl
+        call    putc
+        movl    $0, serial_lock
+        cmpl    $0, blk_ready
+        je      2f
+        mov     $VIRTIO_MMIO_BASE, %r14d
+        mov     count_n, %rax
+        mov     %rax, blk_wbuf
+        mov     $BLK_T_OUT, %eax
+        .globl  count_sector_imm        /* lib.rs tests read the immediates */
+count_sector_imm:
+        mov     $COUNT_SECTOR, %ebx
+        mov     $blk_wbuf, %esi
+        mov     $SECTOR_SIZE, %ecx
+        xor     %edx, %edx
+        call    blk_request
+        jnz     1f
+        movq    $0, blk_rbuf            /* N >= 1: a read that stores nothing fails */
+        mov     $BLK_T_IN, %eax
+        /* ebx = COUNT_SECTOR still: blk_request keeps it */
+        mov     $blk_rbuf, %esi
+        mov     $SECTOR_SIZE, %ecx
+        mov     $VQ_DESC_F_WRITE, %edx
+        call    blk_request
+        jnz     1f
+        mov     blk_rbuf, %rax
+        cmp     count_n, %rax
+        jne     1f
+        call    blk_ack
+        .globl  count_delay_imm
+count_delay_imm:
+2:      mov     $COUNT_DELAY, %ecx
+3:      pause
+        dec     %ecx
+        jnz     3b
+        .globl  count_limit_imm
+count_limit_imm:
+        mov     $COUNT_LIMIT, %eax
+        cmp     %rax, count_n
+        jb      count_next
+        mov     $msg_count_done, %esi
+        mov     $(msg_count_done_end - msg_count_done), %ecx
+        call    puts_line
+        jmp     bye
+1:      mov     $msg_count_error, %esi
+        mov     $(msg_count_error_end - msg_count_error), %ecx
+        call    puts_line
+        jmp     bye
+
+/* put_dec: print rax in decimal, most significant digit first. Clobbers
+ * eax, ebx, ecx, edx, r8. */
+put_dec:
+        mov     $10, %r8d
+        xor     %ecx, %ecx
+1:      xor     %edx, %edx
+        div     %r8
+        push    %rdx
+        inc     %ecx
+        test    %rax, %rax
+        jnz     1b
+2:      pop     %rbx
+        add     $'0', %bl
+        call    putc
+        dec     %ecx
+        jnz     2b
+        ret
 
 /* 3'. Interrupt mode (BSP only, all vCPUs online). */
 irq_mode:
@@ -507,6 +611,7 @@ virtio_blk:
         mov     $msg_blk_ok, %esi
         mov     $(msg_blk_ok_end - msg_blk_ok), %ecx
         call    puts_line
+        movl    $1, blk_ready
         jmp     blk_ack
 
 blk_no_device:
@@ -751,6 +856,15 @@ msg_blk_ok_end:
 msg_blk_error:
         .ascii  "virtio-blk: error "
 msg_blk_error_end:
+msg_count:
+        .ascii  "count "
+msg_count_end:
+msg_count_done:
+        .ascii  "count done\n"
+msg_count_done_end:
+msg_count_error:
+        .ascii  "count: disk error\n"
+msg_count_error_end:
 
 /* Step names for "virtio-blk: error <step>": length byte, name, "\n". */
         .macro  step label, name
@@ -878,6 +992,15 @@ vq_mask:
         .long   0                               /* queue size - 1 */
 blk_features_lo:
         .long   0                               /* negotiated feature bits 0-31 */
+        .globl  blk_ready
+blk_ready:
+        .long   0                               /* 1 once the driver printed "ok" */
+
+/* Counting mode: the last N printed (0 before the first). */
+        .balign 8
+        .globl  count_n
+count_n:
+        .quad   0
 
 /* ------------------------------------------------------------------------ */
         .section .bss, "aw", @nobits

@@ -61,6 +61,8 @@ pub mod interrupt;
 pub mod kvm;
 pub mod memory;
 pub mod pause;
+#[cfg(target_arch = "x86_64")]
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 

@@ -12,7 +12,9 @@ use crate::memory::{GuestMemoryMmap, GuestRange, MemoryError, MemoryRegion, Memo
 use crate::vcpu::Vcpu;
 
 /// The VM's clock (on KVM, kvmclock's time base), to carry across a snapshot and restore.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct ClockState {
     /// Nanoseconds of guest time.
     pub ns: u64,

@@ -18,6 +18,7 @@ mod kick;
 mod minimal_kernel;
 mod pause;
 mod smp;
+mod snapshot;
 mod state;
 mod virtio;
 mod vm;
@@ -121,6 +122,7 @@ fn main() -> ExitCode {
         dirty::SCENARIOS,
         minimal_kernel::SCENARIOS,
         virtio::SCENARIOS,
+        snapshot::SCENARIOS,
     ];
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);

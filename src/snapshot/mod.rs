@@ -1,0 +1,175 @@
+//! Capturing and restoring the state of a VM's vCPUs and in-hypervisor devices as
+//! backend-neutral values, the pieces a snapshot is made of.
+//!
+//! [`VcpuState`] is everything about one vCPU; [`VmState`] the VM-wide state the hypervisor
+//! keeps (clock, interrupt controllers, PIT). Both are serde values built from vmkit's own
+//! types, never a dump of one backend's structures, so a snapshot taken on one host (or
+//! backend) can be checked and restored on another.
+//!
+//! Capture only while every vCPU is outside `run()` (see [`crate::pause`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::x86_64::{
+    CpuidEntry, Fpu, IrqchipState, LapicState, MpState, Msr, PitState, Regs, SpecialRegs,
+    VcpuEvents, Xcr, Xsave,
+};
+use crate::vcpu::{Vcpu, VcpuError};
+use crate::vm::{ClockState, Vm, VmError};
+
+/// Everything about one vCPU that a snapshot carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuState {
+    /// The vCPU's id.
+    pub id: u32,
+    /// The CPUID the guest sees.
+    pub cpuid: Vec<CpuidEntry>,
+    /// Multiprocessing state.
+    pub mp_state: MpState,
+    /// General-purpose registers.
+    pub regs: Regs,
+    /// Segment, control and descriptor-table registers.
+    pub sregs: SpecialRegs,
+    /// x87/SSE state (also inside `xsave` when that is present).
+    pub fpu: Fpu,
+    /// The XSAVE area, when the hypervisor exposes it.
+    pub xsave: Option<Xsave>,
+    /// Extended control registers, when the hypervisor exposes them.
+    pub xcrs: Vec<Xcr>,
+    /// The local APIC, when the VM has an in-kernel irqchip.
+    pub lapic: Option<LapicState>,
+    /// Every MSR that could be read.
+    pub msrs: Vec<Msr>,
+    /// Pending exceptions, interrupts, NMIs and SMM state.
+    pub events: VcpuEvents,
+}
+
+/// The VM-wide state a hypervisor keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmState {
+    /// The VM clock.
+    pub clock: ClockState,
+    /// The in-kernel PICs and IOAPIC, when the VM has them.
+    pub irqchip: Option<IrqchipState>,
+    /// The in-kernel PIT, when the VM has one.
+    pub pit: Option<PitState>,
+}
+
+/// Which optional state a VM has, to capture exactly that.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    /// The VM has an in-kernel irqchip (and so LAPICs).
+    pub irqchip: bool,
+    /// The VM has an in-kernel PIT.
+    pub pit: bool,
+    /// The hypervisor exposes XSAVE and XCRs.
+    pub xsave: bool,
+}
+
+/// The MSRs of `candidates` that `vcpu` can read: a hypervisor lists some that are only
+/// readable with particular CPUID or configuration.
+pub fn readable_msrs(vcpu: &dyn Vcpu, candidates: &[u32]) -> Vec<u32> {
+    candidates
+        .iter()
+        .copied()
+        .filter(|&index| vcpu.msrs(&[index]).is_ok())
+        .collect()
+}
+
+/// Captures `vcpu`'s state. `msrs` are the MSRs to save (see [`readable_msrs`]).
+pub fn save_vcpu(
+    vcpu: &dyn Vcpu,
+    msrs: &[u32],
+    features: Features,
+) -> Result<VcpuState, VcpuError> {
+    // The order follows what KVM needs on restore, in reverse: events last, since MSR and
+    // register writes can change them.
+    let mp_state = vcpu.mp_state()?;
+    let regs = vcpu.regs()?;
+    let sregs = vcpu.sregs()?;
+    let fpu = vcpu.fpu()?;
+    let (xsave, xcrs) = if features.xsave {
+        (Some(vcpu.xsave()?), vcpu.xcrs()?)
+    } else {
+        (None, Vec::new())
+    };
+    let lapic = features.irqchip.then(|| vcpu.lapic()).transpose()?;
+    let msrs = vcpu.msrs(msrs)?;
+    let events = vcpu.vcpu_events()?;
+    Ok(VcpuState {
+        id: vcpu.id(),
+        cpuid: vcpu.cpuid()?,
+        mp_state,
+        regs,
+        sregs,
+        fpu,
+        xsave,
+        xcrs,
+        lapic,
+        msrs,
+        events,
+    })
+}
+
+/// Loads `state` into `vcpu`, a fresh vCPU with the same id in a VM built like the original.
+pub fn restore_vcpu(vcpu: &dyn Vcpu, state: &VcpuState) -> Result<(), VcpuError> {
+    if vcpu.id() != state.id {
+        return Err(VcpuError::InvalidState {
+            vcpu: vcpu.id(),
+            what: "saved vCPU state",
+            reason: format!("it belongs to vCPU {}", state.id),
+        });
+    }
+    vcpu.set_cpuid(&state.cpuid)?;
+    vcpu.set_mp_state(state.mp_state)?;
+    vcpu.set_sregs(&state.sregs)?;
+    vcpu.set_regs(&state.regs)?;
+    // With XSAVE, it carries the FPU state too (and more); without, the legacy FPU does.
+    match &state.xsave {
+        Some(xsave) => {
+            vcpu.set_xcrs(&state.xcrs)?;
+            vcpu.set_xsave(xsave)?;
+        }
+        None => vcpu.set_fpu(&state.fpu)?,
+    }
+    if let Some(lapic) = &state.lapic {
+        vcpu.set_lapic(lapic)?;
+    }
+    restore_msrs(vcpu, &state.msrs)?;
+    vcpu.set_vcpu_events(&state.events)?;
+    Ok(())
+}
+
+/// Writes saved MSRs one by one. A hypervisor may list MSRs that it lets a VM read but not
+/// write in every configuration (KVM's async-page-fault interrupt MSR needs an in-kernel
+/// LAPIC); one refused with its reset value, 0, is skipped, since the fresh vCPU already holds
+/// that value. Any other refusal is an error naming the MSR.
+fn restore_msrs(vcpu: &dyn Vcpu, msrs: &[Msr]) -> Result<(), VcpuError> {
+    for msr in msrs {
+        match vcpu.set_msrs(std::slice::from_ref(msr)) {
+            Err(VcpuError::InvalidState { .. }) if msr.data == 0 => {}
+            result => result?,
+        }
+    }
+    Ok(())
+}
+
+/// Captures the VM-wide state.
+pub fn save_vm(vm: &dyn Vm, features: Features) -> Result<VmState, VmError> {
+    Ok(VmState {
+        clock: vm.clock()?,
+        irqchip: features.irqchip.then(|| vm.irqchip_state()).transpose()?,
+        pit: features.pit.then(|| vm.pit_state()).transpose()?,
+    })
+}
+
+/// Loads VM-wide state into a fresh VM built like the original.
+pub fn restore_vm(vm: &dyn Vm, state: &VmState) -> Result<(), VmError> {
+    if let Some(irqchip) = &state.irqchip {
+        vm.set_irqchip_state(irqchip)?;
+    }
+    if let Some(pit) = &state.pit {
+        vm.set_pit_state(pit)?;
+    }
+    vm.set_clock(&state.clock)
+}

@@ -12,7 +12,7 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-targets=(split_queue packed_queue virtio_blk_request)
+targets=(split_queue packed_queue virtio_blk_request snapshot_reader)
 cargo +nightly fuzz build -O -a
 
 for t in "${targets[@]}"; do

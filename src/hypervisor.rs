@@ -138,9 +138,17 @@ impl fmt::Display for MissingCapability {
     }
 }
 
-/// CPUID leaves whose registers are feature bitmaps (a bit set means "supported").
+/// Which CPUID registers are feature bitmaps (a set bit means "supported"), by leaf and
+/// sub-leaf: `[eax, ebx, ecx, edx]`. Other registers hold values (leaf 1 EBX, for one, holds
+/// the APIC id of the CPU that answered), which differ between hosts and even between runs.
 #[cfg(target_arch = "x86_64")]
-const CPUID_FEATURE_LEAVES: [(u32, u32); 5] = [(1, 0), (7, 0), (7, 1), (0xd, 1), (0x8000_0001, 0)];
+const CPUID_FEATURE_REGISTERS: [(u32, u32, [bool; 4]); 5] = [
+    (1, 0, [false, false, true, true]),
+    (7, 0, [false, true, true, true]),
+    (7, 1, [true, false, false, true]),
+    (0xd, 1, [true, false, false, false]),
+    (0x8000_0001, 0, [false, false, true, true]),
+];
 
 impl Capabilities {
     /// Everything `self` has that `host` lacks: features, limits, CPUID feature bits and MSRs.
@@ -218,7 +226,7 @@ impl Capabilities {
                 .find(|e| e.function == function && e.index == index)
                 .copied()
         };
-        for (function, index) in CPUID_FEATURE_LEAVES {
+        for (function, index, features) in CPUID_FEATURE_REGISTERS {
             let Some(required) = find(self, function, index) else {
                 continue;
             };
@@ -232,7 +240,12 @@ impl Capabilities {
                 ("ecx", required.ecx, available.ecx),
                 ("edx", required.edx, available.edx),
             ];
-            for (register, required, available) in registers {
+            for ((register, required, available), is_features) in
+                registers.into_iter().zip(features)
+            {
+                if !is_features {
+                    continue;
+                }
                 let bits = required & !available;
                 if bits != 0 {
                     missing.push(MissingCapability::CpuidBits {
@@ -258,7 +271,7 @@ impl Capabilities {
 /// let config = vmkit::VmConfig::default().max_vcpus(4).irqchip(true);
 /// assert_eq!(config.max_vcpus, 4);
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct VmConfig {
     /// How many vCPUs the VM may have; vCPU ids run from 0 to `max_vcpus - 1`.

@@ -184,6 +184,18 @@ impl MemoryRegion {
         Self::map(guest_addr, size, Some(file), flags)
     }
 
+    /// Maps `size` bytes of a file copy-on-write (`MAP_PRIVATE`) for guest address
+    /// `guest_addr`: pages are read from the file when first touched, and guest writes stay in
+    /// this process. This is how a snapshot's memory is restored lazily.
+    pub fn from_file_private(
+        guest_addr: GuestAddress,
+        size: usize,
+        file: FileOffset,
+        flags: MemoryFlags,
+    ) -> Result<Self, MemoryError> {
+        Self::map_with(guest_addr, size, Some(file), flags, libc::MAP_PRIVATE)
+    }
+
     /// Wraps a mapping the caller built with vm-memory (for example with special `mmap` flags).
     ///
     /// Its placement is checked when it is added to a VM.
@@ -199,6 +211,17 @@ impl MemoryRegion {
         size: usize,
         file: Option<FileOffset>,
         flags: MemoryFlags,
+    ) -> Result<Self, MemoryError> {
+        Self::map_with(guest_addr, size, file, flags, libc::MAP_SHARED)
+    }
+
+    /// Maps a region; `file_sharing` (`MAP_SHARED` or `MAP_PRIVATE`) applies to file mappings.
+    fn map_with(
+        guest_addr: GuestAddress,
+        size: usize,
+        file: Option<FileOffset>,
+        flags: MemoryFlags,
+        file_sharing: libc::c_int,
     ) -> Result<Self, MemoryError> {
         let range = check_placement(guest_addr.0, size as u64)?;
         let mmap_error = |source| MemoryError::Mmap {
@@ -218,7 +241,7 @@ impl MemoryRegion {
         builder = match file {
             Some(file) => builder
                 .with_file_offset(file)
-                .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE),
+                .with_mmap_flags(file_sharing | libc::MAP_NORESERVE),
             None => builder
                 .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE),
         };

@@ -8,6 +8,13 @@
 //!
 //! Capture only while every vCPU is outside `run()` (see [`crate::pause`]).
 
+mod file;
+
+pub use file::{
+    restore, save, MemoryRestore, Restored, SnapshotError, CAPABILITIES, CONFIG, MEMORY_FILE,
+    STATE_FILE, VM_STATE,
+};
+
 use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::{

@@ -30,23 +30,28 @@ fn machine(hv: &dyn Hypervisor, config: &VmConfig) -> Machine {
     let ram = MemoryRegion::anonymous(GuestAddress(0), RAM_SIZE, MemoryFlags::empty()).unwrap();
     vm.add_memory_region(ram).unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
-    let serial = Arc::new(Serial::new(Vec::new()).unwrap());
-    let i8042 = Arc::new(I8042::new().unwrap());
-    let mut bus = Bus::new();
-    bus.register_pio(PioAddress(COM1), SERIAL_PORTS, serial.clone())
-        .unwrap();
-    bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())
-        .unwrap();
-    Machine {
-        vm,
-        vcpu,
-        serial,
-        i8042,
-        bus,
-    }
+    Machine::around(vm, vcpu)
 }
 
 impl Machine {
+    /// Serial and i8042 on a bus, around a VM and its vCPU.
+    fn around(vm: Box<dyn Vm>, vcpu: Box<dyn Vcpu>) -> Machine {
+        let serial = Arc::new(Serial::new(Vec::new()).unwrap());
+        let i8042 = Arc::new(I8042::new().unwrap());
+        let mut bus = Bus::new();
+        bus.register_pio(PioAddress(COM1), SERIAL_PORTS, serial.clone())
+            .unwrap();
+        bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())
+            .unwrap();
+        Machine {
+            vm,
+            vcpu,
+            serial,
+            i8042,
+            bus,
+        }
+    }
+
     fn output(&self) -> String {
         String::from_utf8(self.serial.with_output(|out| out.clone())).unwrap()
     }
@@ -133,7 +138,95 @@ pub fn with_irqchip_and_pit_state_too(hv: &dyn Hypervisor) {
     state_moves(hv, VmConfig::default().irqchip(true).pit(true));
 }
 
+/// The environment variable that makes the conformance binary act as the restoring process.
+pub const RESTORE_DIR_ENV: &str = "VMKIT_CONFORMANCE_RESTORE_DIR";
+/// `lazy` or `eager`, for the restoring process.
+pub const RESTORE_MODE_ENV: &str = "VMKIT_CONFORMANCE_RESTORE_MODE";
+
+/// The restoring process: rebuilds the VM from the snapshot directory, runs the guest to its
+/// power-off and prints what it wrote on the serial port.
+pub fn restore_child(dir: &str) {
+    let hv = vmkit::open().unwrap();
+    let mode = match std::env::var(RESTORE_MODE_ENV).as_deref() {
+        Ok("eager") => snapshot::MemoryRestore::Eager,
+        _ => snapshot::MemoryRestore::Lazy,
+    };
+    let restored = snapshot::restore(std::path::Path::new(dir), hv.as_ref(), mode).unwrap();
+    let mut vcpus = restored.vcpus;
+    let mut machine = Machine::around(restored.vm, vcpus.remove(0));
+    machine.run(|_| false);
+    print!("{}", machine.output());
+}
+
+pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
+    let config = VmConfig::default().irqchip(true).pit(true);
+    let mut first = machine(hv, &config);
+    let memory = first.vm.memory();
+    let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
+    first.vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
+    boot::configure_long_mode(first.vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
+    let mut regs = first.vcpu.regs().unwrap();
+    regs.rdx = minimal::ENTRY_FLAG_COUNT;
+    first.vcpu.set_regs(&regs).unwrap();
+    first.run(|out| out.contains(&format!("{}\n", minimal::count_line(10))));
+
+    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmkit-snapshot-").unwrap();
+    let msrs = snapshot::readable_msrs(first.vcpu.as_ref(), &hv.msr_index_list());
+    snapshot::save(
+        dir.as_path(),
+        hv,
+        &config,
+        first.vm.as_ref(),
+        &[first.vcpu.as_ref()],
+        &msrs,
+        |_devices| Ok(()),
+    )
+    .unwrap();
+    let before = first.output();
+    assert_eq!(minimal::check_count_serial(&before).unwrap(), (1, 10));
+    drop(first);
+
+    for mode in ["lazy", "eager"] {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(RESTORE_DIR_ENV, dir.as_path())
+            .env(RESTORE_MODE_ENV, mode)
+            .output()
+            .unwrap();
+        assert!(
+            child.status.success(),
+            "{mode} restore failed: {}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+        let after = String::from_utf8(child.stdout).unwrap();
+        assert_eq!(
+            minimal::check_count_serial(&after).unwrap(),
+            (11, minimal::COUNT_LIMIT),
+            "{mode}: the count goes on in the new process:\n{after}"
+        );
+    }
+
+    // A corrupted state file is refused, naming the file, before anything is mapped.
+    let state = dir.as_path().join(snapshot::STATE_FILE);
+    let mut bytes = std::fs::read(&state).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&state, bytes).unwrap();
+    let err = snapshot::restore(dir.as_path(), hv, snapshot::MemoryRestore::Lazy)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(err, snapshot::SnapshotError::State { .. }),
+        "{err}"
+    );
+    let chain = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(chain.contains("checksum"), "{chain}");
+}
+
 crate::scenarios![
+    continues_in_a_new_process => crate::pit,
     vcpu_and_memory_move_to_a_fresh_vm,
     with_irqchip_and_pit_state_too => crate::pit,
 ];

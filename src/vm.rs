@@ -8,7 +8,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::x86_64::{IrqchipState, PitState};
 use crate::dirty::{DirtyLog, DirtyLogMode};
 use crate::interrupt::{DataMatch, IoEventAddress, IrqRoute, MsiMessage};
-use crate::memory::{GuestMemoryMmap, GuestRange, MemoryError, MemoryRegion, MemorySlot};
+use crate::memory::{
+    GuestMemoryMmap, GuestRange, MemoryError, MemoryFlags, MemoryRegion, MemorySlot,
+};
 use crate::vcpu::Vcpu;
 
 /// The VM's clock (on KVM, kvmclock's time base), to carry across a snapshot and restore.
@@ -172,6 +174,9 @@ pub trait Vm: Send + Sync {
     /// This is a snapshot of the layout: regions added or removed later are not reflected in a
     /// value obtained before.
     fn memory(&self) -> GuestMemoryMmap;
+
+    /// Every mapped region: its slot, guest range and flags, in slot order.
+    fn memory_layout(&self) -> Vec<(MemorySlot, GuestRange, MemoryFlags)>;
 
     /// Creates the vCPU `id` (from 0 to the VM's `max_vcpus - 1`).
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>, VmError>;

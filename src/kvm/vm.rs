@@ -17,7 +17,7 @@ use crate::dirty::{DirtyLog, DirtyLogMode, DirtyRegion};
 use crate::hypervisor::{Capabilities, VmConfig};
 use crate::interrupt::{DataMatch, IoEventAddress, IrqRoute, MsiMessage};
 use crate::memory::{
-    GuestMemoryMmap, MemoryFlags, MemoryRegion, MemorySlot, RegionTable, PAGE_SIZE,
+    GuestMemoryMmap, GuestRange, MemoryFlags, MemoryRegion, MemorySlot, RegionTable, PAGE_SIZE,
 };
 use crate::vcpu::Vcpu;
 use crate::vm::{ClockState, Vm, VmError};
@@ -231,6 +231,14 @@ impl Vm for KvmVm {
 
     fn memory(&self) -> GuestMemoryMmap {
         self.shared.regions().memory()
+    }
+
+    fn memory_layout(&self) -> Vec<(MemorySlot, GuestRange, MemoryFlags)> {
+        self.shared
+            .regions()
+            .iter()
+            .map(|(slot, region)| (slot, region.range(), region.flags()))
+            .collect()
     }
 
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>, VmError> {

@@ -11,8 +11,8 @@
 mod file;
 
 pub use file::{
-    restore, save, MemoryRestore, Restored, SnapshotError, CAPABILITIES, CONFIG, MEMORY_FILE,
-    STATE_FILE, VM_STATE,
+    restore, save, DiffTracker, MemoryRestore, Restored, SnapshotError, BASE, CAPABILITIES, CONFIG,
+    MAX_CHAIN, MEMORY_FILE, STATE_FILE, VM_STATE,
 };
 
 use serde::{Deserialize, Serialize};

@@ -26,8 +26,12 @@ struct Machine {
 }
 
 fn machine(hv: &dyn Hypervisor, config: &VmConfig) -> Machine {
+    machine_with(hv, config, MemoryFlags::empty())
+}
+
+fn machine_with(hv: &dyn Hypervisor, config: &VmConfig, ram_flags: MemoryFlags) -> Machine {
     let vm = hv.create_vm(config).unwrap();
-    let ram = MemoryRegion::anonymous(GuestAddress(0), RAM_SIZE, MemoryFlags::empty()).unwrap();
+    let ram = MemoryRegion::anonymous(GuestAddress(0), RAM_SIZE, ram_flags).unwrap();
     vm.add_memory_region(ram).unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
     Machine::around(vm, vcpu)
@@ -225,7 +229,81 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
     assert!(chain.contains("checksum"), "{chain}");
 }
 
+pub fn a_chain_of_diffs_restores_like_a_full_snapshot(hv: &dyn Hypervisor) {
+    let config = VmConfig::default();
+    let mut vm = machine_with(hv, &config, MemoryFlags::LOG_DIRTY);
+    let memory = vm.vm.memory();
+    let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
+    vm.vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
+    boot::configure_long_mode(vm.vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
+    let mut regs = vm.vcpu.regs().unwrap();
+    regs.rdx = minimal::ENTRY_FLAG_COUNT;
+    vm.vcpu.set_regs(&regs).unwrap();
+    let msrs = snapshot::readable_msrs(vm.vcpu.as_ref(), &hv.msr_index_list());
+    let root = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmkit-diff-").unwrap();
+    let dirs: Vec<_> = (0..3)
+        .map(|i| root.as_path().join(format!("snap{i}")))
+        .collect();
+    let at = |n: u64| format!("{}\n", minimal::count_line(n));
+
+    vm.run(|out| out.contains(&at(5)));
+    snapshot::save(
+        &dirs[0],
+        hv,
+        &config,
+        vm.vm.as_ref(),
+        &[vm.vcpu.as_ref()],
+        &msrs,
+        |_| Ok(()),
+    )
+    .unwrap();
+    let mut tracker = snapshot::DiffTracker::start(vm.vm.as_ref()).unwrap();
+    for (i, n) in [(1, 10), (2, 15)] {
+        vm.run(|out| out.contains(&at(n)));
+        tracker
+            .save_diff(
+                &dirs[i],
+                &dirs[i - 1],
+                hv,
+                &config,
+                vm.vm.as_ref(),
+                &[vm.vcpu.as_ref()],
+                &msrs,
+                |_| Ok(()),
+            )
+            .unwrap();
+        assert_eq!(tracker.pending_pages(), 0, "written diffs owe nothing");
+    }
+    // The guest touches a handful of pages (stack, counter, page-table accessed bits) while
+    // counting: each diff is a small part of the 4 MiB.
+    for dir in &dirs[1..] {
+        let full = std::fs::metadata(dirs[0].join(snapshot::MEMORY_FILE))
+            .unwrap()
+            .len();
+        let diff = std::fs::metadata(dir.join(snapshot::MEMORY_FILE))
+            .unwrap()
+            .len();
+        assert!(diff * 4 < full, "diff {diff} bytes vs full {full} bytes");
+    }
+    drop(vm);
+
+    // Each link of the chain restores to the point it was taken at.
+    for (dir, first) in dirs.iter().zip([6, 11, 16]) {
+        let restored = snapshot::restore(dir, hv, snapshot::MemoryRestore::Lazy).unwrap();
+        let mut vcpus = restored.vcpus;
+        let mut again = Machine::around(restored.vm, vcpus.remove(0));
+        again.run(|_| false);
+        assert_eq!(
+            minimal::check_count_serial(&again.output()).unwrap(),
+            (first, minimal::COUNT_LIMIT),
+            "{}",
+            dir.display()
+        );
+    }
+}
+
 crate::scenarios![
+    a_chain_of_diffs_restores_like_a_full_snapshot => crate::dirty_log,
     continues_in_a_new_process => crate::pit,
     vcpu_and_memory_move_to_a_fresh_vm,
     with_irqchip_and_pit_state_too => crate::pit,

@@ -7,10 +7,19 @@ use vm_device::DevicePio;
 use vmkit::EventFd;
 
 use crate::error::eventfd;
-use crate::DeviceError;
+use crate::{DeviceError, RestoreError};
 
 /// Marks a stored exit code as present (bit 32, above any `u32` code).
 const PRESENT: u64 = 1 << 32;
+
+/// The saved state of a [`DebugExit`] port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DebugExitSnapshot {
+    /// The exit code the guest wrote and the VMM has not taken, if any.
+    pub exit_code: Option<u32>,
+    /// How many writes were ignored for their offset or width.
+    pub ignored_writes: u64,
+}
 
 /// A debug-exit port, in the spirit of QEMU's `isa-debug-exit`: a test guest writes a status
 /// to it, and the VMM ends the run with that status.
@@ -45,6 +54,29 @@ impl DebugExit {
             evt,
             ignored: AtomicU64::new(0),
         })
+    }
+
+    /// The port's state for a snapshot: the exit code not yet taken, and the counter.
+    pub fn snapshot(&self) -> DebugExitSnapshot {
+        DebugExitSnapshot {
+            exit_code: self.exit_code(),
+            ignored_writes: self.ignored_writes(),
+        }
+    }
+
+    /// Rebuilds a port from `snapshot`, with a new non-blocking exit eventfd. A saved exit
+    /// code stays pending: it is recorded and the eventfd signalled, as when the guest wrote
+    /// it. Every snapshot value is valid.
+    pub fn restore(snapshot: &DebugExitSnapshot) -> Result<Self, RestoreError> {
+        let port = DebugExit::new()?;
+        port.ignored
+            .store(snapshot.ignored_writes, Ordering::Relaxed);
+        if let Some(code) = snapshot.exit_code {
+            port.code.store(PRESENT | u64::from(code), Ordering::SeqCst);
+            // Fails only when the counter is at its maximum: an exit is signalled already.
+            let _ = port.evt.write(1);
+        }
+        Ok(port)
     }
 
     /// The eventfd signalled by each exit-code write.
@@ -155,6 +187,38 @@ mod tests {
         assert_eq!(port.exit_code(), None);
         assert_eq!(signals(port.exit_evt()), 0);
         assert_eq!(port.ignored_writes(), 6);
+    }
+
+    #[test]
+    fn a_pending_exit_code_survives_a_snapshot() {
+        let port = DebugExit::new().unwrap();
+        let restored = DebugExit::restore(&port.snapshot()).unwrap();
+        assert_eq!(restored.exit_code(), None);
+        assert_eq!(signals(restored.exit_evt()), 0);
+
+        port.write(0, &[7]);
+        port.write(1, &[7]);
+        let snapshot = port.snapshot();
+        assert_eq!(
+            snapshot,
+            DebugExitSnapshot {
+                exit_code: Some(7),
+                ignored_writes: 1
+            }
+        );
+        let bytes = postcard::to_stdvec(&snapshot).unwrap();
+        let restored = DebugExit::restore(&postcard::from_bytes(&bytes).unwrap()).unwrap();
+        assert_eq!(restored.exit_code(), Some(7));
+        assert_eq!(restored.ignored_writes(), 1);
+        assert_eq!(signals(restored.exit_evt()), 1);
+        // Zero and u32::MAX are codes like any other.
+        for code in [0, u32::MAX] {
+            let snapshot = DebugExitSnapshot {
+                exit_code: Some(code),
+                ignored_writes: u64::MAX,
+            };
+            assert_eq!(DebugExit::restore(&snapshot).unwrap().snapshot(), snapshot);
+        }
     }
 
     #[test]

@@ -18,6 +18,35 @@ pub enum DeviceError {
     },
 }
 
+/// Why a device snapshot cannot be restored. A snapshot is untrusted input: every value is
+/// checked as strictly as the device's own register interface would allow, and each error
+/// names the field and its value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// The device could not be created.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The serial receive buffer holds more bytes than the FIFO.
+    #[error("serial in_buffer holds {len} bytes, more than the {max}-byte FIFO")]
+    InBufferTooLong {
+        /// The saved length.
+        len: usize,
+        /// The FIFO size.
+        max: usize,
+    },
+    /// A register value the device could never hold.
+    #[error("serial {register} = {value:#04x} is unreachable: {reason}")]
+    Register {
+        /// The register's name (`"IER"`, `"IIR"`, `"LSR"`, `"MSR"`).
+        register: &'static str,
+        /// The saved value.
+        value: u8,
+        /// Why it is unreachable.
+        reason: &'static str,
+    },
+}
+
 /// A new non-blocking eventfd for `device`.
 pub(crate) fn eventfd(
     device: &'static str,

@@ -11,7 +11,7 @@ use vmkit::EventFd;
 
 use crate::error::eventfd_pair;
 use crate::registers::register;
-use crate::DeviceError;
+use crate::{DeviceError, RestoreError};
 
 /// What the reset command does: raise the flag, then signal the eventfd.
 struct ResetTrigger {
@@ -32,6 +32,14 @@ impl Trigger for ResetTrigger {
         }
         Ok(())
     }
+}
+
+/// The saved state of an [`I8042`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042Snapshot {
+    /// Whether the guest's reset command was not yet taken by the VMM
+    /// ([`I8042::take_reset_request`]).
+    pub reset_requested: bool,
 }
 
 /// The PC's i8042 keyboard controller as vm-superio models it: enough for a guest to reset
@@ -79,8 +87,31 @@ impl I8042 {
 
     /// A controller with no reset requested and a new non-blocking reset eventfd.
     pub fn new() -> Result<Self, DeviceError> {
+        Self::with_request(false)
+    }
+
+    /// The controller's state for a snapshot: whether a reset request is pending. vm-superio's
+    /// model has no other state.
+    pub fn snapshot(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            reset_requested: self.reset_requested(),
+        }
+    }
+
+    /// Rebuilds a controller from `snapshot`, with a new non-blocking reset eventfd. A
+    /// pending reset request stays pending: the flag is set and the eventfd signalled, as
+    /// when the guest issued the command. Every snapshot value is valid.
+    pub fn restore(snapshot: &I8042Snapshot) -> Result<Self, RestoreError> {
+        let i8042 = Self::with_request(snapshot.reset_requested)?;
+        if snapshot.reset_requested && i8042.reset_evt.write(1).is_err() {
+            i8042.signal_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(i8042)
+    }
+
+    fn with_request(requested: bool) -> Result<Self, DeviceError> {
         let (evt, reset_evt) = eventfd_pair("i8042 controller", "reset")?;
-        let requested = Arc::new(AtomicBool::new(false));
+        let requested = Arc::new(AtomicBool::new(requested));
         let signal_failures = Arc::new(AtomicU64::new(0));
         let trigger = ResetTrigger {
             evt,
@@ -180,6 +211,28 @@ mod tests {
         assert!(!i8042.reset_requested());
         assert!(!i8042.take_reset_request());
         assert_eq!(i8042.signal_failures(), 0);
+    }
+
+    #[test]
+    fn a_pending_reset_survives_a_snapshot() {
+        let i8042 = I8042::new().unwrap();
+        assert_eq!(i8042.snapshot(), I8042Snapshot::default());
+        let restored = I8042::restore(&i8042.snapshot()).unwrap();
+        assert!(!restored.reset_requested());
+        assert_eq!(signals(restored.reset_evt()), 0);
+
+        i8042.write(COMMAND, &[I8042::RESET_COMMAND]);
+        let snapshot = i8042.snapshot();
+        assert!(snapshot.reset_requested);
+        let bytes = postcard::to_stdvec(&snapshot).unwrap();
+        let decoded: I8042Snapshot = postcard::from_bytes(&bytes).unwrap();
+        let restored = I8042::restore(&decoded).unwrap();
+        assert!(restored.reset_requested());
+        assert_eq!(signals(restored.reset_evt()), 1);
+        assert!(restored.take_reset_request());
+        // The restored controller works like the original.
+        restored.write(COMMAND, &[I8042::RESET_COMMAND]);
+        assert!(restored.reset_requested());
     }
 
     #[test]

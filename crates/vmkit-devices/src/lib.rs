@@ -11,6 +11,10 @@
 //! - [`DebugExit`]: a port (`0x501`) through which a test guest ends itself with an exit
 //!   code.
 //!
+//! Each device saves its state in a serde-serializable snapshot ([`SerialSnapshot`],
+//! [`I8042Snapshot`], [`DebugExitSnapshot`]) and is rebuilt from one with its `restore`,
+//! which treats the snapshot as untrusted input ([`RestoreError`]).
+//!
 //! Every value a guest gives these devices is checked: accesses of any width and offset get a
 //! documented answer (each device's documentation says which), never a panic. The devices
 //! use interior mutability, so one `Arc` of each serves every vCPU thread.
@@ -68,8 +72,8 @@ mod i8042;
 mod registers;
 mod serial;
 
-pub use debug_exit::DebugExit;
-pub use error::DeviceError;
-pub use i8042::I8042;
-pub use serial::{Serial, COM1, COM1_GSI, SERIAL_FIFO_SIZE, SERIAL_PORTS};
+pub use debug_exit::{DebugExit, DebugExitSnapshot};
+pub use error::{DeviceError, RestoreError};
+pub use i8042::{I8042Snapshot, I8042};
+pub use serial::{Serial, SerialSnapshot, COM1, COM1_GSI, SERIAL_FIFO_SIZE, SERIAL_PORTS};
 pub use vm_superio::serial::SerialState;

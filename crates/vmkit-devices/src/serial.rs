@@ -14,7 +14,7 @@ use vmkit::EventFd;
 
 use crate::error::eventfd_pair;
 use crate::registers::register;
-use crate::DeviceError;
+use crate::{DeviceError, RestoreError};
 
 /// Signals the UART's interrupt line by writing its eventfd.
 ///
@@ -38,6 +38,18 @@ impl Trigger for IrqTrigger {
 }
 
 type Uart<W> = vm_superio::Serial<IrqTrigger, NoEvents, W>;
+
+/// A new interrupt eventfd: the UART's trigger on one copy, the VMM's copy, and the shared
+/// failure counter.
+fn interrupt_parts() -> Result<(IrqTrigger, EventFd, Arc<AtomicU64>), DeviceError> {
+    let (evt, interrupt) = eventfd_pair("serial port", "interrupt")?;
+    let failures = Arc::new(AtomicU64::new(0));
+    let trigger = IrqTrigger {
+        evt,
+        failures: Arc::clone(&failures),
+    };
+    Ok((trigger, interrupt, failures))
+}
 
 /// The first port of the first PC serial port, COM1.
 pub const COM1: u16 = 0x3f8;
@@ -89,18 +101,50 @@ impl<W: Write + Send> Serial<W> {
     /// A UART in its power-on state whose output goes to `out`, with a new non-blocking
     /// interrupt eventfd.
     pub fn new(out: W) -> Result<Self, DeviceError> {
-        let (evt, interrupt) = eventfd_pair("serial port", "interrupt")?;
-        let interrupt_failures = Arc::new(AtomicU64::new(0));
-        let trigger = IrqTrigger {
-            evt,
-            failures: Arc::clone(&interrupt_failures),
-        };
-        Ok(Serial {
-            uart: Mutex::new(Uart::new(trigger, out)),
+        let (trigger, interrupt, failures) = interrupt_parts()?;
+        Ok(Self::assemble(Uart::new(trigger, out), interrupt, failures))
+    }
+
+    /// Rebuilds a UART from `snapshot` (taken by [`Serial::snapshot`]), with its output going
+    /// to `out` and a new non-blocking interrupt eventfd.
+    ///
+    /// The snapshot is untrusted: it is refused unless every register holds a value that
+    /// vm-superio's UART can reach through its register interface and host input:
+    ///
+    /// - `in_buffer` holds at most [`SERIAL_FIFO_SIZE`] bytes (vm-superio checks this too);
+    /// - `IER` has only its four 16550A bits (0-3); the guest cannot set the others;
+    /// - `IIR` is "none pending" (`0x01`) or a set of the THR-empty (`0x02`) and
+    ///   received-data (`0x04`) interrupts; received-data is pending only with input
+    ///   buffered (reading the last byte clears it);
+    /// - `LSR` is "THR empty, line idle" (`0x60`), plus data-ready (`0x01`) exactly when input
+    ///   is buffered;
+    /// - `MSR` is `0xb0` (CTS, DSR, DCD), which nothing changes.
+    ///
+    /// The divisor latch, `LCR`, `MCR` and the scratch register take any value, as a guest's
+    /// writes do. A pending interrupt that is enabled is signalled on the new eventfd, as
+    /// vm-superio does on restore: register the eventfd as an irqfd before the vCPUs run.
+    pub fn restore(out: W, snapshot: &SerialSnapshot) -> Result<Self, RestoreError> {
+        snapshot.validate()?;
+        let (trigger, interrupt, failures) = interrupt_parts()?;
+        let state = snapshot.to_state();
+        // Only an overlong in_buffer makes vm-superio refuse (checked above), and
+        // `IrqTrigger` never fails.
+        let uart = Uart::from_state(&state, trigger, NoEvents, out).map_err(|_| {
+            RestoreError::InBufferTooLong {
+                len: state.in_buffer.len(),
+                max: SERIAL_FIFO_SIZE,
+            }
+        })?;
+        Ok(Self::assemble(uart, interrupt, failures))
+    }
+
+    fn assemble(uart: Uart<W>, interrupt: EventFd, interrupt_failures: Arc<AtomicU64>) -> Self {
+        Serial {
+            uart: Mutex::new(uart),
             interrupt,
             output_errors: AtomicU64::new(0),
             interrupt_failures,
-        })
+        }
     }
 
     /// The eventfd the UART signals when it raises its interrupt: register it as an irqfd
@@ -174,9 +218,15 @@ impl<W: Write + Send> Serial<W> {
         f(self.uart().writer_mut())
     }
 
-    /// The UART's registers and pending input, for a snapshot.
+    /// The UART's registers and pending input, in vm-superio's form.
     pub fn state(&self) -> SerialState {
         self.uart().state()
+    }
+
+    /// The UART's registers and pending input, for a snapshot; restore it with
+    /// [`Serial::restore`]. The output and the error counters are not in it.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        SerialSnapshot::from(self.state())
     }
 
     /// Consumes the device and returns its output.
@@ -200,6 +250,137 @@ impl<W: Write + Send> DevicePio for Serial<W> {
 
 /// How many one-byte registers the UART has.
 const REGISTERS: u8 = 8;
+
+/// IER bits a 16550A has (vm-superio masks the others off guest writes).
+const IER_VALID: u8 = 0x0f;
+/// IIR: no interrupt pending.
+const IIR_NONE: u8 = 0x01;
+/// IIR: transmitter holding register empty.
+const IIR_THR_EMPTY: u8 = 0x02;
+/// IIR: received data available.
+const IIR_RDA: u8 = 0x04;
+/// LSR: data ready.
+const LSR_DATA_READY: u8 = 0x01;
+/// LSR: THR empty and line idle, which vm-superio's UART always reports.
+const LSR_ALWAYS: u8 = 0x60;
+/// MSR: CTS, DSR and DCD, which vm-superio's UART always reports.
+const MSR_ALWAYS: u8 = 0xb0;
+
+/// The saved state of a [`Serial`]: vm-superio's [`SerialState`] in a serde-serializable
+/// form. See [`Serial::restore`] for the values it may hold.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    /// Divisor latch, low byte.
+    pub baud_divisor_low: u8,
+    /// Divisor latch, high byte.
+    pub baud_divisor_high: u8,
+    /// Interrupt enable register.
+    pub interrupt_enable: u8,
+    /// Interrupt identification register (without the FIFO bits, added when it is read).
+    pub interrupt_identification: u8,
+    /// Line control register.
+    pub line_control: u8,
+    /// Line status register.
+    pub line_status: u8,
+    /// Modem control register.
+    pub modem_control: u8,
+    /// Modem status register.
+    pub modem_status: u8,
+    /// Scratch register.
+    pub scratch: u8,
+    /// Received bytes the guest has not read yet, oldest first.
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<SerialState> for SerialSnapshot {
+    fn from(s: SerialState) -> Self {
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl SerialSnapshot {
+    /// Checks the rules listed at [`Serial::restore`].
+    pub fn validate(&self) -> Result<(), RestoreError> {
+        let len = self.in_buffer.len();
+        if len > SERIAL_FIFO_SIZE {
+            return Err(RestoreError::InBufferTooLong {
+                len,
+                max: SERIAL_FIFO_SIZE,
+            });
+        }
+        let bad = |register, value, reason| {
+            Err(RestoreError::Register {
+                register,
+                value,
+                reason,
+            })
+        };
+        let ier = self.interrupt_enable;
+        if ier & !IER_VALID != 0 {
+            return bad("IER", ier, "only bits 0-3 exist on a 16550A");
+        }
+        let iir = self.interrupt_identification;
+        if iir != IIR_NONE && (iir == 0 || iir & !(IIR_THR_EMPTY | IIR_RDA) != 0) {
+            return bad(
+                "IIR",
+                iir,
+                "it is 0x01 (none pending) or a set of 0x02 (THR empty) and 0x04 (data)",
+            );
+        }
+        if iir & IIR_RDA != 0 && len == 0 {
+            return bad("IIR", iir, "received data pending with an empty in_buffer");
+        }
+        let lsr = self.line_status;
+        let expected = LSR_ALWAYS | if len == 0 { 0 } else { LSR_DATA_READY };
+        if lsr != expected {
+            return bad(
+                "LSR",
+                lsr,
+                if lsr & !(LSR_ALWAYS | LSR_DATA_READY) != 0 || lsr & LSR_ALWAYS != LSR_ALWAYS {
+                    "it is 0x60 (THR empty, idle), plus 0x01 (data ready)"
+                } else if len == 0 {
+                    "data ready with an empty in_buffer"
+                } else {
+                    "no data ready with bytes in in_buffer"
+                },
+            );
+        }
+        if self.modem_status != MSR_ALWAYS {
+            return bad(
+                "MSR",
+                self.modem_status,
+                "it is always 0xb0 (CTS, DSR, DCD)",
+            );
+        }
+        Ok(())
+    }
+
+    fn to_state(&self) -> SerialState {
+        SerialState {
+            baud_divisor_low: self.baud_divisor_low,
+            baud_divisor_high: self.baud_divisor_high,
+            interrupt_enable: self.interrupt_enable,
+            interrupt_identification: self.interrupt_identification,
+            line_control: self.line_control,
+            line_status: self.line_status,
+            modem_control: self.modem_control,
+            modem_status: self.modem_status,
+            scratch: self.scratch,
+            in_buffer: self.in_buffer.clone(),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -363,6 +544,185 @@ mod tests {
         }
         assert_eq!(serial.output_errors(), 3);
         assert_ne!(reg(&serial, LSR) & LSR_THR_EMPTY, 0);
+    }
+
+    const MCR: u16 = 4;
+    const LCR_DLAB: u8 = 0x80;
+
+    /// Reads the registers a driver polls, in order (IIR reads have side effects, so both
+    /// UARTs compared see the same sequence), then drains the receive buffer.
+    fn observe(serial: &Serial<impl Write + Send>) -> Vec<u8> {
+        let mut seen = Vec::new();
+        for offset in [LSR, IER, LCR, MCR, SCR, IIR, IIR, LSR] {
+            seen.push(reg(serial, offset));
+        }
+        // Bounded: with DLAB set, offset 0 is the divisor latch and nothing drains.
+        for _ in 0..=SERIAL_FIFO_SIZE {
+            if reg(serial, LSR) & LSR_DATA_READY == 0 {
+                break;
+            }
+            seen.push(reg(serial, RBR));
+            seen.push(reg(serial, IIR));
+        }
+        seen.push(reg(serial, LSR));
+        seen
+    }
+
+    /// A UART the guest configured (divisor, 7E1 line, interrupts, scratch) with input queued.
+    fn configured() -> Serial<Vec<u8>> {
+        let serial = Serial::new(Vec::new()).unwrap();
+        serial.write(LCR, &[LCR_DLAB]);
+        serial.write(0, &[0x01, 0x00]); // 115200 baud
+        serial.write(LCR, &[0x1a]);
+        serial.write(MCR, &[0x0b]);
+        serial.write(SCR, &[0x5a]);
+        serial.write(IER, &[IER_RDA | IER_THR_EMPTY]);
+        serial.write(THR, b"x");
+        assert_eq!(serial.enqueue_input(b"queued"), 6);
+        serial
+    }
+
+    #[test]
+    fn a_restored_uart_behaves_like_the_original() {
+        let original = configured();
+        let snapshot = original.snapshot();
+        assert_eq!(snapshot.line_control, 0x1a);
+        assert_eq!(snapshot.in_buffer, b"queued");
+        let bytes = postcard::to_stdvec(&snapshot).unwrap();
+        let decoded: SerialSnapshot = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(decoded, snapshot);
+        let restored = Serial::restore(Vec::new(), &decoded).unwrap();
+        assert_eq!(restored.snapshot(), snapshot);
+        // The pending, enabled interrupts (THR empty, data) are signalled on the new eventfd.
+        assert_eq!(signals(restored.interrupt_evt()), 2);
+        let theirs = observe(&original);
+        assert_eq!(observe(&restored), theirs);
+        // The queued bytes, read from RBR between the register reads and the final LSR.
+        let received: Vec<u8> = theirs[8..theirs.len() - 1]
+            .iter()
+            .step_by(2)
+            .copied()
+            .collect();
+        assert_eq!(received, b"queued");
+        assert_eq!(theirs.last(), Some(&LSR_ALWAYS));
+        // The divisor latch too.
+        for serial in [&original, &restored] {
+            serial.write(LCR, &[0x1a | LCR_DLAB]);
+            assert_eq!((reg(serial, 0), reg(serial, IER)), (0x01, 0x00));
+            serial.write(LCR, &[0x1a]);
+        }
+        // Both carry on: output and input.
+        restored.write(THR, b"y");
+        assert_eq!(restored.with_output(|out| out.clone()), b"y");
+        assert_eq!(restored.enqueue_input(b"z"), 1);
+        assert_eq!(reg(&restored, RBR), b'z');
+    }
+
+    #[test]
+    fn a_default_uart_round_trips() {
+        let serial = Serial::new(io::sink()).unwrap();
+        let snapshot = serial.snapshot();
+        let restored = Serial::restore(io::sink(), &snapshot).unwrap();
+        assert_eq!(restored.snapshot(), snapshot);
+        assert_eq!(signals(restored.interrupt_evt()), 0);
+        assert_eq!(observe(&restored), observe(&serial));
+    }
+
+    fn refused(snapshot: &SerialSnapshot) -> RestoreError {
+        match Serial::restore(io::sink(), snapshot) {
+            Ok(_) => panic!("accepted {snapshot:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn corrupt_snapshots_are_refused() {
+        let good = configured().snapshot();
+        let mut s = good.clone();
+        s.in_buffer = vec![0; SERIAL_FIFO_SIZE + 1];
+        assert!(matches!(
+            refused(&s),
+            RestoreError::InBufferTooLong { len: 65, max: 64 }
+        ));
+        type Corruption = fn(&mut SerialSnapshot);
+        let cases: [(Corruption, &str, u8); 8] = [
+            (|s| s.interrupt_enable = 0x10, "IER", 0x10),
+            (|s| s.interrupt_identification = 0x00, "IIR", 0x00),
+            (|s| s.interrupt_identification = 0x08, "IIR", 0x08),
+            (|s| s.interrupt_identification = 0xc1, "IIR", 0xc1),
+            (|s| s.interrupt_identification = 0x03, "IIR", 0x03),
+            (|s| s.line_status = 0x60, "LSR", 0x60),
+            (|s| s.line_status = 0x61 | 0x02, "LSR", 0x63),
+            (|s| s.modem_status = 0x00, "MSR", 0x00),
+        ];
+        for (corrupt, name, val) in cases {
+            let mut s = good.clone();
+            corrupt(&mut s);
+            let err = refused(&s);
+            assert!(
+                matches!(err, RestoreError::Register { register, value, .. } if register == name && value == val),
+                "{err}"
+            );
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        // Data pending with nothing buffered.
+        let mut s = good.clone();
+        s.in_buffer.clear();
+        assert!(matches!(
+            refused(&s),
+            RestoreError::Register {
+                register: "IIR",
+                ..
+            }
+        ));
+        s.interrupt_identification = IIR_THR_EMPTY;
+        assert!(matches!(
+            refused(&s),
+            RestoreError::Register {
+                register: "LSR",
+                value: 0x61,
+                ..
+            }
+        ));
+        s.line_status = LSR_ALWAYS;
+        Serial::restore(io::sink(), &s).unwrap();
+    }
+
+    #[test]
+    fn every_single_register_value_is_accepted_or_refused_without_panic() {
+        let good = configured().snapshot();
+        for value in 0..=u8::MAX {
+            for field in 0..9 {
+                let mut s = good.clone();
+                *[
+                    &mut s.baud_divisor_low,
+                    &mut s.baud_divisor_high,
+                    &mut s.interrupt_enable,
+                    &mut s.interrupt_identification,
+                    &mut s.line_control,
+                    &mut s.line_status,
+                    &mut s.modem_control,
+                    &mut s.modem_status,
+                    &mut s.scratch,
+                ][field] = value;
+                if let Ok(serial) = Serial::restore(io::sink(), &s) {
+                    assert_eq!(serial.snapshot(), s);
+                    observe(&serial);
+                }
+            }
+        }
+        // Whatever a guest does to a UART, its snapshot restores.
+        let serial = Serial::new(io::sink()).unwrap();
+        for value in 0..=u8::MAX {
+            for offset in 0..8 {
+                serial.write(offset, &[value]);
+                Serial::restore(io::sink(), &serial.snapshot()).unwrap();
+                reg(&serial, offset);
+                Serial::restore(io::sink(), &serial.snapshot()).unwrap();
+            }
+            serial.enqueue_input(&[value]);
+            Serial::restore(io::sink(), &serial.snapshot()).unwrap();
+        }
     }
 
     #[test]

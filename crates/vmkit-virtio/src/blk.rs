@@ -35,8 +35,8 @@ use std::os::unix::fs::FileExt;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::device::{
-    read_config_bytes, DeviceError, VirtioDevice, PROCESS_BUDGET, VIRTIO_F_EVENT_IDX,
-    VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
+    read_config_bytes, DeviceError, DeviceState, StateError, VirtioDevice, PROCESS_BUDGET,
+    VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
 };
 use crate::{Descriptor, SplitQueue};
 
@@ -471,7 +471,7 @@ impl Default for BlockOptions {
 }
 
 /// Counters of a [`Block`] device.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BlockStats {
     /// Requests completed with [`VIRTIO_BLK_S_OK`].
     pub ok: u64,
@@ -481,6 +481,27 @@ pub struct BlockStats {
     pub unsupported: u64,
     /// Chains returned with used length 0: no usable status byte.
     pub dropped: u64,
+}
+
+/// The saved state of a [`Block`] device ([`DeviceState::Block`]).
+///
+/// The disk contents are not in it: the disk is the VMM's to keep (and to
+/// snapshot, if it changes after the save) and to open again. The state
+/// records how the device was built so that a restore onto another disk,
+/// or with other options, is refused rather than served silently: the
+/// fresh device's capacity, read-only flag and id must match. The
+/// negotiated features are the transport's and reach the device again
+/// through [`VirtioDevice::activate`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockState {
+    /// The disk capacity in 512-byte sectors.
+    pub capacity: u64,
+    /// Whether the device refuses writes.
+    pub read_only: bool,
+    /// The `GET_ID` string (without its zero padding).
+    pub id: String,
+    /// The request counters.
+    pub stats: BlockStats,
 }
 
 /// A virtio-blk device over a [`BlockBackend`] (by default a [`File`]).
@@ -541,6 +562,23 @@ impl<B: BlockBackend> Block<B> {
     /// The request counters.
     pub fn stats(&self) -> BlockStats {
         self.stats
+    }
+
+    /// The device's state for a snapshot (see [`BlockState`]).
+    pub fn state(&self) -> BlockState {
+        BlockState {
+            capacity: self.capacity,
+            read_only: self.read_only,
+            id: self.id_string(),
+            stats: self.stats,
+        }
+    }
+
+    /// The id string without its zero padding.
+    fn id_string(&self) -> String {
+        let end = self.id.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        // The id was a `String`; trailing zero bytes are whole characters.
+        String::from_utf8_lossy(&self.id[..end]).into_owned()
     }
 
     /// The backend.
@@ -741,5 +779,48 @@ impl<M: GuestMemory + ?Sized, B: BlockBackend> VirtioDevice<M> for Block<B> {
 
     fn reset(&mut self) {
         self.acked = 0;
+    }
+
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Block(self.state())
+    }
+
+    /// Checks that the saved capacity, read-only flag and id match this
+    /// device ([`StateError::Mismatch`] otherwise: the disk or the options
+    /// differ from the saved device's), then restores the counters.
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        let DeviceState::Block(saved) = state else {
+            return Err(StateError::WrongKind {
+                expected: "block",
+                found: state.kind().to_string(),
+            });
+        };
+        let mismatch = |field, saved: &dyn std::fmt::Display, device: &dyn std::fmt::Display| {
+            StateError::Mismatch {
+                field,
+                saved: saved.to_string(),
+                device: device.to_string(),
+            }
+        };
+        if saved.capacity != self.capacity {
+            return Err(mismatch(
+                "capacity (sectors)",
+                &saved.capacity,
+                &self.capacity,
+            ));
+        }
+        if saved.read_only != self.read_only {
+            return Err(mismatch("read_only", &saved.read_only, &self.read_only));
+        }
+        let ours = self.id_string();
+        if saved.id != ours {
+            return Err(mismatch(
+                "id",
+                &format!("{:?}", saved.id),
+                &format!("{ours:?}"),
+            ));
+        }
+        self.stats = saved.stats;
+        Ok(())
     }
 }

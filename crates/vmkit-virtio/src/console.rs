@@ -35,8 +35,8 @@ use std::io::Write;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::device::{
-    read_config_bytes, DeviceError, VirtioDevice, PROCESS_BUDGET, VIRTIO_F_EVENT_IDX,
-    VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_CONSOLE,
+    read_config_bytes, DeviceError, DeviceState, StateError, VirtioDevice, PROCESS_BUDGET,
+    VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_CONSOLE,
 };
 use crate::{Descriptor, SplitQueue};
 
@@ -54,7 +54,7 @@ const CONFIG_LEN: usize = 12;
 const CHUNK: usize = 4096;
 
 /// Counters of a [`Console`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConsoleStats {
     /// Bytes written to the output.
     pub tx_bytes: u64,
@@ -64,6 +64,18 @@ pub struct ConsoleStats {
     pub rx_bytes: u64,
     /// Chains returned unused because they were malformed.
     pub bad_chains: u64,
+}
+
+/// The saved state of a [`Console`] ([`DeviceState::Console`]): host input
+/// not yet delivered to the guest, and the counters. The output writer is
+/// the VMM's to reattach.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsoleState {
+    /// Buffered host input, oldest byte first. On restore it must fit the
+    /// fresh console's input limit.
+    pub input: Vec<u8>,
+    /// The counters.
+    pub stats: ConsoleStats,
 }
 
 /// A single-port virtio console writing guest output to `W`.
@@ -112,6 +124,14 @@ impl<W: Write> Console<W> {
     /// Bytes of input not yet delivered to the guest.
     pub fn pending_input(&self) -> usize {
         self.input.len()
+    }
+
+    /// The console's state for a snapshot (see [`ConsoleState`]).
+    pub fn state(&self) -> ConsoleState {
+        ConsoleState {
+            input: self.input.iter().copied().collect(),
+            stats: self.stats,
+        }
     }
 
     /// The counters.
@@ -292,4 +312,30 @@ impl<M: GuestMemory + ?Sized, W: Write> VirtioDevice<M> for Console<W> {
     }
 
     fn reset(&mut self) {}
+
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Console(self.state())
+    }
+
+    /// Replaces the buffered input and the counters; input longer than
+    /// this console's input limit is refused ([`StateError::TooLarge`]).
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        let DeviceState::Console(saved) = state else {
+            return Err(StateError::WrongKind {
+                expected: "console",
+                found: state.kind().to_string(),
+            });
+        };
+        if saved.input.len() > self.input_limit {
+            return Err(StateError::TooLarge {
+                field: "input",
+                len: saved.input.len(),
+                limit: self.input_limit,
+            });
+        }
+        self.input.clear();
+        self.input.extend(&saved.input);
+        self.stats = saved.stats;
+        Ok(())
+    }
 }

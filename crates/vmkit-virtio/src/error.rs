@@ -292,8 +292,12 @@ pub enum Error {
         size: u16,
     },
     /// A saved queue state is inconsistent.
-    #[error("invalid queue state: {reason}")]
+    #[error("invalid queue state: {field} = {value}: {reason}")]
     InvalidState {
+        /// The field (or the quantity derived from fields) that is wrong.
+        field: &'static str,
+        /// Its value.
+        value: u64,
         /// What is wrong with it.
         reason: &'static str,
     },

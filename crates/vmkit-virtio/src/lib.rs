@@ -26,6 +26,10 @@
 //! - [`blk::Block`]: virtio-blk on a host file; [`blk::Request::parse`]
 //!   validates requests.
 //! - [`console::Console`]: a single-port virtio-console.
+//! - Snapshots: [`mmio::MmioTransport::save_state`] gives a serde
+//!   [`mmio::MmioTransportState`] (registers, queues, and the device's
+//!   [`DeviceState`]); [`mmio::MmioTransport::restore`] validates it as
+//!   untrusted input and rebuilds the transport around a fresh device.
 //!
 //! A VMM puts a disk at a guest address like this:
 //!
@@ -139,7 +143,7 @@ pub mod mmio;
 pub mod packed;
 pub mod split;
 
-pub use device::{DeviceError, VirtioDevice};
+pub use device::{DeviceError, DeviceState, StateError, VirtioDevice};
 pub use error::{DescIndex, Error, Result, RingArea};
 pub use mem::Descriptor;
 pub use packed::{PackedAccess, PackedChain, PackedQueue, PackedQueueState};

@@ -43,6 +43,19 @@
 //! that cannot be made ready, a failed activation) the transport sets
 //! `DEVICE_NEEDS_RESET` and sends a configuration change interrupt; the
 //! device then ignores notifications until the driver resets it.
+//!
+//! # Snapshots
+//!
+//! [`MmioTransport::save_state`] captures the registers, every queue and
+//! the device's own state in a serializable [`MmioTransportState`];
+//! [`MmioTransport::restore`] rebuilds a transport from it around a fresh
+//! device, validating every value as if the driver had written it (the
+//! state may come from a corrupt or hostile file), and
+//! [`MmioTransport::resume`] picks up where the saved device left off.
+//! [`MmioTransportState`] documents what is not saved, and what the VMM
+//! must do before saving (stop the vCPUs and any notification worker).
+
+mod state;
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -55,6 +68,8 @@ use crate::device::{
     DeviceError, VirtioDevice, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 use crate::SplitQueue;
+
+pub use state::{MmioQueueState, MmioTransportState, RestoreError};
 
 /// The value of the `MagicValue` register: "virt" in little-endian.
 pub const MMIO_MAGIC: u32 = 0x7472_6976;

@@ -32,7 +32,7 @@ pub const EVENT_AREA_ALIGN: u64 = 4;
 pub const EVENT_AREA_LEN: usize = 4;
 
 /// The saved state of a [`PackedQueue`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PackedQueueState {
     /// Maximum size the device offers.
     pub max_size: u16,
@@ -567,11 +567,15 @@ impl PackedQueue {
         q.set_device_area(GuestAddress(state.device_area))?;
         if state.next_avail >= state.size || state.next_used >= state.size {
             return Err(Error::InvalidState {
+                field: "next_avail/next_used",
+                value: u64::from(state.next_avail.max(state.next_used)),
                 reason: "ring position beyond the queue size",
             });
         }
         if state.in_flight > state.size {
             return Err(Error::InvalidState {
+                field: "in_flight",
+                value: u64::from(state.in_flight),
                 reason: "more descriptors in flight than the queue size",
             });
         }
@@ -580,6 +584,8 @@ impl PackedQueue {
         let u = lap_pos(state.next_used, state.used_wrap, state.size);
         if (a + span - u) % span != u32::from(state.in_flight) {
             return Err(Error::InvalidState {
+                field: "in_flight",
+                value: u64::from(state.in_flight),
                 reason: "in-flight count does not match the ring positions",
             });
         }

@@ -43,7 +43,13 @@ pub const fn used_ring_len(size: u16) -> usize {
 }
 
 /// The saved state of a [`SplitQueue`]: everything needed to resume it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// What is not here: the last `avail.idx` read (it is read again), and the
+/// count of used entries not yet announced to the driver (the first
+/// [`SplitQueue::needs_notification`] after [`SplitQueue::from_state`]
+/// answers `true`, so no interrupt is lost). Rings and buffers live in
+/// guest memory, which is saved separately.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SplitQueueState {
     /// Maximum size the device offers.
     pub max_size: u16,
@@ -542,8 +548,11 @@ impl SplitQueue {
         q.set_desc_table(GuestAddress(state.desc_table))?;
         q.set_avail_ring(GuestAddress(state.avail_ring))?;
         q.set_used_ring(GuestAddress(state.used_ring))?;
-        if state.next_avail.wrapping_sub(state.next_used) > state.size {
+        let in_flight = state.next_avail.wrapping_sub(state.next_used);
+        if in_flight > state.size {
             return Err(Error::InvalidState {
+                field: "next_avail - next_used",
+                value: u64::from(in_flight),
                 reason: "more chains in flight than the queue size",
             });
         }

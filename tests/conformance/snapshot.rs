@@ -6,22 +6,29 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use linux_loader::loader::{elf::Elf, KernelLoader};
-use vm_device::bus::PioAddress;
+use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::{Bytes, GuestAddress};
 use vmkit::arch::x86_64::{boot, msr_index};
 use vmkit::snapshot::{self, Features};
-use vmkit::{Hypervisor, MemoryFlags, MemoryRegion, Vcpu, Vm, VmConfig};
+use vmkit::{EventFd, Hypervisor, MemoryFlags, MemoryRegion, Vcpu, Vm, VmConfig};
 use vmkit_bus::{Bus, ExitOutcome};
-use vmkit_devices::{Serial, COM1, I8042, SERIAL_PORTS};
+use vmkit_devices::{I8042Snapshot, Serial, SerialSnapshot, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
+use vmkit_snapshot::SectionTag;
+use vmkit_virtio::blk::{Block, BlockOptions};
+use vmkit_virtio::mmio::{MmioTransport, MmioTransportState, MMIO_REGION_SIZE};
 
 const RAM_SIZE: usize = 4 << 20;
+
+/// The virtio-blk disk on virtio-mmio, as the tests wire it.
+type Disk = MmioTransport<Arc<vmkit::GuestMemoryMmap>, Block>;
 
 struct Machine {
     vm: Box<dyn Vm>,
     vcpu: Box<dyn Vcpu>,
     serial: Arc<Serial<Vec<u8>>>,
     i8042: Arc<I8042>,
+    disk: Option<Arc<Disk>>,
     bus: Bus,
 }
 
@@ -42,7 +49,26 @@ impl Machine {
     fn around(vm: Box<dyn Vm>, vcpu: Box<dyn Vcpu>) -> Machine {
         let serial = Arc::new(Serial::new(Vec::new()).unwrap());
         let i8042 = Arc::new(I8042::new().unwrap());
+        Machine::with_devices(vm, vcpu, serial, i8042, None)
+    }
+
+    /// The given devices on a bus, around a VM and its vCPU.
+    fn with_devices(
+        vm: Box<dyn Vm>,
+        vcpu: Box<dyn Vcpu>,
+        serial: Arc<Serial<Vec<u8>>>,
+        i8042: Arc<I8042>,
+        disk: Option<Arc<Disk>>,
+    ) -> Machine {
         let mut bus = Bus::new();
+        if let Some(disk) = &disk {
+            bus.register_mmio(
+                MmioAddress(minimal::VIRTIO_MMIO_BASE),
+                MMIO_REGION_SIZE,
+                disk.clone(),
+            )
+            .unwrap();
+        }
         bus.register_pio(PioAddress(COM1), SERIAL_PORTS, serial.clone())
             .unwrap();
         bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())
@@ -52,6 +78,7 @@ impl Machine {
             vcpu,
             serial,
             i8042,
+            disk,
             bus,
         }
     }
@@ -149,6 +176,16 @@ pub const RESTORE_MODE_ENV: &str = "VMKIT_CONFORMANCE_RESTORE_MODE";
 
 /// The restoring process: rebuilds the VM from the snapshot directory, runs the guest to its
 /// power-off and prints what it wrote on the serial port.
+/// The disk file the restoring process reopens.
+pub const DISK_ENV: &str = "VMKIT_CONFORMANCE_DISK";
+
+/// Device sections: the serial port, the i8042 and the disk's transport.
+const SERIAL_SECTION: u32 = 0;
+const I8042_SECTION: u32 = 1;
+const DISK_SECTION: u32 = 2;
+
+/// The restoring process: rebuilds the VM and its devices from the snapshot directory, runs
+/// the guest to its power-off and prints what it wrote on the serial port after the restore.
 pub fn restore_child(dir: &str) {
     let hv = vmkit::open().unwrap();
     let mode = match std::env::var(RESTORE_MODE_ENV).as_deref() {
@@ -156,34 +193,96 @@ pub fn restore_child(dir: &str) {
         _ => snapshot::MemoryRestore::Lazy,
     };
     let restored = snapshot::restore(std::path::Path::new(dir), hv.as_ref(), mode).unwrap();
+    let device = |index| {
+        restored
+            .snapshot
+            .get(SectionTag::DEVICE, index)
+            .expect("the device section is there")
+    };
+    let serial: SerialSnapshot = device(SERIAL_SECTION).decode(1..=1).unwrap();
+    let i8042: I8042Snapshot = device(I8042_SECTION).decode(1..=1).unwrap();
+    let disk_state: MmioTransportState = device(DISK_SECTION).decode(1..=1).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(std::env::var(DISK_ENV).unwrap())
+        .unwrap();
+    let block = Block::new(file, BlockOptions::default()).unwrap();
+    let memory = Arc::new(restored.vm.memory());
+    let disk =
+        MmioTransport::restore(block, memory, EventFd::new(0).unwrap(), &disk_state).unwrap();
+    disk.resume().unwrap();
     let mut vcpus = restored.vcpus;
-    let mut machine = Machine::around(restored.vm, vcpus.remove(0));
+    let mut machine = Machine::with_devices(
+        restored.vm,
+        vcpus.remove(0),
+        Arc::new(Serial::restore(Vec::new(), &serial).unwrap()),
+        Arc::new(I8042::restore(&i8042).unwrap()),
+        Some(Arc::new(disk)),
+    );
     machine.run(|_| false);
     print!("{}", machine.output());
 }
 
 pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
     let config = VmConfig::default().irqchip(true).pit(true);
-    let mut first = machine(hv, &config);
-    let memory = first.vm.memory();
+    let vm = hv.create_vm(&config).unwrap();
+    let ram = MemoryRegion::anonymous(GuestAddress(0), RAM_SIZE, MemoryFlags::empty()).unwrap();
+    vm.add_memory_region(ram).unwrap();
+    let vcpu = vm.create_vcpu(0).unwrap();
+    let memory = vm.memory();
+
+    // A disk with the driver's signature; the counting guest writes each count to a sector.
+    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmkit-snapshot-").unwrap();
+    let disk_path = dir.as_path().join("disk.img");
+    let mut image = vec![0u8; 64 * 512];
+    image[..8].copy_from_slice(minimal::BLK_SIGNATURE);
+    std::fs::write(&disk_path, &image).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk_path)
+        .unwrap();
+    let block = Block::new(file, BlockOptions::default()).unwrap();
+    let disk =
+        MmioTransport::new(block, Arc::new(memory.clone()), EventFd::new(0).unwrap()).unwrap();
+    let serial = Arc::new(Serial::new(Vec::new()).unwrap());
+    let i8042 = Arc::new(I8042::new().unwrap());
+    let mut first = Machine::with_devices(vm, vcpu, serial, i8042, Some(Arc::new(disk)));
+
     let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
     first.vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
     boot::configure_long_mode(first.vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
     let mut regs = first.vcpu.regs().unwrap();
-    regs.rdx = minimal::ENTRY_FLAG_COUNT;
+    regs.rdx = minimal::ENTRY_FLAG_COUNT | minimal::ENTRY_FLAG_VIRTIO_BLK;
     first.vcpu.set_regs(&regs).unwrap();
     first.run(|out| out.contains(&format!("{}\n", minimal::count_line(10))));
 
-    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmkit-snapshot-").unwrap();
+    let snap = dir.as_path().join("snap");
     let msrs = snapshot::readable_msrs(first.vcpu.as_ref(), &hv.msr_index_list());
+    let disk_state = first.disk.as_ref().unwrap().save_state();
     snapshot::save(
-        dir.as_path(),
+        &snap,
         hv,
         &config,
         first.vm.as_ref(),
         &[first.vcpu.as_ref()],
         &msrs,
-        |_devices| Ok(()),
+        |devices| {
+            devices.write_section(
+                SectionTag::DEVICE,
+                SERIAL_SECTION,
+                1,
+                &first.serial.snapshot(),
+            )?;
+            devices.write_section(
+                SectionTag::DEVICE,
+                I8042_SECTION,
+                1,
+                &first.i8042.snapshot(),
+            )?;
+            devices.write_section(SectionTag::DEVICE, DISK_SECTION, 1, &disk_state)
+        },
     )
     .unwrap();
     let before = first.output();
@@ -191,9 +290,12 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
     drop(first);
 
     for mode in ["lazy", "eager"] {
+        // Each restore starts from the disk as it was at the snapshot.
+        let at_snapshot = std::fs::read(&disk_path).unwrap();
         let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .env(RESTORE_DIR_ENV, dir.as_path())
+            .env(RESTORE_DIR_ENV, &snap)
             .env(RESTORE_MODE_ENV, mode)
+            .env(DISK_ENV, &disk_path)
             .output()
             .unwrap();
         assert!(
@@ -207,15 +309,24 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
             (11, minimal::COUNT_LIMIT),
             "{mode}: the count goes on in the new process:\n{after}"
         );
+        // The disk kept working after the restore: the last count is on it.
+        let disk = std::fs::read(&disk_path).unwrap();
+        let sector = (minimal::COUNT_SECTOR * 512) as usize;
+        assert_eq!(
+            disk[sector..sector + 512],
+            minimal::count_sector_bytes(minimal::COUNT_LIMIT),
+            "{mode}"
+        );
+        std::fs::write(&disk_path, at_snapshot).unwrap();
     }
 
     // A corrupted state file is refused, naming the file, before anything is mapped.
-    let state = dir.as_path().join(snapshot::STATE_FILE);
+    let state = snap.join(snapshot::STATE_FILE);
     let mut bytes = std::fs::read(&state).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
     std::fs::write(&state, bytes).unwrap();
-    let err = snapshot::restore(dir.as_path(), hv, snapshot::MemoryRestore::Lazy)
+    let err = snapshot::restore(&snap, hv, snapshot::MemoryRestore::Lazy)
         .map(|_| ())
         .unwrap_err();
     assert!(

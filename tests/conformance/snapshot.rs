@@ -320,6 +320,49 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
         std::fs::write(&disk_path, at_snapshot).unwrap();
     }
 
+    // A snapshot from a host with more than this one is refused, listing what is missing:
+    // rewrite the capabilities section as if the writer had offered more vCPUs and an MSR.
+    let original = snapshot::format::Snapshot::open(
+        snap.join(snapshot::STATE_FILE),
+        snapshot::format::Expected {
+            arch: snapshot::format::Arch::X86_64,
+            backend: snapshot::format::Backend::Kvm,
+        },
+    )
+    .unwrap();
+    let mut richer: vmkit::Capabilities = original
+        .read_section(snapshot::CAPABILITIES, 0, 1..=1)
+        .unwrap();
+    richer.max_vcpus = u32::MAX;
+    richer.msrs.push(0x4242_4242);
+    let header = original.header().clone();
+    let forged = snap.join(snapshot::STATE_FILE);
+    let mut file = std::fs::File::create(&forged).unwrap();
+    let mut writer =
+        snapshot::format::Writer::new(&mut file, header.arch, header.backend, header.capabilities);
+    for section in original.iter() {
+        let h = section.header();
+        if h.tag == snapshot::CAPABILITIES {
+            writer
+                .write_section(h.tag, h.index, h.version, &richer)
+                .unwrap();
+        } else {
+            writer
+                .write_raw_section(h.tag, h.index, h.version, section.payload())
+                .unwrap();
+        }
+    }
+    writer.finish().unwrap();
+    drop(file);
+    match snapshot::restore(&snap, hv, snapshot::MemoryRestore::Lazy) {
+        Err(err @ snapshot::SnapshotError::MissingCapabilities { .. }) => {
+            let text = err.to_string();
+            assert!(text.contains("max vCPUs: 4294967295 required"), "{text}");
+            assert!(text.contains("MSR 0x42424242 is not available"), "{text}");
+        }
+        other => panic!("expected MissingCapabilities, got {:?}", other.map(|_| ())),
+    }
+
     // A corrupted state file is refused, naming the file, before anything is mapped.
     let state = snap.join(snapshot::STATE_FILE);
     let mut bytes = std::fs::read(&state).unwrap();

@@ -1,0 +1,230 @@
+//! Snapshots a running VM and restores it in another process.
+//!
+//! ```text
+//! cargo run --release --example snapshot                     # both steps, in a temp directory
+//! cargo run --release --example snapshot -- save DIR         # boot, count to 10, save to DIR
+//! cargo run --release --example snapshot -- restore DIR [--eager]   # continue to 40
+//! ```
+//!
+//! The minimal kernel counts (`count N` on the serial port) and writes each count to a
+//! virtio-blk disk (`DIR/disk.img`). `save` stops it after `count 10` and writes the VM (vCPU,
+//! interrupt controllers, clock, memory) and its devices (serial port, i8042, the disk's
+//! virtio-mmio transport) to `DIR/snap`; `restore`, in a new process, rebuilds all of it, maps
+//! memory copy-on-write (or copies it with `--eager`) and the count goes on from 11.
+
+use std::error::Error;
+use std::io::{self, Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::Instant;
+
+use linux_loader::loader::{elf::Elf, KernelLoader};
+use vm_device::bus::{MmioAddress, PioAddress};
+use vm_memory::GuestAddress;
+use vmkit::arch::x86_64::boot;
+use vmkit::snapshot::{self, format::SectionTag, MemoryRestore};
+use vmkit::{EventFd, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
+use vmkit_bus::{Bus, ExitOutcome};
+use vmkit_devices::{I8042Snapshot, Serial, SerialSnapshot, COM1, I8042, SERIAL_PORTS};
+use vmkit_guests::minimal;
+use vmkit_virtio::blk::{Block, BlockOptions};
+use vmkit_virtio::mmio::{MmioTransport, MmioTransportState, MMIO_REGION_SIZE};
+
+const RAM_SIZE: usize = 4 << 20;
+const SERIAL: u32 = 0;
+const RESET: u32 = 1;
+const DISK: u32 = 2;
+
+type Disk = MmioTransport<Arc<vmkit::GuestMemoryMmap>, Block>;
+
+/// Serial output goes to stdout as it is written.
+type Uart = Serial<io::Stdout>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => demo(),
+        ["save", dir] => save(Path::new(dir)),
+        ["restore", dir] => restore(Path::new(dir), MemoryRestore::Lazy),
+        ["restore", dir, "--eager"] => restore(Path::new(dir), MemoryRestore::Eager),
+        _ => Err("usage: snapshot [save DIR | restore DIR [--eager]]".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let mut message = format!("snapshot: {err}");
+            let mut source = err.source();
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Saves, then restores in a child process.
+fn demo() -> Result<(), Box<dyn Error>> {
+    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmkit-snapshot-example-")?;
+    save(dir.as_path())?;
+    let status = Command::new(std::env::current_exe()?)
+        .arg("restore")
+        .arg(dir.as_path())
+        .status()?;
+    if !status.success() {
+        return Err(format!("the restoring process failed: {status}").into());
+    }
+    Ok(())
+}
+
+fn open_disk(path: &Path) -> Result<Block, Box<dyn Error>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    Ok(Block::new(file, BlockOptions::default())?)
+}
+
+/// Runs the vCPU with the devices on a bus until the guest powers off, or, with `until`, until
+/// that serial line has been printed.
+fn run(
+    vcpu: &mut dyn Vcpu,
+    bus: &Bus,
+    i8042: &I8042,
+    lines: &mut Vec<u8>,
+    until: Option<&str>,
+) -> Result<(), Box<dyn Error>> {
+    while !i8042.take_reset_request() {
+        let mut exit = vcpu.run()?;
+        if let VcpuExit::IoOut { port, data, .. } = &exit {
+            if *port == COM1 {
+                lines.extend_from_slice(data);
+            }
+        }
+        if let ExitOutcome::NotBusExit = bus.handle_exit(&mut exit) {
+            return Err(format!("the guest stopped unexpectedly: {exit:?}").into());
+        }
+        if until.is_some_and(|line| lines.ends_with(format!("{line}\n").as_bytes())) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn bus(serial: Arc<Uart>, i8042: Arc<I8042>, disk: Arc<Disk>) -> Result<Bus, Box<dyn Error>> {
+    let mut bus = Bus::new();
+    bus.register_pio(PioAddress(COM1), SERIAL_PORTS, serial)?;
+    bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042)?;
+    bus.register_mmio(
+        MmioAddress(minimal::VIRTIO_MMIO_BASE),
+        MMIO_REGION_SIZE,
+        disk,
+    )?;
+    Ok(bus)
+}
+
+fn save(dir: &Path) -> Result<(), Box<dyn Error>> {
+    std::fs::create_dir_all(dir)?;
+    let disk_path = dir.join("disk.img");
+    let mut image = vec![0u8; 64 * 512];
+    image[..8].copy_from_slice(minimal::BLK_SIGNATURE);
+    std::fs::write(&disk_path, image)?;
+
+    let hv = vmkit::open()?;
+    let config = VmConfig::default().irqchip(true).pit(true);
+    let vm = hv.create_vm(&config)?;
+    vm.add_memory_region(MemoryRegion::anonymous(
+        GuestAddress(0),
+        RAM_SIZE,
+        MemoryFlags::empty(),
+    )?)?;
+    let memory = vm.memory();
+    let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None)
+        .map_err(|err| format!("cannot load the minimal kernel: {err}"))?;
+    let mut vcpu = vm.create_vcpu(0)?;
+    vcpu.set_cpuid(&hv.supported_cpuid())?;
+    boot::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0)?;
+    let mut regs = vcpu.regs()?;
+    regs.rdx = minimal::ENTRY_FLAG_COUNT | minimal::ENTRY_FLAG_VIRTIO_BLK;
+    vcpu.set_regs(&regs)?;
+
+    let serial = Arc::new(Serial::new(io::stdout())?);
+    let i8042 = Arc::new(I8042::new()?);
+    let disk = Arc::new(MmioTransport::new(
+        open_disk(&disk_path)?,
+        Arc::new(memory),
+        EventFd::new(0)?,
+    )?);
+    let bus = bus(serial.clone(), i8042.clone(), disk.clone())?;
+    let mut lines = Vec::new();
+    run(
+        vcpu.as_mut(),
+        &bus,
+        &i8042,
+        &mut lines,
+        Some(&minimal::count_line(10)),
+    )?;
+
+    let snap = dir.join("snap");
+    let msrs = snapshot::readable_msrs(vcpu.as_ref(), &hv.msr_index_list());
+    let start = Instant::now();
+    snapshot::save(
+        &snap,
+        hv.as_ref(),
+        &config,
+        vm.as_ref(),
+        &[vcpu.as_ref()],
+        &msrs,
+        |devices| {
+            devices.write_section(SectionTag::DEVICE, SERIAL, 1, &serial.snapshot())?;
+            devices.write_section(SectionTag::DEVICE, RESET, 1, &i8042.snapshot())?;
+            devices.write_section(SectionTag::DEVICE, DISK, 1, &disk.save_state())
+        },
+    )?;
+    io::stdout().flush()?;
+    eprintln!(
+        "snapshot: saved to {} in {:?}",
+        snap.display(),
+        start.elapsed()
+    );
+    Ok(())
+}
+
+fn restore(dir: &Path, mode: MemoryRestore) -> Result<(), Box<dyn Error>> {
+    let snap: PathBuf = dir.join("snap");
+    let hv = vmkit::open()?;
+    let start = Instant::now();
+    let restored = snapshot::restore(&snap, hv.as_ref(), mode)?;
+    let device = |index| {
+        restored
+            .snapshot
+            .get(SectionTag::DEVICE, index)
+            .ok_or_else(|| format!("the snapshot has no device section {index}"))
+    };
+    let serial: SerialSnapshot = device(SERIAL)?.decode(1..=1)?;
+    let reset: I8042Snapshot = device(RESET)?.decode(1..=1)?;
+    let disk_state: MmioTransportState = device(DISK)?.decode(1..=1)?;
+    let memory = Arc::new(restored.vm.memory());
+    let disk = MmioTransport::restore(
+        open_disk(&dir.join("disk.img"))?,
+        memory,
+        EventFd::new(0)?,
+        &disk_state,
+    )?;
+    disk.resume()?;
+    let serial = Arc::new(Serial::restore(io::stdout(), &serial)?);
+    let i8042 = Arc::new(I8042::restore(&reset)?);
+    eprintln!("snapshot: restored ({mode:?}) in {:?}", start.elapsed());
+    let bus = bus(serial, i8042.clone(), Arc::new(disk))?;
+    let mut vcpus = restored.vcpus;
+    let mut vcpu = vcpus.pop().ok_or("the snapshot has no vCPU")?;
+    run(vcpu.as_mut(), &bus, &i8042, &mut Vec::new(), None)?;
+    Ok(())
+}

@@ -414,6 +414,28 @@ pub fn a_chain_of_diffs_restores_like_a_full_snapshot(hv: &dyn Hypervisor) {
     let mut tracker = snapshot::DiffTracker::start(vm.vm.as_ref()).unwrap();
     for (i, n) in [(1, 10), (2, 15)] {
         vm.run(|out| out.contains(&at(n)));
+        if i == 1 {
+            // A save whose memory file cannot be written (a directory is in its way) keeps
+            // the pages it harvested for the next attempt: nothing is lost.
+            let blocked = root.as_path().join("blocked");
+            std::fs::create_dir_all(blocked.join(snapshot::MEMORY_FILE)).unwrap();
+            tracker
+                .save_diff(
+                    &blocked,
+                    &dirs[0],
+                    hv,
+                    &config,
+                    vm.vm.as_ref(),
+                    &[vm.vcpu.as_ref()],
+                    &msrs,
+                    |_| Ok(()),
+                )
+                .unwrap_err();
+            assert!(
+                tracker.pending_pages() > 0,
+                "the failed diff's pages are still owed"
+            );
+        }
         tracker
             .save_diff(
                 &dirs[i],

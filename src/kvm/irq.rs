@@ -89,11 +89,16 @@ impl KvmVm {
             self.read_chip(KVM_IRQCHIP_PIC_SLAVE)?,
             self.read_chip(KVM_IRQCHIP_IOAPIC)?,
         );
-        // SAFETY (the three union reads): KVM filled the member that `chip_id` selects.
+        // SAFETY: KVM filled the union member that `chip_id` selects: a PIC.
+        let pic_master = PicState::from(unsafe { master.chip.pic });
+        // SAFETY: as above, a PIC.
+        let pic_slave = PicState::from(unsafe { slave.chip.pic });
+        // SAFETY: as above, the IOAPIC.
+        let ioapic = IoapicState::from(unsafe { &ioapic.chip.ioapic });
         Ok(IrqchipState {
-            pic_master: PicState::from(unsafe { master.chip.pic }),
-            pic_slave: PicState::from(unsafe { slave.chip.pic }),
-            ioapic: IoapicState::from(unsafe { &ioapic.chip.ioapic }),
+            pic_master,
+            pic_slave,
+            ioapic,
         })
     }
 

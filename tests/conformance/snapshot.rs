@@ -479,8 +479,188 @@ pub fn a_chain_of_diffs_restores_like_a_full_snapshot(hv: &dyn Hypervisor) {
 }
 
 crate::scenarios![
+    a_paused_smp_vm_saves_and_restores => crate::irqchip,
     a_chain_of_diffs_restores_like_a_full_snapshot => crate::dirty_log,
     continues_in_a_new_process => crate::pit,
     vcpu_and_memory_move_to_a_fresh_vm,
     with_irqchip_and_pit_state_too => crate::pit,
 ];
+
+/// Runs every vCPU of a VM on its own thread with the pauser; the vCPUs stay reachable (behind
+/// a mutex held only inside `run()` and exit handling) so that a paused VM can be saved.
+struct Threaded {
+    vcpus: Vec<Arc<std::sync::Mutex<Box<dyn Vcpu>>>>,
+    kicks: Vec<vmkit::KickHandle>,
+    pauser: vmkit::pause::VcpuPauser,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Threaded {
+    fn start(vcpus: Vec<Box<dyn Vcpu>>, bus: Arc<Bus>, i8042: Arc<I8042>) -> Threaded {
+        use std::sync::atomic::Ordering;
+        let pauser = vmkit::pause::VcpuPauser::new();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let kicks: Vec<_> = vcpus.iter().map(|v| v.kick_handle()).collect();
+        let vcpus: Vec<_> = vcpus
+            .into_iter()
+            .map(|v| Arc::new(std::sync::Mutex::new(v)))
+            .collect();
+        let threads = vcpus
+            .iter()
+            .map(|vcpu| {
+                let registration = pauser.register(vcpu.lock().unwrap().kick_handle());
+                let (vcpu, bus, i8042, pauser, stop, kicks) = (
+                    Arc::clone(vcpu),
+                    Arc::clone(&bus),
+                    Arc::clone(&i8042),
+                    pauser.clone(),
+                    Arc::clone(&stop),
+                    kicks.clone(),
+                );
+                std::thread::spawn(move || {
+                    let _registration = registration;
+                    while !stop.load(Ordering::SeqCst) {
+                        let kicked = {
+                            let mut vcpu = vcpu.lock().unwrap();
+                            let mut exit = vcpu.run().unwrap();
+                            match exit {
+                                vmkit::VcpuExit::Kicked => true,
+                                _ => {
+                                    if let ExitOutcome::NotBusExit = bus.handle_exit(&mut exit) {
+                                        panic!("unexpected exit {exit:?}");
+                                    }
+                                    false
+                                }
+                            }
+                        };
+                        if kicked {
+                            pauser.park_if_paused();
+                        }
+                        if i8042.take_reset_request() {
+                            stop.store(true, Ordering::SeqCst);
+                            kicks.iter().for_each(vmkit::KickHandle::kick);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Threaded {
+            vcpus,
+            kicks,
+            pauser,
+            stop,
+            threads,
+        }
+    }
+
+    /// Waits for the guest to power off (or stops it), and joins every thread.
+    fn finish(self, wait: bool) {
+        use std::sync::atomic::Ordering;
+        let start = std::time::Instant::now();
+        while wait && !self.stop.load(Ordering::SeqCst) {
+            assert!(
+                start.elapsed() < crate::common::guest::GIVE_UP,
+                "the guest never finished"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        self.pauser.resume();
+        self.kicks.iter().for_each(vmkit::KickHandle::kick);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+    }
+}
+
+fn devices_bus(serial: &Arc<Serial<Vec<u8>>>, i8042: &Arc<I8042>) -> Arc<Bus> {
+    let mut bus = Bus::new();
+    bus.register_pio(PioAddress(COM1), SERIAL_PORTS, serial.clone())
+        .unwrap();
+    bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())
+        .unwrap();
+    Arc::new(bus)
+}
+
+pub fn a_paused_smp_vm_saves_and_restores(hv: &dyn Hypervisor) {
+    let config = VmConfig::default().max_vcpus(2).irqchip(true);
+    let vm = hv.create_vm(&config).unwrap();
+    let ram = MemoryRegion::anonymous(GuestAddress(0), RAM_SIZE, MemoryFlags::empty()).unwrap();
+    vm.add_memory_region(ram).unwrap();
+    let memory = vm.memory();
+    let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
+    let vcpus: Vec<_> = (0..2)
+        .map(|index| {
+            let vcpu = vm.create_vcpu(index).unwrap();
+            vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
+            boot::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
+            let mut regs = vcpu.regs().unwrap();
+            regs.rdi = 2;
+            regs.rsi = u64::from(index);
+            regs.rdx = minimal::ENTRY_FLAG_COUNT;
+            vcpu.set_regs(&regs).unwrap();
+            if index > 0 {
+                vcpu.set_mp_state(vmkit::arch::x86_64::MpState::Runnable)
+                    .unwrap();
+            }
+            vcpu
+        })
+        .collect();
+    let serial = Arc::new(Serial::new(Vec::new()).unwrap());
+    let i8042 = Arc::new(I8042::new().unwrap());
+    let running = Threaded::start(vcpus, devices_bus(&serial, &i8042), i8042.clone());
+    let output = || String::from_utf8(serial.with_output(|out| out.clone())).unwrap();
+    let start = std::time::Instant::now();
+    while !output().contains(&format!("{}\n", minimal::count_line(10))) {
+        assert!(
+            start.elapsed() < crate::common::guest::GIVE_UP,
+            "{}",
+            output()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+
+    // Pause both vCPU threads outside run(), save, and stop this VM.
+    running.pauser.pause();
+    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmkit-smp-snapshot-").unwrap();
+    {
+        let locked: Vec<_> = running.vcpus.iter().map(|v| v.lock().unwrap()).collect();
+        let refs: Vec<&dyn Vcpu> = locked.iter().map(|v| v.as_ref()).collect();
+        let msrs = snapshot::readable_msrs(refs[0], &hv.msr_index_list());
+        snapshot::save(
+            dir.as_path(),
+            hv,
+            &config,
+            vm.as_ref(),
+            &refs,
+            &msrs,
+            |_| Ok(()),
+        )
+        .unwrap();
+    }
+    let before = output();
+    running.finish(false);
+    drop(vm);
+    let (first, last) = minimal::check_count_serial(&before).unwrap();
+    assert!(before.contains("cpu 1 online"), "{before}");
+    assert_eq!(first, 1);
+
+    // Both vCPUs come back: the BSP counts on, the AP stays parked in its hlt.
+    let restored = snapshot::restore(dir.as_path(), hv, snapshot::MemoryRestore::Lazy).unwrap();
+    assert_eq!(
+        restored.vcpus.iter().map(|v| v.id()).collect::<Vec<_>>(),
+        [0, 1]
+    );
+    let serial = Arc::new(Serial::new(Vec::new()).unwrap());
+    let i8042 = Arc::new(I8042::new().unwrap());
+    let again = Threaded::start(restored.vcpus, devices_bus(&serial, &i8042), i8042.clone());
+    again.finish(true);
+    let after = String::from_utf8(serial.with_output(|out| out.clone())).unwrap();
+    assert_eq!(
+        minimal::check_count_serial(&after).unwrap(),
+        (last + 1, minimal::COUNT_LIMIT),
+        "{after}"
+    );
+    drop(restored.vm);
+}

@@ -158,8 +158,18 @@ pub fn vmm_writes_do_not_count_as_guest_writes_but_are_in_the_vm_memory_bitmap(
     t.vm.memory()
         .write_obj(7u8, GuestAddress(TRACKED + 3 * 0x1000))
         .unwrap();
-    // KVM's log is about the guest; vm-memory's bitmap (see tests/vm.rs) is about the VMM.
+    // KVM's log is about the guest; vm-memory's bitmap is about the VMM.
     assert_eq!(dirty_pages(t.vm.as_ref()), BTreeSet::new());
+    let memory = t.vm.memory();
+    let region =
+        vm_memory::GuestMemoryBackend::find_region(&memory, GuestAddress(TRACKED)).unwrap();
+    let bitmap = vm_memory::GuestMemoryRegion::bitmap(region);
+    use vm_memory::bitmap::Bitmap;
+    assert!(
+        bitmap.dirty_at(3 * 0x1000),
+        "the VMM's write is in the bitmap"
+    );
+    assert!(!bitmap.dirty_at(4 * 0x1000));
 }
 
 crate::scenarios![

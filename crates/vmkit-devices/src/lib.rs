@@ -8,6 +8,8 @@
 //!   to register as an irqfd (GSI 4 for COM1 at `0x3f8`).
 //! - [`I8042`]: the keyboard controller on vm-superio's model, for its CPU-reset command
 //!   (`0xfe` to port `0x64`), which raises a flag and signals an eventfd.
+//! - [`Cmos`]: the CMOS memory and its real-time clock at `0x70`/`0x71`, reading the host's
+//!   UTC time (a Linux guest's `rtc_cmos` probe stalls for seconds without it).
 //! - [`DebugExit`]: a port (`0x501`) through which a test guest ends itself with an exit
 //!   code.
 //!
@@ -66,12 +68,14 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod cmos;
 mod debug_exit;
 mod error;
 mod i8042;
 mod registers;
 mod serial;
 
+pub use cmos::Cmos;
 pub use debug_exit::{DebugExit, DebugExitSnapshot};
 pub use error::{DeviceError, RestoreError};
 pub use i8042::{I8042Snapshot, I8042};

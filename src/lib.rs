@@ -59,6 +59,7 @@ pub mod hypervisor;
 pub mod interrupt;
 #[cfg(feature = "kvm")]
 pub mod kvm;
+pub mod linux;
 pub mod memory;
 pub mod pause;
 #[cfg(target_arch = "x86_64")]

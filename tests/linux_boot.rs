@@ -1,0 +1,190 @@
+//! vmkit's Linux boot path (`vmkit::linux`) with a real distribution kernel on this host's
+//! KVM.
+//!
+//! This host's KVM emulates ring-0 guest code, so a distribution kernel cannot get far here
+//! (DESIGN.md); these tests only check what it can: the kernel is loaded, entered, and
+//! prints its `Linux version` banner on our serial port, and on the way it sees the machine
+//! vmkit described (ACPI tables, every vCPU). Full boots to userspace run in the
+//! hardware-virtualization harness (`ci/svm/run.sh`).
+//!
+//! The kernel comes from `VMKIT_LINUX_KERNEL` (an ELF vmlinux; `ci/test.sh` fetches Debian's
+//! cloud kernel with `ci/svm/assets.sh` and sets it). Without it the tests are ignored:
+//!
+//! ```text
+//! VMKIT_LINUX_KERNEL=path/to/vmlinux cargo test --release --test linux_boot -- --ignored
+//! ```
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use linux_loader::cmdline::Cmdline;
+use vm_device::bus::PioAddress;
+use vmkit::linux::{self, layout, KernelEntry};
+use vmkit::{MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
+use vmkit_bus::Bus;
+use vmkit_devices::{Cmos, Serial, COM1, COM1_GSI, I8042, SERIAL_PORTS};
+
+/// How long the banner may take: ~12 s was measured on this host; leave room for a loaded
+/// machine. This bounds a hang, it is not a performance check.
+const BANNER_TIMEOUT: Duration = Duration::from_secs(240);
+
+#[derive(Clone, Default)]
+struct SharedOutput(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SharedOutput {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn kernel_path() -> String {
+    std::env::var("VMKIT_LINUX_KERNEL")
+        .expect("VMKIT_LINUX_KERNEL must name an ELF vmlinux (ci/test.sh sets it)")
+}
+
+/// Boots the kernel with `vcpus` vCPUs until the console shows every line of `wanted` (or the
+/// timeout), and returns the console text.
+fn boot_until(vcpus: u32, wanted: &[&str]) -> String {
+    let hypervisor = vmkit::open().unwrap();
+    let config = VmConfig::default().max_vcpus(vcpus).irqchip(true).pit(true);
+    let vm = hypervisor.create_vm(&config).unwrap();
+    let ram_size = 256 << 20;
+    for (start, size) in layout::ram_ranges(ram_size) {
+        let region = MemoryRegion::anonymous(start, size as usize, MemoryFlags::empty()).unwrap();
+        vm.add_memory_region(region).unwrap();
+    }
+    let memory = vm.memory();
+    let kernel = linux::load_kernel(&memory, &mut File::open(kernel_path()).unwrap()).unwrap();
+    assert!(
+        matches!(kernel.entry, KernelEntry::Pvh(_)),
+        "Debian's vmlinux carries the PVH note: {:?}",
+        kernel.entry
+    );
+
+    let output = SharedOutput::default();
+    let serial = Arc::new(Serial::new(output.clone()).unwrap());
+    vm.register_irqfd(serial.interrupt_evt(), COM1_GSI, None)
+        .unwrap();
+    let mut bus = Bus::new();
+    bus.register_pio(PioAddress(COM1), SERIAL_PORTS, serial)
+        .unwrap();
+    bus.register_pio(
+        PioAddress(I8042::BASE),
+        I8042::PORTS,
+        Arc::new(I8042::new().unwrap()),
+    )
+    .unwrap();
+    bus.register_pio(PioAddress(Cmos::BASE), Cmos::PORTS, Arc::new(Cmos::new()))
+        .unwrap();
+
+    let mut cmdline = Cmdline::new(4096).unwrap();
+    // earlyprintk: the banner is printed long before the real console driver registers.
+    cmdline
+        .insert_str("console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=-1")
+        .unwrap();
+    let machine = linux::MachineConfig {
+        ram_size,
+        vcpus,
+        devices: linux::AcpiDevices {
+            serial: vec![linux::SerialPort {
+                port: COM1,
+                irq: COM1_GSI,
+            }],
+            virtio_mmio: Vec::new(),
+        },
+    };
+    linux::write_boot_info(&memory, &kernel, &cmdline, None, &machine).unwrap();
+    let cpuid = hypervisor.supported_cpuid();
+    let mut vcpus_created = Vec::new();
+    for index in 0..vcpus {
+        let vcpu = vm.create_vcpu(index).unwrap();
+        linux::configure_vcpu(
+            vcpu.as_ref(),
+            &memory,
+            &kernel,
+            (index, vcpus),
+            &cpuid,
+            true,
+        )
+        .unwrap();
+        vcpus_created.push(vcpu);
+    }
+
+    // Only the bootstrap processor runs here: the application processors wait for startup
+    // IPIs the kernel sends far later than this test looks.
+    let mut bsp = vcpus_created.swap_remove(0);
+    let kick = bsp.kick_handle();
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || -> Result<(), String> {
+            while !stop.load(Ordering::SeqCst) {
+                let mut exit = bsp.run().map_err(|err| err.to_string())?;
+                if matches!(exit, VcpuExit::Kicked | VcpuExit::Interrupted) {
+                    continue;
+                }
+                if let vmkit_bus::ExitOutcome::NotBusExit = bus.handle_exit(&mut exit) {
+                    return Err(format!("{exit:?}"));
+                }
+            }
+            Ok(())
+        })
+    };
+    let start = Instant::now();
+    while start.elapsed() < BANNER_TIMEOUT
+        && !runner.is_finished()
+        && !wanted.iter().all(|line| output.text().contains(line))
+    {
+        thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    kick.kick();
+    let outcome = runner.join().unwrap();
+    let text = output.text();
+    eprintln!("{text}");
+    // The kernel may die later on an instruction this host's emulator lacks; that is not
+    // this test's business once the lines are there.
+    for line in wanted {
+        assert!(
+            text.contains(line),
+            "no {line:?} after {:?} (vCPU: {outcome:?})",
+            start.elapsed()
+        );
+    }
+    text
+}
+
+#[test]
+#[ignore = "needs VMKIT_LINUX_KERNEL (an ELF vmlinux); ci/test.sh provides it"]
+fn a_distribution_kernel_prints_its_banner_on_our_serial_port() {
+    let text = boot_until(1, &["Linux version"]);
+    assert!(text.contains("Command line: console=ttyS0"), "{text}");
+}
+
+#[test]
+#[ignore = "needs VMKIT_LINUX_KERNEL (an ELF vmlinux); ci/test.sh provides it"]
+fn the_kernel_reads_our_acpi_tables_and_counts_every_vcpu() {
+    boot_until(
+        2,
+        &[
+            "ACPI: RSDP 0x00000000000E0000",
+            "ACPI: Using ACPI (MADT) for SMP configuration information",
+            "smpboot: Allowing 2 CPUs",
+        ],
+    );
+}

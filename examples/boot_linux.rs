@@ -154,7 +154,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     }
     let memory = vm.memory();
 
-    let kernel = linux::load_kernel(&memory, &mut open(&options.kernel, "kernel", false)?)?;
+    let kernel = linux::load_kernel_file(&memory, &open(&options.kernel, "kernel", false)?)?;
     let initrd = match &options.initrd {
         Some(path) => {
             let low_ram_end = ram_size.min(layout::MMIO_HOLE_START);

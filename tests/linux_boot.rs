@@ -69,7 +69,7 @@ fn boot_until(vcpus: u32, wanted: &[&str]) -> String {
         vm.add_memory_region(region).unwrap();
     }
     let memory = vm.memory();
-    let kernel = linux::load_kernel(&memory, &mut File::open(kernel_path()).unwrap()).unwrap();
+    let kernel = linux::load_kernel_file(&memory, &File::open(kernel_path()).unwrap()).unwrap();
     assert!(
         matches!(kernel.entry, KernelEntry::Pvh(_)),
         "Debian's vmlinux carries the PVH note: {:?}",
@@ -187,4 +187,66 @@ fn the_kernel_reads_our_acpi_tables_and_counts_every_vcpu() {
             "smpboot: Allowing 2 CPUs",
         ],
     );
+}
+
+#[test]
+#[ignore = "needs VMKIT_LINUX_KERNEL (an ELF vmlinux); ci/test.sh provides it"]
+fn mapping_the_vmlinux_gives_the_guest_the_same_bytes_as_copying_it() {
+    let ram = |_| {
+        let hypervisor = vmkit::open().unwrap();
+        let vm = hypervisor.create_vm(&VmConfig::default()).unwrap();
+        let region =
+            MemoryRegion::anonymous(vm_memory::GuestAddress(0), 256 << 20, MemoryFlags::empty())
+                .unwrap();
+        vm.add_memory_region(region).unwrap();
+        vm
+    };
+    let (copied_vm, mapped_vm) = (ram(0), ram(1));
+    let (copied_mem, mapped_mem) = (copied_vm.memory(), mapped_vm.memory());
+    let path = kernel_path();
+    let copied = linux::load_kernel(&copied_mem, &mut File::open(&path).unwrap()).unwrap();
+    let mapped = linux::load_kernel_file(&mapped_mem, &File::open(&path).unwrap()).unwrap();
+    assert_eq!(copied.mapped_bytes, 0);
+    assert!(
+        mapped.mapped_bytes > 40 << 20,
+        "only {} bytes were mapped",
+        mapped.mapped_bytes
+    );
+    assert_eq!(copied.entry, mapped.entry);
+    assert_eq!(copied.linux64_entry, mapped.linux64_entry);
+    assert_eq!(copied.kernel_end, mapped.kernel_end);
+    // Every byte from 1 MiB to the kernel's end, in 1 MiB chunks.
+    use vm_memory::Bytes;
+    let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut addr = layout::HIGH_RAM_START;
+    while addr < copied.kernel_end {
+        let len = (copied.kernel_end - addr).min(1 << 20) as usize;
+        copied_mem
+            .read_slice(&mut a[..len], vm_memory::GuestAddress(addr))
+            .unwrap();
+        mapped_mem
+            .read_slice(&mut b[..len], vm_memory::GuestAddress(addr))
+            .unwrap();
+        assert!(
+            a[..len] == b[..len],
+            "the images differ in the MiB at {addr:#x}"
+        );
+        addr += len as u64;
+    }
+    // Writes through the mapping stay private to the guest: the file is unchanged.
+    mapped_mem
+        .write_slice(
+            &[0xcc; 16],
+            vm_memory::GuestAddress(copied.kernel_end - 0x10_0000),
+        )
+        .unwrap();
+    let again = linux::load_kernel(&copied_mem, &mut File::open(&path).unwrap()).unwrap();
+    assert_eq!(again.kernel_end, copied.kernel_end);
+    copied_mem
+        .read_slice(
+            &mut a[..16],
+            vm_memory::GuestAddress(copied.kernel_end - 0x10_0000),
+        )
+        .unwrap();
+    assert_ne!(a[..16], [0xcc; 16]);
 }

@@ -46,6 +46,9 @@ pub struct LoadedKernel {
     pub kernel_end: u64,
     /// The bzImage's setup header, which goes into the zero page.
     pub setup_header: Option<setup_header>,
+    /// How many bytes of the image were mapped into guest RAM rather than copied (see
+    /// [`load_kernel_file`](super::load_kernel_file)).
+    pub mapped_bytes: u64,
 }
 
 impl LoadedKernel {
@@ -97,6 +100,7 @@ where
                 linux64_entry: Some(entry),
                 kernel_end: result.kernel_end,
                 setup_header: None,
+                mapped_bytes: 0,
             })
         }
         Err(LoaderError::Elf(ElfError::InvalidElfMagicNumber)) => {
@@ -114,6 +118,7 @@ where
                 linux64_entry: Some(GuestAddress(result.kernel_load.0 + BZIMAGE_STARTUP_64)),
                 kernel_end: result.kernel_end,
                 setup_header: header,
+                mapped_bytes: 0,
             })
         }
         Err(source) => Err(LinuxBootError::KernelImage { source }),

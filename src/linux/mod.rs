@@ -53,6 +53,7 @@ pub mod acpi;
 pub mod cpu;
 pub mod layout;
 mod load;
+mod mapped;
 pub mod mptable;
 mod params;
 
@@ -76,6 +77,21 @@ pub enum LinuxBootError {
         /// What linux-loader reported.
         #[source]
         source: linux_loader::loader::Error,
+    },
+    /// The ELF image is malformed.
+    #[error("invalid ELF kernel image: {reason}")]
+    InvalidElf {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Mapping the kernel image into guest RAM failed.
+    #[error("cannot map the kernel image at guest address {addr:#x}")]
+    MapImage {
+        /// Where it was to go.
+        addr: u64,
+        /// The error from `mmap(2)`.
+        #[source]
+        source: std::io::Error,
     },
     /// Reading the kernel image failed.
     #[error("cannot read the kernel image")]
@@ -160,6 +176,24 @@ pub enum LinuxBootError {
     /// A vCPU refused its state.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+}
+
+/// Loads the kernel image in `file` into `memory`: an ELF vmlinux by mapping its pages
+/// copy-on-write into the guest's RAM where it can (see below), a bzImage with linux-loader.
+///
+/// Mapping makes loading a ~50 MB vmlinux nearly free: nothing is copied or zeroed up front,
+/// and the guest faults in the pages it uses from the page cache. Pages shared between
+/// segments, and RAM that is file-backed or shared, are copied instead. RAM must be fresh
+/// (zeroed), as for [`load_kernel`].
+pub fn load_kernel_file(
+    memory: &crate::GuestMemoryMmap,
+    file: &std::fs::File,
+) -> Result<LoadedKernel, LinuxBootError> {
+    if mapped::is_elf(file)? {
+        return mapped::load_elf_mapped(memory, file);
+    }
+    let mut file = file;
+    load_kernel(memory, &mut file)
 }
 
 /// The machine a Linux guest is told about.

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
-//!     [--cmdline "..."] [--mem MIB] [--vcpus N] [--disk FILE]
+//!     [--cmdline "..."] [--mem MIB] [--vcpus N] [--disk FILE] [--exit-stats]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -16,7 +16,9 @@
 //!   (`/dev/hvc0`) whose output goes to stdout, both on virtio-mmio, announced to the kernel
 //!   in the ACPI tables (Debian's kernels do not take `virtio_mmio.device=` arguments).
 //!
-//! The default command line is `console=ttyS0 reboot=k panic=-1`.
+//! The default command line is `console=ttyS0 reboot=k panic=-1`. `--exit-stats` prints, at the
+//! end, how many exits each port and MMIO address caused on each vCPU (to find what a guest
+//! probes).
 //!
 //! Exit status: 0 once the guest resets the machine (which is how `reboot` and `poweroff`
 //! end on a PC without ACPI when `reboot=k` is set; a panic with `panic=-1` ends the same
@@ -26,6 +28,7 @@
 //! KVM that emulates ring-0 guest code (like this project's CI host), a distribution kernel
 //! takes seconds to print its banner and may die on an instruction the emulator lacks.
 
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::fs::File;
 use std::io;
@@ -78,11 +81,12 @@ struct Options {
     mem_mib: u64,
     vcpus: u32,
     disk: Option<PathBuf>,
+    exit_stats: bool,
 }
 
 fn options() -> Result<Options, Box<dyn Error>> {
     const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmdline STRING] \
-                         [--mem MIB] [--vcpus N] [--disk FILE]";
+                         [--mem MIB] [--vcpus N] [--disk FILE] [--exit-stats]";
     let mut args = std::env::args().skip(1);
     let mut kernel = None;
     let mut options = Options {
@@ -92,6 +96,7 @@ fn options() -> Result<Options, Box<dyn Error>> {
         mem_mib: 256,
         vcpus: 1,
         disk: None,
+        exit_stats: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -122,6 +127,7 @@ fn options() -> Result<Options, Box<dyn Error>> {
                         )
                     })?;
             }
+            "--exit-stats" => options.exit_stats = true,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unexpected argument {other:?}; {USAGE}").into()),
         }
@@ -234,6 +240,7 @@ fn run() -> Result<(), Box<dyn Error>> {
 
     let machine = Arc::new(Machine {
         bus,
+        exit_stats: options.exit_stats,
         i8042,
         stopping: AtomicBool::new(false),
         kicks: vcpu_handles.iter().map(|v| v.kick_handle()).collect(),
@@ -262,6 +269,8 @@ fn run() -> Result<(), Box<dyn Error>> {
 /// What the vCPU threads share: the device bus and the way to stop everything.
 struct Machine {
     bus: Bus,
+    /// Count the exits by kind and address, and print them at the end.
+    exit_stats: bool,
     i8042: Arc<I8042>,
     stopping: AtomicBool,
     kicks: Vec<KickHandle>,
@@ -285,10 +294,21 @@ impl Machine {
 
     fn vcpu_loop(&self, mut vcpu: Box<dyn Vcpu>) -> Result<(), String> {
         let id = vcpu.id();
+        let mut stats = self.exit_stats.then(BTreeMap::new);
         while !self.stopping.load(Ordering::SeqCst) {
             let mut exit = vcpu.run().map_err(|err| format!("vCPU {id}: {err}"))?;
             if let VcpuExit::Kicked | VcpuExit::Interrupted = exit {
                 continue;
+            }
+            if let Some(stats) = stats.as_mut() {
+                let key = match exit {
+                    VcpuExit::IoIn { port, .. } => format!("pio in  {port:#06x}"),
+                    VcpuExit::IoOut { port, .. } => format!("pio out {port:#06x}"),
+                    VcpuExit::MmioRead { addr, .. } => format!("mmio rd {addr:#x}"),
+                    VcpuExit::MmioWrite { addr, .. } => format!("mmio wr {addr:#x}"),
+                    ref other => format!("{other:?}"),
+                };
+                *stats.entry(key).or_insert(0u64) += 1;
             }
             // Port and MMIO accesses go to the bus; what no device claims reads as all-ones
             // and its writes go nowhere, as on a PC with nothing at that address.
@@ -298,6 +318,9 @@ impl Machine {
             if self.i8042.take_reset_request() {
                 self.stop();
             }
+        }
+        for (exit, count) in stats.into_iter().flatten() {
+            eprintln!("boot_linux: vCPU {id}: {count:>7} x {exit}");
         }
         Ok(())
     }

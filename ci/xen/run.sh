@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# Runs vmkit's Xen test binaries on a real Xen 4.17: boots Debian's hypervisor with a Debian
+# dom0 inside QEMU's TCG emulator (KVM here cannot run Xen), runs each binary in dom0 from
+# an initramfs, and counts the per-binary markers dom0 prints on the serial console.
+# Ends with `N passed, M failed` (one count per binary) and exits non-zero on any failure,
+# a missing marker or a timeout. See ci/xen/README.md for the knobs.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cd "$repo"
+assets=${VMKIT_XEN_ASSETS:-$repo/target/harness/xen}
+timeout_s=${VMKIT_XEN_TIMEOUT:-600}
+test_timeout=${VMKIT_XEN_TEST_TIMEOUT:-300}
+qemu_mem=${VMKIT_XEN_MEM:-2048}
+qemu_smp=${VMKIT_XEN_SMP:-2}
+dom0_mem=${VMKIT_XEN_DOM0_MEM:-512M}
+log=${VMKIT_XEN_LOG:-$assets/console.log}
+
+total_start=$SECONDS
+phase_start=$SECONDS
+phase() { echo "=== xen: $1 took $((SECONDS - phase_start)) s"; phase_start=$SECONDS; }
+
+"$here/assets.sh"
+phase "assets"
+
+# The binaries to run: parallel arrays. A target that cannot be built is recorded in
+# `missing` and counted as failed without stopping the others.
+names=() paths=() argv=() wants=()
+missing=()
+add_bin() { names+=("$1"); paths+=("$2"); argv+=("$3"); wants+=("$4"); }
+
+guest_out=""
+# Reads cargo's JSON messages on stdin; prints `exe PATH` for each executable target built
+# and `guests DIR` for vmkit-guests' OUT_DIR (where its build.rs writes minimal.elf).
+cargo_exes() {
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        if "custom-build" not in m["target"]["kind"]:
+            print("exe", m["executable"])
+    elif m.get("reason") == "build-script-executed" and "vmkit-guests" in m.get("package_id", ""):
+        print("guests", m["out_dir"])
+'
+}
+
+# Builds one cargo target: $1 name, $2 its arguments in dom0, $3 an extended regexp (no
+# '|') that a line of its output must match to pass, then cargo's arguments. On success
+# adds its executable, else shows cargo's last words and marks the target missing.
+build_target() {
+    local name=$1 args=$2 want=$3 out exe g err
+    shift 3
+    echo "--- cargo $*"
+    err=$(mktemp)
+    if ! out=$(cargo "$@" --message-format=json-render-diagnostics 2>"$err" | cargo_exes); then
+        tail -n 60 "$err"
+        rm -f "$err"
+        echo "xen: cannot build $name (cargo $*): counted as FAILED"
+        missing+=("$name")
+        return 0
+    fi
+    rm -f "$err"
+    g=$(awk '$1 == "guests" {print $2}' <<<"$out" | tail -n 1)
+    [ -n "$g" ] && guest_out=$g
+    exe=$(awk '$1 == "exe" {print $2}' <<<"$out" | tail -n 1)
+    if [ -z "$exe" ] || [ ! -x "$exe" ]; then
+        echo "xen: cargo built no executable for $name: counted as FAILED"
+        missing+=("$name")
+        return 0
+    fi
+    echo "    $exe"
+    add_bin "$name" "$exe" "$args" "$want"
+}
+
+if [ -n "${VMKIT_XEN_BINS:-}" ]; then
+    # name=path[:args], whitespace-separated; commas in args stand for spaces.
+    for entry in $VMKIT_XEN_BINS; do
+        name=${entry%%=*}
+        rest=${entry#*=}
+        path=${rest%%:*}
+        args=""
+        [ "$rest" != "$path" ] && args=${rest#*:}
+        args=${args//,/ }
+        if [ -z "$name" ] || [ "$name" = "$entry" ] || [[ ! $name =~ ^[A-Za-z0-9._-]+$ ]]; then
+            echo "xen: bad VMKIT_XEN_BINS entry '$entry' (want name=path[:args])" >&2
+            exit 2
+        fi
+        if [ ! -x "$path" ]; then
+            echo "xen: $name: $path is not an executable: counted as FAILED"
+            missing+=("$name")
+            continue
+        fi
+        add_bin "$name" "$path" "$args" ""
+    done
+else
+    last=$assets/last-build.list
+    if [ "${VMKIT_XEN_SKIP_BUILD:-0}" = 1 ]; then
+        # Reuse what the last build produced (name|path|args|regexp, or name|missing).
+        [ -f "$last" ] || echo "xen: VMKIT_XEN_SKIP_BUILD=1 but nothing was built before" >&2
+        while IFS='|' read -r name path args want; do
+            if [ "$path" = missing ] || [ ! -x "$path" ]; then
+                echo "xen: $name was not built: counted as FAILED"
+                missing+=("$name")
+            else
+                add_bin "$name" "$path" "$args" "$want"
+            fi
+        done < <(cat "$last" 2>/dev/null)
+    else
+        # Each with what its output must show, so that a run which skipped everything
+        # (no Xen backend compiled in, say) does not pass: at least one test passed, at
+        # least one conformance scenario passed on Xen, the guest's greeting.
+        build_target xen "--test-threads=1 ${VMKIT_XEN_TEST_FILTER:-}" "test result: ok\. [1-9]" \
+            test --release --locked --features xen --no-run --test xen
+        build_target conformance "" "^conformance xen .* \.\.\. ok" \
+            test --release --locked --features xen --no-run --test conformance
+        build_target boot "" "^hello from the vmkit minimal kernel$" \
+            build --release --locked --features xen --example boot
+        build_target xen_boot "${VMKIT_XEN_BENCH_ARGS:---bench}" "" build --release --locked --features xen --bench xen_boot
+        {
+            for i in "${!names[@]}"; do
+                printf '%s|%s|%s|%s\n' "${names[$i]}" "${paths[$i]}" "${argv[$i]}" "${wants[$i]}"
+            done
+            for n in "${missing[@]}"; do printf '%s|missing\n' "$n"; done
+        } >"$last"
+    fi
+fi
+phase "build"
+
+# The minimal PVH kernel that `xl create` boots (and the benchmark times).
+minimal=${VMKIT_XEN_MINIMAL_ELF:-}
+if [ -z "$minimal" ] && [ -n "$guest_out" ] && [ -f "$guest_out/minimal.elf" ]; then
+    minimal=$guest_out/minimal.elf
+fi
+# Else the newest one a build left (build.rs writes it to vmkit-guests' OUT_DIR).
+newest_minimal() {
+    find "${CARGO_TARGET_DIR:-$repo/target}" -maxdepth 5 -path '*/build/vmkit-guests-*/out/minimal.elf' \
+        -printf '%T@ %p\n' 2>/dev/null | sort -rn | awk 'NR == 1 {print $2}'
+}
+[ -n "$minimal" ] || minimal=$(newest_minimal)
+if [ -z "$minimal" ] && [ "${VMKIT_XEN_SKIP_BUILD:-0}" != 1 ]; then
+    cargo build --release --locked -p vmkit-guests >/dev/null 2>&1 || true
+    minimal=$(newest_minimal)
+fi
+xl_check=${VMKIT_XEN_XL_CHECK:-1}
+if [ "$xl_check" = 1 ] && [ -z "$minimal" ]; then
+    echo "xen: no minimal.elf found (cargo build -p vmkit-guests): xl-create-minimal counted as FAILED"
+    missing+=(xl-create-minimal)
+    xl_check=0
+fi
+
+# The dom0 initramfs: busybox, the Xen tools and their libraries, the modules, the tests.
+rootfs=$assets/initramfs
+rm -rf "$rootfs"
+mkdir -p "$rootfs"/{bin,lib/modules,tests,xen,usr/lib/xen-4.17/bin,usr/sbin,etc/xen}
+cp /bin/busybox "$rootfs/bin/busybox"
+cp "$here/init.sh" "$rootfs/init"
+chmod 755 "$rootfs/init"
+cp "$assets"/modules/*.ko "$assets/modules/order" "$rootfs/lib/modules/"
+cp "$assets/root/etc/xen/xl.conf" "$rootfs/etc/xen/" 2>/dev/null || true
+
+xenlib=$assets/root/usr/lib/x86_64-linux-gnu
+# Copies the shared libraries that $1 needs (resolving Xen's from the unpacked packages)
+# to the same paths in the initramfs.
+copy_libs() {
+    local lib deps
+    # ldd fails on a static executable: nothing to copy.
+    deps=$(LD_LIBRARY_PATH=$xenlib ldd "$1" 2>/dev/null) || return 0
+    if grep -q 'not found' <<<"$deps"; then
+        echo "xen: $1 needs libraries this host lacks:" >&2
+        grep 'not found' <<<"$deps" >&2
+        return 1
+    fi
+    for lib in $(grep -oE '(/[^ ]+)' <<<"$deps"); do
+        local dest=$lib
+        # Xen's libraries live under $xenlib on the host; in dom0 they go to /usr/lib.
+        case $lib in "$xenlib"/*) dest=/usr/lib/x86_64-linux-gnu/${lib#"$xenlib"/} ;; esac
+        if [ ! -e "$rootfs$dest" ]; then
+            mkdir -p "$(dirname "$rootfs$dest")"
+            cp -L "$lib" "$rootfs$dest"
+        fi
+    done
+}
+
+for tool in xl xenstored xen-init-dom0 xenconsoled libxl-save-helper xenstore-read xenstore-ls; do
+    src=$assets/root/usr/lib/xen-4.17/bin/$tool
+    [ -e "$src" ] || src=$assets/root/usr/bin/$tool
+    cp "$src" "$rootfs/usr/lib/xen-4.17/bin/"
+    copy_libs "$src"
+done
+
+# glibc dlopen()s libgcc_s for pthread_cancel (xl uses it); ldd cannot see that.
+gcc_s=$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ && !f {print $NF; f = 1}')
+[ -n "$gcc_s" ] && copy_libs "$gcc_s" && cp -L "$gcc_s" "$rootfs/lib/x86_64-linux-gnu/"
+
+# Debug info makes the initramfs several times larger; symbols stay for backtraces.
+strip_cmd=$(command -v strip || true)
+: >"$rootfs/tests/list"
+run_names=()
+for i in "${!names[@]}"; do
+    dest=$rootfs/tests/${names[$i]}
+    cp "${paths[$i]}" "$dest"
+    if [ -n "$strip_cmd" ]; then "$strip_cmd" --strip-debug "$dest" 2>/dev/null || true; fi
+    if ! copy_libs "${paths[$i]}"; then
+        echo "xen: ${names[$i]}: libraries missing: counted as FAILED"
+        missing+=("${names[$i]}")
+        continue
+    fi
+    printf '%s|%s|%s|%s\n' "${names[$i]}" "$test_timeout" "${wants[$i]}" "${argv[$i]}" >>"$rootfs/tests/list"
+    run_names+=("${names[$i]}")
+done
+echo "${VMKIT_XEN_OUTPUT_LINES:-400}" >"$rootfs/tests/output-lines"
+# The kernel and its xl config are there for benchmarks even when the check is off.
+if [ -n "$minimal" ]; then
+    cp "$minimal" "$rootfs/xen/minimal.elf"
+    cp "$here/minimal.cfg" "$rootfs/xen/minimal.cfg"
+fi
+[ "$xl_check" = 1 ] && : >"$rootfs/tests/xl-check"
+# Uncompressed: the emulated dom0 unpacks a plain cpio far faster than a gzip one.
+(cd "$rootfs" && find . -print0 | cpio --null -o -H newc --quiet) >"$assets/initramfs.cpio"
+echo "xen: initramfs $(du -h "$assets/initramfs.cpio" | cut -f1), ${#run_names[@]} binaries"
+phase "initramfs"
+
+# Boot. QEMU's multiboot loader takes the hypervisor as -kernel and its modules (dom0's
+# kernel, then its initramfs) comma-separated in -initrd.
+xen_cmdline="console=com1 com1=115200,8n1 dom0_mem=$dom0_mem,max:$dom0_mem loglvl=all guest_loglvl=all console_timestamps=boot"
+dom0_cmdline="console=hvc0 earlyprintk=xen panic=-1 ${VMKIT_XEN_DOM0_ARGS:-quiet}"
+dom0_kernel=$assets/vmlinux
+[ -f "$dom0_kernel" ] || dom0_kernel=$assets/vmlinuz
+mkdir -p "$(dirname "$log")"
+echo "xen: booting (timeout ${timeout_s}s), console in $log"
+set +e
+timeout --foreground -k 10 "$timeout_s" qemu-system-x86_64 \
+    -accel tcg,thread=multi -cpu qemu64,+svm,+npt -smp "$qemu_smp" -m "$qemu_mem" \
+    -nographic -no-reboot -nodefaults -serial stdio -monitor none \
+    -kernel "$assets/xen" -append "$xen_cmdline" \
+    -initrd "$dom0_kernel $dom0_cmdline,$assets/initramfs.cpio" \
+    </dev/null 2>&1 | tr -d '\r' | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+phase "boot and tests"
+
+# Count. Markers are matched anywhere in a line: Xen may interleave its own output.
+passed=0 failed=0
+echo "=== xen: results"
+grep -E '^[A-Za-z0-9._-]+\| (.*test result:|[0-9]+ passed, [0-9]+ failed)' "$log" | sed 's/^/  /' || true
+declare -A verdict=()
+while read -r n v; do verdict[$n]=$v; done < <(grep -oE '^VMKIT-TEST [A-Za-z0-9._-]+ (ok|FAILED)' "$log" | awk '{print $2, $3}')
+expected=("${run_names[@]}")
+[ "$xl_check" = 1 ] && expected+=(xl-create-minimal)
+for n in "${expected[@]}"; do
+    case ${verdict[$n]:-} in
+        ok) echo "  $n: ok"; passed=$((passed + 1)) ;;
+        FAILED) echo "  $n: FAILED"; failed=$((failed + 1)) ;;
+        *) echo "  $n: FAILED (no marker: dom0 died, hung or timed out)"; failed=$((failed + 1)) ;;
+    esac
+done
+for n in "${missing[@]}"; do
+    echo "  $n: FAILED (not built or not runnable)"
+    failed=$((failed + 1))
+done
+if [ $((passed + failed)) = 0 ]; then
+    echo "xen: nothing ran"
+    failed=1
+fi
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    echo "xen: QEMU timed out after ${timeout_s}s"
+    failed=$((failed + 1))
+elif ! grep -q '^VMKIT-DONE$' "$log"; then
+    echo "xen: dom0 did not finish its run (QEMU exit status $rc)"
+    failed=$((failed + 1))
+fi
+echo "=== xen: total $((SECONDS - total_start)) s"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
-//!     [--cmdline "..."] [--mem MIB] [--vcpus N] [--disk FILE] [--exit-stats]
+//!     [--cmdline "..."] [--mem MIB] [--vcpus N] [--disk FILE] [--exit-stats] [--map-kernel]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -18,7 +18,10 @@
 //!
 //! The default command line is `console=ttyS0 reboot=k panic=-1`. `--exit-stats` prints, at the
 //! end, how many exits each port and MMIO address caused on each vCPU (to find what a guest
-//! probes).
+//! probes). `--map-kernel` maps a vmlinux's pages into guest RAM copy-on-write instead of
+//! copying them (`vmkit::linux::load_kernel_file`): loading is nearly free and VMs booting
+//! the same file share its pages, but those pages are small pages of the page cache, not
+//! the huge pages that back the rest of RAM.
 //!
 //! Exit status: 0 once the guest resets the machine (which is how `reboot` and `poweroff`
 //! end on a PC without ACPI when `reboot=k` is set; a panic with `panic=-1` ends the same
@@ -82,11 +85,12 @@ struct Options {
     vcpus: u32,
     disk: Option<PathBuf>,
     exit_stats: bool,
+    map_kernel: bool,
 }
 
 fn options() -> Result<Options, Box<dyn Error>> {
     const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmdline STRING] \
-                         [--mem MIB] [--vcpus N] [--disk FILE] [--exit-stats]";
+                         [--mem MIB] [--vcpus N] [--disk FILE] [--exit-stats] [--map-kernel]";
     let mut args = std::env::args().skip(1);
     let mut kernel = None;
     let mut options = Options {
@@ -97,6 +101,7 @@ fn options() -> Result<Options, Box<dyn Error>> {
         vcpus: 1,
         disk: None,
         exit_stats: false,
+        map_kernel: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -128,6 +133,7 @@ fn options() -> Result<Options, Box<dyn Error>> {
                     })?;
             }
             "--exit-stats" => options.exit_stats = true,
+            "--map-kernel" => options.map_kernel = true,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unexpected argument {other:?}; {USAGE}").into()),
         }
@@ -160,7 +166,12 @@ fn run() -> Result<(), Box<dyn Error>> {
     }
     let memory = vm.memory();
 
-    let kernel = linux::load_kernel_file(&memory, &open(&options.kernel, "kernel", false)?)?;
+    let mut kernel_file = open(&options.kernel, "kernel", false)?;
+    let kernel = if options.map_kernel {
+        linux::load_kernel_file(&memory, &kernel_file)?
+    } else {
+        linux::load_kernel(&memory, &mut kernel_file)?
+    };
     let initrd = match &options.initrd {
         Some(path) => {
             let low_ram_end = ram_size.min(layout::MMIO_HOLE_START);

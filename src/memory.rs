@@ -236,6 +236,7 @@ impl MemoryRegion {
                 NonZeroUsize::new(PAGE_SIZE).unwrap_or(NonZeroUsize::MIN),
             )
         });
+        let anonymous = file.is_none();
         let mut builder = MmapRegionBuilder::new_with_bitmap(size, bitmap)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
         builder = match file {
@@ -245,7 +246,17 @@ impl MemoryRegion {
             None => builder
                 .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE),
         };
+        let hole = anonymous.then(|| HugePageHole::reserve(size, guest_addr.0));
         let mmap: MmapRegion<DirtyBitmap> = builder.build().map_err(mmap_error)?;
+        drop(hole);
+        if anonymous && size >= HUGE_PAGE_SIZE {
+            // SAFETY: advice about a mapping this function just made and nothing else owns
+            // yet; madvise neither moves nor unmaps it. A kernel without THP refuses the
+            // advice, which changes nothing.
+            unsafe {
+                libc::madvise(mmap.as_ptr().cast(), size, libc::MADV_HUGEPAGE);
+            }
+        }
         // check_placement proved that guest_addr + size does not overflow.
         let mapping =
             GuestRegionMmap::new(mmap, guest_addr).ok_or(MemoryError::AddressOverflow {
@@ -286,6 +297,78 @@ impl MemoryRegion {
     /// Host virtual address of the first byte of the mapping.
     pub fn host_addr(&self) -> u64 {
         self.mapping.as_ptr() as u64
+    }
+}
+
+/// The huge page size of x86-64 that both the host (transparent huge pages) and the
+/// hypervisor's second-level page tables use.
+const HUGE_PAGE_SIZE: usize = 2 << 20;
+
+/// A free hole of address space fenced by two `PROT_NONE` guard mappings, at an address
+/// congruent to a region's guest address modulo 2 MiB, made just before an anonymous region
+/// is mapped.
+///
+/// The kernel places a new mapping in the highest free gap that fits, so the region's
+/// mapping lands in the hole: then every 2 MiB-aligned guest frame is a 2 MiB-aligned host
+/// range, which transparent huge pages can back and the hypervisor can map with one large
+/// page-table entry. (QEMU aligns guest RAM for the same reason; Linux aligns large anonymous
+/// mappings by itself only from 6.7.) If another mapping takes the hole first, the region is
+/// simply mapped elsewhere, unaligned; nothing depends on the alignment but speed.
+struct HugePageHole {
+    /// `(address, length)` of the guard mappings.
+    guards: [(usize, usize); 2],
+}
+
+impl HugePageHole {
+    /// Reserves the hole for a `size`-byte region at `guest_addr`; `None` when the region is
+    /// too small to benefit or the reservation fails.
+    fn reserve(size: usize, guest_addr: u64) -> Option<Self> {
+        if size < HUGE_PAGE_SIZE {
+            return None;
+        }
+        let len = size.checked_add(HUGE_PAGE_SIZE)?;
+        // SAFETY: a new inaccessible mapping at an address the kernel chooses; it overlaps
+        // nothing that exists.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        let base = base as usize;
+        let offset = (guest_addr % HUGE_PAGE_SIZE as u64) as usize;
+        // The first address at or above `base` congruent to `offset`; less than one huge page
+        // above `base`, so the hole ends inside the reservation.
+        let start = base + (offset + HUGE_PAGE_SIZE - base % HUGE_PAGE_SIZE) % HUGE_PAGE_SIZE;
+        let end = start + size;
+        // SAFETY: `start..end` lies inside the reservation just made, which nothing else uses.
+        unsafe {
+            libc::munmap(start as *mut libc::c_void, size);
+        }
+        Some(HugePageHole {
+            guards: [(base, start - base), (end, base + len - end)],
+        })
+    }
+}
+
+impl Drop for HugePageHole {
+    fn drop(&mut self) {
+        for (addr, len) in self.guards {
+            if len > 0 {
+                // SAFETY: each guard is the part of this hole's own reservation that was
+                // never unmapped or handed to anyone; unmapping it touches nothing else.
+                unsafe {
+                    libc::munmap(addr as *mut libc::c_void, len);
+                }
+            }
+        }
     }
 }
 

@@ -17,6 +17,8 @@ pub const VIRTIO_F_EVENT_IDX: u64 = 1 << 29;
 /// Feature bit 32: compliance with virtio 1.x (every device offers it).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
+/// Device type of a network device.
+pub const VIRTIO_ID_NET: u32 = 1;
 /// Device type of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
 /// Device type of a console.

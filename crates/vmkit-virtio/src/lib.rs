@@ -140,6 +140,7 @@ pub mod device;
 mod error;
 mod mem;
 pub mod mmio;
+pub mod net;
 pub mod packed;
 pub mod split;
 

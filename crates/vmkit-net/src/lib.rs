@@ -1,0 +1,68 @@
+//! Networking for vmkit VMs on Linux hosts.
+//!
+//! - [`Tap`] ([`tap`]): a TAP interface as the [`NetBackend`] of a
+//!   `vmkit_virtio::net::Net` device, non-blocking, with the virtio-net
+//!   header and the offloads the kernel can honour.
+//! - [`Network`] ([`mode`]): puts TAP devices into an isolated bridge,
+//!   an existing host bridge, or a NAT subnet behind the host; idempotent
+//!   setup, exact teardown from a [`NetworkRecord`].
+//! - [`netlink::Rtnl`]: the small blocking rtnetlink client underneath.
+//!
+//! # Dependencies, and why
+//!
+//! Links and addresses are configured through rtnetlink with
+//! `netlink-packet-route` and `netlink-sys` (the message types and socket
+//! that the `rtnetlink` crate is built on, maintained by the same
+//! rust-netlink project), used synchronously: a VMM that embeds vmkit need
+//! not run an async runtime for a handful of configuration requests, which
+//! `rtnetlink` itself would impose (tokio). `neli` would also do, but
+//! models rtnetlink attributes less completely (bridge kinds, master,
+//! alias), so more of it would be hand-written here.
+//!
+//! nftables rules use the `nftables` crate: typed JSON objects applied by
+//! the `nft` binary in one atomic transaction (`nft -j -f -`), the
+//! interface the nftables project documents as stable. `rustables` talks
+//! netlink directly but is younger, covers fewer expressions, and its
+//! wire format follows kernel internals that `nft` hides. The cost is a
+//! runtime dependency on `nft` (Debian package `nftables`), needed only by
+//! the NAT mode.
+//!
+//! # Example
+//!
+//! A VM on a NAT network (needs `CAP_NET_ADMIN`; everything happens in the
+//! calling thread's network namespace):
+//!
+//! ```no_run
+//! use std::os::fd::AsRawFd;
+//! use vmkit_net::{NatConfig, Network, NetworkMode, Tap};
+//! use vmkit_virtio::net::{Net, NetOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut network = Network::setup(NetworkMode::Nat(NatConfig {
+//!     bridge: "vmkbr0".into(),
+//!     gateway: "10.0.2.1".parse()?,
+//!     prefix_len: 24,
+//!     uplink: "eth0".into(),
+//! }))?;
+//! let tap = Tap::open("vmtap%d")?;
+//! network.attach(tap.name())?;
+//! let tap_fd = tap.as_raw_fd(); // poll it; on input call process_queue(RXQ)
+//! let device = Net::new(tap, NetOptions::default())?;
+//! // Wrap `device` in a vmkit_virtio::mmio::MmioTransport and run the VM.
+//! # let _ = (tap_fd, device);
+//! network.teardown()?;
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod mode;
+pub mod netlink;
+pub mod nft;
+mod sysctl;
+pub mod tap;
+
+pub use mode::{ModeError, NatConfig, Network, NetworkMode, NetworkRecord, Port};
+pub use tap::{Tap, TapError, TapOptions};
+pub use vmkit_virtio::net::NetBackend;

@@ -1,0 +1,577 @@
+//! Network modes: where a VM's TAP device is plugged in.
+//!
+//! - [`NetworkMode::Isolated`]: a bridge with no uplink and no host
+//!   address (IPv6 off too), shared only by the VMs attached to it.
+//! - [`NetworkMode::Bridged`]: an existing host bridge, so VMs sit on the
+//!   host's LAN. Nothing is created; attaching enslaves the TAP.
+//! - [`NetworkMode::Nat`]: a bridge holding the gateway address of a
+//!   private subnet, IPv4 forwarding on the bridge and the uplink, and an
+//!   nftables table that masquerades the subnet out of the uplink and
+//!   forwards only the subnet's traffic (out, and replies back in).
+//!
+//! [`Network::setup`] is idempotent: run again with the same mode it finds
+//! what it made before (bridges carry the alias `vmkit-net <mode>`; NAT
+//! tables are named `vmkit_nat_<bridge>`) and leaves it as it is. It
+//! records what it created in a [`NetworkRecord`] (serializable, so a VMM
+//! can keep it across restarts); [`Network::teardown`] removes exactly
+//! that, is idempotent, and never deletes what existed before: a bridge
+//! without vmkit's alias, links it did not enslave, other nftables tables,
+//! a forwarding setting that was already on.
+//!
+//! Everything happens in the network namespace of the calling thread.
+//! The NAT mode needs the `nft` binary (Debian: `nftables`). DHCP and DNS
+//! for the private subnet are the VMM's to provide (or configure guests
+//! statically).
+
+use std::net::Ipv4Addr;
+
+use crate::netlink::{Link, NetlinkError, Rtnl};
+use crate::nft::{self, NftError};
+use crate::sysctl;
+use crate::tap::MAX_IFNAME_LEN;
+
+/// The NAT mode's settings.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NatConfig {
+    /// The bridge to create for the subnet.
+    pub bridge: String,
+    /// The host's address on the subnet, the VMs' gateway (e.g. 10.0.2.1).
+    pub gateway: Ipv4Addr,
+    /// The subnet's prefix length, 8 to 30 (e.g. 24).
+    pub prefix_len: u8,
+    /// The host interface that leads out (e.g. `eth0`).
+    pub uplink: String,
+}
+
+impl NatConfig {
+    /// The subnet's network address.
+    pub fn network(&self) -> Ipv4Addr {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0);
+        Ipv4Addr::from(u32::from(self.gateway) & mask)
+    }
+}
+
+/// Where a VM's TAP device goes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum NetworkMode {
+    /// A private bridge named `bridge`, no uplink, no host address.
+    Isolated {
+        /// The bridge (created if absent).
+        bridge: String,
+    },
+    /// An existing host bridge.
+    Bridged {
+        /// The bridge (must exist).
+        bridge: String,
+    },
+    /// A private subnet behind the host, masqueraded.
+    Nat(NatConfig),
+}
+
+impl NetworkMode {
+    /// The bridge VMs are attached to.
+    pub fn bridge(&self) -> &str {
+        match self {
+            NetworkMode::Isolated { bridge } | NetworkMode::Bridged { bridge } => bridge,
+            NetworkMode::Nat(c) => &c.bridge,
+        }
+    }
+
+    fn alias(&self) -> Option<&'static str> {
+        match self {
+            NetworkMode::Isolated { .. } => Some("vmkit-net isolated"),
+            NetworkMode::Nat(_) => Some("vmkit-net nat"),
+            NetworkMode::Bridged { .. } => None,
+        }
+    }
+}
+
+/// What [`Network::setup`] and [`Network::attach`] created or changed:
+/// exactly what [`Network::teardown`] undoes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkRecord {
+    /// The mode.
+    pub mode: NetworkMode,
+    /// The bridge is vmkit's (created by this or an earlier setup).
+    pub bridge_created: bool,
+    /// The NAT table, if one was created.
+    pub nft_table: Option<String>,
+    /// Forwarding on the NAT uplink was off before vmkit turned it on.
+    pub uplink_forwarding_enabled: bool,
+    /// Links vmkit enslaved to the bridge.
+    pub attached: Vec<Port>,
+}
+
+/// A link [`Network::attach`] enslaved, and what it changed on it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Port {
+    /// The link's name.
+    pub name: String,
+    /// The link was down and vmkit brought it up.
+    pub brought_up: bool,
+    /// IPv6 was on and vmkit turned it off (a bridge port needs no
+    /// addresses of its own; without IPv6 the host sends no neighbour
+    /// discovery from it into the VM).
+    pub ipv6_disabled: bool,
+}
+
+impl NetworkRecord {
+    /// The names of the attached links.
+    pub fn attached_names(&self) -> Vec<&str> {
+        self.attached.iter().map(|p| p.name.as_str()).collect()
+    }
+}
+
+/// Errors of the network modes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModeError {
+    /// An interface name is empty, too long, or has characters other than
+    /// letters, digits, `-`, `_` and `.`.
+    #[error("interface name {name:?} is invalid: 1 to 15 of [A-Za-z0-9._-]")]
+    InvalidName {
+        /// The name.
+        name: String,
+    },
+    /// The NAT subnet is unusable.
+    #[error("NAT subnet {gateway}/{prefix_len} is invalid: {reason}")]
+    InvalidSubnet {
+        /// The gateway.
+        gateway: Ipv4Addr,
+        /// The prefix length.
+        prefix_len: u8,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A link that must exist does not.
+    #[error("no link named {name:?}")]
+    NoSuchLink {
+        /// The name.
+        name: String,
+    },
+    /// A link that must be a bridge is not.
+    #[error("link {name:?} is not a bridge (kind {kind:?})")]
+    NotABridge {
+        /// The name.
+        name: String,
+        /// Its kind.
+        kind: Option<String>,
+    },
+    /// A link of the bridge's name exists and is not vmkit's for this mode.
+    #[error("link {name:?} exists and was not made by vmkit for this mode (alias {alias:?}); pick another bridge name")]
+    BridgeInUse {
+        /// The name.
+        name: String,
+        /// Its alias.
+        alias: Option<String>,
+    },
+    /// A link to attach is already enslaved elsewhere.
+    #[error("link {name:?} is already enslaved to link index {master}")]
+    AlreadyEnslaved {
+        /// The link.
+        name: String,
+        /// Its master's index.
+        master: u32,
+    },
+    /// The bridge still has ports vmkit did not attach: deleting it would
+    /// cut them off.
+    #[error("bridge {bridge:?} still has ports {ports:?} that this network did not attach; detach them first")]
+    BridgeBusy {
+        /// The bridge.
+        bridge: String,
+        /// The other ports.
+        ports: Vec<String>,
+    },
+    /// A netlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// An nftables operation failed.
+    #[error(transparent)]
+    Nft(#[from] NftError),
+    /// A sysctl could not be read or written.
+    #[error("sysctl {path}: {source}")]
+    Sysctl {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn check_name(name: &str) -> Result<(), ModeError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_IFNAME_LEN
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ModeError::InvalidName {
+            name: name.to_string(),
+        })
+    }
+}
+
+fn sysctl_err(iface: &str) -> impl Fn(std::io::Error) -> ModeError + '_ {
+    move |source| ModeError::Sysctl {
+        path: sysctl::forwarding_path(iface).display().to_string(),
+        source,
+    }
+}
+
+fn validate(mode: &NetworkMode) -> Result<(), ModeError> {
+    check_name(mode.bridge())?;
+    if let NetworkMode::Nat(c) = mode {
+        check_name(&c.uplink)?;
+        let bad = |reason| ModeError::InvalidSubnet {
+            gateway: c.gateway,
+            prefix_len: c.prefix_len,
+            reason,
+        };
+        if !(8..=30).contains(&c.prefix_len) {
+            return Err(bad("the prefix length must be 8 to 30"));
+        }
+        let host_bits = u32::MAX >> c.prefix_len;
+        let host = u32::from(c.gateway) & host_bits;
+        if host == 0 || host == host_bits {
+            return Err(bad("the gateway is the network or the broadcast address"));
+        }
+        if c.gateway.is_loopback() || c.gateway.is_multicast() || c.gateway.is_unspecified() {
+            return Err(bad("the gateway is not a unicast address"));
+        }
+        if c.uplink == c.bridge {
+            return Err(bad("the uplink is the bridge itself"));
+        }
+    }
+    Ok(())
+}
+
+/// A VM network: the mode, and what vmkit created for it.
+///
+/// ```no_run
+/// use vmkit_net::{Network, NetworkMode, NatConfig, Tap};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut net = Network::setup(NetworkMode::Nat(NatConfig {
+///     bridge: "vmkbr0".into(),
+///     gateway: "10.0.2.1".parse()?,
+///     prefix_len: 24,
+///     uplink: "eth0".into(),
+/// }))?;
+/// let tap = Tap::open("vmtap%d")?;
+/// net.attach(tap.name())?;
+/// // Keep `net.record()` (serde) to tear down after a restart if needed.
+/// // … run the VM with `tap` as its virtio-net backend …
+/// net.teardown()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Network {
+    record: NetworkRecord,
+}
+
+impl Network {
+    /// Puts the mode in place (idempotently); see the module documentation.
+    /// On failure, whatever this call created is removed again.
+    pub fn setup(mode: NetworkMode) -> Result<Network, ModeError> {
+        validate(&mode)?;
+        let mut net = Network {
+            record: NetworkRecord {
+                mode,
+                bridge_created: false,
+                nft_table: None,
+                uplink_forwarding_enabled: false,
+                attached: Vec::new(),
+            },
+        };
+        let mut rtnl = Rtnl::new()?;
+        match net.build(&mut rtnl) {
+            Ok(()) => Ok(net),
+            Err(e) => {
+                // Best effort: the first error is the one to report.
+                let _ = net.teardown();
+                Err(e)
+            }
+        }
+    }
+
+    /// A network from a record kept earlier, e.g. to tear it down after
+    /// a VMM restart. The record is trusted to be what `setup` wrote;
+    /// teardown still checks aliases and names before deleting anything.
+    pub fn from_record(record: NetworkRecord) -> Network {
+        Network { record }
+    }
+
+    /// What was created.
+    pub fn record(&self) -> &NetworkRecord {
+        &self.record
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> &NetworkMode {
+        &self.record.mode
+    }
+
+    /// The bridge name.
+    pub fn bridge(&self) -> &str {
+        self.record.mode.bridge()
+    }
+
+    fn build(&mut self, rtnl: &mut Rtnl) -> Result<(), ModeError> {
+        let mode = self.record.mode.clone();
+        let bridge = mode.bridge();
+        match &mode {
+            NetworkMode::Bridged { .. } => {
+                let link = rtnl.link(bridge)?.ok_or_else(|| ModeError::NoSuchLink {
+                    name: bridge.to_string(),
+                })?;
+                if !link.is_bridge() {
+                    return Err(ModeError::NotABridge {
+                        name: link.name,
+                        kind: link.kind,
+                    });
+                }
+            }
+            NetworkMode::Isolated { .. } => {
+                self.own_bridge(rtnl)?;
+            }
+            NetworkMode::Nat(c) => {
+                if rtnl.link(&c.uplink)?.is_none() {
+                    return Err(ModeError::NoSuchLink {
+                        name: c.uplink.clone(),
+                    });
+                }
+                let br = self.own_bridge(rtnl)?;
+                let have = rtnl.ipv4_addrs(br.index)?;
+                if !have.contains(&(c.gateway, c.prefix_len)) {
+                    rtnl.add_ipv4_addr(&br, c.gateway, c.prefix_len)?;
+                }
+                // The bridge is ours: its forwarding goes with it.
+                sysctl::set_forwarding(bridge, true).map_err(sysctl_err(bridge))?;
+                self.nat_rules(c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the bridge, or recognizes the one an earlier setup made;
+    /// brings it up.
+    fn own_bridge(&mut self, rtnl: &mut Rtnl) -> Result<Link, ModeError> {
+        let name = self.record.mode.bridge().to_string();
+        let alias = self.record.mode.alias().unwrap_or_default();
+        let link = match rtnl.link(&name)? {
+            Some(l) if l.is_bridge() && l.alias.as_deref() == Some(alias) => l,
+            Some(l) => {
+                return Err(ModeError::BridgeInUse {
+                    name,
+                    alias: l.alias,
+                })
+            }
+            None => {
+                rtnl.add_bridge(&name)?;
+                self.record.bridge_created = true;
+                let l = rtnl
+                    .link(&name)?
+                    .ok_or_else(|| ModeError::NoSuchLink { name: name.clone() })?;
+                rtnl.set_alias(&l, alias)?;
+                l
+            }
+        };
+        self.record.bridge_created = true;
+        // No IPv6 (hence no link-local address) on vmkit's bridges: the
+        // isolated mode keeps the host off the segment, the NAT mode is IPv4.
+        sysctl::disable_ipv6(&name).map_err(|source| ModeError::Sysctl {
+            path: format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"),
+            source,
+        })?;
+        if !link.up {
+            rtnl.set_up(&link, true)?;
+        }
+        Ok(link)
+    }
+
+    fn nat_rules(&mut self, c: &NatConfig) -> Result<(), ModeError> {
+        let table = nft::table_name(&c.bridge);
+        let on = sysctl::forwarding(&c.uplink).map_err(sysctl_err(&c.uplink))?;
+        // vmkit owes the uplink a reset to "off" if it is off now, or if a
+        // NAT table (an earlier version of ours, or another network's) on
+        // this uplink already owes it.
+        let mut owed = !on;
+        for t in nft::vmkit_tables()? {
+            owed |= nft::marks(&t)?
+                .iter()
+                .any(|(uplink, was_off)| *uplink == c.uplink && *was_off);
+        }
+        self.record.nft_table = Some(table.clone());
+        nft::apply_nat(&nft::NatRules {
+            table,
+            bridge: c.bridge.clone(),
+            uplink: c.uplink.clone(),
+            network: c.network(),
+            prefix_len: c.prefix_len,
+            forwarding_was_off: owed,
+        })?;
+        self.record.uplink_forwarding_enabled = owed;
+        if !on {
+            sysctl::set_forwarding(&c.uplink, true).map_err(sysctl_err(&c.uplink))?;
+        }
+        Ok(())
+    }
+
+    /// Enslaves the link `name` (a VM's TAP) to the bridge, turns IPv6
+    /// off on it and brings it up. Idempotent: a link already on this
+    /// bridge is fine.
+    pub fn attach(&mut self, name: &str) -> Result<(), ModeError> {
+        check_name(name)?;
+        let mut rtnl = Rtnl::new()?;
+        let bridge = self.bridge().to_string();
+        let br = rtnl
+            .link(&bridge)?
+            .ok_or(ModeError::NoSuchLink { name: bridge })?;
+        let link = rtnl.link(name)?.ok_or_else(|| ModeError::NoSuchLink {
+            name: name.to_string(),
+        })?;
+        if let Some(master) = link.master.filter(|&m| m != br.index) {
+            return Err(ModeError::AlreadyEnslaved {
+                name: name.to_string(),
+                master,
+            });
+        }
+        let known = self.record.attached.iter().position(|p| p.name == name);
+        let mut port = match known.and_then(|i| self.record.attached.get(i)) {
+            Some(p) => p.clone(),
+            None => Port {
+                name: name.to_string(),
+                brought_up: false,
+                ipv6_disabled: false,
+            },
+        };
+        // Record each change as it is made, so that a failure midway
+        // still leaves a record teardown can undo.
+        let result = (|| {
+            if sysctl::ipv6_enabled(name) {
+                sysctl::disable_ipv6(name).map_err(|source| ModeError::Sysctl {
+                    path: format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"),
+                    source,
+                })?;
+                port.ipv6_disabled = true;
+            }
+            if link.master.is_none() {
+                rtnl.set_master(&link, Some(br.index))?;
+            }
+            if !link.up {
+                rtnl.set_up(&link, true)?;
+                port.brought_up = true;
+            }
+            Ok(())
+        })();
+        match known.and_then(|i| self.record.attached.get_mut(i)) {
+            Some(p) => *p = port,
+            None => self.record.attached.push(port),
+        }
+        result
+    }
+
+    /// Frees link `name` from the bridge if this network attached it and
+    /// it is still there, and undoes what attaching changed on it.
+    /// Idempotent.
+    pub fn detach(&mut self, name: &str) -> Result<(), ModeError> {
+        let mut rtnl = Rtnl::new()?;
+        self.detach_with(&mut rtnl, name)
+    }
+
+    fn detach_with(&mut self, rtnl: &mut Rtnl, name: &str) -> Result<(), ModeError> {
+        let Some(i) = self.record.attached.iter().position(|p| p.name == name) else {
+            return Ok(());
+        };
+        let Some(port) = self.record.attached.get(i).cloned() else {
+            return Ok(());
+        };
+        let br = rtnl.link(self.record.mode.bridge())?;
+        if let Some(link) = rtnl.link(name)? {
+            if br.is_some_and(|b| link.master == Some(b.index)) {
+                rtnl.set_master(&link, None)?;
+            }
+            if port.brought_up && link.up {
+                rtnl.set_up(&link, false)?;
+            }
+            if port.ipv6_disabled {
+                sysctl::enable_ipv6(name).map_err(|source| ModeError::Sysctl {
+                    path: format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"),
+                    source,
+                })?;
+            }
+        }
+        self.record.attached.remove(i);
+        Ok(())
+    }
+
+    /// Removes what this network created (see the module documentation).
+    /// Idempotent; the record is emptied as things go.
+    pub fn teardown(&mut self) -> Result<(), ModeError> {
+        let mut rtnl = Rtnl::new()?;
+        let bridge = self.bridge().to_string();
+        let alias = self.record.mode.alias();
+        // Refuse to cut off ports this network did not attach, before
+        // changing anything.
+        let ours = |l: &Link| alias.is_some() && l.is_bridge() && l.alias.as_deref() == alias;
+        let br = rtnl.link(&bridge)?;
+        if self.record.bridge_created {
+            if let Some(br) = br.as_ref().filter(|b| ours(b)) {
+                let others: Vec<String> = rtnl
+                    .links()?
+                    .into_iter()
+                    .filter(|l| l.master == Some(br.index))
+                    .map(|l| l.name)
+                    .filter(|n| !self.record.attached.iter().any(|p| p.name == *n))
+                    .collect();
+                if !others.is_empty() {
+                    return Err(ModeError::BridgeBusy {
+                        bridge,
+                        ports: others,
+                    });
+                }
+            }
+        }
+        for port in self.record.attached.clone() {
+            self.detach_with(&mut rtnl, &port.name)?;
+        }
+        if let Some(table) = self.record.nft_table.clone() {
+            nft::delete_table(&table)?;
+            self.record.nft_table = None;
+        }
+        if let NetworkMode::Nat(c) = &self.record.mode {
+            if self.record.uplink_forwarding_enabled {
+                let mut still_owed = false;
+                for t in nft::vmkit_tables()? {
+                    still_owed |= nft::marks(&t)?.iter().any(|(u, _)| *u == c.uplink);
+                }
+                // Another NAT network on this uplink still needs it (and
+                // carries the obligation); the last one restores it.
+                if !still_owed && rtnl.link(&c.uplink)?.is_some() {
+                    sysctl::set_forwarding(&c.uplink, false).map_err(sysctl_err(&c.uplink))?;
+                }
+                self.record.uplink_forwarding_enabled = false;
+            }
+        }
+        if self.record.bridge_created {
+            if let Some(br) = br.filter(|b| ours(b)) {
+                match rtnl.del_link(br.index, &br.name) {
+                    Ok(()) => {}
+                    Err(NetlinkError::Request { source, .. })
+                        if source.raw_os_error() == Some(libc::ENODEV) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.record.bridge_created = false;
+        }
+        Ok(())
+    }
+}

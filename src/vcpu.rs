@@ -231,6 +231,18 @@ pub trait Vcpu: Send {
     /// A handle that kicks this vCPU out of `run()` from another thread.
     fn kick_handle(&self) -> KickHandle;
 
+    /// Finishes the access of the last port-I/O or MMIO exit without running the guest on.
+    ///
+    /// A hypervisor may complete such an access, and move the instruction pointer past the
+    /// instruction, only when the vCPU next runs (KVM does, on Intel and AMD alike), so state
+    /// read right after the exit can still point at the instruction. Call this before saving
+    /// a vCPU's state ([`snapshot::save_vcpu`](crate::snapshot::save_vcpu) does); it is
+    /// harmless when nothing is pending. The default does nothing, for backends that complete
+    /// accesses at once.
+    fn complete_pending_io(&self) -> Result<(), VcpuError> {
+        Ok(())
+    }
+
     /// Enables or disables single-stepping and hardware breakpoints.
     fn set_guest_debug(&self, debug: &GuestDebug) -> Result<(), VcpuError>;
 

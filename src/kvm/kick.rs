@@ -105,6 +105,23 @@ impl KickState {
         true
     }
 
+    /// Runs `enter` (a `KVM_RUN`) with `immediate_exit` set, so that KVM finishes what the
+    /// previous exit left pending and returns without entering the guest; then re-arms
+    /// `immediate_exit` for kicks. A kick landing meanwhile keeps `pending`, so the next
+    /// `run()` still reports it.
+    pub(crate) fn with_immediate_exit<T>(&self, enter: impl FnOnce() -> T) -> T {
+        if let Some(flag) = self.immediate_exit() {
+            flag.store(1, Ordering::SeqCst);
+        }
+        let result = enter();
+        if !self.pending.load(Ordering::SeqCst) {
+            if let Some(flag) = self.immediate_exit() {
+                flag.store(0, Ordering::SeqCst);
+            }
+        }
+        result
+    }
+
     /// Makes later kicks leave the vCPU's memory alone; returns once no kick touches it.
     pub(crate) fn detach(&self) {
         self.immediate_exit

@@ -174,6 +174,26 @@ impl Vcpu for KvmVcpu {
         KickHandle::new(self.kick.clone())
     }
 
+    fn complete_pending_io(&self) -> Result<(), VcpuError> {
+        // KVM completes a port or MMIO access (and moves RIP past it) on the next KVM_RUN;
+        // with immediate_exit set, that KVM_RUN does just this and returns EINTR.
+        // SAFETY: KVM_RUN takes no argument and the fd is a vCPU fd. No exit can be borrowed
+        // from this vCPU (exits borrow it mutably), so KVM rewriting kvm_run's exit fields
+        // disturbs no reader; the result is checked.
+        let ret = self
+            .kick
+            .with_immediate_exit(|| unsafe { ioctl(&self.fd, KVM_RUN()) });
+        let err = std::io::Error::last_os_error();
+        match (ret, err.raw_os_error()) {
+            (0.., _) | (_, Some(libc::EINTR | libc::EAGAIN)) => Ok(()),
+            _ => Err(VcpuError::Os {
+                vcpu: self.id,
+                op: "KVM_RUN (immediate exit, to complete pending I/O)",
+                source: err,
+            }),
+        }
+    }
+
     fn set_guest_debug(&self, debug: &GuestDebug) -> Result<(), VcpuError> {
         if debug.hw_breakpoints.len() > GuestDebug::MAX_HW_BREAKPOINTS {
             return Err(self.invalid(

@@ -87,12 +87,15 @@ pub fn readable_msrs(vcpu: &dyn Vcpu, candidates: &[u32]) -> Vec<u32> {
         .collect()
 }
 
-/// Captures `vcpu`'s state. `msrs` are the MSRs to save (see [`readable_msrs`]).
+/// Captures `vcpu`'s state, after completing the access its last exit left pending (see
+/// [`Vcpu::complete_pending_io`]). `msrs` are the MSRs to save (see [`readable_msrs`]).
 pub fn save_vcpu(
     vcpu: &dyn Vcpu,
     msrs: &[u32],
     features: Features,
 ) -> Result<VcpuState, VcpuError> {
+    // An access the last exit left pending would otherwise be replayed after restore.
+    vcpu.complete_pending_io()?;
     // The order follows what KVM needs on restore, in reverse: events last, since MSR and
     // register writes can change them.
     let mp_state = vcpu.mp_state()?;

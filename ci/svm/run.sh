@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# The hardware-virtualization harness: runs vmkit's tests and the Linux boot benchmark on a
+# KVM that uses (emulated) AMD SVM. QEMU's TCG emulator with SVM boots Debian's kernel as L1
+# from an initramfs holding the test binaries; L1 loads kvm-amd, so its /dev/kvm is a real
+# hardware-virtualization KVM whose guests (L2) run at TCG speed. See ci/svm/l1-init for
+# what runs inside and ci/svm/l1-tests.sh for the tests.
+#
+#   ci/svm/run.sh
+#
+# Environment:
+#   VMKIT_SVM_ONLY=a,b         run only these tests (names in ci/svm/l1-tests.sh)
+#   VMKIT_SVM_QEMU_TIMEOUT=s   wall-clock limit of each L1 run (default 900)
+#   VMKIT_SVM_TIMEOUT=s        limit of each test inside L1 (default 600)
+#   VMKIT_BENCH_ROUNDS=n       benchmark rounds (default 7; 3 with VMKIT_SVM_BENCH_ICOUNT=1,
+#                              where every round gives the same times)
+#   VMKIT_SVM_CPU=model        L1's CPU (default max: SVM, NPT, and XSAVE for L1's KVM)
+#   VMKIT_SVM_BENCH_ICOUNT=1   run the benchmark in a second L1 whose clock counts executed
+#                              instructions (-icount shift=0,sleep=off: 1 ns each, idle time
+#                              skipped) instead of following the host's: its times do not
+#                              depend on the host's load (identical from round to round), at
+#                              the price of ~2x the wall time per boot. Only the benchmark:
+#                              the tests do not all run well that way (SMP L2 guests crawl).
+# Prints the phase durations and a closing "N passed, M failed"; exits non-zero if a test
+# failed, a marker is missing, or QEMU timed out.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+# shellcheck source=common.sh
+. "$here/common.sh"
+cd "$root"
+
+phase_start=$SECONDS
+phases=()
+phase_done() {
+    phases+=("$1 $((SECONDS - phase_start)) s")
+    log "phase $1 took $((SECONDS - phase_start)) s"
+    phase_start=$SECONDS
+}
+
+need qemu-system-x86_64:qemu-system-x86 python3:python3 cpio:cpio ldd:libc-bin \
+    strip:binutils timeout:coreutils
+command -v cargo >/dev/null || { log "cargo is missing"; exit 1; }
+
+# The tests to run, in l1-tests.sh's order; a name that matches nothing would silently run
+# nothing, so it is refused up front.
+known=$(sed -n 's/^TESTS="\(.*\)"$/\1/p' "$here/l1-tests.sh")
+[ -n "$known" ] || { log "no TESTS= line in $here/l1-tests.sh"; exit 1; }
+if [ -n "${VMKIT_SVM_ONLY:-}" ]; then
+    for name in ${VMKIT_SVM_ONLY//,/ }; do
+        [[ " $known " == *" $name "* ]] || { log "VMKIT_SVM_ONLY: no test $name (known: $known)"; exit 1; }
+    done
+fi
+selected=()
+for name in $known; do
+    [[ ",${VMKIT_SVM_ONLY:-$name}," == *",$name,"* ]] && selected+=("$name")
+done
+for var in VMKIT_SVM_TIMEOUT VMKIT_BENCH_ROUNDS; do
+    [[ ${!var:-0} =~ ^[0-9]+$ ]] || { log "$var=${!var}: not a number"; exit 1; }
+done
+
+# --- assets
+assets=$("$here/assets.sh" | tail -n 1)
+phase_done assets
+
+# --- build
+# executables JSON: the paths of the executables in cargo's --message-format=json output.
+executables() {
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
+        print(msg["target"]["name"], msg["executable"])
+'
+}
+declare -A bins=()
+build() {
+    local what=$1 out
+    shift
+    log "cargo $*"
+    if out=$(cargo "$@" --locked --message-format=json); then
+        while read -r name path; do
+            bins[$name]=$path
+        done < <(executables <<<"$out")
+    else
+        log "$what did not build; its tests will report FAILED"
+    fi
+}
+if [ -f examples/boot_linux.rs ]; then
+    build boot_linux build --release --example boot_linux
+else
+    log "examples/boot_linux.rs does not exist yet: the boot_linux tests will report FAILED"
+fi
+build "the test binaries" test --release --no-run --test conformance --test kvm
+if grep -q "^name = \"linux_boot\"" Cargo.toml; then
+    # cargo bench builds with the bench profile, which inherits release.
+    build "the linux_boot bench" bench --no-run --bench linux_boot
+else
+    log "Cargo.toml has no linux_boot bench entry: the benchmark will report FAILED"
+fi
+phase_done build
+
+# --- L1 initramfs
+stage=$assets/l1-root
+rm -rf "$stage"
+mkdir -p "$stage"/{bin,dev,proc,sys,tmp,modules,harness,vmkit/bin,qemu/bin,qemu/share,l2,lib64}
+cp /bin/busybox "$stage/bin/busybox"
+for applet in $(/bin/busybox --list); do
+    [ "$applet" = busybox ] || ln -s busybox "$stage/bin/$applet"
+done
+cp "$here/l1-init" "$stage/init"
+cp "$here/l1-tests.sh" "$stage/harness/tests.sh"
+cp "$assets/l1/modules"/* "$stage/modules/"
+cp "$assets/l2/vmlinux" "$assets/l2/bzImage" "$assets/l2/initrd.cpio.gz" "$stage/l2/"
+cp "$assets/pattern.bin" "$stage/pattern.bin"
+
+# add_libs BINARY: the shared libraries BINARY needs, at the paths the loader will look.
+add_libs() {
+    local lib
+    for lib in $(ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+        if [ ! -e "$stage$lib" ]; then
+            mkdir -p "$stage$(dirname "$lib")"
+            cp -L "$lib" "$stage$lib"
+        fi
+    done
+}
+for name in conformance kvm boot_linux linux_boot; do
+    [ -n "${bins[$name]:-}" ] || continue
+    # Line tables are not needed inside L1 and would double the initramfs.
+    strip --strip-debug -o "$stage/vmkit/bin/$name" "${bins[$name]}"
+    add_libs "$stage/vmkit/bin/$name"
+done
+qemu=$(command -v qemu-system-x86_64)
+cp "$qemu" "$stage/qemu/bin/"
+add_libs "$qemu"
+# microvm's firmware is qboot (bios-microvm.bin); the option ROMs for -kernel come along in
+# case x-option-roms is turned back on.
+for fw in bios-microvm.bin pvh.bin linuxboot_dma.bin; do
+    cp -L "/usr/share/qemu/$fw" "$stage/qemu/share/$fw"
+done
+l1_cpio=$assets/L1.cpio
+cpio_dir "$stage" >"$l1_cpio"
+log "L1 initramfs: $(du -m "$l1_cpio" | cut -f1) MiB"
+phase_done initramfs
+
+# --- QEMU
+# The L1 runs: normally one for everything; with VMKIT_SVM_BENCH_ICOUNT=1 the benchmark gets
+# its own, with an instruction-counting clock.
+main_tests=() bench_tests=()
+for name in "${selected[@]}"; do
+    if [ "${VMKIT_SVM_BENCH_ICOUNT:-0}" = 1 ] && [ "$name" = linux_boot_bench ]; then
+        bench_tests+=("$name")
+    else
+        main_tests+=("$name")
+    fi
+done
+
+passed=0 failed=0
+problems=() consoles=()
+# run_l1 NAME TESTS ACCEL...: boots L1 with the ACCEL options to run the comma-separated
+# TESTS, tees its console to $assets/l1-NAME.log and adds its markers to the counts.
+run_l1() {
+    local name=$1 tests=$2 status planned p f
+    shift 2
+    local append="console=ttyS0 panic=-1 quiet loglevel=4 VMKIT_SVM_ONLY=$tests"
+    [ -n "${VMKIT_SVM_TIMEOUT:-}" ] && append+=" VMKIT_SVM_TIMEOUT=$VMKIT_SVM_TIMEOUT"
+    [ -n "${VMKIT_BENCH_ROUNDS:-}" ] && append+=" VMKIT_BENCH_ROUNDS=$VMKIT_BENCH_ROUNDS"
+    local console=$assets/l1-$name.log
+    consoles+=("$console.clean")
+    # Everything in L1 runs at TCG speed on a host CPU that others may share: the load says
+    # how much the timings are worth.
+    log "booting L1 for $tests (console in $console); host load: $(cut -d' ' -f1-3 /proc/loadavg)"
+    set +e
+    # -nic none: no NIC, so SeaBIOS does not run iPXE's option ROM.
+    timeout -k 10 "${VMKIT_SVM_QEMU_TIMEOUT:-900}" qemu-system-x86_64 "$@" \
+        -cpu "${VMKIT_SVM_CPU:-max}" -smp 1 -m 4096 -nic none -nographic -no-reboot \
+        -kernel "$assets/l1/vmlinuz" -initrd "$l1_cpio" -append "$append" \
+        </dev/null 2>&1 | tee "$console"
+    status=${PIPESTATUS[0]}
+    set -e
+    log "L1 is done; host load: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+    tr -d '\r' <"$console" >"$console.clean"
+    planned=$(sed -n 's/^VMKIT-TESTS-BEGIN \([0-9]*\)$/\1/p' "$console.clean" | tail -n 1)
+    p=$(grep -cE '^VMKIT-TEST [^ ]+ ok( |$)' "$console.clean" || true)
+    f=$(grep -cE '^VMKIT-TEST [^ ]+ FAILED( |$)' "$console.clean" || true)
+    case $status in
+        0) ;;
+        124 | 137) problems+=("$name: QEMU timed out after ${VMKIT_SVM_QEMU_TIMEOUT:-900} s") ;;
+        *) problems+=("$name: QEMU exited with status $status") ;;
+    esac
+    [ -n "$planned" ] || problems+=("$name: no VMKIT-TESTS-BEGIN marker: L1 did not get to its tests")
+    grep -qx 'VMKIT-TESTS-END' "$console.clean" || problems+=("$name: no VMKIT-TESTS-END marker")
+    # Tests that never reported (a crash, a timeout) count as failed.
+    local want
+    want=$(tr ',' ' ' <<<"$tests" | wc -w)
+    if [ $((p + f)) -ne "$want" ]; then
+        problems+=("$name: $want tests planned, $((p + f)) reported")
+        f=$((want - p))
+    fi
+    passed=$((passed + p))
+    failed=$((failed + f))
+}
+join() {
+    local IFS=,
+    echo "$*"
+}
+if [ ${#main_tests[@]} -gt 0 ]; then
+    run_l1 console "$(join "${main_tests[@]}")" -accel tcg,thread=multi
+fi
+if [ ${#bench_tests[@]} -gt 0 ]; then
+    VMKIT_BENCH_ROUNDS=${VMKIT_BENCH_ROUNDS:-3} run_l1 bench-icount "$(join "${bench_tests[@]}")" \
+        -accel tcg,thread=single -icount shift=0,sleep=off
+fi
+phase_done qemu
+
+# --- verdict
+echo
+echo "=== SVM harness"
+printf '  %s\n' "${phases[@]}"
+cat "${consoles[@]}" | grep -E '^VMKIT-TEST ' | sed 's/^/  /' || true
+cat "${consoles[@]}" | grep -E '^\| linux_boot: (median|ratio|FAILED)' | sed 's/^| /  /' || true
+for p in "${problems[@]}"; do
+    echo "  problem: $p"
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ ${#problems[@]} -eq 0 ]

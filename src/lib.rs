@@ -1,7 +1,7 @@
 //! # vmkit
 //!
 //! An embeddable hypervisor library: create VMs, map memory, run vCPUs and answer their exits,
-//! on KVM (and, in a later release, Xen) through one object-safe API.
+//! on KVM and on Xen (cargo feature `xen`) through one object-safe API.
 //!
 //! The pieces are:
 //! - [`Hypervisor`]: the host's hypervisor, from [`open`] (or a backend type such as
@@ -66,6 +66,8 @@ pub mod pause;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
+#[cfg(feature = "xen")]
+pub mod xen;
 
 pub use dirty::{DirtyLog, DirtyLogMode, DirtyRegion};
 pub use error::{Error, OpenAttempt, OpenFailure, Result};
@@ -82,10 +84,11 @@ pub use vcpu::{
 pub use vm::{ClockState, Vm, VmError};
 pub use vmm_sys_util::eventfd::EventFd;
 
-/// Opens the hypervisor this host has: KVM when `/dev/kvm` opens.
+/// Opens the hypervisor this host has: KVM when `/dev/kvm` opens, else Xen when this is a
+/// Xen dom0 (`/dev/xen/privcmd`; a dom0 has no `/dev/kvm`).
 ///
-/// Every compiled-in backend is tried in turn; if none can be used, the error lists each one
-/// with the reason (not compiled in, device missing, permission denied…).
+/// Every compiled-in backend is tried in turn, KVM first; if none can be used, the error
+/// lists each one with the reason (not compiled in, device missing, permission denied…).
 pub fn open() -> Result<Box<dyn Hypervisor>> {
     let mut tried = Vec::new();
 
@@ -101,6 +104,20 @@ pub fn open() -> Result<Box<dyn Hypervisor>> {
     tried.push(OpenAttempt {
         kind: HypervisorKind::Kvm,
         reason: OpenFailure::NotCompiled { feature: "kvm" },
+    });
+
+    #[cfg(feature = "xen")]
+    match xen::Xen::new() {
+        Ok(xen) => return Ok(Box::new(xen)),
+        Err(err) => tried.push(OpenAttempt {
+            kind: HypervisorKind::Xen,
+            reason: OpenFailure::Failed(err),
+        }),
+    }
+    #[cfg(not(feature = "xen"))]
+    tried.push(OpenAttempt {
+        kind: HypervisorKind::Xen,
+        reason: OpenFailure::NotCompiled { feature: "xen" },
     });
 
     Err(Error::NoHypervisor { tried })

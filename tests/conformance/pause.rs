@@ -14,8 +14,9 @@ use vmkit::arch::x86_64::boot;
 use vmkit::pause::VcpuPauser;
 use vmkit::{MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
 
-/// again: out 0x80, al; jmp again
-const PIO_LOOP: [u8; 4] = [0xe6, 0x80, 0xeb, 0xfc];
+/// again: out 0x81, al; jmp again  (not port 0x80: by default Xen lets HVM guests reach the
+/// real port 0x80, so byte accesses to it never exit)
+const PIO_LOOP: [u8; 4] = [0xe6, 0x81, 0xeb, 0xfc];
 
 pub fn pause_stops_every_vcpu_and_resume_restarts_them(hv: &dyn Hypervisor) {
     const VCPUS: u32 = 3;
@@ -46,7 +47,7 @@ pub fn pause_stops_every_vcpu_and_resume_restarts_them(hv: &dyn Hypervisor) {
             while !stop.load(Ordering::SeqCst) {
                 match vcpu.run().unwrap() {
                     VcpuExit::Kicked => pauser.park_if_paused(),
-                    VcpuExit::IoOut { port: 0x80, .. } => {
+                    VcpuExit::IoOut { port: 0x81, .. } => {
                         exits.fetch_add(1, Ordering::SeqCst);
                     }
                     other => panic!("unexpected exit {other:?}"),

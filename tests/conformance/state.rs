@@ -213,7 +213,14 @@ pub fn events_and_mp_state_round_trip(hv: &dyn Hypervisor) {
     t.vcpu.set_vcpu_events(&events).unwrap();
     let back = t.vcpu.vcpu_events().unwrap();
     assert!(back.nmi.pending && back.nmi.masked);
-    assert_eq!(back.interrupt.shadow, 1);
+    // AMD SVM has a single interrupt-shadow bit, which KVM reports as both the STI and the
+    // MOV SS shadow (3); Intel keeps them apart (1).
+    assert_ne!(
+        back.interrupt.shadow & 1,
+        0,
+        "shadow {}",
+        back.interrupt.shadow
+    );
 
     let t = long_mode_vm_with(hv, VmConfig::default().irqchip(true), &HLT);
     assert_eq!(t.vcpu.mp_state().unwrap(), MpState::Runnable);
@@ -236,6 +243,6 @@ crate::scenarios![
     cpuid_set_is_what_the_guest_executes,
     lapic_needs_an_irqchip_and_round_trips_with_one => crate::irqchip,
     xsave_and_xcrs_round_trip => crate::xsave,
-    events_and_mp_state_round_trip,
+    events_and_mp_state_round_trip => crate::vcpu_events,
     supported_cpuid_has_the_basic_leaves,
 ];

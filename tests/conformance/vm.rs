@@ -256,5 +256,5 @@ crate::scenarios![
     read_only_region_turns_guest_writes_into_mmio_exits => crate::read_only_memory,
     dirty_logging_regions_track_vmm_writes => crate::dirty_log,
     clock_can_be_read_and_moved_forward => crate::clock,
-    capabilities_serialize_and_compare,
+    capabilities_serialize_and_compare => crate::interrupt_plumbing_and_clock,
 ];

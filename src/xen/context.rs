@@ -1,0 +1,500 @@
+//! vCPU state on Xen: conversions between vmkit's register types and Xen's HVM CPU record
+//! (`struct hvm_hw_cpu`) and vCPU context (`struct vcpu_guest_context`), and the HVM context
+//! buffer format (a header record, typed records, an end marker).
+
+use super::sys::abi::{
+    CpuUserRegs, HvmHwCpu, HvmSaveDescriptor, HvmSaveHeader, Pod, HVM_FILE_MAGIC,
+    HVM_SAVE_CODE_END, HVM_SAVE_CODE_HEADER,
+};
+use crate::arch::x86_64::{msr_index, DescriptorTable, Fpu, Msr, Regs, Segment, SpecialRegs};
+
+/// One record of an HVM context buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub(crate) typecode: u16,
+    pub(crate) instance: u16,
+    pub(crate) data: Vec<u8>,
+}
+
+/// Why a context buffer could not be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ContextError {
+    /// A record claims more bytes than the buffer has.
+    #[error("HVM context record {typecode} at byte {offset} overruns the buffer")]
+    Truncated { typecode: u16, offset: usize },
+    /// The buffer does not start with a valid header record.
+    #[error("HVM context does not start with a header record")]
+    NoHeader,
+}
+
+/// Splits an HVM context buffer into its records, up to (not including) the end marker.
+/// The header comes first.
+pub(crate) fn parse(buf: &[u8]) -> Result<Vec<Record>, ContextError> {
+    let mut records = Vec::new();
+    let mut offset = 0usize;
+    let desc_len = std::mem::size_of::<HvmSaveDescriptor>();
+    while let Some(desc) = buf.get(offset..).and_then(HvmSaveDescriptor::from_bytes) {
+        if desc.typecode == HVM_SAVE_CODE_END {
+            break;
+        }
+        let start = offset + desc_len;
+        let end = start
+            .checked_add(desc.length as usize)
+            .filter(|&end| end <= buf.len())
+            .ok_or(ContextError::Truncated {
+                typecode: desc.typecode,
+                offset,
+            })?;
+        records.push(Record {
+            typecode: desc.typecode,
+            instance: desc.instance,
+            data: buf[start..end].to_vec(),
+        });
+        offset = end;
+    }
+    let header_ok = records.first().is_some_and(|r| {
+        r.typecode == HVM_SAVE_CODE_HEADER
+            && HvmSaveHeader::from_bytes(&r.data).is_some_and(|h| h.magic == HVM_FILE_MAGIC)
+    });
+    if !header_ok {
+        return Err(ContextError::NoHeader);
+    }
+    Ok(records)
+}
+
+/// Builds a context buffer from `records` (the header first) and an end marker.
+pub(crate) fn build<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for record in records {
+        let desc = HvmSaveDescriptor {
+            typecode: record.typecode,
+            instance: record.instance,
+            length: record.data.len() as u32,
+        };
+        buf.extend(desc.to_bytes());
+        buf.extend(&record.data);
+    }
+    buf.extend(HvmSaveDescriptor::default().to_bytes());
+    buf
+}
+
+/// Segment attributes as Xen packs them (`segment_attributes`): type in bits 0–3, then S,
+/// DPL (2 bits), P, AVL, L, D/B, G.
+fn attributes(s: &Segment) -> u32 {
+    u32::from(s.type_ & 0xf)
+        | u32::from(s.s) << 4
+        | u32::from(s.dpl & 3) << 5
+        | u32::from(s.present) << 7
+        | u32::from(s.avl) << 8
+        | u32::from(s.l) << 9
+        | u32::from(s.db) << 10
+        | u32::from(s.g) << 11
+}
+
+fn segment(selector: u32, base: u64, limit: u32, attr: u32) -> Segment {
+    let present = attr >> 7 & 1 == 1;
+    Segment {
+        base,
+        limit,
+        selector: selector as u16,
+        type_: (attr & 0xf) as u8,
+        present,
+        dpl: (attr >> 5 & 3) as u8,
+        db: attr >> 10 & 1 == 1,
+        s: attr >> 4 & 1 == 1,
+        l: attr >> 9 & 1 == 1,
+        g: attr >> 11 & 1 == 1,
+        avl: attr >> 8 & 1 == 1,
+        // Xen (like SVM) has no "unusable" flag: a segment that is not present is unusable.
+        unusable: !present,
+    }
+}
+
+macro_rules! segments {
+    ($cpu:ident, $sregs:ident, get) => {
+        $sregs.cs = segment($cpu.cs_sel, $cpu.cs_base, $cpu.cs_limit, $cpu.cs_arbytes);
+        $sregs.ds = segment($cpu.ds_sel, $cpu.ds_base, $cpu.ds_limit, $cpu.ds_arbytes);
+        $sregs.es = segment($cpu.es_sel, $cpu.es_base, $cpu.es_limit, $cpu.es_arbytes);
+        $sregs.fs = segment($cpu.fs_sel, $cpu.fs_base, $cpu.fs_limit, $cpu.fs_arbytes);
+        $sregs.gs = segment($cpu.gs_sel, $cpu.gs_base, $cpu.gs_limit, $cpu.gs_arbytes);
+        $sregs.ss = segment($cpu.ss_sel, $cpu.ss_base, $cpu.ss_limit, $cpu.ss_arbytes);
+        $sregs.tr = segment($cpu.tr_sel, $cpu.tr_base, $cpu.tr_limit, $cpu.tr_arbytes);
+        $sregs.ldt = segment(
+            $cpu.ldtr_sel,
+            $cpu.ldtr_base,
+            $cpu.ldtr_limit,
+            $cpu.ldtr_arbytes,
+        );
+    };
+}
+
+macro_rules! set_segment {
+    ($cpu:ident, $seg:expr, $sel:ident, $base:ident, $limit:ident, $attr:ident) => {
+        $cpu.$sel = u32::from($seg.selector);
+        $cpu.$base = $seg.base;
+        $cpu.$limit = $seg.limit;
+        $cpu.$attr = attributes(&$seg);
+    };
+}
+
+/// The special registers of a CPU record. `apic_base` comes from the local APIC, which
+/// the CPU record does not hold; CR8 and the interrupt bitmap are not part of Xen's vCPU
+/// state (the TPR lives in the APIC page; pending interrupts in the APIC's IRR).
+pub(crate) fn sregs_from(cpu: &HvmHwCpu, apic_base: u64) -> SpecialRegs {
+    let mut sregs = SpecialRegs::default();
+    segments!(cpu, sregs, get);
+    sregs.gdt = DescriptorTable {
+        base: cpu.gdtr_base,
+        limit: cpu.gdtr_limit as u16,
+    };
+    sregs.idt = DescriptorTable {
+        base: cpu.idtr_base,
+        limit: cpu.idtr_limit as u16,
+    };
+    sregs.cr0 = cpu.cr0;
+    sregs.cr2 = cpu.cr2;
+    sregs.cr3 = cpu.cr3;
+    sregs.cr4 = cpu.cr4;
+    sregs.efer = cpu.msr_efer;
+    sregs.apic_base = apic_base;
+    sregs
+}
+
+/// Writes `sregs` into a CPU record (all but `apic_base`, CR8 and the interrupt bitmap).
+pub(crate) fn set_sregs(cpu: &mut HvmHwCpu, sregs: &SpecialRegs) {
+    set_segment!(cpu, sregs.cs, cs_sel, cs_base, cs_limit, cs_arbytes);
+    set_segment!(cpu, sregs.ds, ds_sel, ds_base, ds_limit, ds_arbytes);
+    set_segment!(cpu, sregs.es, es_sel, es_base, es_limit, es_arbytes);
+    set_segment!(cpu, sregs.fs, fs_sel, fs_base, fs_limit, fs_arbytes);
+    set_segment!(cpu, sregs.gs, gs_sel, gs_base, gs_limit, gs_arbytes);
+    set_segment!(cpu, sregs.ss, ss_sel, ss_base, ss_limit, ss_arbytes);
+    set_segment!(cpu, sregs.tr, tr_sel, tr_base, tr_limit, tr_arbytes);
+    set_segment!(
+        cpu,
+        sregs.ldt,
+        ldtr_sel,
+        ldtr_base,
+        ldtr_limit,
+        ldtr_arbytes
+    );
+    cpu.gdtr_base = sregs.gdt.base;
+    cpu.gdtr_limit = u32::from(sregs.gdt.limit);
+    cpu.idtr_base = sregs.idt.base;
+    cpu.idtr_limit = u32::from(sregs.idt.limit);
+    cpu.cr0 = sregs.cr0;
+    cpu.cr2 = sregs.cr2;
+    cpu.cr3 = sregs.cr3;
+    cpu.cr4 = sregs.cr4;
+    cpu.msr_efer = sregs.efer;
+}
+
+/// The general-purpose registers of a vCPU context.
+pub(crate) fn regs_from(r: &CpuUserRegs) -> Regs {
+    Regs {
+        rax: r.rax,
+        rbx: r.rbx,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        rsp: r.rsp,
+        rbp: r.rbp,
+        r8: r.r8,
+        r9: r.r9,
+        r10: r.r10,
+        r11: r.r11,
+        r12: r.r12,
+        r13: r.r13,
+        r14: r.r14,
+        r15: r.r15,
+        rip: r.rip,
+        rflags: r.rflags,
+    }
+}
+
+/// Writes `regs` into a vCPU context's registers, keeping its other fields.
+pub(crate) fn set_regs(r: &mut CpuUserRegs, regs: &Regs) {
+    r.rax = regs.rax;
+    r.rbx = regs.rbx;
+    r.rcx = regs.rcx;
+    r.rdx = regs.rdx;
+    r.rsi = regs.rsi;
+    r.rdi = regs.rdi;
+    r.rsp = regs.rsp;
+    r.rbp = regs.rbp;
+    r.r8 = regs.r8;
+    r.r9 = regs.r9;
+    r.r10 = regs.r10;
+    r.r11 = regs.r11;
+    r.r12 = regs.r12;
+    r.r13 = regs.r13;
+    r.r14 = regs.r14;
+    r.r15 = regs.r15;
+    r.rip = regs.rip;
+    r.rflags = regs.rflags;
+}
+
+/// Offsets in the 512-byte FXSAVE image (64-bit format).
+mod fxsave {
+    pub const FCW: usize = 0;
+    pub const FSW: usize = 2;
+    pub const FTW: usize = 4;
+    pub const FOP: usize = 6;
+    pub const FIP: usize = 8;
+    pub const FDP: usize = 16;
+    pub const MXCSR: usize = 24;
+    pub const ST: usize = 32;
+    pub const XMM: usize = 160;
+}
+
+fn u16_at(b: &[u8; 512], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8; 512], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8; 512], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
+}
+
+/// The FPU state of an FXSAVE image.
+pub(crate) fn fpu_from(image: &[u8; 512]) -> Fpu {
+    let mut fpu = Fpu {
+        fcw: u16_at(image, fxsave::FCW),
+        fsw: u16_at(image, fxsave::FSW),
+        ftwx: image[fxsave::FTW],
+        last_opcode: u16_at(image, fxsave::FOP),
+        last_ip: u64_at(image, fxsave::FIP),
+        last_dp: u64_at(image, fxsave::FDP),
+        mxcsr: u32_at(image, fxsave::MXCSR),
+        ..Fpu::default()
+    };
+    for (i, reg) in fpu.fpr.iter_mut().enumerate() {
+        reg.copy_from_slice(&image[fxsave::ST + i * 16..fxsave::ST + (i + 1) * 16]);
+    }
+    for (i, reg) in fpu.xmm.iter_mut().enumerate() {
+        reg.copy_from_slice(&image[fxsave::XMM + i * 16..fxsave::XMM + (i + 1) * 16]);
+    }
+    fpu
+}
+
+/// Writes `fpu` into an FXSAVE image, keeping the bytes it does not describe (MXCSR_MASK).
+pub(crate) fn set_fpu(image: &mut [u8; 512], fpu: &Fpu) {
+    image[fxsave::FCW..fxsave::FCW + 2].copy_from_slice(&fpu.fcw.to_le_bytes());
+    image[fxsave::FSW..fxsave::FSW + 2].copy_from_slice(&fpu.fsw.to_le_bytes());
+    image[fxsave::FTW] = fpu.ftwx;
+    image[fxsave::FOP..fxsave::FOP + 2].copy_from_slice(&fpu.last_opcode.to_le_bytes());
+    image[fxsave::FIP..fxsave::FIP + 8].copy_from_slice(&fpu.last_ip.to_le_bytes());
+    image[fxsave::FDP..fxsave::FDP + 8].copy_from_slice(&fpu.last_dp.to_le_bytes());
+    image[fxsave::MXCSR..fxsave::MXCSR + 4].copy_from_slice(&fpu.mxcsr.to_le_bytes());
+    for (i, reg) in fpu.fpr.iter().enumerate() {
+        image[fxsave::ST + i * 16..fxsave::ST + (i + 1) * 16].copy_from_slice(reg);
+    }
+    for (i, reg) in fpu.xmm.iter().enumerate() {
+        image[fxsave::XMM + i * 16..fxsave::XMM + (i + 1) * 16].copy_from_slice(reg);
+    }
+}
+
+/// The MSRs a CPU record holds, in the order [`msr_index_list`] reports them.
+pub(crate) const MSRS: [u32; 14] = [
+    msr_index::EFER,
+    msr_index::STAR,
+    msr_index::LSTAR,
+    msr_index::CSTAR,
+    msr_index::SYSCALL_MASK,
+    msr_index::KERNEL_GS_BASE,
+    msr_index::SYSENTER_CS,
+    msr_index::SYSENTER_ESP,
+    msr_index::SYSENTER_EIP,
+    msr_index::TSC,
+    MSR_TSC_AUX,
+    MSR_FS_BASE,
+    MSR_GS_BASE,
+    // Listed last: not in the CPU record but in the local APIC's.
+    MSR_APIC_BASE,
+];
+
+const MSR_TSC_AUX: u32 = 0xc000_0103;
+const MSR_FS_BASE: u32 = 0xc000_0100;
+const MSR_GS_BASE: u32 = 0xc000_0101;
+/// `IA32_APIC_BASE`: read from the local APIC record; writing it is not supported.
+pub(crate) const MSR_APIC_BASE: u32 = 0x1b;
+
+/// The field of a CPU record that holds MSR `index`, if it is one.
+fn msr_field(cpu: &mut HvmHwCpu, index: u32) -> Option<&mut u64> {
+    Some(match index {
+        msr_index::EFER => &mut cpu.msr_efer,
+        msr_index::STAR => &mut cpu.msr_star,
+        msr_index::LSTAR => &mut cpu.msr_lstar,
+        msr_index::CSTAR => &mut cpu.msr_cstar,
+        msr_index::SYSCALL_MASK => &mut cpu.msr_syscall_mask,
+        msr_index::KERNEL_GS_BASE => &mut cpu.shadow_gs,
+        msr_index::SYSENTER_CS => &mut cpu.sysenter_cs,
+        msr_index::SYSENTER_ESP => &mut cpu.sysenter_esp,
+        msr_index::SYSENTER_EIP => &mut cpu.sysenter_eip,
+        msr_index::TSC => &mut cpu.tsc,
+        MSR_TSC_AUX => &mut cpu.msr_tsc_aux,
+        MSR_FS_BASE => &mut cpu.fs_base,
+        MSR_GS_BASE => &mut cpu.gs_base,
+        _ => return None,
+    })
+}
+
+/// Reads MSR `index` from a CPU record.
+pub(crate) fn msr(cpu: &HvmHwCpu, index: u32) -> Option<u64> {
+    let mut copy = *cpu;
+    msr_field(&mut copy, index).map(|v| *v)
+}
+
+/// Writes an MSR into a CPU record; false if the record does not hold it.
+pub(crate) fn set_msr(cpu: &mut HvmHwCpu, msr: &Msr) -> bool {
+    match msr_field(cpu, msr.index) {
+        Some(field) => {
+            *field = msr.data;
+            true
+        }
+        None => false,
+    }
+}
+
+/// The CPU record of a vCPU after RESET (as the architecture defines it, and as KVM
+/// starts a vCPU): real mode at `f000:fff0`, caches disabled, no FPU state yet.
+pub(crate) fn reset_cpu() -> HvmHwCpu {
+    const CODE: u32 = 0x9b; // present, code, execute/read, accessed
+    const DATA: u32 = 0x93; // present, data, read/write, accessed
+    let mut cpu = HvmHwCpu {
+        rip: 0xfff0,
+        rflags: 0x2,
+        cr0: 0x6000_0010,
+        dr6: 0xffff_0ff0,
+        dr7: 0x400,
+        cs_sel: 0xf000,
+        cs_base: 0xffff_0000,
+        cs_arbytes: CODE,
+        ds_arbytes: DATA,
+        es_arbytes: DATA,
+        fs_arbytes: DATA,
+        gs_arbytes: DATA,
+        ss_arbytes: DATA,
+        tr_arbytes: 0x8b,   // present, busy 32-bit TSS
+        ldtr_arbytes: 0x82, // present, LDT
+        ..HvmHwCpu::default()
+    };
+    cpu.cs_limit = 0xffff;
+    cpu.ds_limit = 0xffff;
+    cpu.es_limit = 0xffff;
+    cpu.fs_limit = 0xffff;
+    cpu.gs_limit = 0xffff;
+    cpu.ss_limit = 0xffff;
+    cpu.tr_limit = 0xffff;
+    cpu.ldtr_limit = 0xffff;
+    cpu.gdtr_limit = 0xffff;
+    cpu.idtr_limit = 0xffff;
+    cpu
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xen::sys::abi::{HVM_FILE_VERSION, HVM_SAVE_CODE_CPU};
+
+    #[test]
+    fn segment_attributes_round_trip() {
+        for attr in [0x9b, 0x93, 0xa09b, 0xc093, 0x8b, 0x82, 0x0, 0xcff] {
+            let attr = attr & 0xfff;
+            let s = segment(0x10, 0x1000, 0xffff, attr);
+            assert_eq!(attributes(&s), attr, "{attr:#x}");
+        }
+        // The long-mode code segment of the boot helpers.
+        let cs = segment(0x8, 0, 0xffff_ffff, 0xa9b);
+        assert!(cs.l && cs.present && cs.s && cs.g && !cs.db);
+        assert_eq!(cs.type_, 0xb);
+    }
+
+    #[test]
+    fn sregs_round_trip_through_a_cpu_record() {
+        let mut cpu = reset_cpu();
+        let mut sregs = sregs_from(&cpu, 0xfee0_0900);
+        assert_eq!((sregs.cs.selector, sregs.cs.base), (0xf000, 0xffff_0000));
+        sregs.fs.base = 0x7fff_0000_1000;
+        sregs.cr3 = 0x9000;
+        sregs.efer = 0x500;
+        sregs.idt = DescriptorTable {
+            base: 0x8000,
+            limit: 0xfff,
+        };
+        set_sregs(&mut cpu, &sregs);
+        assert_eq!(sregs_from(&cpu, 0xfee0_0900), sregs);
+    }
+
+    #[test]
+    fn fpu_round_trips_through_an_fxsave_image() {
+        let mut image = [0u8; 512];
+        image[28] = 0xaa; // MXCSR_MASK is kept
+        let mut fpu = Fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Fpu::default()
+        };
+        fpu.xmm[3] = *b"vmkit xmm3 test!";
+        fpu.fpr[1][..8].copy_from_slice(&1.5f64.to_bits().to_le_bytes());
+        set_fpu(&mut image, &fpu);
+        assert_eq!(fpu_from(&image), fpu);
+        assert_eq!(image[28], 0xaa);
+        assert_eq!(&image[160 + 48..160 + 64], b"vmkit xmm3 test!");
+    }
+
+    #[test]
+    fn msrs_map_to_record_fields() {
+        let mut cpu = HvmHwCpu::default();
+        for (i, &index) in MSRS.iter().enumerate() {
+            if index == MSR_APIC_BASE {
+                assert!(!set_msr(&mut cpu, &Msr { index, data: 1 }));
+                continue;
+            }
+            assert!(set_msr(
+                &mut cpu,
+                &Msr {
+                    index,
+                    data: i as u64 + 1
+                }
+            ));
+        }
+        assert_eq!(cpu.msr_lstar, 3);
+        assert_eq!(cpu.shadow_gs, 6);
+        assert_eq!(msr(&cpu, msr_index::SYSENTER_EIP), Some(9));
+        assert_eq!(msr(&cpu, 0x4242_4242), None);
+    }
+
+    #[test]
+    fn context_buffers_parse_and_build() {
+        let header = HvmSaveHeader {
+            magic: HVM_FILE_MAGIC,
+            version: HVM_FILE_VERSION,
+            ..HvmSaveHeader::default()
+        };
+        let records = [
+            Record {
+                typecode: HVM_SAVE_CODE_HEADER,
+                instance: 0,
+                data: header.to_bytes(),
+            },
+            Record {
+                typecode: HVM_SAVE_CODE_CPU,
+                instance: 1,
+                data: reset_cpu().to_bytes(),
+            },
+        ];
+        let buf = build(&records);
+        assert_eq!(parse(&buf).unwrap(), records);
+        // A record that claims more than the buffer holds is refused, not read past.
+        let mut bad = buf.clone();
+        bad.truncate(buf.len() - 20);
+        assert!(matches!(parse(&bad), Err(ContextError::Truncated { .. })));
+        assert_eq!(parse(&buf[32..]), Err(ContextError::NoHeader));
+    }
+}

@@ -1,0 +1,438 @@
+//! Keeping a Xen vCPU out of the guest while its thread is outside `run()`, and changing
+//! vCPU state without disturbing the other vCPUs.
+//!
+//! # Keeping vCPUs still outside `run()`
+//!
+//! On KVM a vCPU executes only inside `KVM_RUN`. On Xen a vCPU runs whenever the domain is
+//! unpaused, so vmkit takes a vCPU *offline* (`VPF_down`, by setting its vCPU context
+//! without `VGCF_online`) whenever its thread is outside `run()` without an I/O access in
+//! flight: after creation, after a kick, after a `hlt`. Xen has no per-vCPU pause for a
+//! toolstack (the gdbsx domctls are not built into release hypervisors), and taking a vCPU
+//! offline is what Xen itself does to a vCPU that halts with interrupts disabled. Every
+//! such transition happens with the whole domain paused, under one lock ([`Control`]), so
+//! no vCPU moves while vmkit looks at it.
+//!
+//! Two consequences:
+//! - Xen saves no CPU record for an offline vCPU, so reading or writing its registers
+//!   brings it online for the moment, with the domain paused.
+//! - When every vCPU is offline because the guest halted them (`cli; hlt`), Xen powers the
+//!   domain off. That shutdown is vmkit's doing, not the guest's: it is recognised (a
+//!   power-off with no vCPU online) and undone (`XEN_DOMCTL_resumedomain`) before a vCPU
+//!   runs again. A guest that powers off by hypercall does so from an online vCPU.
+//!
+//! Loading HVM records (`xc_domain_hvm_setcontext`) takes every vCPU offline and brings back
+//! those whose CPU record the load contains, so a load carries the CPU record of every online
+//! vCPU. It also cancels each loaded vCPU's instruction emulation: a vCPU waiting for the
+//! answer to an I/O request takes the answer, but then executes the instruction again and
+//! sends the same request once more. vmkit recognises that repeat ([`Replay`]) and answers
+//! it with the answer already given, without an exit, so the VMM sees each access once.
+//! The vCPU whose state changes must not be in the middle of an I/O access itself.
+
+use std::io;
+use std::sync::atomic::Ordering;
+
+use super::context::{self, Record};
+use super::ioreq::RawRequest;
+use super::libs::XenCallError;
+use super::sys::abi::{
+    DomainInfo, HvmHwCpu, Pod, HVM_SAVE_CODE_CPU, HVM_SAVE_CODE_LAPIC_REGS, SHUTDOWN_POWEROFF,
+    STATE_IOREQ_INPROCESS, STATE_IOREQ_NONE, STATE_IOREQ_READY, STATE_IORESP_READY, VGCF_ONLINE,
+    XEN_DOMINF_DYING, XEN_DOMINF_SHUTDOWN, XEN_DOMINF_SHUTDOWNMASK, XEN_DOMINF_SHUTDOWNSHIFT,
+};
+use super::vm::{lock, Shutdown, VmShared};
+
+/// What [`VmShared::park`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Parked {
+    /// The vCPU is offline.
+    Offline,
+    /// The vCPU waits for an I/O request vmkit has not answered: it cannot run anyway.
+    InIo,
+    /// The guest had halted the vCPU already.
+    Halted,
+    /// The domain is shutting down: its vCPUs are paused by Xen.
+    ShuttingDown,
+}
+
+/// What [`VmShared::status`] found about a running vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Status {
+    Running,
+    /// The guest halted the vCPU (`hlt` with interrupts disabled).
+    Halted,
+    /// The domain shut down.
+    Shutdown(Shutdown),
+}
+
+/// A request a state load made vCPU `n` send again (see the module docs): the next request
+/// it sends once it has been answered `after` times, if equal to `request`, gets the
+/// previous answer without an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Replay {
+    pub(crate) request: RawRequest,
+    pub(crate) after: u64,
+}
+
+/// Whether `again` is `first` sent a second time (same access, same data).
+pub(crate) fn same_request(first: &RawRequest, again: &RawRequest) -> bool {
+    first.kind == again.kind
+        && first.addr == again.addr
+        && first.size == again.size
+        && first.count == again.count
+        && first.dir_read == again.dir_read
+        && first.df == again.df
+        && first.data_is_ptr == again.data_is_ptr
+        && (first.dir_read && !first.data_is_ptr || first.data == again.data)
+}
+
+/// State guarded by the control lock.
+#[derive(Debug)]
+pub(crate) struct Control {
+    /// The domain has been unpaused once (Xen creates it paused).
+    pub(crate) started: bool,
+    /// Which vCPUs exist on vmkit's side.
+    pub(crate) created: Vec<bool>,
+}
+
+/// Why reading or writing vCPU state failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StateError {
+    #[error(transparent)]
+    Xen(#[from] XenCallError),
+    /// Another (or this) vCPU has an I/O access in flight that a load would cancel.
+    #[error(
+        "vCPU {vcpu} has an I/O access in flight; finish it (run()) before changing this state"
+    )]
+    IoInFlight { vcpu: u32 },
+    /// Xen returned a context vmkit cannot parse.
+    #[error("Xen returned an unusable HVM context: {0}")]
+    Context(String),
+}
+
+impl VmShared {
+    /// Whether Xen has vCPU `id` online.
+    fn is_online(&self, id: u32) -> Result<bool, XenCallError> {
+        Ok(self.xc().vcpu_info(self.domid, id)?.online != 0)
+    }
+
+    /// Takes vCPU `id` offline or brings it online, keeping its registers (the domain must
+    /// be paused, or the vCPU offline already when bringing it online).
+    pub(crate) fn set_online(&self, id: u32, online: bool) -> Result<(), XenCallError> {
+        let mut ctx = self.xc().vcpu_context(self.domid, id)?;
+        trace!(
+            "d{} vCPU {id}: online -> {online}, rip {:#x}",
+            self.domid,
+            ctx.user_regs.rip
+        );
+        if online {
+            ctx.flags |= VGCF_ONLINE;
+        } else {
+            ctx.flags &= !VGCF_ONLINE;
+        }
+        self.xc().set_vcpu_context(self.domid, id, &mut ctx)
+    }
+
+    /// If the domain is shut down only because every vCPU went offline (see the module
+    /// docs), undoes that. The domain must be paused (so no vCPU goes offline meanwhile).
+    fn undo_all_offline_shutdown(&self) -> Result<(), XenCallError> {
+        let info = self.domain_info()?;
+        let shutdown = shutdown_of(&info);
+        if shutdown.is_some_and(|s| s.reason == SHUTDOWN_POWEROFF) && info.nr_online_vcpus == 0 {
+            trace!(
+                "d{}: every vCPU is offline; undoing Xen's power-off",
+                self.domid
+            );
+            self.xc().resume(self.domid)?;
+        }
+        Ok(())
+    }
+
+    /// Lets vCPU `id` run: brings it online and, the first time, unpauses the domain.
+    pub(crate) fn unpark(&self, id: u32) -> Result<(), XenCallError> {
+        let mut control = self.control();
+        self.with_paused(&control, |vm| {
+            vm.undo_all_offline_shutdown()?;
+            vm.set_online(id, true)
+        })?;
+        if !control.started {
+            self.xc().unpause(self.domid)?;
+            control.started = true;
+        }
+        Ok(())
+    }
+
+    /// Stops vCPU `id` from running (a kick): takes it offline unless it cannot run anyway.
+    pub(crate) fn park(&self, id: u32) -> Result<Parked, XenCallError> {
+        let slot_state = || self.slot(id).map(|s| s.state());
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            // A vCPU waiting for vmkit's answer stays waiting: no need to stop it.
+            if let Some(STATE_IOREQ_READY | STATE_IOREQ_INPROCESS) = slot_state() {
+                return Ok(Parked::InIo);
+            }
+            let control = self.control();
+            let parked = self.with_paused(&control, |vm| {
+                let info = vm.domain_info()?;
+                let online = vm.is_online(id)?;
+                if shutdown_of(&info).is_some() && online {
+                    return Ok(Some(Parked::ShuttingDown));
+                }
+                match slot_state() {
+                    Some(STATE_IOREQ_READY | STATE_IOREQ_INPROCESS) => {
+                        return Ok(Some(Parked::InIo))
+                    }
+                    // Xen has not taken the answer yet: let it, then look again. (If it
+                    // does not within a second, the vCPU is not running guest code
+                    // anyway.)
+                    Some(STATE_IORESP_READY) if std::time::Instant::now() < give_up => {
+                        return Ok(None)
+                    }
+                    Some(STATE_IORESP_READY) => return Ok(Some(Parked::InIo)),
+                    _ => {}
+                }
+                if !online {
+                    return Ok(Some(Parked::Halted));
+                }
+                vm.set_online(id, false)?;
+                Ok::<_, XenCallError>(Some(Parked::Offline))
+            })?;
+            drop(control);
+            match parked {
+                Some(parked) => return Ok(parked),
+                None => std::thread::sleep(std::time::Duration::from_micros(50)),
+            }
+        }
+    }
+
+    /// Looks at a vCPU that should be running: has the guest halted it, or shut down?
+    pub(crate) fn status(&self, id: u32) -> Result<Status, XenCallError> {
+        let _control = self.control();
+        // The domain first: a vCPU that halts between the two looks is reported halted, so a
+        // power-off caused by that halt is never taken for the guest's.
+        let info = self.domain_info()?;
+        if info.flags & XEN_DOMINF_DYING != 0 {
+            return Err(XenCallError {
+                op: "the domain is being destroyed",
+                source: io::Error::from_raw_os_error(libc::ESRCH),
+            });
+        }
+        if !self.is_online(id)? {
+            return Ok(Status::Halted);
+        }
+        Ok(match shutdown_of(&info) {
+            Some(shutdown) => Status::Shutdown(shutdown),
+            None => Status::Running,
+        })
+    }
+
+    /// Reads HVM records of vCPU `id`, `(typecode, length)` each, bringing the vCPU online
+    /// for the moment if it is offline. Takes the control lock and pauses the domain.
+    pub(crate) fn read_records(
+        &self,
+        id: u32,
+        records: &[(u16, usize)],
+    ) -> Result<Vec<Vec<u8>>, XenCallError> {
+        let control = self.control();
+        self.with_paused(&control, |vm| {
+            let online = vm.is_online(id)?;
+            if !online {
+                vm.set_online(id, true)?;
+            }
+            let read: Result<Vec<Vec<u8>>, XenCallError> = records
+                .iter()
+                .map(|&(typecode, len)| {
+                    let mut buf = vec![0u8; len];
+                    vm.xc()
+                        .hvm_record(vm.domid, typecode, id as u16, &mut buf)
+                        .map(|()| buf)
+                })
+                .collect();
+            if !online {
+                vm.set_online(id, false)?;
+            }
+            read
+        })
+    }
+
+    /// Counts an answer given to vCPU `id`.
+    pub(crate) fn count_answer(&self, id: u32) {
+        if let Some(n) = self.answered.get(id as usize) {
+            n.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// If `request` from vCPU `id` repeats one a load made it send again, forgets the
+    /// repeat and returns true: the caller answers it as before.
+    pub(crate) fn take_replay(&self, id: u32, request: &RawRequest) -> bool {
+        let answered = self
+            .answered
+            .get(id as usize)
+            .map_or(0, |n| n.load(Ordering::SeqCst));
+        let mut replays = lock(&self.replays);
+        let Some(entry) = replays.get_mut(id as usize) else {
+            return false;
+        };
+        match *entry {
+            Some(replay) if answered >= replay.after => {
+                *entry = None;
+                same_request(&replay.request, request)
+            }
+            _ => false,
+        }
+    }
+    /// Changes vCPU `id`'s CPU record (and, with `lapic_regs`, its local APIC registers),
+    /// keeping it online or offline as it was. Takes the control lock and pauses the domain.
+    pub(crate) fn edit_cpu(
+        &self,
+        id: u32,
+        edit: impl FnOnce(&mut HvmHwCpu),
+        lapic_regs: Option<&[u8]>,
+    ) -> Result<(), StateError> {
+        let control = self.control();
+        self.with_paused(&control, |vm| {
+            let online = vm.is_online(id)?;
+            vm.load_records(id, None, edit, lapic_regs)?;
+            if !online {
+                vm.set_online(id, false)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Loads vCPU `id`'s CPU record — `base` or its current one — changed by `edit`, plus
+    /// `lapic_regs`, together with the CPU record of every other online vCPU (a load takes
+    /// every vCPU it has no record for offline). `id` ends up online. The caller holds the
+    /// control lock and has paused the domain.
+    pub(crate) fn load_records(
+        &self,
+        id: u32,
+        base: Option<HvmHwCpu>,
+        edit: impl FnOnce(&mut HvmHwCpu),
+        lapic_regs: Option<&[u8]>,
+    ) -> Result<(), StateError> {
+        if self.slot(id).is_some_and(|s| s.state() != STATE_IOREQ_NONE) {
+            return Err(StateError::IoInFlight { vcpu: id });
+        }
+        let cpu_len = std::mem::size_of::<HvmHwCpu>();
+        let record = |vcpu: u32| -> Result<Vec<u8>, XenCallError> {
+            let mut buf = vec![0u8; cpu_len];
+            self.xc()
+                .hvm_record(self.domid, HVM_SAVE_CODE_CPU, vcpu as u16, &mut buf)
+                .map(|()| buf)
+        };
+        let Some(hvm) = &self.hvm else {
+            return Err(StateError::Context(
+                "a PV vCPU has no HVM state records".to_string(),
+            ));
+        };
+        let mut load = vec![hvm.header.clone()];
+        let mut replays = Vec::new();
+        for vcpu in (0..self.config.max_vcpus).filter(|&v| v != id) {
+            if !self.is_online(vcpu)? {
+                continue;
+            }
+            load.push(Record {
+                typecode: HVM_SAVE_CODE_CPU,
+                instance: vcpu as u16,
+                data: record(vcpu)?,
+            });
+            // The load makes a vCPU in the middle of an I/O access send it again once
+            // answered (answered already, with STATE_IORESP_READY).
+            if let Some(slot) = self.slot(vcpu) {
+                let state = slot.state();
+                if state != STATE_IOREQ_NONE {
+                    let answered = self.answered[vcpu as usize].load(Ordering::SeqCst);
+                    let after = answered + u64::from(state != STATE_IORESP_READY);
+                    replays.push((
+                        vcpu,
+                        Replay {
+                            request: slot.read(),
+                            after,
+                        },
+                    ));
+                }
+            }
+        }
+        let mut cpu = match base {
+            Some(cpu) => cpu,
+            None => {
+                if !self.is_online(id)? {
+                    // An offline vCPU has no CPU record to start from.
+                    self.set_online(id, true)?;
+                }
+                let bytes = record(id)?;
+                HvmHwCpu::from_bytes(&bytes).ok_or_else(|| {
+                    StateError::Context(format!("a CPU record of {} bytes", bytes.len()))
+                })?
+            }
+        };
+        edit(&mut cpu);
+        load.push(Record {
+            typecode: HVM_SAVE_CODE_CPU,
+            instance: id as u16,
+            data: cpu.to_bytes(),
+        });
+        if let Some(regs) = lapic_regs {
+            load.push(Record {
+                typecode: HVM_SAVE_CODE_LAPIC_REGS,
+                instance: id as u16,
+                data: regs.to_vec(),
+            });
+        }
+        let mut buf = context::build(&load);
+        self.xc().set_hvm_context(self.domid, &mut buf)?;
+        let mut pending = lock(&self.replays);
+        for (vcpu, replay) in replays {
+            trace!(
+                "d{} vCPU {vcpu}: will answer {} again",
+                self.domid,
+                replay.request
+            );
+            pending[vcpu as usize] = Some(replay);
+        }
+        Ok(())
+    }
+}
+
+/// The shutdown in a domain's information, if it is shutting down.
+fn shutdown_of(info: &DomainInfo) -> Option<Shutdown> {
+    (info.flags & XEN_DOMINF_SHUTDOWN != 0).then_some(Shutdown {
+        reason: info.flags >> XEN_DOMINF_SHUTDOWNSHIFT & XEN_DOMINF_SHUTDOWNMASK,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xen::sys::abi::{IOREQ_TYPE_COPY, IOREQ_TYPE_PIO};
+
+    #[test]
+    fn a_repeated_request_is_recognised_and_a_different_one_is_not() {
+        let out = RawRequest {
+            kind: IOREQ_TYPE_PIO,
+            addr: 0x81,
+            size: 4,
+            count: 1,
+            data: 7,
+            ..RawRequest::default()
+        };
+        assert!(same_request(&out, &out));
+        // A write with other data is another access.
+        assert!(!same_request(&out, &RawRequest { data: 8, ..out }));
+        assert!(!same_request(&out, &RawRequest { addr: 0x82, ..out }));
+        // A read's data field carries nothing: it may differ.
+        let read = RawRequest {
+            kind: IOREQ_TYPE_COPY,
+            dir_read: true,
+            ..out
+        };
+        assert!(same_request(&read, &RawRequest { data: 99, ..read }));
+        assert!(!same_request(
+            &read,
+            &RawRequest {
+                dir_read: false,
+                ..read
+            }
+        ));
+    }
+}

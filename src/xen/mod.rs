@@ -1,0 +1,311 @@
+//! The Xen backend (cargo feature `xen`): vmkit's VMs as PVH domains of a Xen 4.17 host,
+//! driven from dom0, with vmkit as their device model (and, through [`Xen::create_pv_vm`],
+//! 64-bit PV domains).
+//!
+//! [`Xen`] opens the hypervisor; its VMs are [`XenVm`]s and their vCPUs [`XenVcpu`]s, used
+//! through the same [`Hypervisor`], [`Vm`] and [`Vcpu`](crate::Vcpu) traits as KVM.
+//!
+//! ```no_run
+//! use vmkit::{xen::Xen, Hypervisor, VmConfig};
+//!
+//! let xen = Xen::new()?;
+//! let vm = xen.create_vm(&VmConfig::default())?;
+//! # Ok::<(), vmkit::Error>(())
+//! ```
+//!
+//! # How vmkit talks to Xen
+//!
+//! Through Xen's own C libraries, as Debian's `libxen-dev` ships them for Xen 4.17:
+//! libxenctrl (domain control: create, pause, memory, vCPU and HVM context), libxenguest
+//! (CPU policies, resuming a domain), libxendevicemodel (the ioreq server), libxenforeignmemory
+//! (mapping the ioreq page) and libxenevtchn (event channels); plus one privcmd ioctl,
+//! `IOCTL_PRIVCMD_MMAPBATCH_V2`, to map guest RAM. The libraries, not raw hypercalls,
+//! because the domctl interface that most of this uses is unstable: its structures and
+//! version number change with every Xen release, and libxenctrl is the layer Xen keeps in
+//! step with it (it fills in `XEN_DOMCTL_INTERFACE_VERSION`, bounces buffers into
+//! hypercall-safe memory, retries preempted operations). The bindings are tied to Xen
+//! 4.17; the structures vmkit itself passes (domain creation, domain and vCPU information,
+//! HVM save records, vCPU contexts, the ioreq slot) are checked against the installed C
+//! headers by a test (`sys::layout_tests`). Guest RAM is mapped with the privcmd ioctl
+//! directly (a stable Linux ABI) so that vm-memory, not the library, owns the mapping; see
+//! the `memory` module for why. Building with the `xen` feature therefore needs
+//! libxen-dev; running needs those libraries, a Xen dom0 and root.
+//!
+//! # What a vmkit VM is on Xen
+//!
+//! A PVH domain: an HVM container with hardware-assisted paging and only a local APIC
+//! emulated by Xen (`XEN_X86_EMU_LAPIC`), no firmware, no QEMU. vmkit registers itself as
+//! the domain's only ioreq server for all of port and MMIO space, so every port or MMIO
+//! access that Xen does not handle itself (the local APIC, port 0xE9) becomes an ioreq,
+//! which `run()` returns as the same [`VcpuExit`](crate::VcpuExit)s as KVM's. Guest RAM
+//! is populated on [`Vm::add_memory_region`] and the caller's contents are copied in;
+//! [`Vm::remove_memory_region`] copies the guest's contents out into a fresh region and
+//! frees the frames. A VM is destroyed, frames and all, when the last handle to it goes.
+//!
+//! A vCPU runs only while its thread is in `run()`, as on KVM: outside it, vmkit keeps the
+//! vCPU offline in Xen, or it is waiting for vmkit's answer to an I/O request. A kick wakes
+//! `run()` through an eventfd next to the event channel; see `control.rs` for how vCPUs are
+//! stopped and started, and how loading one vCPU's HVM state spares the others' I/O.
+//!
+//! Differences from KVM that a VMM sees:
+//! - `hlt` with interrupts disabled returns [`VcpuExit::Hlt`](crate::VcpuExit::Hlt), as on
+//!   KVM (Xen takes such a vCPU offline, and powers the domain off once all are; vmkit
+//!   notices within [`MAX_CHECK_INTERVAL`], undoes the power-off, and brings the vCPU back
+//!   on the next `run()`). With interrupts enabled the vCPU sleeps in Xen until an
+//!   interrupt.
+//! - A triple fault ends the domain; `run()` returns
+//!   [`VcpuExit::Shutdown`](crate::VcpuExit::Shutdown). Guest shutdown hypercalls (power
+//!   off, reboot, crash) become [`VcpuExit::SystemEvent`](crate::VcpuExit::SystemEvent)
+//!   with the Xen reason code as data. Either way `run()` keeps returning it.
+//! - Xen lets HVM guests reach the real port 0x80 (and 0xED) with byte accesses, unless it
+//!   was booted with `hvm_port80=0`: those never exit. Port 0xE9 is Xen's debug console.
+//! - At an I/O exit the instruction has not retired yet: `rip` still points at it until
+//!   the next `run()` completes it (KVM advances `rip` first). Changing a vCPU's registers
+//!   while its own I/O access is in flight is refused: Xen would restart the access.
+//! - A kick that finds the vCPU running first waits a little for its next I/O request
+//!   (four times its recent answer-to-request time, 1 to 50 ms) and, if it comes, returns
+//!   with the request as the next exit; otherwise it takes the vCPU offline.
+//! - No in-kernel PIC/IOAPIC/PIT, irqfd, ioeventfd, MSI injection, dirty logging,
+//!   read-only memory, guest debugging, XSAVE, XCR, vCPU-event state or VM clock yet:
+//!   [`Capabilities`] says so and the calls fail with errors that name the feature.
+//!   Setting registers through the vCPU context resets AVX and later XSAVE components
+//!   (the hosts tested have none).
+//! - Exits cost more: every one is a round trip through Xen's scheduler and an event
+//!   channel, and state access goes through domctls.
+//!
+//! Setting `VMKIT_XEN_TRACE` makes the backend log its vCPU transitions and every ioreq to
+//! stderr; `VMKIT_XEN_DEBUG` lets Xen's libraries log their own errors there.
+
+/// Prints a line on stderr when `VMKIT_XEN_TRACE` is set (read once), for debugging the
+/// backend on a real Xen: vCPU transitions, status checks, ioreqs.
+macro_rules! trace {
+    ($($arg:tt)*) => {
+        if $crate::xen::tracing() {
+            eprintln!("vmkit-xen: {}", format_args!($($arg)*));
+        }
+    };
+}
+
+/// Whether `VMKIT_XEN_TRACE` is set.
+pub(crate) fn tracing() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("VMKIT_XEN_TRACE").is_some())
+}
+
+mod context;
+mod control;
+mod ioreq;
+mod kick;
+mod libs;
+mod memory;
+mod page;
+mod sys;
+mod vcpu;
+mod vm;
+
+use std::fs::{File, OpenOptions};
+use std::sync::Arc;
+
+use crate::arch::x86_64::CpuidEntry;
+use crate::hypervisor::{Capabilities, Hypervisor, HypervisorError, HypervisorKind, VmConfig};
+use crate::vm::Vm;
+
+use libs::{DeviceModel, ForeignMemory, PolicySource, Xc, XenCallError};
+use sys::abi::{
+    CpuidLeaf, XEN_CPUID_NO_SUBLEAF, XEN_SYSCTL_CPU_POLICY_HVM_DEFAULT, XEN_SYSCTL_PHYSCAP_HAP,
+    XEN_SYSCTL_PHYSCAP_HVM, XEN_SYSCTL_PHYSCAP_PV,
+};
+
+pub use vcpu::{PvStart, XenVcpu, INVALID_IOREQ, MAX_CHECK_INTERVAL};
+pub use vm::{DomainKind, XenVm};
+
+/// The device node of the privcmd driver, through which dom0 talks to Xen.
+pub const PRIVCMD_PATH: &str = "/dev/xen/privcmd";
+
+/// The most vCPUs a PVH domain may have (`HVM_MAX_VCPUS`; also what one ioreq page holds).
+const MAX_VCPUS: u32 = 128;
+
+/// How many memory regions a VM may have; each is one privcmd mapping, so the limit is
+/// vmkit's, not Xen's.
+const MAX_MEMORY_SLOTS: u32 = 256;
+
+/// The library handles every VM of one [`Xen`] shares.
+#[derive(Debug)]
+pub(crate) struct Handles {
+    pub(crate) xc: Xc,
+    pub(crate) dm: DeviceModel,
+    pub(crate) fmem: Arc<ForeignMemory>,
+    /// `/dev/xen/privcmd`, for mapping guest RAM (see [`memory`]).
+    pub(crate) privcmd: Arc<File>,
+}
+
+fn hv_err(err: XenCallError) -> HypervisorError {
+    HypervisorError::Os {
+        op: err.op,
+        source: err.source,
+    }
+}
+
+/// Host memory as Xen accounts it, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostMemory {
+    /// All memory Xen manages.
+    pub total: u64,
+    /// Memory no domain owns.
+    pub free: u64,
+}
+
+/// Xen, from dom0: an open `/dev/xen/privcmd` and the libraries' handles.
+#[derive(Debug)]
+pub struct Xen {
+    handles: Arc<Handles>,
+    capabilities: Capabilities,
+    /// Xen's `XEN_SYSCTL_PHYSCAP_*` bits.
+    physcaps: u32,
+}
+
+impl Xen {
+    /// Opens Xen's control interfaces and reads the host's capabilities. Fails unless this
+    /// is a Xen dom0 (with root) whose Xen can run HVM guests with hardware-assisted paging.
+    pub fn new() -> Result<Self, HypervisorError> {
+        let privcmd = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(PRIVCMD_PATH)
+            .map_err(|source| HypervisorError::Open {
+                path: PRIVCMD_PATH.into(),
+                source,
+            })?;
+        let xc = Xc::open().map_err(hv_err)?;
+        let physinfo = xc.physinfo().map_err(hv_err)?;
+        let needed = XEN_SYSCTL_PHYSCAP_HVM | XEN_SYSCTL_PHYSCAP_HAP;
+        if physinfo.capabilities & needed != needed {
+            return Err(HypervisorError::Unsupported {
+                feature:
+                    "HVM guests with hardware-assisted paging (Xen's physinfo lacks hvm or hap)",
+            });
+        }
+        let cpuid = xc
+            .cpuid_policy(PolicySource::System(XEN_SYSCTL_CPU_POLICY_HVM_DEFAULT))
+            .map_err(hv_err)?
+            .iter()
+            .map(cpuid_entry)
+            .collect();
+        let handles = Handles {
+            xc,
+            dm: DeviceModel::open().map_err(hv_err)?,
+            fmem: ForeignMemory::open().map_err(hv_err)?,
+            privcmd: Arc::new(privcmd),
+        };
+        let capabilities = Capabilities {
+            max_vcpus: MAX_VCPUS,
+            max_memory_slots: MAX_MEMORY_SLOTS,
+            cpuid,
+            msrs: context::MSRS.to_vec(),
+            ..Capabilities::default()
+        };
+        Ok(Xen {
+            handles: Arc::new(handles),
+            capabilities,
+            physcaps: physinfo.capabilities,
+        })
+    }
+
+    /// Creates a VM (a PVH domain), with the concrete Xen type.
+    pub fn create_xen_vm(&self, config: &VmConfig) -> Result<XenVm, HypervisorError> {
+        XenVm::create(
+            Arc::clone(&self.handles),
+            config,
+            Arc::new(self.capabilities.clone()),
+            DomainKind::Pvh,
+        )
+    }
+
+    /// Creates a 64-bit PV domain instead: no emulation at all (no I/O exits; the guest
+    /// talks to Xen by hypercall), guest page tables of machine frames (see
+    /// [`XenVm::pv_machine_frame`], [`XenVm::seal_pv_region`]), and a start state set with
+    /// [`XenVcpu::set_pv_start`]. `run()` returns kicks, shutdowns and halts
+    /// (`VCPUOP_down`). Debian's Xen runs 64-bit PV guests only.
+    pub fn create_pv_vm(&self, config: &VmConfig) -> Result<XenVm, HypervisorError> {
+        if self.physcaps & XEN_SYSCTL_PHYSCAP_PV == 0 {
+            return Err(HypervisorError::Unsupported {
+                feature: "PV guests (Xen's physinfo lacks pv)",
+            });
+        }
+        XenVm::create(
+            Arc::clone(&self.handles),
+            config,
+            Arc::new(self.capabilities.clone()),
+            DomainKind::Pv,
+        )
+    }
+
+    /// Xen's total and free memory (`xl info`'s `total_memory` and `free_memory`).
+    pub fn host_memory(&self) -> Result<HostMemory, HypervisorError> {
+        let info = self.handles.xc.physinfo().map_err(hv_err)?;
+        Ok(HostMemory {
+            total: info.total_pages * 4096,
+            free: info.free_pages * 4096,
+        })
+    }
+
+    /// The ids of every domain on the host, dom0 included.
+    pub fn domain_ids(&self) -> Result<Vec<u32>, HypervisorError> {
+        Ok(self
+            .handles
+            .xc
+            .domains()
+            .map_err(hv_err)?
+            .iter()
+            .map(|d| u32::from(d.domain))
+            .collect())
+    }
+}
+
+impl Hypervisor for Xen {
+    fn kind(&self) -> HypervisorKind {
+        HypervisorKind::Xen
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    fn create_vm(&self, config: &VmConfig) -> Result<Box<dyn Vm>, HypervisorError> {
+        Ok(Box::new(self.create_xen_vm(config)?))
+    }
+}
+
+/// Xen's serialized CPUID leaf as vmkit's entry.
+fn cpuid_entry(leaf: &CpuidLeaf) -> CpuidEntry {
+    let indexed = libs::has_subleaf(leaf);
+    CpuidEntry {
+        function: leaf.leaf,
+        index: if indexed { leaf.subleaf } else { 0 },
+        flags: if indexed {
+            CpuidEntry::SIGNIFICANT_INDEX
+        } else {
+            0
+        },
+        eax: leaf.a,
+        ebx: leaf.b,
+        ecx: leaf.c,
+        edx: leaf.d,
+    }
+}
+
+/// vmkit's CPUID entry as Xen's serialized leaf.
+fn cpuid_leaf(entry: &CpuidEntry) -> CpuidLeaf {
+    CpuidLeaf {
+        leaf: entry.function,
+        subleaf: if entry.flags & CpuidEntry::SIGNIFICANT_INDEX != 0 {
+            entry.index
+        } else {
+            XEN_CPUID_NO_SUBLEAF
+        },
+        a: entry.eax,
+        b: entry.ebx,
+        c: entry.ecx,
+        d: entry.edx,
+    }
+}

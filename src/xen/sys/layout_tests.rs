@@ -1,0 +1,501 @@
+//! Checks every structure and constant of [`super::abi`] against the C headers installed on
+//! this machine (Debian's libxen-dev 4.17): a small C program prints each size, offset and
+//! constant, and each must equal what the Rust definition gives.
+//!
+//! Needs a C compiler (`$CC`, else `cc`) and the headers; both are build requirements of the
+//! `xen` feature anyway (the guest kernels are built with the same compiler).
+
+use std::collections::BTreeMap;
+use std::mem::{offset_of, size_of};
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::abi::*;
+
+/// One check: a C expression and the value Rust computes for it.
+struct Check {
+    c: String,
+    rust: i128,
+}
+
+macro_rules! size {
+    ($checks:ident, $c:literal, $rust:ty) => {
+        $checks.push(Check {
+            c: format!("sizeof({})", $c),
+            rust: size_of::<$rust>() as i128,
+        });
+    };
+}
+
+macro_rules! offsets {
+    ($checks:ident, $c:literal, $rust:ty, [$($field:ident $(. $sub:ident)*),* $(,)?]) => {
+        $(
+            $checks.push(Check {
+                c: format!("offsetof({}, {})", $c, stringify!($field $(. $sub)*).replace(' ', "")),
+                rust: offset_of!($rust, $field $(. $sub)*) as i128,
+            });
+        )*
+    };
+}
+
+macro_rules! constant {
+    ($checks:ident, $c:literal, $rust:expr) => {
+        $checks.push(Check {
+            c: $c.to_string(),
+            rust: $rust as i128,
+        });
+    };
+}
+
+fn checks() -> Vec<Check> {
+    let mut c = Vec::new();
+
+    constant!(
+        c,
+        "XEN_DOMCTL_INTERFACE_VERSION",
+        XEN_DOMCTL_INTERFACE_VERSION
+    );
+    constant!(c, "XEN_DOMCTL_CDF_hvm", XEN_DOMCTL_CDF_HVM);
+    constant!(c, "XEN_DOMCTL_CDF_hap", XEN_DOMCTL_CDF_HAP);
+    constant!(c, "XEN_X86_EMU_LAPIC", XEN_X86_EMU_LAPIC);
+    constant!(c, "XEN_DOMCTL_GRANT_version(1)", XEN_DOMCTL_GRANT_VERSION_1);
+    size!(c, "struct xen_arch_domainconfig", ArchDomainConfig);
+    size!(c, "struct xen_domctl_createdomain", CreateDomain);
+    offsets!(
+        c,
+        "struct xen_domctl_createdomain",
+        CreateDomain,
+        [
+            ssidref,
+            handle,
+            flags,
+            iommu_opts,
+            max_vcpus,
+            max_evtchn_port,
+            max_grant_frames,
+            max_maptrack_frames,
+            grant_opts,
+            vmtrace_size,
+            cpupool_id,
+            arch.emulation_flags,
+            arch.misc_flags,
+        ]
+    );
+
+    constant!(c, "XEN_DOMINF_dying", XEN_DOMINF_DYING);
+    constant!(c, "XEN_DOMINF_hvm_guest", XEN_DOMINF_HVM_GUEST);
+    constant!(c, "XEN_DOMINF_shutdown", XEN_DOMINF_SHUTDOWN);
+    constant!(c, "XEN_DOMINF_paused", XEN_DOMINF_PAUSED);
+    constant!(c, "XEN_DOMINF_shutdownmask", XEN_DOMINF_SHUTDOWNMASK);
+    constant!(c, "XEN_DOMINF_shutdownshift", XEN_DOMINF_SHUTDOWNSHIFT);
+    size!(c, "xc_domaininfo_t", DomainInfo);
+    offsets!(
+        c,
+        "xc_domaininfo_t",
+        DomainInfo,
+        [
+            domain,
+            flags,
+            tot_pages,
+            max_pages,
+            outstanding_pages,
+            shr_pages,
+            paged_pages,
+            shared_info_frame,
+            cpu_time,
+            nr_online_vcpus,
+            max_vcpu_id,
+            ssidref,
+            handle,
+            cpupool,
+            gpaddr_bits,
+            arch_config,
+        ]
+    );
+    size!(c, "xc_vcpuinfo_t", VcpuInfo);
+    offsets!(
+        c,
+        "xc_vcpuinfo_t",
+        VcpuInfo,
+        [vcpu, online, blocked, running, cpu_time, cpu]
+    );
+
+    constant!(c, "XEN_SYSCTL_PHYSCAP_hvm", XEN_SYSCTL_PHYSCAP_HVM);
+    constant!(c, "XEN_SYSCTL_PHYSCAP_pv", XEN_SYSCTL_PHYSCAP_PV);
+    constant!(c, "XEN_SYSCTL_PHYSCAP_hap", XEN_SYSCTL_PHYSCAP_HAP);
+    constant!(
+        c,
+        "XEN_SYSCTL_cpu_policy_hvm_default",
+        XEN_SYSCTL_CPU_POLICY_HVM_DEFAULT
+    );
+    size!(c, "xc_physinfo_t", Physinfo);
+    offsets!(
+        c,
+        "xc_physinfo_t",
+        Physinfo,
+        [
+            threads_per_core,
+            nr_cpus,
+            cpu_khz,
+            capabilities,
+            arch_capabilities,
+            total_pages,
+            free_pages,
+            scrub_pages,
+            outstanding_pages,
+            max_mfn,
+            hw_cap,
+        ]
+    );
+
+    constant!(c, "XEN_CPUID_NO_SUBLEAF", XEN_CPUID_NO_SUBLEAF);
+    size!(c, "xen_cpuid_leaf_t", CpuidLeaf);
+    offsets!(
+        c,
+        "xen_cpuid_leaf_t",
+        CpuidLeaf,
+        [leaf, subleaf, a, b, c, d]
+    );
+    size!(c, "xen_msr_entry_t", MsrEntry);
+    offsets!(c, "xen_msr_entry_t", MsrEntry, [idx, flags, val]);
+
+    constant!(c, "VGCF_i387_valid", VGCF_I387_VALID);
+    constant!(c, "VGCF_in_kernel", VGCF_IN_KERNEL);
+    constant!(c, "VGCF_online", VGCF_ONLINE);
+    constant!(c, "FLAT_KERNEL_CS64", FLAT_KERNEL_CS64);
+    constant!(c, "FLAT_KERNEL_SS64", FLAT_KERNEL_SS64);
+    constant!(c, "FLAT_KERNEL_DS64", FLAT_KERNEL_DS64);
+    size!(c, "vcpu_guest_context_any_t", VcpuGuestContext);
+    size!(c, "vcpu_guest_context_x86_64_t", VcpuGuestContext);
+    offsets!(
+        c,
+        "vcpu_guest_context_x86_64_t",
+        VcpuGuestContext,
+        [
+            fpu_ctxt,
+            flags,
+            user_regs,
+            user_regs.r15,
+            user_regs.rbp,
+            user_regs.rbx,
+            user_regs.rax,
+            user_regs.rdi,
+            user_regs.error_code,
+            user_regs.rip,
+            user_regs.cs,
+            user_regs.saved_upcall_mask,
+            user_regs.rflags,
+            user_regs.rsp,
+            user_regs.ss,
+            user_regs.es,
+            user_regs.ds,
+            user_regs.fs,
+            user_regs.gs,
+            trap_ctxt,
+            ldt_base,
+            gdt_frames,
+            gdt_ents,
+            kernel_ss,
+            kernel_sp,
+            ctrlreg,
+            debugreg,
+            event_callback_eip,
+            failsafe_callback_eip,
+            syscall_callback_eip,
+            vm_assist,
+            fs_base,
+            gs_base_kernel,
+            gs_base_user,
+        ]
+    );
+    size!(c, "struct trap_info", TrapInfo);
+
+    constant!(c, "HVM_FILE_MAGIC", HVM_FILE_MAGIC);
+    constant!(c, "HVM_FILE_VERSION", HVM_FILE_VERSION);
+    constant!(c, "HVM_SAVE_CODE(HEADER)", HVM_SAVE_CODE_HEADER);
+    constant!(c, "HVM_SAVE_CODE(CPU)", HVM_SAVE_CODE_CPU);
+    constant!(c, "HVM_SAVE_CODE(LAPIC_REGS)", HVM_SAVE_CODE_LAPIC_REGS);
+    constant!(c, "HVM_SAVE_CODE(END)", HVM_SAVE_CODE_END);
+    constant!(c, "HVM_SAVE_LENGTH(LAPIC_REGS)", HVM_LAPIC_REGS_SIZE);
+    constant!(c, "XEN_X86_FPU_INITIALISED", XEN_X86_FPU_INITIALISED);
+    size!(c, "struct hvm_save_descriptor", HvmSaveDescriptor);
+    offsets!(
+        c,
+        "struct hvm_save_descriptor",
+        HvmSaveDescriptor,
+        [typecode, instance, length]
+    );
+    size!(c, "struct hvm_save_header", HvmSaveHeader);
+    offsets!(
+        c,
+        "struct hvm_save_header",
+        HvmSaveHeader,
+        [magic, version, changeset, cpuid, gtsc_khz]
+    );
+    size!(c, "struct hvm_hw_cpu", HvmHwCpu);
+    offsets!(
+        c,
+        "struct hvm_hw_cpu",
+        HvmHwCpu,
+        [
+            fpu_regs,
+            rax,
+            rbx,
+            rcx,
+            rdx,
+            rbp,
+            rsi,
+            rdi,
+            rsp,
+            r8,
+            r9,
+            r10,
+            r11,
+            r12,
+            r13,
+            r14,
+            r15,
+            rip,
+            rflags,
+            cr0,
+            cr2,
+            cr3,
+            cr4,
+            dr0,
+            dr1,
+            dr2,
+            dr3,
+            dr6,
+            dr7,
+            cs_sel,
+            ds_sel,
+            es_sel,
+            fs_sel,
+            gs_sel,
+            ss_sel,
+            tr_sel,
+            ldtr_sel,
+            cs_limit,
+            ds_limit,
+            es_limit,
+            fs_limit,
+            gs_limit,
+            ss_limit,
+            tr_limit,
+            ldtr_limit,
+            idtr_limit,
+            gdtr_limit,
+            cs_base,
+            ds_base,
+            es_base,
+            fs_base,
+            gs_base,
+            ss_base,
+            tr_base,
+            ldtr_base,
+            idtr_base,
+            gdtr_base,
+            cs_arbytes,
+            ds_arbytes,
+            es_arbytes,
+            fs_arbytes,
+            gs_arbytes,
+            ss_arbytes,
+            tr_arbytes,
+            ldtr_arbytes,
+            sysenter_cs,
+            sysenter_esp,
+            sysenter_eip,
+            shadow_gs,
+            msr_flags,
+            msr_lstar,
+            msr_star,
+            msr_cstar,
+            msr_syscall_mask,
+            msr_efer,
+            msr_tsc_aux,
+            tsc,
+            pending_event,
+            error_code,
+            flags,
+            pad0,
+        ]
+    );
+
+    constant!(c, "HVM_IOREQSRV_BUFIOREQ_OFF", HVM_IOREQSRV_BUFIOREQ_OFF);
+    constant!(
+        c,
+        "XENMEM_resource_ioreq_server",
+        XENMEM_RESOURCE_IOREQ_SERVER
+    );
+    constant!(
+        c,
+        "XENMEM_resource_ioreq_server_frame_ioreq(0)",
+        XENMEM_RESOURCE_IOREQ_SERVER_FRAME_IOREQ0
+    );
+    constant!(c, "XEN_DMOP_IO_RANGE_PORT", XEN_DMOP_IO_RANGE_PORT);
+    constant!(c, "XEN_DMOP_IO_RANGE_MEMORY", XEN_DMOP_IO_RANGE_MEMORY);
+    constant!(c, "STATE_IOREQ_NONE", STATE_IOREQ_NONE);
+    constant!(c, "STATE_IOREQ_READY", STATE_IOREQ_READY);
+    constant!(c, "STATE_IOREQ_INPROCESS", STATE_IOREQ_INPROCESS);
+    constant!(c, "STATE_IORESP_READY", STATE_IORESP_READY);
+    constant!(c, "IOREQ_TYPE_PIO", IOREQ_TYPE_PIO);
+    constant!(c, "IOREQ_TYPE_COPY", IOREQ_TYPE_COPY);
+    constant!(c, "IOREQ_TYPE_PCI_CONFIG", IOREQ_TYPE_PCI_CONFIG);
+    constant!(c, "IOREQ_TYPE_TIMEOFFSET", IOREQ_TYPE_TIMEOFFSET);
+    constant!(c, "IOREQ_TYPE_INVALIDATE", IOREQ_TYPE_INVALIDATE);
+    constant!(c, "sizeof(struct ioreq)", IOREQ_SIZE);
+    constant!(c, "offsetof(struct ioreq, addr)", ioreq_offset::ADDR);
+    constant!(c, "offsetof(struct ioreq, data)", ioreq_offset::DATA);
+    constant!(c, "offsetof(struct ioreq, count)", ioreq_offset::COUNT);
+    constant!(c, "offsetof(struct ioreq, size)", ioreq_offset::SIZE);
+    constant!(
+        c,
+        "offsetof(struct ioreq, vp_eport)",
+        ioreq_offset::VP_EPORT
+    );
+    constant!(c, "offsetof(struct ioreq, type)", ioreq_offset::TYPE);
+    // The bit fields: set one at a time in C and see which bits of byte 30 change.
+    constant!(c, "ioreq_bits(0xf, 0, 0, 0)", IOREQ_BITS_STATE_MASK);
+    constant!(
+        c,
+        "ioreq_bits(STATE_IORESP_READY, 0, 0, 0)",
+        STATE_IORESP_READY
+    );
+    constant!(c, "ioreq_bits(0, 1, 0, 0)", IOREQ_BITS_DATA_IS_PTR);
+    constant!(c, "ioreq_bits(0, 0, 1, 0)", IOREQ_BITS_DIR_READ);
+    constant!(c, "ioreq_bits(0, 0, 0, 1)", IOREQ_BITS_DF);
+
+    constant!(c, "SHUTDOWN_poweroff", SHUTDOWN_POWEROFF);
+    constant!(c, "SHUTDOWN_reboot", SHUTDOWN_REBOOT);
+    constant!(c, "SHUTDOWN_suspend", SHUTDOWN_SUSPEND);
+    constant!(c, "SHUTDOWN_crash", SHUTDOWN_CRASH);
+    constant!(c, "SHUTDOWN_watchdog", SHUTDOWN_WATCHDOG);
+    constant!(c, "SHUTDOWN_soft_reset", SHUTDOWN_SOFT_RESET);
+    constant!(
+        c,
+        "HVM_PARAM_TRIPLE_FAULT_REASON",
+        HVM_PARAM_TRIPLE_FAULT_REASON
+    );
+
+    size!(c, "struct privcmd_mmapbatch_v2", PrivcmdMmapBatchV2);
+    offsets!(
+        c,
+        "struct privcmd_mmapbatch_v2",
+        PrivcmdMmapBatchV2,
+        [num, dom, addr, arr, err]
+    );
+    constant!(c, "IOCTL_PRIVCMD_MMAPBATCH_V2", IOCTL_PRIVCMD_MMAPBATCH_V2);
+
+    size!(c, "struct xentoollog_logger", Logger);
+    offsets!(
+        c,
+        "struct xentoollog_logger",
+        Logger,
+        [vmessage, progress, destroy]
+    );
+    c
+}
+
+const PRELUDE: &str = r#"
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <xenctrl.h>
+#include <xenguest.h>
+#include <xendevicemodel.h>
+#include <xenforeignmemory.h>
+#include <xenevtchn.h>
+#include <xentoollog.h>
+#include <xen/hvm/save.h>
+#include <xen/hvm/ioreq.h>
+#include <xen/hvm/params.h>
+#include <xen/hvm/hvm_op.h>
+#include <xen/hvm/dm_op.h>
+#include <xen/memory.h>
+#include <xen/sched.h>
+#include <sys/ioctl.h>
+#include <linux/types.h>
+#define __user
+#include <xen/sys/privcmd.h>
+
+static long long ioreq_bits(int state, int ptr, int dir, int df)
+{
+    struct ioreq r;
+    memset(&r, 0, sizeof(r));
+    r.state = state;
+    r.data_is_ptr = ptr;
+    r.dir = dir;
+    r.df = df;
+    return ((unsigned char *)&r)[30];
+}
+
+int main(void)
+{
+    (void)ioreq_bits;
+"#;
+
+fn compile_and_run(checks: &[Check]) -> BTreeMap<String, i128> {
+    let mut program = String::from(PRELUDE);
+    for (i, check) in checks.iter().enumerate() {
+        program.push_str(&format!(
+            "    printf(\"{i} %lld\\n\", (long long)({}));\n",
+            check.c
+        ));
+    }
+    program.push_str("    return 0;\n}\n");
+
+    let dir = std::env::temp_dir().join(format!("vmkit-xen-layout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = dir.join("layout.c");
+    let exe: PathBuf = dir.join("layout");
+    std::fs::write(&source, &program).unwrap();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
+    let out = Command::new(&cc)
+        .arg("-o")
+        .arg(&exe)
+        .arg(&source)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run the C compiler {cc:?}: {err}"));
+    assert!(
+        out.status.success(),
+        "the layout program does not compile against this machine's Xen headers:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Command::new(&exe).output().unwrap();
+    assert!(run.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+    String::from_utf8(run.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (index, value) = line.split_once(' ').unwrap();
+            let index: usize = index.parse().unwrap();
+            (checks[index].c.clone(), value.parse::<i128>().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn abi_matches_the_installed_xen_headers() {
+    let checks = checks();
+    let c_values = compile_and_run(&checks);
+    let mismatches: Vec<String> = checks
+        .iter()
+        .filter_map(|check| {
+            let c = c_values.get(&check.c).copied();
+            // The privcmd ioctl number is an unsigned long; compare it as such.
+            let c = c.map(|v| if v < 0 { v + (1i128 << 64) } else { v });
+            (c != Some(check.rust))
+                .then(|| format!("{}: C says {c:?}, Rust says {}", check.c, check.rust))
+        })
+        .collect();
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} checks differ:\n{}",
+        mismatches.len(),
+        checks.len(),
+        mismatches.join("\n")
+    );
+    assert!(checks.len() > 250, "{} checks", checks.len());
+}

@@ -1,0 +1,718 @@
+//! Xen vCPUs: `run()` over the ioreq server, and state access through Xen's vCPU context
+//! and HVM CPU record.
+//!
+//! `run()` first answers the exit it returned last (the data of a read goes into the ioreq
+//! slot, which becomes `STATE_IORESP_READY`, then the vCPU's event channel is signalled),
+//! lets the vCPU run (brings it online; the first `run()` of a VM also unpauses the domain),
+//! and waits in `ppoll` on the event channel and the kick eventfd. A ready ioreq becomes the
+//! next exit. Xen sends no event when a vCPU halts or the domain shuts down, so while
+//! waiting `run()` also looks at the vCPU and the domain, soon after it let the vCPU go and
+//! then less and less often (up to every [`MAX_CHECK_INTERVAL`]).
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::context;
+use super::control::{same_request, Parked, StateError, Status};
+use super::ioreq::{Exchange, ExitKind, Invalid, Next, RawRequest, Step, MAX_BATCH_BYTES};
+use super::kick::XenKick;
+use super::libs::{Evtchn, XenCallError};
+use super::sys::abi::{
+    EvtchnPort, HvmHwCpu, Pod, VcpuGuestContext, FLAT_KERNEL_CS64, FLAT_KERNEL_DS64,
+    FLAT_KERNEL_SS64, HVM_LAPIC_REGS_SIZE, HVM_SAVE_CODE_CPU, HVM_SAVE_CODE_LAPIC_REGS,
+    SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT, STATE_IOREQ_INPROCESS, STATE_IOREQ_READY,
+    STATE_IORESP_READY, VGCF_I387_VALID, VGCF_IN_KERNEL,
+};
+use super::vm::{self, DomainKind, Shutdown, VmShared, TRIPLE_FAULT_REASON};
+use super::{cpuid_entry, cpuid_leaf};
+use crate::arch::x86_64::{
+    CpuidEntry, Fpu, LapicState, MpState, Msr, Regs, SpecialRegs, VcpuEvents, Xcr, Xsave,
+};
+use crate::vcpu::{GuestDebug, KickHandle, SystemEventKind, Vcpu, VcpuError, VcpuExit};
+
+/// The longest `run()` waits before looking whether the vCPU halted or the domain shut down.
+pub const MAX_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// The first look, after the vCPU was let go.
+const FIRST_CHECK: Duration = Duration::from_millis(2);
+/// How long a kick waits at least, and at most, for a running vCPU's next I/O request
+/// before taking the vCPU offline: a vCPU that waits for an answer is stopped already, and
+/// taking one offline costs several hypercalls with the whole domain paused. Within these
+/// bounds the wait is four times the vCPU's recent time from an answer to its next request.
+const KICK_GRACE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(50));
+
+/// `InternalError::suberror` of an ioreq vmkit could not serve (`data`: type, address,
+/// size, count).
+pub const INVALID_IOREQ: u32 = 0x786e_0001;
+
+/// The offset of `apic_base_msr` in the local APIC record (`struct hvm_hw_lapic`).
+const LAPIC_RECORD_SIZE: usize = 24;
+const HVM_SAVE_CODE_LAPIC: u16 = 5;
+
+/// The start state of a PV vCPU ([`XenVcpu::set_pv_start`]): 64-bit kernel mode on Xen's
+/// flat selectors, with `regs` and the page tables whose top level (L4) is in machine
+/// frame `page_table`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PvStart {
+    /// The registers; `rsp` is also the kernel stack the vCPU returns to from user mode.
+    pub regs: Regs,
+    /// Machine frame number of the L4 page table (see
+    /// [`XenVm::pv_machine_frame`](super::XenVm::pv_machine_frame)).
+    pub page_table: u64,
+}
+
+/// Where a vCPU is, as `run()` left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Offline in Xen: not started yet, kicked, or halted by the guest.
+    Parked { halted: bool },
+    /// Online: running, or waiting for the answer to an I/O request.
+    Running,
+    /// The domain shut down; `run()` keeps reporting it.
+    Stopped(Shutdown),
+}
+
+/// A Xen vCPU.
+#[derive(Debug)]
+pub struct XenVcpu {
+    id: u32,
+    vm: Arc<VmShared>,
+    /// The ioreq event channel and its local port (a PVH vCPU's only).
+    evtchn: Option<(Evtchn, EvtchnPort)>,
+    kick: Arc<XenKick>,
+    phase: Phase,
+    /// The request being served and the exit returned for it last.
+    exchange: Option<(Exchange, Option<Step>)>,
+    buf: Vec<u8>,
+    /// Data of `SystemEvent` and `InternalError` exits.
+    event_data: [u64; 4],
+    /// The request being served and the last one answered, with the answer.
+    current: RawRequest,
+    last: Option<(RawRequest, u64)>,
+    /// When `run()` next looks at the vCPU and domain, and the interval after that.
+    next_check: Instant,
+    interval: Duration,
+    /// When the last answer went out, and the running average of the time from an answer
+    /// to the vCPU's next request.
+    answered_at: Option<Instant>,
+    turnaround: Duration,
+}
+
+fn os(vcpu: u32) -> impl Fn(XenCallError) -> VcpuError {
+    move |err| VcpuError::Os {
+        vcpu,
+        op: err.op,
+        source: err.source,
+    }
+}
+
+impl XenVcpu {
+    pub(crate) fn new(
+        id: u32,
+        vm: Arc<VmShared>,
+        evtchn: Option<(Evtchn, EvtchnPort)>,
+        kick: Arc<XenKick>,
+    ) -> Self {
+        XenVcpu {
+            id,
+            vm,
+            evtchn,
+            kick,
+            phase: Phase::Parked { halted: false },
+            exchange: None,
+            buf: vec![0; MAX_BATCH_BYTES],
+            event_data: [0; 4],
+            current: RawRequest::default(),
+            last: None,
+            next_check: Instant::now(),
+            interval: FIRST_CHECK,
+            answered_at: None,
+            turnaround: Duration::ZERO,
+        }
+    }
+
+    fn state_error(&self, what: &'static str) -> impl Fn(StateError) -> VcpuError + '_ {
+        move |err| match err {
+            StateError::Xen(err) => VcpuError::Os {
+                vcpu: self.id,
+                op: err.op,
+                source: err.source,
+            },
+            other => VcpuError::InvalidState {
+                vcpu: self.id,
+                what,
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    /// Fails for a PV vCPU, which has no HVM state (segments, control registers and MSRs
+    /// as an HVM vCPU has them, a local APIC).
+    fn require_pvh(&self, feature: &'static str) -> Result<(), VcpuError> {
+        if self.vm.kind() == DomainKind::Pvh {
+            return Ok(());
+        }
+        Err(VcpuError::Unsupported {
+            vcpu: self.id,
+            feature,
+            reason: "a PV vCPU has no HVM state; use its vCPU context (set_pv_start, regs)",
+        })
+    }
+
+    /// Sets a PV vCPU's start state. Xen checks the page tables (every table frame must
+    /// belong to the guest and be mapped by nobody else writable; see
+    /// [`XenVm::seal_pv_region`](super::XenVm::seal_pv_region)). The vCPU starts running
+    /// at the next `run()`.
+    pub fn set_pv_start(&self, start: &PvStart) -> Result<(), VcpuError> {
+        if self.vm.kind() != DomainKind::Pv {
+            return Err(VcpuError::Unsupported {
+                vcpu: self.id,
+                feature: "a PV start state",
+                reason: "this is a PVH vCPU; set its registers instead",
+            });
+        }
+        if self.phase != (Phase::Parked { halted: false }) {
+            return Err(VcpuError::InvalidState {
+                vcpu: self.id,
+                what: "PV start state",
+                reason: "the vCPU has run already".into(),
+            });
+        }
+        let mut ctx = VcpuGuestContext {
+            // Kernel mode, offline until run().
+            flags: VGCF_IN_KERNEL,
+            kernel_ss: u64::from(FLAT_KERNEL_SS64),
+            kernel_sp: start.regs.rsp,
+            ..VcpuGuestContext::default()
+        };
+        context::set_regs(&mut ctx.user_regs, &start.regs);
+        ctx.user_regs.cs = FLAT_KERNEL_CS64;
+        ctx.user_regs.ss = FLAT_KERNEL_SS64;
+        ctx.user_regs.ds = FLAT_KERNEL_DS64;
+        ctx.user_regs.es = FLAT_KERNEL_DS64;
+        // `xen_pfn_to_cr3` for a 64-bit guest.
+        ctx.ctrlreg[3] = start.page_table << 12;
+        let _control = self.vm.control();
+        self.vm
+            .xc()
+            .set_vcpu_context(self.vm.domid, self.id, &mut ctx)
+            .map_err(os(self.id))
+    }
+
+    fn unsupported(&self, feature: &'static str) -> VcpuError {
+        VcpuError::Unsupported {
+            vcpu: self.id,
+            feature,
+            reason: "vmkit's Xen backend does not support it yet",
+        }
+    }
+
+    /// Looks soon: the vCPU was just let go.
+    fn check_soon(&mut self) {
+        self.interval = FIRST_CHECK;
+        self.next_check = Instant::now() + FIRST_CHECK;
+    }
+
+    /// Answers the request in the slot and signals Xen.
+    fn respond(&mut self, data: u64) -> Result<(), VcpuError> {
+        let slot = self.vm.slot(self.id).ok_or_else(|| self.no_slot())?;
+        slot.set_data(data);
+        slot.set_state(STATE_IORESP_READY);
+        self.last = Some((self.current, data));
+        self.vm.count_answer(self.id);
+        self.answered_at = Some(Instant::now());
+        if let Some((evtchn, port)) = &self.evtchn {
+            evtchn.notify(*port).map_err(os(self.id))?;
+        }
+        self.check_soon();
+        Ok(())
+    }
+
+    fn no_slot(&self) -> VcpuError {
+        VcpuError::InvalidState {
+            vcpu: self.id,
+            what: "ioreq slot",
+            reason: "the ioreq page has no slot for this vCPU".into(),
+        }
+    }
+
+    /// The exit for `step`, its data in the buffer.
+    fn exit(&mut self, step: Step) -> VcpuExit<'_> {
+        let data = &mut self.buf[..step.len];
+        match step.kind {
+            ExitKind::PioIn { port, size } => VcpuExit::IoIn { port, size, data },
+            ExitKind::PioOut { port, size } => VcpuExit::IoOut { port, size, data },
+            ExitKind::MmioRead { addr } => VcpuExit::MmioRead { addr, data },
+            ExitKind::MmioWrite { addr } => VcpuExit::MmioWrite { addr, data },
+        }
+    }
+
+    /// Serves `exchange` until it needs the VMM (returns its step) or is answered (`None`).
+    fn advance(&mut self, mut exchange: Exchange) -> Result<Option<Step>, VcpuError> {
+        let memory = self.vm.guest_memory();
+        match exchange.next(&memory, &mut self.buf) {
+            Next::Exit(step) => {
+                self.exchange = Some((exchange, Some(step)));
+                Ok(Some(step))
+            }
+            Next::Respond { data } => {
+                self.exchange = None;
+                self.respond(data)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The exit for a shutdown of the domain.
+    fn shutdown_exit(&mut self, shutdown: Shutdown) -> VcpuExit<'_> {
+        if shutdown.reason == TRIPLE_FAULT_REASON {
+            return VcpuExit::Shutdown;
+        }
+        self.event_data[0] = u64::from(shutdown.reason);
+        let kind = match shutdown.reason {
+            SHUTDOWN_POWEROFF => SystemEventKind::Shutdown,
+            SHUTDOWN_REBOOT => SystemEventKind::Reset,
+            SHUTDOWN_CRASH => SystemEventKind::Crash,
+            other => SystemEventKind::Other(other),
+        };
+        VcpuExit::SystemEvent {
+            kind,
+            data: &self.event_data[..1],
+        }
+    }
+
+    fn invalid_exit(&mut self, invalid: &Invalid) -> VcpuExit<'_> {
+        let r = invalid.request;
+        self.event_data = [
+            u64::from(r.kind),
+            r.addr,
+            u64::from(r.size),
+            u64::from(r.count),
+        ];
+        VcpuExit::InternalError {
+            suberror: INVALID_IOREQ,
+            data: &self.event_data,
+        }
+    }
+
+    /// Waits for the vCPU's next exit; it is online.
+    fn wait(&mut self) -> Result<VcpuExit<'_>, VcpuError> {
+        let id = self.id;
+        loop {
+            // A PV vCPU has no slot: nothing is emulated for it.
+            let ready = self.vm.slot(id).filter(|s| s.state() == STATE_IOREQ_READY);
+            if let Some(slot) = ready {
+                let bytes = slot.bytes();
+                let raw = RawRequest::from_bytes(&bytes);
+                slot.set_state(STATE_IOREQ_INPROCESS);
+                if let Some(at) = self.answered_at.take() {
+                    self.turnaround = (self.turnaround * 7 + at.elapsed()) / 8;
+                }
+                trace!("vCPU {id} ioreq {raw}: {}", hex(&bytes));
+                self.current = raw;
+                if self.vm.take_replay(id, &raw) {
+                    // A state load made the vCPU send this again: the VMM has seen it.
+                    if let Some((last, data)) = self.last {
+                        if same_request(&last, &raw) {
+                            self.respond(data)?;
+                            continue;
+                        }
+                    }
+                }
+                match Exchange::start(raw) {
+                    Ok(exchange) => {
+                        if let Some(step) = self.advance(exchange)? {
+                            return Ok(self.exit(step));
+                        }
+                    }
+                    Err(invalid) => {
+                        // Answer (reads get all-ones) so the vCPU goes on, and report it.
+                        self.respond(u64::MAX)?;
+                        return Ok(self.invalid_exit(&invalid));
+                    }
+                }
+                continue;
+            }
+            if self.kick.take() {
+                self.kick.drain();
+                let grace = (self.turnaround * 4).clamp(KICK_GRACE.0, KICK_GRACE.1);
+                if self.request_within(grace)? {
+                    // The vCPU now waits for an answer: it is stopped already.
+                    trace!("vCPU {id} kicked while waiting for an answer");
+                    return Ok(VcpuExit::Kicked);
+                }
+                let parked = self.vm.park(id).map_err(os(id))?;
+                trace!("vCPU {id} kicked: {parked:?}");
+                match parked {
+                    Parked::Offline => self.phase = Phase::Parked { halted: false },
+                    Parked::InIo | Parked::ShuttingDown => {}
+                    Parked::Halted => {
+                        // The halt came first: report it, and the kick on the next run().
+                        self.kick.restore();
+                        self.phase = Phase::Parked { halted: true };
+                        return Ok(VcpuExit::Hlt);
+                    }
+                }
+                return Ok(VcpuExit::Kicked);
+            }
+            let now = Instant::now();
+            if now >= self.next_check {
+                let status = self.vm.status(id).map_err(os(id))?;
+                if status != Status::Running {
+                    trace!("vCPU {id}: {status:?}");
+                }
+                match status {
+                    Status::Running => {}
+                    Status::Halted => {
+                        self.phase = Phase::Parked { halted: true };
+                        return Ok(VcpuExit::Hlt);
+                    }
+                    Status::Shutdown(shutdown) => {
+                        self.phase = Phase::Stopped(shutdown);
+                        return Ok(self.shutdown_exit(shutdown));
+                    }
+                }
+                self.next_check = now + self.interval;
+                self.interval = (self.interval * 2).min(MAX_CHECK_INTERVAL);
+            }
+            self.sleep(self.next_check.saturating_duration_since(Instant::now()))?;
+        }
+    }
+
+    /// Waits up to `grace` for the vCPU to send a request; true if one is ready.
+    fn request_within(&mut self, grace: Duration) -> Result<bool, VcpuError> {
+        let until = Instant::now() + grace;
+        loop {
+            let ready = self
+                .vm
+                .slot(self.id)
+                .is_some_and(|s| s.state() == STATE_IOREQ_READY);
+            let left = until.saturating_duration_since(Instant::now());
+            if ready || left.is_zero() {
+                return Ok(ready);
+            }
+            self.sleep(left)?;
+        }
+    }
+
+    /// Sleeps until the event channel fires, a kick arrives, or `timeout` passes.
+    fn sleep(&mut self, timeout: Duration) -> Result<(), VcpuError> {
+        // A PV vCPU has no event channel: -1 makes ppoll skip the entry.
+        let evtchn_fd = self.evtchn.as_ref().map_or(-1, |(evtchn, _)| evtchn.fd());
+        let mut fds = [
+            libc::pollfd {
+                fd: evtchn_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.kick.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        };
+        // SAFETY: `fds` is an array of two pollfds and `ts` a valid timespec, both live for
+        // the call; no signal mask is passed.
+        let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                // A signal (perhaps one whose handler kicked): the loop looks at the flag.
+                return Ok(());
+            }
+            return Err(VcpuError::Os {
+                vcpu: self.id,
+                op: "ppoll on the event channel",
+                source: err,
+            });
+        }
+        if let (Some((evtchn, _)), true) = (&self.evtchn, fds[0].revents & libc::POLLIN != 0) {
+            let port = evtchn.pending().map_err(os(self.id))?;
+            evtchn.unmask(port).map_err(os(self.id))?;
+        }
+        Ok(())
+    }
+
+    /// The vCPU's CPU record and its `IA32_APIC_BASE` (from the local APIC record).
+    fn cpu_and_apic_base(&self) -> Result<(HvmHwCpu, u64), VcpuError> {
+        let records = self
+            .vm
+            .read_records(
+                self.id,
+                &[
+                    (HVM_SAVE_CODE_CPU, std::mem::size_of::<HvmHwCpu>()),
+                    (HVM_SAVE_CODE_LAPIC, LAPIC_RECORD_SIZE),
+                ],
+            )
+            .map_err(os(self.id))?;
+        let (Some(cpu), Some(lapic)) = (
+            records.first().and_then(|r| HvmHwCpu::from_bytes(r)),
+            records.get(1).and_then(|r| r.get(..8)),
+        ) else {
+            return Err(VcpuError::InvalidState {
+                vcpu: self.id,
+                what: "CPU record",
+                reason: "Xen returned a short record".into(),
+            });
+        };
+        let mut apic_base = [0u8; 8];
+        apic_base.copy_from_slice(lapic);
+        Ok((cpu, u64::from_le_bytes(apic_base)))
+    }
+
+    /// Refuses to change state Xen would reset an in-flight access of this vCPU with.
+    fn check_idle(&self, what: &'static str) -> Result<(), VcpuError> {
+        let busy = self
+            .vm
+            .slot(self.id)
+            .is_some_and(|s| s.state() != super::sys::abi::STATE_IOREQ_NONE);
+        if busy {
+            return Err(VcpuError::InvalidState {
+                vcpu: self.id,
+                what,
+                reason: "an I/O access of this vCPU is in flight; run() completes it".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Bytes in hexadecimal, for traces.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Vcpu for XenVcpu {
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn run(&mut self) -> Result<VcpuExit<'_>, VcpuError> {
+        if self.kick.take() {
+            self.kick.drain();
+            return Ok(VcpuExit::Kicked);
+        }
+        if let Phase::Stopped(shutdown) = self.phase {
+            return Ok(self.shutdown_exit(shutdown));
+        }
+        // Complete the exit returned last; a string access may need another exit.
+        if let Some((mut exchange, Some(step))) = self.exchange.take() {
+            let memory = self.vm.guest_memory();
+            exchange.complete(&memory, &self.buf[..step.len]);
+            if let Some(step) = self.advance(exchange)? {
+                return Ok(self.exit(step));
+            }
+        }
+        if let Phase::Parked { .. } = self.phase {
+            trace!("vCPU {} unparked", self.id);
+            self.vm.unpark(self.id).map_err(os(self.id))?;
+            self.phase = Phase::Running;
+            self.check_soon();
+        }
+        self.wait()
+    }
+
+    fn kick_handle(&self) -> KickHandle {
+        KickHandle::new(self.kick.clone())
+    }
+
+    fn set_guest_debug(&self, _debug: &GuestDebug) -> Result<(), VcpuError> {
+        Err(self.unsupported("guest debugging"))
+    }
+
+    fn regs(&self) -> Result<Regs, VcpuError> {
+        let ctx = self
+            .vm
+            .xc()
+            .vcpu_context(self.vm.domid, self.id)
+            .map_err(os(self.id))?;
+        Ok(context::regs_from(&ctx.user_regs))
+    }
+
+    fn set_regs(&self, regs: &Regs) -> Result<(), VcpuError> {
+        self.check_idle("registers")?;
+        let _control = self.vm.control();
+        let xc = self.vm.xc();
+        let mut ctx = xc
+            .vcpu_context(self.vm.domid, self.id)
+            .map_err(os(self.id))?;
+        context::set_regs(&mut ctx.user_regs, regs);
+        xc.set_vcpu_context(self.vm.domid, self.id, &mut ctx)
+            .map_err(os(self.id))
+    }
+
+    fn sregs(&self) -> Result<SpecialRegs, VcpuError> {
+        self.require_pvh("special registers")?;
+        let (cpu, apic_base) = self.cpu_and_apic_base()?;
+        Ok(context::sregs_from(&cpu, apic_base))
+    }
+
+    fn set_sregs(&self, sregs: &SpecialRegs) -> Result<(), VcpuError> {
+        self.require_pvh("special registers")?;
+        self.vm
+            .edit_cpu(self.id, |cpu| context::set_sregs(cpu, sregs), None)
+            .map_err(self.state_error("special registers"))
+    }
+
+    fn fpu(&self) -> Result<Fpu, VcpuError> {
+        let ctx = self
+            .vm
+            .xc()
+            .vcpu_context(self.vm.domid, self.id)
+            .map_err(os(self.id))?;
+        Ok(context::fpu_from(&ctx.fpu_ctxt))
+    }
+
+    fn set_fpu(&self, fpu: &Fpu) -> Result<(), VcpuError> {
+        self.check_idle("FPU state")?;
+        let _control = self.vm.control();
+        let xc = self.vm.xc();
+        let mut ctx = xc
+            .vcpu_context(self.vm.domid, self.id)
+            .map_err(os(self.id))?;
+        context::set_fpu(&mut ctx.fpu_ctxt, fpu);
+        ctx.flags |= VGCF_I387_VALID;
+        xc.set_vcpu_context(self.vm.domid, self.id, &mut ctx)
+            .map_err(os(self.id))
+    }
+
+    fn msrs(&self, indices: &[u32]) -> Result<Vec<Msr>, VcpuError> {
+        self.require_pvh("MSRs")?;
+        let (cpu, apic_base) = self.cpu_and_apic_base()?;
+        indices
+            .iter()
+            .map(|&index| {
+                let data = if index == context::MSR_APIC_BASE {
+                    Some(apic_base)
+                } else {
+                    context::msr(&cpu, index)
+                };
+                data.map(|data| Msr { index, data })
+                    .ok_or_else(|| VcpuError::InvalidState {
+                        vcpu: self.id,
+                        what: "MSR list",
+                        reason: format!("MSR {index:#x} cannot be read"),
+                    })
+            })
+            .collect()
+    }
+
+    fn set_msrs(&self, msrs: &[Msr]) -> Result<(), VcpuError> {
+        self.require_pvh("MSRs")?;
+        let mut probe = HvmHwCpu::default();
+        if let Some(msr) = msrs.iter().find(|m| !context::set_msr(&mut probe, m)) {
+            return Err(VcpuError::InvalidState {
+                vcpu: self.id,
+                what: "MSR list",
+                reason: format!("MSR {:#x} refused the value {:#x}", msr.index, msr.data),
+            });
+        }
+        self.vm
+            .edit_cpu(
+                self.id,
+                |cpu| {
+                    for msr in msrs {
+                        context::set_msr(cpu, msr);
+                    }
+                },
+                None,
+            )
+            .map_err(self.state_error("MSR list"))
+    }
+
+    fn cpuid(&self) -> Result<Vec<CpuidEntry>, VcpuError> {
+        let leaves = vm::domain_cpuid(&self.vm).map_err(os(self.id))?;
+        Ok(leaves.iter().map(cpuid_entry).collect())
+    }
+
+    fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<(), VcpuError> {
+        if vm::started(&self.vm) {
+            return Err(VcpuError::InvalidState {
+                vcpu: self.id,
+                what: "CPUID",
+                reason: "Xen fixes a domain's CPUID policy when it first runs".into(),
+            });
+        }
+        let mut leaves: Vec<_> = entries.iter().map(cpuid_leaf).collect();
+        self.vm
+            .xc()
+            .set_domain_cpuid(self.vm.domid, &mut leaves)
+            .map_err(|(err, leaf)| match leaf {
+                Some((leaf, subleaf)) => VcpuError::InvalidState {
+                    vcpu: self.id,
+                    what: "CPUID",
+                    reason: format!(
+                        "Xen refused leaf {leaf:#x} sub-leaf {subleaf:#x}: {}",
+                        err.source
+                    ),
+                },
+                None => os(self.id)(err),
+            })
+    }
+
+    fn lapic(&self) -> Result<LapicState, VcpuError> {
+        self.require_pvh("local APIC state")?;
+        let records = self
+            .vm
+            .read_records(self.id, &[(HVM_SAVE_CODE_LAPIC_REGS, HVM_LAPIC_REGS_SIZE)])
+            .map_err(os(self.id))?;
+        let regs = records.first().map_or(&[][..], |r| &r[..]);
+        let mut lapic = LapicState::default();
+        let n = lapic.regs.len().min(regs.len());
+        lapic.regs[..n].copy_from_slice(&regs[..n]);
+        Ok(lapic)
+    }
+
+    fn set_lapic(&self, lapic: &LapicState) -> Result<(), VcpuError> {
+        self.require_pvh("local APIC state")?;
+        self.vm
+            .edit_cpu(self.id, |_| {}, Some(&lapic.regs))
+            .map_err(self.state_error("local APIC state"))
+    }
+
+    fn xsave(&self) -> Result<Xsave, VcpuError> {
+        Err(self.unsupported("XSAVE state"))
+    }
+
+    fn set_xsave(&self, _xsave: &Xsave) -> Result<(), VcpuError> {
+        Err(self.unsupported("XSAVE state"))
+    }
+
+    fn xcrs(&self) -> Result<Vec<Xcr>, VcpuError> {
+        Err(self.unsupported("XCRs"))
+    }
+
+    fn set_xcrs(&self, _xcrs: &[Xcr]) -> Result<(), VcpuError> {
+        Err(self.unsupported("XCRs"))
+    }
+
+    fn vcpu_events(&self) -> Result<VcpuEvents, VcpuError> {
+        Err(self.unsupported("vCPU events"))
+    }
+
+    fn set_vcpu_events(&self, _events: &VcpuEvents) -> Result<(), VcpuError> {
+        Err(self.unsupported("vCPU events"))
+    }
+
+    fn mp_state(&self) -> Result<MpState, VcpuError> {
+        Ok(match self.phase {
+            Phase::Parked { halted: true } => MpState::Halted,
+            _ => MpState::Runnable,
+        })
+    }
+
+    fn set_mp_state(&self, state: MpState) -> Result<(), VcpuError> {
+        match state {
+            MpState::Runnable => Ok(()),
+            _ => Err(VcpuError::Unsupported {
+                vcpu: self.id,
+                feature: "multiprocessing states other than runnable",
+                reason: "a Xen vCPU is runnable whenever its thread is in run()",
+            }),
+        }
+    }
+}

@@ -1,0 +1,706 @@
+//! Xen VMs: creating and destroying the PVH (or PV) domain, its ioreq server and guest
+//! RAM; the [`Vm`] trait over them. How vCPUs are stopped and started is `control.rs`.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::context::{self, Record};
+use super::control::{Control, Replay, StateError};
+use super::kick::XenKick;
+use super::libs::{Evtchn, PolicySource, XenCallError};
+use super::page::{IoreqPage, Slot};
+use super::sys::abi::XenPfn;
+use super::sys::abi::{
+    ArchDomainConfig, CreateDomain, DomainInfo, HVM_PARAM_TRIPLE_FAULT_REASON, SHUTDOWN_SOFT_RESET,
+    XENMEM_RESOURCE_IOREQ_SERVER, XENMEM_RESOURCE_IOREQ_SERVER_FRAME_IOREQ0, XEN_DOMCTL_CDF_HAP,
+    XEN_DOMCTL_CDF_HVM, XEN_DOMCTL_GRANT_VERSION_1, XEN_X86_EMU_LAPIC,
+};
+use super::{memory as ram, Handles, XenVcpu};
+use crate::arch::x86_64::{IrqchipState, PitState};
+use crate::dirty::{DirtyLog, DirtyLogMode};
+use crate::hypervisor::{Capabilities, HypervisorError, VmConfig};
+use crate::interrupt::{DataMatch, IoEventAddress, IrqRoute, MsiMessage};
+use crate::memory::{
+    GuestMemoryMmap, GuestRange, MemoryFlags, MemoryRegion, MemorySlot, RegionTable,
+};
+use crate::vcpu::Vcpu;
+use crate::vm::{ClockState, Vm, VmError};
+
+/// The shutdown reason Xen is told to use for a triple fault (`HVM_PARAM_TRIPLE_FAULT_REASON`),
+/// so that `run()` can tell it from a guest's shutdown request and report
+/// [`VcpuExit::Shutdown`](crate::VcpuExit::Shutdown) as KVM does. No guest vmkit runs asks
+/// for a soft reset itself.
+pub(crate) const TRIPLE_FAULT_REASON: u32 = SHUTDOWN_SOFT_RESET;
+
+/// Event channels the domain may have: its own plus one per vCPU for the ioreq server.
+const MAX_EVTCHN_PORT: u32 = 1023;
+
+/// Extra memory the domain may hold beyond its RAM regions (Xen allocates a few pages on
+/// its behalf), in KiB.
+const MAXMEM_SLACK_KB: u64 = 1024;
+
+fn unsupported(what: &'static str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("{what} is not supported by vmkit's Xen backend"),
+    )
+}
+
+/// The domain's shutdown, as `run()` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shutdown {
+    /// `SHUTDOWN_*`.
+    pub(crate) reason: u32,
+}
+
+/// The ioreq server of a PVH domain, and the header of its HVM context.
+#[derive(Debug)]
+pub(crate) struct Hvm {
+    server_id: u16,
+    page: IoreqPage,
+    /// The header record of the domain's HVM context, which every load starts with.
+    pub(crate) header: Record,
+}
+
+/// The kind of domain a [`XenVm`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainKind {
+    /// A PVH domain: an HVM container with only a local APIC emulated by Xen, and vmkit as
+    /// its device model. What [`Hypervisor::create_vm`](crate::Hypervisor::create_vm)
+    /// creates.
+    Pvh,
+    /// A 64-bit PV domain ([`Xen::create_pv_vm`](super::Xen::create_pv_vm)): no
+    /// emulation at all, guest page tables of machine frames, hypercalls for everything.
+    Pv,
+}
+
+/// What a VM and its vCPUs share; vCPUs hold it too, so the domain lives while they do.
+#[derive(Debug)]
+pub(crate) struct VmShared {
+    pub(crate) handles: Arc<Handles>,
+    pub(crate) domid: u32,
+    pub(crate) config: VmConfig,
+    regions: Mutex<RegionTable>,
+    /// What only a PVH domain has (`None` for a PV domain, and while dropping).
+    pub(crate) hvm: Option<Hvm>,
+    /// A PV domain's machine frames, by the guest-physical address of their region: its
+    /// guest frame numbers are machine frame numbers, which vmkit learns when it allocates
+    /// them.
+    pv_frames: Mutex<BTreeMap<u64, Vec<XenPfn>>>,
+    control: Mutex<Control>,
+    /// Per vCPU: how many requests it has had answered.
+    pub(crate) answered: Vec<AtomicU64>,
+    /// Per vCPU: a request to answer again (see [`Replay`]).
+    pub(crate) replays: Mutex<Vec<Option<Replay>>>,
+}
+
+/// A Xen VM: a PVH domain with vmkit as its device model.
+#[derive(Debug)]
+pub struct XenVm {
+    pub(super) shared: Arc<VmShared>,
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its data consistent before it can panic.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl XenVm {
+    pub(crate) fn create(
+        handles: Arc<Handles>,
+        config: &VmConfig,
+        capabilities: Arc<Capabilities>,
+        kind: DomainKind,
+    ) -> Result<Self, HypervisorError> {
+        let invalid = |reason| Err(HypervisorError::InvalidConfig { reason });
+        let unsupported = |feature| Err(HypervisorError::Unsupported { feature });
+        if config.max_vcpus == 0 {
+            return invalid("max_vcpus must be at least 1");
+        }
+        if config.max_vcpus > capabilities.max_vcpus {
+            return Err(HypervisorError::TooManyVcpus {
+                requested: config.max_vcpus,
+                max: capabilities.max_vcpus,
+            });
+        }
+        if config.irqchip {
+            return unsupported("an in-kernel irqchip (a PVH domain has only a local APIC)");
+        }
+        if config.pit {
+            return invalid("an in-kernel PIT needs the in-kernel irqchip too");
+        }
+        if config.dirty_ring.is_some() {
+            return unsupported("dirty rings");
+        }
+        let os = |err: XenCallError| HypervisorError::Os {
+            op: err.op,
+            source: err.source,
+        };
+        let (flags, emulation_flags) = match kind {
+            DomainKind::Pvh => (XEN_DOMCTL_CDF_HVM | XEN_DOMCTL_CDF_HAP, XEN_X86_EMU_LAPIC),
+            DomainKind::Pv => (0, 0),
+        };
+        let mut create = CreateDomain {
+            flags,
+            max_vcpus: config.max_vcpus,
+            max_evtchn_port: MAX_EVTCHN_PORT,
+            // Negative: Xen's defaults.
+            max_grant_frames: -1,
+            max_maptrack_frames: -1,
+            grant_opts: XEN_DOMCTL_GRANT_VERSION_1,
+            arch: ArchDomainConfig {
+                emulation_flags,
+                misc_flags: 0,
+            },
+            ..CreateDomain::default()
+        };
+        create.handle[..5].copy_from_slice(b"vmkit");
+        let domid = handles.xc.domain_create(&mut create).map_err(os)?;
+        // From here on the domain is destroyed if anything fails.
+        let guard = DestroyOnError {
+            handles: &handles,
+            domid,
+        };
+        let xc = &handles.xc;
+        xc.max_vcpus(domid, config.max_vcpus).map_err(os)?;
+        xc.set_max_mem_kb(domid, MAXMEM_SLACK_KB).map_err(os)?;
+        let hvm = match kind {
+            DomainKind::Pvh => Some(Self::create_pvh(&handles, domid, config)?),
+            DomainKind::Pv => None,
+        };
+        std::mem::forget(guard);
+
+        Ok(XenVm {
+            shared: Arc::new(VmShared {
+                domid,
+                config: config.clone(),
+                regions: Mutex::new(RegionTable::new(capabilities.max_memory_slots)),
+                hvm,
+                pv_frames: Mutex::new(BTreeMap::new()),
+                answered: (0..config.max_vcpus).map(|_| AtomicU64::new(0)).collect(),
+                replays: Mutex::new(vec![None; config.max_vcpus as usize]),
+                control: Mutex::new(Control {
+                    started: false,
+                    created: vec![false; config.max_vcpus as usize],
+                }),
+                handles,
+            }),
+        })
+    }
+
+    /// Sets up what a PVH domain needs beyond a PV one: the HAP pool, the triple-fault
+    /// reason, and vmkit's ioreq server.
+    fn create_pvh(
+        handles: &Handles,
+        domid: u32,
+        config: &VmConfig,
+    ) -> Result<Hvm, HypervisorError> {
+        let os = |err: XenCallError| HypervisorError::Os {
+            op: err.op,
+            source: err.source,
+        };
+        let xc = &handles.xc;
+        xc.set_paging_mempool_size(domid, paging_pool_bytes(config.max_vcpus, 0))
+            .map_err(os)?;
+        xc.set_hvm_param(
+            domid,
+            HVM_PARAM_TRIPLE_FAULT_REASON,
+            u64::from(TRIPLE_FAULT_REASON),
+        )
+        .map_err(os)?;
+
+        // The ioreq server: all of port and MMIO space, one page of synchronous requests.
+        let dom = domid as u16;
+        let dm = &handles.dm;
+        let server_id = dm.create_ioreq_server(dom).map_err(os)?;
+        let resource = handles
+            .fmem
+            .map_resource(
+                dom,
+                XENMEM_RESOURCE_IOREQ_SERVER,
+                u32::from(server_id),
+                XENMEM_RESOURCE_IOREQ_SERVER_FRAME_IOREQ0,
+                1,
+            )
+            .map_err(os)?;
+        let page = IoreqPage::new(resource);
+        if page.slots() < config.max_vcpus {
+            return Err(HypervisorError::TooManyVcpus {
+                requested: config.max_vcpus,
+                max: page.slots(),
+            });
+        }
+        dm.map_io_range(dom, server_id, false, 0, 0xffff)
+            .map_err(os)?;
+        dm.map_io_range(dom, server_id, true, 0, u64::MAX)
+            .map_err(os)?;
+        dm.set_ioreq_server_state(dom, server_id, true)
+            .map_err(os)?;
+        // No vCPU is up yet, so the context is little more than its header.
+        let context = xc.hvm_context(domid).map_err(os)?;
+        let header = context::parse(&context)
+            .ok()
+            .and_then(|records| records.into_iter().next())
+            .ok_or(HypervisorError::Os {
+                op: "xc_domain_hvm_getcontext (no header record)",
+                source: io::Error::from_raw_os_error(libc::EPROTO),
+            })?;
+        Ok(Hvm {
+            server_id,
+            page,
+            header,
+        })
+    }
+
+    /// The domain id of this VM.
+    pub fn domid(&self) -> u32 {
+        self.shared.domid
+    }
+
+    /// Creates a vCPU, with the concrete Xen type.
+    pub fn create_xen_vcpu(&self, id: u32) -> Result<XenVcpu, VmError> {
+        let shared = &self.shared;
+        let max_vcpus = shared.config.max_vcpus;
+        if id >= max_vcpus {
+            return Err(VmError::VcpuIdOutOfRange { id, max_vcpus });
+        }
+        let create_error = |err: XenCallError| VmError::CreateVcpu {
+            op: err.op,
+            id,
+            source: err.source,
+        };
+        {
+            let control = lock(&shared.control);
+            if control.created[id as usize] {
+                return Err(VmError::VcpuExists { id });
+            }
+        }
+        // A PVH vCPU's ioreq event channel; a PV vCPU has none (nothing is emulated).
+        let evtchn = match shared.slot(id) {
+            Some(slot) => {
+                let evtchn = Evtchn::open().map_err(create_error)?;
+                let remote = slot.vp_eport();
+                let port = evtchn
+                    .bind_interdomain(shared.domid, remote)
+                    .map_err(create_error)?;
+                trace!(
+                    "d{} vCPU {id}: event channel {remote} bound to local port {port}",
+                    shared.domid
+                );
+                Some((evtchn, port))
+            }
+            None => None,
+        };
+        let kick = XenKick::new().map_err(|source| VmError::CreateVcpu {
+            op: "eventfd for kicks",
+            id,
+            source,
+        })?;
+        // A PVH vCPU starts in the architectural reset state, offline until its first run().
+        // A PV vCPU has no state until the VMM sets its start state (set_pv_start).
+        let mut control = lock(&shared.control);
+        if control.created[id as usize] {
+            return Err(VmError::VcpuExists { id });
+        }
+        if shared.kind() == DomainKind::Pvh {
+            shared
+                .with_paused(&control, |vm| {
+                    vm.load_records(id, Some(context::reset_cpu()), |_| {}, None)?;
+                    // The load brought the vCPU online: it waits offline for its first run().
+                    vm.set_online(id, false)?;
+                    Ok::<_, StateError>(())
+                })
+                .map_err(|err| match err {
+                    StateError::Xen(err) => create_error(err),
+                    other => VmError::CreateVcpu {
+                        op: "setting the reset state",
+                        id,
+                        source: io::Error::other(other.to_string()),
+                    },
+                })?;
+        }
+        control.created[id as usize] = true;
+        drop(control);
+        Ok(XenVcpu::new(id, Arc::clone(shared), evtchn, Arc::new(kick)))
+    }
+}
+
+/// Destroys a half-created domain when dropped (forgotten once creation succeeded).
+struct DestroyOnError<'a> {
+    handles: &'a Handles,
+    domid: u32,
+}
+
+impl Drop for DestroyOnError<'_> {
+    fn drop(&mut self) {
+        let _ = self.handles.xc.destroy(self.domid);
+    }
+}
+
+/// The HAP paging pool a domain needs (as libxl sizes it: 1 MiB per vCPU plus 8 KiB per
+/// MiB of RAM), rounded up to a MiB, with one MiB to spare.
+fn paging_pool_bytes(vcpus: u32, ram_bytes: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let bytes = u64::from(vcpus) * MIB + ram_bytes / 128 + MIB;
+    bytes.next_multiple_of(MIB)
+}
+
+impl VmShared {
+    /// vCPU `id`'s slot in the ioreq page (a PVH domain's only).
+    pub(crate) fn slot(&self, id: u32) -> Option<Slot<'_>> {
+        self.hvm.as_ref().and_then(|hvm| hvm.page.slot(id))
+    }
+
+    /// Frees the frames of `range`: a PV domain's are `frames` (machine frames).
+    fn release(&self, range: GuestRange, frames: &mut [XenPfn]) -> Result<(), XenCallError> {
+        match self.kind() {
+            DomainKind::Pvh => ram::release(self.xc(), self.domid, range),
+            DomainKind::Pv => self.xc().decrease_reservation(self.domid, 0, frames),
+        }
+    }
+
+    /// What kind of domain this is.
+    pub(crate) fn kind(&self) -> DomainKind {
+        if self.hvm.is_some() {
+            DomainKind::Pvh
+        } else {
+            DomainKind::Pv
+        }
+    }
+
+    pub(crate) fn xc(&self) -> &super::libs::Xc {
+        &self.handles.xc
+    }
+
+    pub(crate) fn domain_info(&self) -> Result<DomainInfo, XenCallError> {
+        self.xc()
+            .domain_info(self.domid)?
+            .ok_or_else(|| XenCallError {
+                op: "xc_domain_getinfolist (the domain is gone)",
+                source: io::Error::from_raw_os_error(libc::ESRCH),
+            })
+    }
+
+    /// The guest's RAM as it is mapped now.
+    pub(crate) fn guest_memory(&self) -> GuestMemoryMmap {
+        lock(&self.regions).memory()
+    }
+
+    /// Runs `f` with the control lock held (the caller passes its guard) and the domain
+    /// paused; the domain is unpaused whatever `f` returns.
+    pub(crate) fn with_paused<R, E: From<XenCallError>>(
+        &self,
+        _control: &MutexGuard<'_, Control>,
+        f: impl FnOnce(&Self) -> Result<R, E>,
+    ) -> Result<R, E> {
+        self.xc().pause(self.domid)?;
+        let result = f(self);
+        let unpaused = self.xc().unpause(self.domid);
+        let value = result?;
+        unpaused?;
+        Ok(value)
+    }
+
+    pub(crate) fn control(&self) -> MutexGuard<'_, Control> {
+        lock(&self.control)
+    }
+}
+
+impl Drop for VmShared {
+    fn drop(&mut self) {
+        let dom = self.domid as u16;
+        if let Some(hvm) = self.hvm.take() {
+            drop(hvm.page);
+            let _ = self
+                .handles
+                .dm
+                .set_ioreq_server_state(dom, hvm.server_id, false);
+            let _ = self.handles.dm.destroy_ioreq_server(dom, hvm.server_id);
+        }
+        // Unmap guest RAM first (unless a caller still holds a view of it), so that Xen can
+        // free the domain's memory right away.
+        let regions = std::mem::replace(&mut *lock(&self.regions), RegionTable::new(0));
+        drop(regions);
+        let _ = self.handles.xc.destroy(self.domid);
+    }
+}
+
+impl XenVm {
+    fn grow_limits(&self, table: &RegionTable, extra: u64) -> Result<(), XenCallError> {
+        let ram: u64 = table.iter().map(|(_, r)| r.size()).sum::<u64>() + extra;
+        let shared = &self.shared;
+        let info = shared.domain_info()?;
+        // Frames of removed regions that a caller still maps stay charged to the domain.
+        let kb = (info.tot_pages * 4).saturating_add(extra / 1024) + MAXMEM_SLACK_KB;
+        shared
+            .xc()
+            .set_max_mem_kb(shared.domid, kb.max(ram / 1024 + MAXMEM_SLACK_KB))?;
+        if shared.kind() == DomainKind::Pvh {
+            shared.xc().set_paging_mempool_size(
+                shared.domid,
+                paging_pool_bytes(shared.config.max_vcpus, ram),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Whether this is a PVH or a PV domain.
+    pub fn kind(&self) -> DomainKind {
+        self.shared.kind()
+    }
+
+    /// The machine frame number behind guest-physical address `addr` of a PV domain (a PV
+    /// guest's page tables, and its `CR3`, hold machine frame numbers), or `None` if this is
+    /// not a PV domain or `addr` is not in one of its regions.
+    pub fn pv_machine_frame(&self, addr: u64) -> Option<u64> {
+        let frames = lock(&self.shared.pv_frames);
+        let (start, frames) = frames.range(..=addr).next_back()?;
+        frames.get(((addr - start) >> 12) as usize).copied()
+    }
+
+    /// Gives up vmkit's mapping of the region in `slot` of a PV domain, keeping its frames
+    /// in the guest: Xen lets a PV guest use a frame as a page table only while nothing
+    /// else maps it writable, so the VMM writes the page tables into a region of their own
+    /// and seals it before setting the vCPU's start state. The region leaves
+    /// [`Vm::memory`] and the slot becomes free; its frames go with the domain. Every
+    /// [`GuestMemoryMmap`] obtained before that includes the region must be dropped too.
+    pub fn seal_pv_region(&self, slot: MemorySlot) -> Result<(), VmError> {
+        if self.kind() != DomainKind::Pv {
+            return Err(VmError::Os {
+                op: "sealing a region",
+                source: unsupported("sealing a region of a PVH domain"),
+            });
+        }
+        lock(&self.shared.regions).remove(slot)?;
+        Ok(())
+    }
+}
+
+impl Vm for XenVm {
+    fn add_memory_region(&self, region: MemoryRegion) -> Result<MemorySlot, VmError> {
+        let range = region.range();
+        for (flag, feature) in [
+            (MemoryFlags::READ_ONLY, "read-only memory"),
+            (MemoryFlags::LOG_DIRTY, "dirty-page logging"),
+        ] {
+            if region.flags().contains(flag) {
+                return Err(VmError::RegionUnsupported { range, feature });
+            }
+        }
+        let shared = &self.shared;
+        let mut table = lock(&shared.regions);
+        let slot = table.reserve(&region)?;
+        let map_err = |op: &'static str, source: io::Error| VmError::MapRegion {
+            op,
+            slot,
+            range,
+            source,
+        };
+        self.grow_limits(&table, range.size)
+            .map_err(|e| map_err(e.op, e.source))?;
+        let mut frames = match shared.kind() {
+            DomainKind::Pvh => {
+                ram::populate(shared.xc(), shared.domid, range)
+                    .map_err(|e| map_err(e.op, e.source))?;
+                ram::frames_of(range)
+            }
+            DomainKind::Pv => ram::populate_pv(shared.xc(), shared.domid, range)
+                .map_err(|e| map_err(e.op, e.source))?,
+        };
+        let mapping = match ram::map(&shared.handles.privcmd, shared.domid, range, &frames) {
+            Ok(mapping) => mapping,
+            Err(err) => {
+                let _ = shared.release(range, &mut frames);
+                return Err(map_err(
+                    "mapping guest frames into vmkit",
+                    io::Error::other(err),
+                ));
+            }
+        };
+        ram::copy_nonzero(region.mapping(), &mapping);
+        table.commit(slot, MemoryRegion::from_mapping(mapping, region.flags()));
+        if shared.kind() == DomainKind::Pv {
+            lock(&shared.pv_frames).insert(range.start, frames);
+        }
+        Ok(slot)
+    }
+
+    fn remove_memory_region(&self, slot: MemorySlot) -> Result<MemoryRegion, VmError> {
+        let shared = &self.shared;
+        let mut table = lock(&shared.regions);
+        let region = table.get(slot)?.clone();
+        let range = region.range();
+        let copy =
+            MemoryRegion::anonymous(region.guest_addr(), range.size as usize, region.flags())?;
+        ram::copy_nonzero(region.mapping(), copy.mapping());
+        let mut frames = match shared.kind() {
+            DomainKind::Pvh => Vec::new(),
+            DomainKind::Pv => lock(&shared.pv_frames)
+                .remove(&range.start)
+                .unwrap_or_default(),
+        };
+        shared
+            .release(range, &mut frames)
+            .map_err(|e| VmError::MapRegion {
+                op: e.op,
+                slot,
+                range,
+                source: e.source,
+            })?;
+        table.remove(slot)?;
+        Ok(copy)
+    }
+
+    fn memory(&self) -> GuestMemoryMmap {
+        self.shared.guest_memory()
+    }
+
+    fn memory_layout(&self) -> Vec<(MemorySlot, GuestRange, MemoryFlags)> {
+        lock(&self.shared.regions)
+            .iter()
+            .map(|(slot, region)| (slot, region.range(), region.flags()))
+            .collect()
+    }
+
+    fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>, VmError> {
+        Ok(Box::new(self.create_xen_vcpu(id)?))
+    }
+
+    fn set_irq_line(&self, _gsi: u32, _level: bool) -> Result<(), VmError> {
+        Err(VmError::NoIrqchip {
+            op: "setting an interrupt line",
+        })
+    }
+
+    fn signal_msi(&self, msi: MsiMessage) -> Result<(), VmError> {
+        Err(VmError::Msi {
+            msi,
+            source: unsupported("MSI injection"),
+        })
+    }
+
+    fn set_gsi_routing(&self, _routes: &[IrqRoute]) -> Result<(), VmError> {
+        Err(VmError::NoIrqchip {
+            op: "setting the GSI routing",
+        })
+    }
+
+    fn register_irqfd(
+        &self,
+        _fd: &EventFd,
+        _gsi: u32,
+        _resample: Option<&EventFd>,
+    ) -> Result<(), VmError> {
+        Err(VmError::NoIrqchip {
+            op: "registering an irqfd",
+        })
+    }
+
+    fn unregister_irqfd(&self, _fd: &EventFd, _gsi: u32) -> Result<(), VmError> {
+        Err(VmError::NoIrqchip {
+            op: "unregistering an irqfd",
+        })
+    }
+
+    fn register_ioeventfd(
+        &self,
+        _fd: &EventFd,
+        addr: IoEventAddress,
+        _datamatch: DataMatch,
+    ) -> Result<(), VmError> {
+        Err(VmError::IoEvent {
+            op: "registering an ioeventfd",
+            addr,
+            source: unsupported("ioeventfd"),
+        })
+    }
+
+    fn unregister_ioeventfd(
+        &self,
+        _fd: &EventFd,
+        addr: IoEventAddress,
+        _datamatch: DataMatch,
+    ) -> Result<(), VmError> {
+        Err(VmError::IoEvent {
+            op: "unregistering an ioeventfd",
+            addr,
+            source: unsupported("ioeventfd"),
+        })
+    }
+
+    fn dirty_log_mode(&self) -> DirtyLogMode {
+        DirtyLogMode::Bitmap
+    }
+
+    fn harvest_dirty_log(&self) -> Result<DirtyLog, VmError> {
+        // No region can log dirty pages on this backend (add_memory_region refuses them).
+        Ok(DirtyLog::default())
+    }
+
+    fn irqchip_state(&self) -> Result<IrqchipState, VmError> {
+        Err(VmError::NoIrqchip {
+            op: "reading the irqchip state",
+        })
+    }
+
+    fn set_irqchip_state(&self, _state: &IrqchipState) -> Result<(), VmError> {
+        Err(VmError::NoIrqchip {
+            op: "setting the irqchip state",
+        })
+    }
+
+    fn pit_state(&self) -> Result<PitState, VmError> {
+        Err(VmError::NoPit {
+            op: "reading the PIT state",
+        })
+    }
+
+    fn set_pit_state(&self, _state: &PitState) -> Result<(), VmError> {
+        Err(VmError::NoPit {
+            op: "setting the PIT state",
+        })
+    }
+
+    fn clock(&self) -> Result<ClockState, VmError> {
+        Err(VmError::Os {
+            op: "reading the VM clock",
+            source: unsupported("the VM clock"),
+        })
+    }
+
+    fn set_clock(&self, _clock: &ClockState) -> Result<(), VmError> {
+        Err(VmError::Os {
+            op: "setting the VM clock",
+            source: unsupported("the VM clock"),
+        })
+    }
+}
+
+/// Reads the domain's CPUID policy.
+pub(crate) fn domain_cpuid(
+    shared: &VmShared,
+) -> Result<Vec<super::sys::abi::CpuidLeaf>, XenCallError> {
+    shared.xc().cpuid_policy(PolicySource::Domain(shared.domid))
+}
+
+/// Whether `run()` has unpaused the domain yet (CPUID may only change before).
+pub(crate) fn started(shared: &VmShared) -> bool {
+    shared.control().started
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_paging_pool_grows_with_vcpus_and_ram() {
+        assert_eq!(paging_pool_bytes(1, 0), 2 << 20);
+        assert_eq!(paging_pool_bytes(4, 0), 5 << 20);
+        // 8 KiB per MiB of RAM: 4 GiB needs 32 MiB more.
+        assert_eq!(paging_pool_bytes(1, 4 << 30), 34 << 20);
+    }
+}

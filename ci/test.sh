@@ -1,23 +1,16 @@
 #!/usr/bin/env bash
-# Runs vmkit's whole test suite on this host: unit, integration (on the real /dev/kvm), doc
-# and guest-kernel tests. Installs what a fresh Debian machine lacks (a C toolchain for the
-# guest kernel, the Rust components the checks use).
+# Runs vmkit's whole test suite: unit, integration (on the real /dev/kvm), doc and
+# guest-kernel tests on this host; Debian's kernel loaded and entered through vmkit::linux on
+# this host; then, in QEMU, the same tests and full Linux boots on a hardware-virtualization
+# KVM (ci/svm/run.sh), and the Xen backend on real Xen 4.17 (ci/xen/run.sh). Installs what a
+# fresh Debian machine lacks (a C toolchain for the guest kernel, QEMU, busybox...; the
+# harnesses download Debian's kernel and Xen packages without installing them).
 #
-#   ci/test.sh
+#   ci/test.sh [host|linux|svm|xen]...     (default: all of them, in that order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_apt=()
-command -v cc >/dev/null || need_apt+=(gcc)
-command -v ld >/dev/null || need_apt+=(binutils)
-if [ ${#need_apt[@]} -gt 0 ]; then
-    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
-    else
-        echo "ci/test.sh: please install ${need_apt[*]} (needed to build the guest kernel)" >&2
-        exit 1
-    fi
-fi
+ci/install.sh
 
 if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
     echo "ci/test.sh: /dev/kvm is missing or not read-writable for $(id -un);" \
@@ -25,5 +18,40 @@ if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
     exit 1
 fi
 
-cargo test --workspace --all-targets --locked
-cargo test --workspace --doc --locked
+# Everything on this host, with the Xen backend compiled in (its tests that need no Xen run
+# here: bindings layout, the ioreq state machine; the rest say Xen is missing and skip).
+# VMKIT_NET_TESTS=require: the TAP and network-mode tests must run, not skip.
+host() {
+    VMKIT_NET_TESTS=require cargo test --workspace --all-targets --locked --features vmkit/xen
+    cargo test --workspace --doc --locked
+}
+
+# Debian's cloud kernel on this host's software KVM: loaded, entered, its banner and ACPI
+# tables read. It cannot boot further here (README, "Hosts"); ci/svm boots it fully.
+linux() {
+    local assets
+    assets=$(ci/svm/assets.sh | tail -n 1)
+    VMKIT_LINUX_KERNEL=$assets/l2/vmlinux cargo test --locked --test linux_boot -- --ignored
+}
+
+# The boot benchmark inside runs in a second L1 whose clock counts instructions (icount):
+# on a shared machine, wall-clock boot times swing 3-20 s; icount repeats within ~12 ms.
+svm() {
+    VMKIT_SVM_BENCH_ICOUNT="${VMKIT_SVM_BENCH_ICOUNT:-1}" ci/svm/run.sh
+}
+
+xen() {
+    ci/xen/run.sh
+}
+
+parts=("$@")
+[ ${#parts[@]} -gt 0 ] || parts=(host linux svm xen)
+for part in "${parts[@]}"; do
+    case $part in
+        host | linux | svm | xen) "$part" ;;
+        *)
+            echo "ci/test.sh: unknown part $part (host, linux, svm or xen)" >&2
+            exit 2
+            ;;
+    esac
+done

@@ -136,16 +136,19 @@ fn state_moves(hv: &dyn Hypervisor, config: VmConfig) {
         .unwrap();
     snapshot::restore_vm(second.vm.as_ref(), &vm_state).unwrap();
     snapshot::restore_vcpu(second.vcpu.as_ref(), &vcpu_state).unwrap();
-    // The restored vCPU reads back as saved, but for the time counters, which kept counting.
-    let without_tsc = |mut state: snapshot::VcpuState| {
-        // Hyper-V's reference time counter (0x4000_0020, listed by KVM on AMD) counts too.
-        state
-            .msrs
-            .retain(|m| m.index != msr_index::TSC && m.index != 0x4000_0020);
+    // The restored vCPU reads back as saved, but for the MSRs that count time: the TSC, and
+    // two Hyper-V MSRs KVM lists on AMD, the vCPU's run time (0x4000_0010) and the reference
+    // time counter (0x4000_0020).
+    let without_counters = |mut state: snapshot::VcpuState| {
+        const COUNTERS: [u32; 3] = [msr_index::TSC, 0x4000_0010, 0x4000_0020];
+        state.msrs.retain(|m| !COUNTERS.contains(&m.index));
         state
     };
     let reread = snapshot::save_vcpu(second.vcpu.as_ref(), &msrs, features).unwrap();
-    let (reread, saved) = (without_tsc(reread), without_tsc(vcpu_state.clone()));
+    let (reread, saved) = (
+        without_counters(reread),
+        without_counters(vcpu_state.clone()),
+    );
     assert!(
         reread == saved,
         "the restored vCPU does not read back as saved: {}",

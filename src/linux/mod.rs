@@ -185,6 +185,12 @@ pub enum LinuxBootError {
 /// and the guest faults in the pages it uses from the page cache. Pages shared between
 /// segments, and RAM that is file-backed or shared, are copied instead. RAM must be fresh
 /// (zeroed), as for [`load_kernel`].
+///
+/// The file must not change while the VM runs: a private mapping shows later changes to the
+/// file in every page the guest has not yet written. Measured in the hardware-virtualization
+/// harness (Debian's 53 MB vmlinux, instruction-counted clock), mapping reached userspace
+/// about 15 ms sooner than copying, out of 1.72 s; its main gain is memory shared between VMs
+/// booting the same file.
 pub fn load_kernel_file(
     memory: &crate::GuestMemoryMmap,
     file: &std::fs::File,

@@ -177,12 +177,13 @@ impl Vcpu for KvmVcpu {
     fn complete_pending_io(&self) -> Result<(), VcpuError> {
         // KVM completes a port or MMIO access (and moves RIP past it) on the next KVM_RUN;
         // with immediate_exit set, that KVM_RUN does just this and returns EINTR.
-        // SAFETY: KVM_RUN takes no argument and the fd is a vCPU fd. No exit can be borrowed
-        // from this vCPU (exits borrow it mutably), so KVM rewriting kvm_run's exit fields
-        // disturbs no reader; the result is checked.
-        let ret = self
-            .kick
-            .with_immediate_exit(|| unsafe { ioctl(&self.fd, KVM_RUN()) });
+        let enter = || {
+            // SAFETY: KVM_RUN takes no argument and the fd is a vCPU fd. No exit can be
+            // borrowed from this vCPU (exits borrow it mutably), so KVM rewriting kvm_run's
+            // exit fields disturbs no reader; the result is checked below.
+            unsafe { ioctl(&self.fd, KVM_RUN()) }
+        };
+        let ret = self.kick.with_immediate_exit(enter);
         let err = std::io::Error::last_os_error();
         match (ret, err.raw_os_error()) {
             (0.., _) | (_, Some(libc::EINTR | libc::EAGAIN)) => Ok(()),

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
-//!     [--cmdline "..."] [--mem MIB] [--vcpus N] [--disk FILE] [--exit-stats] [--map-kernel]
+//!     [--cmdline "..."] [--mem MIB] [--vcpus N] [--disk FILE]
+//!     [--net MODE [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -14,7 +15,15 @@
 //!   `0x70` (vmkit-devices), with the in-kernel irqchip and PIT;
 //! - with `--disk FILE`, FILE as a virtio-blk disk (`/dev/vda`), and always a virtio-console
 //!   (`/dev/hvc0`) whose output goes to stdout, both on virtio-mmio, announced to the kernel
-//!   in the ACPI tables (Debian's kernels do not take `virtio_mmio.device=` arguments).
+//!   in the ACPI tables (Debian's kernels do not take `virtio_mmio.device=` arguments);
+//! - with `--net MODE`, a virtio-net card (`eth0`, MAC `--mac`, default `52:54:00:12:34:56`)
+//!   on a TAP interface (`--tap`, default `vmktap%d`; needs `CAP_NET_ADMIN`) that vmkit-net
+//!   puts into a network: `isolated:BRIDGE` (a private bridge shared by the VMs that name
+//!   it), `bridged:BRIDGE` (an existing host bridge), `nat:BRIDGE:GATEWAY/PREFIX:UPLINK`
+//!   (a private subnet masqueraded out of UPLINK; the guest is configured statically), or
+//!   `tap` (the TAP alone, for the host to configure). Its own thread moves the frames; at
+//!   exit the TAP leaves the bridge and the network is torn down, unless other VMs are
+//!   still on it (the last one out removes it). The guest needs the `virtio_net` driver.
 //!
 //! The default command line is `console=ttyS0 reboot=k panic=-1`. `--exit-stats` prints, at the
 //! end, how many exits each port and MMIO address caused on each vCPU (to find what a guest
@@ -35,6 +44,7 @@ use std::collections::BTreeMap;
 use std::error::Error;
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +60,10 @@ use vmkit_devices::{Cmos, Serial, COM1, COM1_GSI, I8042, SERIAL_PORTS};
 use vmkit_virtio::blk::{Block, BlockOptions};
 use vmkit_virtio::console::Console;
 use vmkit_virtio::mmio::{MmioTransport, MMIO_REGION_SIZE};
+use vmkit_virtio::net::{MacAddr, Net, NetOptions};
+
+#[path = "boot_linux/net.rs"]
+mod net;
 
 /// Where the virtio-mmio devices go, one page each, in the MMIO hole.
 const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
@@ -84,13 +98,18 @@ struct Options {
     mem_mib: u64,
     vcpus: u32,
     disk: Option<PathBuf>,
+    net: Option<net::NetMode>,
+    tap: String,
+    mac: MacAddr,
     exit_stats: bool,
     map_kernel: bool,
 }
 
 fn options() -> Result<Options, Box<dyn Error>> {
     const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmdline STRING] \
-                         [--mem MIB] [--vcpus N] [--disk FILE] [--exit-stats] [--map-kernel]";
+                         [--mem MIB] [--vcpus N] [--disk FILE] \
+                         [--net tap|isolated:BRIDGE|bridged:BRIDGE|nat:BRIDGE:GATEWAY/PREFIX:UPLINK \
+                         [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel]";
     let mut args = std::env::args().skip(1);
     let mut kernel = None;
     let mut options = Options {
@@ -100,6 +119,9 @@ fn options() -> Result<Options, Box<dyn Error>> {
         mem_mib: 256,
         vcpus: 1,
         disk: None,
+        net: None,
+        tap: "vmktap%d".to_owned(),
+        mac: NetOptions::default().mac,
         exit_stats: false,
         map_kernel: false,
     };
@@ -113,6 +135,9 @@ fn options() -> Result<Options, Box<dyn Error>> {
             "--initrd" => options.initrd = Some(value()?.into()),
             "--cmdline" => options.cmdline = value()?,
             "--disk" => options.disk = Some(value()?.into()),
+            "--net" => options.net = Some(net::NetMode::parse(&value()?)?),
+            "--tap" => options.tap = value()?,
+            "--mac" => options.mac = net::parse_mac(&value()?)?,
             "--mem" => {
                 let text = value()?;
                 options.mem_mib = text
@@ -205,6 +230,28 @@ fn run() -> Result<(), Box<dyn Error>> {
     if let Some(path) = &options.disk {
         let block = Block::new(open(path, "disk", true)?, BlockOptions::default())?;
         slots.add(vm.as_ref(), &mut bus, &mut virtio_mmio, block)?;
+    }
+    // Declared before the worker so that it is dropped after it: the device stops before
+    // its TAP leaves the network.
+    let mut _net_attachment = None;
+    let mut _net_worker = None;
+    if let Some(mode) = &options.net {
+        let (attachment, tap) = net::Attachment::new(mode, &options.tap)?;
+        eprintln!(
+            "boot_linux: net: {}",
+            net::describe(&attachment, &options.mac, mode)
+        );
+        _net_attachment = Some(attachment);
+        let tap_fd = tap.as_raw_fd();
+        let device = Net::new(
+            tap,
+            NetOptions {
+                mac: options.mac,
+                ..NetOptions::default()
+            },
+        )?;
+        let (transport, base) = slots.add(vm.as_ref(), &mut bus, &mut virtio_mmio, device)?;
+        _net_worker = Some(net::NetWorker::start(vm.as_ref(), transport, base, tap_fd)?);
     }
     slots.add(
         vm.as_ref(),
@@ -337,6 +384,11 @@ impl Machine {
     }
 }
 
+/// A virtio device behind its virtio-mmio transport.
+type VirtioMmio<D> = MmioTransport<Arc<vmkit::GuestMemoryMmap>, D>;
+/// A transport on the bus, and its address.
+type Placed<D> = (Arc<VirtioMmio<D>>, u64);
+
 /// Places virtio-mmio devices one page apart from [`VIRTIO_MMIO_BASE`], each on its own IRQ.
 struct VirtioSlots {
     next_addr: u64,
@@ -346,24 +398,25 @@ struct VirtioSlots {
 
 impl VirtioSlots {
     /// Puts `device` on the bus behind a virtio-mmio transport, wires its interrupt as an
-    /// irqfd and lists it for the ACPI tables.
+    /// irqfd and lists it for the ACPI tables. Returns the transport and its address.
     fn add<D>(
         &mut self,
         vm: &dyn vmkit::Vm,
         bus: &mut Bus,
         announced: &mut Vec<linux::VirtioMmioDevice>,
         device: D,
-    ) -> Result<(), Box<dyn Error>>
+    ) -> Result<Placed<D>, Box<dyn Error>>
     where
         D: vmkit_virtio::VirtioDevice<vmkit::GuestMemoryMmap> + Send + 'static,
     {
-        let transport = MmioTransport::new(device, self.memory.clone(), EventFd::new(0)?)?;
+        let transport = Arc::new(MmioTransport::new(
+            device,
+            self.memory.clone(),
+            EventFd::new(0)?,
+        )?);
         vm.register_irqfd(transport.interrupt_evt(), self.next_irq, None)?;
-        bus.register_mmio(
-            MmioAddress(self.next_addr),
-            MMIO_REGION_SIZE,
-            Arc::new(transport),
-        )?;
+        let base = self.next_addr;
+        bus.register_mmio(MmioAddress(base), MMIO_REGION_SIZE, transport.clone())?;
         announced.push(linux::VirtioMmioDevice {
             base: u32::try_from(self.next_addr)?,
             size: MMIO_REGION_SIZE as u32,
@@ -371,6 +424,6 @@ impl VirtioSlots {
         });
         self.next_addr += MMIO_REGION_SIZE;
         self.next_irq += 1;
-        Ok(())
+        Ok((transport, base))
     }
 }

@@ -1,7 +1,9 @@
 //! Network modes: where a VM's TAP device is plugged in.
 //!
 //! - [`NetworkMode::Isolated`]: a bridge with no uplink and no host
-//!   address (IPv6 off too), shared only by the VMs attached to it.
+//!   address (IPv6 off too, and the host's IPv4 stack deaf to it: strict
+//!   reverse-path filtering, no ARP replies), shared only by the VMs
+//!   attached to it.
 //! - [`NetworkMode::Bridged`]: an existing host bridge, so VMs sit on the
 //!   host's LAN. Nothing is created; attaching enslaves the TAP.
 //! - [`NetworkMode::Nat`]: a bridge holding the gateway address of a
@@ -341,6 +343,14 @@ impl Network {
             }
             NetworkMode::Isolated { .. } => {
                 self.own_bridge(rtnl)?;
+                // A bridge interface that is up hands the host's stack whatever the VMs
+                // address to it (ARP for the host's other addresses, then packets to them),
+                // address or not: shut that door, so that the VMs reach only each other.
+                for (key, value) in sysctl::SHUT_OUT_IPV4 {
+                    let path = sysctl::ipv4_conf_path(bridge, key);
+                    std::fs::write(&path, value)
+                        .map_err(|source| ModeError::Sysctl { path, source })?;
+                }
             }
             NetworkMode::Nat(c) => {
                 if rtnl.link(&c.uplink)?.is_none() {

@@ -20,6 +20,19 @@ pub(crate) fn set_forwarding(iface: &str, on: bool) -> io::Result<()> {
     std::fs::write(forwarding_path(iface), if on { "1\n" } else { "0\n" })
 }
 
+/// `net.ipv4.conf.<iface>.<key>`.
+pub(crate) fn ipv4_conf_path(iface: &str, key: &str) -> String {
+    format!("/proc/sys/net/ipv4/conf/{iface}/{key}")
+}
+
+/// The settings that keep the host's IPv4 stack off an interface: strict
+/// reverse-path filtering (`rp_filter` 1) drops every packet whose source
+/// the host would not route back out of it, which on an interface without
+/// addresses or routes is every packet; `arp_ignore` 8 answers no ARP
+/// request for any local address. Both go with the interface when it is
+/// deleted.
+pub(crate) const SHUT_OUT_IPV4: [(&str, &str); 2] = [("rp_filter", "1\n"), ("arp_ignore", "8\n")];
+
 fn ipv6_path(iface: &str) -> String {
     format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6")
 }

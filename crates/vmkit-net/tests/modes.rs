@@ -52,6 +52,17 @@ fn tap_receive<T>(
     })
 }
 
+/// The MAC address in `f` if it is an ARP reply for `ip`.
+fn arp_reply_from(f: &[u8], ip: Ipv4Addr) -> Option<[u8; 6]> {
+    let a = f.get(14..42)?;
+    let is_reply = f[12..14] == [0x08, 0x06] && a[6..8] == [0, 2] && a[14..18] == ip.octets();
+    is_reply.then(|| {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&a[8..14]);
+        mac
+    })
+}
+
 /// A UDP datagram for `guest` on `port`: (source address, source port, data).
 fn udp_to(f: &[u8], guest: &Guest, port: u16) -> Option<(Ipv4Addr, u16, Vec<u8>)> {
     let ip = parse_ipv4(f)?;
@@ -141,6 +152,32 @@ fn isolated_bridge_joins_its_vms_and_leaves_nothing_behind() {
         a.send(&f).unwrap();
         let got = tap_receive(&mut b, &gb, TIMEOUT, |f| udp_to(f, &gb, 2000)).expect("b receives");
         assert_eq!(got, (ga.ip, 1000, b"a to b".to_vec()));
+
+        // The host's stack stays out: it has an address on another interface,
+        // and a VM that asks for it gets no ARP reply, and a datagram sent to
+        // it through the bridge's own MAC never reaches a socket there.
+        ns.ip(&[
+            "link", "add", "vmkhost0", "type", "veth", "peer", "name", "vmkhost1",
+        ]);
+        ns.ip(&["addr", "add", "10.66.0.1/24", "dev", "vmkhost0"]);
+        ns.ip(&["link", "set", "vmkhost0", "up"]);
+        let host_ip = Ipv4Addr::new(10, 66, 0, 1);
+        let sock = UdpSocket::bind((host_ip, 4000)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        a.send(&ga.arp_request(host_ip)).unwrap();
+        let arp_answer = tap_receive(&mut a, &ga, Duration::from_millis(500), |f| {
+            arp_reply_from(f, host_ip)
+        });
+        assert_eq!(arp_answer, None, "the host answered ARP for {host_ip}");
+        let br_mac = ns.mac("vmkiso0");
+        a.send(&ga.udp_frame(br_mac, 1000, host_ip, 4000, b"to the host"))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let reached = sock.recv_from(&mut buf);
+        assert!(reached.is_err(), "the host received {reached:?}");
+        drop(sock);
+        ns.ip(&["link", "del", "vmkhost0"]);
 
         // Idempotent setup: the same mode again changes nothing.
         let links1 = ns.links_summary();

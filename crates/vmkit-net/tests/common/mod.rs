@@ -436,6 +436,17 @@ impl Guest {
         Some(eth(dst, self.mac, ETH_ARP, &r))
     }
 
+    /// A broadcast ARP request from this guest for `ip`.
+    pub fn arp_request(&self, ip: Ipv4Addr) -> Vec<u8> {
+        let mut r = Vec::with_capacity(28);
+        r.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        r.extend_from_slice(&self.mac);
+        r.extend_from_slice(&self.ip.octets());
+        r.extend_from_slice(&[0; 6]);
+        r.extend_from_slice(&ip.octets());
+        eth([0xff; 6], self.mac, ETH_ARP, &r)
+    }
+
     pub fn udp_frame(
         &self,
         dst_mac: [u8; 6],

@@ -14,7 +14,9 @@ use std::thread::{self, JoinHandle};
 
 use vmkit::{DataMatch, EventFd, IoEventAddress, Vm};
 use vmkit_net::{NatConfig, Network, NetworkMode, Tap};
-use vmkit_virtio::mmio::{MmioTransport, NOTIFY_OFFSET};
+use vmkit_virtio::mmio::{
+    MmioTransport, NOTIFY_OFFSET, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_NEEDS_RESET,
+};
 use vmkit_virtio::net::{fmt_mac, MacAddr, Net, RXQ, TXQ};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -151,6 +153,10 @@ pub struct NetWorker {
     thread: Option<JoinHandle<()>>,
 }
 
+/// How often the thread looks whether the driver has made the device live, while it is not:
+/// nothing else tells it, and until then it leaves the TAP alone.
+const NOT_LIVE_POLL_MS: i32 = 100;
+
 /// Epoll tokens.
 const TOKEN_STOP: u64 = 0;
 const TOKEN_RX_KICK: u64 = 1;
@@ -184,16 +190,18 @@ impl NetWorker {
                 EpollEvent::new(EventSet::IN, token),
             )?;
         }
+        // The TAP is polled for nothing until the device is live.
         epoll.ctl(
             ControlOperation::Add,
             tap,
-            EpollEvent::new(EventSet::IN, TOKEN_TAP),
+            EpollEvent::new(EventSet::empty(), TOKEN_TAP),
         )?;
         let worker = Worker {
             transport,
             epoll,
             tap,
-            tap_events: EventSet::IN,
+            tap_events: EventSet::empty(),
+            live: false,
             rx_kick,
             tx_kick,
             stop: stop.try_clone()?,
@@ -225,6 +233,8 @@ struct Worker {
     tap: RawFd,
     /// What the TAP is polled for now.
     tap_events: EventSet,
+    /// The driver has made the device live (and it has not failed).
+    live: bool,
     rx_kick: EventFd,
     tx_kick: EventFd,
     stop: EventFd,
@@ -234,7 +244,8 @@ impl Worker {
     fn run(mut self) {
         let mut events = vec![EpollEvent::default(); 4];
         loop {
-            let ready = match self.epoll.wait(-1, &mut events) {
+            let timeout = if self.live { -1 } else { NOT_LIVE_POLL_MS };
+            let ready = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(err) => {
@@ -282,18 +293,27 @@ impl Worker {
         }
     }
 
-    /// Polls the TAP for input only while the device can take it (the guest has receive
-    /// buffers), and for output only while transmission waits on it: level-triggered
-    /// polling would otherwise spin.
+    /// Polls the TAP for input only while the device can take it (it is live and the
+    /// guest has receive buffers), and for output only while transmission waits on it:
+    /// level-triggered polling would otherwise spin, since the device leaves frames in the
+    /// TAP when it cannot deliver them.
     fn repoll_tap(&mut self) {
+        let status = self.transport.status();
+        let live =
+            status & STATUS_DRIVER_OK != 0 && status & (STATUS_FAILED | STATUS_NEEDS_RESET) == 0;
+        if live && !self.live {
+            // Frames may have waited in the TAP since before the driver was ready.
+            self.process(RXQ);
+        }
+        self.live = live;
         let (rx_waiting, tx_blocked) = self
             .transport
             .with_device(|net| (net.rx_waiting_for_buffers(), net.tx_blocked()));
         let mut want = EventSet::empty();
-        if !rx_waiting {
+        if live && !rx_waiting {
             want |= EventSet::IN;
         }
-        if tx_blocked {
+        if live && tx_blocked {
             want |= EventSet::OUT;
         }
         if want != self.tap_events {

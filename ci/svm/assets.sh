@@ -4,10 +4,19 @@
 #       Debian's generic kernel (the package behind linux-image-amd64) for L1, and its KVM
 #       modules (irqbypass, ccp, kvm, kvm-amd with their dependencies), decompressed, in
 #       load order. The kernel package is unpacked here, never installed.
+#       The L1 modules also hold what the network tests need: TAP devices, bridges, veth
+#       pairs, dummy links, the nftables NAT rules of crates/vmkit-net (nft_chain_nat,
+#       nft_masq, nft_ct with conntrack and nf_nat) and vhost-net for QEMU's vhost datapath.
+#       L1 has no modprobe, so nothing is loaded on demand: all of it is loaded at boot.
 #   l2/bzImage, l2/vmlinux, l2/initrd.cpio.gz, l2/modules/
 #       Debian's cloud kernel (the package behind linux-image-cloud-amd64) for L2, the
 #       uncompressed ELF vmlinux taken out of that bzImage (it carries the PVH entry note),
 #       and the busybox initramfs whose /init is ci/svm/l2-init.
+#   l2/initrd-net.cpio.gz, l2/modules-net/, netbench
+#       the network tests' initramfs: initrd.cpio.gz followed by a second archive (the kernel
+#       unpacks both) with /modules-net (virtio_net and what it needs beyond l2/modules) and
+#       /bin/netbench, so that the boot tests and the boot benchmark keep the small one.
+#       netbench is ci/svm/netbench.rs built static (it runs in L1 and in L2's busybox).
 #   pattern.bin
 #       the 4096-byte pattern the L2 guest writes to its disk at 1 MiB (see l2-init).
 # Idempotent: a second run with nothing changed only checks the stamps. The last line of
@@ -25,6 +34,7 @@ out=$(cd "$out" && pwd)
 
 need apt-get:apt dpkg-deb:dpkg python3:python3 lz4:lz4 xz:xz-utils zstd:zstd gzip:gzip \
     cpio:cpio readelf:binutils sha256sum:coreutils
+command -v rustc >/dev/null || { log "rustc is missing (netbench is built with it)"; exit 1; }
 [ -x /bin/busybox ] || need busybox:busybox-static
 busybox=/bin/busybox
 if readelf -lW "$busybox" | grep -q 'Requesting program interpreter'; then
@@ -135,7 +145,13 @@ fi
 [ -n "${l1_pkg:-}" ] && [ -n "${l2_pkg:-}" ] || { log "cannot resolve the kernel packages"; exit 1; }
 
 # L1: the generic kernel and its KVM modules.
-l1_want="$l1_pkg irqbypass ccp kvm kvm_amd v1"
+# The network tests' modules: see the header. nf_nat, nf_conntrack and the nf_tables core
+# come in as dependencies; bridge brings stp and llc, vhost_net brings vhost and tap.
+# libcrc32c (which nf_tables and nf_conntrack need) asks the crypto API for "crc32c" when it
+# loads, which would make the kernel run modprobe for it: crc32c_generic goes first.
+# nft_meta_bridge (meta ibrname/obrname) is there for bridge-family rules on vmkit's bridges.
+l1_net_modules="tun bridge veth dummy crc32c_generic nf_tables nft_chain_nat nft_masq nft_ct nft_meta_bridge vhost_net"
+l1_want="$l1_pkg irqbypass ccp kvm kvm_amd $l1_net_modules v1"
 if [ "$(cat "$out/l1/.stamp" 2>/dev/null)" != "$l1_want" ]; then
     deb=$(fetch_deb "$l1_pkg")
     log "unpacking $(basename "$deb")"
@@ -146,13 +162,14 @@ if [ "$(cat "$out/l1/.stamp" 2>/dev/null)" != "$l1_want" ]; then
     cp "$tmp"/boot/vmlinuz-* "$out/l1/vmlinuz"
     cp "$tmp"/boot/config-* "$out/l1/config"
     # kvm-amd pulls in kvm (and irqbypass) and ccp through its depends= list.
-    install_modules "$tmp" "$out/l1/modules" irqbypass ccp kvm kvm_amd
+    # shellcheck disable=SC2086 # a list of names
+    install_modules "$tmp" "$out/l1/modules" irqbypass ccp kvm kvm_amd $l1_net_modules
     rm -rf "$tmp"
     echo "$l1_want" >"$out/l1/.stamp"
 fi
 
 # L2: the cloud kernel, its vmlinux and the virtio modules.
-l2_want="$l2_pkg virtio_mmio virtio_blk v1"
+l2_want="$l2_pkg virtio_mmio virtio_blk + virtio_net v1"
 if [ "$(cat "$out/l2/.stamp" 2>/dev/null)" != "$l2_want" ]; then
     deb=$(fetch_deb "$l2_pkg")
     log "unpacking $(basename "$deb")"
@@ -164,6 +181,14 @@ if [ "$(cat "$out/l2/.stamp" 2>/dev/null)" != "$l2_want" ]; then
     cp "$tmp"/boot/config-* "$out/l2/config"
     python3 "$here/extract-vmlinux.py" "$out/l2/bzImage" "$out/l2/vmlinux" >&2
     install_modules "$tmp" "$out/l2/modules" virtio_mmio virtio_blk
+    # virtio_net's dependencies that l2/modules already loads (virtio, virtio_ring) would fail
+    # a second insmod: the network set keeps only what is new.
+    install_modules "$tmp" "$out/l2/modules-net" virtio_net
+    grep -vxF -f "$out/l2/modules/order" "$out/l2/modules-net/order" >"$out/l2/modules-net/order.new" || true
+    mv "$out/l2/modules-net/order.new" "$out/l2/modules-net/order"
+    for ko in "$out/l2/modules-net"/*.ko; do
+        grep -qxF "$(basename "$ko" .ko)" "$out/l2/modules-net/order" || rm "$ko"
+    done
     rm -rf "$tmp"
     echo "$l2_want" >"$out/l2/.stamp"
 fi
@@ -204,6 +229,39 @@ if [ "$(cat "$out/l2/.initrd-stamp" 2>/dev/null)" != "$initrd_want" ] || [ ! -s 
     echo "$initrd_want" >"$out/l2/.initrd-stamp"
 fi
 
+# netbench: rebuilt when its source or the compiler changes. Static (crt-static: glibc's
+# libc.a), stripped: it goes into an initramfs that L2 unpacks at TCG speed.
+netbench_want=$({ cat "$here/netbench.rs"; rustc -vV; } | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$out/.netbench-stamp" 2>/dev/null)" != "$netbench_want" ] || [ ! -x "$out/netbench" ]; then
+    log "building netbench"
+    rustc --edition 2021 -O -C target-feature=+crt-static -C strip=symbols \
+        -o "$out/netbench.tmp" "$here/netbench.rs" >&2
+    if readelf -lW "$out/netbench.tmp" | grep -q 'Requesting program interpreter'; then
+        log "netbench did not link statically (is libc6-dev's libc.a installed?)"
+        exit 1
+    fi
+    mv "$out/netbench.tmp" "$out/netbench"
+    echo "$netbench_want" >"$out/.netbench-stamp"
+fi
+
+# The network tests' initramfs: the base one, then an archive that adds to its tree.
+initrd_net_want=$(cat "$out/l2/initrd.cpio.gz" "$out/netbench" "$out/l2/modules-net"/* \
+    "$here/assets.sh" | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$out/l2/.initrd-net-stamp" 2>/dev/null)" != "$initrd_net_want" ] ||
+    [ ! -s "$out/l2/initrd-net.cpio.gz" ]; then
+    log "building l2/initrd-net.cpio.gz"
+    stage=$out/tmp-l2-initrd-net
+    rm -rf "$stage"
+    mkdir -p "$stage"/{bin,modules-net}
+    cp "$out/netbench" "$stage/bin/netbench"
+    cp "$out/l2/modules-net"/* "$stage/modules-net/"
+    { cat "$out/l2/initrd.cpio.gz" && cpio_dir "$stage" | gzip -n -9; } >"$out/l2/initrd-net.cpio.gz.tmp"
+    mv "$out/l2/initrd-net.cpio.gz.tmp" "$out/l2/initrd-net.cpio.gz"
+    rm -rf "$stage"
+    echo "$initrd_net_want" >"$out/l2/.initrd-net-stamp"
+fi
+
 log "L1 kernel $l1_pkg, modules: $(tr '\n' ' ' <"$out/l1/modules/order")"
 log "L2 kernel $l2_pkg, modules: $(tr '\n' ' ' <"$out/l2/modules/order")"
+log "L2 network modules: $(tr '\n' ' ' <"$out/l2/modules-net/order")"
 echo "$out"

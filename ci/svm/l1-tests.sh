@@ -7,10 +7,11 @@
 #
 # What L1 holds: /vmkit/bin/{conformance,kvm,boot_linux,linux_boot} (each only if it built),
 # /qemu/bin/qemu-system-x86_64 with its firmware in /qemu/share, /l2/{vmlinux,bzImage,
-# initrd.cpio.gz} and /pattern.bin (see ci/svm/l2-init).
+# initrd.cpio.gz,initrd-net.cpio.gz} and /pattern.bin (see ci/svm/l2-init), and for the
+# network tests /usr/sbin/ip (iproute2), /bin/nft and /bin/netbench.
 
 # shellcheck disable=SC2034 # read by l1-init
-TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage linux_boot_bench"
+TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage net_isolated net_nat net_bridged net_bench linux_boot_bench"
 
 # The L2 kernel command line every boot uses: reboot=k makes `reboot -f` an i8042 reset.
 L2_CMDLINE="console=ttyS0 quiet reboot=k panic=-1"
@@ -121,6 +122,474 @@ t_boot_linux_vmlinux_smp2() {
 # (e) The bzImage (Linux boot protocol) instead of the vmlinux.
 t_boot_linux_bzimage() {
     boot_linux /l2/bzImage 1
+}
+
+# --- Networks (issue 8): vmkit-net's isolated, bridged and NAT modes with real guests, and
+# virtio-net's throughput and latency against QEMU's. The guests boot /l2/initrd-net.cpio.gz
+# and run the scenario their command line names (see ci/svm/l2-init); netbench is
+# ci/svm/netbench.rs, also in L1's /bin. Addresses: isolated 10.10.0.0/24 (L1's other
+# interface 10.77.0.1/24), NAT 10.0.2.0/24 behind uplink0 192.168.100.1/24 (the "outside"
+# netns 192.168.100.2), bridged 192.168.50.0/24 (the "lan" netns .1, the guest .2), benchmark
+# 10.0.3.0/24 (L1 .1 on its bridge benchbr0).
+
+# iproute2's ip (busybox sh would run its own ip applet, which lacks netns, veth, bridges).
+ip() {
+    /usr/sbin/ip "$@"
+}
+
+# Who runs the mode tests' guests: vmkit's boot_linux, or (VMKIT_SVM_NET_VMM=qemu, to tell
+# an L1/L2 problem from vmkit's) QEMU microvm with the modes set up by qnet_up below.
+NET_VMM=${VMKIT_SVM_NET_VMM:-boot_linux}
+# microvm has no i8042: reboot=t, as in t_qemu_microvm.
+QEMU_L2_CMDLINE="console=ttyS0 quiet reboot=t panic=-1"
+
+# net_state FILE: what a network's teardown must restore: links (without their operational
+# state, which a bridge changes by itself as its ports settle; the UP flag stays), addresses
+# (without the flags and lifetimes that change by themselves), the nftables rule set, and the
+# forwarding and IPv6 switches of every interface.
+net_state() {
+    {
+        ip -o link | sed 's/ state [A-Z]* / /'
+        ip -o addr | sed -E 's/ (tentative|dadfailed|optimistic)//g; s/\\? +valid_lft.*//'
+        nft list ruleset
+        for f in /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/*/forwarding \
+            /proc/sys/net/ipv6/conf/*/disable_ipv6; do
+            echo "$f $(cat "$f")"
+        done
+    } >"$1" 2>&1
+}
+
+# net_same BEFORE AFTER WHAT: checks that two net_state files agree.
+net_same() {
+    if diff -u "$1" "$2" >/tmp/net-diff; then
+        echo "check: $3: links, addresses, nftables rules and forwarding/IPv6 sysctls as before"
+    else
+        echo "check FAILED: $3 changed links, addresses, rules or sysctls:"
+        cat /tmp/net-diff
+        net_bad=1
+    fi
+}
+
+# expect FILE EREGEX WHAT: a check that FILE has a line matching EREGEX.
+expect() {
+    if grep -qE "$2" "$1"; then
+        echo "check: $3"
+    else
+        echo "check FAILED: $3 (no line matching '$2' in $1)"
+        net_bad=1
+    fi
+}
+
+# qnet_up MODE TAP / qnet_down MODE TAP: what boot_linux --net MODE does to a TAP, and undoes
+# at exit, for QEMU guests: creates the persistent TAP that QEMU then opens by name, makes the
+# isolated or NAT bridge (NAT: /24 subnets only, the rules of crates/vmkit-net/src/nft.rs)
+# and enslaves the TAP. The last one out removes the bridge.
+qnet_up() {
+    qbr=$(echo "$1" | cut -d: -f2)
+    ip tuntap add dev "$2" mode tap || return 1
+    echo 1 >"/proc/sys/net/ipv6/conf/$2/disable_ipv6"
+    case $1 in
+        isolated:* | nat:*)
+            if ! ip link show "$qbr" >/dev/null 2>&1; then
+                ip link add "$qbr" type bridge || return 1
+                echo 1 >"/proc/sys/net/ipv6/conf/$qbr/disable_ipv6"
+                ip link set "$qbr" up
+            fi
+            ;;
+    esac
+    case $1 in
+        nat:*)
+            qgw=$(echo "$1" | cut -d: -f3)
+            quplink=$(echo "$1" | cut -d: -f4)
+            qnet=${qgw%.*}.0/24
+            ip addr replace "$qgw" dev "$qbr" || return 1
+            echo 1 >"/proc/sys/net/ipv4/conf/$qbr/forwarding"
+            echo 1 >"/proc/sys/net/ipv4/conf/$quplink/forwarding"
+            nft -f - <<EOF || return 1
+table ip vmkit_nat_$qbr {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr $qnet ip daddr != $qnet oifname "$quplink" masquerade
+    }
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        iifname "$qbr" oifname "$quplink" ip saddr $qnet accept
+        iifname "$quplink" oifname "$qbr" ip daddr $qnet ct state established,related accept
+        iifname "$qbr" drop
+        oifname "$qbr" drop
+    }
+}
+EOF
+            ;;
+    esac
+    [ "$1" = tap ] || ip link set "$2" master "$qbr" || return 1
+    ip link set "$2" up
+}
+qnet_down() {
+    qbr=$(echo "$1" | cut -d: -f2)
+    ip link del "$2"
+    case $1 in
+        isolated:* | nat:*)
+            [ -n "$(ip -o link show master "$qbr")" ] && return 0
+            ip link del "$qbr"
+            ;;
+    esac
+    case $1 in
+        nat:*)
+            nft delete table ip "vmkit_nat_$qbr"
+            echo 0 >"/proc/sys/net/ipv4/conf/$(echo "$1" | cut -d: -f4)/forwarding"
+            ;;
+    esac
+    return 0
+}
+
+# qemu_net TAP MAC VHOST CMDLINE: an L2 guest under QEMU microvm with a virtio-net-device on
+# the existing TAP (vhost=VHOST: off is QEMU's userspace virtio-net, on the kernel's vhost-net).
+qemu_net() {
+    bounded 120 qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on \
+        -enable-kvm -cpu host -smp 1 -m 256 -nodefaults -no-user-config -display none \
+        -serial stdio -no-reboot -L /qemu/share -kernel /l2/bzImage \
+        -initrd /l2/initrd-net.cpio.gz -append "$QEMU_L2_CMDLINE $4" \
+        -netdev "tap,id=n0,ifname=$1,script=no,downscript=no,vhost=$3" \
+        -device "virtio-net-device,netdev=n0,mac=$2"
+}
+
+# net_vm NAME MODE TAP MAC CMDLINE: a guest in network MODE (boot_linux's --net syntax) with
+# the scenario CMDLINE (vmkit.net=…, see l2-init), under $NET_VMM. Its console and the VMM's
+# messages go to /tmp/net-NAME.log (with the \r removed, at the end), its exit status to
+# /tmp/net-NAME.rc.
+net_vm() {
+    vlog=/tmp/net-$1.log
+    if [ "$NET_VMM" = qemu ]; then
+        if qnet_up "$2" "$3" >"$vlog.raw" 2>&1; then
+            qemu_net "$3" "$4" off "$5" >>"$vlog.raw" 2>&1
+            vrc=$?
+        else
+            vrc=1
+        fi
+        qnet_down "$2" "$3" >>"$vlog.raw" 2>&1
+    else
+        bounded 120 boot_linux --kernel /l2/vmlinux --initrd /l2/initrd-net.cpio.gz \
+            --cmdline "$L2_CMDLINE $5" --mem 256 --vcpus 1 --net "$2" --tap "$3" --mac "$4" \
+            >"$vlog.raw" 2>&1
+        vrc=$?
+    fi
+    tr -d '\r' <"$vlog.raw" >"$vlog"
+    echo "$vrc" >"/tmp/net-$1.rc"
+}
+
+# net_vm_done NAME: shows a guest's log and checks its exit status and its scenario's end.
+net_vm_done() {
+    echo "--- guest $1 (exit status $(cat "/tmp/net-$1.rc")):"
+    cat "/tmp/net-$1.log"
+    if [ "$(cat "/tmp/net-$1.rc")" != 0 ]; then
+        echo "check FAILED: guest $1 exited with status $(cat "/tmp/net-$1.rc")"
+        net_bad=1
+    fi
+    expect "/tmp/net-$1.log" '^VMKIT-L2-NET-DONE$' "guest $1 ran its scenario to the end"
+    if grep -q '^VMKIT-L2-NET-FAILED' "/tmp/net-$1.log"; then
+        echo "check FAILED: guest $1 reported failures"
+        net_bad=1
+    fi
+}
+
+# wait_for FILE EREGEX SECS: waits until FILE has a line matching EREGEX.
+wait_for() {
+    wf=0
+    while ! grep -qE "$2" "$1" 2>/dev/null; do
+        wf=$((wf + 1))
+        [ $wf -gt $(($3 * 10)) ] && return 1
+        sleep 0.1
+    done
+}
+
+# snmp PROTO FIELD: a counter of L1's IP stack from /proc/net/snmp, e.g. snmp Icmp InEchos.
+snmp() {
+    awk -v p="$1:" -v f="$2" '$1 == p { if (!col) { for (i = 2; i <= NF; i++) if ($i == f) col = i } else print $col }' \
+        /proc/net/snmp
+}
+
+net_need_vmm() {
+    if [ "$NET_VMM" = boot_linux ] && [ ! -x /vmkit/bin/boot_linux ]; then
+        echo "/vmkit/bin/boot_linux: not built"
+        return 1
+    fi
+    echo "guests run under $NET_VMM"
+}
+
+# Two guests on one isolated network at the same time: each pings the other, and neither
+# reaches L1's other interface (a dummy with 10.77.0.1/24), though its default route sends
+# everything straight out of eth0 (the guest ARPs for 10.77.0.1 on the bridge). Each guest
+# serves until the other has finished with it (it knocks last), so neither leaves early.
+t_net_isolated() {
+    net_need_vmm || return 1
+    net_bad=0
+    net_state /tmp/net-pre
+    ip link add l1other0 type dummy && ip addr add 10.77.0.1/24 dev l1other0 &&
+        ip link set l1other0 up || return 1
+    net_state /tmp/net-before
+    echos=$(snmp Icmp InEchos)
+    scenario="vmkit.gw=onlink vmkit.nettest=serve:5000:1,ping:PEER,unreach:10.77.0.1,knock:PEER:5000,wait:120"
+    net_vm iso-a isolated:vmkiso0 vmktapa 52:54:00:0a:00:02 \
+        "vmkit.net=10.10.0.2/24 $(echo "$scenario" | sed 's/PEER/10.10.0.3/g')" &
+    a=$!
+    # The second guest starts once the first one's network is up: two setups of the same
+    # network at the same instant would race to create the bridge.
+    wait_for /tmp/net-iso-a.log.raw 'net: tap .* on vmkiso0|VMKIT-L2-USERSPACE' 60 ||
+        echo "(guest iso-a did not announce its network; starting iso-b anyway)"
+    net_vm iso-b isolated:vmkiso0 vmktapb 52:54:00:0a:00:03 \
+        "vmkit.net=10.10.0.3/24 $(echo "$scenario" | sed 's/PEER/10.10.0.2/g')" &
+    b=$!
+    wait $a
+    wait $b
+    net_vm_done iso-a
+    net_vm_done iso-b
+    expect /tmp/net-iso-a.log '^VMKIT-L2-NET-PING-OK 10\.10\.0\.3 ' "guest a pinged guest b"
+    expect /tmp/net-iso-b.log '^VMKIT-L2-NET-PING-OK 10\.10\.0\.2 ' "guest b pinged guest a"
+    expect /tmp/net-iso-a.log '^VMKIT-L2-NET-UNREACHABLE-OK 10\.77\.0\.1$' "guest a cannot reach L1's 10.77.0.1"
+    expect /tmp/net-iso-b.log '^VMKIT-L2-NET-UNREACHABLE-OK 10\.77\.0\.1$' "guest b cannot reach L1's 10.77.0.1"
+    expect /tmp/net-iso-a.log '^VMKIT-L2-NET-SERVED-OK 10\.10\.0\.3 $' "guest b connected to guest a's port"
+    expect /tmp/net-iso-b.log '^VMKIT-L2-NET-SERVED-OK 10\.10\.0\.2 $' "guest a connected to guest b's port"
+    if [ "$NET_VMM" = boot_linux ]; then
+        expect /tmp/net-iso-a.log 'boot_linux: net: tap vmktapa mac 52:54:00:0a:00:02 on vmkiso0' "guest a's TAP was on vmkiso0"
+        expect /tmp/net-iso-b.log 'boot_linux: net: tap vmktapb mac 52:54:00:0a:00:03 on vmkiso0' "guest b's TAP was on vmkiso0"
+        expect /tmp/net-iso-a.log 'boot_linux: net: (tore down vmkiso0|left vmkiso0 to its other ports: vmktapb)' "guest a left or tore down vmkiso0"
+        expect /tmp/net-iso-b.log 'boot_linux: net: (tore down vmkiso0|left vmkiso0 to its other ports: vmktapa)' "guest b left or tore down vmkiso0"
+    fi
+    # With no address on the bridge, L1 may still answer an ARP for its own 10.77.0.1 and
+    # take in what follows (it has no route back): its IP stack must not have seen the pings.
+    echos_after=$(snmp Icmp InEchos)
+    if [ "$echos_after" = "$echos" ]; then
+        echo "check: L1 received no ICMP echo request (InEchos $echos before and after)"
+    else
+        echo "check FAILED: L1's IP stack received $((echos_after - echos)) ICMP echo requests from the isolated network"
+        net_bad=1
+    fi
+    net_state /tmp/net-after
+    net_same /tmp/net-before /tmp/net-after "the guests' exit"
+    ip link del l1other0
+    net_state /tmp/net-post
+    net_same /tmp/net-pre /tmp/net-post "the test's own fixtures' removal"
+    return $net_bad
+}
+
+# One guest behind NAT reaches a server in the "outside" netns, which sees the connection
+# come from L1's uplink address, not from the guest's private one (the outside has no route
+# to 10.0.2.0/24 either: without masquerading no reply could come back).
+t_net_nat() {
+    net_need_vmm || return 1
+    net_bad=0
+    net_state /tmp/net-pre
+    { ip netns add outside &&
+        ip link add uplink0 type veth peer name out0 netns outside &&
+        ip addr add 192.168.100.1/24 dev uplink0 && ip link set uplink0 up &&
+        ip -n outside addr add 192.168.100.2/24 dev out0 && ip -n outside link set out0 up &&
+        ip -n outside link set lo up && ip route add default via 192.168.100.2; } || return 1
+    net_state /tmp/net-before
+    ip netns exec outside netbench serve 5001 1 >/tmp/net-outside.log 2>&1 &
+    server=$!
+    wait_for /tmp/net-outside.log '^netbench: listening' 10 || echo "(the outside server did not say it listens)"
+    net_vm nat nat:vmknat0:10.0.2.1/24:uplink0 vmktapn 52:54:00:0b:00:0f \
+        "vmkit.net=10.0.2.15/24 vmkit.gw=10.0.2.1 vmkit.nettest=ping:10.0.2.1,rtt:192.168.100.2:5001:20"
+    net_vm_done nat
+    # The server exits after its one connection; if the guest never came, stop it.
+    kill "$server" 2>/dev/null
+    wait "$server"
+    echo "--- the outside's server:"
+    cat /tmp/net-outside.log
+    expect /tmp/net-nat.log '^VMKIT-L2-NET-PING-OK 10\.0\.2\.1 ' "the guest pinged its gateway 10.0.2.1"
+    expect /tmp/net-nat.log '^VMKIT-L2-NET-RTT-OK ' "the guest exchanged data with the outside's server"
+    expect /tmp/net-outside.log '^netbench: peer 192\.168\.100\.1$' "the outside saw the connection come from L1's uplink 192.168.100.1"
+    if grep -q '^netbench: peer 10\.' /tmp/net-outside.log; then
+        echo "check FAILED: the outside saw the guest's private address"
+        net_bad=1
+    else
+        echo "check: the outside never saw a 10.x address"
+    fi
+    if [ "$NET_VMM" = boot_linux ]; then
+        expect /tmp/net-nat.log 'boot_linux: net: tap vmktapn mac 52:54:00:0b:00:0f on vmknat0' "the guest's TAP was on vmknat0"
+        expect /tmp/net-nat.log 'boot_linux: net: tore down vmknat0' "boot_linux tore vmknat0 down"
+    fi
+    net_state /tmp/net-after
+    net_same /tmp/net-before /tmp/net-after "the guest's exit"
+    ip route del default
+    ip link del uplink0
+    ip netns del outside
+    net_state /tmp/net-post
+    net_same /tmp/net-pre /tmp/net-post "the test's own fixtures' removal"
+    return $net_bad
+}
+
+# A guest bridged onto a LAN bridge that the host made (lanbr0, with a veth to the "lan"
+# netns) is reached from the LAN: pinged, and connected to. lanbr0 is not vmkit's: it must
+# survive the guest, without the guest's TAP.
+t_net_bridged() {
+    net_need_vmm || return 1
+    net_bad=0
+    net_state /tmp/net-pre
+    { ip netns add lan &&
+        ip link add lanbr0 type bridge && ip link set lanbr0 up &&
+        ip link add lanport0 type veth peer name lan0 netns lan &&
+        ip link set lanport0 master lanbr0 && ip link set lanport0 up &&
+        ip -n lan addr add 192.168.50.1/24 dev lan0 && ip -n lan link set lan0 up &&
+        ip -n lan link set lo up; } || return 1
+    net_state /tmp/net-before
+    net_vm bridged bridged:lanbr0 vmktapl 52:54:00:0c:00:02 \
+        "vmkit.net=192.168.50.2/24 vmkit.nettest=serve:5002:1,ping:192.168.50.1,wait:120" &
+    vm=$!
+    # From the LAN: ping the guest until it answers, then talk to its server.
+    i=0 lan_ping=no
+    while [ $i -lt 120 ] && [ -d "/proc/$vm" ]; do
+        i=$((i + 1))
+        if ip netns exec lan ping -q -c 1 -w 1 192.168.50.2 >/dev/null 2>&1; then
+            lan_ping=yes
+            break
+        fi
+    done
+    i=0 lan_rtt=
+    while [ $lan_ping = yes ] && [ $i -lt 20 ]; do
+        i=$((i + 1))
+        lan_rtt=$(ip netns exec lan netbench rtt 192.168.50.2 5002 20 2>&1) && break
+        lan_rtt=
+        sleep 0.5
+    done
+    wait $vm
+    net_vm_done bridged
+    if [ $lan_ping = yes ]; then
+        echo "check: the lan netns pinged the guest 192.168.50.2"
+    else
+        echo "check FAILED: the lan netns never got an answer from 192.168.50.2"
+        net_bad=1
+    fi
+    if [ -n "$lan_rtt" ]; then
+        echo "check: the lan netns exchanged data with the guest's server: $lan_rtt"
+    else
+        echo "check FAILED: the lan netns could not talk to the guest's server"
+        net_bad=1
+    fi
+    expect /tmp/net-bridged.log '^VMKIT-L2-NET-PING-OK 192\.168\.50\.1 ' "the guest pinged the lan netns"
+    expect /tmp/net-bridged.log '^VMKIT-L2-NET-SERVED-OK 192\.168\.50\.1 $' "the guest's server saw the lan's 192.168.50.1"
+    if [ "$NET_VMM" = boot_linux ]; then
+        expect /tmp/net-bridged.log 'boot_linux: net: tap vmktapl mac 52:54:00:0c:00:02 on lanbr0' "the guest's TAP was on lanbr0"
+        expect /tmp/net-bridged.log 'boot_linux: net: left lanbr0' "boot_linux left lanbr0 to its owner"
+    fi
+    ports=$(ip -o link show master lanbr0 | awk -F': ' '{ print $2 }' | sed 's/@.*//' | tr '\n' ' ')
+    if ip link show lanbr0 >/dev/null 2>&1 && [ "$ports" = "lanport0 " ]; then
+        echo "check: lanbr0 survived, with its own port only ($ports)"
+    else
+        echo "check FAILED: lanbr0 is gone or has ports other than lanport0: '$ports'"
+        net_bad=1
+    fi
+    net_state /tmp/net-after
+    net_same /tmp/net-before /tmp/net-after "the guest's exit"
+    ip link del lanport0
+    ip link del lanbr0
+    ip netns del lan
+    net_state /tmp/net-post
+    net_same /tmp/net-pre /tmp/net-post "the test's own fixtures' removal"
+    return $net_bad
+}
+
+# The network benchmark: guest-to-host TCP throughput (netbench send, NET_BENCH_SECS s) and
+# latency (netbench rtt: 200 1-byte round trips, the median) to a netbench server in L1 on
+# its bridge benchbr0 (10.0.3.1/24), from the same L2 kernel and initramfs under vmkit's
+# boot_linux (--net bridged:benchbr0) and under QEMU microvm with a virtio-net-device on a TAP
+# on the same bridge with vhost=off: QEMU's own userspace virtio-net, the same kind of
+# datapath as vmkit's. With VMKIT_SVM_NET_VHOST=1 (~50 s more) also vhost=on, the kernel's
+# vhost-net. Interleaved rounds in the same L1; the summary gives the medians and the ratios
+# vmkit/QEMU. It fails only if a run fails, never on a number.
+NET_BENCH_ROUNDS=3
+NET_BENCH_SECS=3
+
+# bench_run VMM: one guest of the benchmark under VMM (vmkit, qemu or qemu-vhost).
+bench_run() {
+    case $1 in
+        vmkit)
+            bounded 120 boot_linux --kernel /l2/vmlinux --initrd /l2/initrd-net.cpio.gz \
+                --cmdline "$L2_CMDLINE $bench_scenario" --mem 256 --vcpus 1 \
+                --net bridged:benchbr0 --tap vmktapx --mac 52:54:00:0d:00:02
+            ;;
+        qemu | qemu-vhost)
+            [ "$1" = qemu ] && vh=off || vh=on
+            qnet_up bridged:benchbr0 vmkqtap0 || return 1
+            qemu_net vmkqtap0 52:54:00:0d:00:03 "$vh" "$bench_scenario"
+            br=$?
+            qnet_down bridged:benchbr0 vmkqtap0
+            return $br
+            ;;
+    esac
+}
+
+# median FILE: the median of the numbers in FILE, one a line.
+median() {
+    sort -n "$1" | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+t_net_bench() {
+    if [ ! -x /vmkit/bin/boot_linux ]; then
+        echo "/vmkit/bin/boot_linux: not built"
+        return 1
+    fi
+    { ip link add benchbr0 type bridge && ip addr add 10.0.3.1/24 dev benchbr0 &&
+        ip link set benchbr0 up; } || return 1
+    netbench serve 5201 >/tmp/net-bench-server.log 2>&1 &
+    server=$!
+    wait_for /tmp/net-bench-server.log '^netbench: listening' 10 || echo "(the server did not say it listens)"
+    bench_scenario="vmkit.net=10.0.3.2/24 vmkit.nettest=send:10.0.3.1:5201:$NET_BENCH_SECS,rtt:10.0.3.1:5201:200"
+    vmms="vmkit qemu"
+    if [ "${VMKIT_SVM_NET_VHOST:-0}" = 1 ]; then
+        if [ -c /dev/vhost-net ]; then
+            vmms="$vmms qemu-vhost"
+        else
+            echo "VMKIT_SVM_NET_VHOST=1 but L1 has no /dev/vhost-net: no vhost=on rounds"
+        fi
+    fi
+    echo "guest: $bench_scenario; VMMs: $vmms; $NET_BENCH_ROUNDS rounds"
+    bad=0
+    rm -f /tmp/nb-*
+    round=1
+    while [ $round -le $NET_BENCH_ROUNDS ]; do
+        for vmm in $vmms; do
+            start=$(now_ms)
+            # L1's view: TCP segments that arrived bad (checksum and others), for a round
+            # whose numbers fall out of line.
+            errs=$(snmp Tcp InErrs) csum=$(snmp Tcp InCsumErrors)
+            bench_run "$vmm" >/tmp/nb.raw 2>&1
+            rc=$?
+            tr -d '\r' </tmp/nb.raw >/tmp/nb.log
+            tput=$(sed -n 's/^VMKIT-L2-NET-SEND-OK netbench: send [0-9]* bytes [0-9.]* s \([0-9.]*\) MB\/s.*/\1/p' /tmp/nb.log)
+            lat=$(sed -n 's/^VMKIT-L2-NET-RTT-OK netbench: rtt n [0-9]* median \([0-9]*\) us .*/\1/p' /tmp/nb.log)
+            if [ $rc -ne 0 ] || [ -z "$tput" ] || [ -z "$lat" ]; then
+                echo "round $round $vmm FAILED (exit status $rc, $(($(now_ms) - start)) ms):"
+                cat /tmp/nb.log
+                bad=1
+                continue
+            fi
+            echo "round $round $vmm: $tput MB/s, rtt $(sed -n 's/^VMKIT-L2-NET-RTT-OK netbench: rtt //p' /tmp/nb.log)," \
+                "send $(sed -n 's/^VMKIT-L2-NET-SEND-OK .*(\(tcp retransmits [0-9]*\))$/\1/p' /tmp/nb.log)," \
+                "L1 TCP InErrs +$(($(snmp Tcp InErrs) - errs)) InCsumErrors +$(($(snmp Tcp InCsumErrors) - csum)) ($(($(now_ms) - start)) ms)"
+            echo "$tput" >>"/tmp/nb-$vmm.tput"
+            echo "$lat" >>"/tmp/nb-$vmm.rtt"
+        done
+        round=$((round + 1))
+    done
+    kill "$server"
+    wait "$server"
+    ip link del benchbr0
+    if [ ! -s /tmp/nb-vmkit.tput ] || [ ! -s /tmp/nb-qemu.tput ]; then
+        echo "net-bench: FAILED: no complete vmkit/QEMU pair"
+        return 1
+    fi
+    tv=$(median /tmp/nb-vmkit.tput) tq=$(median /tmp/nb-qemu.tput)
+    lv=$(median /tmp/nb-vmkit.rtt) lq=$(median /tmp/nb-qemu.rtt)
+    echo "net-bench: guest-to-host TCP over virtio-net, medians of $(wc -l </tmp/nb-vmkit.tput) rounds: ${NET_BENCH_SECS} s stream, 200 1-byte round trips"
+    echo "net-bench: throughput vmkit $tv MB/s qemu $tq MB/s ratio $(awk "BEGIN { printf \"%.2f\", $tv / $tq }") (higher is better)"
+    echo "net-bench: rtt median vmkit $lv us qemu $lq us ratio $(awk "BEGIN { printf \"%.2f\", $lv / $lq }") (lower is better)"
+    if [ -s /tmp/nb-qemu-vhost.tput ]; then
+        th=$(median /tmp/nb-qemu-vhost.tput) lh=$(median /tmp/nb-qemu-vhost.rtt)
+        echo "net-bench: qemu vhost=on: throughput $th MB/s (vmkit/vhost $(awk "BEGIN { printf \"%.2f\", $tv / $th }")) rtt $lh us (vmkit/vhost $(awk "BEGIN { printf \"%.2f\", $lv / $lh }"))"
+    fi
+    return $bad
 }
 
 # The Linux boot benchmark (benches/linux_boot.rs): vmkit's boot_linux against QEMU microvm,

@@ -14,6 +14,10 @@
 #   VMKIT_BENCH_ROUNDS=n       benchmark rounds (default 7; 3 with VMKIT_SVM_BENCH_ICOUNT=1,
 #                              where every round gives the same times)
 #   VMKIT_SVM_CPU=model        L1's CPU (default max: SVM, NPT, and XSAVE for L1's KVM)
+#   VMKIT_SVM_NET_VMM=qemu     run the network mode tests' guests under QEMU microvm, the
+#                              modes set up by the test script, instead of under vmkit's
+#                              boot_linux: tells an L1/L2 problem from one of vmkit's
+#   VMKIT_SVM_NET_VHOST=1      the network benchmark also times QEMU with vhost-net
 #   VMKIT_SVM_BENCH_ICOUNT=1   run the benchmark in a second L1 whose clock counts executed
 #                              instructions (-icount shift=0,sleep=off: 1 ns each, idle time
 #                              skipped) instead of following the host's: its times do not
@@ -38,7 +42,7 @@ phase_done() {
 }
 
 need qemu-system-x86_64:qemu-system-x86 python3:python3 cpio:cpio ldd:libc-bin \
-    strip:binutils timeout:coreutils
+    strip:binutils timeout:coreutils ip:iproute2 nft:nftables
 command -v cargo >/dev/null || { log "cargo is missing"; exit 1; }
 
 # The tests to run, in l1-tests.sh's order; a name that matches nothing would silently run
@@ -54,6 +58,8 @@ selected=()
 for name in $known; do
     [[ ",${VMKIT_SVM_ONLY:-$name}," == *",$name,"* ]] && selected+=("$name")
 done
+[[ ${VMKIT_SVM_NET_VMM:-boot_linux} =~ ^(boot_linux|qemu)$ ]] ||
+    { log "VMKIT_SVM_NET_VMM=$VMKIT_SVM_NET_VMM: boot_linux or qemu"; exit 1; }
 for var in VMKIT_SVM_TIMEOUT VMKIT_BENCH_ROUNDS; do
     [[ ${!var:-0} =~ ^[0-9]+$ ]] || { log "$var=${!var}: not a number"; exit 1; }
 done
@@ -114,7 +120,8 @@ done
 cp "$here/l1-init" "$stage/init"
 cp "$here/l1-tests.sh" "$stage/harness/tests.sh"
 cp "$assets/l1/modules"/* "$stage/modules/"
-cp "$assets/l2/vmlinux" "$assets/l2/bzImage" "$assets/l2/initrd.cpio.gz" "$stage/l2/"
+cp "$assets/l2/vmlinux" "$assets/l2/bzImage" "$assets/l2/initrd.cpio.gz" \
+    "$assets/l2/initrd-net.cpio.gz" "$stage/l2/"
 cp "$assets/pattern.bin" "$stage/pattern.bin"
 
 # add_libs BINARY: the shared libraries BINARY needs, at the paths the loader will look.
@@ -133,6 +140,18 @@ for name in conformance kvm boot_linux linux_boot; do
     strip --strip-debug -o "$stage/vmkit/bin/$name" "${bins[$name]}"
     add_libs "$stage/vmkit/bin/$name"
 done
+# The network tests: iproute2's ip as /usr/sbin/ip (busybox's has no netns, veth or bridge
+# commands, and busybox sh runs its own applets before anything on PATH, so the tests call
+# it by path), nft for the rule sets (vmkit-net runs `nft` from PATH), and netbench (static,
+# built by assets.sh).
+mkdir -p "$stage/usr/sbin"
+ip_bin=$(command -v ip)
+cp "$ip_bin" "$stage/usr/sbin/ip"
+add_libs "$ip_bin"
+nft_bin=$(command -v nft)
+cp "$nft_bin" "$stage/bin/nft"
+add_libs "$nft_bin"
+cp "$assets/netbench" "$stage/bin/netbench"
 qemu=$(command -v qemu-system-x86_64)
 cp "$qemu" "$stage/qemu/bin/"
 add_libs "$qemu"
@@ -168,6 +187,8 @@ run_l1() {
     local append="console=ttyS0 panic=-1 quiet loglevel=4 VMKIT_SVM_ONLY=$tests"
     [ -n "${VMKIT_SVM_TIMEOUT:-}" ] && append+=" VMKIT_SVM_TIMEOUT=$VMKIT_SVM_TIMEOUT"
     [ -n "${VMKIT_BENCH_ROUNDS:-}" ] && append+=" VMKIT_BENCH_ROUNDS=$VMKIT_BENCH_ROUNDS"
+    [ -n "${VMKIT_SVM_NET_VMM:-}" ] && append+=" VMKIT_SVM_NET_VMM=$VMKIT_SVM_NET_VMM"
+    [ -n "${VMKIT_SVM_NET_VHOST:-}" ] && append+=" VMKIT_SVM_NET_VHOST=$VMKIT_SVM_NET_VHOST"
     local console=$assets/l1-$name.log
     consoles+=("$console.clean")
     # Everything in L1 runs at TCG speed on a host CPU that others may share: the load says
@@ -223,6 +244,7 @@ echo "=== SVM harness"
 printf '  %s\n' "${phases[@]}"
 cat "${consoles[@]}" | grep -E '^VMKIT-TEST ' | sed 's/^/  /' || true
 cat "${consoles[@]}" | grep -E '^\| linux_boot: (median|ratio|FAILED)' | sed 's/^| /  /' || true
+cat "${consoles[@]}" | grep -E '^\| net-bench: ' | sed 's/^| /  /' || true
 for p in "${problems[@]}"; do
     echo "  problem: $p"
 done

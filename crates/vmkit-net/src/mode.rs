@@ -20,6 +20,14 @@
 //! without vmkit's alias, links it did not enslave, other nftables tables,
 //! a forwarding setting that was already on.
 //!
+//! Several processes may set up the same network at once (VMs starting
+//! together): one creates the bridge, the others wait for it to carry
+//! vmkit's alias and join it. A teardown is not ordered against another
+//! process's setup, though: if the last VM leaves while a new one is
+//! joining, the newcomer's `attach` can fail with
+//! [`ModeError::NoSuchLink`]; a VMM that starts and stops VMs on one
+//! network concurrently serializes those calls (e.g. with a lock file).
+//!
 //! Everything happens in the network namespace of the calling thread.
 //! The NAT mode needs the `nft` binary (Debian: `nftables`). DHCP and DNS
 //! for the private subnet are the VMM's to provide (or configure guests
@@ -123,6 +131,41 @@ impl NetworkRecord {
     /// The names of the attached links.
     pub fn attached_names(&self) -> Vec<&str> {
         self.attached.iter().map(|p| p.name.as_str()).collect()
+    }
+}
+
+/// How long [`wait_for_label`] gives a concurrent setup to label the bridge it created.
+const LABEL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The bridge `name` once it carries `alias`: the one a concurrent setup of the same
+/// network has just created. Anything else by that name is [`ModeError::BridgeInUse`].
+fn wait_for_label(rtnl: &mut Rtnl, name: &str, alias: &str) -> Result<Link, ModeError> {
+    let deadline = std::time::Instant::now() + LABEL_WAIT;
+    loop {
+        match rtnl.link(name)? {
+            Some(l) if l.is_bridge() && l.alias.as_deref() == Some(alias) => return Ok(l),
+            // Not labelled yet: a bridge freshly created by another setup, or not ours.
+            Some(l) if l.is_bridge() && l.alias.is_none() => {}
+            Some(l) => {
+                return Err(ModeError::BridgeInUse {
+                    name: name.to_string(),
+                    alias: l.alias,
+                })
+            }
+            // Deleted again (a teardown won the race): nothing to join.
+            None => {
+                return Err(ModeError::NoSuchLink {
+                    name: name.to_string(),
+                })
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ModeError::BridgeInUse {
+                name: name.to_string(),
+                alias: None,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -378,21 +421,33 @@ impl Network {
         let alias = self.record.mode.alias().unwrap_or_default();
         let link = match rtnl.link(&name)? {
             Some(l) if l.is_bridge() && l.alias.as_deref() == Some(alias) => l,
+            // Maybe one a concurrent setup of this network has just created and is
+            // about to label (a foreign one costs a short wait before the error).
+            Some(l) if l.is_bridge() && l.alias.is_none() => wait_for_label(rtnl, &name, alias)?,
             Some(l) => {
                 return Err(ModeError::BridgeInUse {
                     name,
                     alias: l.alias,
                 })
             }
-            None => {
-                rtnl.add_bridge(&name)?;
-                self.record.bridge_created = true;
-                let l = rtnl
-                    .link(&name)?
-                    .ok_or_else(|| ModeError::NoSuchLink { name: name.clone() })?;
-                rtnl.set_alias(&l, alias)?;
-                l
-            }
+            None => match rtnl.add_bridge(&name) {
+                Ok(()) => {
+                    self.record.bridge_created = true;
+                    let l = rtnl
+                        .link(&name)?
+                        .ok_or_else(|| ModeError::NoSuchLink { name: name.clone() })?;
+                    rtnl.set_alias(&l, alias)?;
+                    l
+                }
+                // Another setup of this network (another VM starting) created it
+                // between the lookup and here; it labels it next.
+                Err(NetlinkError::Request { source, .. })
+                    if source.raw_os_error() == Some(libc::EEXIST) =>
+                {
+                    wait_for_label(rtnl, &name, alias)?
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         self.record.bridge_created = true;
         // No IPv6 (hence no link-local address) on vmkit's bridges: the
@@ -419,15 +474,16 @@ impl Network {
                 .iter()
                 .any(|(uplink, was_off)| *uplink == c.uplink && *was_off);
         }
-        self.record.nft_table = Some(table.clone());
+        // `nft -f` applies all or nothing: the table is recorded once it exists.
         nft::apply_nat(&nft::NatRules {
-            table,
+            table: table.clone(),
             bridge: c.bridge.clone(),
             uplink: c.uplink.clone(),
             network: c.network(),
             prefix_len: c.prefix_len,
             forwarding_was_off: owed,
         })?;
+        self.record.nft_table = Some(table);
         self.record.uplink_forwarding_enabled = owed;
         if !on {
             sysctl::set_forwarding(&c.uplink, true).map_err(sysctl_err(&c.uplink))?;
@@ -524,7 +580,10 @@ impl Network {
     }
 
     /// Removes what this network created (see the module documentation).
-    /// Idempotent; the record is emptied as things go.
+    /// Idempotent; the record is emptied as things go. A step that fails
+    /// does not stop the others (a NAT table that cannot be deleted still
+    /// lets the bridge go): the first error is returned, and what failed
+    /// stays in the record for another try.
     pub fn teardown(&mut self) -> Result<(), ModeError> {
         let mut rtnl = Rtnl::new()?;
         let bridge = self.bridge().to_string();
@@ -550,38 +609,64 @@ impl Network {
                 }
             }
         }
+        let mut first_error = None;
+        let mut keep = |result: Result<(), ModeError>| {
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        };
         for port in self.record.attached.clone() {
-            self.detach_with(&mut rtnl, &port.name)?;
+            keep(self.detach_with(&mut rtnl, &port.name));
         }
         if let Some(table) = self.record.nft_table.clone() {
-            nft::delete_table(&table)?;
-            self.record.nft_table = None;
-        }
-        if let NetworkMode::Nat(c) = &self.record.mode {
-            if self.record.uplink_forwarding_enabled {
-                let mut still_owed = false;
-                for t in nft::vmkit_tables()? {
-                    still_owed |= nft::marks(&t)?.iter().any(|(u, _)| *u == c.uplink);
-                }
-                // Another NAT network on this uplink still needs it (and
-                // carries the obligation); the last one restores it.
-                if !still_owed && rtnl.link(&c.uplink)?.is_some() {
-                    sysctl::set_forwarding(&c.uplink, false).map_err(sysctl_err(&c.uplink))?;
-                }
-                self.record.uplink_forwarding_enabled = false;
+            let deleted = nft::delete_table(&table);
+            if deleted.is_ok() {
+                self.record.nft_table = None;
             }
+            keep(deleted.map_err(ModeError::from));
+        }
+        // Forwarding is restored only once the table is gone: the table's mark is what
+        // says whether another NAT network still needs it.
+        if self.record.nft_table.is_none() {
+            keep(self.restore_uplink_forwarding(&mut rtnl));
         }
         if self.record.bridge_created {
-            if let Some(br) = br.filter(|b| ours(b)) {
-                match rtnl.del_link(br.index, &br.name) {
-                    Ok(()) => {}
+            let deleted = match br.filter(|b| ours(b)) {
+                Some(br) => match rtnl.del_link(br.index, &br.name) {
                     Err(NetlinkError::Request { source, .. })
-                        if source.raw_os_error() == Some(libc::ENODEV) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                        if source.raw_os_error() == Some(libc::ENODEV) =>
+                    {
+                        Ok(())
+                    }
+                    other => other,
+                },
+                None => Ok(()),
+            };
+            if deleted.is_ok() {
+                self.record.bridge_created = false;
             }
-            self.record.bridge_created = false;
+            keep(deleted.map_err(ModeError::from));
         }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Turns forwarding on the NAT uplink back off if this network turned it on and no
+    /// other vmkit NAT network on that uplink still needs it (the last one restores it).
+    fn restore_uplink_forwarding(&mut self, rtnl: &mut Rtnl) -> Result<(), ModeError> {
+        let NetworkMode::Nat(c) = &self.record.mode else {
+            return Ok(());
+        };
+        if !self.record.uplink_forwarding_enabled {
+            return Ok(());
+        }
+        let mut still_owed = false;
+        for t in nft::vmkit_tables()? {
+            still_owed |= nft::marks(&t)?.iter().any(|(u, _)| *u == c.uplink);
+        }
+        if !still_owed && rtnl.link(&c.uplink)?.is_some() {
+            sysctl::set_forwarding(&c.uplink, false).map_err(sysctl_err(&c.uplink))?;
+        }
+        self.record.uplink_forwarding_enabled = false;
         Ok(())
     }
 }

@@ -210,6 +210,49 @@ fn isolated_bridge_joins_its_vms_and_leaves_nothing_behind() {
     });
 }
 
+/// Two VMs starting at once set up the same isolated network: one creates
+/// the bridge, the other finds it (created a moment ago, maybe not yet
+/// labelled as vmkit's) and joins it; neither fails.
+#[test]
+fn concurrent_setups_of_one_network_both_succeed() {
+    if !host_can("concurrent_setups_of_one_network_both_succeed", false) {
+        return;
+    }
+    let ns = Netns::new("race");
+    let links0 = ns.links_summary();
+    let mode = NetworkMode::Isolated {
+        bridge: "vmkrace0".into(),
+    };
+    for round in 0..20 {
+        let barrier = std::sync::Barrier::new(4);
+        let results: Vec<Result<Network, ModeError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        enter(&ns.name);
+                        barrier.wait();
+                        Network::setup(mode.clone())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let errors: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+            .collect();
+        assert!(errors.is_empty(), "round {round}: {errors:?}");
+        let nets: Vec<Network> = results.into_iter().flatten().collect();
+        assert!(nets.iter().all(|n| n.record().bridge_created));
+        ns.run(|| {
+            for mut n in nets {
+                n.teardown().unwrap();
+            }
+        });
+        assert_eq!(ns.links_summary(), links0, "round {round}");
+    }
+}
+
 #[test]
 fn a_foreign_link_with_the_bridge_name_is_never_taken_or_deleted() {
     if !host_can(

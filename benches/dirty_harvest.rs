@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use vm_memory::{Bytes, GuestAddress};
-use vmkit::arch::x86_64::boot;
 use vmkit::{MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
+use vmkit_boot::entry;
 
 const CODE: u64 = 0x10_0000;
 const TRACKED: u64 = 0x4000_0000;
@@ -46,7 +46,7 @@ fn vm(ring: bool) -> (Box<dyn Vm>, Box<dyn Vcpu>) {
     let memory = vm.memory();
     memory.write_slice(&WRITER, GuestAddress(CODE)).unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
-    boot::configure_long_mode(vcpu.as_ref(), &memory, CODE).unwrap();
+    entry::configure_long_mode(vcpu.as_ref(), &memory, CODE).unwrap();
     (vm, vcpu)
 }
 

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_memory::GuestAddress;
-use vmkit::arch::x86_64::boot;
 use vmkit::{
     DataMatch, EventFd, IoEventAddress, KickHandle, MemoryFlags, MemoryRegion, MsiMessage,
     VcpuExit, Vm, VmConfig,
 };
+use vmkit_boot::entry;
 use vmkit_guests::minimal;
 
 /// A booted minimal kernel in interrupt mode, its vCPU on a thread that timestamps every
@@ -51,7 +51,7 @@ impl IrqGuest {
         let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
         let mut vcpu = vm.create_vcpu(0).unwrap();
         vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
-        boot::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
+        entry::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
         let mut regs = vcpu.regs().unwrap();
         regs.rdx = minimal::ENTRY_FLAG_INTERRUPTS;
         vcpu.set_regs(&regs).unwrap();

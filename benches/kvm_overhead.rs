@@ -22,9 +22,9 @@ use criterion::{criterion_group, Criterion};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmkit::arch::x86_64::boot;
 use vmkit::kvm::Kvm;
 use vmkit::{Hypervisor, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
+use vmkit_boot::entry;
 
 const CODE_ADDR: u64 = 0x10_0000;
 const RAM_SIZE: usize = 4 << 20;
@@ -42,7 +42,7 @@ fn vmkit_vm(kvm: &Kvm) -> (Box<dyn Vm>, Box<dyn Vcpu>) {
         .write_slice(&PIO_LOOP, GuestAddress(CODE_ADDR))
         .unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
-    boot::configure_long_mode(vcpu.as_ref(), &memory, CODE_ADDR).unwrap();
+    entry::configure_long_mode(vcpu.as_ref(), &memory, CODE_ADDR).unwrap();
     (vm, vcpu)
 }
 
@@ -65,7 +65,7 @@ fn bare_vm(kvm: &kvm_ioctls::Kvm) -> (VmFd, VcpuFd, GuestMemoryMmap) {
         .write_slice(&PIO_LOOP, GuestAddress(CODE_ADDR))
         .unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
-    let cr3 = boot::write_identity_page_tables(&memory).unwrap();
+    let cr3 = entry::write_identity_page_tables(&memory).unwrap();
     let mut sregs = vcpu.get_sregs().unwrap();
     sregs.cs.l = 1;
     sregs.cs.db = 0;
@@ -73,7 +73,7 @@ fn bare_vm(kvm: &kvm_ioctls::Kvm) -> (VmFd, VcpuFd, GuestMemoryMmap) {
     sregs.cs.type_ = 0xb;
     sregs.cs.present = 1;
     sregs.cs.base = 0;
-    sregs.cs.selector = boot::selector::CODE64;
+    sregs.cs.selector = entry::selector::CODE64;
     sregs.cr0 |= 0x8000_0001;
     sregs.cr3 = cr3;
     sregs.cr4 |= 0x20;

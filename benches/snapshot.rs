@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use vm_memory::{Bytes, GuestAddress};
-use vmkit::arch::x86_64::boot;
 use vmkit::snapshot::{self, DiffTracker, MemoryRestore};
 use vmkit::{Hypervisor, MemoryFlags, MemoryRegion, Vcpu, Vm, VmConfig};
+use vmkit_boot::entry;
 
 const SIZES_MIB: [usize; 4] = [64, 256, 1024, 4096];
 
@@ -41,7 +41,7 @@ fn fixture(mib: usize, flags: MemoryFlags) -> Fixture {
         memory.write_slice(&page, GuestAddress(addr)).unwrap();
     }
     let vcpu = vm.create_vcpu(0).unwrap();
-    boot::configure_long_mode(vcpu.as_ref(), &memory, 0x10_0000).unwrap();
+    entry::configure_long_mode(vcpu.as_ref(), &memory, 0x10_0000).unwrap();
     let msrs = snapshot::readable_msrs(vcpu.as_ref(), &hv.msr_index_list());
     Fixture {
         hv,

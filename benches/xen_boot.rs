@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use vm_memory::GuestAddress;
-use vmkit::arch::x86_64::boot;
 use vmkit::xen::Xen;
 use vmkit::{Hypervisor, MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
+use vmkit_boot::entry;
 use vmkit_guests::minimal;
 
 const XL_CONFIG: &str = "/xen/minimal.cfg";
@@ -74,8 +74,8 @@ fn vmkit_run(xen: &Xen) -> Result<VmkitRun, String> {
     let mut vcpu = vm
         .create_vcpu(0)
         .map_err(|e| err("create_vcpu")(e.into()))?;
-    boot::configure_pvh(vcpu.as_ref(), &memory, entry, 0)
-        .map_err(|e| err("configure_pvh")(e.into()))?;
+    entry::configure_pvh(vcpu.as_ref(), &memory, entry, 0)
+        .map_err(|e| format!("configure_pvh: {e}"))?;
     run.vcpu = start.elapsed();
     match vcpu.run().map_err(|e| err("run")(e.into()))? {
         VcpuExit::IoIn { port, .. } if port == minimal::SERIAL_LSR_PORT => {}

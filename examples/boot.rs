@@ -31,8 +31,8 @@ use std::thread;
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
-use vmkit::arch::x86_64::boot;
 use vmkit::{EventFd, KickHandle, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
+use vmkit_boot::entry;
 use vmkit_bus::{Bus, ExitOutcome};
 use vmkit_devices::{Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
@@ -157,7 +157,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     for index in 0..vcpus {
         let vcpu = vm.create_vcpu(index)?;
         vcpu.set_cpuid(&hypervisor.supported_cpuid())?;
-        boot::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0)?;
+        entry::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0)?;
         let mut regs = vcpu.regs()?;
         regs.rdi = u64::from(vcpus);
         regs.rsi = u64::from(index);

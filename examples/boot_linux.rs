@@ -28,7 +28,7 @@
 //! The default command line is `console=ttyS0 reboot=k panic=-1`. `--exit-stats` prints, at the
 //! end, how many exits each port and MMIO address caused on each vCPU (to find what a guest
 //! probes). `--map-kernel` maps a vmlinux's pages into guest RAM copy-on-write instead of
-//! copying them (`vmkit::linux::load_kernel_file`): loading is nearly free and VMs booting
+//! copying them (`vmkit_boot::linux::load_kernel_file`): loading is nearly free and VMs booting
 //! the same file share its pages, but those pages are small pages of the page cache, not
 //! the huge pages that back the rest of RAM.
 //!
@@ -53,8 +53,8 @@ use std::thread;
 
 use linux_loader::cmdline::Cmdline;
 use vm_device::bus::{MmioAddress, PioAddress};
-use vmkit::linux::{self, layout};
 use vmkit::{EventFd, KickHandle, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
+use vmkit_boot::linux::{self, layout};
 use vmkit_bus::{Bus, ExitOutcome};
 use vmkit_devices::{Cmos, Serial, COM1, COM1_GSI, I8042, SERIAL_PORTS};
 use vmkit_virtio::blk::{Block, BlockOptions};

@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-#[cfg(target_arch = "x86_64")]
-use crate::arch::x86_64::boot::BootError;
 use crate::hypervisor::{HypervisorError, HypervisorKind};
 use crate::memory::MemoryError;
 use crate::vcpu::VcpuError;
@@ -30,10 +28,6 @@ pub enum Error {
     /// From building a [`MemoryRegion`](crate::MemoryRegion).
     #[error(transparent)]
     Memory(#[from] MemoryError),
-    /// From preparing a vCPU to boot.
-    #[cfg(target_arch = "x86_64")]
-    #[error(transparent)]
-    Boot(#[from] BootError),
 }
 
 /// One backend [`crate::open`] tried, and why it was not usable.

@@ -48,7 +48,7 @@
 //! # }
 //! ```
 //!
-//! To start a vCPU directly in 64-bit mode, see [`arch::x86_64::boot`].
+//! To start a vCPU directly in 64-bit mode, or to boot Linux, see the `vmkit-boot` crate.
 
 #![deny(missing_docs)]
 
@@ -59,7 +59,6 @@ pub mod hypervisor;
 pub mod interrupt;
 #[cfg(feature = "kvm")]
 pub mod kvm;
-pub mod linux;
 pub mod memory;
 pub mod pause;
 #[cfg(target_arch = "x86_64")]

@@ -1,4 +1,4 @@
-//! vmkit's Linux boot path (`vmkit::linux`) with a real distribution kernel on this host's
+//! vmkit's Linux boot path (`vmkit_boot::linux`) with a real distribution kernel on this host's
 //! KVM.
 //!
 //! This host's KVM emulates ring-0 guest code, so a distribution kernel cannot get far here
@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use linux_loader::cmdline::Cmdline;
 use vm_device::bus::PioAddress;
-use vmkit::linux::{self, layout, KernelEntry};
 use vmkit::{MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
+use vmkit_boot::linux::{self, layout, KernelEntry};
 use vmkit_bus::Bus;
 use vmkit_devices::{Cmos, Serial, COM1, COM1_GSI, I8042, SERIAL_PORTS};
 

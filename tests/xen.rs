@@ -20,12 +20,13 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use vm_device::bus::PioAddress;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, MemoryRegionAddress};
-use vmkit::arch::x86_64::{boot, msr_index, Msr};
+use vmkit::arch::x86_64::{msr_index, Msr};
 use vmkit::xen::Xen;
 use vmkit::{
     Hypervisor, HypervisorKind, MemoryFlags, MemoryRegion, MemorySlot, SystemEventKind, Vcpu,
     VcpuExit, VmConfig,
 };
+use vmkit_boot::entry;
 use vmkit_bus::{Bus, ExitOutcome};
 use vmkit_devices::{Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
@@ -143,7 +144,7 @@ fn vm_lifecycle(xen: &Xen) -> vmkit::GuestMemoryMmap {
         .unwrap();
     for id in 0..2 {
         let mut vcpu = vm.create_xen_vcpu(id).unwrap();
-        boot::configure_long_mode(&vcpu, &memory, CODE_ADDR).unwrap();
+        entry::configure_long_mode(&vcpu, &memory, CODE_ADDR).unwrap();
         assert!(matches!(
             vcpu.run().unwrap(),
             VcpuExit::IoOut { port: 0x81, .. }
@@ -473,7 +474,7 @@ fn the_minimal_kernel_says_hello_through_its_pvh_entry() {
     };
     let mut vcpu = vm.create_vcpu(0).unwrap();
     vcpu.set_cpuid(&xen.supported_cpuid()).unwrap();
-    boot::configure_pvh(vcpu.as_ref(), &memory, u32::try_from(entry.0).unwrap(), 0).unwrap();
+    entry::configure_pvh(vcpu.as_ref(), &memory, u32::try_from(entry.0).unwrap(), 0).unwrap();
 
     let output = Output::default();
     let i8042 = Arc::new(I8042::new().unwrap());
@@ -535,7 +536,7 @@ fn changing_one_vcpus_state_repeats_no_io_of_another() {
         )
         .unwrap();
     let mut counter = vm.create_vcpu(0).unwrap();
-    boot::configure_long_mode(counter.as_ref(), &memory, CODE_ADDR).unwrap();
+    entry::configure_long_mode(counter.as_ref(), &memory, CODE_ADDR).unwrap();
     let kick = counter.kick_handle();
     let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = Arc::clone(&writes);
@@ -564,7 +565,7 @@ fn changing_one_vcpus_state_repeats_no_io_of_another() {
             start.elapsed() < Duration::from_secs(60),
             "the counter is stuck"
         );
-        boot::configure_long_mode(other.as_ref(), &memory, CODE_ADDR).unwrap();
+        entry::configure_long_mode(other.as_ref(), &memory, CODE_ADDR).unwrap();
         other
             .set_msrs(&[Msr {
                 index: msr_index::LSTAR,

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_memory::GuestAddress;
 use vm_superio::{Serial, Trigger};
-use vmkit::arch::x86_64::{boot, MpState};
+use vmkit::arch::x86_64::MpState;
 use vmkit::{
     EventFd, Hypervisor, KickHandle, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig,
 };
+use vmkit_boot::entry;
 use vmkit_guests::minimal;
 
 /// What the harness answers for the kernel's MMIO read.
@@ -188,7 +189,7 @@ impl Guest {
         for index in 0..config.vcpus {
             let vcpu = vm.create_vcpu(index).unwrap();
             vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
-            boot::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
+            entry::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
             let mut regs = vcpu.regs().unwrap();
             regs.rdi = u64::from(config.vcpus);
             regs.rsi = u64::from(index);

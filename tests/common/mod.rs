@@ -3,8 +3,8 @@
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 use vm_memory::{Bytes, GuestAddress};
-use vmkit::arch::x86_64::boot;
 use vmkit::{Hypervisor, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
+use vmkit_boot::entry;
 
 /// Where test code is placed and entered.
 pub const CODE_ADDR: u64 = 0x10_0000;
@@ -35,7 +35,7 @@ pub fn long_mode_vm_with(hypervisor: &dyn Hypervisor, config: VmConfig, code: &[
     memory.write_slice(code, GuestAddress(CODE_ADDR)).unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
     vcpu.set_cpuid(&hypervisor.supported_cpuid()).unwrap();
-    boot::configure_long_mode(vcpu.as_ref(), &memory, CODE_ADDR).unwrap();
+    entry::configure_long_mode(vcpu.as_ref(), &memory, CODE_ADDR).unwrap();
     TestVm { vm, vcpu }
 }
 

@@ -8,8 +8,8 @@ use std::io::Cursor;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use vm_memory::GuestAddress;
-use vmkit::arch::x86_64::boot;
 use vmkit::{MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
+use vmkit_boot::entry;
 use vmkit_guests::minimal;
 
 const MMIO_ANSWER: u32 = 0x1234_abcd;
@@ -31,14 +31,14 @@ fn boot(hv: &dyn Hypervisor, entry: Entry) -> (String, Vec<u8>, [u8; 12]) {
     vcpu.set_cpuid(&cpuid).unwrap();
     match entry {
         Entry::LongMode => {
-            boot::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap()
+            entry::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap()
         }
         Entry::Pvh => {
             let PvhBootCapability::PvhEntryPresent(addr) = kernel.pvh_boot_cap else {
                 panic!("the minimal kernel has no PVH note");
             };
             let entry = u32::try_from(addr.0).unwrap();
-            boot::configure_pvh(vcpu.as_ref(), &memory, entry, 0).unwrap();
+            entry::configure_pvh(vcpu.as_ref(), &memory, entry, 0).unwrap();
         }
     }
 

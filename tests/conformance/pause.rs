@@ -10,9 +10,9 @@ use std::thread;
 use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress};
-use vmkit::arch::x86_64::boot;
 use vmkit::pause::VcpuPauser;
 use vmkit::{MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
+use vmkit_boot::entry;
 
 /// again: out 0x81, al; jmp again  (not port 0x80: by default Xen lets HVM guests reach the
 /// real port 0x80, so byte accesses to it never exit)
@@ -35,7 +35,7 @@ pub fn pause_stops_every_vcpu_and_resume_restarts_them(hv: &dyn Hypervisor) {
     let mut threads = Vec::new();
     for id in 0..VCPUS {
         let mut vcpu = vm.create_vcpu(id).unwrap();
-        boot::configure_long_mode(vcpu.as_ref(), &memory, common::CODE_ADDR).unwrap();
+        entry::configure_long_mode(vcpu.as_ref(), &memory, common::CODE_ADDR).unwrap();
         let registration = pauser.register(vcpu.kick_handle());
         let (pauser, stop, exits) = (
             pauser.clone(),

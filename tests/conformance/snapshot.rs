@@ -8,9 +8,10 @@ use std::sync::Arc;
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::{Bytes, GuestAddress};
-use vmkit::arch::x86_64::{boot, msr_index};
+use vmkit::arch::x86_64::msr_index;
 use vmkit::snapshot::{self, Features};
 use vmkit::{EventFd, Hypervisor, MemoryFlags, MemoryRegion, Vcpu, Vm, VmConfig};
+use vmkit_boot::entry;
 use vmkit_bus::{Bus, ExitOutcome};
 use vmkit_devices::{I8042Snapshot, Serial, SerialSnapshot, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
@@ -111,7 +112,7 @@ fn state_moves(hv: &dyn Hypervisor, config: VmConfig) {
     let memory = first.vm.memory();
     let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
     first.vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
-    boot::configure_long_mode(first.vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
+    entry::configure_long_mode(first.vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
     let mut regs = first.vcpu.regs().unwrap();
     regs.rdx = minimal::ENTRY_FLAG_COUNT;
     first.vcpu.set_regs(&regs).unwrap();
@@ -260,7 +261,7 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
 
     let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
     first.vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
-    boot::configure_long_mode(first.vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
+    entry::configure_long_mode(first.vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
     let mut regs = first.vcpu.regs().unwrap();
     regs.rdx = minimal::ENTRY_FLAG_COUNT | minimal::ENTRY_FLAG_VIRTIO_BLK;
     first.vcpu.set_regs(&regs).unwrap();
@@ -397,7 +398,7 @@ pub fn a_chain_of_diffs_restores_like_a_full_snapshot(hv: &dyn Hypervisor) {
     let memory = vm.vm.memory();
     let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
     vm.vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
-    boot::configure_long_mode(vm.vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
+    entry::configure_long_mode(vm.vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
     let mut regs = vm.vcpu.regs().unwrap();
     regs.rdx = minimal::ENTRY_FLAG_COUNT;
     vm.vcpu.set_regs(&regs).unwrap();
@@ -602,7 +603,7 @@ pub fn a_paused_smp_vm_saves_and_restores(hv: &dyn Hypervisor) {
         .map(|index| {
             let vcpu = vm.create_vcpu(index).unwrap();
             vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
-            boot::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
+            entry::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
             let mut regs = vcpu.regs().unwrap();
             regs.rdi = 2;
             regs.rsi = u64::from(index);

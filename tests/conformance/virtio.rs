@@ -10,8 +10,8 @@ use std::thread;
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
-use vmkit::arch::x86_64::boot;
 use vmkit::{DataMatch, EventFd, Hypervisor, IoEventAddress, MemoryFlags, MemoryRegion, VmConfig};
+use vmkit_boot::entry;
 use vmkit_bus::{Bus, ExitOutcome};
 use vmkit_devices::{Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
@@ -85,7 +85,7 @@ fn blk_round_trip(hv: &dyn Hypervisor, ioeventfd: bool) {
 
     let mut vcpu = vm.create_vcpu(0).unwrap();
     vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
-    boot::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
+    entry::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
     let mut regs = vcpu.regs().unwrap();
     regs.rdx = minimal::ENTRY_FLAG_VIRTIO_BLK;
     vcpu.set_regs(&regs).unwrap();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::{DeviceMmio, DevicePio};
+#[cfg(feature = "vmkit")]
 use vmkit::VcpuExit;
 
 use crate::map::{Lookup, RangeMap};
@@ -215,6 +216,7 @@ impl Bus {
     ///
     /// Never panics, whatever the exit holds; see the [crate documentation](crate) for what
     /// unmapped, straddling and malformed accesses get.
+    #[cfg(feature = "vmkit")]
     pub fn handle_exit(&self, exit: &mut VcpuExit<'_>) -> ExitOutcome {
         match exit {
             VcpuExit::IoIn { port, size, data } => self.pio_read(*port, *size, data),

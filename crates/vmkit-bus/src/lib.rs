@@ -1,6 +1,6 @@
 //! # vmkit-bus
 //!
-//! Port I/O and MMIO dispatch for VMMs built on [`vmkit`]: devices registered by address
+//! Port I/O and MMIO dispatch for VMMs built on `vmkit`: devices registered by address
 //! range on a [`Bus`], and [`Bus::handle_exit`], which routes a [`vmkit::VcpuExit`] to the
 //! device that owns the accessed address and answers reads.
 //!
@@ -107,5 +107,5 @@ pub use bus::{Bus, SharedMmioDevice, SharedPioDevice, MAX_MMIO_WIDTH};
 pub use error::BusError;
 pub use types::{Access, ExitOutcome, Malformed, Space, Span, UnmappedCounts};
 
-#[cfg(test)]
+#[cfg(all(test, feature = "vmkit"))]
 mod tests;

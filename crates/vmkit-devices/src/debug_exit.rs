@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::DevicePio;
-use vmkit::EventFd;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::eventfd;
 use crate::{DeviceError, RestoreError};

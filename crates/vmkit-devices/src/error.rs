@@ -2,6 +2,8 @@
 
 use std::io;
 
+use vmm_sys_util::eventfd::EventFd;
+
 /// Why a device could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -48,16 +50,11 @@ pub enum RestoreError {
 }
 
 /// A new non-blocking eventfd for `device`.
-pub(crate) fn eventfd(
-    device: &'static str,
-    purpose: &'static str,
-) -> Result<vmkit::EventFd, DeviceError> {
-    vmkit::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).map_err(|source| {
-        DeviceError::EventFd {
-            device,
-            purpose,
-            source,
-        }
+pub(crate) fn eventfd(device: &'static str, purpose: &'static str) -> Result<EventFd, DeviceError> {
+    EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).map_err(|source| DeviceError::EventFd {
+        device,
+        purpose,
+        source,
     })
 }
 
@@ -65,7 +62,7 @@ pub(crate) fn eventfd(
 pub(crate) fn eventfd_pair(
     device: &'static str,
     purpose: &'static str,
-) -> Result<(vmkit::EventFd, vmkit::EventFd), DeviceError> {
+) -> Result<(EventFd, EventFd), DeviceError> {
     let evt = eventfd(device, purpose)?;
     let dup = evt.try_clone().map_err(|source| DeviceError::EventFd {
         device,

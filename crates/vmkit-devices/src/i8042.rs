@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::DevicePio;
 use vm_superio::{I8042Device, Trigger};
-use vmkit::EventFd;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::eventfd_pair;
 use crate::registers::register;

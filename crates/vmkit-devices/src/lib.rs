@@ -4,7 +4,7 @@
 //! implements vm-device's [`DevicePio`](vm_device::DevicePio)):
 //!
 //! - [`Serial`]: a 16550A UART on vm-superio's model; output to any `Write`, input from the
-//!   host with [`Serial::enqueue_input`], interrupt through an [`EventFd`](vmkit::EventFd)
+//!   host with [`Serial::enqueue_input`], interrupt through an [`EventFd`](vmm_sys_util::eventfd::EventFd)
 //!   to register as an irqfd (GSI 4 for COM1 at `0x3f8`).
 //! - [`I8042`]: the keyboard controller on vm-superio's model, for its CPU-reset command
 //!   (`0xfe` to port `0x64`), which raises a flag and signals an eventfd.

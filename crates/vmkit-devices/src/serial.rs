@@ -10,7 +10,7 @@ use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::DevicePio;
 use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::Trigger;
-use vmkit::EventFd;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::eventfd_pair;
 use crate::registers::register;

@@ -14,8 +14,8 @@ use linux_loader::loader::KernelLoader;
 use vm_device::bus::{MmioAddress, MmioAddressOffset, PioAddress};
 use vm_device::DeviceMmio;
 use vm_memory::{Bytes, GuestAddress};
-use vmkit::arch::x86_64::boot;
 use vmkit::{Hypervisor, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
+use vmkit_boot::entry;
 use vmkit_bus::{Bus, ExitOutcome, UnmappedCounts};
 use vmkit_devices::{DebugExit, Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
@@ -70,7 +70,7 @@ fn boot_minimal(hv: &dyn Hypervisor, mmio: Option<Arc<MmioProbe>>) -> Booted {
     let mut vcpu = vm.create_vcpu(0).unwrap();
     let cpuid = hv.supported_cpuid();
     vcpu.set_cpuid(&cpuid).unwrap();
-    boot::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
+    entry::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
 
     let serial = Arc::new(Serial::new(Vec::new()).unwrap());
     let i8042 = Arc::new(I8042::new().unwrap());
@@ -180,7 +180,7 @@ fn run_code(hv: &dyn Hypervisor, code: &[u8]) -> (Box<dyn Vm>, Arc<DebugExit>) {
     memory.write_slice(code, GuestAddress(CODE_ADDR)).unwrap();
     let mut vcpu: Box<dyn Vcpu> = vm.create_vcpu(0).unwrap();
     vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
-    boot::configure_long_mode(vcpu.as_ref(), &memory, CODE_ADDR).unwrap();
+    entry::configure_long_mode(vcpu.as_ref(), &memory, CODE_ADDR).unwrap();
 
     let debug_exit = Arc::new(DebugExit::new().unwrap());
     let mut bus = Bus::new();

@@ -1,7 +1,7 @@
-//! x86-64 vCPU state: registers, FPU and XSAVE, MSRs, CPUID, local APIC, pending events, and
-//! helpers to start a vCPU in 64-bit long mode.
+//! x86-64 vCPU and interrupt-controller state: registers, FPU and XSAVE, MSRs, CPUID, local
+//! APIC, pending events, PIC/IOAPIC/PIT. Data only: nothing here calls a hypervisor (the
+//! helpers that start a vCPU at a kernel's entry point are in the `vmkit-boot` crate).
 
-pub mod boot;
 mod cpuid;
 mod events;
 mod fpu;

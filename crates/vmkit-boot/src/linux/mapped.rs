@@ -18,7 +18,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::load::{KernelEntry, KernelFormat, LoadedKernel};
 use super::LinuxBootError;
-use crate::GuestMemoryMmap;
+use vmkit::GuestMemoryMmap;
 
 const PAGE: u64 = 4096;
 const PT_LOAD: u32 = 1;

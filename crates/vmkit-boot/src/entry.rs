@@ -5,16 +5,16 @@
 //! (see [`GDT_ADDR`] and [`PML4_ADDR`]) and loads the registers that point at them.
 //!
 //! ```no_run
-//! use vmkit::arch::x86_64::boot;
-//! # fn f(vm: &dyn vmkit::Vm, vcpu: &dyn vmkit::Vcpu) -> Result<(), boot::BootError> {
-//! boot::configure_long_mode(vcpu, &vm.memory(), 0x10_0000)?;
+//! use vmkit_boot::entry;
+//! # fn f(vm: &dyn vmkit::Vm, vcpu: &dyn vmkit::Vcpu) -> Result<(), entry::BootError> {
+//! entry::configure_long_mode(vcpu, &vm.memory(), 0x10_0000)?;
 //! # Ok(()) }
 //! ```
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
-use super::{DescriptorTable, Regs, Segment, SpecialRegs};
-use crate::vcpu::{Vcpu, VcpuError};
+use vmkit::arch::x86_64::{DescriptorTable, Regs, Segment, SpecialRegs};
+use vmkit::{Vcpu, VcpuError};
 
 /// Guest-physical address of the GDT the boot helpers write.
 pub const GDT_ADDR: u64 = 0x500;

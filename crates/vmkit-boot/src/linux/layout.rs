@@ -72,11 +72,11 @@ pub struct E820Entry {
 
 /// Where `ram_size` bytes of RAM go: below the MMIO hole first, the rest from 4 GiB up.
 ///
-/// Each range is `(start, length)`, ready to become a [`MemoryRegion`](crate::MemoryRegion).
+/// Each range is `(start, length)`, ready to become a [`MemoryRegion`](vmkit::MemoryRegion).
 ///
 /// ```
 /// use vm_memory::GuestAddress;
-/// use vmkit::linux::layout::ram_ranges;
+/// use vmkit_boot::linux::layout::ram_ranges;
 ///
 /// assert_eq!(ram_ranges(256 << 20), [(GuestAddress(0), 256 << 20)]);
 /// assert_eq!(

@@ -7,8 +7,9 @@ use vm_memory::GuestMemoryBackend;
 use super::layout::{PVH_START_INFO, ZERO_PAGE};
 use super::load::{KernelEntry, LoadedKernel};
 use super::LinuxBootError;
-use crate::arch::x86_64::{boot, CpuidEntry, LapicState, Msr};
-use crate::vcpu::Vcpu;
+use crate::entry as boot;
+use vmkit::arch::x86_64::{CpuidEntry, LapicState, Msr};
+use vmkit::Vcpu;
 
 /// CPUID.1:ECX bit 31: a hypervisor is present. `KVM_GET_SUPPORTED_CPUID` leaves it clear;
 /// without it Linux calibrates the TSC against the PIT and can hang doing so.
@@ -81,7 +82,7 @@ pub fn guest_cpuid(supported: &[CpuidEntry], index: u32, vcpus: u32) -> Vec<Cpui
 pub fn boot_msrs() -> [Msr; 2] {
     [
         Msr {
-            index: crate::arch::x86_64::msr_index::MISC_ENABLE,
+            index: vmkit::arch::x86_64::msr_index::MISC_ENABLE,
             data: MISC_ENABLE_FAST_STRINGS,
         },
         Msr {

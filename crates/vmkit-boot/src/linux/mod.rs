@@ -27,7 +27,7 @@
 //! ```no_run
 //! use std::fs::File;
 //! use linux_loader::cmdline::Cmdline;
-//! use vmkit::linux::{self, layout};
+//! use vmkit_boot::linux::{self, layout};
 //! use vmkit::{MemoryFlags, MemoryRegion, VmConfig};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -65,8 +65,8 @@ pub use cpu::{configure_vcpu, guest_cpuid};
 pub use load::{load_initrd, load_kernel, Initrd, KernelEntry, KernelFormat, LoadedKernel};
 pub use params::{write_cmdline, write_pvh_start_info, write_zero_page};
 
-use crate::arch::x86_64::boot::BootError;
-use crate::vcpu::VcpuError;
+use crate::entry::BootError;
+use vmkit::VcpuError;
 
 /// Errors of booting Linux.
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +192,7 @@ pub enum LinuxBootError {
 /// about 15 ms sooner than copying, out of 1.72 s; its main gain is memory shared between VMs
 /// booting the same file.
 pub fn load_kernel_file(
-    memory: &crate::GuestMemoryMmap,
+    memory: &vmkit::GuestMemoryMmap,
     file: &std::fs::File,
 ) -> Result<LoadedKernel, LinuxBootError> {
     if mapped::is_elf(file)? {

@@ -121,4 +121,8 @@ constants! {
     PV_MARKER_ADDR: u64 = 0x40_1000;
     /// The (virtual) address of [`PV_SHUTDOWN`]'s `sched_shutdown` argument.
     PV_SHUTDOWN_ARG: u64 = 0x40_1010;
+
+    /// Where [`DIRTY_WRITER`] reads its list of pages (2 MiB, in RAM): a qword count, then
+    /// that many qword addresses.
+    DIRTY_TABLE: u64 = 0x20_0000;
 }

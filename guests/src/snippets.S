@@ -293,3 +293,22 @@ pv_shutdown_after_syscall:
 /// PV guest that never exits.
 pv_shutdown_spin:
         jmp     pv_shutdown_spin
+
+/// Dirties a list of pages, over and over: reads a qword count at
+/// [`DIRTY_TABLE`] and that many qword addresses after it, writes the byte 1
+/// to each address, writes `al` to [`REPORT_PORT`] (one byte: it exits on
+/// KVM) and starts again from the (possibly changed) table. Uses `rsi`
+/// (table cursor), `rcx` (count) and `rdi`.
+snippet dirty_writer
+1:      mov     $DIRTY_TABLE, %esi
+        mov     (%rsi), %rcx
+        add     $8, %rsi
+2:      test    %rcx, %rcx
+        jz      3f
+        mov     (%rsi), %rdi
+        movb    $1, (%rdi)
+        add     $8, %rsi
+        dec     %rcx
+        jmp     2b
+3:      out     %al, $REPORT_PORT
+        jmp     1b

@@ -119,6 +119,8 @@ mod tests {
             PV_SHUTDOWN,
             &(PV_SHUTDOWN_ARG as u32).to_le_bytes()
         ));
+        assert!(contains(DIRTY_WRITER, &(DIRTY_TABLE as u32).to_le_bytes()));
+        assert!(contains(DIRTY_WRITER, &[0xe6, REPORT_PORT as u8]));
     }
 
     #[test]
@@ -204,6 +206,7 @@ mod tests {
             XEN_SHUTDOWN_ARG,
             PV_MARKER_ADDR,
             PV_SHUTDOWN_ARG,
+            DIRTY_TABLE,
         ] {
             assert!(addr < 1 << 32, "{addr:#x}");
         }

@@ -1,13 +1,21 @@
-//! Builds the guest kernels in `src/` with the host C compiler driver.
+//! Builds the guest kernels and the test snippets in `src/` with the host C
+//! compiler driver.
 //!
 //! Each kernel is one GNU assembler source plus a linker script, linked into
-//! a static, freestanding ELF64 image in `$OUT_DIR`. The compiler is `$CC`
-//! if set, else `cc`; it must target x86-64 (GCC or Clang with GNU ld or
-//! lld). No network access and no prebuilt binaries are involved.
+//! a static, freestanding ELF64 image in `$OUT_DIR`. The snippets
+//! (`src/snippets.S`) are assembled into one relocatable object, whose
+//! `.snippet.*` sections and documented labels this script reads itself and
+//! writes out as Rust constants (`$OUT_DIR/snippets.rs`); the values they use
+//! come from `src/snippet_constants.rs` as `-D` definitions. The compiler is
+//! `$CC` if set, else `cc`; it must target x86-64 (GCC or Clang with GNU ld
+//! or lld). No network access and no prebuilt binaries are involved.
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "build_snippets.rs"]
+mod snippets;
 
 /// One guest kernel: its assembly source and linker script (in `src/`) and
 /// the name of the ELF file produced in `$OUT_DIR`.
@@ -39,6 +47,21 @@ fn main() {
         println!("cargo:rerun-if-changed={}", script.display());
         build(&cc, &source, &script, &out_dir.join(guest.output));
     }
+
+    let snippets = manifest_dir.join("src").join("snippets.S");
+    println!("cargo:rerun-if-changed={}", snippets.display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir
+            .join("src")
+            .join("snippet_constants.rs")
+            .display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("build_snippets.rs").display()
+    );
+    snippets::build(&cc, &snippets, &out_dir);
 }
 
 /// Compiles and links `source` with `script` into `output`, panicking with
@@ -60,7 +83,12 @@ fn build(cc: &str, source: &Path, script: &Path, output: &Path) {
     .arg("-o")
     .arg(output)
     .arg(source);
+    run(cc, cmd, source);
+}
 
+/// Runs `cmd` (the C compiler `cc` on `source`), panicking with its output on
+/// failure.
+fn run(cc: &str, mut cmd: Command, source: &Path) {
     let result = cmd.output().unwrap_or_else(|err| {
         panic!(
             "vmkit-guests: failed to run the C compiler `{cc}` (set $CC to an x86-64 \

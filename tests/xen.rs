@@ -30,6 +30,7 @@ use vmkit_boot::entry;
 use vmkit_bus::{Bus, ExitOutcome};
 use vmkit_devices::{Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
+use vmkit_guests::snippets::{self, BYTE_REPORT_PORT, REPORT_PORT};
 
 use common::{long_mode_vm, CODE_ADDR, MMIO_ADDR};
 
@@ -140,14 +141,17 @@ fn vm_lifecycle(xen: &Xen) -> vmkit::GuestMemoryMmap {
     vmkit::Vm::remove_memory_region(&vm, slot).unwrap();
     let memory = vmkit::Vm::memory(&vm);
     memory
-        .write_slice(&[0xe6, 0x81, 0xf4], GuestAddress(CODE_ADDR)) // out 0x81, al; hlt
+        .write_slice(snippets::PIO_OUT_HLT, GuestAddress(CODE_ADDR)) // out 0x81, al; hlt
         .unwrap();
     for id in 0..2 {
         let mut vcpu = vm.create_xen_vcpu(id).unwrap();
         entry::configure_long_mode(&vcpu, &memory, CODE_ADDR).unwrap();
         assert!(matches!(
             vcpu.run().unwrap(),
-            VcpuExit::IoOut { port: 0x81, .. }
+            VcpuExit::IoOut {
+                port: BYTE_REPORT_PORT,
+                ..
+            }
         ));
         assert_eq!(next_exit(&mut vcpu), "Hlt");
     }
@@ -177,9 +181,9 @@ fn no_domain_or_page_outlives_its_vm() {
     }
     let view = kept_view.unwrap();
     assert_eq!(view.num_regions(), 1);
-    let mut code = [0u8; 3];
+    let mut code = vec![0u8; snippets::PIO_OUT_HLT.len()];
     view.read_slice(&mut code, GuestAddress(CODE_ADDR)).unwrap();
-    assert_eq!(code, [0xe6, 0x81, 0xf4]);
+    assert_eq!(code, snippets::PIO_OUT_HLT);
     drop(view);
     wait_for_cleanup(&xen, before);
 }
@@ -190,24 +194,24 @@ fn guest_memory_is_shared_both_ways_and_comes_back_on_removal() {
         return;
     };
     // mov rax, [0x300000]; out 0x80, eax; mov dword [0x300008], 0x600df00d; out 0x81, al; hlt
-    let code = [
-        0x48, 0x8b, 0x04, 0x25, 0x00, 0x00, 0x30, 0x00, 0xe7, 0x80, 0xc7, 0x04, 0x25, 0x08, 0x00,
-        0x30, 0x00, 0x0d, 0xf0, 0x0d, 0x60, 0xe6, 0x81, 0xf4,
-    ];
+    let code = snippets::RAM_READ_THEN_WRITE;
+    let (read_addr, store_addr) = (snippets::RAM_READ_ADDR, snippets::RAM_STORE_ADDR);
     // Contents written into the region before it is added arrive in the guest.
     let ram =
         MemoryRegion::anonymous(GuestAddress(0x40_0000), 0x20_0000, MemoryFlags::empty()).unwrap();
     ram.mapping()
         .write_obj(0xabcd_1234u32, MemoryRegionAddress(0x1000))
         .unwrap();
-    let mut t = long_mode_vm(&xen, &code);
+    let mut t = long_mode_vm(&xen, code);
     let slot = t.vm.add_memory_region(ram).unwrap();
     t.vm.memory()
-        .write_obj(0x1122_3344u32, GuestAddress(0x30_0000))
+        .write_obj(0x1122_3344u32, GuestAddress(read_addr))
         .unwrap();
     match t.vcpu.run().unwrap() {
         VcpuExit::IoOut {
-            port: 0x80, data, ..
+            port: REPORT_PORT,
+            data,
+            ..
         } => {
             assert_eq!(
                 data,
@@ -219,10 +223,13 @@ fn guest_memory_is_shared_both_ways_and_comes_back_on_removal() {
     }
     assert!(matches!(
         t.vcpu.run().unwrap(),
-        VcpuExit::IoOut { port: 0x81, .. }
+        VcpuExit::IoOut {
+            port: BYTE_REPORT_PORT,
+            ..
+        }
     ));
-    let written: u32 = t.vm.memory().read_obj(GuestAddress(0x30_0008)).unwrap();
-    assert_eq!(written, 0x600d_f00d, "the VMM reads the guest's write");
+    let written: u32 = t.vm.memory().read_obj(GuestAddress(store_addr)).unwrap();
+    assert_eq!(written, snippets::MARKER, "the VMM reads the guest's write");
     let removed = t.vm.remove_memory_region(slot).unwrap();
     assert_eq!(removed.guest_addr(), GuestAddress(0x40_0000));
     let value: u32 = removed
@@ -233,10 +240,11 @@ fn guest_memory_is_shared_both_ways_and_comes_back_on_removal() {
     let ram = t.vm.remove_memory_region(MemorySlot(0)).unwrap();
     let value: u32 = ram
         .mapping()
-        .read_obj(MemoryRegionAddress(0x30_0008))
+        .read_obj(MemoryRegionAddress(store_addr))
         .unwrap();
     assert_eq!(
-        value, 0x600d_f00d,
+        value,
+        snippets::MARKER,
         "the removed region holds what the guest wrote"
     );
 }
@@ -249,14 +257,11 @@ fn port_and_mmio_exits_carry_data_both_ways() {
     // in eax, 0x71 (dword); mov ebx, 0xd0000000; mov [rbx+4], eax (MMIO write);
     // mov ecx, [rbx] (MMIO read); mov eax, ecx; out 0x80, eax; mov dx, 0x3f8; mov al, 0x21;
     // out dx, al; hlt
-    let code = [
-        0xe5, 0x71, 0xbb, 0x00, 0x00, 0x00, 0xd0, 0x89, 0x43, 0x04, 0x8b, 0x0b, 0x89, 0xc8, 0xe7,
-        0x80, 0x66, 0xba, 0xf8, 0x03, 0xb0, 0x21, 0xee, 0xf4,
-    ];
-    let mut t = long_mode_vm(&xen, &code);
+    assert_eq!(snippets::MMIO_BASE, MMIO_ADDR);
+    let mut t = long_mode_vm(&xen, snippets::PORT_MMIO_ECHO);
     match t.vcpu.run().unwrap() {
         VcpuExit::IoIn {
-            port: 0x71,
+            port: snippets::PORT_READS_DWORD_PORT,
             size: 4,
             data,
         } => data.copy_from_slice(&[1, 2, 3, 4]),
@@ -264,7 +269,8 @@ fn port_and_mmio_exits_carry_data_both_ways() {
     }
     match t.vcpu.run().unwrap() {
         VcpuExit::MmioWrite { addr, data } => {
-            assert_eq!((addr, data), (MMIO_ADDR + 4, &[1, 2, 3, 4][..]))
+            let echo = MMIO_ADDR + snippets::MMIO_ECHO_OFFSET;
+            assert_eq!((addr, data), (echo, &[1, 2, 3, 4][..]))
         }
         other => panic!("expected an MMIO write of what the port read gave, got {other:?}"),
     }
@@ -277,7 +283,7 @@ fn port_and_mmio_exits_carry_data_both_ways() {
     }
     match t.vcpu.run().unwrap() {
         VcpuExit::IoOut {
-            port: 0x80,
+            port: REPORT_PORT,
             size: 4,
             data,
         } => {
@@ -287,10 +293,10 @@ fn port_and_mmio_exits_carry_data_both_ways() {
     }
     match t.vcpu.run().unwrap() {
         VcpuExit::IoOut {
-            port: 0x3f8,
+            port: snippets::SERIAL_PORT,
             size: 1,
             data,
-        } => assert_eq!(data, [0x21]),
+        } => assert_eq!(data, [snippets::SERIAL_BYTE]),
         other => panic!("expected a byte to the serial port, got {other:?}"),
     }
     assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
@@ -302,10 +308,9 @@ fn vcpu_state_reaches_the_guest_and_comes_back() {
         return;
     };
     // add rax, rbx; mov ecx, 0xc0000082 (LSTAR); rdmsr; out 0x80, eax; hlt
-    let code = [
-        0x48, 0x01, 0xd8, 0xb9, 0x82, 0x00, 0x00, 0xc0, 0x0f, 0x32, 0xe7, 0x80, 0xf4,
-    ];
-    let mut t = long_mode_vm(&xen, &code);
+    let code = snippets::ADD_AND_RDMSR;
+    assert_eq!(snippets::RDMSR_INDEX, msr_index::LSTAR);
+    let mut t = long_mode_vm(&xen, code);
     let mut regs = t.vcpu.regs().unwrap();
     assert_eq!(regs.rip, CODE_ADDR);
     regs.rax = 40;
@@ -335,7 +340,9 @@ fn vcpu_state_reaches_the_guest_and_comes_back() {
     match t.vcpu.run().unwrap() {
         // rdmsr of LSTAR: the low half in eax.
         VcpuExit::IoOut {
-            port: 0x80, data, ..
+            port: REPORT_PORT,
+            data,
+            ..
         } => assert_eq!(data, 0x8123_4567u32.to_le_bytes()),
         other => panic!("{other:?}"),
     }
@@ -358,8 +365,8 @@ fn a_halted_vcpu_goes_on_after_its_hlt() {
     };
     // hlt; out 0x82, al; hlt; out 0x83, al; hlt (not port 0x80: Xen passes byte accesses
     // to it through to the hardware)
-    let mut t = long_mode_vm(&xen, &[0xf4, 0xe6, 0x82, 0xf4, 0xe6, 0x83, 0xf4]);
-    for port in [0x82, 0x83] {
+    let mut t = long_mode_vm(&xen, snippets::HLT_OUT_HLT);
+    for port in [snippets::HALT_FIRST_PORT, snippets::HALT_SECOND_PORT] {
         assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
         match t.vcpu.run().unwrap() {
             VcpuExit::IoOut { port: p, .. } => assert_eq!(p, port),
@@ -375,7 +382,7 @@ fn kicks_stop_a_spinning_guest_and_a_waiting_one() {
         return;
     };
     // spin: jmp spin
-    let mut t = long_mode_vm(&xen, &[0xeb, 0xfe]);
+    let mut t = long_mode_vm(&xen, snippets::SPIN);
     let kick = t.vcpu.kick_handle();
     let kicker = thread::spawn(move || {
         thread::sleep(Duration::from_millis(100));
@@ -402,12 +409,9 @@ fn shutdown_exit(xen: &Xen, reason: u32) -> String {
     //   (Xen writes its hypercall page at 0x300000)
     // mov esi, 0x301000; mov dword [rsi], REASON; mov edi, 2 (SCHEDOP_shutdown);
     // mov eax, 0x300000 + 29 * 32 (sched_op); call rax; out 0x81, al; hlt
-    let mut code = vec![
-        0xb8, 0x02, 0x00, 0x00, 0x40, 0x0f, 0xa2, 0x89, 0xd9, 0xb8, 0x00, 0x00, 0x30, 0x00, 0x31,
-        0xd2, 0x0f, 0x30, 0xbe, 0x00, 0x10, 0x30, 0x00, 0xc7, 0x06, 0x00, 0x00, 0x00, 0x00, 0xbf,
-        0x02, 0x00, 0x00, 0x00, 0xb8, 0xa0, 0x03, 0x30, 0x00, 0xff, 0xd0, 0xe6, 0x81, 0xf4,
-    ];
-    code[0x19..0x1d].copy_from_slice(&reason.to_le_bytes());
+    let mut code = snippets::XEN_SHUTDOWN.to_vec();
+    let at = usize::try_from(snippets::XEN_SHUTDOWN_REASON).unwrap();
+    code[at..at + 4].copy_from_slice(&reason.to_le_bytes());
     let mut t = long_mode_vm(xen, &code);
     let mut regs = t.vcpu.regs().unwrap();
     regs.rsp = 0x20_0000;
@@ -436,11 +440,7 @@ fn shutdown_reasons_become_exits() {
     assert_eq!(shutdown_exit(&xen, 1), expect(SystemEventKind::Reset, 1));
     assert_eq!(shutdown_exit(&xen, 3), expect(SystemEventKind::Crash, 3));
     // A triple fault: lidt of an empty IDT, then ud2.
-    let code = [
-        0x0f, 0x01, 0x1d, 0x02, 0x00, 0x00, 0x00, 0x0f, 0x0b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-        0x00, 0x00, 0x00, 0x00,
-    ];
-    let mut t = long_mode_vm(&xen, &code);
+    let mut t = long_mode_vm(&xen, snippets::TRIPLE_FAULT);
     assert_eq!(next_exit(t.vcpu.as_mut()), "Shutdown");
 }
 
@@ -530,10 +530,7 @@ fn changing_one_vcpus_state_repeats_no_io_of_another() {
     let memory = vm.memory();
     // again: inc eax; out 0x84, eax; jmp again
     memory
-        .write_slice(
-            &[0xff, 0xc0, 0xe7, 0x84, 0xeb, 0xfa],
-            GuestAddress(CODE_ADDR),
-        )
+        .write_slice(snippets::COUNT_LOOP, GuestAddress(CODE_ADDR))
         .unwrap();
     let mut counter = vm.create_vcpu(0).unwrap();
     entry::configure_long_mode(counter.as_ref(), &memory, CODE_ADDR).unwrap();
@@ -545,7 +542,9 @@ fn changing_one_vcpus_state_repeats_no_io_of_another() {
         loop {
             match counter.run().unwrap() {
                 VcpuExit::IoOut {
-                    port: 0x84, data, ..
+                    port: snippets::COUNT_PORT,
+                    data,
+                    ..
                 } => {
                     seen.push(u32::from_le_bytes(data.try_into().unwrap()));
                     counted.store(seen.len(), std::sync::atomic::Ordering::SeqCst);
@@ -593,17 +592,14 @@ fn changing_one_vcpus_state_repeats_no_io_of_another() {
 fn pv_guest(xen: &Xen, entry: u64) -> (vmkit::xen::XenVm, vmkit::xen::XenVcpu) {
     // movl $0x600df00d, 0x401000; movl $0 (SHUTDOWN_poweroff), 0x401010;
     // mov eax, 29 (sched_op); mov edi, 2 (SCHEDOP_shutdown); mov esi, 0x401010; syscall;
-    // ud2; spin: jmp spin (at +0x29)
-    let code = [
-        0xc7, 0x04, 0x25, 0x00, 0x10, 0x40, 0x00, 0x0d, 0xf0, 0x0d, 0x60, 0xc7, 0x04, 0x25, 0x10,
-        0x10, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00, 0xb8, 0x1d, 0x00, 0x00, 0x00, 0xbf, 0x02, 0x00,
-        0x00, 0x00, 0xbe, 0x10, 0x10, 0x40, 0x00, 0x0f, 0x05, 0x0f, 0x0b, 0xeb, 0xfe,
-    ];
+    // ud2; spin: jmp spin (at PV_SHUTDOWN_SPIN)
+    let code = snippets::PV_SHUTDOWN;
+    assert_eq!(snippets::PV_MARKER_ADDR, 0x40_1000, "the data page");
     let vm = xen.create_pv_vm(&VmConfig::default()).unwrap();
     assert_eq!(vm.kind(), vmkit::xen::DomainKind::Pv);
     let ram = MemoryRegion::anonymous(GuestAddress(0), 1 << 20, MemoryFlags::empty()).unwrap();
     ram.mapping()
-        .write_slice(&code, MemoryRegionAddress(0x1000))
+        .write_slice(code, MemoryRegionAddress(0x1000))
         .unwrap();
     vmkit::Vm::add_memory_region(&vm, ram).unwrap();
     let tables =
@@ -656,12 +652,20 @@ fn a_pv_guest_runs_to_its_shutdown_hypercall() {
     let marker: u32 = vmkit::Vm::memory(&vm)
         .read_obj(GuestAddress(0x2000))
         .unwrap();
-    assert_eq!(marker, 0x600d_f00d, "the guest's write, seen by the VMM");
+    assert_eq!(
+        marker,
+        snippets::MARKER,
+        "the guest's write, seen by the VMM"
+    );
     let regs = vcpu.regs().unwrap();
-    assert_eq!(regs.rip, 0x40_0027, "stopped after its syscall");
+    assert_eq!(
+        regs.rip,
+        0x40_0000 + snippets::PV_SHUTDOWN_AFTER_SYSCALL,
+        "stopped after its syscall"
+    );
     assert_eq!(
         (regs.rax, regs.rsi),
-        (0, 0x40_1010),
+        (0, snippets::PV_SHUTDOWN_ARG),
         "the hypercall returned 0"
     );
     // PV vCPUs have no HVM state.
@@ -673,7 +677,8 @@ fn a_pv_guest_runs_to_its_shutdown_hypercall() {
     drop(vm);
 
     // A spinning PV guest stops for a kick and stays stopped.
-    let (vm, mut vcpu) = pv_guest(&xen, 0x40_0029);
+    let spin = 0x40_0000 + snippets::PV_SHUTDOWN_SPIN;
+    let (vm, mut vcpu) = pv_guest(&xen, spin);
     let kick = vcpu.kick_handle();
     let kicker = thread::spawn(move || {
         thread::sleep(Duration::from_millis(100));
@@ -681,7 +686,7 @@ fn a_pv_guest_runs_to_its_shutdown_hypercall() {
     });
     assert!(matches!(vcpu.run().unwrap(), VcpuExit::Kicked));
     kicker.join().unwrap();
-    assert_eq!(vcpu.regs().unwrap().rip, 0x40_0029);
+    assert_eq!(vcpu.regs().unwrap().rip, spin);
     drop(vcpu);
     drop(vm);
     let start = Instant::now();

@@ -1,10 +1,12 @@
-//! Minimal x86-64 guest kernels for vmkit's tests and examples.
+//! Minimal x86-64 guest kernels for vmkit's tests and examples, and the
+//! [`snippets`] of guest code that tests run.
 //!
 //! The kernels are built from source (`src/*.S` and `src/*.ld`) by this
 //! crate's build script with the host C compiler (`$CC`, else `cc`); no
 //! prebuilt binaries are checked in. Each is embedded here as the bytes of an
 //! ELF64 image that any ELF loader can place in guest memory, for example
-//! `linux_loader::loader::elf::Elf::load`.
+//! `linux_loader::loader::elf::Elf::load`. The [`snippets`] are assembled
+//! the same way (`src/snippets.S`), as flat 64-bit code.
 //!
 //! # The minimal kernel
 //!
@@ -384,6 +386,8 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod snippets;
 
 /// The minimal kernel: serial output, SMP bring-up of VMM-started vCPUs,
 /// CPUID, one MMIO read and write, power off, an optional interrupt mode,

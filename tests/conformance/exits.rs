@@ -6,21 +6,29 @@ use vmkit::Hypervisor;
 use crate::common::{long_mode_vm, next_exit, CODE_ADDR, MMIO_ADDR};
 use vm_memory::{Bytes, GuestAddress};
 use vmkit::{GuestDebug, VcpuExit};
+use vmkit_guests::snippets::{self, BYTE_REPORT_PORT, REPORT_PORT};
+
+// The snippets' MMIO address is the one the test VMs leave unmapped.
+const _: () = assert!(snippets::MMIO_BASE == MMIO_ADDR);
 
 pub fn port_writes_of_each_width(hv: &dyn Hypervisor) {
-    // mov al, 0x5a; out 0x81, al; mov ax, 0x1234; mov dx, 0x3f8; out dx, ax;
-    // mov eax, 0xdeadbeef; out dx, eax; hlt
-    // (Byte accesses use port 0x81, not 0x80: by default Xen lets HVM guests reach the real
-    // port 0x80, so they never exit there.)
-    let code = [
-        0xb0, 0x5a, 0xe6, 0x81, 0x66, 0xb8, 0x34, 0x12, 0x66, 0xba, 0xf8, 0x03, 0x66, 0xef, 0xb8,
-        0xef, 0xbe, 0xad, 0xde, 0xef, 0xf4,
-    ];
-    let mut t = long_mode_vm(hv, &code);
+    // A byte to port 0x81, a word and a dword to port 0x3f8, hlt. (Byte accesses use port
+    // 0x81, not 0x80: by default Xen lets HVM guests reach the real port 0x80, so they never
+    // exit there.)
+    let code = snippets::PORT_WRITES;
+    let mut t = long_mode_vm(hv, code);
     let expected: [(u16, u8, &[u8]); 3] = [
-        (0x81, 1, &[0x5a]),
-        (0x3f8, 2, &[0x34, 0x12]),
-        (0x3f8, 4, &[0xef, 0xbe, 0xad, 0xde]),
+        (BYTE_REPORT_PORT, 1, &[snippets::PORT_WRITES_BYTE]),
+        (
+            snippets::SERIAL_PORT,
+            2,
+            &snippets::PORT_WRITES_WORD.to_le_bytes(),
+        ),
+        (
+            snippets::SERIAL_PORT,
+            4,
+            &snippets::PORT_WRITES_DWORD.to_le_bytes(),
+        ),
     ];
     for (want_port, want_size, want_data) in expected {
         match t.vcpu.run().unwrap() {
@@ -34,23 +42,26 @@ pub fn port_writes_of_each_width(hv: &dyn Hypervisor) {
 }
 
 pub fn port_reads_reach_the_guest(hv: &dyn Hypervisor) {
-    // in al, 0x61; mov ebx, eax; mov dx, 0x71; in eax, dx; out 0x80, eax;
-    // mov eax, ebx; out 0x81, al; hlt  (0x81: see port_writes_of_each_width)
-    let code = [
-        0xe4, 0x61, 0x89, 0xc3, 0x66, 0xba, 0x71, 0x00, 0xed, 0xe7, 0x80, 0x89, 0xd8, 0xe6, 0x81,
-        0xf4,
-    ];
-    let mut t = long_mode_vm(hv, &code);
+    // A byte from port 0x61, a dword from port 0x71, echoed to ports 0x80 and 0x81 (0x81:
+    // see port_writes_of_each_width), hlt.
+    let code = snippets::PORT_READS;
+    let mut t = long_mode_vm(hv, code);
     match t.vcpu.run().unwrap() {
         VcpuExit::IoIn { port, size, data } => {
-            assert_eq!((port, size, data.len()), (0x61, 1, 1));
+            assert_eq!(
+                (port, size, data.len()),
+                (snippets::PORT_READS_BYTE_PORT, 1, 1)
+            );
             data[0] = 0x42;
         }
         other => panic!("expected a byte read from port 0x61, got {other:?}"),
     }
     match t.vcpu.run().unwrap() {
         VcpuExit::IoIn { port, size, data } => {
-            assert_eq!((port, size, data.len()), (0x71, 4, 4));
+            assert_eq!(
+                (port, size, data.len()),
+                (snippets::PORT_READS_DWORD_PORT, 4, 4)
+            );
             data.copy_from_slice(&0xfeed_beefu32.to_le_bytes());
         }
         other => panic!("expected a dword read from port 0x71, got {other:?}"),
@@ -58,7 +69,7 @@ pub fn port_reads_reach_the_guest(hv: &dyn Hypervisor) {
     // The guest echoes what it read, so these prove the answers arrived.
     match t.vcpu.run().unwrap() {
         VcpuExit::IoOut {
-            port: 0x80,
+            port: REPORT_PORT,
             size: 4,
             data,
         } => {
@@ -68,7 +79,7 @@ pub fn port_reads_reach_the_guest(hv: &dyn Hypervisor) {
     }
     match t.vcpu.run().unwrap() {
         VcpuExit::IoOut {
-            port: 0x81,
+            port: BYTE_REPORT_PORT,
             size: 1,
             data,
         } => assert_eq!(data, [0x42]),
@@ -78,17 +89,14 @@ pub fn port_reads_reach_the_guest(hv: &dyn Hypervisor) {
 }
 
 pub fn string_port_reads_keep_the_access_width(hv: &dyn Hypervisor) {
-    // mov edi, 0x200000; mov ecx, 6; mov dx, 0x90; rep insb; hlt
-    let code = [
-        0xbf, 0x00, 0x00, 0x20, 0x00, 0xb9, 0x06, 0x00, 0x00, 0x00, 0x66, 0xba, 0x90, 0x00, 0xf3,
-        0x6c, 0xf4,
-    ];
-    let mut t = long_mode_vm(hv, &code);
+    // rep insb of six bytes from port 0x90 to 0x200000, hlt
+    let code = snippets::STRING_PORT_READS;
+    let mut t = long_mode_vm(hv, code);
     let mut next = b'a';
     loop {
         match t.vcpu.run().unwrap() {
             VcpuExit::IoIn { port, size, data } => {
-                assert_eq!((port, size), (0x90, 1));
+                assert_eq!((port, size), (snippets::STRING_READS_PORT, 1));
                 // A hypervisor may batch `rep ins`: one exit may carry several accesses.
                 for byte in data.iter_mut() {
                     *byte = next;
@@ -99,23 +107,20 @@ pub fn string_port_reads_keep_the_access_width(hv: &dyn Hypervisor) {
             other => panic!("unexpected exit {other:?}"),
         }
     }
+    assert_eq!(snippets::STRING_READS_COUNT, 6);
     assert_eq!(next, b'g', "six one-byte reads");
     let mut stored = [0u8; 6];
     t.vm.memory()
-        .read_slice(&mut stored, GuestAddress(0x20_0000))
+        .read_slice(&mut stored, GuestAddress(snippets::STRING_READS_BUFFER))
         .unwrap();
     assert_eq!(&stored, b"abcdef");
 }
 
 pub fn mmio_reads_and_writes(hv: &dyn Hypervisor) {
-    // mov ebx, 0xd0000000; mov eax, [rbx]; out 0x80, eax; mov dword [rbx+8], 0x11223344;
-    // mov rax, 0x0102030405060708; mov [rbx+16], rax; mov byte [rbx+3], 0x99; hlt
-    let code = [
-        0xbb, 0x00, 0x00, 0x00, 0xd0, 0x8b, 0x03, 0xe7, 0x80, 0xc7, 0x43, 0x08, 0x44, 0x33, 0x22,
-        0x11, 0x48, 0xb8, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 0x48, 0x89, 0x43, 0x10,
-        0xc6, 0x43, 0x03, 0x99, 0xf4,
-    ];
-    let mut t = long_mode_vm(hv, &code);
+    // A dword read at MMIO_ADDR echoed to port 0x80; a dword, a qword and a byte written at
+    // MMIO_ADDR + 8, + 16 and + 3; hlt
+    let code = snippets::MMIO_ACCESSES;
+    let mut t = long_mode_vm(hv, code);
     match t.vcpu.run().unwrap() {
         VcpuExit::MmioRead { addr, data } => {
             assert_eq!((addr, data.len()), (MMIO_ADDR, 4));
@@ -125,7 +130,9 @@ pub fn mmio_reads_and_writes(hv: &dyn Hypervisor) {
     }
     match t.vcpu.run().unwrap() {
         VcpuExit::IoOut {
-            port: 0x80, data, ..
+            port: REPORT_PORT,
+            data,
+            ..
         } => {
             assert_eq!(
                 data,
@@ -136,9 +143,18 @@ pub fn mmio_reads_and_writes(hv: &dyn Hypervisor) {
         other => panic!("expected the guest to echo the MMIO value, got {other:?}"),
     }
     let writes: [(u64, &[u8]); 3] = [
-        (MMIO_ADDR + 8, &0x1122_3344u32.to_le_bytes()),
-        (MMIO_ADDR + 16, &0x0102_0304_0506_0708u64.to_le_bytes()),
-        (MMIO_ADDR + 3, &[0x99]),
+        (
+            MMIO_ADDR + snippets::MMIO_DWORD_OFFSET,
+            &snippets::MMIO_DWORD.to_le_bytes(),
+        ),
+        (
+            MMIO_ADDR + snippets::MMIO_QWORD_OFFSET,
+            &snippets::MMIO_QWORD.to_le_bytes(),
+        ),
+        (
+            MMIO_ADDR + snippets::MMIO_BYTE_OFFSET,
+            &[snippets::MMIO_BYTE],
+        ),
     ];
     for (want_addr, want_data) in writes {
         match t.vcpu.run().unwrap() {
@@ -150,19 +166,16 @@ pub fn mmio_reads_and_writes(hv: &dyn Hypervisor) {
 }
 
 pub fn triple_fault_is_a_shutdown_exit(hv: &dyn Hypervisor) {
-    // lidt [rip+2]; ud2; idtr: dw 0; dq 0  -- #UD with an empty IDT escalates to a triple fault.
-    let code = [
-        0x0f, 0x01, 0x1d, 0x02, 0x00, 0x00, 0x00, 0x0f, 0x0b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-        0x00, 0x00, 0x00, 0x00,
-    ];
-    let mut t = long_mode_vm(hv, &code);
+    // lidt of an empty IDT; ud2  -- #UD with an empty IDT escalates to a triple fault.
+    let code = snippets::TRIPLE_FAULT;
+    let mut t = long_mode_vm(hv, code);
     assert_eq!(next_exit(t.vcpu.as_mut()), "Shutdown");
 }
 
 pub fn single_step_reports_each_instruction(hv: &dyn Hypervisor) {
     // nop; inc rax; inc rax; hlt
-    let code = [0x90, 0x48, 0xff, 0xc0, 0x48, 0xff, 0xc0, 0xf4];
-    let mut t = long_mode_vm(hv, &code);
+    let code = snippets::NOP_INC_INC_HLT;
+    let mut t = long_mode_vm(hv, code);
     t.vcpu
         .set_guest_debug(&GuestDebug {
             single_step: true,
@@ -180,23 +193,32 @@ pub fn single_step_reports_each_instruction(hv: &dyn Hypervisor) {
         }
     }
     // Each exit reports the next instruction to execute.
-    assert_eq!(seen, [CODE_ADDR + 1, CODE_ADDR + 4, CODE_ADDR + 7]);
+    assert_eq!(
+        seen,
+        [
+            CODE_ADDR + snippets::NOP_INC_INC_HLT_FIRST_INC,
+            CODE_ADDR + snippets::NOP_INC_INC_HLT_SECOND_INC,
+            CODE_ADDR + snippets::NOP_INC_INC_HLT_HLT,
+        ]
+    );
     t.vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
     assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
     assert_eq!(t.vcpu.regs().unwrap().rax, 2);
 }
 
 pub fn hardware_breakpoint_stops_before_the_instruction(hv: &dyn Hypervisor) {
-    let code = [0x90, 0x48, 0xff, 0xc0, 0x48, 0xff, 0xc0, 0xf4];
-    let mut t = long_mode_vm(hv, &code);
+    // nop; inc rax; inc rax; hlt, stopped at the second inc
+    let code = snippets::NOP_INC_INC_HLT;
+    let second_inc = CODE_ADDR + snippets::NOP_INC_INC_HLT_SECOND_INC;
+    let mut t = long_mode_vm(hv, code);
     t.vcpu
         .set_guest_debug(&GuestDebug {
-            hw_breakpoints: vec![CODE_ADDR + 4],
+            hw_breakpoints: vec![second_inc],
             ..GuestDebug::default()
         })
         .unwrap();
     match t.vcpu.run().unwrap() {
-        VcpuExit::Debug(debug) => assert_eq!(debug.pc, CODE_ADDR + 4),
+        VcpuExit::Debug(debug) => assert_eq!(debug.pc, second_inc),
         other => panic!("expected a breakpoint exit, got {other:?}"),
     }
     assert_eq!(t.vcpu.regs().unwrap().rax, 1, "only the first inc ran");

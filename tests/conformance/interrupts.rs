@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::common::guest::{Guest, GuestConfig, GIVE_UP};
 use crate::common::long_mode_vm;
 use vmkit::{DataMatch, EventFd, IoEventAddress, IrqRoute, MsiMessage, VcpuExit, VmConfig};
-use vmkit_guests::minimal;
+use vmkit_guests::{minimal, snippets};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 /// How long to wait for a report that must *not* come.
@@ -149,19 +149,17 @@ pub fn ioeventfd_on_a_port_with_and_without_datamatch(hv: &dyn Hypervisor) {
 }
 
 pub fn ioeventfd_on_mmio_matches_the_written_value(hv: &dyn Hypervisor) {
-    // mov ebx, 0xd0000000; mov dword [rbx], 7; mov dword [rbx], 9; out 0x80, al; hlt
-    let code = [
-        0xbb, 0x00, 0x00, 0x00, 0xd0, 0xc7, 0x03, 0x07, 0x00, 0x00, 0x00, 0xc7, 0x03, 0x09, 0x00,
-        0x00, 0x00, 0xe6, 0x80, 0xf4,
-    ];
-    let mut t = long_mode_vm(hv, &code);
+    // mov dword [0xd0000000], 7; mov dword [0xd0000000], 9; out 0x80, al; hlt
+    let (first, second) = (snippets::MMIO_FIRST_WRITE, snippets::MMIO_SECOND_WRITE);
+    assert_eq!(snippets::MMIO_BASE, common::MMIO_ADDR);
+    let mut t = long_mode_vm(hv, snippets::MMIO_TWO_WRITES);
     let fd = EventFd::new(EFD_NONBLOCK).unwrap();
     let addr = IoEventAddress::Mmio(common::MMIO_ADDR);
-    t.vm.register_ioeventfd(&fd, addr, DataMatch::U32(7))
+    t.vm.register_ioeventfd(&fd, addr, DataMatch::U32(first))
         .unwrap();
     match t.vcpu.run().unwrap() {
         VcpuExit::MmioWrite { addr, data } => {
-            assert_eq!((addr, data), (common::MMIO_ADDR, &9u32.to_le_bytes()[..]))
+            assert_eq!((addr, data), (common::MMIO_ADDR, &second.to_le_bytes()[..]))
         }
         other => panic!("expected only the write of 9 to exit, got {other:?}"),
     }
@@ -172,14 +170,17 @@ pub fn ioeventfd_on_mmio_matches_the_written_value(hv: &dyn Hypervisor) {
     );
     assert!(matches!(
         t.vcpu.run().unwrap(),
-        VcpuExit::IoOut { port: 0x80, .. }
+        VcpuExit::IoOut {
+            port: snippets::REPORT_PORT,
+            ..
+        }
     ));
     // Unregistering with a different match is an error that names the address.
     let err =
-        t.vm.unregister_ioeventfd(&fd, addr, DataMatch::U32(8))
+        t.vm.unregister_ioeventfd(&fd, addr, DataMatch::U32(first + 1))
             .unwrap_err();
     assert!(err.to_string().contains("MMIO address 0xd0000000"), "{err}");
-    t.vm.unregister_ioeventfd(&fd, addr, DataMatch::U32(7))
+    t.vm.unregister_ioeventfd(&fd, addr, DataMatch::U32(first))
         .unwrap();
 }
 
@@ -236,21 +237,22 @@ pub fn pit_state_round_trips(hv: &dyn Hypervisor) {
 
 pub fn the_pit_is_emulated_in_the_hypervisor(hv: &dyn Hypervisor) {
     // mov al, 0x34; out 0x43, al; out 0x80, al; hlt -- program PIT channel 0, then report.
-    let code = [0xb0, 0x34, 0xe6, 0x43, 0xe6, 0x80, 0xf4];
+    let code = snippets::PIT_PROGRAM;
     let mut t =
-        crate::common::long_mode_vm_with(hv, VmConfig::default().irqchip(true).pit(true), &code);
+        crate::common::long_mode_vm_with(hv, VmConfig::default().irqchip(true).pit(true), code);
     match t.vcpu.run().unwrap() {
         VcpuExit::IoOut { port, .. } => assert_eq!(
-            port, 0x80,
+            port,
+            snippets::REPORT_PORT,
             "the PIT command port was handled in the hypervisor"
         ),
         other => panic!("unexpected exit {other:?}"),
     }
-    let mut t = long_mode_vm(hv, &code);
+    let mut t = long_mode_vm(hv, code);
     match t.vcpu.run().unwrap() {
         VcpuExit::IoOut { port, data, .. } => assert_eq!(
             (port, data),
-            (0x43, &[0x34][..]),
+            (snippets::PIT_COMMAND_PORT, &[snippets::PIT_COMMAND][..]),
             "without a PIT the VMM sees it"
         ),
         other => panic!("unexpected exit {other:?}"),

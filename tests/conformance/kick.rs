@@ -12,27 +12,27 @@ use std::time::{Duration, Instant};
 
 use crate::common::long_mode_vm;
 use vmkit::VcpuExit;
-
-/// spin: jmp spin
-const SPIN: [u8; 2] = [0xeb, 0xfe];
-/// again: out 0x81, al; jmp again  (not port 0x80: by default Xen lets HVM guests reach the
-/// real port 0x80, so byte accesses to it never exit)
-const PIO_LOOP: [u8; 4] = [0xe6, 0x81, 0xeb, 0xfc];
+// SPIN: `jmp` to itself. PIO_LOOP: `out` to port 0x81 and back, forever (not port 0x80: by
+// default Xen lets HVM guests reach the real port 0x80, so byte accesses to it never exit).
+use vmkit_guests::snippets::{BYTE_REPORT_PORT, HLT, PIO_LOOP, SPIN};
 
 /// A liveness bound, not a performance threshold: a lost kick would wait forever.
 const GIVE_UP: Duration = Duration::from_secs(20);
 
 pub fn a_kick_before_run_returns_without_entering_the_guest(hv: &dyn Hypervisor) {
-    let mut t = long_mode_vm(hv, &[0xf4]); // hlt
+    let mut t = long_mode_vm(hv, HLT);
     t.vcpu.kick_handle().kick();
     assert!(matches!(t.vcpu.run().unwrap(), VcpuExit::Kicked));
     // The kick was consumed: the guest now runs to its hlt.
     assert!(matches!(t.vcpu.run().unwrap(), VcpuExit::Hlt));
-    assert_eq!(t.vcpu.regs().unwrap().rip, common::CODE_ADDR + 1);
+    assert_eq!(
+        t.vcpu.regs().unwrap().rip,
+        common::CODE_ADDR + HLT.len() as u64
+    );
 }
 
 pub fn a_kick_stops_a_guest_that_never_exits(hv: &dyn Hypervisor) {
-    let mut t = long_mode_vm(hv, &SPIN);
+    let mut t = long_mode_vm(hv, SPIN);
     let kick = t.vcpu.kick_handle();
     let kicker = thread::spawn(move || {
         thread::sleep(Duration::from_millis(50));
@@ -50,7 +50,7 @@ pub fn a_kick_stops_a_guest_that_never_exits(hv: &dyn Hypervisor) {
 
 pub fn every_kick_is_observed_under_stress(hv: &dyn Hypervisor) {
     const KICKS: u64 = 2000;
-    let mut t = long_mode_vm(hv, &PIO_LOOP);
+    let mut t = long_mode_vm(hv, PIO_LOOP);
     let kick = t.vcpu.kick_handle();
     let observed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
@@ -86,7 +86,10 @@ pub fn every_kick_is_observed_under_stress(hv: &dyn Hypervisor) {
             VcpuExit::Kicked => {
                 observed.fetch_add(1, Ordering::SeqCst);
             }
-            VcpuExit::IoOut { port: 0x81, .. } => exits += 1,
+            VcpuExit::IoOut {
+                port: BYTE_REPORT_PORT,
+                ..
+            } => exits += 1,
             VcpuExit::Interrupted => {}
             other => panic!("unexpected exit {other:?}"),
         }
@@ -101,7 +104,7 @@ pub fn every_kick_is_observed_under_stress(hv: &dyn Hypervisor) {
 }
 
 pub fn a_kick_handle_outliving_its_vcpu_is_harmless(hv: &dyn Hypervisor) {
-    let t = long_mode_vm(hv, &SPIN);
+    let t = long_mode_vm(hv, SPIN);
     let kick = t.vcpu.kick_handle();
     let clone = kick.clone();
     drop(t);
@@ -110,7 +113,7 @@ pub fn a_kick_handle_outliving_its_vcpu_is_harmless(hv: &dyn Hypervisor) {
 }
 
 pub fn kicks_follow_the_vcpu_to_another_thread(hv: &dyn Hypervisor) {
-    let mut t = long_mode_vm(hv, &SPIN);
+    let mut t = long_mode_vm(hv, SPIN);
     let kick = t.vcpu.kick_handle();
     // The vCPU first runs (and is kicked) on this thread, then moves to another one.
     kick.kick();
@@ -132,7 +135,7 @@ extern "C" fn kick_from_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut
 }
 
 pub fn a_signal_handler_can_kick(hv: &dyn Hypervisor) {
-    let mut t = long_mode_vm(hv, &SPIN);
+    let mut t = long_mode_vm(hv, SPIN);
     if SIGNAL_KICK.set(t.vcpu.kick_handle()).is_err() {
         panic!("this scenario runs once per process");
     }

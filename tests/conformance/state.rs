@@ -6,15 +6,12 @@ use vmkit::Hypervisor;
 use crate::common::{long_mode_vm, long_mode_vm_with, next_exit, CODE_ADDR};
 use vmkit::arch::x86_64::{msr_index, LapicState, MpState, Msr, Xcr};
 use vmkit::{VcpuError, VcpuExit, VmConfig};
-
-const HLT: [u8; 1] = [0xf4];
+use vmkit_guests::snippets::{self, HLT};
 
 pub fn general_registers_reach_the_guest_and_come_back(hv: &dyn Hypervisor) {
     // add rax, rbx; mov rcx, 0x1122334455667788; hlt
-    let code = [
-        0x48, 0x01, 0xd8, 0x48, 0xb9, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0xf4,
-    ];
-    let mut t = long_mode_vm(hv, &code);
+    let code = snippets::ADD_AND_LOAD_RCX;
+    let mut t = long_mode_vm(hv, code);
     let mut regs = t.vcpu.regs().unwrap();
     assert_eq!(regs.rip, CODE_ADDR);
     regs.rax = 40;
@@ -25,13 +22,13 @@ pub fn general_registers_reach_the_guest_and_come_back(hv: &dyn Hypervisor) {
     assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
     let after = t.vcpu.regs().unwrap();
     assert_eq!(after.rax, 42);
-    assert_eq!(after.rcx, 0x1122_3344_5566_7788);
+    assert_eq!(after.rcx, snippets::LOADED_RCX);
     assert_eq!(after.r15, 0xdead_0000_beef);
     assert_eq!(after.rip, CODE_ADDR + code.len() as u64);
 }
 
 pub fn special_registers_round_trip(hv: &dyn Hypervisor) {
-    let t = long_mode_vm(hv, &HLT);
+    let t = long_mode_vm(hv, HLT);
     let mut sregs = t.vcpu.sregs().unwrap();
     assert!(sregs.cs.l, "configure_long_mode set a 64-bit code segment");
     assert_eq!(sregs.efer & 0x500, 0x500, "LME and LMA");
@@ -45,7 +42,7 @@ pub fn special_registers_round_trip(hv: &dyn Hypervisor) {
 }
 
 pub fn fpu_round_trip(hv: &dyn Hypervisor) {
-    let t = long_mode_vm(hv, &HLT);
+    let t = long_mode_vm(hv, HLT);
     let mut fpu = t.vcpu.fpu().unwrap();
     fpu.fcw = 0x37f;
     fpu.xmm[3] = *b"vmkit xmm3 test!";
@@ -60,7 +57,7 @@ pub fn fpu_round_trip(hv: &dyn Hypervisor) {
 }
 
 pub fn msrs_round_trip_and_unknown_ones_are_named(hv: &dyn Hypervisor) {
-    let t = long_mode_vm(hv, &HLT);
+    let t = long_mode_vm(hv, HLT);
     let msrs = [
         Msr {
             index: msr_index::LSTAR,
@@ -105,10 +102,7 @@ pub fn msrs_round_trip_and_unknown_ones_are_named(hv: &dyn Hypervisor) {
 
 pub fn cpuid_set_is_what_the_guest_executes(hv: &dyn Hypervisor) {
     // xor eax, eax; cpuid; out 0x80, eax (max leaf); mov eax, ebx; out 0x80, eax; hlt
-    let code = [
-        0x31, 0xc0, 0x0f, 0xa2, 0xe7, 0x80, 0x89, 0xd8, 0xe7, 0x80, 0xf4,
-    ];
-    let mut t = long_mode_vm(hv, &code);
+    let mut t = long_mode_vm(hv, snippets::CPUID_LEAF0);
     let mut cpuid = hv.supported_cpuid();
     let leaf0 = cpuid.iter_mut().find(|e| e.function == 0).unwrap();
     leaf0.ebx = u32::from_le_bytes(*b"vmki");
@@ -122,7 +116,9 @@ pub fn cpuid_set_is_what_the_guest_executes(hv: &dyn Hypervisor) {
     while words.len() < 2 {
         match t.vcpu.run().unwrap() {
             VcpuExit::IoOut {
-                port: 0x80, data, ..
+                port: snippets::REPORT_PORT,
+                data,
+                ..
             } => words.push(u32::from_le_bytes(data.try_into().unwrap())),
             other => panic!("unexpected exit {other:?}"),
         }
@@ -131,12 +127,12 @@ pub fn cpuid_set_is_what_the_guest_executes(hv: &dyn Hypervisor) {
 }
 
 pub fn lapic_needs_an_irqchip_and_round_trips_with_one(hv: &dyn Hypervisor) {
-    let t = long_mode_vm(hv, &HLT);
+    let t = long_mode_vm(hv, HLT);
     match t.vcpu.lapic() {
         Err(VcpuError::Unsupported { feature, .. }) => assert_eq!(feature, "local APIC state"),
         other => panic!("expected Unsupported without an irqchip, got {other:?}"),
     }
-    let t = long_mode_vm_with(hv, VmConfig::default().irqchip(true), &HLT);
+    let t = long_mode_vm_with(hv, VmConfig::default().irqchip(true), HLT);
     let mut lapic = t.vcpu.lapic().unwrap();
     assert_eq!(
         lapic.register(LapicState::ID).unwrap() >> 24,
@@ -152,7 +148,7 @@ pub fn lapic_needs_an_irqchip_and_round_trips_with_one(hv: &dyn Hypervisor) {
 }
 
 pub fn xsave_and_xcrs_round_trip(hv: &dyn Hypervisor) {
-    let t = long_mode_vm(hv, &HLT);
+    let t = long_mode_vm(hv, HLT);
     let caps = hv.capabilities().clone();
     if !caps.xsave || !caps.xcrs {
         panic!("this host's KVM lacks XSAVE or XCRS: {caps:?}");
@@ -205,7 +201,7 @@ pub fn xsave_and_xcrs_round_trip(hv: &dyn Hypervisor) {
 }
 
 pub fn events_and_mp_state_round_trip(hv: &dyn Hypervisor) {
-    let t = long_mode_vm(hv, &HLT);
+    let t = long_mode_vm(hv, HLT);
     let mut events = t.vcpu.vcpu_events().unwrap();
     events.nmi.pending = true;
     events.nmi.masked = true;
@@ -222,7 +218,7 @@ pub fn events_and_mp_state_round_trip(hv: &dyn Hypervisor) {
         back.interrupt.shadow
     );
 
-    let t = long_mode_vm_with(hv, VmConfig::default().irqchip(true), &HLT);
+    let t = long_mode_vm_with(hv, VmConfig::default().irqchip(true), HLT);
     assert_eq!(t.vcpu.mp_state().unwrap(), MpState::Runnable);
     t.vcpu.set_mp_state(MpState::Halted).unwrap();
     assert_eq!(t.vcpu.mp_state().unwrap(), MpState::Halted);

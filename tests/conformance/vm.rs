@@ -9,6 +9,7 @@ use vmkit::{
     HypervisorError, MemoryError, MemoryFlags, MemoryRegion, MemorySlot, VcpuExit, VmConfig,
     VmError,
 };
+use vmkit_guests::snippets;
 
 fn region(addr: u64, size: usize) -> MemoryRegion {
     MemoryRegion::anonymous(GuestAddress(addr), size, MemoryFlags::empty()).unwrap()
@@ -128,19 +129,16 @@ pub fn slot_exhaustion_is_an_error_naming_the_region(hv: &dyn Hypervisor) {
 }
 
 pub fn removed_region_comes_back_with_what_the_guest_wrote(hv: &dyn Hypervisor) {
-    // mov ebx, 0x200000; mov dword [rbx], 0x600df00d; hlt
-    let code = [
-        0xbb, 0x00, 0x00, 0x20, 0x00, 0xc7, 0x03, 0x0d, 0xf0, 0x0d, 0x60, 0xf4,
-    ];
-    let mut t = long_mode_vm(hv, &code);
+    // mov dword [0x200000], 0x600df00d; hlt
+    let mut t = long_mode_vm(hv, snippets::RAM_WRITE);
     assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
     let ram = t.vm.remove_memory_region(MemorySlot(0)).unwrap();
     assert_eq!(ram.size(), RAM_SIZE as u64);
     let value: u32 = ram
         .mapping()
-        .read_obj(MemoryRegionAddress(0x20_0000))
+        .read_obj(MemoryRegionAddress(snippets::RAM_WRITE_ADDR))
         .unwrap();
-    assert_eq!(value, 0x600d_f00d);
+    assert_eq!(value, snippets::MARKER);
     assert!(t.vm.memory().find_region(GuestAddress(0)).is_none());
     match t.vm.remove_memory_region(MemorySlot(0)) {
         Err(VmError::Memory(MemoryError::NoSuchSlot(MemorySlot(0)))) => {}
@@ -150,31 +148,31 @@ pub fn removed_region_comes_back_with_what_the_guest_wrote(hv: &dyn Hypervisor) 
 }
 
 pub fn read_only_region_turns_guest_writes_into_mmio_exits(hv: &dyn Hypervisor) {
-    // mov ebx, 0x500000; mov eax, [rbx]; out 0x80, eax; mov dword [rbx], 0xabcdef01; hlt
-    let code = [
-        0xbb, 0x00, 0x00, 0x50, 0x00, 0x8b, 0x03, 0xe7, 0x80, 0xc7, 0x03, 0x01, 0xef, 0xcd, 0xab,
-        0xf4,
-    ];
-    let mut t = long_mode_vm(hv, &code);
+    // Reads the dword at 0x500000 and echoes it to port 0x80, then writes 0xabcdef01 there; hlt
+    let mut t = long_mode_vm(hv, snippets::ROM_READ_WRITE);
     assert!(hv.capabilities().read_only_memory);
-    let rom =
-        MemoryRegion::anonymous(GuestAddress(0x50_0000), 0x1000, MemoryFlags::READ_ONLY).unwrap();
+    let rom_addr = GuestAddress(snippets::ROM_ADDR);
+    let rom = MemoryRegion::anonymous(rom_addr, 0x1000, MemoryFlags::READ_ONLY).unwrap();
     rom.mapping()
         .write_obj(0x1234_5678u32, MemoryRegionAddress(0))
         .unwrap();
     t.vm.add_memory_region(rom).unwrap();
     match t.vcpu.run().unwrap() {
-        VcpuExit::IoOut { data, .. } => assert_eq!(data, 0x1234_5678u32.to_le_bytes()),
+        VcpuExit::IoOut { port, data, .. } => {
+            assert_eq!(port, snippets::REPORT_PORT);
+            assert_eq!(data, 0x1234_5678u32.to_le_bytes())
+        }
         other => panic!("expected the guest to echo the ROM word, got {other:?}"),
     }
     match t.vcpu.run().unwrap() {
         VcpuExit::MmioWrite { addr, data } => {
-            assert_eq!((addr, data), (0x50_0000, &0xabcd_ef01u32.to_le_bytes()[..]))
+            let value = snippets::ROM_WRITE_VALUE.to_le_bytes();
+            assert_eq!((addr, data), (snippets::ROM_ADDR, &value[..]))
         }
         other => panic!("expected an MMIO write exit, got {other:?}"),
     }
     assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
-    let word: u32 = t.vm.memory().read_obj(GuestAddress(0x50_0000)).unwrap();
+    let word: u32 = t.vm.memory().read_obj(rom_addr).unwrap();
     assert_eq!(word, 0x1234_5678, "the ROM is unchanged");
 }
 

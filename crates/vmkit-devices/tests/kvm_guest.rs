@@ -18,7 +18,7 @@ use vmkit::{Hypervisor, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig}
 use vmkit_boot::entry;
 use vmkit_bus::{Bus, ExitOutcome, UnmappedCounts};
 use vmkit_devices::{DebugExit, Serial, COM1, I8042, SERIAL_PORTS};
-use vmkit_guests::minimal;
+use vmkit_guests::{minimal, snippets};
 
 const RAM_SIZE: usize = 4 << 20;
 /// A liveness bound: the minimal kernel needs a few thousand exits.
@@ -208,15 +208,18 @@ fn a_guest_reports_its_status_through_the_debug_exit_port() {
         return;
     };
     // mov dx, 0x501; mov eax, 0x1234_5678; out dx, eax; hlt
-    let code = [
-        0x66, 0xba, 0x01, 0x05, 0xb8, 0x78, 0x56, 0x34, 0x12, 0xef, 0xf4,
-    ];
-    let (_vm, debug_exit) = run_code(hv.as_ref(), &code);
-    assert_eq!(debug_exit.exit_code(), Some(0x1234_5678));
+    assert_eq!(snippets::DEBUG_EXIT_PORT, DebugExit::PORT);
+    let (_vm, debug_exit) = run_code(hv.as_ref(), snippets::DEBUG_EXIT_DWORD);
+    assert_eq!(
+        debug_exit.exit_code(),
+        Some(snippets::DEBUG_EXIT_DWORD_STATUS)
+    );
     assert_eq!(debug_exit.exit_evt().read().unwrap(), 1);
 
     // mov dx, 0x501; mov al, 3; out dx, al; hlt
-    let code = [0x66, 0xba, 0x01, 0x05, 0xb0, 0x03, 0xee, 0xf4];
-    let (_vm, debug_exit) = run_code(hv.as_ref(), &code);
-    assert_eq!(debug_exit.exit_code(), Some(3));
+    let (_vm, debug_exit) = run_code(hv.as_ref(), snippets::DEBUG_EXIT_BYTE);
+    assert_eq!(
+        debug_exit.exit_code(),
+        Some(u32::from(snippets::DEBUG_EXIT_BYTE_STATUS))
+    );
 }

@@ -4,11 +4,14 @@ use std::fmt;
 
 use crate::hypervisor::{HypervisorError, HypervisorKind};
 use crate::memory::MemoryError;
+#[cfg(target_arch = "x86_64")]
+use crate::snapshot::SnapshotError;
 use crate::vcpu::VcpuError;
 use crate::vm::VmError;
 
 /// Any error from vmkit. Each module's own error converts into it with `?`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// [`crate::open`] found no usable hypervisor.
     #[error("no usable hypervisor on this host: {}", DisplayAttempts(.tried))]
@@ -28,6 +31,10 @@ pub enum Error {
     /// From building a [`MemoryRegion`](crate::MemoryRegion).
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// From saving or restoring a snapshot ([`crate::snapshot`]).
+    #[cfg(target_arch = "x86_64")]
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// One backend [`crate::open`] tried, and why it was not usable.
@@ -41,6 +48,7 @@ pub struct OpenAttempt {
 
 /// Why a backend could not be used.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum OpenFailure {
     /// This build of vmkit does not include the backend (its cargo feature is off).
     NotCompiled {

@@ -10,6 +10,7 @@ use crate::vm::Vm;
 
 /// Which hypervisor a backend drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum HypervisorKind {
     /// Linux KVM, through `/dev/kvm`.
     Kvm,
@@ -78,6 +79,7 @@ pub struct Capabilities {
 
 /// One thing a host lacks compared with another, from [`Capabilities::missing_in`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MissingCapability {
     /// A feature is absent.
     Feature(&'static str),
@@ -328,6 +330,7 @@ impl VmConfig {
 
 /// Errors from opening a hypervisor, querying it and creating VMs.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HypervisorError {
     /// A device node could not be opened.
     #[error("failed to open {path}")]

@@ -83,6 +83,11 @@ pub use vcpu::{
 pub use vm::{ClockState, Vm, VmError};
 pub use vmm_sys_util::eventfd::EventFd;
 
+/// The `vm-memory` crate, re-exported: guest addresses and memory access
+/// ([`GuestAddress`](vm_memory::GuestAddress), [`Bytes`](vm_memory::Bytes)) appear in vmkit's
+/// API, so a VMM can use them without depending on a matching `vm-memory` version itself.
+pub use vm_memory;
+
 /// Opens the hypervisor this host has: KVM when `/dev/kvm` opens, else Xen when this is a
 /// Xen dom0 (`/dev/xen/privcmd`; a dom0 has no `/dev/kvm`).
 ///

@@ -1,4 +1,8 @@
 //! The crate-level [`Error`], for callers that want one error type for the whole API.
+//!
+//! Every error in vmkit either shows its cause in its message or returns it from
+//! [`source()`](std::error::Error::source), never both, so a VMM prints the whole story by
+//! following `source()`: [`ErrorChain`] does that.
 
 use std::fmt;
 
@@ -73,15 +77,35 @@ impl fmt::Display for DisplayAttempts<'_> {
                     "{}: not compiled in (enable the `{feature}` feature)",
                     attempt.kind
                 )?,
-                OpenFailure::Failed(err) => {
-                    write!(f, "{}: {err}", attempt.kind)?;
-                    let mut source = std::error::Error::source(err);
-                    while let Some(cause) = source {
-                        write!(f, ": {cause}")?;
-                        source = cause.source();
-                    }
-                }
+                OpenFailure::Failed(err) => write!(f, "{}: {}", attempt.kind, ErrorChain(err))?,
             }
+        }
+        Ok(())
+    }
+}
+
+/// Displays an error followed by each of its causes (`message: cause: cause…`), as a VMM
+/// reports an error.
+///
+/// ```
+/// use vmkit::error::ErrorChain;
+/// use vmkit::vm_memory::GuestAddress;
+/// use vmkit::{MemoryFlags, MemoryRegion};
+///
+/// let err = MemoryRegion::anonymous(GuestAddress(0x1000), 0x800, MemoryFlags::empty())
+///     .unwrap_err();
+/// eprintln!("cannot add RAM: {}", ErrorChain(&err));
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
         }
         Ok(())
     }

@@ -69,7 +69,7 @@ pub mod vm;
 pub mod xen;
 
 pub use dirty::{DirtyLog, DirtyLogMode, DirtyRegion};
-pub use error::{Error, OpenAttempt, OpenFailure, Result};
+pub use error::{Error, ErrorChain, OpenAttempt, OpenFailure, Result};
 pub use hypervisor::{
     Capabilities, Hypervisor, HypervisorError, HypervisorKind, MissingCapability, VmConfig,
 };

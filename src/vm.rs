@@ -596,3 +596,149 @@ pub trait Vm: Send + Sync {
         )
     }
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::vcpu::{KickHandle, VcpuError, VcpuExit};
+
+    // A backend that implements only the required methods of Vm and Vcpu gets Unsupported
+    // from every optional one, naming what it lacks.
+
+    /// A VM with memory and vCPUs and nothing optional.
+    struct Minimal;
+
+    impl Vm for Minimal {
+        fn add_memory_region(&self, region: MemoryRegion) -> Result<MemorySlot, VmError> {
+            Err(VmError::RegionUnsupported {
+                range: region.range(),
+                feature: "memory",
+            })
+        }
+        fn remove_memory_region(&self, slot: MemorySlot) -> Result<MemoryRegion, VmError> {
+            Err(MemoryError::NoSuchSlot(slot).into())
+        }
+        fn memory(&self) -> GuestMemoryMmap {
+            GuestMemoryMmap::default()
+        }
+        fn memory_layout(&self) -> Vec<(MemorySlot, GuestRange, MemoryFlags)> {
+            Vec::new()
+        }
+        fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>, VmError> {
+            Err(VmError::VcpuIdOutOfRange { id, max_vcpus: 0 })
+        }
+    }
+
+    #[test]
+    fn optional_methods_default_to_unsupported() {
+        let vm = Minimal;
+        let fd = EventFd::new(0).expect("eventfd");
+        let results = [
+            vm.set_irq_line(4, true).err(),
+            vm.signal_msi(MsiMessage::x86(0, 0x30)).err(),
+            vm.set_gsi_routing(&IrqRoute::pc_defaults()).err(),
+            vm.register_irqfd(&fd, 4, None).err(),
+            vm.unregister_irqfd(&fd, 4).err(),
+            vm.register_ioeventfd(&fd, IoEventAddress::Pio(0x510), DataMatch::Any)
+                .err(),
+            vm.unregister_ioeventfd(&fd, IoEventAddress::Pio(0x510), DataMatch::Any)
+                .err(),
+            vm.harvest_dirty_log().err(),
+            vm.irqchip_state().err(),
+            vm.set_irqchip_state(&IrqchipState::default()).err(),
+            vm.pit_state().err(),
+            vm.set_pit_state(&PitState::default()).err(),
+            vm.clock().err(),
+            vm.set_clock(&ClockState::default()).err(),
+        ];
+        for result in results {
+            match result {
+                Some(VmError::Unsupported { op, reason }) => {
+                    assert!(reason.contains("Capabilities::"), "{op}: {reason}");
+                }
+                other => panic!("expected Unsupported, got {other:?}"),
+            }
+        }
+        assert_eq!(vm.dirty_log_mode(), DirtyLogMode::Bitmap);
+    }
+
+    /// A vCPU with registers and nothing optional.
+    struct MinimalVcpu;
+
+    impl Vcpu for MinimalVcpu {
+        fn id(&self) -> u32 {
+            3
+        }
+        fn run(&mut self) -> Result<VcpuExit<'_>, VcpuError> {
+            Ok(VcpuExit::Hlt)
+        }
+        fn kick_handle(&self) -> KickHandle {
+            #[derive(Debug)]
+            struct NoKick;
+            impl crate::vcpu::Kick for NoKick {
+                fn kick(&self) {}
+            }
+            KickHandle::new(std::sync::Arc::new(NoKick))
+        }
+        fn regs(&self) -> Result<crate::arch::x86_64::Regs, VcpuError> {
+            Ok(Default::default())
+        }
+        fn set_regs(&self, _: &crate::arch::x86_64::Regs) -> Result<(), VcpuError> {
+            Ok(())
+        }
+        fn sregs(&self) -> Result<crate::arch::x86_64::SpecialRegs, VcpuError> {
+            Ok(Default::default())
+        }
+        fn set_sregs(&self, _: &crate::arch::x86_64::SpecialRegs) -> Result<(), VcpuError> {
+            Ok(())
+        }
+        fn fpu(&self) -> Result<crate::arch::x86_64::Fpu, VcpuError> {
+            Ok(Default::default())
+        }
+        fn set_fpu(&self, _: &crate::arch::x86_64::Fpu) -> Result<(), VcpuError> {
+            Ok(())
+        }
+        fn msrs(&self, _: &[u32]) -> Result<Vec<crate::arch::x86_64::Msr>, VcpuError> {
+            Ok(Vec::new())
+        }
+        fn set_msrs(&self, _: &[crate::arch::x86_64::Msr]) -> Result<(), VcpuError> {
+            Ok(())
+        }
+        fn cpuid(&self) -> Result<Vec<crate::arch::x86_64::CpuidEntry>, VcpuError> {
+            Ok(Vec::new())
+        }
+        fn set_cpuid(&self, _: &[crate::arch::x86_64::CpuidEntry]) -> Result<(), VcpuError> {
+            Ok(())
+        }
+        fn mp_state(&self) -> Result<crate::arch::x86_64::MpState, VcpuError> {
+            Ok(Default::default())
+        }
+        fn set_mp_state(&self, _: crate::arch::x86_64::MpState) -> Result<(), VcpuError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn optional_vcpu_methods_default_to_unsupported() {
+        use crate::arch::x86_64::{LapicState, VcpuEvents, Xsave};
+        let vcpu = MinimalVcpu;
+        let results = [
+            vcpu.set_guest_debug(&crate::GuestDebug::default()).err(),
+            vcpu.lapic().err(),
+            vcpu.set_lapic(&LapicState::default()).err(),
+            vcpu.xsave().err(),
+            vcpu.set_xsave(&Xsave { region: Vec::new() }).err(),
+            vcpu.xcrs().err(),
+            vcpu.set_xcrs(&[]).err(),
+            vcpu.vcpu_events().err(),
+            vcpu.set_vcpu_events(&VcpuEvents::default()).err(),
+        ];
+        for result in results {
+            match result {
+                Some(VcpuError::Unsupported { vcpu: 3, .. }) => {}
+                other => panic!("expected Unsupported on vCPU 3, got {other:?}"),
+            }
+        }
+        assert!(vcpu.complete_pending_io().is_ok());
+    }
+}

@@ -672,7 +672,7 @@ impl Vcpu for XenVcpu {
             MpState::Runnable => Ok(()),
             _ => Err(VcpuError::Unsupported {
                 vcpu: self.id,
-                op: "multiprocessing states other than runnable",
+                op: "a multiprocessing state other than runnable",
                 reason: "a Xen vCPU is runnable whenever its thread is in run()",
             }),
         }

@@ -1,14 +1,21 @@
 //! The crate-level [`Error`], for callers that want one error type for the whole API.
+//!
+//! Every error in vmkit either shows its cause in its message or returns it from
+//! [`source()`](std::error::Error::source), never both, so a VMM prints the whole story by
+//! following `source()`: [`ErrorChain`] does that.
 
 use std::fmt;
 
 use crate::hypervisor::{HypervisorError, HypervisorKind};
 use crate::memory::MemoryError;
+#[cfg(target_arch = "x86_64")]
+use crate::snapshot::SnapshotError;
 use crate::vcpu::VcpuError;
 use crate::vm::VmError;
 
 /// Any error from vmkit. Each module's own error converts into it with `?`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// [`crate::open`] found no usable hypervisor.
     #[error("no usable hypervisor on this host: {}", DisplayAttempts(.tried))]
@@ -28,6 +35,10 @@ pub enum Error {
     /// From building a [`MemoryRegion`](crate::MemoryRegion).
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// From saving or restoring a snapshot ([`crate::snapshot`]).
+    #[cfg(target_arch = "x86_64")]
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// One backend [`crate::open`] tried, and why it was not usable.
@@ -41,6 +52,7 @@ pub struct OpenAttempt {
 
 /// Why a backend could not be used.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum OpenFailure {
     /// This build of vmkit does not include the backend (its cargo feature is off).
     NotCompiled {
@@ -65,15 +77,35 @@ impl fmt::Display for DisplayAttempts<'_> {
                     "{}: not compiled in (enable the `{feature}` feature)",
                     attempt.kind
                 )?,
-                OpenFailure::Failed(err) => {
-                    write!(f, "{}: {err}", attempt.kind)?;
-                    let mut source = std::error::Error::source(err);
-                    while let Some(cause) = source {
-                        write!(f, ": {cause}")?;
-                        source = cause.source();
-                    }
-                }
+                OpenFailure::Failed(err) => write!(f, "{}: {}", attempt.kind, ErrorChain(err))?,
             }
+        }
+        Ok(())
+    }
+}
+
+/// Displays an error followed by each of its causes (`message: cause: cause…`), as a VMM
+/// reports an error.
+///
+/// ```
+/// use vmkit::error::ErrorChain;
+/// use vmkit::vm_memory::GuestAddress;
+/// use vmkit::{MemoryFlags, MemoryRegion};
+///
+/// let err = MemoryRegion::anonymous(GuestAddress(0x1000), 0x800, MemoryFlags::empty())
+///     .unwrap_err();
+/// eprintln!("cannot add RAM: {}", ErrorChain(&err));
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
         }
         Ok(())
     }

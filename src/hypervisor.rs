@@ -10,6 +10,7 @@ use crate::vm::Vm;
 
 /// Which hypervisor a backend drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum HypervisorKind {
     /// Linux KVM, through `/dev/kvm`.
     Kvm,
@@ -78,6 +79,7 @@ pub struct Capabilities {
 
 /// One thing a host lacks compared with another, from [`Capabilities::missing_in`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MissingCapability {
     /// A feature is absent.
     Feature(&'static str),
@@ -328,6 +330,7 @@ impl VmConfig {
 
 /// Errors from opening a hypervisor, querying it and creating VMs.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HypervisorError {
     /// A device node could not be opened.
     #[error("failed to open {path}")]
@@ -385,22 +388,69 @@ pub enum HypervisorError {
 /// [`crate::kvm::Kvm::new`]. The trait is object safe: VMMs hold a `Box<dyn Hypervisor>`.
 pub trait Hypervisor: Send + Sync {
     /// Which hypervisor this is.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// println!("running on {}", hypervisor.kind()); // "KVM" or "Xen"
+    /// # Ok(()) }
+    /// ```
     fn kind(&self) -> HypervisorKind;
 
     /// What this hypervisor supports.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// let caps = hypervisor.capabilities();
+    /// println!("up to {} vCPUs per VM", caps.max_vcpus);
+    /// if !caps.irqfd {
+    ///     println!("devices will raise interrupts through the VMM");
+    /// }
+    /// # Ok(()) }
+    /// ```
     fn capabilities(&self) -> &Capabilities;
 
     /// Creates a VM with no memory and no vCPUs.
+    ///
+    /// ```
+    /// use vmkit::VmConfig;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// let config = VmConfig::default().max_vcpus(2);
+    /// let vm = hypervisor.create_vm(&config)?;
+    /// let vcpu = vm.create_vcpu(1)?;
+    /// # let _ = vcpu;
+    /// # Ok(()) }
+    /// ```
     fn create_vm(&self, config: &VmConfig) -> Result<Box<dyn Vm>, HypervisorError>;
 
     /// The CPUID leaves this hypervisor can present to a guest, with every supported feature
     /// set: a starting point for [`Vcpu::set_cpuid`](crate::Vcpu::set_cpuid).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// let cpuid = hypervisor.supported_cpuid();
+    /// // Leaf 1, EDX bit 25: SSE.
+    /// let sse = cpuid.iter().any(|e| e.function == 1 && e.edx & (1 << 25) != 0);
+    /// println!("SSE for guests: {sse}");
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
     fn supported_cpuid(&self) -> Vec<CpuidEntry> {
         self.capabilities().cpuid.clone()
     }
 
     /// The MSRs whose values a VMM can read and write (and should save and restore).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// const IA32_SYSENTER_CS: u32 = 0x174;
+    /// assert!(hypervisor.msr_index_list().contains(&IA32_SYSENTER_CS));
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
     fn msr_index_list(&self) -> Vec<u32> {
         self.capabilities().msrs.clone()

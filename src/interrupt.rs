@@ -39,6 +39,7 @@ impl MsiMessage {
 
 /// An interrupt controller input that a GSI can be routed to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum IrqChip {
     /// The first 8259 PIC (pins 0–7).
     PicMaster,
@@ -50,6 +51,7 @@ pub enum IrqChip {
 
 /// Where one GSI goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum IrqRoute {
     /// To a pin of an in-kernel interrupt controller.
     Irqchip {

@@ -3,20 +3,53 @@
 //! An embeddable hypervisor library: create VMs, map memory, run vCPUs and answer their exits,
 //! on KVM and on Xen (cargo feature `xen`) through one object-safe API.
 //!
+//! ```toml
+//! [dependencies]
+//! vmkit = "0.1"
+//! # With the Xen backend as well (links Xen's C libraries; Debian: libxen-dev):
+//! # vmkit = { version = "0.1", features = ["xen"] }
+//! ```
+//!
+//! The cargo features are `kvm` (the default) and `xen`; [`open`] tries every backend that is
+//! compiled in. vmkit re-exports [`vm_memory`], whose types appear in its API, so a VMM
+//! needs no `vm-memory` dependency of its own.
+//!
 //! The pieces are:
 //! - [`Hypervisor`]: the host's hypervisor, from [`open`] (or a backend type such as
 //!   [`kvm::Kvm`]); it reports [`Capabilities`] and creates VMs.
 //! - [`Vm`]: guest memory ([`MemoryRegion`]s, owned by the VM while mapped) and vCPUs.
 //! - [`Vcpu`]: `run()` returns a [`VcpuExit`]; register and state access uses the
 //!   backend-neutral types of [`arch::x86_64`].
+//! - [`snapshot`]: saving a VM to disk and restoring it; [`dirty`]: dirty-page tracking.
+//!
+//! Optional features of a hypervisor (irqfd, dirty logging, guest debugging…) are listed in
+//! its [`Capabilities`]; a call that needs one the backend lacks returns
+//! [`VmError::Unsupported`] or [`VcpuError::Unsupported`]. Errors show each cause once:
+//! print one with its `source()` chain, for example with [`ErrorChain`].
+//!
+//! ## Companion crates
+//!
+//! vmkit is the hypervisor layer only. These crates of the same workspace build a VMM on
+//! it; none of the device crates depends on a hypervisor backend:
+//!
+//! - `vmkit-boot`: loading Linux (vmlinux, bzImage, initrd), boot parameters, ACPI and MP
+//!   tables, and x86-64 entry state (long mode, PVH).
+//! - `vmkit-bus`: port-I/O and MMIO dispatch of exits to devices.
+//! - `vmkit-devices`: legacy devices: serial port, i8042, CMOS/RTC, debug exit port.
+//! - `vmkit-virtio`: virtqueues (split and packed), the virtio-mmio transport, virtio-blk,
+//!   virtio-console and virtio-net.
+//! - `vmkit-net`: TAP interfaces and isolated, bridged and NAT networks for virtio-net.
+//! - `vmkit-snapshot`: the snapshot file formats that [`snapshot`] writes.
+//!
+//! They are documented at `https://docs.rs/<crate>`, e.g. <https://docs.rs/vmkit-boot>.
 //!
 //! ## Example
 //!
 //! Run four bytes of guest code that write to a port and halt:
 //!
 //! ```
+//! use vmkit::vm_memory::{Bytes, GuestAddress, MemoryRegionAddress};
 //! use vmkit::{MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
-//! use vm_memory::{Bytes, GuestAddress};
 //!
 //! # fn main() -> vmkit::Result<()> {
 //! let hypervisor = vmkit::open()?;
@@ -24,7 +57,7 @@
 //! let ram = MemoryRegion::anonymous(GuestAddress(0), 0x1000, MemoryFlags::empty())?;
 //! // mov al, 0x42; out 0x80, al; hlt
 //! let code = [0xb0, 0x42, 0xe6, 0x80, 0xf4];
-//! ram.mapping().write_slice(&code, vm_memory::MemoryRegionAddress(0)).unwrap();
+//! ram.mapping().write_slice(&code, MemoryRegionAddress(0)).unwrap();
 //! vm.add_memory_region(ram)?;
 //!
 //! let mut vcpu = vm.create_vcpu(0)?;
@@ -51,6 +84,7 @@
 //! To start a vCPU directly in 64-bit mode, or to boot Linux, see the `vmkit-boot` crate.
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod arch;
 pub mod dirty;
@@ -58,6 +92,7 @@ pub mod error;
 pub mod hypervisor;
 pub mod interrupt;
 #[cfg(feature = "kvm")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kvm")))]
 pub mod kvm;
 pub mod memory;
 pub mod pause;
@@ -66,10 +101,11 @@ pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 #[cfg(feature = "xen")]
+#[cfg_attr(docsrs, doc(cfg(feature = "xen")))]
 pub mod xen;
 
 pub use dirty::{DirtyLog, DirtyLogMode, DirtyRegion};
-pub use error::{Error, OpenAttempt, OpenFailure, Result};
+pub use error::{Error, ErrorChain, OpenAttempt, OpenFailure, Result};
 pub use hypervisor::{
     Capabilities, Hypervisor, HypervisorError, HypervisorKind, MissingCapability, VmConfig,
 };
@@ -82,6 +118,11 @@ pub use vcpu::{
 };
 pub use vm::{ClockState, Vm, VmError};
 pub use vmm_sys_util::eventfd::EventFd;
+
+/// The `vm-memory` crate, re-exported: guest addresses and memory access
+/// ([`GuestAddress`](vm_memory::GuestAddress), [`Bytes`](vm_memory::Bytes)) appear in vmkit's
+/// API, so a VMM can use them without depending on a matching `vm-memory` version itself.
+pub use vm_memory;
 
 /// Opens the hypervisor this host has: KVM when `/dev/kvm` opens, else Xen when this is a
 /// Xen dom0 (`/dev/xen/privcmd`; a dom0 has no `/dev/kvm`).

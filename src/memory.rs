@@ -88,6 +88,7 @@ impl fmt::Display for GuestRange {
 
 /// Errors about memory regions: building them, and placing them in a VM.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MemoryError {
     /// The region has no bytes.
     #[error("memory region at {guest_addr:#x} has size zero")]

@@ -96,6 +96,7 @@ pub enum VcpuExit<'a> {
 
 /// The system-wide event a guest asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SystemEventKind {
     /// Power off.
     Shutdown,
@@ -180,6 +181,7 @@ impl KickHandle {
 
 /// Errors from running a vCPU or reading and writing its state.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VcpuError {
     /// An ioctl or hypercall on the vCPU failed.
     #[error("{op} failed on vCPU {vcpu}")]
@@ -202,33 +204,78 @@ pub enum VcpuError {
         /// Why it was refused.
         reason: String,
     },
-    /// This hypervisor, or this VM's configuration, lacks the feature.
-    #[error("{feature} is not available on vCPU {vcpu}: {reason}")]
+    /// This hypervisor, or this VM's configuration, lacks what the operation needs.
+    #[error("{op} is not supported on vCPU {vcpu}: {reason}")]
     Unsupported {
         /// The vCPU.
         vcpu: u32,
-        /// The feature, e.g. "local APIC state".
-        feature: &'static str,
+        /// What was asked for, e.g. "local APIC state".
+        op: &'static str,
         /// Why, e.g. "the VM has no in-kernel irqchip".
         reason: &'static str,
     },
+}
+
+/// What the trait's default methods return: the backend does not offer `op` at all.
+fn unsupported<T>(vcpu: u32, op: &'static str, reason: &'static str) -> Result<T, VcpuError> {
+    Err(VcpuError::Unsupported { vcpu, op, reason })
 }
 
 /// A virtual CPU.
 ///
 /// `run()` enters the guest and returns at the next event the VMM must handle. Reads and
 /// writes of state are allowed whenever the vCPU is not inside `run()`.
+///
+/// Guest debugging, the local APIC, XSAVE, XCRs and vCPU events are optional: a backend
+/// that lacks one keeps the default method, which returns [`VcpuError::Unsupported`], and
+/// reports the feature as absent in its [`Capabilities`](crate::Capabilities).
+///
+/// The examples create a VM on whichever hypervisor the host has (see [`crate::open`]);
+/// those marked `no_run` need a guest to run.
 pub trait Vcpu: Send {
     /// This vCPU's id within its VM.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let vm = vmkit::open()?.create_vm(&vmkit::VmConfig::default())?;
+    /// assert_eq!(vm.create_vcpu(0)?.id(), 0);
+    /// # Ok(()) }
+    /// ```
     fn id(&self) -> u32;
 
     /// Runs the guest until the next exit.
     ///
     /// The exit borrows the vCPU: fill the data of a read exit, then drop the exit and call
     /// `run()` again to complete the access and continue.
+    ///
+    /// ```no_run
+    /// use vmkit::VcpuExit;
+    /// # fn f(mut vcpu: Box<dyn vmkit::Vcpu>) -> Result<(), vmkit::VcpuError> {
+    /// loop {
+    ///     match vcpu.run()? {
+    ///         VcpuExit::IoIn { port: 0x3f8, data, .. } => data.fill(0), // answered at the next run()
+    ///         VcpuExit::IoOut { port: 0x3f8, data, .. } => print!("{}", data[0] as char),
+    ///         VcpuExit::Hlt | VcpuExit::Shutdown => break,
+    ///         other => println!("unhandled exit: {other:?}"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     fn run(&mut self) -> Result<VcpuExit<'_>, VcpuError>;
 
     /// A handle that kicks this vCPU out of `run()` from another thread.
+    ///
+    /// ```
+    /// use vmkit::VcpuExit;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let vm = vmkit::open()?.create_vm(&vmkit::VmConfig::default())?;
+    /// let mut vcpu = vm.create_vcpu(0)?;
+    /// let kick = vcpu.kick_handle();
+    /// kick.kick();
+    /// // A kick made before run() ends that run() without entering the guest.
+    /// assert!(matches!(vcpu.run()?, VcpuExit::Kicked));
+    /// # Ok(()) }
+    /// ```
     fn kick_handle(&self) -> KickHandle;
 
     /// Finishes the access of the last port-I/O or MMIO exit without running the guest on.
@@ -239,81 +286,379 @@ pub trait Vcpu: Send {
     /// a vCPU's state ([`snapshot::save_vcpu`](crate::snapshot::save_vcpu) does); it is
     /// harmless when nothing is pending. The default does nothing, for backends that complete
     /// accesses at once.
+    ///
+    /// ```no_run
+    /// # fn f(mut vcpu: Box<dyn vmkit::Vcpu>) -> Result<(), vmkit::VcpuError> {
+    /// if let vmkit::VcpuExit::IoOut { .. } = vcpu.run()? {
+    ///     vcpu.complete_pending_io()?;
+    ///     let rip = vcpu.regs()?.rip; // now past the `out` instruction
+    /// #   let _ = rip;
+    /// }
+    /// # Ok(()) }
+    /// ```
     fn complete_pending_io(&self) -> Result<(), VcpuError> {
         Ok(())
     }
 
     /// Enables or disables single-stepping and hardware breakpoints.
-    fn set_guest_debug(&self, debug: &GuestDebug) -> Result<(), VcpuError>;
+    ///
+    /// ```
+    /// use vmkit::GuestDebug;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// # if !hypervisor.capabilities().guest_debug { return Ok(()); }
+    /// let vm = hypervisor.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// // Stop before the instruction at 0x1000: run() returns VcpuExit::Debug there.
+    /// let debug = GuestDebug { hw_breakpoints: vec![0x1000], ..GuestDebug::default() };
+    /// vcpu.set_guest_debug(&debug)?;
+    /// # Ok(()) }
+    /// ```
+    fn set_guest_debug(&self, debug: &GuestDebug) -> Result<(), VcpuError> {
+        let _ = debug;
+        unsupported(
+            self.id(),
+            "guest debugging",
+            "this hypervisor backend cannot single-step or set breakpoints \
+             (Capabilities::guest_debug is false)",
+        )
+    }
 
     /// Reads the general-purpose registers.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let vm = vmkit::open()?.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// println!("the vCPU starts at {:#x}", vcpu.regs()?.rip);
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
     fn regs(&self) -> Result<Regs, VcpuError>;
     /// Writes the general-purpose registers.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let vm = vmkit::open()?.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// let mut regs = vcpu.regs()?;
+    /// regs.rip = 0x1000;
+    /// regs.rflags = 0x2; // bit 1 is always set
+    /// vcpu.set_regs(&regs)?;
+    /// assert_eq!(vcpu.regs()?.rip, 0x1000);
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
     fn set_regs(&self, regs: &Regs) -> Result<(), VcpuError>;
 
     /// Reads the segment, control and descriptor-table registers.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let vm = vmkit::open()?.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// let sregs = vcpu.sregs()?;
+    /// assert_eq!(sregs.cr0 & 1, 0); // a fresh vCPU starts in real mode
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
     fn sregs(&self) -> Result<SpecialRegs, VcpuError>;
     /// Writes the segment, control and descriptor-table registers.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let vm = vmkit::open()?.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// // Real mode, code segment at address 0.
+    /// let mut sregs = vcpu.sregs()?;
+    /// sregs.cs.base = 0;
+    /// sregs.cs.selector = 0;
+    /// vcpu.set_sregs(&sregs)?;
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
     fn set_sregs(&self, sregs: &SpecialRegs) -> Result<(), VcpuError>;
 
     /// Reads the x87/SSE state.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let vm = vmkit::open()?.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// println!("MXCSR: {:#x}", vcpu.fpu()?.mxcsr);
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
     fn fpu(&self) -> Result<Fpu, VcpuError>;
     /// Writes the x87/SSE state.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let vm = vmkit::open()?.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// let mut fpu = vcpu.fpu()?;
+    /// fpu.fcw = 0x37f; // the x87 control word after FINIT
+    /// fpu.mxcsr = 0x1f80; // SSE exceptions masked
+    /// vcpu.set_fpu(&fpu)?;
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
     fn set_fpu(&self, fpu: &Fpu) -> Result<(), VcpuError>;
 
     /// Reads the MSRs with the given indices; fails if any of them cannot be read.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let vm = vmkit::open()?.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// let sysenter_cs = vcpu.msrs(&[0x174])?;
+    /// assert_eq!(sysenter_cs[0].index, 0x174);
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
     fn msrs(&self, indices: &[u32]) -> Result<Vec<Msr>, VcpuError>;
     /// Writes MSRs; fails, naming the first one refused, unless all were written.
+    ///
+    /// ```
+    /// use vmkit::arch::x86_64::Msr;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let vm = vmkit::open()?.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// vcpu.set_msrs(&[Msr { index: 0x174, data: 0x10 }])?; // IA32_SYSENTER_CS
+    /// assert_eq!(vcpu.msrs(&[0x174])?[0].data, 0x10);
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
     fn set_msrs(&self, msrs: &[Msr]) -> Result<(), VcpuError>;
 
     /// Reads the CPUID leaves the guest sees.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// let vm = hypervisor.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// vcpu.set_cpuid(&hypervisor.supported_cpuid())?;
+    /// let leaf0 = vcpu.cpuid()?.into_iter().find(|e| e.function == 0);
+    /// println!("highest basic leaf: {:?}", leaf0.map(|e| e.eax));
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
     fn cpuid(&self) -> Result<Vec<CpuidEntry>, VcpuError>;
     /// Sets the CPUID leaves the guest sees (typically the hypervisor's supported CPUID,
     /// adjusted). Must happen before the first `run()`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// let vm = hypervisor.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// let mut cpuid = hypervisor.supported_cpuid();
+    /// // Hide the hypervisor-present bit (leaf 1, ECX bit 31) from the guest.
+    /// for entry in cpuid.iter_mut().filter(|e| e.function == 1) {
+    ///     entry.ecx &= !(1 << 31);
+    /// }
+    /// vcpu.set_cpuid(&cpuid)?;
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
     fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<(), VcpuError>;
 
     /// Reads the local APIC's registers (needs a VM with an in-kernel irqchip).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// # if !hypervisor.capabilities().irqchip { return Ok(()); }
+    /// let vm = hypervisor.create_vm(&vmkit::VmConfig::default().irqchip(true))?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// let lapic = vcpu.lapic()?;
+    /// // The APIC id register (offset 0x20) holds the id in its top byte.
+    /// println!("APIC id: {}", lapic.regs[0x23]);
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
-    fn lapic(&self) -> Result<LapicState, VcpuError>;
+    fn lapic(&self) -> Result<LapicState, VcpuError> {
+        unsupported(
+            self.id(),
+            "local APIC state",
+            "this hypervisor backend exposes no local APIC state",
+        )
+    }
     /// Writes the local APIC's registers (needs a VM with an in-kernel irqchip).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// # if !hypervisor.capabilities().irqchip { return Ok(()); }
+    /// let vm = hypervisor.create_vm(&vmkit::VmConfig::default().irqchip(true))?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// let lapic = vcpu.lapic()?;
+    /// vcpu.set_lapic(&lapic)?;
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
-    fn set_lapic(&self, lapic: &LapicState) -> Result<(), VcpuError>;
+    fn set_lapic(&self, lapic: &LapicState) -> Result<(), VcpuError> {
+        let _ = lapic;
+        unsupported(
+            self.id(),
+            "local APIC state",
+            "this hypervisor backend exposes no local APIC state",
+        )
+    }
 
     /// Reads the XSAVE area.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// # if !hypervisor.capabilities().xsave { return Ok(()); }
+    /// let vm = hypervisor.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// println!("{} bytes of XSAVE area", vcpu.xsave()?.region.len() * 4);
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
-    fn xsave(&self) -> Result<Xsave, VcpuError>;
+    fn xsave(&self) -> Result<Xsave, VcpuError> {
+        unsupported(
+            self.id(),
+            "XSAVE state",
+            "this hypervisor backend exposes no XSAVE area (Capabilities::xsave is false)",
+        )
+    }
     /// Writes the XSAVE area.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// # if !hypervisor.capabilities().xsave { return Ok(()); }
+    /// let vm = hypervisor.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// let xsave = vcpu.xsave()?;
+    /// vcpu.set_xsave(&xsave)?;
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
-    fn set_xsave(&self, xsave: &Xsave) -> Result<(), VcpuError>;
+    fn set_xsave(&self, xsave: &Xsave) -> Result<(), VcpuError> {
+        let _ = xsave;
+        unsupported(
+            self.id(),
+            "XSAVE state",
+            "this hypervisor backend exposes no XSAVE area (Capabilities::xsave is false)",
+        )
+    }
 
     /// Reads the extended control registers.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// # if !hypervisor.capabilities().xcrs { return Ok(()); }
+    /// let vm = hypervisor.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// for xcr in vcpu.xcrs()? {
+    ///     println!("XCR{} = {:#x}", xcr.index, xcr.value);
+    /// }
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
-    fn xcrs(&self) -> Result<Vec<Xcr>, VcpuError>;
+    fn xcrs(&self) -> Result<Vec<Xcr>, VcpuError> {
+        unsupported(
+            self.id(),
+            "XCRs",
+            "this hypervisor backend exposes no XCRs (Capabilities::xcrs is false)",
+        )
+    }
     /// Writes the extended control registers.
+    ///
+    /// ```
+    /// use vmkit::arch::x86_64::Xcr;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// # if !hypervisor.capabilities().xcrs { return Ok(()); }
+    /// let vm = hypervisor.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// // XCR0 may enable only what the guest's CPUID offers: x87 and SSE state here.
+    /// vcpu.set_cpuid(&hypervisor.supported_cpuid())?;
+    /// vcpu.set_xcrs(&[Xcr { index: 0, value: 0x3 }])?;
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
-    fn set_xcrs(&self, xcrs: &[Xcr]) -> Result<(), VcpuError>;
+    fn set_xcrs(&self, xcrs: &[Xcr]) -> Result<(), VcpuError> {
+        let _ = xcrs;
+        unsupported(
+            self.id(),
+            "XCRs",
+            "this hypervisor backend exposes no XCRs (Capabilities::xcrs is false)",
+        )
+    }
 
     /// Reads pending exceptions, interrupts, NMIs and SMM state.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// # if !hypervisor.capabilities().vcpu_events { return Ok(()); }
+    /// let vm = hypervisor.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// assert!(!vcpu.vcpu_events()?.nmi.pending);
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
-    fn vcpu_events(&self) -> Result<VcpuEvents, VcpuError>;
+    fn vcpu_events(&self) -> Result<VcpuEvents, VcpuError> {
+        unsupported(
+            self.id(),
+            "vCPU events",
+            "this hypervisor backend exposes no pending-event state \
+             (Capabilities::vcpu_events is false)",
+        )
+    }
     /// Writes pending exceptions, interrupts, NMIs and SMM state.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// # if !hypervisor.capabilities().vcpu_events { return Ok(()); }
+    /// let vm = hypervisor.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// let mut events = vcpu.vcpu_events()?;
+    /// events.nmi.pending = true; // inject an NMI at the next run()
+    /// vcpu.set_vcpu_events(&events)?;
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
-    fn set_vcpu_events(&self, events: &VcpuEvents) -> Result<(), VcpuError>;
+    fn set_vcpu_events(&self, events: &VcpuEvents) -> Result<(), VcpuError> {
+        let _ = events;
+        unsupported(
+            self.id(),
+            "vCPU events",
+            "this hypervisor backend exposes no pending-event state \
+             (Capabilities::vcpu_events is false)",
+        )
+    }
 
     /// Reads the multiprocessing state.
+    ///
+    /// ```
+    /// use vmkit::arch::x86_64::MpState;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let vm = vmkit::open()?.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// assert_eq!(vcpu.mp_state()?, MpState::Runnable);
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
     fn mp_state(&self) -> Result<MpState, VcpuError>;
     /// Writes the multiprocessing state.
+    ///
+    /// ```
+    /// use vmkit::arch::x86_64::MpState;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let vm = vmkit::open()?.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// vcpu.set_mp_state(MpState::Runnable)?;
+    /// # Ok(()) }
+    /// ```
     #[cfg(target_arch = "x86_64")]
     fn set_mp_state(&self, state: MpState) -> Result<(), VcpuError>;
 }

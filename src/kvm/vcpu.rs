@@ -101,7 +101,7 @@ impl KvmVcpu {
         } else {
             Err(VcpuError::Unsupported {
                 vcpu: self.id,
-                feature,
+                op: feature,
                 reason,
             })
         }

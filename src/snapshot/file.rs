@@ -49,6 +49,7 @@ const VERSION: u16 = 1;
 
 /// Errors from saving or restoring a snapshot.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SnapshotError {
     /// The state file is unreadable, corrupt or from an incompatible writer.
     #[error("snapshot state file {}", .path.display())]

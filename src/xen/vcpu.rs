@@ -26,10 +26,8 @@ use super::sys::abi::{
 };
 use super::vm::{self, DomainKind, Shutdown, VmShared, TRIPLE_FAULT_REASON};
 use super::{cpuid_entry, cpuid_leaf};
-use crate::arch::x86_64::{
-    CpuidEntry, Fpu, LapicState, MpState, Msr, Regs, SpecialRegs, VcpuEvents, Xcr, Xsave,
-};
-use crate::vcpu::{GuestDebug, KickHandle, SystemEventKind, Vcpu, VcpuError, VcpuExit};
+use crate::arch::x86_64::{CpuidEntry, Fpu, LapicState, MpState, Msr, Regs, SpecialRegs};
+use crate::vcpu::{KickHandle, SystemEventKind, Vcpu, VcpuError, VcpuExit};
 
 /// The longest `run()` waits before looking whether the vCPU halted or the domain shut down.
 pub const MAX_CHECK_INTERVAL: Duration = Duration::from_millis(50);
@@ -154,7 +152,7 @@ impl XenVcpu {
         }
         Err(VcpuError::Unsupported {
             vcpu: self.id,
-            feature,
+            op: feature,
             reason: "a PV vCPU has no HVM state; use its vCPU context (set_pv_start, regs)",
         })
     }
@@ -167,7 +165,7 @@ impl XenVcpu {
         if self.vm.kind() != DomainKind::Pv {
             return Err(VcpuError::Unsupported {
                 vcpu: self.id,
-                feature: "a PV start state",
+                op: "a PV start state",
                 reason: "this is a PVH vCPU; set its registers instead",
             });
         }
@@ -197,14 +195,6 @@ impl XenVcpu {
             .xc()
             .set_vcpu_context(self.vm.domid, self.id, &mut ctx)
             .map_err(os(self.id))
-    }
-
-    fn unsupported(&self, feature: &'static str) -> VcpuError {
-        VcpuError::Unsupported {
-            vcpu: self.id,
-            feature,
-            reason: "vmkit's Xen backend does not support it yet",
-        }
     }
 
     /// Looks soon: the vCPU was just let go.
@@ -520,10 +510,6 @@ impl Vcpu for XenVcpu {
         KickHandle::new(self.kick.clone())
     }
 
-    fn set_guest_debug(&self, _debug: &GuestDebug) -> Result<(), VcpuError> {
-        Err(self.unsupported("guest debugging"))
-    }
-
     fn regs(&self) -> Result<Regs, VcpuError> {
         let ctx = self
             .vm
@@ -674,30 +660,6 @@ impl Vcpu for XenVcpu {
             .map_err(self.state_error("local APIC state"))
     }
 
-    fn xsave(&self) -> Result<Xsave, VcpuError> {
-        Err(self.unsupported("XSAVE state"))
-    }
-
-    fn set_xsave(&self, _xsave: &Xsave) -> Result<(), VcpuError> {
-        Err(self.unsupported("XSAVE state"))
-    }
-
-    fn xcrs(&self) -> Result<Vec<Xcr>, VcpuError> {
-        Err(self.unsupported("XCRs"))
-    }
-
-    fn set_xcrs(&self, _xcrs: &[Xcr]) -> Result<(), VcpuError> {
-        Err(self.unsupported("XCRs"))
-    }
-
-    fn vcpu_events(&self) -> Result<VcpuEvents, VcpuError> {
-        Err(self.unsupported("vCPU events"))
-    }
-
-    fn set_vcpu_events(&self, _events: &VcpuEvents) -> Result<(), VcpuError> {
-        Err(self.unsupported("vCPU events"))
-    }
-
     fn mp_state(&self) -> Result<MpState, VcpuError> {
         Ok(match self.phase {
             Phase::Parked { halted: true } => MpState::Halted,
@@ -710,7 +672,7 @@ impl Vcpu for XenVcpu {
             MpState::Runnable => Ok(()),
             _ => Err(VcpuError::Unsupported {
                 vcpu: self.id,
-                feature: "multiprocessing states other than runnable",
+                op: "a multiprocessing state other than runnable",
                 reason: "a Xen vCPU is runnable whenever its thread is in run()",
             }),
         }

@@ -6,8 +6,6 @@ use std::io;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use vmm_sys_util::eventfd::EventFd;
-
 use super::context::{self, Record};
 use super::control::{Control, Replay, StateError};
 use super::kick::XenKick;
@@ -20,15 +18,12 @@ use super::sys::abi::{
     XEN_DOMCTL_CDF_HVM, XEN_DOMCTL_GRANT_VERSION_1, XEN_X86_EMU_LAPIC,
 };
 use super::{memory as ram, Handles, XenVcpu};
-use crate::arch::x86_64::{IrqchipState, PitState};
-use crate::dirty::{DirtyLog, DirtyLogMode};
 use crate::hypervisor::{Capabilities, HypervisorError, VmConfig};
-use crate::interrupt::{DataMatch, IoEventAddress, IrqRoute, MsiMessage};
 use crate::memory::{
     GuestMemoryMmap, GuestRange, MemoryFlags, MemoryRegion, MemorySlot, RegionTable,
 };
 use crate::vcpu::Vcpu;
-use crate::vm::{ClockState, Vm, VmError};
+use crate::vm::{Vm, VmError};
 
 /// The shutdown reason Xen is told to use for a triple fault (`HVM_PARAM_TRIPLE_FAULT_REASON`),
 /// so that `run()` can tell it from a guest's shutdown request and report
@@ -42,13 +37,6 @@ const MAX_EVTCHN_PORT: u32 = 1023;
 /// Extra memory the domain may hold beyond its RAM regions (Xen allocates a few pages on
 /// its behalf), in KiB.
 const MAXMEM_SLACK_KB: u64 = 1024;
-
-fn unsupported(what: &'static str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        format!("{what} is not supported by vmkit's Xen backend"),
-    )
-}
 
 /// The domain's shutdown, as `run()` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -470,9 +458,9 @@ impl XenVm {
     /// [`GuestMemoryMmap`] obtained before that includes the region must be dropped too.
     pub fn seal_pv_region(&self, slot: MemorySlot) -> Result<(), VmError> {
         if self.kind() != DomainKind::Pv {
-            return Err(VmError::Os {
+            return Err(VmError::Unsupported {
                 op: "sealing a region",
-                source: unsupported("sealing a region of a PVH domain"),
+                reason: "only a PV domain's page tables need it; this is a PVH domain",
             });
         }
         lock(&self.shared.regions).remove(slot)?;
@@ -570,114 +558,8 @@ impl Vm for XenVm {
         Ok(Box::new(self.create_xen_vcpu(id)?))
     }
 
-    fn set_irq_line(&self, _gsi: u32, _level: bool) -> Result<(), VmError> {
-        Err(VmError::NoIrqchip {
-            op: "setting an interrupt line",
-        })
-    }
-
-    fn signal_msi(&self, msi: MsiMessage) -> Result<(), VmError> {
-        Err(VmError::Msi {
-            msi,
-            source: unsupported("MSI injection"),
-        })
-    }
-
-    fn set_gsi_routing(&self, _routes: &[IrqRoute]) -> Result<(), VmError> {
-        Err(VmError::NoIrqchip {
-            op: "setting the GSI routing",
-        })
-    }
-
-    fn register_irqfd(
-        &self,
-        _fd: &EventFd,
-        _gsi: u32,
-        _resample: Option<&EventFd>,
-    ) -> Result<(), VmError> {
-        Err(VmError::NoIrqchip {
-            op: "registering an irqfd",
-        })
-    }
-
-    fn unregister_irqfd(&self, _fd: &EventFd, _gsi: u32) -> Result<(), VmError> {
-        Err(VmError::NoIrqchip {
-            op: "unregistering an irqfd",
-        })
-    }
-
-    fn register_ioeventfd(
-        &self,
-        _fd: &EventFd,
-        addr: IoEventAddress,
-        _datamatch: DataMatch,
-    ) -> Result<(), VmError> {
-        Err(VmError::IoEvent {
-            op: "registering an ioeventfd",
-            addr,
-            source: unsupported("ioeventfd"),
-        })
-    }
-
-    fn unregister_ioeventfd(
-        &self,
-        _fd: &EventFd,
-        addr: IoEventAddress,
-        _datamatch: DataMatch,
-    ) -> Result<(), VmError> {
-        Err(VmError::IoEvent {
-            op: "unregistering an ioeventfd",
-            addr,
-            source: unsupported("ioeventfd"),
-        })
-    }
-
-    fn dirty_log_mode(&self) -> DirtyLogMode {
-        DirtyLogMode::Bitmap
-    }
-
-    fn harvest_dirty_log(&self) -> Result<DirtyLog, VmError> {
-        // No region can log dirty pages on this backend (add_memory_region refuses them).
-        Ok(DirtyLog::default())
-    }
-
-    fn irqchip_state(&self) -> Result<IrqchipState, VmError> {
-        Err(VmError::NoIrqchip {
-            op: "reading the irqchip state",
-        })
-    }
-
-    fn set_irqchip_state(&self, _state: &IrqchipState) -> Result<(), VmError> {
-        Err(VmError::NoIrqchip {
-            op: "setting the irqchip state",
-        })
-    }
-
-    fn pit_state(&self) -> Result<PitState, VmError> {
-        Err(VmError::NoPit {
-            op: "reading the PIT state",
-        })
-    }
-
-    fn set_pit_state(&self, _state: &PitState) -> Result<(), VmError> {
-        Err(VmError::NoPit {
-            op: "setting the PIT state",
-        })
-    }
-
-    fn clock(&self) -> Result<ClockState, VmError> {
-        Err(VmError::Os {
-            op: "reading the VM clock",
-            source: unsupported("the VM clock"),
-        })
-    }
-
-    fn set_clock(&self, _clock: &ClockState) -> Result<(), VmError> {
-        Err(VmError::Os {
-            op: "setting the VM clock",
-            source: unsupported("the VM clock"),
-        })
-    }
+    // Interrupts, ioeventfds, dirty logging, the irqchip and PIT state and the clock are
+    // not offered (Capabilities says so): the trait's defaults refuse them.
 }
 
 /// Reads the domain's CPUID policy.

@@ -129,7 +129,7 @@ pub fn cpuid_set_is_what_the_guest_executes(hv: &dyn Hypervisor) {
 pub fn lapic_needs_an_irqchip_and_round_trips_with_one(hv: &dyn Hypervisor) {
     let t = long_mode_vm(hv, HLT);
     match t.vcpu.lapic() {
-        Err(VcpuError::Unsupported { feature, .. }) => assert_eq!(feature, "local APIC state"),
+        Err(VcpuError::Unsupported { op, .. }) => assert_eq!(op, "local APIC state"),
         other => panic!("expected Unsupported without an irqchip, got {other:?}"),
     }
     let t = long_mode_vm_with(hv, VmConfig::default().irqchip(true), HLT);

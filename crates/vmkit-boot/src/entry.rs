@@ -50,6 +50,7 @@ const RFLAGS_RESERVED: u64 = 1 << 1;
 
 /// Errors from preparing a vCPU to boot.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BootError {
     /// Guest memory does not cover where a boot structure must go.
     #[error("cannot write the {what} at guest address {addr:#x}")]

@@ -4,6 +4,7 @@ use crate::{Space, Span};
 
 /// Why a device could not be registered or deregistered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
 pub enum BusError {
     /// A range of size 0 holds no address.
     #[error("cannot register an empty {space} range at {base:#x}")]

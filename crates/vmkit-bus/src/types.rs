@@ -65,6 +65,7 @@ impl fmt::Display for Span {
 
 /// Why an exit was inconsistent, so the bus refused to pass it to any device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
 pub enum Malformed {
     /// The exit carried no data bytes at all.
     #[error("the exit carries no data")]

@@ -6,9 +6,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// Why a device could not be created.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DeviceError {
     /// The kernel refused an eventfd (for example: too many open files).
-    #[error("cannot create the {purpose} eventfd of the {device}: {source}")]
+    #[error("cannot create the {purpose} eventfd of the {device}")]
     EventFd {
         /// The device being created.
         device: &'static str,

@@ -236,7 +236,7 @@ pub enum ModeError {
     #[error(transparent)]
     Nft(#[from] NftError),
     /// A sysctl could not be read or written.
-    #[error("sysctl {path}: {source}")]
+    #[error("sysctl {path}")]
     Sysctl {
         /// The file.
         path: String,

@@ -22,10 +22,10 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 #[non_exhaustive]
 pub enum NetlinkError {
     /// The netlink socket could not be opened or used.
-    #[error("netlink socket: {0}")]
+    #[error("netlink socket")]
     Socket(#[source] io::Error),
     /// The kernel refused a request.
-    #[error("{op} {target}: {source}")]
+    #[error("{op} {target}")]
     Request {
         /// What was asked.
         op: &'static str,

@@ -29,7 +29,7 @@ const MARK: &str = "vmkit-net uplink=";
 #[non_exhaustive]
 pub enum NftError {
     /// `nft` failed or could not be run (is the `nftables` package installed?).
-    #[error("nft: {action} table {table}: {source}")]
+    #[error("nft: {action} table {table}")]
     Nft {
         /// What was being done.
         action: &'static str,

@@ -43,7 +43,7 @@ pub enum TapError {
         name: String,
     },
     /// `/dev/net/tun` could not be opened.
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Open {
         /// The path.
         path: &'static str,
@@ -60,7 +60,7 @@ pub enum TapError {
         features: u32,
     },
     /// An ioctl failed.
-    #[error("{ioctl} on TAP {name:?} failed: {source}")]
+    #[error("{ioctl} on TAP {name:?} failed")]
     Ioctl {
         /// The ioctl.
         ioctl: &'static str,

@@ -19,7 +19,7 @@ pub enum AtomicWriteError {
         path: PathBuf,
     },
     /// The temporary file could not be created.
-    #[error("creating temporary file {path}: {source}")]
+    #[error("creating temporary file {path}")]
     Create {
         /// The temporary file.
         path: PathBuf,
@@ -28,7 +28,7 @@ pub enum AtomicWriteError {
         source: io::Error,
     },
     /// The temporary file could not be synced to disk.
-    #[error("syncing {path}: {source}")]
+    #[error("syncing {path}")]
     Sync {
         /// The temporary file.
         path: PathBuf,
@@ -37,7 +37,7 @@ pub enum AtomicWriteError {
         source: io::Error,
     },
     /// The temporary file could not be renamed over the target.
-    #[error("renaming {from} to {to}: {source}")]
+    #[error("renaming {from} to {to}")]
     Rename {
         /// The temporary file.
         from: PathBuf,
@@ -49,7 +49,7 @@ pub enum AtomicWriteError {
     },
     /// The directory could not be synced after the rename: the target has
     /// been replaced, but the replacement may not survive a crash.
-    #[error("syncing directory {dir} after replacing the file: {source}")]
+    #[error("syncing directory {dir} after replacing the file")]
     SyncDir {
         /// The directory.
         dir: PathBuf,

@@ -137,7 +137,7 @@ pub struct RegionInfo {
 #[non_exhaustive]
 pub enum MemoryError {
     /// An I/O error.
-    #[error("I/O error while {what}: {source}")]
+    #[error("I/O error while {what}")]
     Io {
         /// What was being done.
         what: &'static str,

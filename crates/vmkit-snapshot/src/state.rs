@@ -336,7 +336,7 @@ impl fmt::Display for Part {
 #[non_exhaustive]
 pub enum StateError {
     /// An I/O error other than end of file.
-    #[error("I/O error on {part}: {source}")]
+    #[error("I/O error on {part}")]
     Io {
         /// Where the error happened.
         part: Part,
@@ -520,7 +520,7 @@ pub enum StateError {
         supported: RangeInclusive<u16>,
     },
     /// A section's payload does not decode as the requested type.
-    #[error("{section}: payload does not decode: {source}")]
+    #[error("{section}: payload does not decode")]
     Decode {
         /// The section.
         section: SectionId,
@@ -545,7 +545,7 @@ pub enum StateError {
         index: u32,
     },
     /// A value could not be encoded.
-    #[error("section {tag}[{index}]: cannot encode: {source}")]
+    #[error("section {tag}[{index}]: cannot encode")]
     Encode {
         /// The tag being written.
         tag: SectionTag,

@@ -114,7 +114,7 @@ impl BlockBackend for File {
 #[non_exhaustive]
 pub enum BlkError {
     /// The disk size could not be read.
-    #[error("cannot read the disk file's size: {0}")]
+    #[error("cannot read the disk file's size")]
     DiskSize(#[source] io::Error),
     /// The id string is longer than 20 bytes.
     #[error("device id {id:?} is {} bytes long, more than 20", .id.len())]
@@ -129,7 +129,7 @@ pub enum BlkError {
 #[non_exhaustive]
 pub enum RequestError {
     /// The queue rejected the chain (a loop, a buffer outside guest memory, …).
-    #[error("invalid descriptor chain: {0}")]
+    #[error("invalid descriptor chain")]
     Chain(#[from] crate::Error),
     /// The chain has more descriptors than [`MAX_DESCRIPTORS`].
     #[error("request has {count} descriptors, more than {max}")]
@@ -163,7 +163,7 @@ pub enum RequestError {
         len: u64,
     },
     /// The header could not be read from guest memory.
-    #[error("cannot read the request header at {addr:#x}: {source}")]
+    #[error("cannot read the request header at {addr:#x}")]
     HeaderRead {
         /// Guest address of the failing part.
         addr: u64,
@@ -210,7 +210,7 @@ pub enum RequestError {
 /// A malformed request, with the status byte's location when it is usable
 /// (the device answers [`VIRTIO_BLK_S_IOERR`] there).
 #[derive(Debug, thiserror::Error)]
-#[error("{error}")]
+#[error("invalid block request")]
 pub struct InvalidRequest {
     /// What is wrong.
     #[source]

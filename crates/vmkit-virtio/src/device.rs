@@ -56,7 +56,7 @@ pub enum DeviceError {
     },
     /// The driver broke a queue's rules (see [`crate::Error`]): the queue is
     /// unusable until reset.
-    #[error("queue {index} failed: {source}")]
+    #[error("queue {index} failed")]
     Queue {
         /// The queue index.
         index: u16,

@@ -302,7 +302,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// Guest memory could not be accessed.
-    #[error("guest memory access at {addr:#x} failed: {source}")]
+    #[error("guest memory access at {addr:#x} failed")]
     Memory {
         /// The guest address.
         addr: u64,

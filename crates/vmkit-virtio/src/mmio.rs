@@ -156,7 +156,7 @@ pub enum MmioError {
         max: usize,
     },
     /// A queue maximum size the device declared is invalid.
-    #[error("device queue {index} has an invalid maximum size: {source}")]
+    #[error("device queue {index} has an invalid maximum size")]
     QueueMaxSize {
         /// The queue index.
         index: usize,
@@ -243,7 +243,7 @@ pub enum MmioError {
         max: u16,
     },
     /// The queue could not be made ready: its size or rings are invalid.
-    #[error("queue {index} cannot be made ready: {source}")]
+    #[error("queue {index} cannot be made ready")]
     QueueSetup {
         /// The queue index.
         index: u32,
@@ -262,10 +262,10 @@ pub enum MmioError {
         write: bool,
     },
     /// The device failed; the transport set `DEVICE_NEEDS_RESET`.
-    #[error("device failed: {0}")]
+    #[error("device failed")]
     Device(#[from] DeviceError),
     /// The interrupt `EventFd` could not be signalled.
-    #[error("cannot signal the interrupt eventfd: {0}")]
+    #[error("cannot signal the interrupt eventfd")]
     Interrupt(#[source] std::io::Error),
 }
 

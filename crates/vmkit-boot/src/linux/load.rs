@@ -108,7 +108,7 @@ where
                 .seek(SeekFrom::Start(0))
                 .map_err(LinuxBootError::ReadImage)?;
             let result = BzImage::load(memory, None, image, high)
-                .map_err(|source| LinuxBootError::KernelImage { source })?;
+                .map_err(|error| LinuxBootError::KernelImage { error })?;
             let header = result.setup_header;
             Ok(LoadedKernel {
                 format: KernelFormat::BzImage,
@@ -121,7 +121,7 @@ where
                 mapped_bytes: 0,
             })
         }
-        Err(source) => Err(LinuxBootError::KernelImage { source }),
+        Err(error) => Err(LinuxBootError::KernelImage { error }),
     }
 }
 

@@ -70,13 +70,15 @@ use vmkit::VcpuError;
 
 /// Errors of booting Linux.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LinuxBootError {
     /// The image is neither an ELF vmlinux nor a bzImage linux-loader accepts.
-    #[error("cannot load the kernel image: {source}")]
+    #[error("cannot load the kernel image: {error}")]
     KernelImage {
-        /// What linux-loader reported.
-        #[source]
-        source: linux_loader::loader::Error,
+        /// What linux-loader reported. It is shown in the message and not returned by
+        /// `source()`: linux-loader's error prints its cause and also returns it, so a chain
+        /// through it would print that cause twice.
+        error: linux_loader::loader::Error,
     },
     /// The ELF image is malformed.
     #[error("invalid ELF kernel image: {reason}")]

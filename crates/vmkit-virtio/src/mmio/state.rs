@@ -108,7 +108,7 @@ pub struct MmioTransportState {
 #[non_exhaustive]
 pub enum RestoreError {
     /// The fresh device could not be wrapped (see [`MmioTransport::new`]).
-    #[error("cannot wrap the device: {0}")]
+    #[error("cannot wrap the device")]
     Transport(#[source] MmioError),
     /// The state belongs to a device of another type.
     #[error("saved device type {saved} does not match the device's type {device}")]
@@ -148,7 +148,7 @@ pub enum RestoreError {
     },
     /// A queue's state is invalid (size, alignment, indices) or, for a
     /// ready queue, its rings are not in guest memory.
-    #[error("queue {index}: {source}")]
+    #[error("queue {index}")]
     Queue {
         /// The queue index.
         index: usize,
@@ -226,11 +226,11 @@ pub enum RestoreError {
         reason: &'static str,
     },
     /// The device refused its state.
-    #[error("device state: {0}")]
+    #[error("device state")]
     Device(#[source] StateError),
     /// The state says `DRIVER_OK`, but the device cannot be activated with
     /// the saved features.
-    #[error("cannot activate the device with the saved features: {0}")]
+    #[error("cannot activate the device with the saved features")]
     Activation(#[source] DeviceError),
 }
 

@@ -41,7 +41,7 @@ pub type MacAddr = [u8; 6];
 #[non_exhaustive]
 pub enum CtrlError {
     /// The queue rejected the chain.
-    #[error("invalid descriptor chain: {0}")]
+    #[error("invalid descriptor chain")]
     Chain(#[from] crate::Error),
     /// No device-writable buffer for the acknowledgement byte.
     #[error("control command has no writable acknowledgement byte")]
@@ -87,7 +87,7 @@ pub enum CtrlError {
         value: u8,
     },
     /// Guest memory could not be read.
-    #[error("cannot read control buffer at {addr:#x}: {source}")]
+    #[error("cannot read control buffer at {addr:#x}")]
     Read {
         /// The guest address.
         addr: u64,
@@ -100,7 +100,7 @@ pub enum CtrlError {
 /// A refused control chain, with the acknowledgement byte's location when
 /// the chain has one (the device answers [`VIRTIO_NET_ERR`] there).
 #[derive(Debug, thiserror::Error)]
-#[error("{error}")]
+#[error("invalid control-queue request")]
 pub struct InvalidCtrl {
     /// What is wrong.
     #[source]

@@ -288,7 +288,7 @@ enum Direction {
 #[non_exhaustive]
 pub enum TxError {
     /// The queue rejected the chain (a loop, a buffer outside guest memory, …).
-    #[error("invalid descriptor chain: {0}")]
+    #[error("invalid descriptor chain")]
     Chain(#[from] crate::Error),
     /// A transmit chain holds a device-writable buffer.
     #[error("transmit chain has a device-writable buffer ({len} bytes at {addr:#x})")]
@@ -311,10 +311,10 @@ pub enum TxError {
         max: usize,
     },
     /// The header is not acceptable.
-    #[error("invalid transmit header: {0}")]
+    #[error("invalid transmit header")]
     Header(#[from] HeaderError),
     /// Guest memory could not be read.
-    #[error("cannot read transmit buffer at {addr:#x}: {source}")]
+    #[error("cannot read transmit buffer at {addr:#x}")]
     Read {
         /// The guest address.
         addr: u64,

@@ -44,7 +44,6 @@ use std::collections::BTreeMap;
 use std::error::Error;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,24 +51,27 @@ use std::sync::Arc;
 use std::thread;
 
 use linux_loader::cmdline::Cmdline;
-use vm_device::bus::{MmioAddress, PioAddress};
-use vmkit::{EventFd, KickHandle, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
+use vm_device::bus::PioAddress;
+use vmkit::{KickHandle, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
 use vmkit_boot::linux::{self, layout};
 use vmkit_bus::{Bus, ExitOutcome};
 use vmkit_devices::{Cmos, Serial, COM1, COM1_GSI, I8042, SERIAL_PORTS};
+use vmkit_machine::{GsiAllocator, MmioAllocator, MmioWindow, VirtioMmioWiring};
+use vmkit_net::{Attachment, NetWorker, QueueKicks, TapMode};
 use vmkit_virtio::blk::{Block, BlockOptions};
 use vmkit_virtio::console::Console;
-use vmkit_virtio::mmio::{MmioTransport, MMIO_REGION_SIZE};
-use vmkit_virtio::net::{MacAddr, Net, NetOptions};
+use vmkit_virtio::net::{MacAddr, Net, NetOptions, RXQ, TXQ};
 
 #[path = "boot_linux/net.rs"]
 mod net;
 
-/// Where the virtio-mmio devices go, one page each, in the MMIO hole.
+/// Where the virtio-mmio devices go, one page each, in the MMIO hole (up to the IOAPIC).
 const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 /// The first virtio-mmio device's IRQ (GSI); the next ones follow. 5 is the first ISA IRQ
 /// nothing else here uses.
 const VIRTIO_FIRST_IRQ: u32 = 5;
+/// The last IOAPIC pin.
+const VIRTIO_LAST_IRQ: u32 = 23;
 const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 /// Room for the command line.
 const CMDLINE_CAPACITY: usize = 4096;
@@ -78,16 +80,21 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let mut message = format!("boot_linux: {err}");
-            let mut source = err.source();
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            eprintln!("{message}");
+            eprintln!("boot_linux: {}", causes(err.as_ref()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `err` and its sources, as `err: source: source…`.
+fn causes(err: &dyn Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
 }
 
 /// What the command line asks for.
@@ -98,7 +105,7 @@ struct Options {
     mem_mib: u64,
     vcpus: u32,
     disk: Option<PathBuf>,
-    net: Option<net::NetMode>,
+    net: Option<TapMode>,
     tap: String,
     mac: MacAddr,
     exit_stats: bool,
@@ -135,9 +142,15 @@ fn options() -> Result<Options, Box<dyn Error>> {
             "--initrd" => options.initrd = Some(value()?.into()),
             "--cmdline" => options.cmdline = value()?,
             "--disk" => options.disk = Some(value()?.into()),
-            "--net" => options.net = Some(net::NetMode::parse(&value()?)?),
+            "--net" => {
+                let mode = value()?.parse().map_err(|err| format!("--net: {err}"))?;
+                options.net = Some(mode);
+            }
             "--tap" => options.tap = value()?,
-            "--mac" => options.mac = net::parse_mac(&value()?)?,
+            "--mac" => {
+                let mac = vmkit_net::parse_mac(&value()?).map_err(|err| format!("--mac: {err}"))?;
+                options.mac = mac;
+            }
             "--mem" => {
                 let text = value()?;
                 options.mem_mib = text
@@ -221,28 +234,30 @@ fn run() -> Result<(), Box<dyn Error>> {
     bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())?;
     bus.register_pio(PioAddress(Cmos::BASE), Cmos::PORTS, Arc::new(Cmos::new()))?;
 
+    // Each virtio-mmio device gets a page of the MMIO hole, a GSI wired as an irqfd, and a
+    // line in the ACPI tables.
+    let mut virtio = VirtioMmioWiring::new(
+        Arc::new(memory.clone()),
+        MmioAllocator::new(VIRTIO_MMIO_BASE, u64::from(layout::IOAPIC_ADDR))?,
+        GsiAllocator::new(VIRTIO_FIRST_IRQ, VIRTIO_LAST_IRQ)?,
+    );
     let mut virtio_mmio = Vec::new();
-    let mut slots = VirtioSlots {
-        next_addr: VIRTIO_MMIO_BASE,
-        next_irq: VIRTIO_FIRST_IRQ,
-        memory: Arc::new(memory.clone()),
-    };
     if let Some(path) = &options.disk {
         let block = Block::new(open(path, "disk", true)?, BlockOptions::default())?;
-        slots.add(vm.as_ref(), &mut bus, &mut virtio_mmio, block)?;
+        let disk = virtio.attach(vm.as_ref(), &mut bus, block, &[])?;
+        virtio_mmio.push(announce(disk.window, disk.gsi)?);
     }
     // Declared before the worker so that it is dropped after it: the device stops before
     // its TAP leaves the network.
-    let mut _net_attachment = None;
+    let mut net_attachment = net::Leaving(None);
     let mut _net_worker = None;
     if let Some(mode) = &options.net {
-        let (attachment, tap) = net::Attachment::new(mode, &options.tap)?;
+        let (attachment, tap) = Attachment::open(mode, &options.tap)?;
         eprintln!(
             "boot_linux: net: {}",
-            net::describe(&attachment, &options.mac, mode)
+            net::describe(&attachment, &options.mac)
         );
-        _net_attachment = Some(attachment);
-        let tap_fd = tap.as_raw_fd();
+        net_attachment.0 = Some(attachment);
         let device = Net::new(
             tap,
             NetOptions {
@@ -250,15 +265,21 @@ fn run() -> Result<(), Box<dyn Error>> {
                 ..NetOptions::default()
             },
         )?;
-        let (transport, base) = slots.add(vm.as_ref(), &mut bus, &mut virtio_mmio, device)?;
-        _net_worker = Some(net::NetWorker::start(vm.as_ref(), transport, base, tap_fd)?);
+        // The receive and transmit queues' notifications are ioeventfds, so they reach the
+        // device thread without an exit to a vCPU thread; the rare control queue goes
+        // through the ordinary MMIO exit.
+        let mut card = virtio.attach(vm.as_ref(), &mut bus, device, &[RXQ, TXQ])?;
+        virtio_mmio.push(announce(card.window, card.gsi)?);
+        let kicks = QueueKicks {
+            rx: card.take_notifier(RXQ).ok_or("no RX notifier")?,
+            tx: card.take_notifier(TXQ).ok_or("no TX notifier")?,
+        };
+        _net_worker = Some(NetWorker::start(card.transport, kicks, |err| {
+            eprintln!("boot_linux: net: {}", causes(err))
+        })?);
     }
-    slots.add(
-        vm.as_ref(),
-        &mut bus,
-        &mut virtio_mmio,
-        Console::new(io::stdout()),
-    )?;
+    let console = virtio.attach(vm.as_ref(), &mut bus, Console::new(io::stdout()), &[])?;
+    virtio_mmio.push(announce(console.window, console.gsi)?);
 
     let mut cmdline = Cmdline::new(CMDLINE_CAPACITY)?;
     cmdline.insert_str(&options.cmdline)?;
@@ -384,46 +405,11 @@ impl Machine {
     }
 }
 
-/// A virtio device behind its virtio-mmio transport.
-type VirtioMmio<D> = MmioTransport<Arc<vmkit::GuestMemoryMmap>, D>;
-/// A transport on the bus, and its address.
-type Placed<D> = (Arc<VirtioMmio<D>>, u64);
-
-/// Places virtio-mmio devices one page apart from [`VIRTIO_MMIO_BASE`], each on its own IRQ.
-struct VirtioSlots {
-    next_addr: u64,
-    next_irq: u32,
-    memory: Arc<vmkit::GuestMemoryMmap>,
-}
-
-impl VirtioSlots {
-    /// Puts `device` on the bus behind a virtio-mmio transport, wires its interrupt as an
-    /// irqfd and lists it for the ACPI tables. Returns the transport and its address.
-    fn add<D>(
-        &mut self,
-        vm: &dyn vmkit::Vm,
-        bus: &mut Bus,
-        announced: &mut Vec<linux::VirtioMmioDevice>,
-        device: D,
-    ) -> Result<Placed<D>, Box<dyn Error>>
-    where
-        D: vmkit_virtio::VirtioDevice<vmkit::GuestMemoryMmap> + Send + 'static,
-    {
-        let transport = Arc::new(MmioTransport::new(
-            device,
-            self.memory.clone(),
-            EventFd::new(0)?,
-        )?);
-        vm.register_irqfd(transport.interrupt_evt(), self.next_irq, None)?;
-        let base = self.next_addr;
-        bus.register_mmio(MmioAddress(base), MMIO_REGION_SIZE, transport.clone())?;
-        announced.push(linux::VirtioMmioDevice {
-            base: u32::try_from(self.next_addr)?,
-            size: MMIO_REGION_SIZE as u32,
-            irq: self.next_irq,
-        });
-        self.next_addr += MMIO_REGION_SIZE;
-        self.next_irq += 1;
-        Ok((transport, base))
-    }
+/// Describes a virtio-mmio device for the ACPI tables.
+fn announce(window: MmioWindow, gsi: u32) -> Result<linux::VirtioMmioDevice, Box<dyn Error>> {
+    Ok(linux::VirtioMmioDevice {
+        base: u32::try_from(window.base)?,
+        size: u32::try_from(window.size)?,
+        irq: gsi,
+    })
 }

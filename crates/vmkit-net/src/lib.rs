@@ -6,6 +6,14 @@
 //! - [`Network`] ([`mode`]): puts TAP devices into an isolated bridge,
 //!   an existing host bridge, or a NAT subnet behind the host; idempotent
 //!   setup, exact teardown from a [`NetworkRecord`].
+//! - [`Attachment`] ([`attach`]): a VM's TAP in a network for the VM's
+//!   lifetime (a lone TAP, or one of the modes above): set up and attached
+//!   together, detached and torn down (by the last VM out) together.
+//!   [`TapMode`], [`NetworkMode`] and MAC addresses ([`parse_mac`]) have
+//!   text forms for command lines ([`parse`]).
+//! - [`NetWorker`] ([`worker`]): the thread that serves a virtio-net
+//!   device's receive and transmit queues on their notification eventfds
+//!   and its TAP on its readiness, started and stopped by the VMM.
 //! - [`netlink::Rtnl`]: the small blocking rtnetlink client underneath.
 //!
 //! # Dependencies, and why
@@ -33,7 +41,6 @@
 //! calling thread's network namespace):
 //!
 //! ```no_run
-//! use std::os::fd::AsRawFd;
 //! use vmkit_net::{NatConfig, Network, NetworkMode, Tap};
 //! use vmkit_virtio::net::{Net, NetOptions};
 //!
@@ -46,10 +53,10 @@
 //! }))?;
 //! let tap = Tap::open("vmtap%d")?;
 //! network.attach(tap.name())?;
-//! let tap_fd = tap.as_raw_fd(); // poll it; on input call process_queue(RXQ)
 //! let device = Net::new(tap, NetOptions::default())?;
-//! // Wrap `device` in a vmkit_virtio::mmio::MmioTransport and run the VM.
-//! # let _ = (tap_fd, device);
+//! // Wrap `device` in a vmkit_virtio::mmio::MmioTransport, start a
+//! // vmkit_net::NetWorker on it (see the `worker` module), run the VM.
+//! # let _ = device;
 //! network.teardown()?;
 //! # Ok(())
 //! # }
@@ -57,12 +64,18 @@
 
 #![deny(missing_docs)]
 
+pub mod attach;
 pub mod mode;
 pub mod netlink;
 pub mod nft;
+pub mod parse;
 mod sysctl;
 pub mod tap;
+pub mod worker;
 
+pub use attach::{AttachError, Attachment, Closed, Departure, TapMode};
 pub use mode::{ModeError, NatConfig, Network, NetworkMode, NetworkRecord, Port};
+pub use parse::{parse_mac, ParseError};
 pub use tap::{Tap, TapError, TapOptions};
 pub use vmkit_virtio::net::NetBackend;
+pub use worker::{NetWorker, QueueKicks, WorkerError};

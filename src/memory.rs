@@ -75,6 +75,9 @@ impl GuestRange {
         self.start.saturating_add(self.size)
     }
 
+    // Only backends place regions; vmkit built without one (as the device crates take it) has
+    // no caller.
+    #[cfg_attr(not(any(feature = "kvm", feature = "xen")), allow(dead_code))]
     fn overlaps(&self, other: &GuestRange) -> bool {
         self.start < other.end() && other.start < self.end()
     }
@@ -399,6 +402,7 @@ fn check_placement(guest_addr: u64, size: GuestUsize) -> Result<GuestRange, Memo
 /// [`RegionTable::commit`] once the hypervisor has accepted it, so a failed hypercall or ioctl
 /// leaves the table unchanged.
 #[derive(Debug)]
+#[cfg_attr(not(any(feature = "kvm", feature = "xen")), allow(dead_code))]
 pub(crate) struct RegionTable {
     max_slots: u32,
     regions: BTreeMap<MemorySlot, MemoryRegion>,
@@ -411,6 +415,7 @@ pub(crate) struct RegionTable {
     memory: Option<GuestMemoryMmap>,
 }
 
+#[cfg_attr(not(any(feature = "kvm", feature = "xen")), allow(dead_code))]
 impl RegionTable {
     pub(crate) fn new(max_slots: u32) -> Self {
         RegionTable {

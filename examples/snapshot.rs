@@ -26,7 +26,7 @@ use vmkit::arch::x86_64::boot;
 use vmkit::snapshot::{self, format::SectionTag, MemoryRestore};
 use vmkit::{EventFd, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
 use vmkit_bus::{Bus, ExitOutcome};
-use vmkit_devices::{I8042Snapshot, Serial, SerialSnapshot, COM1, I8042, SERIAL_PORTS};
+use vmkit_devices::{Persist, Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
 use vmkit_virtio::blk::{Block, BlockOptions};
 use vmkit_virtio::mmio::{MmioTransport, MmioTransportState, MMIO_REGION_SIZE};
@@ -183,8 +183,8 @@ fn save(dir: &Path) -> Result<(), Box<dyn Error>> {
         &[vcpu.as_ref()],
         &msrs,
         |devices| {
-            devices.write_section(SectionTag::DEVICE, SERIAL, 1, &serial.snapshot())?;
-            devices.write_section(SectionTag::DEVICE, RESET, 1, &i8042.snapshot())?;
+            devices.write_device(SERIAL, serial.as_ref())?;
+            devices.write_device(RESET, i8042.as_ref())?;
             devices.write_section(SectionTag::DEVICE, DISK, 1, &disk.save_state())
         },
     )?;
@@ -208,8 +208,8 @@ fn restore(dir: &Path, mode: MemoryRestore) -> Result<(), Box<dyn Error>> {
             .get(SectionTag::DEVICE, index)
             .ok_or_else(|| format!("the snapshot has no device section {index}"))
     };
-    let serial: SerialSnapshot = device(SERIAL)?.decode(1..=1)?;
-    let reset: I8042Snapshot = device(RESET)?.decode(1..=1)?;
+    let serial_state = restored.snapshot.read_device::<Uart>(SERIAL)?;
+    let reset_state = restored.snapshot.read_device::<I8042>(RESET)?;
     let disk_state: MmioTransportState = device(DISK)?.decode(1..=1)?;
     let memory = Arc::new(restored.vm.memory());
     let disk = MmioTransport::restore(
@@ -219,8 +219,12 @@ fn restore(dir: &Path, mode: MemoryRestore) -> Result<(), Box<dyn Error>> {
         &disk_state,
     )?;
     disk.resume()?;
-    let serial = Arc::new(Serial::restore(io::stdout(), &serial)?);
-    let i8042 = Arc::new(I8042::restore(&reset)?);
+    // Each device is built as for a first boot, then its state is restored into it.
+    let mut serial = Serial::new(io::stdout())?;
+    serial.restore_state(&serial_state)?;
+    let mut i8042 = I8042::new()?;
+    i8042.restore_state(&reset_state)?;
+    let (serial, i8042) = (Arc::new(serial), Arc::new(i8042));
     eprintln!("snapshot: restored ({mode:?}) in {:?}", start.elapsed());
     let bus = bus(serial, i8042.clone(), Arc::new(disk))?;
     let mut vcpus = restored.vcpus;

@@ -12,7 +12,7 @@ use vmkit::arch::x86_64::{boot, msr_index};
 use vmkit::snapshot::{self, Features};
 use vmkit::{EventFd, Hypervisor, MemoryFlags, MemoryRegion, Vcpu, Vm, VmConfig};
 use vmkit_bus::{Bus, ExitOutcome};
-use vmkit_devices::{I8042Snapshot, Serial, SerialSnapshot, COM1, I8042, SERIAL_PORTS};
+use vmkit_devices::{Persist, Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
 use vmkit_snapshot::SectionTag;
 use vmkit_virtio::blk::{Block, BlockOptions};
@@ -207,8 +207,14 @@ pub fn restore_child(dir: &str) {
             .get(SectionTag::DEVICE, index)
             .expect("the device section is there")
     };
-    let serial: SerialSnapshot = device(SERIAL_SECTION).decode(1..=1).unwrap();
-    let i8042: I8042Snapshot = device(I8042_SECTION).decode(1..=1).unwrap();
+    let mut serial = Serial::new(Vec::new()).unwrap();
+    let serial_state = restored
+        .snapshot
+        .read_device::<Serial<Vec<u8>>>(SERIAL_SECTION);
+    serial.restore_state(&serial_state.unwrap()).unwrap();
+    let mut i8042 = I8042::new().unwrap();
+    let i8042_state = restored.snapshot.read_device::<I8042>(I8042_SECTION);
+    i8042.restore_state(&i8042_state.unwrap()).unwrap();
     let disk_state: MmioTransportState = device(DISK_SECTION).decode(1..=1).unwrap();
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -224,8 +230,8 @@ pub fn restore_child(dir: &str) {
     let mut machine = Machine::with_devices(
         restored.vm,
         vcpus.remove(0),
-        Arc::new(Serial::restore(Vec::new(), &serial).unwrap()),
-        Arc::new(I8042::restore(&i8042).unwrap()),
+        Arc::new(serial),
+        Arc::new(i8042),
         Some(Arc::new(disk)),
     );
     machine.run(|_| false);
@@ -277,18 +283,8 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
         &[first.vcpu.as_ref()],
         &msrs,
         |devices| {
-            devices.write_section(
-                SectionTag::DEVICE,
-                SERIAL_SECTION,
-                1,
-                &first.serial.snapshot(),
-            )?;
-            devices.write_section(
-                SectionTag::DEVICE,
-                I8042_SECTION,
-                1,
-                &first.i8042.snapshot(),
-            )?;
+            devices.write_device(SERIAL_SECTION, first.serial.as_ref())?;
+            devices.write_device(I8042_SECTION, first.i8042.as_ref())?;
             devices.write_section(SectionTag::DEVICE, DISK_SECTION, 1, &disk_state)
         },
     )

@@ -2,6 +2,8 @@
 
 use std::io;
 
+use vmm_sys_util::eventfd::EventFd;
+
 /// Why a device could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -18,13 +20,15 @@ pub enum DeviceError {
     },
 }
 
-/// Why a device snapshot cannot be restored. A snapshot is untrusted input: every value is
-/// checked as strictly as the device's own register interface would allow, and each error
-/// names the field and its value.
+/// Why a device's saved state cannot be restored ([`Persist::restore_state`]). A saved state
+/// is untrusted input: every value is checked as strictly as the device's own register
+/// interface would allow, and each error names the field and its value.
+///
+/// [`Persist::restore_state`]: vmkit_snapshot::Persist::restore_state
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RestoreError {
-    /// The device could not be created.
+    /// The device could not get what it needs to run again (an eventfd).
     #[error(transparent)]
     Device(#[from] DeviceError),
     /// The serial receive buffer holds more bytes than the FIFO.
@@ -45,19 +49,38 @@ pub enum RestoreError {
         /// Why it is unreachable.
         reason: &'static str,
     },
+    /// The CMOS memory does not have its 128 bytes.
+    #[error("CMOS ram holds {len} bytes, not {expected}")]
+    CmosRamLength {
+        /// The saved length.
+        len: usize,
+        /// The CMOS size.
+        expected: usize,
+    },
+    /// A CMOS index beyond the 128 bytes (bit 7 is the NMI mask, never stored).
+    #[error("CMOS index {index:#04x} is beyond the 128 bytes of CMOS memory")]
+    CmosIndex {
+        /// The saved index.
+        index: u8,
+    },
+    /// A CMOS byte that the guest cannot have written.
+    #[error("CMOS byte {index:#04x} = {value:#04x} is unreachable: {reason}")]
+    CmosByte {
+        /// Where it is in CMOS memory.
+        index: u8,
+        /// The saved value.
+        value: u8,
+        /// Why it is unreachable.
+        reason: &'static str,
+    },
 }
 
 /// A new non-blocking eventfd for `device`.
-pub(crate) fn eventfd(
-    device: &'static str,
-    purpose: &'static str,
-) -> Result<vmkit::EventFd, DeviceError> {
-    vmkit::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).map_err(|source| {
-        DeviceError::EventFd {
-            device,
-            purpose,
-            source,
-        }
+pub(crate) fn eventfd(device: &'static str, purpose: &'static str) -> Result<EventFd, DeviceError> {
+    EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).map_err(|source| DeviceError::EventFd {
+        device,
+        purpose,
+        source,
     })
 }
 
@@ -65,12 +88,21 @@ pub(crate) fn eventfd(
 pub(crate) fn eventfd_pair(
     device: &'static str,
     purpose: &'static str,
-) -> Result<(vmkit::EventFd, vmkit::EventFd), DeviceError> {
+) -> Result<(EventFd, EventFd), DeviceError> {
     let evt = eventfd(device, purpose)?;
-    let dup = evt.try_clone().map_err(|source| DeviceError::EventFd {
+    let dup = duplicate(&evt, device, purpose)?;
+    Ok((evt, dup))
+}
+
+/// A duplicate of `evt`, the `purpose` eventfd of `device`.
+pub(crate) fn duplicate(
+    evt: &EventFd,
+    device: &'static str,
+    purpose: &'static str,
+) -> Result<EventFd, DeviceError> {
+    evt.try_clone().map_err(|source| DeviceError::EventFd {
         device,
         purpose,
         source,
-    })?;
-    Ok((evt, dup))
+    })
 }

@@ -23,13 +23,13 @@ use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
 use vmkit::arch::x86_64::boot;
-use vmkit::snapshot::{self, format::SectionTag, MemoryRestore};
+use vmkit::snapshot::{self, MemoryRestore};
 use vmkit::{EventFd, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
 use vmkit_bus::{Bus, ExitOutcome};
 use vmkit_devices::{Persist, Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
 use vmkit_virtio::blk::{Block, BlockOptions};
-use vmkit_virtio::mmio::{MmioTransport, MmioTransportState, MMIO_REGION_SIZE};
+use vmkit_virtio::mmio::{MmioTransport, MMIO_REGION_SIZE};
 
 const RAM_SIZE: usize = 4 << 20;
 const SERIAL: u32 = 0;
@@ -185,7 +185,7 @@ fn save(dir: &Path) -> Result<(), Box<dyn Error>> {
         |devices| {
             devices.write_device(SERIAL, serial.as_ref())?;
             devices.write_device(RESET, i8042.as_ref())?;
-            devices.write_section(SectionTag::DEVICE, DISK, 1, &disk.save_state())
+            devices.write_device(DISK, disk.as_ref())
         },
     )?;
     io::stdout().flush()?;
@@ -202,24 +202,15 @@ fn restore(dir: &Path, mode: MemoryRestore) -> Result<(), Box<dyn Error>> {
     let hv = vmkit::open()?;
     let start = Instant::now();
     let restored = snapshot::restore(&snap, hv.as_ref(), mode)?;
-    let device = |index| {
-        restored
-            .snapshot
-            .get(SectionTag::DEVICE, index)
-            .ok_or_else(|| format!("the snapshot has no device section {index}"))
-    };
     let serial_state = restored.snapshot.read_device::<Uart>(SERIAL)?;
     let reset_state = restored.snapshot.read_device::<I8042>(RESET)?;
-    let disk_state: MmioTransportState = device(DISK)?.decode(1..=1)?;
+    let disk_state = restored.snapshot.read_device::<Disk>(DISK)?;
+    // Each device is built as for a first boot, on the same resources, then its state is
+    // restored into it.
     let memory = Arc::new(restored.vm.memory());
-    let disk = MmioTransport::restore(
-        open_disk(&dir.join("disk.img"))?,
-        memory,
-        EventFd::new(0)?,
-        &disk_state,
-    )?;
+    let mut disk = MmioTransport::new(open_disk(&dir.join("disk.img"))?, memory, EventFd::new(0)?)?;
+    disk.restore_state(&disk_state)?;
     disk.resume()?;
-    // Each device is built as for a first boot, then its state is restored into it.
     let mut serial = Serial::new(io::stdout())?;
     serial.restore_state(&serial_state)?;
     let mut i8042 = I8042::new()?;

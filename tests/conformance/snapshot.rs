@@ -14,9 +14,8 @@ use vmkit::{EventFd, Hypervisor, MemoryFlags, MemoryRegion, Vcpu, Vm, VmConfig};
 use vmkit_bus::{Bus, ExitOutcome};
 use vmkit_devices::{Persist, Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
-use vmkit_snapshot::SectionTag;
 use vmkit_virtio::blk::{Block, BlockOptions};
-use vmkit_virtio::mmio::{MmioTransport, MmioTransportState, MMIO_REGION_SIZE};
+use vmkit_virtio::mmio::{MmioTransport, MMIO_REGION_SIZE};
 
 const RAM_SIZE: usize = 4 << 20;
 
@@ -201,12 +200,6 @@ pub fn restore_child(dir: &str) {
         _ => snapshot::MemoryRestore::Lazy,
     };
     let restored = snapshot::restore(std::path::Path::new(dir), hv.as_ref(), mode).unwrap();
-    let device = |index| {
-        restored
-            .snapshot
-            .get(SectionTag::DEVICE, index)
-            .expect("the device section is there")
-    };
     let mut serial = Serial::new(Vec::new()).unwrap();
     let serial_state = restored
         .snapshot
@@ -215,7 +208,7 @@ pub fn restore_child(dir: &str) {
     let mut i8042 = I8042::new().unwrap();
     let i8042_state = restored.snapshot.read_device::<I8042>(I8042_SECTION);
     i8042.restore_state(&i8042_state.unwrap()).unwrap();
-    let disk_state: MmioTransportState = device(DISK_SECTION).decode(1..=1).unwrap();
+    let disk_state = restored.snapshot.read_device::<Disk>(DISK_SECTION).unwrap();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -223,8 +216,8 @@ pub fn restore_child(dir: &str) {
         .unwrap();
     let block = Block::new(file, BlockOptions::default()).unwrap();
     let memory = Arc::new(restored.vm.memory());
-    let disk =
-        MmioTransport::restore(block, memory, EventFd::new(0).unwrap(), &disk_state).unwrap();
+    let mut disk = MmioTransport::new(block, memory, EventFd::new(0).unwrap()).unwrap();
+    disk.restore_state(&disk_state).unwrap();
     disk.resume().unwrap();
     let mut vcpus = restored.vcpus;
     let mut machine = Machine::with_devices(
@@ -274,7 +267,7 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
 
     let snap = dir.as_path().join("snap");
     let msrs = snapshot::readable_msrs(first.vcpu.as_ref(), &hv.msr_index_list());
-    let disk_state = first.disk.as_ref().unwrap().save_state();
+    let disk = first.disk.clone().unwrap();
     snapshot::save(
         &snap,
         hv,
@@ -285,7 +278,7 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
         |devices| {
             devices.write_device(SERIAL_SECTION, first.serial.as_ref())?;
             devices.write_device(I8042_SECTION, first.i8042.as_ref())?;
-            devices.write_section(SectionTag::DEVICE, DISK_SECTION, 1, &disk_state)
+            devices.write_device(DISK_SECTION, disk.as_ref())
         },
     )
     .unwrap();

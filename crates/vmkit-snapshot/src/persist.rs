@@ -52,7 +52,9 @@ use serde::Serialize;
 /// device's number in the VMM, its version is [`Persist::VERSION`], and its
 /// payload is [`Persist::KIND`] followed by the state.
 /// [`crate::Section::decode_device`] and [`crate::Snapshot::read_device`]
-/// refuse a section of another kind or version before decoding the state.
+/// refuse a section of another kind, then one of another version, before
+/// decoding the state. The kind leads the payload in every version, so a
+/// reader can always tell which device a section belongs to.
 ///
 /// # Example
 ///

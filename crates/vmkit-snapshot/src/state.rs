@@ -819,30 +819,31 @@ impl Section {
     }
 
     /// Decodes the payload as the state of a device of type `P`, written by
-    /// [`Writer::write_device`]: refuses a section version other than
-    /// [`Persist::VERSION`], then a kind other than [`Persist::KIND`]
-    /// ([`StateError::WrongDeviceKind`]) before decoding the state, then a
-    /// payload with bytes left over. The state itself is not validated here:
-    /// that is [`Persist::restore_state`]'s job.
+    /// [`Writer::write_device`]: refuses a kind other than [`Persist::KIND`]
+    /// ([`StateError::WrongDeviceKind`]), then a section version other than
+    /// [`Persist::VERSION`], before decoding the state; then a payload with
+    /// bytes left over. The state itself is not validated here: that is
+    /// [`Persist::restore_state`]'s job.
     pub fn decode_device<P: Persist + ?Sized>(&self) -> Result<P::State, StateError> {
-        let version = self.header.version;
-        if version != P::VERSION {
-            return Err(StateError::UnsupportedSectionVersion {
-                section: self.id,
-                version,
-                supported: P::VERSION..=P::VERSION,
-            });
-        }
         let decode = |source| StateError::Decode {
             section: self.id,
             source,
         };
+        // The kind leads the payload in every version.
         let (kind, rest) = postcard::take_from_bytes::<&str>(&self.payload).map_err(decode)?;
         if kind != P::KIND {
             return Err(StateError::WrongDeviceKind {
                 section: self.id,
                 expected: P::KIND,
                 found: kind.to_string(),
+            });
+        }
+        let version = self.header.version;
+        if version != P::VERSION {
+            return Err(StateError::UnsupportedSectionVersion {
+                section: self.id,
+                version,
+                supported: P::VERSION..=P::VERSION,
             });
         }
         let (state, rest) = postcard::take_from_bytes::<P::State>(rest).map_err(decode)?;

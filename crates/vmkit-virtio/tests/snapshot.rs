@@ -904,3 +904,43 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_transport_goes_through_a_state_file_and_is_read_as_nothing_else() {
+    use vmkit_snapshot::{Arch, Backend, Expected, Snapshot, StateError as FileError, Writer};
+    let (mem, file, t, _vq, state) = mid_session();
+    let mut bytes = Vec::new();
+    let mut w = Writer::new(&mut bytes, Arch::X86_64, Backend::Kvm, [0; 32]);
+    w.write_device(4, &t).unwrap();
+    w.finish().unwrap();
+    let expected = Expected {
+        arch: Arch::X86_64,
+        backend: Backend::Kvm,
+    };
+    let snap = Snapshot::from_bytes(&bytes, expected).unwrap();
+    let read = snap.read_device::<Transport<Block>>(4).unwrap();
+    assert_eq!(read, state);
+    let restored = restore(block(&file), mem.clone(), irq(), &read).unwrap();
+    assert_eq!(restored.save_state(), state);
+    // The section is a transport's, not a bare device's.
+    let err = snap.read_device::<Block>(4).unwrap_err();
+    assert!(
+        matches!(&err, FileError::WrongDeviceKind { expected: "virtio-blk", found, .. } if found == "virtio-mmio"),
+        "{err}"
+    );
+    // Nor a console transport's: its state does not decode, or is refused by name.
+    match snap.read_device::<Transport<Console<Vec<u8>>>>(4) {
+        Err(FileError::Decode { .. }) => {}
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(console_state) => {
+            let err = restore(Console::new(Vec::new()), mem, irq(), &console_state).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    RestoreError::DeviceType { .. } | RestoreError::DeviceKind { .. }
+                ),
+                "{err}"
+            );
+        }
+    }
+}

@@ -22,14 +22,14 @@ use std::time::Instant;
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
-use vmkit::snapshot::{self, format::SectionTag, MemoryRestore};
+use vmkit::snapshot::{self, MemoryRestore};
 use vmkit::{EventFd, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
 use vmkit_boot::entry;
 use vmkit_bus::{Bus, ExitOutcome};
-use vmkit_devices::{I8042Snapshot, Serial, SerialSnapshot, COM1, I8042, SERIAL_PORTS};
+use vmkit_devices::{Persist, Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
 use vmkit_virtio::blk::{Block, BlockOptions};
-use vmkit_virtio::mmio::{MmioTransport, MmioTransportState, MMIO_REGION_SIZE};
+use vmkit_virtio::mmio::{MmioTransport, MMIO_REGION_SIZE};
 
 const RAM_SIZE: usize = 4 << 20;
 const SERIAL: u32 = 0;
@@ -183,9 +183,9 @@ fn save(dir: &Path) -> Result<(), Box<dyn Error>> {
         &[vcpu.as_ref()],
         &msrs,
         |devices| {
-            devices.write_section(SectionTag::DEVICE, SERIAL, 1, &serial.snapshot())?;
-            devices.write_section(SectionTag::DEVICE, RESET, 1, &i8042.snapshot())?;
-            devices.write_section(SectionTag::DEVICE, DISK, 1, &disk.save_state())
+            devices.write_device(SERIAL, serial.as_ref())?;
+            devices.write_device(RESET, i8042.as_ref())?;
+            devices.write_device(DISK, disk.as_ref())
         },
     )?;
     io::stdout().flush()?;
@@ -202,25 +202,20 @@ fn restore(dir: &Path, mode: MemoryRestore) -> Result<(), Box<dyn Error>> {
     let hv = vmkit::open()?;
     let start = Instant::now();
     let restored = snapshot::restore(&snap, hv.as_ref(), mode)?;
-    let device = |index| {
-        restored
-            .snapshot
-            .get(SectionTag::DEVICE, index)
-            .ok_or_else(|| format!("the snapshot has no device section {index}"))
-    };
-    let serial: SerialSnapshot = device(SERIAL)?.decode(1..=1)?;
-    let reset: I8042Snapshot = device(RESET)?.decode(1..=1)?;
-    let disk_state: MmioTransportState = device(DISK)?.decode(1..=1)?;
+    let serial_state = restored.snapshot.read_device::<Uart>(SERIAL)?;
+    let reset_state = restored.snapshot.read_device::<I8042>(RESET)?;
+    let disk_state = restored.snapshot.read_device::<Disk>(DISK)?;
+    // Each device is built as for a first boot, on the same resources, then its state is
+    // restored into it.
     let memory = Arc::new(restored.vm.memory());
-    let disk = MmioTransport::restore(
-        open_disk(&dir.join("disk.img"))?,
-        memory,
-        EventFd::new(0)?,
-        &disk_state,
-    )?;
+    let mut disk = MmioTransport::new(open_disk(&dir.join("disk.img"))?, memory, EventFd::new(0)?)?;
+    disk.restore_state(&disk_state)?;
     disk.resume()?;
-    let serial = Arc::new(Serial::restore(io::stdout(), &serial)?);
-    let i8042 = Arc::new(I8042::restore(&reset)?);
+    let mut serial = Serial::new(io::stdout())?;
+    serial.restore_state(&serial_state)?;
+    let mut i8042 = I8042::new()?;
+    i8042.restore_state(&reset_state)?;
+    let (serial, i8042) = (Arc::new(serial), Arc::new(i8042));
     eprintln!("snapshot: restored ({mode:?}) in {:?}", start.elapsed());
     let bus = bus(serial, i8042.clone(), Arc::new(disk))?;
     let mut vcpus = restored.vcpus;

@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use vm_memory::GuestAddress;
 use vmkit_virtio::device::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 use vmkit_virtio::net::*;
-use vmkit_virtio::{SplitQueue, VirtioDevice};
+use vmkit_virtio::{Persist, SplitQueue, VirtioDevice};
 
 #[path = "common.rs"]
 #[allow(dead_code)]
@@ -97,8 +97,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(mac[0] & 1 == 0 && mac != [0; 6], "MAC stays unicast");
     assert_eq!(net.rx_offloads() & !(features & GUEST_OFFLOAD_FEATURES), 0);
     assert_eq!(net.backend().offloads, net.rx_offloads());
-    let state = VirtioDevice::<common::Mem>::save_state(&net);
+    let state = net.save_state();
     let mut fresh = Net::new(Sink { offloads: 0 }, NetOptions::default()).expect("valid options");
-    VirtioDevice::<common::Mem>::restore_state(&mut fresh, &state).expect("own state restores");
-    assert_eq!(fresh.state(), net.state());
+    fresh.restore_state(&state).expect("own state restores");
+    assert_eq!(fresh.save_state(), state);
 });

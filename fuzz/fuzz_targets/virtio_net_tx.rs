@@ -22,7 +22,7 @@ use libfuzzer_sys::fuzz_target;
 use vm_memory::GuestAddress;
 use vmkit_virtio::device::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 use vmkit_virtio::net::*;
-use vmkit_virtio::{SplitQueue, VirtioDevice};
+use vmkit_virtio::{Persist, SplitQueue, VirtioDevice};
 
 #[path = "common.rs"]
 #[allow(dead_code)]
@@ -205,5 +205,5 @@ fuzz_target!(|data: &[u8]| {
     let total =
         s.tx_frames + s.tx_malformed + s.tx_backend_errors + s.tx_dropped_link_down + s.bad_chains;
     assert!(total <= 2 * u64::from(vmkit_virtio::device::PROCESS_BUDGET));
-    let _ = VirtioDevice::<common::Mem>::save_state(&net);
+    let _ = net.save_state();
 });

@@ -259,7 +259,8 @@ fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
 
 /// Saves a paused VM to `dir` (created if needed): its configuration, this host's
 /// capabilities, VM-wide state, every vCPU in `vcpus`, guest memory, and the sections
-/// `devices` adds (device and queue state; use tags of your own or
+/// `devices` adds (device and queue state: [`Writer::write_device`] for a device that
+/// implements [`vmkit_snapshot::Persist`], or tags of your own, or
 /// [`SectionTag::DEVICE`]/[`SectionTag::QUEUE`]).
 ///
 /// Every vCPU must be outside `run()`; a device must have no request in flight. The memory

@@ -13,11 +13,10 @@ use vmkit::snapshot::{self, Features};
 use vmkit::{EventFd, Hypervisor, MemoryFlags, MemoryRegion, Vcpu, Vm, VmConfig};
 use vmkit_boot::entry;
 use vmkit_bus::{Bus, ExitOutcome};
-use vmkit_devices::{I8042Snapshot, Serial, SerialSnapshot, COM1, I8042, SERIAL_PORTS};
+use vmkit_devices::{Persist, Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
-use vmkit_snapshot::SectionTag;
 use vmkit_virtio::blk::{Block, BlockOptions};
-use vmkit_virtio::mmio::{MmioTransport, MmioTransportState, MMIO_REGION_SIZE};
+use vmkit_virtio::mmio::{MmioTransport, MMIO_REGION_SIZE};
 
 const RAM_SIZE: usize = 4 << 20;
 
@@ -202,15 +201,15 @@ pub fn restore_child(dir: &str) {
         _ => snapshot::MemoryRestore::Lazy,
     };
     let restored = snapshot::restore(std::path::Path::new(dir), hv.as_ref(), mode).unwrap();
-    let device = |index| {
-        restored
-            .snapshot
-            .get(SectionTag::DEVICE, index)
-            .expect("the device section is there")
-    };
-    let serial: SerialSnapshot = device(SERIAL_SECTION).decode(1..=1).unwrap();
-    let i8042: I8042Snapshot = device(I8042_SECTION).decode(1..=1).unwrap();
-    let disk_state: MmioTransportState = device(DISK_SECTION).decode(1..=1).unwrap();
+    let mut serial = Serial::new(Vec::new()).unwrap();
+    let serial_state = restored
+        .snapshot
+        .read_device::<Serial<Vec<u8>>>(SERIAL_SECTION);
+    serial.restore_state(&serial_state.unwrap()).unwrap();
+    let mut i8042 = I8042::new().unwrap();
+    let i8042_state = restored.snapshot.read_device::<I8042>(I8042_SECTION);
+    i8042.restore_state(&i8042_state.unwrap()).unwrap();
+    let disk_state = restored.snapshot.read_device::<Disk>(DISK_SECTION).unwrap();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -218,15 +217,15 @@ pub fn restore_child(dir: &str) {
         .unwrap();
     let block = Block::new(file, BlockOptions::default()).unwrap();
     let memory = Arc::new(restored.vm.memory());
-    let disk =
-        MmioTransport::restore(block, memory, EventFd::new(0).unwrap(), &disk_state).unwrap();
+    let mut disk = MmioTransport::new(block, memory, EventFd::new(0).unwrap()).unwrap();
+    disk.restore_state(&disk_state).unwrap();
     disk.resume().unwrap();
     let mut vcpus = restored.vcpus;
     let mut machine = Machine::with_devices(
         restored.vm,
         vcpus.remove(0),
-        Arc::new(Serial::restore(Vec::new(), &serial).unwrap()),
-        Arc::new(I8042::restore(&i8042).unwrap()),
+        Arc::new(serial),
+        Arc::new(i8042),
         Some(Arc::new(disk)),
     );
     machine.run(|_| false);
@@ -269,7 +268,7 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
 
     let snap = dir.as_path().join("snap");
     let msrs = snapshot::readable_msrs(first.vcpu.as_ref(), &hv.msr_index_list());
-    let disk_state = first.disk.as_ref().unwrap().save_state();
+    let disk = first.disk.clone().unwrap();
     snapshot::save(
         &snap,
         hv,
@@ -278,19 +277,9 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
         &[first.vcpu.as_ref()],
         &msrs,
         |devices| {
-            devices.write_section(
-                SectionTag::DEVICE,
-                SERIAL_SECTION,
-                1,
-                &first.serial.snapshot(),
-            )?;
-            devices.write_section(
-                SectionTag::DEVICE,
-                I8042_SECTION,
-                1,
-                &first.i8042.snapshot(),
-            )?;
-            devices.write_section(SectionTag::DEVICE, DISK_SECTION, 1, &disk_state)
+            devices.write_device(SERIAL_SECTION, first.serial.as_ref())?;
+            devices.write_device(I8042_SECTION, first.i8042.as_ref())?;
+            devices.write_device(DISK_SECTION, disk.as_ref())
         },
     )
     .unwrap();

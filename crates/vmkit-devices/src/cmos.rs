@@ -8,6 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::DevicePio;
+use vmkit_snapshot::Persist;
+
+use crate::RestoreError;
 
 /// Where the clock's registers live in CMOS memory.
 mod reg {
@@ -159,11 +162,11 @@ impl Cmos {
     /// A CMOS whose clock reads `now()`, in seconds since the Unix epoch (for tests, or a VMM
     /// that keeps guest time apart from the host's).
     pub fn with_clock(now: fn() -> u64) -> Self {
-        let mut ram = [0; CMOS_SIZE];
-        ram[usize::from(reg::STATUS_A)] = STATUS_A_DEFAULT;
-        ram[usize::from(reg::STATUS_B)] = STATUS_B_DEFAULT;
         Cmos {
-            state: Mutex::new(State { index: 0, ram }),
+            state: Mutex::new(State {
+                index: 0,
+                ram: power_on_ram(),
+            }),
             now,
         }
     }
@@ -240,6 +243,102 @@ fn write_register(state: &mut State, byte: u8) {
 fn port_of(offset: u16, i: usize) -> Option<u16> {
     let port = u16::try_from(i).ok().and_then(|i| offset.checked_add(i))?;
     (port < Cmos::PORTS).then_some(port)
+}
+
+/// The saved state of a [`Cmos`] ([`Persist::State`]): the selected index and the 128 bytes
+/// of CMOS memory. The clock is not in it: it reads the time of the fresh device's clock
+/// (the host's, or the one given to [`Cmos::with_clock`]), so a restored guest sees the time
+/// of the restore, as after a suspend.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CmosState {
+    /// The register the index port selects (0 to `0x7f`).
+    pub index: u8,
+    /// The CMOS memory, 128 bytes. The bytes behind the clock and status registers A, C and D
+    /// hold what a power-on CMOS holds (the guest cannot write them), and status B only its
+    /// writable bits.
+    pub ram: Vec<u8>,
+}
+
+impl CmosState {
+    /// Checks the rules listed at [`CmosState`]'s fields.
+    pub fn validate(&self) -> Result<(), RestoreError> {
+        if self.ram.len() != CMOS_SIZE {
+            return Err(RestoreError::CmosRamLength {
+                len: self.ram.len(),
+                expected: CMOS_SIZE,
+            });
+        }
+        if self.index & !INDEX_MASK != 0 {
+            return Err(RestoreError::CmosIndex { index: self.index });
+        }
+        let power_on = power_on_ram();
+        for (index, (&value, &fresh)) in (0u8..).zip(self.ram.iter().zip(&power_on)) {
+            let reason = match index {
+                reg::STATUS_B if value & !STATUS_B_WRITABLE != 0 => {
+                    "bit 0 of status B (daylight saving) is not writable"
+                }
+                reg::SECONDS
+                | reg::MINUTES
+                | reg::HOURS
+                | reg::WEEKDAY
+                | reg::DAY_OF_MONTH
+                | reg::MONTH
+                | reg::YEAR
+                | reg::CENTURY
+                | reg::STATUS_A
+                | reg::STATUS_C
+                | reg::STATUS_D
+                    if value != fresh =>
+                {
+                    "the guest cannot write the clock and status A, C, D registers"
+                }
+                _ => continue,
+            };
+            return Err(RestoreError::CmosByte {
+                index,
+                value,
+                reason,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// CMOS memory as the device powers on.
+fn power_on_ram() -> [u8; CMOS_SIZE] {
+    let mut ram = [0; CMOS_SIZE];
+    ram[usize::from(reg::STATUS_A)] = STATUS_A_DEFAULT;
+    ram[usize::from(reg::STATUS_B)] = STATUS_B_DEFAULT;
+    ram
+}
+
+/// The index and CMOS memory ([`CmosState`]); the clock stays the fresh device's.
+impl Persist for Cmos {
+    const KIND: &'static str = "cmos";
+    const VERSION: u16 = 1;
+    type State = CmosState;
+    type Error = RestoreError;
+
+    fn save_state(&self) -> CmosState {
+        let state = self.lock();
+        CmosState {
+            index: state.index,
+            ram: state.ram.to_vec(),
+        }
+    }
+
+    /// Refuses a state the guest could not have produced (see [`CmosState`]) with a
+    /// [`RestoreError`] naming the byte.
+    fn restore_state(&mut self, saved: &CmosState) -> Result<(), RestoreError> {
+        saved.validate()?;
+        let state = self
+            .state
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.index = saved.index;
+        state.ram.copy_from_slice(&saved.ram);
+        Ok(())
+    }
 }
 
 fn host_unix_seconds() -> u64 {
@@ -346,6 +445,95 @@ mod tests {
         cmos.write(1, &[0xab]);
         assert_eq!(read(&cmos, 0x40), 0xab);
         assert_eq!(read(&cmos, 0x7f), 0);
+    }
+
+    #[test]
+    fn a_restored_cmos_keeps_its_memory_and_index_and_reads_its_own_clock() {
+        let cmos = Cmos::with_clock(|| THURSDAY);
+        cmos.write(0, &[reg::STATUS_B]);
+        cmos.write(1, &[STATUS_B_BINARY | STATUS_B_24_HOUR | 0x10]);
+        cmos.write(0, &[0x40]);
+        cmos.write(1, &[0xab]);
+        cmos.write(0, &[0x41, 0xcd]);
+        cmos.write(0, &[0x80 | 0x41]); // selected, with the NMI-mask bit
+        let state = cmos.save_state();
+        assert_eq!(state.index, 0x41);
+        let bytes = postcard::to_stdvec(&state).unwrap();
+        let decoded: CmosState = postcard::from_bytes(&bytes).unwrap();
+
+        // 2000-02-29 12:00:00: the restored clock reads its own time, not the saved one.
+        let mut restored = Cmos::with_clock(|| 951_825_600);
+        restored.restore_state(&decoded).unwrap();
+        assert_eq!(restored.save_state(), state);
+        // The index survived: a data read with no index write reads byte 0x41.
+        let mut byte = [0];
+        restored.read(1, &mut byte);
+        assert_eq!(byte, [0xcd]);
+        assert_eq!(read(&restored, 0x40), 0xab);
+        assert_eq!(
+            read(&restored, reg::DAY_OF_MONTH),
+            29,
+            "binary mode survived"
+        );
+        assert_eq!(read(&restored, reg::HOURS), 12, "24-hour mode survived");
+
+        // A fresh device's state round-trips too.
+        let mut again = Cmos::new();
+        again.restore_state(&Cmos::new().save_state()).unwrap();
+    }
+
+    #[test]
+    fn unreachable_cmos_states_are_refused_by_byte() {
+        let good = Cmos::with_clock(|| THURSDAY).save_state();
+        let refused = |state: &CmosState| {
+            let mut cmos = Cmos::with_clock(|| THURSDAY);
+            let err = cmos.restore_state(state).unwrap_err();
+            // Nothing was restored.
+            assert_eq!(cmos.save_state(), good);
+            err
+        };
+        let mut s = good.clone();
+        s.ram.push(0);
+        assert!(matches!(
+            refused(&s),
+            RestoreError::CmosRamLength {
+                len: 129,
+                expected: 128
+            }
+        ));
+        s.ram.truncate(3);
+        assert!(matches!(
+            refused(&s),
+            RestoreError::CmosRamLength { len: 3, .. }
+        ));
+        let mut s = good.clone();
+        s.index = 0x80;
+        assert!(matches!(
+            refused(&s),
+            RestoreError::CmosIndex { index: 0x80 }
+        ));
+        for (index, value) in [
+            (reg::SECONDS, 0x12),
+            (reg::CENTURY, 0x20),
+            (reg::STATUS_A, 0xa6),
+            (reg::STATUS_C, 0x80),
+            (reg::STATUS_D, 0x80),
+            (reg::STATUS_B, 0x03),
+        ] {
+            let mut s = good.clone();
+            s.ram[usize::from(index)] = value;
+            let err = refused(&s);
+            assert!(
+                matches!(err, RestoreError::CmosByte { index: i, value: v, .. } if i == index && v == value),
+                "{err}"
+            );
+        }
+        // Every other byte is plain memory: any value restores.
+        for index in [0x01u8, 0x0e, 0x31, 0x33, 0x7f] {
+            let mut s = good.clone();
+            s.ram[usize::from(index)] = 0xff;
+            Cmos::new().restore_state(&s).unwrap();
+        }
     }
 
     #[test]

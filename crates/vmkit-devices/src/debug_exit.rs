@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::DevicePio;
+use vmkit_snapshot::Persist;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::eventfd;
@@ -12,9 +13,9 @@ use crate::{DeviceError, RestoreError};
 /// Marks a stored exit code as present (bit 32, above any `u32` code).
 const PRESENT: u64 = 1 << 32;
 
-/// The saved state of a [`DebugExit`] port.
+/// The saved state of a [`DebugExit`] port ([`Persist::State`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DebugExitSnapshot {
+pub struct DebugExitState {
     /// The exit code the guest wrote and the VMM has not taken, if any.
     pub exit_code: Option<u32>,
     /// How many writes were ignored for their offset or width.
@@ -56,29 +57,6 @@ impl DebugExit {
         })
     }
 
-    /// The port's state for a snapshot: the exit code not yet taken, and the counter.
-    pub fn snapshot(&self) -> DebugExitSnapshot {
-        DebugExitSnapshot {
-            exit_code: self.exit_code(),
-            ignored_writes: self.ignored_writes(),
-        }
-    }
-
-    /// Rebuilds a port from `snapshot`, with a new non-blocking exit eventfd. A saved exit
-    /// code stays pending: it is recorded and the eventfd signalled, as when the guest wrote
-    /// it. Every snapshot value is valid.
-    pub fn restore(snapshot: &DebugExitSnapshot) -> Result<Self, RestoreError> {
-        let port = DebugExit::new()?;
-        port.ignored
-            .store(snapshot.ignored_writes, Ordering::Relaxed);
-        if let Some(code) = snapshot.exit_code {
-            port.code.store(PRESENT | u64::from(code), Ordering::SeqCst);
-            // Fails only when the counter is at its maximum: an exit is signalled already.
-            let _ = port.evt.write(1);
-        }
-        Ok(port)
-    }
-
     /// The eventfd signalled by each exit-code write.
     pub fn exit_evt(&self) -> &EventFd {
         &self.evt
@@ -118,6 +96,35 @@ impl DebugExit {
     /// Handles a guest read: all-ones.
     pub fn read(&self, _offset: u16, data: &mut [u8]) {
         data.fill(0xff);
+    }
+}
+
+/// The exit code not yet taken, and the counter of ignored writes.
+impl Persist for DebugExit {
+    const KIND: &'static str = "debug-exit";
+    /// Version 1 was the same state in a section that did not name its kind.
+    const VERSION: u16 = 2;
+    type State = DebugExitState;
+    type Error = RestoreError;
+
+    fn save_state(&self) -> DebugExitState {
+        DebugExitState {
+            exit_code: self.exit_code(),
+            ignored_writes: self.ignored_writes(),
+        }
+    }
+
+    /// A saved exit code stays pending: it is recorded and the exit eventfd signalled, as
+    /// when the guest wrote it. Every state value is valid: this never fails.
+    fn restore_state(&mut self, state: &DebugExitState) -> Result<(), RestoreError> {
+        self.ignored.store(state.ignored_writes, Ordering::Relaxed);
+        let stored = state.exit_code.map_or(0, |code| PRESENT | u64::from(code));
+        self.code.store(stored, Ordering::SeqCst);
+        if stored != 0 {
+            // Fails only when the counter is at its maximum: an exit is signalled already.
+            let _ = self.evt.write(1);
+        }
+        Ok(())
     }
 }
 
@@ -189,35 +196,41 @@ mod tests {
         assert_eq!(port.ignored_writes(), 6);
     }
 
+    fn fresh_with(state: &DebugExitState) -> DebugExit {
+        let mut port = DebugExit::new().unwrap();
+        port.restore_state(state).unwrap();
+        port
+    }
+
     #[test]
     fn a_pending_exit_code_survives_a_snapshot() {
         let port = DebugExit::new().unwrap();
-        let restored = DebugExit::restore(&port.snapshot()).unwrap();
+        let restored = fresh_with(&port.save_state());
         assert_eq!(restored.exit_code(), None);
         assert_eq!(signals(restored.exit_evt()), 0);
 
         port.write(0, &[7]);
         port.write(1, &[7]);
-        let snapshot = port.snapshot();
+        let snapshot = port.save_state();
         assert_eq!(
             snapshot,
-            DebugExitSnapshot {
+            DebugExitState {
                 exit_code: Some(7),
                 ignored_writes: 1
             }
         );
         let bytes = postcard::to_stdvec(&snapshot).unwrap();
-        let restored = DebugExit::restore(&postcard::from_bytes(&bytes).unwrap()).unwrap();
+        let restored = fresh_with(&postcard::from_bytes(&bytes).unwrap());
         assert_eq!(restored.exit_code(), Some(7));
         assert_eq!(restored.ignored_writes(), 1);
         assert_eq!(signals(restored.exit_evt()), 1);
         // Zero and u32::MAX are codes like any other.
         for code in [0, u32::MAX] {
-            let snapshot = DebugExitSnapshot {
+            let snapshot = DebugExitState {
                 exit_code: Some(code),
                 ignored_writes: u64::MAX,
             };
-            assert_eq!(DebugExit::restore(&snapshot).unwrap().snapshot(), snapshot);
+            assert_eq!(fresh_with(&snapshot).save_state(), snapshot);
         }
     }
 

@@ -21,13 +21,15 @@ pub enum DeviceError {
     },
 }
 
-/// Why a device snapshot cannot be restored. A snapshot is untrusted input: every value is
-/// checked as strictly as the device's own register interface would allow, and each error
-/// names the field and its value.
+/// Why a device's saved state cannot be restored ([`Persist::restore_state`]). A saved state
+/// is untrusted input: every value is checked as strictly as the device's own register
+/// interface would allow, and each error names the field and its value.
+///
+/// [`Persist::restore_state`]: vmkit_snapshot::Persist::restore_state
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RestoreError {
-    /// The device could not be created.
+    /// The device could not get what it needs to run again (an eventfd).
     #[error(transparent)]
     Device(#[from] DeviceError),
     /// The serial receive buffer holds more bytes than the FIFO.
@@ -43,6 +45,30 @@ pub enum RestoreError {
     Register {
         /// The register's name (`"IER"`, `"IIR"`, `"LSR"`, `"MSR"`).
         register: &'static str,
+        /// The saved value.
+        value: u8,
+        /// Why it is unreachable.
+        reason: &'static str,
+    },
+    /// The CMOS memory does not have its 128 bytes.
+    #[error("CMOS ram holds {len} bytes, not {expected}")]
+    CmosRamLength {
+        /// The saved length.
+        len: usize,
+        /// The CMOS size.
+        expected: usize,
+    },
+    /// A CMOS index beyond the 128 bytes (bit 7 is the NMI mask, never stored).
+    #[error("CMOS index {index:#04x} is beyond the 128 bytes of CMOS memory")]
+    CmosIndex {
+        /// The saved index.
+        index: u8,
+    },
+    /// A CMOS byte that the guest cannot have written.
+    #[error("CMOS byte {index:#04x} = {value:#04x} is unreachable: {reason}")]
+    CmosByte {
+        /// Where it is in CMOS memory.
+        index: u8,
         /// The saved value.
         value: u8,
         /// Why it is unreachable.
@@ -65,10 +91,19 @@ pub(crate) fn eventfd_pair(
     purpose: &'static str,
 ) -> Result<(EventFd, EventFd), DeviceError> {
     let evt = eventfd(device, purpose)?;
-    let dup = evt.try_clone().map_err(|source| DeviceError::EventFd {
+    let dup = duplicate(&evt, device, purpose)?;
+    Ok((evt, dup))
+}
+
+/// A duplicate of `evt`, the `purpose` eventfd of `device`.
+pub(crate) fn duplicate(
+    evt: &EventFd,
+    device: &'static str,
+    purpose: &'static str,
+) -> Result<EventFd, DeviceError> {
+    evt.try_clone().map_err(|source| DeviceError::EventFd {
         device,
         purpose,
         source,
-    })?;
-    Ok((evt, dup))
+    })
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::DevicePio;
 use vm_superio::{I8042Device, Trigger};
+use vmkit_snapshot::Persist;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::eventfd_pair;
@@ -34,9 +35,9 @@ impl Trigger for ResetTrigger {
     }
 }
 
-/// The saved state of an [`I8042`].
+/// The saved state of an [`I8042`] ([`Persist::State`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct I8042Snapshot {
+pub struct I8042State {
     /// Whether the guest's reset command was not yet taken by the VMM
     /// ([`I8042::take_reset_request`]).
     pub reset_requested: bool,
@@ -87,31 +88,8 @@ impl I8042 {
 
     /// A controller with no reset requested and a new non-blocking reset eventfd.
     pub fn new() -> Result<Self, DeviceError> {
-        Self::with_request(false)
-    }
-
-    /// The controller's state for a snapshot: whether a reset request is pending. vm-superio's
-    /// model has no other state.
-    pub fn snapshot(&self) -> I8042Snapshot {
-        I8042Snapshot {
-            reset_requested: self.reset_requested(),
-        }
-    }
-
-    /// Rebuilds a controller from `snapshot`, with a new non-blocking reset eventfd. A
-    /// pending reset request stays pending: the flag is set and the eventfd signalled, as
-    /// when the guest issued the command. Every snapshot value is valid.
-    pub fn restore(snapshot: &I8042Snapshot) -> Result<Self, RestoreError> {
-        let i8042 = Self::with_request(snapshot.reset_requested)?;
-        if snapshot.reset_requested && i8042.reset_evt.write(1).is_err() {
-            i8042.signal_failures.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(i8042)
-    }
-
-    fn with_request(requested: bool) -> Result<Self, DeviceError> {
         let (evt, reset_evt) = eventfd_pair("i8042 controller", "reset")?;
-        let requested = Arc::new(AtomicBool::new(requested));
+        let requested = Arc::new(AtomicBool::new(false));
         let signal_failures = Arc::new(AtomicU64::new(0));
         let trigger = ResetTrigger {
             evt,
@@ -171,6 +149,33 @@ impl I8042 {
     }
 }
 
+/// Whether a reset request is pending: vm-superio's model has no other state.
+impl Persist for I8042 {
+    const KIND: &'static str = "i8042";
+    /// Version 1 was the same state in a section that did not name its kind.
+    const VERSION: u16 = 2;
+    type State = I8042State;
+    type Error = RestoreError;
+
+    fn save_state(&self) -> I8042State {
+        I8042State {
+            reset_requested: self.reset_requested(),
+        }
+    }
+
+    /// A pending reset request stays pending: the flag is set and the reset eventfd
+    /// signalled, as when the guest issued the command. Every state value is valid: this
+    /// never fails.
+    fn restore_state(&mut self, state: &I8042State) -> Result<(), RestoreError> {
+        self.requested
+            .store(state.reset_requested, Ordering::SeqCst);
+        if state.reset_requested && self.reset_evt.write(1).is_err() {
+            self.signal_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
 /// How many ports the device answers, as a register count.
 const REGISTERS: u8 = I8042::PORTS as u8;
 
@@ -213,20 +218,26 @@ mod tests {
         assert_eq!(i8042.signal_failures(), 0);
     }
 
+    fn fresh_with(state: &I8042State) -> I8042 {
+        let mut i8042 = I8042::new().unwrap();
+        i8042.restore_state(state).unwrap();
+        i8042
+    }
+
     #[test]
     fn a_pending_reset_survives_a_snapshot() {
         let i8042 = I8042::new().unwrap();
-        assert_eq!(i8042.snapshot(), I8042Snapshot::default());
-        let restored = I8042::restore(&i8042.snapshot()).unwrap();
+        assert_eq!(i8042.save_state(), I8042State::default());
+        let restored = fresh_with(&i8042.save_state());
         assert!(!restored.reset_requested());
         assert_eq!(signals(restored.reset_evt()), 0);
 
         i8042.write(COMMAND, &[I8042::RESET_COMMAND]);
-        let snapshot = i8042.snapshot();
-        assert!(snapshot.reset_requested);
-        let bytes = postcard::to_stdvec(&snapshot).unwrap();
-        let decoded: I8042Snapshot = postcard::from_bytes(&bytes).unwrap();
-        let restored = I8042::restore(&decoded).unwrap();
+        let state = i8042.save_state();
+        assert!(state.reset_requested);
+        let bytes = postcard::to_stdvec(&state).unwrap();
+        let decoded: I8042State = postcard::from_bytes(&bytes).unwrap();
+        let restored = fresh_with(&decoded);
         assert!(restored.reset_requested());
         assert_eq!(signals(restored.reset_evt()), 1);
         assert!(restored.take_reset_request());

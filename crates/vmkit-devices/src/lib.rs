@@ -4,8 +4,9 @@
 //! implements vm-device's [`DevicePio`](vm_device::DevicePio)):
 //!
 //! - [`Serial`]: a 16550A UART on vm-superio's model; output to any `Write`, input from the
-//!   host with [`Serial::enqueue_input`], interrupt through an [`EventFd`](vmm_sys_util::eventfd::EventFd)
-//!   to register as an irqfd (GSI 4 for COM1 at `0x3f8`).
+//!   host with [`Serial::enqueue_input`], interrupt through an
+//!   [`EventFd`](vmm_sys_util::eventfd::EventFd) to register as an irqfd (GSI 4 for COM1 at
+//!   `0x3f8`).
 //! - [`I8042`]: the keyboard controller on vm-superio's model, for its CPU-reset command
 //!   (`0xfe` to port `0x64`), which raises a flag and signals an eventfd.
 //! - [`Cmos`]: the CMOS memory and its real-time clock at `0x70`/`0x71`, reading the host's
@@ -13,9 +14,11 @@
 //! - [`DebugExit`]: a port (`0x501`) through which a test guest ends itself with an exit
 //!   code.
 //!
-//! Each device saves its state in a serde-serializable snapshot ([`SerialSnapshot`],
-//! [`I8042Snapshot`], [`DebugExitSnapshot`]) and is rebuilt from one with its `restore`,
-//! which treats the snapshot as untrusted input ([`RestoreError`]).
+//! Each device implements [`Persist`], vmkit's one convention for snapshots: `save_state`
+//! gives a serde-serializable state ([`SerialState`], [`I8042State`], [`CmosState`],
+//! [`DebugExitState`]), and `restore_state` restores one into a fresh device, built as for a
+//! first boot (with its output, its eventfds, its clock), treating the state as untrusted
+//! input ([`RestoreError`]). The crate depends on no hypervisor backend.
 //!
 //! Every value a guest gives these devices is checked: accesses of any width and offset get a
 //! documented answer (each device's documentation says which), never a panic. The devices
@@ -75,9 +78,9 @@ mod i8042;
 mod registers;
 mod serial;
 
-pub use cmos::Cmos;
-pub use debug_exit::{DebugExit, DebugExitSnapshot};
+pub use cmos::{Cmos, CmosState};
+pub use debug_exit::{DebugExit, DebugExitState};
 pub use error::{DeviceError, RestoreError};
-pub use i8042::{I8042Snapshot, I8042};
-pub use serial::{Serial, SerialSnapshot, COM1, COM1_GSI, SERIAL_FIFO_SIZE, SERIAL_PORTS};
-pub use vm_superio::serial::SerialState;
+pub use i8042::{I8042State, I8042};
+pub use serial::{Serial, SerialState, COM1, COM1_GSI, SERIAL_FIFO_SIZE, SERIAL_PORTS};
+pub use vmkit_snapshot::Persist;

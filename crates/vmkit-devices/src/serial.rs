@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::DevicePio;
-use vm_superio::serial::{NoEvents, SerialState};
+use vm_superio::serial::{NoEvents, SerialState as UartState};
 use vm_superio::Trigger;
+use vmkit_snapshot::Persist;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::error::eventfd_pair;
+use crate::error::{duplicate, eventfd_pair};
 use crate::registers::register;
 use crate::{DeviceError, RestoreError};
 
@@ -37,12 +38,24 @@ impl Trigger for IrqTrigger {
     }
 }
 
-type Uart<W> = vm_superio::Serial<IrqTrigger, NoEvents, W>;
+/// vm-superio's UART model. It owns the writer it transmits to; this device gives it a
+/// buffer that holds the byte being transmitted and moves the byte on to the real output
+/// itself, so that the output stays the device's when a restore replaces the model.
+type Uart = vm_superio::Serial<IrqTrigger, NoEvents, Vec<u8>>;
+
+/// The UART model and the output its transmitted bytes go to.
+struct Port<W> {
+    uart: Uart,
+    out: W,
+}
+
+const DEVICE: &str = "serial port";
+const PURPOSE: &str = "interrupt";
 
 /// A new interrupt eventfd: the UART's trigger on one copy, the VMM's copy, and the shared
 /// failure counter.
 fn interrupt_parts() -> Result<(IrqTrigger, EventFd, Arc<AtomicU64>), DeviceError> {
-    let (evt, interrupt) = eventfd_pair("serial port", "interrupt")?;
+    let (evt, interrupt) = eventfd_pair(DEVICE, PURPOSE)?;
     let failures = Arc::new(AtomicU64::new(0));
     let trigger = IrqTrigger {
         evt,
@@ -81,7 +94,7 @@ pub const SERIAL_FIFO_SIZE: usize = 64;
 /// interrupt-enable register). Bytes that land at offset 8 or beyond read as `0xff` and
 /// their writes are dropped.
 pub struct Serial<W: Write + Send> {
-    uart: Mutex<Uart<W>>,
+    port: Mutex<Port<W>>,
     interrupt: EventFd,
     output_errors: AtomicU64,
     interrupt_failures: Arc<AtomicU64>,
@@ -101,50 +114,16 @@ impl<W: Write + Send> Serial<W> {
     /// A UART in its power-on state whose output goes to `out`, with a new non-blocking
     /// interrupt eventfd.
     pub fn new(out: W) -> Result<Self, DeviceError> {
-        let (trigger, interrupt, failures) = interrupt_parts()?;
-        Ok(Self::assemble(Uart::new(trigger, out), interrupt, failures))
-    }
-
-    /// Rebuilds a UART from `snapshot` (taken by [`Serial::snapshot`]), with its output going
-    /// to `out` and a new non-blocking interrupt eventfd.
-    ///
-    /// The snapshot is untrusted: it is refused unless every register holds a value that
-    /// vm-superio's UART can reach through its register interface and host input:
-    ///
-    /// - `in_buffer` holds at most [`SERIAL_FIFO_SIZE`] bytes (vm-superio checks this too);
-    /// - `IER` has only its four 16550A bits (0-3); the guest cannot set the others;
-    /// - `IIR` is "none pending" (`0x01`) or a set of the THR-empty (`0x02`) and
-    ///   received-data (`0x04`) interrupts; received-data is pending only with input
-    ///   buffered (reading the last byte clears it);
-    /// - `LSR` is "THR empty, line idle" (`0x60`), plus data-ready (`0x01`) exactly when input
-    ///   is buffered;
-    /// - `MSR` is `0xb0` (CTS, DSR, DCD), which nothing changes.
-    ///
-    /// The divisor latch, `LCR`, `MCR` and the scratch register take any value, as a guest's
-    /// writes do. A pending interrupt that is enabled is signalled on the new eventfd, as
-    /// vm-superio does on restore: register the eventfd as an irqfd before the vCPUs run.
-    pub fn restore(out: W, snapshot: &SerialSnapshot) -> Result<Self, RestoreError> {
-        snapshot.validate()?;
-        let (trigger, interrupt, failures) = interrupt_parts()?;
-        let state = snapshot.to_state();
-        // Only an overlong in_buffer makes vm-superio refuse (checked above), and
-        // `IrqTrigger` never fails.
-        let uart = Uart::from_state(&state, trigger, NoEvents, out).map_err(|_| {
-            RestoreError::InBufferTooLong {
-                len: state.in_buffer.len(),
-                max: SERIAL_FIFO_SIZE,
-            }
-        })?;
-        Ok(Self::assemble(uart, interrupt, failures))
-    }
-
-    fn assemble(uart: Uart<W>, interrupt: EventFd, interrupt_failures: Arc<AtomicU64>) -> Self {
-        Serial {
-            uart: Mutex::new(uart),
+        let (trigger, interrupt, interrupt_failures) = interrupt_parts()?;
+        Ok(Serial {
+            port: Mutex::new(Port {
+                uart: Uart::new(trigger, Vec::new()),
+                out,
+            }),
             interrupt,
             output_errors: AtomicU64::new(0),
             interrupt_failures,
-        }
+        })
     }
 
     /// The eventfd the UART signals when it raises its interrupt: register it as an irqfd
@@ -153,10 +132,10 @@ impl<W: Write + Send> Serial<W> {
         &self.interrupt
     }
 
-    fn uart(&self) -> MutexGuard<'_, Uart<W>> {
+    fn port(&self) -> MutexGuard<'_, Port<W>> {
         // A panic in another thread while it held the lock (in the output writer) leaves the
         // UART registers consistent: each register update is a single assignment.
-        self.uart.lock().unwrap_or_else(PoisonError::into_inner)
+        self.port.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues host input for the guest to read from the receive buffer, and raises the
@@ -166,7 +145,7 @@ impl<W: Write + Send> Serial<W> {
     /// full (or in loopback mode, where the UART takes no outside input). Offer the rest
     /// again once the guest has read some.
     pub fn enqueue_input(&self, input: &[u8]) -> usize {
-        let mut uart = self.uart();
+        let uart = &mut self.port().uart;
         if input.is_empty() || uart.fifo_capacity() == 0 {
             return 0;
         }
@@ -176,12 +155,12 @@ impl<W: Write + Send> Serial<W> {
 
     /// How many more bytes of input the receive FIFO can take.
     pub fn input_capacity(&self) -> usize {
-        self.uart().fifo_capacity()
+        self.port().uart.fifo_capacity()
     }
 
     /// Reads `data.len()` registers from `offset` on (see the type's documentation).
     pub fn read(&self, offset: u16, data: &mut [u8]) {
-        let mut uart = self.uart();
+        let uart = &mut self.port().uart;
         for (i, byte) in data.iter_mut().enumerate() {
             *byte = match register(offset, i, REGISTERS) {
                 Some(register) => uart.read(register),
@@ -192,11 +171,19 @@ impl<W: Write + Send> Serial<W> {
 
     /// Writes `data.len()` registers from `offset` on (see the type's documentation).
     pub fn write(&self, offset: u16, data: &[u8]) {
-        let mut uart = self.uart();
+        let mut port = self.port();
+        let Port { uart, out } = &mut *port;
         for (i, &byte) in data.iter().enumerate() {
             if let Some(register) = register(offset, i, REGISTERS) {
-                if uart.write(register, byte).is_err() {
-                    self.output_errors.fetch_add(1, Ordering::Relaxed);
+                // Neither the trigger nor the transmit buffer ever fails.
+                let _ = uart.write(register, byte);
+                // A transmitted byte goes out at once, flushed.
+                let sent = uart.writer_mut();
+                if !sent.is_empty() {
+                    if out.write_all(sent).and_then(|()| out.flush()).is_err() {
+                        self.output_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    sent.clear();
                 }
             }
         }
@@ -215,26 +202,69 @@ impl<W: Write + Send> Serial<W> {
 
     /// Runs `f` on the output, for example to inspect what a buffer holds so far.
     pub fn with_output<R>(&self, f: impl FnOnce(&mut W) -> R) -> R {
-        f(self.uart().writer_mut())
-    }
-
-    /// The UART's registers and pending input, in vm-superio's form.
-    pub fn state(&self) -> SerialState {
-        self.uart().state()
-    }
-
-    /// The UART's registers and pending input, for a snapshot; restore it with
-    /// [`Serial::restore`]. The output and the error counters are not in it.
-    pub fn snapshot(&self) -> SerialSnapshot {
-        SerialSnapshot::from(self.state())
+        f(&mut self.port().out)
     }
 
     /// Consumes the device and returns its output.
     pub fn into_output(self) -> W {
-        self.uart
+        self.port
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)
-            .into_writer()
+            .out
+    }
+}
+
+/// The UART's registers and pending input ([`SerialState`]). The output, the interrupt
+/// eventfd and the error counters are not in it: a fresh [`Serial`] brings them.
+impl<W: Write + Send> Persist for Serial<W> {
+    const KIND: &'static str = "serial";
+    /// Version 1 was the same state in a section that did not name its kind.
+    const VERSION: u16 = 2;
+    type State = SerialState;
+    type Error = RestoreError;
+
+    fn save_state(&self) -> SerialState {
+        SerialState::from(self.port().uart.state())
+    }
+
+    /// Restores the UART's registers and pending input; the output and the interrupt eventfd
+    /// stay this device's.
+    ///
+    /// The state is untrusted: it is refused unless every register holds a value that
+    /// vm-superio's UART can reach through its register interface and host input:
+    ///
+    /// - `in_buffer` holds at most [`SERIAL_FIFO_SIZE`] bytes (vm-superio checks this too);
+    /// - `IER` has only its four 16550A bits (0-3); the guest cannot set the others;
+    /// - `IIR` is "none pending" (`0x01`) or a set of the THR-empty (`0x02`) and
+    ///   received-data (`0x04`) interrupts; received-data is pending only with input
+    ///   buffered (reading the last byte clears it);
+    /// - `LSR` is "THR empty, line idle" (`0x60`), plus data-ready (`0x01`) exactly when input
+    ///   is buffered;
+    /// - `MSR` is `0xb0` (CTS, DSR, DCD), which nothing changes.
+    ///
+    /// The divisor latch, `LCR`, `MCR` and the scratch register take any value, as a guest's
+    /// writes do. A pending interrupt that is enabled is signalled on the interrupt eventfd,
+    /// as vm-superio does on restore: register the eventfd as an irqfd before the vCPUs run.
+    fn restore_state(&mut self, state: &SerialState) -> Result<(), RestoreError> {
+        state.validate()?;
+        let trigger = IrqTrigger {
+            evt: duplicate(&self.interrupt, DEVICE, PURPOSE)?,
+            failures: Arc::clone(&self.interrupt_failures),
+        };
+        let uart_state = state.to_uart();
+        // Only an overlong in_buffer makes vm-superio refuse (checked above), and
+        // `IrqTrigger` never fails.
+        let uart = Uart::from_state(&uart_state, trigger, NoEvents, Vec::new()).map_err(|_| {
+            RestoreError::InBufferTooLong {
+                len: uart_state.in_buffer.len(),
+                max: SERIAL_FIFO_SIZE,
+            }
+        })?;
+        self.port
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .uart = uart;
+        Ok(())
     }
 }
 
@@ -266,10 +296,11 @@ const LSR_ALWAYS: u8 = 0x60;
 /// MSR: CTS, DSR and DCD, which vm-superio's UART always reports.
 const MSR_ALWAYS: u8 = 0xb0;
 
-/// The saved state of a [`Serial`]: vm-superio's [`SerialState`] in a serde-serializable
-/// form. See [`Serial::restore`] for the values it may hold.
+/// The saved state of a [`Serial`] ([`Persist::State`]): vm-superio's UART state in a
+/// serde-serializable form. See [`Serial`]'s [`Persist::restore_state`] for the values it may
+/// hold.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SerialSnapshot {
+pub struct SerialState {
     /// Divisor latch, low byte.
     pub baud_divisor_low: u8,
     /// Divisor latch, high byte.
@@ -292,9 +323,9 @@ pub struct SerialSnapshot {
     pub in_buffer: Vec<u8>,
 }
 
-impl From<SerialState> for SerialSnapshot {
-    fn from(s: SerialState) -> Self {
-        SerialSnapshot {
+impl From<UartState> for SerialState {
+    fn from(s: UartState) -> Self {
+        SerialState {
             baud_divisor_low: s.baud_divisor_low,
             baud_divisor_high: s.baud_divisor_high,
             interrupt_enable: s.interrupt_enable,
@@ -309,8 +340,8 @@ impl From<SerialState> for SerialSnapshot {
     }
 }
 
-impl SerialSnapshot {
-    /// Checks the rules listed at [`Serial::restore`].
+impl SerialState {
+    /// Checks the rules listed at [`Serial`]'s [`Persist::restore_state`].
     pub fn validate(&self) -> Result<(), RestoreError> {
         let len = self.in_buffer.len();
         if len > SERIAL_FIFO_SIZE {
@@ -366,8 +397,8 @@ impl SerialSnapshot {
         Ok(())
     }
 
-    fn to_state(&self) -> SerialState {
-        SerialState {
+    fn to_uart(&self) -> UartState {
+        UartState {
             baud_divisor_low: self.baud_divisor_low,
             baud_divisor_high: self.baud_divisor_high,
             interrupt_enable: self.interrupt_enable,
@@ -399,6 +430,13 @@ mod tests {
     const LSR_THR_EMPTY: u8 = 0x20;
     const IER_RDA: u8 = 0x01;
     const IER_THR_EMPTY: u8 = 0x02;
+
+    /// A fresh UART on `out` with `state` restored into it.
+    fn fresh_with<W: Write + Send>(out: W, state: &SerialState) -> Result<Serial<W>, RestoreError> {
+        let mut serial = Serial::new(out)?;
+        serial.restore_state(state)?;
+        Ok(serial)
+    }
 
     fn reg(serial: &Serial<impl Write + Send>, offset: u16) -> u8 {
         let mut byte = [0];
@@ -585,16 +623,20 @@ mod tests {
     #[test]
     fn a_restored_uart_behaves_like_the_original() {
         let original = configured();
-        let snapshot = original.snapshot();
+        let snapshot = original.save_state();
         assert_eq!(snapshot.line_control, 0x1a);
         assert_eq!(snapshot.in_buffer, b"queued");
         let bytes = postcard::to_stdvec(&snapshot).unwrap();
-        let decoded: SerialSnapshot = postcard::from_bytes(&bytes).unwrap();
+        let decoded: SerialState = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(decoded, snapshot);
-        let restored = Serial::restore(Vec::new(), &decoded).unwrap();
-        assert_eq!(restored.snapshot(), snapshot);
-        // The pending, enabled interrupts (THR empty, data) are signalled on the new eventfd.
-        assert_eq!(signals(restored.interrupt_evt()), 2);
+        // The VMM builds a fresh UART, wires its eventfd (here: keeps a copy), restores.
+        let mut restored = Serial::new(b"before:".to_vec()).unwrap();
+        let wired = restored.interrupt_evt().try_clone().unwrap();
+        restored.restore_state(&decoded).unwrap();
+        assert_eq!(restored.save_state(), snapshot);
+        // The pending, enabled interrupts (THR empty, data) are signalled on the eventfd the
+        // VMM wired before the restore.
+        assert_eq!(signals(&wired), 2);
         let theirs = observe(&original);
         assert_eq!(observe(&restored), theirs);
         // The queued bytes, read from RBR between the register reads and the final LSR.
@@ -612,8 +654,9 @@ mod tests {
             serial.write(LCR, &[0x1a]);
         }
         // Both carry on: output and input.
+        // The output is the fresh device's.
         restored.write(THR, b"y");
-        assert_eq!(restored.with_output(|out| out.clone()), b"y");
+        assert_eq!(restored.with_output(|out| out.clone()), b"before:y");
         assert_eq!(restored.enqueue_input(b"z"), 1);
         assert_eq!(reg(&restored, RBR), b'z');
     }
@@ -621,15 +664,15 @@ mod tests {
     #[test]
     fn a_default_uart_round_trips() {
         let serial = Serial::new(io::sink()).unwrap();
-        let snapshot = serial.snapshot();
-        let restored = Serial::restore(io::sink(), &snapshot).unwrap();
-        assert_eq!(restored.snapshot(), snapshot);
+        let snapshot = serial.save_state();
+        let restored = fresh_with(io::sink(), &snapshot).unwrap();
+        assert_eq!(restored.save_state(), snapshot);
         assert_eq!(signals(restored.interrupt_evt()), 0);
         assert_eq!(observe(&restored), observe(&serial));
     }
 
-    fn refused(snapshot: &SerialSnapshot) -> RestoreError {
-        match Serial::restore(io::sink(), snapshot) {
+    fn refused(snapshot: &SerialState) -> RestoreError {
+        match fresh_with(io::sink(), snapshot) {
             Ok(_) => panic!("accepted {snapshot:?}"),
             Err(e) => e,
         }
@@ -637,14 +680,14 @@ mod tests {
 
     #[test]
     fn corrupt_snapshots_are_refused() {
-        let good = configured().snapshot();
+        let good = configured().save_state();
         let mut s = good.clone();
         s.in_buffer = vec![0; SERIAL_FIFO_SIZE + 1];
         assert!(matches!(
             refused(&s),
             RestoreError::InBufferTooLong { len: 65, max: 64 }
         ));
-        type Corruption = fn(&mut SerialSnapshot);
+        type Corruption = fn(&mut SerialState);
         let cases: [(Corruption, &str, u8); 8] = [
             (|s| s.interrupt_enable = 0x10, "IER", 0x10),
             (|s| s.interrupt_identification = 0x00, "IIR", 0x00),
@@ -685,12 +728,12 @@ mod tests {
             }
         ));
         s.line_status = LSR_ALWAYS;
-        Serial::restore(io::sink(), &s).unwrap();
+        fresh_with(io::sink(), &s).unwrap();
     }
 
     #[test]
     fn every_single_register_value_is_accepted_or_refused_without_panic() {
-        let good = configured().snapshot();
+        let good = configured().save_state();
         for value in 0..=u8::MAX {
             for field in 0..9 {
                 let mut s = good.clone();
@@ -705,8 +748,8 @@ mod tests {
                     &mut s.modem_status,
                     &mut s.scratch,
                 ][field] = value;
-                if let Ok(serial) = Serial::restore(io::sink(), &s) {
-                    assert_eq!(serial.snapshot(), s);
+                if let Ok(serial) = fresh_with(io::sink(), &s) {
+                    assert_eq!(serial.save_state(), s);
                     observe(&serial);
                 }
             }
@@ -716,12 +759,12 @@ mod tests {
         for value in 0..=u8::MAX {
             for offset in 0..8 {
                 serial.write(offset, &[value]);
-                Serial::restore(io::sink(), &serial.snapshot()).unwrap();
+                fresh_with(io::sink(), &serial.save_state()).unwrap();
                 reg(&serial, offset);
-                Serial::restore(io::sink(), &serial.snapshot()).unwrap();
+                fresh_with(io::sink(), &serial.save_state()).unwrap();
             }
             serial.enqueue_input(&[value]);
-            Serial::restore(io::sink(), &serial.snapshot()).unwrap();
+            fresh_with(io::sink(), &serial.save_state()).unwrap();
         }
     }
 
@@ -731,7 +774,7 @@ mod tests {
         serial.write(SCR, &[0x42]);
         serial.write(IER, &[IER_RDA]);
         serial.enqueue_input(b"q");
-        let state = serial.state();
+        let state = serial.save_state();
         assert_eq!(state.scratch, 0x42);
         assert_eq!(state.interrupt_enable, IER_RDA);
         assert_eq!(state.in_buffer, b"q");

@@ -19,6 +19,10 @@
 //!   the pages written since the previous snapshot.
 //! - [`write_atomically`]: write to a temporary file, fsync, rename over the
 //!   target, fsync the directory.
+//! - [`Persist`]: the one trait through which every device saves its state
+//!   (a serde type of its own) and restores it into a fresh device;
+//!   [`Writer::write_device`] and [`Snapshot::read_device`] store it as a
+//!   device section that names the device's kind and state version.
 //!
 //! Byte layouts, compatibility rules and limits are documented in the
 //! [`state`] and [`memory`] modules.
@@ -101,6 +105,7 @@
 mod atomic;
 mod bytes;
 pub mod memory;
+mod persist;
 pub mod state;
 
 pub use atomic::{write_atomically, AtomicWriteError};
@@ -108,6 +113,7 @@ pub use memory::{
     DiffRegion, MemoryError, MemoryFile, MemoryKind, MemoryWriter, RegionInfo, DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE, MAX_MEMORY_HEADER_LEN, MAX_REGIONS, PAGE_SIZE,
 };
+pub use persist::Persist;
 pub use state::{
     Arch, Backend, Expected, Flags, Header, Part, Reader, Section, SectionHeader, SectionId,
     SectionTag, Snapshot, StateError, Writer, MAX_SECTIONS, MAX_SECTION_PAYLOAD, MAX_STATE_PAYLOAD,

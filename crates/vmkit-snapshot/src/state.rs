@@ -73,7 +73,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::bytes::{arr, put, read_full, read_up_to, u16_at, u32_at, u64_at};
-use crate::{checksum, AtomicWriteError};
+use crate::{checksum, AtomicWriteError, Persist};
 
 /// Magic bytes at the start of every state file.
 pub const STATE_MAGIC: [u8; 8] = *b"VMKITSNP";
@@ -239,7 +239,8 @@ impl SectionTag {
     pub const CLOCK: SectionTag = SectionTag::new(*b"CLCK");
     /// The programmable interval timer.
     pub const PIT: SectionTag = SectionTag::new(*b"PIT ");
-    /// One device's state; the index is the device number.
+    /// One device's state; the index is the device number. Written by
+    /// [`Writer::write_device`]: the payload starts with the device kind.
     pub const DEVICE: SectionTag = SectionTag::new(*b"DEVC");
     /// One virtqueue's state; the index identifies the queue.
     pub const QUEUE: SectionTag = SectionTag::new(*b"VQUE");
@@ -536,6 +537,17 @@ pub enum StateError {
         /// Bytes not consumed.
         unused: usize,
     },
+    /// A device section holds the state of another kind of device than the
+    /// one asked for ([`Section::decode_device`]).
+    #[error("{section}: holds the state of a {found:?} device, not of a {expected:?} device")]
+    WrongDeviceKind {
+        /// The section.
+        section: SectionId,
+        /// The kind asked for ([`Persist::KIND`]).
+        expected: &'static str,
+        /// The kind the section names.
+        found: String,
+    },
     /// A section was not found.
     #[error("missing section {tag}[{index}]")]
     MissingSection {
@@ -805,6 +817,44 @@ impl Section {
         }
         Ok(value)
     }
+
+    /// Decodes the payload as the state of a device of type `P`, written by
+    /// [`Writer::write_device`]: refuses a kind other than [`Persist::KIND`]
+    /// ([`StateError::WrongDeviceKind`]), then a section version other than
+    /// [`Persist::VERSION`], before decoding the state; then a payload with
+    /// bytes left over. The state itself is not validated here: that is
+    /// [`Persist::restore_state`]'s job.
+    pub fn decode_device<P: Persist + ?Sized>(&self) -> Result<P::State, StateError> {
+        let decode = |source| StateError::Decode {
+            section: self.id,
+            source,
+        };
+        // The kind leads the payload in every version.
+        let (kind, rest) = postcard::take_from_bytes::<&str>(&self.payload).map_err(decode)?;
+        if kind != P::KIND {
+            return Err(StateError::WrongDeviceKind {
+                section: self.id,
+                expected: P::KIND,
+                found: kind.to_string(),
+            });
+        }
+        let version = self.header.version;
+        if version != P::VERSION {
+            return Err(StateError::UnsupportedSectionVersion {
+                section: self.id,
+                version,
+                supported: P::VERSION..=P::VERSION,
+            });
+        }
+        let (state, rest) = postcard::take_from_bytes::<P::State>(rest).map_err(decode)?;
+        if !rest.is_empty() {
+            return Err(StateError::TrailingPayload {
+                section: self.id,
+                unused: rest.len(),
+            });
+        }
+        Ok(state)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1072,6 +1122,18 @@ impl Snapshot {
         self.sections.get(&(tag, index))
     }
 
+    /// Reads the state of device `index`, a device of type `P`, from its
+    /// [`SectionTag::DEVICE`] section (see [`Section::decode_device`]); a
+    /// missing section is an error.
+    pub fn read_device<P: Persist + ?Sized>(&self, index: u32) -> Result<P::State, StateError> {
+        self.get(SectionTag::DEVICE, index)
+            .ok_or(StateError::MissingSection {
+                tag: SectionTag::DEVICE,
+                index,
+            })?
+            .decode_device::<P>()
+    }
+
     /// Decodes the section with this tag and index as a `T`, refusing a
     /// version outside `versions`; a missing section is an error.
     pub fn read_section<T: DeserializeOwned>(
@@ -1172,6 +1234,23 @@ impl<W: Write> Writer<W> {
             source,
         })?;
         self.write_raw_section(tag, index, version, &payload)
+    }
+
+    /// Adds device `index`'s state, taken now with [`Persist::save_state`],
+    /// as a [`SectionTag::DEVICE`] section of version [`Persist::VERSION`]
+    /// whose payload is [`Persist::KIND`] then the state; read it back with
+    /// [`Snapshot::read_device`] or [`Section::decode_device`].
+    pub fn write_device<P: Persist + ?Sized>(
+        &mut self,
+        index: u32,
+        device: &P,
+    ) -> Result<(), StateError> {
+        self.write_section(
+            SectionTag::DEVICE,
+            index,
+            P::VERSION,
+            &(P::KIND, device.save_state()),
+        )
     }
 
     /// Adds a section whose payload is already encoded.

@@ -35,10 +35,10 @@ use std::os::unix::fs::FileExt;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::device::{
-    read_config_bytes, DeviceError, DeviceState, StateError, VirtioDevice, PROCESS_BUDGET,
-    VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
+    read_config_bytes, DeviceError, StateError, VirtioDevice, PROCESS_BUDGET, VIRTIO_F_EVENT_IDX,
+    VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
 };
-use crate::{Descriptor, SplitQueue};
+use crate::{Descriptor, Persist, SplitQueue};
 
 /// Feature bit 2: `seg_max` in the configuration space is valid.
 pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -483,7 +483,7 @@ pub struct BlockStats {
     pub dropped: u64,
 }
 
-/// The saved state of a [`Block`] device ([`DeviceState::Block`]).
+/// The saved state of a [`Block`] device ([`Persist::State`]).
 ///
 /// The disk contents are not in it: the disk is the VMM's to keep (and to
 /// snapshot, if it changes after the save) and to open again. The state
@@ -562,16 +562,6 @@ impl<B: BlockBackend> Block<B> {
     /// The request counters.
     pub fn stats(&self) -> BlockStats {
         self.stats
-    }
-
-    /// The device's state for a snapshot (see [`BlockState`]).
-    pub fn state(&self) -> BlockState {
-        BlockState {
-            capacity: self.capacity,
-            read_only: self.read_only,
-            id: self.id_string(),
-            stats: self.stats,
-        }
     }
 
     /// The id string without its zero padding.
@@ -780,21 +770,29 @@ impl<M: GuestMemory + ?Sized, B: BlockBackend> VirtioDevice<M> for Block<B> {
     fn reset(&mut self) {
         self.acked = 0;
     }
+}
 
-    fn save_state(&self) -> DeviceState {
-        DeviceState::Block(self.state())
+/// The counters, and how the device was built ([`BlockState`]); the disk
+/// and its contents are the VMM's.
+impl<B: BlockBackend> Persist for Block<B> {
+    const KIND: &'static str = "virtio-blk";
+    const VERSION: u16 = 1;
+    type State = BlockState;
+    type Error = StateError;
+
+    fn save_state(&self) -> BlockState {
+        BlockState {
+            capacity: self.capacity,
+            read_only: self.read_only,
+            id: self.id_string(),
+            stats: self.stats,
+        }
     }
 
     /// Checks that the saved capacity, read-only flag and id match this
     /// device ([`StateError::Mismatch`] otherwise: the disk or the options
     /// differ from the saved device's), then restores the counters.
-    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
-        let DeviceState::Block(saved) = state else {
-            return Err(StateError::WrongKind {
-                expected: "block",
-                found: state.kind().to_string(),
-            });
-        };
+    fn restore_state(&mut self, saved: &BlockState) -> Result<(), StateError> {
         let mismatch = |field, saved: &dyn std::fmt::Display, device: &dyn std::fmt::Display| {
             StateError::Mismatch {
                 field,

@@ -35,10 +35,10 @@ use std::io::Write;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::device::{
-    read_config_bytes, DeviceError, DeviceState, StateError, VirtioDevice, PROCESS_BUDGET,
-    VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_CONSOLE,
+    read_config_bytes, DeviceError, StateError, VirtioDevice, PROCESS_BUDGET, VIRTIO_F_EVENT_IDX,
+    VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_CONSOLE,
 };
-use crate::{Descriptor, SplitQueue};
+use crate::{Descriptor, Persist, SplitQueue};
 
 /// The receive queue (host to guest).
 pub const RECEIVEQ: u16 = 0;
@@ -66,9 +66,9 @@ pub struct ConsoleStats {
     pub bad_chains: u64,
 }
 
-/// The saved state of a [`Console`] ([`DeviceState::Console`]): host input
-/// not yet delivered to the guest, and the counters. The output writer is
-/// the VMM's to reattach.
+/// The saved state of a [`Console`] ([`Persist::State`]): host input not
+/// yet delivered to the guest, and the counters. The output writer is the
+/// VMM's to reattach, by building the fresh console on it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConsoleState {
     /// Buffered host input, oldest byte first. On restore it must fit the
@@ -124,14 +124,6 @@ impl<W: Write> Console<W> {
     /// Bytes of input not yet delivered to the guest.
     pub fn pending_input(&self) -> usize {
         self.input.len()
-    }
-
-    /// The console's state for a snapshot (see [`ConsoleState`]).
-    pub fn state(&self) -> ConsoleState {
-        ConsoleState {
-            input: self.input.iter().copied().collect(),
-            stats: self.stats,
-        }
     }
 
     /// The counters.
@@ -312,20 +304,25 @@ impl<M: GuestMemory + ?Sized, W: Write> VirtioDevice<M> for Console<W> {
     }
 
     fn reset(&mut self) {}
+}
 
-    fn save_state(&self) -> DeviceState {
-        DeviceState::Console(self.state())
+/// Buffered host input and the counters ([`ConsoleState`]).
+impl<W: Write> Persist for Console<W> {
+    const KIND: &'static str = "virtio-console";
+    const VERSION: u16 = 1;
+    type State = ConsoleState;
+    type Error = StateError;
+
+    fn save_state(&self) -> ConsoleState {
+        ConsoleState {
+            input: self.input.iter().copied().collect(),
+            stats: self.stats,
+        }
     }
 
     /// Replaces the buffered input and the counters; input longer than
     /// this console's input limit is refused ([`StateError::TooLarge`]).
-    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
-        let DeviceState::Console(saved) = state else {
-            return Err(StateError::WrongKind {
-                expected: "console",
-                found: state.kind().to_string(),
-            });
-        };
+    fn restore_state(&mut self, saved: &ConsoleState) -> Result<(), StateError> {
         if saved.input.len() > self.input_limit {
             return Err(StateError::TooLarge {
                 field: "input",

@@ -74,58 +74,12 @@ pub enum DeviceError {
     },
 }
 
-/// The saved state of a device back end, beyond what the transport saves
-/// (features, status, queues): see [`VirtioDevice::save_state`].
-///
-/// The variant is the state's kind tag; restoring a state into a device of
-/// another kind is refused ([`StateError::WrongKind`]). What a device keeps
-/// outside guest memory and outside this state (a disk file, an output
-/// writer) is the VMM's to reattach: it builds the fresh device on the same
-/// resources, then restores this state into it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[non_exhaustive]
-pub enum DeviceState {
-    /// A device with no state of its own (the default of the trait).
-    Stateless,
-    /// A [`crate::blk::Block`] device.
-    Block(crate::blk::BlockState),
-    /// A [`crate::console::Console`].
-    Console(crate::console::ConsoleState),
-    /// A device defined outside this crate: a kind name of its choosing and
-    /// bytes it encodes and validates itself.
-    Custom {
-        /// The device kind, checked on restore.
-        kind: String,
-        /// The device's encoded state.
-        data: Vec<u8>,
-    },
-}
-
-impl DeviceState {
-    /// The kind tag: `"stateless"`, `"block"`, `"console"`, or a custom
-    /// device's kind.
-    pub fn kind(&self) -> &str {
-        match self {
-            DeviceState::Stateless => "stateless",
-            DeviceState::Block(_) => "block",
-            DeviceState::Console(_) => "console",
-            DeviceState::Custom { kind, .. } => kind,
-        }
-    }
-}
-
-/// Why a saved [`DeviceState`] cannot be restored into a device.
+/// Why a virtio device's saved state cannot be restored into it: the
+/// [`Persist::Error`](vmkit_snapshot::Persist::Error) of this crate's
+/// devices.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StateError {
-    /// The state belongs to another kind of device.
-    #[error("device state of kind {found:?} cannot be restored into a {expected} device")]
-    WrongKind {
-        /// The kind of the device being restored.
-        expected: &'static str,
-        /// The kind of the saved state.
-        found: String,
-    },
     /// The state does not match how the fresh device was built (a disk of
     /// another size, other options).
     #[error("saved {field} {saved} does not match the device's {device}")]
@@ -147,12 +101,12 @@ pub enum StateError {
         /// The device's limit.
         limit: usize,
     },
-    /// A custom device's own validation failed.
+    /// A value the device could never hold.
     #[error("invalid {kind} device state: {reason}")]
     Invalid {
-        /// The device kind.
-        kind: String,
-        /// What is wrong.
+        /// The device kind ([`Persist::KIND`](vmkit_snapshot::Persist::KIND)).
+        kind: &'static str,
+        /// What is wrong, naming the field and its value.
         reason: String,
     },
 }
@@ -162,6 +116,16 @@ pub enum StateError {
 /// The trait is object safe: a transport can hold a
 /// `Box<dyn VirtioDevice<M> + Send>` when the device type is chosen at run
 /// time.
+///
+/// Snapshots are not part of this trait: a device that can be saved
+/// implements [`Persist`](vmkit_snapshot::Persist) as well, and the
+/// transport saves it with its own state (see
+/// [`crate::mmio::MmioTransportState`]). Its state covers what the device
+/// holds beyond what the transport saves (features, status, queues); the
+/// negotiated features reach a restored device again through
+/// [`VirtioDevice::activate`]. The transport saves it under its lock,
+/// between two `process_queue` calls: a device that completes requests
+/// asynchronously must have finished them by then.
 pub trait VirtioDevice<M: GuestMemory + ?Sized> {
     /// The virtio device type (e.g. [`VIRTIO_ID_BLOCK`]).
     fn device_type(&self) -> u32;
@@ -207,34 +171,6 @@ pub trait VirtioDevice<M: GuestMemory + ?Sized> {
     /// 0 to the status register). Pending host-side state (such as
     /// buffered console input) may be kept; negotiated state must not be.
     fn reset(&mut self);
-
-    /// The device's own state for a snapshot: what a fresh device built on
-    /// the same resources needs, besides the negotiated features (the
-    /// transport saves those and calls [`VirtioDevice::activate`] again on
-    /// restore). The default is [`DeviceState::Stateless`].
-    ///
-    /// The transport calls this under its lock, between two
-    /// `process_queue` calls: a device that completes requests
-    /// asynchronously must have finished them (see
-    /// [`crate::mmio::MmioTransportState`]).
-    fn save_state(&self) -> DeviceState {
-        DeviceState::Stateless
-    }
-
-    /// Restores a state saved by [`VirtioDevice::save_state`] into this
-    /// fresh, not yet activated device. The state is untrusted: a device
-    /// validates every value as strictly as its own constructor and the
-    /// driver's accesses would, and refuses with a [`StateError`]. The
-    /// default accepts only [`DeviceState::Stateless`].
-    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
-        match state {
-            DeviceState::Stateless => Ok(()),
-            other => Err(StateError::WrongKind {
-                expected: "stateless",
-                found: other.kind().to_string(),
-            }),
-        }
-    }
 }
 
 impl<M: GuestMemory + ?Sized, D: VirtioDevice<M> + ?Sized> VirtioDevice<M> for Box<D> {
@@ -266,12 +202,6 @@ impl<M: GuestMemory + ?Sized, D: VirtioDevice<M> + ?Sized> VirtioDevice<M> for B
     }
     fn reset(&mut self) {
         (**self).reset()
-    }
-    fn save_state(&self) -> DeviceState {
-        (**self).save_state()
-    }
-    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
-        (**self).restore_state(state)
     }
 }
 

@@ -26,10 +26,12 @@
 //! - [`blk::Block`]: virtio-blk on a host file; [`blk::Request::parse`]
 //!   validates requests.
 //! - [`console::Console`]: a single-port virtio-console.
-//! - Snapshots: [`mmio::MmioTransport::save_state`] gives a serde
-//!   [`mmio::MmioTransportState`] (registers, queues, and the device's
-//!   [`DeviceState`]); [`mmio::MmioTransport::restore`] validates it as
-//!   untrusted input and rebuilds the transport around a fresh device.
+//! - Snapshots: every device and the transport implement [`Persist`],
+//!   vmkit's one convention for device state. The transport's
+//!   `save_state` gives a serde [`mmio::MmioTransportState`] (registers,
+//!   queues, and the device's own typed state, such as
+//!   [`blk::BlockState`]); its `restore_state`, on a transport freshly
+//!   built around a fresh device, validates it as untrusted input.
 //!
 //! A VMM puts a disk at a guest address like this:
 //!
@@ -144,7 +146,7 @@ pub mod net;
 pub mod packed;
 pub mod split;
 
-pub use device::{DeviceError, DeviceState, StateError, VirtioDevice};
+pub use device::{DeviceError, StateError, VirtioDevice};
 pub use error::{DescIndex, Error, Result, RingArea};
 pub use mem::Descriptor;
 pub use packed::{PackedAccess, PackedChain, PackedQueue, PackedQueueState};
@@ -152,6 +154,7 @@ pub use split::{
     SplitAccess, SplitChain, SplitQueue, SplitQueueState, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE,
 };
+pub use vmkit_snapshot::Persist;
 
 /// The largest queue size the specification allows (split and packed).
 pub const MAX_QUEUE_SIZE: u16 = 32768;

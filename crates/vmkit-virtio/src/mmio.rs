@@ -46,11 +46,12 @@
 //!
 //! # Snapshots
 //!
-//! [`MmioTransport::save_state`] captures the registers, every queue and
-//! the device's own state in a serializable [`MmioTransportState`];
-//! [`MmioTransport::restore`] rebuilds a transport from it around a fresh
-//! device, validating every value as if the driver had written it (the
-//! state may come from a corrupt or hostile file), and
+//! The transport implements [`Persist`](crate::Persist) when its device
+//! does: `save_state` captures the registers, every queue and the device's
+//! own typed state in a serializable [`MmioTransportState`];
+//! `restore_state`, on a fresh transport built with [`MmioTransport::new`]
+//! around a fresh device, validates every value as if the driver had
+//! written it (the state may come from a corrupt or hostile file), and
 //! [`MmioTransport::resume`] picks up where the saved device left off.
 //! [`MmioTransportState`] documents what is not saved, and what the VMM
 //! must do before saving (stop the vCPUs and any notification worker).

@@ -122,10 +122,10 @@ pub use header::{
 };
 
 use crate::device::{
-    read_config_bytes, DeviceError, DeviceState, StateError, VirtioDevice, PROCESS_BUDGET,
-    VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_NET,
+    read_config_bytes, DeviceError, StateError, VirtioDevice, PROCESS_BUDGET, VIRTIO_F_EVENT_IDX,
+    VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_NET,
 };
-use crate::{Descriptor, SplitAccess, SplitQueue};
+use crate::{Descriptor, Persist, SplitAccess, SplitQueue};
 
 /// Feature bit 0: the device takes packets with a partial checksum.
 pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
@@ -1220,62 +1220,21 @@ impl<M: GuestMemory + ?Sized, B: NetBackend> VirtioDevice<M> for Net<B> {
         // The guest no longer takes offloaded frames.
         let _ = self.backend.set_rx_offloads(0);
     }
-
-    fn save_state(&self) -> DeviceState {
-        DeviceState::Custom {
-            kind: state::KIND.to_string(),
-            data: self.state().encode(),
-        }
-    }
-
-    /// Restores the MAC address, link state, receive filter, receive
-    /// offloads and counters; every value is validated
-    /// ([`StateError::Invalid`] otherwise).
-    fn restore_state(&mut self, saved: &DeviceState) -> Result<(), StateError> {
-        let DeviceState::Custom { kind, data } = saved else {
-            return Err(StateError::WrongKind {
-                expected: state::KIND,
-                found: saved.kind().to_string(),
-            });
-        };
-        if kind != state::KIND {
-            return Err(StateError::WrongKind {
-                expected: state::KIND,
-                found: kind.clone(),
-            });
-        }
-        let s = NetState::decode(data).map_err(|reason| StateError::Invalid {
-            kind: kind.clone(),
-            reason,
-        })?;
-        if s.rx_offloads & !(self.offered & GUEST_OFFLOAD_FEATURES) != 0 {
-            return Err(StateError::Invalid {
-                kind: kind.clone(),
-                reason: format!(
-                    "receive offloads {:#x} were not offered ({:#x})",
-                    s.rx_offloads, self.offered
-                ),
-            });
-        }
-        self.mac = s.mac;
-        self.link_up = s.link_up;
-        self.filter = RxFilter {
-            promisc: s.promisc,
-            allmulti: s.allmulti,
-            unicast: s.unicast,
-            multicast: s.multicast,
-        };
-        self.restored_offloads = Some(s.rx_offloads);
-        self.stats = s.stats;
-        Ok(())
-    }
 }
 
 pub use state::NetState;
 
-impl<B: NetBackend> Net<B> {
-    /// The device's state for a snapshot (see [`NetState`]).
-    pub fn state(&self) -> NetState {
+/// What the driver set up, the link state and the counters
+/// ([`NetState`]); the backend is the VMM's.
+impl<B: NetBackend> Persist for Net<B> {
+    const KIND: &'static str = "virtio-net";
+    /// Version 1 was a hand-made byte encoding inside the transport's
+    /// state; version 2 is [`NetState`] in serde form.
+    const VERSION: u16 = 2;
+    type State = NetState;
+    type Error = StateError;
+
+    fn save_state(&self) -> NetState {
         NetState {
             mac: self.mac,
             link_up: self.link_up,
@@ -1287,5 +1246,34 @@ impl<B: NetBackend> Net<B> {
             rx_offloads: self.restored_offloads.unwrap_or(self.rx_offloads),
             stats: self.stats,
         }
+    }
+
+    /// Restores the MAC address, link state, receive filter, receive
+    /// offloads and counters; every value is validated
+    /// ([`NetState::validate`]), and the receive offloads must be among
+    /// those this device offers ([`StateError::Invalid`] otherwise).
+    fn restore_state(&mut self, s: &NetState) -> Result<(), StateError> {
+        let invalid = |reason| StateError::Invalid {
+            kind: Self::KIND,
+            reason,
+        };
+        s.validate().map_err(invalid)?;
+        if s.rx_offloads & !(self.offered & GUEST_OFFLOAD_FEATURES) != 0 {
+            return Err(invalid(format!(
+                "receive offloads {:#x} were not offered ({:#x})",
+                s.rx_offloads, self.offered
+            )));
+        }
+        self.mac = s.mac;
+        self.link_up = s.link_up;
+        self.filter = RxFilter {
+            promisc: s.promisc,
+            allmulti: s.allmulti,
+            unicast: s.unicast.clone(),
+            multicast: s.multicast.clone(),
+        };
+        self.restored_offloads = Some(s.rx_offloads);
+        self.stats = s.stats;
+        Ok(())
     }
 }

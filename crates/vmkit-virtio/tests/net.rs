@@ -14,7 +14,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmkit_virtio::device::VIRTIO_F_VERSION_1;
 use vmkit_virtio::mmio::*;
 use vmkit_virtio::net::*;
-use vmkit_virtio::{DeviceState, VirtioDevice};
+use vmkit_virtio::{Persist, StateError, VirtioDevice};
 
 const MAC: MacAddr = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01];
 const PEER: MacAddr = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x02];
@@ -941,68 +941,71 @@ fn state_round_trips_and_corrupt_state_is_refused() {
     s.command(&[0, 0, 0]);
     s.command(&[&[1, 1][..], &[0x02, 1, 2, 3, 4, 5]].concat());
     s.command(&[&[5u8, 0][..], &0u64.to_le_bytes()].concat());
-    let saved = s.t.with_device(|d| VirtioDevice::<Mem>::save_state(d));
-    let DeviceState::Custom { kind, data } = &saved else {
-        panic!("custom state expected: {saved:?}");
-    };
-    assert_eq!(kind, "net");
-    let decoded = NetState::decode(data).unwrap();
-    assert_eq!(decoded.mac, [0x02, 1, 2, 3, 4, 5]);
-    assert!(!decoded.promisc);
-    assert_eq!(decoded.rx_offloads, 0);
-    assert_eq!(decoded.encode(), *data);
+    let saved = s.t.with_device(|d| d.save_state());
+    assert_eq!(<Net<MemBackend>>::KIND, "virtio-net");
+    assert_eq!(saved.mac, [0x02, 1, 2, 3, 4, 5]);
+    assert!(!saved.promisc);
+    assert_eq!(saved.rx_offloads, 0);
+    let bytes = postcard::to_stdvec(&saved).unwrap();
+    assert_eq!(postcard::from_bytes::<NetState>(&bytes).unwrap(), saved);
 
     let mut fresh = device(MemBackend::offloading(), opts());
-    VirtioDevice::<Mem>::restore_state(&mut fresh, &saved).unwrap();
+    fresh.restore_state(&saved).unwrap();
     assert_eq!(fresh.mac(), [0x02, 1, 2, 3, 4, 5]);
+    assert_eq!(fresh.save_state(), saved);
     // Activation applies the restored offloads, not the negotiated ones.
     VirtioDevice::<Mem>::activate(&mut fresh, features | V1).unwrap();
     assert_eq!(fresh.rx_offloads(), 0);
     assert_eq!(fresh.backend().offloads, vec![0]);
     assert_eq!(fresh.stats(), s.stats());
 
-    let mut corrupt: Vec<(&str, Vec<u8>)> = Vec::new();
-    corrupt.push(("empty", Vec::new()));
-    corrupt.push(("truncated", data[..data.len() - 1].to_vec()));
-    corrupt.push(("trailing", [data.clone(), vec![0]].concat()));
-    let mut v = data.clone();
-    v[0] = 2;
-    corrupt.push(("version", v));
-    let mut v = data.clone();
-    v[1] = 0x01;
-    corrupt.push(("multicast mac", v));
-    let mut v = data.clone();
-    v[7] = 2;
-    corrupt.push(("link_up = 2", v));
-    let mut v = data.clone();
-    v[11] = 65; // unicast table entry count
-    corrupt.push(("table of 65", v));
-    for (what, bytes) in corrupt {
-        let mut fresh = device(MemBackend::offloading(), opts());
-        let st = DeviceState::Custom {
-            kind: "net".into(),
-            data: bytes,
-        };
-        let e = VirtioDevice::<Mem>::restore_state(&mut fresh, &st);
+    // Bytes that are not a state do not decode.
+    for bad in [&bytes[..bytes.len() - 1], &[][..]] {
+        assert!(postcard::from_bytes::<NetState>(bad).is_err());
+    }
+    let mut link_up_2 = bytes.clone();
+    link_up_2[6] = 2; // after the six MAC bytes
+    assert!(postcard::from_bytes::<NetState>(&link_up_2).is_err());
+
+    // Values the device would never have accepted from a driver.
+    type Corruption = fn(&mut NetState);
+    let cases: [(&str, Corruption, &str); 6] = [
+        ("multicast mac", |st| st.mac[0] |= 1, "mac 03:01"),
+        ("zero mac", |st| st.mac = [0; 6], "mac 00:00"),
+        (
+            "table of 65",
+            |st| st.unicast.entries = vec![[0x02, 0, 0, 0, 0, 1]; 65],
+            "unicast table holds 65",
+        ),
+        (
+            "entries on overflow",
+            |st| {
+                st.multicast.overflow = true;
+                st.multicast.entries = vec![[0x01, 0, 0x5e, 0, 0, 1]];
+            },
+            "multicast table holds 1 entries (overflow true)",
+        ),
+        (
+            "offload beyond the receive offloads",
+            |st| st.rx_offloads = VIRTIO_NET_F_CTRL_VQ,
+            "rx_offloads",
+        ),
+        (
+            "offload not offered by the fresh device",
+            |st| st.rx_offloads = VIRTIO_NET_F_GUEST_CSUM,
+            "were not offered",
+        ),
+    ];
+    for (what, corrupt, named) in cases {
+        let mut st = saved.clone();
+        corrupt(&mut st);
+        let mut plain = device(MemBackend::plain(), opts());
+        let e = plain.restore_state(&st);
         assert!(
-            matches!(e, Err(vmkit_virtio::StateError::Invalid { .. })),
+            matches!(&e, Err(StateError::Invalid { kind: "virtio-net", reason }) if reason.contains(named)),
             "{what}: {e:?}"
         );
     }
-    // Offloads the fresh device does not offer.
-    let mut st = decoded.clone();
-    st.rx_offloads = VIRTIO_NET_F_GUEST_CSUM;
-    let mut plain = device(MemBackend::plain(), opts());
-    let e = VirtioDevice::<Mem>::restore_state(
-        &mut plain,
-        &DeviceState::Custom {
-            kind: "net".into(),
-            data: st.encode(),
-        },
-    );
-    assert!(e.is_err());
-    let e = VirtioDevice::<Mem>::restore_state(&mut plain, &DeviceState::Stateless);
-    assert!(matches!(e, Err(vmkit_virtio::StateError::WrongKind { .. })));
 }
 
 // ---------------------------------------------------------------------------

@@ -1,17 +1,16 @@
 //! Saving and restoring a [`MmioTransport`] with its device and queues.
 
 use vm_memory::{GuestAddressSpace, GuestMemory};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::{
     Inner, MmioError, MmioTransport, QueueSlot, INT_CONFIG_CHANGE, INT_USED_BUFFER,
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
 };
 use crate::device::{
-    DeviceError, DeviceState, StateError, VirtioDevice, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
+    DeviceError, StateError, VirtioDevice, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
     VIRTIO_F_VERSION_1,
 };
-use crate::{SplitQueue, SplitQueueState};
+use crate::{Persist, SplitQueue, SplitQueueState};
 
 /// The saved state of one queue of a [`MmioTransport`]: the queue itself,
 /// and the queue registers the driver wrote (which take effect when it
@@ -30,15 +29,23 @@ pub struct MmioQueueState {
     pub queue: SplitQueueState,
 }
 
-/// The saved state of a [`MmioTransport`] and of its device: see
-/// [`MmioTransport::save_state`] and [`MmioTransport::restore`].
+/// The saved state of a [`MmioTransport`] and of its device `D`: the
+/// transport's [`Persist::State`], generic over the device's own state
+/// (`MmioTransportState<BlockState>` for a [`crate::blk::Block`]).
 ///
 /// # What is in it
 ///
 /// The registers (feature words and selectors, status, interrupt status,
 /// configuration generation, queue and shared-memory selectors), each
-/// queue's registers and [`SplitQueueState`], and the device's own
-/// [`DeviceState`].
+/// queue's registers and [`SplitQueueState`], and the device's own typed
+/// state with its kind and the version of its encoding.
+///
+/// The snapshot section of a transport ([`vmkit_snapshot::Writer::write_device`])
+/// names the transport's kind, `"virtio-mmio"`; the device's kind and
+/// version are checked on restore. A state saved around another kind of
+/// device is refused either while decoding (its shape differs) or by
+/// `restore_state` ([`RestoreError::DeviceKind`], or
+/// [`RestoreError::DeviceType`]).
 ///
 /// # What is not
 ///
@@ -58,7 +65,7 @@ pub struct MmioQueueState {
 ///
 /// # Requests in flight: the VMM's part of the contract
 ///
-/// [`MmioTransport::save_state`] takes the transport's lock, so it never
+/// The transport's `save_state` takes its lock, so it never
 /// sees a queue half-processed. The devices of this crate complete every
 /// chain they pop before `process_queue` returns, so between two calls no
 /// request is in flight. But the guest memory and the device state must be
@@ -66,12 +73,12 @@ pub struct MmioQueueState {
 /// vCPU **and** every thread that calls [`MmioTransport::process_queue`]
 /// (an ioeventfd worker), letting a call under way finish, and it restarts
 /// them only after both are saved. A device that completes requests
-/// asynchronously (outside `process_queue`) must finish them before
-/// [`VirtioDevice::save_state`]; chains it popped and had not returned stay
+/// asynchronously (outside `process_queue`) must finish them before its
+/// [`Persist::save_state`]; chains it popped and had not returned stay
 /// in flight in the saved queue, and a restored device that does not know
 /// about them never returns them.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MmioTransportState {
+pub struct MmioTransportState<D> {
     /// The virtio device type (checked against the fresh device).
     pub device_type: u32,
     /// The features offered to the driver (checked against the fresh device).
@@ -97,19 +104,45 @@ pub struct MmioTransportState {
     pub shm_sel: u32,
     /// Each queue, in order.
     pub queues: Vec<MmioQueueState>,
+    /// The device's [`Persist::KIND`] (checked against the fresh device).
+    pub device_kind: String,
+    /// The device's [`Persist::VERSION`] (checked against the fresh device).
+    pub device_version: u16,
     /// The device's own state.
-    pub device: DeviceState,
+    pub device: D,
 }
 
-/// Why a [`MmioTransportState`] cannot be restored. The state is checked
-/// as strictly as the same values written by a driver through the
-/// registers would be; each error names the field and its value.
+/// Why a [`MmioTransportState`] cannot be restored: the transport's
+/// [`Persist::Error`], where `E` is the device's (this crate's devices use
+/// [`StateError`]). The state is checked as strictly as the same values
+/// written by a driver through the registers would be; each error names the
+/// field and its value.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum RestoreError {
-    /// The fresh device could not be wrapped (see [`MmioTransport::new`]).
-    #[error("cannot wrap the device")]
-    Transport(#[source] MmioError),
+pub enum RestoreError<E = StateError> {
+    /// The transport is not fresh: the driver set it up and has not reset
+    /// it. Restore into a transport built for the purpose.
+    #[error("cannot restore into a transport in use (status {status:#x}): build a fresh one")]
+    NotReset {
+        /// The transport's status.
+        status: u32,
+    },
+    /// The device's state belongs to another kind of device.
+    #[error("saved device_kind {saved:?} is not the device's kind {device:?}")]
+    DeviceKind {
+        /// The saved kind.
+        saved: String,
+        /// The fresh device's [`Persist::KIND`].
+        device: &'static str,
+    },
+    /// The device's state is in another version of its encoding.
+    #[error("saved device_version {saved} is not the device's state version {device}")]
+    DeviceVersion {
+        /// The saved version.
+        saved: u16,
+        /// The fresh device's [`Persist::VERSION`].
+        device: u16,
+    },
     /// The state belongs to a device of another type.
     #[error("saved device type {saved} does not match the device's type {device}")]
     DeviceType {
@@ -227,22 +260,31 @@ pub enum RestoreError {
     },
     /// The device refused its state.
     #[error("device state")]
-    Device(#[source] StateError),
+    Device(#[source] E),
     /// The state says `DRIVER_OK`, but the device cannot be activated with
     /// the saved features.
     #[error("cannot activate the device with the saved features")]
     Activation(#[source] DeviceError),
 }
 
-impl<S, D> MmioTransport<S, D>
+/// The registers, the queues and the device's own state
+/// ([`MmioTransportState`]).
+impl<S, D> Persist for MmioTransport<S, D>
 where
     S: GuestAddressSpace,
-    D: VirtioDevice<S::M>,
+    D: VirtioDevice<S::M> + Persist,
 {
+    const KIND: &'static str = "virtio-mmio";
+    /// Version 1 held the device's state as a tagged enum; version 2 holds
+    /// it typed, with its version.
+    const VERSION: u16 = 2;
+    type State = MmioTransportState<D::State>;
+    type Error = RestoreError<D::Error>;
+
     /// Saves the transport's, the queues' and the device's state. See
     /// [`MmioTransportState`] for what is not in it, and for the VMM's part
     /// of the contract: stop the vCPUs and any notification worker first.
-    pub fn save_state(&self) -> MmioTransportState {
+    fn save_state(&self) -> MmioTransportState<D::State> {
         let inner = self.lock();
         MmioTransportState {
             device_type: inner.device.device_type(),
@@ -267,14 +309,16 @@ where
                     queue: q.queue.state(),
                 })
                 .collect(),
+            device_kind: D::KIND.to_string(),
+            device_version: D::VERSION,
             device: inner.device.save_state(),
         }
     }
 
-    /// Rebuilds a transport from `state` around a fresh `device` (built on
-    /// the same resources as the saved one: the same disk, the same
-    /// options), over guest memory `mem` already restored, with interrupt
-    /// `irq`.
+    /// Restores `state` into this fresh transport (its status 0), built by
+    /// [`MmioTransport::new`] around a fresh device (on the same resources
+    /// as the saved one: the same disk, the same options), over guest
+    /// memory already restored, with its interrupt eventfd.
     ///
     /// Every value is validated as if the driver had written it through
     /// the registers: the device type, offered features and queue maximum
@@ -285,50 +329,70 @@ where
     /// each queue's size is a power of two not above its maximum, its rings
     /// are aligned, at most `size` chains are in flight, and its
     /// event_idx/indirect flags follow the negotiated features; a ready
-    /// queue's registers are the queue's and its rings lie in `mem`;
+    /// queue's registers are the queue's and its rings lie in guest memory;
     /// interrupt status bits are `USED_BUFFER`/`CONFIG_CHANGE` only, and
-    /// only with `DRIVER_OK`. Then the device restores its own state
-    /// ([`VirtioDevice::restore_state`]) and, with `DRIVER_OK` and without
-    /// `DEVICE_NEEDS_RESET`, is activated with the saved driver features.
+    /// only with `DRIVER_OK`; the device state's kind and version are the
+    /// device's.
+    /// Then the device restores its own state ([`Persist::restore_state`])
+    /// and, with `DRIVER_OK` and without `DEVICE_NEEDS_RESET`, is activated
+    /// with the saved driver features.
     ///
     /// Restoring touches neither guest memory nor the interrupt. Call
     /// [`MmioTransport::resume`] once the interrupt is wired to the guest.
-    pub fn restore(
-        device: D,
-        mem: S,
-        irq: EventFd,
-        state: &MmioTransportState,
-    ) -> Result<Self, RestoreError> {
-        let transport = MmioTransport::new(device, mem, irq).map_err(RestoreError::Transport)?;
-        {
-            let guest = transport.mem.memory();
-            let mut inner = transport.lock();
-            let queues = check(&inner, state, &*guest)?;
+    fn restore_state(
+        &mut self,
+        state: &MmioTransportState<D::State>,
+    ) -> Result<(), RestoreError<D::Error>> {
+        let guest = self.mem.memory();
+        let mut inner = self.lock();
+        if inner.status != 0 {
+            return Err(RestoreError::NotReset {
+                status: inner.status,
+            });
+        }
+        let queues = check(&inner, state, &*guest)?;
+        if state.device_kind != D::KIND {
+            return Err(RestoreError::DeviceKind {
+                saved: state.device_kind.clone(),
+                device: D::KIND,
+            });
+        }
+        if state.device_version != D::VERSION {
+            return Err(RestoreError::DeviceVersion {
+                saved: state.device_version,
+                device: D::VERSION,
+            });
+        }
+        inner
+            .device
+            .restore_state(&state.device)
+            .map_err(RestoreError::Device)?;
+        if state.status & STATUS_DRIVER_OK != 0 && state.status & STATUS_NEEDS_RESET == 0 {
             inner
                 .device
-                .restore_state(&state.device)
-                .map_err(RestoreError::Device)?;
-            if state.status & STATUS_DRIVER_OK != 0 && state.status & STATUS_NEEDS_RESET == 0 {
-                inner
-                    .device
-                    .activate(state.driver_features)
-                    .map_err(RestoreError::Activation)?;
-            }
-            let inner = &mut *inner;
-            inner.device_features_sel = state.device_features_sel;
-            inner.driver_features = state.driver_features;
-            inner.driver_features_sel = state.driver_features_sel;
-            inner.features_beyond_64 = state.driver_features_beyond_64;
-            inner.queue_sel = state.queue_sel;
-            inner.queues = queues;
-            inner.status = state.status;
-            inner.interrupt_status = state.interrupt_status;
-            inner.config_generation = state.config_generation;
-            inner.shm_sel = state.shm_sel;
+                .activate(state.driver_features)
+                .map_err(RestoreError::Activation)?;
         }
-        Ok(transport)
+        let inner = &mut *inner;
+        inner.device_features_sel = state.device_features_sel;
+        inner.driver_features = state.driver_features;
+        inner.driver_features_sel = state.driver_features_sel;
+        inner.features_beyond_64 = state.driver_features_beyond_64;
+        inner.queue_sel = state.queue_sel;
+        inner.queues = queues;
+        inner.status = state.status;
+        inner.interrupt_status = state.interrupt_status;
+        inner.config_generation = state.config_generation;
+        inner.shm_sel = state.shm_sel;
+        Ok(())
     }
+}
 
+impl<S, D> MmioTransport<S, D>
+where
+    S: GuestAddressSpace,
+    D: VirtioDevice<S::M>,
+{
     /// Resumes a restored transport: re-signals the interrupt if
     /// `InterruptStatus` is non-zero (a spurious interrupt is harmless, a
     /// lost one can stall the driver), then processes every ready queue, as
@@ -338,8 +402,8 @@ where
     /// is live (`DRIVER_OK`, and neither `FAILED` nor
     /// `DEVICE_NEEDS_RESET`).
     ///
-    /// Call it once after [`MmioTransport::restore`], when the interrupt
-    /// eventfd is wired to the guest and before the vCPUs run.
+    /// Call it once after the transport's [`Persist::restore_state`], when
+    /// the interrupt eventfd is wired to the guest and before the vCPUs run.
     pub fn resume(&self) -> Result<bool, MmioError> {
         let mem = self.mem.memory();
         let mut inner = self.lock();
@@ -363,11 +427,11 @@ where
 
 /// Validates `state` against the fresh transport `inner` and guest memory
 /// `mem`; returns the restored queues.
-fn check<D, M>(
+fn check<D, M, T, E>(
     inner: &Inner<D>,
-    state: &MmioTransportState,
+    state: &MmioTransportState<T>,
     mem: &M,
-) -> Result<Vec<QueueSlot>, RestoreError>
+) -> Result<Vec<QueueSlot>, RestoreError<E>>
 where
     M: GuestMemory + ?Sized,
     D: VirtioDevice<M>,

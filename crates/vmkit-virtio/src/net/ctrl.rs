@@ -110,7 +110,7 @@ pub struct InvalidCtrl {
 }
 
 /// A filter table of `VIRTIO_NET_CTRL_MAC_TABLE_SET`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MacTable {
     /// The addresses (empty when `overflow`).
     pub entries: Vec<MacAddr>,

@@ -61,6 +61,7 @@ pub mod interrupt;
 pub mod kvm;
 pub mod memory;
 pub mod pause;
+pub mod runner;
 #[cfg(target_arch = "x86_64")]
 pub mod snapshot;
 pub mod vcpu;

@@ -17,6 +17,7 @@ mod interrupts;
 mod kick;
 mod minimal_kernel;
 mod pause;
+mod runner;
 mod smp;
 mod snapshot;
 mod state;
@@ -158,6 +159,7 @@ fn main() -> ExitCode {
         smp::SCENARIOS,
         kick::SCENARIOS,
         pause::SCENARIOS,
+        runner::SCENARIOS,
         dirty::SCENARIOS,
         minimal_kernel::SCENARIOS,
         virtio::SCENARIOS,

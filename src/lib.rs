@@ -60,7 +60,6 @@ pub mod interrupt;
 #[cfg(feature = "kvm")]
 pub mod kvm;
 pub mod memory;
-pub mod pause;
 pub mod runner;
 #[cfg(target_arch = "x86_64")]
 pub mod snapshot;

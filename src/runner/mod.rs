@@ -16,8 +16,9 @@
 //!   `Kicked` and `Interrupted` exits are the runner's own business.
 //! - The [`VmRunner`] commands all vCPUs at once: [`pause_all`](VmRunner::pause_all) returns
 //!   once every vCPU is outside `run()`, [`save_all`](VmRunner::save_all) gathers their
-//!   [`VcpuState`]s, so no `Vcpu` is ever shared between threads; [`join`](VmRunner::join)
-//!   returns each vCPU's [`VcpuOutcome`] or [`RunnerError`], and the vCPUs themselves.
+//!   [`VcpuState`]s for [`snapshot::save`], so no `Vcpu` is ever
+//!   shared between threads; [`join`](VmRunner::join) returns each vCPU's [`VcpuOutcome`] or
+//!   [`RunnerError`], and the vCPUs themselves.
 //!
 //! A vCPU thread whose `run()` fails, whose handler fails or panics stops the whole VM, and
 //! its error names it; the other vCPUs end as [`VcpuOutcome::Stopped`], so nothing waits for
@@ -52,11 +53,18 @@
 //! });
 //! let running = VmRunner::start(vcpus, handler)?;
 //!
-//! // Pause the running VM: every vCPU stops outside run() and its state is read on its
-//! // own thread; then the VM goes on.
+//! // Snapshot the running VM: every vCPU stops outside run(), its state is read on its
+//! // own thread, and the VM goes on.
 //! let features = vmkit::snapshot::Features::for_vm(&config, hypervisor.capabilities());
 //! let states = running.save_all(&msrs, features)?;
-//! # let _ = states;
+//! vmkit::snapshot::save(
+//!     std::path::Path::new("/tmp/snap"),
+//!     hypervisor.as_ref(),
+//!     &config,
+//!     vm.as_ref(),
+//!     &states,
+//!     |_devices| Ok(()),
+//! )?;
 //! running.resume_all()?;
 //!
 //! // Wait for the guest to power off.
@@ -491,9 +499,9 @@ impl VmRunner {
     }
 
     /// Pauses every vCPU ([`pause_all`](Self::pause_all)) and captures each one's state on its
-    /// own thread ([`VcpuHandle::save_state`]), in the order of [`vcpus`](Self::vcpus). The
-    /// vCPUs stay paused: [`resume_all`](Self::resume_all) (or stop) when the rest of the
-    /// snapshot (devices, memory) is written.
+    /// own thread ([`VcpuHandle::save_state`]), in the order of [`vcpus`](Self::vcpus), for
+    /// [`snapshot::save`]. The vCPUs stay paused: [`resume_all`](Self::resume_all) (or stop)
+    /// when the rest of the snapshot (devices, memory) is written.
     #[cfg(target_arch = "x86_64")]
     pub fn save_all(
         &self,

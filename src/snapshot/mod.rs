@@ -6,7 +6,7 @@
 //! types, never a dump of one backend's structures, so a snapshot taken on one host (or
 //! backend) can be checked and restored on another.
 //!
-//! Capture only while every vCPU is outside `run()` (see [`crate::runner`] or [`crate::pause`]).
+//! Capture only while every vCPU is outside `run()` (see [`crate::runner`]).
 
 mod file;
 

@@ -304,12 +304,8 @@ impl VcpuHandle {
 
     fn request_resume(&self) -> Result<Receiver<()>, RunnerError> {
         let (done, answer) = mpsc::channel();
-        self.commands
-            .send(Command::Resume(done))
-            .map_err(|_| RunnerError::Ended {
-                vcpu: self.id,
-                command: "resume",
-            })?;
+        // Kicked too: a vCPU that is not paused answers only between runs.
+        self.send(Command::Resume(done), "resume")?;
         Ok(answer)
     }
 

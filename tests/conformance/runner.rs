@@ -36,6 +36,8 @@ pub fn commands_reach_vcpus_that_never_exit(hv: &dyn Hypervisor) {
         let rip = vcpu.with_vcpu(|v| v.regs().unwrap().rip).unwrap();
         assert_eq!(rip, common::CODE_ADDR, "vCPU {}", vcpu.id());
     }
+    // Resuming a vCPU that is not paused is answered too.
+    running.resume_all().unwrap();
     running.pause_all().unwrap();
     running.resume_all().unwrap();
     running.vcpus()[1].stop().unwrap();

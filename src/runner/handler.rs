@@ -14,6 +14,11 @@ use crate::vcpu::VcpuExit;
 /// `Fn(u32, &mut VcpuExit<'_>) -> ExitAction` are handlers; so is `vmkit_bus::Bus` (with that
 /// crate's `vmkit` feature), and a wrapper can add to either.
 ///
+/// A handler runs on a vCPU thread between two `run()`s, so it must not wait for a command
+/// to its own vCPU (that vCPU answers only after the handler returns; return
+/// [`ExitAction::Pause`] instead), nor for commands to other vCPUs whose handlers might wait
+/// for it in turn.
+///
 /// ```
 /// use vmkit::runner::{ExitAction, ExitHandler};
 /// use vmkit::VcpuExit;

@@ -47,6 +47,26 @@ pub fn commands_reach_vcpus_that_never_exit(hv: &dyn Hypervisor) {
     }
 }
 
+pub fn a_runner_started_paused_runs_nothing_until_resumed(hv: &dyn Hypervisor) {
+    const VCPUS: u32 = 2;
+    let (_vm, vcpus) = vm_running(hv, VCPUS, &PIO_LOOP);
+    let (counters, handler) = counting(VCPUS);
+    let running = VmRunner::start_with(vcpus, handler, options().start_paused(true)).unwrap();
+    // Not a performance bound: a paused vCPU must not run at all, for however long.
+    thread::sleep(Duration::from_millis(30));
+    assert_eq!(totals(&counters), [0, 0]);
+    for vcpu in running.vcpus() {
+        let rip = vcpu.with_vcpu(|v| v.regs().unwrap().rip).unwrap();
+        assert_eq!(rip, common::CODE_ADDR, "vCPU {} never ran", vcpu.id());
+    }
+    running.resume_all().unwrap();
+    wait_all_ran(&counters, &[0, 0]);
+    running.stop_all();
+    for outcome in outcomes(running) {
+        assert_eq!(outcome.unwrap(), VcpuOutcome::Stopped);
+    }
+}
+
 pub fn paused_vcpus_save_and_restore_their_state(hv: &dyn Hypervisor) {
     const VCPUS: u32 = 2;
     let config = VmConfig::default().max_vcpus(VCPUS);
@@ -238,6 +258,7 @@ pub fn a_command_to_a_stuck_handler_times_out(hv: &dyn Hypervisor) {
 
 crate::scenarios![
     commands_reach_vcpus_that_never_exit,
+    a_runner_started_paused_runs_nothing_until_resumed,
     paused_vcpus_save_and_restore_their_state => crate::vcpu_events,
     a_failing_handler_stops_the_vm_and_names_its_vcpu,
     a_panicking_handler_stops_the_vm,

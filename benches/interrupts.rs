@@ -14,31 +14,30 @@
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_memory::GuestAddress;
+use vmkit::runner::{self, ExitAction, VmRunner};
 use vmkit::{
-    DataMatch, EventFd, IoEventAddress, KickHandle, MemoryFlags, MemoryRegion, MsiMessage,
-    VcpuExit, Vm, VmConfig,
+    DataMatch, EventFd, IoEventAddress, MemoryFlags, MemoryRegion, MsiMessage, VcpuExit, Vm,
+    VmConfig,
 };
 use vmkit_boot::entry;
 use vmkit_guests::minimal;
 
-/// A booted minimal kernel in interrupt mode, its vCPU on a thread that timestamps every
-/// vector report that exits.
+/// A booted minimal kernel in interrupt mode, its vCPU on a runner thread whose handler
+/// timestamps every vector report that exits.
 struct IrqGuest {
     vm: Arc<dyn Vm>,
     epoch: Instant,
     /// Reports seen by the vCPU thread, and the time of the last (ns since `epoch`).
     reports: Arc<AtomicU64>,
     last_report_ns: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    kick: KickHandle,
-    thread: Option<thread::JoinHandle<()>>,
+    running: Option<VmRunner>,
 }
 
 impl IrqGuest {
@@ -49,7 +48,7 @@ impl IrqGuest {
         vm.add_memory_region(ram).unwrap();
         let memory = vm.memory();
         let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
-        let mut vcpu = vm.create_vcpu(0).unwrap();
+        let vcpu = vm.create_vcpu(0).unwrap();
         vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
         entry::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
         let mut regs = vcpu.regs().unwrap();
@@ -59,40 +58,38 @@ impl IrqGuest {
         let epoch = Instant::now();
         let reports = Arc::new(AtomicU64::new(0));
         let last_report_ns = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
         let ready = Arc::new(AtomicBool::new(false));
-        let kick = vcpu.kick_handle();
-        let thread = {
-            let (reports, last, stop, ready) = (
+        let handler = {
+            let (reports, last, ready) = (
                 Arc::clone(&reports),
                 Arc::clone(&last_report_ns),
-                Arc::clone(&stop),
                 Arc::clone(&ready),
             );
-            let mut line = Vec::new();
-            thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    match vcpu.run().unwrap() {
-                        VcpuExit::IoIn { data, .. } => data.fill(minimal::LSR_THR_EMPTY),
-                        VcpuExit::IoOut { port, data, .. } => match port {
-                            minimal::IRQ_REPORT_PORT => {
-                                last.store(epoch.elapsed().as_nanos() as u64, Ordering::SeqCst);
-                                reports.fetch_add(1, Ordering::SeqCst);
+            let line = Mutex::new(Vec::new());
+            runner::from_fn(move |_, exit| {
+                match exit {
+                    VcpuExit::IoIn { data, .. } => data.fill(minimal::LSR_THR_EMPTY),
+                    VcpuExit::IoOut { port, data, .. } => match *port {
+                        minimal::IRQ_REPORT_PORT => {
+                            last.store(epoch.elapsed().as_nanos() as u64, Ordering::SeqCst);
+                            reports.fetch_add(1, Ordering::SeqCst);
+                        }
+                        minimal::SERIAL_PORT => {
+                            let mut line = line.lock().unwrap();
+                            line.extend_from_slice(data);
+                            if line.ends_with(format!("{}\n", minimal::IRQ_READY).as_bytes()) {
+                                ready.store(true, Ordering::SeqCst);
                             }
-                            minimal::SERIAL_PORT => {
-                                line.extend_from_slice(data);
-                                if line.ends_with(format!("{}\n", minimal::IRQ_READY).as_bytes()) {
-                                    ready.store(true, Ordering::SeqCst);
-                                }
-                            }
-                            _ => {}
-                        },
-                        VcpuExit::Kicked | VcpuExit::Interrupted => {}
-                        other => panic!("unexpected exit {other:?}"),
-                    }
+                        }
+                        _ => {}
+                    },
+                    other => return ExitAction::unhandled(other),
                 }
+                ExitAction::Continue
             })
         };
+        // The vCPU on its own thread, as a VMM runs it: the library's runner.
+        let running = VmRunner::start(vec![vcpu], handler).unwrap();
         let start = Instant::now();
         while !ready.load(Ordering::SeqCst) {
             assert!(
@@ -107,9 +104,7 @@ impl IrqGuest {
             epoch,
             reports,
             last_report_ns,
-            stop,
-            kick,
-            thread: Some(thread),
+            running: Some(running),
         }
     }
 
@@ -132,10 +127,9 @@ impl IrqGuest {
 
 impl Drop for IrqGuest {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.kick.kick();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(running) = self.running.take() {
+            running.stop_all();
+            let _ = running.join_timeout(Duration::from_secs(30));
         }
     }
 }

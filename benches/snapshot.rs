@@ -53,6 +53,12 @@ fn fixture(mib: usize, flags: MemoryFlags) -> Fixture {
 }
 
 impl Fixture {
+    /// The vCPU's state, as a save captures it (part of the measured cost).
+    fn vcpu_state(&self) -> snapshot::VcpuState {
+        let features = snapshot::Features::for_vm(&self.config, self.hv.capabilities());
+        snapshot::save_vcpu(self.vcpu.as_ref(), &self.msrs, features).unwrap()
+    }
+
     fn save(&self, dir: &std::path::Path) -> Duration {
         let start = Instant::now();
         snapshot::save(
@@ -60,8 +66,7 @@ impl Fixture {
             self.hv.as_ref(),
             &self.config,
             self.vm.as_ref(),
-            &[self.vcpu.as_ref()],
-            &self.msrs,
+            &[self.vcpu_state()],
             |_| Ok(()),
         )
         .unwrap();
@@ -133,8 +138,7 @@ fn diff_save(c: &mut Criterion) {
                             fixture.hv.as_ref(),
                             &fixture.config,
                             fixture.vm.as_ref(),
-                            &[fixture.vcpu.as_ref()],
-                            &fixture.msrs,
+                            &[fixture.vcpu_state()],
                             |_| Ok(()),
                         )
                         .unwrap();

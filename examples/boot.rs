@@ -24,16 +24,15 @@
 use std::error::Error;
 use std::io::{self, Cursor};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread;
 
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
-use vmkit::{EventFd, KickHandle, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
+use vmkit::runner::{self, ExitAction, ExitHandler, VcpuOutcome, VmRunner};
+use vmkit::{EventFd, MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
 use vmkit_boot::entry;
-use vmkit_bus::{Bus, ExitOutcome};
+use vmkit_bus::Bus;
 use vmkit_devices::{Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
 use vmkit_virtio::blk::{Block, BlockOptions};
@@ -165,82 +164,25 @@ fn run() -> Result<(), Box<dyn Error>> {
         vcpu.set_regs(&regs)?;
         vcpu_handles.push(vcpu);
     }
-    let machine = Arc::new(Machine {
-        bus,
-        i8042,
-        stopping: AtomicBool::new(false),
-        kicks: vcpu_handles.iter().map(|v| v.kick_handle()).collect(),
+    // One thread per vCPU (vmkit's runner). Port and MMIO accesses go to the bus; nothing
+    // claims an address: reads are all-ones and writes go nowhere, as on real hardware. An
+    // application processor parks in `hlt` once it is online; the i8042's reset command is
+    // the guest's power-off.
+    let handler = runner::from_fn(move |id, exit| match exit {
+        VcpuExit::Hlt if id != 0 => ExitAction::Halt,
+        exit => match bus.handle(id, exit) {
+            ExitAction::Continue if i8042.take_reset_request() => ExitAction::PowerOff,
+            action => action,
+        },
     });
-    let threads: Vec<_> = vcpu_handles
-        .into_iter()
-        .map(|vcpu| {
-            let machine = Arc::clone(&machine);
-            thread::spawn(move || machine.run_vcpu(vcpu))
-        })
-        .collect();
-    let mut result = Ok(());
-    for thread in threads {
-        let outcome = thread
-            .join()
-            .map_err(|_| "a vCPU thread panicked".to_string())?;
-        // Report the first failure (it already stopped the other vCPUs).
-        if let (Err(err), Ok(())) = (outcome, &result) {
-            result = Err(err);
-        }
+    let mut powered_off = false;
+    for vcpu in VmRunner::start(vcpu_handles, handler)?.join() {
+        // A failure stopped the other vCPUs too; it is the one to report.
+        powered_off |= vcpu.outcome? == VcpuOutcome::PowerOff;
     }
-    result?;
-    if !machine.stopping.load(Ordering::SeqCst) {
+    if !powered_off {
         return Err("every vCPU halted but the guest never powered off".into());
     }
     eprintln!("boot: the guest powered off");
     Ok(())
-}
-
-/// What the vCPU threads share: the device bus and the way to stop everything.
-struct Machine {
-    bus: Bus,
-    i8042: Arc<I8042>,
-    stopping: AtomicBool,
-    kicks: Vec<KickHandle>,
-}
-
-impl Machine {
-    fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        for kick in &self.kicks {
-            kick.kick();
-        }
-    }
-
-    /// Runs one vCPU until the guest powers off, the vCPU halts for good, or an error, which
-    /// stops the other vCPUs too.
-    fn run_vcpu(&self, vcpu: Box<dyn Vcpu>) -> Result<(), String> {
-        let result = self.vcpu_loop(vcpu);
-        if result.is_err() {
-            self.stop();
-        }
-        result
-    }
-
-    fn vcpu_loop(&self, mut vcpu: Box<dyn Vcpu>) -> Result<(), String> {
-        let id = vcpu.id();
-        while !self.stopping.load(Ordering::SeqCst) {
-            let mut exit = vcpu.run().map_err(|err| format!("vCPU {id}: {err}"))?;
-            match exit {
-                // An application processor parks in `hlt` once it is online.
-                VcpuExit::Hlt if id != 0 => return Ok(()),
-                VcpuExit::Kicked | VcpuExit::Interrupted => continue,
-                _ => {}
-            }
-            // Port and MMIO accesses go to the bus; nothing claims an address: reads are
-            // all-ones and writes go nowhere, as on real hardware.
-            if let ExitOutcome::NotBusExit = self.bus.handle_exit(&mut exit) {
-                return Err(format!("vCPU {id} stopped unexpectedly: {exit:?}"));
-            }
-            if self.i8042.take_reset_request() {
-                self.stop();
-            }
-        }
-        Ok(())
-    }
 }

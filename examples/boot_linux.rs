@@ -46,15 +46,14 @@ use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use linux_loader::cmdline::Cmdline;
 use vm_device::bus::PioAddress;
-use vmkit::{KickHandle, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
+use vmkit::runner::{self, ExitAction, ExitHandler, VmRunner};
+use vmkit::{MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
 use vmkit_boot::linux::{self, layout};
-use vmkit_bus::{Bus, ExitOutcome};
+use vmkit_bus::Bus;
 use vmkit_devices::{Cmos, Serial, COM1, COM1_GSI, I8042, SERIAL_PORTS};
 use vmkit_machine::{GsiAllocator, MmioAllocator, MmioWindow, VirtioMmioWiring};
 use vmkit_net::{Attachment, NetWorker, QueueKicks, TapMode};
@@ -317,91 +316,66 @@ fn run() -> Result<(), Box<dyn Error>> {
         hypervisor.kind()
     );
 
-    let machine = Arc::new(Machine {
-        bus,
-        exit_stats: options.exit_stats,
-        i8042,
-        stopping: AtomicBool::new(false),
-        kicks: vcpu_handles.iter().map(|v| v.kick_handle()).collect(),
+    // One thread per vCPU (vmkit's runner); exits go to the bus, and the i8042's reset
+    // command ends the run.
+    let board = runner::from_fn(move |id, exit| match bus.handle(id, exit) {
+        ExitAction::Continue if i8042.take_reset_request() => ExitAction::Reset,
+        action => action,
     });
-    let threads: Vec<_> = vcpu_handles
-        .into_iter()
-        .map(|vcpu| {
-            let machine = Arc::clone(&machine);
-            thread::spawn(move || machine.run_vcpu(vcpu))
-        })
-        .collect();
-    let mut result = Ok(());
-    for thread in threads {
-        let outcome = thread
-            .join()
-            .map_err(|_| "a vCPU thread panicked".to_string())?;
-        if let (Err(err), Ok(())) = (outcome, &result) {
-            result = Err(err);
-        }
+    let stats = options.exit_stats.then(|| Arc::new(ExitStats::new(vcpus)));
+    let handler = match &stats {
+        Some(stats) => stats.wrap(board),
+        None => board,
+    };
+    let finished = VmRunner::start(vcpu_handles, handler)?.join();
+    if let Some(stats) = stats {
+        stats.print();
     }
-    result?;
+    for vcpu in finished {
+        vcpu.outcome?;
+    }
     eprintln!("boot_linux: the guest reset the machine");
     Ok(())
 }
 
-/// What the vCPU threads share: the device bus and the way to stop everything.
-struct Machine {
-    bus: Bus,
-    /// Count the exits by kind and address, and print them at the end.
-    exit_stats: bool,
-    i8042: Arc<I8042>,
-    stopping: AtomicBool,
-    kicks: Vec<KickHandle>,
+/// `--exit-stats`: how many exits each port and MMIO address caused, per vCPU.
+struct ExitStats {
+    counts: Vec<Mutex<BTreeMap<String, u64>>>,
 }
 
-impl Machine {
-    fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        for kick in &self.kicks {
-            kick.kick();
+impl ExitStats {
+    fn new(vcpus: u32) -> Self {
+        ExitStats {
+            counts: (0..vcpus).map(|_| Mutex::default()).collect(),
         }
     }
 
-    /// Runs one vCPU until the guest resets the machine or an error, which stops the other
-    /// vCPUs too.
-    fn run_vcpu(&self, vcpu: Box<dyn Vcpu>) -> Result<(), String> {
-        let result = self.vcpu_loop(vcpu);
-        self.stop();
-        result
+    /// A handler that counts each exit, then passes it to `inner`.
+    fn wrap(self: &Arc<Self>, inner: Arc<dyn ExitHandler>) -> Arc<dyn ExitHandler> {
+        let stats = Arc::clone(self);
+        runner::from_fn(move |id, exit| {
+            let key = match &*exit {
+                VcpuExit::IoIn { port, .. } => format!("pio in  {port:#06x}"),
+                VcpuExit::IoOut { port, .. } => format!("pio out {port:#06x}"),
+                VcpuExit::MmioRead { addr, .. } => format!("mmio rd {addr:#x}"),
+                VcpuExit::MmioWrite { addr, .. } => format!("mmio wr {addr:#x}"),
+                other => format!("{other:?}"),
+            };
+            if let Some(counts) = stats.counts.get(id as usize) {
+                let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+                *counts.entry(key).or_insert(0) += 1;
+            }
+            inner.handle(id, exit)
+        })
     }
 
-    fn vcpu_loop(&self, mut vcpu: Box<dyn Vcpu>) -> Result<(), String> {
-        let id = vcpu.id();
-        let mut stats = self.exit_stats.then(BTreeMap::new);
-        while !self.stopping.load(Ordering::SeqCst) {
-            let mut exit = vcpu.run().map_err(|err| format!("vCPU {id}: {err}"))?;
-            if let VcpuExit::Kicked | VcpuExit::Interrupted = exit {
-                continue;
-            }
-            if let Some(stats) = stats.as_mut() {
-                let key = match exit {
-                    VcpuExit::IoIn { port, .. } => format!("pio in  {port:#06x}"),
-                    VcpuExit::IoOut { port, .. } => format!("pio out {port:#06x}"),
-                    VcpuExit::MmioRead { addr, .. } => format!("mmio rd {addr:#x}"),
-                    VcpuExit::MmioWrite { addr, .. } => format!("mmio wr {addr:#x}"),
-                    ref other => format!("{other:?}"),
-                };
-                *stats.entry(key).or_insert(0u64) += 1;
-            }
-            // Port and MMIO accesses go to the bus; what no device claims reads as all-ones
-            // and its writes go nowhere, as on a PC with nothing at that address.
-            if let ExitOutcome::NotBusExit = self.bus.handle_exit(&mut exit) {
-                return Err(format!("vCPU {id} stopped: {exit:?}"));
-            }
-            if self.i8042.take_reset_request() {
-                self.stop();
+    fn print(&self) {
+        for (id, counts) in self.counts.iter().enumerate() {
+            let counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+            for (exit, count) in counts.iter() {
+                eprintln!("boot_linux: vCPU {id}: {count:>7} x {exit}");
             }
         }
-        for (exit, count) in stats.into_iter().flatten() {
-            eprintln!("boot_linux: vCPU {id}: {count:>7} x {exit}");
-        }
-        Ok(())
     }
 }
 

@@ -16,16 +16,18 @@ use std::error::Error;
 use std::io::{self, Cursor, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
+use vmkit::runner::{self, ExitAction, ExitHandler, VcpuOutcome, VmRunner};
 use vmkit::snapshot::{self, MemoryRestore};
 use vmkit::{EventFd, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
 use vmkit_boot::entry;
-use vmkit_bus::{Bus, ExitOutcome};
+use vmkit_bus::Bus;
 use vmkit_devices::{Persist, Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
 use vmkit_virtio::blk::{Block, BlockOptions};
@@ -92,27 +94,50 @@ fn open_disk(path: &Path) -> Result<Block, Box<dyn Error>> {
     Ok(Block::new(file, BlockOptions::default())?)
 }
 
-/// Runs the vCPU with the devices on a bus until the guest powers off, or, with `until`, until
-/// that serial line has been printed.
-fn run(
-    vcpu: &mut dyn Vcpu,
-    bus: &Bus,
-    i8042: &I8042,
-    lines: &mut Vec<u8>,
-    until: Option<&str>,
-) -> Result<(), Box<dyn Error>> {
-    while !i8042.take_reset_request() {
-        let mut exit = vcpu.run()?;
-        if let VcpuExit::IoOut { port, data, .. } = &exit {
-            if *port == COM1 {
-                lines.extend_from_slice(data);
+/// Starts the vCPU on its own thread (vmkit's runner) with the devices on a bus. The
+/// i8042's reset command powers the guest off; with `until`, the vCPU pauses once that
+/// serial line has been printed, and the returned channel says so.
+fn start(
+    vcpu: Box<dyn Vcpu>,
+    bus: Bus,
+    i8042: Arc<I8042>,
+    until: Option<String>,
+) -> Result<(VmRunner, Receiver<()>), Box<dyn Error>> {
+    let (reached, at_line) = mpsc::channel();
+    let lines = Mutex::new(Vec::new());
+    let handler = runner::from_fn(move |id, exit| {
+        if let VcpuExit::IoOut {
+            port: COM1, data, ..
+        } = exit
+        {
+            lines
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(data);
+        }
+        match bus.handle(id, exit) {
+            ExitAction::Continue if i8042.take_reset_request() => ExitAction::PowerOff,
+            ExitAction::Continue
+                if until.as_ref().is_some_and(|line| {
+                    let lines = lines.lock().unwrap_or_else(PoisonError::into_inner);
+                    lines.ends_with(format!("{line}\n").as_bytes())
+                }) =>
+            {
+                let _ = reached.send(());
+                ExitAction::Pause
             }
+            action => action,
         }
-        if let ExitOutcome::NotBusExit = bus.handle_exit(&mut exit) {
-            return Err(format!("the guest stopped unexpectedly: {exit:?}").into());
-        }
-        if until.is_some_and(|line| lines.ends_with(format!("{line}\n").as_bytes())) {
-            return Ok(());
+    });
+    Ok((VmRunner::start(vec![vcpu], handler)?, at_line))
+}
+
+/// Waits for the guest to power off, and reports the first failure.
+fn finish(running: VmRunner) -> Result<(), Box<dyn Error>> {
+    for vcpu in running.join() {
+        match vcpu.outcome? {
+            VcpuOutcome::PowerOff | VcpuOutcome::Stopped => {}
+            other => return Err(format!("vCPU {} ended: {other:?}", vcpu.id).into()),
         }
     }
     Ok(())
@@ -148,7 +173,7 @@ fn save(dir: &Path) -> Result<(), Box<dyn Error>> {
     let memory = vm.memory();
     let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None)
         .map_err(|err| format!("cannot load the minimal kernel: {err}"))?;
-    let mut vcpu = vm.create_vcpu(0)?;
+    let vcpu = vm.create_vcpu(0)?;
     vcpu.set_cpuid(&hv.supported_cpuid())?;
     entry::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0)?;
     let mut regs = vcpu.regs()?;
@@ -163,36 +188,39 @@ fn save(dir: &Path) -> Result<(), Box<dyn Error>> {
         EventFd::new(0)?,
     )?);
     let bus = bus(serial.clone(), i8042.clone(), disk.clone())?;
-    let mut lines = Vec::new();
-    run(
-        vcpu.as_mut(),
-        &bus,
-        &i8042,
-        &mut lines,
-        Some(&minimal::count_line(10)),
-    )?;
+    let msrs = snapshot::readable_msrs(vcpu.as_ref(), &hv.msr_index_list());
+    let (running, at_line) = start(vcpu, bus, i8042.clone(), Some(minimal::count_line(10)))?;
+    // The vCPU pauses itself at the line; if the VM stops first, join says why.
+    while at_line.recv_timeout(Duration::from_millis(100)).is_err() {
+        if running.is_stopping() {
+            finish(running)?;
+            return Err("the guest stopped before the snapshot point".into());
+        }
+    }
 
     let snap = dir.join("snap");
-    let msrs = snapshot::readable_msrs(vcpu.as_ref(), &hv.msr_index_list());
-    let start = Instant::now();
+    let started = Instant::now();
+    let features = snapshot::Features::for_vm(&config, hv.capabilities());
+    let vcpus = running.save_all(&msrs, features)?;
     snapshot::save(
         &snap,
         hv.as_ref(),
         &config,
         vm.as_ref(),
-        &[vcpu.as_ref()],
-        &msrs,
+        &vcpus,
         |devices| {
             devices.write_device(SERIAL, serial.as_ref())?;
             devices.write_device(RESET, i8042.as_ref())?;
             devices.write_device(DISK, disk.as_ref())
         },
     )?;
+    running.stop_all();
+    finish(running)?;
     io::stdout().flush()?;
     eprintln!(
         "snapshot: saved to {} in {:?}",
         snap.display(),
-        start.elapsed()
+        started.elapsed()
     );
     Ok(())
 }
@@ -200,7 +228,7 @@ fn save(dir: &Path) -> Result<(), Box<dyn Error>> {
 fn restore(dir: &Path, mode: MemoryRestore) -> Result<(), Box<dyn Error>> {
     let snap: PathBuf = dir.join("snap");
     let hv = vmkit::open()?;
-    let start = Instant::now();
+    let started = Instant::now();
     let restored = snapshot::restore(&snap, hv.as_ref(), mode)?;
     let serial_state = restored.snapshot.read_device::<Uart>(SERIAL)?;
     let reset_state = restored.snapshot.read_device::<I8042>(RESET)?;
@@ -216,10 +244,10 @@ fn restore(dir: &Path, mode: MemoryRestore) -> Result<(), Box<dyn Error>> {
     let mut i8042 = I8042::new()?;
     i8042.restore_state(&reset_state)?;
     let (serial, i8042) = (Arc::new(serial), Arc::new(i8042));
-    eprintln!("snapshot: restored ({mode:?}) in {:?}", start.elapsed());
+    eprintln!("snapshot: restored ({mode:?}) in {:?}", started.elapsed());
     let bus = bus(serial, i8042.clone(), Arc::new(disk))?;
     let mut vcpus = restored.vcpus;
-    let mut vcpu = vcpus.pop().ok_or("the snapshot has no vCPU")?;
-    run(vcpu.as_mut(), &bus, &i8042, &mut Vec::new(), None)?;
-    Ok(())
+    let vcpu = vcpus.pop().ok_or("the snapshot has no vCPU")?;
+    let (running, _) = start(vcpu, bus, i8042, None)?;
+    finish(running)
 }

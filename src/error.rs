@@ -8,6 +8,7 @@ use std::fmt;
 
 use crate::hypervisor::{HypervisorError, HypervisorKind};
 use crate::memory::MemoryError;
+use crate::runner::RunnerError;
 #[cfg(target_arch = "x86_64")]
 use crate::snapshot::SnapshotError;
 use crate::vcpu::VcpuError;
@@ -39,6 +40,9 @@ pub enum Error {
     #[cfg(target_arch = "x86_64")]
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// From the vCPU [`runner`](crate::runner).
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
 }
 
 /// One backend [`crate::open`] tried, and why it was not usable.

@@ -95,7 +95,7 @@ pub mod interrupt;
 #[cfg_attr(docsrs, doc(cfg(feature = "kvm")))]
 pub mod kvm;
 pub mod memory;
-pub mod pause;
+pub mod runner;
 #[cfg(target_arch = "x86_64")]
 pub mod snapshot;
 pub mod vcpu;

@@ -16,14 +16,14 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use linux_loader::cmdline::Cmdline;
 use vm_device::bus::PioAddress;
-use vmkit::{MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
+use vmkit::runner::{RunnerOptions, VmRunner};
+use vmkit::{MemoryFlags, MemoryRegion, VmConfig};
 use vmkit_boot::linux::{self, layout, KernelEntry};
 use vmkit_bus::Bus;
 use vmkit_devices::{Cmos, Serial, COM1, COM1_GSI, I8042, SERIAL_PORTS};
@@ -127,34 +127,27 @@ fn boot_until(vcpus: u32, wanted: &[&str]) -> String {
 
     // Only the bootstrap processor runs here: the application processors wait for startup
     // IPIs the kernel sends far later than this test looks.
-    let mut bsp = vcpus_created.swap_remove(0);
-    let kick = bsp.kick_handle();
-    let stop = Arc::new(AtomicBool::new(false));
-    let runner = {
-        let stop = Arc::clone(&stop);
-        thread::spawn(move || -> Result<(), String> {
-            while !stop.load(Ordering::SeqCst) {
-                let mut exit = bsp.run().map_err(|err| err.to_string())?;
-                if matches!(exit, VcpuExit::Kicked | VcpuExit::Interrupted) {
-                    continue;
-                }
-                if let vmkit_bus::ExitOutcome::NotBusExit = bus.handle_exit(&mut exit) {
-                    return Err(format!("{exit:?}"));
-                }
-            }
-            Ok(())
-        })
-    };
+    let bsp = vcpus_created.swap_remove(0);
+    let bus = Arc::new(bus);
+    let running = VmRunner::start_with(
+        vec![bsp],
+        bus,
+        RunnerOptions::default().command_timeout(BANNER_TIMEOUT),
+    )
+    .unwrap();
     let start = Instant::now();
     while start.elapsed() < BANNER_TIMEOUT
-        && !runner.is_finished()
+        && !running.is_stopping()
         && !wanted.iter().all(|line| output.text().contains(line))
     {
         thread::sleep(Duration::from_millis(100));
     }
-    stop.store(true, Ordering::SeqCst);
-    kick.kick();
-    let outcome = runner.join().unwrap();
+    running.stop_all();
+    let outcome = running
+        .join_timeout(BANNER_TIMEOUT)
+        .unwrap()
+        .pop()
+        .map(|vcpu| vcpu.outcome);
     let text = output.text();
     eprintln!("{text}");
     // The kernel may die later on an instruction this host's emulator lacks; that is not

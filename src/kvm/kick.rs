@@ -8,6 +8,17 @@
 //! the next `run()` returns [`VcpuExit::Kicked`](crate::VcpuExit::Kicked) without entering.
 //! Every operation on the kicking side is an atomic memory access or a `tgkill` system call,
 //! so [`Kick::kick`](crate::vcpu::Kick::kick) is async-signal-safe.
+//!
+//! A kick is three steps (flag, `immediate_exit`, signal) that the vCPU thread can observe one
+//! at a time. If the vCPU consumed the flag between the kicker's first and last step, the
+//! later steps would outlive the kick they belong to: a stale `immediate_exit` or a late
+//! signal would end the *next* `KVM_RUN` with `EINTR` and no kick pending, which `run()`
+//! would report as [`VcpuExit::Interrupted`](crate::VcpuExit::Interrupted) for a kick the
+//! caller already saw as `Kicked` (in about one pause in forty on a busy host). So every
+//! kick counts itself in `in_flight` for all three steps, and consuming a kick waits until
+//! no kick is in flight, makes one system call (on whose return the kernel delivers a kick
+//! signal already sent to this thread), and only then re-arms `immediate_exit`. After a
+//! consumed kick, nothing of it or of any earlier kick remains to end a later `KVM_RUN`.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
@@ -59,7 +70,8 @@ pub(crate) struct KickState {
     pending: AtomicBool,
     /// `kvm_run.immediate_exit`, or null once the vCPU (and its kvm_run mapping) is gone.
     immediate_exit: AtomicPtr<u8>,
-    /// Kicks currently using `immediate_exit`; the vCPU waits for zero before unmapping.
+    /// Kicks between their first and last step (flag, `immediate_exit`, signal). The vCPU
+    /// waits for zero before unmapping kvm_run, and before re-arming after a consumed kick.
     in_flight: AtomicUsize,
     /// Kernel thread id of the thread that last ran the vCPU (0: never ran).
     thread: AtomicI32,
@@ -92,13 +104,27 @@ impl KickState {
         self.consume()
     }
 
-    /// Consumes a pending kick, if any, and re-arms `immediate_exit`.
+    /// Consumes a pending kick, if any, and re-arms `immediate_exit`. Called on the vCPU's
+    /// thread only.
     pub(crate) fn consume(&self) -> bool {
         if !self.pending.load(Ordering::SeqCst) || !self.pending.swap(false, Ordering::SeqCst) {
             return false;
         }
-        // A kick arriving from here on sets `pending` and `immediate_exit` again, so clearing
-        // the flag now cannot lose it: the next `run()` sees `pending`.
+        // The kick just consumed may still be between its steps: wait until it (and any other
+        // kick) has stored `immediate_exit` and sent its signal, so neither can end a later
+        // KVM_RUN. A kicker is never blocked mid-kick by this thread (a kick never takes a
+        // lock), so this wait ends; `yield_now` lets a preempted kicker run.
+        while self.in_flight.load(Ordering::SeqCst) != 0 {
+            std::thread::yield_now();
+        }
+        // The signal of a finished kick is queued for this thread, but its delivery may still
+        // be on the way (an IPI to this CPU). The kernel delivers pending signals whenever a
+        // system call returns, so one cheap system call here takes it before KVM_RUN can see
+        // it. Its result is of no interest.
+        // SAFETY: getppid has no preconditions and touches no memory of ours.
+        unsafe { libc::getppid() };
+        // A kick arriving from here on sets `pending` before `immediate_exit` and its signal,
+        // so clearing `immediate_exit` now cannot lose it: the next `run()` sees `pending`.
         if let Some(flag) = self.immediate_exit() {
             flag.store(0, Ordering::SeqCst);
         }
@@ -134,12 +160,12 @@ impl KickState {
 
 impl Kick for KickState {
     fn kick(&self) {
-        self.pending.store(true, Ordering::SeqCst);
+        // In flight from before the flag is set until the signal is sent: see the module docs.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.pending.store(true, Ordering::SeqCst);
         if let Some(flag) = self.immediate_exit() {
             flag.store(1, Ordering::SeqCst);
         }
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         let tid = self.thread.load(Ordering::SeqCst);
         if tid != 0 {
             // tgkill (not pthread_kill) because the thread may have exited: a dead thread id
@@ -149,5 +175,6 @@ impl Kick for KickState {
                 libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, kick_signal());
             }
         }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -20,7 +20,9 @@ use vmkit_snapshot::{
     Writer,
 };
 
-use super::{restore_vcpu, restore_vm, save_vcpu, save_vm, Features, VcpuState, VmState};
+#[cfg(doc)]
+use super::save_vcpu;
+use super::{restore_vcpu, restore_vm, save_vm, Features, VcpuState, VmState};
 use crate::hypervisor::{
     Capabilities, Hypervisor, HypervisorError, HypervisorKind, MissingCapability, VmConfig,
 };
@@ -169,20 +171,11 @@ impl<'a> Capture<'a> {
         hypervisor: &'a dyn Hypervisor,
         config: &'a VmConfig,
         vm: &dyn Vm,
-        vcpus: &[&dyn Vcpu],
-        msrs: &[u32],
+        vcpus: &[VcpuState],
     ) -> Result<Self, SnapshotError> {
-        let caps = hypervisor.capabilities();
-        let features = Features {
-            irqchip: config.irqchip,
-            pit: config.pit,
-            xsave: caps.xsave && caps.xcrs,
-        };
+        let features = Features::for_vm(config, hypervisor.capabilities());
         let vm_state = save_vm(vm, features)?;
-        let vcpu_states = vcpus
-            .iter()
-            .map(|vcpu| save_vcpu(*vcpu, msrs, features))
-            .collect::<Result<Vec<_>, _>>()?;
+        let vcpu_states = vcpus.to_vec();
         let layout = vm
             .memory_layout()
             .into_iter()
@@ -258,25 +251,26 @@ fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
 }
 
 /// Saves a paused VM to `dir` (created if needed): its configuration, this host's
-/// capabilities, VM-wide state, every vCPU in `vcpus`, guest memory, and the sections
+/// capabilities, VM-wide state, the vCPU states in `vcpus`, guest memory, and the sections
 /// `devices` adds (device and queue state: [`Writer::write_device`] for a device that
 /// implements [`vmkit_snapshot::Persist`], or tags of your own, or
 /// [`SectionTag::DEVICE`]/[`SectionTag::QUEUE`]).
 ///
-/// Every vCPU must be outside `run()`; a device must have no request in flight. The memory
-/// file is written before the state file, so a state file only ever names complete memory.
-#[allow(clippy::too_many_arguments)]
+/// The vCPU states come from [`VmRunner::save_all`](crate::runner::VmRunner::save_all) when
+/// the vCPUs run on their own threads, or from [`save_vcpu`] for a vCPU at hand. Every vCPU
+/// must stay outside `run()` until the save returns; a device must have no request in
+/// flight. The memory file is written before the state file, so a state file only ever names
+/// complete memory.
 pub fn save(
     dir: &Path,
     hypervisor: &dyn Hypervisor,
     config: &VmConfig,
     vm: &dyn Vm,
-    vcpus: &[&dyn Vcpu],
-    msrs: &[u32],
+    vcpus: &[VcpuState],
     devices: impl FnOnce(&mut Writer<&mut File>) -> Result<(), StateError>,
 ) -> Result<(), SnapshotError> {
     create_dir(dir)?;
-    let capture = Capture::take(hypervisor, config, vm, vcpus, msrs)?;
+    let capture = Capture::take(hypervisor, config, vm, vcpus)?;
     let regions = copy_memory(vm)?;
     let slices: Vec<(u64, &[u8])> = regions.iter().map(|(a, c)| (*a, c.as_slice())).collect();
     let memory_path = dir.join(MEMORY_FILE);
@@ -360,12 +354,11 @@ impl DiffTracker {
         hypervisor: &dyn Hypervisor,
         config: &VmConfig,
         vm: &dyn Vm,
-        vcpus: &[&dyn Vcpu],
-        msrs: &[u32],
+        vcpus: &[VcpuState],
         devices: impl FnOnce(&mut Writer<&mut File>) -> Result<(), StateError>,
     ) -> Result<(), SnapshotError> {
         create_dir(dir)?;
-        let capture = Capture::take(hypervisor, config, vm, vcpus, msrs)?;
+        let capture = Capture::take(hypervisor, config, vm, vcpus)?;
         self.collect(vm)?;
         let regions = copy_memory(vm)?;
         let pages: Vec<Vec<u64>> = regions

@@ -6,7 +6,7 @@
 //! types, never a dump of one backend's structures, so a snapshot taken on one host (or
 //! backend) can be checked and restored on another.
 //!
-//! Capture only while every vCPU is outside `run()` (see [`crate::pause`]).
+//! Capture only while every vCPU is outside `run()` (see [`crate::runner`]).
 
 mod file;
 
@@ -25,6 +25,7 @@ use crate::arch::x86_64::{
     CpuidEntry, Fpu, IrqchipState, LapicState, MpState, Msr, PitState, Regs, SpecialRegs,
     VcpuEvents, Xcr, Xsave,
 };
+use crate::hypervisor::{Capabilities, VmConfig};
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::vm::{ClockState, Vm, VmError};
 
@@ -75,6 +76,26 @@ pub struct Features {
     pub pit: bool,
     /// The hypervisor exposes XSAVE and XCRs.
     pub xsave: bool,
+}
+
+impl Features {
+    /// The optional state of a VM created with `config` on a hypervisor with `capabilities`.
+    ///
+    /// ```
+    /// use vmkit::snapshot::Features;
+    /// # fn f(hypervisor: &dyn vmkit::Hypervisor) {
+    /// let config = vmkit::VmConfig::default().irqchip(true);
+    /// let features = Features::for_vm(&config, hypervisor.capabilities());
+    /// assert!(features.irqchip);
+    /// # }
+    /// ```
+    pub fn for_vm(config: &VmConfig, capabilities: &Capabilities) -> Features {
+        Features {
+            irqchip: config.irqchip,
+            pit: config.pit,
+            xsave: capabilities.xsave && capabilities.xcrs,
+        }
+    }
 }
 
 /// The MSRs of `candidates` that `vcpu` can read: a hypervisor lists some that are only

@@ -6,6 +6,10 @@
 //! `XenVm::park`) and returns [`VcpuExit::Kicked`](crate::VcpuExit::Kicked). A kick that
 //! lands while the vCPU is outside `run()` stays pending for the next call. Kicking is an
 //! atomic store and a `write(2)`: async-signal-safe.
+//!
+//! Only the flag decides what `run()` reports, so a kick is always reported as `Kicked`: the
+//! flag is set before the eventfd is written, and the wait drains the eventfd whenever it
+//! wakes on it, so a write that lands after its kick was reported only costs one wake-up.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};

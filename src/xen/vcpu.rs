@@ -420,6 +420,13 @@ impl XenVcpu {
                 source: err,
             });
         }
+        if fds[1].revents & libc::POLLIN != 0 {
+            // A kick's wake-up. Empty the eventfd now even if the flag turns out clear (a late
+            // write of a kick that `run()` already reported): left readable, it would make
+            // every later ppoll return at once. A kick always sets the flag before writing,
+            // and the caller checks the flag next, so draining here loses none.
+            self.kick.drain();
+        }
         if let (Some((evtchn, _)), true) = (&self.evtchn, fds[0].revents & libc::POLLIN != 0) {
             let port = evtchn.pending().map_err(os(self.id))?;
             evtchn.unmask(port).map_err(os(self.id))?;

@@ -3,19 +3,17 @@
 //! and collects what the guest printed and the interrupt vectors it reported.
 
 use std::io::{self, Cursor, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_memory::GuestAddress;
 use vm_superio::{Serial, Trigger};
 use vmkit::arch::x86_64::MpState;
-use vmkit::{
-    EventFd, Hypervisor, KickHandle, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig,
-};
+use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VmRunner};
+use vmkit::{EventFd, Hypervisor, MemoryFlags, MemoryRegion, VcpuExit, Vm, VmConfig};
 use vmkit_boot::entry;
 use vmkit_guests::minimal;
 
@@ -77,7 +75,7 @@ impl Write for SharedOutput {
 
 type Uart = Serial<EventFdTrigger, vm_superio::serial::NoEvents, SharedOutput>;
 
-/// What one vCPU thread did.
+/// What one vCPU did.
 #[derive(Debug, Default)]
 pub struct VcpuOutcome {
     pub powered_off: bool,
@@ -89,71 +87,62 @@ pub struct Guest {
     pub vm: Arc<dyn Vm>,
     output: SharedOutput,
     reports: Receiver<u8>,
-    kicks: Vec<KickHandle>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<VcpuOutcome>>,
+    runner: VmRunner,
+    /// What each vCPU wrote to the kernel's MMIO address, by vCPU id.
+    mmio_written: Arc<Mutex<Vec<Vec<u8>>>>,
     /// The serial interrupt eventfd, registered as an irqfd on GSI 4 with an irqchip.
     pub serial_irq: EventFd,
 }
 
-fn vcpu_loop(
-    mut vcpu: Box<dyn Vcpu>,
-    uart: Arc<Mutex<Uart>>,
+/// The harness's board: the 16550, the interrupt report port, power-off, and the kernel's
+/// MMIO probe.
+fn handler(
+    uart: Mutex<Uart>,
     reports: Sender<u8>,
-    stop: Arc<AtomicBool>,
-    all_kicks: Arc<Mutex<Vec<KickHandle>>>,
-) -> VcpuOutcome {
-    let mut outcome = VcpuOutcome::default();
-    let id = vcpu.id();
-    while !stop.load(Ordering::SeqCst) {
-        match vcpu.run().unwrap() {
+    mmio_written: Arc<Mutex<Vec<Vec<u8>>>>,
+) -> Arc<dyn ExitHandler> {
+    let serial = minimal::SERIAL_PORT..minimal::SERIAL_PORT + 8;
+    runner::from_fn(move |id, exit| {
+        match exit {
             VcpuExit::IoIn { port, data, .. } => {
-                if (minimal::SERIAL_PORT..minimal::SERIAL_PORT + 8).contains(&port) {
+                if serial.contains(port) {
                     let mut uart = uart.lock().unwrap();
                     for byte in data.iter_mut() {
-                        *byte = uart.read((port - minimal::SERIAL_PORT) as u8);
+                        *byte = uart.read((*port - minimal::SERIAL_PORT) as u8);
                     }
                 } else {
                     data.fill(0xff);
                 }
             }
-            VcpuExit::IoOut { port, data, .. } => match port {
-                p if (minimal::SERIAL_PORT..minimal::SERIAL_PORT + 8).contains(&p) => {
+            VcpuExit::IoOut { port, data, .. } => match *port {
+                p if serial.contains(&p) => {
                     let mut uart = uart.lock().unwrap();
-                    for &byte in data {
+                    for &byte in data.iter() {
                         uart.write((p - minimal::SERIAL_PORT) as u8, byte).unwrap();
                     }
                 }
                 minimal::IRQ_REPORT_PORT => {
                     let _ = reports.send(data[0]);
                 }
-                minimal::POWER_OFF_PORT if data == [minimal::POWER_OFF_VALUE] => {
-                    outcome.powered_off = true;
-                    stop.store(true, Ordering::SeqCst);
-                    for kick in all_kicks.lock().unwrap().iter() {
-                        kick.kick();
-                    }
+                minimal::POWER_OFF_PORT if *data == [minimal::POWER_OFF_VALUE] => {
+                    return ExitAction::PowerOff;
                 }
                 // PIC masks without an irqchip, and similar: nothing is there.
                 _ => {}
             },
             VcpuExit::MmioRead { addr, data } => {
-                assert_eq!(addr, minimal::MMIO_READ_ADDR);
+                assert_eq!(*addr, minimal::MMIO_READ_ADDR);
                 data.copy_from_slice(&MMIO_ANSWER.to_le_bytes());
             }
             VcpuExit::MmioWrite { addr, data } => {
-                assert_eq!(addr, minimal::MMIO_WRITE_ADDR);
-                outcome.mmio_written = data.to_vec();
+                assert_eq!(*addr, minimal::MMIO_WRITE_ADDR);
+                mmio_written.lock().unwrap()[id as usize] = data.to_vec();
             }
-            VcpuExit::Hlt => {
-                outcome.halted = true;
-                break;
-            }
-            VcpuExit::Kicked | VcpuExit::Interrupted => {}
-            other => panic!("vCPU {id}: unexpected exit {other:?}"),
+            VcpuExit::Hlt => return ExitAction::Halt,
+            other => return ExitAction::unhandled(other),
         }
-    }
-    outcome
+        ExitAction::Continue
+    })
 }
 
 impl Guest {
@@ -173,18 +162,16 @@ impl Guest {
 
         let output = SharedOutput::default();
         let serial_irq = EventFd::new(0).unwrap();
-        let uart = Arc::new(Mutex::new(Serial::new(
+        let uart = Mutex::new(Serial::new(
             EventFdTrigger(serial_irq.try_clone().unwrap()),
             output.clone(),
-        )));
+        ));
         if config.irqchip {
             vm.register_irqfd(&serial_irq, minimal::SERIAL_GSI, None)
                 .unwrap();
         }
 
-        let stop = Arc::new(AtomicBool::new(false));
         let (report_tx, reports) = mpsc::channel();
-        let all_kicks = Arc::new(Mutex::new(Vec::new()));
         let mut vcpus = Vec::new();
         for index in 0..config.vcpus {
             let vcpu = vm.create_vcpu(index).unwrap();
@@ -201,31 +188,25 @@ impl Guest {
                 // With an irqchip, KVM holds application processors until INIT/SIPI.
                 vcpu.set_mp_state(MpState::Runnable).unwrap();
             }
-            all_kicks.lock().unwrap().push(vcpu.kick_handle());
             vcpus.push(vcpu);
         }
-        let kicks = all_kicks.lock().unwrap().clone();
-        let threads = vcpus
-            .into_iter()
-            .map(|vcpu| {
-                let (uart, reports, stop, all_kicks) = (
-                    Arc::clone(&uart),
-                    report_tx.clone(),
-                    Arc::clone(&stop),
-                    Arc::clone(&all_kicks),
-                );
-                thread::spawn(move || vcpu_loop(vcpu, uart, reports, stop, all_kicks))
-            })
-            .collect();
+        let mmio_written = Arc::new(Mutex::new(vec![Vec::new(); config.vcpus as usize]));
+        let handler = handler(uart, report_tx, Arc::clone(&mmio_written));
+        let options = RunnerOptions::default().command_timeout(GIVE_UP);
+        let runner = VmRunner::start_with(vcpus, handler, options).unwrap();
         Guest {
             vm,
             output,
             reports,
-            kicks,
-            stop,
-            threads,
+            runner,
+            mmio_written,
             serial_irq,
         }
+    }
+
+    /// The running vCPUs.
+    pub fn runner(&self) -> &VmRunner {
+        &self.runner
     }
 
     pub fn serial(&self) -> String {
@@ -258,24 +239,27 @@ impl Guest {
     /// the serial output and each vCPU's outcome.
     pub fn finish(self, wait_for_power_off: bool) -> (String, Vec<VcpuOutcome>) {
         if wait_for_power_off {
-            let start = Instant::now();
-            while !self.stop.load(Ordering::SeqCst) {
-                assert!(
-                    start.elapsed() < GIVE_UP,
-                    "the guest never powered off; it printed {:?}",
-                    self.serial()
-                );
-                thread::sleep(Duration::from_millis(1));
-            }
+            assert!(
+                self.runner.wait_stopping(GIVE_UP),
+                "the guest never powered off; it printed {:?}",
+                self.serial()
+            );
         }
-        self.stop.store(true, Ordering::SeqCst);
-        for kick in &self.kicks {
-            kick.kick();
-        }
-        let outcomes = self
-            .threads
+        self.runner.stop_all();
+        let finished = self.runner.join_timeout(GIVE_UP).unwrap();
+        let mut written = std::mem::take(&mut *self.mmio_written.lock().unwrap());
+        let outcomes = finished
             .into_iter()
-            .map(|t| t.join().expect("a vCPU thread panicked"))
+            .map(|finished| {
+                let outcome = finished
+                    .outcome
+                    .unwrap_or_else(|err| panic!("vCPU {}: {err}", finished.id));
+                VcpuOutcome {
+                    powered_off: outcome == runner::VcpuOutcome::PowerOff,
+                    halted: outcome == runner::VcpuOutcome::Halted,
+                    mmio_written: std::mem::take(&mut written[finished.id as usize]),
+                }
+            })
             .collect();
         let serial = String::from_utf8_lossy(&self.output.0.lock().unwrap()).into_owned();
         (serial, outcomes)

@@ -5,8 +5,19 @@
 //! with `N passed, M failed, K skipped` and fails if any scenario failed.
 //!
 //! ```text
-//! cargo test --test conformance
+//! cargo test --test conformance                     # every scenario, every backend
+//! cargo test --test conformance -- pause            # scenarios whose name contains `pause`
+//! cargo test --test conformance -- --exact runner::a_panicking_handler_stops_the_vm
+//! cargo test --test conformance -- --list           # the names, libtest style; runs nothing
 //! ```
+//!
+//! The binary has its own `main` (`harness = false`) and takes the libtest options a runner
+//! of the whole workspace passes: `--list` (with `--ignored`, an empty list: no scenario is
+//! ignored), a name filter, `--exact`; `--ignored` alone runs nothing.
+//!
+//! Each scenario runs on a thread of its own; one still running after
+//! `VMKIT_CONFORMANCE_TIMEOUT` seconds (default 600, a liveness bound) fails the run, which
+//! ends there, instead of hanging it.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -17,6 +28,7 @@ mod interrupts;
 mod kick;
 mod minimal_kernel;
 mod pause;
+mod runner;
 mod smp;
 mod snapshot;
 mod state;
@@ -25,7 +37,9 @@ mod vm;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vmkit::{Capabilities, Hypervisor};
 
@@ -109,7 +123,7 @@ macro_rules! scenarios {
 }
 
 /// A backend's name, and the backend or why it cannot be used here.
-type Backend = (&'static str, Result<Box<dyn Hypervisor>, String>);
+type Backend = (&'static str, Result<Arc<dyn Hypervisor>, String>);
 
 /// Every backend this build has.
 fn backends() -> Vec<Backend> {
@@ -117,14 +131,14 @@ fn backends() -> Vec<Backend> {
     let mut backends: Vec<Backend> = vec![(
         "kvm",
         vmkit::kvm::Kvm::new()
-            .map(|kvm| Box::new(kvm) as Box<dyn Hypervisor>)
+            .map(|kvm| Arc::new(kvm) as Arc<dyn Hypervisor>)
             .map_err(|err| err.to_string()),
     )];
     #[cfg(feature = "xen")]
     backends.push((
         "xen",
         vmkit::xen::Xen::new()
-            .map(|xen| Box::new(xen) as Box<dyn Hypervisor>)
+            .map(|xen| Arc::new(xen) as Arc<dyn Hypervisor>)
             .map_err(|err| err.to_string()),
     ));
     backends
@@ -144,6 +158,96 @@ fn skip_list() -> Vec<(String, String)> {
         .collect()
 }
 
+/// How long one scenario may run before the run fails as hung: a liveness bound, far above
+/// what any scenario needs even under an emulator. `VMKIT_CONFORMANCE_TIMEOUT` (seconds)
+/// overrides it.
+const TIMEOUT_ENV: &str = "VMKIT_CONFORMANCE_TIMEOUT";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn scenario_timeout() -> Duration {
+    std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+}
+
+/// Runs a scenario on a thread of its own: `Some(passed)`, or `None` if it did not end
+/// within `timeout` (a scenario that waits for something that never comes fails the run
+/// instead of hanging it).
+fn run_with_deadline(
+    scenario: &Scenario,
+    hv: &Arc<dyn Hypervisor>,
+    timeout: Duration,
+) -> Option<bool> {
+    let (done, result) = mpsc::channel();
+    let (run, hv) = (scenario.run, Arc::clone(hv));
+    let spawned = std::thread::Builder::new()
+        .name(short_name(scenario).to_owned())
+        .spawn(move || {
+            let passed = catch_unwind(AssertUnwindSafe(|| run(hv.as_ref()))).is_ok();
+            let _ = done.send(passed);
+        });
+    if let Err(err) = spawned {
+        println!("cannot start a thread for {}: {err}", scenario.name);
+        return Some(false);
+    }
+    match result.recv_timeout(timeout) {
+        Ok(passed) => Some(passed),
+        Err(RecvTimeoutError::Disconnected) => Some(false),
+        Err(RecvTimeoutError::Timeout) => None,
+    }
+}
+
+/// A scenario's name without the crate prefix, e.g. `kick::a_signal_handler_can_kick`.
+fn short_name(scenario: &Scenario) -> &'static str {
+    scenario.name.trim_start_matches("conformance::")
+}
+
+/// The libtest command-line options this binary honours; others are ignored.
+#[derive(Debug, Default)]
+struct Arguments {
+    list: bool,
+    exact: bool,
+    ignored: bool,
+    terse: bool,
+    filters: Vec<String>,
+}
+
+impl Arguments {
+    fn parse(args: impl Iterator<Item = String>) -> Arguments {
+        let mut parsed = Arguments::default();
+        let mut args = args.peekable();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--list" => parsed.list = true,
+                "--exact" => parsed.exact = true,
+                "--ignored" => parsed.ignored = true,
+                "--format=terse" => parsed.terse = true,
+                "--format" => parsed.terse = args.next().as_deref() == Some("terse"),
+                // Options with a value that a runner may pass: skip the value.
+                "--skip" | "--test-threads" | "--color" | "-Z" | "--logfile" => {
+                    args.next();
+                }
+                other if other.starts_with('-') => {}
+                filter => parsed.filters.push(filter.to_owned()),
+            }
+        }
+        parsed
+    }
+
+    /// Whether the filters (any of them; none means all) select the scenario `name`.
+    fn selects(&self, name: &str) -> bool {
+        self.filters.is_empty()
+            || self.filters.iter().any(|f| {
+                if self.exact {
+                    name == f
+                } else {
+                    name.contains(f.as_str())
+                }
+            })
+    }
+}
+
 fn main() -> ExitCode {
     // The snapshot scenario re-runs this binary as the process that restores.
     if let Ok(dir) = std::env::var(snapshot::RESTORE_DIR_ENV) {
@@ -158,26 +262,36 @@ fn main() -> ExitCode {
         smp::SCENARIOS,
         kick::SCENARIOS,
         pause::SCENARIOS,
+        runner::SCENARIOS,
         dirty::SCENARIOS,
         minimal_kernel::SCENARIOS,
         virtio::SCENARIOS,
         snapshot::SCENARIOS,
     ];
-    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    let args = Arguments::parse(std::env::args().skip(1));
+    let selected: Vec<&Scenario> = groups
+        .iter()
+        .flat_map(|group| group.iter())
+        .filter(|scenario| !args.ignored && args.selects(short_name(scenario)))
+        .collect();
+    if args.list {
+        for scenario in &selected {
+            println!("{}: test", short_name(scenario));
+        }
+        if !args.terse {
+            println!("\n{} tests, 0 benchmarks", selected.len());
+        }
+        return ExitCode::SUCCESS;
+    }
     let skips = skip_list();
+    let timeout = scenario_timeout();
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for (backend, hypervisor) in backends() {
-        for scenario in groups.iter().flat_map(|group| group.iter()) {
-            if filter
-                .as_ref()
-                .is_some_and(|f| !scenario.name.contains(f.as_str()))
-            {
-                continue;
-            }
-            let name = scenario.name.trim_start_matches("conformance::");
+        for scenario in &selected {
+            let name = short_name(scenario);
             let label = format!("conformance {backend} {name}");
             let hv = match &hypervisor {
-                Ok(hv) => hv.as_ref(),
+                Ok(hv) => hv,
                 Err(reason) => {
                     println!("{label} ... skipped: {backend} is not usable here: {reason}");
                     skipped += 1;
@@ -195,14 +309,21 @@ fn main() -> ExitCode {
                 continue;
             }
             let start = Instant::now();
-            match catch_unwind(AssertUnwindSafe(|| (scenario.run)(hv))) {
-                Ok(()) => {
+            match run_with_deadline(scenario, hv, timeout) {
+                Some(true) => {
                     println!("{label} ... ok ({} ms)", start.elapsed().as_millis());
                     passed += 1;
                 }
-                Err(_) => {
+                Some(false) => {
                     println!("{label} ... FAILED");
                     failed += 1;
+                }
+                None => {
+                    // The scenario's thread cannot be stopped: end the run here, failed.
+                    println!("{label} ... FAILED: still running after {timeout:?} (hung)");
+                    failed += 1;
+                    println!("{passed} passed, {failed} failed, {skipped} skipped");
+                    return ExitCode::FAILURE;
                 }
             }
         }

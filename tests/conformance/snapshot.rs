@@ -9,10 +9,11 @@ use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::{Bytes, GuestAddress};
 use vmkit::arch::x86_64::msr_index;
+use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VmRunner};
 use vmkit::snapshot::{self, Features};
 use vmkit::{EventFd, Hypervisor, MemoryFlags, MemoryRegion, Vcpu, Vm, VmConfig};
 use vmkit_boot::entry;
-use vmkit_bus::{Bus, ExitOutcome};
+use vmkit_bus::Bus;
 use vmkit_devices::{Persist, Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
 use vmkit_virtio::blk::{Block, BlockOptions};
@@ -25,11 +26,12 @@ type Disk = MmioTransport<Arc<vmkit::GuestMemoryMmap>, Block>;
 
 struct Machine {
     vm: Box<dyn Vm>,
-    vcpu: Box<dyn Vcpu>,
+    /// Away on its runner thread during `run`.
+    vcpu: Option<Box<dyn Vcpu>>,
     serial: Arc<Serial<Vec<u8>>>,
     i8042: Arc<I8042>,
     disk: Option<Arc<Disk>>,
-    bus: Bus,
+    bus: Arc<Bus>,
 }
 
 fn machine(hv: &dyn Hypervisor, config: &VmConfig) -> Machine {
@@ -75,30 +77,57 @@ impl Machine {
             .unwrap();
         Machine {
             vm,
-            vcpu,
+            vcpu: Some(vcpu),
             serial,
             i8042,
             disk,
-            bus,
+            bus: Arc::new(bus),
         }
     }
 
     fn output(&self) -> String {
-        String::from_utf8(self.serial.with_output(|out| out.clone())).unwrap()
+        output(&self.serial)
     }
 
-    /// Runs until `until` returns true after an exit, or the guest powers off.
-    fn run(&mut self, until: impl Fn(&str) -> bool) {
-        while !self.i8042.take_reset_request() {
-            let mut exit = self.vcpu.run().unwrap();
-            if let ExitOutcome::NotBusExit = self.bus.handle_exit(&mut exit) {
-                panic!("unexpected exit {exit:?}");
+    /// Runs the vCPU on a `VmRunner` thread until `until` returns true after an exit (the
+    /// vCPU pauses there), or the guest powers off; then takes the vCPU back.
+    fn run(&mut self, until: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        let give_up = crate::common::guest::GIVE_UP;
+        let vcpu = self.vcpu.take().expect("the vCPU is here between runs");
+        let (bus, i8042, serial) = (self.bus.clone(), self.i8042.clone(), self.serial.clone());
+        let (reached, at_point) = std::sync::mpsc::channel();
+        let handler = runner::from_fn(move |id, exit| match bus.handle(id, exit) {
+            ExitAction::Continue if i8042.take_reset_request() => ExitAction::PowerOff,
+            ExitAction::Continue if until(&output(&serial)) => {
+                let _ = reached.send(());
+                ExitAction::Pause
             }
-            if until(&self.output()) {
-                return;
-            }
+            action => action,
+        });
+        let options = RunnerOptions::default().command_timeout(give_up);
+        let running = VmRunner::start_with(vec![vcpu], handler, options).unwrap();
+        let start = std::time::Instant::now();
+        while at_point
+            .recv_timeout(std::time::Duration::from_millis(10))
+            .is_err()
+            && !running.is_stopping()
+        {
+            assert!(start.elapsed() < give_up, "{}", self.output());
         }
+        running.stop_all();
+        let finished = running.join_timeout(give_up).unwrap().pop().unwrap();
+        finished.outcome.unwrap();
+        self.vcpu = finished.vcpu;
     }
+
+    /// The vCPU, between runs.
+    fn vcpu(&self) -> &dyn Vcpu {
+        self.vcpu.as_deref().expect("the vCPU is here between runs")
+    }
+}
+
+fn output(serial: &Serial<Vec<u8>>) -> String {
+    String::from_utf8(serial.with_output(|out| out.clone())).unwrap()
 }
 
 fn state_moves(hv: &dyn Hypervisor, config: VmConfig) {
@@ -110,16 +139,16 @@ fn state_moves(hv: &dyn Hypervisor, config: VmConfig) {
     let mut first = machine(hv, &config);
     let memory = first.vm.memory();
     let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
-    first.vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
-    entry::configure_long_mode(first.vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
-    let mut regs = first.vcpu.regs().unwrap();
+    first.vcpu().set_cpuid(&hv.supported_cpuid()).unwrap();
+    entry::configure_long_mode(first.vcpu(), &memory, kernel.kernel_load.0).unwrap();
+    let mut regs = first.vcpu().regs().unwrap();
     regs.rdx = minimal::ENTRY_FLAG_COUNT;
-    first.vcpu.set_regs(&regs).unwrap();
+    first.vcpu().set_regs(&regs).unwrap();
 
     // Stop right after the guest printed "count 10" and a few bytes more, mid-line.
     first.run(|out| out.contains(&format!("{}\nco", minimal::count_line(10))));
-    let msrs = snapshot::readable_msrs(first.vcpu.as_ref(), &hv.msr_index_list());
-    let vcpu_state = snapshot::save_vcpu(first.vcpu.as_ref(), &msrs, features).unwrap();
+    let msrs = snapshot::readable_msrs(first.vcpu(), &hv.msr_index_list());
+    let vcpu_state = snapshot::save_vcpu(first.vcpu(), &msrs, features).unwrap();
     let vm_state = snapshot::save_vm(first.vm.as_ref(), features).unwrap();
     let mut ram = vec![0u8; RAM_SIZE];
     memory.read_slice(&mut ram, GuestAddress(0)).unwrap();
@@ -135,7 +164,7 @@ fn state_moves(hv: &dyn Hypervisor, config: VmConfig) {
         .write_slice(&ram, GuestAddress(0))
         .unwrap();
     snapshot::restore_vm(second.vm.as_ref(), &vm_state).unwrap();
-    snapshot::restore_vcpu(second.vcpu.as_ref(), &vcpu_state).unwrap();
+    snapshot::restore_vcpu(second.vcpu(), &vcpu_state).unwrap();
     // The restored vCPU reads back as saved, but for the MSRs that count time: the TSC, and
     // two Hyper-V MSRs KVM lists on AMD, the vCPU's run time (0x4000_0010) and the reference
     // time counter (0x4000_0020).
@@ -144,7 +173,7 @@ fn state_moves(hv: &dyn Hypervisor, config: VmConfig) {
         state.msrs.retain(|m| !COUNTERS.contains(&m.index));
         state
     };
-    let reread = snapshot::save_vcpu(second.vcpu.as_ref(), &msrs, features).unwrap();
+    let reread = snapshot::save_vcpu(second.vcpu(), &msrs, features).unwrap();
     let (reread, saved) = (
         without_counters(reread),
         without_counters(vcpu_state.clone()),
@@ -259,23 +288,24 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
     let mut first = Machine::with_devices(vm, vcpu, serial, i8042, Some(Arc::new(disk)));
 
     let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
-    first.vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
-    entry::configure_long_mode(first.vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
-    let mut regs = first.vcpu.regs().unwrap();
+    first.vcpu().set_cpuid(&hv.supported_cpuid()).unwrap();
+    entry::configure_long_mode(first.vcpu(), &memory, kernel.kernel_load.0).unwrap();
+    let mut regs = first.vcpu().regs().unwrap();
     regs.rdx = minimal::ENTRY_FLAG_COUNT | minimal::ENTRY_FLAG_VIRTIO_BLK;
-    first.vcpu.set_regs(&regs).unwrap();
+    first.vcpu().set_regs(&regs).unwrap();
     first.run(|out| out.contains(&format!("{}\n", minimal::count_line(10))));
 
     let snap = dir.as_path().join("snap");
-    let msrs = snapshot::readable_msrs(first.vcpu.as_ref(), &hv.msr_index_list());
+    let msrs = snapshot::readable_msrs(first.vcpu(), &hv.msr_index_list());
+    let features = Features::for_vm(&config, hv.capabilities());
+    let vcpu_state = snapshot::save_vcpu(first.vcpu(), &msrs, features).unwrap();
     let disk = first.disk.clone().unwrap();
     snapshot::save(
         &snap,
         hv,
         &config,
         first.vm.as_ref(),
-        &[first.vcpu.as_ref()],
-        &msrs,
+        &[vcpu_state],
         |devices| {
             devices.write_device(SERIAL_SECTION, first.serial.as_ref())?;
             devices.write_device(I8042_SECTION, first.i8042.as_ref())?;
@@ -386,32 +416,28 @@ pub fn a_chain_of_diffs_restores_like_a_full_snapshot(hv: &dyn Hypervisor) {
     let mut vm = machine_with(hv, &config, MemoryFlags::LOG_DIRTY);
     let memory = vm.vm.memory();
     let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
-    vm.vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
-    entry::configure_long_mode(vm.vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
-    let mut regs = vm.vcpu.regs().unwrap();
+    vm.vcpu().set_cpuid(&hv.supported_cpuid()).unwrap();
+    entry::configure_long_mode(vm.vcpu(), &memory, kernel.kernel_load.0).unwrap();
+    let mut regs = vm.vcpu().regs().unwrap();
     regs.rdx = minimal::ENTRY_FLAG_COUNT;
-    vm.vcpu.set_regs(&regs).unwrap();
-    let msrs = snapshot::readable_msrs(vm.vcpu.as_ref(), &hv.msr_index_list());
+    vm.vcpu().set_regs(&regs).unwrap();
+    let msrs = snapshot::readable_msrs(vm.vcpu(), &hv.msr_index_list());
     let root = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmkit-diff-").unwrap();
     let dirs: Vec<_> = (0..3)
         .map(|i| root.as_path().join(format!("snap{i}")))
         .collect();
     let at = |n: u64| format!("{}\n", minimal::count_line(n));
 
-    vm.run(|out| out.contains(&at(5)));
-    snapshot::save(
-        &dirs[0],
-        hv,
-        &config,
-        vm.vm.as_ref(),
-        &[vm.vcpu.as_ref()],
-        &msrs,
-        |_| Ok(()),
-    )
+    let features = Features::for_vm(&config, hv.capabilities());
+    let state = |vm: &Machine| [snapshot::save_vcpu(vm.vcpu(), &msrs, features).unwrap()];
+    vm.run(move |out| out.contains(&at(5)));
+    snapshot::save(&dirs[0], hv, &config, vm.vm.as_ref(), &state(&vm), |_| {
+        Ok(())
+    })
     .unwrap();
     let mut tracker = snapshot::DiffTracker::start(vm.vm.as_ref()).unwrap();
     for (i, n) in [(1, 10), (2, 15)] {
-        vm.run(|out| out.contains(&at(n)));
+        vm.run(move |out| out.contains(&at(n)));
         if i == 1 {
             // A save whose memory file cannot be written (a directory is in its way) keeps
             // the pages it harvested for the next attempt: nothing is lost.
@@ -424,8 +450,7 @@ pub fn a_chain_of_diffs_restores_like_a_full_snapshot(hv: &dyn Hypervisor) {
                     hv,
                     &config,
                     vm.vm.as_ref(),
-                    &[vm.vcpu.as_ref()],
-                    &msrs,
+                    &state(&vm),
                     |_| Ok(()),
                 )
                 .unwrap_err();
@@ -441,8 +466,7 @@ pub fn a_chain_of_diffs_restores_like_a_full_snapshot(hv: &dyn Hypervisor) {
                 hv,
                 &config,
                 vm.vm.as_ref(),
-                &[vm.vcpu.as_ref()],
-                &msrs,
+                &state(&vm),
                 |_| Ok(()),
             )
             .unwrap();
@@ -484,91 +508,26 @@ crate::scenarios![
     with_irqchip_and_pit_state_too => crate::pit,
 ];
 
-/// Runs every vCPU of a VM on its own thread with the pauser; the vCPUs stay reachable (behind
-/// a mutex held only inside `run()` and exit handling) so that a paused VM can be saved.
-struct Threaded {
-    vcpus: Vec<Arc<std::sync::Mutex<Box<dyn Vcpu>>>>,
-    kicks: Vec<vmkit::KickHandle>,
-    pauser: vmkit::pause::VcpuPauser,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+/// Every vCPU of a VM on its own thread of a `VmRunner`, with the devices on a bus; the
+/// guest's i8042 reset powers it off.
+fn start_threaded(vcpus: Vec<Box<dyn Vcpu>>, bus: Arc<Bus>, i8042: Arc<I8042>) -> VmRunner {
+    let handler = runner::from_fn(move |id, exit| match bus.handle(id, exit) {
+        ExitAction::Continue if i8042.take_reset_request() => ExitAction::PowerOff,
+        action => action,
+    });
+    let options = RunnerOptions::default().command_timeout(crate::common::guest::GIVE_UP);
+    VmRunner::start_with(vcpus, handler, options).unwrap()
 }
 
-impl Threaded {
-    fn start(vcpus: Vec<Box<dyn Vcpu>>, bus: Arc<Bus>, i8042: Arc<I8042>) -> Threaded {
-        use std::sync::atomic::Ordering;
-        let pauser = vmkit::pause::VcpuPauser::new();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let kicks: Vec<_> = vcpus.iter().map(|v| v.kick_handle()).collect();
-        let vcpus: Vec<_> = vcpus
-            .into_iter()
-            .map(|v| Arc::new(std::sync::Mutex::new(v)))
-            .collect();
-        let threads = vcpus
-            .iter()
-            .map(|vcpu| {
-                let registration = pauser.register(vcpu.lock().unwrap().kick_handle());
-                let (vcpu, bus, i8042, pauser, stop, kicks) = (
-                    Arc::clone(vcpu),
-                    Arc::clone(&bus),
-                    Arc::clone(&i8042),
-                    pauser.clone(),
-                    Arc::clone(&stop),
-                    kicks.clone(),
-                );
-                std::thread::spawn(move || {
-                    let _registration = registration;
-                    while !stop.load(Ordering::SeqCst) {
-                        let kicked = {
-                            let mut vcpu = vcpu.lock().unwrap();
-                            let mut exit = vcpu.run().unwrap();
-                            match exit {
-                                vmkit::VcpuExit::Kicked => true,
-                                _ => {
-                                    if let ExitOutcome::NotBusExit = bus.handle_exit(&mut exit) {
-                                        panic!("unexpected exit {exit:?}");
-                                    }
-                                    false
-                                }
-                            }
-                        };
-                        if kicked {
-                            pauser.park_if_paused();
-                        }
-                        if i8042.take_reset_request() {
-                            stop.store(true, Ordering::SeqCst);
-                            kicks.iter().for_each(vmkit::KickHandle::kick);
-                        }
-                    }
-                })
-            })
-            .collect();
-        Threaded {
-            vcpus,
-            kicks,
-            pauser,
-            stop,
-            threads,
-        }
+/// Waits for the guest to power off (or stops it), and joins every thread.
+fn finish(running: VmRunner, wait: bool) {
+    let give_up = crate::common::guest::GIVE_UP;
+    if wait {
+        assert!(running.wait_stopping(give_up), "the guest never finished");
     }
-
-    /// Waits for the guest to power off (or stops it), and joins every thread.
-    fn finish(self, wait: bool) {
-        use std::sync::atomic::Ordering;
-        let start = std::time::Instant::now();
-        while wait && !self.stop.load(Ordering::SeqCst) {
-            assert!(
-                start.elapsed() < crate::common::guest::GIVE_UP,
-                "the guest never finished"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        self.stop.store(true, Ordering::SeqCst);
-        self.pauser.resume();
-        self.kicks.iter().for_each(vmkit::KickHandle::kick);
-        for thread in self.threads {
-            thread.join().unwrap();
-        }
+    running.stop_all();
+    for finished in running.join_timeout(give_up).unwrap() {
+        finished.outcome.unwrap();
     }
 }
 
@@ -607,7 +566,8 @@ pub fn a_paused_smp_vm_saves_and_restores(hv: &dyn Hypervisor) {
         .collect();
     let serial = Arc::new(Serial::new(Vec::new()).unwrap());
     let i8042 = Arc::new(I8042::new().unwrap());
-    let running = Threaded::start(vcpus, devices_bus(&serial, &i8042), i8042.clone());
+    let msrs = snapshot::readable_msrs(vcpus[0].as_ref(), &hv.msr_index_list());
+    let running = start_threaded(vcpus, devices_bus(&serial, &i8042), i8042.clone());
     let output = || String::from_utf8(serial.with_output(|out| out.clone())).unwrap();
     let start = std::time::Instant::now();
     while !output().contains(&format!("{}\n", minimal::count_line(10))) {
@@ -619,26 +579,14 @@ pub fn a_paused_smp_vm_saves_and_restores(hv: &dyn Hypervisor) {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 
-    // Pause both vCPU threads outside run(), save, and stop this VM.
-    running.pauser.pause();
+    // Pause both vCPU threads outside run(), gather their state on their threads, save, and
+    // stop this VM.
     let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmkit-smp-snapshot-").unwrap();
-    {
-        let locked: Vec<_> = running.vcpus.iter().map(|v| v.lock().unwrap()).collect();
-        let refs: Vec<&dyn Vcpu> = locked.iter().map(|v| v.as_ref()).collect();
-        let msrs = snapshot::readable_msrs(refs[0], &hv.msr_index_list());
-        snapshot::save(
-            dir.as_path(),
-            hv,
-            &config,
-            vm.as_ref(),
-            &refs,
-            &msrs,
-            |_| Ok(()),
-        )
-        .unwrap();
-    }
+    let features = Features::for_vm(&config, hv.capabilities());
+    let states = running.save_all(&msrs, features).unwrap();
+    snapshot::save(dir.as_path(), hv, &config, vm.as_ref(), &states, |_| Ok(())).unwrap();
     let before = output();
-    running.finish(false);
+    finish(running, false);
     drop(vm);
     let (first, last) = minimal::check_count_serial(&before).unwrap();
     assert!(before.contains("cpu 1 online"), "{before}");
@@ -652,8 +600,8 @@ pub fn a_paused_smp_vm_saves_and_restores(hv: &dyn Hypervisor) {
     );
     let serial = Arc::new(Serial::new(Vec::new()).unwrap());
     let i8042 = Arc::new(I8042::new().unwrap());
-    let again = Threaded::start(restored.vcpus, devices_bus(&serial, &i8042), i8042.clone());
-    again.finish(true);
+    let again = start_threaded(restored.vcpus, devices_bus(&serial, &i8042), i8042.clone());
+    finish(again, true);
     let after = String::from_utf8(serial.with_output(|out| out.clone())).unwrap();
     assert_eq!(
         minimal::check_count_serial(&after).unwrap(),

@@ -10,9 +10,12 @@ use std::thread;
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
+use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VcpuOutcome, VmRunner};
 use vmkit::{DataMatch, EventFd, Hypervisor, IoEventAddress, MemoryFlags, MemoryRegion, VmConfig};
 use vmkit_boot::entry;
-use vmkit_bus::{Bus, ExitOutcome};
+
+use crate::common::guest::GIVE_UP;
+use vmkit_bus::Bus;
 use vmkit_devices::{Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
 use vmkit_virtio::blk::{Block, BlockOptions};
@@ -83,19 +86,25 @@ fn blk_round_trip(hv: &dyn Hypervisor, ioeventfd: bool) {
         (thread, stop, wake)
     });
 
-    let mut vcpu = vm.create_vcpu(0).unwrap();
+    let vcpu = vm.create_vcpu(0).unwrap();
     vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
     entry::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0).unwrap();
     let mut regs = vcpu.regs().unwrap();
     regs.rdx = minimal::ENTRY_FLAG_VIRTIO_BLK;
     vcpu.set_regs(&regs).unwrap();
 
-    while !i8042.take_reset_request() {
-        let mut exit = vcpu.run().unwrap();
-        if let ExitOutcome::NotBusExit = bus.handle_exit(&mut exit) {
-            panic!("unexpected exit {exit:?}");
-        }
-    }
+    // The vCPU on its thread, its exits on the bus; the i8042's reset command powers off.
+    let handler = runner::from_fn(move |id, exit| match bus.handle(id, exit) {
+        ExitAction::Continue if i8042.take_reset_request() => ExitAction::PowerOff,
+        action => action,
+    });
+    let options = RunnerOptions::default().command_timeout(GIVE_UP);
+    let running = VmRunner::start_with(vec![vcpu], handler, options).unwrap();
+    let finished = running.join_timeout(GIVE_UP).unwrap();
+    assert_eq!(
+        finished[0].outcome.as_ref().unwrap(),
+        &VcpuOutcome::PowerOff
+    );
 
     if let Some((thread, stop, wake)) = worker {
         stop.store(true, Ordering::SeqCst);

@@ -480,3 +480,31 @@ fn straddled<D>(lookup: &Lookup<'_, D>) -> Option<Span> {
         _ => None,
     }
 }
+
+/// The bus as a [`VmRunner`](vmkit::runner::VmRunner)'s exit handler: port and MMIO exits go to
+/// [`Bus::handle_exit`] and the vCPU goes on (unmapped and malformed accesses included, as
+/// that method answers them); any other exit fails the VM with
+/// [`ExitAction::unhandled`](vmkit::runner::ExitAction::unhandled). A VMM that powers off on
+/// some device's request wraps the bus in a closure that asks the device after each exit.
+///
+/// ```
+/// use vmkit::runner::{ExitAction, ExitHandler};
+/// use vmkit::VcpuExit;
+/// use vmkit_bus::Bus;
+///
+/// let bus = Bus::new();
+/// let mut data = [0u8; 1];
+/// let mut read = VcpuExit::IoIn { port: 0x60, size: 1, data: &mut data };
+/// assert!(matches!(bus.handle(0, &mut read), ExitAction::Continue));
+/// assert_eq!(data, [0xff]); // nothing at port 0x60: all-ones
+/// assert!(matches!(bus.handle(0, &mut VcpuExit::Hlt), ExitAction::Fail(_)));
+/// ```
+#[cfg(feature = "vmkit")]
+impl vmkit::runner::ExitHandler for Bus {
+    fn handle(&self, _vcpu: u32, exit: &mut VcpuExit<'_>) -> vmkit::runner::ExitAction {
+        match self.handle_exit(exit) {
+            ExitOutcome::NotBusExit => vmkit::runner::ExitAction::unhandled(exit),
+            _ => vmkit::runner::ExitAction::Continue,
+        }
+    }
+}

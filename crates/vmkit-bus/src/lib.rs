@@ -2,7 +2,9 @@
 //!
 //! Port I/O and MMIO dispatch for VMMs built on `vmkit`: devices registered by address
 //! range on a [`Bus`], and [`Bus::handle_exit`], which routes a [`vmkit::VcpuExit`] to the
-//! device that owns the accessed address and answers reads.
+//! device that owns the accessed address and answers reads. With the `vmkit` feature (on by
+//! default) a `Bus` is also a [`vmkit::runner::ExitHandler`], so a
+//! [`VmRunner`](vmkit::runner::VmRunner) can dispatch every vCPU's exits to it.
 //!
 //! Devices implement vm-device's shared-reference traits [`vm_device::DevicePio`] and
 //! [`vm_device::DeviceMmio`] (`&self`, so a device keeps its state behind interior mutability

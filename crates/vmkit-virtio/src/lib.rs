@@ -135,6 +135,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blk;
+mod config;
 pub mod console;
 pub mod device;
 mod error;
@@ -144,6 +145,7 @@ pub mod net;
 pub mod packed;
 pub mod split;
 
+pub use config::QueueLayout;
 pub use device::{DeviceError, DeviceState, StateError, VirtioDevice};
 pub use error::{DescIndex, Error, Result, RingArea};
 pub use mem::Descriptor;

@@ -36,9 +36,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::device::{
     read_config_bytes, DeviceError, DeviceState, StateError, VirtioDevice, PROCESS_BUDGET,
-    VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
+    VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1,
+    VIRTIO_ID_BLOCK,
 };
-use crate::{Descriptor, SplitQueue};
+use crate::{Descriptor, Queue};
 
 /// Feature bit 2: `seg_max` in the configuration space is valid.
 pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -726,6 +727,7 @@ impl<M: GuestMemory + ?Sized, B: BlockBackend> VirtioDevice<M> for Block<B> {
         VIRTIO_F_VERSION_1
             | VIRTIO_F_INDIRECT_DESC
             | VIRTIO_F_EVENT_IDX
+            | VIRTIO_F_RING_PACKED
             | VIRTIO_BLK_F_FLUSH
             | VIRTIO_BLK_F_SEG_MAX
             | VIRTIO_BLK_F_BLK_SIZE
@@ -748,7 +750,7 @@ impl<M: GuestMemory + ?Sized, B: BlockBackend> VirtioDevice<M> for Block<B> {
     fn process_queue(
         &mut self,
         index: u16,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
     ) -> Result<bool, DeviceError> {
         if index != 0 {
@@ -762,7 +764,7 @@ impl<M: GuestMemory + ?Sized, B: BlockBackend> VirtioDevice<M> for Block<B> {
                     break;
                 };
                 budget -= 1;
-                let head = chain.head_index();
+                let head = chain.head();
                 let len = self.handle(chain, mem);
                 queue.add_used(mem, head, len).map_err(&err)?;
             }

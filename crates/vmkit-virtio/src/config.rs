@@ -102,7 +102,7 @@ impl RingConfig {
     }
 
     /// A fresh configuration for an already checked maximum.
-    fn fresh(layout: QueueLayout, max: u16) -> Self {
+    pub(crate) fn fresh(layout: QueueLayout, max: u16) -> Self {
         RingConfig {
             layout,
             max_size: max,

@@ -36,9 +36,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::device::{
     read_config_bytes, DeviceError, DeviceState, StateError, VirtioDevice, PROCESS_BUDGET,
-    VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_CONSOLE,
+    VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1,
+    VIRTIO_ID_CONSOLE,
 };
-use crate::{Descriptor, SplitQueue};
+use crate::{Descriptor, Queue};
 
 /// The receive queue (host to guest).
 pub const RECEIVEQ: u16 = 0;
@@ -183,7 +184,7 @@ impl<W: Write> Console<W> {
 
     fn receive<M: GuestMemory + ?Sized>(
         &mut self,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
     ) -> Result<(), DeviceError> {
         let err = |source| DeviceError::Queue {
@@ -197,7 +198,7 @@ impl<W: Write> Console<W> {
                     break;
                 };
                 budget -= 1;
-                let head = chain.head_index();
+                let head = chain.head();
                 let len = match Self::collect(chain) {
                     Some(descs) if descs.iter().all(Descriptor::is_write_only) => {
                         self.fill(&descs, mem)
@@ -220,7 +221,7 @@ impl<W: Write> Console<W> {
 
     fn transmit<M: GuestMemory + ?Sized>(
         &mut self,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
     ) -> Result<(), DeviceError> {
         let err = |source| DeviceError::Queue {
@@ -234,7 +235,7 @@ impl<W: Write> Console<W> {
                     break;
                 };
                 budget -= 1;
-                let head = chain.head_index();
+                let head = chain.head();
                 match Self::collect(chain) {
                     Some(descs) => self.send(&descs, mem),
                     None => self.stats.bad_chains += 1,
@@ -280,7 +281,7 @@ impl<M: GuestMemory + ?Sized, W: Write> VirtioDevice<M> for Console<W> {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX
+        VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX | VIRTIO_F_RING_PACKED
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -298,7 +299,7 @@ impl<M: GuestMemory + ?Sized, W: Write> VirtioDevice<M> for Console<W> {
     fn process_queue(
         &mut self,
         index: u16,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
     ) -> Result<bool, DeviceError> {
         match index {

@@ -143,6 +143,7 @@ mod mem;
 pub mod mmio;
 pub mod net;
 pub mod packed;
+mod queue;
 pub mod split;
 
 pub use config::QueueLayout;
@@ -150,6 +151,7 @@ pub use device::{DeviceError, DeviceState, StateError, VirtioDevice};
 pub use error::{DescIndex, Error, Result, RingArea};
 pub use mem::Descriptor;
 pub use packed::{PackedAccess, PackedChain, PackedQueue, PackedQueueState};
+pub use queue::{Chain, ChainHead, Queue, QueueAccess, QueueState};
 pub use split::{
     SplitAccess, SplitChain, SplitQueue, SplitQueueState, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE,

@@ -106,7 +106,7 @@ impl PackedQueue {
         )?))
     }
 
-    fn with_config(cfg: RingConfig) -> Self {
+    pub(crate) fn with_config(cfg: RingConfig) -> Self {
         PackedQueue {
             cfg,
             next_avail: 0,
@@ -333,6 +333,35 @@ impl PackedQueue {
             ring,
             hint,
         })
+    }
+
+    /// Un-pops the last popped list of `desc_count` ring slots (see
+    /// [`PackedChain::desc_count`]), so the next [`PackedQueue::pop`]
+    /// returns it again. Returns `false` (and changes nothing) if fewer
+    /// slots are in flight, or `desc_count` is 0.
+    ///
+    /// Only the most recently popped lists can be un-popped, newest first;
+    /// their slots have not been overwritten by used descriptors, since
+    /// those are written at `next_used`, behind every slot in flight.
+    pub fn undo_pop(&mut self, desc_count: u16) -> bool {
+        if desc_count == 0 || desc_count > self.in_flight {
+            return false;
+        }
+        let (idx, wrap) = if self.next_avail >= desc_count {
+            (self.next_avail - desc_count, self.avail_wrap)
+        } else {
+            // Back across slot 0: into the previous lap. The sum is below
+            // 2 * 32768 and the result below `size`.
+            (
+                (u32::from(self.next_avail) + u32::from(self.cfg.size) - u32::from(desc_count))
+                    as u16,
+                !self.avail_wrap,
+            )
+        };
+        self.next_avail = idx;
+        self.avail_wrap = wrap;
+        self.in_flight -= desc_count;
+        true
     }
 
     /// Writes back a used descriptor for the buffer `id` that occupied

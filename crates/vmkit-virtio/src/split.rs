@@ -104,7 +104,7 @@ impl SplitQueue {
         )?))
     }
 
-    fn with_config(cfg: RingConfig) -> Self {
+    pub(crate) fn with_config(cfg: RingConfig) -> Self {
         SplitQueue {
             cfg,
             next_avail: 0,

@@ -216,6 +216,7 @@ fn identifies_as_a_network_device_and_offers_what_the_backend_honours() {
     let f = device_features(&t);
     for want in [
         V1,
+        vmkit_virtio::device::VIRTIO_F_RING_PACKED,
         VIRTIO_NET_F_MAC,
         VIRTIO_NET_F_STATUS,
         VIRTIO_NET_F_MRG_RXBUF,

@@ -16,7 +16,22 @@ use vmkit_virtio::blk::*;
 use vmkit_virtio::console::{Console, ConsoleState, RECEIVEQ, TRANSMITQ};
 use vmkit_virtio::device::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 use vmkit_virtio::mmio::*;
-use vmkit_virtio::{DeviceState, Error, RingArea, SplitQueueState, StateError};
+use vmkit_virtio::{DeviceState, Error, QueueState, RingArea, SplitQueueState, StateError};
+
+/// The split state of a queue the tests know is split.
+trait SplitOf {
+    fn sq(&self) -> &SplitQueueState;
+    fn sq_mut(&mut self) -> &mut SplitQueueState;
+}
+
+impl SplitOf for QueueState {
+    fn sq(&self) -> &SplitQueueState {
+        self.as_split().expect("a split queue")
+    }
+    fn sq_mut(&mut self) -> &mut SplitQueueState {
+        self.as_split_mut().expect("a split queue")
+    }
+}
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempfile::TempFile;
 
@@ -107,7 +122,7 @@ fn a_restored_block_device_continues_without_replay_or_loss() {
     let (mem, file, old, mut vq, state) = mid_session();
     assert_eq!(state.status, LIVE);
     assert_eq!(state.driver_features, FEATURES);
-    let q = state.queues[0].queue;
+    let q = *state.queues[0].queue.sq();
     assert!(q.ready && q.event_idx && q.indirect && !q.broken);
     assert_eq!((q.next_avail, q.next_used), (3, 3));
     assert!(
@@ -212,7 +227,7 @@ fn a_state_saved_before_driver_ok_restores_the_pending_registers() {
     t.w32(0x90, vq.avail as u32);
     t.w32(0xa0, vq.used as u32);
     let state = t.save_state();
-    assert!(!state.queues[0].queue.ready);
+    assert!(!state.queues[0].queue.sq().ready);
     let r = MmioTransport::restore(block(&file), mem.clone(), irq(), &state).unwrap();
     // The driver finishes its bring-up on the restored device.
     r.w32(0x44, 1);
@@ -291,8 +306,8 @@ fn corrupt_states_are_refused_with_the_field_named() {
         &with(&good, |s| {
             s.status = STATUS_ACKNOWLEDGE;
             s.interrupt_status = INT_USED_BUFFER;
-            s.queues[0].queue.event_idx = false;
-            s.queues[0].queue.indirect = false;
+            s.queues[0].queue.sq_mut().event_idx = false;
+            s.queues[0].queue.sq_mut().indirect = false;
         }),
     );
     assert!(matches!(
@@ -317,8 +332,8 @@ fn corrupt_states_are_refused_with_the_field_named() {
         &with(&good, |s| {
             s.status = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
             s.driver_features_beyond_64 = Some((1, 1));
-            s.queues[0].queue.event_idx = false;
-            s.queues[0].queue.indirect = false;
+            s.queues[0].queue.sq_mut().event_idx = false;
+            s.queues[0].queue.sq_mut().indirect = false;
         }),
     );
     assert!(matches!(
@@ -331,7 +346,7 @@ fn corrupt_states_are_refused_with_the_field_named() {
         &mem,
         &with_queue(&good, |q| {
             q.num = 6;
-            q.queue.size = 6;
+            q.queue.sq_mut().size = 6;
         }),
     );
     assert!(matches!(
@@ -346,7 +361,7 @@ fn corrupt_states_are_refused_with_the_field_named() {
         &mem,
         &with_queue(&good, |q| {
             q.desc = MEM_SIZE as u64;
-            q.queue.desc_table = MEM_SIZE as u64;
+            q.queue.sq_mut().desc_table = MEM_SIZE as u64;
         }),
     );
     assert!(matches!(
@@ -364,7 +379,7 @@ fn corrupt_states_are_refused_with_the_field_named() {
         &mem,
         &with_queue(&good, |q| {
             q.device = MEM_SIZE as u64 - 8;
-            q.queue.used_ring = MEM_SIZE as u64 - 8;
+            q.queue.sq_mut().used_ring = MEM_SIZE as u64 - 8;
         }),
     );
     assert!(matches!(
@@ -382,7 +397,7 @@ fn corrupt_states_are_refused_with_the_field_named() {
         &mem,
         &with_queue(&good, |q| {
             q.driver += 1;
-            q.queue.avail_ring += 1;
+            q.queue.sq_mut().avail_ring += 1;
         }),
     );
     assert!(matches!(
@@ -398,7 +413,9 @@ fn corrupt_states_are_refused_with_the_field_named() {
     // next_used ahead of next_avail.
     let err = restore_blk(
         &mem,
-        &with_queue(&good, |q| q.queue.next_used = q.queue.next_avail + 1),
+        &with_queue(&good, |q| {
+            q.queue.sq_mut().next_used = q.queue.sq_mut().next_avail + 1
+        }),
     );
     assert!(matches!(
         err,
@@ -410,7 +427,9 @@ fn corrupt_states_are_refused_with_the_field_named() {
     // More in flight than the queue holds.
     let err = restore_blk(
         &mem,
-        &with_queue(&good, |q| q.queue.next_avail = q.queue.next_used + 17),
+        &with_queue(&good, |q| {
+            q.queue.sq_mut().next_avail = q.queue.sq_mut().next_used + 17
+        }),
     );
     assert!(matches!(
         err,
@@ -439,7 +458,10 @@ fn corrupt_states_are_refused_with_the_field_named() {
         })
     ));
     // Flags that disagree with the negotiated features.
-    let err = restore_blk(&mem, &with_queue(&good, |q| q.queue.event_idx = false));
+    let err = restore_blk(
+        &mem,
+        &with_queue(&good, |q| q.queue.sq_mut().event_idx = false),
+    );
     assert!(matches!(
         err,
         Err(RestoreError::QueueFeatureFlag {
@@ -461,7 +483,10 @@ fn corrupt_states_are_refused_with_the_field_named() {
         })
     ));
     // Queue shape that is not the device's.
-    let err = restore_blk(&mem, &with_queue(&good, |q| q.queue.max_size = 1024));
+    let err = restore_blk(
+        &mem,
+        &with_queue(&good, |q| q.queue.sq_mut().max_size = 1024),
+    );
     assert!(matches!(
         err,
         Err(RestoreError::QueueMaxSize {
@@ -571,15 +596,15 @@ fn reachable_odd_states_are_accepted() {
         s.driver_features = u64::MAX;
         s.driver_features_beyond_64 = Some((7, 1));
         s.interrupt_status = 0;
-        s.queues[0].queue.event_idx = false;
-        s.queues[0].queue.indirect = false;
+        s.queues[0].queue.sq_mut().event_idx = false;
+        s.queues[0].queue.sq_mut().indirect = false;
     });
     restore_blk(&mem, &early).unwrap();
     // A queue that is not ready keeps whatever the driver wrote to its registers.
     restore_blk(
         &mem,
         &with_queue(&good, |q| {
-            q.queue.ready = false;
+            q.queue.sq_mut().ready = false;
             q.num = u32::MAX;
             q.desc = u64::MAX;
         }),
@@ -588,7 +613,7 @@ fn reachable_odd_states_are_accepted() {
     // A broken queue restores broken.
     let broken = with(&good, |s| {
         s.status |= STATUS_NEEDS_RESET;
-        s.queues[0].queue.broken = true;
+        s.queues[0].queue.sq_mut().broken = true;
     });
     let file = disk(SECTORS);
     let t = MmioTransport::restore(block(&file), mem.clone(), irq(), &broken).unwrap();
@@ -720,7 +745,7 @@ fn base_state(kind: u8, next_used: u16, in_flight: u16) -> MmioTransportState {
             desc: queue.desc_table,
             driver: queue.avail_ring,
             device: queue.used_ring,
-            queue,
+            queue: QueueState::Split(queue),
         }],
         device: DeviceState::Block(mem_block().state()),
     }
@@ -799,25 +824,32 @@ fn transport_state() -> impl Strategy<Value = MmioTransportState> {
         }
         let (max, size, ready, rings, indices, flags, regs) = q;
         let slot = &mut s.queues[0];
-        slot.queue.max_size = max.unwrap_or(slot.queue.max_size);
+        slot.queue.sq_mut().max_size = max.unwrap_or(slot.queue.sq_mut().max_size);
         if let Some(size) = size {
-            slot.queue.size = size;
+            slot.queue.sq_mut().size = size;
             slot.num = u32::from(size);
         }
-        slot.queue.ready = ready.unwrap_or(slot.queue.ready);
+        slot.queue.sq_mut().ready = ready.unwrap_or(slot.queue.sq_mut().ready);
         if let Some((d, a, u)) = rings {
             (
-                slot.queue.desc_table,
-                slot.queue.avail_ring,
-                slot.queue.used_ring,
+                slot.queue.sq_mut().desc_table,
+                slot.queue.sq_mut().avail_ring,
+                slot.queue.sq_mut().used_ring,
             ) = (d, a, u);
             (slot.desc, slot.driver, slot.device) = (d, a, u);
         }
         if let Some((a, u)) = indices {
-            (slot.queue.next_avail, slot.queue.next_used) = (a, u);
+            (
+                slot.queue.sq_mut().next_avail,
+                slot.queue.sq_mut().next_used,
+            ) = (a, u);
         }
         if let Some([e, i, b]) = flags {
-            (slot.queue.event_idx, slot.queue.indirect, slot.queue.broken) = (e, i, b);
+            (
+                slot.queue.sq_mut().event_idx,
+                slot.queue.sq_mut().indirect,
+                slot.queue.sq_mut().broken,
+            ) = (e, i, b);
         }
         if let Some((num, d, a, u)) = regs {
             (slot.num, slot.desc, slot.driver, slot.device) = (num, d, a, u);
@@ -840,7 +872,11 @@ proptest! {
     fn arbitrary_states_never_panic(state in transport_state()) {
         let mem = mem();
         // Driver memory as a live driver leaves it: used.idx = next_used.
-        let q = state.queues.first().map(|q| q.queue).unwrap_or_default();
+        let q = state
+            .queues
+            .first()
+            .and_then(|q| q.queue.as_split().copied())
+            .unwrap_or_default();
         let _ = mem.write_obj(q.next_used, GuestAddress(q.used_ring.wrapping_add(2)));
         let _ = mem.write_obj(q.next_avail, GuestAddress(q.avail_ring.wrapping_add(2)));
         let bytes = postcard::to_stdvec(&state).unwrap();

@@ -9,9 +9,9 @@ use super::{
 };
 use crate::device::{
     DeviceError, DeviceState, StateError, VirtioDevice, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
-    VIRTIO_F_VERSION_1,
+    VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1,
 };
-use crate::{SplitQueue, SplitQueueState};
+use crate::{Queue, QueueLayout, QueueState};
 
 /// The saved state of one queue of a [`MmioTransport`]: the queue itself,
 /// and the queue registers the driver wrote (which take effect when it
@@ -26,8 +26,9 @@ pub struct MmioQueueState {
     pub driver: u64,
     /// The `QueueDeviceLow`/`High` registers.
     pub device: u64,
-    /// The queue.
-    pub queue: SplitQueueState,
+    /// The queue, with its layout: packed exactly when `FEATURES_OK` is
+    /// set and the driver accepted `VIRTIO_F_RING_PACKED`.
+    pub queue: QueueState,
 }
 
 /// The saved state of a [`MmioTransport`] and of its device: see
@@ -37,7 +38,8 @@ pub struct MmioQueueState {
 ///
 /// The registers (feature words and selectors, status, interrupt status,
 /// configuration generation, queue and shared-memory selectors), each
-/// queue's registers and [`SplitQueueState`], and the device's own
+/// queue's registers and [`QueueState`] (which records its layout), and
+/// the device's own
 /// [`DeviceState`].
 ///
 /// # What is not
@@ -118,7 +120,9 @@ pub enum RestoreError {
         /// The fresh device's type.
         device: u32,
     },
-    /// The fresh device offers other features than the saved one did.
+    /// The fresh device offers other features than the saved one did
+    /// (beyond `VIRTIO_F_RING_PACKED`, which the saved transport may have
+    /// withheld).
     #[error(
         "saved device_features {saved:#x} differ from the features the device offers, {offered:#x}"
     )]
@@ -168,6 +172,19 @@ pub enum RestoreError {
         value: u64,
         /// The queue's saved value.
         queue: u64,
+    },
+    /// A queue's layout disagrees with the negotiated features (packed
+    /// exactly when `FEATURES_OK` is set with `VIRTIO_F_RING_PACKED`).
+    #[error(
+        "queue {index}: saved layout is {saved}, but the negotiated features say {negotiated}"
+    )]
+    QueueLayout {
+        /// The queue index.
+        index: usize,
+        /// The saved layout.
+        saved: QueueLayout,
+        /// What the features imply.
+        negotiated: QueueLayout,
     },
     /// A queue's event_idx or indirect flag disagrees with the negotiated
     /// features (set from them at `FEATURES_OK`, clear before).
@@ -282,9 +299,11 @@ where
     /// (`DRIVER` needs `ACKNOWLEDGE`, `FEATURES_OK` needs `DRIVER`,
     /// `DRIVER_OK` needs `FEATURES_OK`); with `FEATURES_OK`, the driver
     /// features are a subset of the offer and include `VIRTIO_F_VERSION_1`;
-    /// each queue's size is a power of two not above its maximum, its rings
-    /// are aligned, at most `size` chains are in flight, and its
-    /// event_idx/indirect flags follow the negotiated features; a ready
+    /// each queue's layout is packed exactly when `FEATURES_OK` is set with
+    /// `VIRTIO_F_RING_PACKED`, its size is valid for that layout (a power
+    /// of two for split) and not above its maximum, its areas are aligned,
+    /// its ring positions are consistent (at most `size` in flight), and
+    /// its event_idx/indirect flags follow the negotiated features; a ready
     /// queue's registers are the queue's and its rings lie in `mem`;
     /// interrupt status bits are `USED_BUFFER`/`CONFIG_CHANGE` only, and
     /// only with `DRIVER_OK`. Then the device restores its own state
@@ -315,6 +334,7 @@ where
                     .map_err(RestoreError::Activation)?;
             }
             let inner = &mut *inner;
+            inner.device_features = state.device_features;
             inner.device_features_sel = state.device_features_sel;
             inner.driver_features = state.driver_features;
             inner.driver_features_sel = state.driver_features_sel;
@@ -380,7 +400,8 @@ where
         });
     }
     let offered = inner.device_features;
-    if state.device_features != offered {
+    if state.device_features != offered && state.device_features != offered & !VIRTIO_F_RING_PACKED
+    {
         return Err(RestoreError::DeviceFeatures {
             saved: state.device_features,
             offered,
@@ -410,6 +431,7 @@ where
             return Err(bad("it makes FEATURES_OK fail, yet FEATURES_OK is set"));
         }
     }
+    let offered = state.device_features;
     let driver = state.driver_features;
     if features_ok {
         if driver & !offered != 0 {
@@ -442,22 +464,34 @@ where
     }
     let event_idx = features_ok && driver & VIRTIO_F_EVENT_IDX != 0;
     let indirect = features_ok && driver & VIRTIO_F_INDIRECT_DESC != 0;
+    let layout = if features_ok && driver & VIRTIO_F_RING_PACKED != 0 {
+        QueueLayout::Packed
+    } else {
+        QueueLayout::Split
+    };
     let mut queues = Vec::with_capacity(state.queues.len());
     for (index, (saved, fresh)) in state.queues.iter().zip(&inner.queues).enumerate() {
         let q = &saved.queue;
         let max = fresh.queue.max_size();
-        if q.max_size != max {
+        if q.max_size() != max {
             return Err(RestoreError::QueueMaxSize {
                 index,
-                saved: q.max_size,
+                saved: q.max_size(),
                 device: max,
             });
         }
-        let queue =
-            SplitQueue::from_state(q).map_err(|source| RestoreError::Queue { index, source })?;
+        if q.layout() != layout {
+            return Err(RestoreError::QueueLayout {
+                index,
+                saved: q.layout(),
+                negotiated: layout,
+            });
+        }
+        let queue = Queue::from_state(q).map_err(|source| RestoreError::Queue { index, source })?;
+        let (saved_event_idx, saved_indirect) = q.feature_flags();
         for (flag, saved, negotiated) in [
-            ("event_idx", q.event_idx, event_idx),
-            ("indirect", q.indirect, indirect),
+            ("event_idx", saved_event_idx, event_idx),
+            ("indirect", saved_indirect, indirect),
         ] {
             if saved != negotiated {
                 return Err(RestoreError::QueueFeatureFlag {
@@ -468,12 +502,13 @@ where
                 });
             }
         }
-        if q.ready {
+        if q.ready() {
+            let [desc, driver, device] = q.areas();
             for (register, value, of_queue) in [
-                ("QueueNum", u64::from(saved.num), u64::from(q.size)),
-                ("QueueDesc", saved.desc, q.desc_table),
-                ("QueueDriver", saved.driver, q.avail_ring),
-                ("QueueDevice", saved.device, q.used_ring),
+                ("QueueNum", u64::from(saved.num), u64::from(q.size())),
+                ("QueueDesc", saved.desc, desc),
+                ("QueueDriver", saved.driver, driver),
+                ("QueueDevice", saved.device, device),
             ] {
                 if value != of_queue {
                     return Err(RestoreError::QueueRegister {

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
 //!     [--cmdline "..."] [--mem MIB] [--vcpus N] [--disk FILE]
-//!     [--net MODE [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel]
+//!     [--net MODE [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -31,6 +31,9 @@
 //! copying them (`vmkit::linux::load_kernel_file`): loading is nearly free and VMs booting
 //! the same file share its pages, but those pages are small pages of the page cache, not
 //! the huge pages that back the rest of RAM.
+//!
+//! The virtio devices offer packed virtqueues (`VIRTIO_F_RING_PACKED`), which Linux's
+//! driver takes; `--split-rings` withholds them, so the guest uses split rings.
 //!
 //! Exit status: 0 once the guest resets the machine (which is how `reboot` and `poweroff`
 //! end on a PC without ACPI when `reboot=k` is set; a panic with `panic=-1` ends the same
@@ -103,13 +106,14 @@ struct Options {
     mac: MacAddr,
     exit_stats: bool,
     map_kernel: bool,
+    split_rings: bool,
 }
 
 fn options() -> Result<Options, Box<dyn Error>> {
     const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmdline STRING] \
                          [--mem MIB] [--vcpus N] [--disk FILE] \
                          [--net tap|isolated:BRIDGE|bridged:BRIDGE|nat:BRIDGE:GATEWAY/PREFIX:UPLINK \
-                         [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel]";
+                         [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings]";
     let mut args = std::env::args().skip(1);
     let mut kernel = None;
     let mut options = Options {
@@ -124,6 +128,7 @@ fn options() -> Result<Options, Box<dyn Error>> {
         mac: NetOptions::default().mac,
         exit_stats: false,
         map_kernel: false,
+        split_rings: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -159,6 +164,7 @@ fn options() -> Result<Options, Box<dyn Error>> {
             }
             "--exit-stats" => options.exit_stats = true,
             "--map-kernel" => options.map_kernel = true,
+            "--split-rings" => options.split_rings = true,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unexpected argument {other:?}; {USAGE}").into()),
         }
@@ -226,6 +232,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         next_addr: VIRTIO_MMIO_BASE,
         next_irq: VIRTIO_FIRST_IRQ,
         memory: Arc::new(memory.clone()),
+        packed_rings: !options.split_rings,
     };
     if let Some(path) = &options.disk {
         let block = Block::new(open(path, "disk", true)?, BlockOptions::default())?;
@@ -394,6 +401,8 @@ struct VirtioSlots {
     next_addr: u64,
     next_irq: u32,
     memory: Arc<vmkit::GuestMemoryMmap>,
+    /// Whether the transports offer packed virtqueues (`--split-rings` withholds them).
+    packed_rings: bool,
 }
 
 impl VirtioSlots {
@@ -409,11 +418,10 @@ impl VirtioSlots {
     where
         D: vmkit_virtio::VirtioDevice<vmkit::GuestMemoryMmap> + Send + 'static,
     {
-        let transport = Arc::new(MmioTransport::new(
-            device,
-            self.memory.clone(),
-            EventFd::new(0)?,
-        )?);
+        let transport = Arc::new(
+            MmioTransport::new(device, self.memory.clone(), EventFd::new(0)?)?
+                .with_packed_rings(self.packed_rings),
+        );
         vm.register_irqfd(transport.interrupt_evt(), self.next_irq, None)?;
         let base = self.next_addr;
         bus.register_mmio(MmioAddress(base), MMIO_REGION_SIZE, transport.clone())?;

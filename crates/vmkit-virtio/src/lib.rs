@@ -16,6 +16,11 @@
 //! - Both iterate validated [`Descriptor`]s, direct and indirect, implement
 //!   notification suppression (EVENT_IDX or flags), and save and restore
 //!   their state ([`SplitQueueState`], [`PackedQueueState`]).
+//! - [`Queue`] is either one, behind one interface ([`Chain`], [`ChainHead`],
+//!   [`QueueAccess`], [`QueueState`]): what transports hold and devices
+//!   process, so every device works on both layouts. Both layouts share
+//!   their setters and configuration checks; [`QueueLayout`] says which
+//!   rules apply.
 //!
 //! On top of the queues:
 //!

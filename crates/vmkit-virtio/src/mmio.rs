@@ -1,5 +1,15 @@
 //! The virtio-mmio transport, version 2 register layout (virtio 1.2,
-//! section 4.2.2), over split queues.
+//! section 4.2.2), over split queues, or packed ones when the driver
+//! accepts `VIRTIO_F_RING_PACKED`.
+//!
+//! The queues are [`Queue`]s: split from reset until `FEATURES_OK`, then
+//! packed if the driver accepted `VIRTIO_F_RING_PACKED`. The queue
+//! registers mean the same for both layouts: `QueueDesc` is the descriptor
+//! table or ring, `QueueDriver` the available ring or driver event
+//! suppression structure, `QueueDevice` the used ring or device event
+//! suppression structure; `QueueNum` must be a power of two only for split
+//! queues. A VMM that wants split queues only builds the transport
+//! [`MmioTransport::with_packed_rings`]`(false)`.
 //!
 //! [`MmioTransport`] wraps a [`VirtioDevice`] and answers the guest's MMIO
 //! accesses to its register window (see [`MmioTransport::read`] and

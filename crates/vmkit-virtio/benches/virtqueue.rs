@@ -135,19 +135,29 @@ fn theirs() -> Queue {
     q
 }
 
+/// Iterates a chain of ours: adds its buffer addresses to `sum`, returns
+/// the writable bytes.
+fn walk<I: Iterator<Item = vmkit_virtio::Result<vmkit_virtio::Descriptor>>>(
+    chain: I,
+    sum: &mut u64,
+) -> u32 {
+    let mut written = 0;
+    for d in chain {
+        let d = d.unwrap();
+        *sum = sum.wrapping_add(d.addr().0);
+        if d.is_write_only() {
+            written += d.len();
+        }
+    }
+    written
+}
+
 fn run_ours(q: &mut SplitQueue, mem: &Mem, n: u16) -> u64 {
     publish(mem, q.next_avail(), n);
     let mut sum = 0u64;
     while let Some(chain) = q.pop(mem).unwrap() {
         let head = chain.head_index();
-        let mut written = 0;
-        for d in chain {
-            let d = d.unwrap();
-            sum = sum.wrapping_add(d.addr().0);
-            if d.is_write_only() {
-                written += d.len();
-            }
-        }
+        let written = walk(chain, &mut sum);
         q.add_used(mem, head, written).unwrap();
     }
     sum
@@ -159,14 +169,7 @@ fn run_ours_batch(q: &mut SplitQueue, mem: &Mem, n: u16) -> u64 {
     let mut access = q.access(mem).unwrap();
     while let Some(chain) = access.pop().unwrap() {
         let head = chain.head_index();
-        let mut written = 0;
-        for d in chain {
-            let d = d.unwrap();
-            sum = sum.wrapping_add(d.addr().0);
-            if d.is_write_only() {
-                written += d.len();
-            }
-        }
+        let written = walk(chain, &mut sum);
         access.add_used(head, written).unwrap();
     }
     sum
@@ -181,14 +184,7 @@ fn run_ours_enum(q: &mut VmkitQueue, mem: &Mem, n: u16) -> u64 {
     let mut access = q.access(mem).unwrap();
     while let Some(chain) = access.pop().unwrap() {
         let head = chain.head();
-        let mut written = 0;
-        for d in chain {
-            let d = d.unwrap();
-            sum = sum.wrapping_add(d.addr().0);
-            if d.is_write_only() {
-                written += d.len();
-            }
-        }
+        let written = walk(chain, &mut sum);
         access.add_used(head, written).unwrap();
     }
     sum

@@ -42,27 +42,6 @@ fn sector_of(file: &File, s: u64) -> Vec<u8> {
     b
 }
 
-/// A write request of one sector of `byte` at `sector`, in buffers of its
-/// own (slot `k`); returns the buffer ID.
-fn push_write(mem: &Mem, vq: &mut Vq, k: u64, sector: u64, byte: u8) -> u16 {
-    let base = BUF + 0x1_0000 * k;
-    mem.write_obj(VIRTIO_BLK_T_OUT, GuestAddress(base)).unwrap();
-    mem.write_obj(0u32, GuestAddress(base + 4)).unwrap();
-    mem.write_obj(sector, GuestAddress(base + 8)).unwrap();
-    mem.write_slice(&[byte; 512], GuestAddress(base + 0x1000))
-        .unwrap();
-    mem.write_obj(0xeeu8, GuestAddress(base + 0x3000)).unwrap();
-    vq.push(
-        mem,
-        &[r(base, 16), r(base + 0x1000, 512), w(base + 0x3000, 1)],
-    )
-}
-
-fn status_of(mem: &Mem, k: u64) -> u8 {
-    mem.read_obj(GuestAddress(BUF + 0x1_0000 * k + 0x3000))
-        .unwrap()
-}
-
 fn layout_of<D: vmkit_virtio::VirtioDevice<Mem>>(t: &Transport<D>) -> QueueLayout {
     t.queue_state(0).unwrap().layout()
 }

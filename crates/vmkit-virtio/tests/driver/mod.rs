@@ -323,3 +323,27 @@ pub fn bring_up(t: &impl Regs, queues: &[&Vq]) {
 pub fn notify(t: &impl Regs, q: u32) {
     t.w32(NOTIFY_OFFSET, q);
 }
+
+/// Puts a virtio-blk write request of one sector filled with `byte` at
+/// `sector` on `vq`, in buffers of its own (slot `k`: header, data and
+/// status at `BUF + 0x10000 * k`); returns the head or buffer ID.
+pub fn push_write(mem: &Mem, vq: &mut Vq, k: u64, sector: u64, byte: u8) -> u16 {
+    let base = BUF + 0x1_0000 * k;
+    mem.write_obj(vmkit_virtio::blk::VIRTIO_BLK_T_OUT, GuestAddress(base))
+        .unwrap();
+    mem.write_obj(0u32, GuestAddress(base + 4)).unwrap();
+    mem.write_obj(sector, GuestAddress(base + 8)).unwrap();
+    mem.write_slice(&[byte; 512], GuestAddress(base + 0x1000))
+        .unwrap();
+    mem.write_obj(0xeeu8, GuestAddress(base + 0x3000)).unwrap();
+    vq.push(
+        mem,
+        &[r(base, 16), r(base + 0x1000, 512), w(base + 0x3000, 1)],
+    )
+}
+
+/// The status byte of the request `push_write` put in slot `k`.
+pub fn status_of(mem: &Mem, k: u64) -> u8 {
+    mem.read_obj(GuestAddress(BUF + 0x1_0000 * k + 0x3000))
+        .unwrap()
+}

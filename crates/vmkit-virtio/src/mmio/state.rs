@@ -295,7 +295,10 @@ where
     ///
     /// Every value is validated as if the driver had written it through
     /// the registers: the device type, offered features and queue maximum
-    /// sizes must be the fresh device's; the status must be reachable
+    /// sizes must be the fresh device's (the saved offer may lack
+    /// `VIRTIO_F_RING_PACKED`, if the saved transport withheld it: see
+    /// [`MmioTransport::with_packed_rings`]; the restored one then withholds
+    /// it too); the status must be reachable
     /// (`DRIVER` needs `ACKNOWLEDGE`, `FEATURES_OK` needs `DRIVER`,
     /// `DRIVER_OK` needs `FEATURES_OK`); with `FEATURES_OK`, the driver
     /// features are a subset of the offer and include `VIRTIO_F_VERSION_1`;

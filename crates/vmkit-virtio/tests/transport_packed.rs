@@ -402,3 +402,67 @@ fn a_withheld_offer_survives_a_restore_and_nothing_else_may_differ() {
     );
     assert!(matches!(err, Err(RestoreError::DeviceFeatures { .. })));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Arbitrary packed queue states, with or without RING_PACKED
+    /// negotiated, never make a restore panic; one that restores saves back
+    /// unchanged and survives being driven.
+    #[test]
+    fn arbitrary_packed_queue_states_never_panic(
+        size in 0u16..300,
+        next_avail in 0u16..300,
+        next_used in 0u16..300,
+        in_flight in 0u16..300,
+        wraps in proptest::prelude::any::<(bool, bool)>(),
+        flags in proptest::prelude::any::<(bool, bool, bool, bool)>(),
+        area in proptest::sample::select(vec![0u64, 2, 4, 0x1_0000, 0x1_1000, MEM_SIZE as u64 - 4]),
+        negotiated in proptest::prelude::any::<bool>(),
+        consistent in proptest::prelude::any::<bool>(),
+    ) {
+        // Half the time, an in-flight count that matches the positions (the
+        // wrap counters span two laps), so that some states restore.
+        let in_flight = if consistent && size > 0 {
+            let lap = |i: u16, w: bool| u32::from(i % size) + if w { 0 } else { u32::from(size) };
+            let span = 2 * u32::from(size);
+            ((lap(next_avail, wraps.0) + span - lap(next_used, wraps.1)) % span) as u16
+        } else {
+            in_flight
+        };
+        let (next_avail, next_used) = if consistent && size > 0 {
+            (next_avail % size, next_used % size)
+        } else {
+            (next_avail, next_used)
+        };
+        let (mem, file, _old, _vq, good) = mid_session();
+        let state = with(&good, |s| {
+            if !negotiated {
+                s.driver_features &= !RING_PACKED;
+            }
+            s.queues[0].num = u32::from(size);
+            s.queues[0].driver = area;
+            if let QueueState::Packed(q) = &mut s.queues[0].queue {
+                q.size = size;
+                (q.next_avail, q.avail_wrap) = (next_avail, wraps.0);
+                (q.next_used, q.used_wrap) = (next_used, wraps.1);
+                q.in_flight = in_flight;
+                q.driver_area = area;
+                (q.ready, q.event_idx, q.indirect, q.broken) = flags;
+            }
+        });
+        let restored = MmioTransport::restore(block(&file), mem.clone(), irq(), &state);
+        if negotiated && consistent && size > 0 && area % 4 == 0 && area < MEM_SIZE as u64 - 4
+            && in_flight <= size && size <= 256 && flags.1 && flags.2
+        {
+            proptest::prop_assert!(restored.is_ok(), "{:?}", restored.err());
+        }
+        if let Ok(t) = restored {
+            proptest::prop_assert!(negotiated, "a packed queue without RING_PACKED restored");
+            proptest::prop_assert_eq!(t.save_state(), state);
+            let _ = t.resume();
+            notify(&t, 0);
+            let _ = t.take_error();
+        }
+    }
+}

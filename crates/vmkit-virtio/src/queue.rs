@@ -397,7 +397,7 @@ pub enum Chain<'m, M: GuestMemory + ?Sized> {
 
 impl<'m, M: GuestMemory + ?Sized> Chain<'m, M> {
     /// What to pass to [`Queue::add_used`] or [`Queue::undo_pop`].
-    #[inline]
+    #[inline(always)]
     pub fn head(&self) -> ChainHead {
         match self {
             Chain::Split(c) => ChainHead {
@@ -431,7 +431,7 @@ impl<'m, M: GuestMemory + ?Sized> Chain<'m, M> {
 impl<M: GuestMemory + ?Sized> Iterator for Chain<'_, M> {
     type Item = Result<Descriptor>;
 
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             Chain::Split(c) => c.next(),
@@ -453,7 +453,7 @@ pub enum QueueAccess<'q, 'm, M: GuestMemory + ?Sized> {
 
 impl<'m, M: GuestMemory + ?Sized> QueueAccess<'_, 'm, M> {
     /// As [`Queue::pop`].
-    #[inline]
+    #[inline(always)]
     pub fn pop(&mut self) -> Result<Option<Chain<'m, M>>> {
         Ok(match self {
             QueueAccess::Split(a) => a.pop()?.map(Chain::Split),
@@ -462,7 +462,7 @@ impl<'m, M: GuestMemory + ?Sized> QueueAccess<'_, 'm, M> {
     }
 
     /// As [`Queue::add_used`].
-    #[inline]
+    #[inline(always)]
     pub fn add_used(&mut self, head: ChainHead, len: u32) -> Result<()> {
         match self {
             QueueAccess::Split(a) => a.add_used(head.id, len),

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
 //!     [--cmdline "..."] [--mem MIB] [--vcpus N] [--disk FILE]
-//!     [--net MODE [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel]
+//!     [--net MODE [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -31,6 +31,9 @@
 //! copying them (`vmkit_boot::linux::load_kernel_file`): loading is nearly free and VMs booting
 //! the same file share its pages, but those pages are small pages of the page cache, not
 //! the huge pages that back the rest of RAM.
+//!
+//! The virtio devices offer packed virtqueues (`VIRTIO_F_RING_PACKED`), which Linux's
+//! driver takes; `--split-rings` withholds them, so the guest uses split rings.
 //!
 //! Exit status: 0 once the guest resets the machine (which is how `reboot` and `poweroff`
 //! end on a PC without ACPI when `reboot=k` is set; a panic with `panic=-1` ends the same
@@ -109,13 +112,14 @@ struct Options {
     mac: MacAddr,
     exit_stats: bool,
     map_kernel: bool,
+    split_rings: bool,
 }
 
 fn options() -> Result<Options, Box<dyn Error>> {
     const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmdline STRING] \
                          [--mem MIB] [--vcpus N] [--disk FILE] \
                          [--net tap|isolated:BRIDGE|bridged:BRIDGE|nat:BRIDGE:GATEWAY/PREFIX:UPLINK \
-                         [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel]";
+                         [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings]";
     let mut args = std::env::args().skip(1);
     let mut kernel = None;
     let mut options = Options {
@@ -130,6 +134,7 @@ fn options() -> Result<Options, Box<dyn Error>> {
         mac: NetOptions::default().mac,
         exit_stats: false,
         map_kernel: false,
+        split_rings: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -171,6 +176,7 @@ fn options() -> Result<Options, Box<dyn Error>> {
             }
             "--exit-stats" => options.exit_stats = true,
             "--map-kernel" => options.map_kernel = true,
+            "--split-rings" => options.split_rings = true,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unexpected argument {other:?}; {USAGE}").into()),
         }
@@ -239,7 +245,8 @@ fn run() -> Result<(), Box<dyn Error>> {
         Arc::new(memory.clone()),
         MmioAllocator::new(VIRTIO_MMIO_BASE, u64::from(layout::IOAPIC_ADDR))?,
         GsiAllocator::new(VIRTIO_FIRST_IRQ, VIRTIO_LAST_IRQ)?,
-    );
+    )
+    .packed_rings(!options.split_rings);
     let mut virtio_mmio = Vec::new();
     if let Some(path) = &options.disk {
         let block = Block::new(open(path, "disk", true)?, BlockOptions::default())?;

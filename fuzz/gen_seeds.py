@@ -143,3 +143,24 @@ blk_header(img, 0x1000, T_IN, 0)
 blk_chain(img, 0, [(0x1000, 16, False), (0x1100, 512, True), (0x2000, 1, True)])
 avail(img, [0])
 save("virtio_blk_request", "failing_disk", [4, 16, 4], img)
+
+# mmio_restore: [flags, mask_lo, mask_hi, which queue to perturb], then the memory image
+# (mask 0: no raw values). A live console; queue 0 (receive) at 0x0/0x1000/0x1100, queue 1
+# (transmit) at 0x2000/0x3000/0x3100; 16 entries each; buffers at 0x4000.
+for packed in (False, True):
+    for extra, name in ((0, "plain"), (2 | 4, "event_idx_indirect")):
+        img = image(0x5000)
+        img[0x4000:0x4005] = b"hello"
+        if packed:
+            packed_desc(img, 0, 0x4000, 5, 0, AVAIL_F, table=0x2000)
+            packed_desc(img, 0, 0x4800, 64, 0, AVAIL_F | WRITE, table=0x0)
+        else:
+            split_desc(img, 0x2000, 0, 0x4000, 5, 0, 0)
+            struct.pack_into("<HHH", img, 0x3000, 0, 1, 0)
+            split_desc(img, 0x0, 0, 0x4800, 64, WRITE, 0)
+            struct.pack_into("<HHH", img, 0x1000, 0, 1, 0)
+        flags = (1 if packed else 0) | extra
+        save("mmio_restore", f"{'packed' if packed else 'split'}_{name}", [flags, 0, 0, 0], img)
+# Queue 0 saved in the other layout than the features say, and raw queue values.
+save("mmio_restore", "layout_mismatch", [1 | 8, 0, 0, 0], image(0x100))
+save("mmio_restore", "packed_raw_positions", [1, 0x40, 0, 1, 3, 0, 0, 2, 1, 1, 1, 0], image(0x100))

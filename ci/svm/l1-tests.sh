@@ -44,12 +44,14 @@ t_kvm() {
     vmkit_bin kvm --test-threads=1
 }
 
-# check_l2 CONSOLE CPUS DISK: the verdict lines of ci/svm/l2-init in CONSOLE (a file of the
-# guest's console), and the pattern at 1 MiB of DISK, as the host side of the disk test.
+# check_l2 CONSOLE CPUS DISK [RING]: the verdict lines of ci/svm/l2-init in CONSOLE (a file of
+# the guest's console), and the pattern at 1 MiB of DISK, as the host side of the disk test;
+# with RING (packed or split), also the virtqueue layout the guest's virtio-blk driver
+# negotiated.
 check_l2() {
     tr -d '\r' <"$1" >"$1.clean"
     bad=0
-    for want in VMKIT-L2-USERSPACE VMKIT-L2-DISK-OK "VMKIT-L2-CPUS $2"; do
+    for want in VMKIT-L2-USERSPACE VMKIT-L2-DISK-OK "VMKIT-L2-CPUS $2" ${4:+"VMKIT-L2-BLK-RING $4"}; do
         if ! grep -qx "$want" "$1.clean"; then
             echo "check: the guest did not print \"$want\""
             bad=1
@@ -65,7 +67,8 @@ check_l2() {
 }
 
 # l2_boot CPUS CMD...: boots L2 with CMD plus a fresh zero-filled 8 MiB disk appended by
-# the caller as $disk, shows the console, checks it.
+# the caller as $disk, shows the console, checks it (and, if $ring is set, the virtio-blk
+# ring layout: see check_l2).
 l2_boot() {
     cpus=$1
     shift
@@ -75,7 +78,7 @@ l2_boot() {
     rc=$?
     echo "exit status $rc after $(($(now_ms) - start)) ms; console:"
     cat /tmp/console
-    check_l2 /tmp/console "$cpus" "$disk" && [ $rc -eq 0 ]
+    check_l2 /tmp/console "$cpus" "$disk" "${ring:-}" && [ $rc -eq 0 ]
 }
 
 new_disk() {
@@ -91,6 +94,7 @@ new_disk() {
 # wait loop (an exit per inb): reboot=t resets by triple fault instead.
 t_qemu_microvm() {
     new_disk
+    ring= # QEMU's virtio-mmio devices offer split rings unless told otherwise
     l2_boot 2 qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on \
         -enable-kvm -cpu host -smp 2 -m 256 -nodefaults -no-user-config -display none \
         -serial stdio -no-reboot -L /qemu/share -kernel /l2/bzImage \
@@ -98,15 +102,26 @@ t_qemu_microvm() {
         -drive id=d0,file="$disk",format=raw,if=none -device virtio-blk-device,drive=d0
 }
 
-# boot_linux KERNEL CPUS: vmkit's boot_linux example on KERNEL with a disk.
+# boot_linux KERNEL CPUS [split]: vmkit's boot_linux example on KERNEL with a disk. Its
+# devices offer packed virtqueues, and Linux's virtio driver must take them; with "split",
+# boot_linux withholds them (--split-rings) and the driver must use split rings.
 boot_linux() {
     if [ ! -x /vmkit/bin/boot_linux ]; then
         echo "/vmkit/bin/boot_linux: not built (examples/boot_linux.rs missing or did not build)"
         return 1
     fi
     new_disk
-    l2_boot "$2" boot_linux --kernel "$1" --initrd /l2/initrd.cpio.gz --cmdline "$L2_CMDLINE" \
-        --mem 256 --vcpus "$2" --disk "$disk"
+    if [ "${3:-}" = split ]; then
+        ring=split
+        set -- "$1" "$2" --split-rings
+    else
+        ring=packed
+        set -- "$1" "$2"
+    fi
+    bl_kernel=$1 bl_cpus=$2
+    shift 2
+    l2_boot "$bl_cpus" boot_linux --kernel "$bl_kernel" --initrd /l2/initrd.cpio.gz \
+        --cmdline "$L2_CMDLINE" --mem 256 --vcpus "$bl_cpus" --disk "$disk" "$@"
 }
 
 # (c) PVH entry of the uncompressed vmlinux, one vCPU.
@@ -119,9 +134,10 @@ t_boot_linux_vmlinux_smp2() {
     boot_linux /l2/vmlinux 2
 }
 
-# (e) The bzImage (Linux boot protocol) instead of the vmlinux.
+# (e) The bzImage (Linux boot protocol) instead of the vmlinux, on split virtqueues (the
+# other boots use packed ones).
 t_boot_linux_bzimage() {
-    boot_linux /l2/bzImage 1
+    boot_linux /l2/bzImage 1 split
 }
 
 # --- Networks (issue 8): vmkit-net's isolated, bridged and NAT modes with real guests, and
@@ -287,6 +303,9 @@ net_vm_done() {
         net_bad=1
     fi
     expect "/tmp/net-$1.log" '^VMKIT-L2-NET-DONE$' "guest $1 ran its scenario to the end"
+    if [ "$NET_VMM" = boot_linux ]; then
+        expect "/tmp/net-$1.log" '^VMKIT-L2-NET-RING packed$' "guest $1's virtio-net driver negotiated packed rings"
+    fi
     if grep -q '^VMKIT-L2-NET-FAILED' "/tmp/net-$1.log"; then
         echo "check FAILED: guest $1 reported failures"
         net_bad=1

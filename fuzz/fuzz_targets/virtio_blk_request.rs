@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use vm_memory::GuestAddress;
 use vmkit_virtio::blk::{Block, BlockBackend, BlockOptions, Request, VIRTIO_BLK_F_FLUSH};
 use vmkit_virtio::device::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
-use vmkit_virtio::{SplitQueue, VirtioDevice};
+use vmkit_virtio::{Queue, SplitQueue, VirtioDevice};
 
 #[path = "common.rs"]
 #[allow(dead_code)] // `touch` is for the queue targets
@@ -115,7 +115,11 @@ fuzz_target!(|data: &[u8]| {
     // Then the real processing path, as a transport calls it.
     // (Requests may write into the rings themselves; the guest's own
     // business, so only the device's view is checked.)
+    let mut q = Queue::Split(q);
     let result = blk.process_queue(0, &mut q, &mem);
+    let Queue::Split(q) = q else {
+        unreachable!("a split queue stays split")
+    };
     if result.is_ok() {
         assert_eq!(q.next_used(), q.next_avail(), "every popped chain returned");
     } else {

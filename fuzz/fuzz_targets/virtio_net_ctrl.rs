@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use vm_memory::GuestAddress;
 use vmkit_virtio::device::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 use vmkit_virtio::net::*;
-use vmkit_virtio::{Persist, SplitQueue, VirtioDevice};
+use vmkit_virtio::{Persist, Queue, SplitQueue, VirtioDevice};
 
 #[path = "common.rs"]
 #[allow(dead_code)]
@@ -85,7 +85,11 @@ fuzz_target!(|data: &[u8]| {
     q.set_event_idx(flags & 1 != 0);
     q.set_indirect(flags & 2 != 0);
     q.set_ready(true);
+    let mut q = Queue::Split(q);
     let result = net.process_queue(CTRLQ, &mut q, &mem);
+    let Queue::Split(q) = q else {
+        unreachable!("a split queue stays split")
+    };
     let done = u64::from(q.next_used());
     if result.is_ok() {
         assert_eq!(q.next_used(), q.next_avail(), "every command returned");

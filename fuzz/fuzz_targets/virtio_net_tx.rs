@@ -22,7 +22,7 @@ use libfuzzer_sys::fuzz_target;
 use vm_memory::GuestAddress;
 use vmkit_virtio::device::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 use vmkit_virtio::net::*;
-use vmkit_virtio::{Persist, SplitQueue, VirtioDevice};
+use vmkit_virtio::{Persist, Queue, SplitQueue, VirtioDevice};
 
 #[path = "common.rs"]
 #[allow(dead_code)]
@@ -166,8 +166,12 @@ fuzz_target!(|data: &[u8]| {
         net.set_link_up(false);
     }
 
-    let mut txq = queue(size, 0x800, flags);
+    let txq = queue(size, 0x800, flags);
+    let mut txq = Queue::Split(txq);
     let tx = net.process_queue(TXQ, &mut txq, &mem);
+    let Queue::Split(txq) = txq else {
+        unreachable!("a split queue stays split")
+    };
     if tx.is_ok() {
         assert_eq!(
             txq.next_used(),
@@ -192,8 +196,12 @@ fuzz_target!(|data: &[u8]| {
         assert!((MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&frame_len));
     }
 
-    let mut rxq = queue(size, 0, flags);
+    let rxq = queue(size, 0, flags);
+    let mut rxq = Queue::Split(rxq);
     let rx = net.process_queue(RXQ, &mut rxq, &mem);
+    let Queue::Split(rxq) = rxq else {
+        unreachable!("a split queue stays split")
+    };
     if rx.is_ok() {
         assert_eq!(rxq.next_used(), rxq.next_avail(), "no chain kept in flight");
     }

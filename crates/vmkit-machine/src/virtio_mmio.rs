@@ -173,6 +173,8 @@ pub struct VirtioMmioWiring<S> {
     /// Where GSIs come from (public: reserve the numbers of other devices).
     pub gsis: GsiAllocator,
     memory: S,
+    /// Whether the transports offer packed virtqueues.
+    packed_rings: bool,
 }
 
 impl<S> VirtioMmioWiring<S>
@@ -182,7 +184,21 @@ where
     /// Wiring over guest memory `memory` (each transport gets a clone),
     /// with windows from `mmio` and GSIs from `gsis`.
     pub fn new(memory: S, mmio: MmioAllocator, gsis: GsiAllocator) -> VirtioMmioWiring<S> {
-        VirtioMmioWiring { mmio, gsis, memory }
+        VirtioMmioWiring {
+            mmio,
+            gsis,
+            memory,
+            packed_rings: true,
+        }
+    }
+
+    /// Whether the transports attached from now on offer packed virtqueues
+    /// (`VIRTIO_F_RING_PACKED`, offered by default; see
+    /// [`MmioTransport::with_packed_rings`]). Withholding them makes every
+    /// driver use split rings.
+    pub fn packed_rings(mut self, offer: bool) -> Self {
+        self.packed_rings = offer;
+        self
     }
 
     /// Puts `device` on `vm` and `bus` behind a virtio-mmio transport:
@@ -219,7 +235,8 @@ where
         let eventfd = |source| WiringError::EventFd { base, source };
         let irq = EventFd::new(EFD_NONBLOCK).map_err(eventfd)?;
         let transport = MmioTransport::new(device, self.memory.clone(), irq)
-            .map_err(|source| WiringError::Transport { base, source })?;
+            .map_err(|source| WiringError::Transport { base, source })?
+            .with_packed_rings(self.packed_rings);
         let transport = Arc::new(transport);
         let mut notifiers = Vec::with_capacity(notify.len());
         for &queue in notify {

@@ -6,7 +6,11 @@
 //!
 //! `vmkit-virtio` uses [`SplitQueue::access`] (rings resolved once per
 //! batch); `vmkit-virtio-per-call` uses `SplitQueue::pop`/`add_used`, which
-//! resolve the rings on every call.
+//! resolve the rings on every call. `vmkit-virtio-queue-enum` is the
+//! `vmkit-virtio` loop through [`vmkit_virtio::Queue`], the split-or-packed
+//! enum that transports and devices use: its baseline is `vmkit-virtio`
+//! (the same queue used directly), and the difference is the cost of the
+//! layout dispatch.
 //!
 //! Shapes: one chain of 128 descriptors; 128 one-descriptor chains; 128
 //! chains of one indirect descriptor each pointing to a table of 4.
@@ -18,7 +22,9 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmkit_virtio::{SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+use vmkit_virtio::{
+    Queue as VmkitQueue, SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
 
 type Mem = GuestMemoryMmap<()>;
 
@@ -129,19 +135,29 @@ fn theirs() -> Queue {
     q
 }
 
+/// Iterates a chain of ours: adds its buffer addresses to `sum`, returns
+/// the writable bytes.
+fn walk<I: Iterator<Item = vmkit_virtio::Result<vmkit_virtio::Descriptor>>>(
+    chain: I,
+    sum: &mut u64,
+) -> u32 {
+    let mut written = 0;
+    for d in chain {
+        let d = d.unwrap();
+        *sum = sum.wrapping_add(d.addr().0);
+        if d.is_write_only() {
+            written += d.len();
+        }
+    }
+    written
+}
+
 fn run_ours(q: &mut SplitQueue, mem: &Mem, n: u16) -> u64 {
     publish(mem, q.next_avail(), n);
     let mut sum = 0u64;
     while let Some(chain) = q.pop(mem).unwrap() {
         let head = chain.head_index();
-        let mut written = 0;
-        for d in chain {
-            let d = d.unwrap();
-            sum = sum.wrapping_add(d.addr().0);
-            if d.is_write_only() {
-                written += d.len();
-            }
-        }
+        let written = walk(chain, &mut sum);
         q.add_used(mem, head, written).unwrap();
     }
     sum
@@ -153,14 +169,22 @@ fn run_ours_batch(q: &mut SplitQueue, mem: &Mem, n: u16) -> u64 {
     let mut access = q.access(mem).unwrap();
     while let Some(chain) = access.pop().unwrap() {
         let head = chain.head_index();
-        let mut written = 0;
-        for d in chain {
-            let d = d.unwrap();
-            sum = sum.wrapping_add(d.addr().0);
-            if d.is_write_only() {
-                written += d.len();
-            }
-        }
+        let written = walk(chain, &mut sum);
+        access.add_used(head, written).unwrap();
+    }
+    sum
+}
+
+fn run_ours_enum(q: &mut VmkitQueue, mem: &Mem, n: u16) -> u64 {
+    let VmkitQueue::Split(split) = &*q else {
+        unreachable!("the bench queue is split")
+    };
+    publish(mem, split.next_avail(), n);
+    let mut sum = 0u64;
+    let mut access = q.access(mem).unwrap();
+    while let Some(chain) = access.pop().unwrap() {
+        let head = chain.head();
+        let written = walk(chain, &mut sum);
         access.add_used(head, written).unwrap();
     }
     sum
@@ -197,10 +221,15 @@ fn bench(c: &mut Criterion) {
         let expect = run_theirs(&mut b, &mem, n);
         assert_eq!(run_ours(&mut a, &mem, n), expect);
         assert_eq!(run_ours_batch(&mut a, &mem, n), expect);
+        let mut e = VmkitQueue::Split(ours(&mem));
+        assert_eq!(run_ours_enum(&mut e, &mem, n), expect);
         let _ = b.iter(&mem);
         let mut g = c.benchmark_group(name);
         g.bench_function("vmkit-virtio", |bn| {
             bn.iter(|| black_box(run_ours_batch(&mut a, &mem, n)))
+        });
+        g.bench_function("vmkit-virtio-queue-enum", |bn| {
+            bn.iter(|| black_box(run_ours_enum(&mut e, &mem, n)))
         });
         g.bench_function("vmkit-virtio-per-call", |bn| {
             bn.iter(|| black_box(run_ours(&mut a, &mem, n)))

@@ -36,9 +36,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::device::{
     read_config_bytes, DeviceError, StateError, VirtioDevice, PROCESS_BUDGET, VIRTIO_F_EVENT_IDX,
-    VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
+    VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
 };
-use crate::{Descriptor, Persist, SplitQueue};
+use crate::{Descriptor, Persist, Queue};
 
 /// Feature bit 2: `seg_max` in the configuration space is valid.
 pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -716,6 +716,7 @@ impl<M: GuestMemory + ?Sized, B: BlockBackend> VirtioDevice<M> for Block<B> {
         VIRTIO_F_VERSION_1
             | VIRTIO_F_INDIRECT_DESC
             | VIRTIO_F_EVENT_IDX
+            | VIRTIO_F_RING_PACKED
             | VIRTIO_BLK_F_FLUSH
             | VIRTIO_BLK_F_SEG_MAX
             | VIRTIO_BLK_F_BLK_SIZE
@@ -738,7 +739,7 @@ impl<M: GuestMemory + ?Sized, B: BlockBackend> VirtioDevice<M> for Block<B> {
     fn process_queue(
         &mut self,
         index: u16,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
     ) -> Result<bool, DeviceError> {
         if index != 0 {
@@ -752,7 +753,7 @@ impl<M: GuestMemory + ?Sized, B: BlockBackend> VirtioDevice<M> for Block<B> {
                     break;
                 };
                 budget -= 1;
-                let head = chain.head_index();
+                let head = chain.head();
                 let len = self.handle(chain, mem);
                 queue.add_used(mem, head, len).map_err(&err)?;
             }

@@ -36,9 +36,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::device::{
     read_config_bytes, DeviceError, StateError, VirtioDevice, PROCESS_BUDGET, VIRTIO_F_EVENT_IDX,
-    VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_CONSOLE,
+    VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_ID_CONSOLE,
 };
-use crate::{Descriptor, Persist, SplitQueue};
+use crate::{Descriptor, Persist, Queue};
 
 /// The receive queue (host to guest).
 pub const RECEIVEQ: u16 = 0;
@@ -175,7 +175,7 @@ impl<W: Write> Console<W> {
 
     fn receive<M: GuestMemory + ?Sized>(
         &mut self,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
     ) -> Result<(), DeviceError> {
         let err = |source| DeviceError::Queue {
@@ -189,7 +189,7 @@ impl<W: Write> Console<W> {
                     break;
                 };
                 budget -= 1;
-                let head = chain.head_index();
+                let head = chain.head();
                 let len = match Self::collect(chain) {
                     Some(descs) if descs.iter().all(Descriptor::is_write_only) => {
                         self.fill(&descs, mem)
@@ -212,7 +212,7 @@ impl<W: Write> Console<W> {
 
     fn transmit<M: GuestMemory + ?Sized>(
         &mut self,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
     ) -> Result<(), DeviceError> {
         let err = |source| DeviceError::Queue {
@@ -226,7 +226,7 @@ impl<W: Write> Console<W> {
                     break;
                 };
                 budget -= 1;
-                let head = chain.head_index();
+                let head = chain.head();
                 match Self::collect(chain) {
                     Some(descs) => self.send(&descs, mem),
                     None => self.stats.bad_chains += 1,
@@ -272,7 +272,7 @@ impl<M: GuestMemory + ?Sized, W: Write> VirtioDevice<M> for Console<W> {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX
+        VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX | VIRTIO_F_RING_PACKED
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -290,7 +290,7 @@ impl<M: GuestMemory + ?Sized, W: Write> VirtioDevice<M> for Console<W> {
     fn process_queue(
         &mut self,
         index: u16,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
     ) -> Result<bool, DeviceError> {
         match index {

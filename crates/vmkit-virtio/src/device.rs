@@ -8,7 +8,7 @@
 
 use vm_memory::GuestMemory;
 
-use crate::SplitQueue;
+use crate::Queue;
 
 /// Feature bit 28: the driver may use indirect descriptors.
 pub const VIRTIO_F_INDIRECT_DESC: u64 = 1 << 28;
@@ -16,6 +16,10 @@ pub const VIRTIO_F_INDIRECT_DESC: u64 = 1 << 28;
 pub const VIRTIO_F_EVENT_IDX: u64 = 1 << 29;
 /// Feature bit 32: compliance with virtio 1.x (every device offers it).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Feature bit 34: the packed virtqueue layout. A device that processes
+/// its queues through [`Queue`] supports both layouts and can offer it;
+/// the transport then hands it packed queues when the driver accepts it.
+pub const VIRTIO_F_RING_PACKED: u64 = 1 << 34;
 
 /// Device type of a network device.
 pub const VIRTIO_ID_NET: u32 = 1;
@@ -153,7 +157,8 @@ pub trait VirtioDevice<M: GuestMemory + ?Sized> {
     /// [`VirtioDevice::features`]), when the driver sets `DRIVER_OK`.
     fn activate(&mut self, features: u64) -> Result<(), DeviceError>;
 
-    /// Processes the buffers the driver made available on queue `index`.
+    /// Processes the buffers the driver made available on queue `index`,
+    /// of either layout (packed when `VIRTIO_F_RING_PACKED` was negotiated).
     /// Returns whether the driver must be interrupted (used buffers were
     /// added and notification is not suppressed).
     ///
@@ -163,7 +168,7 @@ pub trait VirtioDevice<M: GuestMemory + ?Sized> {
     fn process_queue(
         &mut self,
         index: u16,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
     ) -> Result<bool, DeviceError>;
 
@@ -195,7 +200,7 @@ impl<M: GuestMemory + ?Sized, D: VirtioDevice<M> + ?Sized> VirtioDevice<M> for B
     fn process_queue(
         &mut self,
         index: u16,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
     ) -> Result<bool, DeviceError> {
         (**self).process_queue(index, queue, mem)

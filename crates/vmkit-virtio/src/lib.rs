@@ -16,6 +16,11 @@
 //! - Both iterate validated [`Descriptor`]s, direct and indirect, implement
 //!   notification suppression (EVENT_IDX or flags), and save and restore
 //!   their state ([`SplitQueueState`], [`PackedQueueState`]).
+//! - [`Queue`] is either one, behind one interface ([`Chain`], [`ChainHead`],
+//!   [`QueueAccess`], [`QueueState`]): what transports hold and devices
+//!   process, so every device works on both layouts. Both layouts share
+//!   their setters and configuration checks; [`QueueLayout`] says which
+//!   rules apply.
 //!
 //! On top of the queues:
 //!
@@ -137,6 +142,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blk;
+mod config;
 pub mod console;
 pub mod device;
 mod error;
@@ -144,12 +150,15 @@ mod mem;
 pub mod mmio;
 pub mod net;
 pub mod packed;
+mod queue;
 pub mod split;
 
+pub use config::QueueLayout;
 pub use device::{DeviceError, StateError, VirtioDevice};
 pub use error::{DescIndex, Error, Result, RingArea};
 pub use mem::Descriptor;
 pub use packed::{PackedAccess, PackedChain, PackedQueue, PackedQueueState};
+pub use queue::{Chain, ChainHead, Queue, QueueAccess, QueueState};
 pub use split::{
     SplitAccess, SplitChain, SplitQueue, SplitQueueState, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE,

@@ -1,5 +1,15 @@
 //! The virtio-mmio transport, version 2 register layout (virtio 1.2,
-//! section 4.2.2), over split queues.
+//! section 4.2.2), over split queues, or packed ones when the driver
+//! accepts `VIRTIO_F_RING_PACKED`.
+//!
+//! The queues are [`Queue`]s: split from reset until `FEATURES_OK`, then
+//! packed if the driver accepted `VIRTIO_F_RING_PACKED`. The queue
+//! registers mean the same for both layouts: `QueueDesc` is the descriptor
+//! table or ring, `QueueDriver` the available ring or driver event
+//! suppression structure, `QueueDevice` the used ring or device event
+//! suppression structure; `QueueNum` must be a power of two only for split
+//! queues. A VMM that wants split queues only builds the transport
+//! [`MmioTransport::with_packed_rings`]`(false)`.
 //!
 //! [`MmioTransport`] wraps a [`VirtioDevice`] and answers the guest's MMIO
 //! accesses to its register window (see [`MmioTransport::read`] and
@@ -66,9 +76,10 @@ use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{
-    DeviceError, VirtioDevice, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
+    DeviceError, VirtioDevice, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED,
+    VIRTIO_F_VERSION_1,
 };
-use crate::SplitQueue;
+use crate::{Queue, QueueLayout, QueueState};
 
 pub use state::{MmioQueueState, MmioTransportState, RestoreError};
 
@@ -108,7 +119,8 @@ pub const INT_CONFIG_CHANGE: u32 = 2;
 
 /// The transport feature bits this transport implements; other bits in the
 /// transport range (24 to 41) a device offers are withheld from the driver.
-const TRANSPORT_FEATURES: u64 = VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX | VIRTIO_F_VERSION_1;
+const TRANSPORT_FEATURES: u64 =
+    VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX | VIRTIO_F_VERSION_1 | VIRTIO_F_RING_PACKED;
 /// Feature bits 24..=41: reserved for the transport.
 const TRANSPORT_RANGE: u64 = ((1u64 << 42) - 1) & !((1u64 << 24) - 1);
 
@@ -274,7 +286,8 @@ pub enum MmioError {
 /// makes it ready.
 #[derive(Debug)]
 struct QueueSlot {
-    queue: SplitQueue,
+    /// Split until the driver negotiates `VIRTIO_F_RING_PACKED`.
+    queue: Queue,
     num: u32,
     desc: u64,
     driver: u64,
@@ -282,7 +295,7 @@ struct QueueSlot {
 }
 
 impl QueueSlot {
-    fn new(queue: SplitQueue) -> Self {
+    fn new(queue: Queue) -> Self {
         let num = u32::from(queue.size());
         QueueSlot {
             queue,
@@ -294,7 +307,7 @@ impl QueueSlot {
     }
 
     fn reset(&mut self) {
-        self.queue.reset();
+        self.queue.set_layout(QueueLayout::Split);
         self.num = u32::from(self.queue.size());
         self.desc = 0;
         self.driver = 0;
@@ -577,9 +590,9 @@ impl<D> Inner<D> {
             Ok(num) => slot
                 .queue
                 .set_size(num)
-                .and_then(|()| slot.queue.set_desc_table(GuestAddress(slot.desc)))
-                .and_then(|()| slot.queue.set_avail_ring(GuestAddress(slot.driver)))
-                .and_then(|()| slot.queue.set_used_ring(GuestAddress(slot.device)))
+                .and_then(|()| slot.queue.set_desc_area(GuestAddress(slot.desc)))
+                .and_then(|()| slot.queue.set_driver_area(GuestAddress(slot.driver)))
+                .and_then(|()| slot.queue.set_device_area(GuestAddress(slot.device)))
                 .and_then(|()| slot.queue.validate(mem))
                 .map_err(|source| MmioError::QueueSetup { index, source }),
         };
@@ -640,7 +653,17 @@ impl<D> Inner<D> {
                 // FEATURES_OK stays clear, and so DRIVER_OK cannot be set.
                 new &= !(STATUS_FEATURES_OK | STATUS_DRIVER_OK);
             } else {
+                let layout = if requested & VIRTIO_F_RING_PACKED != 0 {
+                    QueueLayout::Packed
+                } else {
+                    QueueLayout::Split
+                };
                 for q in &mut self.queues {
+                    if q.queue.layout() != layout {
+                        // The driver sets its queues up after FEATURES_OK.
+                        q.queue.set_layout(layout);
+                        q.num = u32::from(q.queue.size());
+                    }
                     q.queue.set_event_idx(requested & VIRTIO_F_EVENT_IDX != 0);
                     q.queue
                         .set_indirect(requested & VIRTIO_F_INDIRECT_DESC != 0);
@@ -712,8 +735,9 @@ where
     ///
     /// The offered features are the device's, plus `VIRTIO_F_VERSION_1`,
     /// minus transport features this transport does not implement (it
-    /// implements `INDIRECT_DESC`, `EVENT_IDX` and `VERSION_1`; split
-    /// queues only).
+    /// implements `INDIRECT_DESC`, `EVENT_IDX`, `VERSION_1` and
+    /// `RING_PACKED`: queues are split, and packed once the driver accepts
+    /// `RING_PACKED`; see [`MmioTransport::with_packed_rings`]).
     pub fn new(device: D, mem: S, irq: EventFd) -> Result<Self, MmioError> {
         let sizes = device.queue_max_sizes();
         if sizes.is_empty() || sizes.len() > MAX_QUEUES {
@@ -724,8 +748,8 @@ where
         }
         let mut queues = Vec::with_capacity(sizes.len());
         for (index, &max) in sizes.iter().enumerate() {
-            let q =
-                SplitQueue::new(max).map_err(|source| MmioError::QueueMaxSize { index, source })?;
+            let q = Queue::new(QueueLayout::Split, max)
+                .map_err(|source| MmioError::QueueMaxSize { index, source })?;
             queues.push(QueueSlot::new(q));
         }
         let offered = device.features() | VIRTIO_F_VERSION_1;
@@ -750,6 +774,23 @@ where
             mem,
             irq,
         })
+    }
+
+    /// Offers `VIRTIO_F_RING_PACKED` (the default, if the device offers
+    /// it) or withholds it (`false`), so that the driver must use split
+    /// queues. Call it before the guest runs. A state saved with the offer
+    /// withheld restores into a transport that would offer it, and keeps it
+    /// withheld.
+    pub fn with_packed_rings(self, offer: bool) -> Self {
+        {
+            let mut inner = self.lock();
+            if offer {
+                inner.device_features |= inner.device.features() & VIRTIO_F_RING_PACKED;
+            } else {
+                inner.device_features &= !VIRTIO_F_RING_PACKED;
+            }
+        }
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<D>> {
@@ -856,8 +897,9 @@ where
         self.lock().driver_features
     }
 
-    /// Saves the state of queue `index`, if it exists.
-    pub fn queue_state(&self, index: u16) -> Option<crate::SplitQueueState> {
+    /// Saves the state of queue `index` (its layout and that layout's
+    /// state), if it exists.
+    pub fn queue_state(&self, index: u16) -> Option<QueueState> {
         self.lock()
             .queues
             .get(usize::from(index))

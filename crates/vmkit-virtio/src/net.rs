@@ -123,9 +123,9 @@ pub use header::{
 
 use crate::device::{
     read_config_bytes, DeviceError, StateError, VirtioDevice, PROCESS_BUDGET, VIRTIO_F_EVENT_IDX,
-    VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_NET,
+    VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_ID_NET,
 };
-use crate::{Descriptor, Persist, SplitAccess, SplitQueue};
+use crate::{ChainHead, Descriptor, Persist, Queue, QueueAccess};
 
 /// Feature bit 0: the device takes packets with a partial checksum.
 pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
@@ -413,10 +413,11 @@ enum RxStop {
     Empty,
     /// The processing budget is used up.
     Budget,
-    /// The driver has too few buffers: un-pop `undo` chains, keep the frame.
+    /// The driver has too few buffers: un-pop the chains popped for the
+    /// frame (`undo` ring slots, see [`ChainHead::slots`]), keep the frame.
     NoBuffers { undo: u16 },
-    /// The frame can never fit the driver's buffers: un-pop `undo` chains,
-    /// drop the frame.
+    /// The frame can never fit the driver's buffers: un-pop the chains
+    /// (`undo` ring slots), drop the frame.
     TooBig { undo: u16 },
 }
 
@@ -431,7 +432,7 @@ enum Delivery {
 /// its capacity.
 #[derive(Clone, Copy, Debug)]
 struct RxChain {
-    head: u16,
+    head: ChainHead,
     start: usize,
     end: usize,
     cap: usize,
@@ -585,6 +586,7 @@ impl<B: NetBackend> Net<B> {
         let mut f = VIRTIO_F_VERSION_1
             | VIRTIO_F_INDIRECT_DESC
             | VIRTIO_F_EVENT_IDX
+            | VIRTIO_F_RING_PACKED
             | VIRTIO_NET_F_MAC
             | VIRTIO_NET_F_STATUS;
         if options.mrg_rxbuf {
@@ -765,7 +767,7 @@ impl<B: NetBackend> Net<B> {
     /// Collects the writable buffers of a receive chain into `descs`;
     /// `None` if the chain is malformed (or, with merged buffers, smaller
     /// than a header).
-    fn collect_rx<I>(&mut self, head: u16, chain: I, mrg: bool) -> Option<RxChain>
+    fn collect_rx<I>(&mut self, head: ChainHead, chain: I, mrg: bool) -> Option<RxChain>
     where
         I: IntoIterator<Item = crate::Result<Descriptor>>,
     {
@@ -801,14 +803,14 @@ impl<B: NetBackend> Net<B> {
     /// Places the packet of `len` bytes in `rx_buf` into receive chains.
     fn deliver<M: GuestMemory + ?Sized>(
         &mut self,
-        q: &mut SplitAccess<'_, '_, M>,
+        q: &mut QueueAccess<'_, '_, M>,
         mem: &M,
         len: usize,
         budget: &mut u32,
     ) -> Result<Delivery, DeviceError> {
         let err = queue_err(RXQ);
         let mrg = self.acked & VIRTIO_NET_F_MRG_RXBUF != 0;
-        let size = q.queue().size();
+        let size = q.size();
         self.descs.clear();
         self.chains.clear();
         let mut popped = 0u16;
@@ -828,8 +830,9 @@ impl<B: NetBackend> Net<B> {
                 return Ok(Delivery::Stop(RxStop::NoBuffers { undo: popped }));
             };
             *budget -= 1;
-            popped += 1;
-            let head = chain.head_index();
+            let head = chain.head();
+            // At most `size` slots are in flight, so this does not overflow.
+            popped = popped.saturating_add(head.slots());
             match self.collect_rx(head, chain, mrg) {
                 Some(c) => {
                     cap += c.cap;
@@ -839,7 +842,7 @@ impl<B: NetBackend> Net<B> {
                     // Nothing collected yet: return it and take the next.
                     self.stats.bad_chains += 1;
                     q.add_used(head, 0).map_err(&err)?;
-                    popped -= 1;
+                    popped -= head.slots();
                 }
                 None => {
                     // A bad chain among good ones: the good ones cannot be
@@ -887,7 +890,7 @@ impl<B: NetBackend> Net<B> {
 
     fn receive_some<M: GuestMemory + ?Sized>(
         &mut self,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
         budget: &mut u32,
     ) -> Result<RxStop, DeviceError> {
@@ -917,7 +920,7 @@ impl<B: NetBackend> Net<B> {
 
     fn receive<M: GuestMemory + ?Sized>(
         &mut self,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
     ) -> Result<(), DeviceError> {
         let err = queue_err(RXQ);
@@ -930,9 +933,7 @@ impl<B: NetBackend> Net<B> {
                 }
                 RxStop::Budget => return Ok(()),
                 RxStop::TooBig { undo } => {
-                    for _ in 0..undo {
-                        queue.undo_pop();
-                    }
+                    queue.undo_pop(undo);
                     self.rx_pending = None;
                     self.stats.rx_dropped_too_big += 1;
                 }
@@ -942,9 +943,7 @@ impl<B: NetBackend> Net<B> {
                     // beyond them (with EVENT_IDX, `avail_event` must be
                     // past them), and `more` says whether it already has.
                     let more = queue.enable_notification(mem).map_err(&err)?;
-                    for _ in 0..undo {
-                        queue.undo_pop();
-                    }
+                    queue.undo_pop(undo);
                     self.rx_stalled = true;
                     if budget == 0 || !more {
                         return Ok(());
@@ -956,14 +955,14 @@ impl<B: NetBackend> Net<B> {
 
     fn transmit<M: GuestMemory + ?Sized>(
         &mut self,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
     ) -> Result<(), DeviceError> {
         let err = queue_err(TXQ);
         let mut budget = PROCESS_BUDGET;
         self.tx_blocked = false;
         loop {
-            let mut blocked = false;
+            let mut blocked = None;
             {
                 let mut q = queue.access(mem).map_err(&err)?;
                 while budget > 0 {
@@ -971,17 +970,17 @@ impl<B: NetBackend> Net<B> {
                         break;
                     };
                     budget -= 1;
-                    let head = chain.head_index();
+                    let head = chain.head();
                     if !self.send_one(chain, mem) {
-                        blocked = true;
+                        blocked = Some(head);
                         break;
                     }
                     q.add_used(head, 0).map_err(&err)?;
                 }
             }
-            if blocked {
+            if let Some(head) = blocked {
                 // The backend will take the frame later: keep its chain.
-                queue.undo_pop();
+                queue.undo_pop(head.slots());
                 self.tx_blocked = true;
                 return Ok(());
             }
@@ -1057,7 +1056,7 @@ impl<B: NetBackend> Net<B> {
 
     fn control<M: GuestMemory + ?Sized>(
         &mut self,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
     ) -> Result<(), DeviceError> {
         let err = queue_err(CTRLQ);
@@ -1070,7 +1069,7 @@ impl<B: NetBackend> Net<B> {
                         break;
                     };
                     budget -= 1;
-                    let head = chain.head_index();
+                    let head = chain.head();
                     let mut buf = std::mem::take(&mut self.ctrl_buf);
                     let parsed = CtrlRequest::parse(chain, mem, &mut buf);
                     self.ctrl_buf = buf;
@@ -1187,7 +1186,7 @@ impl<M: GuestMemory + ?Sized, B: NetBackend> VirtioDevice<M> for Net<B> {
     fn process_queue(
         &mut self,
         index: u16,
-        queue: &mut SplitQueue,
+        queue: &mut Queue,
         mem: &M,
     ) -> Result<bool, DeviceError> {
         match index {

@@ -6,10 +6,11 @@ use std::sync::atomic::{fence, Ordering};
 
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
+use crate::config::{QueueLayout, RingConfig, SavedConfig};
 use crate::error::{DescIndex, Error, Result, RingArea};
 use crate::mem::{indirect_table, Area, ChainCheck, Descriptor, Hint, DESC_SIZE};
 use crate::split::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
-use crate::{check_max_size, vring_need_event};
+use crate::vring_need_event;
 
 /// Packed descriptor flag: the AVAIL bit.
 pub const VIRTQ_DESC_F_AVAIL: u16 = 1 << 7;
@@ -67,34 +68,16 @@ pub struct PackedQueueState {
 /// A packed virtqueue, device side.
 #[derive(Clone, Debug)]
 pub struct PackedQueue {
-    max_size: u16,
-    size: u16,
-    ready: bool,
-    desc_ring: GuestAddress,
-    driver_area: GuestAddress,
-    device_area: GuestAddress,
-    event_idx: bool,
-    indirect: bool,
+    /// Size, areas (descriptor ring, driver and device event suppression), flags.
+    pub(crate) cfg: RingConfig,
     next_avail: u16,
     avail_wrap: bool,
     next_used: u16,
     used_wrap: bool,
     in_flight: u16,
-    broken: bool,
     /// Descriptor slots used since the last `needs_notification`.
     num_added: u32,
     force_notify: bool,
-}
-
-fn check_align(area: RingArea, addr: GuestAddress, align: u64) -> Result<()> {
-    if addr.0 % align != 0 {
-        return Err(Error::MisalignedAddress {
-            area,
-            addr: addr.0,
-            align,
-        });
-    }
-    Ok(())
 }
 
 /// Advances a ring slot by `n` (at most the ring size), flipping the wrap
@@ -117,130 +100,85 @@ impl PackedQueue {
     /// Creates a queue whose maximum (and initial) size is `max_size`
     /// (1 to 32768; packed queues need not be a power of two).
     pub fn new(max_size: u16) -> Result<Self> {
-        check_max_size(max_size)?;
-        Ok(PackedQueue {
+        Ok(PackedQueue::with_config(RingConfig::new(
+            QueueLayout::Packed,
             max_size,
-            size: max_size,
-            ready: false,
-            desc_ring: GuestAddress(0),
-            driver_area: GuestAddress(0),
-            device_area: GuestAddress(0),
-            event_idx: false,
-            indirect: false,
+        )?))
+    }
+
+    pub(crate) fn with_config(cfg: RingConfig) -> Self {
+        PackedQueue {
+            cfg,
             next_avail: 0,
             avail_wrap: true,
             next_used: 0,
             used_wrap: true,
             in_flight: 0,
-            broken: false,
             num_added: 0,
             force_notify: false,
-        })
+        }
     }
 
     /// Returns the queue to its state right after [`PackedQueue::new`].
     pub fn reset(&mut self) {
-        let max = self.max_size;
-        let desc_ring = GuestAddress(0);
-        *self = PackedQueue {
-            max_size: max,
-            size: max,
-            ready: false,
-            desc_ring,
-            driver_area: GuestAddress(0),
-            device_area: GuestAddress(0),
-            event_idx: false,
-            indirect: false,
-            next_avail: 0,
-            avail_wrap: true,
-            next_used: 0,
-            used_wrap: true,
-            in_flight: 0,
-            broken: false,
-            num_added: 0,
-            force_notify: false,
-        };
-    }
-
-    fn check_not_ready(&self) -> Result<()> {
-        if self.ready {
-            Err(Error::ConfigWhileReady)
-        } else {
-            Ok(())
-        }
+        self.cfg.reset();
+        let cfg = self.cfg.clone();
+        *self = PackedQueue::with_config(cfg);
     }
 
     /// The maximum size offered by the device.
     pub fn max_size(&self) -> u16 {
-        self.max_size
+        self.cfg.max_size
     }
 
     /// The current queue size.
     pub fn size(&self) -> u16 {
-        self.size
+        self.cfg.size
     }
 
     /// Sets the queue size: between 1 and the maximum.
     pub fn set_size(&mut self, size: u16) -> Result<()> {
-        self.check_not_ready()?;
-        if size == 0 || size > self.max_size {
-            return Err(Error::InvalidQueueSize {
-                size,
-                max: self.max_size,
-                power_of_two: false,
-            });
-        }
-        self.size = size;
-        Ok(())
+        self.cfg.set_size(size)
     }
 
     /// Sets the descriptor ring address (16-byte aligned).
     pub fn set_desc_ring(&mut self, addr: GuestAddress) -> Result<()> {
-        self.check_not_ready()?;
-        check_align(RingArea::DescriptorRing, addr, DESC_RING_ALIGN)?;
-        self.desc_ring = addr;
-        Ok(())
+        self.cfg.set_desc(addr)
     }
 
     /// Sets the driver event suppression area address (4-byte aligned).
     pub fn set_driver_area(&mut self, addr: GuestAddress) -> Result<()> {
-        self.check_not_ready()?;
-        check_align(RingArea::DriverArea, addr, EVENT_AREA_ALIGN)?;
-        self.driver_area = addr;
-        Ok(())
+        self.cfg.set_driver(addr)
     }
 
     /// Sets the device event suppression area address (4-byte aligned).
     pub fn set_device_area(&mut self, addr: GuestAddress) -> Result<()> {
-        self.check_not_ready()?;
-        check_align(RingArea::DeviceArea, addr, EVENT_AREA_ALIGN)?;
-        self.device_area = addr;
-        Ok(())
+        self.cfg.set_device(addr)
     }
 
     /// Records whether `VIRTIO_F_EVENT_IDX` was negotiated.
     pub fn set_event_idx(&mut self, enabled: bool) {
-        self.event_idx = enabled;
+        self.cfg.event_idx = enabled;
     }
 
     /// Records whether `VIRTIO_F_INDIRECT_DESC` was negotiated.
     pub fn set_indirect(&mut self, enabled: bool) {
-        self.indirect = enabled;
+        self.cfg.indirect = enabled;
     }
 
     /// Whether the queue is ready.
     pub fn ready(&self) -> bool {
-        self.ready
+        self.cfg.ready
     }
 
     /// Marks the queue ready (or not).
     pub fn set_ready(&mut self, ready: bool) {
-        self.ready = ready;
+        self.cfg.ready = ready;
     }
 
     /// Whether an earlier driver error broke the queue.
     pub fn is_broken(&self) -> bool {
-        self.broken
+        self.cfg.broken
     }
 
     /// The ring slot of the next descriptor to pop, and the wrap counter expected there.
@@ -269,8 +207,8 @@ impl PackedQueue {
         Area::ring(
             mem,
             RingArea::DescriptorRing,
-            self.desc_ring,
-            DESC_SIZE * self.size as usize,
+            self.cfg.desc,
+            DESC_SIZE * self.cfg.size as usize,
             access,
         )
     }
@@ -279,7 +217,7 @@ impl PackedQueue {
         Area::ring(
             mem,
             RingArea::DriverArea,
-            self.driver_area,
+            self.cfg.driver,
             EVENT_AREA_LEN,
             Permissions::Read,
         )
@@ -289,20 +227,10 @@ impl PackedQueue {
         Area::ring(
             mem,
             RingArea::DeviceArea,
-            self.device_area,
+            self.cfg.device,
             EVENT_AREA_LEN,
             Permissions::Write,
         )
-    }
-
-    fn check_usable(&self) -> Result<()> {
-        if !self.ready {
-            return Err(Error::NotReady);
-        }
-        if self.broken {
-            return Err(Error::Broken);
-        }
-        Ok(())
     }
 
     /// Whether the descriptor at `next_avail` is available (its flags read
@@ -331,7 +259,7 @@ impl PackedQueue {
         &mut self,
         mem: &'m M,
     ) -> Result<Option<PackedChain<'m, M>>> {
-        self.check_usable()?;
+        self.cfg.check_usable()?;
         let ring = self.ring_area(mem, Permissions::Read)?;
         self.pop_from(mem, ring, Hint::none())
     }
@@ -353,36 +281,36 @@ impl PackedQueue {
             if flags & VIRTQ_DESC_F_NEXT == 0 {
                 break (raw[1] >> 32) as u16;
             }
-            if count >= self.size {
-                self.broken = true;
+            if count >= self.cfg.size {
+                self.cfg.broken = true;
                 return Err(Error::ChainTooLong {
                     head: self.next_avail,
-                    limit: u32::from(self.size),
+                    limit: u32::from(self.cfg.size),
                 });
             }
             count += 1;
-            idx = if idx + 1 == self.size { 0 } else { idx + 1 };
+            idx = if idx + 1 == self.cfg.size { 0 } else { idx + 1 };
         };
-        if u32::from(self.in_flight) + u32::from(count) > u32::from(self.size) {
-            self.broken = true;
+        if u32::from(self.in_flight) + u32::from(count) > u32::from(self.cfg.size) {
+            self.cfg.broken = true;
             return Err(Error::TooManyInFlight {
                 in_flight: u32::from(self.in_flight),
-                size: self.size,
+                size: self.cfg.size,
             });
         }
         let start = self.next_avail;
         (self.next_avail, self.avail_wrap) =
-            advance(self.next_avail, self.avail_wrap, count, self.size);
+            advance(self.next_avail, self.avail_wrap, count, self.cfg.size);
         self.in_flight += count;
         Ok(Some(PackedChain {
             mem,
             ring,
-            ring_size: self.size,
+            ring_size: self.cfg.size,
             start,
             count,
             pos: 0,
             id,
-            indirect_ok: self.indirect,
+            indirect_ok: self.cfg.indirect,
             table: None,
             done: false,
             check: ChainCheck::new(hint),
@@ -396,17 +324,44 @@ impl PackedQueue {
         &'q mut self,
         mem: &'m M,
     ) -> Result<PackedAccess<'q, 'm, M>> {
-        if !self.ready {
-            return Err(Error::NotReady);
-        }
+        self.cfg.check_ready()?;
         let ring = self.ring_area(mem, Permissions::ReadWrite)?;
-        let hint = Hint::region_of(mem, self.desc_ring);
+        let hint = Hint::region_of(mem, self.cfg.desc);
         Ok(PackedAccess {
             queue: self,
             mem,
             ring,
             hint,
         })
+    }
+
+    /// Un-pops the last popped list of `desc_count` ring slots (see
+    /// [`PackedChain::desc_count`]), so the next [`PackedQueue::pop`]
+    /// returns it again. Returns `false` (and changes nothing) if fewer
+    /// slots are in flight, or `desc_count` is 0.
+    ///
+    /// Only the most recently popped lists can be un-popped, newest first;
+    /// their slots have not been overwritten by used descriptors, since
+    /// those are written at `next_used`, behind every slot in flight.
+    pub fn undo_pop(&mut self, desc_count: u16) -> bool {
+        if desc_count == 0 || desc_count > self.in_flight {
+            return false;
+        }
+        let (idx, wrap) = if self.next_avail >= desc_count {
+            (self.next_avail - desc_count, self.avail_wrap)
+        } else {
+            // Back across slot 0: into the previous lap. The sum is below
+            // 2 * 32768 and the result below `size`.
+            (
+                (u32::from(self.next_avail) + u32::from(self.cfg.size) - u32::from(desc_count))
+                    as u16,
+                !self.avail_wrap,
+            )
+        };
+        self.next_avail = idx;
+        self.avail_wrap = wrap;
+        self.in_flight -= desc_count;
+        true
     }
 
     /// Writes back a used descriptor for the buffer `id` that occupied
@@ -426,9 +381,7 @@ impl PackedQueue {
     }
 
     fn check_used(&self, desc_count: u16) -> Result<()> {
-        if !self.ready {
-            return Err(Error::NotReady);
-        }
+        self.cfg.check_ready()?;
         if desc_count == 0 || desc_count > self.in_flight {
             return Err(Error::NothingInFlight {
                 count: u32::from(desc_count),
@@ -458,7 +411,7 @@ impl PackedQueue {
         fence(Ordering::Release);
         ring.store_u16(off + 14, flags, Ordering::Relaxed)?;
         (self.next_used, self.used_wrap) =
-            advance(self.next_used, self.used_wrap, desc_count, self.size);
+            advance(self.next_used, self.used_wrap, desc_count, self.cfg.size);
         self.in_flight -= desc_count;
         self.num_added = self.num_added.saturating_add(u32::from(desc_count));
         Ok(())
@@ -468,9 +421,7 @@ impl PackedQueue {
     /// written since the last call, per the driver event suppression
     /// structure (ENABLE, DISABLE, or DESC with EVENT_IDX).
     pub fn needs_notification<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<bool> {
-        if !self.ready {
-            return Err(Error::NotReady);
-        }
+        self.cfg.check_ready()?;
         let driver = self.driver(mem)?;
         fence(Ordering::SeqCst);
         let added = self.num_added;
@@ -487,22 +438,22 @@ impl PackedQueue {
         match flags & 3 {
             RING_EVENT_FLAGS_ENABLE => Ok(true),
             RING_EVENT_FLAGS_DISABLE => Ok(false),
-            RING_EVENT_FLAGS_DESC if self.event_idx => {
+            RING_EVENT_FLAGS_DESC if self.cfg.event_idx => {
                 let off_wrap = driver.load_u16(0, Ordering::Relaxed)?;
                 let off = off_wrap & 0x7fff;
-                if off >= self.size {
+                if off >= self.cfg.size {
                     return Err(Error::InvalidEventOffset {
                         off_wrap,
-                        size: self.size,
+                        size: self.cfg.size,
                     });
                 }
-                if added >= u32::from(self.size) {
+                if added >= u32::from(self.cfg.size) {
                     return Ok(true);
                 }
                 let event = if (off_wrap >> 15 != 0) == self.used_wrap {
                     off
                 } else {
-                    off.wrapping_sub(self.size)
+                    off.wrapping_sub(self.cfg.size)
                 };
                 let new = self.next_used;
                 let old = new.wrapping_sub(added as u16);
@@ -516,9 +467,9 @@ impl PackedQueue {
     /// structure gets DESC at `next_avail` with EVENT_IDX, else ENABLE.
     /// Returns `true` if a descriptor is already available.
     pub fn enable_notification<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<bool> {
-        self.check_usable()?;
+        self.cfg.check_usable()?;
         let device = self.device(mem)?;
-        if self.event_idx {
+        if self.cfg.event_idx {
             let off_wrap = self.next_avail | (u16::from(self.avail_wrap) << 15);
             device.store_u16(0, off_wrap, Ordering::Relaxed)?;
             device.store_u16(2, RING_EVENT_FLAGS_DESC, Ordering::Relaxed)?;
@@ -532,39 +483,47 @@ impl PackedQueue {
 
     /// Asks the driver not to notify (DISABLE in the device event suppression structure).
     pub fn disable_notification<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<()> {
-        self.check_usable()?;
+        self.cfg.check_usable()?;
         self.device(mem)?
             .store_u16(2, RING_EVENT_FLAGS_DISABLE, Ordering::Relaxed)
     }
 
     /// Saves the queue's state.
     pub fn state(&self) -> PackedQueueState {
+        let c = self.cfg.saved();
         PackedQueueState {
-            max_size: self.max_size,
-            size: self.size,
-            ready: self.ready,
-            desc_ring: self.desc_ring.0,
-            driver_area: self.driver_area.0,
-            device_area: self.device_area.0,
+            max_size: c.max_size,
+            size: c.size,
+            ready: c.ready,
+            desc_ring: c.areas[0],
+            driver_area: c.areas[1],
+            device_area: c.areas[2],
             next_avail: self.next_avail,
             avail_wrap: self.avail_wrap,
             next_used: self.next_used,
             used_wrap: self.used_wrap,
             in_flight: self.in_flight,
-            event_idx: self.event_idx,
-            indirect: self.indirect,
-            broken: self.broken,
+            event_idx: c.event_idx,
+            indirect: c.indirect,
+            broken: c.broken,
         }
     }
 
     /// Rebuilds a queue from a saved state, validating every value. The
     /// first `needs_notification` after a restore always answers `true`.
     pub fn from_state(state: &PackedQueueState) -> Result<Self> {
-        let mut q = PackedQueue::new(state.max_size)?;
-        q.set_size(state.size)?;
-        q.set_desc_ring(GuestAddress(state.desc_ring))?;
-        q.set_driver_area(GuestAddress(state.driver_area))?;
-        q.set_device_area(GuestAddress(state.device_area))?;
+        let cfg = RingConfig::restore(
+            QueueLayout::Packed,
+            &SavedConfig {
+                max_size: state.max_size,
+                size: state.size,
+                ready: state.ready,
+                areas: [state.desc_ring, state.driver_area, state.device_area],
+                event_idx: state.event_idx,
+                indirect: state.indirect,
+                broken: state.broken,
+            },
+        )?;
         if state.next_avail >= state.size || state.next_used >= state.size {
             return Err(Error::InvalidState {
                 field: "next_avail/next_used",
@@ -589,15 +548,12 @@ impl PackedQueue {
                 reason: "in-flight count does not match the ring positions",
             });
         }
+        let mut q = PackedQueue::with_config(cfg);
         q.next_avail = state.next_avail;
         q.avail_wrap = state.avail_wrap;
         q.next_used = state.next_used;
         q.used_wrap = state.used_wrap;
         q.in_flight = state.in_flight;
-        q.event_idx = state.event_idx;
-        q.indirect = state.indirect;
-        q.broken = state.broken;
-        q.ready = state.ready;
         q.force_notify = true;
         Ok(q)
     }
@@ -615,7 +571,7 @@ pub struct PackedAccess<'q, 'm, M: GuestMemory + ?Sized> {
 impl<'m, M: GuestMemory + ?Sized> PackedAccess<'_, 'm, M> {
     /// As [`PackedQueue::pop`].
     pub fn pop(&mut self) -> Result<Option<PackedChain<'m, M>>> {
-        self.queue.check_usable()?;
+        self.queue.cfg.check_usable()?;
         self.queue
             .pop_from(self.mem, self.ring.clone(), self.hint.clone())
     }

@@ -5,9 +5,10 @@ use std::sync::atomic::{fence, Ordering};
 
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
+use crate::config::{QueueLayout, RingConfig, SavedConfig};
 use crate::error::{DescIndex, Error, Result, RingArea};
 use crate::mem::{indirect_table, Area, ChainCheck, Descriptor, Hint, DESC_SIZE};
-use crate::{check_max_size, vring_need_event, MAX_QUEUE_SIZE};
+use crate::{vring_need_event, MAX_QUEUE_SIZE};
 
 /// Descriptor flag: the buffer continues in the descriptor named by `next`.
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;
@@ -81,19 +82,12 @@ pub struct SplitQueueState {
 /// memory as an argument, so it keeps working across memory map changes.
 #[derive(Clone, Debug)]
 pub struct SplitQueue {
-    max_size: u16,
-    size: u16,
-    ready: bool,
-    desc_table: GuestAddress,
-    avail_ring: GuestAddress,
-    used_ring: GuestAddress,
-    event_idx: bool,
-    indirect: bool,
+    /// Size, areas (descriptor table, available ring, used ring), flags.
+    pub(crate) cfg: RingConfig,
     next_avail: u16,
     next_used: u16,
     /// The last `avail.idx` read from the guest.
     cached_avail: u16,
-    broken: bool,
     /// Used entries added since the last `needs_notification`.
     num_added: u16,
     /// Notify at the next `needs_notification` regardless of suppression.
@@ -104,127 +98,85 @@ impl SplitQueue {
     /// Creates a queue offering at most `max_size` entries (1 to 32768).
     /// Its initial size is the largest power of two not above `max_size`.
     pub fn new(max_size: u16) -> Result<Self> {
-        check_max_size(max_size)?;
-        Ok(SplitQueue {
+        Ok(SplitQueue::with_config(RingConfig::new(
+            QueueLayout::Split,
             max_size,
-            size: initial_size(max_size),
-            ready: false,
-            desc_table: GuestAddress(0),
-            avail_ring: GuestAddress(0),
-            used_ring: GuestAddress(0),
-            event_idx: false,
-            indirect: false,
+        )?))
+    }
+
+    pub(crate) fn with_config(cfg: RingConfig) -> Self {
+        SplitQueue {
+            cfg,
             next_avail: 0,
             next_used: 0,
             cached_avail: 0,
-            broken: false,
             num_added: 0,
             force_notify: false,
-        })
+        }
     }
 
     /// Returns the queue to its state right after [`SplitQueue::new`].
     pub fn reset(&mut self) {
-        let max = self.max_size;
-        *self = SplitQueue {
-            max_size: max,
-            size: initial_size(max),
-            ready: false,
-            desc_table: GuestAddress(0),
-            avail_ring: GuestAddress(0),
-            used_ring: GuestAddress(0),
-            event_idx: false,
-            indirect: false,
-            next_avail: 0,
-            next_used: 0,
-            cached_avail: 0,
-            broken: false,
-            num_added: 0,
-            force_notify: false,
-        };
-    }
-
-    fn check_not_ready(&self) -> Result<()> {
-        if self.ready {
-            Err(Error::ConfigWhileReady)
-        } else {
-            Ok(())
-        }
+        self.cfg.reset();
+        let cfg = self.cfg.clone();
+        *self = SplitQueue::with_config(cfg);
     }
 
     /// The maximum size offered by the device.
     pub fn max_size(&self) -> u16 {
-        self.max_size
+        self.cfg.max_size
     }
 
     /// The current queue size.
     pub fn size(&self) -> u16 {
-        self.size
+        self.cfg.size
     }
 
     /// Sets the queue size: a power of two between 1 and the maximum.
     pub fn set_size(&mut self, size: u16) -> Result<()> {
-        self.check_not_ready()?;
-        if size == 0 || size > self.max_size || !size.is_power_of_two() {
-            return Err(Error::InvalidQueueSize {
-                size,
-                max: self.max_size,
-                power_of_two: true,
-            });
-        }
-        self.size = size;
-        Ok(())
+        self.cfg.set_size(size)
     }
 
     /// Sets the descriptor table address (16-byte aligned).
     pub fn set_desc_table(&mut self, addr: GuestAddress) -> Result<()> {
-        self.check_not_ready()?;
-        check_align(RingArea::DescriptorTable, addr, DESC_TABLE_ALIGN)?;
-        self.desc_table = addr;
-        Ok(())
+        self.cfg.set_desc(addr)
     }
 
     /// Sets the available ring address (2-byte aligned).
     pub fn set_avail_ring(&mut self, addr: GuestAddress) -> Result<()> {
-        self.check_not_ready()?;
-        check_align(RingArea::AvailRing, addr, AVAIL_RING_ALIGN)?;
-        self.avail_ring = addr;
-        Ok(())
+        self.cfg.set_driver(addr)
     }
 
     /// Sets the used ring address (4-byte aligned).
     pub fn set_used_ring(&mut self, addr: GuestAddress) -> Result<()> {
-        self.check_not_ready()?;
-        check_align(RingArea::UsedRing, addr, USED_RING_ALIGN)?;
-        self.used_ring = addr;
-        Ok(())
+        self.cfg.set_device(addr)
     }
 
     /// Records whether `VIRTIO_F_EVENT_IDX` was negotiated.
     pub fn set_event_idx(&mut self, enabled: bool) {
-        self.event_idx = enabled;
+        self.cfg.event_idx = enabled;
     }
 
     /// Records whether `VIRTIO_F_INDIRECT_DESC` was negotiated. Without it,
     /// indirect descriptors are rejected.
     pub fn set_indirect(&mut self, enabled: bool) {
-        self.indirect = enabled;
+        self.cfg.indirect = enabled;
     }
 
     /// Whether the queue is ready.
     pub fn ready(&self) -> bool {
-        self.ready
+        self.cfg.ready
     }
 
     /// Marks the queue ready (or not). Ring placement in guest memory is
     /// checked by [`SplitQueue::validate`] and again on every access.
     pub fn set_ready(&mut self, ready: bool) {
-        self.ready = ready;
+        self.cfg.ready = ready;
     }
 
     /// Whether an earlier driver error broke the queue.
     pub fn is_broken(&self) -> bool {
-        self.broken
+        self.cfg.broken
     }
 
     /// The free-running index of the next available entry to pop.
@@ -250,8 +202,8 @@ impl SplitQueue {
         Area::ring(
             mem,
             RingArea::DescriptorTable,
-            self.desc_table,
-            desc_table_len(self.size),
+            self.cfg.desc,
+            desc_table_len(self.cfg.size),
             Permissions::Read,
         )
     }
@@ -261,8 +213,8 @@ impl SplitQueue {
         Area::ring(
             mem,
             RingArea::AvailRing,
-            self.avail_ring,
-            avail_ring_len(self.size),
+            self.cfg.driver,
+            avail_ring_len(self.cfg.size),
             Permissions::Read,
         )
     }
@@ -272,20 +224,10 @@ impl SplitQueue {
         Area::ring(
             mem,
             RingArea::UsedRing,
-            self.used_ring,
-            used_ring_len(self.size),
+            self.cfg.device,
+            used_ring_len(self.cfg.size),
             Permissions::Write,
         )
-    }
-
-    fn check_usable(&self) -> Result<()> {
-        if !self.ready {
-            return Err(Error::NotReady);
-        }
-        if self.broken {
-            return Err(Error::Broken);
-        }
-        Ok(())
     }
 
     /// Reads `avail.idx` (then an Acquire fence) and checks it did not move
@@ -293,12 +235,12 @@ impl SplitQueue {
     fn read_avail_idx<M: GuestMemory + ?Sized>(&mut self, avail: &Area<'_, M>) -> Result<u16> {
         let idx = avail.load_u16(2, Ordering::Relaxed)?;
         fence(Ordering::Acquire);
-        if idx.wrapping_sub(self.next_avail) > self.size {
-            self.broken = true;
+        if idx.wrapping_sub(self.next_avail) > self.cfg.size {
+            self.cfg.broken = true;
             return Err(Error::AvailIndexJump {
                 avail_idx: idx,
                 next_avail: self.next_avail,
-                size: self.size,
+                size: self.cfg.size,
             });
         }
         self.cached_avail = idx;
@@ -312,21 +254,21 @@ impl SplitQueue {
             return Ok(None);
         }
         let in_flight = self.next_avail.wrapping_sub(self.next_used);
-        if in_flight >= self.size {
-            self.broken = true;
+        if in_flight >= self.cfg.size {
+            self.cfg.broken = true;
             return Err(Error::TooManyInFlight {
                 in_flight: u32::from(in_flight),
-                size: self.size,
+                size: self.cfg.size,
             });
         }
-        let slot = self.next_avail & (self.size - 1);
+        let slot = self.next_avail & (self.cfg.size - 1);
         let head = avail.read_u16(4 + 2 * slot as usize)?;
-        if head >= self.size {
-            self.broken = true;
+        if head >= self.cfg.size {
+            self.cfg.broken = true;
             return Err(Error::HeadIndexOutOfRange {
                 index: head,
                 slot,
-                size: self.size,
+                size: self.cfg.size,
             });
         }
         Ok(Some(head))
@@ -343,9 +285,9 @@ impl SplitQueue {
         SplitChain {
             mem,
             table,
-            table_len: u32::from(self.size),
+            table_len: u32::from(self.cfg.size),
             in_indirect: false,
-            indirect_ok: self.indirect,
+            indirect_ok: self.cfg.indirect,
             head,
             next: head,
             visited: 0,
@@ -368,7 +310,7 @@ impl SplitQueue {
         &mut self,
         mem: &'m M,
     ) -> Result<Option<SplitChain<'m, M>>> {
-        self.check_usable()?;
+        self.cfg.check_usable()?;
         let avail = self.avail_area(mem)?;
         let Some(head) = self.peek_head(&avail)? else {
             return Ok(None);
@@ -385,13 +327,11 @@ impl SplitQueue {
         &'q mut self,
         mem: &'m M,
     ) -> Result<SplitAccess<'q, 'm, M>> {
-        if !self.ready {
-            return Err(Error::NotReady);
-        }
+        self.cfg.check_ready()?;
         let desc = self.desc_area(mem)?;
         let avail = self.avail_area(mem)?;
         let used = self.used_area(mem)?;
-        let hint = Hint::region_of(mem, self.desc_table);
+        let hint = Hint::region_of(mem, self.cfg.desc);
         Ok(SplitAccess {
             queue: self,
             mem,
@@ -420,13 +360,11 @@ impl SplitQueue {
         head: u16,
         len: u32,
     ) -> Result<()> {
-        if !self.ready {
-            return Err(Error::NotReady);
-        }
-        if head >= self.size {
+        self.cfg.check_ready()?;
+        if head >= self.cfg.size {
             return Err(Error::InvalidUsedHead {
                 head,
-                size: self.size,
+                size: self.cfg.size,
             });
         }
         let in_flight = self.next_avail.wrapping_sub(self.next_used);
@@ -446,7 +384,7 @@ impl SplitQueue {
         head: u16,
         len: u32,
     ) -> Result<()> {
-        let slot = (self.next_used & (self.size - 1)) as usize;
+        let slot = (self.next_used & (self.cfg.size - 1)) as usize;
         used.write_u32x2(4 + 8 * slot, [u32::from(head), len])?;
         self.next_used = self.next_used.wrapping_add(1);
         fence(Ordering::Release);
@@ -462,9 +400,7 @@ impl SplitQueue {
     /// entries added since the last call: `used_event` with EVENT_IDX
     /// (`vring_need_event`), else the `VIRTQ_AVAIL_F_NO_INTERRUPT` flag.
     pub fn needs_notification<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<bool> {
-        if !self.ready {
-            return Err(Error::NotReady);
-        }
+        self.cfg.check_ready()?;
         let avail = self.avail_area(mem)?;
         // Order the used.idx store before reading the driver's suppression.
         fence(Ordering::SeqCst);
@@ -478,8 +414,8 @@ impl SplitQueue {
         if added == 0 {
             return Ok(false);
         }
-        if self.event_idx {
-            let used_event = avail.load_u16(4 + 2 * self.size as usize, Ordering::Relaxed)?;
+        if self.cfg.event_idx {
+            let used_event = avail.load_u16(4 + 2 * self.cfg.size as usize, Ordering::Relaxed)?;
             let old = self.next_used.wrapping_sub(added);
             Ok(vring_need_event(used_event, self.next_used, old))
         } else {
@@ -493,11 +429,11 @@ impl SplitQueue {
     /// `VIRTQ_USED_F_NO_NOTIFY`. Returns `true` if buffers are already
     /// available (the caller should pop them rather than wait).
     pub fn enable_notification<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<bool> {
-        self.check_usable()?;
+        self.cfg.check_usable()?;
         let used = self.used_area(mem)?;
-        if self.event_idx {
+        if self.cfg.event_idx {
             used.store_u16(
-                4 + 8 * self.size as usize,
+                4 + 8 * self.cfg.size as usize,
                 self.next_avail,
                 Ordering::Relaxed,
             )?;
@@ -514,8 +450,8 @@ impl SplitQueue {
     /// `VIRTQ_USED_F_NO_NOTIFY` (without EVENT_IDX; with it, `avail_event`
     /// is simply left behind).
     pub fn disable_notification<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<()> {
-        self.check_usable()?;
-        if !self.event_idx {
+        self.cfg.check_usable()?;
+        if !self.cfg.event_idx {
             let used = self.used_area(mem)?;
             used.store_u16(0, VIRTQ_USED_F_NO_NOTIFY, Ordering::Relaxed)?;
         }
@@ -524,18 +460,19 @@ impl SplitQueue {
 
     /// Saves the queue's state.
     pub fn state(&self) -> SplitQueueState {
+        let c = self.cfg.saved();
         SplitQueueState {
-            max_size: self.max_size,
-            size: self.size,
-            ready: self.ready,
-            desc_table: self.desc_table.0,
-            avail_ring: self.avail_ring.0,
-            used_ring: self.used_ring.0,
+            max_size: c.max_size,
+            size: c.size,
+            ready: c.ready,
+            desc_table: c.areas[0],
+            avail_ring: c.areas[1],
+            used_ring: c.areas[2],
             next_avail: self.next_avail,
             next_used: self.next_used,
-            event_idx: self.event_idx,
-            indirect: self.indirect,
-            broken: self.broken,
+            event_idx: c.event_idx,
+            indirect: c.indirect,
+            broken: c.broken,
         }
     }
 
@@ -543,11 +480,18 @@ impl SplitQueue {
     /// had been set by the driver. The first `needs_notification` after a
     /// restore always answers `true`.
     pub fn from_state(state: &SplitQueueState) -> Result<Self> {
-        let mut q = SplitQueue::new(state.max_size)?;
-        q.set_size(state.size)?;
-        q.set_desc_table(GuestAddress(state.desc_table))?;
-        q.set_avail_ring(GuestAddress(state.avail_ring))?;
-        q.set_used_ring(GuestAddress(state.used_ring))?;
+        let cfg = RingConfig::restore(
+            QueueLayout::Split,
+            &SavedConfig {
+                max_size: state.max_size,
+                size: state.size,
+                ready: state.ready,
+                areas: [state.desc_table, state.avail_ring, state.used_ring],
+                event_idx: state.event_idx,
+                indirect: state.indirect,
+                broken: state.broken,
+            },
+        )?;
         let in_flight = state.next_avail.wrapping_sub(state.next_used);
         if in_flight > state.size {
             return Err(Error::InvalidState {
@@ -556,32 +500,13 @@ impl SplitQueue {
                 reason: "more chains in flight than the queue size",
             });
         }
+        let mut q = SplitQueue::with_config(cfg);
         q.next_avail = state.next_avail;
         q.next_used = state.next_used;
         q.cached_avail = state.next_avail;
-        q.event_idx = state.event_idx;
-        q.indirect = state.indirect;
-        q.broken = state.broken;
-        q.ready = state.ready;
         q.force_notify = true;
         Ok(q)
     }
-}
-
-/// The largest power of two not above `max` (which is at least 1).
-fn initial_size(max: u16) -> u16 {
-    1 << (15 - max.leading_zeros().min(15))
-}
-
-fn check_align(area: RingArea, addr: GuestAddress, align: u64) -> Result<()> {
-    if addr.0 % align != 0 {
-        return Err(Error::MisalignedAddress {
-            area,
-            addr: addr.0,
-            align,
-        });
-    }
-    Ok(())
 }
 
 /// A descriptor chain popped from a [`SplitQueue`]: an iterator over its
@@ -731,7 +656,7 @@ pub struct SplitAccess<'q, 'm, M: GuestMemory + ?Sized> {
 impl<'m, M: GuestMemory + ?Sized> SplitAccess<'_, 'm, M> {
     /// As [`SplitQueue::pop`].
     pub fn pop(&mut self) -> Result<Option<SplitChain<'m, M>>> {
-        self.queue.check_usable()?;
+        self.queue.cfg.check_usable()?;
         let Some(head) = self.queue.peek_head(&self.avail)? else {
             return Ok(None);
         };
@@ -746,8 +671,11 @@ impl<'m, M: GuestMemory + ?Sized> SplitAccess<'_, 'm, M> {
     /// As [`SplitQueue::add_used`].
     pub fn add_used(&mut self, head: u16, len: u32) -> Result<()> {
         let q = &mut *self.queue;
-        if head >= q.size {
-            return Err(Error::InvalidUsedHead { head, size: q.size });
+        if head >= q.cfg.size {
+            return Err(Error::InvalidUsedHead {
+                head,
+                size: q.cfg.size,
+            });
         }
         if q.next_avail == q.next_used {
             return Err(Error::NothingInFlight {

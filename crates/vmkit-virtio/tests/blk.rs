@@ -11,7 +11,9 @@ use std::sync::Arc;
 use driver::*;
 use vm_memory::{Bytes, GuestAddress};
 use vmkit_virtio::blk::*;
+use vmkit_virtio::device::VIRTIO_F_RING_PACKED;
 use vmkit_virtio::mmio::*;
+use vmkit_virtio::QueueLayout;
 use vmm_sys_util::tempfile::TempFile;
 
 const HDR: u64 = BUF;
@@ -36,11 +38,23 @@ fn disk(sectors: u64) -> (File, File) {
 }
 
 fn setup_with(opts: BlockOptions) -> Setup {
+    setup_layout(opts, false)
+}
+
+/// A live device with queue 0 of size 8 (split), or of size 5 (packed:
+/// not a power of two, and requests wrap around the ring quickly).
+fn setup_layout(opts: BlockOptions, packed: bool) -> Setup {
     let (f, file) = disk(SECTORS);
     let mem = mem();
     let t = transport(Block::new(f, opts).unwrap(), &mem);
-    let vq = Vq::new(0, 8);
+    let vq = if packed {
+        Vq::packed(0, 5)
+    } else {
+        Vq::new(0, 8)
+    };
     bring_up(&t, &[&vq]);
+    let layout = t.queue_state(0).unwrap().layout();
+    assert_eq!(layout == QueueLayout::Packed, packed, "{layout}");
     Setup { mem, t, vq, file }
 }
 
@@ -87,6 +101,7 @@ fn identifies_as_a_v2_block_device() {
     assert_eq!(t.r32(0xc), VENDOR_ID);
     let f = device_features(&t);
     assert_ne!(f & (1 << 32), 0, "VERSION_1");
+    assert_ne!(f & VIRTIO_F_RING_PACKED, 0, "RING_PACKED");
     assert_ne!(f & VIRTIO_BLK_F_FLUSH, 0);
     assert_eq!(f & VIRTIO_BLK_F_RO, 0);
     t.w32(0x30, 0);
@@ -258,13 +273,22 @@ fn queue_setup_is_validated() {
         t.take_error(),
         Some(MmioError::QueueConfigWhileReady { index: 0, .. })
     ));
-    assert_eq!(t.queue_state(0).unwrap().size, 8);
-    assert_eq!(t.queue_state(0).unwrap().desc_table, vq.desc);
+    assert_eq!(t.queue_state(0).unwrap().size(), 8);
+    assert_eq!(t.queue_state(0).unwrap().areas()[0], vq.desc);
 }
 
 #[test]
 fn write_then_read_back() {
-    let mut s = setup();
+    write_then_read_back_on(false);
+}
+
+#[test]
+fn write_then_read_back_on_packed_rings() {
+    write_then_read_back_on(true);
+}
+
+fn write_then_read_back_on(packed: bool) {
+    let mut s = setup_layout(BlockOptions::default(), packed);
     let data: Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();
     s.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
     header(&s.mem, VIRTIO_BLK_T_OUT, 10);
@@ -306,7 +330,16 @@ fn write_then_read_back() {
 
 #[test]
 fn header_and_status_may_share_descriptors_with_data() {
-    let mut s = setup();
+    header_and_status_may_share_descriptors_with_data_on(false);
+}
+
+#[test]
+fn header_and_status_may_share_descriptors_with_data_on_packed_rings() {
+    header_and_status_may_share_descriptors_with_data_on(true);
+}
+
+fn header_and_status_may_share_descriptors_with_data_on(packed: bool) {
+    let mut s = setup_layout(BlockOptions::default(), packed);
     // Header + data in one readable descriptor.
     header(&s.mem, VIRTIO_BLK_T_OUT, 3);
     s.mem
@@ -402,7 +435,16 @@ fn read_only_disk_fails_writes() {
 
 #[test]
 fn malformed_requests_fail_with_ioerr_and_leave_the_disk_alone() {
-    let mut s = setup();
+    malformed_requests_fail_with_ioerr_and_leave_the_disk_alone_on(false);
+}
+
+#[test]
+fn malformed_requests_fail_with_ioerr_and_leave_the_disk_alone_on_packed_rings() {
+    malformed_requests_fail_with_ioerr_and_leave_the_disk_alone_on(true);
+}
+
+fn malformed_requests_fail_with_ioerr_and_leave_the_disk_alone_on(packed: bool) {
+    let mut s = setup_layout(BlockOptions::default(), packed);
     s.mem
         .write_slice(&[0x77u8; 2048], GuestAddress(DATA))
         .unwrap();
@@ -518,7 +560,16 @@ fn malformed_requests_fail_with_ioerr_and_leave_the_disk_alone() {
 
 #[test]
 fn requests_without_a_usable_status_are_returned_unused() {
-    let mut s = setup();
+    requests_without_a_usable_status_are_returned_unused_on(false);
+}
+
+#[test]
+fn requests_without_a_usable_status_are_returned_unused_on_packed_rings() {
+    requests_without_a_usable_status_are_returned_unused_on(true);
+}
+
+fn requests_without_a_usable_status_are_returned_unused_on(packed: bool) {
+    let mut s = setup_layout(BlockOptions::default(), packed);
     let before = s.file_sector(0);
     s.mem
         .write_slice(&[0x66u8; 512], GuestAddress(DATA))
@@ -609,15 +660,26 @@ fn writes_are_flushed_when_flush_is_not_negotiated() {
 
 #[test]
 fn interrupts_are_raised_and_acknowledged() {
-    let mut s = setup();
+    interrupts_are_raised_and_acknowledged_on(false);
+}
+
+#[test]
+fn interrupts_are_raised_and_acknowledged_on_packed_rings() {
+    interrupts_are_raised_and_acknowledged_on(true);
+}
+
+fn interrupts_are_raised_and_acknowledged_on(packed: bool) {
+    let mut s = setup_layout(BlockOptions::default(), packed);
     header(&s.mem, VIRTIO_BLK_T_IN, 0);
     s.submit(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]);
     assert_eq!(s.t.r32(0x60), INT_USED_BUFFER);
     assert_eq!(s.t.interrupt_evt().read().unwrap(), 1);
     s.t.w32(0x64, INT_USED_BUFFER);
     assert_eq!(s.t.r32(0x60), 0);
-    // VIRTQ_AVAIL_F_NO_INTERRUPT suppresses it.
-    s.mem.write_obj(1u16, GuestAddress(s.vq.avail)).unwrap();
+    // VIRTQ_AVAIL_F_NO_INTERRUPT (split: avail.flags) or
+    // RING_EVENT_FLAGS_DISABLE (packed: the driver area's flags) suppresses it.
+    let flags = s.vq.avail + if packed { 2 } else { 0 };
+    s.mem.write_obj(1u16, GuestAddress(flags)).unwrap();
     s.submit(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]);
     assert_eq!(s.t.r32(0x60), 0);
     assert!(s.t.interrupt_evt().read().is_err(), "no signal");
@@ -628,7 +690,8 @@ fn event_idx_and_indirect_descriptors() {
     let (f, file) = disk(SECTORS);
     let mem = mem();
     let t = transport(Block::new(f, BlockOptions::default()).unwrap(), &mem);
-    let all = device_features(&t);
+    // Everything but the packed layout: this driver speaks split rings.
+    let all = device_features(&t) & !VIRTIO_F_RING_PACKED;
     assert!(negotiate(&t, all));
     let mut vq = Vq::new(0, 8);
     assert!(setup_queue(&t, &vq));

@@ -8,20 +8,44 @@ use driver::*;
 use vm_memory::{Bytes, GuestAddress};
 use vmkit_virtio::console::*;
 use vmkit_virtio::mmio::*;
+use vmkit_virtio::QueueLayout;
 
-fn setup<W: io::Write>(c: Console<W>) -> (std::sync::Arc<Mem>, Transport<Console<W>>, Vq, Vq) {
+type Parts<W> = (std::sync::Arc<Mem>, Transport<Console<W>>, Vq, Vq);
+
+fn setup<W: io::Write>(c: Console<W>) -> Parts<W> {
+    setup_on(c, false)
+}
+
+/// A live console with split queues of 8, or packed queues of 6.
+fn setup_on<W: io::Write>(c: Console<W>, packed: bool) -> Parts<W> {
     let mem = mem();
     let t = transport(c, &mem);
     assert_eq!(t.r32(0x8), 3);
-    let rx = Vq::new(0, 8);
-    let tx = Vq::new(1, 8);
+    let (rx, tx) = if packed {
+        (Vq::packed(0, 6), Vq::packed(1, 6))
+    } else {
+        (Vq::new(0, 8), Vq::new(1, 8))
+    };
     bring_up(&t, &[&rx, &tx]);
+    for q in 0..2 {
+        let layout = t.queue_state(q).unwrap().layout();
+        assert_eq!(layout == QueueLayout::Packed, packed, "{layout}");
+    }
     (mem, t, rx, tx)
 }
 
 #[test]
 fn transmit_goes_to_the_writer() {
-    let (mem, t, _rx, mut tx) = setup(Console::new(Vec::new()));
+    transmit_goes_to_the_writer_on(false);
+}
+
+#[test]
+fn transmit_goes_to_the_writer_on_packed_rings() {
+    transmit_goes_to_the_writer_on(true);
+}
+
+fn transmit_goes_to_the_writer_on(packed: bool) {
+    let (mem, t, _rx, mut tx) = setup_on(Console::new(Vec::new()), packed);
     mem.write_slice(b"hello, ", GuestAddress(BUF)).unwrap();
     mem.write_slice(b"world\n", GuestAddress(BUF + 0x100))
         .unwrap();
@@ -46,7 +70,16 @@ fn transmit_goes_to_the_writer() {
 
 #[test]
 fn input_waits_for_receive_buffers() {
-    let (mem, t, mut rx, _tx) = setup(Console::new(Vec::new()));
+    input_waits_for_receive_buffers_on(false);
+}
+
+#[test]
+fn input_waits_for_receive_buffers_on_packed_rings() {
+    input_waits_for_receive_buffers_on(true);
+}
+
+fn input_waits_for_receive_buffers_on(packed: bool) {
+    let (mem, t, mut rx, _tx) = setup_on(Console::new(Vec::new()), packed);
     assert_eq!(t.with_device(|c| c.enqueue_input(b"typed")), 5);
     assert!(!t.process_queue(RECEIVEQ).unwrap(), "no buffers yet");
     assert_eq!(t.with_device(|c| c.pending_input()), 5);
@@ -95,7 +128,16 @@ fn input_is_bounded_and_survives_reset() {
 
 #[test]
 fn malformed_receive_chains_consume_no_input() {
-    let (mem, t, mut rx, _tx) = setup(Console::new(Vec::new()));
+    malformed_receive_chains_consume_no_input_on(false);
+}
+
+#[test]
+fn malformed_receive_chains_consume_no_input_on_packed_rings() {
+    malformed_receive_chains_consume_no_input_on(true);
+}
+
+fn malformed_receive_chains_consume_no_input_on(packed: bool) {
+    let (mem, t, mut rx, _tx) = setup_on(Console::new(Vec::new()), packed);
     t.with_device(|c| c.enqueue_input(b"abc"));
     // A readable buffer in a receive chain, then one outside guest memory.
     rx.push(&mem, &[r(BUF, 3)]);

@@ -14,7 +14,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmkit_virtio::device::VIRTIO_F_VERSION_1;
 use vmkit_virtio::mmio::*;
 use vmkit_virtio::net::*;
-use vmkit_virtio::{Persist, StateError, VirtioDevice};
+use vmkit_virtio::{Persist, QueueLayout, StateError, VirtioDevice};
 
 const MAC: MacAddr = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01];
 const PEER: MacAddr = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x02];
@@ -103,7 +103,13 @@ fn opts() -> NetOptions {
 fn setup_with(dev: Dev, features: u64) -> Setup {
     let mem = mem();
     let t = transport(dev, &mem);
-    let (rx, tx, ctrl) = (Vq::new(0, 64), Vq::new(1, 64), Vq::new(2, 64));
+    // Packed queues when the features say so; 60 is not a power of two.
+    let size = if features & RING_PACKED != 0 { 60 } else { 64 };
+    let (rx, tx, ctrl) = (
+        Vq::for_features(0, size, features),
+        Vq::for_features(1, size, features),
+        Vq::for_features(2, size, features),
+    );
     assert!(negotiate(&t, features | V1), "{:?}", t.take_error());
     let queues = t.r32(0x34); // QueueNumMax of the selected queue; all the same
     assert!(queues > 0);
@@ -114,6 +120,8 @@ fn setup_with(dev: Dev, features: u64) -> Setup {
         assert!(setup_queue(&t, &ctrl));
     }
     driver_ok(&t);
+    let layout = t.queue_state(0).unwrap().layout();
+    assert_eq!(layout == QueueLayout::Packed, features & RING_PACKED != 0);
     Setup {
         mem,
         t,
@@ -216,6 +224,7 @@ fn identifies_as_a_network_device_and_offers_what_the_backend_honours() {
     let f = device_features(&t);
     for want in [
         V1,
+        vmkit_virtio::device::VIRTIO_F_RING_PACKED,
         VIRTIO_NET_F_MAC,
         VIRTIO_NET_F_STATUS,
         VIRTIO_NET_F_MRG_RXBUF,
@@ -306,7 +315,16 @@ fn invalid_options_are_refused() {
 
 #[test]
 fn transmits_frames_with_the_header_split_anywhere() {
-    let mut s = setup(0);
+    transmits_frames_with_the_header_split_anywhere_with(0);
+}
+
+#[test]
+fn transmits_frames_with_the_header_split_anywhere_on_packed_rings() {
+    transmits_frames_with_the_header_split_anywhere_with(RING_PACKED);
+}
+
+fn transmits_frames_with_the_header_split_anywhere_with(layout: u64) {
+    let mut s = setup(layout);
     let f1 = frame(PEER, 60, 1);
     let f2 = frame(PEER, 1514, 2);
     let f3 = frame(PEER, 100, 3);
@@ -480,7 +498,16 @@ fn transmit_above_the_mtu_is_dropped_when_mtu_was_negotiated() {
 
 #[test]
 fn receives_a_frame_into_one_chain_without_merged_buffers() {
-    let mut s = setup(0);
+    receives_a_frame_into_one_chain_without_merged_buffers_with(0);
+}
+
+#[test]
+fn receives_a_frame_into_one_chain_without_merged_buffers_on_packed_rings() {
+    receives_a_frame_into_one_chain_without_merged_buffers_with(RING_PACKED);
+}
+
+fn receives_a_frame_into_one_chain_without_merged_buffers_with(layout: u64) {
+    let mut s = setup(layout);
     let h = s.rx.push(&s.mem, &[w(BUF, 12), w(BUF + 0x100, 1514)]);
     let f = frame(MAC, 100, 9);
     s.arrive(std::slice::from_ref(&f));
@@ -509,7 +536,16 @@ fn receives_a_frame_into_one_chain_without_merged_buffers() {
 
 #[test]
 fn merged_buffers_spread_a_frame_over_chains() {
-    let mut s = setup(VIRTIO_NET_F_MRG_RXBUF);
+    merged_buffers_spread_a_frame_over_chains_with(0);
+}
+
+#[test]
+fn merged_buffers_spread_a_frame_over_chains_on_packed_rings() {
+    merged_buffers_spread_a_frame_over_chains_with(RING_PACKED);
+}
+
+fn merged_buffers_spread_a_frame_over_chains_with(layout: u64) {
+    let mut s = setup(VIRTIO_NET_F_MRG_RXBUF | layout);
     let heads: Vec<u16> = (0..4)
         .map(|i| s.rx.push(&s.mem, &[w(BUF + 0x1000 * i, 64)]))
         .collect();
@@ -538,7 +574,16 @@ fn merged_buffers_spread_a_frame_over_chains() {
 
 #[test]
 fn receive_waits_for_buffers_and_keeps_frame_order() {
-    let mut s = setup(VIRTIO_NET_F_MRG_RXBUF);
+    receive_waits_for_buffers_and_keeps_frame_order_with(0);
+}
+
+#[test]
+fn receive_waits_for_buffers_and_keeps_frame_order_on_packed_rings() {
+    receive_waits_for_buffers_and_keeps_frame_order_with(RING_PACKED);
+}
+
+fn receive_waits_for_buffers_and_keeps_frame_order_with(layout: u64) {
+    let mut s = setup(VIRTIO_NET_F_MRG_RXBUF | layout);
     let frames: Vec<Vec<u8>> = (0..3).map(|i| frame(MAC, 150, i)).collect();
     s.arrive(&frames);
     assert!(s.t.with_device(|d| d.rx_waiting_for_buffers()));
@@ -570,7 +615,16 @@ fn receive_waits_for_buffers_and_keeps_frame_order() {
 
 #[test]
 fn malformed_receive_chains_are_returned_empty() {
-    let mut s = setup(VIRTIO_NET_F_MRG_RXBUF);
+    malformed_receive_chains_are_returned_empty_with(0);
+}
+
+#[test]
+fn malformed_receive_chains_are_returned_empty_on_packed_rings() {
+    malformed_receive_chains_are_returned_empty_with(RING_PACKED);
+}
+
+fn malformed_receive_chains_are_returned_empty_with(layout: u64) {
+    let mut s = setup(VIRTIO_NET_F_MRG_RXBUF | layout);
     // Readable buffer; a chain smaller than a header; a buffer outside
     // memory; then a good one.
     let bad1 = s.rx.push(&s.mem, &[r(BUF, 64)]);
@@ -604,9 +658,18 @@ fn malformed_receive_chains_are_returned_empty() {
 
 #[test]
 fn a_frame_larger_than_every_buffer_is_dropped() {
-    let mut s = setup(VIRTIO_NET_F_MRG_RXBUF);
-    // 64 chains of 12 bytes hold no frame at all.
-    for i in 0..64 {
+    a_frame_larger_than_every_buffer_is_dropped_with(0);
+}
+
+#[test]
+fn a_frame_larger_than_every_buffer_is_dropped_on_packed_rings() {
+    a_frame_larger_than_every_buffer_is_dropped_with(RING_PACKED);
+}
+
+fn a_frame_larger_than_every_buffer_is_dropped_with(layout: u64) {
+    let mut s = setup(VIRTIO_NET_F_MRG_RXBUF | layout);
+    // A full ring of 12-byte chains holds no frame at all.
+    for i in 0..u64::from(s.rx.size) {
         s.rx.push(&s.mem, &[w(BUF + 0x100 * i, 12)]);
     }
     s.arrive(&[frame(MAC, 1000, 0)]);
@@ -687,8 +750,17 @@ fn backend_headers_are_checked_against_the_accepted_offloads() {
 
 #[test]
 fn control_queue_sets_the_receive_filter() {
+    control_queue_sets_the_receive_filter_with(0);
+}
+
+#[test]
+fn control_queue_sets_the_receive_filter_on_packed_rings() {
+    control_queue_sets_the_receive_filter_with(RING_PACKED);
+}
+
+fn control_queue_sets_the_receive_filter_with(layout: u64) {
     let features = VIRTIO_NET_F_CTRL_VQ | VIRTIO_NET_F_CTRL_RX | VIRTIO_NET_F_CTRL_MAC_ADDR;
-    let mut s = setup(features);
+    let mut s = setup(features | layout);
     let mcast: MacAddr = [0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb];
     let other_mcast: MacAddr = [0x33, 0x33, 0, 0, 0, 1];
     let other: MacAddr = [0x52, 0x54, 0, 9, 9, 9];
@@ -911,7 +983,16 @@ fn link_state_is_in_the_config_space_and_gates_traffic() {
 
 #[test]
 fn a_blocking_backend_keeps_the_chain_until_it_can_send() {
-    let mut s = setup(0);
+    a_blocking_backend_keeps_the_chain_until_it_can_send_with(0);
+}
+
+#[test]
+fn a_blocking_backend_keeps_the_chain_until_it_can_send_on_packed_rings() {
+    a_blocking_backend_keeps_the_chain_until_it_can_send_with(RING_PACKED);
+}
+
+fn a_blocking_backend_keeps_the_chain_until_it_can_send_with(layout: u64) {
+    let mut s = setup(layout);
     s.t.with_device(|d| d.backend_mut().send_error = Some(io::ErrorKind::WouldBlock));
     let f = frame(PEER, 60, 0);
     let a = s.put(BUF, &[hdr_bytes(NetHeader::default()), f.clone()].concat());

@@ -435,3 +435,29 @@ fn batch_access() {
     q.set_ready(false);
     assert!(matches!(q.access(&m), Err(Error::NotReady)));
 }
+
+#[test]
+fn undo_pop_rewinds_across_the_ring_end_and_flips_the_wrap_counter() {
+    let mem = mem();
+    let mut q = packed_queue(4);
+    let mut d = PackedDriver::new(4);
+    // Three slots, then a list of two that wraps (slots 3 and 0).
+    d.push(&mem, 7, &[(BUF, 8, 0), (BUF + 8, 8, 0), (BUF + 16, 8, 0)]);
+    let (id, n, _) = collect(&mut q, &mem);
+    assert_eq!((id, n), (7, 3));
+    q.add_used(&mem, id, 0, n).unwrap();
+    d.push(&mem, 9, &[(BUF, 8, 0), (BUF + 8, 8, 0)]);
+    let (id, n, _) = collect(&mut q, &mem);
+    assert_eq!((id, n), (9, 2));
+    assert_eq!(q.next_avail(), (1, false));
+    assert!(!q.undo_pop(3), "only 2 slots in flight");
+    assert!(!q.undo_pop(0));
+    assert!(q.undo_pop(n));
+    assert_eq!(q.next_avail(), (3, true), "back into the first lap");
+    assert_eq!(q.state().in_flight, 0);
+    // Popped again, the same list.
+    let (id, n, items) = collect(&mut q, &mem);
+    assert_eq!((id, n, items.len()), (9, 2, 2));
+    q.add_used(&mem, id, 0, n).unwrap();
+    assert!(!q.undo_pop(1), "nothing in flight");
+}

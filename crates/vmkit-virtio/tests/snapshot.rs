@@ -16,7 +16,24 @@ use vmkit_virtio::blk::*;
 use vmkit_virtio::console::{Console, ConsoleState, RECEIVEQ, TRANSMITQ};
 use vmkit_virtio::device::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 use vmkit_virtio::mmio::*;
-use vmkit_virtio::{Error, Persist, RingArea, SplitQueueState, StateError, VirtioDevice};
+use vmkit_virtio::{
+    Error, Persist, QueueState, RingArea, SplitQueueState, StateError, VirtioDevice,
+};
+
+/// The split state of a queue the tests know is split.
+trait SplitOf {
+    fn sq(&self) -> &SplitQueueState;
+    fn sq_mut(&mut self) -> &mut SplitQueueState;
+}
+
+impl SplitOf for QueueState {
+    fn sq(&self) -> &SplitQueueState {
+        self.as_split().expect("a split queue")
+    }
+    fn sq_mut(&mut self) -> &mut SplitQueueState {
+        self.as_split_mut().expect("a split queue")
+    }
+}
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempfile::TempFile;
 
@@ -64,27 +81,6 @@ fn bring_up_with_features<D: vmkit_virtio::VirtioDevice<Mem>>(t: &Transport<D>, 
     assert_eq!(t.r32(0x70), LIVE);
 }
 
-/// Puts a write request of one sector filled with `byte` at `sector` on
-/// `vq`; each request uses its own buffers (slot `k`).
-fn push_write(mem: &Mem, vq: &mut Vq, k: u64, sector: u64, byte: u8) -> u16 {
-    let base = BUF + 0x1_0000 * k;
-    mem.write_obj(VIRTIO_BLK_T_OUT, GuestAddress(base)).unwrap();
-    mem.write_obj(0u32, GuestAddress(base + 4)).unwrap();
-    mem.write_obj(sector, GuestAddress(base + 8)).unwrap();
-    mem.write_slice(&[byte; 512], GuestAddress(base + 0x1000))
-        .unwrap();
-    mem.write_obj(0xeeu8, GuestAddress(base + 0x3000)).unwrap();
-    vq.push(
-        mem,
-        &[r(base, 16), r(base + 0x1000, 512), w(base + 0x3000, 1)],
-    )
-}
-
-fn status_of(mem: &Mem, k: u64) -> u8 {
-    mem.read_obj(GuestAddress(BUF + 0x1_0000 * k + 0x3000))
-        .unwrap()
-}
-
 fn used_idx(mem: &Mem, vq: &Vq) -> u16 {
     mem.read_obj(GuestAddress(vq.used + 2)).unwrap()
 }
@@ -123,7 +119,7 @@ fn a_restored_block_device_continues_without_replay_or_loss() {
     let (mem, file, old, mut vq, state) = mid_session();
     assert_eq!(state.status, LIVE);
     assert_eq!(state.driver_features, FEATURES);
-    let q = state.queues[0].queue;
+    let q = *state.queues[0].queue.sq();
     assert!(q.ready && q.event_idx && q.indirect && !q.broken);
     assert_eq!((q.next_avail, q.next_used), (3, 3));
     assert_eq!(state.device.capacity, SECTORS);
@@ -230,7 +226,7 @@ fn a_state_saved_before_driver_ok_restores_the_pending_registers() {
     t.w32(0x90, vq.avail as u32);
     t.w32(0xa0, vq.used as u32);
     let state = t.save_state();
-    assert!(!state.queues[0].queue.ready);
+    assert!(!state.queues[0].queue.sq().ready);
     let r = restore(block(&file), mem.clone(), irq(), &state).unwrap();
     // The driver finishes its bring-up on the restored device.
     r.w32(0x44, 1);
@@ -306,8 +302,8 @@ fn corrupt_states_are_refused_with_the_field_named() {
         &with(&good, |s| {
             s.status = STATUS_ACKNOWLEDGE;
             s.interrupt_status = INT_USED_BUFFER;
-            s.queues[0].queue.event_idx = false;
-            s.queues[0].queue.indirect = false;
+            s.queues[0].queue.sq_mut().event_idx = false;
+            s.queues[0].queue.sq_mut().indirect = false;
         }),
     );
     assert!(matches!(
@@ -332,8 +328,8 @@ fn corrupt_states_are_refused_with_the_field_named() {
         &with(&good, |s| {
             s.status = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
             s.driver_features_beyond_64 = Some((1, 1));
-            s.queues[0].queue.event_idx = false;
-            s.queues[0].queue.indirect = false;
+            s.queues[0].queue.sq_mut().event_idx = false;
+            s.queues[0].queue.sq_mut().indirect = false;
         }),
     );
     assert!(matches!(
@@ -346,7 +342,7 @@ fn corrupt_states_are_refused_with_the_field_named() {
         &mem,
         &with_queue(&good, |q| {
             q.num = 6;
-            q.queue.size = 6;
+            q.queue.sq_mut().size = 6;
         }),
     );
     assert!(matches!(
@@ -361,7 +357,7 @@ fn corrupt_states_are_refused_with_the_field_named() {
         &mem,
         &with_queue(&good, |q| {
             q.desc = MEM_SIZE as u64;
-            q.queue.desc_table = MEM_SIZE as u64;
+            q.queue.sq_mut().desc_table = MEM_SIZE as u64;
         }),
     );
     assert!(matches!(
@@ -379,7 +375,7 @@ fn corrupt_states_are_refused_with_the_field_named() {
         &mem,
         &with_queue(&good, |q| {
             q.device = MEM_SIZE as u64 - 8;
-            q.queue.used_ring = MEM_SIZE as u64 - 8;
+            q.queue.sq_mut().used_ring = MEM_SIZE as u64 - 8;
         }),
     );
     assert!(matches!(
@@ -397,7 +393,7 @@ fn corrupt_states_are_refused_with_the_field_named() {
         &mem,
         &with_queue(&good, |q| {
             q.driver += 1;
-            q.queue.avail_ring += 1;
+            q.queue.sq_mut().avail_ring += 1;
         }),
     );
     assert!(matches!(
@@ -413,7 +409,9 @@ fn corrupt_states_are_refused_with_the_field_named() {
     // next_used ahead of next_avail.
     let err = restore_blk(
         &mem,
-        &with_queue(&good, |q| q.queue.next_used = q.queue.next_avail + 1),
+        &with_queue(&good, |q| {
+            q.queue.sq_mut().next_used = q.queue.sq_mut().next_avail + 1
+        }),
     );
     assert!(matches!(
         err,
@@ -425,7 +423,9 @@ fn corrupt_states_are_refused_with_the_field_named() {
     // More in flight than the queue holds.
     let err = restore_blk(
         &mem,
-        &with_queue(&good, |q| q.queue.next_avail = q.queue.next_used + 17),
+        &with_queue(&good, |q| {
+            q.queue.sq_mut().next_avail = q.queue.sq_mut().next_used + 17
+        }),
     );
     assert!(matches!(
         err,
@@ -454,7 +454,10 @@ fn corrupt_states_are_refused_with_the_field_named() {
         })
     ));
     // Flags that disagree with the negotiated features.
-    let err = restore_blk(&mem, &with_queue(&good, |q| q.queue.event_idx = false));
+    let err = restore_blk(
+        &mem,
+        &with_queue(&good, |q| q.queue.sq_mut().event_idx = false),
+    );
     assert!(matches!(
         err,
         Err(RestoreError::QueueFeatureFlag {
@@ -476,7 +479,10 @@ fn corrupt_states_are_refused_with_the_field_named() {
         })
     ));
     // Queue shape that is not the device's.
-    let err = restore_blk(&mem, &with_queue(&good, |q| q.queue.max_size = 1024));
+    let err = restore_blk(
+        &mem,
+        &with_queue(&good, |q| q.queue.sq_mut().max_size = 1024),
+    );
     assert!(matches!(
         err,
         Err(RestoreError::QueueMaxSize {
@@ -582,15 +588,15 @@ fn reachable_odd_states_are_accepted() {
         s.driver_features = u64::MAX;
         s.driver_features_beyond_64 = Some((7, 1));
         s.interrupt_status = 0;
-        s.queues[0].queue.event_idx = false;
-        s.queues[0].queue.indirect = false;
+        s.queues[0].queue.sq_mut().event_idx = false;
+        s.queues[0].queue.sq_mut().indirect = false;
     });
     restore_blk(&mem, &early).unwrap();
     // A queue that is not ready keeps whatever the driver wrote to its registers.
     restore_blk(
         &mem,
         &with_queue(&good, |q| {
-            q.queue.ready = false;
+            q.queue.sq_mut().ready = false;
             q.num = u32::MAX;
             q.desc = u64::MAX;
         }),
@@ -599,7 +605,7 @@ fn reachable_odd_states_are_accepted() {
     // A broken queue restores broken.
     let broken = with(&good, |s| {
         s.status |= STATUS_NEEDS_RESET;
-        s.queues[0].queue.broken = true;
+        s.queues[0].queue.sq_mut().broken = true;
     });
     let file = disk(SECTORS);
     let t = restore(block(&file), mem.clone(), irq(), &broken).unwrap();
@@ -762,7 +768,7 @@ fn base_state(kind: u8, next_used: u16, in_flight: u16) -> BlkState {
             desc: queue.desc_table,
             driver: queue.avail_ring,
             device: queue.used_ring,
-            queue,
+            queue: QueueState::Split(queue),
         }],
         device_kind: "virtio-blk".into(),
         device_version: 1,
@@ -836,25 +842,32 @@ fn transport_state() -> impl Strategy<Value = BlkState> {
             }
             let (max, size, ready, rings, indices, flags, regs) = q;
             let slot = &mut s.queues[0];
-            slot.queue.max_size = max.unwrap_or(slot.queue.max_size);
+            slot.queue.sq_mut().max_size = max.unwrap_or(slot.queue.sq_mut().max_size);
             if let Some(size) = size {
-                slot.queue.size = size;
+                slot.queue.sq_mut().size = size;
                 slot.num = u32::from(size);
             }
-            slot.queue.ready = ready.unwrap_or(slot.queue.ready);
+            slot.queue.sq_mut().ready = ready.unwrap_or(slot.queue.sq_mut().ready);
             if let Some((d, a, u)) = rings {
                 (
-                    slot.queue.desc_table,
-                    slot.queue.avail_ring,
-                    slot.queue.used_ring,
+                    slot.queue.sq_mut().desc_table,
+                    slot.queue.sq_mut().avail_ring,
+                    slot.queue.sq_mut().used_ring,
                 ) = (d, a, u);
                 (slot.desc, slot.driver, slot.device) = (d, a, u);
             }
             if let Some((a, u)) = indices {
-                (slot.queue.next_avail, slot.queue.next_used) = (a, u);
+                (
+                    slot.queue.sq_mut().next_avail,
+                    slot.queue.sq_mut().next_used,
+                ) = (a, u);
             }
             if let Some([e, i, b]) = flags {
-                (slot.queue.event_idx, slot.queue.indirect, slot.queue.broken) = (e, i, b);
+                (
+                    slot.queue.sq_mut().event_idx,
+                    slot.queue.sq_mut().indirect,
+                    slot.queue.sq_mut().broken,
+                ) = (e, i, b);
             }
             if let Some((num, d, a, u)) = regs {
                 (slot.num, slot.desc, slot.driver, slot.device) = (num, d, a, u);
@@ -881,7 +894,11 @@ proptest! {
     fn arbitrary_states_never_panic(state in transport_state()) {
         let mem = mem();
         // Driver memory as a live driver leaves it: used.idx = next_used.
-        let q = state.queues.first().map(|q| q.queue).unwrap_or_default();
+        let q = state
+            .queues
+            .first()
+            .and_then(|q| q.queue.as_split().copied())
+            .unwrap_or_default();
         let _ = mem.write_obj(q.next_used, GuestAddress(q.used_ring.wrapping_add(2)));
         let _ = mem.write_obj(q.next_avail, GuestAddress(q.avail_ring.wrapping_add(2)));
         let bytes = postcard::to_stdvec(&state).unwrap();

@@ -8,9 +8,9 @@ use super::{
 };
 use crate::device::{
     DeviceError, StateError, VirtioDevice, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
-    VIRTIO_F_VERSION_1,
+    VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1,
 };
-use crate::{Persist, SplitQueue, SplitQueueState};
+use crate::{Persist, Queue, QueueLayout, QueueState};
 
 /// The saved state of one queue of a [`MmioTransport`]: the queue itself,
 /// and the queue registers the driver wrote (which take effect when it
@@ -25,8 +25,9 @@ pub struct MmioQueueState {
     pub driver: u64,
     /// The `QueueDeviceLow`/`High` registers.
     pub device: u64,
-    /// The queue.
-    pub queue: SplitQueueState,
+    /// The queue, with its layout: packed exactly when `FEATURES_OK` is
+    /// set and the driver accepted `VIRTIO_F_RING_PACKED`.
+    pub queue: QueueState,
 }
 
 /// The saved state of a [`MmioTransport`] and of its device `D`: the
@@ -37,7 +38,7 @@ pub struct MmioQueueState {
 ///
 /// The registers (feature words and selectors, status, interrupt status,
 /// configuration generation, queue and shared-memory selectors), each
-/// queue's registers and [`SplitQueueState`], and the device's own typed
+/// queue's registers and [`QueueState`] (which records its layout), and the device's own typed
 /// state with its kind and the version of its encoding.
 ///
 /// The snapshot section of a transport ([`vmkit_snapshot::Writer::write_device`])
@@ -151,7 +152,9 @@ pub enum RestoreError<E = StateError> {
         /// The fresh device's type.
         device: u32,
     },
-    /// The fresh device offers other features than the saved one did.
+    /// The fresh device offers other features than the saved one did
+    /// (beyond `VIRTIO_F_RING_PACKED`, which the saved transport may have
+    /// withheld).
     #[error(
         "saved device_features {saved:#x} differ from the features the device offers, {offered:#x}"
     )]
@@ -201,6 +204,19 @@ pub enum RestoreError<E = StateError> {
         value: u64,
         /// The queue's saved value.
         queue: u64,
+    },
+    /// A queue's layout disagrees with the negotiated features (packed
+    /// exactly when `FEATURES_OK` is set with `VIRTIO_F_RING_PACKED`).
+    #[error(
+        "queue {index}: saved layout is {saved}, but the negotiated features say {negotiated}"
+    )]
+    QueueLayout {
+        /// The queue index.
+        index: usize,
+        /// The saved layout.
+        saved: QueueLayout,
+        /// What the features imply.
+        negotiated: QueueLayout,
     },
     /// A queue's event_idx or indirect flag disagrees with the negotiated
     /// features (set from them at `FEATURES_OK`, clear before).
@@ -322,14 +338,19 @@ where
     ///
     /// Every value is validated as if the driver had written it through
     /// the registers: the device type, offered features and queue maximum
-    /// sizes must be the fresh device's; the status must be reachable
+    /// sizes must be the fresh device's (the saved offer may lack
+    /// `VIRTIO_F_RING_PACKED`, if the saved transport withheld it: see
+    /// [`MmioTransport::with_packed_rings`]; the restored one then withholds
+    /// it too); the status must be reachable
     /// (`DRIVER` needs `ACKNOWLEDGE`, `FEATURES_OK` needs `DRIVER`,
     /// `DRIVER_OK` needs `FEATURES_OK`); with `FEATURES_OK`, the driver
     /// features are a subset of the offer and include `VIRTIO_F_VERSION_1`;
-    /// each queue's size is a power of two not above its maximum, its rings
-    /// are aligned, at most `size` chains are in flight, and its
-    /// event_idx/indirect flags follow the negotiated features; a ready
-    /// queue's registers are the queue's and its rings lie in guest memory;
+    /// each queue's layout is packed exactly when `FEATURES_OK` is set with
+    /// `VIRTIO_F_RING_PACKED`, its size is valid for that layout (a power
+    /// of two for split) and not above its maximum, its areas are aligned,
+    /// its ring positions are consistent (at most `size` in flight), and
+    /// its event_idx/indirect flags follow the negotiated features; a ready
+    /// queue's registers are the queue's and its rings lie in `mem`;
     /// interrupt status bits are `USED_BUFFER`/`CONFIG_CHANGE` only, and
     /// only with `DRIVER_OK`; the device state's kind and version are the
     /// device's.
@@ -374,6 +395,8 @@ where
                 .map_err(RestoreError::Activation)?;
         }
         let inner = &mut *inner;
+        // The saved offer, which may withhold VIRTIO_F_RING_PACKED (checked above).
+        inner.device_features = state.device_features;
         inner.device_features_sel = state.device_features_sel;
         inner.driver_features = state.driver_features;
         inner.driver_features_sel = state.driver_features_sel;
@@ -444,7 +467,8 @@ where
         });
     }
     let offered = inner.device_features;
-    if state.device_features != offered {
+    if state.device_features != offered && state.device_features != offered & !VIRTIO_F_RING_PACKED
+    {
         return Err(RestoreError::DeviceFeatures {
             saved: state.device_features,
             offered,
@@ -474,6 +498,7 @@ where
             return Err(bad("it makes FEATURES_OK fail, yet FEATURES_OK is set"));
         }
     }
+    let offered = state.device_features;
     let driver = state.driver_features;
     if features_ok {
         if driver & !offered != 0 {
@@ -506,22 +531,34 @@ where
     }
     let event_idx = features_ok && driver & VIRTIO_F_EVENT_IDX != 0;
     let indirect = features_ok && driver & VIRTIO_F_INDIRECT_DESC != 0;
+    let layout = if features_ok && driver & VIRTIO_F_RING_PACKED != 0 {
+        QueueLayout::Packed
+    } else {
+        QueueLayout::Split
+    };
     let mut queues = Vec::with_capacity(state.queues.len());
     for (index, (saved, fresh)) in state.queues.iter().zip(&inner.queues).enumerate() {
         let q = &saved.queue;
         let max = fresh.queue.max_size();
-        if q.max_size != max {
+        if q.max_size() != max {
             return Err(RestoreError::QueueMaxSize {
                 index,
-                saved: q.max_size,
+                saved: q.max_size(),
                 device: max,
             });
         }
-        let queue =
-            SplitQueue::from_state(q).map_err(|source| RestoreError::Queue { index, source })?;
+        if q.layout() != layout {
+            return Err(RestoreError::QueueLayout {
+                index,
+                saved: q.layout(),
+                negotiated: layout,
+            });
+        }
+        let queue = Queue::from_state(q).map_err(|source| RestoreError::Queue { index, source })?;
+        let (saved_event_idx, saved_indirect) = q.feature_flags();
         for (flag, saved, negotiated) in [
-            ("event_idx", q.event_idx, event_idx),
-            ("indirect", q.indirect, indirect),
+            ("event_idx", saved_event_idx, event_idx),
+            ("indirect", saved_indirect, indirect),
         ] {
             if saved != negotiated {
                 return Err(RestoreError::QueueFeatureFlag {
@@ -532,12 +569,13 @@ where
                 });
             }
         }
-        if q.ready {
+        if q.ready() {
+            let [desc, driver, device] = q.areas();
             for (register, value, of_queue) in [
-                ("QueueNum", u64::from(saved.num), u64::from(q.size)),
-                ("QueueDesc", saved.desc, q.desc_table),
-                ("QueueDriver", saved.driver, q.avail_ring),
-                ("QueueDevice", saved.device, q.used_ring),
+                ("QueueNum", u64::from(saved.num), u64::from(q.size())),
+                ("QueueDesc", saved.desc, desc),
+                ("QueueDriver", saved.driver, driver),
+                ("QueueDevice", saved.device, device),
             ] {
                 if value != of_queue {
                     return Err(RestoreError::QueueRegister {

@@ -37,6 +37,9 @@
 //! way for every command: what happens after userspace is reached is not timed and need not
 //! run. The result is each command's median and the ratio of vmkit's median to each QEMU one.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::Read;

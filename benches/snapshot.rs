@@ -9,6 +9,9 @@
 //! A quarter of each VM's pages hold data (the rest are zero and become holes in the memory
 //! file). Snapshots go to a directory under /tmp; the 4 GiB case needs about 1 GiB of it.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};

@@ -20,6 +20,9 @@
 //! `xl` pays. Without `--bench` (as `cargo test --benches` runs it) it makes one run of
 //! each.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Cursor;
 use std::path::Path;
 use std::process::{Command, ExitCode};

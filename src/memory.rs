@@ -389,7 +389,7 @@ fn check_placement(guest_addr: u64, size: GuestUsize) -> Result<GuestRange, Memo
         return Err(MemoryError::AddressOverflow { guest_addr, size });
     }
     let page = PAGE_SIZE as u64;
-    if guest_addr % page != 0 || size % page != 0 {
+    if !guest_addr.is_multiple_of(page) || !size.is_multiple_of(page) {
         return Err(MemoryError::Unaligned { range });
     }
     Ok(range)

@@ -6,6 +6,9 @@
 //! does it too). Each test provokes a real failure through the public API and checks the
 //! printed chain.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::error::Error;
 use std::fs::{self, File};
 use std::io::Write;

@@ -2,6 +2,9 @@
 //! `vmkit::open()` picks it on this host. Everything backend-neutral is in the conformance
 //! suite (tests/conformance).
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{hypervisor, long_mode_vm};

@@ -14,6 +14,9 @@
 //! VMKIT_LINUX_KERNEL=path/to/vmlinux cargo test --release --test linux_boot -- --ignored
 //! ```
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs::File;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};

@@ -7,6 +7,9 @@
 //! says so and returns; the tests of the backend that need no Xen (ABI layout, the ioreq
 //! protocol, state conversions) are unit tests in `src/xen/`.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/mod.rs"]
 mod common;
 

@@ -165,15 +165,18 @@ impl DirtyRing {
         while collected < self.len as usize {
             // SAFETY: the index is below `len`, so the entry lies inside the mapping.
             let entry = unsafe { self.entries.as_ptr().add((next % self.len) as usize) };
+            // SAFETY: `entry` points at an entry inside the live mapping (above).
+            let flags_ptr = unsafe { std::ptr::addr_of_mut!((*entry).flags) };
             // SAFETY: `flags` is a properly aligned u32 inside the live mapping; KVM and vmkit
             // only access it atomically.
-            let flags = unsafe { AtomicU32::from_ptr(std::ptr::addr_of_mut!((*entry).flags)) };
+            let flags = unsafe { AtomicU32::from_ptr(flags_ptr) };
             if flags.load(Ordering::Acquire) & GFN_DIRTY == 0 {
                 break;
             }
             // SAFETY: KVM wrote slot and offset before publishing DIRTY (observed above with
             // acquire ordering) and does not touch the entry again until it is reset.
-            let (slot, offset) = unsafe { ((*entry).slot, (*entry).offset) };
+            let entry = unsafe { entry.read() };
+            let (slot, offset) = (entry.slot, entry.offset);
             record(slot, offset);
             flags.store(GFN_RESET, Ordering::Release);
             next = next.wrapping_add(1);

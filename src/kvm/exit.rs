@@ -38,9 +38,11 @@ pub(super) unsafe fn decode<'a>(base: NonNull<u8>, size: usize) -> VcpuExit<'a> 
             {
                 return VcpuExit::Unknown { code };
             }
+            // SAFETY: `offset` was checked to lie inside the mapping.
+            let start = unsafe { base.as_ptr().add(offset) };
             // SAFETY: `offset..offset + len` was checked to lie inside the mapping and after
             // the kvm_run structure, so it overlaps no reference made above.
-            let data = unsafe { std::slice::from_raw_parts_mut(base.as_ptr().add(offset), len) };
+            let data = unsafe { std::slice::from_raw_parts_mut(start, len) };
             let (port, size) = (io.port, io.size);
             if u32::from(io.direction) == KVM_EXIT_IO_IN {
                 VcpuExit::IoIn { port, size, data }

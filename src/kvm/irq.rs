@@ -299,8 +299,8 @@ mod tests {
         let raw = raw_route(&msi).unwrap();
         assert_eq!((raw.gsi, raw.type_), (30, KVM_IRQ_ROUTING_MSI));
         // SAFETY: reading the union member that was just written.
-        let (lo, hi, data) =
-            unsafe { (raw.u.msi.address_lo, raw.u.msi.address_hi, raw.u.msi.data) };
+        let msi = unsafe { raw.u.msi };
+        let (lo, hi, data) = (msi.address_lo, msi.address_hi, msi.data);
         assert_eq!((lo, hi, data), (0xfee0_1000, 1, 0x41));
         assert_eq!(IrqRoute::pc_defaults().len(), 16 + 24);
     }

@@ -170,9 +170,11 @@ impl Kick for KickState {
         if tid != 0 {
             // tgkill (not pthread_kill) because the thread may have exited: a dead thread id
             // gives ESRCH, a reused one (in this process only) a harmless no-op signal.
+            // SAFETY: getpid has no preconditions.
+            let pid = unsafe { libc::getpid() };
             // SAFETY: tgkill has no memory-safety preconditions.
             unsafe {
-                libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, kick_signal());
+                libc::syscall(libc::SYS_tgkill, pid, tid, kick_signal());
             }
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);

@@ -190,11 +190,11 @@ pub(crate) fn copy_nonzero(from: &GuestRegionMmap, to: &GuestRegionMmap) {
         let n = CHUNK.min(len - offset);
         let pages = n.div_ceil(PAGE_SIZE);
         if anonymous {
+            // SAFETY: `offset < len`, the length of `from`'s mapping.
+            let start = unsafe { from.as_ptr().add(offset) };
             // SAFETY: `offset..offset + n` lies inside `from`'s live mapping, whose start is
             // page aligned, and `resident` has a byte for each of its `pages` pages.
-            let rc = unsafe {
-                libc::mincore(from.as_ptr().add(offset).cast(), n, resident.as_mut_ptr())
-            };
+            let rc = unsafe { libc::mincore(start.cast(), n, resident.as_mut_ptr()) };
             if rc == 0 && resident[..pages].iter().all(|&r| r & 1 == 0) {
                 offset += n;
                 continue;

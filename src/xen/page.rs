@@ -36,24 +36,34 @@ impl IoreqPage {
         })
     }
 
-    fn byte(&self, at: usize) -> &AtomicU8 {
+    /// The address of byte `at` of the page, which must lie inside it.
+    fn at(&self, at: usize) -> *mut u8 {
         debug_assert!(at < self.resource.len());
-        // SAFETY: `at` lies inside the mapping, which lives as long as `self`; the byte is
+        // SAFETY: callers pass an offset inside the mapping, so the result stays inside the
+        // same allocation.
+        unsafe { self.resource.addr().as_ptr().add(at) }
+    }
+
+    fn byte(&self, at: usize) -> &AtomicU8 {
+        let ptr = self.at(at);
+        // SAFETY: `ptr` lies inside the mapping, which lives as long as `self`; the byte is
         // only ever accessed atomically by this process (Xen writes it from another CPU,
         // which is what the atomic access is for).
-        unsafe { AtomicU8::from_ptr(self.resource.addr().as_ptr().add(at)) }
+        unsafe { AtomicU8::from_ptr(ptr) }
     }
 
     fn word(&self, at: usize) -> &AtomicU32 {
-        debug_assert!(at % 4 == 0 && at + 4 <= self.resource.len());
+        debug_assert!(at.is_multiple_of(4) && at + 4 <= self.resource.len());
+        let ptr = self.at(at).cast();
         // SAFETY: as for `byte`; `at` is 4-aligned within the page-aligned mapping.
-        unsafe { AtomicU32::from_ptr(self.resource.addr().as_ptr().add(at).cast()) }
+        unsafe { AtomicU32::from_ptr(ptr) }
     }
 
     fn dword(&self, at: usize) -> &AtomicU64 {
-        debug_assert!(at % 8 == 0 && at + 8 <= self.resource.len());
+        debug_assert!(at.is_multiple_of(8) && at + 8 <= self.resource.len());
+        let ptr = self.at(at).cast();
         // SAFETY: as for `byte`; `at` is 8-aligned within the page-aligned mapping.
-        unsafe { AtomicU64::from_ptr(self.resource.addr().as_ptr().add(at).cast()) }
+        unsafe { AtomicU64::from_ptr(ptr) }
     }
 }
 

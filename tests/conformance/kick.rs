@@ -110,7 +110,7 @@ pub fn every_kick_is_observed_under_stress(hv: &dyn Hypervisor) {
 pub fn kicks_are_always_reported_as_kicked(hv: &dyn Hypervisor) {
     const KICKERS: u64 = 3;
     const KICKS: u64 = 1000;
-    let mut t = long_mode_vm(hv, &PIO_LOOP);
+    let mut t = long_mode_vm(hv, PIO_LOOP);
     let observed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let kickers: Vec<_> = (0..KICKERS)
@@ -126,7 +126,7 @@ pub fn kicks_are_always_reported_as_kicked(hv: &dyn Hypervisor) {
                     seed ^= seed << 13;
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
-                    if seed % 4 == 0 {
+                    if seed.is_multiple_of(4) {
                         thread::yield_now();
                     }
                     let before = observed.load(Ordering::SeqCst);
@@ -150,7 +150,7 @@ pub fn kicks_are_always_reported_as_kicked(hv: &dyn Hypervisor) {
             VcpuExit::Kicked => {
                 observed.fetch_add(1, Ordering::SeqCst);
                 // Linger sometimes, as a paused vCPU does, so late steps of a kick land here.
-                if observed.load(Ordering::SeqCst) % 8 == 0 {
+                if observed.load(Ordering::SeqCst).is_multiple_of(8) {
                     thread::yield_now();
                 }
             }
@@ -206,8 +206,10 @@ pub fn a_signal_handler_can_kick(hv: &dyn Hypervisor) {
     let sender = thread::spawn(|| {
         thread::sleep(Duration::from_millis(50));
         // A process-directed signal: whichever thread takes it runs the handler.
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
         // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };
+        unsafe { libc::kill(pid, libc::SIGUSR2) };
     });
     loop {
         match t.vcpu.run().unwrap() {

@@ -19,6 +19,9 @@
 //! `VMKIT_CONFORMANCE_TIMEOUT` seconds (default 600, a liveness bound) fails the run, which
 //! ends there, instead of hanging it.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -47,61 +50,61 @@ use vmkit::{Capabilities, Hypervisor};
 type Requirement = fn(&Capabilities) -> Option<&'static str>;
 
 /// One guest scenario.
-pub struct Scenario {
-    pub name: &'static str,
-    pub run: fn(&dyn Hypervisor),
-    pub requires: Requirement,
+pub(crate) struct Scenario {
+    pub(crate) name: &'static str,
+    pub(crate) run: fn(&dyn Hypervisor),
+    pub(crate) requires: Requirement,
 }
 
 /// Every scenario can run.
-pub fn anything(_: &Capabilities) -> Option<&'static str> {
+pub(crate) fn anything(_: &Capabilities) -> Option<&'static str> {
     None
 }
 
-pub fn irqchip(caps: &Capabilities) -> Option<&'static str> {
+pub(crate) fn irqchip(caps: &Capabilities) -> Option<&'static str> {
     let all = caps.irqchip && caps.irqfd && caps.msi && caps.gsi_routing;
     (!all).then_some("needs an in-kernel irqchip with irqfd, MSI and GSI routing")
 }
 
-pub fn pit(caps: &Capabilities) -> Option<&'static str> {
+pub(crate) fn pit(caps: &Capabilities) -> Option<&'static str> {
     (!(caps.irqchip && caps.pit)).then_some("needs an in-kernel irqchip and PIT")
 }
 
-pub fn ioeventfd(caps: &Capabilities) -> Option<&'static str> {
+pub(crate) fn ioeventfd(caps: &Capabilities) -> Option<&'static str> {
     (!caps.ioeventfd).then_some("needs ioeventfd")
 }
 
-pub fn guest_debug(caps: &Capabilities) -> Option<&'static str> {
+pub(crate) fn guest_debug(caps: &Capabilities) -> Option<&'static str> {
     (!caps.guest_debug).then_some("needs single-stepping and hardware breakpoints")
 }
 
-pub fn read_only_memory(caps: &Capabilities) -> Option<&'static str> {
+pub(crate) fn read_only_memory(caps: &Capabilities) -> Option<&'static str> {
     (!caps.read_only_memory).then_some("needs read-only memory regions")
 }
 
-pub fn dirty_log(caps: &Capabilities) -> Option<&'static str> {
+pub(crate) fn dirty_log(caps: &Capabilities) -> Option<&'static str> {
     (!caps.dirty_log).then_some("needs dirty-page logging")
 }
 
-pub fn dirty_ring(caps: &Capabilities) -> Option<&'static str> {
+pub(crate) fn dirty_ring(caps: &Capabilities) -> Option<&'static str> {
     (caps.dirty_ring_max_entries < 4096).then_some("needs dirty rings of 4096 entries")
 }
 
-pub fn xsave(caps: &Capabilities) -> Option<&'static str> {
+pub(crate) fn xsave(caps: &Capabilities) -> Option<&'static str> {
     (!(caps.xsave && caps.xcrs)).then_some("needs XSAVE and XCR state access")
 }
 
-pub fn clock(caps: &Capabilities) -> Option<&'static str> {
+pub(crate) fn clock(caps: &Capabilities) -> Option<&'static str> {
     (!caps.clock).then_some("needs the VM clock")
 }
 
-pub fn vcpu_events(caps: &Capabilities) -> Option<&'static str> {
+pub(crate) fn vcpu_events(caps: &Capabilities) -> Option<&'static str> {
     (!caps.vcpu_events).then_some("needs pending-event (vCPU events) state")
 }
 
 /// The capabilities that `vm::capabilities_serialize_and_compare` takes away from a host to
 /// compare it with a lesser one.
-pub fn interrupt_plumbing_and_clock(caps: &Capabilities) -> Option<&'static str> {
+pub(crate) fn interrupt_plumbing_and_clock(caps: &Capabilities) -> Option<&'static str> {
     let all = caps.irqfd && caps.ioeventfd && caps.msi && caps.gsi_routing && caps.clock;
     (!all).then_some("needs irqfd, ioeventfd, MSI, GSI routing and the VM clock to compare")
 }

@@ -458,7 +458,7 @@ fn pio_accesses(size: u8, len: usize) -> Result<usize, Malformed> {
     if len == 0 {
         return Err(Malformed::Empty);
     }
-    if len % usize::from(size) != 0 {
+    if !len.is_multiple_of(usize::from(size)) {
         return Err(Malformed::RaggedPioData { size, len });
     }
     Ok(len / usize::from(size))

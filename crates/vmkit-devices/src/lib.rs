@@ -68,7 +68,6 @@
 //! # }
 //! ```
 
-#![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod cmos;

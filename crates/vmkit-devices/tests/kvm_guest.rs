@@ -4,6 +4,9 @@
 //!
 //! On a host without /dev/kvm each test says so and returns.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};

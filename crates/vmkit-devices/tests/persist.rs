@@ -2,6 +2,9 @@
 //! read back and restored into a fresh device; a section read as another kind of device is
 //! refused by name.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io;
 
 use vmkit_devices::{Cmos, DebugExit, Persist, Serial, I8042};

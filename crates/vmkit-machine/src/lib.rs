@@ -51,8 +51,6 @@
 //! # Ok::<(), vmkit_machine::ResourceError>(())
 //! ```
 
-#![deny(missing_docs)]
-
 pub mod resources;
 pub mod virtio_mmio;
 

@@ -113,7 +113,7 @@ impl MmioAllocator {
     /// An allocator over `base..limit`: `base` must be page-aligned, and
     /// the range must hold at least one page (`limit` is exclusive).
     pub fn new(base: u64, limit: u64) -> Result<MmioAllocator, ResourceError> {
-        if base % PAGE_SIZE != 0 {
+        if !base.is_multiple_of(PAGE_SIZE) {
             return Err(ResourceError::UnalignedMmioBase { base });
         }
         if limit.saturating_sub(base) < PAGE_SIZE {

@@ -14,6 +14,9 @@
 //! note and does nothing otherwise.
 //! `cargo bench -p vmkit-net --bench tap`
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 

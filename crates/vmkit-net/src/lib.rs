@@ -62,8 +62,6 @@
 //! # }
 //! ```
 
-#![deny(missing_docs)]
-
 pub mod attach;
 pub mod mode;
 pub mod netlink;

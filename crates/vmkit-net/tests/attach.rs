@@ -1,6 +1,9 @@
 //! `Attachment`: TAPs joining and leaving networks for a VM's lifetime,
 //! observed with `ip -j` in network namespaces the tests create.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

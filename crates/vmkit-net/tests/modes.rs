@@ -4,6 +4,9 @@
 //! (the test plays the guest on its file descriptor) and other namespaces,
 //! and teardown must leave the host exactly as it was.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};

@@ -6,6 +6,9 @@
 //! notification eventfds as the hypervisor would on a `QueueNotify` write.
 //! Each test runs in a network namespace it creates.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -4,6 +4,9 @@
 //! (DIR is normally `fuzz/corpus/snapshot_reader`). Each seed is a mode byte
 //! (0/1 state file, 2/3 memory file; see the fuzz target) then a valid file.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

@@ -100,7 +100,6 @@
 //! ```
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 mod atomic;
 mod bytes;

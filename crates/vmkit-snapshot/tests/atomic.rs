@@ -1,6 +1,9 @@
 //! `write_atomically`: the target holds the old or the new contents, never
 //! a mix, and no temporary file is left behind.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{self, Write};
 use std::path::Path;
 

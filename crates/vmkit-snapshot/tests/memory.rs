@@ -1,5 +1,8 @@
 //! Memory-file round trips (holes, diffs, chains) and corrupt-input cases.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs::File;
 use std::io::Cursor;
 use std::os::unix::fs::MetadataExt;

@@ -1,6 +1,9 @@
 //! Device sections: a [`Persist`] device's state written with its kind and version, read
 //! back, and refused when the kind, the version or the payload is wrong.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use serde::{Deserialize, Serialize};
 use vmkit_snapshot::{Arch, Backend, Expected, Persist, SectionTag, Snapshot, StateError, Writer};
 

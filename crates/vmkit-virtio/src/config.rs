@@ -172,7 +172,7 @@ impl RingConfig {
             1 => (driver.0, driver.1, &mut self.driver),
             _ => (device.0, device.1, &mut self.device),
         };
-        if addr.0 % align != 0 {
+        if !addr.0.is_multiple_of(align) {
             return Err(Error::MisalignedAddress {
                 area,
                 addr: addr.0,

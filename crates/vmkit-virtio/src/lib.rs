@@ -138,7 +138,6 @@
 //! [`Error::Broken`] until it is reset, and the device should set
 //! `DEVICE_NEEDS_RESET`.
 
-#![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod blk;

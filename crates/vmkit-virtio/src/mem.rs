@@ -421,7 +421,7 @@ pub(crate) fn indirect_table<'m, M: GuestMemory + ?Sized>(
     addr: u64,
     len: u32,
 ) -> Result<(Area<'m, M>, u32)> {
-    if len == 0 || len % DESC_SIZE as u32 != 0 {
+    if len == 0 || !len.is_multiple_of(DESC_SIZE as u32) {
         return Err(Error::InvalidIndirectLength { at, len });
     }
     let count = len / DESC_SIZE as u32;

@@ -814,7 +814,7 @@ where
             }
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             inner.invalid(offset, data.len(), false);
             return;
@@ -837,7 +837,7 @@ where
             return;
         }
         let v = match <[u8; 4]>::try_from(data) {
-            Ok(b) if offset % 4 == 0 => u32::from_le_bytes(b),
+            Ok(b) if offset.is_multiple_of(4) => u32::from_le_bytes(b),
             _ => return inner.invalid(offset, data.len(), true),
         };
         inner.write_reg(offset, v, &*mem, &self.irq);

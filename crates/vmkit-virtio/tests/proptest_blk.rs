@@ -2,6 +2,9 @@
 //! the rules (data direction, 512-byte multiples, inside the disk, status in
 //! the last writable byte).
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use proptest::prelude::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmkit_virtio::blk::{Request, RequestType, SECTOR_SIZE};

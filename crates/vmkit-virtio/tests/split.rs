@@ -1,5 +1,8 @@
 //! Split queue: every configuration and chain error, plus the happy paths.
 
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

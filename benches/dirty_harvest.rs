@@ -1,6 +1,7 @@
 //! Cost of harvesting dirty pages from a 1 GiB region with 1 % and 25 % of its pages written,
 //! bitmap mode against dirty-ring mode in the same run. Only `harvest_dirty_log` is timed;
-//! the guest writes the pages (a real guest, hand-assembled) before each harvest.
+//! the guest (a real one: `vmkit_guests::snippets::DIRTY_WRITER`) writes the pages before
+//! each harvest.
 //!
 //! ```text
 //! cargo bench --bench dirty_harvest
@@ -15,26 +16,17 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use vm_memory::{Bytes, GuestAddress};
 use vmkit::{MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
 use vmkit_boot::entry;
+// The guest: DIRTY_WRITER writes a byte to each page listed at DIRTY_TABLE (a count, then
+// addresses; up to 25 % of 1 GiB here), then reports to REPORT_PORT and starts again.
+use vmkit_guests::snippets::{DIRTY_TABLE, DIRTY_WRITER, REPORT_PORT};
 
 const CODE: u64 = 0x10_0000;
 const TRACKED: u64 = 0x4000_0000;
 const TRACKED_SIZE: usize = 1 << 30;
 const PAGES: u64 = (TRACKED_SIZE / 4096) as u64;
-/// The list of pages for the guest to write: a count, then addresses (up to 25 % of 1 GiB).
-const TABLE: u64 = 0x20_0000;
 const RAM: usize = 4 << 20;
 /// Entries per vCPU ring: the most KVM offers here, enough for 25 % of 1 GiB.
 const RING: u32 = 65536;
-
-/// start: mov esi, TABLE; mov rcx, [rsi]; add rsi, 8
-/// next:  test rcx, rcx; jz done; mov rdi, [rsi]; mov byte [rdi], 1; add rsi, 8; dec rcx;
-///        jmp next
-/// done:  out 0x80, al; jmp start
-const WRITER: [u8; 36] = [
-    0xbe, 0x00, 0x00, 0x20, 0x00, 0x48, 0x8b, 0x0e, 0x48, 0x83, 0xc6, 0x08, 0x48, 0x85, 0xc9, 0x74,
-    0x0f, 0x48, 0x8b, 0x3e, 0xc6, 0x07, 0x01, 0x48, 0x83, 0xc6, 0x08, 0x48, 0xff, 0xc9, 0xeb, 0xec,
-    0xe6, 0x80, 0xeb, 0xdc,
-];
 
 fn vm(ring: bool) -> (Box<dyn Vm>, Box<dyn Vcpu>) {
     let hv = vmkit::open().unwrap();
@@ -47,7 +39,9 @@ fn vm(ring: bool) -> (Box<dyn Vm>, Box<dyn Vcpu>) {
             .unwrap();
     vm.add_memory_region(tracked).unwrap();
     let memory = vm.memory();
-    memory.write_slice(&WRITER, GuestAddress(CODE)).unwrap();
+    memory
+        .write_slice(DIRTY_WRITER, GuestAddress(CODE))
+        .unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
     entry::configure_long_mode(vcpu.as_ref(), &memory, CODE).unwrap();
     (vm, vcpu)
@@ -62,7 +56,9 @@ fn plan(vm: &dyn Vm, count: u64) {
     for i in 0..count {
         table.extend_from_slice(&(TRACKED + i * step * 4096).to_le_bytes());
     }
-    memory.write_slice(&table, GuestAddress(TABLE)).unwrap();
+    memory
+        .write_slice(&table, GuestAddress(DIRTY_TABLE))
+        .unwrap();
 }
 
 /// Lets the guest write its pages once; a ring that fills up is harvested on the way (not
@@ -71,7 +67,9 @@ fn guest_pass(vm: &dyn Vm, vcpu: &mut dyn Vcpu) -> usize {
     let mut early = 0;
     loop {
         match vcpu.run().unwrap() {
-            VcpuExit::IoOut { port: 0x80, .. } => return early,
+            VcpuExit::IoOut {
+                port: REPORT_PORT, ..
+            } => return early,
             VcpuExit::DirtyRingFull => early += vm.harvest_dirty_log().unwrap().count(),
             other => panic!("unexpected exit {other:?}"),
         }

@@ -28,11 +28,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmkit::kvm::Kvm;
 use vmkit::{Hypervisor, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
 use vmkit_boot::entry;
+// The guest, on both sides: REPORT_LOOP writes `al` to REPORT_PORT and jumps back, forever.
+use vmkit_guests::snippets::{REPORT_LOOP, REPORT_PORT};
 
 const CODE_ADDR: u64 = 0x10_0000;
 const RAM_SIZE: usize = 4 << 20;
-/// out 0x80, al; jmp back to the out
-const PIO_LOOP: [u8; 4] = [0xe6, 0x80, 0xeb, 0xfc];
 /// The same address the vmkit layer uses for the TSS (Intel VMX needs one).
 const TSS_ADDRESS: usize = 0xfffb_d000;
 
@@ -42,7 +42,7 @@ fn vmkit_vm(kvm: &Kvm) -> (Box<dyn Vm>, Box<dyn Vcpu>) {
     vm.add_memory_region(ram).unwrap();
     let memory = vm.memory();
     memory
-        .write_slice(&PIO_LOOP, GuestAddress(CODE_ADDR))
+        .write_slice(REPORT_LOOP, GuestAddress(CODE_ADDR))
         .unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
     entry::configure_long_mode(vcpu.as_ref(), &memory, CODE_ADDR).unwrap();
@@ -65,7 +65,7 @@ fn bare_vm(kvm: &kvm_ioctls::Kvm) -> (VmFd, VcpuFd, GuestMemoryMmap) {
     // SAFETY: the mapping lives in `memory`, returned with (and dropped after) the VM fd.
     unsafe { vm.set_user_memory_region(region) }.unwrap();
     memory
-        .write_slice(&PIO_LOOP, GuestAddress(CODE_ADDR))
+        .write_slice(REPORT_LOOP, GuestAddress(CODE_ADDR))
         .unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
     let cr3 = entry::write_identity_page_tables(&memory).unwrap();
@@ -125,7 +125,10 @@ fn vm_ready(c: &mut Criterion) {
                     let (vm, mut vcpu) = vmkit_vm(&kvm);
                     assert!(matches!(
                         vcpu.run().unwrap(),
-                        VcpuExit::IoOut { port: 0x80, .. }
+                        VcpuExit::IoOut {
+                            port: REPORT_PORT,
+                            ..
+                        }
                     ));
                     let ready = start.elapsed();
                     drop((vcpu, vm));
@@ -140,7 +143,10 @@ fn vm_ready(c: &mut Criterion) {
                 .map(|_| {
                     let start = Instant::now();
                     let (vm, mut vcpu, memory) = bare_vm(kvm.as_kvm_ioctls());
-                    assert!(matches!(vcpu.run().unwrap(), KvmExit::IoOut(0x80, _)));
+                    assert!(matches!(
+                        vcpu.run().unwrap(),
+                        KvmExit::IoOut(REPORT_PORT, _)
+                    ));
                     let ready = start.elapsed();
                     drop((vcpu, vm, memory));
                     ready
@@ -185,7 +191,10 @@ fn interleaved_report() {
             for _ in 0..EXITS {
                 assert!(matches!(
                     vcpu.run().unwrap(),
-                    VcpuExit::IoOut { port: 0x80, .. }
+                    VcpuExit::IoOut {
+                        port: REPORT_PORT,
+                        ..
+                    }
                 ));
             }
             start.elapsed() / EXITS
@@ -193,7 +202,10 @@ fn interleaved_report() {
         || {
             let start = Instant::now();
             for _ in 0..EXITS {
-                assert!(matches!(bare_vcpu.run().unwrap(), KvmExit::IoOut(0x80, _)));
+                assert!(matches!(
+                    bare_vcpu.run().unwrap(),
+                    KvmExit::IoOut(REPORT_PORT, _)
+                ));
             }
             start.elapsed() / EXITS
         },
@@ -209,14 +221,20 @@ fn interleaved_report() {
             let (_vm, mut vcpu) = vmkit_vm(&kvm);
             assert!(matches!(
                 vcpu.run().unwrap(),
-                VcpuExit::IoOut { port: 0x80, .. }
+                VcpuExit::IoOut {
+                    port: REPORT_PORT,
+                    ..
+                }
             ));
             start.elapsed()
         },
         || {
             let start = Instant::now();
             let (_vm, mut vcpu, _memory) = bare_vm(kvm.as_kvm_ioctls());
-            assert!(matches!(vcpu.run().unwrap(), KvmExit::IoOut(0x80, _)));
+            assert!(matches!(
+                vcpu.run().unwrap(),
+                KvmExit::IoOut(REPORT_PORT, _)
+            ));
             start.elapsed()
         },
     );

@@ -152,6 +152,14 @@ snippet pio_loop
 1:      out     %al, $BYTE_REPORT_PORT
         jmp     1b
 
+/// [`PIO_LOOP`] on [`REPORT_PORT`]: writes `al` to it and jumps back,
+/// forever. A byte to port 0x80 exits on KVM but by default not on Xen (see
+/// [`BYTE_REPORT_PORT`]), so this is for KVM-only code, such as the
+/// `kvm_overhead` benchmark that compares vmkit with bare `kvm-ioctls`.
+snippet report_loop
+1:      out     %al, $REPORT_PORT
+        jmp     1b
+
 /// Writes [`MMIO_FIRST_WRITE`], then [`MMIO_SECOND_WRITE`], as dwords to
 /// [`MMIO_BASE`] (through `rbx`), then writes `al` to [`REPORT_PORT`] and
 /// halts.

@@ -93,7 +93,8 @@ mod tests {
         assert!(contains(RAM_WRITE, &MARKER.to_le_bytes()));
         assert!(contains(ROM_READ_WRITE, &ROM_WRITE_VALUE.to_le_bytes()));
         assert!(contains(ADD_AND_LOAD_RCX, &LOADED_RCX.to_le_bytes()));
-        assert!(contains(PIO_LOOP, &[0xe6, BYTE_REPORT_PORT as u8]));
+        assert_eq!(PIO_LOOP, [0xe6, BYTE_REPORT_PORT as u8, 0xeb, 0xfc]);
+        assert_eq!(REPORT_LOOP, [0xe6, REPORT_PORT as u8, 0xeb, 0xfc]);
         assert!(contains(PIT_PROGRAM, &[0xb0, PIT_COMMAND]));
         assert!(contains(PIT_PROGRAM, &[0xe6, PIT_COMMAND_PORT as u8]));
         assert!(contains(DEBUG_EXIT_DWORD, &DEBUG_EXIT_PORT.to_le_bytes()));

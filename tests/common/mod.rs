@@ -1,5 +1,5 @@
 //! Shared setup for the integration tests: a VM with RAM at 0 and a vCPU in long mode at a
-//! few bytes of hand-assembled code.
+//! few bytes of code (usually a `vmkit_guests::snippets` constant).
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 use vm_memory::{Bytes, GuestAddress};

@@ -10,25 +10,16 @@ use std::collections::BTreeSet;
 use crate::common::long_mode_vm_with;
 use vm_memory::{Bytes, GuestAddress};
 use vmkit::{DirtyLogMode, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
+// The guest: DIRTY_WRITER writes a byte to each page listed at DIRTY_TABLE (a count, then
+// addresses), then reports to REPORT_PORT and starts again.
+use vmkit_guests::snippets::{DIRTY_TABLE, DIRTY_WRITER, REPORT_PORT};
 
 /// Tracked region: 2 MiB at 1 GiB, away from the code, tables and page tables in RAM.
 const TRACKED: u64 = 0x4000_0000;
 const TRACKED_PAGES: u64 = 512;
-/// Where the host puts the list of pages for the guest to write: a count, then addresses.
-const TABLE: u64 = 0x20_0000;
-
-/// start: mov esi, TABLE; mov rcx, [rsi]; add rsi, 8
-/// next:  test rcx, rcx; jz done; mov rdi, [rsi]; mov byte [rdi], 1; add rsi, 8; dec rcx;
-///        jmp next
-/// done:  out 0x80, al; jmp start
-const WRITER: [u8; 36] = [
-    0xbe, 0x00, 0x00, 0x20, 0x00, 0x48, 0x8b, 0x0e, 0x48, 0x83, 0xc6, 0x08, 0x48, 0x85, 0xc9, 0x74,
-    0x0f, 0x48, 0x8b, 0x3e, 0xc6, 0x07, 0x01, 0x48, 0x83, 0xc6, 0x08, 0x48, 0xff, 0xc9, 0xeb, 0xec,
-    0xe6, 0x80, 0xeb, 0xdc,
-];
 
 fn tracked_vm(hv: &dyn Hypervisor, config: VmConfig) -> common::TestVm {
-    let t = long_mode_vm_with(hv, config, &WRITER);
+    let t = long_mode_vm_with(hv, config, DIRTY_WRITER);
     let region = MemoryRegion::anonymous(
         GuestAddress(TRACKED),
         (TRACKED_PAGES * 0x1000) as usize,
@@ -66,18 +57,20 @@ impl Harvested {
 fn guest_writes(vm: &dyn Vm, vcpu: &mut dyn Vcpu, pages: &[u64]) -> Harvested {
     let memory = vm.memory();
     memory
-        .write_obj(pages.len() as u64, GuestAddress(TABLE))
+        .write_obj(pages.len() as u64, GuestAddress(DIRTY_TABLE))
         .unwrap();
     for (i, page) in pages.iter().enumerate() {
         let addr = TRACKED + page * 0x1000 + (page % 7) * 8;
         memory
-            .write_obj(addr, GuestAddress(TABLE + 8 + 8 * i as u64))
+            .write_obj(addr, GuestAddress(DIRTY_TABLE + 8 + 8 * i as u64))
             .unwrap();
     }
     let mut harvested = Harvested::default();
     loop {
         match vcpu.run().unwrap() {
-            VcpuExit::IoOut { port: 0x80, .. } => return harvested,
+            VcpuExit::IoOut {
+                port: REPORT_PORT, ..
+            } => return harvested,
             VcpuExit::DirtyRingFull => harvested.add(vm),
             other => panic!("unexpected exit {other:?}"),
         }

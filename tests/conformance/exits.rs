@@ -1,5 +1,5 @@
-//! Every kind of exit, each caused by a few hand-assembled guest instructions on the real
-//! hypervisor, checking what the host saw and what the guest read back.
+//! Every kind of exit, each caused by a few guest instructions (`vmkit_guests::snippets`) on
+//! the real hypervisor, checking what the host saw and what the guest read back.
 
 use vmkit::Hypervisor;
 

@@ -9,13 +9,12 @@ use vm_memory::{Bytes, GuestAddress};
 use vmkit::runner::{self, ExitAction, RunnerOptions, VcpuOutcome, VmRunner};
 use vmkit::{Hypervisor, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
 use vmkit_boot::entry;
+// PIO_LOOP: `out` of `al` to BYTE_REPORT_PORT (0x81, not 0x80: by default Xen lets HVM guests
+// reach the real port 0x80, so byte accesses to it never exit) and back, forever.
+use vmkit_guests::snippets::{BYTE_REPORT_PORT, PIO_LOOP};
 
 use crate::common;
 use crate::common::guest::GIVE_UP;
-
-/// again: out 0x81, al; jmp again  (not port 0x80: by default Xen lets HVM guests reach the
-/// real port 0x80, so byte accesses to it never exit)
-pub const PIO_LOOP: [u8; 4] = [0xe6, 0x81, 0xeb, 0xfc];
 
 /// A VM whose `vcpus` vCPUs all run `code` in long mode.
 pub fn vm_running(
@@ -41,12 +40,15 @@ pub fn vm_running(
     (vm, vcpus)
 }
 
-/// Per-vCPU counts of port 0x81 exits, and a handler that keeps them.
+/// Per-vCPU counts of [`BYTE_REPORT_PORT`] exits, and a handler that keeps them.
 pub fn counting(vcpus: u32) -> (Arc<Vec<AtomicU64>>, Arc<dyn runner::ExitHandler>) {
     let counters: Arc<Vec<AtomicU64>> = Arc::new((0..vcpus).map(|_| AtomicU64::new(0)).collect());
     let counts = Arc::clone(&counters);
     let handler = runner::from_fn(move |id, exit| match exit {
-        VcpuExit::IoOut { port: 0x81, .. } => {
+        VcpuExit::IoOut {
+            port: BYTE_REPORT_PORT,
+            ..
+        } => {
             counts[id as usize].fetch_add(1, Ordering::SeqCst);
             ExitAction::Continue
         }
@@ -74,7 +76,7 @@ pub fn wait_all_ran(counters: &[AtomicU64], before: &[u64]) {
 
 pub fn pause_stops_every_vcpu_and_resume_restarts_them(hv: &dyn Hypervisor) {
     const VCPUS: u32 = 3;
-    let (_vm, vcpus) = vm_running(hv, VCPUS, &PIO_LOOP);
+    let (_vm, vcpus) = vm_running(hv, VCPUS, PIO_LOOP);
     let (counters, handler) = counting(VCPUS);
     let options = RunnerOptions::default().command_timeout(GIVE_UP);
     let running = VmRunner::start_with(vcpus, handler, options).unwrap();

@@ -13,10 +13,9 @@ use vmkit::{Hypervisor, VcpuExit, VmConfig};
 
 use crate::common;
 use crate::common::guest::GIVE_UP;
-use crate::pause::{counting, totals, vm_running, wait_all_ran, PIO_LOOP};
-
-/// spin: jmp spin
-const SPIN: [u8; 2] = [0xeb, 0xfe];
+use crate::pause::{counting, totals, vm_running, wait_all_ran};
+// SPIN: `jmp` to itself. PIO_LOOP: `out` to BYTE_REPORT_PORT and back, forever.
+use vmkit_guests::snippets::{PIO_LOOP, SPIN};
 
 fn options() -> RunnerOptions {
     RunnerOptions::default().command_timeout(GIVE_UP)
@@ -28,7 +27,7 @@ fn outcomes(running: VmRunner) -> Vec<Result<VcpuOutcome, RunnerError>> {
 }
 
 pub fn commands_reach_vcpus_that_never_exit(hv: &dyn Hypervisor) {
-    let (_vm, vcpus) = vm_running(hv, 2, &SPIN);
+    let (_vm, vcpus) = vm_running(hv, 2, SPIN);
     let handler = runner::from_fn(|_, exit| ExitAction::unhandled(exit));
     let running = VmRunner::start_with(vcpus, handler, options()).unwrap();
     for vcpu in running.vcpus() {
@@ -49,7 +48,7 @@ pub fn commands_reach_vcpus_that_never_exit(hv: &dyn Hypervisor) {
 
 pub fn a_runner_started_paused_runs_nothing_until_resumed(hv: &dyn Hypervisor) {
     const VCPUS: u32 = 2;
-    let (_vm, vcpus) = vm_running(hv, VCPUS, &PIO_LOOP);
+    let (_vm, vcpus) = vm_running(hv, VCPUS, PIO_LOOP);
     let (counters, handler) = counting(VCPUS);
     let running = VmRunner::start_with(vcpus, handler, options().start_paused(true)).unwrap();
     // Not a performance bound: a paused vCPU must not run at all, for however long.
@@ -70,7 +69,7 @@ pub fn a_runner_started_paused_runs_nothing_until_resumed(hv: &dyn Hypervisor) {
 pub fn paused_vcpus_save_and_restore_their_state(hv: &dyn Hypervisor) {
     const VCPUS: u32 = 2;
     let config = VmConfig::default().max_vcpus(VCPUS);
-    let (_vm, vcpus) = vm_running(hv, VCPUS, &PIO_LOOP);
+    let (_vm, vcpus) = vm_running(hv, VCPUS, PIO_LOOP);
     let msrs = snapshot::readable_msrs(vcpus[0].as_ref(), &hv.msr_index_list());
     let features = Features::for_vm(&config, hv.capabilities());
     let (counters, handler) = counting(VCPUS);
@@ -83,7 +82,7 @@ pub fn paused_vcpus_save_and_restore_their_state(hv: &dyn Hypervisor) {
     for state in &saved {
         let rip = state.regs.rip;
         assert!(
-            (common::CODE_ADDR..common::CODE_ADDR + 4).contains(&rip),
+            (common::CODE_ADDR..common::CODE_ADDR + PIO_LOOP.len() as u64).contains(&rip),
             "vCPU {} is in its loop: {rip:#x}",
             state.id
         );
@@ -125,7 +124,7 @@ pub fn paused_vcpus_save_and_restore_their_state(hv: &dyn Hypervisor) {
 }
 
 pub fn a_failing_handler_stops_the_vm_and_names_its_vcpu(hv: &dyn Hypervisor) {
-    let (_vm, vcpus) = vm_running(hv, 3, &PIO_LOOP);
+    let (_vm, vcpus) = vm_running(hv, 3, PIO_LOOP);
     let exits = Arc::new(AtomicU64::new(0));
     let seen = Arc::clone(&exits);
     let handler = runner::from_fn(move |id, exit| {
@@ -161,7 +160,7 @@ pub fn a_failing_handler_stops_the_vm_and_names_its_vcpu(hv: &dyn Hypervisor) {
 }
 
 pub fn a_panicking_handler_stops_the_vm(hv: &dyn Hypervisor) {
-    let (_vm, vcpus) = vm_running(hv, 3, &PIO_LOOP);
+    let (_vm, vcpus) = vm_running(hv, 3, PIO_LOOP);
     let handler = runner::from_fn(|id, _| {
         if id == 2 {
             panic!("the device model of vCPU 2 broke");
@@ -186,7 +185,7 @@ pub fn a_panicking_handler_stops_the_vm(hv: &dyn Hypervisor) {
 pub fn power_off_and_halt_end_the_vm(hv: &dyn Hypervisor) {
     // vCPUs 1 and 2 halt at their first exit, vCPU 0 powers off once both have: halted vCPUs
     // wait for the end.
-    let (_vm, vcpus) = vm_running(hv, 3, &PIO_LOOP);
+    let (_vm, vcpus) = vm_running(hv, 3, PIO_LOOP);
     let halted = Arc::new(AtomicU64::new(0));
     let seen = Arc::clone(&halted);
     let handler = runner::from_fn(move |id, _| match id {
@@ -209,7 +208,7 @@ pub fn power_off_and_halt_end_the_vm(hv: &dyn Hypervisor) {
     );
 
     // When every vCPU halts, the VM stops by itself.
-    let (_vm, vcpus) = vm_running(hv, 2, &PIO_LOOP);
+    let (_vm, vcpus) = vm_running(hv, 2, PIO_LOOP);
     let handler = runner::from_fn(|_, exit| match exit {
         VcpuExit::IoOut { .. } => ExitAction::Halt,
         other => ExitAction::unhandled(other),
@@ -220,7 +219,7 @@ pub fn power_off_and_halt_end_the_vm(hv: &dyn Hypervisor) {
 }
 
 pub fn a_command_to_a_stuck_handler_times_out(hv: &dyn Hypervisor) {
-    let (_vm, vcpus) = vm_running(hv, 1, &PIO_LOOP);
+    let (_vm, vcpus) = vm_running(hv, 1, PIO_LOOP);
     let release = Arc::new(AtomicBool::new(false));
     let entered = Arc::new(AtomicBool::new(false));
     let (wait, mark) = (Arc::clone(&release), Arc::clone(&entered));

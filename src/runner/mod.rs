@@ -470,26 +470,28 @@ impl VmRunner {
     /// Pauses every vCPU: returns once all of them are outside `run()`. The pause requests go
     /// out to all vCPUs before the first answer is awaited.
     pub fn pause_all(&self) -> Result<(), RunnerError> {
-        let answers = self
-            .handles
-            .iter()
-            .map(|h| h.request_pause())
-            .collect::<Result<Vec<_>, _>>()?;
-        for (handle, answer) in self.handles.iter().zip(answers) {
-            handle.answer(&answer, "pause")?;
-        }
-        Ok(())
+        self.to_all("pause", VcpuHandle::request_pause)
     }
 
     /// Lets every paused vCPU run again.
     pub fn resume_all(&self) -> Result<(), RunnerError> {
+        self.to_all("resume", VcpuHandle::request_resume)
+    }
+
+    /// Sends a command to every vCPU, then awaits every answer: the vCPUs act on it at once
+    /// rather than one after the other.
+    fn to_all(
+        &self,
+        name: &'static str,
+        request: fn(&VcpuHandle) -> Result<Receiver<()>, RunnerError>,
+    ) -> Result<(), RunnerError> {
         let answers = self
             .handles
             .iter()
-            .map(|h| h.request_resume())
+            .map(request)
             .collect::<Result<Vec<_>, _>>()?;
         for (handle, answer) in self.handles.iter().zip(answers) {
-            handle.answer(&answer, "resume")?;
+            handle.answer(&answer, name)?;
         }
         Ok(())
     }

@@ -19,9 +19,7 @@ use vmkit_virtio::blk::*;
 use vmkit_virtio::console::{Console, ConsoleState, RECEIVEQ, TRANSMITQ};
 use vmkit_virtio::device::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 use vmkit_virtio::mmio::*;
-use vmkit_virtio::{
-    Error, Persist, QueueState, RingArea, SplitQueueState, StateError, VirtioDevice,
-};
+use vmkit_virtio::{Error, Persist, QueueState, RingArea, SplitQueueState, StateError};
 
 /// The split state of a queue the tests know is split.
 trait SplitOf {
@@ -46,19 +44,6 @@ const LIVE: u32 = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STAT
 
 /// The saved state of a block device's transport.
 type BlkState = MmioTransportState<BlockState>;
-
-/// What a VMM does on restore: builds the transport around a fresh `device`
-/// as for a first boot, then restores `state` into it.
-fn restore<D: VirtioDevice<Mem> + Persist>(
-    device: D,
-    mem: Arc<Mem>,
-    irq: EventFd,
-    state: &MmioTransportState<D::State>,
-) -> Result<Transport<D>, RestoreError<D::Error>> {
-    let mut t = MmioTransport::new(device, mem, irq).unwrap();
-    t.restore_state(state)?;
-    Ok(t)
-}
 
 fn irq() -> EventFd {
     EventFd::new(EFD_NONBLOCK).unwrap()

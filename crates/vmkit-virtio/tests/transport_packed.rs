@@ -17,24 +17,10 @@ use vm_memory::{Bytes, GuestAddress};
 use vmkit_virtio::blk::*;
 use vmkit_virtio::device::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 use vmkit_virtio::mmio::*;
-use vmkit_virtio::{
-    Error, Persist, QueueLayout, QueueState, RingArea, SplitQueueState, VirtioDevice,
-};
+use vmkit_virtio::{Error, Persist, QueueLayout, QueueState, RingArea, SplitQueueState};
 
 /// A saved transport around a [`Block`].
 type BlkState = MmioTransportState<BlockState>;
-
-/// `MmioTransport::new` then `restore_state`, as a VMM restores a transport.
-fn restore_into<D: VirtioDevice<Mem> + Persist>(
-    device: D,
-    mem: Arc<Mem>,
-    irq: EventFd,
-    state: &MmioTransportState<D::State>,
-) -> Result<Transport<D>, RestoreError<D::Error>> {
-    let mut t = MmioTransport::new(device, mem, irq).unwrap();
-    t.restore_state(state)?;
-    Ok(t)
-}
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempfile::TempFile;
 
@@ -254,7 +240,7 @@ fn a_packed_queue_is_saved_with_its_layout_and_continues_after_restore() {
     let bytes = postcard::to_stdvec(&state).unwrap();
     let decoded: BlkState = postcard::from_bytes(&bytes).unwrap();
     assert_eq!(decoded, state);
-    let t = restore_into(block(&file), mem.clone(), irq(), &decoded).unwrap();
+    let t = driver::restore(block(&file), mem.clone(), irq(), &decoded).unwrap();
     assert_eq!(t.save_state(), state, "a restore changes nothing by itself");
     assert_eq!(layout_of(&t), QueueLayout::Packed);
     assert!(t.resume().unwrap());
@@ -272,7 +258,7 @@ fn a_packed_queue_is_saved_with_its_layout_and_continues_after_restore() {
 }
 
 fn restore(mem: &Arc<Mem>, state: &BlkState) -> Result<(), RestoreError> {
-    restore_into(block(&disk()), mem.clone(), irq(), state).map(|_| ())
+    driver::restore(block(&disk()), mem.clone(), irq(), state).map(|_| ())
 }
 
 fn with(state: &BlkState, f: impl FnOnce(&mut BlkState)) -> BlkState {
@@ -408,7 +394,7 @@ fn a_withheld_offer_survives_a_restore_and_nothing_else_may_differ() {
     assert!(vq.pop_used(&mem).is_some());
     let state = t.save_state();
     assert_eq!(state.device_features & RING_PACKED, 0);
-    let restored = restore_into(block(&file), mem.clone(), irq(), &state).unwrap();
+    let restored = driver::restore(block(&file), mem.clone(), irq(), &state).unwrap();
     assert_eq!(
         restored.device_features() & RING_PACKED,
         0,
@@ -471,7 +457,7 @@ proptest::proptest! {
                 (q.ready, q.event_idx, q.indirect, q.broken) = flags;
             }
         });
-        let restored = restore_into(block(&file), mem.clone(), irq(), &state);
+        let restored = driver::restore(block(&file), mem.clone(), irq(), &state);
         if negotiated && consistent && size > 0 && area % 4 == 0 && area < MEM_SIZE as u64 - 4
             && in_flight <= size && size <= 256 && flags.1 && flags.2
         {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmkit_virtio::mmio::*;
-use vmkit_virtio::VirtioDevice;
+use vmkit_virtio::{Persist, VirtioDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub type Mem = GuestMemoryMmap<()>;
@@ -346,4 +346,17 @@ pub fn push_write(mem: &Mem, vq: &mut Vq, k: u64, sector: u64, byte: u8) -> u16 
 pub fn status_of(mem: &Mem, k: u64) -> u8 {
     mem.read_obj(GuestAddress(BUF + 0x1_0000 * k + 0x3000))
         .unwrap()
+}
+
+/// What a VMM does on restore: builds the transport around a fresh `device`
+/// as for a first boot, then restores `state` into it.
+pub fn restore<D: VirtioDevice<Mem> + Persist>(
+    device: D,
+    mem: Arc<Mem>,
+    irq: EventFd,
+    state: &MmioTransportState<D::State>,
+) -> Result<Transport<D>, RestoreError<D::Error>> {
+    let mut t = MmioTransport::new(device, mem, irq).unwrap();
+    t.restore_state(state)?;
+    Ok(t)
 }

@@ -30,7 +30,7 @@ use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
 use vmkit::runner::{self, ExitAction, ExitHandler, VcpuOutcome, VmRunner};
-use vmkit::{EventFd, MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
+use vmkit::{ErrorChain, EventFd, MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
 use vmkit_boot::entry;
 use vmkit_bus::Bus;
 use vmkit_devices::{Serial, COM1, I8042, SERIAL_PORTS};
@@ -45,13 +45,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let mut message = format!("boot: {err}");
-            let mut source = err.source();
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            eprintln!("{message}");
+            eprintln!("boot: {}", ErrorChain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

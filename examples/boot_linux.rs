@@ -54,7 +54,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use linux_loader::cmdline::Cmdline;
 use vm_device::bus::PioAddress;
 use vmkit::runner::{self, ExitAction, ExitHandler, VmRunner};
-use vmkit::{MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
+use vmkit::{ErrorChain, MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
 use vmkit_boot::linux::{self, layout};
 use vmkit_bus::Bus;
 use vmkit_devices::{Cmos, Serial, COM1, COM1_GSI, I8042, SERIAL_PORTS};
@@ -82,21 +82,10 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("boot_linux: {}", causes(err.as_ref()));
+            eprintln!("boot_linux: {}", ErrorChain(err.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-/// `err` and its sources, as `err: source: source…`.
-fn causes(err: &dyn Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    message
 }
 
 /// What the command line asks for.
@@ -281,7 +270,7 @@ fn run() -> Result<(), Box<dyn Error>> {
             tx: card.take_notifier(TXQ).ok_or("no TX notifier")?,
         };
         _net_worker = Some(NetWorker::start(card.transport, kicks, |err| {
-            eprintln!("boot_linux: net: {}", causes(err))
+            eprintln!("boot_linux: net: {}", ErrorChain(err))
         })?);
     }
     let console = virtio.attach(vm.as_ref(), &mut bus, Console::new(io::stdout()), &[])?;

@@ -25,7 +25,7 @@ use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
 use vmkit::runner::{self, ExitAction, ExitHandler, VcpuOutcome, VmRunner};
 use vmkit::snapshot::{self, MemoryRestore};
-use vmkit::{EventFd, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
+use vmkit::{ErrorChain, EventFd, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
 use vmkit_boot::entry;
 use vmkit_bus::Bus;
 use vmkit_devices::{Persist, Serial, COM1, I8042, SERIAL_PORTS};
@@ -60,13 +60,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let mut message = format!("snapshot: {err}");
-            let mut source = err.source();
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            eprintln!("{message}");
+            eprintln!("snapshot: {}", ErrorChain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

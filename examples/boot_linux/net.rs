@@ -2,6 +2,7 @@
 //! ends however it ends, what leaving the network did (the ci/svm harness checks these
 //! lines). The card itself is vmkit-net's: `Attachment`, `NetWorker`.
 
+use vmkit::ErrorChain;
 use vmkit_net::{Attachment, Departure, NetworkMode};
 use vmkit_virtio::net::{fmt_mac, MacAddr};
 
@@ -33,7 +34,7 @@ impl Drop for Leaving {
         };
         let closed = attachment.close();
         if let Err(err) = closed.detach {
-            eprintln!("boot_linux: net: {}", super::causes(&err));
+            eprintln!("boot_linux: net: {}", ErrorChain(&err));
         }
         match closed.network {
             Ok(Departure::Left { bridge }) => eprintln!("boot_linux: net: left {bridge}"),
@@ -43,7 +44,7 @@ impl Drop for Leaving {
                 ports.join(", ")
             ),
             Ok(_) => {}
-            Err(err) => eprintln!("boot_linux: net: {}", super::causes(&err)),
+            Err(err) => eprintln!("boot_linux: net: {}", ErrorChain(&err)),
         }
     }
 }

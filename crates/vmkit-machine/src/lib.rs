@@ -9,6 +9,9 @@
 //!   [`MmioTransport`](vmkit_virtio::mmio::MmioTransport): window, GSI,
 //!   irqfd, queue-notification ioeventfds, bus registration, undone on
 //!   failure.
+//! - [`worker`]: [`QueueWorker`], a thread that serves queues of a
+//!   transport on their notification eventfds (from `attach`), so the
+//!   guest's notifications never exit to a vCPU thread.
 //!
 //! # Where this sits, and why a crate of its own
 //!
@@ -53,6 +56,8 @@
 
 pub mod resources;
 pub mod virtio_mmio;
+pub mod worker;
 
 pub use resources::{GsiAllocator, MmioAllocator, MmioWindow, ResourceError};
 pub use virtio_mmio::{QueueNotifier, VirtioMmioWiring, WiredDevice, WiringError};
+pub use worker::{QueueStats, QueueWorker, WorkerError, WorkerStats};

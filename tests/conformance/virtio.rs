@@ -3,23 +3,22 @@
 //! disk's signature, writes a pattern, flushes and reads it back; the host checks the file.
 
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread;
 
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
 use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VcpuOutcome, VmRunner};
-use vmkit::{DataMatch, EventFd, Hypervisor, IoEventAddress, MemoryFlags, MemoryRegion, VmConfig};
+use vmkit::{Capabilities, EventFd, Hypervisor, MemoryFlags, MemoryRegion, VmConfig};
 use vmkit_boot::entry;
 
 use crate::common::guest::GIVE_UP;
 use vmkit_bus::Bus;
 use vmkit_devices::{Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
+use vmkit_machine::{GsiAllocator, MmioAllocator, QueueWorker, VirtioMmioWiring};
 use vmkit_virtio::blk::{Block, BlockOptions};
-use vmkit_virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_OFFSET};
+use vmkit_virtio::mmio::{MmioTransport, MMIO_REGION_SIZE};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 use vmm_sys_util::tempfile::TempFile;
 
@@ -29,14 +28,20 @@ pub fn blk_guest_driver_round_trip(hv: &dyn Hypervisor) {
     blk_round_trip(hv, false);
 }
 
-/// The same, with the queue notification going to an ioeventfd and the requests processed by
-/// a worker thread while the guest polls the used ring: the device as a VMM would run it.
+/// The same, with the device wired by vmkit-machine (its queue notification going to an
+/// ioeventfd, its interrupt to an irqfd) and the requests processed by its `QueueWorker`
+/// while the guest polls the used ring: the device as a VMM would run it.
 pub fn blk_notified_through_an_ioeventfd(hv: &dyn Hypervisor) {
     blk_round_trip(hv, true);
 }
 
 fn blk_round_trip(hv: &dyn Hypervisor, ioeventfd: bool) {
-    let vm = hv.create_vm(&VmConfig::default()).unwrap();
+    // With an ioeventfd the device is wired as a VMM would (`VirtioMmioWiring::attach`), which
+    // also makes its interrupt an irqfd: an in-kernel irqchip. The driver polls with
+    // interrupts disabled, so the interrupt is never taken.
+    let vm = hv
+        .create_vm(&VmConfig::default().irqchip(ioeventfd))
+        .unwrap();
     let ram = MemoryRegion::anonymous(GuestAddress(0), 4 << 20, MemoryFlags::empty()).unwrap();
     vm.add_memory_region(ram).unwrap();
     let memory = vm.memory();
@@ -49,8 +54,6 @@ fn blk_round_trip(hv: &dyn Hypervisor, ioeventfd: bool) {
     image[..8].copy_from_slice(minimal::BLK_SIGNATURE);
     disk.write_all(&image).unwrap();
     let block = Block::new(disk.try_clone().unwrap(), BlockOptions::default()).unwrap();
-    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-    let transport = Arc::new(MmioTransport::new(block, Arc::new(memory.clone()), irq).unwrap());
 
     let serial = Arc::new(Serial::new(Vec::new()).unwrap());
     let i8042 = Arc::new(I8042::new().unwrap());
@@ -59,32 +62,34 @@ fn blk_round_trip(hv: &dyn Hypervisor, ioeventfd: bool) {
         .unwrap();
     bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())
         .unwrap();
-    bus.register_mmio(
-        MmioAddress(minimal::VIRTIO_MMIO_BASE),
-        MMIO_REGION_SIZE,
-        transport.clone(),
-    )
-    .unwrap();
 
-    let worker = ioeventfd.then(|| {
-        let notify = EventFd::new(0).unwrap();
-        let addr = IoEventAddress::Mmio(minimal::VIRTIO_MMIO_BASE + NOTIFY_OFFSET);
-        vm.register_ioeventfd(&notify, addr, DataMatch::U32(0))
-            .unwrap();
-        let wake = notify.try_clone().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (transport, stop_seen) = (transport.clone(), Arc::clone(&stop));
-        let thread = thread::spawn(move || {
-            let mut processed = 0;
-            // Each read blocks until the guest notifies (or the test wakes it to stop).
-            while notify.read().is_ok() && !stop_seen.load(Ordering::SeqCst) {
-                transport.process_queue(0).unwrap();
-                processed += 1;
-            }
-            processed
-        });
-        (thread, stop, wake)
-    });
+    let (transport, worker) = if ioeventfd {
+        // The driver looks for its device at a fixed address: the only window.
+        let base = minimal::VIRTIO_MMIO_BASE;
+        let mut wiring = VirtioMmioWiring::new(
+            Arc::new(memory.clone()),
+            MmioAllocator::new(base, base + MMIO_REGION_SIZE).unwrap(),
+            GsiAllocator::new(5, 23).unwrap(),
+        );
+        let mut blk = wiring.attach(vm.as_ref(), &mut bus, block, &[0]).unwrap();
+        assert_eq!(blk.window.base, base);
+        let notifiers = std::mem::take(&mut blk.notifiers);
+        let worker = QueueWorker::start(blk.transport.clone(), notifiers, |err| {
+            eprintln!("virtio-blk worker: {err}")
+        })
+        .unwrap();
+        (blk.transport, Some(worker))
+    } else {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let transport = Arc::new(MmioTransport::new(block, Arc::new(memory.clone()), irq).unwrap());
+        bus.register_mmio(
+            MmioAddress(minimal::VIRTIO_MMIO_BASE),
+            MMIO_REGION_SIZE,
+            transport.clone(),
+        )
+        .unwrap();
+        (transport, None)
+    };
 
     let vcpu = vm.create_vcpu(0).unwrap();
     vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
@@ -106,11 +111,14 @@ fn blk_round_trip(hv: &dyn Hypervisor, ioeventfd: bool) {
         &VcpuOutcome::PowerOff
     );
 
-    if let Some((thread, stop, wake)) = worker {
-        stop.store(true, Ordering::SeqCst);
-        wake.write(1).unwrap();
+    if let Some(worker) = worker {
         // Read, write, flush, read back: each notification went to the worker, none exited.
-        assert_eq!(thread.join().unwrap(), 4);
+        let stats = worker.stop().unwrap();
+        assert_eq!(
+            (stats.notifications(0), stats.errors()),
+            (4, 0),
+            "{stats:?}"
+        );
     }
 
     // Nothing sits at the kernel's MMIO test address here, so it reads all-ones.
@@ -143,5 +151,10 @@ fn blk_round_trip(hv: &dyn Hypervisor, ioeventfd: bool) {
 
 crate::scenarios![
     blk_guest_driver_round_trip,
-    blk_notified_through_an_ioeventfd => crate::ioeventfd,
+    blk_notified_through_an_ioeventfd => wired,
 ];
+
+/// What `VirtioMmioWiring::attach` registers: an ioeventfd and an irqfd (on an irqchip).
+fn wired(caps: &Capabilities) -> Option<&'static str> {
+    crate::ioeventfd(caps).or_else(|| crate::irqchip(caps))
+}

@@ -58,7 +58,7 @@ use vmkit::{ErrorChain, MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
 use vmkit_boot::linux::{self, layout};
 use vmkit_bus::Bus;
 use vmkit_devices::{Cmos, Serial, COM1, COM1_GSI, I8042, SERIAL_PORTS};
-use vmkit_machine::{GsiAllocator, MmioAllocator, MmioWindow, VirtioMmioWiring};
+use vmkit_machine::{GsiAllocator, MmioAllocator, MmioWindow, QueueWorker, VirtioMmioWiring};
 use vmkit_net::{Attachment, NetWorker, QueueKicks, TapMode};
 use vmkit_virtio::blk::{Block, BlockOptions};
 use vmkit_virtio::console::Console;
@@ -237,10 +237,20 @@ fn run() -> Result<(), Box<dyn Error>> {
     )
     .packed_rings(!options.split_rings);
     let mut virtio_mmio = Vec::new();
+    // The disk's request queue notifies through an ioeventfd, served by a device thread, so
+    // the guest's requests neither exit to nor wait on a vCPU thread.
+    let mut _disk_worker = None;
     if let Some(path) = &options.disk {
         let block = Block::new(open(path, "disk", true)?, BlockOptions::default())?;
-        let disk = virtio.attach(vm.as_ref(), &mut bus, block, &[])?;
+        let mut disk = virtio.attach(vm.as_ref(), &mut bus, block, &[0])?;
         virtio_mmio.push(announce(disk.window, disk.gsi)?);
+        let notifiers = std::mem::take(&mut disk.notifiers);
+        _disk_worker = Some(QueueWorker::start_named(
+            "virtio-blk",
+            disk.transport,
+            notifiers,
+            |err| eprintln!("boot_linux: disk: {}", ErrorChain(err)),
+        )?);
     }
     // Declared before the worker so that it is dropped after it: the device stops before
     // its TAP leaves the network.

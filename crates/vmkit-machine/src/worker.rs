@@ -29,9 +29,11 @@
 //!
 //! A failed queue pass does not stop the worker: it goes to the `on_error`
 //! callback given to [`QueueWorker::start`] and is counted in the queue's
-//! [`QueueStats::errors`] (the transport also records device failures; see
-//! `MmioTransport::take_error`). A failed wait ends the thread: `on_error`
-//! sees it, and [`QueueWorker::stop`] returns it.
+//! [`QueueStats::errors`]. A device's own failure is not one: the transport
+//! records it, sets `DEVICE_NEEDS_RESET` and lets the pass succeed (see
+//! `MmioTransport::take_error`), so a VMM that wants to know looks there. A
+//! failed wait ends the thread: `on_error` sees it, and
+//! [`QueueWorker::stop`] returns it.
 //!
 //! # Example
 //!

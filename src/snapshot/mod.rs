@@ -146,7 +146,12 @@ pub fn save_vcpu(
     })
 }
 
-/// Loads `state` into `vcpu`, a fresh vCPU with the same id in a VM built like the original.
+/// Loads `state` into `vcpu`, a fresh vCPU with the same id in a VM built like the original,
+/// or the same vCPU later (rolling it back).
+///
+/// A vCPU that has run keeps its CPUID: KVM refuses `KVM_SET_CPUID2` after the first
+/// `KVM_RUN` unless the table is unchanged, so the saved CPUID is set only where it differs
+/// from the vCPU's, and a difference on a vCPU that has run is that refusal.
 pub fn restore_vcpu(vcpu: &dyn Vcpu, state: &VcpuState) -> Result<(), VcpuError> {
     if vcpu.id() != state.id {
         return Err(VcpuError::InvalidState {
@@ -155,7 +160,9 @@ pub fn restore_vcpu(vcpu: &dyn Vcpu, state: &VcpuState) -> Result<(), VcpuError>
             reason: format!("it belongs to vCPU {}", state.id),
         });
     }
-    vcpu.set_cpuid(&state.cpuid)?;
+    if vcpu.cpuid()? != state.cpuid {
+        vcpu.set_cpuid(&state.cpuid)?;
+    }
     vcpu.set_mp_state(state.mp_state)?;
     vcpu.set_sregs(&state.sregs)?;
     vcpu.set_regs(&state.regs)?;

@@ -110,6 +110,18 @@ pub fn paused_vcpus_save_and_restore_their_state(hv: &dyn Hypervisor) {
     running.resume_all().unwrap();
     wait_all_ran(&counters, &frozen);
     vcpu0.pause().unwrap();
+    let cpuid_now = vcpu0.with_vcpu(|v| v.cpuid().unwrap()).unwrap();
+    let changed: Vec<_> = cpuid_now
+        .iter()
+        .zip(&saved[0].cpuid)
+        .filter(|(now, then)| now != then)
+        .collect();
+    assert!(
+        changed.is_empty() && cpuid_now.len() == saved[0].cpuid.len(),
+        "the CPUID of vCPU 0 changed while it ran ({} entries, {} saved): {changed:x?}",
+        cpuid_now.len(),
+        saved[0].cpuid.len()
+    );
     vcpu0.restore_state(&saved[0]).unwrap();
     let regs = vcpu0.with_vcpu(|v| v.regs().unwrap()).unwrap();
     assert_eq!(regs.rax, saved[0].regs.rax);

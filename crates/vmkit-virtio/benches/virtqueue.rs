@@ -139,7 +139,10 @@ fn theirs() -> Queue {
 }
 
 /// Iterates a chain of ours: adds its buffer addresses to `sum`, returns
-/// the writable bytes.
+/// the writable bytes. Inlined, as a device's own loop over its chain is:
+/// called out of line, each chain was moved into it (a memmove per chain
+/// that no device pays, a quarter of the time of 128 one-descriptor chains).
+#[inline(always)]
 fn walk<I: Iterator<Item = vmkit_virtio::Result<vmkit_virtio::Descriptor>>>(
     chain: I,
     sum: &mut u64,

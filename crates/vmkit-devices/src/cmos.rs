@@ -221,19 +221,28 @@ impl Cmos {
     }
 }
 
+/// The registers a guest cannot write: the clock (read from the host) and status A, C and D.
+/// A write to them is ignored, and a saved state must hold their power-on values.
+fn read_only(index: u8) -> bool {
+    matches!(
+        index,
+        reg::SECONDS
+            | reg::MINUTES
+            | reg::HOURS
+            | reg::WEEKDAY
+            | reg::DAY_OF_MONTH
+            | reg::MONTH
+            | reg::YEAR
+            | reg::CENTURY
+            | reg::STATUS_A
+            | reg::STATUS_C
+            | reg::STATUS_D
+    )
+}
+
 fn write_register(state: &mut State, byte: u8) {
     match state.index {
-        reg::SECONDS
-        | reg::MINUTES
-        | reg::HOURS
-        | reg::WEEKDAY
-        | reg::DAY_OF_MONTH
-        | reg::MONTH
-        | reg::YEAR
-        | reg::CENTURY
-        | reg::STATUS_A
-        | reg::STATUS_C
-        | reg::STATUS_D => {}
+        index if read_only(index) => {}
         reg::STATUS_B => state.ram[usize::from(reg::STATUS_B)] = byte & STATUS_B_WRITABLE,
         index => state.ram[usize::from(index)] = byte,
     }
@@ -277,19 +286,7 @@ impl CmosState {
                 reg::STATUS_B if value & !STATUS_B_WRITABLE != 0 => {
                     "bit 0 of status B (daylight saving) is not writable"
                 }
-                reg::SECONDS
-                | reg::MINUTES
-                | reg::HOURS
-                | reg::WEEKDAY
-                | reg::DAY_OF_MONTH
-                | reg::MONTH
-                | reg::YEAR
-                | reg::CENTURY
-                | reg::STATUS_A
-                | reg::STATUS_C
-                | reg::STATUS_D
-                    if value != fresh =>
-                {
+                _ if read_only(index) && value != fresh => {
                     "the guest cannot write the clock and status A, C, D registers"
                 }
                 _ => continue,

@@ -115,10 +115,7 @@ phase_done build
 stage=$assets/l1-root
 rm -rf "$stage"
 mkdir -p "$stage"/{bin,dev,proc,sys,tmp,modules,harness,vmkit/bin,qemu/bin,qemu/share,l2,lib64}
-cp /bin/busybox "$stage/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [ "$applet" = busybox ] || ln -s busybox "$stage/bin/$applet"
-done
+busybox_tree /bin/busybox "$stage"
 cp "$here/l1-init" "$stage/init"
 cp "$here/l1-tests.sh" "$stage/harness/tests.sh"
 cp "$assets/l1/modules"/* "$stage/modules/"

@@ -1,17 +1,19 @@
 //! vmkit's Linux boot path (`vmkit_boot::linux`) with a real distribution kernel on this host's
 //! KVM.
 //!
-//! This host's KVM emulates ring-0 guest code, so a distribution kernel cannot get far here
-//! (DESIGN.md); these tests only check what it can: the kernel is loaded, entered, and
+//! This project's CI host has a KVM that emulates ring-0 guest code, so a distribution kernel
+//! cannot get far there (README, section "Hosts"); these tests only check what it can: the kernel is loaded, entered, and
 //! prints its `Linux version` banner on our serial port, and on the way it sees the machine
 //! vmkit described (ACPI tables, every vCPU). Full boots to userspace run in the
 //! hardware-virtualization harness (`ci/svm/run.sh`).
 //!
-//! The kernel comes from `VMKIT_LINUX_KERNEL` (an ELF vmlinux; `ci/test.sh` fetches Debian's
-//! cloud kernel with `ci/svm/assets.sh` and sets it). Without it the tests are ignored:
+//! The kernel comes from `VMKIT_LINUX_KERNEL` (an ELF vmlinux; `ci/test.sh linux` gets
+//! Debian's cloud kernel with `ci/linux-guest.sh` and sets it). Without it the tests are
+//! ignored:
 //!
 //! ```text
-//! VMKIT_LINUX_KERNEL=path/to/vmlinux cargo test --release --test linux_boot -- --ignored
+//! ci/linux-guest.sh    # writes target/linux/vmlinux
+//! VMKIT_LINUX_KERNEL=target/linux/vmlinux cargo test --release --test linux_boot -- --ignored
 //! ```
 
 // A test, benchmark or build script: a failed step is a failure to report, so it may panic.

@@ -2,15 +2,18 @@
 # Runs vmkit's whole test suite: unit, integration (on the real /dev/kvm), doc and
 # guest-kernel tests on this host; Debian's kernel loaded and entered through vmkit::linux on
 # this host; then, in QEMU, the same tests and full Linux boots on a hardware-virtualization
-# KVM (ci/svm/run.sh), and the Xen backend on real Xen 4.17 (ci/xen/run.sh). Installs what a
-# fresh Debian machine lacks (a C toolchain for the guest kernel, QEMU, busybox...; the
-# harnesses download Debian's kernel and Xen packages without installing them).
+# KVM (ci/svm/run.sh), and the Xen backend on real Xen 4.17 (ci/xen/run.sh). Installs what the
+# chosen parts need and a fresh Debian machine lacks (ci/install.sh: a C toolchain for the
+# guest kernel, QEMU, busybox...; the parts download Debian's kernel and Xen packages without
+# installing them).
 #
 #   ci/test.sh [host|linux|svm|xen]...     (default: all of them, in that order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ci/install.sh
+parts=("$@")
+[ ${#parts[@]} -gt 0 ] || parts=(host linux svm xen)
+ci/install.sh "${parts[@]}"
 
 if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
     echo "ci/test.sh: /dev/kvm is missing or not read-writable for $(id -un);" \
@@ -27,11 +30,12 @@ host() {
 }
 
 # Debian's cloud kernel on this host's software KVM: loaded, entered, its banner and ACPI
-# tables read. It cannot boot further here (README, "Hosts"); ci/svm boots it fully.
+# tables read. It cannot boot further here (README, "Hosts"); ci/svm boots it fully. The
+# kernel comes from ci/linux-guest.sh, the README's command for getting one.
 linux() {
-    local assets
-    assets=$(ci/svm/assets.sh | tail -n 1)
-    VMKIT_LINUX_KERNEL=$assets/l2/vmlinux cargo test --locked --test linux_boot -- --ignored
+    local guest
+    guest=$(ci/linux-guest.sh | tail -n 1)
+    VMKIT_LINUX_KERNEL=$guest/vmlinux cargo test --locked --test linux_boot -- --ignored
 }
 
 # The boot benchmark runs on L1's wall clock. VMKIT_SVM_BENCH_ICOUNT=1 runs it in a second
@@ -45,8 +49,6 @@ xen() {
     ci/xen/run.sh
 }
 
-parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(host linux svm xen)
 for part in "${parts[@]}"; do
     case $part in
         host | linux | svm | xen) "$part" ;;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks that the crate graph points one way (DESIGN.md, "Layout and layers"): no device, bus,
+# Checks that the crate graph points one way (README, "Crates"): no device, bus,
 # virtio, net, snapshot, boot or machine crate pulls a hypervisor backend (kvm-ioctls, kvm-bindings, or
 # vmkit with its `kvm` or `xen` feature), and vmkit itself pulls no guest-OS code
 # (linux-loader, acpi_tables). Prints the offending path and exits 1 on a violation.

@@ -38,10 +38,13 @@
 //! - `vmkit-devices`: legacy devices: serial port, i8042, CMOS/RTC, debug exit port.
 //! - `vmkit-virtio`: virtqueues (split and packed), the virtio-mmio transport, virtio-blk,
 //!   virtio-console and virtio-net.
+//! - `vmkit-machine`: MMIO window and GSI allocation, and the wiring of virtio-mmio devices
+//!   onto a VM and a bus (irqfd, ioeventfds, a queue worker thread).
 //! - `vmkit-net`: TAP interfaces and isolated, bridged and NAT networks for virtio-net.
 //! - `vmkit-snapshot`: the snapshot file formats that [`snapshot`] writes.
 //!
-//! They are documented at `https://docs.rs/<crate>`, e.g. <https://docs.rs/vmkit-boot>.
+//! They live in the repository's `crates/` directory and are not on crates.io yet;
+//! `cargo doc --workspace --no-deps --open` in a checkout documents all of them with vmkit.
 //!
 //! ## Example
 //!

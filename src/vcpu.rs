@@ -230,6 +230,43 @@ fn unsupported<T>(vcpu: u32, op: &'static str, reason: &'static str) -> Result<T
 /// that lacks one keeps the default method, which returns [`VcpuError::Unsupported`], and
 /// reports the feature as absent in its [`Capabilities`](crate::Capabilities).
 ///
+/// # A vCPU keeps its VM alive
+///
+/// Every backend keeps this contract: a vCPU holds its VM, and so the VM's guest memory,
+/// alive. Dropping the [`Vm`](crate::Vm) while vCPUs exist leaves the hypervisor's VM (a KVM
+/// VM, a Xen domain) and every region mapped in it in place until the last of those vCPUs
+/// is dropped too; the vCPUs keep running guest code from that memory. A VMM can therefore
+/// move vCPUs to their own threads without keeping the `Vm` around for their sake, and a
+/// vCPU never runs on memory that was unmapped under it. (Removing a region with
+/// [`Vm::remove_memory_region`](crate::Vm::remove_memory_region) is different: that is the
+/// VMM's explicit request, and the guest loses that range.)
+///
+/// ```
+/// use vmkit::vm_memory::{Bytes, GuestAddress};
+/// use vmkit::{MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let vm = vmkit::open()?.create_vm(&VmConfig::default())?;
+/// let ram = MemoryRegion::anonymous(GuestAddress(0), 0x1000, MemoryFlags::empty())?;
+/// vm.add_memory_region(ram)?;
+/// // mov al, 0x42; out 0x80, al; hlt
+/// vm.memory().write_slice(&[0xb0, 0x42, 0xe6, 0x80, 0xf4], GuestAddress(0))?;
+/// let mut vcpu = vm.create_vcpu(0)?;
+/// drop(vm);
+///
+/// // Real mode at 0:0: the code above, still mapped.
+/// let mut sregs = vcpu.sregs()?;
+/// sregs.cs.base = 0;
+/// sregs.cs.selector = 0;
+/// vcpu.set_sregs(&sregs)?;
+/// let mut regs = vcpu.regs()?;
+/// regs.rip = 0;
+/// regs.rflags = 0x2;
+/// vcpu.set_regs(&regs)?;
+/// assert!(matches!(vcpu.run()?, VcpuExit::IoOut { port: 0x80, data: [0x42], .. }));
+/// assert!(matches!(vcpu.run()?, VcpuExit::Hlt));
+/// # Ok(()) }
+/// ```
+///
 /// The examples create a VM on whichever hypervisor the host has (see [`crate::open`]);
 /// those marked `no_run` need a guest to run.
 pub trait Vcpu: Send {

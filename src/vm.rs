@@ -177,6 +177,10 @@ fn unsupported<T>(op: &'static str, reason: &'static str) -> Result<T, VmError> 
 /// returns [`VmError::Unsupported`], and reports the feature as absent in its
 /// [`Capabilities`](crate::Capabilities), so a VMM can check before it asks.
 ///
+/// Dropping the `Vm` does not pull the VM from under its vCPUs: each vCPU keeps the VM and
+/// its guest memory alive until it is dropped too, on every backend (see
+/// [`Vcpu`](crate::Vcpu#a-vcpu-keeps-its-vm-alive)).
+///
 /// The examples create a VM on whichever hypervisor the host has (see [`crate::open`]).
 pub trait Vm: Send + Sync {
     /// Maps `region` into the guest and returns the slot it occupies.
@@ -251,7 +255,8 @@ pub trait Vm: Send + Sync {
     /// ```
     fn memory_layout(&self) -> Vec<(MemorySlot, GuestRange, MemoryFlags)>;
 
-    /// Creates the vCPU `id` (from 0 to the VM's `max_vcpus - 1`).
+    /// Creates the vCPU `id` (from 0 to the VM's `max_vcpus - 1`). The vCPU keeps this VM
+    /// and its guest memory alive, even after the `Vm` is dropped.
     ///
     /// ```
     /// use vmkit::VmConfig;

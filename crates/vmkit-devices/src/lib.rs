@@ -1,7 +1,8 @@
 //! # vmkit-devices
 //!
-//! The legacy PC devices a minimal VM needs, ready for a [`vmkit_bus`]-style port bus (each
-//! implements vm-device's [`DevicePio`](vm_device::DevicePio)):
+//! The legacy PC devices a minimal VM needs, ready for a port bus such as crate `vmkit-bus`'s
+//! `Bus` (`crates/vmkit-bus` in vmkit's repository): each implements vm-device's
+//! [`DevicePio`](vm_device::DevicePio).
 //!
 //! - [`Serial`]: a 16550A UART on vm-superio's model; output to any `Write`, input from the
 //!   host with [`Serial::enqueue_input`], interrupt through an
@@ -23,8 +24,6 @@
 //! Every value a guest gives these devices is checked: accesses of any width and offset get a
 //! documented answer (each device's documentation says which), never a panic. The devices
 //! use interior mutability, so one `Arc` of each serves every vCPU thread.
-//!
-//! [`vmkit_bus`]: https://docs.rs/vmkit-bus
 //!
 //! ## Example
 //!

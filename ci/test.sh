@@ -27,11 +27,13 @@ host() {
 }
 
 # Debian's cloud kernel on this host's software KVM: loaded, entered, its banner and ACPI
-# tables read. It cannot boot further here (README, "Hosts"); ci/svm boots it fully.
+# tables read. It cannot boot further here (README, "Hosts"); ci/svm boots it fully. Then
+# boot_linux on that kernel under SIGINT, SIGKILL and SIGTERM (its network torn down).
 linux() {
     local assets
     assets=$(ci/svm/assets.sh | tail -n 1)
     VMKIT_LINUX_KERNEL=$assets/l2/vmlinux cargo test --locked --test linux_boot -- --ignored
+    ci/boot-linux-signals.sh "$assets"
 }
 
 # The boot benchmark runs on L1's wall clock. VMKIT_SVM_BENCH_ICOUNT=1 runs it in a second

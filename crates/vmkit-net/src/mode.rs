@@ -382,7 +382,9 @@ pub struct Network {
 
 impl Network {
     /// Puts the mode in place (idempotently); see the module documentation.
-    /// On failure, whatever this call created is removed again.
+    /// On failure, whatever this call created is removed again. The isolated
+    /// and NAT modes write an owner record under `/run/vmkit-net` (see
+    /// [`owners`](crate::owners)), so they need write access there.
     pub fn setup(mode: NetworkMode) -> Result<Network, ModeError> {
         validate(&mode)?;
         let mut net = Network {

@@ -35,9 +35,17 @@
 //! The virtio devices offer packed virtqueues (`VIRTIO_F_RING_PACKED`), which Linux's
 //! driver takes; `--split-rings` withholds them, so the guest uses split rings.
 //!
+//! SIGINT (Ctrl-C) and SIGTERM stop the VM rather than kill the process: boot_linux says
+//! `boot_linux: SIGINT: stopping the VM`, stops the vCPUs, ends the device threads and
+//! leaves the network as at any other end (the last VM out tears it down). A network that a
+//! killed boot_linux left behind (SIGKILL cannot be caught) is reported by the next run on
+//! it (`boot_linux: net: network BRIDGE was left behind by process PID, ...`), which takes
+//! it over and tears it down at its own end.
+//!
 //! Exit status: 0 once the guest resets the machine (which is how `reboot` and `poweroff`
 //! end on a PC without ACPI when `reboot=k` is set; a panic with `panic=-1` ends the same
-//! way); 1, with the reason on stderr, on any failure.
+//! way); 130 after SIGINT and 143 after SIGTERM (128 plus the signal's number, as a shell
+//! reports a process the signal killed); 1, with the reason on stderr, on any failure.
 //!
 //! Which hosts boot Linux at full speed: any KVM with hardware virtualization. On a software
 //! KVM that emulates ring-0 guest code (like this project's CI host), a distribution kernel
@@ -66,6 +74,8 @@ use vmkit_virtio::net::{MacAddr, Net, NetOptions, RXQ, TXQ};
 
 #[path = "boot_linux/net.rs"]
 mod net;
+#[path = "boot_linux/signals.rs"]
+mod signals;
 
 /// Where the virtio-mmio devices go, one page each, in the MMIO hole (up to the IOAPIC).
 const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
@@ -80,7 +90,8 @@ const CMDLINE_CAPACITY: usize = 4096;
 
 fn main() -> ExitCode {
     match run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Ending::Reset) => ExitCode::SUCCESS,
+        Ok(Ending::Signal(signal)) => ExitCode::from(signals::exit_status(signal)),
         Err(err) => {
             eprintln!("boot_linux: {}", ErrorChain(err.as_ref()));
             ExitCode::FAILURE
@@ -182,8 +193,20 @@ fn open(path: &PathBuf, what: &str, write: bool) -> Result<File, Box<dyn Error>>
         .map_err(|err| format!("cannot open the {what} {}: {err}", path.display()).into())
 }
 
-fn run() -> Result<(), Box<dyn Error>> {
+/// How a run ended without failing.
+enum Ending {
+    /// The guest reset the machine.
+    Reset,
+    /// This signal stopped the VM.
+    Signal(i32),
+}
+
+fn run() -> Result<Ending, Box<dyn Error>> {
     let options = options()?;
+    // First in, last out: a signal during the teardown at the end is caught too, so the
+    // teardown is never cut short.
+    let interrupts = signals::Interrupts::catch()
+        .map_err(|err| format!("cannot catch SIGINT and SIGTERM: {err}"))?;
     let vcpus = options.vcpus;
     let ram_size = options
         .mem_mib
@@ -258,6 +281,9 @@ fn run() -> Result<(), Box<dyn Error>> {
     let mut _net_worker = None;
     if let Some(mode) = &options.net {
         let (attachment, tap) = Attachment::open(mode, &options.tap)?;
+        if let Some(leftover) = attachment.leftover() {
+            eprintln!("boot_linux: net: {leftover}");
+        }
         eprintln!(
             "boot_linux: net: {}",
             net::describe(&attachment, &options.mac)
@@ -333,15 +359,27 @@ fn run() -> Result<(), Box<dyn Error>> {
         Some(stats) => stats.wrap(board),
         None => board,
     };
-    let finished = VmRunner::start(vcpu_handles, handler)?.join();
+    if let Some(signal) = interrupts.caught() {
+        // Caught while the VM was being built: it never runs.
+        return Ok(Ending::Signal(signal));
+    }
+    let running = VmRunner::start(vcpu_handles, handler)?;
+    interrupts.watch(running.vcpus());
+    let finished = running.join();
     if let Some(stats) = stats {
         stats.print();
     }
     for vcpu in finished {
         vcpu.outcome?;
     }
+    // Dropping what run() holds on return stops the device threads, then the TAP leaves
+    // its network (declared in that order above).
+    if let Some(signal) = interrupts.caught() {
+        eprintln!("boot_linux: {}: the VM stopped", signals::name(signal));
+        return Ok(Ending::Signal(signal));
+    }
     eprintln!("boot_linux: the guest reset the machine");
-    Ok(())
+    Ok(Ending::Reset)
 }
 
 /// `--exit-stats`: how many exits each port and MMIO address caused, per vCPU.

@@ -94,6 +94,68 @@ pub enum VcpuExit<'a> {
     },
 }
 
+/// What an [`VcpuExit::InternalError`]'s `suberror` means, for the codes vmkit knows:
+/// KVM's `KVM_INTERNAL_ERROR_*` (1 to 4; in backend-neutral words) and the Xen backend's
+/// unserved I/O request.
+pub fn internal_error_name(suberror: u32) -> Option<&'static str> {
+    match suberror {
+        1 => Some("emulation failure"),
+        2 => Some("simultaneous exceptions"),
+        3 => Some("unexpected exit during event delivery"),
+        4 => Some("unexpected exit reason"),
+        // The Xen backend's `INVALID_IOREQ` ("xn" 1), named here whatever the features.
+        0x786e_0001 => Some("I/O request vmkit could not serve"),
+        _ => None,
+    }
+}
+
+/// The exit in words, e.g. "a 1-byte write to port 0x3f8" or "internal error 1 (emulation
+/// failure)"; `{:?}` has every field.
+///
+/// ```
+/// use vmkit::VcpuExit;
+///
+/// let exit = VcpuExit::InternalError { suberror: 1, data: &[] };
+/// assert_eq!(exit.to_string(), "internal error 1 (emulation failure)");
+/// assert_eq!(VcpuExit::Shutdown.to_string(), "a shutdown (triple fault)");
+/// ```
+impl fmt::Display for VcpuExit<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VcpuExit::IoIn { port, data, .. } => {
+                write!(f, "a {}-byte read of port {port:#x}", data.len())
+            }
+            VcpuExit::IoOut { port, data, .. } => {
+                write!(f, "a {}-byte write to port {port:#x}", data.len())
+            }
+            VcpuExit::MmioRead { addr, data } => {
+                write!(f, "a {}-byte read of MMIO address {addr:#x}", data.len())
+            }
+            VcpuExit::MmioWrite { addr, data } => {
+                write!(f, "a {}-byte write to MMIO address {addr:#x}", data.len())
+            }
+            VcpuExit::Hlt => f.write_str("hlt"),
+            VcpuExit::Shutdown => f.write_str("a shutdown (triple fault)"),
+            VcpuExit::SystemEvent { kind, .. } => write!(f, "a system event ({kind:?})"),
+            VcpuExit::Debug(d) => {
+                write!(f, "a debug event (vector {}) at {:#x}", d.exception, d.pc)
+            }
+            VcpuExit::InternalError { suberror, .. } => match internal_error_name(*suberror) {
+                Some(name) => write!(f, "internal error {suberror} ({name})"),
+                None => write!(f, "internal error {suberror}"),
+            },
+            VcpuExit::FailEntry { reason, cpu } => write!(
+                f,
+                "a failed entry (hardware reason {reason:#x}, host CPU {cpu})"
+            ),
+            VcpuExit::Kicked => f.write_str("a kick"),
+            VcpuExit::Interrupted => f.write_str("a signal"),
+            VcpuExit::DirtyRingFull => f.write_str("a full dirty ring"),
+            VcpuExit::Unknown { code } => write!(f, "an unknown exit (code {code})"),
+        }
+    }
+}
+
 /// The system-wide event a guest asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -358,6 +420,29 @@ pub trait Vcpu: Send {
             "guest debugging",
             "this hypervisor backend cannot single-step or set breakpoints \
              (Capabilities::guest_debug is false)",
+        )
+    }
+
+    /// Reads guest memory at the linear (guest-virtual) address `gva` as this vCPU sees it
+    /// now, through its page tables, into `buf`, and returns how many bytes it read: fewer
+    /// than `buf.len()` where the range reaches an unmapped page or an address without
+    /// guest RAM. For small reads, such as the instruction bytes at `rip`. The default
+    /// method: [`VcpuError::Unsupported`].
+    ///
+    /// ```no_run
+    /// # fn f(vcpu: &dyn vmkit::Vcpu) -> Result<(), vmkit::VcpuError> {
+    /// let rip = vcpu.regs()?.rip;
+    /// let mut code = [0u8; 15];
+    /// let n = vcpu.read_virtual(vcpu.sregs()?.cs.base.wrapping_add(rip), &mut code)?;
+    /// println!("{:02x?}", &code[..n]);
+    /// # Ok(()) }
+    /// ```
+    fn read_virtual(&self, gva: u64, buf: &mut [u8]) -> Result<usize, VcpuError> {
+        let _ = (gva, buf);
+        unsupported(
+            self.id(),
+            "reading guest-virtual memory",
+            "this backend does not translate guest addresses",
         )
     }
 

@@ -27,6 +27,51 @@ fn executing_from_mmio_is_an_internal_error() {
 }
 
 #[test]
+fn an_emulation_failure_stops_the_runner_with_rip_and_bytes() {
+    use vmkit::runner::{self, ExitAction, RunnerError, StopReason, VmRunner};
+    use vmkit_guests::snippets::{MMIO_X87_LOAD, MMIO_X87_LOAD_FLD};
+
+    let hv = hypervisor();
+    // An x87 load from MMIO: KVM's emulator has no such instruction.
+    let t = long_mode_vm(hv.as_ref(), MMIO_X87_LOAD);
+    let handler = runner::from_fn(|_, exit| ExitAction::unhandled(exit));
+    let mut finished = VmRunner::start(vec![t.vcpu], handler)
+        .unwrap()
+        .join_timeout(common::guest::GIVE_UP)
+        .unwrap();
+    let err = finished.pop().unwrap().outcome.unwrap_err();
+    let RunnerError::GuestStopped { vcpu: 0, stop, .. } = &err else {
+        panic!("the emulation failure should stop the guest: {err:?}");
+    };
+    assert!(matches!(
+        stop.reason,
+        StopReason::InternalError { suberror: 1, .. }
+    ));
+    let rip = common::CODE_ADDR + MMIO_X87_LOAD_FLD;
+    assert_eq!(stop.rip, Some(rip));
+    let fld = &MMIO_X87_LOAD[usize::try_from(MMIO_X87_LOAD_FLD).unwrap()..];
+    assert!(
+        stop.bytes.starts_with(fld),
+        "the bytes at rip: {:02x?}",
+        stop.bytes
+    );
+    let message = err.to_string();
+    let bytes: Vec<String> = fld.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        message.starts_with(&format!(
+            "vCPU 0 stopped: the hypervisor could not emulate the instruction at rip {rip:#x} \
+             (bytes {}",
+            bytes.join(" ")
+        )),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(": internal error 1 (emulation failure)"),
+        "{message}"
+    );
+}
+
+#[test]
 fn interrupt_calls_without_an_irqchip_say_so() {
     let hv = hypervisor();
     let hv = hv.as_ref();

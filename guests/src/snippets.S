@@ -91,6 +91,17 @@ snippet triple_fault
         .word   0
         .quad   0
 
+/// Loads an x87 double from [`MMIO_BASE`] (through `rbx`) with `fldl`, then
+/// halts. The one snippet meant to fail: KVM's instruction emulator has no
+/// x87 loads, so the MMIO access ends in an emulation failure (internal error
+/// 1) at the `fldl`.
+snippet mmio_x87_load
+        mov     $MMIO_BASE, %ebx
+/// The offset of [`MMIO_X87_LOAD`]'s `fldl`.
+mmio_x87_load_fld:
+        fldl    (%rbx)
+        hlt
+
 /// `nop`, then `inc %rax` twice, then `hlt`: four instructions at known
 /// offsets for single-stepping and breakpoints. Adds 2 to `rax`.
 snippet nop_inc_inc_hlt

@@ -239,6 +239,37 @@ impl Vcpu for KvmVcpu {
             .map_err(self.os("KVM_SET_REGS"))
     }
 
+    fn read_virtual(&self, gva: u64, buf: &mut [u8]) -> Result<usize, VcpuError> {
+        use vm_memory::{Bytes, GuestAddress};
+        const PAGE: u64 = 4096;
+        let memory = self.vm.regions().memory();
+        let mut done = 0;
+        while done < buf.len() {
+            let addr = gva.wrapping_add(done as u64);
+            let translation = self
+                .fd
+                .translate_gva(addr)
+                .map_err(self.os("KVM_TRANSLATE"))?;
+            if translation.valid == 0 {
+                break;
+            }
+            // One page at a time: the next one may map elsewhere, or nowhere.
+            let in_page = usize::try_from(PAGE - addr % PAGE).unwrap_or(usize::MAX);
+            let end = done.saturating_add(in_page).min(buf.len());
+            let Some(chunk) = buf.get_mut(done..end) else {
+                break;
+            };
+            if memory
+                .read_slice(chunk, GuestAddress(translation.physical_address))
+                .is_err()
+            {
+                break;
+            }
+            done = end;
+        }
+        Ok(done)
+    }
+
     fn sregs(&self) -> Result<SpecialRegs, VcpuError> {
         self.fd
             .get_sregs()

@@ -39,7 +39,7 @@ pub(crate) struct VmShared {
 }
 
 impl VmShared {
-    fn regions(&self) -> MutexGuard<'_, RegionTable> {
+    pub(super) fn regions(&self) -> MutexGuard<'_, RegionTable> {
         // The table is consistent at every unlock (it changes only after the ioctl succeeded),
         // so a panic elsewhere while holding the lock leaves nothing half done.
         lock(&self.regions)

@@ -3,6 +3,7 @@
 use std::error::Error;
 use std::time::Duration;
 
+use super::GuestStop;
 use crate::vcpu::VcpuError;
 
 /// Errors of a [`VmRunner`](super::VmRunner) and its [`VcpuHandle`](super::VcpuHandle)s, each
@@ -29,12 +30,27 @@ pub enum RunnerError {
         source: VcpuError,
     },
     /// The exit handler returned [`ExitAction::Fail`](super::ExitAction::Fail); the VM was
-    /// stopped.
+    /// stopped. (On an exit after which the guest cannot go on, the error is
+    /// [`GuestStopped`](RunnerError::GuestStopped) instead.)
     #[error("the exit handler failed on vCPU {vcpu}")]
     Handler {
         /// The vCPU.
         vcpu: u32,
         /// The handler's error.
+        #[source]
+        source: Box<dyn Error + Send + Sync>,
+    },
+    /// The exit handler returned [`ExitAction::Fail`](super::ExitAction::Fail) on an exit
+    /// after which the guest cannot go on (an internal error of the hypervisor, a failed
+    /// entry, a triple fault); the VM was stopped. `stop` says what happened in words, with
+    /// the guest's `rip` and the instruction bytes there when they could be read.
+    #[error("vCPU {vcpu} stopped: {stop}")]
+    GuestStopped {
+        /// The vCPU.
+        vcpu: u32,
+        /// What happened, and where.
+        stop: Box<GuestStop>,
+        /// The handler's error (e.g. an [`UnhandledExit`](super::UnhandledExit)).
         #[source]
         source: Box<dyn Error + Send + Sync>,
     },

@@ -21,7 +21,9 @@
 //!   [`RunnerError`], and the vCPUs themselves.
 //!
 //! A vCPU thread whose `run()` fails, whose handler fails or panics stops the whole VM, and
-//! its error names it; the other vCPUs end as [`VcpuOutcome::Stopped`], so nothing waits for
+//! its error names it; when the handler fails on an exit that means the guest cannot go on
+//! (an internal error of the hypervisor, a failed entry, a triple fault), the error says so
+//! in words, with the guest's `rip` and instruction bytes ([`RunnerError::GuestStopped`]); the other vCPUs end as [`VcpuOutcome::Stopped`], so nothing waits for
 //! a vCPU that is gone. With [`RunnerOptions::command_timeout`] a command to a vCPU stuck in
 //! a handler fails instead of waiting for ever; [`VmRunner::join_timeout`] bounds the join.
 //!
@@ -79,6 +81,7 @@
 
 mod error;
 mod handler;
+mod stop;
 mod thread;
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -88,6 +91,7 @@ use std::time::{Duration, Instant};
 
 pub use error::RunnerError;
 pub use handler::{from_fn, ExitAction, ExitHandler, UnhandledExit};
+pub use stop::{GuestStop, StopReason};
 
 #[cfg(target_arch = "x86_64")]
 use crate::snapshot::{self, Features, VcpuState};

@@ -5,7 +5,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
-use super::{Command, ExitAction, Finished, RunnerError, Shared, VcpuOutcome};
+use super::{
+    Command, ExitAction, Finished, GuestStop, RunnerError, Shared, StopReason, VcpuOutcome,
+};
 use crate::vcpu::{Vcpu, VcpuExit};
 
 /// What a vCPU thread hands back: the vCPU (unless the thread panicked) and how it ended.
@@ -184,7 +186,17 @@ fn vcpu_loop(
                 shared.stop_all();
                 return Ok(VcpuOutcome::Reset);
             }
-            ExitAction::Fail(source) => return Err(RunnerError::Handler { vcpu: id, source }),
+            ExitAction::Fail(source) => {
+                return Err(match StopReason::of(&exit) {
+                    // The exit is done with: the vCPU's state can be read.
+                    Some(reason) => RunnerError::GuestStopped {
+                        vcpu: id,
+                        stop: Box::new(GuestStop::read(vcpu, reason)),
+                        source,
+                    },
+                    None => RunnerError::Handler { vcpu: id, source },
+                });
+            }
         }
     }
 }

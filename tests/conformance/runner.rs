@@ -7,15 +7,19 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use vmkit::runner::{self, ExitAction, RunnerError, RunnerOptions, VcpuOutcome, VmRunner};
+use vmkit::runner::{
+    self, ExitAction, RunnerError, RunnerOptions, StopReason, VcpuOutcome, VmRunner,
+};
 use vmkit::snapshot::{self, Features};
-use vmkit::{Hypervisor, VcpuExit, VmConfig};
+use vmkit::vm_memory::{Bytes, GuestAddress};
+use vmkit::{Hypervisor, HypervisorKind, VcpuExit, VmConfig};
 
 use crate::common;
 use crate::common::guest::GIVE_UP;
 use crate::pause::{counting, totals, vm_running, wait_all_ran};
 // SPIN: `jmp` to itself. PIO_LOOP: `out` to BYTE_REPORT_PORT and back, forever.
-use vmkit_guests::snippets::{PIO_LOOP, SPIN};
+// TRIPLE_FAULT: an empty IDT, then ud2.
+use vmkit_guests::snippets::{PIO_LOOP, SPIN, TRIPLE_FAULT};
 
 fn options() -> RunnerOptions {
     RunnerOptions::default().command_timeout(GIVE_UP)
@@ -171,6 +175,54 @@ pub fn a_failing_handler_stops_the_vm_and_names_its_vcpu(hv: &dyn Hypervisor) {
     }
 }
 
+pub fn a_triple_fault_is_reported_with_rip_and_code(hv: &dyn Hypervisor) {
+    // lidt of an empty IDT, then ud2: the #UD cannot be delivered, the vCPU shuts down.
+    let code = TRIPLE_FAULT;
+    let (vm, vcpus) = vm_running(hv, 1, code);
+    let handler = runner::from_fn(|_, exit| ExitAction::unhandled(exit));
+    let running = VmRunner::start_with(vcpus, handler, options()).unwrap();
+    let (stop, source) = match outcomes(running).pop().unwrap() {
+        Err(RunnerError::GuestStopped {
+            vcpu: 0,
+            stop,
+            source,
+        }) => (stop, source),
+        other => panic!("the triple fault should stop the guest: {other:?}"),
+    };
+    assert_eq!(stop.reason, StopReason::Shutdown);
+    assert!(source.to_string().contains("Shutdown"), "{source}");
+    // The fault is the ud2's, which did not complete.
+    let ud2 = code.windows(2).position(|w| w == [0x0f, 0x0b]).unwrap();
+    let rip = common::CODE_ADDR + u64::try_from(ud2).unwrap();
+    assert_eq!(stop.rip, Some(rip));
+    // The bytes are the guest's own at rip (identity-mapped), when the backend reads them.
+    if hv.kind() == HypervisorKind::Kvm || !stop.bytes.is_empty() {
+        let mut memory = vec![0u8; stop.bytes.len().max(2)];
+        vm.memory()
+            .read_slice(&mut memory, GuestAddress(rip))
+            .unwrap();
+        assert_eq!(stop.bytes, memory);
+        assert_eq!(
+            stop.bytes.len(),
+            15,
+            "a full instruction's worth: {:02x?}",
+            stop.bytes
+        );
+    }
+    let message = RunnerError::GuestStopped {
+        vcpu: 0,
+        stop,
+        source,
+    }
+    .to_string();
+    assert!(
+        message.starts_with(&format!(
+            "vCPU 0 stopped: the guest triple-faulted at rip {rip:#x}"
+        )),
+        "{message}"
+    );
+}
+
 pub fn a_panicking_handler_stops_the_vm(hv: &dyn Hypervisor) {
     let (_vm, vcpus) = vm_running(hv, 3, PIO_LOOP);
     let handler = runner::from_fn(|id, _| {
@@ -272,6 +324,7 @@ crate::scenarios![
     a_runner_started_paused_runs_nothing_until_resumed,
     paused_vcpus_save_and_restore_their_state => crate::vcpu_events,
     a_failing_handler_stops_the_vm_and_names_its_vcpu,
+    a_triple_fault_is_reported_with_rip_and_code,
     a_panicking_handler_stops_the_vm,
     power_off_and_halt_end_the_vm,
     a_command_to_a_stuck_handler_times_out,

@@ -29,6 +29,7 @@
 //! ```
 
 use crate::mode::{ModeError, Network, NetworkMode};
+use crate::owners::Leftover;
 use crate::tap::{Tap, TapError};
 
 /// Where a VM's TAP goes.
@@ -183,6 +184,12 @@ impl Attachment {
     /// The bridge, or `None` for a lone TAP.
     pub fn bridge(&self) -> Option<&str> {
         self.network.as_ref().map(Network::bridge)
+    }
+
+    /// Whether the network was found left behind by processes that no longer exist and
+    /// taken over ([`Network::leftover`]); a VMM tells its user.
+    pub fn leftover(&self) -> Option<&Leftover> {
+        self.network.as_ref().and_then(Network::leftover)
     }
 
     /// The TAP's name.

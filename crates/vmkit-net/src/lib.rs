@@ -9,6 +9,8 @@
 //! - [`Attachment`] ([`attach`]): a VM's TAP in a network for the VM's
 //!   lifetime (a lone TAP, or one of the modes above): set up and attached
 //!   together, detached and torn down (by the last VM out) together.
+//!   A network left behind by a VMM that was killed is recognized and taken over
+//!   ([`Leftover`], [`owners`]).
 //!   [`TapMode`], [`NetworkMode`] and MAC addresses ([`parse_mac`]) have
 //!   text forms for command lines ([`parse`]).
 //! - [`NetWorker`] ([`worker`]): the thread that serves a virtio-net
@@ -66,6 +68,7 @@ pub mod attach;
 pub mod mode;
 pub mod netlink;
 pub mod nft;
+pub mod owners;
 pub mod parse;
 mod sysctl;
 pub mod tap;
@@ -73,6 +76,7 @@ pub mod worker;
 
 pub use attach::{AttachError, Attachment, Closed, Departure, TapMode};
 pub use mode::{ModeError, NatConfig, Network, NetworkMode, NetworkRecord, Port};
+pub use owners::Leftover;
 pub use parse::{parse_mac, ParseError};
 pub use tap::{Tap, TapError, TapOptions};
 pub use vmkit_virtio::net::NetBackend;

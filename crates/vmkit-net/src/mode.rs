@@ -20,6 +20,11 @@
 //! without vmkit's alias, links it did not enslave, other nftables tables,
 //! a forwarding setting that was already on.
 //!
+//! Each setup of an isolated or NAT network records its process as an owner (see
+//! [`owners`](crate::owners)). A setup that finds vmkit's bridge with no ports and only
+//! owners that no longer exist (a VMM killed before its teardown) takes it over and says
+//! so: [`Network::leftover`]. Its teardown then removes the network as usual.
+//!
 //! Several processes may set up the same network at once (VMs starting
 //! together): one creates the bridge, the others wait for it to carry
 //! vmkit's alias and join it. A teardown is not ordered against another
@@ -37,6 +42,7 @@ use std::net::Ipv4Addr;
 
 use crate::netlink::{Link, NetlinkError, Rtnl};
 use crate::nft::{self, NftError};
+use crate::owners::{Leftover, OwnerRecord};
 use crate::sysctl;
 use crate::tap::MAX_IFNAME_LEN;
 
@@ -169,6 +175,44 @@ fn wait_for_label(rtnl: &mut Rtnl, name: &str, alias: &str) -> Result<Link, Mode
     }
 }
 
+/// Whether vmkit's bridge `br`, found by a setup (`found`; not created by it), was left
+/// behind: no ports, and no owner but `me` that still runs. Removes the records of owners
+/// that are gone, whatever the answer.
+fn left_behind(
+    rtnl: &mut Rtnl,
+    br: &Link,
+    me: &OwnerRecord,
+    found: bool,
+) -> Result<Option<Leftover>, ModeError> {
+    let owners_error = |source| ModeError::Owners {
+        path: me.path().display().to_string(),
+        source,
+    };
+    let (live, gone): (Vec<_>, Vec<_>) = me
+        .others()
+        .map_err(owners_error)?
+        .into_iter()
+        .partition(|(process, _)| process.is_running());
+    for (_, path) in &gone {
+        // Best effort: another setup may be pruning the same record.
+        let _ = std::fs::remove_file(path);
+    }
+    if !found || !live.is_empty() {
+        return Ok(None);
+    }
+    if rtnl.links()?.iter().any(|l| l.master == Some(br.index)) {
+        // Someone's port is on it: not ours to call abandoned.
+        return Ok(None);
+    }
+    let mut owners: Vec<_> = gone.into_iter().map(|(process, _)| process).collect();
+    owners.sort_by_key(|p| (p.pid, p.start_time));
+    owners.dedup();
+    Ok(Some(Leftover {
+        bridge: br.name.clone(),
+        owners,
+    }))
+}
+
 /// Errors of the network modes.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -235,6 +279,16 @@ pub enum ModeError {
     /// An nftables operation failed.
     #[error(transparent)]
     Nft(#[from] NftError),
+    /// This process could not be recorded as an owner of the network, or the other owners
+    /// could not be read (see [`owners`](crate::owners)).
+    #[error("cannot keep the owner records of the network in {path}")]
+    Owners {
+        /// The record or its directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A sysctl could not be read or written.
     #[error("sysctl {path}")]
     Sysctl {
@@ -320,11 +374,17 @@ fn validate(mode: &NetworkMode) -> Result<(), ModeError> {
 #[derive(Debug)]
 pub struct Network {
     record: NetworkRecord,
+    /// This network's owner record, for vmkit-made bridges set up by this process.
+    owner: Option<OwnerRecord>,
+    /// The network as setup found it, if it was left behind by processes that are gone.
+    leftover: Option<Leftover>,
 }
 
 impl Network {
     /// Puts the mode in place (idempotently); see the module documentation.
-    /// On failure, whatever this call created is removed again.
+    /// On failure, whatever this call created is removed again. The isolated
+    /// and NAT modes write an owner record under `/run/vmkit-net` (see
+    /// [`owners`](crate::owners)), so they need write access there.
     pub fn setup(mode: NetworkMode) -> Result<Network, ModeError> {
         validate(&mode)?;
         let mut net = Network {
@@ -335,6 +395,8 @@ impl Network {
                 uplink_forwarding_enabled: false,
                 attached: Vec::new(),
             },
+            owner: None,
+            leftover: None,
         };
         let mut rtnl = Rtnl::new()?;
         match net.build(&mut rtnl) {
@@ -351,7 +413,17 @@ impl Network {
     /// a VMM restart. The record is trusted to be what `setup` wrote;
     /// teardown still checks aliases and names before deleting anything.
     pub fn from_record(record: NetworkRecord) -> Network {
-        Network { record }
+        Network {
+            record,
+            owner: None,
+            leftover: None,
+        }
+    }
+
+    /// Whether setup found the network left behind by processes that no longer exist, and
+    /// took it over (see the module documentation); a VMM tells its user.
+    pub fn leftover(&self) -> Option<&Leftover> {
+        self.leftover.as_ref()
     }
 
     /// What was created.
@@ -419,6 +491,14 @@ impl Network {
     fn own_bridge(&mut self, rtnl: &mut Rtnl) -> Result<Link, ModeError> {
         let name = self.record.mode.bridge().to_string();
         let alias = self.record.mode.alias().unwrap_or_default();
+        // Recorded before the bridge is looked for or made: a bridge in use always has a
+        // live owner (see the owners module).
+        let owner = OwnerRecord::create(&name).map_err(|(path, source)| ModeError::Owners {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let owner = &*self.owner.insert(owner);
+        let mut found = true;
         let link = match rtnl.link(&name)? {
             Some(l) if l.is_bridge() && l.alias.as_deref() == Some(alias) => l,
             // Maybe one a concurrent setup of this network has just created and is
@@ -432,6 +512,7 @@ impl Network {
             }
             None => match rtnl.add_bridge(&name) {
                 Ok(()) => {
+                    found = false;
                     self.record.bridge_created = true;
                     let l = rtnl
                         .link(&name)?
@@ -450,6 +531,7 @@ impl Network {
             },
         };
         self.record.bridge_created = true;
+        self.leftover = left_behind(rtnl, &link, owner, found)?;
         // No IPv6 (hence no link-local address) on vmkit's bridges: the
         // isolated mode keeps the host off the segment, the NAT mode is IPv4.
         sysctl::disable_ipv6(&name).map_err(|source| ModeError::Sysctl {
@@ -602,6 +684,10 @@ impl Network {
                     .filter(|n| !self.record.attached.iter().any(|p| p.name == *n))
                     .collect();
                 if !others.is_empty() {
+                    // The others keep the network; this process is no longer an owner.
+                    if let Some(owner) = self.owner.take() {
+                        let _ = owner.remove();
+                    }
                     return Err(ModeError::BridgeBusy {
                         bridge,
                         ports: others,
@@ -646,6 +732,15 @@ impl Network {
                 self.record.bridge_created = false;
             }
             keep(deleted.map_err(ModeError::from));
+        }
+        // This process leaves: its record goes once the bridge is gone (or left to others).
+        if first_error.is_none() {
+            if let Some(owner) = self.owner.take() {
+                let path = owner.path().display().to_string();
+                if let Err(source) = owner.remove() {
+                    first_error = Some(ModeError::Owners { path, source });
+                }
+            }
         }
         first_error.map_or(Ok(()), Err)
     }

@@ -121,7 +121,7 @@ where
         }
         KernelImage::BzImage(bz) => {
             let footprint = bz.footprint();
-            fits(memory, footprint.clone(), || {
+            fits(memory, footprint.clone(), footprint.clone(), || {
                 let runtime = footprint.end - u64::from(bz.header.init_size);
                 format!(
                     "{} bytes of image at {:#x}, then {} bytes (init_size) to decompress \
@@ -147,13 +147,13 @@ where
     }
 }
 
-/// Checks that every segment of `elf` lies in RAM of `memory` above 1 MiB, `.bss` included.
+/// Checks that every segment of `elf` lies in RAM of `memory` above 1 MiB, `.bss` included;
+/// a refusal states the range all the segments span.
 pub(super) fn check_fits<M: GuestMemoryBackend>(
     memory: &M,
     elf: &ElfImage,
 ) -> Result<(), LinuxBootError> {
     for segment in &elf.segments {
-        let range = segment.paddr..segment.paddr + segment.memsz;
         if segment.paddr < HIGH_RAM_START {
             return Err(LinuxBootError::InvalidElf {
                 reason: format!(
@@ -162,20 +162,27 @@ pub(super) fn check_fits<M: GuestMemoryBackend>(
                 ),
             });
         }
-        fits(memory, range, || {
+    }
+    for segment in &elf.segments {
+        let range = segment.paddr..segment.paddr + segment.memsz;
+        fits(memory, range, elf.footprint(), || {
+            let bytes = elf.segments.iter().map(|s| s.memsz);
             format!(
-                "a segment of {} bytes, {} of them from the file",
-                segment.memsz, segment.filesz
+                "{} loadable segment(s), {} bytes in memory",
+                elf.segments.len(),
+                bytes.fold(0u64, u64::saturating_add)
             )
         })?;
     }
     Ok(())
 }
 
-/// Checks that `range` is contiguous RAM of `memory`.
+/// Checks that `range` is contiguous RAM of `memory`; a refusal states `needs`, the whole
+/// range the kernel needs.
 fn fits<M: GuestMemoryBackend>(
     memory: &M,
     range: Range<u64>,
+    needs: Range<u64>,
     detail: impl FnOnce() -> String,
 ) -> Result<(), LinuxBootError> {
     let in_ram = usize::try_from(range.end - range.start)
@@ -187,13 +194,13 @@ fn fits<M: GuestMemoryBackend>(
     // none holds it).
     let ram_end = memory
         .iter()
-        .filter(|region| region.start_addr().0 <= range.start)
+        .filter(|region| region.start_addr().0 <= needs.start)
         .map(|region| region.start_addr().0.saturating_add(region.len()))
         .max()
         .unwrap_or(0);
     Err(LinuxBootError::KernelDoesNotFit {
-        start: range.start,
-        end: range.end,
+        start: needs.start,
+        end: needs.end,
         detail: detail(),
         ram_end,
     })
@@ -382,8 +389,8 @@ mod tests {
         let err = load_kernel(&ram(20 << 20), &mut Cursor::new(&image)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the kernel does not fit in guest RAM: it needs 0x1000000..0x1800000 (a segment of \
-             8388608 bytes, 2048 of them from the file), but the RAM there ends at 0x1400000"
+            "the kernel does not fit in guest RAM: it needs 0x1000000..0x1800000 (1 loadable \
+             segment(s), 8388608 bytes in memory), but the RAM there ends at 0x1400000"
         );
         let kernel = load_kernel(&ram(24 << 20), &mut Cursor::new(&image)).unwrap();
         assert_eq!(kernel.kernel_end, 0x180_0000);

@@ -93,8 +93,9 @@ const BZIMAGE_STARTUP_64: u64 = 0x200;
 /// for (a vmlinux's physical segment addresses; a bzImage at 1 MiB).
 ///
 /// The image's headers are checked against its length first ([`inspect`]), and the memory
-/// the kernel needs against `memory` ([`check_fits`]). The image is read from its start
-/// whatever the file position.
+/// the kernel needs against `memory` (every segment of a vmlinux; a bzImage's image and the
+/// `init_size` bytes it decompresses into). The image is read from its start whatever the
+/// file position.
 pub fn load_kernel<M, F>(memory: &M, image: &mut F) -> Result<LoadedKernel, LinuxBootError>
 where
     M: GuestMemoryBackend,

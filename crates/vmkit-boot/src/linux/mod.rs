@@ -9,6 +9,12 @@
 //! - a `bzImage`, loaded at 1 MiB and entered at its 64-bit entry with a zero page that
 //!   carries its setup header (the kernel decompresses itself first).
 //!
+//! A kernel file is untrusted: before anything is loaded, [`image::inspect`] checks its headers
+//! against its length (a truncated bzImage, or a program header past the end of a vmlinux, is
+//! refused with the sizes), and the loader checks that the RAM the kernel needs (for a
+//! bzImage, also the `init_size` bytes it decompresses itself into) is in guest memory. An
+//! initrd must be a non-empty regular file that fits above that.
+//!
 //! The machine described to the guest: the RAM of [`layout::ram_ranges`] with an E820 map
 //! that leaves out the legacy area and the 32-bit MMIO hole ([`layout::e820_map`]), the
 //! command line, the initrd at the top of low RAM, ACPI tables ([`acpi`]: the vCPUs, the

@@ -100,9 +100,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(path: &PathBuf, what: &str) -> Result<File, Box<dyn Error>> {
+/// Opens the file of `flag`.
+fn open(path: &PathBuf, flag: &str) -> Result<File, Box<dyn Error>> {
     File::open(path)
-        .map_err(|err| format!("cannot open the {what} {}: {err}", path.display()).into())
+        .map_err(|err| format!("{flag} {}: cannot open it: {err}", path.display()).into())
 }
 
 fn run() -> Result<(), Box<dyn Error>> {
@@ -120,7 +121,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     }
     let memory = vm.memory();
 
-    let mut kernel_file = open(&options.kernel, "kernel")?;
+    let mut kernel_file = open(&options.kernel, "--kernel")?;
     let kernel = if options.map_kernel {
         linux::load_kernel_file(&memory, &kernel_file)
     } else {
@@ -131,7 +132,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     let initrd = match &options.initrd {
         Some(path) => {
             let low_ram_end = ram_size.min(layout::MMIO_HOLE_START);
-            let mut file = open(path, "initrd")?;
+            let mut file = open(path, "--initrd")?;
             Some(
                 linux::load_initrd(&memory, &mut file, &kernel, low_ram_end)
                     .map_err(|err| options.initrd_error(err))?,

@@ -2,18 +2,21 @@
 //!
 //! ```text
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
-//!     [--cmdline "..."] [--mem MIB] [--vcpus N] [--disk FILE]
+//!     [--cmdline "..."] [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]]
 //!     [--net MODE [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
 //! fastest: nothing to decompress) or a `bzImage`. The VM gets `--mem` MiB of RAM (default
-//! 256), `--vcpus` vCPUs (default 1) and these devices:
+//! 256, at least 16, at most the host's RAM unless `--mem-overcommit` is given), `--vcpus`
+//! vCPUs (default 1) and these devices:
 //!
 //! - a 16550 serial port at `0x3f8` on IRQ 4 (console: add `console=ttyS0`), the i8042 whose
 //!   reset command ends the run (`reboot=k` makes the kernel use it) and a CMOS clock at
 //!   `0x70` (vmkit-devices), with the in-kernel irqchip and PIT;
-//! - with `--disk FILE`, FILE as a virtio-blk disk (`/dev/vda`), and always a virtio-console
+//! - with `--disk FILE`, FILE (a regular file or a block device, whole 512-byte sectors) as
+//!   a virtio-blk disk (`/dev/vda`; `--disk FILE,ro` opens it read-only and the guest sees a
+//!   read-only disk), and always a virtio-console
 //!   (`/dev/hvc0`) whose output goes to stdout, both on virtio-mmio, announced to the kernel
 //!   in the ACPI tables (Debian's kernels do not take `virtio_mmio.device=` arguments);
 //! - with `--net MODE`, a virtio-net card (`eth0`, MAC `--mac`, default `52:54:00:12:34:56`)
@@ -25,7 +28,10 @@
 //!   exit the TAP leaves the bridge and the network is torn down, unless other VMs are
 //!   still on it (the last one out removes it). The guest needs the `virtio_net` driver.
 //!
-//! The default command line is `console=ttyS0 reboot=k panic=-1`. `--exit-stats` prints, at the
+//! The default command line is `console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=-1`
+//! (`earlyprintk` shows the kernel's first lines even when it dies before its console
+//! starts); `--cmdline` takes printable ASCII, at most 4095 bytes and no more than a bzImage's
+//! setup header allows (`cmdline_size`). `--exit-stats` prints, at the
 //! end, how many exits each port and MMIO address caused on each vCPU (to find what a guest
 //! probes). `--map-kernel` maps a vmlinux's pages into guest RAM copy-on-write instead of
 //! copying them (`vmkit_boot::linux::load_kernel_file`): loading is nearly free and VMs booting
@@ -42,10 +48,15 @@
 //! it (`boot_linux: net: network BRIDGE was left behind by process PID, ...`), which takes
 //! it over and tears it down at its own end.
 //!
+//! Every input is checked before the guest starts: the kernel image's headers against the
+//! file's length and the RAM the kernel needs against `--mem` (vmkit-boot), the initrd is a
+//! non-empty regular file that fits, and the flags' values are in range.
+//!
 //! Exit status: 0 once the guest resets the machine (which is how `reboot` and `poweroff`
 //! end on a PC without ACPI when `reboot=k` is set; a panic with `panic=-1` ends the same
 //! way); 130 after SIGINT and 143 after SIGTERM (128 plus the signal's number, as a shell
-//! reports a process the signal killed); 1, with the reason on stderr, on any failure.
+//! reports a process the signal killed); 1, with the reason on stderr (naming the flag or
+//! file and the limit), on any failure.
 //!
 //! Which hosts boot Linux at full speed: any KVM with hardware virtualization. On a software
 //! KVM that emulates ring-0 guest code (like this project's CI host), a distribution kernel
@@ -67,15 +78,19 @@ use vmkit_boot::linux::{self, layout};
 use vmkit_bus::Bus;
 use vmkit_devices::{Cmos, Serial, COM1, COM1_GSI, I8042, SERIAL_PORTS};
 use vmkit_machine::{GsiAllocator, MmioAllocator, MmioWindow, QueueWorker, VirtioMmioWiring};
-use vmkit_net::{Attachment, NetWorker, QueueKicks, TapMode};
+use vmkit_net::{Attachment, NetWorker, QueueKicks};
 use vmkit_virtio::blk::{Block, BlockOptions};
 use vmkit_virtio::console::Console;
-use vmkit_virtio::net::{MacAddr, Net, NetOptions, RXQ, TXQ};
+use vmkit_virtio::net::{Net, NetOptions, RXQ, TXQ};
 
 #[path = "boot_linux/net.rs"]
 mod net;
+#[path = "boot_linux/options.rs"]
+mod options;
 #[path = "boot_linux/signals.rs"]
 mod signals;
+
+use options::CMDLINE_CAPACITY;
 
 /// Where the virtio-mmio devices go, one page each, in the MMIO hole (up to the IOAPIC).
 const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
@@ -84,9 +99,6 @@ const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 const VIRTIO_FIRST_IRQ: u32 = 5;
 /// The last IOAPIC pin.
 const VIRTIO_LAST_IRQ: u32 = 23;
-const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
-/// Room for the command line.
-const CMDLINE_CAPACITY: usize = 4096;
 
 fn main() -> ExitCode {
     match run() {
@@ -99,98 +111,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// What the command line asks for.
-struct Options {
-    kernel: PathBuf,
-    initrd: Option<PathBuf>,
-    cmdline: String,
-    mem_mib: u64,
-    vcpus: u32,
-    disk: Option<PathBuf>,
-    net: Option<TapMode>,
-    tap: String,
-    mac: MacAddr,
-    exit_stats: bool,
-    map_kernel: bool,
-    split_rings: bool,
-}
-
-fn options() -> Result<Options, Box<dyn Error>> {
-    const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmdline STRING] \
-                         [--mem MIB] [--vcpus N] [--disk FILE] \
-                         [--net tap|isolated:BRIDGE|bridged:BRIDGE|nat:BRIDGE:GATEWAY/PREFIX:UPLINK \
-                         [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings]";
-    let mut args = std::env::args().skip(1);
-    let mut kernel = None;
-    let mut options = Options {
-        kernel: PathBuf::new(),
-        initrd: None,
-        cmdline: DEFAULT_CMDLINE.to_owned(),
-        mem_mib: 256,
-        vcpus: 1,
-        disk: None,
-        net: None,
-        tap: "vmktap%d".to_owned(),
-        mac: NetOptions::default().mac,
-        exit_stats: false,
-        map_kernel: false,
-        split_rings: false,
-    };
-    while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .ok_or_else(|| format!("{arg} needs a value; {USAGE}"))
-        };
-        match arg.as_str() {
-            "--kernel" => kernel = Some(PathBuf::from(value()?)),
-            "--initrd" => options.initrd = Some(value()?.into()),
-            "--cmdline" => options.cmdline = value()?,
-            "--disk" => options.disk = Some(value()?.into()),
-            "--net" => {
-                let mode = value()?.parse().map_err(|err| format!("--net: {err}"))?;
-                options.net = Some(mode);
-            }
-            "--tap" => options.tap = value()?,
-            "--mac" => {
-                let mac = vmkit_net::parse_mac(&value()?).map_err(|err| format!("--mac: {err}"))?;
-                options.mac = mac;
-            }
-            "--mem" => {
-                let text = value()?;
-                options.mem_mib = text
-                    .parse()
-                    .map_err(|_| format!("--mem takes a size in MiB, not {text:?}"))?;
-            }
-            "--vcpus" => {
-                let text = value()?;
-                options.vcpus = text
-                    .parse()
-                    .ok()
-                    .filter(|&n| (1..=linux::mptable::MAX_VCPUS).contains(&n))
-                    .ok_or_else(|| {
-                        format!(
-                            "--vcpus takes a number from 1 to {}, not {text:?}",
-                            linux::mptable::MAX_VCPUS
-                        )
-                    })?;
-            }
-            "--exit-stats" => options.exit_stats = true,
-            "--map-kernel" => options.map_kernel = true,
-            "--split-rings" => options.split_rings = true,
-            "--help" | "-h" => return Err(USAGE.into()),
-            other => return Err(format!("unexpected argument {other:?}; {USAGE}").into()),
-        }
-    }
-    options.kernel = kernel.ok_or(USAGE)?;
-    Ok(options)
-}
-
-fn open(path: &PathBuf, what: &str, write: bool) -> Result<File, Box<dyn Error>> {
-    File::options()
-        .read(true)
-        .write(write)
-        .open(path)
-        .map_err(|err| format!("cannot open the {what} {}: {err}", path.display()).into())
+/// Opens the file of `flag`.
+fn open(path: &PathBuf, flag: &str) -> Result<File, Box<dyn Error>> {
+    File::open(path)
+        .map_err(|err| format!("{flag} {}: cannot open it: {err}", path.display()).into())
 }
 
 /// How a run ended without failing.
@@ -202,16 +126,15 @@ enum Ending {
 }
 
 fn run() -> Result<Ending, Box<dyn Error>> {
-    let options = options()?;
+    let options = options::from_env()?;
     // First in, last out: a signal during the teardown at the end is caught too, so the
     // teardown is never cut short.
     let interrupts = signals::Interrupts::catch()
         .map_err(|err| format!("cannot catch SIGINT and SIGTERM: {err}"))?;
     let vcpus = options.vcpus;
-    let ram_size = options
-        .mem_mib
-        .checked_mul(1 << 20)
-        .ok_or("--mem is too large")?;
+    let ram_size = options.ram_size();
+    // Every input file is checked before the VM is made.
+    let disk = options.disk.as_ref().map(options::open_disk).transpose()?;
     let hypervisor = vmkit::open()?;
     let config = VmConfig::default().max_vcpus(vcpus).irqchip(true).pit(true);
     let vm = hypervisor.create_vm(&config)?;
@@ -221,22 +144,22 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     }
     let memory = vm.memory();
 
-    let mut kernel_file = open(&options.kernel, "kernel", false)?;
+    let mut kernel_file = open(&options.kernel, "--kernel")?;
     let kernel = if options.map_kernel {
-        linux::load_kernel_file(&memory, &kernel_file)?
+        linux::load_kernel_file(&memory, &kernel_file)
     } else {
-        linux::load_kernel(&memory, &mut kernel_file)?
-    };
+        linux::load_kernel(&memory, &mut kernel_file)
+    }
+    .map_err(|err| options.kernel_error(err))?;
+    options.check_cmdline_for_kernel(kernel.cmdline_max())?;
     let initrd = match &options.initrd {
         Some(path) => {
             let low_ram_end = ram_size.min(layout::MMIO_HOLE_START);
-            let mut file = open(path, "initrd", false)?;
-            Some(linux::load_initrd(
-                &memory,
-                &mut file,
-                &kernel,
-                low_ram_end,
-            )?)
+            let mut file = open(path, "--initrd")?;
+            Some(
+                linux::load_initrd(&memory, &mut file, &kernel, low_ram_end)
+                    .map_err(|err| options.initrd_error(err))?,
+            )
         }
         None => None,
     };
@@ -263,8 +186,12 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     // The disk's request queue notifies through an ioeventfd, served by a device thread, so
     // the guest's requests neither exit to nor wait on a vCPU thread.
     let mut _disk_worker = None;
-    if let Some(path) = &options.disk {
-        let block = Block::new(open(path, "disk", true)?, BlockOptions::default())?;
+    if let (Some((file, size)), Some(arg)) = (disk, &options.disk) {
+        let block_options = BlockOptions {
+            read_only: arg.read_only,
+            ..BlockOptions::default()
+        };
+        let block = Block::with_backend(file, size, block_options)?;
         let mut disk = virtio.attach(vm.as_ref(), &mut bus, block, &[0])?;
         virtio_mmio.push(announce(disk.window, disk.gsi)?);
         let notifiers = std::mem::take(&mut disk.notifiers);

@@ -164,3 +164,49 @@ for packed in (False, True):
 # Queue 0 saved in the other layout than the features say, and raw queue values.
 save("mmio_restore", "layout_mismatch", [1 | 8, 0, 0, 0], image(0x100))
 save("mmio_restore", "packed_raw_positions", [1, 0x40, 0, 1, 3, 0, 0, 2, 1, 1, 1, 0], image(0x100))
+
+# kernel_image: the file as is (no header byte). A minimal bzImage (boot protocol 2.15,
+# 4 setup sectors, 4 KiB of kernel) and ELF vmlinux (one PT_LOAD at 16 MiB and a PVH note),
+# each whole and truncated.
+def save_file(target, name, img):
+    """Saves `img` whole: a kernel file's length matters, so no trailing zero is dropped."""
+    os.makedirs(f"corpus/{target}", exist_ok=True)
+    with open(f"corpus/{target}/{name}", "wb") as f:
+        f.write(bytes(img))
+
+
+def bzimage(syssize=256, total=5 * 512 + 4096, init_size=0x400000):
+    img = bytearray(max(total, 0x26C))
+    img[0x1F1] = 4
+    struct.pack_into("<I", img, 0x1F4, syssize)
+    struct.pack_into("<H", img, 0x1FE, 0xAA55)
+    img[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", img, 0x206, 0x020F)
+    img[0x211] = 1
+    struct.pack_into("<I", img, 0x214, 0x100000)
+    struct.pack_into("<IBBH", img, 0x230, 0x200000, 1, 0, 0x7F)
+    struct.pack_into("<I", img, 0x238, 2047)
+    struct.pack_into("<QI", img, 0x258, 0x1000000, init_size)
+    return img[:total]
+
+
+def vmlinux(filesz=0x800, total=0x1800):
+    img = bytearray(max(total, 64 + 2 * 56))
+    img[0:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<HHI", img, 16, 2, 62, 1)
+    struct.pack_into("<QQ", img, 24, 0x1000000, 64)
+    struct.pack_into("<HH", img, 54, 56, 2)
+    struct.pack_into("<IIQQQQQ", img, 64, 1, 7, 0x1000, 0xFFFFFFFF81000000, 0x1000000,
+                     filesz, 0x2000)
+    # Note: namesz 4, descsz 4, type 18 ("Xen\0", entry).
+    note = struct.pack("<III4sI", 4, 4, 18, b"Xen\0", 0x1000100)
+    struct.pack_into("<IIQQQQQ", img, 120, 4, 4, 0x1800 - len(note), 0, 0, len(note), len(note))
+    img[0x1800 - len(note):0x1800] = note
+    return img[:total]
+
+
+save_file("kernel_image", "bzimage", bzimage())
+save_file("kernel_image", "bzimage_truncated", bzimage(total=3000))
+save_file("kernel_image", "bzimage_needs_more_ram", bzimage(init_size=0x4000000))
+save_file("kernel_image", "vmlinux_pvh", vmlinux())
+save_file("kernel_image", "vmlinux_truncated", vmlinux(total=0x1400))

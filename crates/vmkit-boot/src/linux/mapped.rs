@@ -16,147 +16,12 @@ use std::os::unix::io::AsRawFd;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::load::{KernelEntry, KernelFormat, LoadedKernel};
+use super::image::ElfImage;
+use super::load::{check_fits, KernelEntry, KernelFormat, LoadedKernel};
 use super::LinuxBootError;
 use vmkit::GuestMemoryMmap;
 
 const PAGE: u64 = 4096;
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
-/// `XEN_ELFNOTE_PHYS32_ENTRY`: the PVH entry point.
-const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
-/// The most program headers accepted (a vmlinux has about six).
-const MAX_PHDRS: u16 = 64;
-/// The largest note segment read.
-const MAX_NOTES: u64 = 1 << 16;
-
-/// What the mapped loader found in the image.
-#[derive(Debug, PartialEq, Eq)]
-struct Segment {
-    offset: u64,
-    paddr: u64,
-    filesz: u64,
-    memsz: u64,
-}
-
-fn invalid(reason: impl Into<String>) -> LinuxBootError {
-    LinuxBootError::InvalidElf {
-        reason: reason.into(),
-    }
-}
-
-fn read_at(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, LinuxBootError> {
-    let mut buf = vec![0; len];
-    file.read_exact_at(&mut buf, offset)
-        .map_err(LinuxBootError::ReadImage)?;
-    Ok(buf)
-}
-
-fn u16_at(bytes: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([bytes[at], bytes[at + 1]])
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    let mut word = [0; 8];
-    word.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(word)
-}
-
-/// Whether `file` starts with the ELF magic.
-pub(super) fn is_elf(file: &File) -> Result<bool, LinuxBootError> {
-    let mut magic = [0; 4];
-    match file.read_exact_at(&mut magic, 0) {
-        Ok(()) => Ok(&magic == b"\x7fELF"),
-        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(err) => Err(LinuxBootError::ReadImage(err)),
-    }
-}
-
-/// The entry point, the loadable segments and the PVH entry of an x86-64 ELF image.
-fn parse(file: &File, file_len: u64) -> Result<(u64, Vec<Segment>, Option<u64>), LinuxBootError> {
-    let ehdr = read_at(file, 0, 64)?;
-    if &ehdr[..4] != b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
-        return Err(invalid("not a little-endian ELF64 image"));
-    }
-    if u16_at(&ehdr, 18) != 62 {
-        return Err(invalid(format!(
-            "machine {} is not x86-64",
-            u16_at(&ehdr, 18)
-        )));
-    }
-    let entry = u64_at(&ehdr, 24);
-    let phoff = u64_at(&ehdr, 32);
-    let phentsize = u16_at(&ehdr, 54);
-    let phnum = u16_at(&ehdr, 56);
-    if phentsize != 56 || phnum == 0 || phnum > MAX_PHDRS {
-        return Err(invalid(format!(
-            "{phnum} program headers of {phentsize} bytes"
-        )));
-    }
-    let phdrs = read_at(file, phoff, usize::from(phnum) * 56)?;
-    let mut segments = Vec::new();
-    let mut pvh = None;
-    for phdr in phdrs.chunks_exact(56) {
-        let (kind, offset, paddr) = (u32_at(phdr, 0), u64_at(phdr, 8), u64_at(phdr, 24));
-        let (filesz, memsz) = (u64_at(phdr, 32), u64_at(phdr, 40));
-        let in_file = offset
-            .checked_add(filesz)
-            .is_some_and(|end| end <= file_len);
-        if !in_file {
-            return Err(invalid(format!(
-                "segment at file offset {offset:#x} ({filesz:#x} bytes) runs past the file"
-            )));
-        }
-        match kind {
-            PT_LOAD if memsz > 0 => {
-                if filesz > memsz || paddr.checked_add(memsz).is_none() {
-                    return Err(invalid(format!(
-                        "segment at {paddr:#x}: file size {filesz:#x}, memory size {memsz:#x}"
-                    )));
-                }
-                segments.push(Segment {
-                    offset,
-                    paddr,
-                    filesz,
-                    memsz,
-                });
-            }
-            PT_NOTE if pvh.is_none() && filesz <= MAX_NOTES => {
-                pvh = pvh_entry(&read_at(file, offset, filesz as usize)?);
-            }
-            _ => {}
-        }
-    }
-    if segments.is_empty() {
-        return Err(invalid("no loadable segment"));
-    }
-    Ok((entry, segments, pvh))
-}
-
-/// The PVH entry from a note segment's bytes, if it holds `XEN_ELFNOTE_PHYS32_ENTRY`.
-fn pvh_entry(notes: &[u8]) -> Option<u64> {
-    let align4 = |n: usize| n.checked_add(3).map(|n| n & !3);
-    let mut at = 0usize;
-    while at.checked_add(12)? <= notes.len() {
-        let namesz = u32_at(notes, at) as usize;
-        let descsz = u32_at(notes, at + 4) as usize;
-        let kind = u32_at(notes, at + 8);
-        let name_start = at + 12;
-        let desc_start = name_start.checked_add(align4(namesz)?)?;
-        let next = desc_start.checked_add(align4(descsz)?)?;
-        let name = notes.get(name_start..name_start.checked_add(namesz)?)?;
-        let desc = notes.get(desc_start..desc_start.checked_add(descsz)?)?;
-        if name == b"Xen\0" && kind == XEN_ELFNOTE_PHYS32_ENTRY && desc.len() >= 4 {
-            return Some(u64::from(u32_at(desc, 0)));
-        }
-        at = next;
-    }
-    None
-}
 
 /// Whether the guest range `[addr, addr + len)` lies in one anonymous, private region of
 /// `memory`, so its pages may be replaced by a private file mapping.
@@ -232,6 +97,13 @@ fn place(
     Ok(mapped)
 }
 
+fn read_at(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, LinuxBootError> {
+    let mut buf = vec![0; len];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(LinuxBootError::ReadImage)?;
+    Ok(buf)
+}
+
 fn copy(
     memory: &GuestMemoryMmap,
     file: &File,
@@ -252,71 +124,33 @@ fn copy(
         })
 }
 
-/// Loads an ELF vmlinux from `file`, mapping rather than copying where it can.
+/// Loads the ELF vmlinux `elf` (as [`inspect`](super::inspect) found it in `file`), mapping
+/// rather than copying where it can.
 ///
 /// Like linux-loader's ELF loader, it expects fresh (zeroed) RAM: the part of a segment past
 /// its file contents (its `.bss`) is not written.
 pub(super) fn load_elf_mapped(
     memory: &GuestMemoryMmap,
     file: &File,
+    elf: &ElfImage,
 ) -> Result<LoadedKernel, LinuxBootError> {
-    let file_len = file.metadata().map_err(LinuxBootError::ReadImage)?.len();
-    let (entry, segments, pvh) = parse(file, file_len)?;
+    check_fits(memory, elf)?;
     let mut kernel_end = 0;
     let mut mapped = 0;
-    for segment in &segments {
-        let in_memory = usize::try_from(segment.memsz).is_ok_and(|len| {
-            GuestMemoryBackend::check_range(memory, GuestAddress(segment.paddr), len)
-        });
-        if !in_memory || segment.paddr < super::layout::HIGH_RAM_START {
-            return Err(invalid(format!(
-                "segment at {:#x} ({:#x} bytes) is not in RAM above 1 MiB",
-                segment.paddr, segment.memsz
-            )));
-        }
+    for segment in &elf.segments {
         mapped += place(memory, file, segment.offset, segment.paddr, segment.filesz)?;
         kernel_end = kernel_end.max(segment.paddr + segment.memsz);
     }
     let kernel = LoadedKernel {
         format: KernelFormat::Elf,
-        entry: match pvh {
+        entry: match elf.pvh_entry {
             Some(pvh) => KernelEntry::Pvh(GuestAddress(pvh)),
-            None => KernelEntry::Linux64(GuestAddress(entry)),
+            None => KernelEntry::Linux64(GuestAddress(elf.entry)),
         },
-        linux64_entry: Some(GuestAddress(entry)),
+        linux64_entry: Some(GuestAddress(elf.entry)),
         kernel_end,
         setup_header: None,
         mapped_bytes: mapped,
     };
     Ok(kernel)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&(desc.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&kind.to_le_bytes());
-        bytes.extend_from_slice(name);
-        bytes.resize(bytes.len().next_multiple_of(4), 0);
-        bytes.extend_from_slice(desc);
-        bytes.resize(bytes.len().next_multiple_of(4), 0);
-        bytes
-    }
-
-    #[test]
-    fn the_pvh_note_is_found_among_others_and_bad_notes_are_ignored() {
-        let mut notes = note(b"GNU\0", 3, &[1, 2, 3, 4, 5]);
-        notes.extend(note(b"Xen\0", 6, b"linux\0"));
-        notes.extend(note(b"Xen\0", 18, &0x0100_0abcu32.to_le_bytes()));
-        assert_eq!(pvh_entry(&notes), Some(0x0100_0abc));
-        assert_eq!(pvh_entry(&notes[..notes.len() - 1]), None);
-        let mut huge = note(b"Xen\0", 18, &[0; 4]);
-        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(pvh_entry(&huge), None);
-        assert_eq!(pvh_entry(&[]), None);
-    }
 }

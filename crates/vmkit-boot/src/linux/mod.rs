@@ -9,6 +9,12 @@
 //! - a `bzImage`, loaded at 1 MiB and entered at its 64-bit entry with a zero page that
 //!   carries its setup header (the kernel decompresses itself first).
 //!
+//! A kernel file is untrusted: before anything is loaded, [`image::inspect`] checks its headers
+//! against its length (a truncated bzImage, or a program header past the end of a vmlinux, is
+//! refused with the sizes), and the loader checks that the RAM the kernel needs (for a
+//! bzImage, also the `init_size` bytes it decompresses itself into) is in guest memory. An
+//! initrd must be a non-empty regular file that fits above that.
+//!
 //! The machine described to the guest: the RAM of [`layout::ram_ranges`] with an E820 map
 //! that leaves out the legacy area and the 32-bit MMIO hole ([`layout::e820_map`]), the
 //! command line, the initrd at the top of low RAM, ACPI tables ([`acpi`]: the vCPUs, the
@@ -51,6 +57,7 @@
 
 pub mod acpi;
 pub mod cpu;
+pub mod image;
 pub mod layout;
 mod load;
 mod mapped;
@@ -62,7 +69,10 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryError};
 
 pub use acpi::{AcpiDevices, SerialPort, VirtioMmioDevice};
 pub use cpu::{configure_vcpu, guest_cpuid};
-pub use load::{load_initrd, load_kernel, Initrd, KernelEntry, KernelFormat, LoadedKernel};
+pub use image::{inspect, ImageError, KernelImage};
+pub use load::{
+    file_kind, load_initrd, load_kernel, Initrd, KernelEntry, KernelFormat, LoadedKernel,
+};
 pub use params::{write_cmdline, write_pvh_start_info, write_zero_page};
 
 use crate::entry::BootError;
@@ -79,6 +89,44 @@ pub enum LinuxBootError {
         /// `source()`: linux-loader's error prints its cause and also returns it, so a chain
         /// through it would print that cause twice.
         error: linux_loader::loader::Error,
+    },
+    /// The image's headers disagree with its file (see [`image::inspect`]).
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The kernel needs guest RAM that `memory` does not have.
+    #[error(
+        "the kernel does not fit in guest RAM: it needs {start:#x}..{end:#x} ({detail}), but \
+         the RAM there ends at {ram_end:#x}"
+    )]
+    KernelDoesNotFit {
+        /// The first byte it needs.
+        start: u64,
+        /// One past the last byte it needs.
+        end: u64,
+        /// What it puts there.
+        detail: String,
+        /// One past the last byte of the RAM that holds `start` (or of the last RAM below it).
+        ram_end: u64,
+    },
+    /// The initrd is a directory, a device or another file that is not a regular file.
+    #[error("the initrd is {kind}, not a regular file")]
+    InitrdNotAFile {
+        /// What it is ("a directory", ...).
+        kind: &'static str,
+    },
+    /// The initrd file is empty.
+    #[error("the initrd is empty (0 bytes)")]
+    InitrdEmpty,
+    /// The command line is longer than the kernel's setup header says it takes.
+    #[error(
+        "the kernel command line is {len} bytes; this kernel takes at most {max} \
+         (cmdline_size in its setup header)"
+    )]
+    CmdlineTooLongForKernel {
+        /// Its length without the NUL.
+        len: usize,
+        /// The kernel's limit without the NUL.
+        max: usize,
     },
     /// The ELF image is malformed.
     #[error("invalid ELF kernel image: {reason}")]
@@ -197,11 +245,11 @@ pub fn load_kernel_file(
     memory: &vmkit::GuestMemoryMmap,
     file: &std::fs::File,
 ) -> Result<LoadedKernel, LinuxBootError> {
-    if mapped::is_elf(file)? {
-        return mapped::load_elf_mapped(memory, file);
+    let mut reader = file;
+    match inspect(&mut reader)? {
+        KernelImage::Elf(elf) => mapped::load_elf_mapped(memory, file, &elf),
+        KernelImage::BzImage(_) => load_kernel(memory, &mut reader),
     }
-    let mut file = file;
-    load_kernel(memory, &mut file)
 }
 
 /// The machine a Linux guest is told about.
@@ -233,6 +281,14 @@ pub fn write_boot_info<M: GuestMemoryBackend>(
     }
     let e820 = layout::e820_map(machine.ram_size);
     let cmdline_len = write_cmdline(memory, cmdline)?;
+    if let Some(max) = kernel.cmdline_max() {
+        if cmdline_len > max {
+            return Err(LinuxBootError::CmdlineTooLongForKernel {
+                len: cmdline_len,
+                max,
+            });
+        }
+    }
     let rsdp = acpi::write_acpi_tables(memory, machine.vcpus, &machine.devices)?;
     mptable::write_mptable(memory, machine.vcpus)?;
     match kernel.entry {

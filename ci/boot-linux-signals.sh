@@ -28,10 +28,10 @@ fail() {
     exit 1
 }
 
-# Starts boot_linux on the bridge in the background, its output in $1; sets $pid.
+# Starts boot_linux on the bridge in the background, its output in $1; sets $pid. The
+# default command line, as the README's command has it: its earlyprintk shows the banner here.
 start() {
     "$bin" --kernel "$guest/vmlinux" --initrd "$guest/initrd.cpio.gz" \
-        --cmdline "console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=-1" \
         --net "isolated:$bridge" >"$1" 2>&1 &
     pid=$!
 }

@@ -29,7 +29,7 @@
 //! flush of the backend (write-through), as the specification asks.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
@@ -519,10 +519,13 @@ pub struct Block<B: BlockBackend = File> {
 }
 
 impl Block<File> {
-    /// A block device on `file`; its capacity is the file size in 512-byte
-    /// sectors (a trailing partial sector is not accessible).
-    pub fn new(file: File, options: BlockOptions) -> Result<Self, BlkError> {
-        let size = file.metadata().map_err(BlkError::DiskSize)?.len();
+    /// A block device on `file`, a regular file or a host block device; its
+    /// capacity is the file size in 512-byte sectors (a trailing partial sector
+    /// is not accessible).
+    pub fn new(mut file: File, options: BlockOptions) -> Result<Self, BlkError> {
+        // Seeking to the end measures a block device too, whose metadata says 0
+        // bytes; requests use positional I/O, so the file position is free.
+        let size = file.seek(SeekFrom::End(0)).map_err(BlkError::DiskSize)?;
         Self::with_backend(file, size, options)
     }
 }

@@ -925,3 +925,45 @@ fn minimal_guest_driver_sequence() {
     assert_eq!(on_disk, pattern);
     assert_eq!(t.r32(0x60), 0, "NO_INTERRUPT honoured");
 }
+
+/// A host block device's capacity is its size, although its metadata says 0 bytes: on a
+/// loop device over a 64-sector file. Needs root and loop devices; without them it says so
+/// and checks nothing.
+#[test]
+fn a_block_device_has_the_capacity_of_its_size() {
+    let (backing, _) = disk(SECTORS);
+    let backing_path = format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&backing)
+    );
+    let attached = std::process::Command::new("losetup")
+        .args(["--find", "--show", &backing_path])
+        .output();
+    let device = match attached {
+        Ok(out) if out.status.success() => String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+        other => {
+            eprintln!("SKIP a_block_device_has_the_capacity_of_its_size: losetup: {other:?}");
+            return;
+        }
+    };
+    let result = std::panic::catch_unwind(|| {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(&device)
+            .unwrap();
+        assert_eq!(
+            file.metadata().unwrap().len(),
+            0,
+            "{device} is a block device"
+        );
+        Block::new(file, BlockOptions::default())
+            .unwrap()
+            .capacity()
+    });
+    let detached = std::process::Command::new("losetup")
+        .args(["-d", &device])
+        .status();
+    assert_eq!(result.unwrap(), SECTORS);
+    assert!(detached.unwrap().success(), "losetup -d {device}");
+}

@@ -32,11 +32,13 @@ host() {
 # Debian's cloud kernel on this host's software KVM: loaded, entered, its banner and ACPI
 # tables read. It cannot boot further here (README, "Hosts"); ci/svm boots it fully. The
 # kernel comes from ci/linux-guest.sh, the README's command for getting one. Then boot_linux
-# on that kernel under SIGINT, SIGKILL and SIGTERM (its network torn down).
+# given bad input (refused, by flag and limit), and on that kernel under SIGINT, SIGKILL and
+# SIGTERM (its network torn down).
 linux() {
     local guest
     guest=$(ci/linux-guest.sh | tail -n 1)
     VMKIT_LINUX_KERNEL=$guest/vmlinux cargo test --locked --test linux_boot -- --ignored
+    ci/boot-linux-refusals.sh "$guest"
     ci/boot-linux-signals.sh "$guest"
 }
 

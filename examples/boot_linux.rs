@@ -104,6 +104,11 @@ fn main() -> ExitCode {
     match run() {
         Ok(Ending::Reset) => ExitCode::SUCCESS,
         Ok(Ending::Signal(signal)) => ExitCode::from(signals::exit_status(signal)),
+        // `--help` is not a failure: the usage goes to stdout.
+        Err(err) if matches!(err.downcast_ref(), Some(options::OptionsError::Help)) => {
+            println!("{err}");
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("boot_linux: {}", ErrorChain(err.as_ref()));
             ExitCode::FAILURE

@@ -123,6 +123,7 @@ impl fmt::Display for StopReason {
 ///     reason: StopReason::InternalError { suberror: 1, data: vec![] },
 ///     rip: Some(0xffff_ffff_8123_4567),
 ///     bytes: vec![0x0f, 0x01, 0xd9],
+///     registers_reset: false,
 /// };
 /// assert_eq!(
 ///     stop.to_string(),
@@ -139,6 +140,11 @@ pub struct GuestStop {
     /// Up to 15 bytes of code at `rip` (from the hypervisor's report, or read from guest
     /// memory through the vCPU's page tables); empty if neither had them.
     pub bytes: Vec<u8>,
+    /// After a triple fault the vCPU holds the reset state rather than the state it
+    /// faulted in: AMD SVM leaves the guest's state undefined after a shutdown, and KVM
+    /// resets the vCPU there. Then where the guest faulted is unknown, and `rip` and
+    /// `bytes` are left out rather than pointing at the reset vector.
+    pub registers_reset: bool,
 }
 
 impl GuestStop {
@@ -149,10 +155,19 @@ impl GuestStop {
             bytes: reason.instruction_bytes().unwrap_or_default(),
             reason,
             rip: None,
+            registers_reset: false,
         };
         #[cfg(target_arch = "x86_64")]
         {
             stop.rip = vcpu.regs().ok().map(|regs| regs.rip);
+            if stop.reason == StopReason::Shutdown {
+                let cs = vcpu.sregs().ok().map(|s| (s.cs.selector, s.cs.base));
+                if is_reset_state(stop.rip, cs) {
+                    stop.rip = None;
+                    stop.registers_reset = true;
+                    return stop;
+                }
+            }
             if let (Some(rip), true) = (stop.rip, stop.bytes.is_empty()) {
                 // Code is fetched at cs.base + rip (0 in long mode, not in real mode).
                 let base = vcpu.sregs().map(|s| s.cs.base).unwrap_or(0);
@@ -168,9 +183,18 @@ impl GuestStop {
     }
 }
 
+/// Whether `rip` and `cs` (selector, base) are an x86 vCPU's state at reset: the first
+/// instruction fetched from 0xffff_fff0.
+fn is_reset_state(rip: Option<u64>, cs: Option<(u16, u64)>) -> bool {
+    rip == Some(0xfff0) && cs == Some((0xf000, 0xffff_0000))
+}
+
 impl fmt::Display for GuestStop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.reason.what())?;
+        if self.registers_reset {
+            f.write_str(" (the hypervisor reset the vCPU, so where is unknown)")?;
+        }
         if let Some(rip) = self.rip {
             write!(f, " at rip {rip:#x}")?;
         }
@@ -195,6 +219,7 @@ mod tests {
             reason,
             rip: None,
             bytes: Vec::new(),
+            registers_reset: false,
         };
         let internal = |suberror| StopReason::InternalError {
             suberror,
@@ -218,11 +243,32 @@ mod tests {
             reason: StopReason::Shutdown,
             rip: Some(0x1000),
             bytes: vec![0x0f, 0x0b],
+            registers_reset: false,
         };
         assert_eq!(
             triple.to_string(),
             "the guest triple-faulted at rip 0x1000 (bytes 0f 0b): shutdown"
         );
+        let reset = GuestStop {
+            reason: StopReason::Shutdown,
+            rip: None,
+            bytes: Vec::new(),
+            registers_reset: true,
+        };
+        assert_eq!(
+            reset.to_string(),
+            "the guest triple-faulted (the hypervisor reset the vCPU, so where is unknown): \
+             shutdown"
+        );
+    }
+
+    #[test]
+    fn the_reset_state_is_told_from_a_fault_elsewhere() {
+        assert!(is_reset_state(Some(0xfff0), Some((0xf000, 0xffff_0000))));
+        // Real mode code at f000:fff0 that is not the reset vector's alias.
+        assert!(!is_reset_state(Some(0xfff0), Some((0xf000, 0xf_0000))));
+        assert!(!is_reset_state(Some(0x100007), Some((0x8, 0))));
+        assert!(!is_reset_state(None, None));
     }
 
     #[test]

@@ -191,6 +191,14 @@ pub fn a_triple_fault_is_reported_with_rip_and_code(hv: &dyn Hypervisor) {
     };
     assert_eq!(stop.reason, StopReason::Shutdown);
     assert!(source.to_string().contains("Shutdown"), "{source}");
+    if stop.registers_reset {
+        // AMD SVM: KVM resets the vCPU after a shutdown, so where it faulted is gone; the
+        // error says so rather than naming the reset vector.
+        assert_eq!((stop.rip, stop.bytes.len()), (None, 0));
+        let message = stop.to_string();
+        assert!(message.contains("reset the vCPU"), "{message}");
+        return;
+    }
     // The fault is the ud2's, which did not complete.
     let ud2 = code.windows(2).position(|w| w == [0x0f, 0x0b]).unwrap();
     let rip = common::CODE_ADDR + u64::try_from(ud2).unwrap();

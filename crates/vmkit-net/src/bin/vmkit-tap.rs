@@ -43,6 +43,9 @@ enum Command {
 /// Parses the arguments after the program's name; the error is the message for stderr.
 fn parse(args: &[String]) -> Result<Command, String> {
     let (verb, rest) = args.split_first().ok_or("no command given")?;
+    if verb != "create" && verb != "remove" {
+        return Err(format!("unknown command {verb:?} (create or remove)"));
+    }
     let (name, mut flags) = rest
         .split_first()
         .ok_or_else(|| format!("{verb}: no TAP name given"))?;
@@ -71,11 +74,10 @@ fn parse(args: &[String]) -> Result<Command, String> {
             access,
             mode,
         }),
-        "remove" => Ok(Command::Remove {
+        _ => Ok(Command::Remove {
             name: name.clone(),
             mode,
         }),
-        other => Err(format!("unknown command {other:?} (create or remove)")),
     }
 }
 

@@ -198,23 +198,30 @@ fn parent() -> bool {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .current_dir(&dir);
-    // SAFETY: the hook makes only async-signal-safe system calls (setns, setgroups,
-    // setresgid, setresuid) on values copied in, between fork and exec. Dropping to an
-    // ordinary uid clears every capability set (no SECBIT_KEEP_CAPS); the child checks.
+    // Between fork and exec: into the test's namespace, then the user's ids. Dropping from
+    // root to an ordinary uid clears every capability set (no SECBIT_KEEP_CAPS); the child
+    // checks.
+    let hook = move || {
+        let ok = |r: libc::c_int| {
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        // SAFETY: setns takes the namespace file, open in the parent until after the spawn.
+        ok(unsafe { libc::setns(netns_fd, libc::CLONE_NEWNET) })?;
+        // SAFETY: an empty group list: a null pointer with length 0.
+        ok(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+        // SAFETY: plain ids, no memory.
+        ok(unsafe { libc::setresgid(gid, gid, gid) })?;
+        // SAFETY: plain ids, no memory.
+        ok(unsafe { libc::setresuid(uid, uid, uid) })
+    };
+    // SAFETY: the hook makes only async-signal-safe system calls on values copied into it
+    // (no allocation: `last_os_error` reads errno).
     unsafe {
-        command.pre_exec(move || {
-            let ok = |r: libc::c_int| {
-                if r == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            };
-            ok(libc::setns(netns_fd, libc::CLONE_NEWNET))?;
-            ok(libc::setgroups(0, std::ptr::null()))?;
-            ok(libc::setresgid(gid, gid, gid))?;
-            ok(libc::setresuid(uid, uid, uid))
-        });
+        command.pre_exec(hook);
     }
     let mut child = command.spawn().unwrap();
     let mut to_child = child.stdin.take().unwrap();
@@ -233,7 +240,10 @@ fn parent() -> bool {
             Err(e) => panic!("{e}"),
         };
         let frame = &buf[HDR..n];
-        if frame.len() >= 14 && frame[12..14] == ETHERTYPE.to_be_bytes() && frame[14..].starts_with(&want) {
+        if frame.len() >= 14
+            && frame[12..14] == ETHERTYPE.to_be_bytes()
+            && frame[14..].starts_with(&want)
+        {
             got = true;
             break;
         }
@@ -248,7 +258,12 @@ fn parent() -> bool {
     to_child.write_all(b"got it\n").unwrap();
     drop(to_child);
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let status = child.wait().unwrap();
     print!("{out}");
     assert!(status.success(), "child: {status}\n{out}");

@@ -56,9 +56,9 @@ fn parse(args: &[String]) -> Result<Command, String> {
             .split_first()
             .ok_or_else(|| format!("{flag} needs a value"))?;
         let id = |what: &str| {
-            value
-                .parse::<u32>()
-                .map_err(|_| format!("{flag} {value:?}: not a numeric {what} id (try `id -u NAME`)"))
+            value.parse::<u32>().map_err(|_| {
+                format!("{flag} {value:?}: not a numeric {what} id (try `id -u NAME`)")
+            })
         };
         match flag.as_str() {
             "--user" if verb == "create" => access.user = Some(id("user")?),
@@ -166,7 +166,9 @@ mod tests {
     #[test]
     fn create_and_remove_parse() {
         assert_eq!(
-            parse(&args("create vmkvm0 --user 1000 --group 100 --net isolated:vmkiso0")),
+            parse(&args(
+                "create vmkvm0 --user 1000 --group 100 --net isolated:vmkiso0"
+            )),
             Ok(Command::Create {
                 name: "vmkvm0".into(),
                 access: TapAccess {

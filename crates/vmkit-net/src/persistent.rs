@@ -207,7 +207,9 @@ fn join(name: &str, mode: &NetworkMode) -> Result<(), PersistentError> {
 
 /// Deletes the persistent TAP `name` and leaves `mode`'s network, tearing
 /// it down unless other ports are on it; see the [module
-/// documentation](self). Idempotent: a TAP or bridge already gone is fine.
+/// documentation](self). `mode` is the one given to [`create`]: with
+/// another, the TAP goes but its network stays. Idempotent: a TAP or bridge
+/// already gone is fine.
 /// Needs `CAP_NET_ADMIN` (or the TAP's ownership, for a lone TAP), and, for
 /// the isolated and NAT modes, write access to `/run/vmkit-net`.
 pub fn remove(name: &str, mode: &TapMode) -> Result<Removal, PersistentError> {

@@ -32,6 +32,8 @@ host linux svm xen | cc | gcc | guests/build.rs compiles and links the minimal g
 host linux svm xen | ld | binutils | cc links the guest kernel with GNU ld
 host xen | /usr/lib/x86_64-linux-gnu/libxenctrl.so | libxen-dev | the Xen backend (--features vmkit/xen) links Xen 4.17's libraries
 host linux svm | ip | iproute2 | the network tests make namespaces, bridges and veth pairs (linux: boot_linux's signal test checks its bridge; svm copies ip into its L1)
+host | setpriv | util-linux | ci/unprivileged.sh runs the examples as an ordinary user without capabilities
+host | useradd | passwd | ci/unprivileged.sh creates its user and the group kvm (useradd, groupadd, usermod)
 host svm | nft | nftables | the NAT network tests write nftables rules (svm copies nft into its L1)
 linux svm xen | apt-get | apt | Debian's kernel (and Xen) packages are fetched with apt-get download
 linux svm xen | dpkg-deb | dpkg | the fetched packages are unpacked with dpkg-deb, not installed

@@ -16,6 +16,10 @@
 //! - [`NetWorker`] ([`worker`]): the thread that serves a virtio-net
 //!   device's receive and transmit queues on their notification eventfds
 //!   and its TAP on its readiness, started and stopped by the VMM.
+//! - [`persistent`]: a persistent TAP made for a VMM's user by an operator
+//!   with `CAP_NET_ADMIN`, and put into a network, so that the VMM opens it
+//!   with no capabilities; removed again by the operator. The
+//!   `vmkit-tap` command does both.
 //! - [`netlink::Rtnl`]: the small blocking rtnetlink client underneath.
 //!
 //! # Dependencies, and why
@@ -70,6 +74,7 @@ pub mod netlink;
 pub mod nft;
 pub mod owners;
 pub mod parse;
+pub mod persistent;
 mod sysctl;
 pub mod tap;
 pub mod worker;

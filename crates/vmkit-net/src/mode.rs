@@ -745,6 +745,22 @@ impl Network {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Leaves the network, set up and attached, to its ports: this process
+    /// stops being an owner (its record goes) without tearing anything down.
+    /// For a setup that outlives its process (a persistent TAP on the
+    /// bridge): a bridge with a port is never taken for a leftover.
+    pub(crate) fn hand_over(&mut self) -> Result<(), ModeError> {
+        match self.owner.take() {
+            Some(owner) => {
+                let path = owner.path().display().to_string();
+                owner
+                    .remove()
+                    .map_err(|source| ModeError::Owners { path, source })
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Turns forwarding on the NAT uplink back off if this network turned it on and no
     /// other vmkit NAT network on that uplink still needs it (the last one restores it).
     fn restore_uplink_forwarding(&mut self, rtnl: &mut Rtnl) -> Result<(), ModeError> {

@@ -14,7 +14,10 @@
 //! TX notification (an ioeventfd).
 //!
 //! The interface lives as long as the `Tap` (it is not persistent): closing
-//! it removes the interface, and with it its bridge membership.
+//! it removes the interface, and with it its bridge membership. A
+//! persistent TAP made for a given user ([`persistent`](crate::persistent))
+//! outlives it: [`Tap::open`] of its name attaches to it, and needs no
+//! capability when the calling process is its owner.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -156,6 +159,11 @@ impl Tap {
 
     /// Opens a TAP interface as `options` say.
     pub fn open_with(options: &TapOptions) -> Result<Tap, TapError> {
+        Tap::open_flagged(options, 0)
+    }
+
+    /// [`Tap::open_with`], with more `TUNSETIFF` flags (`IFF_TUN_EXCL`: only create).
+    pub(crate) fn open_flagged(options: &TapOptions, extra: libc::c_int) -> Result<Tap, TapError> {
         let name = &options.name;
         if !valid_name(name) {
             return Err(TapError::InvalidName { name: name.clone() });
@@ -188,7 +196,7 @@ impl Tap {
             ));
         }
         // The flags are c_int constants that fit in 16 bits.
-        let mut flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        let mut flags = (libc::IFF_TAP | libc::IFF_NO_PI | extra) as libc::c_short;
         if options.vnet_hdr {
             if features & libc::IFF_VNET_HDR as libc::c_uint == 0 {
                 return Err(TapError::Unsupported {
@@ -283,6 +291,27 @@ impl Tap {
         };
         if r < 0 {
             return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Runs a TUN ioctl that takes its argument by value (`TUNSETPERSIST`,
+    /// `TUNSETOWNER`, `TUNSETGROUP`), naming it in the error.
+    pub(crate) fn set_value(
+        &self,
+        ioctl: &'static str,
+        request: libc::Ioctl,
+        value: libc::c_ulong,
+    ) -> Result<(), TapError> {
+        // SAFETY: the TUN ioctls this is called with take an integer by
+        // value; no memory is passed.
+        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), request, value) };
+        if r < 0 {
+            return Err(TapError::Ioctl {
+                ioctl,
+                name: self.name.clone(),
+                source: io::Error::last_os_error(),
+            });
         }
         Ok(())
     }

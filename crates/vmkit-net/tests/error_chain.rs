@@ -52,3 +52,29 @@ fn a_netlink_error_seen_through_a_network_mode() {
     let line = printed_once(&err);
     assert!(line.contains("File exists"), "{line}");
 }
+
+#[test]
+fn persistent_tap_errors_print_the_os_error_once() {
+    use vmkit_net::persistent::PersistentError;
+
+    let line = printed_once(&PersistentError::from(TapError::Ioctl {
+        ioctl: "TUNSETOWNER",
+        name: "vmkvm0".into(),
+        source: io::Error::from_raw_os_error(libc::EPERM),
+    }));
+    assert!(
+        line.starts_with("TUNSETOWNER on TAP \"vmkvm0\" failed: "),
+        "{line}"
+    );
+    let line = printed_once(&PersistentError::Lookup {
+        name: "vmkvm0".into(),
+        source: NetlinkError::Socket(io::Error::from_raw_os_error(libc::EACCES)),
+    });
+    assert!(
+        line.starts_with("cannot look up link \"vmkvm0\": netlink socket: "),
+        "{line}"
+    );
+    printed_once(&PersistentError::InUse {
+        name: "vmkvm0".into(),
+    });
+}

@@ -159,7 +159,8 @@ impl Rules {
     /// futexes (locks, channels, joins), clocks and sleeping, `write`/`writev` (log lines,
     /// the serial console, eventfds), `close`, signal return and masks, the thread's and
     /// process's ids, `getrandom` (std's hash maps), ending the thread or process, and
-    /// `tgkill` with `SIGABRT` only (an abort on panic). No `open`, no `socket`, no `exec`,
+    /// `tgkill` with `SIGABRT` only (an abort on panic), `fcntl` with `F_GETFD` only (std's
+    /// debug checks of descriptors). No `open`, no `socket`, no `exec`,
     /// no `fork`/`clone`, no `ioctl`.
     pub fn base() -> Rules {
         let mut rules = Rules::new();
@@ -191,7 +192,9 @@ impl Rules {
             .allow_masked(libc::SYS_mmap, 2, exec, 0)
             .allow_masked(libc::SYS_mprotect, 2, exec, 0)
             .allow_args(libc::SYS_madvise, 2, &MADVISE_ADVICE)
-            .allow_args(libc::SYS_tgkill, 2, &[libc::SIGABRT as u64]);
+            .allow_args(libc::SYS_tgkill, 2, &[libc::SIGABRT as u64])
+            // std's debug builds check that a descriptor is open before using it.
+            .allow_args(libc::SYS_fcntl, 1, &[libc::F_GETFD as u64]);
         for op in FUTEX_OPS {
             rules.allow_masked(libc::SYS_futex, 1, FUTEX_CMD_MASK, op);
         }

@@ -31,9 +31,7 @@ use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
 use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VcpuOutcome, VmRunner};
 use vmkit::snapshot::{self, MemoryRestore};
-use vmkit::{
-    ErrorChain, EventFd, Hypervisor, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig,
-};
+use vmkit::{ErrorChain, EventFd, Hypervisor, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
 use vmkit_boot::entry;
 use vmkit_bus::Bus;
 use vmkit_devices::{Persist, Serial, COM1, I8042, SERIAL_PORTS};

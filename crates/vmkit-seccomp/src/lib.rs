@@ -32,6 +32,14 @@
 //! process then does whatever that handler does); without any handler, `SIGSYS` kills the
 //! process silently.
 //!
+//! # Panics on confined threads
+//!
+//! Printing a panic's backtrace (`RUST_BACKTRACE=1`) opens the executable to symbolize it,
+//! which no filter here allows. So the first [`Filter::install`] also wraps the process's
+//! panic hook: on a confined thread a panic prints its message and location only, and then
+//! unwinds as usual (the vmkit runner catches a panicking exit handler and stops the VM); on
+//! every other thread the previous hook runs unchanged.
+//!
 //! Only x86-64's system call numbers are listed by the thread kinds' rules.
 //!
 //! ```no_run
@@ -77,6 +85,11 @@ pub enum SeccompError {
     },
 }
 
+/// Whether the calling thread has installed a filter with [`Filter::install`].
+pub fn is_confined() -> bool {
+    report::is_confined()
+}
+
 /// A compiled filter: cheap to clone, installed by each thread that it confines.
 #[derive(Clone)]
 pub struct Filter {
@@ -107,9 +120,11 @@ impl Filter {
     /// Confines the calling thread: from now on it may only make the allowed calls, and a
     /// forbidden one ends the process (see the [crate docs](crate)). Sets `no_new_privs` on
     /// the thread (the kernel requires it of an unprivileged caller), and installs the
-    /// reporting `SIGSYS` handler for the process the first time.
+    /// reporting `SIGSYS` handler for the process the first time, and wraps the panic hook
+    /// so that a panic on a confined thread prints no backtrace (see the [crate docs](crate)).
     pub fn install(&self) -> Result<(), SeccompError> {
         report::install_handler().map_err(SeccompError::Handler)?;
+        report::install_panic_hook();
         report::record_thread_name();
         seccompiler::apply_filter(&self.program).map_err(|source| SeccompError::Install {
             thread: std::thread::current()
@@ -158,7 +173,7 @@ impl Rules {
     /// memory (`mmap` and `mprotect` never executable, `madvise` to give memory back),
     /// futexes (locks, channels, joins), clocks and sleeping, `write`/`writev` (log lines,
     /// the serial console, eventfds), `close`, signal return and masks, the thread's and
-    /// process's ids, `getrandom` (std's hash maps), ending the thread or process, and
+    /// process's ids, `getcwd` (a panic's message), `getrandom` (std's hash maps), ending the thread or process, and
     /// `tgkill` with `SIGABRT` only (an abort on panic), `fcntl` with `F_GETFD` only (std's
     /// debug checks of descriptors). No `open`, no `socket`, no `exec`,
     /// no `fork`/`clone`, no `ioctl`.
@@ -184,6 +199,8 @@ impl Rules {
             libc::SYS_getpid,
             libc::SYS_gettid,
             libc::SYS_getrandom,
+            // std's panic message shortens the source path against the working directory.
+            libc::SYS_getcwd,
         ]);
         #[cfg(target_arch = "x86_64")]
         rules.allow(libc::SYS_gettimeofday);

@@ -37,6 +37,36 @@ pub(crate) fn record_thread_name() {
     THREAD_NAME.with(|cell| cell.set((bytes, len)));
 }
 
+/// Whether the calling thread has installed a filter of ours.
+pub(crate) fn is_confined() -> bool {
+    THREAD_NAME.with(|cell| cell.get().1 > 0)
+}
+
+/// Wraps the process's panic hook, once: a panic on a confined thread prints its message
+/// and location without a backtrace, because symbolizing one opens the executable and
+/// reads `/proc/self/maps`, which the filter forbids (with `RUST_BACKTRACE` set, the panic
+/// would otherwise end the process on `openat` instead of reaching whoever catches it, such
+/// as the runner). Other threads keep the hook as it was.
+pub(crate) fn install_panic_hook() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if is_confined() {
+                let name = std::thread::current()
+                    .name()
+                    .unwrap_or("unnamed")
+                    .to_owned();
+                eprintln!(
+                    "thread '{name}' {info}\n(no backtrace: the thread is confined by seccomp)"
+                );
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Installs the handler once per process.
 pub(crate) fn install_handler() -> io::Result<()> {
     static INSTALL: Once = Once::new();

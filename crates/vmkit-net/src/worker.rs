@@ -226,7 +226,7 @@ pub fn seccomp_rules() -> vmkit_seccomp::Rules {
 /// activates the device, which sets the TAP's offloads (`TUNSETOFFLOAD`).
 pub fn vcpu_seccomp_rules() -> vmkit_seccomp::Rules {
     let mut rules = vmkit_seccomp::Rules::new();
-    rules.allow_ioctls(&[libc::TUNSETOFFLOAD as u64]);
+    rules.allow_ioctls(&[libc::TUNSETOFFLOAD]);
     rules
 }
 

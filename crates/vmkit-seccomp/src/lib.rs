@@ -61,7 +61,7 @@ mod rules;
 use std::sync::Arc;
 
 pub use rules::Rules;
-pub use seccompiler::BpfProgram;
+use seccompiler::BpfProgram;
 
 /// The errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +268,17 @@ mod tests {
         let mut expected = Rules::new();
         expected.allow(libc::SYS_fcntl);
         assert_eq!(rules, expected);
+    }
+
+    #[test]
+    fn a_list_too_long_for_one_program_is_refused() {
+        let mut rules = Rules::base();
+        let requests: Vec<u64> = (0..5000).collect();
+        rules.allow_ioctls(&requests);
+        let err = rules.compile().unwrap_err();
+        assert!(matches!(err, SeccompError::Compile(_)), "{err:?}");
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert!(source.contains("4096"), "{source}");
     }
 
     #[test]

@@ -223,10 +223,16 @@ pub fn seccomp_rules() -> vmkit_seccomp::Rules {
 
 /// What a TAP-backed virtio-net device makes a vCPU thread do, to add to
 /// the vCPU threads' rules: the driver's `DRIVER_OK` write (an MMIO exit)
-/// activates the device, which sets the TAP's offloads (`TUNSETOFFLOAD`).
+/// activates the device, which sets the TAP's offloads (`TUNSETOFFLOAD`),
+/// and a register access that the transport answers by processing a queue
+/// (the control queue, or the data queues when the device goes live) moves
+/// frames between the TAP and the guest on that thread (`read`; `write` is
+/// in every thread's base).
 pub fn vcpu_seccomp_rules() -> vmkit_seccomp::Rules {
     let mut rules = vmkit_seccomp::Rules::new();
-    rules.allow_ioctls(&[libc::TUNSETOFFLOAD]);
+    rules
+        .allow_ioctls(&[libc::TUNSETOFFLOAD])
+        .allow(libc::SYS_read);
     rules
 }
 

@@ -16,7 +16,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vmkit::runner::{self, ExitAction, RunnerError, RunnerOptions, VcpuOutcome, VmRunner};
+use vmkit::runner::{
+    self, ExitAction, RunnerError, RunnerOptions, StopReason, VcpuOutcome, VmRunner,
+};
 use vmkit::snapshot::{self, Features};
 use vmkit::{Hypervisor, VcpuExit, VmConfig};
 use vmkit_guests::snippets;
@@ -80,8 +82,9 @@ fn a_confined_vcpu_reports_a_stopped_guest() {
     let running = VmRunner::start_with(vec![test.vcpu], handler, confined(hv.as_ref())).unwrap();
     let finished = running.join_timeout(GIVE_UP).unwrap();
     match &finished[0].outcome {
+        // (On AMD SVM, KVM resets the vCPU on a shutdown: rip is not asserted here.)
         Err(RunnerError::GuestStopped { stop, .. }) => {
-            assert!(stop.to_string().contains("rip"), "{stop}");
+            assert_eq!(stop.reason, StopReason::Shutdown, "{stop}");
         }
         other => panic!("expected a stopped guest, got {other:?}"),
     }

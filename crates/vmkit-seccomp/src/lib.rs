@@ -8,7 +8,7 @@
 //!
 //! - [`Rules`] is such a list, as data; [`Rules::base`] is what every thread of a Rust
 //!   process needs, and each thread kind adds its own: vmkit's `vmkit::seccomp` (vCPU threads,
-//!   per backend), `vmkit_machine::worker::seccomp_rules` (`QueueWorker`),
+//!   per backend), `vmkit_machine::worker::blk_seccomp_rules` (`QueueWorker`),
 //!   `vmkit_net::worker::seccomp_rules` (`NetWorker`).
 //! - [`Rules::compile`] turns it into a [`Filter`] (a BPF program, built with rust-vmm's
 //!   `seccompiler`), once, before the threads start.

@@ -14,7 +14,7 @@ tree() {
 }
 
 # `cargo tree -p` resolves features for that package alone, as a VMM depending on it would.
-for crate in vmkit-bus vmkit-devices vmkit-virtio vmkit-net vmkit-snapshot vmkit-boot vmkit-machine; do
+for crate in vmkit-bus vmkit-devices vmkit-virtio vmkit-net vmkit-snapshot vmkit-boot vmkit-machine vmkit-seccomp; do
     deps=$(tree "$crate" --all-features)
     backend=$(grep -E '^(kvm-ioctls|kvm-bindings) |^vmkit v[^ ]+ \([^)]*\) \[[^]]*\b(kvm|xen)\b' <<<"$deps" || true)
     if [ -n "$backend" ]; then

@@ -1,7 +1,7 @@
 //! Boots vmkit's minimal guest kernel and streams its serial console to stdout.
 //!
 //! ```text
-//! cargo run --release --example boot [-- --vcpus N] [--disk FILE]
+//! cargo run --release --example boot [-- --vcpus N] [--disk FILE] [--seccomp]
 //! ```
 //!
 //! The VMM side is what any VMM built on vmkit does: open the host's hypervisor, create a VM,
@@ -19,6 +19,12 @@
 //! hold at least 16 sectors (8 KiB); use a scratch file, e.g.
 //! `truncate -s 1M /tmp/disk.img`.
 //!
+//! With `--seccomp`, every vCPU thread runs under its backend's seccomp filter
+//! (`RunnerOptions::seccomp`), extended with the disk's positional reads and writes and
+//! `fdatasync` (this example serves the disk on the vCPU thread), and the main thread confines
+//! itself with `vmkit::seccomp::vmm_rules` once the vCPUs run. A forbidden call ends the
+//! process with a line naming the thread and the call.
+//!
 //! Exit status: 0 once the guest powers off; 1, with the reason on stderr, on any failure.
 
 use std::error::Error;
@@ -29,7 +35,7 @@ use std::sync::Arc;
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
-use vmkit::runner::{self, ExitAction, ExitHandler, VcpuOutcome, VmRunner};
+use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VcpuOutcome, VmRunner};
 use vmkit::{ErrorChain, EventFd, MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
 use vmkit_boot::entry;
 use vmkit_bus::Bus;
@@ -55,15 +61,17 @@ fn main() -> ExitCode {
 struct Options {
     vcpus: u32,
     disk: Option<std::path::PathBuf>,
+    seccomp: bool,
 }
 
-/// Parses `--vcpus N` (default 1) and `--disk FILE`.
+/// Parses `--vcpus N` (default 1), `--disk FILE` and `--seccomp`.
 fn options() -> Result<Options, Box<dyn Error>> {
-    const USAGE: &str = "usage: boot [--vcpus N] [--disk FILE]";
+    const USAGE: &str = "usage: boot [--vcpus N] [--disk FILE] [--seccomp]";
     let mut args = std::env::args().skip(1);
     let mut options = Options {
         vcpus: 1,
         disk: None,
+        seccomp: false,
     };
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -80,6 +88,7 @@ fn options() -> Result<Options, Box<dyn Error>> {
             "--disk" => {
                 options.disk = Some(args.next().ok_or("--disk needs a file")?.into());
             }
+            "--seccomp" => options.seccomp = true,
             other => return Err(format!("unexpected argument {other:?}; {USAGE}").into()),
         }
     }
@@ -169,8 +178,22 @@ fn run() -> Result<(), Box<dyn Error>> {
             action => action,
         },
     });
+    let mut runner_options = RunnerOptions::default();
+    if options.seccomp {
+        // The disk is served on the vCPU thread here: its calls join the backend's list.
+        let mut rules = hypervisor.vcpu_seccomp_rules();
+        rules.allow_all(&[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync]);
+        runner_options = runner_options.seccomp(rules.compile()?);
+    }
+    let running = VmRunner::start_with(vcpu_handles, handler, runner_options)?;
+    if options.seccomp {
+        // Nothing is left to set up: the main thread only waits, reports and tears down.
+        vmkit::seccomp::vmm_rules(hypervisor.kind())
+            .compile()?
+            .install()?;
+    }
     let mut powered_off = false;
-    for vcpu in VmRunner::start(vcpu_handles, handler)?.join() {
+    for vcpu in running.join() {
         // A failure stopped the other vCPUs too; it is the one to report.
         powered_off |= vcpu.outcome? == VcpuOutcome::PowerOff;
     }

@@ -4,6 +4,7 @@
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
 //!     [--cmdline "..."] [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]]
 //!     [--net MODE [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings]
+//!     [--seccomp]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -41,6 +42,16 @@
 //! The virtio devices offer packed virtqueues (`VIRTIO_F_RING_PACKED`), which Linux's
 //! driver takes; `--split-rings` withholds them, so the guest uses split rings.
 //!
+//! `--seccomp` confines every thread that serves the guest with a seccomp filter: the vCPU
+//! threads (their backend's rules, and `TUNSETOFFLOAD` when there is a network card, which its
+//! activation sets on a vCPU thread), the disk's worker (`blk_seccomp_rules`), the network
+//! card's worker (vmkit-net's rules), and, once the VM runs, the main thread
+//! (`vmkit::seccomp::vmm_rules`, and what its own teardown does). The main thread stays
+//! unconfined with a network mode that builds a network (`isolated`, `bridged`, `nat`): tearing
+//! that down at the end takes netlink sockets, sysctl files and running `nft`, which no
+//! useful filter allows; boot_linux says so when it starts. A forbidden call ends the process
+//! with a line naming the thread and the call.
+//!
 //! SIGINT (Ctrl-C) and SIGTERM stop the VM rather than kill the process: boot_linux says
 //! `boot_linux: SIGINT: stopping the VM`, stops the vCPUs, ends the device threads and
 //! leaves the network as at any other end (the last VM out tears it down). A network that a
@@ -72,13 +83,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use linux_loader::cmdline::Cmdline;
 use vm_device::bus::PioAddress;
-use vmkit::runner::{self, ExitAction, ExitHandler, VmRunner};
+use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VmRunner};
 use vmkit::{ErrorChain, MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
 use vmkit_boot::linux::{self, layout};
 use vmkit_bus::Bus;
 use vmkit_devices::{Cmos, Serial, COM1, COM1_GSI, I8042, SERIAL_PORTS};
+use vmkit_machine::worker::{self, WorkerOptions};
 use vmkit_machine::{GsiAllocator, MmioAllocator, MmioWindow, QueueWorker, VirtioMmioWiring};
-use vmkit_net::{Attachment, NetWorker, QueueKicks};
+use vmkit_net::worker::NetWorkerOptions;
+use vmkit_net::{Attachment, NetWorker, QueueKicks, TapMode};
 use vmkit_virtio::blk::{Block, BlockOptions};
 use vmkit_virtio::console::Console;
 use vmkit_virtio::net::{Net, NetOptions, RXQ, TXQ};
@@ -200,10 +213,14 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         let mut disk = virtio.attach(vm.as_ref(), &mut bus, block, &[0])?;
         virtio_mmio.push(announce(disk.window, disk.gsi)?);
         let notifiers = std::mem::take(&mut disk.notifiers);
-        _disk_worker = Some(QueueWorker::start_named(
-            "virtio-blk",
+        let mut worker_options = WorkerOptions::named("virtio-blk");
+        if options.seccomp {
+            worker_options = worker_options.seccomp(worker::blk_seccomp_rules().compile()?);
+        }
+        _disk_worker = Some(QueueWorker::start_with(
             disk.transport,
             notifiers,
+            worker_options,
             |err| eprintln!("boot_linux: disk: {}", ErrorChain(err)),
         )?);
     }
@@ -237,9 +254,16 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             rx: card.take_notifier(RXQ).ok_or("no RX notifier")?,
             tx: card.take_notifier(TXQ).ok_or("no TX notifier")?,
         };
-        _net_worker = Some(NetWorker::start(card.transport, kicks, |err| {
-            eprintln!("boot_linux: net: {}", ErrorChain(err))
-        })?);
+        let mut worker_options = NetWorkerOptions::default();
+        if options.seccomp {
+            worker_options = worker_options.seccomp(vmkit_net::worker::seccomp_rules().compile()?);
+        }
+        _net_worker = Some(NetWorker::start_with(
+            card.transport,
+            kicks,
+            worker_options,
+            |err| eprintln!("boot_linux: net: {}", ErrorChain(err)),
+        )?);
     }
     let console = virtio.attach(vm.as_ref(), &mut bus, Console::new(io::stdout()), &[])?;
     virtio_mmio.push(announce(console.window, console.gsi)?);
@@ -295,8 +319,29 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         // Caught while the VM was being built: it never runs.
         return Ok(Ending::Signal(signal));
     }
-    let running = VmRunner::start(vcpu_handles, handler)?;
+    let mut runner_options = RunnerOptions::default();
+    // The main thread's filter, compiled before anything runs (None: it stays unconfined).
+    let mut main_filter = None;
+    if options.seccomp {
+        let mut rules = hypervisor.vcpu_seccomp_rules();
+        if options.net.is_some() {
+            rules.extend(&vmkit_net::worker::vcpu_seccomp_rules());
+        }
+        runner_options = runner_options.seccomp(rules.compile()?);
+        if matches!(options.net, None | Some(TapMode::Alone)) {
+            main_filter = Some(main_thread_rules(hypervisor.kind()).compile()?);
+        } else {
+            eprintln!(
+                "boot_linux: seccomp: the main thread stays unconfined: tearing the network \
+                 down takes netlink, sysctl files and nft"
+            );
+        }
+    }
+    let running = VmRunner::start_with(vcpu_handles, handler, runner_options)?;
     interrupts.watch(running.vcpus());
+    if let Some(filter) = main_filter {
+        filter.install()?;
+    }
     let finished = running.join();
     if let Some(stats) = stats {
         stats.print();
@@ -312,6 +357,15 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     }
     eprintln!("boot_linux: the guest reset the machine");
     Ok(Ending::Reset)
+}
+
+/// The main thread's seccomp rules once the VM runs: vmkit's (the runner's commands and
+/// join, the VM's teardown) and boot_linux's own: waking and joining the signal thread at the
+/// end (a socket pair: `sendto`) and stopping the device threads (eventfd writes, joins).
+fn main_thread_rules(kind: vmkit::HypervisorKind) -> vmkit::seccomp::Rules {
+    let mut rules = vmkit::seccomp::vmm_rules(kind);
+    rules.allow(libc::SYS_sendto);
+    rules
 }
 
 /// `--exit-stats`: how many exits each port and MMIO address caused, per vCPU.

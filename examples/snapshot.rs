@@ -6,6 +6,12 @@
 //! cargo run --release --example snapshot -- restore DIR [--eager]   # continue to 40
 //! ```
 //!
+//! With `--seccomp` (anywhere, and passed on to the restoring process), the vCPU thread runs
+//! under its backend's seccomp filter, extended with the disk's positional reads and writes
+//! and `fdatasync` (the disk is served on the vCPU thread). The restoring process's main
+//! thread also confines itself once the vCPU runs (`vmkit::seccomp::vmm_rules`); the saving
+//! process's does not, as it writes the snapshot files after the vCPU has run.
+//!
 //! The minimal kernel counts (`count N` on the serial port) and writes each count to a
 //! virtio-blk disk (`DIR/disk.img`). `save` stops it after `count 10` and writes the VM (vCPU,
 //! interrupt controllers, clock, memory) and its devices (serial port, i8042, the disk's
@@ -23,9 +29,9 @@ use std::time::{Duration, Instant};
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
-use vmkit::runner::{self, ExitAction, ExitHandler, VcpuOutcome, VmRunner};
+use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VcpuOutcome, VmRunner};
 use vmkit::snapshot::{self, MemoryRestore};
-use vmkit::{ErrorChain, EventFd, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
+use vmkit::{ErrorChain, EventFd, Hypervisor, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
 use vmkit_boot::entry;
 use vmkit_bus::Bus;
 use vmkit_devices::{Persist, Serial, COM1, I8042, SERIAL_PORTS};
@@ -44,18 +50,20 @@ type Disk = MmioTransport<Arc<vmkit::GuestMemoryMmap>, Block>;
 type Uart = Serial<io::Stdout>;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let seccomp = args.iter().any(|arg| arg == "--seccomp");
+    args.retain(|arg| arg != "--seccomp");
     let result = match args
         .iter()
         .map(String::as_str)
         .collect::<Vec<_>>()
         .as_slice()
     {
-        [] => demo(),
-        ["save", dir] => save(Path::new(dir)),
-        ["restore", dir] => restore(Path::new(dir), MemoryRestore::Lazy),
-        ["restore", dir, "--eager"] => restore(Path::new(dir), MemoryRestore::Eager),
-        _ => Err("usage: snapshot [save DIR | restore DIR [--eager]]".into()),
+        [] => demo(seccomp),
+        ["save", dir] => save(Path::new(dir), seccomp),
+        ["restore", dir] => restore(Path::new(dir), MemoryRestore::Lazy, seccomp),
+        ["restore", dir, "--eager"] => restore(Path::new(dir), MemoryRestore::Eager, seccomp),
+        _ => Err("usage: snapshot [save DIR | restore DIR [--eager]] [--seccomp]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,13 +75,15 @@ fn main() -> ExitCode {
 }
 
 /// Saves, then restores in a child process.
-fn demo() -> Result<(), Box<dyn Error>> {
+fn demo(seccomp: bool) -> Result<(), Box<dyn Error>> {
     let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmkit-snapshot-example-")?;
-    save(dir.as_path())?;
-    let status = Command::new(std::env::current_exe()?)
-        .arg("restore")
-        .arg(dir.as_path())
-        .status()?;
+    save(dir.as_path(), seccomp)?;
+    let mut restore = Command::new(std::env::current_exe()?);
+    restore.arg("restore").arg(dir.as_path());
+    if seccomp {
+        restore.arg("--seccomp");
+    }
+    let status = restore.status()?;
     if !status.success() {
         return Err(format!("the restoring process failed: {status}").into());
     }
@@ -88,14 +98,29 @@ fn open_disk(path: &Path) -> Result<Block, Box<dyn Error>> {
     Ok(Block::new(file, BlockOptions::default())?)
 }
 
-/// Starts the vCPU on its own thread (vmkit's runner) with the devices on a bus. The
-/// i8042's reset command powers the guest off; with `until`, the vCPU pauses once that
-/// serial line has been printed, and the returned channel says so.
+/// The vCPU thread's seccomp filter with `--seccomp`: the backend's rules and the disk's
+/// calls (served on the vCPU thread here).
+fn vcpu_filter(
+    hv: &dyn Hypervisor,
+    seccomp: bool,
+) -> Result<Option<vmkit::seccomp::Filter>, Box<dyn Error>> {
+    if !seccomp {
+        return Ok(None);
+    }
+    let mut rules = hv.vcpu_seccomp_rules();
+    rules.allow_all(&[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync]);
+    Ok(Some(rules.compile()?))
+}
+
+/// Starts the vCPU on its own thread (vmkit's runner) with the devices on a bus, under
+/// `filter` if given. The i8042's reset command powers the guest off; with `until`, the vCPU
+/// pauses once that serial line has been printed, and the returned channel says so.
 fn start(
     vcpu: Box<dyn Vcpu>,
     bus: Bus,
     i8042: Arc<I8042>,
     until: Option<String>,
+    filter: Option<vmkit::seccomp::Filter>,
 ) -> Result<(VmRunner, Receiver<()>), Box<dyn Error>> {
     let (reached, at_line) = mpsc::channel();
     let lines = Mutex::new(Vec::new());
@@ -123,7 +148,11 @@ fn start(
             action => action,
         }
     });
-    Ok((VmRunner::start(vec![vcpu], handler)?, at_line))
+    let mut options = RunnerOptions::default();
+    if let Some(filter) = filter {
+        options = options.seccomp(filter);
+    }
+    Ok((VmRunner::start_with(vec![vcpu], handler, options)?, at_line))
 }
 
 /// Waits for the guest to power off, and reports the first failure.
@@ -149,7 +178,7 @@ fn bus(serial: Arc<Uart>, i8042: Arc<I8042>, disk: Arc<Disk>) -> Result<Bus, Box
     Ok(bus)
 }
 
-fn save(dir: &Path) -> Result<(), Box<dyn Error>> {
+fn save(dir: &Path, seccomp: bool) -> Result<(), Box<dyn Error>> {
     std::fs::create_dir_all(dir)?;
     let disk_path = dir.join("disk.img");
     let mut image = vec![0u8; 64 * 512];
@@ -183,7 +212,9 @@ fn save(dir: &Path) -> Result<(), Box<dyn Error>> {
     )?);
     let bus = bus(serial.clone(), i8042.clone(), disk.clone())?;
     let msrs = snapshot::readable_msrs(vcpu.as_ref(), &hv.msr_index_list());
-    let (running, at_line) = start(vcpu, bus, i8042.clone(), Some(minimal::count_line(10)))?;
+    let filter = vcpu_filter(hv.as_ref(), seccomp)?;
+    let until = Some(minimal::count_line(10));
+    let (running, at_line) = start(vcpu, bus, i8042.clone(), until, filter)?;
     // The vCPU pauses itself at the line; if the VM stops first, join says why.
     while at_line.recv_timeout(Duration::from_millis(100)).is_err() {
         if running.is_stopping() {
@@ -219,7 +250,7 @@ fn save(dir: &Path) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-fn restore(dir: &Path, mode: MemoryRestore) -> Result<(), Box<dyn Error>> {
+fn restore(dir: &Path, mode: MemoryRestore, seccomp: bool) -> Result<(), Box<dyn Error>> {
     let snap: PathBuf = dir.join("snap");
     let hv = vmkit::open()?;
     let started = Instant::now();
@@ -242,6 +273,11 @@ fn restore(dir: &Path, mode: MemoryRestore) -> Result<(), Box<dyn Error>> {
     let bus = bus(serial, i8042.clone(), Arc::new(disk))?;
     let mut vcpus = restored.vcpus;
     let vcpu = vcpus.pop().ok_or("the snapshot has no vCPU")?;
-    let (running, _) = start(vcpu, bus, i8042, None)?;
+    let filter = vcpu_filter(hv.as_ref(), seccomp)?;
+    let (running, _) = start(vcpu, bus, i8042, None, filter)?;
+    if seccomp {
+        // Nothing is left to set up: the main thread only waits and tears down.
+        vmkit::seccomp::vmm_rules(hv.kind()).compile()?.install()?;
+    }
     finish(running)
 }

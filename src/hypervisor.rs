@@ -397,6 +397,25 @@ pub trait Hypervisor: Send + Sync {
     /// ```
     fn kind(&self) -> HypervisorKind;
 
+    /// The seccomp rules of a vCPU thread of this hypervisor's VMs, for
+    /// [`RunnerOptions::seccomp`](crate::runner::RunnerOptions::seccomp): by default
+    /// [`seccomp::vcpu_rules`](crate::seccomp::vcpu_rules) for [`kind`](Self::kind). A VMM
+    /// whose exit handlers make more calls extends them before compiling.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// let rules = hypervisor.vcpu_seccomp_rules();
+    /// assert!(rules.allows(libc::SYS_ioctl));
+    /// assert!(!rules.allows(libc::SYS_execve));
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "seccomp")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "seccomp")))]
+    fn vcpu_seccomp_rules(&self) -> crate::seccomp::Rules {
+        crate::seccomp::vcpu_rules(self.kind())
+    }
+
     /// What this hypervisor supports.
     ///
     /// ```

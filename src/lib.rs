@@ -98,6 +98,9 @@ pub mod interrupt;
 pub mod kvm;
 pub mod memory;
 pub mod runner;
+#[cfg(feature = "seccomp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "seccomp")))]
+pub mod seccomp;
 #[cfg(target_arch = "x86_64")]
 pub mod snapshot;
 pub mod vcpu;

@@ -15,7 +15,8 @@ use vmkit_virtio::net::{MacAddr, NetOptions};
 pub const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmdline STRING] \
                          [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]] \
                          [--net tap|isolated:BRIDGE|bridged:BRIDGE|nat:BRIDGE:GATEWAY/PREFIX:UPLINK \
-                         [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings]";
+                         [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings] \
+                         [--seccomp]";
 /// The command line when `--cmdline` is not given. `earlyprintk` shows the kernel's first
 /// lines (its banner) on the serial port before the console driver starts, which a kernel
 /// that dies early never reaches.
@@ -211,6 +212,8 @@ pub struct Options {
     pub map_kernel: bool,
     /// `--split-rings`.
     pub split_rings: bool,
+    /// `--seccomp`.
+    pub seccomp: bool,
 }
 
 /// Parses this process's arguments and checks `--mem` against the host's RAM.
@@ -238,6 +241,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
         exit_stats: false,
         map_kernel: false,
         split_rings: false,
+        seccomp: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -286,6 +290,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
             "--exit-stats" => options.exit_stats = true,
             "--map-kernel" => options.map_kernel = true,
             "--split-rings" => options.split_rings = true,
+            "--seccomp" => options.seccomp = true,
             "--help" | "-h" => return Err(OptionsError::Help),
             _ => return Err(OptionsError::Unexpected { arg }),
         }
@@ -488,7 +493,7 @@ mod tests {
         assert_eq!((options.mem_mib, options.vcpus), (256, 1));
         let options = parse(args(
             "--kernel k --initrd i --cmdline quiet --mem 16 --mem-overcommit --vcpus 2 \
-             --disk d.img,ro --exit-stats --map-kernel --split-rings",
+             --disk d.img,ro --exit-stats --map-kernel --split-rings --seccomp",
         ))
         .unwrap();
         assert_eq!(options.kernel, PathBuf::from("k"));
@@ -496,6 +501,7 @@ mod tests {
         assert_eq!(options.cmdline, "quiet");
         assert_eq!((options.mem_mib, options.ram_size()), (16, 16 << 20));
         assert!(options.mem_overcommit && options.exit_stats && options.map_kernel);
+        assert!(options.seccomp);
         assert_eq!(
             options.disk,
             Some(DiskArg {

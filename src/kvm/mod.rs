@@ -18,6 +18,8 @@ mod dirty;
 mod exit;
 mod irq;
 mod kick;
+#[cfg(feature = "seccomp")]
+pub(crate) mod seccomp;
 mod vcpu;
 mod vm;
 

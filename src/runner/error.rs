@@ -20,6 +20,18 @@ pub enum RunnerError {
         #[source]
         source: std::io::Error,
     },
+    /// The vCPU's thread could not install its seccomp filter
+    /// ([`RunnerOptions::seccomp`](super::RunnerOptions::seccomp)); it never ran the vCPU, and
+    /// the VM was stopped.
+    #[cfg(feature = "seccomp")]
+    #[error("vCPU {vcpu} cannot install its seccomp filter")]
+    Seccomp {
+        /// The vCPU.
+        vcpu: u32,
+        /// vmkit-seccomp's error.
+        #[source]
+        source: crate::seccomp::SeccompError,
+    },
     /// `run()` failed; the VM was stopped.
     #[error("vCPU {vcpu} failed to run")]
     Run {

@@ -150,6 +150,16 @@ pub struct RunnerOptions {
     pub command_timeout: Option<Duration>,
     /// Start every vCPU paused: nothing runs until [`VmRunner::resume_all`].
     pub start_paused: bool,
+    /// A seccomp filter each vCPU thread installs on itself before it answers a command or
+    /// runs its vCPU; `None` (the default) confines nothing. Build it from the backend's rules,
+    /// [`Hypervisor::vcpu_seccomp_rules`](crate::Hypervisor::vcpu_seccomp_rules) (or
+    /// [`seccomp::vcpu_rules`](crate::seccomp::vcpu_rules)), extended with whatever the exit
+    /// handler does beyond what vmkit's crates do (see [`crate::seccomp`]). A thread that
+    /// cannot install it ends with [`RunnerError::Seccomp`] and stops the VM; a forbidden call
+    /// later ends the process with a line naming the thread and the call.
+    #[cfg(feature = "seccomp")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "seccomp")))]
+    pub seccomp: Option<crate::seccomp::Filter>,
 }
 
 impl RunnerOptions {
@@ -162,6 +172,23 @@ impl RunnerOptions {
     /// Sets [`start_paused`](Self::start_paused).
     pub fn start_paused(mut self, paused: bool) -> Self {
         self.start_paused = paused;
+        self
+    }
+
+    /// Sets [`seccomp`](Self::seccomp).
+    ///
+    /// ```no_run
+    /// # fn f(hypervisor: &dyn vmkit::Hypervisor) -> Result<(), vmkit::seccomp::SeccompError> {
+    /// let mut rules = hypervisor.vcpu_seccomp_rules();
+    /// // This VMM's exit handler also reads a file it opened before the run.
+    /// rules.allow(libc::SYS_pread64);
+    /// let options = vmkit::runner::RunnerOptions::default().seccomp(rules.compile()?);
+    /// # let _ = options; Ok(()) }
+    /// ```
+    #[cfg(feature = "seccomp")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "seccomp")))]
+    pub fn seccomp(mut self, filter: crate::seccomp::Filter) -> Self {
+        self.seccomp = Some(filter);
         self
     }
 }
@@ -446,10 +473,14 @@ impl VmRunner {
         for (vcpu, queue) in vcpus.into_iter().zip(queues) {
             let id = vcpu.id();
             let shared = Arc::clone(&runner.shared);
-            let paused = options.start_paused;
+            let setup = thread::Setup {
+                paused: options.start_paused,
+                #[cfg(feature = "seccomp")]
+                seccomp: options.seccomp.clone(),
+            };
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
-                .spawn(move || thread::run(vcpu, queue, shared, paused));
+                .spawn(move || thread::run(vcpu, queue, shared, setup));
             match spawned {
                 Ok(thread) => runner.threads.push((id, thread)),
                 Err(source) => {

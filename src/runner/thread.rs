@@ -68,14 +68,24 @@ impl Drop for EndGuard<'_> {
     }
 }
 
+/// How a vCPU thread starts.
+pub(super) struct Setup {
+    /// Paused: it waits for a resume before the first `run()`.
+    pub(super) paused: bool,
+    /// The filter it installs first.
+    #[cfg(feature = "seccomp")]
+    pub(super) seccomp: Option<crate::seccomp::Filter>,
+}
+
 /// The body of a vCPU thread.
 pub(super) fn run(
     mut vcpu: Box<dyn Vcpu>,
     commands: Receiver<Command>,
     shared: Arc<Shared>,
-    paused: bool,
+    setup: Setup,
 ) -> Ended {
     let id = vcpu.id();
+    let paused = setup.paused;
     let mut guard = EndGuard {
         shared: &shared,
         halted: false,
@@ -86,6 +96,12 @@ pub(super) fn run(
         halted: false,
     };
     let result = catch_unwind(AssertUnwindSafe(|| {
+        #[cfg(feature = "seccomp")]
+        if let Some(filter) = &setup.seccomp {
+            filter
+                .install()
+                .map_err(|source| RunnerError::Seccomp { vcpu: id, source })?;
+        }
         vcpu_loop(vcpu.as_mut(), &commands, &shared, &mut state)
     }));
     guard.halted = state.halted;

@@ -99,6 +99,8 @@ mod kick;
 mod libs;
 mod memory;
 mod page;
+#[cfg(feature = "seccomp")]
+pub(crate) mod seccomp;
 mod sys;
 mod vcpu;
 mod vm;

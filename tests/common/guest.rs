@@ -12,7 +12,7 @@ use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_memory::GuestAddress;
 use vm_superio::{Serial, Trigger};
 use vmkit::arch::x86_64::MpState;
-use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VmRunner};
+use vmkit::runner::{self, ExitAction, ExitHandler, VmRunner};
 use vmkit::{EventFd, Hypervisor, MemoryFlags, MemoryRegion, VcpuExit, Vm, VmConfig};
 use vmkit_boot::entry;
 use vmkit_guests::minimal;
@@ -192,7 +192,7 @@ impl Guest {
         }
         let mmio_written = Arc::new(Mutex::new(vec![Vec::new(); config.vcpus as usize]));
         let handler = handler(uart, report_tx, Arc::clone(&mmio_written));
-        let options = RunnerOptions::default().command_timeout(GIVE_UP);
+        let options = super::runner_options().command_timeout(GIVE_UP);
         let runner = VmRunner::start_with(vcpus, handler, options).unwrap();
         Guest {
             vm,

@@ -6,7 +6,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
-use vmkit::runner::{self, ExitAction, RunnerOptions, VcpuOutcome, VmRunner};
+use vmkit::runner::{self, ExitAction, VcpuOutcome, VmRunner};
 use vmkit::{Hypervisor, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
 use vmkit_boot::entry;
 // PIO_LOOP: `out` of `al` to BYTE_REPORT_PORT (0x81, not 0x80: by default Xen lets HVM guests
@@ -78,7 +78,7 @@ pub fn pause_stops_every_vcpu_and_resume_restarts_them(hv: &dyn Hypervisor) {
     const VCPUS: u32 = 3;
     let (_vm, vcpus) = vm_running(hv, VCPUS, PIO_LOOP);
     let (counters, handler) = counting(VCPUS);
-    let options = RunnerOptions::default().command_timeout(GIVE_UP);
+    let options = crate::common::runner_options().command_timeout(GIVE_UP);
     let running = VmRunner::start_with(vcpus, handler, options).unwrap();
 
     wait_all_ran(&counters, &[0; VCPUS as usize]);

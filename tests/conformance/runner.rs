@@ -22,7 +22,7 @@ use crate::pause::{counting, totals, vm_running, wait_all_ran};
 use vmkit_guests::snippets::{PIO_LOOP, SPIN, TRIPLE_FAULT};
 
 fn options() -> RunnerOptions {
-    RunnerOptions::default().command_timeout(GIVE_UP)
+    crate::common::runner_options().command_timeout(GIVE_UP)
 }
 
 fn outcomes(running: VmRunner) -> Vec<Result<VcpuOutcome, RunnerError>> {
@@ -306,7 +306,7 @@ pub fn a_command_to_a_stuck_handler_times_out(hv: &dyn Hypervisor) {
     });
     // The handler is held for as long as the test wants: this timeout must expire.
     let timeout = Duration::from_millis(100);
-    let options = RunnerOptions::default().command_timeout(timeout);
+    let options = crate::common::runner_options().command_timeout(timeout);
     let running = VmRunner::start_with(vcpus, handler, options).unwrap();
     while !entered.load(Ordering::SeqCst) {
         thread::yield_now();

@@ -9,7 +9,7 @@ use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::{Bytes, GuestAddress};
 use vmkit::arch::x86_64::msr_index;
-use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VmRunner};
+use vmkit::runner::{self, ExitAction, ExitHandler, VmRunner};
 use vmkit::snapshot::{self, Features};
 use vmkit::{EventFd, Hypervisor, MemoryFlags, MemoryRegion, Vcpu, Vm, VmConfig};
 use vmkit_boot::entry;
@@ -104,7 +104,7 @@ impl Machine {
             }
             action => action,
         });
-        let options = RunnerOptions::default().command_timeout(give_up);
+        let options = crate::common::runner_options().command_timeout(give_up);
         let running = VmRunner::start_with(vec![vcpu], handler, options).unwrap();
         let start = std::time::Instant::now();
         while at_point
@@ -515,7 +515,7 @@ fn start_threaded(vcpus: Vec<Box<dyn Vcpu>>, bus: Arc<Bus>, i8042: Arc<I8042>) -
         ExitAction::Continue if i8042.take_reset_request() => ExitAction::PowerOff,
         action => action,
     });
-    let options = RunnerOptions::default().command_timeout(crate::common::guest::GIVE_UP);
+    let options = crate::common::runner_options().command_timeout(crate::common::guest::GIVE_UP);
     VmRunner::start_with(vcpus, handler, options).unwrap()
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_memory::GuestAddress;
-use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VcpuOutcome, VmRunner};
+use vmkit::runner::{self, ExitAction, ExitHandler, VcpuOutcome, VmRunner};
 use vmkit::{Capabilities, EventFd, Hypervisor, MemoryFlags, MemoryRegion, VmConfig};
 use vmkit_boot::entry;
 
@@ -103,7 +103,7 @@ fn blk_round_trip(hv: &dyn Hypervisor, ioeventfd: bool) {
         ExitAction::Continue if i8042.take_reset_request() => ExitAction::PowerOff,
         action => action,
     });
-    let options = RunnerOptions::default().command_timeout(GIVE_UP);
+    let options = crate::common::runner_options().command_timeout(GIVE_UP);
     let running = VmRunner::start_with(vec![vcpu], handler, options).unwrap();
     let finished = running.join_timeout(GIVE_UP).unwrap();
     assert_eq!(

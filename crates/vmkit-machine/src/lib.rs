@@ -60,4 +60,4 @@ pub mod worker;
 
 pub use resources::{GsiAllocator, MmioAllocator, MmioWindow, ResourceError};
 pub use virtio_mmio::{QueueNotifier, VirtioMmioWiring, WiredDevice, WiringError};
-pub use worker::{QueueStats, QueueWorker, WorkerError, WorkerStats};
+pub use worker::{QueueStats, QueueWorker, WorkerError, WorkerOptions, WorkerStats};

@@ -68,7 +68,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 
 use vm_memory::GuestAddressSpace;
@@ -137,6 +137,16 @@ pub enum WorkerError {
         /// The system's error.
         #[source]
         source: io::Error,
+    },
+    /// The thread could not install its seccomp filter
+    /// ([`WorkerOptions::seccomp`]); it ended without serving anything.
+    #[error("the thread {name:?} cannot install its seccomp filter")]
+    Seccomp {
+        /// The thread's name.
+        name: String,
+        /// vmkit-seccomp's error.
+        #[source]
+        source: vmkit_seccomp::SeccompError,
     },
     /// Waiting on the epoll set failed; the thread stopped.
     #[error("waiting for notifications failed; the thread {name:?} stopped")]
@@ -237,6 +247,71 @@ impl WorkerStats {
     }
 }
 
+/// Settings of a [`QueueWorker`], for [`QueueWorker::start_with`].
+///
+/// ```
+/// let options = vmkit_machine::worker::WorkerOptions::named("virtio-blk")
+///     .seccomp(vmkit_machine::worker::blk_seccomp_rules().compile()?);
+/// # let _ = options;
+/// # Ok::<(), vmkit_seccomp::SeccompError>(())
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorkerOptions {
+    /// The thread's name ([`THREAD_NAME`] by default).
+    pub name: String,
+    /// A seccomp filter the thread installs on itself before it serves
+    /// anything; `None` (the default) confines nothing. For a virtio-blk
+    /// device on a file, [`blk_seccomp_rules`]; for a device whose queue
+    /// work makes no system call of its own, [`queue_seccomp_rules`];
+    /// either extended with what the device's backend does. A forbidden
+    /// call ends the process with a line naming the thread and the call
+    /// (see `vmkit_seccomp`).
+    pub seccomp: Option<vmkit_seccomp::Filter>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions::named(THREAD_NAME)
+    }
+}
+
+impl WorkerOptions {
+    /// The defaults, with the thread named `name`.
+    pub fn named(name: impl Into<String>) -> WorkerOptions {
+        WorkerOptions {
+            name: name.into(),
+            seccomp: None,
+        }
+    }
+
+    /// Sets [`seccomp`](Self::seccomp).
+    pub fn seccomp(mut self, filter: vmkit_seccomp::Filter) -> WorkerOptions {
+        self.seccomp = Some(filter);
+        self
+    }
+}
+
+/// The seccomp rules of a worker thread whose device makes no system call
+/// of its own: `vmkit_seccomp::Rules::base` (which has `write`, for the
+/// interrupt eventfd and for a console writing to an open stdout), waiting
+/// on the epoll set, and reading the notification eventfds.
+pub fn queue_seccomp_rules() -> vmkit_seccomp::Rules {
+    let mut rules = vmkit_seccomp::Rules::base();
+    rules.allow_all(&[libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_read]);
+    rules
+}
+
+/// The seccomp rules of a worker serving a virtio-blk device on a file
+/// (`vmkit_virtio::blk::Block` over `std::fs::File`):
+/// [`queue_seccomp_rules`] and the file's positional reads and writes and
+/// `fdatasync` (a flush request).
+pub fn blk_seccomp_rules() -> vmkit_seccomp::Rules {
+    let mut rules = queue_seccomp_rules();
+    rules.allow_all(&[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync]);
+    rules
+}
+
 /// A thread serving queues of one virtio-mmio transport on their
 /// notification eventfds; see the [module documentation](self).
 ///
@@ -297,7 +372,35 @@ impl QueueWorker {
         D: VirtioDevice<S::M> + Send + 'static,
         F: FnMut(&WorkerError) + Send + 'static,
     {
-        let name = name.into();
+        QueueWorker::start_with(transport, notifiers, WorkerOptions::named(name), on_error)
+    }
+
+    /// [`QueueWorker::start`] with options: the thread's name, and a
+    /// seccomp filter it installs before it serves anything (this returns
+    /// once it has, or with the error that kept it out).
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use vmkit_machine::worker::{blk_seccomp_rules, QueueWorker, WorkerOptions};
+    /// # fn f(blk: vmkit_machine::WiredDevice<Arc<vm_memory::GuestMemoryMmap>, vmkit_virtio::blk::Block>)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// let options = WorkerOptions::named("virtio-blk").seccomp(blk_seccomp_rules().compile()?);
+    /// let worker = QueueWorker::start_with(blk.transport, blk.notifiers, options, |_| {})?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn start_with<S, D, F>(
+        transport: Arc<MmioTransport<S, D>>,
+        notifiers: Vec<QueueNotifier>,
+        options: WorkerOptions,
+        on_error: F,
+    ) -> Result<QueueWorker, WorkerError>
+    where
+        S: GuestAddressSpace + Send + Sync + 'static,
+        D: VirtioDevice<S::M> + Send + 'static,
+        F: FnMut(&WorkerError) + Send + 'static,
+    {
+        let WorkerOptions { name, seccomp } = options;
         if notifiers.is_empty() {
             return Err(WorkerError::NoQueues);
         }
@@ -350,13 +453,30 @@ impl QueueWorker {
             stop: stop_seen,
             on_error,
         };
+        let (installed, install_result) = mpsc::sync_channel(1);
         let thread = thread::Builder::new()
             .name(name.clone())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                if let Some(filter) = seccomp {
+                    let result = filter.install();
+                    let failed = result.is_err();
+                    let _ = installed.send(result);
+                    if failed {
+                        return Ok(WorkerStats::default());
+                    }
+                }
+                drop(installed);
+                worker.run()
+            })
             .map_err(|source| WorkerError::Spawn {
                 name: name.clone(),
                 source,
             })?;
+        // Without a filter the sender is dropped at once: `Err(_)` here.
+        if let Ok(Err(source)) = install_result.recv() {
+            let _ = thread.join();
+            return Err(WorkerError::Seccomp { name, source });
+        }
         Ok(QueueWorker {
             name,
             stop,

@@ -22,8 +22,10 @@ use vmkit_devices::{Serial, COM1, I8042, SERIAL_PORTS};
 use vmkit_guests::minimal;
 use vmkit_machine::resources::{GsiAllocator, MmioAllocator};
 use vmkit_machine::virtio_mmio::{QueueNotifier, VirtioMmioWiring};
-use vmkit_machine::worker::{QueueStats, QueueWorker, WorkerError, THREAD_NAME};
-use vmkit_virtio::blk::{Block, BlockOptions};
+use vmkit_machine::worker::{
+    self, QueueStats, QueueWorker, WorkerError, WorkerOptions, THREAD_NAME,
+};
+use vmkit_virtio::blk::{Block, BlockBackend, BlockOptions};
 use vmkit_virtio::mmio::{MmioTransport, MMIO_REGION_SIZE};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempfile::TempFile;
@@ -65,8 +67,84 @@ fn disk() -> (std::fs::File, Vec<u8>) {
     (disk, image)
 }
 
+/// How the test confines its threads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Confined {
+    /// Not at all.
+    No,
+    /// The vCPU thread with the backend's vCPU filter, the worker with the
+    /// virtio-blk filter.
+    Yes,
+    /// As `Yes`, and the disk's backend opens a socket on its first read,
+    /// in the worker thread.
+    ForbiddenRead,
+}
+
+/// The disk behind the device: the file, and a forbidden call if asked.
+struct Disk {
+    file: std::fs::File,
+    forbidden: bool,
+}
+
+impl BlockBackend for Disk {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if self.forbidden {
+            // SAFETY: socket takes plain integers; the descriptor is leaked.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        }
+        BlockBackend::read_at(&mut self.file, buf, offset)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        BlockBackend::write_at(&mut self.file, buf, offset)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        BlockBackend::flush(&mut self.file)
+    }
+}
+
 #[test]
 fn the_worker_serves_the_minimal_kernels_virtio_blk_driver() {
+    serve_the_minimal_kernel(Confined::No);
+}
+
+/// The same run with every thread confined: the vCPU thread by its
+/// backend's filter, the worker by `blk_seccomp_rules`. Filters are per
+/// thread, so this process's other threads are not affected.
+#[test]
+fn the_minimal_kernel_runs_with_every_filter_on() {
+    serve_the_minimal_kernel(Confined::Yes);
+}
+
+/// A forbidden call in the worker thread (the disk's backend opens a
+/// socket) ends the process with SIGSYS and one line naming the thread and
+/// the call. The confined run happens in a child process: this test binary
+/// again, running only this test with `VMKIT_SECCOMP_CHILD` set.
+#[test]
+fn a_forbidden_call_in_the_worker_ends_the_process() {
+    use std::os::unix::process::ExitStatusExt;
+    const NAME: &str = "a_forbidden_call_in_the_worker_ends_the_process";
+    if std::env::var_os("VMKIT_SECCOMP_CHILD").is_some() {
+        serve_the_minimal_kernel(Confined::ForbiddenRead);
+        return;
+    }
+    if hypervisor().is_none() {
+        return;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
+        .env("VMKIT_SECCOMP_CHILD", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.signal(), Some(libc::SIGSYS), "{stderr}");
+    let line = format!(
+        "vmkit-seccomp: thread blk-confined made a forbidden system call: socket ({}); the process ends",
+        libc::SYS_socket
+    );
+    assert!(stderr.lines().any(|l| l == line), "{stderr}");
+}
+
+fn serve_the_minimal_kernel(confined: Confined) {
     let Some(hv) = hypervisor() else { return };
     // `attach` registers the interrupt as an irqfd: an in-kernel irqchip.
     // The driver polls with interrupts disabled, so the interrupt is never
@@ -95,19 +173,34 @@ fn the_worker_serves_the_minimal_kernels_virtio_blk_driver() {
         GsiAllocator::new(5, 23).unwrap(),
     );
     let (mut disk, image) = disk();
-    let block = Block::new(disk.try_clone().unwrap(), BlockOptions::default()).unwrap();
+    let backend = Disk {
+        file: disk.try_clone().unwrap(),
+        forbidden: confined == Confined::ForbiddenRead,
+    };
+    let block = Block::with_backend(backend, DISK_SECTORS * 512, BlockOptions::default()).unwrap();
     let mut blk = wiring.attach(vm.as_ref(), &mut bus, block, &[0]).unwrap();
     assert_eq!(blk.window.base, minimal::VIRTIO_MMIO_BASE);
     let transport = blk.transport.clone();
     let errors = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&errors);
-    let worker = QueueWorker::start(
+    let mut options = WorkerOptions::default();
+    if confined != Confined::No {
+        options = WorkerOptions::named("blk-confined")
+            .seccomp(worker::blk_seccomp_rules().compile().unwrap());
+    }
+    let worker = QueueWorker::start_with(
         transport.clone(),
         std::mem::take(&mut blk.notifiers),
+        options,
         move |err: &WorkerError| seen.lock().unwrap().push(err.to_string()),
     )
     .unwrap();
-    assert_eq!(worker.name(), THREAD_NAME);
+    let name = if confined == Confined::No {
+        THREAD_NAME
+    } else {
+        "blk-confined"
+    };
+    assert_eq!(worker.name(), name);
     assert!(!worker.is_finished());
 
     let vcpu = vm.create_vcpu(0).unwrap();
@@ -123,9 +216,16 @@ fn the_worker_serves_the_minimal_kernels_virtio_blk_driver() {
         ExitAction::Continue if i8042.take_reset_request() => ExitAction::PowerOff,
         action => action,
     });
-    let options = RunnerOptions::default().command_timeout(GIVE_UP);
+    let mut options = RunnerOptions::default().command_timeout(GIVE_UP);
+    if confined != Confined::No {
+        options = options.seccomp(hv.vcpu_seccomp_rules().compile().unwrap());
+    }
     let running = VmRunner::start_with(vec![vcpu], handler, options).unwrap();
     let finished = running.join_timeout(GIVE_UP).unwrap();
+    assert!(
+        confined != Confined::ForbiddenRead,
+        "the forbidden read did not end the process"
+    );
     assert_eq!(
         finished[0].outcome.as_ref().unwrap(),
         &VcpuOutcome::PowerOff

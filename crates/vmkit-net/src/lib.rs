@@ -85,4 +85,4 @@ pub use owners::Leftover;
 pub use parse::{parse_mac, ParseError};
 pub use tap::{Tap, TapError, TapOptions};
 pub use vmkit_virtio::net::NetBackend;
-pub use worker::{NetWorker, QueueKicks, WorkerError};
+pub use worker::{NetWorker, NetWorkerOptions, QueueKicks, WorkerError};

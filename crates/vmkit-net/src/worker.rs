@@ -79,7 +79,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -133,6 +133,10 @@ pub enum WorkerError {
     /// The thread could not be started.
     #[error("cannot start the {THREAD_NAME} thread")]
     Spawn(#[source] io::Error),
+    /// The thread could not install its seccomp filter
+    /// ([`NetWorkerOptions::seccomp`]); it ended without serving anything.
+    #[error("the {THREAD_NAME} thread cannot install its seccomp filter")]
+    Seccomp(#[source] vmkit_seccomp::SeccompError),
     /// Waiting on the epoll set failed; the thread stopped.
     #[error("waiting for events failed; the {THREAD_NAME} thread stopped")]
     Wait(#[source] io::Error),
@@ -176,6 +180,62 @@ pub struct QueueKicks {
     pub tx: EventFd,
 }
 
+/// Settings of a [`NetWorker`], for [`NetWorker::start_with`].
+///
+/// ```
+/// use vmkit_net::worker::{seccomp_rules, NetWorkerOptions};
+///
+/// let options = NetWorkerOptions::default().seccomp(seccomp_rules().compile()?);
+/// # let _ = options;
+/// # Ok::<(), vmkit_seccomp::SeccompError>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct NetWorkerOptions {
+    /// A seccomp filter the thread installs on itself before it serves
+    /// anything; `None` (the default) confines nothing. For a TAP backend,
+    /// [`seccomp_rules`]. A forbidden call ends the process with a line
+    /// naming the thread and the call (see `vmkit_seccomp`).
+    pub seccomp: Option<vmkit_seccomp::Filter>,
+}
+
+impl NetWorkerOptions {
+    /// Sets [`seccomp`](Self::seccomp).
+    pub fn seccomp(mut self, filter: vmkit_seccomp::Filter) -> NetWorkerOptions {
+        self.seccomp = Some(filter);
+        self
+    }
+}
+
+/// The seccomp rules of the worker thread on a TAP (or any backend that
+/// is a readable, writable descriptor): `vmkit_seccomp::Rules::base`
+/// (with `write`: frames to the TAP, the interrupt eventfd), waiting on
+/// the epoll set and changing what the backend is polled for
+/// (`epoll_ctl` with `EPOLL_CTL_MOD` only), and `read` (frames from the
+/// TAP, the notification eventfds).
+pub fn seccomp_rules() -> vmkit_seccomp::Rules {
+    let mut rules = vmkit_seccomp::Rules::base();
+    rules
+        .allow_all(&[libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_read])
+        .allow_args(libc::SYS_epoll_ctl, 1, &[libc::EPOLL_CTL_MOD as u64]);
+    rules
+}
+
+/// What a TAP-backed virtio-net device makes a vCPU thread do, to add to
+/// the vCPU threads' rules: the driver's `DRIVER_OK` write (an MMIO exit)
+/// activates the device, which sets the TAP's offloads (`TUNSETOFFLOAD`),
+/// and a register access that the transport answers by processing a queue
+/// (the control queue, or the data queues when the device goes live) moves
+/// frames between the TAP and the guest on that thread (`read`; `write` is
+/// in every thread's base).
+pub fn vcpu_seccomp_rules() -> vmkit_seccomp::Rules {
+    let mut rules = vmkit_seccomp::Rules::new();
+    rules
+        .allow_ioctls(&[libc::TUNSETOFFLOAD])
+        .allow(libc::SYS_read);
+    rules
+}
+
 /// A thread serving a virtio-net device's receive and transmit queues on
 /// their notifications and its backend on its readiness; see the
 /// [module documentation](self).
@@ -205,6 +265,24 @@ impl NetWorker {
         B: NetBackend + AsRawFd + Send + 'static,
         F: FnMut(&WorkerError) + Send + 'static,
     {
+        NetWorker::start_with(transport, kicks, NetWorkerOptions::default(), on_error)
+    }
+
+    /// [`NetWorker::start`] with options: a seccomp filter the thread
+    /// installs before it serves anything (this returns once it has, or
+    /// with the error that kept it out).
+    pub fn start_with<S, B, F>(
+        transport: Arc<MmioTransport<S, Net<B>>>,
+        kicks: QueueKicks,
+        options: NetWorkerOptions,
+        on_error: F,
+    ) -> Result<NetWorker, WorkerError>
+    where
+        S: GuestAddressSpace + Send + Sync + 'static,
+        B: NetBackend + AsRawFd + Send + 'static,
+        F: FnMut(&WorkerError) + Send + 'static,
+    {
+        let NetWorkerOptions { seccomp } = options;
         let create = |what| move |source| WorkerError::Create { what, source };
         let stop = EventFd::new(EFD_NONBLOCK).map_err(create("stop eventfd"))?;
         let epoll = Epoll::new().map_err(create("epoll set"))?;
@@ -241,10 +319,27 @@ impl NetWorker {
             stop: stop_clone,
             on_error,
         };
+        let (installed, install_result) = mpsc::sync_channel(1);
         let thread = thread::Builder::new()
             .name(THREAD_NAME.into())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                if let Some(filter) = seccomp {
+                    let result = filter.install();
+                    let failed = result.is_err();
+                    let _ = installed.send(result);
+                    if failed {
+                        return Ok(());
+                    }
+                }
+                drop(installed);
+                worker.run()
+            })
             .map_err(WorkerError::Spawn)?;
+        // Without a filter the sender is dropped at once: `Err(_)` here.
+        if let Ok(Err(source)) = install_result.recv() {
+            let _ = thread.join();
+            return Err(WorkerError::Seccomp(source));
+        }
         Ok(NetWorker {
             stop,
             thread: Some(thread),

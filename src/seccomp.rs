@@ -1,0 +1,84 @@
+//! Seccomp filters for the threads vmkit runs, per backend (cargo feature `seccomp`, on by
+//! default).
+//!
+//! The rule builder, the base every thread needs and the violation report are the
+//! `vmkit-seccomp` crate, re-exported here ([`Rules`], [`Filter`]); this module adds what
+//! vmkit's own threads do on each backend:
+//!
+//! - [`vcpu_rules`]: a vCPU thread under the [runner](crate::runner): the base, the runner's
+//!   channels, and the backend's `run()` and state ioctls. Also
+//!   [`Hypervisor::vcpu_seccomp_rules`](crate::Hypervisor::vcpu_seccomp_rules), for a VMM that
+//!   holds a `Box<dyn Hypervisor>`. The runner installs it with
+//!   [`RunnerOptions::seccomp`](crate::runner::RunnerOptions::seccomp).
+//! - [`vmm_rules`]: the VMM's main thread once the VM is set up and running: commands to the
+//!   vCPUs, joining them, the dirty log, and tearing the VM down. The VMM installs it itself
+//!   (`vmm_rules(kind).compile()?.install()?`), after the last thread is spawned and the last
+//!   file is opened.
+//!
+//! The exit handler runs on the vCPU thread, so the vCPU filter must allow what it does. The
+//! rules allow what the handlers of vmkit's companion crates do (the bus's locks, serial
+//! and console output to an already-open stdout, eventfd writes to irqfds, `virtio` queue
+//! processing on guest memory); a VMM whose handlers do more (write a file, talk to a
+//! socket) adds those calls: `vcpu_rules(kind).extend(&extra)`.
+//!
+//! ```no_run
+//! use vmkit::runner::{self, ExitAction, RunnerOptions, VmRunner};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let hypervisor = vmkit::open()?;
+//! let vm = hypervisor.create_vm(&vmkit::VmConfig::default())?;
+//! let vcpus = vec![vm.create_vcpu(0)?];
+//! // The backend's vCPU rules, and what this VMM's handler adds (none here).
+//! let filter = hypervisor.vcpu_seccomp_rules().compile()?;
+//! let options = RunnerOptions::default().seccomp(filter);
+//! let handler = runner::from_fn(|_, _| ExitAction::PowerOff);
+//! let running = VmRunner::start_with(vcpus, handler, options)?;
+//! // Once nothing is left to set up, the main thread confines itself too.
+//! vmkit::seccomp::vmm_rules(hypervisor.kind()).compile()?.install()?;
+//! running.join();
+//! # Ok(()) }
+//! ```
+
+pub use vmkit_seccomp::{Filter, Rules, SeccompError};
+
+use crate::HypervisorKind;
+
+/// The rules of a vCPU thread run by the [runner](crate::runner) on `kind`: [`Rules::base`]
+/// (the runner's channels and locks are futexes) and the backend's calls. For a backend not
+/// compiled in, the base alone (such a thread cannot exist).
+pub fn vcpu_rules(kind: HypervisorKind) -> Rules {
+    let mut rules = Rules::base();
+    match kind {
+        #[cfg(feature = "kvm")]
+        HypervisorKind::Kvm => {
+            rules.extend(&crate::kvm::seccomp::vcpu_rules());
+        }
+        #[cfg(feature = "xen")]
+        HypervisorKind::Xen => {
+            rules.extend(&crate::xen::seccomp::vcpu_rules());
+        }
+        #[allow(unreachable_patterns)]
+        _ => {}
+    }
+    rules
+}
+
+/// The rules of the VMM's main thread on `kind` while the VM runs: [`Rules::base`] and what
+/// vmkit does there (the runner's commands and join, the dirty log, the VM's teardown). What
+/// the VMM itself does on that thread (signals, its own files) it adds.
+pub fn vmm_rules(kind: HypervisorKind) -> Rules {
+    let mut rules = Rules::base();
+    match kind {
+        #[cfg(feature = "kvm")]
+        HypervisorKind::Kvm => {
+            rules.extend(&crate::kvm::seccomp::vmm_rules());
+        }
+        #[cfg(feature = "xen")]
+        HypervisorKind::Xen => {
+            rules.extend(&crate::xen::seccomp::vmm_rules());
+        }
+        #[allow(unreachable_patterns)]
+        _ => {}
+    }
+    rules
+}

@@ -1,0 +1,141 @@
+//! Seccomp filters on the runner's vCPU threads (`RunnerOptions::seccomp`), on this host's
+//! hypervisor: the runner's work (running, commands that save and restore the vCPU's state,
+//! the state read when a guest stops) goes through the backend's filter, and a forbidden
+//! call in an exit handler ends the process with SIGSYS and one line. The forbidden call
+//! runs in a child process: this test binary again, running that test alone with
+//! `VMKIT_SECCOMP_CHILD` naming the file it must not create.
+
+// A test, benchmark or build script: a failed step is a failure to report, so it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vmkit::runner::{
+    self, ExitAction, RunnerError, RunnerOptions, StopReason, VcpuOutcome, VmRunner,
+};
+use vmkit::snapshot::{self, Features};
+use vmkit::{Hypervisor, VcpuExit, VmConfig};
+use vmkit_guests::snippets;
+
+const GIVE_UP: Duration = Duration::from_secs(60);
+const CHILD: &str = "VMKIT_SECCOMP_CHILD";
+
+fn hypervisor() -> Option<Box<dyn Hypervisor>> {
+    match vmkit::open() {
+        Ok(h) => Some(h),
+        Err(err) => {
+            eprintln!("SKIP: no hypervisor here: {err}");
+            None
+        }
+    }
+}
+
+fn confined(hv: &dyn Hypervisor) -> RunnerOptions {
+    let filter = hv.vcpu_seccomp_rules().compile().unwrap();
+    RunnerOptions::default()
+        .command_timeout(GIVE_UP)
+        .seccomp(filter)
+}
+
+/// The guest writes a port and halts; meanwhile the main thread pauses the vCPU, saves its
+/// state and restores it (the snapshot ioctls, on the confined vCPU thread), then lets it go.
+#[test]
+fn a_confined_vcpu_runs_and_answers_state_commands() {
+    let Some(hv) = hypervisor() else { return };
+    let config = VmConfig::default();
+    let test = common::long_mode_vm_with(hv.as_ref(), config.clone(), snippets::PIO_OUT_HLT);
+    let msrs = snapshot::readable_msrs(test.vcpu.as_ref(), &hv.msr_index_list());
+    let features = Features::for_vm(&config, hv.capabilities());
+    let handler = runner::from_fn(|_, exit| match exit {
+        VcpuExit::IoOut { port, .. } if *port == snippets::BYTE_REPORT_PORT => {
+            println!("the guest wrote port {port:#x}");
+            ExitAction::Continue
+        }
+        VcpuExit::Hlt => ExitAction::PowerOff,
+        other => ExitAction::unhandled(other),
+    });
+    let options = confined(hv.as_ref()).start_paused(true);
+    let running = VmRunner::start_with(vec![test.vcpu], handler, options).unwrap();
+    let states = running.save_all(&msrs, features).unwrap();
+    running.vcpus()[0].restore_state(&states[0]).unwrap();
+    running.resume_all().unwrap();
+    let finished = running.join_timeout(GIVE_UP).unwrap();
+    assert_eq!(
+        finished[0].outcome.as_ref().unwrap(),
+        &VcpuOutcome::PowerOff
+    );
+}
+
+/// A guest that stops (a triple fault): the runner reads its registers and instruction bytes
+/// on the confined thread, and reports the stop as an error, not as a killed process.
+#[test]
+fn a_confined_vcpu_reports_a_stopped_guest() {
+    let Some(hv) = hypervisor() else { return };
+    let test = common::long_mode_vm(hv.as_ref(), snippets::TRIPLE_FAULT);
+    let handler = runner::from_fn(|_, exit| ExitAction::unhandled(exit));
+    let running = VmRunner::start_with(vec![test.vcpu], handler, confined(hv.as_ref())).unwrap();
+    let finished = running.join_timeout(GIVE_UP).unwrap();
+    match &finished[0].outcome {
+        // (On AMD SVM, KVM resets the vCPU on a shutdown: rip is not asserted here.)
+        Err(RunnerError::GuestStopped { stop, .. }) => {
+            assert_eq!(stop.reason, StopReason::Shutdown, "{stop}");
+        }
+        other => panic!("expected a stopped guest, got {other:?}"),
+    }
+}
+
+/// An exit handler that creates a file (`openat`) on its `out`: the process dies of SIGSYS
+/// before the file exists, after a line naming the vCPU thread and the call.
+#[test]
+fn a_forbidden_call_in_an_exit_handler_ends_the_process() {
+    const NAME: &str = "a_forbidden_call_in_an_exit_handler_ends_the_process";
+    if let Some(path) = std::env::var_os(CHILD) {
+        let hv = hypervisor().unwrap();
+        let test = common::long_mode_vm(hv.as_ref(), snippets::PIO_OUT_HLT);
+        let path = CString::new(path.as_bytes()).unwrap();
+        let handler = runner::from_fn(move |_, exit| match exit {
+            VcpuExit::IoOut { .. } => {
+                // SAFETY: `path` is a NUL-terminated string; the descriptor is leaked.
+                unsafe {
+                    libc::openat(
+                        libc::AT_FDCWD,
+                        path.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY,
+                        0o600,
+                    )
+                };
+                ExitAction::Continue
+            }
+            VcpuExit::Hlt => ExitAction::PowerOff,
+            other => ExitAction::unhandled(other),
+        });
+        let running =
+            VmRunner::start_with(vec![test.vcpu], handler, confined(hv.as_ref())).unwrap();
+        let finished = running.join_timeout(GIVE_UP).unwrap();
+        panic!("the handler's openat did not end the process: {finished:?}");
+    }
+    if hypervisor().is_none() {
+        return;
+    }
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let path: PathBuf = dir.as_path().join("made-by-a-confined-vcpu");
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
+        .env(CHILD, &path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.signal(), Some(libc::SIGSYS), "{stderr}");
+    let line = format!(
+        "vmkit-seccomp: thread vcpu0 made a forbidden system call: openat ({}); the process ends",
+        libc::SYS_openat
+    );
+    assert!(stderr.lines().any(|l| l == line), "{stderr}");
+    assert!(!path.exists(), "the confined handler created {path:?}");
+}

@@ -139,3 +139,60 @@ fn a_forbidden_call_in_an_exit_handler_ends_the_process() {
     assert!(stderr.lines().any(|l| l == line), "{stderr}");
     assert!(!path.exists(), "the confined handler created {path:?}");
 }
+
+/// No thread's list lets a confined thread leave the process's confinement: run a program,
+/// make a process, open a file or a socket, change namespaces, load kernel code or touch
+/// another process. Prints each list's size (`-- --nocapture`), the figures the threat
+/// model compares with Firecracker's.
+#[test]
+fn no_list_allows_a_way_out() {
+    let forbidden = [
+        ("execve", libc::SYS_execve),
+        ("execveat", libc::SYS_execveat),
+        ("fork", libc::SYS_fork),
+        ("vfork", libc::SYS_vfork),
+        ("clone3", libc::SYS_clone3),
+        ("open", libc::SYS_open),
+        ("openat", libc::SYS_openat),
+        ("openat2", libc::SYS_openat2),
+        ("socket", libc::SYS_socket),
+        ("connect", libc::SYS_connect),
+        ("bind", libc::SYS_bind),
+        ("ptrace", libc::SYS_ptrace),
+        ("process_vm_writev", libc::SYS_process_vm_writev),
+        ("mount", libc::SYS_mount),
+        ("setns", libc::SYS_setns),
+        ("unshare", libc::SYS_unshare),
+        ("bpf", libc::SYS_bpf),
+        ("init_module", libc::SYS_init_module),
+        ("finit_module", libc::SYS_finit_module),
+        ("kexec_load", libc::SYS_kexec_load),
+    ];
+    let mut lists = vec![
+        ("KVM vCPU", vmkit::seccomp::vcpu_rules(vmkit::HypervisorKind::Kvm)),
+        ("KVM main thread", vmkit::seccomp::vmm_rules(vmkit::HypervisorKind::Kvm)),
+        ("virtio-blk worker", vmkit_machine::worker::blk_seccomp_rules()),
+        ("queue worker", vmkit_machine::worker::queue_seccomp_rules()),
+        ("virtio-net worker", vmkit_net::worker::seccomp_rules()),
+    ];
+    #[cfg(feature = "xen")]
+    {
+        lists.push(("Xen vCPU", vmkit::seccomp::vcpu_rules(vmkit::HypervisorKind::Xen)));
+        lists.push(("Xen main thread", vmkit::seccomp::vmm_rules(vmkit::HypervisorKind::Xen)));
+    }
+    let mut net_vcpu = vmkit::seccomp::vcpu_rules(vmkit::HypervisorKind::Kvm);
+    net_vcpu.extend(&vmkit_net::worker::vcpu_seccomp_rules());
+    lists.push(("KVM vCPU with a network card", net_vcpu));
+    for (thread, rules) in &lists {
+        for (name, number) in forbidden.iter().filter(|(_, n)| *n >= 0) {
+            assert!(!rules.allows(*number), "the {thread} list allows {name}");
+        }
+        let filter = rules.compile().unwrap();
+        println!(
+            "{thread:<30} {:>3} system calls, {:>3} ioctl numbers, {:>4} BPF instructions",
+            rules.syscall_count(),
+            rules.ioctl_count(),
+            filter.instructions()
+        );
+    }
+}

@@ -103,15 +103,19 @@
 
 mod atomic;
 mod bytes;
+mod id;
 pub mod memory;
+mod open;
 mod persist;
 pub mod state;
 
 pub use atomic::{write_atomically, AtomicWriteError};
+pub use id::SnapshotId;
 pub use memory::{
     DiffRegion, MemoryError, MemoryFile, MemoryKind, MemoryWriter, RegionInfo, DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE, MAX_MEMORY_HEADER_LEN, MAX_REGIONS, PAGE_SIZE,
 };
+pub use open::{open_regular, OpenError};
 pub use persist::Persist;
 pub use state::{
     Arch, Backend, Expected, Flags, Header, Part, Reader, Section, SectionHeader, SectionId,

@@ -62,8 +62,8 @@ fn refix(b: &mut [u8]) {
     let header_len = u64_at(b, 32) as usize;
     let t = checksum(&b[MEMORY_HEADER_LEN..header_len.clamp(MEMORY_HEADER_LEN, b.len())]);
     set_u64(b, 48, t);
-    let h = checksum(&b[..56]);
-    set_u64(b, 56, h);
+    let h = checksum(&b[..88]);
+    set_u64(b, 88, h);
 }
 
 fn parse_patched(f: impl FnOnce(&mut Vec<u8>)) -> Result<MemoryFile, MemoryError> {
@@ -427,7 +427,7 @@ fn chunk_checksum_mismatch() {
 #[test]
 fn header_and_table_checksums() {
     let good = sample_bytes();
-    for byte in 8..56 {
+    for byte in 8..88 {
         let mut b = good.clone();
         b[byte] ^= 0x04;
         let r = MemoryFile::from_bytes(&b);
@@ -437,13 +437,13 @@ fn header_and_table_checksums() {
         assert!(ok, "byte {byte}: {r:?}");
     }
     let mut b = good.clone();
-    b[56] ^= 1;
+    b[88] ^= 1;
     assert!(matches!(
         MemoryFile::from_bytes(&b),
         Err(MemoryError::HeaderChecksum { .. })
     ));
     let header_len = u64_at(&good, 32) as usize;
-    for byte in [64, 70, header_len - 1] {
+    for byte in [96, 102, header_len - 1] {
         let mut b = good.clone();
         b[byte] ^= 0x80;
         assert!(
@@ -464,10 +464,10 @@ fn fixed_header_fields() {
         matches!(MemoryFile::from_bytes(&b), Err(MemoryError::BadMagic { found }) if &found == b"VMKITSNP")
     );
     assert!(matches!(
-        parse_patched(|b| b[8..10].copy_from_slice(&2u16.to_le_bytes())),
+        parse_patched(|b| b[8..10].copy_from_slice(&3u16.to_le_bytes())),
         Err(MemoryError::UnsupportedMajor {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         })
     ));
     assert!(parse_patched(|b| b[10..12].copy_from_slice(&5u16.to_le_bytes())).is_ok());
@@ -523,7 +523,7 @@ fn file_length_checks() {
         let r = MemoryFile::from_bytes(&good[..cut]);
         if cut < MEMORY_HEADER_LEN {
             assert!(
-                matches!(r, Err(MemoryError::Truncated { needed: 64, got }) if got == cut as u64),
+                matches!(r, Err(MemoryError::Truncated { needed: 96, got }) if got == cut as u64),
                 "cut {cut}: {r:?}"
             );
         } else {

@@ -186,7 +186,7 @@ pub fn a_diff_memory_file_in_a_full_snapshot_is_refused(hv: &dyn Hypervisor) {
         hv,
         &config,
         vm.as_ref(),
-        &[state.clone()],
+        std::slice::from_ref(&state),
         |_| Ok(()),
     )
     .unwrap();
@@ -480,7 +480,7 @@ pub fn a_diff_on_the_wrong_base_is_refused(hv: &dyn Hypervisor) {
             hv,
             &config,
             vm.as_ref(),
-            &[state.clone()],
+            std::slice::from_ref(&state),
             |_| Ok(()),
         )
         .unwrap()
@@ -495,7 +495,7 @@ pub fn a_diff_on_the_wrong_base_is_refused(hv: &dyn Hypervisor) {
             hv,
             &config,
             vm.as_ref(),
-            &[state.clone()],
+            std::slice::from_ref(&state),
             |_| Ok(()),
         )
         .unwrap();

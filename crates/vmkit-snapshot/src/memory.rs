@@ -55,7 +55,18 @@
 //! before copying it. A lazy restore that maps a full region directly (`mmap`
 //! of `file_offset..file_offset + size`, `MAP_PRIVATE`) skips verification and
 //! so trusts the data: it is then only as good as the file system's own
-//! integrity. Call `verify_region` first when that is not acceptable.
+//! integrity. Call `verify_region` first when that is not acceptable. The
+//! mapping also stays tied to the file: truncated while mapped, the file
+//! raises `SIGBUS` on a touch past its new end. [`MemoryFile::stream_region`]
+//! copies a region out instead, verified, in bounded chunks, skipping holes.
+//!
+//! # Identity
+//!
+//! The snapshot identity ties a memory file to the state file saved with it
+//! (the same [`SnapshotId`] in both headers), and a diff to its base (the
+//! base identity is the identity of the snapshot the diff applies on top of).
+//! The reader only reports them; comparing them is the restorer's job, since
+//! only it has both files.
 //!
 //! # Writing
 //!

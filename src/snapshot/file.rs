@@ -3,11 +3,13 @@
 //! A snapshot directory holds `state` (a vmkit-snapshot state file: the VM configuration, the
 //! capabilities of the host that wrote it, VM-wide state, one section per vCPU, and whatever
 //! sections the VMM adds for its devices) and `memory` (a vmkit-snapshot memory file). Both
-//! are written crash-safely: to a temporary name, fsynced, renamed.
+//! are written crash-safely: to a temporary name, fsynced, renamed. Both carry the same random
+//! snapshot identity; a diff's memory file also carries its base's.
 //!
-//! Restoring checks the state file and the capabilities against this host *before* mapping
-//! anything, then maps the memory file copy-on-write ([`MemoryRestore::Lazy`], pages load when
-//! the guest first touches them) or copies it in ([`MemoryRestore::Eager`]).
+//! Restoring checks the files against this host and against each other *before* creating
+//! anything ([`check`](super::check)), then maps the memory file copy-on-write
+//! ([`MemoryRestore::Lazy`], pages load when the guest first touches them) or streams it in
+//! ([`MemoryRestore::Eager`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -162,7 +164,9 @@ pub enum MemoryRestore {
     /// are read when the guest first touches them. Chunk checksums are not verified.
     #[default]
     Lazy,
-    /// Copy every region into fresh anonymous memory, verifying every chunk checksum.
+    /// Copy every region into fresh anonymous memory, chunk by chunk straight into the guest
+    /// mapping, verifying every chunk checksum; holes of the file are skipped. Nothing ties the
+    /// VM to the file afterwards. Diff snapshots are always restored this way.
     Eager,
 }
 
@@ -390,6 +394,9 @@ impl DiffTracker {
 
     /// Saves a paused VM to `dir` as a diff on top of the snapshot in `base` (a full one or
     /// another diff): the state as in [`save`], and only the pages written since the base.
+    /// The base's state file is read for its identity, which the diff records: a restore
+    /// refuses the diff on top of anything else, including a snapshot saved into `base`
+    /// again later.
     #[allow(clippy::too_many_arguments)]
     pub fn save_diff(
         &mut self,

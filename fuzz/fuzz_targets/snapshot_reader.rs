@@ -2,7 +2,8 @@
 //! Mode (low two bits): 0 state file as is; 1 state file with its header,
 //! section-header and payload checksums recomputed first (so mutations reach
 //! the code behind the checksums); 2 memory file as is; 3 memory file with
-//! its header and table checksums recomputed first.
+//! its header and table checksums recomputed first. For memory files, the six high bits say
+//! which chunks (by page index modulo 8) the streaming reader is told are holes.
 //! Seeds: `cargo run -p vmkit-snapshot --example fuzz_seeds -- fuzz/corpus/snapshot_reader`.
 #![no_main]
 
@@ -45,8 +46,9 @@ fn repair_state(b: &mut [u8]) {
     if b.len() < HEADER_LEN {
         return;
     }
-    let crc = checksum(&b[..64]);
-    set_u64(b, 64, crc);
+    // The header checksum is its last eight bytes.
+    let crc = checksum(&b[..HEADER_LEN - 8]);
+    set_u64(b, HEADER_LEN - 8, crc);
     let mut off = HEADER_LEN;
     while off
         .checked_add(SECTION_HEADER_LEN)
@@ -80,8 +82,8 @@ fn repair_memory(b: &mut [u8]) {
         .clamp(MEMORY_HEADER_LEN, b.len());
     let crc = checksum(&b[MEMORY_HEADER_LEN..end]);
     set_u64(b, 48, crc);
-    let crc = checksum(&b[..56]);
-    set_u64(b, 56, crc);
+    let crc = checksum(&b[..MEMORY_HEADER_LEN - 8]);
+    set_u64(b, MEMORY_HEADER_LEN - 8, crc);
 }
 
 fn state(bytes: &[u8]) {
@@ -98,7 +100,9 @@ fn state(bytes: &[u8]) {
     let _ = Snapshot::from_bytes(bytes, EXPECTED);
 }
 
-fn memory(bytes: &[u8]) {
+/// `holes`: a bit pattern telling the streaming reader which chunks are holes (it must then
+/// check them against the checksum of zeros, never trust it).
+fn memory(bytes: &[u8], holes: u8) {
     let _ = MemoryFile::read_header(&mut Cursor::new(bytes));
     let Ok(m) = MemoryFile::from_bytes(bytes) else {
         return;
@@ -107,6 +111,16 @@ fn memory(bytes: &[u8]) {
     for (i, r) in m.regions().iter().enumerate() {
         let _ = m.verify_region(&mut cur, i);
         let _ = m.dirty_pages(i);
+        let _ = m.stream_region(
+            &mut cur,
+            i,
+            |off, _| holes & (1 << ((off / 4096) % 8)) != 0,
+            |off, data| {
+                // Offsets stay inside the region.
+                assert!(off + data.len() as u64 <= r.size);
+                Ok(())
+            },
+        );
         // Region sizes of a diff are not bounded by the input; cap the buffer.
         if r.size <= 1 << 20 {
             let mut buf = vec![0u8; r.size as usize];
@@ -126,10 +140,10 @@ fuzz_target!(|data: &[u8]| {
             repair_state(&mut bytes);
             state(&bytes)
         }
-        2 => memory(&bytes),
+        2 => memory(&bytes, mode >> 2),
         _ => {
             repair_memory(&mut bytes);
-            memory(&bytes)
+            memory(&bytes, mode >> 2)
         }
     }
 });

@@ -3,25 +3,32 @@
 //! A snapshot directory holds `state` (a vmkit-snapshot state file: the VM configuration, the
 //! capabilities of the host that wrote it, VM-wide state, one section per vCPU, and whatever
 //! sections the VMM adds for its devices) and `memory` (a vmkit-snapshot memory file). Both
-//! are written crash-safely: to a temporary name, fsynced, renamed.
+//! are written crash-safely: to a temporary name, fsynced, renamed. Both carry the same random
+//! snapshot identity; a diff's memory file also carries its base's.
 //!
-//! Restoring checks the state file and the capabilities against this host *before* mapping
-//! anything, then maps the memory file copy-on-write ([`MemoryRestore::Lazy`], pages load when
-//! the guest first touches them) or copies it in ([`MemoryRestore::Eager`]).
+//! Restoring checks the files against this host and against each other *before* creating
+//! anything ([`check`](super::check)), then maps the memory file copy-on-write
+//! ([`MemoryRestore::Lazy`], pages load when the guest first touches them) or streams it in
+//! ([`MemoryRestore::Eager`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
+};
 use vmkit_snapshot::{
     checksum, write_atomically, Arch, Backend, DiffRegion, Expected, Flags,
-    MemoryError as MemoryFileError, MemoryFile, MemoryWriter, SectionTag, Snapshot, StateError,
+    MemoryError as MemoryFileError, MemoryWriter, SectionTag, Snapshot, SnapshotId, StateError,
     Writer,
 };
 
+use super::check::{check, Checked, Mismatch, OpenMemory};
 #[cfg(doc)]
 use super::save_vcpu;
+
 use super::{restore_vcpu, restore_vm, save_vm, Features, VcpuState, VmState};
 use crate::hypervisor::{
     Capabilities, Hypervisor, HypervisorError, HypervisorKind, MissingCapability, VmConfig,
@@ -47,7 +54,7 @@ pub const BASE: SectionTag = SectionTag::new(*b"BASE");
 pub const VM_STATE: SectionTag = SectionTag::new(*b"VMST");
 
 /// Version of the sections this module writes.
-const VERSION: u16 = 1;
+pub(super) const VERSION: u16 = 1;
 
 /// Errors from saving or restoring a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +78,39 @@ pub enum SnapshotError {
         #[source]
         source: MemoryFileError,
     },
+    /// A snapshot file could not be opened, or is not a regular file (a FIFO, a device…).
+    #[error("snapshot file {}", .path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: vmkit_snapshot::OpenError,
+    },
+    /// Two files of a snapshot directory (or of a diff and its base) do not belong together:
+    /// another snapshot's memory file, the wrong kind, other regions, another base.
+    #[error("snapshot files {} and {} do not belong together", .state.display(), .memory.display())]
+    Mismatch {
+        /// The state file.
+        state: PathBuf,
+        /// The memory file.
+        memory: PathBuf,
+        /// How they disagree.
+        #[source]
+        source: Mismatch,
+    },
+    /// A state file contradicts itself (its vCPU sections, or its configuration).
+    #[error("snapshot state file {} is inconsistent", .path.display())]
+    Inconsistent {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: Mismatch,
+    },
+    /// No random identity could be drawn for a new snapshot.
+    #[error("drawing a random snapshot identity from /dev/urandom")]
+    Identity(#[source] std::io::Error),
     /// The snapshot directory could not be created.
     #[error("creating the snapshot directory {}", .path.display())]
     CreateDir {
@@ -124,11 +164,13 @@ pub enum MemoryRestore {
     /// are read when the guest first touches them. Chunk checksums are not verified.
     #[default]
     Lazy,
-    /// Copy every region into fresh anonymous memory, verifying every chunk checksum.
+    /// Copy every region into fresh anonymous memory, chunk by chunk straight into the guest
+    /// mapping, verifying every chunk checksum; holes of the file are skipped. Nothing ties the
+    /// VM to the file afterwards. Diff snapshots are always restored this way.
     Eager,
 }
 
-fn backend(kind: HypervisorKind) -> Backend {
+pub(super) fn backend(kind: HypervisorKind) -> Backend {
     match kind {
         HypervisorKind::Kvm => Backend::Kvm,
         HypervisorKind::Xen => Backend::Xen,
@@ -151,10 +193,10 @@ fn digest(capabilities: &Capabilities) -> [u8; 32] {
 
 /// One region of the memory layout, with the flags it is mapped with.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct RegionLayout {
-    guest_addr: u64,
-    size: u64,
-    flags: u32,
+pub(super) struct RegionLayout {
+    pub(super) guest_addr: u64,
+    pub(super) size: u64,
+    pub(super) flags: u32,
 }
 
 /// What a save records besides memory; shared by full and diff snapshots.
@@ -198,6 +240,7 @@ impl<'a> Capture<'a> {
     fn write_state(
         &self,
         dir: &Path,
+        id: SnapshotId,
         base: Option<&Path>,
         devices: impl FnOnce(&mut Writer<&mut File>) -> Result<(), StateError>,
     ) -> Result<(), SnapshotError> {
@@ -206,6 +249,7 @@ impl<'a> Capture<'a> {
         write_atomically(&state_path, |file| -> Result<(), StateError> {
             let kind = backend(self.hypervisor.kind());
             let mut writer = Writer::new(file, Arch::X86_64, kind, digest(caps));
+            writer.set_snapshot_id(id);
             if let Some(base) = base {
                 writer.set_flags(Flags::DIFF_MEMORY)?;
                 writer.write_section(BASE, 0, VERSION, &base.to_string_lossy())?;
@@ -273,15 +317,19 @@ pub fn save(
     let capture = Capture::take(hypervisor, config, vm, vcpus)?;
     let regions = copy_memory(vm)?;
     let slices: Vec<(u64, &[u8])> = regions.iter().map(|(a, c)| (*a, c.as_slice())).collect();
+    let id = SnapshotId::random().map_err(SnapshotError::Identity)?;
     let memory_path = dir.join(MEMORY_FILE);
     write_atomically(&memory_path, |file| {
-        MemoryWriter::new().write_full(file, &slices).map(|_| ())
+        MemoryWriter::new()
+            .with_identity(id, SnapshotId::NONE)
+            .write_full(file, &slices)
+            .map(|_| ())
     })
     .map_err(|source| SnapshotError::Memory {
         path: memory_path.clone(),
         source,
     })?;
-    capture.write_state(dir, None, devices)
+    capture.write_state(dir, id, None, devices)
 }
 
 /// Tracks the guest pages written since the last snapshot, so that the next snapshot can be a
@@ -346,6 +394,9 @@ impl DiffTracker {
 
     /// Saves a paused VM to `dir` as a diff on top of the snapshot in `base` (a full one or
     /// another diff): the state as in [`save`], and only the pages written since the base.
+    /// The base's state file is read for its identity, which the diff records: a restore
+    /// refuses the diff on top of anything else, including a snapshot saved into `base`
+    /// again later.
     #[allow(clippy::too_many_arguments)]
     pub fn save_diff(
         &mut self,
@@ -357,6 +408,20 @@ impl DiffTracker {
         vcpus: &[VcpuState],
         devices: impl FnOnce(&mut Writer<&mut File>) -> Result<(), StateError>,
     ) -> Result<(), SnapshotError> {
+        // The diff records its base's identity, so that it is never applied to another.
+        let base_state = base.join(STATE_FILE);
+        let expected = Expected {
+            arch: Arch::X86_64,
+            backend: backend(hypervisor.kind()),
+        };
+        let base_id = Snapshot::open(&base_state, expected)
+            .map_err(|source| SnapshotError::State {
+                path: base_state.clone(),
+                source,
+            })?
+            .header()
+            .snapshot_id;
+        let id = SnapshotId::random().map_err(SnapshotError::Identity)?;
         create_dir(dir)?;
         let capture = Capture::take(hypervisor, config, vm, vcpus)?;
         self.collect(vm)?;
@@ -381,13 +446,16 @@ impl DiffTracker {
             .collect();
         let memory_path = dir.join(MEMORY_FILE);
         write_atomically(&memory_path, |file| {
-            MemoryWriter::new().write_diff(file, &diff).map(|_| ())
+            MemoryWriter::new()
+                .with_identity(id, base_id)
+                .write_diff(file, &diff)
+                .map(|_| ())
         })
         .map_err(|source| SnapshotError::Memory {
             path: memory_path.clone(),
             source,
         })?;
-        capture.write_state(dir, Some(base), devices)?;
+        capture.write_state(dir, id, Some(base), devices)?;
         // Durably written: only now are these pages no longer owed to a snapshot.
         self.pending.clear();
         Ok(())
@@ -408,87 +476,42 @@ pub struct Restored {
 
 /// Restores the snapshot in `dir` on `hypervisor`.
 ///
-/// Checks come first and map nothing: the state file's header, every section's checksum,
-/// the architecture and backend, and the capabilities the VM used against this host's
-/// (the error lists everything missing).
+/// [`check`] comes first and creates nothing: the state file's header, every section's
+/// checksum, the architecture and backend, the capabilities the VM used against this host's
+/// (the error lists everything missing), the vCPU sections, and whether the memory file (and,
+/// for a diff, each base down to the full snapshot) belongs with the state file. Only then is
+/// the VM created and its memory mapped ([`MemoryRestore::Lazy`], full snapshots only) or
+/// copied in chunk by chunk, verified, with each region's flags as saved.
+///
+/// # Memory files must not change under a lazily restored VM
+///
+/// A lazy restore maps the memory file: the guest's pages are read from it when first
+/// touched, for as long as the VM runs. If the file is truncated (or rewritten) meanwhile, a
+/// touch past its new end raises `SIGBUS` in whichever thread touched it: the vCPU's, or the
+/// VMM's own when a device reads guest memory, which kills the VMM. No check at restore time
+/// can rule that out. Keep snapshot files read-only (`chmod a-w`, or a read-only bind mount)
+/// on a local file system that nothing else modifies while the VM runs, and never save a new
+/// snapshot over the directory a running VM was restored from; when that cannot be
+/// guaranteed, restore with [`MemoryRestore::Eager`], which copies memory in and keeps no
+/// link to the file.
 pub fn restore(
     dir: &Path,
     hypervisor: &dyn Hypervisor,
     memory_restore: MemoryRestore,
 ) -> Result<Restored, SnapshotError> {
-    let state_path = dir.join(STATE_FILE);
-    let state_error = |source| SnapshotError::State {
-        path: state_path.clone(),
-        source,
-    };
-    let expected = Expected {
-        arch: Arch::X86_64,
-        backend: backend(hypervisor.kind()),
-    };
-    let snapshot = Snapshot::open(&state_path, expected).map_err(state_error)?;
-    let config: VmConfig = snapshot
-        .read_section(CONFIG, 0, VERSION..=VERSION)
-        .map_err(state_error)?;
-    let their_caps: Capabilities = snapshot
-        .read_section(CAPABILITIES, 0, VERSION..=VERSION)
-        .map_err(state_error)?;
-    let missing = their_caps.missing_in(hypervisor.capabilities());
-    if !missing.is_empty() {
-        return Err(SnapshotError::MissingCapabilities { missing });
-    }
-    let vm_state: VmState = snapshot
-        .read_section(VM_STATE, 0, VERSION..=VERSION)
-        .map_err(state_error)?;
-    let vcpu_states = snapshot
-        .instances(SectionTag::VCPU)
-        .map(|section| section.decode::<VcpuState>(VERSION..=VERSION))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(state_error)?;
-
-    let layout: Vec<RegionLayout> = snapshot
-        .read_section(MEMORY_LAYOUT, 0, VERSION..=VERSION)
-        .map_err(state_error)?;
-    let chain = base_chain(dir, &snapshot, expected)?;
-
-    let vm = hypervisor.create_vm(&config)?;
-    let flags = |addr: u64| {
-        layout
-            .iter()
-            .find(|r| r.guest_addr == addr)
-            .map_or(MemoryFlags::empty(), |r| {
-                MemoryFlags::from_bits_truncate(r.flags)
-            })
-    };
-    if chain.is_empty() {
-        map_full(vm.as_ref(), dir, memory_restore, &flags)?;
-    } else {
-        // A chain is restored eagerly: the base's contents with each diff applied in order.
-        let full = chain.last().map_or(dir, PathBuf::as_path);
-        let mut regions = read_full(full)?;
-        for diff_dir in chain
-            .iter()
-            .rev()
-            .skip(1)
-            .chain(std::iter::once(&dir.to_path_buf()))
-        {
-            apply_diff(diff_dir, &mut regions)?;
-        }
-        for (addr, contents) in regions {
-            let region = MemoryRegion::anonymous(GuestAddress(addr), contents.len(), flags(addr))?;
-            region
-                .mapping()
-                .write_slice(&contents, vm_memory::MemoryRegionAddress(0))
-                .map_err(|source| SnapshotError::GuestMemory { addr, source })?;
-            vm.add_memory_region(region)?;
-        }
-    }
-    let mut vcpus = Vec::with_capacity(vcpu_states.len());
-    for state in &vcpu_states {
+    let checked = check(dir, hypervisor)?;
+    let vm = hypervisor.create_vm(&checked.config)?;
+    populate(vm.as_ref(), checked.memory, &checked.layout, memory_restore)?;
+    let mut vcpus = Vec::with_capacity(checked.vcpu_states.len());
+    for state in &checked.vcpu_states {
         let vcpu = vm.create_vcpu(state.id)?;
         restore_vcpu(vcpu.as_ref(), state)?;
         vcpus.push(vcpu);
     }
-    restore_vm(vm.as_ref(), &vm_state)?;
+    restore_vm(vm.as_ref(), &checked.vm_state)?;
+    let Checked {
+        config, snapshot, ..
+    } = checked;
     Ok(Restored {
         vm,
         vcpus,
@@ -507,136 +530,118 @@ fn memory_error(path: &Path) -> impl Fn(MemoryFileError) -> SnapshotError + '_ {
     }
 }
 
-fn open_memory(dir: &Path) -> Result<(File, MemoryFile, PathBuf), SnapshotError> {
-    let path = dir.join(MEMORY_FILE);
-    let mut file = File::open(&path).map_err(|source| {
-        memory_error(&path)(MemoryFileError::Io {
-            what: "opening the memory file",
-            source,
-        })
-    })?;
-    let header = MemoryFile::read_header(&mut file).map_err(memory_error(&path))?;
-    Ok((file, header, path))
-}
-
-/// For a diff snapshot, the directories of its bases, nearest first, ending with the full one;
-/// empty for a full snapshot.
-fn base_chain(
-    dir: &Path,
-    snapshot: &Snapshot,
-    expected: Expected,
-) -> Result<Vec<PathBuf>, SnapshotError> {
-    let mut chain = Vec::new();
-    let mut current = (dir.to_path_buf(), snapshot.header().flags);
-    while current.1.contains(Flags::DIFF_MEMORY) {
-        if chain.len() == MAX_CHAIN {
-            return Err(SnapshotError::ChainTooLong {
-                dir: dir.to_path_buf(),
-                max: MAX_CHAIN,
-            });
-        }
-        let state_path = current.0.join(STATE_FILE);
-        let state_error = |source| SnapshotError::State {
-            path: state_path.clone(),
-            source,
-        };
-        let state = if chain.is_empty() {
-            None
-        } else {
-            Some(Snapshot::open(&state_path, expected).map_err(state_error)?)
-        };
-        let base: String = state
-            .as_ref()
-            .unwrap_or(snapshot)
-            .read_section(BASE, 0, VERSION..=VERSION)
-            .map_err(state_error)?;
-        let base = PathBuf::from(base);
-        let base_state = base.join(STATE_FILE);
-        let flags = Snapshot::open(&base_state, expected)
-            .map_err(|source| SnapshotError::State {
-                path: base_state.clone(),
-                source,
-            })?
-            .header()
-            .flags;
-        chain.push(base.clone());
-        current = (base, flags);
-    }
-    Ok(chain)
-}
-
-/// Maps (lazily) or copies (eagerly) a full snapshot's memory into `vm`.
-fn map_full(
+/// Adds every region of the checked memory files to `vm`, with the flags the layout records:
+/// a full snapshot restored lazily maps its memory file copy-on-write; otherwise each region is
+/// fresh anonymous memory into which the full file, then each diff in order, is streamed.
+fn populate(
     vm: &dyn Vm,
-    dir: &Path,
+    mut chain: Vec<OpenMemory>,
+    layout: &[RegionLayout],
     memory_restore: MemoryRestore,
-    flags: &dyn Fn(u64) -> MemoryFlags,
 ) -> Result<(), SnapshotError> {
-    let (mut file, memory_file, path) = open_memory(dir)?;
-    for (index, info) in memory_file.regions().iter().enumerate() {
-        let size = info.size as usize;
-        let region = match memory_restore {
-            MemoryRestore::Lazy => {
-                let clone = file.try_clone().map_err(|source| {
-                    memory_error(&path)(MemoryFileError::Io {
-                        what: "sharing the memory file",
-                        source,
-                    })
-                })?;
-                MemoryRegion::from_file_private(
-                    GuestAddress(info.guest_addr),
-                    size,
-                    FileOffset::new(clone, info.file_offset),
-                    flags(info.guest_addr),
-                )?
+    let flags = |addr: u64| {
+        layout
+            .iter()
+            .find(|r| r.guest_addr == addr)
+            .map_or(MemoryFlags::empty(), |r| {
+                MemoryFlags::from_bits_truncate(r.flags)
+            })
+    };
+    let lazy = memory_restore == MemoryRestore::Lazy && chain.len() == 1;
+    let regions = chain
+        .first()
+        .map(|full| full.header.regions().to_vec())
+        .unwrap_or_default();
+    for info in regions {
+        let addr = GuestAddress(info.guest_addr);
+        // The memory file's region table was checked against this host's address width only
+        // through the layout; a size that does not fit is refused by the mapping.
+        let size = usize::try_from(info.size).unwrap_or(usize::MAX);
+        let region = if let (true, Some(full)) = (lazy, chain.first()) {
+            let clone = full.file.try_clone().map_err(|source| {
+                memory_error(&full.path)(MemoryFileError::Io {
+                    what: "sharing the memory file",
+                    source,
+                })
+            })?;
+            MemoryRegion::from_file_private(
+                addr,
+                size,
+                FileOffset::new(clone, info.file_offset),
+                flags(info.guest_addr),
+            )?
+        } else {
+            let region = MemoryRegion::anonymous(addr, size, flags(info.guest_addr))?;
+            for memory in &mut chain {
+                stream_into(memory, info.guest_addr, &region)?;
             }
-            MemoryRestore::Eager => {
-                let region = MemoryRegion::anonymous(
-                    GuestAddress(info.guest_addr),
-                    size,
-                    MemoryFlags::empty(),
-                )?;
-                let mut contents = vec![0u8; size];
-                memory_file
-                    .read_region(&mut file, index, &mut contents)
-                    .map_err(memory_error(&path))?;
-                region
-                    .mapping()
-                    .write_slice(&contents, vm_memory::MemoryRegionAddress(0))
-                    .map_err(|source| SnapshotError::GuestMemory {
-                        addr: info.guest_addr,
-                        source,
-                    })?;
-                region
-            }
+            region
         };
         vm.add_memory_region(region)?;
     }
     Ok(())
 }
 
-/// A full snapshot's memory, region by region, verified.
-fn read_full(dir: &Path) -> Result<Vec<(u64, Vec<u8>)>, SnapshotError> {
-    let (mut file, memory_file, path) = open_memory(dir)?;
-    let mut regions = Vec::new();
-    for (index, info) in memory_file.regions().iter().enumerate() {
-        let mut contents = vec![0u8; info.size as usize];
-        memory_file
-            .read_region(&mut file, index, &mut contents)
-            .map_err(memory_error(&path))?;
-        regions.push((info.guest_addr, contents));
-    }
-    Ok(regions)
+/// Copies the region at `guest_addr` of one memory file into `region`'s mapping, chunk by
+/// chunk, each verified first; holes of the file are skipped (the mapping is zero there).
+fn stream_into(
+    memory: &mut OpenMemory,
+    guest_addr: u64,
+    region: &MemoryRegion,
+) -> Result<(), SnapshotError> {
+    let Some(index) = memory
+        .header
+        .regions()
+        .iter()
+        .position(|r| r.guest_addr == guest_addr)
+    else {
+        // `check` matched every file's regions to the layout; nothing to copy otherwise.
+        return Ok(());
+    };
+    let mapping = region.mapping();
+    let fd = memory.file.as_raw_fd();
+    let mut data_from = None;
+    memory
+        .header
+        .stream_region(
+            &mut memory.file,
+            index,
+            |offset, len| in_hole(fd, &mut data_from, offset, len),
+            |offset, bytes| {
+                mapping
+                    .write_slice(bytes, MemoryRegionAddress(offset))
+                    .map_err(|source| MemoryFileError::Io {
+                        what: "writing into guest memory",
+                        source: std::io::Error::other(source),
+                    })
+            },
+        )
+        .map_err(memory_error(&memory.path))
 }
 
-/// Applies the diff in `dir` to `regions`.
-fn apply_diff(dir: &Path, regions: &mut [(u64, Vec<u8>)]) -> Result<(), SnapshotError> {
-    let (mut file, memory_file, path) = open_memory(dir)?;
-    let mut targets: Vec<(u64, &mut [u8])> = regions
-        .iter_mut()
-        .map(|(addr, contents)| (*addr, contents.as_mut_slice()))
-        .collect();
-    memory_file
-        .apply_diff(&mut file, &mut targets)
-        .map_err(memory_error(&path))
+/// Whether `offset..offset + len` of the file `fd` is wholly a hole, from `lseek(SEEK_DATA)`.
+/// `data_from` caches the start of the next data at or after the last offset asked (`u64::MAX`
+/// when none follows), so that a long hole costs one call. Unsure answers are `false`.
+fn in_hole(fd: RawFd, data_from: &mut Option<(u64, u64)>, offset: u64, len: u64) -> bool {
+    let end = offset.saturating_add(len);
+    if let Some((asked, next)) = *data_from {
+        if asked <= offset && offset < next {
+            return end <= next;
+        }
+    }
+    let Ok(at) = libc::off_t::try_from(offset) else {
+        return false;
+    };
+    // SAFETY: lseek takes no pointer; `fd` is the memory file, open for the whole call.
+    // Moving its position is harmless: every read seeks first.
+    let next = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+    let next = if next >= 0 {
+        next as u64
+    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+        u64::MAX
+    } else {
+        return false;
+    };
+    *data_from = Some((offset, next));
+    end <= next
 }

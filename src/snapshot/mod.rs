@@ -8,12 +8,14 @@
 //!
 //! Capture only while every vCPU is outside `run()` (see [`crate::runner`]).
 
+mod check;
 mod file;
 
 /// The snapshot file formats, re-exported so that a VMM writes its device sections with the
 /// same version vmkit uses.
 pub use vmkit_snapshot as format;
 
+pub use check::{check, Checked, Mismatch};
 pub use file::{
     restore, save, DiffTracker, MemoryRestore, Restored, SnapshotError, BASE, CAPABILITIES, CONFIG,
     MAX_CHAIN, MEMORY_FILE, STATE_FILE, VM_STATE,

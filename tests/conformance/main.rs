@@ -34,6 +34,7 @@ mod pause;
 mod runner;
 mod smp;
 mod snapshot;
+mod snapshot_files;
 mod state;
 mod virtio;
 mod vm;
@@ -270,6 +271,7 @@ fn main() -> ExitCode {
         minimal_kernel::SCENARIOS,
         virtio::SCENARIOS,
         snapshot::SCENARIOS,
+        snapshot_files::SCENARIOS,
     ];
     let args = Arguments::parse(std::env::args().skip(1));
     let selected: Vec<&Scenario> = groups

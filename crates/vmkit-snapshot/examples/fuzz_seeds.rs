@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use vmkit_snapshot::{
-    write_atomically, Arch, Backend, DiffRegion, Flags, MemoryWriter, SectionTag, Writer,
+    write_atomically, Arch, Backend, DiffRegion, Flags, MemoryWriter, SectionTag, SnapshotId,
+    Writer,
 };
 
 /// The type the fuzz target decodes every section as.
@@ -28,6 +29,7 @@ enum Sample {
 fn state_file(flags: Flags) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     let mut w = Writer::new(Vec::new(), Arch::X86_64, Backend::Kvm, [0x11; 32]);
     w.set_flags(flags)?;
+    w.set_snapshot_id(SnapshotId([0x22; 16]));
     for cpu in 0..2 {
         w.write_section(
             SectionTag::VCPU,
@@ -53,7 +55,8 @@ fn state_file(flags: Flags) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
 /// A full or diff memory file of two small regions (`empty`: no regions,
 /// just the header page).
 fn memory_file(dir: &Path, diff: bool, empty: bool) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
-    let w = MemoryWriter::with_chunk_size(8192)?;
+    let w = MemoryWriter::with_chunk_size(8192)?
+        .with_identity(SnapshotId([0x22; 16]), SnapshotId([0x33; 16]));
     let mut ram = vec![0u8; 16 << 10];
     ram[4096] = 0x90;
     ram[12300] = 0xcc;
@@ -98,6 +101,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("memory_full_repair", 3, memory_file(&dir, false, false)?),
         ("memory_diff", 2, memory_file(&dir, true, false)?),
         ("memory_diff_repair", 3, memory_file(&dir, true, false)?),
+        // The high bits of the mode byte tell the streaming reader of (false) holes.
+        (
+            "memory_full_holes",
+            2 | 0b1010_1000,
+            memory_file(&dir, false, false)?,
+        ),
+        (
+            "memory_diff_holes",
+            3 | 0b0101_0100,
+            memory_file(&dir, true, false)?,
+        ),
     ];
     for (name, mode, bytes) in seeds {
         let mut seed = vec![mode];

@@ -5,9 +5,9 @@
 //! container, and each component (vCPU, irqchip, clock, device, queue…)
 //! brings its own serde type and its own section version.
 //!
-//! - [`state`]: the **state file**. A fixed 72-byte header (magic, format
+//! - [`state`]: the **state file**. A fixed 88-byte header (magic, format
 //!   version, architecture, backend, flags, capabilities digest, section
-//!   count, payload length, header checksum), readable without decoding
+//!   count, payload length, snapshot identity, header checksum), readable without decoding
 //!   anything else, then typed sections: tag, instance index, section
 //!   version, payload length and checksum, then a postcard-encoded payload.
 //!   [`Writer`] writes one; [`Reader`] and [`Snapshot`] read one, checking
@@ -17,6 +17,12 @@
 //!   page-aligned offset, with zero pages left as holes so that a restore can
 //!   `mmap` a region `MAP_PRIVATE` straight from the file. Diff files hold only
 //!   the pages written since the previous snapshot.
+//! - [`SnapshotId`]: the identity of one snapshot, in both of its files'
+//!   headers; a diff memory file also carries its base's. A restore compares
+//!   them, so that a state file is never combined with another snapshot's
+//!   memory, nor a diff with another base.
+//! - [`open_regular`]: opens a snapshot file without blocking on a FIFO, and
+//!   refuses anything but a regular file.
 //! - [`write_atomically`]: write to a temporary file, fsync, rename over the
 //!   target, fsync the directory.
 //! - [`Persist`]: the one trait through which every device saves its state
@@ -28,6 +34,12 @@
 //! [`state`] and [`memory`] modules.
 //!
 //! # Untrusted input
+//!
+//! A memory file mapped for a lazy restore stays in use while the VM runs:
+//! truncating it then makes a touch past its new end raise `SIGBUS`. That is
+//! inherent to mapping a file; keep snapshot files read-only, on a file system
+//! that does not change under the VM, or copy memory in instead
+//! ([`MemoryFile::stream_region`]).
 //!
 //! Snapshot files are treated as hostile: readers never panic and never
 //! allocate more than the documented limits ([`MAX_SECTION_PAYLOAD`],
@@ -55,7 +67,7 @@
 //! use serde::{Deserialize, Serialize};
 //! use vmkit_snapshot::{
 //!     write_atomically, Arch, Backend, Expected, MemoryFile, MemoryWriter, SectionTag,
-//!     Snapshot, StateError, Writer,
+//!     Snapshot, SnapshotId, StateError, Writer,
 //! };
 //!
 //! #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -65,10 +77,12 @@
 //! let dir = tempfile::tempdir()?;
 //! let state_path = dir.path().join("vm.state");
 //! let caps = [0xab; 32]; // digest of this host's capabilities
+//! let id = SnapshotId::random()?; // written into both files
 //!
 //! // Save: one section per vCPU, written crash-safely.
 //! write_atomically(&state_path, |file| -> Result<(), StateError> {
 //!     let mut w = Writer::new(file, Arch::X86_64, Backend::Kvm, caps);
+//!     w.set_snapshot_id(id);
 //!     for cpu in 0..2u32 {
 //!         let state = VcpuState { rip: 0x1000 + u64::from(cpu), rflags: 2 };
 //!         w.write_section(SectionTag::VCPU, cpu, 1, &state)?;
@@ -81,7 +95,11 @@
 //! let mut ram = vec![0u8; 64 * 1024];
 //! ram[8192] = 0x90;
 //! let mem_path = dir.path().join("vm.mem");
-//! write_atomically(&mem_path, |file| MemoryWriter::new().write_full(file, &[(0, &ram)]))?;
+//! write_atomically(&mem_path, |file| {
+//!     MemoryWriter::new()
+//!         .with_identity(id, SnapshotId::NONE)
+//!         .write_full(file, &[(0, &ram)])
+//! })?;
 //!
 //! // Restore: check the header against this host, then read each section.
 //! let expected = Expected { arch: Arch::X86_64, backend: Backend::Kvm };
@@ -90,8 +108,9 @@
 //! let cpu1: VcpuState = snap.read_section(SectionTag::VCPU, 1, 1..=1)?;
 //! assert_eq!(cpu1, VcpuState { rip: 0x1001, rflags: 2 });
 //!
-//! let mut file = std::fs::File::open(&mem_path)?;
+//! let mut file = vmkit_snapshot::open_regular(&mem_path)?;
 //! let mem = MemoryFile::read_header(&mut file)?;
+//! assert_eq!(mem.snapshot_id(), snap.header().snapshot_id); // saved together
 //! let mut restored = vec![0u8; mem.regions()[0].size as usize];
 //! mem.read_region(&mut file, 0, &mut restored)?; // verifies chunk checksums
 //! assert_eq!(restored, ram);
@@ -103,15 +122,19 @@
 
 mod atomic;
 mod bytes;
+mod id;
 pub mod memory;
+mod open;
 mod persist;
 pub mod state;
 
 pub use atomic::{write_atomically, AtomicWriteError};
+pub use id::SnapshotId;
 pub use memory::{
     DiffRegion, MemoryError, MemoryFile, MemoryKind, MemoryWriter, RegionInfo, DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE, MAX_MEMORY_HEADER_LEN, MAX_REGIONS, PAGE_SIZE,
 };
+pub use open::{open_regular, OpenError};
 pub use persist::Persist;
 pub use state::{
     Arch, Backend, Expected, Flags, Header, Part, Reader, Section, SectionHeader, SectionId,

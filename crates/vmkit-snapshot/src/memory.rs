@@ -8,12 +8,12 @@
 //! (a multiple of [`PAGE_SIZE`]), then each region's data at a page-aligned
 //! file offset. Zero pages are holes (never written), so the file is sparse.
 //!
-//! Fixed header, [`MEMORY_HEADER_LEN`] = 64 bytes:
+//! Fixed header, [`MEMORY_HEADER_LEN`] = 96 bytes:
 //!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
 //! | 0  | 8 | magic, [`MEMORY_MAGIC`] = `VMKITMEM` |
-//! | 8  | 2 | major version ([`MEMORY_MAJOR`]; newer majors are refused) |
+//! | 8  | 2 | major version ([`MEMORY_MAJOR`]; any other major is refused) |
 //! | 10 | 2 | minor version ([`MEMORY_MINOR`]; any is accepted) |
 //! | 12 | 2 | kind ([`MemoryKind`]: 1 full, 2 diff) |
 //! | 14 | 2 | reserved, zero |
@@ -23,10 +23,12 @@
 //! | 28 | 4 | reserved, zero |
 //! | 32 | 8 | `header_len`: length of the header area, a page multiple, at most [`MAX_MEMORY_HEADER_LEN`] |
 //! | 40 | 8 | file length, a page multiple; must equal the actual length |
-//! | 48 | 8 | checksum of the tables: bytes 64..`header_len` |
-//! | 56 | 8 | checksum of bytes 0..56 |
+//! | 48 | 8 | checksum of the tables: bytes 96..`header_len` |
+//! | 56 | 16 | snapshot identity ([`SnapshotId`]): the one in the state file saved with this file |
+//! | 72 | 16 | base identity: for a diff, the identity of the snapshot it applies to; zero for a full file |
+//! | 88 | 8 | checksum of bytes 0..88 |
 //!
-//! Tables, from offset 64, in this order, then zero padding up to
+//! Tables, from offset 96, in this order, then zero padding up to
 //! `header_len`:
 //!
 //! 1. Region table: `region count` entries of [`REGION_ENTRY_LEN`] = 32 bytes:
@@ -53,7 +55,18 @@
 //! before copying it. A lazy restore that maps a full region directly (`mmap`
 //! of `file_offset..file_offset + size`, `MAP_PRIVATE`) skips verification and
 //! so trusts the data: it is then only as good as the file system's own
-//! integrity. Call `verify_region` first when that is not acceptable.
+//! integrity. Call `verify_region` first when that is not acceptable. The
+//! mapping also stays tied to the file: truncated while mapped, the file
+//! raises `SIGBUS` on a touch past its new end. [`MemoryFile::stream_region`]
+//! copies a region out instead, verified, in bounded chunks, skipping holes.
+//!
+//! # Identity
+//!
+//! The snapshot identity ties a memory file to the state file saved with it
+//! (the same [`SnapshotId`] in both headers), and a diff to its base (the
+//! base identity is the identity of the snapshot the diff applies on top of).
+//! The reader only reports them; comparing them is the restorer's job, since
+//! only it has both files.
 //!
 //! # Writing
 //!
@@ -68,12 +81,13 @@ use std::os::unix::fs::FileExt;
 use thiserror::Error;
 
 use crate::bytes::{arr, put, read_full, u16_at, u32_at, u64_at};
-use crate::{checksum, AtomicWriteError};
+use crate::{checksum, AtomicWriteError, SnapshotId};
 
 /// Magic bytes at the start of every memory file.
 pub const MEMORY_MAGIC: [u8; 8] = *b"VMKITMEM";
-/// Memory-file major version this crate writes; readers refuse newer ones.
-pub const MEMORY_MAJOR: u16 = 1;
+/// Memory-file major version this crate writes; readers refuse any other
+/// (format 1 had no snapshot identity).
+pub const MEMORY_MAJOR: u16 = 2;
 /// Memory-file minor version this crate writes; readers accept any.
 pub const MEMORY_MINOR: u16 = 0;
 /// The page size of memory files, and the alignment of every region.
@@ -89,13 +103,15 @@ pub const MAX_REGIONS: u32 = 1024;
 /// (16 GiB of dirty memory).
 pub const MAX_MEMORY_HEADER_LEN: u64 = 32 << 20;
 /// Size of the fixed part of the header.
-pub const MEMORY_HEADER_LEN: usize = 64;
+pub const MEMORY_HEADER_LEN: usize = 96;
 /// Size of one region-table entry.
 pub const REGION_ENTRY_LEN: usize = 32;
 
 const PAGE: usize = PAGE_SIZE as usize;
 const TABLES_CRC_OFF: usize = 48;
-const HEADER_CRC_OFF: usize = 56;
+const SNAPSHOT_ID_OFF: usize = 56;
+const BASE_ID_OFF: usize = 72;
+const HEADER_CRC_OFF: usize = 88;
 
 /// What a memory file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -159,8 +175,8 @@ pub enum MemoryError {
         /// The first eight bytes.
         found: [u8; 8],
     },
-    /// The major version is newer than this reader's.
-    #[error("memory file format {found}.x is newer than the supported {supported}.x")]
+    /// The major version is not this reader's.
+    #[error("memory file format {found}.x is not supported: this reader reads format {supported}.x only")]
     UnsupportedMajor {
         /// The file's major version.
         found: u16,
@@ -386,6 +402,8 @@ pub struct MemoryFile {
     chunk_size: u32,
     header_len: u64,
     file_len: u64,
+    snapshot_id: SnapshotId,
+    base_id: SnapshotId,
     regions: Vec<RegionInfo>,
     /// Per region: first entry in `pages` and in `chunk_sums`.
     starts: Vec<(usize, usize)>,
@@ -526,6 +544,8 @@ impl MemoryFile {
             chunk_size: hdr.chunk_size,
             header_len: hdr.header_len,
             file_len: hdr.file_len,
+            snapshot_id: hdr.snapshot_id,
+            base_id: hdr.base_id,
             regions,
             starts,
             pages,
@@ -558,6 +578,18 @@ impl MemoryFile {
         self.file_len
     }
 
+    /// The identity of the snapshot this file belongs to (the one in its
+    /// state file's header).
+    pub fn snapshot_id(&self) -> SnapshotId {
+        self.snapshot_id
+    }
+
+    /// For a diff, the identity of the snapshot it applies on top of;
+    /// [`SnapshotId::NONE`] for a full file.
+    pub fn base_id(&self) -> SnapshotId {
+        self.base_id
+    }
+
     /// The regions, in table order.
     pub fn regions(&self) -> &[RegionInfo] {
         &self.regions
@@ -585,29 +617,54 @@ impl MemoryFile {
 
     /// Reads a region's data chunk by chunk, verifying each chunk's checksum
     /// before handing it to `sink` with its byte offset within the data.
-    fn for_each_chunk<R, F>(&self, r: &mut R, region: usize, mut sink: F) -> Result<(), MemoryError>
+    /// A chunk that `hole` reports as lying wholly in a hole of the file
+    /// (`hole(file_offset, len)`) is not read: it is all zeros, its checksum
+    /// is checked against that of zeros, and `sink` gets `None`.
+    fn for_each_chunk<R, F>(
+        &self,
+        r: &mut R,
+        region: usize,
+        hole: &mut dyn FnMut(u64, u64) -> bool,
+        mut sink: F,
+    ) -> Result<(), MemoryError>
     where
         R: Read + Seek + ?Sized,
-        F: FnMut(u64, &[u8]) -> Result<(), MemoryError>,
+        F: FnMut(u64, Option<&[u8]>) -> Result<(), MemoryError>,
     {
         let (info, _, first_chunk) = self.region(region)?;
         let chunk = u64::from(self.chunk_size);
-        r.seek(SeekFrom::Start(info.file_offset))
-            .map_err(io_err("seeking to region data"))?;
         let mut buf = vec![0u8; info.data_len.min(chunk) as usize];
+        // Checksums of all-zero chunks, by length (a region has at most two).
+        let mut zero_sums: Vec<(usize, u64)> = Vec::new();
         let mut done = 0u64;
         let mut k = 0u64;
         while done < info.data_len {
             let n = (info.data_len - done).min(chunk) as usize;
-            let part = buf.get_mut(..n).unwrap_or_default();
-            let got = read_full(r, part).map_err(io_err("reading region data"))?;
-            if got < n {
-                return Err(MemoryError::FileLenMismatch {
-                    declared: self.file_len,
-                    actual: info.file_offset + done + got as u64,
-                });
-            }
-            let computed = checksum(part);
+            let offset = info.file_offset + done;
+            let in_hole = hole(offset, n as u64);
+            let computed = if in_hole {
+                match zero_sums.iter().find(|(len, _)| *len == n) {
+                    Some(&(_, sum)) => sum,
+                    None => {
+                        let sum = checksum(&vec![0u8; n]);
+                        zero_sums.push((n, sum));
+                        sum
+                    }
+                }
+            } else {
+                // Seek every time: `hole` may move the file position.
+                r.seek(SeekFrom::Start(offset))
+                    .map_err(io_err("seeking to region data"))?;
+                let part = buf.get_mut(..n).unwrap_or_default();
+                let got = read_full(r, part).map_err(io_err("reading region data"))?;
+                if got < n {
+                    return Err(MemoryError::FileLenMismatch {
+                        declared: self.file_len,
+                        actual: offset + got as u64,
+                    });
+                }
+                checksum(part)
+            };
             let stored = self
                 .chunk_sums
                 .get(first_chunk + k as usize)
@@ -622,11 +679,72 @@ impl MemoryFile {
                     computed,
                 });
             }
-            sink(done, part)?;
+            sink(done, (!in_hole).then(|| buf.get(..n).unwrap_or_default()))?;
             done += n as u64;
             k += 1;
         }
         Ok(())
+    }
+
+    /// Streams a region's contents to `sink` chunk by chunk (at most
+    /// [`MAX_CHUNK_SIZE`] bytes buffered), verifying each chunk's checksum
+    /// first: `sink(offset, bytes)` is called with offsets within the region
+    /// (guest address minus the region's), in increasing order.
+    ///
+    /// `hole(file_offset, len)` tells whether a range of the file is wholly a
+    /// hole (e.g. from `lseek(SEEK_DATA)`); answer `false` when unsure. Such
+    /// ranges are not read. For a full file their pages are not passed to
+    /// `sink` at all, so the destination must start zeroed (fresh anonymous
+    /// memory); for a diff every recorded page is passed, zero or not, since
+    /// it overwrites the base.
+    pub fn stream_region<R, F>(
+        &self,
+        r: &mut R,
+        region: usize,
+        mut hole: impl FnMut(u64, u64) -> bool,
+        mut sink: F,
+    ) -> Result<(), MemoryError>
+    where
+        R: Read + Seek + ?Sized,
+        F: FnMut(u64, &[u8]) -> Result<(), MemoryError>,
+    {
+        let (_, page_start, _) = self.region(region)?;
+        let kind = self.kind;
+        let pages = &self.pages;
+        let zero_page = [0u8; PAGE];
+        self.for_each_chunk(r, region, &mut hole, |offset, data| match kind {
+            MemoryKind::Full => match data {
+                Some(data) => sink(offset, data),
+                None => Ok(()),
+            },
+            MemoryKind::Diff => {
+                let first = page_start + (offset / PAGE_SIZE) as usize;
+                let count = match data {
+                    Some(data) => data.len() / PAGE,
+                    None => self.chunk_pages(offset, region),
+                };
+                for k in 0..count {
+                    let page = match data {
+                        Some(data) => data.get(k * PAGE..(k + 1) * PAGE).unwrap_or_default(),
+                        None => &zero_page,
+                    };
+                    let idx = pages.get(first + k).copied().unwrap_or(u64::MAX);
+                    if let Some(dst) = idx.checked_mul(PAGE_SIZE) {
+                        sink(dst, page)?;
+                    }
+                }
+                Ok(())
+            }
+        })
+    }
+
+    /// Pages in the chunk of `region`'s data that starts at `offset`.
+    fn chunk_pages(&self, offset: u64, region: usize) -> usize {
+        let data_len = self.regions.get(region).map_or(0, |r| r.data_len);
+        (data_len
+            .saturating_sub(offset)
+            .min(u64::from(self.chunk_size))
+            / PAGE_SIZE) as usize
     }
 
     /// Verifies every chunk checksum of a region.
@@ -635,7 +753,7 @@ impl MemoryFile {
         r: &mut R,
         region: usize,
     ) -> Result<(), MemoryError> {
-        self.for_each_chunk(r, region, |_, _| Ok(()))
+        self.for_each_chunk(r, region, &mut |_, _| false, |_, _| Ok(()))
     }
 
     /// Verifies every chunk checksum of every region.
@@ -654,7 +772,7 @@ impl MemoryFile {
         region: usize,
         dst: &mut [u8],
     ) -> Result<(), MemoryError> {
-        let (info, page_start, _) = self.region(region)?;
+        let (info, _, _) = self.region(region)?;
         if dst.len() as u64 != info.size {
             return Err(MemoryError::BufferSize {
                 region: region as u32,
@@ -662,23 +780,15 @@ impl MemoryFile {
                 actual: dst.len() as u64,
             });
         }
-        let kind = self.kind;
-        let pages = &self.pages;
-        self.for_each_chunk(r, region, |offset, data| {
-            match kind {
-                MemoryKind::Full => put(dst, offset as usize, data),
-                MemoryKind::Diff => {
-                    let first = page_start + (offset / PAGE_SIZE) as usize;
-                    for (k, page) in data.chunks(PAGE).enumerate() {
-                        let idx = pages.get(first + k).copied().unwrap_or(u64::MAX);
-                        if let Some(dst_off) = idx.checked_mul(PAGE_SIZE) {
-                            put(dst, dst_off as usize, page);
-                        }
-                    }
-                }
-            }
-            Ok(())
-        })
+        self.stream_region(
+            r,
+            region,
+            |_, _| false,
+            |offset, data| {
+                put(dst, offset as usize, data);
+                Ok(())
+            },
+        )
     }
 
     /// Applies a diff file on top of base contents: `base` lists regions as
@@ -721,6 +831,8 @@ struct Fixed {
     header_len: u64,
     file_len: u64,
     tables_crc: u64,
+    snapshot_id: SnapshotId,
+    base_id: SnapshotId,
 }
 
 impl Fixed {
@@ -738,7 +850,7 @@ impl Fixed {
             });
         }
         let major = u16_at(b, 8);
-        if major > MEMORY_MAJOR {
+        if major != MEMORY_MAJOR {
             return Err(MemoryError::UnsupportedMajor {
                 found: major,
                 supported: MEMORY_MAJOR,
@@ -794,6 +906,8 @@ impl Fixed {
             header_len,
             file_len,
             tables_crc: u64_at(b, TABLES_CRC_OFF),
+            snapshot_id: SnapshotId(arr(b, SNAPSHOT_ID_OFF)),
+            base_id: SnapshotId(arr(b, BASE_ID_OFF)),
         })
     }
 }
@@ -905,6 +1019,8 @@ pub struct DiffRegion<'a> {
 #[derive(Clone, Copy, Debug)]
 pub struct MemoryWriter {
     chunk_size: u32,
+    snapshot_id: SnapshotId,
+    base_id: SnapshotId,
 }
 
 impl Default for MemoryWriter {
@@ -942,6 +1058,8 @@ impl MemoryWriter {
     pub const fn new() -> Self {
         MemoryWriter {
             chunk_size: DEFAULT_CHUNK_SIZE,
+            snapshot_id: SnapshotId::NONE,
+            base_id: SnapshotId::NONE,
         }
     }
 
@@ -954,7 +1072,19 @@ impl MemoryWriter {
         {
             return Err(MemoryError::BadChunkSize(chunk_size));
         }
-        Ok(MemoryWriter { chunk_size })
+        Ok(MemoryWriter {
+            chunk_size,
+            ..Self::new()
+        })
+    }
+
+    /// Stamps the files this writer writes with the snapshot's identity (the
+    /// one its state file carries) and, for a diff, its base's identity
+    /// (ignored for a full file, which records [`SnapshotId::NONE`]).
+    pub const fn with_identity(mut self, snapshot_id: SnapshotId, base_id: SnapshotId) -> Self {
+        self.snapshot_id = snapshot_id;
+        self.base_id = base_id;
+        self
     }
 
     /// Writes a full memory file of `regions`, given as (guest address,
@@ -1059,6 +1189,11 @@ impl MemoryWriter {
             header_len,
             file_len,
             tables_crc: 0,
+            snapshot_id: self.snapshot_id,
+            base_id: match kind {
+                MemoryKind::Full => SnapshotId::NONE,
+                MemoryKind::Diff => self.base_id,
+            },
         };
         for (i, info) in infos.iter().enumerate() {
             check_region(i as u32, info, &fixed)?;
@@ -1086,6 +1221,8 @@ impl MemoryWriter {
         put(&mut area, 24, &(plans.len() as u32).to_le_bytes());
         put(&mut area, 32, &header_len.to_le_bytes());
         put(&mut area, 40, &file_len.to_le_bytes());
+        put(&mut area, SNAPSHOT_ID_OFF, &fixed.snapshot_id.0);
+        put(&mut area, BASE_ID_OFF, &fixed.base_id.0);
         let mut off = MEMORY_HEADER_LEN;
         for info in &infos {
             for v in [info.guest_addr, info.size, info.file_offset, info.data_len] {

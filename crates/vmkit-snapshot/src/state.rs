@@ -4,7 +4,7 @@
 //!
 //! All integers are little-endian. Checksums are CRC-64/NVME ([`checksum`]).
 //!
-//! File header, [`HEADER_LEN`] = 72 bytes:
+//! File header, [`HEADER_LEN`] = 88 bytes:
 //!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
@@ -17,7 +17,8 @@
 //! | 20 | 4  | section count (at most [`MAX_SECTIONS`]) |
 //! | 24 | 8  | payload length: bytes after the header, i.e. all section headers and payloads (at most [`MAX_STATE_PAYLOAD`]) |
 //! | 32 | 32 | capabilities digest of the host that wrote the file (opaque) |
-//! | 64 | 8  | checksum of bytes 0..64 |
+//! | 64 | 16 | snapshot identity ([`SnapshotId`]), repeated in the memory file saved with it |
+//! | 80 | 8  | checksum of bytes 0..80 |
 //!
 //! Then `section count` sections, back to back. Each is a section header,
 //! [`SECTION_HEADER_LEN`] = 40 bytes:
@@ -36,10 +37,11 @@
 //!
 //! # Compatibility rules
 //!
-//! - A reader refuses a file whose major version is newer than
-//!   [`FORMAT_MAJOR`], and accepts any minor version: a minor version may only
-//!   add section tags, section versions and flag bits outside
-//!   [`Flags::MUST_UNDERSTAND_MASK`]. The header layout is fixed for major 1.
+//! - A reader refuses a file whose major version is not [`FORMAT_MAJOR`]
+//!   (format 1 had no snapshot identity, so its files are refused too), and
+//!   accepts any minor version: a minor version may only add section tags,
+//!   section versions and flag bits outside [`Flags::MUST_UNDERSTAND_MASK`].
+//!   The header layout is fixed for major 2.
 //! - Flag bits inside [`Flags::MUST_UNDERSTAND_MASK`] that this reader does
 //!   not know make it refuse the file; unknown bits outside it are ignored.
 //! - Each section carries its own version; a component reads it with
@@ -73,16 +75,16 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::bytes::{arr, put, read_full, read_up_to, u16_at, u32_at, u64_at};
-use crate::{checksum, AtomicWriteError, Persist};
+use crate::{checksum, AtomicWriteError, Persist, SnapshotId};
 
 /// Magic bytes at the start of every state file.
 pub const STATE_MAGIC: [u8; 8] = *b"VMKITSNP";
-/// Format major version this crate writes; readers refuse newer majors.
-pub const FORMAT_MAJOR: u16 = 1;
+/// Format major version this crate writes; readers refuse any other major.
+pub const FORMAT_MAJOR: u16 = 2;
 /// Format minor version this crate writes; readers accept any minor.
 pub const FORMAT_MINOR: u16 = 0;
 /// Size of the file header in bytes.
-pub const HEADER_LEN: usize = 72;
+pub const HEADER_LEN: usize = 88;
 /// Size of each section header in bytes.
 pub const SECTION_HEADER_LEN: usize = 40;
 /// Largest section payload, in bytes, that is written or read (64 MiB).
@@ -96,7 +98,8 @@ pub const MAX_STATE_PAYLOAD: u64 = 256 << 20;
 /// Length of the capabilities digest stored in the header.
 pub const CAPABILITIES_DIGEST_LEN: usize = 32;
 
-const HEADER_CRC_OFF: usize = 64;
+const HEADER_CRC_OFF: usize = 80;
+const SNAPSHOT_ID_OFF: usize = 64;
 const SECTION_CRC_OFF: usize = 32;
 
 /// The guest architecture a state file was written for.
@@ -361,8 +364,11 @@ pub enum StateError {
         /// The first eight bytes.
         found: [u8; 8],
     },
-    /// The file's major version is newer than this reader's.
-    #[error("state file format {found}.x is newer than the supported {supported}.x")]
+    /// The file's major version is not this reader's (older files lack the
+    /// snapshot identity; newer ones are unknown).
+    #[error(
+        "state file format {found}.x is not supported: this reader reads format {supported}.x only"
+    )]
     UnsupportedMajor {
         /// The file's major version.
         found: u16,
@@ -567,6 +573,9 @@ pub enum StateError {
         #[source]
         source: postcard::Error,
     },
+    /// The file could not be opened, or is not a regular file.
+    #[error(transparent)]
+    Open(#[from] crate::OpenError),
     /// An earlier error stopped this reader.
     #[error("an earlier error stopped this reader")]
     Poisoned,
@@ -590,6 +599,8 @@ pub struct Header {
     pub flags: Flags,
     /// Capabilities digest of the host that wrote the file (opaque bytes).
     pub capabilities: [u8; CAPABILITIES_DIGEST_LEN],
+    /// The snapshot's identity, repeated in its memory file.
+    pub snapshot_id: SnapshotId,
     /// Number of sections.
     pub section_count: u32,
     /// Bytes after the header: all section headers and payloads.
@@ -607,7 +618,7 @@ impl Header {
             return Err(StateError::BadMagic { found: magic });
         }
         let major = u16_at(b, 8);
-        if major > FORMAT_MAJOR {
+        if major != FORMAT_MAJOR {
             return Err(StateError::UnsupportedMajor {
                 found: major,
                 supported: FORMAT_MAJOR,
@@ -655,6 +666,7 @@ impl Header {
             backend,
             flags,
             capabilities: arr(b, 32),
+            snapshot_id: SnapshotId(arr(b, SNAPSHOT_ID_OFF)),
             section_count,
             payload_len,
         })
@@ -672,6 +684,7 @@ impl Header {
         put(&mut b, 20, &self.section_count.to_le_bytes());
         put(&mut b, 24, &self.payload_len.to_le_bytes());
         put(&mut b, 32, &self.capabilities);
+        put(&mut b, SNAPSHOT_ID_OFF, &self.snapshot_id.0);
         let crc = checksum(b.get(..HEADER_CRC_OFF).unwrap_or_default());
         put(&mut b, HEADER_CRC_OFF, &crc.to_le_bytes());
         b
@@ -896,6 +909,13 @@ impl<R: Read> Reader<R> {
             if got >= STATE_MAGIC.len() && arr::<8>(&b, 0) != STATE_MAGIC {
                 return Err(StateError::BadMagic { found: arr(&b, 0) });
             }
+            // And a file of another format version, whose header may be shorter.
+            if got >= 10 && u16_at(&b, 8) != FORMAT_MAJOR {
+                return Err(StateError::UnsupportedMajor {
+                    found: u16_at(&b, 8),
+                    supported: FORMAT_MAJOR,
+                });
+            }
             return Err(StateError::Truncated {
                 part: Part::Header,
                 needed: HEADER_LEN as u64,
@@ -1055,10 +1075,7 @@ impl Reader<BufReader<File>> {
     /// length against the one the header implies (so truncation is caught
     /// before any section is read).
     pub fn open(path: impl AsRef<Path>, expected: Expected) -> Result<Self, StateError> {
-        let file = File::open(path).map_err(|source| StateError::Io {
-            part: Part::Header,
-            source,
-        })?;
+        let file = crate::open_regular(path.as_ref())?;
         let actual = file
             .metadata()
             .map_err(|source| StateError::Io {
@@ -1183,6 +1200,7 @@ pub struct Writer<W: Write> {
     backend: Backend,
     flags: Flags,
     capabilities: [u8; CAPABILITIES_DIGEST_LEN],
+    snapshot_id: SnapshotId,
     body: Vec<u8>,
     count: u32,
     seen: HashSet<(SectionTag, u32)>,
@@ -1203,10 +1221,18 @@ impl<W: Write> Writer<W> {
             backend,
             flags: Flags::empty(),
             capabilities,
+            snapshot_id: SnapshotId::NONE,
             body: Vec::new(),
             count: 0,
             seen: HashSet::new(),
         }
+    }
+
+    /// Sets the snapshot identity the header carries (by default
+    /// [`SnapshotId::NONE`]); the memory file saved with this state file
+    /// carries the same one.
+    pub fn set_snapshot_id(&mut self, id: SnapshotId) {
+        self.snapshot_id = id;
     }
 
     /// Sets the header flags; refuses must-understand bits this crate does
@@ -1313,6 +1339,7 @@ impl<W: Write> Writer<W> {
             backend: self.backend,
             flags: self.flags,
             capabilities: self.capabilities,
+            snapshot_id: self.snapshot_id,
             section_count: self.count,
             payload_len: self.body.len() as u64,
         }

@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use vmkit_snapshot::memory::{MEMORY_HEADER_LEN, REGION_ENTRY_LEN};
 use vmkit_snapshot::{
     checksum, write_atomically, DiffRegion, MemoryError, MemoryFile, MemoryKind, MemoryWriter,
-    MAX_REGIONS, PAGE_SIZE,
+    SnapshotId, MAX_REGIONS, PAGE_SIZE,
 };
 
 const PAGE: usize = PAGE_SIZE as usize;
@@ -62,8 +62,8 @@ fn refix(b: &mut [u8]) {
     let header_len = u64_at(b, 32) as usize;
     let t = checksum(&b[MEMORY_HEADER_LEN..header_len.clamp(MEMORY_HEADER_LEN, b.len())]);
     set_u64(b, 48, t);
-    let h = checksum(&b[..56]);
-    set_u64(b, 56, h);
+    let h = checksum(&b[..88]);
+    set_u64(b, 88, h);
 }
 
 fn parse_patched(f: impl FnOnce(&mut Vec<u8>)) -> Result<MemoryFile, MemoryError> {
@@ -427,7 +427,7 @@ fn chunk_checksum_mismatch() {
 #[test]
 fn header_and_table_checksums() {
     let good = sample_bytes();
-    for byte in 8..56 {
+    for byte in 8..88 {
         let mut b = good.clone();
         b[byte] ^= 0x04;
         let r = MemoryFile::from_bytes(&b);
@@ -437,13 +437,13 @@ fn header_and_table_checksums() {
         assert!(ok, "byte {byte}: {r:?}");
     }
     let mut b = good.clone();
-    b[56] ^= 1;
+    b[88] ^= 1;
     assert!(matches!(
         MemoryFile::from_bytes(&b),
         Err(MemoryError::HeaderChecksum { .. })
     ));
     let header_len = u64_at(&good, 32) as usize;
-    for byte in [64, 70, header_len - 1] {
+    for byte in [96, 102, header_len - 1] {
         let mut b = good.clone();
         b[byte] ^= 0x80;
         assert!(
@@ -464,10 +464,10 @@ fn fixed_header_fields() {
         matches!(MemoryFile::from_bytes(&b), Err(MemoryError::BadMagic { found }) if &found == b"VMKITSNP")
     );
     assert!(matches!(
-        parse_patched(|b| b[8..10].copy_from_slice(&2u16.to_le_bytes())),
+        parse_patched(|b| b[8..10].copy_from_slice(&3u16.to_le_bytes())),
         Err(MemoryError::UnsupportedMajor {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         })
     ));
     assert!(parse_patched(|b| b[10..12].copy_from_slice(&5u16.to_le_bytes())).is_ok());
@@ -523,7 +523,7 @@ fn file_length_checks() {
         let r = MemoryFile::from_bytes(&good[..cut]);
         if cut < MEMORY_HEADER_LEN {
             assert!(
-                matches!(r, Err(MemoryError::Truncated { needed: 64, got }) if got == cut as u64),
+                matches!(r, Err(MemoryError::Truncated { needed: 96, got }) if got == cut as u64),
                 "cut {cut}: {r:?}"
             );
         } else {
@@ -680,4 +680,147 @@ fn caller_errors_on_valid_files() {
         })
     ));
     assert_eq!(m.dirty_pages(0).unwrap(), &[] as &[u64]);
+}
+
+#[test]
+fn the_identities_are_in_the_fixed_header() {
+    let (a, b) = (SnapshotId([0xa1; 16]), SnapshotId([0xb2; 16]));
+    let dir = tempfile::tempdir().unwrap();
+    let ram = ram1();
+    let full = dir.path().join("full");
+    let hdr = write_atomically(&full, |f| {
+        MemoryWriter::new()
+            .with_identity(a, b)
+            .write_full(f, &[(0, &ram)])
+    })
+    .unwrap();
+    // A full file has no base, whatever the writer was given.
+    assert_eq!((hdr.snapshot_id(), hdr.base_id()), (a, SnapshotId::NONE));
+    let bytes = std::fs::read(&full).unwrap();
+    assert_eq!(&bytes[56..72], &a.0);
+    assert_eq!(&bytes[72..88], &[0; 16]);
+    let diff = dir.path().join("diff");
+    write_atomically(&diff, |f| {
+        MemoryWriter::new().with_identity(b, a).write_diff(
+            f,
+            &[DiffRegion {
+                guest_addr: 0,
+                contents: &ram,
+                dirty_pages: &[1],
+            }],
+        )
+    })
+    .unwrap();
+    let read = MemoryFile::read_header(&mut File::open(&diff).unwrap()).unwrap();
+    assert_eq!((read.snapshot_id(), read.base_id()), (b, a));
+    // Both are covered by the header checksum.
+    let mut bytes = std::fs::read(&diff).unwrap();
+    bytes[80] ^= 1;
+    assert!(matches!(
+        MemoryFile::from_bytes(&bytes),
+        Err(MemoryError::HeaderChecksum { .. })
+    ));
+}
+
+#[test]
+fn format_1_files_are_refused_with_their_version() {
+    let err = parse_patched(|b| b[8..10].copy_from_slice(&1u16.to_le_bytes())).unwrap_err();
+    assert!(matches!(
+        err,
+        MemoryError::UnsupportedMajor {
+            found: 1,
+            supported: 2
+        }
+    ));
+    assert_eq!(
+        err.to_string(),
+        "memory file format 1.x is not supported: this reader reads format 2.x only"
+    );
+}
+
+#[test]
+fn streaming_a_full_region_skips_holes_and_still_verifies() {
+    let ram = ram0();
+    let (_dir, path, hdr) = write_full(&[(0, &ram)]);
+    let mut file = File::open(&path).unwrap();
+    // Told that the second chunk (2 MiB..3 MiB of data) is a hole: it is not, so its checksum
+    // (that of zeros) does not match.
+    let data = hdr.regions()[0].file_offset;
+    let second = data + (2 << 20);
+    let err = hdr
+        .stream_region(&mut file, 0, |off, _| off == second, |_, _| Ok(()))
+        .unwrap_err();
+    assert!(
+        matches!(err, MemoryError::ChunkChecksum { chunk: 1, .. }),
+        "{err:?}"
+    );
+    // With a truthful oracle (none), every chunk reaches the sink, at its region offset.
+    let mut copy = vec![0u8; ram.len()];
+    let mut offsets = Vec::new();
+    hdr.stream_region(
+        &mut file,
+        0,
+        |_, _| false,
+        |off, bytes| {
+            offsets.push(off);
+            copy[off as usize..off as usize + bytes.len()].copy_from_slice(bytes);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(offsets, [0, 2 << 20]);
+    assert!(copy == ram);
+    // An all-zero region that really is a hole: nothing is read, nothing reaches the sink.
+    let zero = vec![0u8; 4 << 20];
+    let (_dir, path, hdr) = write_full(&[(0, &zero)]);
+    let mut file = File::open(&path).unwrap();
+    let mut calls = 0;
+    hdr.stream_region(
+        &mut file,
+        0,
+        |_, _| true,
+        |_, _| {
+            calls += 1;
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(calls, 0);
+}
+
+#[test]
+fn streaming_a_diff_passes_every_recorded_page_even_zero_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diff");
+    let mut ram = ram1();
+    ram[3 * PAGE..4 * PAGE].fill(0);
+    let hdr = write_atomically(&path, |f| {
+        MemoryWriter::new().write_diff(
+            f,
+            &[DiffRegion {
+                guest_addr: 0,
+                contents: &ram,
+                dirty_pages: &[3, 5],
+            }],
+        )
+    })
+    .unwrap();
+    let mut file = File::open(&path).unwrap();
+    let mut seen = Vec::new();
+    // Page 3 is zero, so a hole in the file: the oracle may say so.
+    let first = hdr.regions()[0].file_offset;
+    hdr.stream_region(
+        &mut file,
+        0,
+        |off, len| off == first && len == PAGE_SIZE,
+        |off, bytes| {
+            seen.push((off, bytes.to_vec()));
+            Ok(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pages: Vec<u64> = seen.iter().map(|(off, _)| off / PAGE_SIZE).collect();
+    assert_eq!(pages, [3, 5]);
+    assert!(seen[0].1.iter().all(|&b| b == 0));
+    assert_eq!(seen[1].1, ram[5 * PAGE..6 * PAGE]);
 }

@@ -113,12 +113,12 @@ fn get_u64(b: &[u8], off: usize) -> Option<u64> {
 /// Recomputes every checksum of a (mutated) state file, so that mutations
 /// reach the checks behind them.
 fn repair_state(b: &mut [u8]) {
-    if b.len() < 72 {
+    if b.len() < 88 {
         return;
     }
-    let crc = checksum(&b[..64]);
-    set_u64(b, 64, crc);
-    let mut off = 72usize;
+    let crc = checksum(&b[..80]);
+    set_u64(b, 80, crc);
+    let mut off = 88usize;
     while off.checked_add(40).is_some_and(|e| e <= b.len()) {
         let Some(len) = get_u64(b, off + 16) else {
             return;
@@ -139,17 +139,17 @@ fn repair_state(b: &mut [u8]) {
 }
 
 fn repair_memory(b: &mut [u8]) {
-    if b.len() < 64 {
+    if b.len() < 96 {
         return;
     }
     let header_len = get_u64(b, 32).unwrap_or(0);
     let end = usize::try_from(header_len)
         .unwrap_or(usize::MAX)
-        .clamp(64, b.len());
-    let crc = checksum(&b[64..end]);
+        .clamp(96, b.len());
+    let crc = checksum(&b[96..end]);
     set_u64(b, 48, crc);
-    let crc = checksum(&b[..56]);
-    set_u64(b, 56, crc);
+    let crc = checksum(&b[..88]);
+    set_u64(b, 88, crc);
 }
 
 fn mutate(mut base: Vec<u8>, edits: &[(usize, u8)], cut: Option<usize>) -> Vec<u8> {

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use vmkit_snapshot::state::{HEADER_LEN, SECTION_HEADER_LEN};
 use vmkit_snapshot::{
-    checksum, Arch, Backend, Expected, Flags, Header, Part, Reader, SectionHeader, SectionId,
-    SectionTag, Snapshot, StateError, Writer, MAX_SECTIONS, MAX_SECTION_PAYLOAD, MAX_STATE_PAYLOAD,
+    checksum, Arch, Backend, Expected, Flags, Header, OpenError, Part, Reader, SectionHeader,
+    SectionId, SectionTag, Snapshot, SnapshotId, StateError, Writer, MAX_SECTIONS,
+    MAX_SECTION_PAYLOAD, MAX_STATE_PAYLOAD,
 };
 
 const KVM_X86: Expected = Expected {
@@ -110,8 +111,8 @@ fn put_header(bytes: &mut [u8], h: &Header) {
 
 /// Rewrites the header checksum after a deliberate edit.
 fn fix_header_crc(bytes: &mut [u8]) {
-    let crc = checksum(&bytes[..64]);
-    bytes[64..72].copy_from_slice(&crc.to_le_bytes());
+    let crc = checksum(&bytes[..80]);
+    bytes[80..88].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn fix_section_crc(bytes: &mut [u8], start: usize) {
@@ -124,7 +125,7 @@ fn round_trip_several_types() {
     let bytes = sample();
     let snap = Snapshot::from_bytes(&bytes, KVM_X86).unwrap();
     let h = snap.header();
-    assert_eq!((h.major, h.minor), (1, 0));
+    assert_eq!((h.major, h.minor), (2, 0));
     assert_eq!(h.arch, Arch::X86_64);
     assert_eq!(h.backend, Backend::Kvm);
     assert_eq!(h.capabilities, CAPS);
@@ -402,7 +403,7 @@ fn wrong_magic() {
 #[test]
 fn newer_major_version() {
     let mut bytes = tiny();
-    bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+    bytes[8..10].copy_from_slice(&3u16.to_le_bytes());
     // Refused as a newer version whether or not the checksum still matches
     // (a newer major may have moved it).
     for fix in [false, true] {
@@ -413,8 +414,8 @@ fn newer_major_version() {
         assert!(matches!(
             read(&b, KVM_X86),
             Err(StateError::UnsupportedMajor {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             })
         ));
     }
@@ -690,7 +691,7 @@ fn open_checks_the_file_length() {
 fn header_layout_is_as_documented() {
     let bytes = tiny();
     assert_eq!(&bytes[0..8], b"VMKITSNP");
-    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 1);
+    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 2);
     assert_eq!(u16::from_le_bytes([bytes[12], bytes[13]]), 1); // x86_64
     assert_eq!(u16::from_le_bytes([bytes[14], bytes[15]]), 1); // KVM
     assert_eq!(u32::from_le_bytes(bytes[20..24].try_into().unwrap()), 2);
@@ -706,4 +707,80 @@ fn header_layout_is_as_documented() {
         .collect();
     assert_eq!(tags.len(), 2);
     assert_eq!(SectionTag(0x0102_0304).to_string(), "0x01020304");
+}
+
+#[test]
+fn the_snapshot_identity_is_in_the_header() {
+    let id = SnapshotId([0x11; 16]);
+    let mut w = Writer::new(Vec::new(), Arch::X86_64, Backend::Kvm, CAPS);
+    w.set_snapshot_id(id);
+    w.write_section(SectionTag::VCPU, 0, 1, &vcpu(0)).unwrap();
+    let bytes = w.finish().unwrap();
+    assert_eq!(&bytes[64..80], &id.0);
+    assert_eq!(header_of(&bytes).snapshot_id, id);
+    // Without one, the header says none.
+    assert!(header_of(&tiny()).snapshot_id.is_none());
+    // Corrupting it is caught by the header checksum.
+    let mut b = bytes.clone();
+    b[70] ^= 1;
+    assert!(matches!(
+        read(&b, KVM_X86),
+        Err(StateError::HeaderChecksum { .. })
+    ));
+}
+
+#[test]
+fn format_1_files_are_refused_with_their_version() {
+    // A format-1 header: 72 bytes, no identity; the version is read before anything else.
+    let mut bytes = tiny();
+    bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+    for len in [bytes.len(), 72, 10] {
+        let err = read(&bytes[..len], KVM_X86).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StateError::UnsupportedMajor {
+                    found: 1,
+                    supported: 2
+                }
+            ),
+            "{len} bytes: {err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "state file format 1.x is not supported: this reader reads format 2.x only"
+        );
+    }
+}
+
+#[test]
+fn a_fifo_in_place_of_the_state_file_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // With no writer, a blocking open would never return: bound the wait.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opener = path.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(Snapshot::open(&opener, KVM_X86).map(|_| ()));
+    });
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("opening a FIFO blocked");
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err, StateError::Open(OpenError::NotARegularFile("FIFO"))),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), "it is a FIFO, not a regular file");
+    // A directory is refused the same way.
+    let err = Snapshot::open(dir.path(), KVM_X86).unwrap_err();
+    assert!(matches!(
+        err,
+        StateError::Open(OpenError::NotARegularFile("directory"))
+    ));
 }

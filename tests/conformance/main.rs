@@ -103,6 +103,14 @@ pub(crate) fn vcpu_events(caps: &Capabilities) -> Option<&'static str> {
     (!caps.vcpu_events).then_some("needs pending-event (vCPU events) state")
 }
 
+/// What `vmkit::snapshot::save` captures besides registers: pending events, XSAVE state and
+/// the VM clock.
+pub(crate) fn snapshots(caps: &Capabilities) -> Option<&'static str> {
+    vcpu_events(caps)
+        .or_else(|| xsave(caps))
+        .or_else(|| clock(caps))
+}
+
 /// The capabilities that `vm::capabilities_serialize_and_compare` takes away from a host to
 /// compare it with a lesser one.
 pub(crate) fn interrupt_plumbing_and_clock(caps: &Capabilities) -> Option<&'static str> {

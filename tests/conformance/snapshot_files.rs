@@ -681,11 +681,11 @@ fn write_sparse_memory(path: &Path, id: SnapshotId, size: u64, byte: u8) {
 
 crate::scenarios![
     a_diff_memory_file_in_a_full_snapshot_is_refused => crate::dirty_log,
-    another_snapshots_memory_file_is_refused,
-    a_layout_that_disagrees_with_the_memory_file_is_refused,
-    vcpu_sections_are_checked,
+    another_snapshots_memory_file_is_refused => crate::snapshots,
+    a_layout_that_disagrees_with_the_memory_file_is_refused => crate::snapshots,
+    vcpu_sections_are_checked => crate::snapshots,
     a_diff_on_the_wrong_base_is_refused => crate::dirty_log,
-    special_files_are_refused_without_blocking,
+    special_files_are_refused_without_blocking => crate::snapshots,
     regions_keep_their_flags => crate::dirty_log,
-    a_sparse_huge_region_restores_eagerly,
+    a_sparse_huge_region_restores_eagerly => crate::snapshots,
 ];

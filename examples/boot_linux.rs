@@ -282,7 +282,6 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         },
     };
     linux::write_boot_info(&memory, &kernel, &cmdline, initrd, &machine)?;
-    let supported_cpuid = hypervisor.supported_cpuid();
     let mut vcpu_handles = Vec::new();
     for index in 0..vcpus {
         let vcpu = vm.create_vcpu(index)?;
@@ -291,7 +290,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             &memory,
             &kernel,
             (index, vcpus),
-            &supported_cpuid,
+            hypervisor.capabilities(),
             true,
         )?;
         vcpu_handles.push(vcpu);

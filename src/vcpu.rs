@@ -759,6 +759,37 @@ pub trait Vcpu: Send {
         )
     }
 
+    /// Gives the vCPU `banks` machine-check banks, so that the guest's MCG_CAP MSR (`0x179`)
+    /// reports that many in bits 0–7 (with MCG_CTL present, bit 8). Call it after
+    /// [`set_cpuid`](Self::set_cpuid) and before the first [`run`](Self::run); the guest's
+    /// CPUID should offer MCE and MCA (leaf 1 EDX bits 7 and 14).
+    ///
+    /// `banks` must be between 1 and [`Capabilities::mce_banks`](crate::Capabilities) (0
+    /// there: the backend has no machine-check emulation and this returns
+    /// [`VcpuError::Unsupported`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// let max = hypervisor.capabilities().mce_banks;
+    /// # if max == 0 { return Ok(()); }
+    /// let vm = hypervisor.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// vcpu.set_cpuid(&hypervisor.supported_cpuid())?;
+    /// vcpu.setup_mce(max.min(10) as u8)?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(target_arch = "x86_64")]
+    fn setup_mce(&self, banks: u8) -> Result<(), VcpuError> {
+        let _ = banks;
+        unsupported(
+            self.id(),
+            "machine-check banks",
+            "this hypervisor backend emulates no machine-check architecture \
+             (Capabilities::mce_banks is 0)",
+        )
+    }
+
     /// Reads the multiprocessing state.
     ///
     /// ```

@@ -114,7 +114,6 @@ fn boot_until(vcpus: u32, wanted: &[&str]) -> String {
         },
     };
     linux::write_boot_info(&memory, &kernel, &cmdline, None, &machine).unwrap();
-    let cpuid = hypervisor.supported_cpuid();
     let mut vcpus_created = Vec::new();
     for index in 0..vcpus {
         let vcpu = vm.create_vcpu(index).unwrap();
@@ -123,7 +122,7 @@ fn boot_until(vcpus: u32, wanted: &[&str]) -> String {
             &memory,
             &kernel,
             (index, vcpus),
-            &cpuid,
+            hypervisor.capabilities(),
             true,
         )
         .unwrap();

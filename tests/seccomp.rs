@@ -169,16 +169,31 @@ fn no_list_allows_a_way_out() {
         ("kexec_load", libc::SYS_kexec_load),
     ];
     let mut lists = vec![
-        ("KVM vCPU", vmkit::seccomp::vcpu_rules(vmkit::HypervisorKind::Kvm)),
-        ("KVM main thread", vmkit::seccomp::vmm_rules(vmkit::HypervisorKind::Kvm)),
-        ("virtio-blk worker", vmkit_machine::worker::blk_seccomp_rules()),
+        (
+            "KVM vCPU",
+            vmkit::seccomp::vcpu_rules(vmkit::HypervisorKind::Kvm),
+        ),
+        (
+            "KVM main thread",
+            vmkit::seccomp::vmm_rules(vmkit::HypervisorKind::Kvm),
+        ),
+        (
+            "virtio-blk worker",
+            vmkit_machine::worker::blk_seccomp_rules(),
+        ),
         ("queue worker", vmkit_machine::worker::queue_seccomp_rules()),
         ("virtio-net worker", vmkit_net::worker::seccomp_rules()),
     ];
     #[cfg(feature = "xen")]
     {
-        lists.push(("Xen vCPU", vmkit::seccomp::vcpu_rules(vmkit::HypervisorKind::Xen)));
-        lists.push(("Xen main thread", vmkit::seccomp::vmm_rules(vmkit::HypervisorKind::Xen)));
+        lists.push((
+            "Xen vCPU",
+            vmkit::seccomp::vcpu_rules(vmkit::HypervisorKind::Xen),
+        ));
+        lists.push((
+            "Xen main thread",
+            vmkit::seccomp::vmm_rules(vmkit::HypervisorKind::Xen),
+        ));
     }
     let mut net_vcpu = vmkit::seccomp::vcpu_rules(vmkit::HypervisorKind::Kvm);
     net_vcpu.extend(&vmkit_net::worker::vcpu_seccomp_rules());

@@ -18,6 +18,7 @@ mod dirty;
 mod exit;
 mod irq;
 mod kick;
+mod platform;
 #[cfg(feature = "seccomp")]
 pub(crate) mod seccomp;
 mod vcpu;
@@ -87,6 +88,14 @@ impl Kvm {
             .get_msr_index_list()
             .map_err(hv_os("KVM_GET_MSR_INDEX_LIST"))?;
         let has = |cap| kvm.check_extension(cap);
+        // Bits 0-7 of the MCG_CAP KVM can emulate are its bank limit.
+        let mce_banks = if has(Cap::Mce) {
+            let cap = platform::mce_cap_supported(&kvm)
+                .map_err(hv_os("KVM_X86_GET_MCE_CAP_SUPPORTED"))?;
+            (cap & platform::MCG_BANKS_MASK) as u32
+        } else {
+            0
+        };
         let ring_bytes = u32::try_from(kvm.check_extension_int(Cap::DirtyLogRing)).unwrap_or(0);
         let capabilities = Capabilities {
             max_vcpus: u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX),
@@ -109,6 +118,9 @@ impl Kvm {
             xsave: has(Cap::Xsave),
             xcrs: has(Cap::Xcrs),
             vcpu_events: has(Cap::VcpuEvents),
+            tsc_deadline_timer: has(Cap::TscDeadlineTimer),
+            mce_banks,
+            pit_reinject_control: has(Cap::ReinjectControl),
             cpuid: cpuid
                 .as_slice()
                 .iter()

@@ -50,7 +50,7 @@
 //! let machine = linux::MachineConfig { ram_size, vcpus: 1, ..Default::default() };
 //! linux::write_boot_info(&memory, &kernel, &cmdline, None, &machine)?;
 //! let vcpu = vm.create_vcpu(0)?;
-//! linux::configure_vcpu(vcpu.as_ref(), &memory, &kernel, (0, 1), &hypervisor.supported_cpuid(), true)?;
+//! linux::configure_vcpu(vcpu.as_ref(), &memory, &kernel, (0, 1), hypervisor.capabilities(), true)?;
 //! // ... register devices, then run the vCPU.
 //! # Ok(()) }
 //! ```
@@ -68,7 +68,7 @@ use linux_loader::cmdline::Cmdline;
 use vm_memory::{GuestMemoryBackend, GuestMemoryError};
 
 pub use acpi::{AcpiDevices, SerialPort, VirtioMmioDevice};
-pub use cpu::{configure_vcpu, guest_cpuid};
+pub use cpu::{configure_vcpu, guest_cpuid, mce_banks, DEFAULT_MCE_BANKS};
 pub use image::{inspect, ImageError, KernelImage};
 pub use load::{
     file_kind, load_initrd, load_kernel, Initrd, KernelEntry, KernelFormat, LoadedKernel,

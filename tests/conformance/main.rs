@@ -31,6 +31,7 @@ mod interrupts;
 mod kick;
 mod minimal_kernel;
 mod pause;
+mod platform;
 mod runner;
 mod smp;
 mod snapshot;
@@ -270,6 +271,7 @@ fn main() -> ExitCode {
         minimal_kernel::SCENARIOS,
         virtio::SCENARIOS,
         snapshot::SCENARIOS,
+        platform::SCENARIOS,
     ];
     let args = Arguments::parse(std::env::args().skip(1));
     let selected: Vec<&Scenario> = groups

@@ -88,14 +88,9 @@ impl Kvm {
             .get_msr_index_list()
             .map_err(hv_os("KVM_GET_MSR_INDEX_LIST"))?;
         let has = |cap| kvm.check_extension(cap);
-        // Bits 0-7 of the MCG_CAP KVM can emulate are its bank limit.
-        let mce_banks = if has(Cap::Mce) {
-            let cap = platform::mce_cap_supported(&kvm)
-                .map_err(hv_os("KVM_X86_GET_MCE_CAP_SUPPORTED"))?;
-            (cap & platform::MCG_BANKS_MASK) as u32
-        } else {
-            0
-        };
+        // KVM_CHECK_EXTENSION(KVM_CAP_MCE) answers the bank limit (KVM_MAX_MCE_BANKS);
+        // KVM_X86_GET_MCE_CAP_SUPPORTED gives only MCG_CAP's flag bits.
+        let mce_banks = u32::try_from(kvm.check_extension_int(Cap::Mce)).unwrap_or(0);
         let ring_bytes = u32::try_from(kvm.check_extension_int(Cap::DirtyLogRing)).unwrap_or(0);
         let capabilities = Capabilities {
             max_vcpus: u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX),

@@ -5,17 +5,15 @@ use std::os::fd::AsRawFd;
 
 use kvm_bindings::{kvm_reinject_control, KVMIO};
 use vmm_sys_util::errno;
-use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
-use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+use vmm_sys_util::ioctl::ioctl_with_ref;
+use vmm_sys_util::{ioctl_io_nr, ioctl_iow_nr};
 
-ioctl_ior_nr!(KVM_X86_GET_MCE_CAP_SUPPORTED, KVMIO, 0x9d, u64);
 ioctl_iow_nr!(KVM_X86_SETUP_MCE, KVMIO, 0x9c, u64);
 // KVM declares it without a size although it takes a `struct kvm_reinject_control`.
 ioctl_io_nr!(KVM_REINJECT_CONTROL, KVMIO, 0x71);
 
-/// MCG_CAP bits 0–7: the bank count.
-pub(crate) const MCG_BANKS_MASK: u64 = 0xff;
-/// MCG_CAP bit 8: MCG_CTL is present. Part of what KVM supports since `KVM_CAP_MCE` exists.
+/// MCG_CAP bit 8: MCG_CTL is present. In KVM's supported MCG_CAP flags
+/// (`KVM_X86_GET_MCE_CAP_SUPPORTED`) ever since `KVM_CAP_MCE` exists.
 pub(crate) const MCG_CTL_P: u64 = 1 << 8;
 
 fn result(ret: i32) -> Result<(), errno::Error> {
@@ -24,15 +22,6 @@ fn result(ret: i32) -> Result<(), errno::Error> {
     } else {
         Ok(())
     }
-}
-
-/// The MCG_CAP value KVM can emulate (`/dev/kvm` fd): bank count in bits 0–7, flags above.
-pub(crate) fn mce_cap_supported(kvm: &impl AsRawFd) -> Result<u64, errno::Error> {
-    let mut cap = 0u64;
-    // SAFETY: KVM_X86_GET_MCE_CAP_SUPPORTED writes one u64 through the pointer, which points
-    // at a live, writable u64.
-    result(unsafe { ioctl_with_mut_ref(kvm, KVM_X86_GET_MCE_CAP_SUPPORTED(), &mut cap) })?;
-    Ok(cap)
 }
 
 /// Gives a vCPU machine-check banks: `mcg_cap` becomes its MCG_CAP MSR.

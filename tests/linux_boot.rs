@@ -111,6 +111,7 @@ fn boot_until(vcpus: u32, wanted: &[&str]) -> String {
                 irq: COM1_GSI,
             }],
             virtio_mmio: Vec::new(),
+            pm: None,
         },
     };
     linux::write_boot_info(&memory, &kernel, &cmdline, None, &machine).unwrap();

@@ -81,7 +81,7 @@ pub struct Capabilities {
     #[serde(default)]
     pub mce_banks: u32,
     /// The in-kernel PIT's lost-tick policy can be chosen
-    /// ([`Vm::set_pit_reinject`](crate::Vm::set_pit_reinject)).
+    /// ([`Vm::set_pit_reinject`]).
     #[serde(default)]
     pub pit_reinject_control: bool,
     /// The CPUID leaves the hypervisor can offer a guest.

@@ -768,6 +768,11 @@ pub trait Vcpu: Send {
     /// there: the backend has no machine-check emulation and this returns
     /// [`VcpuError::Unsupported`]).
     ///
+    /// MCG_CAP is not among the MSRs a VMM saves and writes back (KVM's list has MCG_STATUS
+    /// and MCG_CTL, not MCG_CAP), so a VMM that restores a snapshot into a fresh vCPU calls
+    /// this with the same count first: KVM refuses a nonzero saved MCG_CTL (a guest sets it
+    /// to all ones) on a vCPU whose MCG_CAP lacks MCG_CTL_P.
+    ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let hypervisor = vmkit::open()?;

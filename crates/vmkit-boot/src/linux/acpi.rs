@@ -427,16 +427,13 @@ mod tests {
         // The DSDT has \_S3 and \_S5 with the block's SLP_TYP values.
         let dsdt = &tables.last().unwrap().1;
         let package = |name: &[u8], typ: u8| {
-            // NameOp, the name, PackageOp, length, 4 elements, BytePrefix typ, BytePrefix typ.
+            // NameOp, the name, PackageOp, its length, 4 elements.
             let at = dsdt.windows(4).position(|w| w == name).unwrap();
             assert_eq!(dsdt[at - 1], 0x08, "NameOp");
             assert_eq!(dsdt[at + 4], 0x12, "PackageOp");
             assert_eq!(dsdt[at + 6], 4, "elements");
-            let elements = &dsdt[at + 7..at + 11];
-            assert!(
-                elements == [0x0a, typ, 0x0a, typ] || elements[..2] == [typ, typ],
-                "{name:?}: {elements:02x?}"
-            );
+            // BytePrefix typ, BytePrefix typ, ZeroOp, ZeroOp.
+            assert_eq!(dsdt[at + 7..at + 13], [0x0a, typ, 0x0a, typ, 0, 0]);
         };
         package(b"_S5_", 5);
         package(b"_S3_", 3);

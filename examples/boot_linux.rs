@@ -72,9 +72,10 @@
 //!
 //! Exit status: 0 once the guest powers off through ACPI (boot_linux says `the guest powered
 //! off`) or resets the machine (through the i8042, which `reboot=k` selects, or the ACPI
-//! reset register; a panic with `panic=-1` ends the same way); 130 after SIGINT and 143 after SIGTERM (128 plus the signal's number, as a shell
-//! reports a process the signal killed); 1, with the reason on stderr (naming the flag or
-//! file and the limit), on any failure.
+//! reset register; a panic with `panic=-1` ends the same way); 130 after SIGINT and 143
+//! after SIGTERM (128 plus the signal's number, as a shell reports a process the signal
+//! killed); 1, with the reason on stderr (naming the flag or file and the limit), on any
+//! failure.
 //!
 //! Which hosts boot Linux at full speed: any KVM with hardware virtualization. On a software
 //! KVM that emulates ring-0 guest code (like this project's CI host), a distribution kernel

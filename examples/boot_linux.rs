@@ -15,6 +15,13 @@
 //! - a 16550 serial port at `0x3f8` on IRQ 4 (console: add `console=ttyS0`), the i8042 whose
 //!   reset command ends the run (`reboot=k` makes the kernel use it) and a CMOS clock at
 //!   `0x70` (vmkit-devices), with the in-kernel irqchip and PIT;
+//! - an ACPI PM block at `0x600..=0x60f` (vmkit-devices' `PmBlock`, described in the FADT
+//!   with a FACS and `\_S5` in the DSDT; SCI on IRQ 9): the ACPI PM timer, which Linux
+//!   takes as a clocksource candidate (`acpi_pm`), soft off through PM1a_CNT, so `poweroff`
+//!   ends the run, and the FADT's reset register (`0x06` to port `0x60c`), which `reboot`
+//!   uses without `reboot=k`. S3 is not offered (nothing here would wake the guest);
+//!   each vCPU gets the TSC-deadline timer in CPUID when KVM has it, and 10 machine-check
+//!   banks (fewer if the host allows fewer);
 //! - with `--disk FILE`, FILE (a regular file or a block device, whole 512-byte sectors) as
 //!   a virtio-blk disk (`/dev/vda`; `--disk FILE,ro` opens it read-only and the guest sees a
 //!   read-only disk), and always a virtio-console
@@ -63,11 +70,12 @@
 //! file's length and the RAM the kernel needs against `--mem` (vmkit-boot), the initrd is a
 //! non-empty regular file that fits, and the flags' values are in range.
 //!
-//! Exit status: 0 once the guest resets the machine (which is how `reboot` and `poweroff`
-//! end on a PC without ACPI when `reboot=k` is set; a panic with `panic=-1` ends the same
-//! way); 130 after SIGINT and 143 after SIGTERM (128 plus the signal's number, as a shell
-//! reports a process the signal killed); 1, with the reason on stderr (naming the flag or
-//! file and the limit), on any failure.
+//! Exit status: 0 once the guest powers off through ACPI (boot_linux says `the guest powered
+//! off`) or resets the machine (through the i8042, which `reboot=k` selects, or the ACPI
+//! reset register; a panic with `panic=-1` ends the same way); 130 after SIGINT and 143
+//! after SIGTERM (128 plus the signal's number, as a shell reports a process the signal
+//! killed); 1, with the reason on stderr (naming the flag or file and the limit), on any
+//! failure.
 //!
 //! Which hosts boot Linux at full speed: any KVM with hardware virtualization. On a software
 //! KVM that emulates ring-0 guest code (like this project's CI host), a distribution kernel
@@ -87,7 +95,7 @@ use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VmRunner};
 use vmkit::{ErrorChain, MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
 use vmkit_boot::linux::{self, layout};
 use vmkit_bus::Bus;
-use vmkit_devices::{Cmos, Serial, COM1, COM1_GSI, I8042, SERIAL_PORTS};
+use vmkit_devices::{Cmos, PmBlock, Serial, SleepState, COM1, COM1_GSI, I8042, SERIAL_PORTS};
 use vmkit_machine::worker::{self, WorkerOptions};
 use vmkit_machine::{GsiAllocator, MmioAllocator, MmioWindow, QueueWorker, VirtioMmioWiring};
 use vmkit_net::worker::NetWorkerOptions;
@@ -112,10 +120,12 @@ const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 const VIRTIO_FIRST_IRQ: u32 = 5;
 /// The last IOAPIC pin.
 const VIRTIO_LAST_IRQ: u32 = 23;
+/// The ACPI SCI's IRQ (GSI), where PC chipsets put it.
+const SCI_IRQ: u8 = 9;
 
 fn main() -> ExitCode {
     match run() {
-        Ok(Ending::Reset) => ExitCode::SUCCESS,
+        Ok(Ending::Reset | Ending::PowerOff) => ExitCode::SUCCESS,
         Ok(Ending::Signal(signal)) => ExitCode::from(signals::exit_status(signal)),
         // `--help` is not a failure: the usage goes to stdout.
         Err(err) if matches!(err.downcast_ref(), Some(options::OptionsError::Help)) => {
@@ -139,6 +149,8 @@ fn open(path: &PathBuf, flag: &str) -> Result<File, Box<dyn Error>> {
 enum Ending {
     /// The guest reset the machine.
     Reset,
+    /// The guest powered off (ACPI S5).
+    PowerOff,
     /// This signal stopped the VM.
     Signal(i32),
 }
@@ -191,13 +203,23 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let i8042 = Arc::new(I8042::new()?);
     bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())?;
     bus.register_pio(PioAddress(Cmos::BASE), Cmos::PORTS, Arc::new(Cmos::new()))?;
+    // The ACPI PM block: its SCI is an irqfd on IRQ 9, kept out of the virtio devices' range.
+    let pm = Arc::new(PmBlock::new()?);
+    vm.register_irqfd(pm.sci_evt(), u32::from(SCI_IRQ), None)?;
+    bus.register_pio(
+        PioAddress(PmBlock::DEFAULT_BASE),
+        PmBlock::PORTS,
+        pm.clone(),
+    )?;
+    let mut gsis = GsiAllocator::new(VIRTIO_FIRST_IRQ, VIRTIO_LAST_IRQ)?;
+    gsis.reserve(u32::from(SCI_IRQ))?;
 
     // Each virtio-mmio device gets a page of the MMIO hole, a GSI wired as an irqfd, and a
     // line in the ACPI tables.
     let mut virtio = VirtioMmioWiring::new(
         Arc::new(memory.clone()),
         MmioAllocator::new(VIRTIO_MMIO_BASE, u64::from(layout::IOAPIC_ADDR))?,
-        GsiAllocator::new(VIRTIO_FIRST_IRQ, VIRTIO_LAST_IRQ)?,
+        gsis,
     )
     .packed_rings(!options.split_rings);
     let mut virtio_mmio = Vec::new();
@@ -279,10 +301,10 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                 irq: COM1_GSI,
             }],
             virtio_mmio,
+            pm: Some(pm_tables()),
         },
     };
     linux::write_boot_info(&memory, &kernel, &cmdline, initrd, &machine)?;
-    let supported_cpuid = hypervisor.supported_cpuid();
     let mut vcpu_handles = Vec::new();
     for index in 0..vcpus {
         let vcpu = vm.create_vcpu(index)?;
@@ -291,7 +313,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             &memory,
             &kernel,
             (index, vcpus),
-            &supported_cpuid,
+            hypervisor.capabilities(),
             true,
         )?;
         vcpu_handles.push(vcpu);
@@ -304,10 +326,23 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         hypervisor.kind()
     );
 
-    // One thread per vCPU (vmkit's runner); exits go to the bus, and the i8042's reset
-    // command ends the run.
+    // One thread per vCPU (vmkit's runner); exits go to the bus; a reset (the i8042's
+    // command or the ACPI reset register) or ACPI soft off ends the run.
     let board = runner::from_fn(move |id, exit| match bus.handle(id, exit) {
-        ExitAction::Continue if i8042.take_reset_request() => ExitAction::Reset,
+        ExitAction::Continue if i8042.take_reset_request() || pm.take_reset_request() => {
+            ExitAction::Reset
+        }
+        ExitAction::Continue => match pm.take_sleep_request() {
+            Some(SleepState::S5) => ExitAction::PowerOff,
+            Some(SleepState::S3) => {
+                eprintln!(
+                    "boot_linux: vCPU {id}: the guest asked to suspend (S3), which this VMM does \
+                     not offer: the vCPU stays paused (Ctrl-C ends the run)"
+                );
+                ExitAction::Pause
+            }
+            None => ExitAction::Continue,
+        },
         action => action,
     });
     let stats = options.exit_stats.then(|| Arc::new(ExitStats::new(vcpus)));
@@ -346,8 +381,9 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     if let Some(stats) = stats {
         stats.print();
     }
+    let mut powered_off = false;
     for vcpu in finished {
-        vcpu.outcome?;
+        powered_off |= matches!(vcpu.outcome?, runner::VcpuOutcome::PowerOff);
     }
     // Dropping what run() holds on return stops the device threads, then the TAP leaves
     // its network (declared in that order above).
@@ -355,8 +391,27 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         eprintln!("boot_linux: {}: the VM stopped", signals::name(signal));
         return Ok(Ending::Signal(signal));
     }
+    if powered_off {
+        eprintln!("boot_linux: the guest powered off");
+        return Ok(Ending::PowerOff);
+    }
     eprintln!("boot_linux: the guest reset the machine");
     Ok(Ending::Reset)
+}
+
+/// The PM block as the ACPI tables describe it: vmkit-devices' layout at its default base.
+fn pm_tables() -> linux::PmBlock {
+    let base = PmBlock::DEFAULT_BASE;
+    linux::PmBlock {
+        pm1a_evt: base + PmBlock::PM1_EVT_OFFSET,
+        pm1a_cnt: base + PmBlock::PM1_CNT_OFFSET,
+        pm_tmr: base + PmBlock::PM_TMR_OFFSET,
+        reset: base + PmBlock::RESET_OFFSET,
+        reset_value: PmBlock::RESET_VALUE,
+        sci: SCI_IRQ,
+        s5_type: SleepState::S5.slp_typ(),
+        s3_type: None,
+    }
 }
 
 /// The main thread's seccomp rules once the VM runs: vmkit's (the runner's commands and

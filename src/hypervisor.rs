@@ -69,6 +69,21 @@ pub struct Capabilities {
     pub xcrs: bool,
     /// Pending events can be read and written.
     pub vcpu_events: bool,
+    /// The local APIC's TSC-deadline timer mode can be offered to a guest (CPUID.1:ECX bit
+    /// 24). KVM emulates it with an in-kernel irqchip but leaves the bit out of its supported
+    /// CPUID, so a VMM sets it itself when this is true; without it a guest falls back to a
+    /// slower APIC timer mode.
+    #[serde(default)]
+    pub tsc_deadline_timer: bool,
+    /// The most machine-check banks a vCPU can have
+    /// ([`Vcpu::setup_mce`](crate::Vcpu::setup_mce)); 0 when the hypervisor emulates no
+    /// machine-check architecture.
+    #[serde(default)]
+    pub mce_banks: u32,
+    /// The in-kernel PIT's lost-tick policy can be chosen
+    /// ([`Vm::set_pit_reinject`]).
+    #[serde(default)]
+    pub pit_reinject_control: bool,
     /// The CPUID leaves the hypervisor can offer a guest.
     #[cfg(target_arch = "x86_64")]
     pub cpuid: Vec<CpuidEntry>,
@@ -191,6 +206,16 @@ impl Capabilities {
             ("XSAVE state", self.xsave, host.xsave),
             ("XCRs", self.xcrs, host.xcrs),
             ("vCPU events", self.vcpu_events, host.vcpu_events),
+            (
+                "the TSC-deadline timer",
+                self.tsc_deadline_timer,
+                host.tsc_deadline_timer,
+            ),
+            (
+                "PIT reinjection control",
+                self.pit_reinject_control,
+                host.pit_reinject_control,
+            ),
         ];
         for (name, required, available) in features {
             if required && !available {
@@ -205,6 +230,7 @@ impl Capabilities {
                 self.dirty_ring_max_entries,
                 host.dirty_ring_max_entries,
             ),
+            ("machine-check banks", self.mce_banks, host.mce_banks),
         ];
         for (what, required, available) in limits {
             if required > available {

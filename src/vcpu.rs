@@ -759,6 +759,42 @@ pub trait Vcpu: Send {
         )
     }
 
+    /// Gives the vCPU `banks` machine-check banks, so that the guest's MCG_CAP MSR (`0x179`)
+    /// reports that many in bits 0–7 (with MCG_CTL present, bit 8). Call it after
+    /// [`set_cpuid`](Self::set_cpuid) and before the first [`run`](Self::run); the guest's
+    /// CPUID should offer MCE and MCA (leaf 1 EDX bits 7 and 14).
+    ///
+    /// `banks` must be between 1 and [`Capabilities::mce_banks`](crate::Capabilities) (0
+    /// there: the backend has no machine-check emulation and this returns
+    /// [`VcpuError::Unsupported`]).
+    ///
+    /// MCG_CAP is not among the MSRs a VMM saves and writes back (KVM's list has MCG_STATUS
+    /// and MCG_CTL, not MCG_CAP), so a VMM that restores a snapshot into a fresh vCPU calls
+    /// this with the same count first: KVM refuses a nonzero saved MCG_CTL (a guest sets it
+    /// to all ones) on a vCPU whose MCG_CAP lacks MCG_CTL_P.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// let max = hypervisor.capabilities().mce_banks;
+    /// # if max == 0 { return Ok(()); }
+    /// let vm = hypervisor.create_vm(&vmkit::VmConfig::default())?;
+    /// let vcpu = vm.create_vcpu(0)?;
+    /// vcpu.set_cpuid(&hypervisor.supported_cpuid())?;
+    /// vcpu.setup_mce(max.min(10) as u8)?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(target_arch = "x86_64")]
+    fn setup_mce(&self, banks: u8) -> Result<(), VcpuError> {
+        let _ = banks;
+        unsupported(
+            self.id(),
+            "machine-check banks",
+            "this hypervisor backend emulates no machine-check architecture \
+             (Capabilities::mce_banks is 0)",
+        )
+    }
+
     /// Reads the multiprocessing state.
     ///
     /// ```

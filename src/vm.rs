@@ -564,6 +564,35 @@ pub trait Vm: Send + Sync {
         )
     }
 
+    /// Chooses the in-kernel PIT's lost-tick policy (needs [`VmConfig::pit`](crate::VmConfig)
+    /// and [`Capabilities::pit_reinject_control`](crate::Capabilities)).
+    ///
+    /// With `true` (KVM's default) a tick the guest has not acknowledged when the next one is
+    /// due stays pending and is delivered later, so a guest that counts ticks to keep time
+    /// (older kernels, some other OSes) catches up after it was descheduled, in a burst. With
+    /// `false` ticks that find the previous one still pending are dropped: no burst, for
+    /// guests that read a clock rather than count ticks (a modern Linux, which also stops
+    /// using the PIT once its local APIC timer runs).
+    ///
+    /// ```
+    /// use vmkit::VmConfig;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// # if !hypervisor.capabilities().pit_reinject_control { return Ok(()); }
+    /// let vm = hypervisor.create_vm(&VmConfig::default().irqchip(true).pit(true))?;
+    /// vm.set_pit_reinject(false)?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(target_arch = "x86_64")]
+    fn set_pit_reinject(&self, reinject: bool) -> Result<(), VmError> {
+        let _ = reinject;
+        unsupported(
+            "choosing the PIT's lost-tick policy",
+            "this hypervisor backend offers no PIT reinjection control \
+             (Capabilities::pit_reinject_control is false)",
+        )
+    }
+
     /// Reads the VM clock.
     ///
     /// ```
@@ -653,6 +682,7 @@ mod tests {
             vm.set_irqchip_state(&IrqchipState::default()).err(),
             vm.pit_state().err(),
             vm.set_pit_state(&PitState::default()).err(),
+            vm.set_pit_reinject(false).err(),
             vm.clock().err(),
             vm.set_clock(&ClockState::default()).err(),
         ];

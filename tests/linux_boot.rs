@@ -111,10 +111,10 @@ fn boot_until(vcpus: u32, wanted: &[&str]) -> String {
                 irq: COM1_GSI,
             }],
             virtio_mmio: Vec::new(),
+            pm: None,
         },
     };
     linux::write_boot_info(&memory, &kernel, &cmdline, None, &machine).unwrap();
-    let cpuid = hypervisor.supported_cpuid();
     let mut vcpus_created = Vec::new();
     for index in 0..vcpus {
         let vcpu = vm.create_vcpu(index).unwrap();
@@ -123,7 +123,7 @@ fn boot_until(vcpus: u32, wanted: &[&str]) -> String {
             &memory,
             &kernel,
             (index, vcpus),
-            &cpuid,
+            hypervisor.capabilities(),
             true,
         )
         .unwrap();

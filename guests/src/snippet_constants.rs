@@ -125,4 +125,16 @@ constants! {
     /// Where [`DIRTY_WRITER`] reads its list of pages (2 MiB, in RAM): a qword count, then
     /// that many qword addresses.
     DIRTY_TABLE: u64 = 0x20_0000;
+
+    /// The MSR [`CPU_PROBE`] reads: IA32_MCG_CAP, whose bits 0-7 count the machine-check
+    /// banks.
+    MCG_CAP_MSR: u32 = 0x179;
+    /// The ACPI PM timer port [`PM_TIMER_POWEROFF`] reads (vmkit-devices' `PmBlock` at its
+    /// default base `0x600`, plus 8).
+    PM_TIMER_PORT: u16 = 0x608;
+    /// The PM1a control port [`PM_TIMER_POWEROFF`] writes (base `0x600` plus 4).
+    PM1A_CNT_PORT: u16 = 0x604;
+    /// What [`PM_TIMER_POWEROFF`] writes to PM1a_CNT: SLP_TYP 5 (bits 10-12, the type
+    /// vmkit's DSDT gives `\_S5`) with SLP_EN (bit 13).
+    PM_SLEEP_S5: u16 = (5 << 10) | (1 << 13);
 }

@@ -153,6 +153,37 @@ snippet cpuid_leaf0
         out     %eax, $REPORT_PORT
         hlt
 
+/// Probes what a boot layer sets up: executes `cpuid` leaf 1 and reports
+/// `ecx` (feature bits, TSC-deadline timer at bit 24), then reads the MSR
+/// [`MCG_CAP_MSR`] and reports its low half (the machine-check bank count in
+/// bits 0-7), both as dwords to [`REPORT_PORT`]; then halts. Clobbers `rax`,
+/// `rbx`, `rcx` and `rdx`.
+snippet cpu_probe
+        mov     $1, %eax
+        xor     %ecx, %ecx
+        cpuid
+        mov     %ecx, %eax
+        out     %eax, $REPORT_PORT
+        mov     $MCG_CAP_MSR, %ecx
+        rdmsr
+        out     %eax, $REPORT_PORT
+        hlt
+
+/// Reads the ACPI PM timer at [`PM_TIMER_PORT`] twice (dwords, each echoed
+/// to [`REPORT_PORT`]), then asks for soft-off: writes the word
+/// [`PM_SLEEP_S5`] (SLP_TYP 5, SLP_EN) to PM1a_CNT at [`PM1A_CNT_PORT`];
+/// then halts. Clobbers `rax` and `rdx`.
+snippet pm_timer_poweroff
+        mov     $PM_TIMER_PORT, %dx
+        in      %dx, %eax
+        out     %eax, $REPORT_PORT
+        in      %dx, %eax
+        out     %eax, $REPORT_PORT
+        mov     $PM1A_CNT_PORT, %dx
+        mov     $PM_SLEEP_S5, %ax
+        out     %ax, %dx
+        hlt
+
 /// Jumps to itself forever: a guest that never exits on its own.
 snippet spin
 1:      jmp     1b

@@ -122,6 +122,12 @@ mod tests {
         ));
         assert!(contains(DIRTY_WRITER, &(DIRTY_TABLE as u32).to_le_bytes()));
         assert!(contains(DIRTY_WRITER, &[0xe6, REPORT_PORT as u8]));
+        assert!(contains(CPU_PROBE, &MCG_CAP_MSR.to_le_bytes()));
+        assert!(contains(CPU_PROBE, &[0x0f, 0xa2]), "cpuid");
+        assert!(contains(CPU_PROBE, &[0x0f, 0x32]), "rdmsr");
+        assert!(contains(PM_TIMER_POWEROFF, &PM_TIMER_PORT.to_le_bytes()));
+        assert!(contains(PM_TIMER_POWEROFF, &PM1A_CNT_PORT.to_le_bytes()));
+        assert!(contains(PM_TIMER_POWEROFF, &PM_SLEEP_S5.to_le_bytes()));
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod dirty;
 mod exit;
 mod irq;
 mod kick;
+mod platform;
 #[cfg(feature = "seccomp")]
 pub(crate) mod seccomp;
 mod vcpu;
@@ -87,6 +88,9 @@ impl Kvm {
             .get_msr_index_list()
             .map_err(hv_os("KVM_GET_MSR_INDEX_LIST"))?;
         let has = |cap| kvm.check_extension(cap);
+        // KVM_CHECK_EXTENSION(KVM_CAP_MCE) answers the bank limit (KVM_MAX_MCE_BANKS);
+        // KVM_X86_GET_MCE_CAP_SUPPORTED gives only MCG_CAP's flag bits.
+        let mce_banks = u32::try_from(kvm.check_extension_int(Cap::Mce)).unwrap_or(0);
         let ring_bytes = u32::try_from(kvm.check_extension_int(Cap::DirtyLogRing)).unwrap_or(0);
         let capabilities = Capabilities {
             max_vcpus: u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX),
@@ -109,6 +113,9 @@ impl Kvm {
             xsave: has(Cap::Xsave),
             xcrs: has(Cap::Xcrs),
             vcpu_events: has(Cap::VcpuEvents),
+            tsc_deadline_timer: has(Cap::TscDeadlineTimer),
+            mce_banks,
+            pit_reinject_control: has(Cap::ReinjectControl),
             cpuid: cpuid
                 .as_slice()
                 .iter()

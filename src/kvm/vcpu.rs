@@ -466,6 +466,23 @@ impl Vcpu for KvmVcpu {
             .map_err(self.os("KVM_SET_VCPU_EVENTS"))
     }
 
+    fn setup_mce(&self, banks: u8) -> Result<(), VcpuError> {
+        let max = self.vm.capabilities.mce_banks;
+        self.require(
+            max != 0,
+            "machine-check banks",
+            "KVM on this host has no KVM_CAP_MCE",
+        )?;
+        if banks == 0 || u32::from(banks) > max {
+            return Err(self.invalid(
+                "machine-check bank count",
+                format!("{banks} banks requested, KVM allows 1 to {max}"),
+            ));
+        }
+        super::platform::setup_mce(&self.fd, u64::from(banks) | super::platform::MCG_CTL_P)
+            .map_err(self.os("KVM_X86_SETUP_MCE"))
+    }
+
     fn mp_state(&self) -> Result<MpState, VcpuError> {
         self.fd
             .get_mp_state()

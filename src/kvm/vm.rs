@@ -319,6 +319,18 @@ impl Vm for KvmVm {
         self.pit_set(state)
     }
 
+    fn set_pit_reinject(&self, reinject: bool) -> Result<(), VmError> {
+        if !self.shared.config.pit {
+            return Err(VmError::NoPit {
+                op: "KVM_REINJECT_CONTROL",
+            });
+        }
+        super::platform::reinject_control(&self.shared.fd, reinject).map_err(|err| VmError::Os {
+            op: "KVM_REINJECT_CONTROL",
+            source: os_error(err),
+        })
+    }
+
     fn clock(&self) -> Result<ClockState, VmError> {
         let raw = self.shared.fd.get_clock().map_err(|err| VmError::Os {
             op: "KVM_GET_CLOCK",

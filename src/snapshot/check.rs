@@ -12,8 +12,8 @@ use vmkit_snapshot::{
 };
 
 use super::file::{
-    backend, RegionLayout, SnapshotError, BASE, CAPABILITIES, CONFIG, MAX_CHAIN, MEMORY_FILE,
-    MEMORY_LAYOUT, STATE_FILE, VERSION, VM_STATE,
+    backend, RegionLayout, SnapshotError, BASE, CAPABILITIES, CAPABILITIES_VERSION, CONFIG,
+    MAX_CHAIN, MEMORY_FILE, MEMORY_LAYOUT, STATE_FILE, VERSION, VM_STATE,
 };
 use super::{VcpuState, VmState};
 use crate::hypervisor::{Capabilities, Hypervisor, VmConfig};
@@ -304,7 +304,7 @@ pub fn check(dir: &Path, hypervisor: &dyn Hypervisor) -> Result<Checked, Snapsho
         .read_section(CONFIG, 0, VERSION..=VERSION)
         .map_err(state_error(&state_path))?;
     let their_caps: Capabilities = snapshot
-        .read_section(CAPABILITIES, 0, VERSION..=VERSION)
+        .read_section(CAPABILITIES, 0, CAPABILITIES_VERSION..=CAPABILITIES_VERSION)
         .map_err(state_error(&state_path))?;
     let missing = their_caps.missing_in(hypervisor.capabilities());
     if !missing.is_empty() {

@@ -55,6 +55,9 @@ pub const VM_STATE: SectionTag = SectionTag::new(*b"VMST");
 
 /// Version of the sections this module writes.
 pub(super) const VERSION: u16 = 1;
+/// Version of the [`CAPABILITIES`] section: 2 since `Capabilities` gained the TSC-deadline
+/// timer, machine-check banks and PIT reinjection control (its postcard encoding changed).
+pub const CAPABILITIES_VERSION: u16 = 2;
 
 /// Errors from saving or restoring a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -255,7 +258,7 @@ impl<'a> Capture<'a> {
                 writer.write_section(BASE, 0, VERSION, &base.to_string_lossy())?;
             }
             writer.write_section(CONFIG, 0, VERSION, self.config)?;
-            writer.write_section(CAPABILITIES, 0, VERSION, caps)?;
+            writer.write_section(CAPABILITIES, 0, CAPABILITIES_VERSION, caps)?;
             writer.write_section(VM_STATE, 0, VERSION, &self.vm_state)?;
             writer.write_section(MEMORY_LAYOUT, 0, VERSION, &self.layout)?;
             for state in &self.vcpu_states {

@@ -17,8 +17,8 @@ pub use vmkit_snapshot as format;
 
 pub use check::{check, Checked, Mismatch};
 pub use file::{
-    restore, save, DiffTracker, MemoryRestore, Restored, SnapshotError, BASE, CAPABILITIES, CONFIG,
-    MAX_CHAIN, MEMORY_FILE, STATE_FILE, VM_STATE,
+    restore, save, DiffTracker, MemoryRestore, Restored, SnapshotError, BASE, CAPABILITIES,
+    CAPABILITIES_VERSION, CONFIG, MAX_CHAIN, MEMORY_FILE, STATE_FILE, VM_STATE,
 };
 
 use serde::{Deserialize, Serialize};

@@ -31,6 +31,7 @@ mod interrupts;
 mod kick;
 mod minimal_kernel;
 mod pause;
+mod platform;
 mod runner;
 mod smp;
 mod snapshot;
@@ -280,6 +281,7 @@ fn main() -> ExitCode {
         virtio::SCENARIOS,
         snapshot::SCENARIOS,
         snapshot_files::SCENARIOS,
+        platform::SCENARIOS,
     ];
     let args = Arguments::parse(std::env::args().skip(1));
     let selected: Vec<&Scenario> = groups

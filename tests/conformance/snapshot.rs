@@ -359,7 +359,11 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
     )
     .unwrap();
     let mut richer: vmkit::Capabilities = original
-        .read_section(snapshot::CAPABILITIES, 0, 1..=1)
+        .read_section(
+            snapshot::CAPABILITIES,
+            0,
+            snapshot::CAPABILITIES_VERSION..=snapshot::CAPABILITIES_VERSION,
+        )
         .unwrap();
     richer.max_vcpus = u32::MAX;
     richer.msrs.push(0x4242_4242);

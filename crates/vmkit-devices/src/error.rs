@@ -74,6 +74,16 @@ pub enum RestoreError {
         /// Why it is unreachable.
         reason: &'static str,
     },
+    /// An ACPI PM register value with bits the block never holds.
+    #[error("{register} = {value:#06x} has bits outside {bits:#06x}, the ones it can hold")]
+    PmRegister {
+        /// The register's name (`"PM1a_STS"`, `"PM1a_EN"`, `"PM1a_CNT"`).
+        register: &'static str,
+        /// The saved value.
+        value: u16,
+        /// The bits the register holds.
+        bits: u16,
+    },
 }
 
 /// A new non-blocking eventfd for `device`.

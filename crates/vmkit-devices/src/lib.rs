@@ -12,12 +12,17 @@
 //!   (`0xfe` to port `0x64`), which raises a flag and signals an eventfd.
 //! - [`Cmos`]: the CMOS memory and its real-time clock at `0x70`/`0x71`, reading the host's
 //!   UTC time (a Linux guest's `rtc_cmos` probe stalls for seconds without it).
+//! - [`PmBlock`]: the ACPI power-management block (PM1a event and control registers, the
+//!   3.579545 MHz ACPI PM timer, a reset register) at `0x600`, for a guest told about it in
+//!   a (non-hardware-reduced) FADT: its sleep requests ([`SleepState::S5`], soft off, and
+//!   [`SleepState::S3`]) and resets reach the VMM as flags and eventfds, its SCI as an
+//!   eventfd or a level.
 //! - [`DebugExit`]: a port (`0x501`) through which a test guest ends itself with an exit
 //!   code.
 //!
 //! Each device implements [`Persist`], vmkit's one convention for snapshots: `save_state`
 //! gives a serde-serializable state ([`SerialState`], [`I8042State`], [`CmosState`],
-//! [`DebugExitState`]), and `restore_state` restores one into a fresh device, built as for a
+//! [`DebugExitState`], [`PmState`]), and `restore_state` restores one into a fresh device, built as for a
 //! first boot (with its output, its eventfds, its clock), treating the state as untrusted
 //! input ([`RestoreError`]). The crate depends on no hypervisor backend.
 //!
@@ -69,6 +74,7 @@
 
 #![forbid(unsafe_code)]
 
+mod acpi_pm;
 mod cmos;
 mod debug_exit;
 mod error;
@@ -76,6 +82,7 @@ mod i8042;
 mod registers;
 mod serial;
 
+pub use acpi_pm::{PmBlock, PmState, SleepState};
 pub use cmos::{Cmos, CmosState};
 pub use debug_exit::{DebugExit, DebugExitState};
 pub use error::{DeviceError, RestoreError};

@@ -1,6 +1,7 @@
-//! What each vCPU needs before a Linux kernel runs on it: CPUID that tells the guest who it is
-//! and that it runs on a hypervisor, boot MSRs, the local APIC's LINT pins, and the bootstrap
-//! processor's entry registers.
+//! What each vCPU needs before a Linux kernel runs on it: CPUID that tells the guest who it is,
+//! that it runs on a hypervisor and that its local APIC has the TSC-deadline timer, its
+//! machine-check banks, boot MSRs, the local APIC's LINT pins, and the bootstrap processor's
+//! entry registers.
 
 use vm_memory::GuestMemoryBackend;
 
@@ -9,11 +10,18 @@ use super::load::{KernelEntry, LoadedKernel};
 use super::LinuxBootError;
 use crate::entry as boot;
 use vmkit::arch::x86_64::{CpuidEntry, LapicState, Msr};
-use vmkit::Vcpu;
+use vmkit::{Capabilities, Vcpu};
 
 /// CPUID.1:ECX bit 31: a hypervisor is present. `KVM_GET_SUPPORTED_CPUID` leaves it clear;
 /// without it Linux calibrates the TSC against the PIT and can hang doing so.
 const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.1:ECX bit 24: the local APIC's TSC-deadline timer mode. KVM's supported CPUID leaves
+/// it out even when KVM emulates it (`KVM_CAP_TSC_DEADLINE_TIMER`); without it Linux uses the
+/// APIC timer's one-shot mode, which costs it a division per timer and calibration at boot.
+pub const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// How many machine-check banks each vCPU gets when the hypervisor allows that many (QEMU's
+/// default too); fewer when it allows fewer.
+pub const DEFAULT_MCE_BANKS: u8 = 10;
 /// CPUID.1:EDX bit 28: more than one logical processor per package may be reported.
 const CPUID_1_EDX_HTT: u32 = 1 << 28;
 /// The hypervisor leaves' base, where KVM's signature lives.
@@ -37,15 +45,26 @@ const LVT_DELIVERY_MASK: u32 = 0b111 << 8;
 
 /// The CPUID a Linux guest should see on vCPU `index` of `vcpus`, from what the hypervisor
 /// supports: the APIC ID in leaves 1, 0xb and 0x1f, the logical processor count, the
-/// hypervisor bit, and KVM's signature and paravirtual-features leaves (added when the
-/// supported list lacks them, with no feature bits).
-pub fn guest_cpuid(supported: &[CpuidEntry], index: u32, vcpus: u32) -> Vec<CpuidEntry> {
+/// hypervisor bit, the TSC-deadline timer bit when `tsc_deadline` is set (and cleared when
+/// not), and KVM's signature and paravirtual-features leaves (added when the supported list
+/// lacks them, with no feature bits).
+pub fn guest_cpuid(
+    supported: &[CpuidEntry],
+    index: u32,
+    vcpus: u32,
+    tsc_deadline: bool,
+) -> Vec<CpuidEntry> {
     let mut entries = supported.to_vec();
     let apic_id = index & 0xff;
     for entry in &mut entries {
         match entry.function {
             1 => {
                 entry.ecx |= CPUID_1_ECX_HYPERVISOR;
+                if tsc_deadline {
+                    entry.ecx |= CPUID_1_ECX_TSC_DEADLINE;
+                } else {
+                    entry.ecx &= !CPUID_1_ECX_TSC_DEADLINE;
+                }
                 entry.ebx = (entry.ebx & 0x0000_ffff) | (apic_id << 24) | ((vcpus & 0xff) << 16);
                 if vcpus > 1 {
                     entry.edx |= CPUID_1_EDX_HTT;
@@ -107,9 +126,18 @@ pub fn configure_lapic_lints(vcpu: &dyn Vcpu) -> Result<(), LinuxBootError> {
     Ok(())
 }
 
-/// Prepares vCPU `index` of `vcpus` to run `kernel`: CPUID from `supported` (see
-/// [`guest_cpuid`]), the boot MSRs, the LINT pins when `irqchip` is set, and, for the
-/// bootstrap processor (index 0), the entry registers of the kernel's boot protocol.
+/// The machine-check banks a vCPU gets on a hypervisor with `caps`: [`DEFAULT_MCE_BANKS`],
+/// clamped to [`Capabilities::mce_banks`]; `None` when the hypervisor has none.
+pub fn mce_banks(caps: &Capabilities) -> Option<u8> {
+    let max = u8::try_from(caps.mce_banks).unwrap_or(u8::MAX);
+    (max > 0).then(|| DEFAULT_MCE_BANKS.min(max))
+}
+
+/// Prepares vCPU `index` of `vcpus` to run `kernel` on a hypervisor with `caps`: CPUID from
+/// `caps.cpuid` (see [`guest_cpuid`]; the TSC-deadline timer is offered when `irqchip` is set
+/// and [`Capabilities::tsc_deadline_timer`] is true), machine-check banks ([`mce_banks`]), the
+/// boot MSRs, the LINT pins when `irqchip` is set, and, for the bootstrap processor (index
+/// 0), the entry registers of the kernel's boot protocol.
 ///
 /// Application processors are left waiting for the INIT and startup IPIs that the guest
 /// sends through the in-kernel local APIC, so SMP needs `irqchip`.
@@ -118,10 +146,15 @@ pub fn configure_vcpu<M: GuestMemoryBackend>(
     memory: &M,
     kernel: &LoadedKernel,
     (index, vcpus): (u32, u32),
-    supported: &[CpuidEntry],
+    caps: &Capabilities,
     irqchip: bool,
 ) -> Result<(), LinuxBootError> {
-    vcpu.set_cpuid(&guest_cpuid(supported, index, vcpus))?;
+    // The TSC-deadline timer is part of the local APIC, which only the in-kernel irqchip has.
+    let tsc_deadline = irqchip && caps.tsc_deadline_timer;
+    vcpu.set_cpuid(&guest_cpuid(&caps.cpuid, index, vcpus, tsc_deadline))?;
+    if let Some(banks) = mce_banks(caps) {
+        vcpu.setup_mce(banks)?;
+    }
     vcpu.set_msrs(&boot_msrs())?;
     if irqchip {
         configure_lapic_lints(vcpu)?;
@@ -169,7 +202,7 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let entries = guest_cpuid(&supported, 3, 4);
+        let entries = guest_cpuid(&supported, 3, 4, false);
         let one = leaf(&entries, 1);
         assert_eq!(one.ecx, 0x1 | CPUID_1_ECX_HYPERVISOR);
         assert_eq!(one.ebx, 0x0304_0800);
@@ -196,8 +229,37 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let entries = guest_cpuid(&supported, 0, 1);
+        let entries = guest_cpuid(&supported, 0, 1, false);
         assert_eq!(entries.len(), 2);
         assert_eq!(leaf(&entries, KVM_FEATURES_LEAF).eax, 0x1234);
+    }
+
+    #[test]
+    fn the_tsc_deadline_bit_follows_the_capability() {
+        let supported = [CpuidEntry {
+            function: 1,
+            ecx: 0x1 | CPUID_1_ECX_TSC_DEADLINE,
+            ..Default::default()
+        }];
+        let with = leaf(&guest_cpuid(&supported, 0, 1, true), 1);
+        assert_eq!(
+            with.ecx,
+            0x1 | CPUID_1_ECX_TSC_DEADLINE | CPUID_1_ECX_HYPERVISOR
+        );
+        let without = leaf(&guest_cpuid(&supported, 0, 1, false), 1);
+        assert_eq!(without.ecx, 0x1 | CPUID_1_ECX_HYPERVISOR);
+        // No leaf 1 in the list: nothing to set, nothing added.
+        let none = guest_cpuid(&[], 0, 1, true);
+        assert!(none.iter().all(|e| e.function != 1));
+    }
+
+    #[test]
+    fn mce_banks_default_to_ten_within_the_hosts_limit() {
+        let mut caps = Capabilities::default();
+        assert_eq!(mce_banks(&caps), None);
+        for (host, expected) in [(1, 1), (9, 9), (10, 10), (32, 10), (1000, 10)] {
+            caps.mce_banks = host;
+            assert_eq!(mce_banks(&caps), Some(expected), "host limit {host}");
+        }
     }
 }

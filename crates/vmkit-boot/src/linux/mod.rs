@@ -18,13 +18,15 @@
 //! The machine described to the guest: the RAM of [`layout::ram_ranges`] with an E820 map
 //! that leaves out the legacy area and the 32-bit MMIO hole ([`layout::e820_map`]), the
 //! command line, the initrd at the top of low RAM, ACPI tables ([`acpi`]: the vCPUs, the
-//! IOAPIC, and the serial ports and virtio-mmio devices the VMM lists) and an MP table
-//! ([`mptable`]) with the same processors for kernels built without ACPI. Each vCPU
-//! gets CPUID with the hypervisor bit and KVM's leaves, boot MSRs and its LINT pins
-//! ([`cpu`]).
+//! IOAPIC, the serial ports and virtio-mmio devices the VMM lists, and, if the VMM has one,
+//! an ACPI PM block: [`AcpiDevices::pm`]) and an MP table ([`mptable`]) with the same
+//! processors for kernels built without ACPI. Each vCPU gets CPUID with the hypervisor bit,
+//! KVM's leaves and the TSC-deadline timer when the hypervisor has it, machine-check banks,
+//! boot MSRs and its LINT pins ([`cpu`]).
 //!
 //! Devices are the VMM's: a Linux guest wants at least a serial port on IRQ 4, the i8042 (for
-//! `reboot=k`) and a CMOS clock at `0x70` (vmkit-devices has all three), plus virtio-mmio
+//! `reboot=k`) and a CMOS clock at `0x70` (vmkit-devices has all three), an ACPI PM block for
+//! the PM timer and `poweroff` (vmkit-devices' `PmBlock`; [`PmBlock`] describes it), plus virtio-mmio
 //! devices, announced in the ACPI DSDT (list them in [`MachineConfig::devices`]). A kernel
 //! built with `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` also takes them on the command line
 //! ([`Cmdline::add_virtio_mmio_device`](linux_loader::cmdline::Cmdline::add_virtio_mmio_device));
@@ -50,7 +52,7 @@
 //! let machine = linux::MachineConfig { ram_size, vcpus: 1, ..Default::default() };
 //! linux::write_boot_info(&memory, &kernel, &cmdline, None, &machine)?;
 //! let vcpu = vm.create_vcpu(0)?;
-//! linux::configure_vcpu(vcpu.as_ref(), &memory, &kernel, (0, 1), &hypervisor.supported_cpuid(), true)?;
+//! linux::configure_vcpu(vcpu.as_ref(), &memory, &kernel, (0, 1), hypervisor.capabilities(), true)?;
 //! // ... register devices, then run the vCPU.
 //! # Ok(()) }
 //! ```
@@ -67,8 +69,8 @@ mod params;
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{GuestMemoryBackend, GuestMemoryError};
 
-pub use acpi::{AcpiDevices, SerialPort, VirtioMmioDevice};
-pub use cpu::{configure_vcpu, guest_cpuid};
+pub use acpi::{AcpiDevices, PmBlock, SerialPort, VirtioMmioDevice};
+pub use cpu::{configure_vcpu, guest_cpuid, mce_banks, DEFAULT_MCE_BANKS};
 pub use image::{inspect, ImageError, KernelImage};
 pub use load::{
     file_kind, load_initrd, load_kernel, Initrd, KernelEntry, KernelFormat, LoadedKernel,

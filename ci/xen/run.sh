@@ -120,6 +120,9 @@ else
             test --release --locked --features xen --no-run --test conformance
         build_target boot "" "^hello from the vmkit minimal kernel$" \
             build --release --locked --features xen --example boot
+        # The same with the Xen backend's seccomp filters on its vCPU and main threads.
+        build_target boot_seccomp "--seccomp" "^hello from the vmkit minimal kernel$" \
+            build --release --locked --features xen --example boot
         build_target xen_boot "${VMKIT_XEN_BENCH_ARGS:---bench}" "" build --release --locked --features xen --bench xen_boot
         {
             for i in "${!names[@]}"; do

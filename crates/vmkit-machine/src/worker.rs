@@ -68,10 +68,11 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use vm_memory::GuestAddressSpace;
+use vmkit_seccomp::SpawnError;
 use vmkit_virtio::mmio::{MmioError, MmioTransport};
 use vmkit_virtio::VirtioDevice;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -453,30 +454,18 @@ impl QueueWorker {
             stop: stop_seen,
             on_error,
         };
-        let (installed, install_result) = mpsc::sync_channel(1);
-        let thread = thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || {
-                if let Some(filter) = seccomp {
-                    let result = filter.install();
-                    let failed = result.is_err();
-                    let _ = installed.send(result);
-                    if failed {
-                        return Ok(WorkerStats::default());
-                    }
-                }
-                drop(installed);
-                worker.run()
-            })
-            .map_err(|source| WorkerError::Spawn {
-                name: name.clone(),
-                source,
-            })?;
-        // Without a filter the sender is dropped at once: `Err(_)` here.
-        if let Ok(Err(source)) = install_result.recv() {
-            let _ = thread.join();
-            return Err(WorkerError::Seccomp { name, source });
-        }
+        let builder = thread::Builder::new().name(name.clone());
+        let spawned = vmkit_seccomp::spawn(
+            builder,
+            seccomp,
+            || Ok(WorkerStats::default()),
+            move || worker.run(),
+        );
+        let thread = match spawned {
+            Ok(thread) => thread,
+            Err(SpawnError::Thread(source)) => return Err(WorkerError::Spawn { name, source }),
+            Err(SpawnError::Seccomp(source)) => return Err(WorkerError::Seccomp { name, source }),
+        };
         Ok(QueueWorker {
             name,
             stop,

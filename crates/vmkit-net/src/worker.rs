@@ -79,11 +79,12 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use vm_memory::GuestAddressSpace;
+use vmkit_seccomp::SpawnError;
 use vmkit_virtio::mmio::{
     MmioError, MmioTransport, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_NEEDS_RESET,
 };
@@ -319,27 +320,12 @@ impl NetWorker {
             stop: stop_clone,
             on_error,
         };
-        let (installed, install_result) = mpsc::sync_channel(1);
-        let thread = thread::Builder::new()
-            .name(THREAD_NAME.into())
-            .spawn(move || {
-                if let Some(filter) = seccomp {
-                    let result = filter.install();
-                    let failed = result.is_err();
-                    let _ = installed.send(result);
-                    if failed {
-                        return Ok(());
-                    }
-                }
-                drop(installed);
-                worker.run()
-            })
-            .map_err(WorkerError::Spawn)?;
-        // Without a filter the sender is dropped at once: `Err(_)` here.
-        if let Ok(Err(source)) = install_result.recv() {
-            let _ = thread.join();
-            return Err(WorkerError::Seccomp(source));
-        }
+        let builder = thread::Builder::new().name(THREAD_NAME.into());
+        let thread = vmkit_seccomp::spawn(builder, seccomp, || Ok(()), move || worker.run())
+            .map_err(|err| match err {
+                SpawnError::Thread(source) => WorkerError::Spawn(source),
+                SpawnError::Seccomp(source) => WorkerError::Seccomp(source),
+            })?;
         Ok(NetWorker {
             stop,
             thread: Some(thread),

@@ -57,11 +57,13 @@
 mod names;
 mod report;
 mod rules;
+mod spawn;
 
 use std::sync::Arc;
 
 pub use rules::Rules;
 use seccompiler::BpfProgram;
+pub use spawn::{spawn, SpawnError};
 
 /// The errors of this crate.
 #[derive(Debug, thiserror::Error)]

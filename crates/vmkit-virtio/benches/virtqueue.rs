@@ -6,7 +6,8 @@
 //!
 //! `vmkit-virtio` uses [`SplitQueue::access`] (rings resolved once per
 //! batch); `vmkit-virtio-per-call` uses `SplitQueue::pop`/`add_used`, which
-//! resolve the rings on every call. `vmkit-virtio-queue-enum` is the
+//! look up the rings' memory region once per call (the queue remembers its
+//! guest range, not a host pointer). `vmkit-virtio-queue-enum` is the
 //! `vmkit-virtio` loop through [`vmkit_virtio::Queue`], the split-or-packed
 //! enum that transports and devices use: its baseline is `vmkit-virtio`
 //! (the same queue used directly), and the difference is the cost of the
@@ -15,7 +16,8 @@
 //! Shapes: one chain of 128 descriptors; 128 one-descriptor chains; 128
 //! chains of one indirect descriptor each pointing to a table of 4.
 //!
-//! Run: `cargo bench -p vmkit-virtio --bench virtqueue`
+//! Run: `cargo bench -p vmkit-virtio --bench virtqueue` (a filter such as
+//! `-- 128_single` runs one shape).
 
 // A test, benchmark or build script: a failed step is a failure to report, so it may panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

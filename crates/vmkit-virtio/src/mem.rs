@@ -99,6 +99,75 @@ impl<'m, M: GuestMemory + ?Sized> Hint<'m, M> {
     }
 }
 
+/// What the per-call queue API keeps between calls instead of host
+/// pointers: the guest range of the memory region that held the queue's
+/// descriptor area last time.
+///
+/// It holds no pointer, so it cannot go stale. Each call resolves the range
+/// again in the memory it is given, with one lookup that then serves all
+/// the rings and the chain's buffers in that region (where each ring and
+/// each buffer region used to cost one), and uses it only if it still lies
+/// in one region with a host mapping. When the memory layout changes
+/// (regions added or removed, or another memory object passed, as after a
+/// hotplug swap), that lookup fails or no longer covers the descriptor
+/// area: the call looks the region up afresh and remembers the new one,
+/// and any ring outside it takes the full per-area lookup and its errors.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RegionCache {
+    lo: u64,
+    /// 0: nothing cached.
+    len: usize,
+}
+
+impl RegionCache {
+    /// The region holding the guest address `at` in `mem`, as a [`Hint`].
+    #[inline(always)]
+    pub(crate) fn hint<'m, M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &'m M,
+        at: GuestAddress,
+    ) -> Hint<'m, M> {
+        if let Some(hint) = self.resolve(mem) {
+            if hint.lo <= at.0 && at.0 < hint.hi {
+                return hint;
+            }
+        }
+        self.learn(mem, at)
+    }
+
+    /// The cached range resolved in `mem`, if it still lies in one region
+    /// of plain (non-IOMMU) memory, as the hints [`Hint::region_of`] makes.
+    #[inline(always)]
+    fn resolve<'m, M: GuestMemory + ?Sized>(&self, mem: &'m M) -> Option<Hint<'m, M>> {
+        if self.len == 0 {
+            return None;
+        }
+        mem.physical_memory()?;
+        let hi = self.lo.checked_add(self.len as u64)?;
+        let mut slices = mem
+            .get_slices(GuestAddress(self.lo), self.len, Permissions::ReadWrite)
+            .ok()?;
+        match slices.next() {
+            Some(Ok(s)) if s.len() == self.len => Some(Hint {
+                lo: self.lo,
+                hi,
+                slice: Some(s),
+            }),
+            _ => None,
+        }
+    }
+
+    #[cold]
+    fn learn<'m, M: GuestMemory + ?Sized>(&mut self, mem: &'m M, at: GuestAddress) -> Hint<'m, M> {
+        let hint = Hint::region_of(mem, at);
+        *self = match (&hint.slice, usize::try_from(hint.hi - hint.lo)) {
+            (Some(_), Ok(len)) => RegionCache { lo: hint.lo, len },
+            _ => RegionCache::default(),
+        };
+        hint
+    }
+}
+
 fn mem_err(addr: u64) -> impl FnOnce(vm_memory::GuestMemoryError) -> Error {
     move |source| Error::Memory { addr, source }
 }
@@ -135,6 +204,24 @@ impl<'m, M: GuestMemory + ?Sized> Area<'m, M> {
                 addr: base.0,
                 len: err_len,
             }),
+        }
+    }
+
+    /// As [`Area::ring`], but without a lookup when the area lies in
+    /// `hint`'s region (hints exist only for plain memory, where every
+    /// access is allowed).
+    #[inline(always)]
+    pub(crate) fn ring_in(
+        mem: &'m M,
+        hint: &Hint<'m, M>,
+        area: RingArea,
+        base: GuestAddress,
+        len: usize,
+        access: Permissions,
+    ) -> Result<Self> {
+        match Self::in_hint(mem, hint, base.0, len) {
+            Some(a) => Ok(a),
+            None => Self::ring(mem, area, base, len, access),
         }
     }
 
@@ -441,4 +528,67 @@ pub(crate) fn indirect_table<'m, M: GuestMemory + ?Sized>(
     let area = Area::resolve(mem, GuestAddress(addr), len as usize, Permissions::Read)
         .ok_or(Error::BufferOutOfMemory { at, addr, len })?;
     Ok((area, count))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use vm_memory::GuestMemoryMmap;
+
+    use super::*;
+
+    type Mem = GuestMemoryMmap<()>;
+
+    fn memory(ranges: &[(u64, usize)]) -> Mem {
+        let ranges: Vec<_> = ranges.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
+        GuestMemoryMmap::from_ranges(&ranges).unwrap()
+    }
+
+    fn host(h: &Hint<'_, Mem>) -> *const u8 {
+        h.slice.as_ref().expect("a host slice").ptr_guard().as_ptr()
+    }
+
+    #[test]
+    fn region_cache_is_checked_against_each_memory() {
+        let a = memory(&[(0, 0x1_0000), (0x2_0000, 0x1_0000)]);
+        let mut c = RegionCache::default();
+        let h = c.hint(&a, GuestAddress(0x1000));
+        assert_eq!((h.lo, h.hi), (0, 0x1_0000));
+        assert_eq!((c.lo, c.len), (0, 0x1_0000));
+        // Found again by the one lookup, in the same mapping.
+        let again = c.resolve(&a).expect("still one region");
+        assert_eq!(host(&again), a.get_host_address(GuestAddress(0)).unwrap());
+
+        // The area moved to the other region: the cache follows it.
+        let h = c.hint(&a, GuestAddress(0x2_0100));
+        assert_eq!((h.lo, h.hi), (0x2_0000, 0x3_0000));
+        assert_eq!((c.lo, c.len), (0x2_0000, 0x1_0000));
+
+        // Another memory with the same range: its own mapping, not a's.
+        let b = memory(&[(0x2_0000, 0x1_0000)]);
+        let h = c.hint(&b, GuestAddress(0x2_0100));
+        assert_eq!(
+            host(&h),
+            b.get_host_address(GuestAddress(0x2_0000)).unwrap()
+        );
+        assert_ne!(
+            host(&h),
+            a.get_host_address(GuestAddress(0x2_0000)).unwrap()
+        );
+
+        // The range now spans two regions: not used; the region of the
+        // area is learned instead.
+        let split = memory(&[(0x2_0000, 0x8000), (0x2_8000, 0x8000)]);
+        assert!(c.resolve(&split).is_none());
+        let h = c.hint(&split, GuestAddress(0x2_8100));
+        assert_eq!((h.lo, h.hi), (0x2_8000, 0x3_0000));
+
+        // No region at all: an empty hint, and nothing cached.
+        let far = memory(&[(0x100_0000, 0x1000)]);
+        let h = c.hint(&far, GuestAddress(0x2_8100));
+        assert!(h.slice.is_none() && !h.contains(0x2_8100, 0x2_8101));
+        assert_eq!(c.len, 0);
+        assert!(c.resolve(&split).is_none());
+    }
 }

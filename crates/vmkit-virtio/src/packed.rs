@@ -8,7 +8,7 @@ use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
 use crate::config::{QueueLayout, RingConfig, SavedConfig};
 use crate::error::{DescIndex, Error, Result, RingArea};
-use crate::mem::{indirect_table, Area, ChainCheck, Descriptor, Hint, DESC_SIZE};
+use crate::mem::{indirect_table, Area, ChainCheck, Descriptor, Hint, RegionCache, DESC_SIZE};
 use crate::split::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use crate::vring_need_event;
 
@@ -78,6 +78,8 @@ pub struct PackedQueue {
     /// Descriptor slots used since the last `needs_notification`.
     num_added: u32,
     force_notify: bool,
+    /// The region of the descriptor ring at the last per-call operation.
+    region: RegionCache,
 }
 
 /// Advances a ring slot by `n` (at most the ring size), flipping the wrap
@@ -116,6 +118,7 @@ impl PackedQueue {
             in_flight: 0,
             num_added: 0,
             force_notify: false,
+            region: RegionCache::default(),
         }
     }
 
@@ -193,19 +196,30 @@ impl PackedQueue {
 
     /// Checks that the ring and both event areas lie in guest memory.
     pub fn validate<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<()> {
-        self.ring_area(mem, Permissions::Read)?;
-        self.driver(mem)?;
-        self.device(mem)?;
+        let none = Hint::none();
+        self.ring_area(mem, &none, Permissions::Read)?;
+        self.driver(mem, &none)?;
+        self.device(mem, &none)?;
         Ok(())
     }
 
+    /// The region holding the descriptor ring (see [`RegionCache`]): the
+    /// per-call operations resolve their areas and buffers in it.
+    #[inline(always)]
+    fn region<'m, M: GuestMemory + ?Sized>(&mut self, mem: &'m M) -> Hint<'m, M> {
+        self.region.hint(mem, self.cfg.desc)
+    }
+
+    #[inline(always)]
     fn ring_area<'m, M: GuestMemory + ?Sized>(
         &self,
         mem: &'m M,
+        hint: &Hint<'m, M>,
         access: Permissions,
     ) -> Result<Area<'m, M>> {
-        Area::ring(
+        Area::ring_in(
             mem,
+            hint,
             RingArea::DescriptorRing,
             self.cfg.desc,
             DESC_SIZE * self.cfg.size as usize,
@@ -213,9 +227,14 @@ impl PackedQueue {
         )
     }
 
-    fn driver<'m, M: GuestMemory + ?Sized>(&self, mem: &'m M) -> Result<Area<'m, M>> {
-        Area::ring(
+    fn driver<'m, M: GuestMemory + ?Sized>(
+        &self,
+        mem: &'m M,
+        hint: &Hint<'m, M>,
+    ) -> Result<Area<'m, M>> {
+        Area::ring_in(
             mem,
+            hint,
             RingArea::DriverArea,
             self.cfg.driver,
             EVENT_AREA_LEN,
@@ -223,9 +242,14 @@ impl PackedQueue {
         )
     }
 
-    fn device<'m, M: GuestMemory + ?Sized>(&self, mem: &'m M) -> Result<Area<'m, M>> {
-        Area::ring(
+    fn device<'m, M: GuestMemory + ?Sized>(
+        &self,
+        mem: &'m M,
+        hint: &Hint<'m, M>,
+    ) -> Result<Area<'m, M>> {
+        Area::ring_in(
             mem,
+            hint,
             RingArea::DeviceArea,
             self.cfg.device,
             EVENT_AREA_LEN,
@@ -253,15 +277,21 @@ impl PackedQueue {
     /// first descriptor's AVAIL/USED bits are checked, as the driver makes
     /// that one available last.
     ///
-    /// To process several lists, [`PackedQueue::access`] resolves the ring
-    /// once for all of them.
+    /// Each call looks up the memory region of the descriptor ring once
+    /// (the queue remembers its guest range, never a host pointer, so a
+    /// memory map change between calls cannot leave a stale mapping in
+    /// use) and resolves the ring and the buffers that lie in it without
+    /// further lookups. To process several lists, [`PackedQueue::access`]
+    /// resolves the ring once for all of them.
+    #[inline]
     pub fn pop<'m, M: GuestMemory + ?Sized>(
         &mut self,
         mem: &'m M,
     ) -> Result<Option<PackedChain<'m, M>>> {
         self.cfg.check_usable()?;
-        let ring = self.ring_area(mem, Permissions::Read)?;
-        self.pop_from(mem, ring, Hint::none())
+        let hint = self.region(mem);
+        let ring = self.ring_area(mem, &hint, Permissions::Read)?;
+        self.pop_from(mem, ring, hint)
     }
 
     fn pop_from<'m, M: GuestMemory + ?Sized>(
@@ -325,7 +355,7 @@ impl PackedQueue {
         mem: &'m M,
     ) -> Result<PackedAccess<'q, 'm, M>> {
         self.cfg.check_ready()?;
-        let ring = self.ring_area(mem, Permissions::ReadWrite)?;
+        let ring = self.ring_area(mem, &Hint::none(), Permissions::ReadWrite)?;
         let hint = Hint::region_of(mem, self.cfg.desc);
         Ok(PackedAccess {
             queue: self,
@@ -368,6 +398,7 @@ impl PackedQueue {
     /// `desc_count` ring slots (see [`PackedChain::desc_count`]), with `len`
     /// bytes written. The flags (AVAIL and USED equal to the device wrap
     /// counter, WRITE if `len` is non-zero) are stored after a Release fence.
+    #[inline]
     pub fn add_used<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -376,7 +407,8 @@ impl PackedQueue {
         desc_count: u16,
     ) -> Result<()> {
         self.check_used(desc_count)?;
-        let ring = self.ring_area(mem, Permissions::Write)?;
+        let hint = self.region(mem);
+        let ring = self.ring_area(mem, &hint, Permissions::Write)?;
         self.write_used(&ring, id, len, desc_count)
     }
 
@@ -422,7 +454,8 @@ impl PackedQueue {
     /// structure (ENABLE, DISABLE, or DESC with EVENT_IDX).
     pub fn needs_notification<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<bool> {
         self.cfg.check_ready()?;
-        let driver = self.driver(mem)?;
+        let hint = self.region(mem);
+        let driver = self.driver(mem, &hint)?;
         fence(Ordering::SeqCst);
         let added = self.num_added;
         let force = self.force_notify;
@@ -468,7 +501,8 @@ impl PackedQueue {
     /// Returns `true` if a descriptor is already available.
     pub fn enable_notification<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<bool> {
         self.cfg.check_usable()?;
-        let device = self.device(mem)?;
+        let hint = self.region(mem);
+        let device = self.device(mem, &hint)?;
         if self.cfg.event_idx {
             let off_wrap = self.next_avail | (u16::from(self.avail_wrap) << 15);
             device.store_u16(0, off_wrap, Ordering::Relaxed)?;
@@ -477,14 +511,15 @@ impl PackedQueue {
             device.store_u16(2, RING_EVENT_FLAGS_ENABLE, Ordering::Relaxed)?;
         }
         fence(Ordering::SeqCst);
-        let ring = self.ring_area(mem, Permissions::Read)?;
+        let ring = self.ring_area(mem, &hint, Permissions::Read)?;
         self.avail_at(&ring)
     }
 
     /// Asks the driver not to notify (DISABLE in the device event suppression structure).
     pub fn disable_notification<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<()> {
         self.cfg.check_usable()?;
-        self.device(mem)?
+        let hint = self.region(mem);
+        self.device(mem, &hint)?
             .store_u16(2, RING_EVENT_FLAGS_DISABLE, Ordering::Relaxed)
     }
 

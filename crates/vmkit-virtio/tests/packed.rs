@@ -464,3 +464,61 @@ fn undo_pop_rewinds_across_the_ring_end_and_flips_the_wrap_counter() {
     q.add_used(&mem, id, 0, n).unwrap();
     assert!(!q.undo_pop(1), "nothing in flight");
 }
+
+#[test]
+fn per_call_cache_follows_memory_layout_changes() {
+    // As for split queues: the remembered ring region never outlives the
+    // memory it came from.
+    let a = mem();
+    let mut q = packed_queue(8);
+    let mut d = PackedDriver::new(8);
+    d.push(&a, 3, &[(BUF, 16, WRITE)]);
+    let (id, _, items) = collect(&mut q, &a);
+    assert_eq!(id, 3);
+    assert!(items.iter().all(Result::is_ok));
+
+    let hole: Mem =
+        vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0x10_0000), 0x1_0000)]).unwrap();
+    assert!(matches!(
+        q.add_used(&hole, 3, 16, 1),
+        Err(Error::AreaOutOfMemory {
+            area: RingArea::DescriptorRing,
+            addr: DESC,
+            ..
+        })
+    ));
+    assert!(matches!(
+        q.pop(&hole),
+        Err(Error::AreaOutOfMemory {
+            area: RingArea::DescriptorRing,
+            ..
+        })
+    ));
+    assert_eq!(d.used(&a, 0), (3, 16, WRITE | F_AVAIL), "untouched");
+
+    // Another memory at the same addresses: its ring is written and read.
+    let b = mem();
+    q.add_used(&b, 3, 16, 1).unwrap();
+    assert_eq!(d.used(&b, 0), (3, 16, F_AVAIL | F_USED | WRITE));
+    assert_eq!(d.used(&a, 0), (3, 16, WRITE | F_AVAIL), "untouched");
+    d.push(&b, 6, &[(BUF + 0x600, 48, 0)]);
+    let (id, _, items) = collect(&mut q, &b);
+    assert_eq!(id, 6);
+    let descs: Vec<Descriptor> = items.into_iter().map(Result::unwrap).collect();
+    assert_eq!(descs[0].addr(), GuestAddress(BUF + 0x600));
+    assert_eq!(descs[0].len(), 48);
+
+    // A smaller region: the buffer beyond it is rejected.
+    let small: Mem =
+        vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+    q.add_used(&small, 6, 0, 1).unwrap();
+    d.push(&small, 7, &[(BUF, 16, WRITE)]);
+    assert!(matches!(
+        chain_err(&mut q, &small),
+        Error::BufferOutOfMemory {
+            addr: BUF,
+            len: 16,
+            ..
+        }
+    ));
+}

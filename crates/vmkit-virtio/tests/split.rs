@@ -722,3 +722,133 @@ fn batch_access() {
     q.set_ready(false);
     assert!(matches!(q.access(&m), Err(Error::NotReady)));
 }
+
+#[test]
+fn per_call_cache_follows_memory_layout_changes() {
+    // The per-call API remembers the region of the rings between calls; a
+    // different memory each call (regions removed, replaced, split, or
+    // moved) must give that memory's data or its error, never the old one's.
+    let a = mem();
+    let mut q = split_queue(16);
+    let mut d = SplitDriver::new(16);
+    write_desc(&a, DESC, 0, BUF, 64, WRITE, 0);
+    d.push(&a, 0);
+    let c = q.pop(&a).unwrap().expect("a chain");
+    assert_eq!(c.head_index(), 0);
+    assert_eq!(c.map(Result::unwrap).count(), 1);
+
+    // The rings' region is gone: typed errors, `a` untouched.
+    let hole: Mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x10_0000), 0x1_0000)]).unwrap();
+    assert!(matches!(
+        q.add_used(&hole, 0, 64),
+        Err(Error::AreaOutOfMemory {
+            area: RingArea::UsedRing,
+            addr: USED,
+            ..
+        })
+    ));
+    assert!(matches!(
+        q.pop(&hole),
+        Err(Error::AreaOutOfMemory {
+            area: RingArea::AvailRing,
+            addr: AVAIL,
+            ..
+        })
+    ));
+    assert_eq!(d.used_idx(&a), 0);
+
+    // Another memory at the same addresses: its rings and buffers are used.
+    let b = mem();
+    q.add_used(&b, 0, 64).unwrap();
+    assert_eq!(d.used_idx(&b), 1);
+    assert_eq!(d.used(&b, 0), (0, 64));
+    assert_eq!(
+        d.used_idx(&a),
+        0,
+        "the old memory's used ring is not written"
+    );
+    write_desc(&b, DESC, 5, BUF + 0x500, 32, WRITE, 0);
+    d.push(&b, 5);
+    let c = q.pop(&b).unwrap().expect("a chain from the new memory");
+    assert_eq!(c.head_index(), 5);
+    let descs: Vec<Descriptor> = c.map(Result::unwrap).collect();
+    assert_eq!(descs[0].addr(), GuestAddress(BUF + 0x500));
+    assert_eq!(descs[0].len(), 32);
+    q.add_used(&b, 5, 32).unwrap();
+    assert_eq!(d.used(&b, 1), (5, 32));
+
+    // The region shrank below the buffers: the chain checks its buffer
+    // against the new layout, not the remembered region.
+    let small: Mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+    write_desc(&small, DESC, 2, BUF, 16, WRITE, 0);
+    let slot = u64::from(d.avail_idx % 16);
+    write_u16(&small, AVAIL + 4 + 2 * slot, 2);
+    write_u16(&small, AVAIL + 2, d.avail_idx.wrapping_add(1));
+    let c = q.pop(&small).unwrap().expect("a chain");
+    assert_eq!(c.head_index(), 2);
+    let items: Vec<_> = c.collect();
+    assert!(matches!(
+        items[0],
+        Err(Error::BufferOutOfMemory {
+            addr: BUF,
+            len: 16,
+            ..
+        })
+    ));
+    q.add_used(&small, 2, 0).unwrap();
+    assert_eq!(read_u16(&small, USED + 2), 3);
+
+    // The same range split in two regions, rings on both sides of the cut:
+    // still correct, through the per-area lookups.
+    let split: Mem = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), AVAIL as usize),
+        (GuestAddress(AVAIL), 0x10_0000 - AVAIL as usize),
+    ])
+    .unwrap();
+    write_desc(&split, DESC, 9, BUF + 0x900, 8, 0, 0);
+    let next = q.next_avail();
+    write_u16(&split, AVAIL + 4 + 2 * u64::from(next % 16), 9);
+    write_u16(&split, AVAIL + 2, next.wrapping_add(1));
+    let c = q.pop(&split).unwrap().expect("a chain");
+    assert_eq!(c.head_index(), 9);
+    let descs: Vec<Descriptor> = c.map(Result::unwrap).collect();
+    assert_eq!(descs[0].addr(), GuestAddress(BUF + 0x900));
+    q.add_used(&split, 9, 0).unwrap();
+    assert_eq!(read_u16(&split, USED + 2), 4);
+}
+
+#[test]
+fn per_call_cache_follows_a_moved_ring() {
+    // The descriptor table moves to another region between calls (after a
+    // reset): the next pop reads the new table.
+    let m: Mem = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), 0x10_0000),
+        (GuestAddress(0x20_0000), 0x1_0000),
+    ])
+    .unwrap();
+    let mut q = split_queue(16);
+    let mut d = SplitDriver::new(16);
+    write_desc(&m, DESC, 1, BUF, 16, 0, 0);
+    d.push(&m, 1);
+    let c = q.pop(&m).unwrap().expect("a chain");
+    assert_eq!(
+        c.map(Result::unwrap).next().unwrap().addr(),
+        GuestAddress(BUF)
+    );
+    q.add_used(&m, 1, 0).unwrap();
+
+    q.reset();
+    q.set_size(16).unwrap();
+    q.set_desc_table(GuestAddress(0x20_0000)).unwrap();
+    q.set_avail_ring(GuestAddress(AVAIL)).unwrap();
+    q.set_used_ring(GuestAddress(USED)).unwrap();
+    q.set_ready(true);
+    let mut d = SplitDriver::new(16);
+    write_u16(&m, USED + 2, 0);
+    write_desc(&m, 0x20_0000, 1, BUF + 0x100, 24, WRITE, 0);
+    d.push(&m, 1);
+    let c = q.pop(&m).unwrap().expect("a chain");
+    let descs: Vec<Descriptor> = c.map(Result::unwrap).collect();
+    assert_eq!(descs[0].addr(), GuestAddress(BUF + 0x100));
+    assert_eq!(descs[0].len(), 24);
+}

@@ -116,7 +116,7 @@ pub use hypervisor::{
 };
 pub use interrupt::{DataMatch, IoEventAddress, IrqChip, IrqRoute, MsiMessage};
 pub use memory::{
-    GuestMemoryMmap, GuestRegionMmap, MemoryError, MemoryFlags, MemoryRegion, MemorySlot,
+    GuestMemoryMmap, GuestRegionMmap, HugePages, MemoryError, MemoryFlags, MemoryRegion, MemorySlot,
 };
 pub use vcpu::{
     DebugExit, GuestDebug, Kick, KickHandle, SystemEventKind, Vcpu, VcpuError, VcpuExit,

@@ -458,6 +458,29 @@ impl Drop for HugePageHole {
     }
 }
 
+/// Drops a private mapping's contents (`MADV_DONTNEED`), so that it reads as it did when it
+/// was mapped: zeros for anonymous memory, the file's bytes for a copy-on-write file mapping.
+/// `Ok(false)` for a shared mapping, whose contents `MADV_DONTNEED` would not reset.
+///
+/// The caller makes sure nothing runs on the memory meanwhile (no vCPU in `run()`, no device
+/// thread): it changes under anyone still using it.
+#[cfg_attr(not(any(feature = "kvm", feature = "xen")), allow(dead_code))]
+pub(crate) fn discard_private(region: &GuestRegionMmap) -> std::io::Result<bool> {
+    if region.flags() & libc::MAP_PRIVATE == 0 {
+        return Ok(false);
+    }
+    // SAFETY: the range is exactly the region's own live mapping; MADV_DONTNEED neither
+    // unmaps nor moves it, it only replaces its pages with fresh ones, which Rust code sees
+    // (through vm-memory's volatile accesses) as guest memory changing, as it may at any
+    // time. The hypervisor is told through its MMU notifier.
+    let rc = unsafe { libc::madvise(region.as_ptr().cast(), region.size(), libc::MADV_DONTNEED) };
+    if rc == 0 {
+        Ok(true)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Checks that a region's address and size can be mapped: nonzero, page aligned, no wrap.
 fn check_placement(guest_addr: u64, size: GuestUsize) -> Result<GuestRange, MemoryError> {
     let range = GuestRange {

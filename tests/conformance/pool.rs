@@ -2,12 +2,15 @@
 //! one, and a VM the pool cannot reset is replaced instead.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 use vmkit::arch::x86_64::{msr_index, Fpu, Msr, Regs, SpecialRegs};
 use vmkit::pool::{PoolError, Returned, VmPool, VmTemplate};
+use vmkit::snapshot::{self, Features};
 use vmkit::{Hypervisor, HypervisorKind, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, VmConfig};
 use vmkit_boot::entry;
+use vmm_sys_util::tempdir::TempDir;
 
 use crate::common::{CODE_ADDR, RAM_SIZE};
 
@@ -114,6 +117,47 @@ fn run_to_hlt(vcpu: &mut dyn Vcpu) {
 pub fn a_returned_vm_keeps_nothing_of_its_last_guest(hv: &dyn Hypervisor) {
     // No background refill: the second take must be the VM given back (when it can be reset).
     let pool = VmPool::new(shared(hv), template(hv), 0).unwrap();
+    nothing_of_the_last_guest_reaches_the_next(hv, &pool);
+}
+
+pub fn a_snapshot_template_is_restored_on_reset(hv: &dyn Hypervisor) {
+    // The snapshot: the same guest, ready to run, saved before it ran.
+    let config = VmConfig::default();
+    let vm = hv.create_vm(&config).unwrap();
+    let ram = MemoryRegion::anonymous(GuestAddress(0), RAM_SIZE, MemoryFlags::empty()).unwrap();
+    vm.add_memory_region(ram).unwrap();
+    let memory = vm.memory();
+    memory
+        .write_slice(&guest_code(), GuestAddress(CODE_ADDR))
+        .unwrap();
+    memory
+        .write_obj(TEMPLATE_DATA, GuestAddress(TEMPLATE_DATA_ADDR))
+        .unwrap();
+    let vcpu = vm.create_vcpu(0).unwrap();
+    vcpu.set_cpuid(&hv.supported_cpuid()).unwrap();
+    entry::configure_long_mode(vcpu.as_ref(), &memory, CODE_ADDR).unwrap();
+    let msrs = snapshot::readable_msrs(vcpu.as_ref(), &hv.msr_index_list());
+    let features = Features::for_vm(&config, hv.capabilities());
+    let state = snapshot::save_vcpu(vcpu.as_ref(), &msrs, features).unwrap();
+    let dir = TempDir::new_with_prefix("/tmp/vmkit-pool-").unwrap();
+    snapshot::save(
+        dir.as_path(),
+        hv,
+        &config,
+        vm.as_ref(),
+        &[state],
+        |_| Ok(()),
+    )
+    .unwrap();
+    drop((vcpu, vm));
+
+    let pool = VmPool::new(shared(hv), VmTemplate::snapshot(dir.as_path()), 0).unwrap();
+    nothing_of_the_last_guest_reaches_the_next(hv, &pool);
+}
+
+/// Runs the secret-leaving guest in a VM from `pool`, gives it back, and checks that the next
+/// VM handed out is the template's.
+fn nothing_of_the_last_guest_reaches_the_next(hv: &dyn Hypervisor, pool: &VmPool) {
     let mut first = pool.take().unwrap();
     let fresh = seen(first.vm.as_ref(), first.vcpus[0].as_ref());
     assert_eq!(fresh.regs.rip, CODE_ADDR);
@@ -214,7 +258,35 @@ pub fn a_vm_the_pool_cannot_reset_is_replaced(hv: &dyn Hypervisor) {
     assert_eq!(pool.ready(), 0, "nothing replaced went back to the pool");
 }
 
+pub fn the_refill_thread_keeps_the_target_ready(hv: &dyn Hypervisor) {
+    const TARGET: usize = 3;
+    let pool = VmPool::new(shared(hv), template(hv), TARGET).unwrap();
+    let filled = |want: usize| {
+        // A liveness bound, not a timing: building a VM takes milliseconds.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pool.ready() < want {
+            assert!(Instant::now() < deadline, "the pool never had {want} ready");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    filled(TARGET);
+    let taken: Vec<_> = (0..TARGET).map(|_| pool.take().unwrap()).collect();
+    filled(TARGET);
+    let stats = pool.stats();
+    assert_eq!(stats.taken_ready, TARGET as u64);
+    assert_eq!(stats.built_on_take, 1, "only the first VM, in VmPool::new");
+    assert_eq!(stats.built_in_background, 2 * TARGET as u64 - 1);
+    assert!(pool.take_refill_error().is_none());
+    // Every VM handed out is ready to run the template's guest.
+    for mut vm in taken {
+        run_to_hlt(vm.vcpus[0].as_mut());
+        assert_eq!(vm.vcpus[0].regs().unwrap().r14, TEMPLATE_DATA);
+    }
+}
+
 crate::scenarios![
     a_returned_vm_keeps_nothing_of_its_last_guest => crate::snapshots,
+    a_snapshot_template_is_restored_on_reset => crate::snapshots,
     a_vm_the_pool_cannot_reset_is_replaced => crate::snapshots,
+    the_refill_thread_keeps_the_target_ready => crate::snapshots,
 ];

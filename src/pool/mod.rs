@@ -119,7 +119,8 @@ pub enum Returned {
 pub struct PoolStats {
     /// VMs the refill thread built.
     pub built_in_background: u64,
-    /// VMs `take` built on the caller's thread because none was ready.
+    /// VMs built on a caller's thread: the first one, in [`VmPool::new`], and those `take`
+    /// built because none was ready.
     pub built_on_take: u64,
     /// VMs `take` handed out ready.
     pub taken_ready: u64,

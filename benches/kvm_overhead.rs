@@ -3,8 +3,13 @@
 //! - `pio_exit_round_trip`: one guest `out` to a port and back, as `run()` sees it;
 //! - `vm_ready`: create a VM, map 4 MiB, create a vCPU, set its registers, run to the first exit.
 //!
+//! and, to see where [`vmkit::memory::HUGE_PAGES_MIN_SIZE`] should lie on this host,
+//! `first_touch`: the host's first write to one page, and to every page, of 2 MiB of fresh
+//! anonymous memory, with a transparent huge page behind it and with 4 KiB pages.
+//!
 //! ```text
 //! cargo bench --bench kvm_overhead
+//! cargo bench --bench kvm_overhead -- first_touch
 //! ```
 //!
 //! Both sides run the same guest code in the same kind of VM (long mode, identical page
@@ -26,7 +31,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmkit::kvm::Kvm;
-use vmkit::{Hypervisor, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
+use vmkit::{HugePages, Hypervisor, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
 use vmkit_boot::entry;
 // The guest, on both sides: REPORT_LOOP writes `al` to REPORT_PORT and jumps back, forever.
 use vmkit_guests::snippets::{REPORT_LOOP, REPORT_PORT};
@@ -157,6 +162,42 @@ fn vm_ready(c: &mut Criterion) {
     group.finish();
 }
 
+/// The first write to `stride`-spaced bytes of 2 MiB of fresh anonymous memory, mapped with
+/// or without transparent huge pages (mapping and unmapping it untimed).
+fn first_touch(c: &mut Criterion) {
+    const SIZE: usize = 2 << 20;
+    let mut group = c.benchmark_group("first_touch");
+    group.sample_size(30);
+    for (pages, huge) in [("huge", HugePages::Always), ("4k", HugePages::Never)] {
+        for (what, stride) in [("one_page", SIZE), ("every_page", 4096)] {
+            group.bench_function(format!("{pages}/{what}"), |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| {
+                            let region = MemoryRegion::anonymous_with(
+                                GuestAddress(0),
+                                SIZE,
+                                MemoryFlags::empty(),
+                                huge,
+                            )
+                            .unwrap();
+                            let host = region.mapping().as_ptr();
+                            let start = Instant::now();
+                            for offset in (0..SIZE).step_by(stride) {
+                                // SAFETY: inside the region's live mapping, which nothing
+                                // else uses.
+                                unsafe { host.wrapping_add(offset).write_volatile(1) };
+                            }
+                            start.elapsed()
+                        })
+                        .sum()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 /// Median of per-round ratios of `a` to `b`, each round timing a batch of `a` then of `b`.
 fn interleaved(
     rounds: usize,
@@ -244,7 +285,7 @@ fn interleaved_report() {
     );
 }
 
-criterion_group!(benches, pio_exit_round_trip, vm_ready);
+criterion_group!(benches, pio_exit_round_trip, vm_ready, first_touch);
 
 fn main() {
     // `cargo test` runs benchmarks once as a smoke test; the interleaved report is for

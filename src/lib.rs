@@ -21,6 +21,8 @@
 //! - [`Vcpu`]: `run()` returns a [`VcpuExit`]; register and state access uses the
 //!   backend-neutral types of [`arch::x86_64`].
 //! - [`snapshot`]: saving a VM to disk and restoring it; [`dirty`]: dirty-page tracking.
+//! - [`pool`]: VMs built from a template and kept ready, for VMMs that run many short-lived
+//!   guests; a VM given back is reset so that nothing of its last guest reaches the next.
 //!
 //! Optional features of a hypervisor (irqfd, dirty logging, guest debugging…) are listed in
 //! its [`Capabilities`]; a call that needs one the backend lacks returns
@@ -97,6 +99,7 @@ pub mod interrupt;
 #[cfg_attr(docsrs, doc(cfg(feature = "kvm")))]
 pub mod kvm;
 pub mod memory;
+pub mod pool;
 pub mod runner;
 #[cfg(feature = "seccomp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "seccomp")))]
@@ -116,7 +119,7 @@ pub use hypervisor::{
 };
 pub use interrupt::{DataMatch, IoEventAddress, IrqChip, IrqRoute, MsiMessage};
 pub use memory::{
-    GuestMemoryMmap, GuestRegionMmap, MemoryError, MemoryFlags, MemoryRegion, MemorySlot,
+    GuestMemoryMmap, GuestRegionMmap, HugePages, MemoryError, MemoryFlags, MemoryRegion, MemorySlot,
 };
 pub use vcpu::{
     DebugExit, GuestDebug, Kick, KickHandle, SystemEventKind, Vcpu, VcpuError, VcpuExit,

@@ -63,7 +63,8 @@ fn hv_os(op: &'static str) -> impl Fn(vmm_sys_util::errno::Error) -> HypervisorE
 #[derive(Debug)]
 pub struct Kvm {
     kvm: kvm_ioctls::Kvm,
-    capabilities: Capabilities,
+    /// Read once; every VM shares them.
+    capabilities: Arc<Capabilities>,
 }
 
 impl Kvm {
@@ -124,7 +125,10 @@ impl Kvm {
                 .collect(),
             msrs: msrs.as_slice().to_vec(),
         };
-        Ok(Kvm { kvm, capabilities })
+        Ok(Kvm {
+            kvm,
+            capabilities: Arc::new(capabilities),
+        })
     }
 
     /// The underlying `kvm-ioctls` handle, for what vmkit does not wrap.
@@ -168,6 +172,7 @@ impl Kvm {
         }
 
         let fd = self.kvm.create_vm().map_err(hv_os("KVM_CREATE_VM"))?;
+        let run_size = fd.run_size();
         fd.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(hv_os("KVM_SET_TSS_ADDR"))?;
         if config.irqchip {
@@ -197,11 +202,10 @@ impl Kvm {
         Ok(KvmVm::new(
             fd,
             config.clone(),
-            Arc::new(self.capabilities.clone()),
+            Arc::clone(&self.capabilities),
             dirty,
-            self.kvm
-                .get_vcpu_mmap_size()
-                .map_err(hv_os("KVM_GET_VCPU_MMAP_SIZE"))?,
+            // kvm-ioctls asked KVM_GET_VCPU_MMAP_SIZE when it created the VM.
+            run_size,
         ))
     }
 }

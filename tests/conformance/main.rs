@@ -32,6 +32,7 @@ mod kick;
 mod minimal_kernel;
 mod pause;
 mod platform;
+mod pool;
 mod runner;
 mod smp;
 mod snapshot;
@@ -282,6 +283,7 @@ fn main() -> ExitCode {
         snapshot::SCENARIOS,
         snapshot_files::SCENARIOS,
         platform::SCENARIOS,
+        pool::SCENARIOS,
     ];
     let args = Arguments::parse(std::env::args().skip(1));
     let selected: Vec<&Scenario> = groups

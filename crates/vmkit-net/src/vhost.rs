@@ -41,7 +41,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use vhost::net::VhostNet as _;
 use vhost::vhost_kern::net::Net as KernNet;
-use vhost::vhost_kern::PhysicalGuestAddressSpace;
+use vhost::vhost_kern::{PhysicalGuestAddressSpace, VhostKernBackend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmkit_virtio::device::VIRTIO_F_RING_PACKED;
@@ -137,6 +137,18 @@ pub enum VhostError {
         /// The negotiated features.
         features: u64,
     },
+    /// A ring of a data queue is not inside one guest memory region.
+    #[error("queue {queue}: the {area} at {addr:#x} ({len} bytes) is not inside one guest memory region")]
+    RingOutsideMemory {
+        /// The queue index.
+        queue: u16,
+        /// `"descriptor table"`, `"available ring"` or `"used ring"`.
+        area: &'static str,
+        /// Its guest physical address.
+        addr: u64,
+        /// Its length for the queue's size.
+        len: u64,
+    },
     /// The driver did not make a data queue ready.
     #[error("the driver did not make queue {queue} ready")]
     QueueNotReady {
@@ -179,6 +191,39 @@ pub fn memory_table<M: GuestMemoryBackend>(
             })
         })
         .collect()
+}
+
+/// Checks that each ring of split queue `ring` lies inside one region of
+/// `mem`. vhost-net reaches the rings through this process's addresses of
+/// their starts, so a ring that ran off its region's end (into the next
+/// region's guest addresses, mapped elsewhere here) would have the kernel
+/// touch whatever this process maps after it.
+pub fn check_rings<M: GuestMemoryBackend>(mem: &M, ring: &OffloadQueue) -> Result<(), VhostError> {
+    let n = u64::from(ring.size);
+    // Split ring sizes (virtio 1.2, 2.7), with the event suppression fields.
+    let areas = [
+        ("descriptor table", ring.desc, 16 * n),
+        ("available ring", ring.driver, 6 + 2 * n),
+        ("used ring", ring.device, 6 + 8 * n),
+    ];
+    for (area, addr, len) in areas {
+        let inside = mem.iter().any(|region| {
+            let start = region.start_addr().raw_value();
+            addr >= start
+                && addr
+                    .checked_add(len)
+                    .is_some_and(|end| end - start <= region.len())
+        });
+        if !inside {
+            return Err(VhostError::RingOutsideMemory {
+                queue: ring.index,
+                area,
+                addr,
+                len,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The vhost ioctls [`VhostNet`] issues when the driver starts or resets
@@ -307,6 +352,7 @@ impl<AS: PhysicalGuestAddressSpace> VhostNet<AS> {
             })?;
         for (queue, ring) in [RXQ, TXQ].into_iter().zip(rings) {
             let ring = ring.ok_or(VhostError::QueueNotReady { queue })?;
+            check_rings(&*self.net.mem().memory(), &ring)?;
             let index = usize::from(queue);
             let failed = |request| {
                 move |source| VhostError::QueueRequest {
@@ -422,6 +468,56 @@ mod tests {
         }
         assert_eq!(table[1].guest_phys_addr, 0x1_0000_0000);
         assert_eq!(table[1].memory_size, 0x20_0000);
+    }
+
+    #[test]
+    fn rings_must_stay_inside_one_region() {
+        // Two regions adjacent in guest addresses, mapped apart in this process.
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x10_0000),
+            (GuestAddress(0x10_0000), 0x10_0000),
+        ])
+        .unwrap();
+        let ring = OffloadQueue {
+            index: TXQ,
+            size: 256,
+            desc: 0x1000,
+            driver: 0x2000,
+            device: 0x10_0000,
+        };
+        check_rings(&mem, &ring).unwrap();
+        // The used ring (6 + 8 * 256 bytes) starting 8 bytes before the first region ends.
+        let across = OffloadQueue {
+            device: 0x10_0000 - 8,
+            ..ring
+        };
+        let err = check_rings(&mem, &across).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VhostError::RingOutsideMemory {
+                    queue: TXQ,
+                    area: "used ring",
+                    addr: 0xf_fff8,
+                    len: 2054
+                }
+            ),
+            "{err}"
+        );
+        // Beyond all memory, and at the top of the address space.
+        for desc in [0x20_0000, u64::MAX - 8] {
+            let err = check_rings(&mem, &OffloadQueue { desc, ..ring }).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    VhostError::RingOutsideMemory {
+                        area: "descriptor table",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
     }
 
     #[test]

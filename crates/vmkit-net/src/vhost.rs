@@ -248,7 +248,8 @@ pub fn vcpu_seccomp_rules() -> vmkit_seccomp::Rules {
 type ErrorReport = dyn Fn(&VhostError) + Send;
 
 /// A virtio-net card's receive and transmit queues served by the kernel's
-/// vhost-net; see the [module documentation](self).
+/// vhost-net; see the [module documentation](self). Dropping it closes
+/// `/dev/vhost-net`, which stops the rings.
 pub struct VhostNet<AS: PhysicalGuestAddressSpace> {
     net: KernNet<AS>,
     /// Features vhost-net supports (asked once).
@@ -434,13 +435,6 @@ impl<AS: PhysicalGuestAddressSpace + Send> QueueOffload for VhostNet<AS> {
             let _ = self.net.set_backend(index, None);
             let _ = self.net.get_vring_base(index);
         }
-        self.running = false;
-    }
-}
-
-impl<AS: PhysicalGuestAddressSpace> Drop for VhostNet<AS> {
-    fn drop(&mut self) {
-        // Closing the vhost descriptor stops its rings.
         self.running = false;
     }
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
 //!     [--cmdline "..."] [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]]
-//!     [--net MODE [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings]
+//!     [--net MODE[,vhost] [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings]
 //!     [--seccomp]
 //! ```
 //!
@@ -32,7 +32,9 @@
 //!   puts into a network: `isolated:BRIDGE` (a private bridge shared by the VMs that name
 //!   it), `bridged:BRIDGE` (an existing host bridge), `nat:BRIDGE:GATEWAY/PREFIX:UPLINK`
 //!   (a private subnet masqueraded out of UPLINK; the guest is configured statically), or
-//!   `tap` (the TAP alone, for the host to configure). Its own thread moves the frames; at
+//!   `tap` (the TAP alone, for the host to configure). Its own thread moves the frames, or,
+//!   with `--net MODE,vhost`, the host kernel's vhost-net (`/dev/vhost-net`: `modprobe
+//!   vhost_net`; the card then offers split rings only); at
 //!   exit the TAP leaves the bridge and the network is torn down, unless other VMs are
 //!   still on it (the last one out removes it). The guest needs the `virtio_net` driver.
 //!
@@ -51,7 +53,8 @@
 //!
 //! `--seccomp` confines every thread that serves the guest with a seccomp filter: the vCPU
 //! threads (their backend's rules, and `TUNSETOFFLOAD` when there is a network card, which its
-//! activation sets on a vCPU thread), the disk's worker (`blk_seccomp_rules`), the network
+//! activation sets on a vCPU thread, and with vhost-net the vhost ioctls that start and stop
+//! its rings there), the disk's worker (`blk_seccomp_rules`), the network
 //! card's worker (vmkit-net's rules), and, once the VM runs, the main thread
 //! (`vmkit::seccomp::vmm_rules`, and what its own teardown does). The main thread stays
 //! unconfined with a network mode that builds a network (`isolated`, `bridged`, `nat`): tearing
@@ -98,6 +101,7 @@ use vmkit_bus::Bus;
 use vmkit_devices::{Cmos, PmBlock, Serial, SleepState, COM1, COM1_GSI, I8042, SERIAL_PORTS};
 use vmkit_machine::worker::{self, WorkerOptions};
 use vmkit_machine::{GsiAllocator, MmioAllocator, MmioWindow, QueueWorker, VirtioMmioWiring};
+use vmkit_net::vhost::{Datapath, VhostNet};
 use vmkit_net::worker::NetWorkerOptions;
 use vmkit_net::{Attachment, NetWorker, QueueKicks, TapMode};
 use vmkit_virtio::blk::{Block, BlockOptions};
@@ -268,24 +272,41 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             },
         )?;
         // The receive and transmit queues' notifications are ioeventfds, so they reach the
-        // device thread without an exit to a vCPU thread; the rare control queue goes
-        // through the ordinary MMIO exit.
+        // device thread (or vhost-net) without an exit to a vCPU thread; the rare control
+        // queue goes through the ordinary MMIO exit.
+        let vhost = options.datapath == Datapath::Vhost;
+        // vhost-net serves split rings only.
+        virtio = virtio.packed_rings(!options.split_rings && !vhost);
         let mut card = virtio.attach(vm.as_ref(), &mut bus, device, &[RXQ, TXQ])?;
+        virtio = virtio.packed_rings(!options.split_rings);
         virtio_mmio.push(announce(card.window, card.gsi)?);
         let kicks = QueueKicks {
             rx: card.take_notifier(RXQ).ok_or("no RX notifier")?,
             tx: card.take_notifier(TXQ).ok_or("no TX notifier")?,
         };
-        let mut worker_options = NetWorkerOptions::default();
-        if options.seccomp {
-            worker_options = worker_options.seccomp(vmkit_net::worker::seccomp_rules().compile()?);
+        if vhost {
+            // The kernel moves the frames: the queues' ioeventfds are its kicks, the card's
+            // irqfd its call.
+            let memory = virtio.memory().clone();
+            let offload = card
+                .transport
+                .with_device(|net| VhostNet::open(memory, net.backend(), kicks))?
+                .on_error(|err| eprintln!("boot_linux: net: {}", ErrorChain(err)));
+            card.transport.set_offload(Some(Box::new(offload)));
+            eprintln!("boot_linux: net: datapath vhost-net");
+        } else {
+            let mut worker_options = NetWorkerOptions::default();
+            if options.seccomp {
+                worker_options =
+                    worker_options.seccomp(vmkit_net::worker::seccomp_rules().compile()?);
+            }
+            _net_worker = Some(NetWorker::start_with(
+                card.transport,
+                kicks,
+                worker_options,
+                |err| eprintln!("boot_linux: net: {}", ErrorChain(err)),
+            )?);
         }
-        _net_worker = Some(NetWorker::start_with(
-            card.transport,
-            kicks,
-            worker_options,
-            |err| eprintln!("boot_linux: net: {}", ErrorChain(err)),
-        )?);
     }
     let console = virtio.attach(vm.as_ref(), &mut bus, Console::new(io::stdout()), &[])?;
     virtio_mmio.push(announce(console.window, console.gsi)?);
@@ -361,6 +382,9 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         let mut rules = hypervisor.vcpu_seccomp_rules();
         if options.net.is_some() {
             rules.extend(&vmkit_net::worker::vcpu_seccomp_rules());
+        }
+        if options.net.is_some() && options.datapath == Datapath::Vhost {
+            rules.extend(&vmkit_net::vhost::vcpu_seccomp_rules());
         }
         runner_options = runner_options.seccomp(rules.compile()?);
         if matches!(options.net, None | Some(TapMode::Alone)) {

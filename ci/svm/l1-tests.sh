@@ -11,7 +11,7 @@
 # network tests /usr/sbin/ip (iproute2), /bin/nft and /bin/netbench.
 
 # shellcheck disable=SC2034 # read by l1-init
-TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage net_isolated net_nat net_bridged net_bench linux_boot_bench"
+TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage net_isolated net_nat net_bridged net_vhost net_bench linux_boot_bench"
 
 # The L2 kernel command line every boot uses: reboot=k makes `reboot -f` an i8042 reset.
 L2_CMDLINE="console=ttyS0 quiet reboot=k panic=-1"
@@ -513,24 +513,72 @@ t_net_bridged() {
     return $net_bad
 }
 
+# A guest whose card's frames go through the kernel's vhost-net (boot_linux --net
+# MODE,vhost), with its vCPU threads under seccomp: it pings L1 on a bridge, streams to and
+# exchanges round trips with a netbench server in L1, and powers off.
+t_net_vhost() {
+    if [ ! -x /vmkit/bin/boot_linux ]; then
+        echo "/vmkit/bin/boot_linux: not built"
+        return 1
+    fi
+    if [ ! -c /dev/vhost-net ]; then
+        echo "L1 has no /dev/vhost-net (the vhost_net module did not load)"
+        return 1
+    fi
+    net_bad=0
+    { ip link add vhostbr0 type bridge && ip addr add 10.0.4.1/24 dev vhostbr0 &&
+        ip link set vhostbr0 up; } || return 1
+    netbench serve 5202 >/tmp/net-vhost-server.log 2>&1 &
+    server=$!
+    wait_for /tmp/net-vhost-server.log '^netbench: listening' 10 || echo "(the server did not say it listens)"
+    bounded 120 boot_linux --kernel /l2/vmlinux --initrd /l2/initrd-net.cpio.gz \
+        --cmdline "$L2_CMDLINE vmkit.net=10.0.4.2/24 vmkit.nettest=ping:10.0.4.1,send:10.0.4.1:5202:2,rtt:10.0.4.1:5202:50" \
+        --mem 256 --vcpus 1 --net bridged:vhostbr0,vhost --tap vmktapv --mac 52:54:00:0e:00:02 \
+        --seccomp >/tmp/net-vhost.log.raw 2>&1
+    echo $? >/tmp/net-vhost.rc
+    tr -d '\r' <"/tmp/net-vhost.log.raw" >"/tmp/net-vhost.log"
+    kill "$server" 2>/dev/null
+    wait "$server"
+    ip link del vhostbr0
+    echo "--- guest vhost (exit status $(cat /tmp/net-vhost.rc)):"
+    cat /tmp/net-vhost.log
+    if [ "$(cat /tmp/net-vhost.rc)" != 0 ]; then
+        echo "check FAILED: guest vhost exited with status $(cat /tmp/net-vhost.rc)"
+        net_bad=1
+    fi
+    if grep -q '^VMKIT-L2-NET-FAILED' /tmp/net-vhost.log; then
+        echo "check FAILED: guest vhost reported failures"
+        net_bad=1
+    fi
+    expect /tmp/net-vhost.log '^VMKIT-L2-NET-DONE$' "guest vhost ran its scenario to the end"
+    expect /tmp/net-vhost.log 'boot_linux: net: datapath vhost-net' "boot_linux put the card on vhost-net"
+    expect /tmp/net-vhost.log '^VMKIT-L2-NET-RING split$' "the guest's driver negotiated split rings (vhost-net serves no packed ones)"
+    expect /tmp/net-vhost.log '^VMKIT-L2-NET-PING-OK 10\.0\.4\.1 ' "the guest pinged L1 through vhost-net"
+    expect /tmp/net-vhost.log '^VMKIT-L2-NET-SEND-OK ' "the guest streamed to L1's server through vhost-net"
+    expect /tmp/net-vhost.log '^VMKIT-L2-NET-RTT-OK ' "the guest exchanged round trips with L1's server"
+    return $net_bad
+}
+
 # The network benchmark: guest-to-host TCP throughput (netbench send, NET_BENCH_SECS s) and
 # latency (netbench rtt: 200 1-byte round trips, the median) to a netbench server in L1 on
 # its bridge benchbr0 (10.0.3.1/24), from the same L2 kernel and initramfs under vmkit's
 # boot_linux (--net bridged:benchbr0) and under QEMU microvm with a virtio-net-device on a TAP
 # on the same bridge with vhost=off: QEMU's own userspace virtio-net, the same kind of
 # datapath as vmkit's. With VMKIT_SVM_NET_VHOST=1 (~50 s more) also vhost=on, the kernel's
-# vhost-net. Interleaved rounds in the same L1; the summary gives the medians and the ratios
+# vhost-net, and vmkit's boot_linux with its card on vhost-net (--net bridged:benchbr0,vhost).
+# Interleaved rounds in the same L1; the summary gives the medians and the ratios
 # vmkit/QEMU. It fails only if a run fails, never on a number.
 NET_BENCH_ROUNDS=3
 NET_BENCH_SECS=3
 
-# bench_run VMM: one guest of the benchmark under VMM (vmkit, qemu or qemu-vhost).
+# bench_run VMM: one guest of the benchmark under VMM (vmkit, vmkit-vhost, qemu or qemu-vhost).
 bench_run() {
     case $1 in
-        vmkit)
+        vmkit | vmkit-vhost)
+            [ "$1" = vmkit ] && datapath=userspace || datapath=vhost
             bounded 120 boot_linux --kernel /l2/vmlinux --initrd /l2/initrd-net.cpio.gz \
                 --cmdline "$L2_CMDLINE $bench_scenario" --mem 256 --vcpus 1 \
-                --net bridged:benchbr0 --tap vmktapx --mac 52:54:00:0d:00:02
+                --net "bridged:benchbr0,$datapath" --tap vmktapx --mac 52:54:00:0d:00:02
             ;;
         qemu | qemu-vhost)
             [ "$1" = qemu ] && vh=off || vh=on
@@ -562,7 +610,7 @@ t_net_bench() {
     vmms="vmkit qemu"
     if [ "${VMKIT_SVM_NET_VHOST:-0}" = 1 ]; then
         if [ -c /dev/vhost-net ]; then
-            vmms="$vmms qemu-vhost"
+            vmms="$vmms vmkit-vhost qemu-vhost"
         else
             echo "VMKIT_SVM_NET_VHOST=1 but L1 has no /dev/vhost-net: no vhost=on rounds"
         fi
@@ -611,6 +659,10 @@ t_net_bench() {
     if [ -s /tmp/nb-qemu-vhost.tput ]; then
         th=$(median /tmp/nb-qemu-vhost.tput) lh=$(median /tmp/nb-qemu-vhost.rtt)
         echo "net-bench: qemu vhost=on: throughput $th MB/s (vmkit/vhost $(awk "BEGIN { printf \"%.2f\", $tv / $th }")) rtt $lh us (vmkit/vhost $(awk "BEGIN { printf \"%.2f\", $lv / $lh }"))"
+        if [ -s /tmp/nb-vmkit-vhost.tput ]; then
+            tk=$(median /tmp/nb-vmkit-vhost.tput) lk=$(median /tmp/nb-vmkit-vhost.rtt)
+            echo "net-bench: vmkit vhost: throughput $tk MB/s ratio to qemu vhost=on $(awk "BEGIN { printf \"%.2f\", $tk / $th }") (higher is better), rtt $lk us ratio $(awk "BEGIN { printf \"%.2f\", $lk / $lh }") (lower is better)"
+        fi
     fi
     return $bad
 }

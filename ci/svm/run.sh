@@ -19,7 +19,8 @@
 #   VMKIT_SVM_NET_VMM=qemu     run the network mode tests' guests under QEMU microvm, the
 #                              modes set up by the test script, instead of under vmkit's
 #                              boot_linux: tells an L1/L2 problem from one of vmkit's
-#   VMKIT_SVM_NET_VHOST=1      the network benchmark also times QEMU with vhost-net
+#   VMKIT_SVM_NET_VHOST=1      the network benchmark also times QEMU with vhost-net and
+#                              boot_linux with its card on vhost-net (--net MODE,vhost)
 #   VMKIT_SVM_BENCH_ICOUNT=1   run the benchmark in a second L1 whose clock counts executed
 #                              instructions (-icount shift=0,sleep=off: 1 ns each, idle time
 #                              skipped) instead of following the host's: its times do not

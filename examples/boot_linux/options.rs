@@ -7,6 +7,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 
 use vmkit_boot::linux::{self, layout, LinuxBootError};
+use vmkit_net::vhost::Datapath;
 use vmkit_net::TapMode;
 use vmkit_virtio::blk::SECTOR_SIZE;
 use vmkit_virtio::net::{MacAddr, NetOptions};
@@ -14,7 +15,7 @@ use vmkit_virtio::net::{MacAddr, NetOptions};
 /// The usage line, shown with `--help` and with most mistakes.
 pub const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmdline STRING] \
                          [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]] \
-                         [--net tap|isolated:BRIDGE|bridged:BRIDGE|nat:BRIDGE:GATEWAY/PREFIX:UPLINK \
+                         [--net tap|isolated:BRIDGE|bridged:BRIDGE|nat:BRIDGE:GATEWAY/PREFIX:UPLINK[,vhost] \
                          [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings] \
                          [--seccomp]";
 /// The command line when `--cmdline` is not given. `earlyprintk` shows the kernel's first
@@ -202,6 +203,8 @@ pub struct Options {
     pub disk: Option<DiskArg>,
     /// `--net`.
     pub net: Option<TapMode>,
+    /// `--net MODE,vhost` (or `,userspace`, the default): the card's datapath.
+    pub datapath: Datapath,
     /// `--tap`.
     pub tap: String,
     /// `--mac`.
@@ -236,6 +239,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
         vcpus: 1,
         disk: None,
         net: None,
+        datapath: Datapath::Userspace,
         tap: "vmktap%d".to_owned(),
         mac: NetOptions::default().mac,
         exit_stats: false,
@@ -255,12 +259,14 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
             "--disk" => options.disk = Some(parse_disk(value()?)),
             "--net" => {
                 let text = value()?;
-                let mode = text.parse().map_err(|err| OptionsError::BadValue {
-                    flag: "--net",
-                    takes: format!("a network mode ({err})"),
-                    value: text,
-                })?;
+                let (mode, datapath) =
+                    parse_net(&text).map_err(|takes| OptionsError::BadValue {
+                        flag: "--net",
+                        takes,
+                        value: text.clone(),
+                    })?;
                 options.net = Some(mode);
+                options.datapath = datapath;
             }
             "--tap" => options.tap = value()?,
             "--mac" => {
@@ -297,6 +303,24 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
     }
     options.kernel = kernel.ok_or(OptionsError::NoKernel)?;
     Ok(options)
+}
+
+/// `--net MODE[,DATAPATH]`: a network mode, and `vhost` or `userspace` after the last comma
+/// (no mode has a comma). The error says what the flag takes.
+fn parse_net(text: &str) -> Result<(TapMode, Datapath), String> {
+    let (mode, datapath) = match text.rsplit_once(',') {
+        Some((mode, datapath)) => (
+            mode,
+            datapath
+                .parse()
+                .map_err(|err| format!("a network mode, then ,vhost or ,userspace ({err})"))?,
+        ),
+        None => (text, Datapath::Userspace),
+    };
+    let mode = mode
+        .parse()
+        .map_err(|err| format!("a network mode ({err})"))?;
+    Ok((mode, datapath))
 }
 
 fn parse_mem(text: String) -> Result<u64, OptionsError> {
@@ -509,6 +533,25 @@ mod tests {
                 read_only: true
             })
         );
+    }
+
+    #[test]
+    fn net_datapath_follows_the_last_comma() {
+        let options = parse(args("--kernel k --net isolated:vmkiso0")).unwrap();
+        assert_eq!(options.datapath, Datapath::Userspace);
+        let options = parse(args("--kernel k --net isolated:vmkiso0,vhost")).unwrap();
+        assert_eq!(options.datapath, Datapath::Vhost);
+        assert_eq!(options.net, Some("isolated:vmkiso0".parse().unwrap()));
+        let options = parse(args("--kernel k --net tap,userspace")).unwrap();
+        assert_eq!(
+            (options.net, options.datapath),
+            (Some(TapMode::Alone), Datapath::Userspace)
+        );
+        let text = refused("--kernel k --net tap,kernel");
+        assert!(text.contains("--net") && text.contains("vhost"), "{text}");
+        assert!(text.contains("\"tap,kernel\""), "{text}");
+        let text = refused("--kernel k --net nowhere,vhost");
+        assert!(text.contains("a network mode"), "{text}");
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //! - [`NetWorker`] ([`worker`]): the thread that serves a virtio-net
 //!   device's receive and transmit queues on their notification eventfds
 //!   and its TAP on its readiness, started and stopped by the VMM.
+//! - [`VhostNet`](vhost::VhostNet) ([`vhost`]): the kernel's vhost-net as
+//!   the card's datapath instead of [`NetWorker`], chosen per card
+//!   ([`vhost::Datapath`]).
 //! - [`persistent`]: a persistent TAP made for a VMM's user by an operator
 //!   with `CAP_NET_ADMIN`, and put into a network, so that the VMM opens it
 //!   with no capabilities; removed again by the operator. The
@@ -77,6 +80,7 @@ pub mod parse;
 pub mod persistent;
 mod sysctl;
 pub mod tap;
+pub mod vhost;
 pub mod worker;
 
 pub use attach::{AttachError, Attachment, Closed, Departure, TapMode};

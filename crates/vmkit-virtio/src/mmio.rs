@@ -66,6 +66,7 @@
 //! [`MmioTransportState`] documents what is not saved, and what the VMM
 //! must do before saving (stop the vCPUs and any notification worker).
 
+mod offload;
 mod state;
 
 use std::sync::{Mutex, MutexGuard};
@@ -81,6 +82,7 @@ use crate::device::{
 };
 use crate::{Queue, QueueLayout, QueueState};
 
+pub use offload::{OffloadError, OffloadQueue, QueueOffload};
 pub use state::{MmioQueueState, MmioTransportState, RestoreError};
 
 /// The value of the `MagicValue` register: "virt" in little-endian.
@@ -280,6 +282,10 @@ pub enum MmioError {
     /// The interrupt `EventFd` could not be signalled.
     #[error("cannot signal the interrupt eventfd")]
     Interrupt(#[source] std::io::Error),
+    /// The [`QueueOffload`] could not start; the transport set
+    /// `DEVICE_NEEDS_RESET`.
+    #[error("the queue offload could not start")]
+    Offload(#[source] OffloadError),
 }
 
 /// The driver-written configuration of one queue, applied when the driver
@@ -339,6 +345,9 @@ struct Inner<D> {
     shm_sel: u32,
     invalid_accesses: u64,
     last_error: Option<MmioError>,
+    /// The datapath serving some queues, and whether it runs.
+    offload: Option<Box<dyn QueueOffload>>,
+    offload_running: bool,
 }
 
 impl<D> Inner<D> {
@@ -362,6 +371,8 @@ impl<D> Inner<D> {
     /// configuration change interrupt.
     fn needs_reset(&mut self, e: MmioError, irq: &EventFd) {
         self.record(e);
+        // The device stops using every queue, offloaded ones included.
+        self.stop_offload();
         if self.status & STATUS_NEEDS_RESET == 0 {
             self.status |= STATUS_NEEDS_RESET;
             self.config_generation = self.config_generation.wrapping_add(1);
@@ -374,6 +385,44 @@ impl<D> Inner<D> {
     fn live(&self) -> bool {
         self.status & STATUS_DRIVER_OK != 0
             && self.status & (STATUS_FAILED | STATUS_NEEDS_RESET) == 0
+    }
+
+    /// Whether the offload serves queue `index`.
+    fn offloaded(&self, index: u16) -> bool {
+        self.offload
+            .as_ref()
+            .is_some_and(|o| o.queues().contains(&index))
+    }
+
+    /// Hands the offload its ready queues (at `DRIVER_OK`).
+    fn start_offload(&mut self, irq: &EventFd) -> Result<(), OffloadError> {
+        let Some(offload) = self.offload.as_mut() else {
+            return Ok(());
+        };
+        let queues: Vec<OffloadQueue> = offload
+            .queues()
+            .iter()
+            .filter_map(|&index| {
+                let slot = self.queues.get(usize::from(index))?;
+                slot.queue.ready().then(|| OffloadQueue {
+                    index,
+                    size: slot.queue.size(),
+                    desc: slot.desc,
+                    driver: slot.driver,
+                    device: slot.device,
+                })
+            })
+            .collect();
+        offload.start(self.driver_features, &queues, irq)?;
+        self.offload_running = true;
+        Ok(())
+    }
+
+    fn stop_offload(&mut self) {
+        if let Some(offload) = self.offload.as_mut() {
+            offload.stop();
+        }
+        self.offload_running = false;
     }
 
     fn selected(&self, offset: u64) -> Result<usize, MmioError> {
@@ -404,7 +453,7 @@ impl<D> Inner<D> {
             (Ok(i), Ok(i16)) if i < count => (i, i16),
             _ => return Err(MmioError::NoSuchQueue { index, count }),
         };
-        if !self.live() {
+        if !self.live() || self.offloaded(i.1) {
             return Ok(false);
         }
         let Some(slot) = self.queues.get_mut(i.0) else {
@@ -430,6 +479,7 @@ impl<D> Inner<D> {
     where
         D: VirtioDevice<M>,
     {
+        self.stop_offload();
         self.device.reset();
         for q in &mut self.queues {
             q.reset();
@@ -466,6 +516,9 @@ impl<D> Inner<D> {
                 .ok()
                 .and_then(|i| self.queues.get(i))
                 .map_or(0, |q| u32::from(q.queue.ready())),
+            reg::INTERRUPT_STATUS if self.offload_running => {
+                self.interrupt_status | INT_USED_BUFFER
+            }
             reg::INTERRUPT_STATUS => self.interrupt_status,
             reg::STATUS => self.status,
             // No shared memory regions: length and base read as all ones.
@@ -675,6 +728,9 @@ impl<D> Inner<D> {
             if let Err(e) = self.device.activate(self.driver_features) {
                 return self.needs_reset(MmioError::Device(e), irq);
             }
+            if let Err(e) = self.start_offload(irq) {
+                return self.needs_reset(MmioError::Offload(e), irq);
+            }
             // Buffers made available before DRIVER_OK (e.g. receive buffers).
             for index in 0..self.queues.len() {
                 let Ok(index) = u32::try_from(index) else {
@@ -770,6 +826,8 @@ where
                 shm_sel: 0,
                 invalid_accesses: 0,
                 last_error: None,
+                offload: None,
+                offload_running: false,
             }),
             mem,
             irq,
@@ -910,6 +968,16 @@ where
     /// (see the module documentation).
     pub fn invalid_accesses(&self) -> u64 {
         self.lock().invalid_accesses
+    }
+
+    /// Hands the queues `offload` names to it (see [`QueueOffload`]), or
+    /// takes them back (`None`); a previous offload is stopped and
+    /// dropped. Set it before the guest runs: the offload starts at the
+    /// driver's next `DRIVER_OK`.
+    pub fn set_offload(&self, offload: Option<Box<dyn QueueOffload>>) {
+        let mut inner = self.lock();
+        inner.stop_offload();
+        inner.offload = offload;
     }
 
     /// Takes the last refused driver action or device failure, if any.

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Builds and runs every fuzz target for SECONDS each (default 60), starting
 # from the checked-in seed corpus, with debug assertions (overflow checks)
-# on. Fails on the first crash, leak or timeout.
-# Usage: fuzz/run.sh [SECONDS]
+# on. Fails on a crash, leak or timeout in any target.
+# Targets run JOBS at a time (default: the number of cores; each libFuzzer run
+# is single-threaded), each one's output printed whole when it ends.
+# Usage: fuzz/run.sh [SECONDS] [JOBS]
 set -euo pipefail
 
 secs="${1:-60}"
+jobs="${2:-$(nproc)}"
 cd "$(dirname "$0")"
 
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
@@ -15,17 +18,54 @@ fi
 targets=(split_queue packed_queue virtio_blk_request snapshot_reader virtio_net_tx virtio_net_ctrl device_state mmio_restore kernel_image)
 cargo +nightly fuzz build -O -a
 
-for t in "${targets[@]}"; do
-    # Work on a scratch copy so runs do not grow the committed corpus.
+logs="$(mktemp -d)"
+trap 'rm -rf "$logs"' EXIT
+
+# run_one TARGET: one target on a scratch copy of its corpus (so runs do not
+# grow the committed corpus), its output in $logs/TARGET.log.
+run_one() {
+    local t=$1 work status=0
+    exec >"$logs/$t.log" 2>&1
     work="$(mktemp -d)"
-    cp -r "corpus/$t/." "$work/"
-    echo "== fuzz $t for ${secs}s"
-    if ! cargo +nightly fuzz run -O -a "$t" "$work" -- \
-        -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1; then
-        echo "fuzz target $t failed; reproducer in fuzz/artifacts/$t/" >&2
-        rm -rf "$work"
-        exit 1
-    fi
+    cp -r "corpus/$t/." "$work/" &&
+        cargo +nightly fuzz run -O -a "$t" "$work" -- \
+            -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 ||
+        status=$?
     rm -rf "$work"
+    return "$status"
+}
+
+# report TARGET STATUS: prints a finished target's output and verdict.
+failed=()
+report() {
+    echo "== fuzz $1 for ${secs}s"
+    cat "$logs/$1.log" || true
+    if [ "$2" -ne 0 ]; then
+        echo "fuzz target $1 failed; reproducer in fuzz/artifacts/$1/" >&2
+        failed+=("$1")
+    fi
+}
+
+declare -A running=() # pid -> target
+for t in "${targets[@]}"; do
+    while [ "${#running[@]}" -ge "$jobs" ]; do
+        status=0
+        wait -n -p done_pid "${!running[@]}" || status=$?
+        report "${running[$done_pid]}" "$status"
+        unset "running[$done_pid]"
+    done
+    run_one "$t" &
+    running[$!]=$t
 done
-echo "fuzz: all targets ran ${secs}s without a crash"
+while [ "${#running[@]}" -gt 0 ]; do
+    status=0
+    wait -n -p done_pid "${!running[@]}" || status=$?
+    report "${running[$done_pid]}" "$status"
+    unset "running[$done_pid]"
+done
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "fuzz: failed: ${failed[*]}" >&2
+    exit 1
+fi
+echo "fuzz: all ${#targets[@]} targets ran ${secs}s without a crash ($jobs at a time)"

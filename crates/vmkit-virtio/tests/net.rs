@@ -14,7 +14,7 @@ use std::sync::Arc;
 use driver::*;
 use proptest::prelude::*;
 use vm_memory::{Bytes, GuestAddress};
-use vmkit_virtio::device::VIRTIO_F_VERSION_1;
+use vmkit_virtio::device::{VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1};
 use vmkit_virtio::mmio::*;
 use vmkit_virtio::net::*;
 use vmkit_virtio::{Persist, QueueLayout, StateError, VirtioDevice};
@@ -1509,5 +1509,45 @@ fn in_place_receive_spreads_frames_over_a_pool_and_returns_the_rest() {
             assert_eq!(s.stats().rx_frames, 3);
             assert!(!s.t.with_device(|d| d.rx_waiting_for_buffers()));
         });
+    }
+}
+
+#[test]
+fn event_idx_gives_one_interrupt_decision_per_batch() {
+    for vectored in [false, true] {
+        let mut b = MemBackend::plain();
+        b.vectored = vectored;
+        let mut s = setup_with(device(b, opts()), VIRTIO_F_EVENT_IDX);
+        let size = u64::from(s.tx.size);
+        // used_event = 2: the driver wants an interrupt once the used
+        // index passes 2, i.e. with the third chain returned.
+        s.mem
+            .write_obj(2u16, GuestAddress(s.tx.avail + 4 + 2 * size))
+            .unwrap();
+        let f = [hdr_bytes(NetHeader::default()), frame(PEER, 60, 1)].concat();
+        let mut post = |s: &mut Setup, i: u64| {
+            let a = s.put(BUF + 0x1000 * i, &f);
+            s.tx.push(&s.mem, &[r(a, f.len() as u32)]);
+        };
+        // Two frames, one notification: both go, and the used index moves
+        // 0 -> 2 without passing 2: no interrupt.
+        post(&mut s, 0);
+        post(&mut s, 1);
+        notify(&s.t, 1);
+        assert_eq!(s.sent().len(), 2);
+        assert_eq!(s.t.r32(0x60) & INT_USED_BUFFER, 0);
+        // The device asks for the driver's next notification at avail
+        // index 2 (`avail_event`), past the batch it took.
+        let avail_event: u16 = s
+            .mem
+            .read_obj(GuestAddress(s.tx.used + 4 + 8 * size))
+            .unwrap();
+        assert_eq!(avail_event, 2);
+        // The third frame passes used_event: one interrupt.
+        post(&mut s, 2);
+        notify(&s.t, 1);
+        assert_eq!(s.sent().len(), 3);
+        assert_eq!(s.t.r32(0x60) & INT_USED_BUFFER, INT_USED_BUFFER);
+        assert_eq!(s.tx.pop_used(&s.mem).map(|u| u.1), Some(0));
     }
 }

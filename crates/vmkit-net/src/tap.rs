@@ -8,6 +8,9 @@
 //! guest, and sets them to what the guest accepted
 //! ([`NetBackend::set_rx_offloads`]).
 //!
+//! Frames move with one `writev` or `readv` each, straight between the
+//! TAP and guest memory ([`NetBackend::vectored`]).
+//!
 //! A VMM polls [`Tap::as_raw_fd`] for readability (take it before moving
 //! the `Tap` into the device) and calls the transport's
 //! `process_queue(RXQ)` when it fires, `process_queue(TXQ)` on the guest's

@@ -48,6 +48,20 @@
 //! - control: [`CtrlRequest::parse`]; unknown or malformed commands are
 //!   answered `VIRTIO_NET_ERR`.
 //!
+//! # Data path
+//!
+//! A backend that says [`NetBackend::vectored`] (the TAP in `vmkit-net`)
+//! gets frames in place: a transmit chain's buffers go to
+//! [`NetBackend::send_vectored`] as slices of guest memory (one `writev`),
+//! and received frames land straight in the driver's receive chains
+//! ([`NetBackend::recv_vectored`], one `readv`). Only the virtio-net header
+//! is copied, so that the device validates the bytes it passes on. For
+//! receiving in place the device pops chains for the largest packet first
+//! and gives back the unused ones at the end of the pass; a driver whose
+//! buffers cannot hold the largest packet, and any other backend, go
+//! through a buffer of the device's own. Both paths make the same checks
+//! and give the driver the same used entries.
+//!
 //! # Receive flow control
 //!
 //! When the driver has no receive buffers, the device keeps the frame it

@@ -1525,7 +1525,7 @@ fn event_idx_gives_one_interrupt_decision_per_batch() {
             .write_obj(2u16, GuestAddress(s.tx.avail + 4 + 2 * size))
             .unwrap();
         let f = [hdr_bytes(NetHeader::default()), frame(PEER, 60, 1)].concat();
-        let mut post = |s: &mut Setup, i: u64| {
+        let post = |s: &mut Setup, i: u64| {
             let a = s.put(BUF + 0x1000 * i, &f);
             s.tx.push(&s.mem, &[r(a, f.len() as u32)]);
         };

@@ -1157,7 +1157,12 @@ impl<B: NetBackend> Net<B> {
         let hb = h.to_bytes();
         let header: &[u8] = if self.caps.vnet_hdr { &hb } else { &[] };
         let end = NET_HDR_LEN + packet.frame_len;
+        // A frame in more pieces than one system call takes: copied.
+        let vectored = vectored && segs.len() < iov::MAX_SLICES;
         if !vectored {
+            if !segs.is_empty() {
+                iov::copy_out(segs, self.tx_buf.get_mut(NET_HDR_LEN..).unwrap_or(&mut []));
+            }
             if let Some(b) = self.tx_buf.get_mut(..NET_HDR_LEN) {
                 b.copy_from_slice(&hb);
             }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use driver::*;
 use proptest::prelude::*;
 use vm_memory::{Bytes, GuestAddress};
-use vmkit_virtio::device::{VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1};
+use vmkit_virtio::device::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 use vmkit_virtio::mmio::*;
 use vmkit_virtio::net::*;
 use vmkit_virtio::{Persist, QueueLayout, StateError, VirtioDevice};
@@ -1549,5 +1549,35 @@ fn event_idx_gives_one_interrupt_decision_per_batch() {
         assert_eq!(s.sent().len(), 3);
         assert_eq!(s.t.r32(0x60) & INT_USED_BUFFER, INT_USED_BUFFER);
         assert_eq!(s.tx.pop_used(&s.mem).map(|u| u.1), Some(0));
+    }
+}
+
+#[test]
+fn a_frame_in_more_pieces_than_one_system_call_takes_is_copied() {
+    for vectored in [false, true] {
+        let mut b = MemBackend::plain();
+        b.vectored = vectored;
+        let mut s = setup_with(device(b, opts()), VIRTIO_F_INDIRECT_DESC);
+        let f = frame(PEER, 1500, 9);
+        let data = s.put(BUF, &[vec![0u8; 12], f.clone()].concat());
+        // An indirect table of 1100 one-byte buffers (the last holds the rest).
+        let table = BUF + 0x1_0000;
+        let n = 1100u64;
+        for i in 0..n {
+            let at = table + 16 * i;
+            let len = if i + 1 == n { 1512 - (n - 1) } else { 1 };
+            let next = if i + 1 == n { 0u16 } else { i as u16 + 1 };
+            let flags = if i + 1 == n { 0u16 } else { DESC_F_NEXT };
+            s.mem.write_obj(data + i, GuestAddress(at)).unwrap();
+            s.mem.write_obj(len as u32, GuestAddress(at + 8)).unwrap();
+            s.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+            s.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+        }
+        let head = s.tx.push(&s.mem, &[r(table, (16 * n) as u32)]);
+        s.tx.set_indirect(&s.mem, head);
+        notify(&s.t, 1);
+        assert_eq!(s.tx.pop_used(&s.mem), Some((u32::from(head), 0)));
+        assert_eq!(s.sent(), vec![f], "vectored: {vectored}");
+        assert_eq!(s.stats().tx_frames, 1);
     }
 }

@@ -10,6 +10,10 @@
 
 use vm_memory::bitmap::{BitmapSlice, BS};
 
+/// The most pieces a packet is handed to a backend in (Linux's
+/// `UIO_MAXIOV`, less one for the header); a packet in more is copied.
+pub(super) const MAX_SLICES: usize = 1023;
+
 /// A slice of the guest memory `M`.
 pub(super) type GuestSlice<'m, M> = VolatileSlice<'m, BS<'m, <M as GuestMemory>::Bitmap>>;
 use vm_memory::{GuestMemory, Permissions, VolatileSlice};
@@ -153,5 +157,13 @@ pub(super) fn mark_dirty<B: BitmapSlice>(slices: &[VolatileSlice<'_, B>], mut n:
         let k = n.min(s.len());
         s.bitmap().mark_dirty(0, k);
         n -= k;
+    }
+}
+
+/// Copies `slices` one after the other into `dst` (as far as it goes).
+pub(super) fn copy_out<B: BitmapSlice>(slices: &[VolatileSlice<'_, B>], dst: &mut [u8]) {
+    let mut at = 0usize;
+    for s in slices {
+        at += s.copy_to(dst.get_mut(at..).unwrap_or(&mut []));
     }
 }

@@ -142,6 +142,10 @@ impl<B: NetBackend> Net<B> {
                 }
                 skip = 0;
             }
+            if frame.len() > iov::MAX_SLICES {
+                // Tiny buffers: more pieces than one system call takes.
+                return Ok(Direct::Fallback { undo: slots });
+            }
             let mut hb = [0u8; NET_HDR_LEN];
             let hdr_in: &mut [u8] = if self.caps.vnet_hdr { &mut hb } else { &mut [] };
             let off = NET_HDR_LEN - hdr_in.len();

@@ -162,6 +162,8 @@ impl<B: NetBackend> Net<B> {
             };
             *budget -= 1;
             let len = (n + off).min(MAX_PACKET_LEN);
+            // Whatever happens to the frame, the backend wrote guest memory.
+            iov::mark_dirty(&frame, len.saturating_sub(NET_HDR_LEN));
             let Some(hdr) = self.check_direct(&hb, len, &frame) else {
                 continue;
             };
@@ -191,7 +193,6 @@ impl<B: NetBackend> Net<B> {
                 }
                 written += k;
             }
-            iov::mark_dirty(&frame, len - NET_HDR_LEN);
             let ok = written == NET_HDR_LEN;
             let mut rest = len;
             for c in self.chains.get(next..next + k).unwrap_or(&[]) {

@@ -58,8 +58,8 @@
 //! is copied, so that the device validates the bytes it passes on. For
 //! receiving in place the device pops chains for the largest packet first
 //! and gives back the unused ones at the end of the pass; a driver whose
-//! buffers cannot hold the largest packet, and any other backend, go
-//! through a buffer of the device's own. Both paths make the same checks
+//! buffers cannot hold the largest packet or are small (more than 7 pieces
+//! for it), and any other backend, go through a buffer of the device's own. Both paths make the same checks
 //! and give the driver the same used entries.
 //!
 //! # Receive flow control

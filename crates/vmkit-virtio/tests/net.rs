@@ -1408,7 +1408,7 @@ proptest! {
         lens in proptest::collection::vec(0usize..5000, 1..5),
         // At least a header each: the paths differ in when they return a
         // malformed chain (see the in-place malformed chain tests).
-        bufs in proptest::collection::vec(prop_oneof![4 => 12u32..5000, 1 => Just(0x1_1000u32)], 0..24),
+        bufs in proptest::collection::vec(prop_oneof![3 => 12u32..5000, 1 => 0x2800u32..0x3000, 1 => Just(0x1_1000u32)], 0..24),
         mrg in any::<bool>(),
         packed in any::<bool>(),
         bad_hdr in proptest::bool::weighted(0.1),
@@ -1486,22 +1486,23 @@ fn in_place_receive_spreads_frames_over_a_pool_and_returns_the_rest() {
     for layout in [0, RING_PACKED] {
         in_place(|| {
             let mut s = setup(VIRTIO_NET_F_MRG_RXBUF | layout);
-            // 20 chains of 4 KiB: more than the largest packet.
-            let heads: Vec<u16> = (0..20)
-                .map(|i| s.rx.push(&s.mem, &[w(BUF + 0x1000 * i, 4096)]))
+            // 20 chains of 10 KiB: 7 hold the largest packet.
+            let at = |i: u64| BUF + 0x2800 * i;
+            let heads: Vec<u16> = (0..20u64)
+                .map(|i| s.rx.push(&s.mem, &[w(at(i), 0x2800)]))
                 .collect();
-            let frames = [frame(MAC, 5000, 1), frame(MAC, 60, 2)];
+            let frames = [frame(MAC, 12000, 1), frame(MAC, 60, 2)];
             s.arrive(&frames);
-            // 5012 bytes over two chains, then 72 in the third.
-            assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(heads[0]), 4096)));
-            assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(heads[1]), 916)));
+            // 12012 bytes over two chains, then 72 in the third.
+            assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(heads[0]), 0x2800)));
+            assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(heads[1]), 1772)));
             assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(heads[2]), 72)));
             assert_eq!(s.rx.pop_used(&s.mem), None);
-            let hdr = NetHeader::from_bytes(&s.read(BUF, 12).try_into().unwrap());
+            let hdr = NetHeader::from_bytes(&s.read(at(0), 12).try_into().unwrap());
             assert_eq!(hdr.num_buffers, 2);
-            let got = [s.read(BUF + 12, 4084), s.read(BUF + 0x1000, 916)].concat();
+            let got = [s.read(at(0) + 12, 0x2800 - 12), s.read(at(1), 1772)].concat();
             assert_eq!(got, frames[0]);
-            assert_eq!(s.read(BUF + 0x200c, 60), frames[1]);
+            assert_eq!(s.read(at(2) + 12, 60), frames[1]);
             // The unused chains were given back to the ring: the next
             // frame lands in the fourth.
             s.arrive(&[frame(MAC, 100, 3)]);

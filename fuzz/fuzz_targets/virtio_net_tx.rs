@@ -10,7 +10,8 @@
 //! frames are cut from the image at 0x4000 with lengths `16 * frame_len`.
 //!
 //! flags: 1 EVENT_IDX, 2 INDIRECT_DESC, 4 MRG_RXBUF, 8 backend with a
-//! virtio-net header, 16 backend refuses sends, 32 link down, 64 MTU 1280.
+//! virtio-net header, 16 backend refuses sends, 32 link down, 64 MTU 1280,
+//! 128 vectored backend (frames taken in place from guest memory).
 //! offloads: bit k selects the k-th of CSUM, HOST_TSO4, HOST_TSO6,
 //! HOST_ECN, GUEST_CSUM, GUEST_TSO4, GUEST_TSO6, GUEST_ECN.
 #![no_main]
@@ -45,6 +46,7 @@ struct MemBackend {
     rx: VecDeque<Vec<u8>>,
     sent: Vec<Vec<u8>>,
     fail: bool,
+    vectored: bool,
 }
 
 impl NetBackend for MemBackend {
@@ -71,6 +73,9 @@ impl NetBackend for MemBackend {
         }
         self.sent.push(packet.to_vec());
         Ok(())
+    }
+    fn vectored(&self) -> bool {
+        self.vectored
     }
 }
 
@@ -127,6 +132,7 @@ fuzz_target!(|data: &[u8]| {
         rx,
         sent: Vec::new(),
         fail: flags & 16 != 0,
+        vectored: flags & 128 != 0,
     };
     let opts = NetOptions {
         mtu: (flags & 64 != 0).then_some(1280),

@@ -8,6 +8,9 @@
 //! guest, and sets them to what the guest accepted
 //! ([`NetBackend::set_rx_offloads`]).
 //!
+//! Frames move with one `writev` or `readv` each, straight between the
+//! TAP and guest memory ([`NetBackend::vectored`]).
+//!
 //! A VMM polls [`Tap::as_raw_fd`] for readability (take it before moving
 //! the `Tap` into the device) and calls the transport's
 //! `process_queue(RXQ)` when it fires, `process_queue(TXQ)` on the guest's
@@ -23,6 +26,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::VolatileSlice;
 
 use vmkit_virtio::net::{
     BackendCapabilities, NetBackend, NET_HDR_LEN, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM,
@@ -385,4 +391,97 @@ impl NetBackend for Tap {
         }
         Ok(())
     }
+
+    /// `writev` and `readv` straight between the TAP and guest memory.
+    fn vectored(&self) -> bool {
+        true
+    }
+
+    /// One `writev` of the header and the frame's pieces.
+    fn send_vectored<S: BitmapSlice>(
+        &mut self,
+        header: &[u8],
+        frame: &[VolatileSlice<'_, S>],
+    ) -> io::Result<()> {
+        let total = header.len() + frame.iter().map(VolatileSlice::len).sum::<usize>();
+        let n = with_iovecs(
+            header.as_ptr().cast_mut(),
+            header.len(),
+            frame,
+            |iov, count| {
+                // SAFETY: the iovecs describe `header` and the guest memory
+                // slices of `frame`, all live for the call; writev only reads them.
+                unsafe { libc::writev(self.file.as_raw_fd(), iov, count) }
+            },
+        )?;
+        if n != total {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("TAP took {n} of {total} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One `readv` into the header and the frame's pieces.
+    fn recv_vectored<S: BitmapSlice>(
+        &mut self,
+        header: &mut [u8],
+        frame: &[VolatileSlice<'_, S>],
+    ) -> io::Result<usize> {
+        with_iovecs(header.as_mut_ptr(), header.len(), frame, |iov, count| {
+            // SAFETY: the iovecs describe `header` (borrowed mutably) and
+            // the guest memory slices of `frame`, writable and live for
+            // the call; readv writes only inside them.
+            unsafe { libc::readv(self.file.as_raw_fd(), iov, count) }
+        })
+    }
+}
+
+/// The most pieces a packet is handed to the kernel in (`UIO_MAXIOV`).
+const MAX_IOV: usize = 1024;
+/// Pieces described on the stack; more take a heap vector.
+const STACK_IOV: usize = 32;
+
+/// Calls `f` with iovecs for `head` (`len` bytes, skipped if empty) then
+/// `frame`, and turns its `ssize_t` result into a byte count or the OS
+/// error. More than [`MAX_IOV`] pieces is `InvalidInput`.
+fn with_iovecs<S: BitmapSlice>(
+    head: *mut u8,
+    len: usize,
+    frame: &[VolatileSlice<'_, S>],
+    f: impl FnOnce(*const libc::iovec, libc::c_int) -> isize,
+) -> io::Result<usize> {
+    let empty = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let count = usize::from(len > 0) + frame.len();
+    if count > MAX_IOV {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a packet in {count} pieces (at most {MAX_IOV})"),
+        ));
+    }
+    let mut stack = [empty; STACK_IOV];
+    let mut heap = Vec::new();
+    let iov: &mut [libc::iovec] = if count <= STACK_IOV {
+        stack.get_mut(..count).unwrap_or(&mut [])
+    } else {
+        heap.resize(count, empty);
+        &mut heap
+    };
+    let pieces = (len > 0)
+        .then_some((head, len))
+        .into_iter()
+        .chain(frame.iter().map(|s| (s.ptr_guard_mut().as_ptr(), s.len())));
+    for (v, (base, n)) in iov.iter_mut().zip(pieces) {
+        *v = libc::iovec {
+            iov_base: base.cast(),
+            iov_len: n,
+        };
+    }
+    // count <= MAX_IOV fits a c_int.
+    let r = f(iov.as_ptr(), count as libc::c_int);
+    usize::try_from(r).map_err(|_| io::Error::last_os_error())
 }

@@ -212,12 +212,18 @@ impl NetWorkerOptions {
 /// is a readable, writable descriptor): `vmkit_seccomp::Rules::base`
 /// (with `write`: frames to the TAP, the interrupt eventfd), waiting on
 /// the epoll set and changing what the backend is polled for
-/// (`epoll_ctl` with `EPOLL_CTL_MOD` only), and `read` (frames from the
-/// TAP, the notification eventfds).
+/// (`epoll_ctl` with `EPOLL_CTL_MOD` only), and `read`/`readv` (frames
+/// from the TAP, the notification eventfds; `writev` sends frames, and is
+/// in the base).
 pub fn seccomp_rules() -> vmkit_seccomp::Rules {
     let mut rules = vmkit_seccomp::Rules::base();
     rules
-        .allow_all(&[libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_read])
+        .allow_all(&[
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_read,
+            libc::SYS_readv,
+        ])
         .allow_args(libc::SYS_epoll_ctl, 1, &[libc::EPOLL_CTL_MOD as u64]);
     rules
 }
@@ -227,13 +233,13 @@ pub fn seccomp_rules() -> vmkit_seccomp::Rules {
 /// activates the device, which sets the TAP's offloads (`TUNSETOFFLOAD`),
 /// and a register access that the transport answers by processing a queue
 /// (the control queue, or the data queues when the device goes live) moves
-/// frames between the TAP and the guest on that thread (`read`; `write` is
-/// in every thread's base).
+/// frames between the TAP and the guest on that thread (`read`/`readv`;
+/// `write`/`writev` are in every thread's base).
 pub fn vcpu_seccomp_rules() -> vmkit_seccomp::Rules {
     let mut rules = vmkit_seccomp::Rules::new();
     rules
         .allow_ioctls(&[libc::TUNSETOFFLOAD])
-        .allow(libc::SYS_read);
+        .allow_all(&[libc::SYS_read, libc::SYS_readv]);
     rules
 }
 

@@ -185,3 +185,54 @@ fn check_max_size(max: u16) -> Result<()> {
 pub fn vring_need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::vring_need_event;
+    use proptest::prelude::*;
+
+    /// The indices an index moving from `old` to `new` passes through:
+    /// `old`, `old + 1`, …, `new - 1` (mod 2^16).
+    fn crossed(event: u16, new: u16, old: u16) -> bool {
+        let mut i = old;
+        while i != new {
+            if i == event {
+                return true;
+            }
+            i = i.wrapping_add(1);
+        }
+        false
+    }
+
+    #[test]
+    fn need_event_at_the_edges_and_across_the_wrap() {
+        // The other side asked at 5: moving 3 -> 6 passes it, 3 -> 5 stops short.
+        assert!(vring_need_event(5, 6, 3));
+        assert!(!vring_need_event(5, 5, 3));
+        // Already past it before the move: no notification.
+        assert!(!vring_need_event(2, 6, 3));
+        // No move, no notification, whatever the event.
+        assert!(!vring_need_event(7, 7, 7));
+        // Across the 16-bit wrap: 65534 -> 2 passes 65535 and 0 and 1.
+        assert!(vring_need_event(65535, 2, 65534));
+        assert!(vring_need_event(0, 2, 65534));
+        assert!(vring_need_event(1, 2, 65534));
+        assert!(!vring_need_event(2, 2, 65534));
+        assert!(!vring_need_event(65533, 2, 65534));
+    }
+
+    proptest! {
+        #[test]
+        fn need_event_is_whether_the_move_crossed_the_event(
+            old in any::<u16>(),
+            step in 0u16..1024,
+            event_off in any::<u16>(),
+        ) {
+            let new = old.wrapping_add(step);
+            // Events near the move, and anywhere.
+            for event in [old.wrapping_add(event_off % 1100), old.wrapping_sub(event_off % 64), event_off] {
+                prop_assert_eq!(vring_need_event(event, new, old), crossed(event, new, old));
+            }
+        }
+    }
+}

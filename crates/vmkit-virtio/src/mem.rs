@@ -168,6 +168,39 @@ impl RegionCache {
     }
 }
 
+/// The host slice of the last guest memory region a buffer was found in,
+/// so that buffers moved in place (virtio-net's `readv`/`writev`) cost no
+/// region lookup while they stay in it.
+pub(crate) struct SliceCache<'m, M: GuestMemory + ?Sized> {
+    hint: Hint<'m, M>,
+}
+
+impl<'m, M: GuestMemory + ?Sized> SliceCache<'m, M> {
+    /// An empty cache.
+    pub(crate) const fn new() -> Self {
+        SliceCache { hint: Hint::none() }
+    }
+
+    /// `[addr, addr + len)` as one host slice, if it lies in one region of
+    /// plain memory; `None` otherwise (the caller asks the memory).
+    pub(crate) fn slice(
+        &mut self,
+        mem: &'m M,
+        addr: u64,
+        len: usize,
+    ) -> Option<VolatileSlice<'m, BS<'m, M::Bitmap>>> {
+        let end = addr.checked_add(len as u64)?;
+        if !self.hint.contains(addr, end) || self.hint.slice.is_none() {
+            self.hint = Hint::region_of(mem, GuestAddress(addr));
+            if !self.hint.contains(addr, end) {
+                return None;
+            }
+        }
+        let off = usize::try_from(addr - self.hint.lo).ok()?;
+        self.hint.slice.as_ref()?.subslice(off, len).ok()
+    }
+}
+
 fn mem_err(addr: u64) -> impl FnOnce(vm_memory::GuestMemoryError) -> Error {
     move |source| Error::Memory { addr, source }
 }

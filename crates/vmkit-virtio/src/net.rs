@@ -48,6 +48,20 @@
 //! - control: [`CtrlRequest::parse`]; unknown or malformed commands are
 //!   answered `VIRTIO_NET_ERR`.
 //!
+//! # Data path
+//!
+//! A backend that says [`NetBackend::vectored`] (the TAP in `vmkit-net`)
+//! gets frames in place: a transmit chain's buffers go to
+//! [`NetBackend::send_vectored`] as slices of guest memory (one `writev`),
+//! and received frames land straight in the driver's receive chains
+//! ([`NetBackend::recv_vectored`], one `readv`). Only the virtio-net header
+//! is copied, so that the device validates the bytes it passes on. For
+//! receiving in place the device pops chains for the largest packet first
+//! and gives back the unused ones at the end of the pass; a driver whose
+//! buffers cannot hold the largest packet or are small (more than 7 pieces
+//! for it), and any other backend, go through a buffer of the device's own. Both paths make the same checks
+//! and give the driver the same used entries.
+//!
 //! # Receive flow control
 //!
 //! When the driver has no receive buffers, the device keeps the frame it
@@ -101,11 +115,14 @@
 
 mod ctrl;
 mod header;
+mod iov;
+mod rx_direct;
 mod state;
 
 use std::io;
 
-use vm_memory::GuestMemory;
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{GuestMemory, VolatileSlice};
 
 pub use ctrl::{
     decode as decode_ctrl, CtrlCommand, CtrlError, CtrlRequest, InvalidCtrl, MacAddr, MacTable,
@@ -247,6 +264,76 @@ pub trait NetBackend {
     /// keeps the frame's chain and stops transmitting until the next
     /// `process_queue(TXQ)`.
     fn send(&mut self, packet: &[u8]) -> io::Result<()>;
+
+    /// Whether [`NetBackend::send_vectored`] and
+    /// [`NetBackend::recv_vectored`] move packets straight to and from
+    /// guest memory (one `writev`/`readv`); the device then uses them
+    /// instead of copying through a buffer of its own. `false` by default
+    /// (and for a `Box`ed backend).
+    fn vectored(&self) -> bool {
+        false
+    }
+
+    /// Sends one packet given in pieces: `header` (the virtio-net header
+    /// when [`BackendCapabilities::vnet_hdr`], else empty), then `frame`,
+    /// slices of guest memory (with their dirty bitmap `S`), in order. Errors as [`NetBackend::send`].
+    /// The default gathers the pieces into one buffer for `send`.
+    fn send_vectored<S: BitmapSlice>(
+        &mut self,
+        header: &[u8],
+        frame: &[VolatileSlice<'_, S>],
+    ) -> io::Result<()>
+    where
+        Self: Sized,
+    {
+        let total = header.len() + frame.iter().map(VolatileSlice::len).sum::<usize>();
+        let mut packet = Vec::with_capacity(total);
+        packet.extend_from_slice(header);
+        for s in frame {
+            let at = packet.len();
+            packet.resize(at + s.len(), 0);
+            if let Some(dst) = packet.get_mut(at..) {
+                s.copy_to(dst);
+            }
+        }
+        self.send(&packet)
+    }
+
+    /// Reads one packet into pieces: the header (when
+    /// [`BackendCapabilities::vnet_hdr`]) into `header`, then the frame
+    /// into `frame`, slices of guest memory, in order; returns the number
+    /// of bytes read, header included. The device marks what was written
+    /// dirty in the slices' bitmaps afterwards. Errors as [`NetBackend::recv`]; a
+    /// packet longer than the pieces is truncated. The default reads into
+    /// one buffer with `recv` and copies it out.
+    fn recv_vectored<S: BitmapSlice>(
+        &mut self,
+        header: &mut [u8],
+        frame: &[VolatileSlice<'_, S>],
+    ) -> io::Result<usize>
+    where
+        Self: Sized,
+    {
+        let total = header.len() + frame.iter().map(VolatileSlice::len).sum::<usize>();
+        let mut packet = vec![0u8; total];
+        let n = self.recv(&mut packet)?.min(total);
+        let (h, mut rest) = packet.split_at(header.len().min(n));
+        header
+            .get_mut(..h.len())
+            .unwrap_or(&mut [])
+            .copy_from_slice(h);
+        rest = rest.get(..n - h.len()).unwrap_or(&[]);
+        for s in frame {
+            if rest.is_empty() {
+                break;
+            }
+            let k = s.len().min(rest.len());
+            let (now, later) = rest.split_at(k);
+            s.copy_from(now);
+            rest = later;
+        }
+        Ok(n)
+    }
 }
 
 impl<B: NetBackend + ?Sized> NetBackend for Box<B> {
@@ -262,6 +349,8 @@ impl<B: NetBackend + ?Sized> NetBackend for Box<B> {
     fn send(&mut self, packet: &[u8]) -> io::Result<()> {
         (**self).send(packet)
     }
+    // `vectored` stays false: the vectored methods are generic, so a
+    // boxed (possibly unsized) backend cannot forward them.
 }
 
 /// Options of a [`Net`] device.
@@ -925,8 +1014,32 @@ impl<B: NetBackend> Net<B> {
     ) -> Result<(), DeviceError> {
         let err = queue_err(RXQ);
         let mut budget = PROCESS_BUDGET;
+        let mut direct = self.backend.vectored();
         loop {
-            match self.receive_some(queue, mem, &mut budget)? {
+            let stop = if direct && self.rx_pending.is_none() {
+                let pass = {
+                    let mut q = queue.access(mem).map_err(&err)?;
+                    self.receive_direct(&mut q, mem, &mut budget)?
+                };
+                match pass {
+                    rx_direct::Direct::Empty { undo } => {
+                        queue.undo_pop(undo);
+                        RxStop::Empty
+                    }
+                    rx_direct::Direct::Budget { undo } => {
+                        queue.undo_pop(undo);
+                        RxStop::Budget
+                    }
+                    rx_direct::Direct::Fallback { undo } => {
+                        queue.undo_pop(undo);
+                        direct = false;
+                        continue;
+                    }
+                }
+            } else {
+                self.receive_some(queue, mem, &mut budget)?
+            };
+            match stop {
                 RxStop::Empty => {
                     self.rx_stalled = false;
                     return Ok(());
@@ -961,6 +1074,8 @@ impl<B: NetBackend> Net<B> {
         let err = queue_err(TXQ);
         let mut budget = PROCESS_BUDGET;
         self.tx_blocked = false;
+        // The frame's pieces, for a vectored backend; reused for the batch.
+        let mut segs = Vec::new();
         loop {
             let mut blocked = None;
             {
@@ -971,7 +1086,7 @@ impl<B: NetBackend> Net<B> {
                     };
                     budget -= 1;
                     let head = chain.head();
-                    if !self.send_one(chain, mem) {
+                    if !self.send_one(chain, mem, &mut segs) {
                         blocked = Some(head);
                         break;
                     }
@@ -990,13 +1105,27 @@ impl<B: NetBackend> Net<B> {
         }
     }
 
-    /// Parses and sends one transmit chain; `false` if the backend would block.
-    fn send_one<M, I>(&mut self, chain: I, mem: &M) -> bool
+    /// Parses and sends one transmit chain; `false` if the backend would
+    /// block. A vectored backend gets the frame in place in guest memory
+    /// (`segs`, the pieces), anything else a copy in `tx_buf`.
+    fn send_one<'m, M, I>(
+        &mut self,
+        chain: I,
+        mem: &'m M,
+        segs: &mut Vec<iov::GuestSlice<'m, M>>,
+    ) -> bool
     where
         M: GuestMemory + ?Sized,
         I: IntoIterator<Item = crate::Result<Descriptor>>,
     {
-        let packet = match TxPacket::parse(chain, mem, self.acked, &mut self.tx_buf) {
+        let vectored = self.backend.vectored();
+        segs.clear();
+        let parsed = if vectored {
+            iov::gather_tx(chain, mem, self.acked, segs)
+        } else {
+            TxPacket::parse(chain, mem, self.acked, &mut self.tx_buf)
+        };
+        let packet = match parsed {
             Ok(p) => p,
             Err(TxError::Chain(_)) => {
                 self.stats.bad_chains += 1;
@@ -1022,23 +1151,36 @@ impl<B: NetBackend> Net<B> {
             self.stats.tx_dropped_link_down += 1;
             return true;
         }
+        // The header the backend gets: the validated copy.
+        let mut h = packet.header;
+        h.num_buffers = 0;
+        let hb = h.to_bytes();
+        let header: &[u8] = if self.caps.vnet_hdr { &hb } else { &[] };
         let end = NET_HDR_LEN + packet.frame_len;
-        let start = if self.caps.vnet_hdr {
-            let mut h = packet.header;
-            h.num_buffers = 0;
-            if let Some(b) = self.tx_buf.get_mut(..NET_HDR_LEN) {
-                b.copy_from_slice(&h.to_bytes());
+        // A frame in more pieces than one system call takes: copied.
+        let vectored = vectored && segs.len() < iov::MAX_SLICES;
+        if !vectored {
+            if !segs.is_empty() {
+                iov::copy_out(segs, self.tx_buf.get_mut(NET_HDR_LEN..).unwrap_or(&mut []));
             }
-            0
-        } else {
-            NET_HDR_LEN
-        };
-        let Some(bytes) = self.tx_buf.get(start..end) else {
-            self.stats.tx_malformed += 1;
-            return true;
-        };
+            if let Some(b) = self.tx_buf.get_mut(..NET_HDR_LEN) {
+                b.copy_from_slice(&hb);
+            }
+        }
+        let start = NET_HDR_LEN - header.len();
         loop {
-            match self.backend.send(bytes) {
+            let sent = if vectored {
+                self.backend.send_vectored(header, segs)
+            } else {
+                match self.tx_buf.get(start..end) {
+                    Some(bytes) => self.backend.send(bytes),
+                    None => {
+                        self.stats.tx_malformed += 1;
+                        return true;
+                    }
+                }
+            };
+            match sent {
                 Ok(()) => {
                     self.stats.tx_frames += 1;
                     self.stats.tx_bytes += packet.frame_len as u64;

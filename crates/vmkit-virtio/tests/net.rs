@@ -14,7 +14,7 @@ use std::sync::Arc;
 use driver::*;
 use proptest::prelude::*;
 use vm_memory::{Bytes, GuestAddress};
-use vmkit_virtio::device::VIRTIO_F_VERSION_1;
+use vmkit_virtio::device::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 use vmkit_virtio::mmio::*;
 use vmkit_virtio::net::*;
 use vmkit_virtio::{Persist, QueueLayout, StateError, VirtioDevice};
@@ -32,6 +32,9 @@ struct MemBackend {
     offloads: Vec<u64>,
     send_error: Option<io::ErrorKind>,
     refuse_offloads: bool,
+    /// Take packets in place (`send_vectored`, `recv_vectored`: the
+    /// trait's default copies, standing in for `writev`/`readv`).
+    vectored: bool,
 }
 
 impl MemBackend {
@@ -78,6 +81,10 @@ impl NetBackend for MemBackend {
         }
         self.tx.push(packet.to_vec());
         Ok(())
+    }
+
+    fn vectored(&self) -> bool {
+        self.vectored
     }
 }
 
@@ -134,8 +141,22 @@ fn setup_with(dev: Dev, features: u64) -> Setup {
     }
 }
 
+thread_local! {
+    /// Whether [`setup`] gives the device a vectored backend.
+    static VECTORED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn setup(features: u64) -> Setup {
-    setup_with(device(MemBackend::plain(), opts()), features)
+    let mut b = MemBackend::plain();
+    b.vectored = VECTORED.get();
+    setup_with(device(b, opts()), features)
+}
+
+/// Runs a test whose [`setup`] gives the device a vectored backend.
+fn in_place(test: impl FnOnce()) {
+    VECTORED.set(true);
+    test();
+    VECTORED.set(false);
 }
 
 /// An Ethernet frame to `dst` with `len` bytes in all.
@@ -1272,5 +1293,292 @@ proptest! {
         let accounted = st.rx_frames + st.rx_dropped_invalid + st.rx_dropped_too_big
             + st.rx_dropped_filtered + held + s.t.with_device(|d| d.backend().rx.len()) as u64;
         prop_assert_eq!(accounted, frames.len() as u64);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The in-place path (a vectored backend, as the TAP is) against the copying
+// one: the same chains give the same packets, used entries, guest bytes and
+// counters.
+
+/// Everything the driver and the host see after a transmission.
+type TxSeen = ((u32, u32), Vec<Vec<u8>>, NetStats);
+
+fn transmit_seen(
+    vectored: bool,
+    layout: u64,
+    features: u64,
+    pieces: &[Vec<u8>],
+    writable_last: bool,
+) -> TxSeen {
+    let mut b = MemBackend::offloading();
+    b.vectored = vectored;
+    let mut s = setup_with(device(b, opts()), layout | features);
+    let bufs: Vec<Buf> = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let addr = s.put(BUF + 0x1_0000 * i as u64, p);
+            let last = i + 1 == pieces.len();
+            if last && writable_last {
+                w(addr, p.len() as u32)
+            } else {
+                r(addr, p.len() as u32)
+            }
+        })
+        .collect();
+    let used = s.transmit(&bufs);
+    (used, s.sent(), s.stats())
+}
+
+/// Used entries (with the bytes the device wrote), counters, and whether
+/// the device waits for buffers after frames arrive on `bufs` receive
+/// chains and after four more chains come.
+type RxSeen = (Vec<(u32, Vec<u8>)>, NetStats, Vec<bool>);
+
+fn receive_seen(
+    vectored: bool,
+    layout: u64,
+    mrg: bool,
+    frames: &[Vec<u8>],
+    bufs: &[u32],
+) -> RxSeen {
+    let mut b = MemBackend::offloading();
+    b.vectored = vectored;
+    let features = layout | if mrg { VIRTIO_NET_F_MRG_RXBUF } else { 0 };
+    let mut s = setup_with(device(b, opts()), features);
+    let mut addr_of = std::collections::HashMap::new();
+    let mut at = BUF;
+    for &len in bufs {
+        let head = s.rx.push(&s.mem, &[w(at, len)]);
+        addr_of.insert(u32::from(head), at);
+        at += u64::from(len).next_multiple_of(0x1000);
+    }
+    s.arrive(frames);
+    let mut seen = Vec::new();
+    let mut waiting = vec![s.t.with_device(|d| d.rx_waiting_for_buffers())];
+    for round in 0..2 {
+        if round == 1 {
+            for _ in 0..4 {
+                let head = s.rx.push(&s.mem, &[w(at, 0x1_1000)]);
+                addr_of.insert(u32::from(head), at);
+                at += 0x1_1000;
+            }
+            notify(&s.t, 0);
+        }
+        while let Some((id, len)) = s.rx.pop_used(&s.mem) {
+            seen.push((len, s.read(addr_of[&id], len as usize)));
+        }
+    }
+    waiting.push(s.t.with_device(|d| d.rx_waiting_for_buffers()));
+    (seen, s.stats(), waiting)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn vectored_transmit_matches_the_copying_path(
+        len in 0usize..3000,
+        cuts in proptest::collection::vec(0usize..3100, 0..4),
+        hdr in prop_oneof![Just([0u8; 12]), proptest::array::uniform12(any::<u8>())],
+        csum in any::<bool>(),
+        packed in any::<bool>(),
+        writable_last in proptest::bool::weighted(0.1),
+    ) {
+        let mut packet = hdr.to_vec();
+        packet.extend(frame(PEER, len, 7));
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(packet.len())).collect();
+        cuts.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut from = 0;
+        for c in cuts.into_iter().chain([packet.len()]) {
+            pieces.push(packet[from..c].to_vec());
+            from = c;
+        }
+        let layout = if packed { RING_PACKED } else { 0 };
+        let features = if csum { VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4 } else { 0 };
+        let copied = transmit_seen(false, layout, features, &pieces, writable_last);
+        let in_place = transmit_seen(true, layout, features, &pieces, writable_last);
+        prop_assert_eq!(in_place, copied);
+    }
+
+    #[test]
+    fn vectored_receive_matches_the_copying_path(
+        lens in proptest::collection::vec(0usize..5000, 1..5),
+        // At least a header each: the paths differ in when they return a
+        // malformed chain (see the in-place malformed chain tests).
+        bufs in proptest::collection::vec(prop_oneof![3 => 12u32..5000, 1 => 0x2800u32..0x3000, 1 => Just(0x1_1000u32)], 0..24),
+        mrg in any::<bool>(),
+        packed in any::<bool>(),
+        bad_hdr in proptest::bool::weighted(0.1),
+    ) {
+        let frames: Vec<Vec<u8>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let mut h = NetHeader::default();
+                if bad_hdr && i == 0 {
+                    h.gso_type = 0x42;
+                }
+                let dst = if i == 1 { PEER } else { MAC };
+                [hdr_bytes(h), frame(dst, len, i as u8)].concat()
+            })
+            .collect();
+        let layout = if packed { RING_PACKED } else { 0 };
+        let copied = receive_seen(false, layout, mrg, &frames, &bufs);
+        let in_place = receive_seen(true, layout, mrg, &frames, &bufs);
+        prop_assert_eq!(in_place, copied);
+    }
+}
+
+// The receive tests above again with a vectored backend, and big buffers
+// so that the in-place path (not only its fallback) runs.
+
+#[test]
+fn in_place_merged_buffers_spread_a_frame_over_chains() {
+    in_place(|| merged_buffers_spread_a_frame_over_chains_with(0));
+    in_place(|| merged_buffers_spread_a_frame_over_chains_with(RING_PACKED));
+}
+
+#[test]
+fn in_place_receive_waits_for_buffers_and_keeps_frame_order() {
+    in_place(|| receive_waits_for_buffers_and_keeps_frame_order_with(0));
+    in_place(|| receive_waits_for_buffers_and_keeps_frame_order_with(RING_PACKED));
+}
+
+#[test]
+fn in_place_malformed_receive_chains_are_returned_empty() {
+    for layout in [0, RING_PACKED] {
+        in_place(|| {
+            let mut s = setup(VIRTIO_NET_F_MRG_RXBUF | layout);
+            let bad1 = s.rx.push(&s.mem, &[r(BUF, 64)]);
+            let bad2 = s.rx.push(&s.mem, &[w(BUF + 0x1000, 8)]);
+            let bad3 = s.rx.push(&s.mem, &[w(MEM_SIZE as u64 - 8, 64)]);
+            let good = s.rx.push(&s.mem, &[w(BUF + 0x2_0000, 0x1_1000)]);
+            let f = frame(MAC, 80, 3);
+            s.arrive(std::slice::from_ref(&f));
+            assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(bad1), 0)));
+            assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(bad2), 0)));
+            assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(bad3), 0)));
+            assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(good), 92)));
+            assert_eq!(s.read(BUF + 0x2_000c, 80), f);
+            assert_eq!(s.stats().bad_chains, 3);
+            // A chain as big as the largest packet is all a frame needs;
+            // the bad chain behind it is met when the pool is topped up.
+            let g = s.rx.push(&s.mem, &[w(BUF, 0x1_1000)]);
+            let b = s.rx.push(&s.mem, &[r(BUF + 0x2_0000, 64)]);
+            let f = frame(MAC, 100, 0);
+            s.arrive(std::slice::from_ref(&f));
+            assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(g), 112)));
+            assert_eq!(s.read(BUF + 12, 100), f);
+            assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(b), 0)));
+            assert_eq!(s.rx.pop_used(&s.mem), None);
+            assert_eq!(s.stats().bad_chains, 4);
+            assert_eq!(s.stats().rx_frames, 2);
+            assert_eq!(s.t.status() & STATUS_NEEDS_RESET, 0);
+        });
+    }
+}
+
+#[test]
+fn in_place_receive_spreads_frames_over_a_pool_and_returns_the_rest() {
+    for layout in [0, RING_PACKED] {
+        in_place(|| {
+            let mut s = setup(VIRTIO_NET_F_MRG_RXBUF | layout);
+            // 20 chains of 10 KiB: 7 hold the largest packet.
+            let at = |i: u64| BUF + 0x2800 * i;
+            let heads: Vec<u16> = (0..20u64)
+                .map(|i| s.rx.push(&s.mem, &[w(at(i), 0x2800)]))
+                .collect();
+            let frames = [frame(MAC, 12000, 1), frame(MAC, 60, 2)];
+            s.arrive(&frames);
+            // 12012 bytes over two chains, then 72 in the third.
+            assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(heads[0]), 0x2800)));
+            assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(heads[1]), 1772)));
+            assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(heads[2]), 72)));
+            assert_eq!(s.rx.pop_used(&s.mem), None);
+            let hdr = NetHeader::from_bytes(&s.read(at(0), 12).try_into().unwrap());
+            assert_eq!(hdr.num_buffers, 2);
+            let got = [s.read(at(0) + 12, 0x2800 - 12), s.read(at(1), 1772)].concat();
+            assert_eq!(got, frames[0]);
+            assert_eq!(s.read(at(2) + 12, 60), frames[1]);
+            // The unused chains were given back to the ring: the next
+            // frame lands in the fourth.
+            s.arrive(&[frame(MAC, 100, 3)]);
+            assert_eq!(s.rx.pop_used(&s.mem), Some((u32::from(heads[3]), 112)));
+            assert_eq!(s.stats().rx_frames, 3);
+            assert!(!s.t.with_device(|d| d.rx_waiting_for_buffers()));
+        });
+    }
+}
+
+#[test]
+fn event_idx_gives_one_interrupt_decision_per_batch() {
+    for vectored in [false, true] {
+        let mut b = MemBackend::plain();
+        b.vectored = vectored;
+        let mut s = setup_with(device(b, opts()), VIRTIO_F_EVENT_IDX);
+        let size = u64::from(s.tx.size);
+        // used_event = 2: the driver wants an interrupt once the used
+        // index passes 2, i.e. with the third chain returned.
+        s.mem
+            .write_obj(2u16, GuestAddress(s.tx.avail + 4 + 2 * size))
+            .unwrap();
+        let f = [hdr_bytes(NetHeader::default()), frame(PEER, 60, 1)].concat();
+        let post = |s: &mut Setup, i: u64| {
+            let a = s.put(BUF + 0x1000 * i, &f);
+            s.tx.push(&s.mem, &[r(a, f.len() as u32)]);
+        };
+        // Two frames, one notification: both go, and the used index moves
+        // 0 -> 2 without passing 2: no interrupt.
+        post(&mut s, 0);
+        post(&mut s, 1);
+        notify(&s.t, 1);
+        assert_eq!(s.sent().len(), 2);
+        assert_eq!(s.t.r32(0x60) & INT_USED_BUFFER, 0);
+        // The device asks for the driver's next notification at avail
+        // index 2 (`avail_event`), past the batch it took.
+        let avail_event: u16 = s
+            .mem
+            .read_obj(GuestAddress(s.tx.used + 4 + 8 * size))
+            .unwrap();
+        assert_eq!(avail_event, 2);
+        // The third frame passes used_event: one interrupt.
+        post(&mut s, 2);
+        notify(&s.t, 1);
+        assert_eq!(s.sent().len(), 3);
+        assert_eq!(s.t.r32(0x60) & INT_USED_BUFFER, INT_USED_BUFFER);
+        assert_eq!(s.tx.pop_used(&s.mem).map(|u| u.1), Some(0));
+    }
+}
+
+#[test]
+fn a_frame_in_more_pieces_than_one_system_call_takes_is_copied() {
+    for vectored in [false, true] {
+        let mut b = MemBackend::plain();
+        b.vectored = vectored;
+        let mut s = setup_with(device(b, opts()), VIRTIO_F_INDIRECT_DESC);
+        let f = frame(PEER, 1500, 9);
+        let data = s.put(BUF, &[vec![0u8; 12], f.clone()].concat());
+        // An indirect table of 1100 one-byte buffers (the last holds the rest).
+        let table = BUF + 0x1_0000;
+        let n = 1100u64;
+        for i in 0..n {
+            let at = table + 16 * i;
+            let len = if i + 1 == n { 1512 - (n - 1) } else { 1 };
+            let next = if i + 1 == n { 0u16 } else { i as u16 + 1 };
+            let flags = if i + 1 == n { 0u16 } else { DESC_F_NEXT };
+            s.mem.write_obj(data + i, GuestAddress(at)).unwrap();
+            s.mem.write_obj(len as u32, GuestAddress(at + 8)).unwrap();
+            s.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+            s.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+        }
+        let head = s.tx.push(&s.mem, &[r(table, (16 * n) as u32)]);
+        s.tx.set_indirect(&s.mem, head);
+        notify(&s.t, 1);
+        assert_eq!(s.tx.pop_used(&s.mem), Some((u32::from(head), 0)));
+        assert_eq!(s.sent(), vec![f], "vectored: {vectored}");
+        assert_eq!(s.stats().tx_frames, 1);
     }
 }

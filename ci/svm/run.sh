@@ -109,6 +109,7 @@ if grep -q "^name = \"linux_boot\"" Cargo.toml; then
 else
     log "Cargo.toml has no linux_boot bench entry: the benchmark will report FAILED"
 fi
+build "the dirty_harvest bench" bench --no-run --bench dirty_harvest
 phase_done build
 
 # --- L1 initramfs
@@ -133,7 +134,7 @@ add_libs() {
         fi
     done
 }
-for name in conformance kvm boot_linux linux_boot; do
+for name in conformance kvm boot_linux linux_boot dirty_harvest; do
     [ -n "${bins[$name]:-}" ] || continue
     # Line tables are not needed inside L1 and would double the initramfs.
     strip --strip-debug -o "$stage/vmkit/bin/$name" "${bins[$name]}"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The hardware-virtualization harness: runs vmkit's tests and the Linux boot benchmark on a
-# KVM that uses (emulated) AMD SVM. QEMU's TCG emulator with SVM boots Debian's kernel as L1
-# from an initramfs holding the test binaries; L1 loads kvm-amd, so its /dev/kvm is a real
-# hardware-virtualization KVM whose guests (L2) run at TCG speed. See ci/svm/l1-init for
-# what runs inside and ci/svm/l1-tests.sh for the tests.
+# The hardware-virtualization harness: runs vmkit's tests and benchmarks (Linux boot, dirty-log
+# harvest) on a KVM that uses (emulated) AMD SVM. QEMU's TCG emulator with SVM boots Debian's
+# kernel as L1 from an initramfs holding the test binaries; L1 loads kvm-amd, so its /dev/kvm
+# is a real hardware-virtualization KVM whose guests (L2) run at TCG speed. See ci/svm/l1-init
+# for what runs inside and ci/svm/l1-tests.sh for the tests.
 #
 #   ci/svm/run.sh
 #

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The hardware-virtualization harness: runs vmkit's tests and the Linux boot benchmark on a
-# KVM that uses (emulated) AMD SVM. QEMU's TCG emulator with SVM boots Debian's kernel as L1
-# from an initramfs holding the test binaries; L1 loads kvm-amd, so its /dev/kvm is a real
-# hardware-virtualization KVM whose guests (L2) run at TCG speed. See ci/svm/l1-init for
-# what runs inside and ci/svm/l1-tests.sh for the tests.
+# The hardware-virtualization harness: runs vmkit's tests and benchmarks (Linux boot, dirty-log
+# harvest) on a KVM that uses (emulated) AMD SVM. QEMU's TCG emulator with SVM boots Debian's
+# kernel as L1 from an initramfs holding the test binaries; L1 loads kvm-amd, so its /dev/kvm
+# is a real hardware-virtualization KVM whose guests (L2) run at TCG speed. See ci/svm/l1-init
+# for what runs inside and ci/svm/l1-tests.sh for the tests.
 #
 #   ci/svm/run.sh
 #
@@ -110,6 +110,7 @@ if grep -q "^name = \"linux_boot\"" Cargo.toml; then
 else
     log "Cargo.toml has no linux_boot bench entry: the benchmark will report FAILED"
 fi
+build "the dirty_harvest bench" bench --no-run --bench dirty_harvest
 phase_done build
 
 # --- L1 initramfs
@@ -134,7 +135,7 @@ add_libs() {
         fi
     done
 }
-for name in conformance kvm boot_linux linux_boot; do
+for name in conformance kvm boot_linux linux_boot dirty_harvest; do
     [ -n "${bins[$name]:-}" ] || continue
     # Line tables are not needed inside L1 and would double the initramfs.
     strip --strip-debug -o "$stage/vmkit/bin/$name" "${bins[$name]}"

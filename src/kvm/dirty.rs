@@ -110,6 +110,8 @@ pub(crate) fn reset_rings(fd: &VmFd) -> io::Result<()> {
 #[derive(Debug)]
 pub(crate) struct DirtyRing {
     entries: NonNull<kvm_dirty_gfn>,
+    /// Entries in the ring: a power of two (KVM refuses other sizes), so `index & (len - 1)`
+    /// wraps an index without a division per entry.
     len: u32,
     /// Index (modulo `len`) of the next entry to collect.
     next: AtomicU32,
@@ -126,6 +128,12 @@ unsafe impl Sync for DirtyRing {}
 impl DirtyRing {
     /// Maps the dirty ring of `vcpu`, which has `len` entries.
     pub(crate) fn map(vcpu: &VcpuFd, len: u32) -> io::Result<Self> {
+        if !len.is_power_of_two() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("dirty ring of {len} entries: not a power of two"),
+            ));
+        }
         let bytes = len as usize * ENTRY_SIZE as usize;
         let offset = KVM_DIRTY_LOG_PAGE_OFFSET as libc::off_t * PAGE_SIZE as libc::off_t;
         // SAFETY: a fresh shared mapping of the vCPU fd at the offset KVM documents for the
@@ -161,10 +169,12 @@ impl DirtyRing {
     pub(crate) fn harvest(&self, mut record: impl FnMut(u32, u64)) -> usize {
         let mut next = self.next.load(Ordering::Relaxed);
         let mut collected = 0;
+        let wrap = self.len - 1;
         // At most one lap: KVM never publishes more than `len` entries before a reset.
         while collected < self.len as usize {
-            // SAFETY: the index is below `len`, so the entry lies inside the mapping.
-            let entry = unsafe { self.entries.as_ptr().add((next % self.len) as usize) };
+            // SAFETY: `len` is a power of two, so the masked index is below `len` and the entry
+            // lies inside the mapping.
+            let entry = unsafe { self.entries.as_ptr().add((next & wrap) as usize) };
             // SAFETY: `entry` points at an entry inside the live mapping (above).
             let flags_ptr = unsafe { std::ptr::addr_of_mut!((*entry).flags) };
             // SAFETY: `flags` is a properly aligned u32 inside the live mapping; KVM and vmkit

@@ -149,14 +149,25 @@ impl KvmVm {
                 bitmap: vec![0; pages.div_ceil(64) as usize],
             });
         }
+        // Entries come in runs from one slot: remember the last slot's region (`None` for a
+        // slot that was removed meanwhile, whose entries are dropped).
+        let mut last: Option<(u32, Option<usize>)> = None;
         for ring in lock(&self.shared.rings).iter() {
             let collected = ring.harvest(|raw_slot, page| {
-                // The upper 16 bits name the address space; vmkit uses only the first. An
-                // entry for a slot that was removed meanwhile is dropped.
-                let slot = MemorySlot(raw_slot & 0xffff);
-                let Some(region) = log.regions.iter_mut().find(|r| r.slot == slot) else {
+                let index = match last {
+                    Some((cached, index)) if cached == raw_slot => index,
+                    _ => {
+                        // The upper 16 bits name the address space; vmkit uses only the first.
+                        let slot = MemorySlot(raw_slot & 0xffff);
+                        let index = log.regions.iter().position(|r| r.slot == slot);
+                        last = Some((raw_slot, index));
+                        index
+                    }
+                };
+                let Some(region) = index.and_then(|i| log.regions.get_mut(i)) else {
                     return;
                 };
+                // The offset comes from shared memory: out-of-range pages are dropped.
                 let word = (page / 64) as usize;
                 if let Some(bits) = region.bitmap.get_mut(word) {
                     *bits |= 1 << (page % 64);

@@ -6,6 +6,7 @@ use vmkit::Hypervisor;
 use crate::common;
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 
 use crate::common::long_mode_vm_with;
 use vm_memory::{Bytes, GuestAddress};
@@ -35,6 +36,9 @@ fn tracked_vm(hv: &dyn Hypervisor, config: VmConfig) -> common::TestVm {
 #[derive(Default)]
 struct Harvested {
     pages: BTreeSet<u64>,
+    /// The tracked region's runs of dirty pages (`DirtyRegion::dirty_runs`), harvest after
+    /// harvest.
+    runs: Vec<Range<u64>>,
     overflowed: bool,
 }
 
@@ -47,8 +51,19 @@ impl Harvested {
             "only the tracked region logs dirty pages"
         );
         self.overflowed |= log.overflowed;
-        self.pages
-            .extend(log.dirty_pages().map(|addr| (addr.0 - TRACKED) / 0x1000));
+        let pages: Vec<u64> = log
+            .dirty_pages()
+            .map(|addr| (addr.0 - TRACKED) / 0x1000)
+            .collect();
+        // The region's other views of the same harvest: indices, and runs covering them.
+        let region = &log.regions[0];
+        let indices: Vec<u64> = region.dirty_page_indices().collect();
+        assert_eq!(indices, pages, "dirty_page_indices against dirty_pages");
+        let runs: Vec<Range<u64>> = region.dirty_runs().collect();
+        let covered: Vec<u64> = runs.iter().cloned().flatten().collect();
+        assert_eq!(covered, pages, "dirty_runs {runs:?} against dirty_pages");
+        self.runs.extend(runs);
+        self.pages.extend(pages);
     }
 }
 
@@ -77,18 +92,25 @@ fn guest_writes(vm: &dyn Vm, vcpu: &mut dyn Vcpu, pages: &[u64]) -> Harvested {
     }
 }
 
-fn dirty_pages(vm: &dyn Vm) -> BTreeSet<u64> {
+fn harvest(vm: &dyn Vm) -> Harvested {
     let mut harvested = Harvested::default();
     harvested.add(vm);
     assert!(!harvested.overflowed);
-    harvested.pages
+    harvested
+}
+
+fn dirty_pages(vm: &dyn Vm) -> BTreeSet<u64> {
+    harvest(vm).pages
 }
 
 fn exact_sets(hv: &dyn Hypervisor, config: VmConfig) {
     let mut t = tracked_vm(hv, config);
     let first = [0, 5, 63, 64, 200, 255];
     guest_writes(t.vm.as_ref(), t.vcpu.as_mut(), &first);
-    assert_eq!(dirty_pages(t.vm.as_ref()), first.into_iter().collect());
+    let harvested = harvest(t.vm.as_ref());
+    assert_eq!(harvested.pages, first.into_iter().collect());
+    // 63 and 64 make one run across two bitmap words.
+    assert_eq!(harvested.runs, [0..1, 5..6, 63..65, 200..201, 255..256]);
     // Nothing written since: nothing reported.
     assert_eq!(dirty_pages(t.vm.as_ref()), BTreeSet::new());
     let second = [1, 5, 100];

@@ -314,7 +314,7 @@ fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
 /// The vCPU states come from [`VmRunner::save_all`](crate::runner::VmRunner::save_all) when
 /// the vCPUs run on their own threads, or from [`save_vcpu`] for a vCPU at hand. Every vCPU
 /// must stay outside `run()` until the save returns; a device must have no request in
-/// flight. The memory file is written before the state file, so a state file only ever names
+/// flight: guest memory is written to the file straight from its mapping, not from a copy. The memory file is written before the state file, so a state file only ever names
 /// complete memory.
 pub fn save(
     dir: &Path,

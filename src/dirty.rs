@@ -40,21 +40,29 @@ impl DirtyRegion {
     /// Guest-physical addresses of the dirty pages, in ascending order.
     pub fn dirty_pages(&self) -> impl Iterator<Item = GuestAddress> + '_ {
         let base = self.guest_addr.0;
-        self.bitmap
-            .iter()
-            .enumerate()
-            .flat_map(move |(word, &bits)| {
-                (0..64)
-                    .filter(move |bit| bits & (1 << bit) != 0)
-                    .map(move |bit| (word as u64 * 64 + bit) * PAGE_SIZE as u64)
-            })
-            .map(move |offset| GuestAddress(base + offset))
+        set_bits(&self.bitmap).map(move |page| GuestAddress(base + page * PAGE_SIZE as u64))
     }
 
     /// How many pages are dirty.
     pub fn count(&self) -> usize {
         self.bitmap.iter().map(|w| w.count_ones() as usize).sum()
     }
+}
+
+/// Positions of the set bits of `bitmap` (least significant bit first), in ascending order.
+/// Visits each set bit once and skips zero words whole, so that a sparse bitmap of a large
+/// region costs little more than its word count.
+pub(crate) fn set_bits(bitmap: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    bitmap.iter().enumerate().flat_map(|(word, &bits)| {
+        let mut rest = bits;
+        std::iter::from_fn(move || {
+            (rest != 0).then(|| {
+                let bit = u64::from(rest.trailing_zeros());
+                rest &= rest - 1;
+                word as u64 * 64 + bit
+            })
+        })
+    })
 }
 
 /// The dirty pages of every tracked region, from one harvest.
@@ -102,5 +110,14 @@ mod tests {
             [0x4000_0000, 0x4000_2000, 0x4000_0000 + 127 * 0x1000]
         );
         assert_eq!(region.count(), 3);
+    }
+
+    #[test]
+    fn set_bits_visits_each_bit_once_in_order() {
+        let bitmap = [0, u64::MAX, 0, 1 << 63 | 1, 0];
+        let bits: Vec<u64> = set_bits(&bitmap).collect();
+        let expected: Vec<u64> = (64..128).chain([192, 255]).collect();
+        assert_eq!(bits, expected);
+        assert_eq!(set_bits(&[0; 8]).count(), 0);
     }
 }

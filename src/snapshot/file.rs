@@ -30,6 +30,7 @@ use super::check::{check, Checked, Mismatch, OpenMemory};
 use super::save_vcpu;
 
 use super::{restore_vcpu, restore_vm, save_vm, Features, VcpuState, VmState};
+use crate::dirty::set_bits;
 use crate::hypervisor::{
     Capabilities, Hypervisor, HypervisorError, HypervisorKind, MissingCapability, VmConfig,
 };
@@ -390,14 +391,8 @@ impl DiffTracker {
                 ),
             }
             if let Some(bitmap) = vm_memory::MmapRegion::bitmap(region) {
-                for (word, bits) in bitmap.get_and_reset().into_iter().enumerate() {
-                    entry.extend(
-                        (0..64)
-                            .filter(|bit| bits & (1 << bit) != 0)
-                            .map(|bit| word as u64 * 64 + bit)
-                            .filter(|&page| page < pages),
-                    );
-                }
+                let words = bitmap.get_and_reset();
+                entry.extend(set_bits(&words).filter(|&page| page < pages));
             }
         }
         Ok(())

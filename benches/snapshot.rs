@@ -16,7 +16,10 @@
 //! a sparse file (a full save: each data page at its offset, the length set, holes for the
 //! zero pages; a diff: the dirty pages back to back), then one `fsync`. They print both
 //! medians and the median of the per-round ratios vmkit / plain. Both sides write new files:
-//! the last round's are removed untimed.
+//! the last round's are removed untimed. On a file system mounted with `-o discard`, that
+//! removal issues a discard per extent of the sparse file, synchronously, and can take far
+//! longer than the save itself (so does a save over an older snapshot of the same directory,
+//! which replaces its memory file).
 
 // A test, benchmark or build script: a failed step is a failure to report, so it may panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

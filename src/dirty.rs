@@ -50,13 +50,7 @@ impl DirtyRegion {
     /// `guest_addr + i * 4096`), in ascending order. Costs one step per dirty page plus one
     /// per bitmap word, not one per page of the region.
     pub fn dirty_page_indices(&self) -> impl Iterator<Item = u64> + '_ {
-        self.bitmap
-            .iter()
-            .enumerate()
-            .flat_map(|(word, &bits)| SetBits {
-                bits,
-                first: word as u64 * 64,
-            })
+        set_bits(&self.bitmap)
     }
 
     /// Runs of consecutive dirty pages, as ranges of page indices within the region, in
@@ -127,6 +121,16 @@ impl Iterator for Runs<'_> {
         self.from = end;
         Some(start..end)
     }
+}
+
+/// Positions of the set bits of `bitmap` (least significant bit first), in ascending order.
+/// Visits each set bit once and skips zero words whole, so that a sparse bitmap of a large
+/// region costs little more than its word count.
+pub(crate) fn set_bits(bitmap: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    bitmap.iter().enumerate().flat_map(|(word, &bits)| SetBits {
+        bits,
+        first: word as u64 * 64,
+    })
 }
 
 /// The dirty pages of every tracked region, from one harvest.
@@ -252,5 +256,14 @@ mod tests {
         };
         let runs: Vec<Range<u64>> = region.dirty_runs().collect();
         assert_eq!(runs, [62..129, 319..320]);
+    }
+
+    #[test]
+    fn set_bits_visits_each_bit_once_in_order() {
+        let bitmap = [0, u64::MAX, 0, 1 << 63 | 1, 0];
+        let bits: Vec<u64> = set_bits(&bitmap).collect();
+        let expected: Vec<u64> = (64..128).chain([192, 255]).collect();
+        assert_eq!(bits, expected);
+        assert_eq!(set_bits(&[0; 8]).count(), 0);
     }
 }

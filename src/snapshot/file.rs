@@ -30,10 +30,11 @@ use super::check::{check, Checked, Mismatch, OpenMemory};
 use super::save_vcpu;
 
 use super::{restore_vcpu, restore_vm, save_vm, Features, VcpuState, VmState};
+use crate::dirty::set_bits;
 use crate::hypervisor::{
     Capabilities, Hypervisor, HypervisorError, HypervisorKind, MissingCapability, VmConfig,
 };
-use crate::memory::{MemoryError, MemoryFlags, MemoryRegion, PAGE_SIZE};
+use crate::memory::{GuestMemoryMmap, MemoryError, MemoryFlags, MemoryRegion, PAGE_SIZE};
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::vm::{Vm, VmError};
 
@@ -275,19 +276,27 @@ impl<'a> Capture<'a> {
     }
 }
 
-/// Every region of `vm`'s memory with a copy of its contents.
-fn copy_memory(vm: &dyn Vm) -> Result<Vec<(u64, Vec<u8>)>, SnapshotError> {
-    let memory = vm.memory();
-    let mut regions = Vec::new();
-    for region in memory.iter() {
-        let addr = region.start_addr().0;
-        let mut contents = vec![0u8; region.len() as usize];
-        memory
-            .read_slice(&mut contents, GuestAddress(addr))
-            .map_err(|source| SnapshotError::GuestMemory { addr, source })?;
-        regions.push((addr, contents));
-    }
-    Ok(regions)
+/// Every region of `memory` with a view of its contents in place, for the memory writer to
+/// scan for zero pages, checksum and write to the file without a copy.
+///
+/// The views are plain byte slices over the guest mapping. That is sound only while nothing
+/// writes guest memory, which [`save`] and [`DiffTracker::save_diff`] already require of their
+/// callers (every vCPU outside `run()`, no device request in flight): a guest or device write
+/// racing a save would tear the snapshot, and through these slices it would also be a data
+/// race.
+fn guest_contents(memory: &GuestMemoryMmap) -> Vec<(u64, &[u8])> {
+    memory
+        .iter()
+        .map(|region| {
+            let len = region.len() as usize;
+            // SAFETY: the region maps `len` bytes at `as_ptr()`, readable, for as long as
+            // `memory` (which holds the region) is borrowed, and so for the slice's lifetime.
+            // Nothing writes them meanwhile: the caller keeps the vCPUs out of `run()` and the
+            // devices idle (see above).
+            let contents = unsafe { std::slice::from_raw_parts(region.as_ptr().cast_const(), len) };
+            (region.start_addr().0, contents)
+        })
+        .collect()
 }
 
 fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
@@ -306,7 +315,7 @@ fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
 /// The vCPU states come from [`VmRunner::save_all`](crate::runner::VmRunner::save_all) when
 /// the vCPUs run on their own threads, or from [`save_vcpu`] for a vCPU at hand. Every vCPU
 /// must stay outside `run()` until the save returns; a device must have no request in
-/// flight. The memory file is written before the state file, so a state file only ever names
+/// flight: guest memory is written to the file straight from its mapping, not from a copy. The memory file is written before the state file, so a state file only ever names
 /// complete memory.
 pub fn save(
     dir: &Path,
@@ -318,8 +327,8 @@ pub fn save(
 ) -> Result<(), SnapshotError> {
     create_dir(dir)?;
     let capture = Capture::take(hypervisor, config, vm, vcpus)?;
-    let regions = copy_memory(vm)?;
-    let slices: Vec<(u64, &[u8])> = regions.iter().map(|(a, c)| (*a, c.as_slice())).collect();
+    let memory = vm.memory();
+    let slices = guest_contents(&memory);
     let id = SnapshotId::random().map_err(SnapshotError::Identity)?;
     let memory_path = dir.join(MEMORY_FILE);
     write_atomically(&memory_path, |file| {
@@ -382,14 +391,8 @@ impl DiffTracker {
                 ),
             }
             if let Some(bitmap) = vm_memory::MmapRegion::bitmap(region) {
-                for (word, bits) in bitmap.get_and_reset().into_iter().enumerate() {
-                    entry.extend(
-                        (0..64)
-                            .filter(|bit| bits & (1 << bit) != 0)
-                            .map(|bit| word as u64 * 64 + bit)
-                            .filter(|&page| page < pages),
-                    );
-                }
+                let words = bitmap.get_and_reset();
+                entry.extend(set_bits(&words).filter(|&page| page < pages));
             }
         }
         Ok(())
@@ -428,7 +431,8 @@ impl DiffTracker {
         create_dir(dir)?;
         let capture = Capture::take(hypervisor, config, vm, vcpus)?;
         self.collect(vm)?;
-        let regions = copy_memory(vm)?;
+        let memory = vm.memory();
+        let regions = guest_contents(&memory);
         let pages: Vec<Vec<u64>> = regions
             .iter()
             .map(|(addr, _)| {

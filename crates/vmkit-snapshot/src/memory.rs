@@ -75,7 +75,7 @@
 //! `fsync`; wrap it in [`write_atomically`](crate::write_atomically).
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 
 use thiserror::Error;
@@ -1257,10 +1257,88 @@ fn is_zero(page: &[u8]) -> bool {
         .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
-/// Writes one region's recorded pages at `file_offset`: consecutive non-zero
-/// pages that are also consecutive in `contents` go out in one positioned
-/// write; zero pages are skipped (left as holes). Appends the chunk
-/// checksums.
+/// Most slices one vectored write takes (Linux's `IOV_MAX`).
+const MAX_IOVECS: usize = 1024;
+
+/// Pages bound for consecutive file positions, gathered so that they go out in one write:
+/// byte ranges of the region's contents, merged where they are adjacent there too.
+struct Batch<'a> {
+    file: &'a File,
+    contents: &'a [u8],
+    /// File offset of the first pending byte.
+    at: u64,
+    /// Pending byte ranges of `contents`, in file order.
+    ranges: Vec<(usize, usize)>,
+    /// Total pending bytes.
+    len: u64,
+}
+
+impl<'a> Batch<'a> {
+    fn new(file: &'a File, contents: &'a [u8]) -> Self {
+        Batch {
+            file,
+            contents,
+            at: 0,
+            ranges: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Adds page `src` of the contents, bound for file offset `to`; writes what is pending
+    /// first unless it ends right before `to`.
+    fn push(&mut self, src: u64, to: u64) -> Result<(), MemoryError> {
+        if self.len > 0 && (self.at + self.len != to || self.ranges.len() == MAX_IOVECS) {
+            self.flush()?;
+        }
+        if self.len == 0 {
+            self.at = to;
+        }
+        let start = (src * PAGE_SIZE) as usize;
+        match self.ranges.last_mut() {
+            Some((_, end)) if *end == start => *end += PAGE,
+            _ => self.ranges.push((start, start + PAGE)),
+        }
+        self.len += PAGE_SIZE;
+        Ok(())
+    }
+
+    /// Writes what is pending: one positioned write for one range, else one vectored write
+    /// (repeated while short).
+    fn flush(&mut self) -> Result<(), MemoryError> {
+        let err = io_err("writing region data");
+        let slices: Vec<&[u8]> = self
+            .ranges
+            .drain(..)
+            .map(|(a, b)| self.contents.get(a..b).unwrap_or_default())
+            .collect();
+        self.len = 0;
+        match slices.as_slice() {
+            [] => Ok(()),
+            [one] => self.file.write_all_at(one, self.at).map_err(err),
+            many => {
+                let mut file = self.file;
+                file.seek(SeekFrom::Start(self.at))
+                    .map_err(io_err("seeking to region data"))?;
+                let mut iovecs: Vec<IoSlice<'_>> = many.iter().map(|s| IoSlice::new(s)).collect();
+                let mut rest = iovecs.as_mut_slice();
+                while !rest.is_empty() {
+                    match file.write_vectored(rest) {
+                        Ok(0) => return Err(err(io::ErrorKind::WriteZero.into())),
+                        Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(err(e)),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes one region's recorded pages at `file_offset`: runs of non-zero pages bound for
+/// consecutive file positions go out in one write (vectored when they are not adjacent in
+/// `contents`, as a diff's dirty pages); zero pages are skipped (left as holes). Appends the
+/// chunk checksums, each computed over the chunk's bytes in place.
 fn write_region_data(
     file: &File,
     plan: &Plan<'_>,
@@ -1270,44 +1348,32 @@ fn write_region_data(
 ) -> Result<(), MemoryError> {
     let pages_per_chunk = chunk / PAGE_SIZE;
     let n = plan.page_count();
-    let page_bytes = |idx: u64| {
-        let start = (idx * PAGE_SIZE) as usize;
-        plan.contents.get(start..start + PAGE).unwrap_or_default()
+    let bytes = |from: u64, pages: u64| {
+        let start = (from * PAGE_SIZE) as usize;
+        plan.contents
+            .get(start..start + (pages * PAGE_SIZE) as usize)
+            .unwrap_or_default()
     };
-    // Pending run: (first recorded position, first source page, length).
-    let mut run: Option<(u64, u64, u64)> = None;
-    let flush = |run: &mut Option<(u64, u64, u64)>| -> Result<(), MemoryError> {
-        if let Some((pos, src, len)) = run.take() {
-            let start = (src * PAGE_SIZE) as usize;
-            let bytes = plan
-                .contents
-                .get(start..start + (len * PAGE_SIZE) as usize)
-                .unwrap_or_default();
-            file.write_all_at(bytes, file_offset + pos * PAGE_SIZE)
-                .map_err(io_err("writing region data"))?;
+    let mut batch = Batch::new(file, plan.contents);
+    let mut first = 0;
+    while first < n {
+        let end = (first + pages_per_chunk).min(n);
+        let mut digest = crc64fast_nvme::Digest::new();
+        match &plan.pages {
+            // A full region's chunk is one stretch of the contents.
+            None => digest.write(bytes(first, end - first)),
+            Some(_) => (first..end).for_each(|k| digest.write(bytes(plan.page(k), 1))),
         }
-        Ok(())
-    };
-    let mut digest = crc64fast_nvme::Digest::new();
-    for k in 0..n {
-        let idx = plan.page(k);
-        let bytes = page_bytes(idx);
-        digest.write(bytes);
-        if is_zero(bytes) {
-            flush(&mut run)?;
-        } else {
-            match &mut run {
-                Some((pos, src, len)) if *src + *len == idx && *pos + *len == k => *len += 1,
-                _ => {
-                    flush(&mut run)?;
-                    run = Some((k, idx, 1));
-                }
+        sums.push(digest.sum64());
+        for k in first..end {
+            let idx = plan.page(k);
+            if is_zero(bytes(idx, 1)) {
+                batch.flush()?;
+            } else {
+                batch.push(idx, file_offset + k * PAGE_SIZE)?;
             }
         }
-        if (k + 1) % pages_per_chunk == 0 || k + 1 == n {
-            sums.push(digest.sum64());
-            digest = crc64fast_nvme::Digest::new();
-        }
+        first = end;
     }
-    flush(&mut run)
+    batch.flush()
 }

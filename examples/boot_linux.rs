@@ -3,8 +3,8 @@
 //! ```text
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
 //!     [--cmdline "..."] [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]]
-//!     [--net MODE [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings]
-//!     [--seccomp]
+//!     [--net MODE [--tap NAME] [--mac MAC]] [--balloon] [--exit-stats] [--map-kernel]
+//!     [--split-rings] [--seccomp]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -35,6 +35,11 @@
 //!   `tap` (the TAP alone, for the host to configure). Its own thread moves the frames; at
 //!   exit the TAP leaves the bridge and the network is torn down, unless other VMs are
 //!   still on it (the last one out removes it). The guest needs the `virtio_net` driver.
+//! - with `--balloon`, a virtio-balloon (vmkit-virtio's `Balloon`, with statistics,
+//!   deflate-on-OOM and free page reporting) whose inflated and reported pages leave the RAM
+//!   mappings (`vmkit::memory::discard`); the guest needs the `virtio_balloon` driver. Its
+//!   target starts at 0 (a VMM changes it with `MmioTransport::set_balloon_target`); SIGUSR1
+//!   prints the guest's latest memory statistics on one line of stderr.
 //!
 //! The default command line is `console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=-1`
 //! (`earlyprintk` shows the kernel's first lines even when it dies before its console
@@ -100,10 +105,13 @@ use vmkit_machine::worker::{self, WorkerOptions};
 use vmkit_machine::{GsiAllocator, MmioAllocator, MmioWindow, QueueWorker, VirtioMmioWiring};
 use vmkit_net::worker::NetWorkerOptions;
 use vmkit_net::{Attachment, NetWorker, QueueKicks, TapMode};
+use vmkit_virtio::balloon::{Balloon, BalloonOptions};
 use vmkit_virtio::blk::{Block, BlockOptions};
 use vmkit_virtio::console::Console;
 use vmkit_virtio::net::{Net, NetOptions, RXQ, TXQ};
 
+#[path = "boot_linux/balloon.rs"]
+mod balloon;
 #[path = "boot_linux/net.rs"]
 mod net;
 #[path = "boot_linux/options.rs"]
@@ -168,9 +176,13 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let hypervisor = vmkit::open()?;
     let config = VmConfig::default().max_vcpus(vcpus).irqchip(true).pit(true);
     let vm = hypervisor.create_vm(&config)?;
+    // The balloon discards from these regions (the same mappings as the VM's).
+    let mut ram = Vec::new();
     for (start, size) in layout::ram_ranges(ram_size) {
         let size = usize::try_from(size).map_err(|_| "--mem is too large for this host")?;
-        vm.add_memory_region(MemoryRegion::anonymous(start, size, MemoryFlags::empty())?)?;
+        let region = MemoryRegion::anonymous(start, size, MemoryFlags::empty())?;
+        ram.push(region.clone());
+        vm.add_memory_region(region)?;
     }
     let memory = vm.memory();
 
@@ -286,6 +298,17 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             worker_options,
             |err| eprintln!("boot_linux: net: {}", ErrorChain(err)),
         )?);
+    }
+    // The balloon's rare notifications go through the ordinary MMIO exit.
+    let mut _balloon_stats = None;
+    if options.balloon {
+        let device = Balloon::new(balloon::Discarder(ram), BalloonOptions::default());
+        let wired = virtio.attach(vm.as_ref(), &mut bus, device, &[])?;
+        virtio_mmio.push(announce(wired.window, wired.gsi)?);
+        _balloon_stats = Some(
+            balloon::StatsOnSignal::start(wired.transport)
+                .map_err(|err| format!("cannot catch SIGUSR1: {err}"))?,
+        );
     }
     let console = virtio.attach(vm.as_ref(), &mut bus, Console::new(io::stdout()), &[])?;
     virtio_mmio.push(announce(console.window, console.gsi)?);

@@ -587,26 +587,32 @@ impl<P: DiscardPages> Balloon<P> {
             }
         }
         let mut budget = PROCESS_BUDGET;
-        while budget > 0 {
-            let Some(chain) = queue.pop(mem).map_err(err)? else {
-                break;
-            };
-            budget -= 1;
-            let head = chain.head();
-            match chain.collect::<crate::Result<Vec<_>>>() {
-                Ok(descs) => self.read_stats(&descs, mem),
-                Err(source) => self.refuse(BalloonError::Chain {
-                    queue: "statsq",
-                    source,
-                }),
+        loop {
+            while budget > 0 {
+                let Some(chain) = queue.pop(mem).map_err(err)? else {
+                    break;
+                };
+                budget -= 1;
+                let head = chain.head();
+                match chain.collect::<crate::Result<Vec<_>>>() {
+                    Ok(descs) => self.read_stats(&descs, mem),
+                    Err(source) => self.refuse(BalloonError::Chain {
+                        queue: "statsq",
+                        source,
+                    }),
+                }
+                // Fresh figures answer a pending request.
+                self.stats_requested = false;
+                // The driver keeps one buffer on the queue; a second one would
+                // wait forever, so the older one goes back at once.
+                if let Some(old) = self.stats_buffer.replace(head) {
+                    queue.add_used(mem, old, 0).map_err(err)?;
+                }
             }
-            // The driver keeps one buffer on the queue; a second one would
-            // wait forever, so the older one goes back at once.
-            if let Some(old) = self.stats_buffer.replace(head) {
-                queue.add_used(mem, old, 0).map_err(err)?;
+            if budget == 0 || !queue.enable_notification(mem).map_err(err)? {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     fn read_stats<M: GuestMemory + ?Sized>(&mut self, descs: &[Descriptor], mem: &M) {

@@ -91,7 +91,7 @@ impl Drop for StatsOnSignal {
 
 /// The line SIGUSR1 prints.
 pub fn line(target: u32, actual: u32, stats: Option<(&BalloonStats, Duration)>) -> String {
-    let mib = |pages: u32| u64::from(pages) * BALLOON_PAGE_SIZE >> 20;
+    let mib = |pages: u32| (u64::from(pages) * BALLOON_PAGE_SIZE) >> 20;
     let mut text = format!(
         "boot_linux: balloon: target {} MiB, actual {} MiB",
         mib(target),

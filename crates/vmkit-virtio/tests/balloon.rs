@@ -23,6 +23,8 @@ const HIGH_LEN: u64 = 0x10_0000;
 const VERSION_1: u64 = 1 << 32;
 
 type Calls = Arc<Mutex<Vec<(u64, u64)>>>;
+/// What a hostile case must produce.
+type Expect = fn(&BalloonError) -> bool;
 
 fn holey_mem() -> Arc<Mem> {
     Arc::new(
@@ -138,7 +140,7 @@ fn hostile_frames_are_refused_without_discarding() {
     let beyond_ram = (MEM_SIZE as u64 / PAGE) as u32; // first frame of the hole
     let in_hole = 0x600;
     let read_only = (HIGH / PAGE) as u32;
-    let cases: &[(&[u32], fn(&BalloonError) -> bool)] = &[
+    let cases: &[(&[u32], Expect)] = &[
         (&[beyond_ram], |e| matches!(e, BalloonError::NotRam { .. })),
         (&[in_hole], |e| matches!(e, BalloonError::NotRam { .. })),
         (&[u32::MAX], |e| matches!(e, BalloonError::NotRam { .. })),
@@ -208,7 +210,7 @@ fn reporting_queue_index_follows_the_features() {
 #[test]
 fn hostile_reports_are_refused() {
     let mut s = setup(VIRTIO_BALLOON_F_REPORTING);
-    let cases: &[(u64, u32, fn(&BalloonError) -> bool)] = &[
+    let cases: &[(u64, u32, Expect)] = &[
         (0x30_0800, 0x1000, |e| {
             matches!(e, BalloonError::Unaligned { .. })
         }),

@@ -57,7 +57,8 @@
 //! `--seccomp` confines every thread that serves the guest with a seccomp filter: the vCPU
 //! threads (their backend's rules, and `TUNSETOFFLOAD` when there is a network card, which its
 //! activation sets on a vCPU thread), the disk's worker (`blk_seccomp_rules`), the network
-//! card's worker (vmkit-net's rules), and, once the VM runs, the main thread
+//! card's worker (vmkit-net's rules), the balloon's statistics thread (the base rules and
+//! `recvfrom`), and, once the VM runs, the main thread
 //! (`vmkit::seccomp::vmm_rules`, and what its own teardown does). The main thread stays
 //! unconfined with a network mode that builds a network (`isolated`, `bridged`, `nat`): tearing
 //! that down at the end takes netlink sockets, sysctl files and running `nft`, which no
@@ -305,10 +306,11 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         let device = Balloon::new(balloon::Discarder(ram), BalloonOptions::default());
         let wired = virtio.attach(vm.as_ref(), &mut bus, device, &[])?;
         virtio_mmio.push(announce(wired.window, wired.gsi)?);
-        _balloon_stats = Some(
-            balloon::StatsOnSignal::start(wired.transport)
-                .map_err(|err| format!("cannot catch SIGUSR1: {err}"))?,
-        );
+        let filter = match options.seccomp {
+            true => Some(balloon::stats_thread_rules().compile()?),
+            false => None,
+        };
+        _balloon_stats = Some(balloon::StatsOnSignal::start(wired.transport, filter)?);
     }
     let console = virtio.attach(vm.as_ref(), &mut bus, Console::new(io::stdout()), &[])?;
     virtio_mmio.push(announce(console.window, console.gsi)?);

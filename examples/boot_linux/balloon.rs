@@ -5,7 +5,8 @@
 //! reporting run on the vCPU thread that notified (their `madvise(MADV_DONTNEED)` is in the
 //! base seccomp rules: boot_linux's RAM is private anonymous memory). On SIGUSR1 a thread of
 //! its own asks the guest for new statistics, waits up to a second for them, and prints one
-//! line to stderr with the latest figures and their age.
+//! line to stderr with the latest figures and their age. That thread reads the guest's
+//! statistics buffer, so with `--seccomp` it is confined too ([`stats_thread_rules`]).
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -42,16 +43,23 @@ pub struct StatsOnSignal {
 const WAIT: Duration = Duration::from_secs(1);
 
 impl StatsOnSignal {
-    /// Catches SIGUSR1 from now on.
-    pub fn start<S>(transport: Arc<MmioTransport<S, Balloon<Discarder>>>) -> std::io::Result<Self>
+    /// Catches SIGUSR1 from now on, in a thread confined by `filter` if there is one.
+    pub fn start<S>(
+        transport: Arc<MmioTransport<S, Balloon<Discarder>>>,
+        filter: Option<vmkit::seccomp::Filter>,
+    ) -> Result<Self, Box<dyn std::error::Error>>
     where
         S: GuestAddressSpace + Send + Sync + 'static,
     {
-        let mut signals = Signals::new([SIGUSR1])?;
+        let mut signals =
+            Signals::new([SIGUSR1]).map_err(|err| format!("cannot catch SIGUSR1: {err}"))?;
         let handle = signals.handle();
-        let thread = std::thread::Builder::new()
-            .name("balloon-stats".into())
-            .spawn(move || {
+        let builder = std::thread::Builder::new().name("balloon-stats".into());
+        let thread = vmkit_seccomp::spawn(
+            builder,
+            filter,
+            || (),
+            move || {
                 for _ in signals.forever() {
                     let before = transport.with_device(|b| b.counters().stats_updates);
                     if let Err(err) = transport.request_balloon_stats() {
@@ -72,12 +80,26 @@ impl StatsOnSignal {
                     });
                     eprintln!("{text}");
                 }
-            })?;
+            },
+        )?;
         Ok(StatsOnSignal {
             handle,
             thread: Some(thread),
         })
     }
+}
+
+/// The statistics thread's seccomp rules: the base set, and what waiting for a signal takes
+/// (signal-hook's iterator reads a socket pair that its handler writes).
+pub fn stats_thread_rules() -> vmkit::seccomp::Rules {
+    let mut rules = vmkit::seccomp::Rules::base();
+    rules.allow_all(&[
+        libc::SYS_recvfrom,
+        libc::SYS_read,
+        libc::SYS_poll,
+        libc::SYS_ppoll,
+    ]);
+    rules
 }
 
 impl Drop for StatsOnSignal {

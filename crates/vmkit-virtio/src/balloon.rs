@@ -32,6 +32,11 @@
 //!   and returns the chain. The guest reports continuously, without a
 //!   target.
 //!
+//! The VMM polls the statistics at the interval it chooses with
+//! [`MmioTransport::poll_balloon_stats`] (or asks once with
+//! [`MmioTransport::request_balloon_stats`]), and reads them with
+//! [`Balloon::stats`], which says when they arrived.
+//!
 //! The VMM sets the target ([`Balloon::set_target_pages`]) and then raises a
 //! configuration change interrupt (the transport's
 //! `notify_config_change`); [`MmioTransport::set_balloon_target`] does both.
@@ -50,7 +55,8 @@
 //! notification handles at most [`crate::device::PROCESS_BUDGET`] chains,
 //! so a notification's cost is bounded.
 
-use std::time::Instant;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use vm_memory::{
     Bytes, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryBackend, GuestMemoryRegion,
@@ -808,6 +814,26 @@ where
         match self.with_device(|b| b.request_stats().then(|| b.stats_queue()).flatten()) {
             Some(index) => self.process_queue(index),
             None => Ok(false),
+        }
+    }
+
+    /// Polls the guest's statistics: asks for them
+    /// ([`MmioTransport::request_balloon_stats`]) every `interval` until
+    /// `stop` receives a message or its sender is dropped. Run it on a
+    /// thread of the VMM's choosing (with the VMM's seccomp filter: it
+    /// needs the base rules only); read the figures with [`Balloon::stats`].
+    pub fn poll_balloon_stats(
+        &self,
+        interval: Duration,
+        stop: &mpsc::Receiver<()>,
+    ) -> Result<(), MmioError> {
+        loop {
+            match stop.recv_timeout(interval) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.request_balloon_stats()?;
+                }
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
         }
     }
 }

@@ -3,8 +3,8 @@
 //! ```text
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
 //!     [--cmdline "..."] [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]]
-//!     [--net MODE[,vhost] [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings]
-//!     [--seccomp]
+//!     [--net MODE[,vhost] [--tap NAME] [--mac MAC]] [--balloon] [--exit-stats] [--map-kernel]
+//!     [--split-rings] [--seccomp]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -37,6 +37,11 @@
 //!   vhost_net`; the card then offers split rings only); at
 //!   exit the TAP leaves the bridge and the network is torn down, unless other VMs are
 //!   still on it (the last one out removes it). The guest needs the `virtio_net` driver.
+//! - with `--balloon`, a virtio-balloon (vmkit-virtio's `Balloon`, with statistics,
+//!   deflate-on-OOM and free page reporting) whose inflated and reported pages leave the RAM
+//!   mappings (`vmkit::memory::discard`); the guest needs the `virtio_balloon` driver. Its
+//!   target starts at 0 (a VMM changes it with `MmioTransport::set_balloon_target`); SIGUSR1
+//!   prints the guest's latest memory statistics on one line of stderr.
 //!
 //! The default command line is `console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=-1`
 //! (`earlyprintk` shows the kernel's first lines even when it dies before its console
@@ -55,7 +60,8 @@
 //! threads (their backend's rules, and `TUNSETOFFLOAD` when there is a network card, which its
 //! activation sets on a vCPU thread, and with vhost-net the vhost ioctls that start and stop
 //! its rings there), the disk's worker (`blk_seccomp_rules`), the network
-//! card's worker (vmkit-net's rules), and, once the VM runs, the main thread
+//! card's worker (vmkit-net's rules), the balloon's statistics thread (the base rules and
+//! `recvfrom`), and, once the VM runs, the main thread
 //! (`vmkit::seccomp::vmm_rules`, and what its own teardown does). The main thread stays
 //! unconfined with a network mode that builds a network (`isolated`, `bridged`, `nat`): tearing
 //! that down at the end takes netlink sockets, sysctl files and running `nft`, which no
@@ -104,10 +110,13 @@ use vmkit_machine::{GsiAllocator, MmioAllocator, MmioWindow, QueueWorker, Virtio
 use vmkit_net::vhost::{Datapath, VhostNet};
 use vmkit_net::worker::NetWorkerOptions;
 use vmkit_net::{Attachment, NetWorker, QueueKicks, TapMode};
+use vmkit_virtio::balloon::{Balloon, BalloonOptions};
 use vmkit_virtio::blk::{Block, BlockOptions};
 use vmkit_virtio::console::Console;
 use vmkit_virtio::net::{Net, NetOptions, RXQ, TXQ};
 
+#[path = "boot_linux/balloon.rs"]
+mod balloon;
 #[path = "boot_linux/net.rs"]
 mod net;
 #[path = "boot_linux/options.rs"]
@@ -172,9 +181,13 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let hypervisor = vmkit::open()?;
     let config = VmConfig::default().max_vcpus(vcpus).irqchip(true).pit(true);
     let vm = hypervisor.create_vm(&config)?;
+    // The balloon discards from these regions (the same mappings as the VM's).
+    let mut ram = Vec::new();
     for (start, size) in layout::ram_ranges(ram_size) {
         let size = usize::try_from(size).map_err(|_| "--mem is too large for this host")?;
-        vm.add_memory_region(MemoryRegion::anonymous(start, size, MemoryFlags::empty())?)?;
+        let region = MemoryRegion::anonymous(start, size, MemoryFlags::empty())?;
+        ram.push(region.clone());
+        vm.add_memory_region(region)?;
     }
     let memory = vm.memory();
 
@@ -307,6 +320,18 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                 |err| eprintln!("boot_linux: net: {}", ErrorChain(err)),
             )?);
         }
+    }
+    // The balloon's rare notifications go through the ordinary MMIO exit.
+    let mut _balloon_stats = None;
+    if options.balloon {
+        let device = Balloon::new(balloon::Discarder(ram), BalloonOptions::default());
+        let wired = virtio.attach(vm.as_ref(), &mut bus, device, &[])?;
+        virtio_mmio.push(announce(wired.window, wired.gsi)?);
+        let filter = match options.seccomp {
+            true => Some(balloon::stats_thread_rules().compile()?),
+            false => None,
+        };
+        _balloon_stats = Some(balloon::StatsOnSignal::start(wired.transport, filter)?);
     }
     let console = virtio.attach(vm.as_ref(), &mut bus, Console::new(io::stdout()), &[])?;
     virtio_mmio.push(announce(console.window, console.gsi)?);

@@ -17,7 +17,7 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use bitflags::bitflags;
-use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::bitmap::{AtomicBitmap, Bitmap};
 use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryRegion, GuestUsize, MmapRegion};
 
@@ -46,6 +46,16 @@ bitflags! {
         /// The hypervisor logs which pages the guest writes (and vm-memory logs the VMM's
         /// writes), for live migration and incremental snapshots.
         const LOG_DIRTY = 1 << 1;
+        /// The host may merge identical pages of the region with other processes' (KSM,
+        /// `MADV_MERGEABLE`), applied when [`MemoryRegion`] maps it (not by
+        /// [`MemoryRegion::from_mapping`], whose caller maps). Off by default, because the
+        /// saving comes with a side channel: a guest that writes a page and times the
+        /// write can tell whether another guest on the host holds a page with the same
+        /// contents (a merged page is copied on write, which takes longer), and so learn
+        /// what another guest's memory contains. Use it only for guests that trust one
+        /// another, and only where KSM runs (`/sys/kernel/mm/ksm/run`); a kernel without
+        /// KSM refuses the advice ([`MemoryError::Advice`]).
+        const MERGEABLE = 1 << 2;
     }
 }
 
@@ -145,6 +155,33 @@ pub enum MemoryError {
     /// No region is mapped in that slot.
     #[error("no memory region is mapped in {0}")]
     NoSuchSlot(MemorySlot),
+    /// The kernel refused the `madvise` a region flag asks for (e.g. [`MemoryFlags::MERGEABLE`]
+    /// on a kernel without KSM).
+    #[error("memory region {range}: the kernel refused {flag} (madvise {advice})")]
+    Advice {
+        /// The region.
+        range: GuestRange,
+        /// The flag that asked for it.
+        flag: &'static str,
+        /// The advice.
+        advice: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// [`MemoryRegion::discard`] was asked for a range that is not page-aligned RAM of one
+    /// region.
+    #[error("cannot discard {range}: not page-aligned inside one RAM region")]
+    DiscardOutside {
+        /// The guest-physical range asked for.
+        range: GuestRange,
+    },
+    /// [`MemoryRegion::discard`] on a read-only region.
+    #[error("cannot discard {range}: its region is read-only")]
+    DiscardReadOnly {
+        /// The guest-physical range asked for.
+        range: GuestRange,
+    },
 }
 
 /// A host mapping to be placed at a guest-physical address.
@@ -296,6 +333,7 @@ impl MemoryRegion {
                 guest_addr: range.start,
                 size: range.size,
             })?;
+        advise_mergeable(&mapping, range, flags)?;
         Ok(Self::from_mapping(mapping, flags))
     }
 
@@ -331,6 +369,113 @@ impl MemoryRegion {
     pub fn host_addr(&self) -> u64 {
         self.mapping.as_ptr() as u64
     }
+
+    /// Gives the host pages of `[addr, addr + len)` (guest-physical) back to the host, so that
+    /// they read back as zeros: what a balloon device does with the pages a guest frees.
+    ///
+    /// The range must be page aligned, non-empty and inside this region, and the region must
+    /// not be read-only (a ROM is no memory to give back). A private mapping (anonymous, or a
+    /// file copy-on-write) takes `MADV_DONTNEED`; a shared one (memfd or file) takes
+    /// `MADV_REMOVE`, which frees the backing pages where `MADV_DONTNEED` would only unmap
+    /// them from this process. A private file mapping (a snapshot restored lazily) then reads
+    /// back the file's contents rather than zeros: the guest's own earlier data, which a guest
+    /// must not rely on either way. On a [`MemoryFlags::LOG_DIRTY`] region the range is marked
+    /// dirty, so that an incremental snapshot records the zeros.
+    pub fn discard(&self, addr: GuestAddress, len: u64) -> Result<(), MemoryError> {
+        let range = GuestRange {
+            start: addr.0,
+            size: len,
+        };
+        let page = PAGE_SIZE as u64;
+        let offset = addr.0.checked_sub(self.guest_addr().0);
+        let inside = offset.filter(|o| {
+            len != 0
+                && o.is_multiple_of(page)
+                && len.is_multiple_of(page)
+                && o.checked_add(len).is_some_and(|end| end <= self.size())
+        });
+        let (Some(offset), Ok(len_usize)) = (inside, usize::try_from(len)) else {
+            return Err(MemoryError::DiscardOutside { range });
+        };
+        if self.flags.contains(MemoryFlags::READ_ONLY) {
+            return Err(MemoryError::DiscardReadOnly { range });
+        }
+        // The region is at most the size of a host mapping, so its offsets fit a usize.
+        let offset_usize =
+            usize::try_from(offset).map_err(|_| MemoryError::DiscardOutside { range })?;
+        let (advice, name) = if self.mapping.flags() & libc::MAP_SHARED != 0 {
+            (libc::MADV_REMOVE, "MADV_REMOVE")
+        } else {
+            (libc::MADV_DONTNEED, "MADV_DONTNEED")
+        };
+        // SAFETY: offset + len lies inside this region's mapping (checked above), which the
+        // region owns (through its Arc) and keeps mapped while `self` lives; the advice only
+        // drops the pages' contents (guest RAM, which the caller gives up), never unmaps or
+        // moves the mapping, so no Rust reference into it is invalidated: guest memory is only
+        // accessed through volatile copies.
+        let rc = unsafe {
+            libc::madvise(
+                self.mapping.as_ptr().wrapping_add(offset_usize).cast(),
+                len_usize,
+                advice,
+            )
+        };
+        if rc != 0 {
+            return Err(MemoryError::Advice {
+                range,
+                flag: "discard",
+                advice: name,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        if self.flags.contains(MemoryFlags::LOG_DIRTY) {
+            self.mapping.bitmap().mark_dirty(offset_usize, len_usize);
+        }
+        Ok(())
+    }
+}
+
+/// Applies [`MemoryFlags::MERGEABLE`] to a mapping just made.
+fn advise_mergeable(
+    mapping: &GuestRegionMmap,
+    range: GuestRange,
+    flags: MemoryFlags,
+) -> Result<(), MemoryError> {
+    if !flags.contains(MemoryFlags::MERGEABLE) {
+        return Ok(());
+    }
+    // SAFETY: advice about the whole of a mapping the caller just made and nothing else uses
+    // yet; MADV_MERGEABLE neither moves nor unmaps it nor changes its contents.
+    let rc = unsafe {
+        libc::madvise(
+            mapping.as_ptr().cast(),
+            mapping.size(),
+            libc::MADV_MERGEABLE,
+        )
+    };
+    if rc != 0 {
+        return Err(MemoryError::Advice {
+            range,
+            flag: "MERGEABLE",
+            advice: "MADV_MERGEABLE",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Discards `[addr, addr + len)` from whichever of `regions` holds it wholly (see
+/// [`MemoryRegion::discard`]); a range in no region, or across two, is refused.
+pub fn discard(regions: &[MemoryRegion], addr: GuestAddress, len: u64) -> Result<(), MemoryError> {
+    let range = GuestRange {
+        start: addr.0,
+        size: len,
+    };
+    regions
+        .iter()
+        .find(|r| r.guest_addr().0 <= addr.0 && addr.0 < r.range().end())
+        .ok_or(MemoryError::DiscardOutside { range })?
+        .discard(addr, len)
 }
 
 /// What backs a region's mapping.
@@ -616,6 +761,112 @@ impl RegionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::{Bytes, MemoryRegionAddress};
+
+    fn pattern(region: &MemoryRegion, len: usize) {
+        region
+            .mapping()
+            .write_slice(&vec![0x5au8; len], MemoryRegionAddress(0))
+            .unwrap();
+    }
+
+    fn read(region: &MemoryRegion, offset: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        region
+            .mapping()
+            .read_slice(&mut buf, MemoryRegionAddress(offset))
+            .unwrap();
+        buf
+    }
+
+    #[test]
+    fn discard_drops_private_pages() {
+        let base = 0x10_0000;
+        let region =
+            MemoryRegion::anonymous(GuestAddress(base), 0x4000, MemoryFlags::LOG_DIRTY).unwrap();
+        pattern(&region, 0x4000);
+        let mmap: &MmapRegion<DirtyBitmap> = region.mapping();
+        mmap.bitmap().as_ref().unwrap().reset();
+        region.discard(GuestAddress(base + 0x1000), 0x2000).unwrap();
+        assert!(read(&region, 0x1000, 0x2000).iter().all(|&b| b == 0));
+        assert!(read(&region, 0, 0x1000).iter().all(|&b| b == 0x5a));
+        assert!(read(&region, 0x3000, 0x1000).iter().all(|&b| b == 0x5a));
+        // The discarded pages are dirty (an incremental snapshot records the zeros), the
+        // others are not.
+        let bitmap = region.mapping().bitmap();
+        assert!(bitmap.dirty_at(0x1000) && bitmap.dirty_at(0x2000));
+        assert!(!bitmap.dirty_at(0) && !bitmap.dirty_at(0x3000));
+    }
+
+    #[test]
+    fn discard_frees_shared_file_pages() {
+        let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+        file.set_len(0x4000).unwrap();
+        let region = MemoryRegion::from_file(
+            GuestAddress(0),
+            0x4000,
+            FileOffset::new(file.try_clone().unwrap(), 0),
+            MemoryFlags::empty(),
+        )
+        .unwrap();
+        pattern(&region, 0x4000);
+        region.discard(GuestAddress(0x2000), 0x1000).unwrap();
+        assert!(read(&region, 0x2000, 0x1000).iter().all(|&b| b == 0));
+        // MADV_REMOVE punched the file too: the pages are freed, not only unmapped.
+        let mut back = vec![0xffu8; 0x1000];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut back, 0x2000).unwrap();
+        assert!(back.iter().all(|&b| b == 0));
+        assert!(read(&region, 0x1000, 0x1000).iter().all(|&b| b == 0x5a));
+    }
+
+    #[test]
+    fn discard_refuses_what_is_not_ram_of_the_region() {
+        let base = 0x10_0000;
+        let region = region(base, 0x4000);
+        pattern(&region, 0x4000);
+        for (addr, len) in [
+            (base - 0x1000, 0x1000),
+            (base + 0x3000, 0x2000),
+            (base + 0x800, 0x1000),
+            (base, 0x800),
+            (base, 0),
+            (base + 0x1000, u64::MAX),
+            (u64::MAX - 0xfff, 0x1000),
+        ] {
+            assert!(
+                matches!(
+                    region.discard(GuestAddress(addr), len),
+                    Err(MemoryError::DiscardOutside { .. })
+                ),
+                "{addr:#x}+{len:#x}"
+            );
+        }
+        assert!(read(&region, 0, 0x4000).iter().all(|&b| b == 0x5a));
+        let rom = MemoryRegion::anonymous(GuestAddress(0), 0x1000, MemoryFlags::READ_ONLY).unwrap();
+        pattern(&rom, 0x1000);
+        assert!(matches!(
+            rom.discard(GuestAddress(0), 0x1000),
+            Err(MemoryError::DiscardReadOnly { .. })
+        ));
+        assert!(read(&rom, 0, 0x1000).iter().all(|&b| b == 0x5a));
+        // Over a list of regions: a hole between two is refused.
+        let regions = [rom, region];
+        assert!(discard(&regions, GuestAddress(0x2000), 0x1000).is_err());
+        discard(&regions, GuestAddress(base), 0x1000).unwrap();
+        assert!(read(&regions[1], 0, 0x1000).iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn mergeable_advice_is_applied_or_refused_by_name() {
+        let made = MemoryRegion::anonymous(GuestAddress(0), 0x4000, MemoryFlags::MERGEABLE);
+        if std::path::Path::new("/sys/kernel/mm/ksm").exists() {
+            assert!(made.unwrap().flags().contains(MemoryFlags::MERGEABLE));
+        } else {
+            let err = made.unwrap_err();
+            assert!(err.to_string().contains("MERGEABLE"), "{err}");
+            assert!(matches!(err, MemoryError::Advice { .. }));
+        }
+    }
 
     fn region(addr: u64, size: usize) -> MemoryRegion {
         MemoryRegion::anonymous(GuestAddress(addr), size, MemoryFlags::empty()).unwrap()

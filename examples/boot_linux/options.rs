@@ -16,8 +16,8 @@ use vmkit_virtio::net::{MacAddr, NetOptions};
 pub const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmdline STRING] \
                          [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]] \
                          [--net tap|isolated:BRIDGE|bridged:BRIDGE|nat:BRIDGE:GATEWAY/PREFIX:UPLINK[,vhost] \
-                         [--tap NAME] [--mac MAC]] [--exit-stats] [--map-kernel] [--split-rings] \
-                         [--seccomp]";
+                         [--tap NAME] [--mac MAC]] [--balloon] [--exit-stats] [--map-kernel] \
+                         [--split-rings] [--seccomp]";
 /// The command line when `--cmdline` is not given. `earlyprintk` shows the kernel's first
 /// lines (its banner) on the serial port before the console driver starts, which a kernel
 /// that dies early never reaches.
@@ -209,6 +209,8 @@ pub struct Options {
     pub tap: String,
     /// `--mac`.
     pub mac: MacAddr,
+    /// `--balloon`.
+    pub balloon: bool,
     /// `--exit-stats`.
     pub exit_stats: bool,
     /// `--map-kernel`.
@@ -242,6 +244,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
         datapath: Datapath::Userspace,
         tap: "vmktap%d".to_owned(),
         mac: NetOptions::default().mac,
+        balloon: false,
         exit_stats: false,
         map_kernel: false,
         split_rings: false,
@@ -293,6 +296,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
                         value: text,
                     })?;
             }
+            "--balloon" => options.balloon = true,
             "--exit-stats" => options.exit_stats = true,
             "--map-kernel" => options.map_kernel = true,
             "--split-rings" => options.split_rings = true,
@@ -517,7 +521,7 @@ mod tests {
         assert_eq!((options.mem_mib, options.vcpus), (256, 1));
         let options = parse(args(
             "--kernel k --initrd i --cmdline quiet --mem 16 --mem-overcommit --vcpus 2 \
-             --disk d.img,ro --exit-stats --map-kernel --split-rings --seccomp",
+             --disk d.img,ro --balloon --exit-stats --map-kernel --split-rings --seccomp",
         ))
         .unwrap();
         assert_eq!(options.kernel, PathBuf::from("k"));
@@ -525,7 +529,7 @@ mod tests {
         assert_eq!(options.cmdline, "quiet");
         assert_eq!((options.mem_mib, options.ram_size()), (16, 16 << 20));
         assert!(options.mem_overcommit && options.exit_stats && options.map_kernel);
-        assert!(options.seccomp);
+        assert!(options.seccomp && options.balloon);
         assert_eq!(
             options.disk,
             Some(DiskArg {

@@ -27,6 +27,8 @@ pub const VIRTIO_ID_NET: u32 = 1;
 pub const VIRTIO_ID_BLOCK: u32 = 2;
 /// Device type of a console.
 pub const VIRTIO_ID_CONSOLE: u32 = 3;
+/// Device type of a memory balloon.
+pub const VIRTIO_ID_BALLOON: u32 = 5;
 
 /// The most chains a device in this crate processes in one
 /// [`VirtioDevice::process_queue`] call.

@@ -31,6 +31,9 @@
 //! - [`blk::Block`]: virtio-blk on a host file; [`blk::Request::parse`]
 //!   validates requests.
 //! - [`console::Console`]: a single-port virtio-console.
+//! - [`balloon::Balloon`]: virtio-balloon (inflate, deflate, statistics,
+//!   free page reporting), discarding pages through a VMM-supplied
+//!   [`balloon::DiscardPages`].
 //! - Snapshots: every device and the transport implement [`Persist`],
 //!   vmkit's one convention for device state. The transport's
 //!   `save_state` gives a serde [`mmio::MmioTransportState`] (registers,
@@ -140,6 +143,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod balloon;
 pub mod blk;
 mod config;
 pub mod console;

@@ -51,6 +51,14 @@ pub struct ChainHead {
 }
 
 impl ChainHead {
+    /// A chain head from its parts, for a device that saved a chain it
+    /// holds across calls (as [`ChainHead::id`] and [`ChainHead::slots`])
+    /// and returns it after a restore. A head that is not in flight makes
+    /// [`Queue::add_used`] fail.
+    pub fn new(id: u16, slots: u16) -> Self {
+        ChainHead { id, slots }
+    }
+
     /// The head index (split) or buffer ID (packed).
     pub fn id(&self) -> u16 {
         self.id

@@ -43,9 +43,14 @@ pub struct OffloadQueue {
 /// The error an offload's [`QueueOffload::start`] returns.
 pub type OffloadError = Box<dyn Error + Send + Sync>;
 
-/// A datapath that serves some of a device's queues outside the transport;
-/// see the [module documentation](self) and
-/// [`MmioTransport::set_offload`](super::MmioTransport::set_offload).
+/// A datapath that serves some of a device's queues outside the transport,
+/// set with [`MmioTransport::set_offload`](super::MmioTransport::set_offload).
+///
+/// The transport hands it the queues at `DRIVER_OK` and stops it on reset.
+/// While it runs, `InterruptStatus` always reads with the used-buffer bit
+/// set (the offload interrupts through the transport's eventfd unseen), and
+/// a snapshot of the transport does not capture the offload's ring
+/// positions: save a transport only while no offload runs.
 pub trait QueueOffload: Send + fmt::Debug {
     /// The queues it serves. The transport never processes them itself
     /// while the offload is set.

@@ -16,13 +16,15 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
+    VolatileSlice,
 };
 use vmkit_snapshot::{
     checksum, write_atomically, Arch, Backend, DiffRegion, Expected, Flags,
-    MemoryError as MemoryFileError, MemoryWriter, SectionTag, Snapshot, SnapshotId, StateError,
-    Writer,
+    MemoryError as MemoryFileError, MemoryWriter, RegionSource, SectionTag, Snapshot, SnapshotId,
+    StateError, Writer,
 };
 
 use super::check::{check, Checked, Mismatch, OpenMemory};
@@ -276,25 +278,44 @@ impl<'a> Capture<'a> {
     }
 }
 
-/// Every region of `memory` with a view of its contents in place, for the memory writer to
-/// scan for zero pages, checksum and write to the file without a copy.
-///
-/// The views are plain byte slices over the guest mapping. That is sound only while nothing
-/// writes guest memory, which [`save`] and [`DiffTracker::save_diff`] already require of their
-/// callers (every vCPU outside `run()`, no device request in flight): a guest or device write
-/// racing a save would tear the snapshot, and through these slices it would also be a data
-/// race.
-fn guest_contents(memory: &GuestMemoryMmap) -> Vec<(u64, &[u8])> {
+/// A guest memory region as the memory writer's source: read through vm-memory's volatile
+/// copy, a chunk or a run of dirty pages at a time, never borrowed as `&[u8]`. Whatever writes
+/// guest memory meanwhile (a vCPU left running, a device, the kernel's vhost datapath) can tear
+/// the snapshot but cannot make the save a data race.
+struct GuestSource<'a, B: BitmapSlice>(VolatileSlice<'a, B>);
+
+impl<B: BitmapSlice> RegionSource for GuestSource<'_, B> {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let offset = usize::try_from(offset).map_err(std::io::Error::other)?;
+        let copied = self
+            .0
+            .subslice(offset, buf.len())
+            .map_err(std::io::Error::other)?
+            .copy_to(buf);
+        if copied == buf.len() {
+            Ok(())
+        } else {
+            Err(std::io::ErrorKind::UnexpectedEof.into())
+        }
+    }
+}
+
+/// Every region of `memory` with its guest address, as a source for the memory writer.
+fn guest_sources(
+    memory: &GuestMemoryMmap,
+) -> Result<Vec<(u64, GuestSource<'_, impl BitmapSlice + '_>)>, SnapshotError> {
     memory
         .iter()
         .map(|region| {
-            let len = region.len() as usize;
-            // SAFETY: the region maps `len` bytes at `as_ptr()`, readable, for as long as
-            // `memory` (which holds the region) is borrowed, and so for the slice's lifetime.
-            // Nothing writes them meanwhile: the caller keeps the vCPUs out of `run()` and the
-            // devices idle (see above).
-            let contents = unsafe { std::slice::from_raw_parts(region.as_ptr().cast_const(), len) };
-            (region.start_addr().0, contents)
+            let addr = region.start_addr().0;
+            region
+                .as_volatile_slice()
+                .map(|slice| (addr, GuestSource(slice)))
+                .map_err(|source| SnapshotError::GuestMemory { addr, source })
         })
         .collect()
 }
@@ -314,9 +335,13 @@ fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
 ///
 /// The vCPU states come from [`VmRunner::save_all`](crate::runner::VmRunner::save_all) when
 /// the vCPUs run on their own threads, or from [`save_vcpu`] for a vCPU at hand. Every vCPU
-/// must stay outside `run()` until the save returns; a device must have no request in
-/// flight: guest memory is written to the file straight from its mapping, not from a copy. The memory file is written before the state file, so a state file only ever names
-/// complete memory.
+/// must stay outside `run()` until the save returns, and a device must have no request in
+/// flight, for the snapshot to be consistent. Guest memory is read through vm-memory's
+/// volatile copies, a chunk at a time into one bounded buffer (never as a `&[u8]` over the
+/// mapping), so a save while something still writes guest memory (a running vCPU, a device,
+/// the kernel's vhost-net datapath) is memory-safe but gives a torn snapshot: pages from
+/// different moments, each chunk still matching its checksum. The memory file is written
+/// before the state file, so a state file only ever names complete memory.
 pub fn save(
     dir: &Path,
     hypervisor: &dyn Hypervisor,
@@ -328,13 +353,13 @@ pub fn save(
     create_dir(dir)?;
     let capture = Capture::take(hypervisor, config, vm, vcpus)?;
     let memory = vm.memory();
-    let slices = guest_contents(&memory);
+    let sources = guest_sources(&memory)?;
     let id = SnapshotId::random().map_err(SnapshotError::Identity)?;
     let memory_path = dir.join(MEMORY_FILE);
     write_atomically(&memory_path, |file| {
         MemoryWriter::new()
             .with_identity(id, SnapshotId::NONE)
-            .write_full(file, &slices)
+            .write_full(file, &sources)
             .map(|_| ())
     })
     .map_err(|source| SnapshotError::Memory {
@@ -432,7 +457,7 @@ impl DiffTracker {
         let capture = Capture::take(hypervisor, config, vm, vcpus)?;
         self.collect(vm)?;
         let memory = vm.memory();
-        let regions = guest_contents(&memory);
+        let regions = guest_sources(&memory)?;
         let pages: Vec<Vec<u64>> = regions
             .iter()
             .map(|(addr, _)| {
@@ -442,11 +467,11 @@ impl DiffTracker {
                     .unwrap_or_default()
             })
             .collect();
-        let diff: Vec<DiffRegion<'_>> = regions
-            .iter()
+        let diff: Vec<DiffRegion<'_, _>> = regions
+            .into_iter()
             .zip(&pages)
-            .map(|((addr, contents), dirty_pages)| DiffRegion {
-                guest_addr: *addr,
+            .map(|((guest_addr, contents), dirty_pages)| DiffRegion {
+                guest_addr,
                 contents,
                 dirty_pages,
             })

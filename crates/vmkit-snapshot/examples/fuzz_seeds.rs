@@ -64,7 +64,7 @@ fn memory_file(dir: &Path, diff: bool, empty: bool) -> Result<Vec<u8>, Box<dyn s
     let path = dir.join(if diff { "diff.tmp" } else { "full.tmp" });
     write_atomically(&path, |f| {
         if empty {
-            w.write_full(f, &[])
+            w.write_full::<&[u8]>(f, &[])
         } else if diff {
             w.write_diff(
                 f,

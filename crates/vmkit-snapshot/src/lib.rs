@@ -131,8 +131,8 @@ pub mod state;
 pub use atomic::{write_atomically, AtomicWriteError};
 pub use id::SnapshotId;
 pub use memory::{
-    DiffRegion, MemoryError, MemoryFile, MemoryKind, MemoryWriter, RegionInfo, DEFAULT_CHUNK_SIZE,
-    MAX_CHUNK_SIZE, MAX_MEMORY_HEADER_LEN, MAX_REGIONS, PAGE_SIZE,
+    DiffRegion, MemoryError, MemoryFile, MemoryKind, MemoryWriter, RegionInfo, RegionSource,
+    DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_MEMORY_HEADER_LEN, MAX_REGIONS, PAGE_SIZE,
 };
 pub use open::{open_regular, OpenError};
 pub use persist::Persist;

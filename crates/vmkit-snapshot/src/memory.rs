@@ -72,10 +72,13 @@
 //!
 //! [`MemoryWriter`] writes into a [`File`] with positioned writes, leaves zero
 //! pages as holes and sets the final length with `set_len`. It does not
-//! `fsync`; wrap it in [`write_atomically`](crate::write_atomically).
+//! `fsync`; wrap it in [`write_atomically`](crate::write_atomically). It reads
+//! each region from a [`RegionSource`] a chunk at a time into one buffer of
+//! its own, so that the source can be memory something else may write
+//! meanwhile (guest memory read through volatile copies).
 
 use std::fs::File;
-use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
 use thiserror::Error;
@@ -1002,15 +1005,79 @@ fn check_overlaps(regions: &[RegionInfo]) -> Result<(), MemoryError> {
     Ok(())
 }
 
+/// Where a region's contents come from when [`MemoryWriter`] writes them.
+///
+/// The writer never holds the contents as one `&[u8]`: it copies them out a chunk at a time
+/// into a buffer of its own, then checksums, scans for zero pages and writes from that copy.
+/// So a source can be memory that something else writes meanwhile (a running guest, a device
+/// doing DMA), read through a volatile copy: the file is then torn (pages from different
+/// moments) but consistent with its own checksums, and nothing is a data race. Byte slices,
+/// arrays and vectors are sources too, and so is a reference to any source.
+pub trait RegionSource {
+    /// Length of the contents in bytes.
+    fn size(&self) -> u64;
+
+    /// Copies the `buf.len()` bytes at `offset` into `buf`. The writer only asks for ranges
+    /// within [`size`](Self::size).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+impl RegionSource for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let from = usize::try_from(offset).unwrap_or(usize::MAX);
+        let src = self
+            .get(from..)
+            .and_then(|rest| rest.get(..buf.len()))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+impl<const N: usize> RegionSource for [u8; N] {
+    fn size(&self) -> u64 {
+        self.as_slice().size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.as_slice().read_at(offset, buf)
+    }
+}
+
+impl RegionSource for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.as_slice().size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.as_slice().read_at(offset, buf)
+    }
+}
+
+impl<S: RegionSource + ?Sized> RegionSource for &S {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
+    }
+}
+
 /// A region of a diff memory file: the region's current contents and the
 /// indices of the pages to record (e.g. from the dirty log). Indices may be
 /// in any order and repeat.
 #[derive(Clone, Copy, Debug)]
-pub struct DiffRegion<'a> {
+pub struct DiffRegion<'a, S = &'a [u8]> {
     /// Guest physical address (page-aligned).
     pub guest_addr: u64,
-    /// The whole region's current contents (a non-zero page multiple).
-    pub contents: &'a [u8],
+    /// The whole region's current contents (a non-zero page multiple); only the recorded
+    /// pages are read.
+    pub contents: S,
     /// Page indices (relative to `guest_addr`) to record.
     pub dirty_pages: &'a [u64],
 }
@@ -1031,17 +1098,17 @@ impl Default for MemoryWriter {
 
 /// One region to write: its guest placement, its contents and which pages of
 /// them go to the file (`None`: all).
-struct Plan<'a> {
+struct Plan<'a, S> {
     guest_addr: u64,
-    contents: &'a [u8],
+    contents: &'a S,
     pages: Option<Vec<u64>>,
 }
 
-impl Plan<'_> {
+impl<S: RegionSource> Plan<'_, S> {
     fn page_count(&self) -> u64 {
         match &self.pages {
             Some(p) => p.len() as u64,
-            None => self.contents.len() as u64 / PAGE_SIZE,
+            None => self.contents.size() / PAGE_SIZE,
         }
     }
 
@@ -1090,15 +1157,19 @@ impl MemoryWriter {
     /// Writes a full memory file of `regions`, given as (guest address,
     /// contents), replacing whatever `file` held. Returns the file's header as
     /// a reader would see it.
-    pub fn write_full(
+    ///
+    /// The contents are copied out a chunk at a time into one buffer of the
+    /// chunk size (allocated once per call), checksummed, scanned for zero
+    /// pages and written from there.
+    pub fn write_full<S: RegionSource>(
         &self,
         file: &mut File,
-        regions: &[(u64, &[u8])],
+        regions: &[(u64, S)],
     ) -> Result<MemoryFile, MemoryError> {
         let plans = regions
             .iter()
-            .map(|&(guest_addr, contents)| Plan {
-                guest_addr,
+            .map(|(guest_addr, contents)| Plan {
+                guest_addr: *guest_addr,
                 contents,
                 pages: None,
             })
@@ -1107,15 +1178,16 @@ impl MemoryWriter {
     }
 
     /// Writes a diff memory file recording only the listed pages of each
-    /// region, replacing whatever `file` held.
-    pub fn write_diff(
+    /// region, replacing whatever `file` held. Only those pages are read
+    /// from the contents.
+    pub fn write_diff<S: RegionSource>(
         &self,
         file: &mut File,
-        regions: &[DiffRegion<'_>],
+        regions: &[DiffRegion<'_, S>],
     ) -> Result<MemoryFile, MemoryError> {
         let mut plans = Vec::with_capacity(regions.len());
         for (i, reg) in regions.iter().enumerate() {
-            let limit = reg.contents.len() as u64 / PAGE_SIZE;
+            let limit = reg.contents.size() / PAGE_SIZE;
             let mut pages = reg.dirty_pages.to_vec();
             pages.sort_unstable();
             pages.dedup();
@@ -1129,18 +1201,18 @@ impl MemoryWriter {
             }
             plans.push(Plan {
                 guest_addr: reg.guest_addr,
-                contents: reg.contents,
+                contents: &reg.contents,
                 pages: Some(pages),
             });
         }
         self.write(file, MemoryKind::Diff, &plans)
     }
 
-    fn write(
+    fn write<S: RegionSource>(
         &self,
         file: &mut File,
         kind: MemoryKind,
-        plans: &[Plan<'_>],
+        plans: &[Plan<'_, S>],
     ) -> Result<MemoryFile, MemoryError> {
         if plans.len() as u64 > u64::from(MAX_REGIONS) {
             return Err(MemoryError::TooManyRegions {
@@ -1163,7 +1235,7 @@ impl MemoryWriter {
                 .saturating_add(div_ceil(data_len, chunk) * 8);
             infos.push(RegionInfo {
                 guest_addr: plan.guest_addr,
-                size: plan.contents.len() as u64,
+                size: plan.contents.size(),
                 file_offset: 0,
                 data_len,
             });
@@ -1204,11 +1276,21 @@ impl MemoryWriter {
             .map_err(io_err("truncating the memory file"))?;
         let mut page_table = Vec::new();
         let mut chunk_sums = Vec::new();
+        // One chunk's worth, no more than the largest region's data needs.
+        let most = infos.iter().map(|i| i.data_len).max().unwrap_or(0);
+        let mut buf = vec![0u8; chunk.min(most) as usize];
         for (plan, info) in plans.iter().zip(&infos) {
             if let Some(p) = &plan.pages {
                 page_table.extend_from_slice(p);
             }
-            write_region_data(file, plan, info.file_offset, chunk, &mut chunk_sums)?;
+            write_region_data(
+                file,
+                plan,
+                info.file_offset,
+                chunk,
+                &mut buf,
+                &mut chunk_sums,
+            )?;
         }
 
         let mut area = vec![0u8; header_len as usize];
@@ -1257,123 +1339,68 @@ fn is_zero(page: &[u8]) -> bool {
         .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
-/// Most slices one vectored write takes (Linux's `IOV_MAX`).
-const MAX_IOVECS: usize = 1024;
-
-/// Pages bound for consecutive file positions, gathered so that they go out in one write:
-/// byte ranges of the region's contents, merged where they are adjacent there too.
-struct Batch<'a> {
-    file: &'a File,
-    contents: &'a [u8],
-    /// File offset of the first pending byte.
-    at: u64,
-    /// Pending byte ranges of `contents`, in file order.
-    ranges: Vec<(usize, usize)>,
-    /// Total pending bytes.
-    len: u64,
-}
-
-impl<'a> Batch<'a> {
-    fn new(file: &'a File, contents: &'a [u8]) -> Self {
-        Batch {
-            file,
-            contents,
-            at: 0,
-            ranges: Vec::new(),
-            len: 0,
-        }
-    }
-
-    /// Adds page `src` of the contents, bound for file offset `to`; writes what is pending
-    /// first unless it ends right before `to`.
-    fn push(&mut self, src: u64, to: u64) -> Result<(), MemoryError> {
-        if self.len > 0 && (self.at + self.len != to || self.ranges.len() == MAX_IOVECS) {
-            self.flush()?;
-        }
-        if self.len == 0 {
-            self.at = to;
-        }
-        let start = (src * PAGE_SIZE) as usize;
-        match self.ranges.last_mut() {
-            Some((_, end)) if *end == start => *end += PAGE,
-            _ => self.ranges.push((start, start + PAGE)),
-        }
-        self.len += PAGE_SIZE;
-        Ok(())
-    }
-
-    /// Writes what is pending: one positioned write for one range, else one vectored write
-    /// (repeated while short).
-    fn flush(&mut self) -> Result<(), MemoryError> {
-        let err = io_err("writing region data");
-        let slices: Vec<&[u8]> = self
-            .ranges
-            .drain(..)
-            .map(|(a, b)| self.contents.get(a..b).unwrap_or_default())
-            .collect();
-        self.len = 0;
-        match slices.as_slice() {
-            [] => Ok(()),
-            [one] => self.file.write_all_at(one, self.at).map_err(err),
-            many => {
-                let mut file = self.file;
-                file.seek(SeekFrom::Start(self.at))
-                    .map_err(io_err("seeking to region data"))?;
-                let mut iovecs: Vec<IoSlice<'_>> = many.iter().map(|s| IoSlice::new(s)).collect();
-                let mut rest = iovecs.as_mut_slice();
-                while !rest.is_empty() {
-                    match file.write_vectored(rest) {
-                        Ok(0) => return Err(err(io::ErrorKind::WriteZero.into())),
-                        Ok(n) => IoSlice::advance_slices(&mut rest, n),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(err(e)),
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Writes one region's recorded pages at `file_offset`: runs of non-zero pages bound for
-/// consecutive file positions go out in one write (vectored when they are not adjacent in
-/// `contents`, as a diff's dirty pages); zero pages are skipped (left as holes). Appends the
-/// chunk checksums, each computed over the chunk's bytes in place.
-fn write_region_data(
+/// Writes one region's recorded pages at `file_offset`, a chunk at a time: the chunk's pages
+/// are read from the source into `buf` (one read per run of consecutive pages), checksummed
+/// there, and each run of non-zero pages goes out from `buf` in one positioned write (a chunk's
+/// pages are bound for consecutive file positions); zero pages are skipped (left as holes).
+/// Checksum and data come from the same copy, so they agree even if the source changes
+/// meanwhile. Appends the chunk checksums.
+fn write_region_data<S: RegionSource>(
     file: &File,
-    plan: &Plan<'_>,
+    plan: &Plan<'_, S>,
     file_offset: u64,
-    chunk: u64,
+    chunk_size: u64,
+    buf: &mut [u8],
     sums: &mut Vec<u64>,
 ) -> Result<(), MemoryError> {
-    let pages_per_chunk = chunk / PAGE_SIZE;
+    // `buf` holds a chunk, or the whole data when that is shorter.
+    let pages_per_chunk = chunk_size / PAGE_SIZE;
     let n = plan.page_count();
-    let bytes = |from: u64, pages: u64| {
-        let start = (from * PAGE_SIZE) as usize;
-        plan.contents
-            .get(start..start + (pages * PAGE_SIZE) as usize)
-            .unwrap_or_default()
-    };
-    let mut batch = Batch::new(file, plan.contents);
     let mut first = 0;
     while first < n {
         let end = (first + pages_per_chunk).min(n);
-        let mut digest = crc64fast_nvme::Digest::new();
-        match &plan.pages {
-            // A full region's chunk is one stretch of the contents.
-            None => digest.write(bytes(first, end - first)),
-            Some(_) => (first..end).for_each(|k| digest.write(bytes(plan.page(k), 1))),
-        }
-        sums.push(digest.sum64());
-        for k in first..end {
-            let idx = plan.page(k);
-            if is_zero(bytes(idx, 1)) {
-                batch.flush()?;
-            } else {
-                batch.push(idx, file_offset + k * PAGE_SIZE)?;
+        let chunk = buf
+            .get_mut(..((end - first) * PAGE_SIZE) as usize)
+            .unwrap_or_default();
+        // Runs of consecutive source pages: the whole chunk of a full region, the adjacent
+        // dirty pages of a diff.
+        let mut k = first;
+        while k < end {
+            let start = plan.page(k);
+            let mut run = 1;
+            while k + run < end && plan.page(k + run) == start + run {
+                run += 1;
             }
+            let at = ((k - first) * PAGE_SIZE) as usize;
+            let dst = chunk
+                .get_mut(at..at + (run * PAGE_SIZE) as usize)
+                .unwrap_or_default();
+            plan.contents
+                .read_at(start * PAGE_SIZE, dst)
+                .map_err(io_err("reading region contents"))?;
+            k += run;
+        }
+        sums.push(checksum(chunk));
+        let mut pending: Option<usize> = None;
+        let write = |from: usize, to: usize| {
+            let data = chunk.get(from * PAGE..to * PAGE).unwrap_or_default();
+            file.write_all_at(data, file_offset + (first + from as u64) * PAGE_SIZE)
+                .map_err(io_err("writing region data"))
+        };
+        for (i, page) in chunk.chunks(PAGE).enumerate() {
+            match (is_zero(page), pending) {
+                (true, Some(from)) => {
+                    write(from, i)?;
+                    pending = None;
+                }
+                (false, None) => pending = Some(i),
+                _ => {}
+            }
+        }
+        if let Some(from) = pending {
+            write(from, (end - first) as usize)?;
         }
         first = end;
     }
-    batch.flush()
+    Ok(())
 }

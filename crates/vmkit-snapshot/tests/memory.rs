@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use vmkit_snapshot::memory::{MEMORY_HEADER_LEN, REGION_ENTRY_LEN};
 use vmkit_snapshot::{
     checksum, write_atomically, DiffRegion, MemoryError, MemoryFile, MemoryKind, MemoryWriter,
-    SnapshotId, MAX_REGIONS, PAGE_SIZE,
+    RegionSource, SnapshotId, MAX_REGIONS, PAGE_SIZE,
 };
 
 const PAGE: usize = PAGE_SIZE as usize;
@@ -865,4 +865,108 @@ fn streaming_a_diff_passes_every_recorded_page_even_zero_ones() {
     assert_eq!(pages, [3, 5]);
     assert!(seen[0].1.iter().all(|&b| b == 0));
     assert_eq!(seen[1].1, ram[5 * PAGE..6 * PAGE]);
+}
+
+/// A source that logs every read and can change its contents between reads, as guest memory
+/// written by a running vCPU would.
+struct Logged {
+    bytes: std::cell::RefCell<Vec<u8>>,
+    reads: std::cell::RefCell<Vec<(u64, usize)>>,
+    /// Added to every byte of the contents after each read.
+    drift: u8,
+}
+
+impl Logged {
+    fn new(bytes: Vec<u8>, drift: u8) -> Self {
+        Logged {
+            bytes: bytes.into(),
+            reads: Vec::new().into(),
+            drift,
+        }
+    }
+}
+
+impl RegionSource for Logged {
+    fn size(&self) -> u64 {
+        self.bytes.borrow().len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.reads.borrow_mut().push((offset, buf.len()));
+        let mut bytes = self.bytes.borrow_mut();
+        let at = offset as usize;
+        buf.copy_from_slice(&bytes[at..at + buf.len()]);
+        bytes
+            .iter_mut()
+            .for_each(|b| *b = b.wrapping_add(self.drift));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_full_write_reads_each_chunk_once_in_bounded_pieces() {
+    let ram = ram0();
+    let src = Logged::new(ram.clone(), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mem");
+    let hdr = write_atomically(&path, |f| MemoryWriter::new().write_full(f, &[(0, &src)])).unwrap();
+    // 3 MiB in 2 MiB chunks: two reads, each at most a chunk, covering the region once.
+    assert_eq!(*src.reads.borrow(), vec![(0, 2 << 20), (2 << 20, 1 << 20)]);
+    let mut f = File::open(&path).unwrap();
+    hdr.verify_all(&mut f).unwrap();
+    let mut back = vec![0u8; ram.len()];
+    hdr.read_region(&mut f, 0, &mut back).unwrap();
+    assert_eq!(back, ram);
+}
+
+#[test]
+fn a_diff_reads_only_its_pages_a_run_at_a_time() {
+    let ram = ram1();
+    let src = Logged::new(ram.clone(), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diff");
+    let hdr = write_atomically(&path, |f| {
+        MemoryWriter::new().write_diff(
+            f,
+            &[DiffRegion {
+                guest_addr: 0,
+                contents: &src,
+                dirty_pages: &[9, 2, 3, 4, 12, 3],
+            }],
+        )
+    })
+    .unwrap();
+    // Sorted and deduplicated: pages 2..=4 in one read, then 9, then 12.
+    assert_eq!(
+        *src.reads.borrow(),
+        vec![
+            (2 * PAGE_SIZE, 3 * PAGE),
+            (9 * PAGE_SIZE, PAGE),
+            (12 * PAGE_SIZE, PAGE)
+        ]
+    );
+    let mut f = File::open(&path).unwrap();
+    hdr.verify_all(&mut f).unwrap();
+    let mut back = vec![0u8; ram.len()];
+    hdr.read_region(&mut f, 0, &mut back).unwrap();
+    for page in [2, 3, 4, 9, 12] {
+        assert_eq!(back[page * PAGE..][..PAGE], ram[page * PAGE..][..PAGE]);
+    }
+    assert!(back[..2 * PAGE].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn contents_changing_during_the_write_give_a_torn_file_that_still_verifies() {
+    // Every read sees the contents one step further on: the chunks come from different
+    // moments, and each one's checksum matches what was written for it.
+    let src = Logged::new(vec![1u8; 4 << 20], 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mem");
+    let hdr = write_atomically(&path, |f| MemoryWriter::new().write_full(f, &[(0, &src)])).unwrap();
+    let mut f = File::open(&path).unwrap();
+    hdr.verify_all(&mut f).unwrap();
+    let mut back = vec![0u8; 4 << 20];
+    hdr.read_region(&mut f, 0, &mut back).unwrap();
+    assert!(back[..2 << 20].iter().all(|&b| b == 1));
+    assert!(back[2 << 20..].iter().all(|&b| b == 2));
 }

@@ -54,7 +54,7 @@ fn memory_files() -> (Vec<u8>, Vec<u8>) {
     ram[20000] = 2;
     let full = dir.path().join("full");
     write_atomically(&full, |f| {
-        w.write_full(f, &[(0, &ram), (1 << 20, &ram[..8192])])
+        w.write_full(f, &[(0, &ram[..]), (1 << 20, &ram[..8192])])
     })
     .unwrap();
     let diff = dir.path().join("diff");

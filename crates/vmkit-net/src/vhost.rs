@@ -37,7 +37,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 
 use vhost::net::VhostNet as _;
 use vhost::vhost_kern::net::Net as KernNet;
@@ -278,11 +278,10 @@ impl<AS: PhysicalGuestAddressSpace> VhostNet<AS> {
     /// table. `kicks` are the queues' ioeventfds (see
     /// [`crate::worker::QueueKicks`]); the guest's notifications go to the
     /// kernel through them.
-    pub fn open(mem: AS, tap: &impl AsRawFd, kicks: QueueKicks) -> Result<Self, VhostError> {
+    pub fn open(mem: AS, tap: &impl AsFd, kicks: QueueKicks) -> Result<Self, VhostError> {
         let table = memory_table(&*mem.memory())?;
-        // SAFETY: the caller's TAP is open for the duration of this call
-        // (it is borrowed); the duplicate is owned by the returned File.
-        let tap = unsafe { BorrowedFd::borrow_raw(tap.as_raw_fd()) }
+        let tap = tap
+            .as_fd()
             .try_clone_to_owned()
             .map_err(VhostError::DupTap)?;
         let net = KernNet::new(mem).map_err(|err| match err {
@@ -542,7 +541,7 @@ mod tests {
         }
         let mem =
             Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
-        let tap = EventFd::new(EFD_NONBLOCK).unwrap();
+        let tap = std::fs::File::open("/dev/null").unwrap();
         let kicks = QueueKicks {
             rx: EventFd::new(EFD_NONBLOCK).unwrap(),
             tx: EventFd::new(EFD_NONBLOCK).unwrap(),

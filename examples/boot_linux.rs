@@ -411,6 +411,10 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         if options.net.is_some() && options.datapath == Datapath::Vhost {
             rules.extend(&vmkit_net::vhost::vcpu_seccomp_rules());
         }
+        if options.balloon {
+            // The balloon's queues are served on the vCPU thread that notified.
+            rules.extend(&vmkit::seccomp::discard_rules());
+        }
         runner_options = runner_options.seccomp(rules.compile()?);
         if matches!(options.net, None | Some(TapMode::Alone)) {
             main_filter = Some(main_thread_rules(hypervisor.kind()).compile()?);

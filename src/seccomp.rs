@@ -15,6 +15,9 @@
 //!   (`vmm_rules(kind).compile()?.install()?`), after the last thread is spawned and the last
 //!   file is opened.
 //!
+//! - [`discard_rules`]: what [`memory::discard`](crate::memory::discard) needs, for the thread
+//!   that serves a balloon's queues (often a vCPU thread, through the exit handler).
+//!
 //! The exit handler runs on the vCPU thread, so the vCPU filter must allow what it does. The
 //! rules allow what the handlers of vmkit's companion crates do (the bus's locks, serial
 //! and console output to an already-open stdout, eventfd writes to irqfds, `virtio` queue
@@ -80,5 +83,27 @@ pub fn vmm_rules(kind: HypervisorKind) -> Rules {
         #[allow(unreachable_patterns)]
         _ => {}
     }
+    rules
+}
+
+/// What [`memory::discard`](crate::memory::discard) (and [`MemoryRegion::discard`](crate::MemoryRegion::discard))
+/// calls: `madvise` with `MADV_DONTNEED` (private RAM, which [`Rules::base`] allows already)
+/// or `MADV_REMOVE` (shared RAM: a memfd or a file, which the base does not allow). Add it to
+/// the rules of the thread that serves a balloon's queues, e.g.
+/// `vcpu_rules(kind).extend(&discard_rules())` when the queues are notified through exits.
+///
+/// ```
+/// let mut rules = vmkit::seccomp::Rules::base();
+/// rules.extend(&vmkit::seccomp::discard_rules());
+/// let filter = rules.compile()?;
+/// # Ok::<(), vmkit::seccomp::SeccompError>(())
+/// ```
+pub fn discard_rules() -> Rules {
+    let mut rules = Rules::new();
+    rules.allow_args(
+        libc::SYS_madvise,
+        2,
+        &[libc::MADV_DONTNEED as u64, libc::MADV_REMOVE as u64],
+    );
     rules
 }

@@ -211,3 +211,54 @@ fn no_list_allows_a_way_out() {
         );
     }
 }
+
+/// A thread confined to the base rules and `discard_rules` gives back pages of shared RAM (a
+/// file: `MADV_REMOVE`, which the base rules alone do not allow, so the process would end)
+/// and of private RAM (`MADV_DONTNEED`); both read back as zeros.
+#[test]
+fn a_confined_thread_discards_shared_and_private_ram() {
+    use vmkit::vm_memory::{Bytes, FileOffset, GuestAddress};
+    use vmkit::{MemoryFlags, MemoryRegion};
+
+    let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+    file.set_len(0x4000).unwrap();
+    let shared = MemoryRegion::from_file(
+        GuestAddress(0),
+        0x4000,
+        FileOffset::new(file, 0),
+        MemoryFlags::empty(),
+    )
+    .unwrap();
+    let private =
+        MemoryRegion::anonymous(GuestAddress(0x10_0000), 0x4000, MemoryFlags::empty()).unwrap();
+    for region in [&shared, &private] {
+        region
+            .mapping()
+            .write_slice(&[0x5a; 0x4000], vmkit::vm_memory::MemoryRegionAddress(0))
+            .unwrap();
+    }
+    let mut rules = vmkit::seccomp::Rules::base();
+    rules.extend(&vmkit::seccomp::discard_rules());
+    let filter = rules.compile().unwrap();
+    let regions = vec![shared, private];
+    let regions = std::thread::spawn(move || {
+        filter.install().unwrap();
+        vmkit::memory::discard(&regions, GuestAddress(0x1000), 0x2000).unwrap();
+        vmkit::memory::discard(&regions, GuestAddress(0x10_1000), 0x2000).unwrap();
+        regions
+    })
+    .join()
+    .unwrap();
+    for region in &regions {
+        let mut back = [0u8; 0x4000];
+        region
+            .mapping()
+            .read_slice(&mut back, vmkit::vm_memory::MemoryRegionAddress(0))
+            .unwrap();
+        assert!(back[0x1000..0x3000].iter().all(|&b| b == 0));
+        assert!(back[..0x1000]
+            .iter()
+            .chain(&back[0x3000..])
+            .all(|&b| b == 0x5a));
+    }
+}

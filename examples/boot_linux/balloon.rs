@@ -2,10 +2,11 @@
 //! SIGUSR1 to print the guest's memory statistics.
 //!
 //! The balloon's queues are notified through MMIO exits, so inflation and free page
-//! reporting run on the vCPU thread that notified (their `madvise(MADV_DONTNEED)` is in the
-//! base seccomp rules: boot_linux's RAM is private anonymous memory). On SIGUSR1 a thread of
-//! its own asks the guest for new statistics, waits up to a second for them, and prints one
-//! line to stderr with the latest figures and their age. That thread reads the guest's
+//! reporting run on the vCPU thread that notified (with `--seccomp` its filter gains
+//! `vmkit::seccomp::discard_rules`, the `madvise` that `vmkit::memory::discard` makes on
+//! private or shared RAM). On SIGUSR1 a thread of its own asks the guest for new statistics,
+//! waits up to a second for them, and prints one line to stderr with the latest figures and
+//! their age. That thread reads the guest's
 //! statistics buffer, so with `--seccomp` it is confined too ([`stats_thread_rules`]).
 
 use std::sync::Arc;

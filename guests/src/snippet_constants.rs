@@ -137,4 +137,10 @@ constants! {
     /// What [`PM_TIMER_POWEROFF`] writes to PM1a_CNT: SLP_TYP 5 (bits 10-12, the type
     /// vmkit's DSDT gives `\_S5`) with SLP_EN (bit 13).
     PM_SLEEP_S5: u16 = (5 << 10) | (1 << 13);
+    /// What [`PM_SUSPEND`] writes to PM1a_CNT: SLP_TYP 3 (the type vmkit's DSDT gives
+    /// `\_S3`, suspend to RAM) with SLP_EN.
+    PM_SLEEP_S3: u16 = (3 << 10) | (1 << 13);
+    /// Where the S3 scenario places [`WAKE_REAL_MODE`] and points the FACS's waking vector:
+    /// below 1 MiB, clear of the boot GDT and page tables.
+    WAKE_VECTOR: u64 = 0x7000;
 }

@@ -184,6 +184,28 @@ snippet pm_timer_poweroff
         out     %ax, %dx
         hlt
 
+/// Asks for suspend to RAM: writes the word [`PM_SLEEP_S3`] (SLP_TYP 3, SLP_EN)
+/// to PM1a_CNT at [`PM1A_CNT_PORT`], then spins, as an OS does until the
+/// machine sleeps: only a wake at its waking vector gets it out. Clobbers
+/// `rax` and `rdx`.
+snippet pm_suspend
+        mov     $PM1A_CNT_PORT, %dx
+        mov     $PM_SLEEP_S3, %ax
+        out     %ax, %dx
+1:      jmp     1b
+
+/// 16-bit real-mode code, for an ACPI S3 wake at [`WAKE_VECTOR`]: reports CR0
+/// and CS (dwords to [`REPORT_PORT`]), so that a test sees the mode and
+/// segment it woke in, then halts. Clobbers `eax`.
+snippet wake_real_mode
+        .code16
+        mov     %cr0, %eax
+        out     %eax, $REPORT_PORT
+        xor     %eax, %eax
+        mov     %cs, %ax
+        out     %eax, $REPORT_PORT
+        hlt
+
 /// Jumps to itself forever: a guest that never exits on its own.
 snippet spin
 1:      jmp     1b

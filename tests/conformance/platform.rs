@@ -1,6 +1,7 @@
 //! What a guest probes about its platform: the CPUID and machine-check banks that vmkit-boot
 //! sets up reach the guest as the capabilities say, the PIT's lost-tick policy can be
-//! chosen, and a guest reads the ACPI PM timer and powers off through S5.
+//! chosen, a guest reads the ACPI PM timer and powers off through S5, and a guest suspended
+//! to RAM (S3) wakes at its waking vector.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -165,8 +166,125 @@ pub fn a_guest_reads_the_pm_timer_and_powers_off_through_s5(hv: &dyn Hypervisor)
     );
 }
 
+/// A guest suspends to RAM (S3); the VMM wakes it as firmware would (vmkit-boot's `wake`):
+/// from the FACS that vmkit-boot's ACPI tables hold, it reads the waking vector the guest
+/// left there, and starts the vCPU at it in real mode, with WAK_STS set in the PM block.
+pub fn a_guest_suspended_to_ram_wakes_at_its_waking_vector(hv: &dyn Hypervisor) {
+    use vmkit::vm_memory::{Bytes, GuestAddress};
+    use vmkit_boot::linux::acpi::facs_address;
+    use vmkit_boot::linux::acpi::write_acpi_tables;
+    use vmkit_boot::linux::AcpiDevices;
+    use vmkit_boot::wake::{self, WakingVector};
+
+    let base = PmBlock::DEFAULT_BASE;
+    let s3 = (u16::from(SleepState::S3.slp_typ()) << 10) | (1 << 13);
+    assert_eq!(snippets::PM_SLEEP_S3, s3);
+    let t = long_mode_vm_with(hv, VmConfig::default(), snippets::PM_SUSPEND);
+    let memory = t.vm.memory();
+    // The firmware's part: ACPI tables with a PM block, and so a FACS.
+    let devices = AcpiDevices {
+        pm: Some(vmkit_boot::linux::PmBlock {
+            pm1a_evt: base + PmBlock::PM1_EVT_OFFSET,
+            pm1a_cnt: base + PmBlock::PM1_CNT_OFFSET,
+            pm_tmr: base + PmBlock::PM_TMR_OFFSET,
+            reset: base + PmBlock::RESET_OFFSET,
+            reset_value: PmBlock::RESET_VALUE,
+            sci: 9,
+            s5_type: SleepState::S5.slp_typ(),
+            s3_type: Some(SleepState::S3.slp_typ()),
+        }),
+        ..AcpiDevices::default()
+    };
+    write_acpi_tables(&memory, 1, &devices).unwrap();
+    let facs = facs_address(1, &devices).unwrap();
+    // The OS's part before it suspends: its wake code, and the waking vector in the FACS.
+    memory
+        .write_slice(
+            snippets::WAKE_REAL_MODE,
+            GuestAddress(snippets::WAKE_VECTOR),
+        )
+        .unwrap();
+    memory
+        .write_obj(snippets::WAKE_VECTOR as u32, GuestAddress(facs + 12))
+        .unwrap();
+
+    let pm = Arc::new(PmBlock::new().unwrap());
+    let mut bus = Bus::new();
+    bus.register_pio(PioAddress(base), PmBlock::PORTS, pm.clone())
+        .unwrap();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let (suspended, suspend) = std::sync::mpsc::channel();
+    let handler = {
+        let (pm, reports) = (Arc::clone(&pm), Arc::clone(&reports));
+        let suspended = Mutex::new(suspended);
+        runner::from_fn(move |id, exit| {
+            if let VcpuExit::IoOut {
+                port: snippets::REPORT_PORT,
+                data,
+                ..
+            } = &*exit
+            {
+                let value = u32::from_le_bytes((*data).try_into().unwrap());
+                reports.lock().unwrap().push(value);
+                return ExitAction::Continue;
+            }
+            if let VcpuExit::Hlt = exit {
+                return ExitAction::PowerOff;
+            }
+            match bus.handle(id, exit) {
+                ExitAction::Continue => match pm.take_sleep_request() {
+                    Some(SleepState::S3) => {
+                        // The write completes (the guest spins on); the VMM then stops the
+                        // vCPU with a pause, so no I/O is in flight when the wake loads it.
+                        suspended.lock().unwrap().send(id).unwrap();
+                        ExitAction::Continue
+                    }
+                    Some(other) => panic!("unexpected sleep request {other:?}"),
+                    None => ExitAction::Continue,
+                },
+                action => action,
+            }
+        })
+    };
+    let running =
+        VmRunner::start_with(vec![t.vcpu], handler, crate::common::runner_options()).unwrap();
+    let id = suspend.recv_timeout(GIVE_UP).unwrap();
+    let vcpu = running.vcpu(id).unwrap();
+    vcpu.pause().unwrap();
+    assert!(reports.lock().unwrap().is_empty());
+    // The wake: what firmware does, on the vCPU that suspended.
+    let vector = vcpu
+        .with_vcpu(move |vcpu| {
+            let vector = wake::read_waking_vector(&memory, GuestAddress(facs))?;
+            wake::enter_waking_vector(vcpu, vector)?;
+            Ok::<_, wake::WakeError>(vector)
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(vector, WakingVector::RealMode(snippets::WAKE_VECTOR as u32));
+    pm.wake();
+    vcpu.resume().unwrap();
+    let finished = running.join_timeout(GIVE_UP).unwrap();
+    assert_eq!(
+        finished[0].outcome.as_ref().unwrap(),
+        &VcpuOutcome::PowerOff
+    );
+    // The wake code ran in real mode (CR0.PE clear), in the segment of the waking vector.
+    let reports = reports.lock().unwrap();
+    let [cr0, cs] = reports[..] else {
+        panic!("expected CR0 and CS from the wake code, got {reports:x?}");
+    };
+    assert_eq!(cr0 & 1, 0, "CR0 {cr0:#x}: woke in protected mode");
+    assert_eq!(u64::from(cs), snippets::WAKE_VECTOR >> 4);
+    // WAK_STS (bit 15 of PM1a_STS) tells the guest's resume path that it woke.
+    let mut status = [0u8; 2];
+    pm.read(PmBlock::PM1_EVT_OFFSET, &mut status);
+    assert_ne!(u16::from_le_bytes(status) & (1 << 15), 0);
+}
+
 crate::scenarios![
     a_guest_reads_the_pm_timer_and_powers_off_through_s5,
+    a_guest_suspended_to_ram_wakes_at_its_waking_vector,
     the_boot_layers_cpuid_and_mce_banks_reach_the_guest => tsc_deadline_or_mce,
     the_pits_lost_tick_policy_can_be_chosen => pit_reinject,
 ];

@@ -11,6 +11,8 @@
 //!   linux-loader), write the command line, the zero page or PVH start info, the E820 map,
 //!   ACPI tables (through acpi_tables) and an MP table, and set up each vCPU's CPUID, MSRs
 //!   and LAPIC as firmware would.
+//! - [`wake`]: wake a guest from ACPI S3 (suspend to RAM) as firmware would, at the waking
+//!   vector it left in its FACS.
 //!
 //! ```toml
 //! [dependencies]
@@ -24,3 +26,5 @@
 pub mod entry;
 #[cfg(target_arch = "x86_64")]
 pub mod linux;
+#[cfg(target_arch = "x86_64")]
+pub mod wake;

@@ -277,6 +277,17 @@ fn tables(vcpus: u8, devices: &AcpiDevices) -> Vec<(u64, Vec<u8>)> {
     tables
 }
 
+/// Where [`write_acpi_tables`] puts the FACS for `vcpus` processors and `devices`: the table
+/// a guest leaves its waking vector in before it suspends to RAM (see
+/// [`wake`](crate::wake)). `None` without a PM block (no FACS then).
+pub fn facs_address(vcpus: u32, devices: &AcpiDevices) -> Option<u64> {
+    let count = u8::try_from(vcpus).ok().filter(|&n| n >= 1)?;
+    tables(count, devices)
+        .into_iter()
+        .find(|(_, bytes)| bytes.starts_with(b"FACS"))
+        .map(|(addr, _)| addr)
+}
+
 /// Writes the ACPI tables for `vcpus` processors and `devices` from [`ACPI_TABLES`]; returns
 /// the RSDP's address.
 pub fn write_acpi_tables<M: GuestMemoryBackend>(
@@ -414,6 +425,12 @@ mod tests {
         let (addr, facs) = &tables[3];
         assert_eq!((*addr, &facs[..4]), (facs_addr, &b"FACS"[..]));
         assert_eq!(u32_at(facs, 4), 64);
+        let with_pm = AcpiDevices {
+            pm: Some(PM),
+            ..devices()
+        };
+        assert_eq!(facs_address(2, &with_pm), Some(facs_addr));
+        assert_eq!(facs_address(2, &devices()), None);
         // Nothing overlaps: each table starts after the previous one ends.
         for pair in tables.windows(2) {
             assert!(pair[0].0 + pair[0].1.len() as u64 <= pair[1].0);

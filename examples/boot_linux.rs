@@ -4,7 +4,7 @@
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
 //!     [--cmdline "..."] [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]]
 //!     [--net MODE[,vhost] [--tap NAME] [--mac MAC]] [--balloon] [--exit-stats] [--map-kernel]
-//!     [--split-rings] [--seccomp]
+//!     [--split-rings] [--seccomp] [--s3-wake-after MS]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -19,7 +19,10 @@
 //!   with a FACS and `\_S5` in the DSDT; SCI on IRQ 9): the ACPI PM timer, which Linux
 //!   takes as a clocksource candidate (`acpi_pm`), soft off through PM1a_CNT, so `poweroff`
 //!   ends the run, and the FADT's reset register (`0x06` to port `0x60c`), which `reboot`
-//!   uses without `reboot=k`. S3 is not offered (nothing here would wake the guest);
+//!   uses without `reboot=k`. With `--s3-wake-after MS` the DSDT also offers `\_S3`
+//!   (suspend to RAM: `echo deep > /sys/power/mem_sleep; echo mem > /sys/power/state`), and
+//!   boot_linux wakes a suspended guest MS milliseconds later at the waking vector it left in
+//!   the FACS, as firmware would (vmkit-boot's `wake`); without it S3 is not offered;
 //!   each vCPU gets the TSC-deadline timer in CPUID when KVM has it, and 10 machine-check
 //!   banks (fewer if the host allows fewer);
 //! - with `--disk FILE`, FILE (a regular file or a block device, whole 512-byte sectors) as
@@ -123,6 +126,8 @@ mod net;
 mod options;
 #[path = "boot_linux/signals.rs"]
 mod signals;
+#[path = "boot_linux/sleep.rs"]
+mod sleep;
 
 use options::CMDLINE_CAPACITY;
 
@@ -347,7 +352,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                 irq: COM1_GSI,
             }],
             virtio_mmio,
-            pm: Some(pm_tables()),
+            pm: Some(pm_tables(options.s3_wake_after.is_some())),
         },
     };
     linux::write_boot_info(&memory, &kernel, &cmdline, initrd, &machine)?;
@@ -374,12 +379,17 @@ fn run() -> Result<Ending, Box<dyn Error>> {
 
     // One thread per vCPU (vmkit's runner); exits go to the bus; a reset (the i8042's
     // command or the ACPI reset register) or ACPI soft off ends the run.
+    // With --s3-wake-after, a suspend goes to the waker (see sleep.rs).
+    let (suspended, suspends) = std::sync::mpsc::channel();
+    let waking = options.s3_wake_after.is_some();
+    let handler_pm = Arc::clone(&pm);
     let board = runner::from_fn(move |id, exit| match bus.handle(id, exit) {
-        ExitAction::Continue if i8042.take_reset_request() || pm.take_reset_request() => {
+        ExitAction::Continue if i8042.take_reset_request() || handler_pm.take_reset_request() => {
             ExitAction::Reset
         }
-        ExitAction::Continue => match pm.take_sleep_request() {
+        ExitAction::Continue => match handler_pm.take_sleep_request() {
             Some(SleepState::S5) => ExitAction::PowerOff,
+            Some(SleepState::S3) if waking && suspended.send(id).is_ok() => ExitAction::Continue,
             Some(SleepState::S3) => {
                 eprintln!(
                     "boot_linux: vCPU {id}: the guest asked to suspend (S3), which this VMM does \
@@ -427,6 +437,19 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     }
     let running = VmRunner::start_with(vcpu_handles, handler, runner_options)?;
     interrupts.watch(running.vcpus());
+    if let Some(after) = options.s3_wake_after {
+        let facs = linux::acpi::facs_address(vcpus, &machine.devices)
+            .ok_or("the ACPI tables have no FACS to wake the guest from")?;
+        let vcpus = running.vcpus().to_vec();
+        sleep::spawn_waker(
+            suspends,
+            vcpus,
+            Arc::clone(&pm),
+            memory.clone(),
+            facs,
+            after,
+        )?;
+    }
     if let Some(filter) = main_filter {
         filter.install()?;
     }
@@ -452,8 +475,9 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     Ok(Ending::Reset)
 }
 
-/// The PM block as the ACPI tables describe it: vmkit-devices' layout at its default base.
-fn pm_tables() -> linux::PmBlock {
+/// The PM block as the ACPI tables describe it: vmkit-devices' layout at its default base;
+/// with `s3`, S3 is offered too.
+fn pm_tables(s3: bool) -> linux::PmBlock {
     let base = PmBlock::DEFAULT_BASE;
     linux::PmBlock {
         pm1a_evt: base + PmBlock::PM1_EVT_OFFSET,
@@ -463,7 +487,7 @@ fn pm_tables() -> linux::PmBlock {
         reset_value: PmBlock::RESET_VALUE,
         sci: SCI_IRQ,
         s5_type: SleepState::S5.slp_typ(),
-        s3_type: None,
+        s3_type: s3.then(|| SleepState::S3.slp_typ()),
     }
 }
 

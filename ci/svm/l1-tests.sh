@@ -12,7 +12,7 @@
 # /bin/netbench.
 
 # shellcheck disable=SC2034 # read by l1-init
-TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage net_isolated net_nat net_bridged net_vhost net_bench linux_boot_bench dirty_harvest_bench"
+TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage boot_linux_s3 net_isolated net_nat net_bridged net_vhost net_bench linux_boot_bench dirty_harvest_bench"
 
 # The L2 kernel command line every boot uses: reboot=k makes `reboot -f` an i8042 reset.
 L2_CMDLINE="console=ttyS0 quiet reboot=k panic=-1"
@@ -143,6 +143,29 @@ t_boot_linux_vmlinux_smp2() {
 # other boots use packed ones).
 t_boot_linux_bzimage() {
     boot_linux /l2/bzImage 1 split
+}
+
+# (f) ACPI S3 with two vCPUs: the guest suspends to RAM after the disk test (vmkit.s3=1, see
+# ci/svm/l2-init) and boot_linux --s3-wake-after wakes it 500 ms later at its waking vector;
+# it must come back with its disk readable and both CPUs online, then reset as usual.
+t_boot_linux_s3() {
+    new_disk
+    ring=packed
+    l2_boot 2 boot_linux --kernel /l2/vmlinux --initrd /l2/initrd.cpio.gz \
+        --cmdline "$L2_CMDLINE vmkit.s3=1" --mem 256 --vcpus 2 --disk "$disk" --seccomp \
+        --s3-wake-after 500
+    status=$?
+    for want in VMKIT-L2-S3-RESUMED VMKIT-L2-S3-DISK-OK "VMKIT-L2-S3-CPUS 2"; do
+        if ! grep -qx "$want" /tmp/console.clean; then
+            echo "check: the guest did not print \"$want\""
+            status=1
+        fi
+    done
+    if ! grep -q "woke the guest at its waking vector" /tmp/console.clean; then
+        echo "check: boot_linux did not say it woke the guest"
+        status=1
+    fi
+    return $status
 }
 
 # --- Networks (issue 8): vmkit-net's isolated, bridged and NAT modes with real guests, and

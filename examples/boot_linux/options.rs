@@ -17,7 +17,7 @@ pub const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmd
                          [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]] \
                          [--net tap|isolated:BRIDGE|bridged:BRIDGE|nat:BRIDGE:GATEWAY/PREFIX:UPLINK[,vhost] \
                          [--tap NAME] [--mac MAC]] [--balloon] [--exit-stats] [--map-kernel] \
-                         [--split-rings] [--seccomp]";
+                         [--split-rings] [--seccomp] [--s3-wake-after MS]";
 /// The command line when `--cmdline` is not given. `earlyprintk` shows the kernel's first
 /// lines (its banner) on the serial port before the console driver starts, which a kernel
 /// that dies early never reaches.
@@ -29,6 +29,8 @@ const DEFAULT_MEM_MIB: u64 = 256;
 /// The least `--mem` the guest layout boots, in MiB.
 const MIN_MEM_MIB: u64 = layout::MIN_RAM >> 20;
 const MIB: u64 = 1 << 20;
+/// The longest `--s3-wake-after`: ten minutes.
+const MAX_S3_WAKE_MS: u64 = 600_000;
 
 /// A refused command line or input file.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +221,8 @@ pub struct Options {
     pub split_rings: bool,
     /// `--seccomp`.
     pub seccomp: bool,
+    /// `--s3-wake-after MS`: offer S3, and wake a suspended guest after this long.
+    pub s3_wake_after: Option<std::time::Duration>,
 }
 
 /// Parses this process's arguments and checks `--mem` against the host's RAM.
@@ -249,6 +253,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
         map_kernel: false,
         split_rings: false,
         seccomp: false,
+        s3_wake_after: None,
     };
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -301,6 +306,19 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
             "--map-kernel" => options.map_kernel = true,
             "--split-rings" => options.split_rings = true,
             "--seccomp" => options.seccomp = true,
+            "--s3-wake-after" => {
+                let text = value()?;
+                let ms: u64 = text
+                    .parse()
+                    .ok()
+                    .filter(|ms| (1..=MAX_S3_WAKE_MS).contains(ms))
+                    .ok_or_else(|| OptionsError::BadValue {
+                        flag: "--s3-wake-after",
+                        takes: format!("milliseconds, from 1 to {MAX_S3_WAKE_MS}"),
+                        value: text,
+                    })?;
+                options.s3_wake_after = Some(std::time::Duration::from_millis(ms));
+            }
             "--help" | "-h" => return Err(OptionsError::Help),
             _ => return Err(OptionsError::Unexpected { arg }),
         }
@@ -556,6 +574,23 @@ mod tests {
         assert!(text.contains("\"tap,kernel\""), "{text}");
         let text = refused("--kernel k --net nowhere,vhost");
         assert!(text.contains("a network mode"), "{text}");
+    }
+
+    #[test]
+    fn s3_wake_after_takes_milliseconds_within_its_limit() {
+        let options = parse(args("--kernel k --s3-wake-after 1500")).unwrap();
+        assert_eq!(
+            options.s3_wake_after,
+            Some(std::time::Duration::from_millis(1500))
+        );
+        assert_eq!(parse(args("--kernel k")).unwrap().s3_wake_after, None);
+        for bad in ["0", "600001", "soon", "-1"] {
+            let text = refused(&format!("--kernel k --s3-wake-after {bad}"));
+            assert_eq!(
+                text,
+                format!("--s3-wake-after takes milliseconds, from 1 to 600000, not \"{bad}\"")
+            );
+        }
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub enum Refusal {
 #[non_exhaustive]
 pub enum Reason {
     /// The destination refused the VM, with its reason.
-    #[error("the destination refused: {0}")]
+    #[error("the destination refused")]
     Refused(#[source] Refusal),
     /// The stream failed: I/O error, end of stream, a corrupt or oversized frame.
     #[error("the migration stream")]

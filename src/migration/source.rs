@@ -244,7 +244,7 @@ pub fn migrate<S: Read + Write>(
     stream: S,
     source: &Source<'_>,
     options: &MigrationOptions,
-    devices: impl FnOnce(&mut Writer<&mut Vec<u8>>) -> Result<(), StateError>,
+    devices: impl FnOnce(&mut Writer<Vec<u8>>) -> Result<(), StateError>,
     mut progress: impl FnMut(&Progress),
 ) -> Result<Summary, MigrationError> {
     let started = Instant::now();
@@ -375,7 +375,7 @@ fn stop_and_copy<S: Read + Write>(
     source: &Source<'_>,
     owed: &mut Owed,
     regions: &[Region],
-    devices: impl FnOnce(&mut Writer<&mut Vec<u8>>) -> Result<(), StateError>,
+    devices: impl FnOnce(&mut Writer<Vec<u8>>) -> Result<(), StateError>,
     progress: &mut impl FnMut(&Progress),
     pages_sent: u64,
     round: u32,
@@ -415,10 +415,9 @@ fn stop_and_copy<S: Read + Write>(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| local(e.into()))?;
     let vm_state = save_vm(source.vm, features).map_err(|e| local(e.into()))?;
-    let mut state = Vec::new();
-    {
+    let state = {
         let mut writer = Writer::new(
-            &mut state,
+            Vec::new(),
             Arch::X86_64,
             backend_code(source.hypervisor.kind()),
             [0; 32],
@@ -432,8 +431,8 @@ fn stop_and_copy<S: Read + Write>(
                 .map_err(|e| local(Reason::State(e)))?;
         }
         devices(&mut writer).map_err(|e| local(Reason::State(e)))?;
-        writer.finish().map_err(|e| local(Reason::State(e)))?;
-    }
+        writer.finish().map_err(|e| local(Reason::State(e)))?
+    };
     link.send(phase, wire::STATE, &state)?;
     link.recv(Phase::Confirm, "a confirmation")?;
     Ok((final_pages, link.out.bytes()))

@@ -310,3 +310,203 @@ impl StreamCheck {
         }
     }
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::hypervisor::VmConfig;
+    use crate::migration::frame::FrameWriter;
+    use crate::migration::wire::{self, Region, RoundEnd, PAGES_HEADER_LEN};
+
+    /// The host the fuzz target and these tests check against.
+    pub(crate) fn host() -> Capabilities {
+        Capabilities {
+            max_vcpus: 64,
+            max_memory_slots: 32,
+            irqchip: true,
+            pit: true,
+            dirty_log: true,
+            ..Capabilities::default()
+        }
+    }
+
+    pub(crate) fn offer() -> Offer {
+        Offer {
+            arch: Arch::X86_64.to_u16(),
+            backend: Backend::Kvm.to_u16(),
+            capabilities: Capabilities {
+                max_vcpus: 2,
+                ..Capabilities::default()
+            },
+            config: VmConfig::default().max_vcpus(2),
+            regions: vec![
+                Region {
+                    guest_addr: 0,
+                    size: 0x10_000,
+                    flags: MemoryFlags::LOG_DIRTY.bits(),
+                },
+                Region {
+                    guest_addr: 0x100_000,
+                    size: 0x2000,
+                    flags: 0,
+                },
+            ],
+            vcpus: vec![1, 0],
+        }
+    }
+
+    fn refused(offer: &Offer) -> Refusal {
+        check_offer(offer, HypervisorKind::Kvm, &host(), &Limits::default()).unwrap_err()
+    }
+
+    #[test]
+    fn a_fitting_offer_passes() {
+        check_offer(&offer(), HypervisorKind::Kvm, &host(), &Limits::default()).unwrap();
+    }
+
+    #[test]
+    fn offers_beyond_the_host_or_limits_are_refused() {
+        let xen = check_offer(&offer(), HypervisorKind::Xen, &host(), &Limits::default());
+        assert!(matches!(xen, Err(Refusal::Platform { .. })), "{xen:?}");
+
+        let mut big = offer();
+        big.capabilities.max_vcpus = 65;
+        let Refusal::MissingCapabilities(missing) = refused(&big) else {
+            panic!()
+        };
+        assert_eq!(missing, ["max vCPUs: 65 required, 64 available"]);
+
+        let mut twice = offer();
+        twice.vcpus = vec![0, 0];
+        assert!(matches!(refused(&twice), Refusal::Config(m) if m.contains("twice")));
+        let mut out_of_range = offer();
+        out_of_range.vcpus = vec![2];
+        assert!(matches!(refused(&out_of_range), Refusal::Config(m) if m.contains("vCPU 2")));
+
+        let mut overlap = offer();
+        overlap.regions[1].guest_addr = 0x8000;
+        assert!(matches!(refused(&overlap), Refusal::Layout(m) if m.contains("overlaps")));
+        let mut unaligned = offer();
+        unaligned.regions[0].size = 0x10_001;
+        assert!(matches!(refused(&unaligned), Refusal::Layout(m) if m.contains("unaligned")));
+        let mut wraps = offer();
+        wraps.regions[1].guest_addr = u64::MAX - 0xfff;
+        assert!(matches!(refused(&wraps), Refusal::Layout(_)));
+        let mut flags = offer();
+        flags.regions[0].flags = 1 << 31;
+        assert!(matches!(refused(&flags), Refusal::Layout(m) if m.contains("flags")));
+        let small = Limits::default().max_memory(0x10_000);
+        assert!(matches!(
+            check_offer(&offer(), HypervisorKind::Kvm, &host(), &small),
+            Err(Refusal::Layout(m)) if m.contains("more than")
+        ));
+    }
+
+    #[test]
+    fn page_runs_and_rounds_stay_within_the_offer() {
+        let mut check = StreamCheck::new(Limits::default().max_rounds(2));
+        let page = [0u8; PAGE_SIZE];
+        let run = |region, first_page| PageRun {
+            region,
+            first_page,
+            data: &page,
+        };
+        // Nothing before the offer.
+        assert!(check.page_run(&run(0, 0)).is_err());
+        check
+            .message(
+                &Message::Offer(Box::new(offer())),
+                HypervisorKind::Kvm,
+                &host(),
+            )
+            .unwrap();
+        check.page_run(&run(0, 15)).unwrap();
+        check.page_run(&run(1, 1)).unwrap();
+        assert!(matches!(
+            check.page_run(&run(1, 2)),
+            Err(CheckError::OutOfRegion {
+                end: 3,
+                pages: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            check.page_run(&run(0, u64::MAX)),
+            Err(CheckError::OutOfRegion { .. })
+        ));
+        assert!(matches!(
+            check.page_run(&run(2, 0)),
+            Err(CheckError::NoSuchRegion {
+                region: 2,
+                regions: 2
+            })
+        ));
+        assert!(matches!(
+            check.round_end(1),
+            Err(CheckError::Round { expected: 0, .. })
+        ));
+        check.round_end(0).unwrap();
+        check.round_end(1).unwrap();
+        assert!(matches!(
+            check.round_end(2),
+            Err(CheckError::TooManyRounds { max: 2 })
+        ));
+        // A second offer is out of place.
+        let again = check.message(
+            &Message::Offer(Box::new(offer())),
+            HypervisorKind::Kvm,
+            &host(),
+        );
+        assert!(again.is_err());
+    }
+
+    /// A source's stream: offer, pages, round end, a state frame.
+    pub(crate) fn source_stream(pages: &[(u32, u64)], state: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut writer = FrameWriter::new();
+        let offer = wire::encode("offer", &offer()).unwrap();
+        writer.send(&mut out, wire::OFFER, &offer).unwrap();
+        for &(region, first) in pages {
+            let buf = writer.buffer(PAGES_HEADER_LEN + PAGE_SIZE);
+            PageRun::write_header(buf, region, 1, first);
+            buf[PAGES_HEADER_LEN..].fill(first as u8 | 1);
+            writer.send_buffer(&mut out, wire::PAGES).unwrap();
+        }
+        let end = wire::encode("round end", &RoundEnd { round: 0, pages: 1 }).unwrap();
+        writer.send(&mut out, wire::ROUND_END, &end).unwrap();
+        writer.send(&mut out, wire::STATE, state).unwrap();
+        out
+    }
+
+    /// Writes the fuzz target's seeds into `$VMKIT_MIGRATION_SEEDS` (nothing without it).
+    #[test]
+    fn fuzz_seeds() {
+        let Some(dir) = std::env::var_os("VMKIT_MIGRATION_SEEDS") else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut state = Vec::new();
+        {
+            let mut writer =
+                vmkit_snapshot::Writer::new(&mut state, Arch::X86_64, Backend::Kvm, [0; 32]);
+            writer
+                .write_section(vmkit_snapshot::SectionTag::new(*b"VMST"), 0, 1, &7u32)
+                .unwrap();
+            writer.finish().unwrap();
+        }
+        let seeds: [(&str, Vec<u8>); 4] = [
+            ("whole", source_stream(&[(0, 0), (0, 15), (1, 1)], &state)),
+            ("no_pages", source_stream(&[], &state)),
+            ("out_of_region", source_stream(&[(1, 2)], &state)),
+            ("empty_state", source_stream(&[(0, 3)], &[])),
+        ];
+        for (name, bytes) in seeds {
+            for mode in [0u8, 1] {
+                let mut seed = vec![mode];
+                seed.extend_from_slice(&bytes);
+                std::fs::write(dir.join(format!("{name}_{mode}")), seed).unwrap();
+            }
+        }
+    }
+}

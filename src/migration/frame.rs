@@ -354,3 +354,117 @@ impl FrameWriter {
         self.send_buffer(stream, tag)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::migration::wire::{ACCEPT, PAGES, ROUND_END};
+
+    /// Three frames as a source would send them.
+    fn stream() -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut writer = FrameWriter::new();
+        writer.send(&mut out, ROUND_END, &[1, 2, 3]).unwrap();
+        writer.send(&mut out, ACCEPT, &[]).unwrap();
+        writer.send(&mut out, ROUND_END, b"last").unwrap();
+        assert_eq!(writer.bytes(), out.len() as u64);
+        out
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<(SectionTag, Vec<u8>)>, FrameError> {
+        let mut reader = FrameReader::new();
+        let mut cursor = Cursor::new(bytes);
+        let mut frames = Vec::new();
+        loop {
+            match reader.read(&mut cursor) {
+                Ok((tag, payload)) => frames.push((tag, payload.to_vec())),
+                Err(FrameError::Closed { .. }) => return Ok(frames),
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    #[test]
+    fn frames_come_back_in_order() {
+        let frames = read_all(&stream()).unwrap();
+        assert_eq!(
+            frames,
+            [
+                (ROUND_END, vec![1, 2, 3]),
+                (ACCEPT, vec![]),
+                (ROUND_END, b"last".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let good = stream();
+        for at in 0..good.len() {
+            for bit in [0x01, 0x80] {
+                let mut bad = good.clone();
+                bad[at] ^= bit;
+                assert!(
+                    read_all(&bad).is_err(),
+                    "byte {at} bit {bit:#x} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_caught_or_ends_between_frames() {
+        let good = stream();
+        let ends = [0, 43, 83, good.len()];
+        for len in 0..good.len() {
+            match read_all(&good[..len]) {
+                Ok(frames) => assert!(ends.contains(&len), "{len}: {frames:?}"),
+                Err(FrameError::Truncated { .. }) => assert!(!ends.contains(&len)),
+                Err(err) => panic!("{len}: {err}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeated_frame_is_refused() {
+        let mut bytes = Vec::new();
+        FrameWriter::new().send(&mut bytes, ACCEPT, &[]).unwrap();
+        FrameWriter::new().send(&mut bytes, ACCEPT, &[]).unwrap();
+        let err = read_all(&bytes).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FrameError::Sequence {
+                    expected: 1,
+                    found: 0
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lengths_over_the_limit_are_refused_before_reading() {
+        let header = SectionHeader {
+            tag: PAGES,
+            index: 0,
+            version: PROTOCOL_VERSION,
+            payload_len: u64::MAX,
+            payload_checksum: 0,
+        };
+        let err = read_all(&header.encode()).unwrap_err();
+        assert!(
+            matches!(err, FrameError::TooLong { len: u64::MAX, .. }),
+            "{err}"
+        );
+        let other_version = SectionHeader {
+            version: PROTOCOL_VERSION + 1,
+            payload_len: 0,
+            ..header
+        };
+        let err = read_all(&other_version.encode()).unwrap_err();
+        assert!(matches!(err, FrameError::Version { .. }), "{err}");
+    }
+}

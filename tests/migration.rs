@@ -14,6 +14,7 @@
 //! The destination connects to a listener of the source's before the source boots its guest,
 //! and the source's console waits a little after each line, so the guest is still counting
 //! while the migration runs and after it fails. Every wait is bounded by a generous limit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../examples/migrate/machine.rs"]
 #[allow(dead_code)]

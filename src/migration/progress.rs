@@ -47,7 +47,8 @@ impl MigrationOptions {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Progress {
-    /// The round just sent (0 is the full copy).
+    /// The pre-copy round just sent (0 is the full copy); in the stop-and-copy report, the
+    /// number of pre-copy rounds.
     pub round: u32,
     /// Whether the vCPUs are paused: this is the stop-and-copy report.
     pub stopped: bool,

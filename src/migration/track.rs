@@ -182,3 +182,43 @@ impl Owed {
         runs
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::Bytes;
+
+    use super::*;
+    use crate::hypervisor::VmConfig;
+    use crate::memory::{MemoryFlags, MemoryRegion};
+
+    /// Device writes (vm-memory's bitmap) and pages the VMM marks are both owed, once; what
+    /// was dirty before tracking started is not.
+    #[test]
+    fn owed_pages_merge_device_writes_and_marks() {
+        let hypervisor = crate::open().unwrap();
+        let vm = hypervisor.create_vm(&VmConfig::default()).unwrap();
+        let region =
+            MemoryRegion::anonymous(GuestAddress(0x10_0000), 0x10_000, MemoryFlags::LOG_DIRTY)
+                .unwrap();
+        vm.add_memory_region(region).unwrap();
+        let regions = [Region {
+            guest_addr: 0x10_0000,
+            size: 0x10_000,
+            flags: MemoryFlags::LOG_DIRTY.bits(),
+        }];
+        let memory = vm.memory();
+        memory.write_obj(1u64, GuestAddress(0x10_0000)).unwrap();
+        let marked = MarkedPages::default();
+        marked.mark(GuestAddress(0x10_1000), 1);
+
+        let mut owed = Owed::start(vm.as_ref(), &regions, Some(&marked)).unwrap();
+        assert_eq!(owed.count(), 0);
+        memory.write_obj(2u64, GuestAddress(0x10_3008)).unwrap();
+        marked.mark(GuestAddress(0x10_6ff0), 0x20); // pages 6 and 7
+        marked.mark(GuestAddress(0x20_0000), 8); // outside every region: ignored
+        assert_eq!(owed.collect(vm.as_ref(), Some(&marked)).unwrap(), 3);
+        assert!(marked.is_empty());
+        assert_eq!(owed.take_runs(), [(0, 3..4), (0, 6..8)]);
+        assert_eq!(owed.collect(vm.as_ref(), Some(&marked)).unwrap(), 0);
+    }
+}

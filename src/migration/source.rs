@@ -48,6 +48,8 @@ struct Link<S> {
     stream: S,
     out: FrameWriter,
     input: FrameReader,
+    /// Guest pages read aside in round 0, to leave zero pages out.
+    scratch: Vec<u8>,
 }
 
 impl<S: Read + Write> Link<S> {
@@ -137,39 +139,45 @@ impl<S: Read + Write> Link<S> {
         while first < pages.end {
             let count = (pages.end - first).min(u64::from(MAX_PAGES_PER_FRAME));
             let len = count as usize * PAGE_SIZE;
-            let buf = self.out.buffer(wire::PAGES_HEADER_LEN + len);
             let at = addr + first * page;
-            read_guest(memory, at, &mut buf[wire::PAGES_HEADER_LEN..])
-                .map_err(|reason| MigrationError::new(Side::Source, phase, reason))?;
-            if skip_zero {
-                // Sends the non-zero runs of this batch, each from a copy of its own.
-                let data = buf[wire::PAGES_HEADER_LEN..].to_vec();
-                let mut p = 0u64;
-                while p < count {
-                    let zero = |i: u64| {
-                        let s = i as usize * PAGE_SIZE;
-                        data[s..s + PAGE_SIZE].iter().all(|&b| b == 0)
-                    };
-                    if zero(p) {
-                        p += 1;
-                        continue;
-                    }
-                    let start = p;
-                    while p < count && !zero(p) {
-                        p += 1;
-                    }
-                    let run = &data[start as usize * PAGE_SIZE..p as usize * PAGE_SIZE];
-                    let buf = self.out.buffer(wire::PAGES_HEADER_LEN + run.len());
-                    PageRun::write_header(buf, index, (p - start) as u32, first + start);
-                    buf[wire::PAGES_HEADER_LEN..].copy_from_slice(run);
-                    self.send_buffer(phase)?;
-                    sent += p - start;
-                }
-            } else {
+            let local = |reason| MigrationError::new(Side::Source, phase, reason);
+            if !skip_zero {
+                let buf = self.out.buffer(wire::PAGES_HEADER_LEN + len);
+                read_guest(memory, at, &mut buf[wire::PAGES_HEADER_LEN..]).map_err(local)?;
                 PageRun::write_header(buf, index, count as u32, first);
                 self.send_buffer(phase)?;
                 sent += count;
+                first += count;
+                continue;
             }
+            // Reads the batch aside, then sends its non-zero runs.
+            let mut data = std::mem::take(&mut self.scratch);
+            data.resize(len, 0);
+            read_guest(memory, at, &mut data).map_err(local)?;
+            let zero = |i: u64| {
+                let s = i as usize * PAGE_SIZE;
+                data[s..s + PAGE_SIZE].iter().all(|&b| b == 0)
+            };
+            let mut p = 0u64;
+            let mut result = Ok(());
+            while p < count && result.is_ok() {
+                if zero(p) {
+                    p += 1;
+                    continue;
+                }
+                let start = p;
+                while p < count && !zero(p) {
+                    p += 1;
+                }
+                let run = &data[start as usize * PAGE_SIZE..p as usize * PAGE_SIZE];
+                let buf = self.out.buffer(wire::PAGES_HEADER_LEN + run.len());
+                PageRun::write_header(buf, index, (p - start) as u32, first + start);
+                buf[wire::PAGES_HEADER_LEN..].copy_from_slice(run);
+                result = self.send_buffer(phase);
+                sent += p - start;
+            }
+            self.scratch = data;
+            result?;
             first += count;
         }
         Ok(sent)
@@ -252,6 +260,7 @@ pub fn migrate<S: Read + Write>(
         stream,
         out: FrameWriter::new(),
         input: FrameReader::new(),
+        scratch: Vec::new(),
     };
     let vm = source.vm;
     let regions: Vec<Region> = vm

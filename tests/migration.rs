@@ -343,6 +343,7 @@ impl SourceVm {
     fn migrate(
         &self,
         stream: impl Read + Write,
+        options: &MigrationOptions,
         progress: impl FnMut(&Progress),
     ) -> Result<Summary, MigrationError> {
         let source = Source {
@@ -356,7 +357,7 @@ impl SourceVm {
         migration::migrate(
             stream,
             &source,
-            &MigrationOptions::default(),
+            options,
             |w| self.booted.devices.save(w),
             progress,
         )
@@ -382,7 +383,7 @@ impl SourceVm {
 
 // ---- Success ----
 
-fn migrates(transport: Transport, dirty_ring: bool) {
+fn migrates(transport: Transport, dirty_ring: bool, options: MigrationOptions) {
     let dir = TempDir::new_with_prefix("/tmp/vmkit-migration-").unwrap();
     let (listener, addr) = listen(transport, dir.as_path());
     let mut child = spawn_destination(&addr, dir.as_path(), None);
@@ -390,7 +391,7 @@ fn migrates(transport: Transport, dirty_ring: bool) {
     let source = start_source(dir.as_path(), dirty_ring, Duration::from_millis(20));
     let mut reports = Vec::new();
     let summary = source
-        .migrate(stream, |p| reports.push(p.clone()))
+        .migrate(stream, &options, |p| reports.push(p.clone()))
         .unwrap_or_else(|err| panic!("{}", vmkit::ErrorChain(&err)));
     let migrated_at = source.sink.last_count();
     source.running.stop_all();
@@ -416,7 +417,7 @@ fn migrates(transport: Transport, dirty_ring: bool) {
     );
 
     // Round 0, each later round, and the stop-and-copy report.
-    assert!(summary.rounds >= 1);
+    assert!(summary.rounds >= 1 && summary.rounds <= options.max_rounds);
     assert_eq!(reports.len(), summary.rounds as usize + 1);
     assert!(reports.last().unwrap().stopped);
     assert!(summary.pages_sent > 0 && summary.bytes_sent > summary.pages_sent * 4096);
@@ -434,13 +435,17 @@ fn migrates(transport: Transport, dirty_ring: bool) {
 
 #[test]
 fn migrates_over_a_unix_socket() {
-    migrates(Transport::Unix, false);
+    migrates(Transport::Unix, false, MigrationOptions::default());
 }
 
-/// With the dirty ring where the host has one (the bitmap otherwise).
+/// With the dirty ring where the host has one (the bitmap otherwise), and no downtime
+/// budget: pre-copy goes on until a round leaves nothing dirty or the fourth round.
 #[test]
 fn migrates_over_tcp() {
-    migrates(Transport::Tcp, true);
+    let options = MigrationOptions::default()
+        .downtime_budget(Duration::ZERO)
+        .max_rounds(4);
+    migrates(Transport::Tcp, true, options);
 }
 
 // ---- Failures ----
@@ -515,7 +520,9 @@ fn fails(mangle: Mangle, hold_back: Option<&str>) -> (MigrationError, String) {
         _ => proxy(destination, mangle),
     };
     let source = start_source(dir.as_path(), false, Duration::from_millis(50));
-    let error = source.migrate(stream, |_| {}).unwrap_err();
+    let error = source
+        .migrate(stream, &MigrationOptions::default(), |_| {})
+        .unwrap_err();
     eprintln!("source: {}", vmkit::ErrorChain(&error));
     let status = wait_child(&mut child);
     assert!(!status.success(), "the destination succeeded");
@@ -605,7 +612,7 @@ fn destination_killed_mid_stream() {
     let source = start_source(dir.as_path(), false, Duration::from_millis(50));
     let mut killed = false;
     let error = source
-        .migrate(stream, |p| {
+        .migrate(stream, &MigrationOptions::default(), |p| {
             if !killed {
                 child.kill().unwrap();
                 child.wait().unwrap();

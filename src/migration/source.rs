@@ -245,6 +245,10 @@ fn read_guest(memory: &GuestMemoryMmap, addr: u64, buf: &mut [u8]) -> Result<(),
 /// [`TcpStream::set_read_timeout`](std::net::TcpStream::set_read_timeout)) if a destination
 /// that stops answering without closing must not block the source for ever.
 ///
+/// A migration harvests the VM's dirty log (and vm-memory's bitmaps) for itself: a VMM that
+/// also tracks pages for diff snapshots ([`DiffTracker`](crate::snapshot::DiffTracker))
+/// takes a full snapshot after a failed migration before its next diff.
+///
 /// One gap is inherent to a two-party protocol: if the stream breaks after the destination
 /// sent its confirmation but before the source read it, both sides may run the VM. A VMM
 /// whose guest shares storage fences the old side (e.g. revokes its disk access) in that case.

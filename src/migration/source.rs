@@ -229,10 +229,13 @@ fn read_guest(memory: &GuestMemoryMmap, addr: u64, buf: &mut [u8]) -> Result<(),
 ///    [`Progress`]; when the pages still dirty would take at most
 ///    [`MigrationOptions::downtime_budget`] at the bandwidth measured so far, or after
 ///    [`MigrationOptions::max_rounds`], pre-copy ends.
-/// 3. **Stop-and-copy.** The vCPUs pause through the runner; the last dirty pages, then one
-///    state frame (a vmkit-snapshot state file: VM state, one section per vCPU, and what
-///    `devices` adds, e.g. [`Writer::write_device`] for each device implementing
-///    [`Persist`](vmkit_snapshot::Persist)) go out.
+/// 3. **Stop-and-copy.** The vCPUs pause through the runner; `devices` adds the device
+///    sections (e.g. [`Writer::write_device`] for each device implementing
+///    [`Persist`](vmkit_snapshot::Persist)) and the vCPU and VM state are captured, all before
+///    the last harvest of dirty pages, so that whatever a device worker or a vCPU's pending
+///    access writes meanwhile still goes out; then the last dirty pages, then one state
+///    frame (a vmkit-snapshot state file with all of it). A VMM whose devices run on threads
+///    of their own quiesces them in `devices` (and lets them go on if this returns `Err`).
 /// 4. **Confirmation.** The destination restores and confirms; only then does this return
 ///    `Ok`, and the VM belongs to the destination: the vCPUs stay paused here, and the caller
 ///    stops the runner and drops the VM.
@@ -400,6 +403,31 @@ fn stop_and_copy<S: Read + Write>(
         let _ = link.encode_and_send(phase, wire::ABORT, "abort", "the guest stopped");
         return Err(local(Reason::GuestStopped));
     }
+    // Everything that may still write guest memory comes before the last harvest: the
+    // VMM's devices (which it may quiesce in `devices`), and the vCPUs' pending accesses,
+    // which saving their state completes.
+    let mut writer = Writer::new(
+        Vec::new(),
+        Arch::X86_64,
+        backend_code(source.hypervisor.kind()),
+        [0; 32],
+    );
+    devices(&mut writer).map_err(|e| local(Reason::State(e)))?;
+    let features = Features::for_vm(source.config, source.hypervisor.capabilities());
+    for handle in source.runner.vcpus() {
+        let vcpu = handle
+            .save_state(source.msrs, features)
+            .map_err(|e| local(e.into()))?;
+        writer
+            .write_section(SectionTag::VCPU, vcpu.id, SECTION_VERSION, &vcpu)
+            .map_err(|e| local(Reason::State(e)))?;
+    }
+    let vm_state = save_vm(source.vm, features).map_err(|e| local(e.into()))?;
+    writer
+        .write_section(VM_STATE, 0, SECTION_VERSION, &vm_state)
+        .map_err(|e| local(Reason::State(e)))?;
+    let state = writer.finish().map_err(|e| local(Reason::State(e)))?;
+
     let dirty = owed
         .collect(source.vm, source.marked)
         .map_err(|e| local(e.into()))?;
@@ -419,33 +447,6 @@ fn stop_and_copy<S: Read + Write>(
         let addr = regions[index as usize].guest_addr;
         final_pages += link.send_run(phase, &memory, (index, addr), pages, false)?;
     }
-    let features = Features::for_vm(source.config, source.hypervisor.capabilities());
-    let vcpus = source
-        .runner
-        .vcpus()
-        .iter()
-        .map(|h| h.save_state(source.msrs, features))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| local(e.into()))?;
-    let vm_state = save_vm(source.vm, features).map_err(|e| local(e.into()))?;
-    let state = {
-        let mut writer = Writer::new(
-            Vec::new(),
-            Arch::X86_64,
-            backend_code(source.hypervisor.kind()),
-            [0; 32],
-        );
-        writer
-            .write_section(VM_STATE, 0, SECTION_VERSION, &vm_state)
-            .map_err(|e| local(Reason::State(e)))?;
-        for vcpu in &vcpus {
-            writer
-                .write_section(SectionTag::VCPU, vcpu.id, SECTION_VERSION, vcpu)
-                .map_err(|e| local(Reason::State(e)))?;
-        }
-        devices(&mut writer).map_err(|e| local(Reason::State(e)))?;
-        writer.finish().map_err(|e| local(Reason::State(e)))?
-    };
     link.send(phase, wire::STATE, &state)?;
     link.recv(Phase::Confirm, "a confirmation")?;
     Ok((final_pages, link.out.bytes()))

@@ -85,14 +85,20 @@
 //! # let _ = runner; Ok(()) }
 //! ```
 //!
-//! # What other backends and guests need
+//! # What other backends and VMMs need
 //!
-//! The protocol is backend-neutral; a backend needs [`Vm::harvest_dirty_log`](crate::Vm)
-//! (without it every round sends all memory) and the state capture of
-//! [`crate::snapshot`]. Moving a Linux guest with virtio-net also needs the VMM to save its
-//! network devices through `Persist`, to mark pages its vhost datapath writes
-//! ([`MarkedPages`]), and to announce the move on the new host (a gratuitous ARP through
-//! `VIRTIO_NET_F_GUEST_ANNOUNCE`); that is the VMM's part, over this API.
+//! The protocol is backend-neutral. A backend needs [`Vm::harvest_dirty_log`](crate::Vm)
+//! (without it every round sends all memory and pre-copy ends after
+//! [`MigrationOptions::max_rounds`]) and the state capture of [`crate::snapshot`]; on Xen
+//! that is its log-dirty mode, and the offer then names the Xen backend, so a destination
+//! refuses a VM from the other backend. A VMM with Linux guests adds its regions with
+//! `LOG_DIRTY`, saves every device through `Persist` in the `devices` closure (and quiesces
+//! device threads there, e.g. vmkit-machine's queue workers), marks pages written behind
+//! vm-memory's back ([`MarkedPages`]: a vhost-net datapath, unless the kernel's vhost dirty
+//! log is used), attaches a TAP to the same network on the destination and has the guest
+//! announce the move (`VIRTIO_NET_F_GUEST_ANNOUNCE`, a gratuitous ARP). [`Summary`] gives
+//! the source's view of total time, downtime and bytes; a guest-visible pause is measured
+//! from inside the guest.
 
 mod check;
 mod destination;

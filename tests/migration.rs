@@ -43,7 +43,8 @@ use vmm_sys_util::tempdir::TempDir;
 const CHILD: &str = "VMKIT_MIGRATION_CHILD";
 /// The destination's directory: the shared disk, its serial output, its error.
 const CHILD_DIR: &str = "VMKIT_MIGRATION_DIR";
-/// What the destination holds back from its capabilities: `fewer-vcpus` or `no-fpu`.
+/// What the destination holds back: `fewer-vcpus` or `no-fpu` from its capabilities, or
+/// `disk` (it cannot open the disk, so restoring the devices fails).
 const CHILD_HOLD_BACK: &str = "VMKIT_MIGRATION_HOLD_BACK";
 /// A liveness bound on every wait, far above what any step takes.
 const GIVE_UP: Duration = Duration::from_secs(120);
@@ -136,7 +137,11 @@ fn destination(addr: &str, dir: &Path) -> Result<(), BoxError> {
         _ => {}
     }
     let options = IncomingOptions::default().capabilities(capabilities);
-    let disk = dir.join("disk.img");
+    let disk = match std::env::var(CHILD_HOLD_BACK).as_deref() {
+        // Its devices cannot be rebuilt: the restore fails after all memory came.
+        Ok("disk") => dir.join("no-such-disk.img"),
+        _ => dir.join("disk.img"),
+    };
     let mut stream = Stream::connect(addr)?;
     let (incoming, devices) = migration::receive(&mut stream, hv.as_ref(), &options, |i| {
         machine::restore_devices(i, &disk, File::create(dir.join("dest-serial"))?)
@@ -505,6 +510,11 @@ fn proxy(destination: UnixStream, mangle: Mangle) -> UnixStream {
     source_end
 }
 
+/// Whether the destination's guest printed nothing.
+fn never_ran(dir: &Path) -> bool {
+    std::fs::read(dir.join("dest-serial")).map_or(true, |out| out.is_empty())
+}
+
 /// A failed migration through `mangle`, against a destination holding back `hold_back`:
 /// returns the source's error and the destination's, after checking that the source's
 /// guest runs on and the destination never ran it.
@@ -528,7 +538,7 @@ fn fails(mangle: Mangle, hold_back: Option<&str>) -> (MigrationError, String) {
     assert!(!status.success(), "the destination succeeded");
     let dest_error = std::fs::read_to_string(dir.as_path().join("dest-error")).unwrap();
     assert!(
-        !dir.as_path().join("dest-serial").exists(),
+        never_ran(dir.as_path()),
         "the destination ran a VM it did not receive whole"
     );
     source.still_runs(&error);
@@ -567,6 +577,22 @@ fn refused_for_a_missing_cpuid_feature() {
         "{missing:?}"
     );
     assert!(dest_error.contains("CPUID leaf 0x1.0 edx"), "{dest_error}");
+}
+
+/// The destination has everything but cannot rebuild the devices: it refuses after the
+/// source paused the vCPUs, and the source resumes them.
+#[test]
+fn refused_at_restore() {
+    let (error, dest_error) = fails(Mangle::None, Some("disk"));
+    assert_eq!(
+        (error.side, error.phase),
+        (Side::Destination, Phase::Confirm)
+    );
+    let Some(Refusal::Restore(why)) = error.refusal() else {
+        panic!("{error:?}");
+    };
+    assert!(why.contains("No such file"), "{why}");
+    assert!(dest_error.contains("restore phase"), "{dest_error}");
 }
 
 /// Cut inside round 0's pages.
@@ -626,6 +652,6 @@ fn destination_killed_mid_stream() {
     assert_eq!(error.side, Side::Destination);
     assert!(matches!(error.reason, Reason::Stream(_)), "{error:?}");
     assert!(!matches!(error.phase, Phase::Handshake), "{error:?}");
-    assert!(!dir.as_path().join("dest-serial").exists());
+    assert!(never_ran(dir.as_path()));
     source.still_runs(&error);
 }

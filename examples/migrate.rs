@@ -66,7 +66,11 @@ enum Stream {
 fn connect(addr: &str) -> io::Result<Stream> {
     match addr.split_once(':') {
         Some(("unix", path)) => UnixStream::connect(path).map(Stream::Unix),
-        Some(("tcp", host)) => TcpStream::connect(host).map(Stream::Tcp),
+        Some(("tcp", host)) => {
+            let stream = TcpStream::connect(host)?;
+            stream.set_nodelay(true)?;
+            Ok(Stream::Tcp(stream))
+        }
         _ => Err(io::Error::other(format!(
             "bad address {addr}: unix:PATH or tcp:HOST:PORT"
         ))),

@@ -73,6 +73,8 @@ impl Stream {
                 s.set_write_timeout(Some(GIVE_UP))
             }
             Stream::Tcp(s) => {
+                // Small frames (the state, the confirmation) must not wait on Nagle.
+                s.set_nodelay(true)?;
                 s.set_read_timeout(Some(GIVE_UP))?;
                 s.set_write_timeout(Some(GIVE_UP))
             }

@@ -157,8 +157,8 @@ pub fn receive<S: Read + Write, T>(
         let error = MigrationError::new(Side::Destination, phase, Reason::Refused(refusal.clone()));
         return Err(refuse(&mut link.out, &mut link.stream, refusal, error));
     }
-    let vm = match build(hypervisor, &offer) {
-        Ok(vm) => vm,
+    let built_vm = match build(hypervisor, &offer) {
+        Ok(built) => built,
         Err(reason) => {
             let refusal = Refusal::Restore(crate::ErrorChain(&reason).to_string());
             return Err(refuse(
@@ -174,7 +174,7 @@ pub fn receive<S: Read + Write, T>(
         .send(&mut link.stream, wire::ACCEPT, &[])
         .map_err(|e| MigrationError::new(Side::Source, phase, Reason::Stream(e)))?;
 
-    let memory = vm.memory();
+    let memory = built_vm.0.memory();
     let mut pages = 0u64;
     let mut round = 0u32;
     phase = Phase::PreCopy { round };
@@ -241,7 +241,7 @@ pub fn receive<S: Read + Write, T>(
             expected: "an offer",
             found: "state",
         })
-        .and_then(|offer| restore(vm, &offer, &state, hypervisor, round, pages))
+        .and_then(|offer| restore(built_vm, &offer, &state, hypervisor, round, pages))
         .and_then(|incoming| match devices(&incoming) {
             Ok(built) => Ok((incoming, built)),
             Err(source) => Err(Reason::Devices(source)),
@@ -281,8 +281,12 @@ fn corrupt<S: Write>(
     )
 }
 
-/// An empty VM built like the offer's: configuration and memory regions (zeroed).
-fn build(hypervisor: &dyn Hypervisor, offer: &Offer) -> Result<Box<dyn Vm>, Reason> {
+/// An empty VM built like the offer's: configuration, memory regions (zeroed) and vCPUs,
+/// all before the source pauses anything, so that building them costs no downtime.
+fn build(
+    hypervisor: &dyn Hypervisor,
+    offer: &Offer,
+) -> Result<(Box<dyn Vm>, Vec<Box<dyn Vcpu>>), Reason> {
     let vm = hypervisor.create_vm(&offer.config)?;
     for region in &offer.regions {
         let size = usize::try_from(region.size).unwrap_or(usize::MAX);
@@ -290,12 +294,17 @@ fn build(hypervisor: &dyn Hypervisor, offer: &Offer) -> Result<Box<dyn Vm>, Reas
         let mapped = MemoryRegion::anonymous(GuestAddress(region.guest_addr), size, flags)?;
         vm.add_memory_region(mapped)?;
     }
-    Ok(vm)
+    let vcpus = offer
+        .vcpus
+        .iter()
+        .map(|&id| vm.create_vcpu(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((vm, vcpus))
 }
 
 /// Restores the vCPUs and VM-wide state from the state frame.
 fn restore(
-    vm: Box<dyn Vm>,
+    (vm, vcpus): (Box<dyn Vm>, Vec<Box<dyn Vcpu>>),
     offer: &Offer,
     state: &[u8],
     hypervisor: &dyn Hypervisor,
@@ -310,14 +319,16 @@ fn restore(
     let vm_state: VmState = snapshot
         .read_section(VM_STATE, 0, SECTION_VERSION..=SECTION_VERSION)
         .map_err(Reason::State)?;
-    let mut vcpus = Vec::with_capacity(offer.vcpus.len());
-    for &id in &offer.vcpus {
+    // `build` created them in the offer's order.
+    for vcpu in &vcpus {
         let state: VcpuState = snapshot
-            .read_section(SectionTag::VCPU, id, SECTION_VERSION..=SECTION_VERSION)
+            .read_section(
+                SectionTag::VCPU,
+                vcpu.id(),
+                SECTION_VERSION..=SECTION_VERSION,
+            )
             .map_err(Reason::State)?;
-        let vcpu = vm.create_vcpu(id)?;
         restore_vcpu(vcpu.as_ref(), &state)?;
-        vcpus.push(vcpu);
     }
     restore_vm(vm.as_ref(), &vm_state)?;
     Ok(Incoming {

@@ -78,8 +78,9 @@ pub struct Summary {
     pub final_pages: u64,
     /// Bytes written to the stream.
     pub bytes_sent: u64,
-    /// From the pause of the vCPUs to the destination's confirmation. The guest's pause is
-    /// this plus however long the destination's VMM takes to start its vCPUs after
+    /// From the moment every vCPU is paused to the destination's confirmation. The guest's
+    /// pause is this, plus how long the vCPUs took to stop (a kick, unless an exit handler
+    /// is busy), plus how long the destination's VMM takes to start its vCPUs after
     /// [`receive`](super::receive) returns.
     pub downtime: Duration,
     /// From the offer to the confirmation.

@@ -244,7 +244,10 @@ fn read_guest(memory: &GuestMemoryMmap, addr: u64, buf: &mut [u8]) -> Result<(),
 /// before this returns (devices saved through `Persist` are only read, never changed). The
 /// error names the side, the phase and the reason, including the destination's refusal.
 ///
-/// `stream` should have read and write timeouts (e.g.
+/// On TCP, set `TCP_NODELAY` on both ends
+/// ([`TcpStream::set_nodelay`](std::net::TcpStream::set_nodelay)): otherwise the state frame
+/// and the confirmation can wait on Nagle's algorithm and delayed acknowledgements, tens of
+/// milliseconds of downtime. `stream` should have read and write timeouts (e.g.
 /// [`TcpStream::set_read_timeout`](std::net::TcpStream::set_read_timeout)) if a destination
 /// that stops answering without closing must not block the source for ever.
 ///
@@ -349,7 +352,6 @@ pub fn migrate<S: Read + Write>(
     }
 
     // Stop-and-copy: from here on every failure resumes the vCPUs.
-    let paused = Instant::now();
     let result = stop_and_copy(
         &mut link,
         source,
@@ -361,7 +363,7 @@ pub fn migrate<S: Read + Write>(
         round,
     );
     match result {
-        Ok((final_pages, bytes)) => Ok(Summary {
+        Ok((final_pages, bytes, paused)) => Ok(Summary {
             rounds: round,
             pages_sent: pages_sent + final_pages,
             final_pages,
@@ -384,7 +386,8 @@ pub fn migrate<S: Read + Write>(
 }
 
 /// Pauses the vCPUs, sends the last pages and the state, and waits for the confirmation.
-/// Returns the pages sent while paused and the bytes sent in all.
+/// Returns the pages sent while paused, the bytes sent in all, and when the vCPUs were
+/// all paused.
 #[allow(clippy::too_many_arguments)]
 fn stop_and_copy<S: Read + Write>(
     link: &mut Link<S>,
@@ -395,10 +398,11 @@ fn stop_and_copy<S: Read + Write>(
     progress: &mut impl FnMut(&Progress),
     pages_sent: u64,
     round: u32,
-) -> Result<(u64, u64), MigrationError> {
+) -> Result<(u64, u64, Instant), MigrationError> {
     let phase = Phase::StopAndCopy;
     let local = |reason: Reason| MigrationError::new(Side::Source, phase, reason);
     source.runner.pause_all().map_err(|e| local(e.into()))?;
+    let paused = Instant::now();
     if source.runner.is_stopping() {
         let _ = link.encode_and_send(phase, wire::ABORT, "abort", "the guest stopped");
         return Err(local(Reason::GuestStopped));
@@ -449,5 +453,5 @@ fn stop_and_copy<S: Read + Write>(
     }
     link.send(phase, wire::STATE, &state)?;
     link.recv(Phase::Confirm, "a confirmation")?;
-    Ok((final_pages, link.out.bytes()))
+    Ok((final_pages, link.out.bytes(), paused))
 }

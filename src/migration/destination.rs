@@ -281,12 +281,12 @@ fn corrupt<S: Write>(
     )
 }
 
+/// A VM and its vCPUs, not yet loaded with state.
+type Built = (Box<dyn Vm>, Vec<Box<dyn Vcpu>>);
+
 /// An empty VM built like the offer's: configuration, memory regions (zeroed) and vCPUs,
 /// all before the source pauses anything, so that building them costs no downtime.
-fn build(
-    hypervisor: &dyn Hypervisor,
-    offer: &Offer,
-) -> Result<(Box<dyn Vm>, Vec<Box<dyn Vcpu>>), Reason> {
+fn build(hypervisor: &dyn Hypervisor, offer: &Offer) -> Result<Built, Reason> {
     let vm = hypervisor.create_vm(&offer.config)?;
     for region in &offer.regions {
         let size = usize::try_from(region.size).unwrap_or(usize::MAX);
@@ -304,7 +304,7 @@ fn build(
 
 /// Restores the vCPUs and VM-wide state from the state frame.
 fn restore(
-    (vm, vcpus): (Box<dyn Vm>, Vec<Box<dyn Vcpu>>),
+    (vm, vcpus): Built,
     offer: &Offer,
     state: &[u8],
     hypervisor: &dyn Hypervisor,

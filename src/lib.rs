@@ -20,7 +20,8 @@
 //! - [`Vm`]: guest memory ([`MemoryRegion`]s, owned by the VM while mapped) and vCPUs.
 //! - [`Vcpu`]: `run()` returns a [`VcpuExit`]; register and state access uses the
 //!   backend-neutral types of [`arch::x86_64`].
-//! - [`snapshot`]: saving a VM to disk and restoring it; [`dirty`]: dirty-page tracking.
+//! - [`snapshot`]: saving a VM to disk and restoring it; [`dirty`]: dirty-page tracking;
+//!   [`migration`]: moving a running VM to another process or host over a stream.
 //! - [`pool`]: VMs built from a template and kept ready, for VMMs that run many short-lived
 //!   guests; a VM given back is reset so that nothing of its last guest reaches the next.
 //!
@@ -99,6 +100,8 @@ pub mod interrupt;
 #[cfg_attr(docsrs, doc(cfg(feature = "kvm")))]
 pub mod kvm;
 pub mod memory;
+#[cfg(target_arch = "x86_64")]
+pub mod migration;
 pub mod pool;
 pub mod runner;
 #[cfg(feature = "seccomp")]

@@ -1,0 +1,245 @@
+//! The frame types of the migration protocol and their payloads.
+//!
+//! | tag | direction | payload |
+//! |-----|-----------|---------|
+//! | `MOFR` | source → destination | [`Offer`] (postcard): architecture, backend, capabilities, VM configuration, memory layout, vCPU ids |
+//! | `MACC` | destination → source | empty: the destination holds a VM built like the source's, ready for memory |
+//! | `MREF` | destination → source | [`Refusal`] (postcard), the last frame of a destination that gives up |
+//! | `MPAG` | source → destination | a page run: region index (`u32` LE), page count (`u32` LE, 1 to [`MAX_PAGES_PER_FRAME`]), first page (`u64` LE), then `count * 4096` bytes |
+//! | `MRND` | source → destination | [`RoundEnd`] (postcard): a pre-copy round is complete |
+//! | `MSTA` | source → destination | a vmkit-snapshot state file: VM state, one section per vCPU, the VMM's device sections |
+//! | `MABT` | source → destination | a reason (postcard string): the source gives up |
+//! | `MCNF` | destination → source | empty: the destination restored everything and holds the VM |
+//!
+//! Frames in each direction are numbered from 0 (see [`super::frame`]).
+
+use serde::{Deserialize, Serialize};
+use vmkit_snapshot::state::HEADER_LEN;
+use vmkit_snapshot::{SectionTag, MAX_STATE_PAYLOAD};
+
+use super::error::Refusal;
+use super::frame::FrameError;
+use crate::hypervisor::{Capabilities, VmConfig};
+use crate::memory::PAGE_SIZE;
+
+/// The offer that opens a migration.
+pub const OFFER: SectionTag = SectionTag::new(*b"MOFR");
+/// The destination accepts the offer.
+pub const ACCEPT: SectionTag = SectionTag::new(*b"MACC");
+/// The destination refuses, with its reason.
+pub const REFUSE: SectionTag = SectionTag::new(*b"MREF");
+/// A run of guest pages.
+pub const PAGES: SectionTag = SectionTag::new(*b"MPAG");
+/// The end of a pre-copy round.
+pub const ROUND_END: SectionTag = SectionTag::new(*b"MRND");
+/// The final state: vCPUs, VM, devices.
+pub const STATE: SectionTag = SectionTag::new(*b"MSTA");
+/// The source gives up.
+pub const ABORT: SectionTag = SectionTag::new(*b"MABT");
+/// The destination holds the VM.
+pub const CONFIRM: SectionTag = SectionTag::new(*b"MCNF");
+
+/// The most pages one page frame carries (1 MiB of memory).
+pub const MAX_PAGES_PER_FRAME: u32 = 256;
+/// Bytes before the page data in a page frame.
+pub const PAGES_HEADER_LEN: usize = 16;
+/// The largest control payload (offer, refusal, round end, abort).
+pub const MAX_CONTROL_PAYLOAD: u64 = 1 << 20;
+
+/// The name of a frame type, or `None` for a tag that is not one.
+pub fn kind_of(tag: SectionTag) -> Option<&'static str> {
+    Some(match tag {
+        OFFER => "offer",
+        ACCEPT => "accept",
+        REFUSE => "refusal",
+        PAGES => "pages",
+        ROUND_END => "round end",
+        STATE => "state",
+        ABORT => "abort",
+        CONFIRM => "confirmation",
+        _ => return None,
+    })
+}
+
+/// The largest payload a frame with `tag` may carry.
+pub fn max_payload(tag: SectionTag) -> u64 {
+    match tag {
+        ACCEPT | CONFIRM => 0,
+        PAGES => (PAGES_HEADER_LEN + MAX_PAGES_PER_FRAME as usize * PAGE_SIZE) as u64,
+        STATE => MAX_STATE_PAYLOAD + HEADER_LEN as u64,
+        _ => MAX_CONTROL_PAYLOAD,
+    }
+}
+
+/// One region of guest memory as the source announces it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    /// First guest-physical address.
+    pub guest_addr: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// [`MemoryFlags`](crate::MemoryFlags) bits.
+    pub flags: u32,
+}
+
+impl Region {
+    /// Pages in the region.
+    pub fn pages(&self) -> u64 {
+        self.size / PAGE_SIZE as u64
+    }
+}
+
+/// What the source offers: everything the destination needs to decide, and to build an
+/// empty VM like the source's, before any memory moves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// vmkit-snapshot architecture code.
+    pub arch: u16,
+    /// vmkit-snapshot backend code.
+    pub backend: u16,
+    /// The source host's capabilities.
+    pub capabilities: Capabilities,
+    /// The VM's configuration.
+    pub config: VmConfig,
+    /// The memory regions, in guest-address order.
+    pub regions: Vec<Region>,
+    /// The vCPU ids.
+    pub vcpus: Vec<u32>,
+}
+
+/// The end of a pre-copy round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundEnd {
+    /// The round, from 0.
+    pub round: u32,
+    /// Pages sent in it.
+    pub pages: u64,
+}
+
+/// A run of consecutive pages of one region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRun<'a> {
+    /// Index of the region in the offer.
+    pub region: u32,
+    /// Index of the first page within the region.
+    pub first_page: u64,
+    /// The pages' contents, a whole number of pages.
+    pub data: &'a [u8],
+}
+
+impl PageRun<'_> {
+    /// Pages in the run.
+    pub fn count(&self) -> u64 {
+        (self.data.len() / PAGE_SIZE) as u64
+    }
+
+    /// Writes the run's header into the first [`PAGES_HEADER_LEN`] bytes of `buf`.
+    pub fn write_header(buf: &mut [u8], region: u32, count: u32, first_page: u64) {
+        if let Some(b) = buf.get_mut(..PAGES_HEADER_LEN) {
+            b[..4].copy_from_slice(&region.to_le_bytes());
+            b[4..8].copy_from_slice(&count.to_le_bytes());
+            b[8..16].copy_from_slice(&first_page.to_le_bytes());
+        }
+    }
+}
+
+/// One received frame, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// [`OFFER`].
+    Offer(Box<Offer>),
+    /// [`ACCEPT`].
+    Accept,
+    /// [`REFUSE`].
+    Refuse(Refusal),
+    /// [`PAGES`].
+    Pages(PageRun<'a>),
+    /// [`ROUND_END`].
+    RoundEnd(RoundEnd),
+    /// [`STATE`]: a state file's bytes.
+    State(&'a [u8]),
+    /// [`ABORT`].
+    Abort(String),
+    /// [`CONFIRM`].
+    Confirm,
+}
+
+impl<'a> Message<'a> {
+    /// The frame type's name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Offer(_) => "offer",
+            Message::Accept => "accept",
+            Message::Refuse(_) => "refusal",
+            Message::Pages(_) => "pages",
+            Message::RoundEnd(_) => "round end",
+            Message::State(_) => "state",
+            Message::Abort(_) => "abort",
+            Message::Confirm => "confirmation",
+        }
+    }
+
+    /// Decodes frame `seq`'s verified payload by its tag.
+    pub fn decode(seq: u32, tag: SectionTag, payload: &'a [u8]) -> Result<Self, FrameError> {
+        let kind = kind_of(tag).ok_or(FrameError::UnknownTag { seq, tag })?;
+        let bad = |reason: String| FrameError::Decode { seq, kind, reason };
+        Ok(match tag {
+            OFFER => Message::Offer(Box::new(postcard_exact(payload).map_err(bad)?)),
+            ACCEPT => Message::Accept,
+            CONFIRM => Message::Confirm,
+            REFUSE => Message::Refuse(postcard_exact(payload).map_err(bad)?),
+            ROUND_END => Message::RoundEnd(postcard_exact(payload).map_err(bad)?),
+            ABORT => Message::Abort(postcard_exact(payload).map_err(bad)?),
+            STATE => Message::State(payload),
+            _ => Message::Pages(decode_pages(payload).map_err(bad)?),
+        })
+    }
+}
+
+/// Decodes a postcard value that fills `payload` exactly.
+fn postcard_exact<'de, T: Deserialize<'de>>(payload: &'de [u8]) -> Result<T, String> {
+    let (value, rest) = postcard::take_from_bytes(payload).map_err(|err| err.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes left over", rest.len()));
+    }
+    Ok(value)
+}
+
+fn decode_pages(payload: &[u8]) -> Result<PageRun<'_>, String> {
+    let (head, data) = payload
+        .split_at_checked(PAGES_HEADER_LEN)
+        .ok_or_else(|| format!("{} bytes cannot hold a page-run header", payload.len()))?;
+    let word = |at: usize| {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&head[at..at + 4]);
+        u32::from_le_bytes(b)
+    };
+    let (region, count) = (word(0), word(4));
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&head[8..16]);
+    let first_page = u64::from_le_bytes(first);
+    if count == 0 || count > MAX_PAGES_PER_FRAME {
+        return Err(format!(
+            "{count} pages in one frame (1 to {MAX_PAGES_PER_FRAME} allowed)"
+        ));
+    }
+    if data.len() != count as usize * PAGE_SIZE {
+        return Err(format!(
+            "{count} pages announced but {} bytes of page data",
+            data.len()
+        ));
+    }
+    Ok(PageRun {
+        region,
+        first_page,
+        data,
+    })
+}
+
+/// Encodes a control payload.
+pub(super) fn encode<T: Serialize + ?Sized>(
+    kind: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, FrameError> {
+    postcard::to_stdvec(value).map_err(|source| FrameError::Encode { kind, source })
+}

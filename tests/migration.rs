@@ -179,9 +179,11 @@ impl Sink {
     /// The last number the guest printed whole (0 before the first).
     fn last_count(&self) -> u64 {
         let text = self.text();
+        // Whole lines only: the guest may be in the middle of one.
+        let text = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
         match text.find("count ") {
             None => 0,
-            Some(_) => minimal::check_count_serial(&text).unwrap().1,
+            Some(_) => minimal::check_count_serial(text).unwrap().1,
         }
     }
 }
@@ -531,7 +533,7 @@ fn fails(mangle: Mangle, hold_back: Option<&str>) -> (MigrationError, String) {
         Mangle::None => destination,
         _ => proxy(destination, mangle),
     };
-    let source = start_source(dir.as_path(), false, Duration::from_millis(50));
+    let source = start_source(dir.as_path(), false, Duration::from_millis(150));
     let error = source
         .migrate(stream, &MigrationOptions::default(), |_| {})
         .unwrap_err();
@@ -637,7 +639,7 @@ fn destination_killed_mid_stream() {
     let (listener, addr) = listen(Transport::Unix, dir.as_path());
     let mut child = spawn_destination(&addr, dir.as_path(), None);
     let stream = accept(&listener, &mut child);
-    let source = start_source(dir.as_path(), false, Duration::from_millis(50));
+    let source = start_source(dir.as_path(), false, Duration::from_millis(150));
     let mut killed = false;
     let error = source
         .migrate(stream, &MigrationOptions::default(), |p| {

@@ -4,7 +4,7 @@
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
 //!     [--cmdline "..."] [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]]
 //!     [--net MODE[,vhost] [--tap NAME] [--mac MAC]] [--balloon] [--exit-stats] [--map-kernel]
-//!     [--split-rings] [--seccomp]
+//!     [--split-rings] [--seccomp] [--save DIR] [--restore DIR]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -67,6 +67,27 @@
 //! that down at the end takes netlink sockets, sysctl files and running `nft`, which no
 //! useful filter allows; boot_linux says so when it starts. A forbidden call ends the process
 //! with a line naming the thread and the call.
+//!
+//! `--save DIR`: SIGUSR2 saves the running VM into the snapshot directory DIR: the vCPUs
+//! pause, the device threads stop (each finishing what the guest had asked), and
+//! `vmkit::snapshot::save` writes the vCPUs (with their machine-check banks), the VM-wide state
+//! (kvmclock, irqchip and IOAPIC, PIT), guest memory, the machine's shape and each device's
+//! state through `vmkit_snapshot::Persist` (serial, i8042, CMOS, PM block, the virtio-mmio
+//! transports of the disk, the network card and the console); then the VM stops and
+//! boot_linux exits 0 (`boot_linux: saved the VM to DIR in N ms; it stopped`). It does not
+//! resume: the guest goes on in whichever process restores it. With `--seccomp` the main
+//! thread, which writes the snapshot, stays unconfined.
+//!
+//! `--restore DIR` resumes such a snapshot instead of booting: give it the flags the guest was
+//! saved with (`--mem`, `--vcpus`, `--disk`, `--net`, `--mac`, `--split-rings`; `--kernel`,
+//! `--initrd` and `--cmdline` are not needed, they are in guest memory). A machine those flags
+//! build differently is refused, naming the flag, before any VM is made. vmkit checks the
+//! snapshot's files against each other and this host, maps guest memory lazily from DIR (keep
+//! it unchanged while the guest runs), and loads the vCPUs and the VM-wide state: the guest's
+//! clock goes on from the saved kvmclock value, so it never goes back. Each device is built as
+//! for a boot, on this run's host resources (the disk file `--disk` names, a new TAP on the
+//! network `--net` names), and takes its saved state before the vCPUs run. `--balloon` and
+//! `--net MODE,vhost` are refused with either flag: snapshots do not cover them yet.
 //!
 //! SIGINT (Ctrl-C) and SIGTERM stop the VM rather than kill the process: boot_linux says
 //! `boot_linux: SIGINT: stopping the VM`, stops the vCPUs, ends the device threads and

@@ -219,7 +219,8 @@ mod tests {
     fn the_same_shape_restores_and_each_difference_is_named() {
         let dir = Path::new("/snap");
         compare(dir, &shape(), &shape()).unwrap();
-        let cases: [(fn(&mut Shape), &str); 5] = [
+        type Case = (fn(&mut Shape), &'static str);
+        let cases: [Case; 5] = [
             (
                 |s| s.mem_mib = 512,
                 "RAM (--mem, MiB) 256, this run's flags give 512",

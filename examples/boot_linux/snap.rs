@@ -114,6 +114,7 @@ pub fn check_shape(dir: &Path, kind: HypervisorKind, given: &Shape) -> Result<()
         dir: dir.to_path_buf(),
         source,
     };
+    // vmkit has two backends; a snapshot of the other one is refused by the header check.
     let backend = match kind {
         HypervisorKind::Xen => Backend::Xen,
         _ => Backend::Kvm,

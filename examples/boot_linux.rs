@@ -4,7 +4,7 @@
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
 //!     [--cmdline "..."] [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]]
 //!     [--net MODE[,vhost] [--tap NAME] [--mac MAC]] [--balloon] [--exit-stats] [--map-kernel]
-//!     [--split-rings] [--seccomp] [--s3-wake-after MS]
+//!     [--split-rings] [--seccomp] [--s3-wake-after MS] [--save DIR] [--restore DIR]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -71,6 +71,27 @@
 //! useful filter allows; boot_linux says so when it starts. A forbidden call ends the process
 //! with a line naming the thread and the call.
 //!
+//! `--save DIR`: SIGUSR2 saves the running VM into the snapshot directory DIR: the vCPUs
+//! pause, the device threads stop (each finishing what the guest had asked), and
+//! `vmkit::snapshot::save` writes the vCPUs (with their machine-check banks), the VM-wide state
+//! (kvmclock, irqchip and IOAPIC, PIT), guest memory, the machine's shape and each device's
+//! state through `vmkit_snapshot::Persist` (serial, i8042, CMOS, PM block, the virtio-mmio
+//! transports of the disk, the network card and the console); then the VM stops and
+//! boot_linux exits 0 (`boot_linux: saved the VM to DIR in N ms; it stopped`). It does not
+//! resume: the guest goes on in whichever process restores it. With `--seccomp` the main
+//! thread, which writes the snapshot, stays unconfined.
+//!
+//! `--restore DIR` resumes such a snapshot instead of booting: give it the flags the guest was
+//! saved with (`--mem`, `--vcpus`, `--disk`, `--net`, `--mac`, `--split-rings`; `--kernel`,
+//! `--initrd` and `--cmdline` are not needed, they are in guest memory). A machine those flags
+//! build differently is refused, naming the flag, before any VM is made. vmkit checks the
+//! snapshot's files against each other and this host, maps guest memory lazily from DIR (keep
+//! it unchanged while the guest runs), and loads the vCPUs and the VM-wide state: the guest's
+//! clock goes on from the saved kvmclock value, so it never goes back. Each device is built as
+//! for a boot, on this run's host resources (the disk file `--disk` names, a new TAP on the
+//! network `--net` names), and takes its saved state before the vCPUs run. `--balloon` and
+//! `--net MODE,vhost` are refused with either flag: snapshots do not cover them yet.
+//!
 //! SIGINT (Ctrl-C) and SIGTERM stop the VM rather than kill the process: boot_linux says
 //! `boot_linux: SIGINT: stopping the VM`, stops the vCPUs, ends the device threads and
 //! leaves the network as at any other end (the last VM out tears it down). A network that a
@@ -100,23 +121,31 @@ use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use linux_loader::cmdline::Cmdline;
 use vm_device::bus::PioAddress;
 use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VmRunner};
+use vmkit::snapshot::{self, format::Snapshot, MemoryRestore};
 use vmkit::{ErrorChain, MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
 use vmkit_boot::linux::{self, layout};
 use vmkit_bus::Bus;
-use vmkit_devices::{Cmos, PmBlock, Serial, SleepState, COM1, COM1_GSI, I8042, SERIAL_PORTS};
+use vmkit_devices::{
+    Cmos, Persist, PmBlock, Serial, SleepState, COM1, COM1_GSI, I8042, SERIAL_PORTS,
+};
 use vmkit_machine::worker::{self, WorkerOptions};
-use vmkit_machine::{GsiAllocator, MmioAllocator, MmioWindow, QueueWorker, VirtioMmioWiring};
+use vmkit_machine::{
+    GsiAllocator, MmioAllocator, MmioWindow, QueueWorker, VirtioMmioWiring, WiredDevice,
+};
 use vmkit_net::vhost::{Datapath, VhostNet};
 use vmkit_net::worker::NetWorkerOptions;
 use vmkit_net::{Attachment, NetWorker, QueueKicks, TapMode};
 use vmkit_virtio::balloon::{Balloon, BalloonOptions};
 use vmkit_virtio::blk::{Block, BlockOptions};
 use vmkit_virtio::console::Console;
+use vmkit_virtio::mmio::MmioTransport;
 use vmkit_virtio::net::{Net, NetOptions, RXQ, TXQ};
+use vmkit_virtio::VirtioDevice;
 
 #[path = "boot_linux/balloon.rs"]
 mod balloon;
@@ -128,6 +157,8 @@ mod options;
 mod signals;
 #[path = "boot_linux/sleep.rs"]
 mod sleep;
+#[path = "boot_linux/snap.rs"]
+mod snap;
 
 use options::CMDLINE_CAPACITY;
 
@@ -143,7 +174,7 @@ const SCI_IRQ: u8 = 9;
 
 fn main() -> ExitCode {
     match run() {
-        Ok(Ending::Reset | Ending::PowerOff) => ExitCode::SUCCESS,
+        Ok(Ending::Reset | Ending::PowerOff | Ending::Saved) => ExitCode::SUCCESS,
         Ok(Ending::Signal(signal)) => ExitCode::from(signals::exit_status(signal)),
         // `--help` is not a failure: the usage goes to stdout.
         Err(err) if matches!(err.downcast_ref(), Some(options::OptionsError::Help)) => {
@@ -171,6 +202,8 @@ enum Ending {
     PowerOff,
     /// This signal stopped the VM.
     Signal(i32),
+    /// The VM was saved (`--save`, SIGUSR2), then stopped.
+    Saved,
 }
 
 fn run() -> Result<Ending, Box<dyn Error>> {
@@ -184,49 +217,71 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     // Every input file is checked before the VM is made.
     let disk = options.disk.as_ref().map(options::open_disk).transpose()?;
     let hypervisor = vmkit::open()?;
-    let config = VmConfig::default().max_vcpus(vcpus).irqchip(true).pit(true);
-    let vm = hypervisor.create_vm(&config)?;
-    // The balloon discards from these regions (the same mappings as the VM's).
-    let mut ram = Vec::new();
-    for (start, size) in layout::ram_ranges(ram_size) {
-        let size = usize::try_from(size).map_err(|_| "--mem is too large for this host")?;
-        let region = MemoryRegion::anonymous(start, size, MemoryFlags::empty())?;
-        ram.push(region.clone());
-        vm.add_memory_region(region)?;
-    }
-    let memory = vm.memory();
-
-    let mut kernel_file = open(&options.kernel, "--kernel")?;
-    let kernel = if options.map_kernel {
-        linux::load_kernel_file(&memory, &kernel_file)
-    } else {
-        linux::load_kernel(&memory, &mut kernel_file)
-    }
-    .map_err(|err| options.kernel_error(err))?;
-    options.check_cmdline_for_kernel(kernel.cmdline_max())?;
-    let initrd = match &options.initrd {
-        Some(path) => {
-            let low_ram_end = ram_size.min(layout::MMIO_HOLE_START);
-            let mut file = open(path, "--initrd")?;
+    let started = Instant::now();
+    let shape = snap::Shape::of(&options, disk.as_ref().map(|(_, size)| *size));
+    // --restore: the VM, its memory (mapped lazily from the snapshot), its vCPUs and its
+    // VM-wide state come from the snapshot, once the machine's shape is checked against the
+    // flags; the kernel, initrd and boot information are already in that memory.
+    let restored = match &options.restore {
+        Some(dir) => {
+            snap::check_shape(dir, hypervisor.kind(), &shape)?;
             Some(
-                linux::load_initrd(&memory, &mut file, &kernel, low_ram_end)
-                    .map_err(|err| options.initrd_error(err))?,
+                snapshot::restore(dir, hypervisor.as_ref(), MemoryRestore::Lazy).map_err(
+                    |source| snap::RestoreError::Snapshot {
+                        dir: dir.clone(),
+                        source,
+                    },
+                )?,
             )
         }
         None => None,
+    };
+    // The balloon discards from these regions (the same mappings as the VM's).
+    let mut ram = Vec::new();
+    let (vm, config, mut restored_vcpus, from) = match restored {
+        Some(restored) => (
+            restored.vm,
+            restored.config,
+            Some(restored.vcpus),
+            Some(restored.snapshot),
+        ),
+        None => {
+            let config = VmConfig::default().max_vcpus(vcpus).irqchip(true).pit(true);
+            let vm = hypervisor.create_vm(&config)?;
+            for (start, size) in layout::ram_ranges(ram_size) {
+                let size = usize::try_from(size).map_err(|_| "--mem is too large for this host")?;
+                let region = MemoryRegion::anonymous(start, size, MemoryFlags::empty())?;
+                ram.push(region.clone());
+                vm.add_memory_region(region)?;
+            }
+            (vm, config, None, None)
+        }
+    };
+    let from = from.as_ref();
+    let memory = vm.memory();
+
+    let boot = match from {
+        Some(_) => None,
+        None => Some(load_guest(&options, &memory, ram_size)?),
     };
 
     // The devices. Each interrupt is an irqfd: the device signals an eventfd and the
     // hypervisor raises the GSI without a trip through this process.
     let mut bus = Bus::new();
-    let serial = Arc::new(Serial::new(io::stdout())?);
+    // A restored device takes its saved state before it is shared (vmkit_snapshot::Persist).
+    let serial = Arc::new(restore_into(
+        Serial::new(io::stdout())?,
+        from,
+        snap::SERIAL,
+    )?);
     vm.register_irqfd(serial.interrupt_evt(), COM1_GSI, None)?;
-    bus.register_pio(PioAddress(COM1), SERIAL_PORTS, serial)?;
-    let i8042 = Arc::new(I8042::new()?);
+    bus.register_pio(PioAddress(COM1), SERIAL_PORTS, serial.clone())?;
+    let i8042 = Arc::new(restore_into(I8042::new()?, from, snap::I8042)?);
     bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())?;
-    bus.register_pio(PioAddress(Cmos::BASE), Cmos::PORTS, Arc::new(Cmos::new()))?;
+    let cmos = Arc::new(restore_into(Cmos::new(), from, snap::CMOS)?);
+    bus.register_pio(PioAddress(Cmos::BASE), Cmos::PORTS, cmos.clone())?;
     // The ACPI PM block: its SCI is an irqfd on IRQ 9, kept out of the virtio devices' range.
-    let pm = Arc::new(PmBlock::new()?);
+    let pm = Arc::new(restore_into(PmBlock::new()?, from, snap::PM)?);
     vm.register_irqfd(pm.sci_evt(), u32::from(SCI_IRQ), None)?;
     bus.register_pio(
         PioAddress(PmBlock::DEFAULT_BASE),
@@ -247,21 +302,33 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let mut virtio_mmio = Vec::new();
     // The disk's request queue notifies through an ioeventfd, served by a device thread, so
     // the guest's requests neither exit to nor wait on a vCPU thread.
-    let mut _disk_worker = None;
+    let mut disk_worker = None;
+    // The transports a save reads (their workers stopped first).
+    let mut saved_disk = None;
+    let mut saved_card = None;
     if let (Some((file, size)), Some(arg)) = (disk, &options.disk) {
         let block_options = BlockOptions {
             read_only: arg.read_only,
             ..BlockOptions::default()
         };
         let block = Block::with_backend(file, size, block_options)?;
-        let mut disk = virtio.attach(vm.as_ref(), &mut bus, block, &[0])?;
+        let mut disk = attach(
+            &mut virtio,
+            vm.as_ref(),
+            &mut bus,
+            block,
+            &[0],
+            from,
+            snap::DISK,
+        )?;
+        saved_disk = Some(disk.transport.clone());
         virtio_mmio.push(announce(disk.window, disk.gsi)?);
         let notifiers = std::mem::take(&mut disk.notifiers);
         let mut worker_options = WorkerOptions::named("virtio-blk");
         if options.seccomp {
             worker_options = worker_options.seccomp(worker::blk_seccomp_rules().compile()?);
         }
-        _disk_worker = Some(QueueWorker::start_with(
+        disk_worker = Some(QueueWorker::start_with(
             disk.transport,
             notifiers,
             worker_options,
@@ -271,7 +338,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     // Declared before the worker so that it is dropped after it: the device stops before
     // its TAP leaves the network.
     let mut net_attachment = net::Leaving(None);
-    let mut _net_worker = None;
+    let mut net_worker = None;
     if let Some(mode) = &options.net {
         let (attachment, tap) = Attachment::open(mode, &options.tap)?;
         if let Some(leftover) = attachment.leftover() {
@@ -295,7 +362,16 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         let vhost = options.datapath == Datapath::Vhost;
         // vhost-net serves split rings only.
         virtio = virtio.packed_rings(!options.split_rings && !vhost);
-        let mut card = virtio.attach(vm.as_ref(), &mut bus, device, &[RXQ, TXQ])?;
+        let mut card = attach(
+            &mut virtio,
+            vm.as_ref(),
+            &mut bus,
+            device,
+            &[RXQ, TXQ],
+            from,
+            snap::NET,
+        )?;
+        saved_card = Some(card.transport.clone());
         virtio = virtio.packed_rings(!options.split_rings);
         virtio_mmio.push(announce(card.window, card.gsi)?);
         let kicks = QueueKicks {
@@ -318,7 +394,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                 worker_options =
                     worker_options.seccomp(vmkit_net::worker::seccomp_rules().compile()?);
             }
-            _net_worker = Some(NetWorker::start_with(
+            net_worker = Some(NetWorker::start_with(
                 card.transport,
                 kicks,
                 worker_options,
@@ -338,56 +414,96 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         };
         _balloon_stats = Some(balloon::StatsOnSignal::start(wired.transport, filter)?);
     }
-    let console = virtio.attach(vm.as_ref(), &mut bus, Console::new(io::stdout()), &[])?;
+    let console = attach(
+        &mut virtio,
+        vm.as_ref(),
+        &mut bus,
+        Console::new(io::stdout()),
+        &[],
+        from,
+        snap::CONSOLE,
+    )?;
     virtio_mmio.push(announce(console.window, console.gsi)?);
 
-    let mut cmdline = Cmdline::new(CMDLINE_CAPACITY)?;
-    cmdline.insert_str(&options.cmdline)?;
-    let machine = linux::MachineConfig {
-        ram_size,
-        vcpus,
-        devices: linux::AcpiDevices {
-            serial: vec![linux::SerialPort {
-                port: COM1,
-                irq: COM1_GSI,
-            }],
-            virtio_mmio,
-            pm: Some(pm_tables(options.s3_wake_after.is_some())),
-        },
+    let acpi_devices = linux::AcpiDevices {
+        serial: vec![linux::SerialPort {
+            port: COM1,
+            irq: COM1_GSI,
+        }],
+        virtio_mmio,
+        pm: Some(pm_tables(options.s3_wake_after.is_some())),
     };
-    linux::write_boot_info(&memory, &kernel, &cmdline, initrd, &machine)?;
+    // Where the guest leaves its waking vector before it suspends (for a restored guest too:
+    // the same flags lay its tables out the same way).
+    let facs = linux::acpi::facs_address(vcpus, &acpi_devices);
     let mut vcpu_handles = Vec::new();
-    for index in 0..vcpus {
-        let vcpu = vm.create_vcpu(index)?;
-        linux::configure_vcpu(
-            vcpu.as_ref(),
-            &memory,
-            &kernel,
-            (index, vcpus),
-            hypervisor.capabilities(),
-            true,
-        )?;
-        vcpu_handles.push(vcpu);
+    if let Some((kernel, initrd)) = boot {
+        let mut cmdline = Cmdline::new(CMDLINE_CAPACITY)?;
+        cmdline.insert_str(&options.cmdline)?;
+        let machine = linux::MachineConfig {
+            ram_size,
+            vcpus,
+            devices: acpi_devices,
+        };
+        linux::write_boot_info(&memory, &kernel, &cmdline, initrd, &machine)?;
+        for index in 0..vcpus {
+            let vcpu = vm.create_vcpu(index)?;
+            linux::configure_vcpu(
+                vcpu.as_ref(),
+                &memory,
+                &kernel,
+                (index, vcpus),
+                hypervisor.capabilities(),
+                true,
+            )?;
+            vcpu_handles.push(vcpu);
+        }
+        eprintln!(
+            "boot_linux: {:?} kernel, {:?} entry, {} MiB, {vcpus} vCPU(s), on {}",
+            kernel.format,
+            kernel.entry,
+            options.mem_mib,
+            hypervisor.kind()
+        );
     }
-    eprintln!(
-        "boot_linux: {:?} kernel, {:?} entry, {} MiB, {vcpus} vCPU(s), on {}",
-        kernel.format,
-        kernel.entry,
-        options.mem_mib,
-        hypervisor.kind()
-    );
+    if let (Some(vcpus), Some(dir)) = (restored_vcpus.take(), &options.restore) {
+        vcpu_handles = vcpus;
+        eprintln!(
+            "boot_linux: restored {} ({} MiB, {} vCPU(s), on {}) in {} us",
+            dir.display(),
+            options.mem_mib,
+            vcpu_handles.len(),
+            hypervisor.kind(),
+            started.elapsed().as_micros()
+        );
+    }
+    // What a save needs: the MSRs the vCPUs can read (asked while a vCPU is at hand).
+    let save = match &options.save {
+        Some(dir) => Some(Saving {
+            dir: dir.clone(),
+            request: snap::SaveRequest::catch()
+                .map_err(|err| format!("cannot catch SIGUSR2: {err}"))?,
+            msrs: match vcpu_handles.first() {
+                Some(vcpu) => snapshot::readable_msrs(vcpu.as_ref(), &hypervisor.msr_index_list()),
+                None => Vec::new(),
+            },
+        }),
+        None => None,
+    };
 
     // One thread per vCPU (vmkit's runner); exits go to the bus; a reset (the i8042's
     // command or the ACPI reset register) or ACPI soft off ends the run.
     // With --s3-wake-after, a suspend goes to the waker (see sleep.rs).
     let (suspended, suspends) = std::sync::mpsc::channel();
     let waking = options.s3_wake_after.is_some();
-    let handler_pm = Arc::clone(&pm);
+    let (board_i8042, board_pm) = (i8042.clone(), pm.clone());
     let board = runner::from_fn(move |id, exit| match bus.handle(id, exit) {
-        ExitAction::Continue if i8042.take_reset_request() || handler_pm.take_reset_request() => {
+        ExitAction::Continue
+            if board_i8042.take_reset_request() || board_pm.take_reset_request() =>
+        {
             ExitAction::Reset
         }
-        ExitAction::Continue => match handler_pm.take_sleep_request() {
+        ExitAction::Continue => match board_pm.take_sleep_request() {
             Some(SleepState::S5) => ExitAction::PowerOff,
             Some(SleepState::S3) if waking && suspended.send(id).is_ok() => ExitAction::Continue,
             Some(SleepState::S3) => {
@@ -426,7 +542,12 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             rules.extend(&vmkit::seccomp::discard_rules());
         }
         runner_options = runner_options.seccomp(rules.compile()?);
-        if matches!(options.net, None | Some(TapMode::Alone)) {
+        if options.save.is_some() {
+            eprintln!(
+                "boot_linux: seccomp: the main thread stays unconfined: --save writes the \
+                 snapshot from it"
+            );
+        } else if matches!(options.net, None | Some(TapMode::Alone)) {
             main_filter = Some(main_thread_rules(hypervisor.kind()).compile()?);
         } else {
             eprintln!(
@@ -438,8 +559,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let running = VmRunner::start_with(vcpu_handles, handler, runner_options)?;
     interrupts.watch(running.vcpus());
     if let Some(after) = options.s3_wake_after {
-        let facs = linux::acpi::facs_address(vcpus, &machine.devices)
-            .ok_or("the ACPI tables have no FACS to wake the guest from")?;
+        let facs = facs.ok_or("the ACPI tables have no FACS to wake the guest from")?;
         let vcpus = running.vcpus().to_vec();
         sleep::spawn_waker(
             suspends,
@@ -453,7 +573,42 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     if let Some(filter) = main_filter {
         filter.install()?;
     }
-    let finished = running.join();
+    let mut saved_to = None;
+    let finished = match save {
+        None => running.join(),
+        Some(save) => {
+            // Waits for the VM to stop, or for SIGUSR2 to save it (then it stops).
+            while !running.wait_stopping(Duration::from_millis(20)) {
+                if !save.request.take() {
+                    continue;
+                }
+                let at = Instant::now();
+                let result = save_vm(
+                    &save,
+                    &running,
+                    hypervisor.as_ref(),
+                    &config,
+                    vm.as_ref(),
+                    Devices {
+                        serial: &serial,
+                        i8042: &i8042,
+                        cmos: &cmos,
+                        pm: &pm,
+                        disk: saved_disk.as_deref(),
+                        card: saved_card.as_deref(),
+                        console: &console.transport,
+                    },
+                    (&mut disk_worker, &mut net_worker),
+                    &shape,
+                );
+                running.stop_all();
+                result?;
+                saved_to = Some((save.dir.clone(), at.elapsed()));
+                break;
+            }
+            running.join()
+        }
+    };
     if let Some(stats) = stats {
         stats.print();
     }
@@ -463,6 +618,14 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     }
     // Dropping what run() holds on return stops the device threads, then the TAP leaves
     // its network (declared in that order above).
+    if let Some((dir, took)) = saved_to {
+        eprintln!(
+            "boot_linux: saved the VM to {} in {} ms; it stopped",
+            dir.display(),
+            took.as_millis()
+        );
+        return Ok(Ending::Saved);
+    }
     if let Some(signal) = interrupts.caught() {
         eprintln!("boot_linux: {}: the VM stopped", signals::name(signal));
         return Ok(Ending::Signal(signal));
@@ -473,6 +636,133 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     }
     eprintln!("boot_linux: the guest reset the machine");
     Ok(Ending::Reset)
+}
+
+/// Loads `--kernel` and `--initrd` into guest memory, each checked first.
+fn load_guest(
+    options: &options::Options,
+    memory: &vmkit::GuestMemoryMmap,
+    ram_size: u64,
+) -> Result<(linux::LoadedKernel, Option<linux::Initrd>), Box<dyn Error>> {
+    let mut kernel_file = open(&options.kernel, "--kernel")?;
+    let kernel = if options.map_kernel {
+        linux::load_kernel_file(memory, &kernel_file)
+    } else {
+        linux::load_kernel(memory, &mut kernel_file)
+    }
+    .map_err(|err| options.kernel_error(err))?;
+    options.check_cmdline_for_kernel(kernel.cmdline_max())?;
+    let initrd = match &options.initrd {
+        Some(path) => {
+            let low_ram_end = ram_size.min(layout::MMIO_HOLE_START);
+            let mut file = open(path, "--initrd")?;
+            Some(
+                linux::load_initrd(memory, &mut file, &kernel, low_ram_end)
+                    .map_err(|err| options.initrd_error(err))?,
+            )
+        }
+        None => None,
+    };
+    Ok((kernel, initrd))
+}
+
+/// `device`, with the state of device section `index` of `from` restored into it when
+/// restoring.
+fn restore_into<P: Persist>(
+    mut device: P,
+    from: Option<&Snapshot>,
+    index: u32,
+) -> Result<P, Box<dyn Error>> {
+    if let Some(snapshot) = from {
+        let state = snapshot.read_device::<P>(index)?;
+        device.restore_state(&state)?;
+    }
+    Ok(device)
+}
+
+/// The guest memory the virtio transports use.
+type Memory = Arc<vmkit::GuestMemoryMmap>;
+
+/// Puts a virtio device on the VM, restoring its transport's state from device section
+/// `index` of `from` when restoring.
+fn attach<D>(
+    virtio: &mut VirtioMmioWiring<Memory>,
+    vm: &dyn vmkit::Vm,
+    bus: &mut Bus,
+    device: D,
+    notify: &[u16],
+    from: Option<&Snapshot>,
+    index: u32,
+) -> Result<WiredDevice<Memory, D>, Box<dyn Error>>
+where
+    D: VirtioDevice<vmkit::GuestMemoryMmap> + Persist + Send + 'static,
+{
+    Ok(match from {
+        None => virtio.attach(vm, bus, device, notify)?,
+        Some(snapshot) => {
+            let state = snapshot.read_device::<MmioTransport<Memory, D>>(index)?;
+            virtio.attach_restored(vm, bus, device, notify, &state)?
+        }
+    })
+}
+
+/// `--save`: where, the SIGUSR2 catcher, and the MSRs to save.
+struct Saving {
+    dir: PathBuf,
+    request: snap::SaveRequest,
+    msrs: Vec<u32>,
+}
+
+/// The devices whose state a save writes.
+struct Devices<'a> {
+    serial: &'a Serial<io::Stdout>,
+    i8042: &'a I8042,
+    cmos: &'a Cmos,
+    pm: &'a PmBlock,
+    disk: Option<&'a MmioTransport<Memory, Block>>,
+    card: Option<&'a MmioTransport<Memory, Net<vmkit_net::Tap>>>,
+    console: &'a MmioTransport<Memory, Console<io::Stdout>>,
+}
+
+/// Saves the running VM to `save.dir`: pauses every vCPU, stops the device threads (each
+/// finishes what the guest had asked of it), then writes the vCPUs, VM-wide state (clock,
+/// irqchip, PIT), memory, the machine's shape and each device's state. The vCPUs stay paused.
+#[allow(clippy::too_many_arguments)]
+fn save_vm(
+    save: &Saving,
+    running: &VmRunner,
+    hypervisor: &dyn vmkit::Hypervisor,
+    config: &VmConfig,
+    vm: &dyn vmkit::Vm,
+    devices: Devices<'_>,
+    workers: (&mut Option<QueueWorker>, &mut Option<NetWorker>),
+    shape: &snap::Shape,
+) -> Result<(), Box<dyn Error>> {
+    running.pause_all()?;
+    // A device's state is taken with nothing serving it.
+    if let Some(worker) = workers.0.take() {
+        worker.stop()?;
+    }
+    if let Some(worker) = workers.1.take() {
+        worker.stop()?;
+    }
+    let features = snapshot::Features::for_vm(config, hypervisor.capabilities());
+    let vcpus = running.save_all(&save.msrs, features)?;
+    snapshot::save(&save.dir, hypervisor, config, vm, &vcpus, |w| {
+        w.write_section(snap::SHAPE, 0, snap::SHAPE_VERSION, shape)?;
+        w.write_device(snap::SERIAL, devices.serial)?;
+        w.write_device(snap::I8042, devices.i8042)?;
+        w.write_device(snap::CMOS, devices.cmos)?;
+        w.write_device(snap::PM, devices.pm)?;
+        if let Some(disk) = devices.disk {
+            w.write_device(snap::DISK, disk)?;
+        }
+        if let Some(card) = devices.card {
+            w.write_device(snap::NET, card)?;
+        }
+        w.write_device(snap::CONSOLE, devices.console)
+    })?;
+    Ok(())
 }
 
 /// The PM block as the ACPI tables describe it: vmkit-devices' layout at its default base;

@@ -12,7 +12,7 @@
 # /bin/netbench.
 
 # shellcheck disable=SC2034 # read by l1-init
-TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage boot_linux_s3 net_isolated net_nat net_bridged net_vhost net_bench linux_boot_bench dirty_harvest_bench"
+TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage boot_linux_s3 net_isolated net_nat net_bridged net_vhost net_bench linux_boot_bench dirty_harvest_bench boot_linux_snapshot restore_bench"
 
 # The L2 kernel command line every boot uses: reboot=k makes `reboot -f` an i8042 reset.
 L2_CMDLINE="console=ttyS0 quiet reboot=k panic=-1"
@@ -716,4 +716,263 @@ t_linux_boot_bench() {
 t_dirty_harvest_bench() {
     VMKIT_DIRTY_SIZES=1%,0.01% VMKIT_DIRTY_ROUNDS=10 VMKIT_DIRTY_CRITERION=0 \
         vmkit_bin dirty_harvest --bench
+}
+
+# --- Snapshots of running Linux guests (issue 15): boot_linux --save DIR (on SIGUSR2) and
+# --restore DIR in a new process.
+
+# snap_guest LOG FLAG...: the save/restore test's guest, in the background ($snap_pid):
+# 2 vCPUs (IOAPIC, kvmclock), 128 MiB (less to save on L1's emulated CPU), serial, virtio-blk, virtio-net bridged onto snapbr0; the guest
+# runs l2-init's snap scenario (ext2 on /dev/vda, mounted; a TCP server on port 5003 that
+# answers each line through the disk; a counter every 0.2 s).
+snap_guest() {
+    sg_log=$1
+    shift
+    /vmkit/bin/boot_linux --kernel /l2/vmlinux --initrd /l2/initrd-net.cpio.gz \
+        --cmdline "$L2_CMDLINE vmkit.net=10.0.6.2/24 vmkit.nettest=snap:5003:0.2" \
+        --mem 128 --vcpus 2 --disk /tmp/snap-disk.img --net bridged:snapbr0 --tap vmktaps \
+        --mac 52:54:00:0f:00:02 "$@" >"$sg_log" 2>&1 &
+    snap_pid=$!
+}
+
+# counts FILE: the complete "VMKIT-L2-COUNT n uptime" lines of a console log, as "n uptime".
+counts() {
+    tr -d '\r' <"$1" | sed -n 's/^VMKIT-L2-COUNT \([0-9][0-9]*\) \([0-9][0-9]*\.[0-9][0-9]\)$/\1 \2/p'
+}
+
+# verdict OK WHAT: prints the check's verdict; a failure sets snap_bad.
+verdict() {
+    if [ "$1" = yes ]; then
+        echo "check: $2"
+    else
+        echo "check FAILED: $2"
+        snap_bad=1
+    fi
+}
+
+# A Debian guest saved while it counts, with a TCP connection from L1 open and its disk
+# mounted, restored by a new boot_linux process: the count goes on (no restart from 1), the
+# disk still writes and reads, the TCP connection carries data again, and the guest's uptime
+# (kvmclock) does not go back.
+t_boot_linux_snapshot() {
+    if [ ! -x /vmkit/bin/boot_linux ]; then
+        echo "/vmkit/bin/boot_linux: not built"
+        return 1
+    fi
+    snap_bad=0
+    { ip link add snapbr0 type bridge && ip addr add 10.0.6.1/24 dev snapbr0 &&
+        ip link set snapbr0 up; } || return 1
+    rm -rf /tmp/snap /tmp/snap-*.log /tmp/snap-tcp.*
+    dd if=/dev/zero of=/tmp/snap-disk.img bs=1M count=8 2>/dev/null
+    snap_guest /tmp/snap-save.log --save /tmp/snap
+    saver=$snap_pid
+    ready=no
+    wait_for /tmp/snap-save.log '^VMKIT-L2-SNAP-READY' 120 && ready=yes
+    verdict $ready "the guest mounted its disk and serves TCP on 5003"
+    # L1's end of the connection: nc reads a FIFO that fd 3 keeps open across save and restore.
+    mkfifo /tmp/snap-tcp.in
+    nc 10.0.6.2 5003 </tmp/snap-tcp.in >/tmp/snap-tcp.out 2>&1 &
+    ncpid=$!
+    exec 3>/tmp/snap-tcp.in
+    # In a subshell: if nc has gone, SIGPIPE ends that, not the test.
+    (echo before-save >&3) 2>/dev/null
+    tcp=no
+    wait_for /tmp/snap-tcp.out '^VMKIT-DISK before-save$' 30 && tcp=yes
+    verdict $tcp "L1's TCP connection to the guest carried a line through its disk before the save"
+    # A few counts, then the save (SIGUSR2); boot_linux stops once it has saved.
+    wait_for /tmp/snap-save.log '^VMKIT-L2-COUNT 5 ' 30
+    t0=$(now_ms)
+    kill -USR2 "$saver"
+    i=0
+    while [ -d "/proc/$saver" ] && [ $i -lt 600 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    kill -KILL "$saver" 2>/dev/null
+    wait "$saver"
+    rc=$?
+    echo "save: exit status $rc after $(($(now_ms) - t0)) ms"
+    tr -d '\r' </tmp/snap-save.log | grep '^boot_linux' | sed 's/^/| /'
+    saved=no
+    # Not anchored: the guest's last console line may be unfinished when boot_linux says it.
+    [ $rc -eq 0 ] && grep -q 'boot_linux: saved the VM to /tmp/snap in ' /tmp/snap-save.log && saved=yes
+    verdict $saved "boot_linux saved the VM on SIGUSR2 and exited 0"
+    last=$(counts /tmp/snap-save.log | tail -n 1)
+    last_n=${last% *} last_up=${last#* }
+    echo "last count before the save: ${last:-none}"
+
+    t0=$(now_ms)
+    snap_guest /tmp/snap-restore.log --restore /tmp/snap
+    restorer=$snap_pid
+    wait_for /tmp/snap-restore.log '^VMKIT-L2-COUNT [0-9]+ [0-9]+\.[0-9][0-9]' 60
+    echo "restore: first count $(($(now_ms) - t0)) ms after the spawn"
+    first=$(counts /tmp/snap-restore.log | head -n 1)
+    first_n=${first% *} first_up=${first#* }
+    echo "first count after the restore: ${first:-none}"
+    cont=no
+    if [ -n "$first" ] && [ -n "$last" ] && [ "$first_n" -gt "$last_n" ] &&
+        [ "$first_n" -le $((last_n + 2)) ]; then
+        cont=yes
+    fi
+    verdict $cont "the counter continued after the restore ($last_n, then $first_n; not from 1)"
+    clock=no
+    if [ -n "$first" ] && [ -n "$last" ] &&
+        awk -v a="$last_up" -v b="$first_up" 'BEGIN { exit !(b >= a) }'; then
+        clock=yes
+    fi
+    verdict $clock "the guest's clock did not go back (uptime $last_up s before, $first_up s after)"
+    (echo after-restore >&3) 2>/dev/null
+    tcp=no
+    wait_for /tmp/snap-tcp.out '^VMKIT-DISK after-restore$' 60 && tcp=yes
+    verdict $tcp "the same TCP connection carried a line through the guest's disk after the restore"
+    wait_for /tmp/snap-restore.log "^VMKIT-L2-COUNT $((first_n + 3)) " 30
+    mono=no
+    counts /tmp/snap-restore.log | awk \
+        'NR > 1 && ($1 != n + 1 || $2 < u) { bad = 1 } { n = $1; u = $2 } END { exit bad || NR < 3 }' &&
+        mono=yes
+    verdict $mono "the restored guest's counts go on one by one, its uptime never going back"
+    kill -TERM "$restorer"
+    wait "$restorer"
+    echo "restored run: exit status $? (SIGTERM: 143 expected)"
+    exec 3>&-
+    kill "$ncpid" 2>/dev/null
+    wait "$ncpid"
+    disk=no
+    grep -aq 'after-restore' /tmp/snap-disk.img && disk=yes
+    verdict $disk "the disk image holds the line the restored guest wrote"
+    echo "--- the restored run:"
+    tr -d '\r' </tmp/snap-restore.log | grep -v '^VMKIT-L2-COUNT' | tail -n 20 | sed 's/^/| /'
+    echo "--- L1's TCP connection:"
+    sed 's/^/| /' /tmp/snap-tcp.out
+    ip link del snapbr0
+    rm -rf /tmp/snap /tmp/snap-disk.img
+    return $snap_bad
+}
+
+# time_to_line PATTERN CMD...: the ms from spawning CMD to its first stdout line matching
+# PATTERN (grep blocks on a FIFO: no polling), or "failed"; CMD is then killed.
+time_to_line() {
+    ttl_pat=$1
+    shift
+    rm -f /tmp/ttl.fifo
+    mkfifo /tmp/ttl.fifo
+    ttl_t0=$(now_ms)
+    "$@" >/tmp/ttl.fifo 2>/tmp/ttl.err &
+    ttl_pid=$!
+    if timeout -s KILL 60 grep -m1 -q "$ttl_pat" </tmp/ttl.fifo; then
+        echo $(($(now_ms) - ttl_t0))
+    else
+        echo failed
+    fi
+    kill -KILL "$ttl_pid" 2>/dev/null
+    wait "$ttl_pid" 2>/dev/null
+    rm -f /tmp/ttl.fifo
+}
+
+# The QEMU microvm of the restore benchmark: the guest that counts every 10 ms, 1 vCPU,
+# 128 MiB, serial only; extra arguments appended.
+rb_qemu() {
+    qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on \
+        -enable-kvm -cpu host -smp 1 -m 128 -nodefaults -no-user-config -display none \
+        -no-reboot -L /qemu/share -kernel /l2/bzImage -initrd /l2/initrd.cpio.gz \
+        -append "$QEMU_L2_CMDLINE vmkit.count=0.01" "$@"
+}
+
+RB_ROUNDS=3
+
+# Starting from a snapshot (issue 15, item 5): the time from process start to the guest's
+# first line on serial (a VMKIT-L2-COUNT line; the guest prints one every 10 ms once in
+# userspace) for (a) a cold boot_linux boot, (b) boot_linux --restore of a snapshot taken
+# once the guest counts (lazy restore), (c) QEMU microvm started with -incoming from a
+# migration stream of the same guest at the same point saved to a file. The boots that make
+# the snapshots are (a)'s warm-up; one untimed run of (b) and (c), then $RB_ROUNDS interleaved
+# rounds; medians and ratios. It fails only if a run fails.
+t_restore_bench() {
+    if [ ! -x /vmkit/bin/boot_linux ]; then
+        echo "/vmkit/bin/boot_linux: not built"
+        return 1
+    fi
+    rb_cmd="$L2_CMDLINE vmkit.count=0.01"
+    rm -rf /tmp/rb-*
+    # (b)'s snapshot.
+    /vmkit/bin/boot_linux --kernel /l2/vmlinux --initrd /l2/initrd.cpio.gz --cmdline "$rb_cmd" \
+        --mem 128 --vcpus 1 --save /tmp/rb-snap >/tmp/rb-save.log 2>&1 &
+    pid=$!
+    wait_for /tmp/rb-save.log '^VMKIT-L2-COUNT' 60 || echo "(the guest to save never counted)"
+    kill -USR2 "$pid"
+    i=0
+    while [ -d "/proc/$pid" ] && [ $i -lt 600 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid"
+    grep 'boot_linux: saved' /tmp/rb-save.log || { tail -n 20 /tmp/rb-save.log; return 1; }
+    # (c)'s migration stream, through QEMU's monitor on two FIFOs.
+    mkfifo /tmp/rb-mon.in /tmp/rb-mon.out
+    rb_qemu -serial file:/tmp/rb-qemu.serial -monitor pipe:/tmp/rb-mon >/tmp/rb-qemu.log 2>&1 &
+    qpid=$!
+    cat /tmp/rb-mon.out >/tmp/rb-mon.log &
+    catpid=$!
+    exec 4>/tmp/rb-mon.in
+    wait_for /tmp/rb-qemu.serial '^VMKIT-L2-COUNT' 60 || echo "(the QEMU guest to save never counted)"
+    # Migrated running (a guest stopped first would stay paused on the incoming side).
+    echo 'migrate "exec:cat >/tmp/rb-qemu.mig"' >&4
+    i=0
+    while [ $i -lt 60 ] && ! grep -q 'Migration status: completed' /tmp/rb-mon.log; do
+        echo 'info migrate' >&4
+        sleep 0.5
+        i=$((i + 1))
+    done
+    echo quit >&4
+    exec 4>&-
+    wait "$qpid"
+    kill "$catpid" 2>/dev/null
+    wait "$catpid" 2>/dev/null
+    if ! grep -q 'Migration status: completed' /tmp/rb-mon.log; then
+        echo "QEMU's migration to a file did not complete:"
+        tail -n 20 /tmp/rb-mon.log /tmp/rb-qemu.log
+        return 1
+    fi
+    echo "snapshots: boot_linux $(du -k /tmp/rb-snap/memory | cut -f1) KiB of memory file (sparse), QEMU stream $(du -k /tmp/rb-qemu.mig | cut -f1) KiB"
+    bad=0
+    round=0
+    while [ $round -le $RB_ROUNDS ]; do
+        # The boot saved above was (a)'s warm-up.
+        a=skipped
+        [ $round -gt 0 ] && a=$(time_to_line '^VMKIT-L2-COUNT' /vmkit/bin/boot_linux \
+            --kernel /l2/vmlinux --initrd /l2/initrd.cpio.gz --cmdline "$rb_cmd" --mem 128 \
+            --vcpus 1)
+        b=$(time_to_line '^VMKIT-L2-COUNT' /vmkit/bin/boot_linux --restore /tmp/rb-snap \
+            --mem 128 --vcpus 1)
+        # boot_linux's own account of its restore, before the next run's stderr replaces it.
+        bt=$(sed -n 's/^boot_linux: restored .* in \([0-9]*\) us$/its restore took \1 us/p' /tmp/ttl.err)
+        c=$(time_to_line '^VMKIT-L2-COUNT' qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on \
+            -enable-kvm -cpu host -smp 1 -m 128 -nodefaults -no-user-config -display none \
+            -no-reboot -L /qemu/share -kernel /l2/bzImage -initrd /l2/initrd.cpio.gz \
+            -append "$QEMU_L2_CMDLINE vmkit.count=0.01" -serial stdio \
+            -incoming "exec:cat /tmp/rb-qemu.mig")
+        [ $round -eq 0 ] && label="warm-up" || label="round $round"
+        echo "$label: (a) cold boot $a ms, (b) boot_linux --restore $b ms (${bt:-its restore time not found}), (c) QEMU -incoming $c ms"
+        for v in "$a" "$b" "$c"; do
+            [ "$v" = failed ] && bad=1
+        done
+        if [ $round -gt 0 ] && [ $bad -eq 0 ]; then
+            echo "$a" >>/tmp/rb-a
+            echo "$b" >>/tmp/rb-b
+            echo "$c" >>/tmp/rb-c
+        fi
+        round=$((round + 1))
+    done
+    if [ $bad -ne 0 ]; then
+        echo "restore-bench: FAILED: a run did not reach its line (last stderr:)"
+        tail -n 20 /tmp/ttl.err
+        return 1
+    fi
+    ma=$(median /tmp/rb-a) mb=$(median /tmp/rb-b) mc=$(median /tmp/rb-c)
+    echo "restore-bench: medians of $RB_ROUNDS rounds, process start to the guest's first serial line:"
+    echo "restore-bench: (a) cold boot_linux boot $ma ms, (b) boot_linux --restore $mb ms, (c) QEMU -incoming from a file $mc ms"
+    echo "restore-bench: b/c $(awk "BEGIN { printf \"%.3f\", $mb / $mc }") (aim <= 0.2), b/a $(awk "BEGIN { printf \"%.3f\", $mb / $ma }") (aim <= 0.05)"
+    rm -rf /tmp/rb-snap /tmp/rb-qemu.mig
+    return 0
 }

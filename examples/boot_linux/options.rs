@@ -17,7 +17,8 @@ pub const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmd
                          [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]] \
                          [--net tap|isolated:BRIDGE|bridged:BRIDGE|nat:BRIDGE:GATEWAY/PREFIX:UPLINK[,vhost] \
                          [--tap NAME] [--mac MAC]] [--balloon] [--exit-stats] [--map-kernel] \
-                         [--split-rings] [--seccomp] [--s3-wake-after MS]";
+                         [--split-rings] [--seccomp] [--s3-wake-after MS] \
+                         [--save DIR] [--restore DIR]";
 /// The command line when `--cmdline` is not given. `earlyprintk` shows the kernel's first
 /// lines (its banner) on the serial port before the console driver starts, which a kernel
 /// that dies early never reaches.
@@ -41,6 +42,16 @@ pub enum OptionsError {
     /// No `--kernel`.
     #[error("--kernel is required; {USAGE}")]
     NoKernel,
+    /// `--save` or `--restore` with a device that snapshots do not cover yet.
+    #[error("{flag} cannot be combined with {with}: {why}")]
+    NotWithSnapshots {
+        /// `--save` or `--restore`.
+        flag: &'static str,
+        /// The other flag.
+        with: &'static str,
+        /// Why not.
+        why: &'static str,
+    },
     /// A flag is last, without its value.
     #[error("{flag} needs a value; {USAGE}")]
     MissingValue {
@@ -223,6 +234,10 @@ pub struct Options {
     pub seccomp: bool,
     /// `--s3-wake-after MS`: offer S3, and wake a suspended guest after this long.
     pub s3_wake_after: Option<std::time::Duration>,
+    /// `--save DIR`: where SIGUSR2 saves the VM.
+    pub save: Option<PathBuf>,
+    /// `--restore DIR`: the snapshot to resume instead of booting `--kernel`.
+    pub restore: Option<PathBuf>,
 }
 
 /// Parses this process's arguments and checks `--mem` against the host's RAM.
@@ -254,6 +269,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
         split_rings: false,
         seccomp: false,
         s3_wake_after: None,
+        save: None,
+        restore: None,
     };
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -319,12 +336,46 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
                     })?;
                 options.s3_wake_after = Some(std::time::Duration::from_millis(ms));
             }
+            "--save" => options.save = Some(value()?.into()),
+            "--restore" => options.restore = Some(value()?.into()),
             "--help" | "-h" => return Err(OptionsError::Help),
             _ => return Err(OptionsError::Unexpected { arg }),
         }
     }
-    options.kernel = kernel.ok_or(OptionsError::NoKernel)?;
+    // A restore takes the guest's kernel from the snapshot's memory.
+    match kernel {
+        Some(kernel) => options.kernel = kernel,
+        None if options.restore.is_some() => {}
+        None => return Err(OptionsError::NoKernel),
+    }
+    check_snapshot_flags(&options)?;
     Ok(options)
+}
+
+/// Refuses `--save` and `--restore` with the devices whose state snapshots do not cover: the
+/// balloon (its discards would read a lazily restored region back from the memory file, not
+/// zeros) and vhost-net (the kernel's rings are not saved).
+fn check_snapshot_flags(options: &Options) -> Result<(), OptionsError> {
+    for (flag, given) in [("--save", &options.save), ("--restore", &options.restore)] {
+        if given.is_none() {
+            continue;
+        }
+        if options.balloon {
+            return Err(OptionsError::NotWithSnapshots {
+                flag,
+                with: "--balloon",
+                why: "the balloon's discards are not snapshot-aware yet",
+            });
+        }
+        if options.net.is_some() && options.datapath == Datapath::Vhost {
+            return Err(OptionsError::NotWithSnapshots {
+                flag,
+                with: "--net MODE,vhost",
+                why: "vhost-net's ring state is in the kernel, which snapshots do not save",
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `--net MODE[,DATAPATH]`: a network mode, and `vhost` or `userspace` after the last comma
@@ -555,6 +606,25 @@ mod tests {
                 read_only: true
             })
         );
+    }
+
+    #[test]
+    fn save_and_restore_take_a_directory_and_refuse_what_snapshots_miss() {
+        let options = parse(args("--kernel k --save /s")).unwrap();
+        assert_eq!(options.save, Some(PathBuf::from("/s")));
+        // A restore needs no kernel: the guest's memory holds it.
+        let options = parse(args("--restore /s --vcpus 2")).unwrap();
+        assert_eq!(options.restore, Some(PathBuf::from("/s")));
+        assert_eq!(options.kernel, PathBuf::new());
+        assert!(refused("--vcpus 2").contains("--kernel is required"));
+        assert_eq!(
+            refused("--restore /s --balloon"),
+            "--restore cannot be combined with --balloon: the balloon's discards are not \
+             snapshot-aware yet"
+        );
+        assert!(refused("--kernel k --save /s --net tap,vhost")
+            .starts_with("--save cannot be combined with --net MODE,vhost"));
+        assert!(parse(args("--kernel k --save /s --net tap")).is_ok());
     }
 
     #[test]

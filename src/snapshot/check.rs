@@ -13,7 +13,7 @@ use vmkit_snapshot::{
 
 use super::file::{
     backend, RegionLayout, SnapshotError, BASE, CAPABILITIES, CAPABILITIES_VERSION, CONFIG,
-    MAX_CHAIN, MEMORY_FILE, MEMORY_LAYOUT, STATE_FILE, VERSION, VM_STATE,
+    MAX_CHAIN, MEMORY_FILE, MEMORY_LAYOUT, STATE_FILE, VCPU_VERSION, VERSION, VM_STATE,
 };
 use super::{VcpuState, VmState};
 use crate::hypervisor::{Capabilities, Hypervisor, VmConfig};
@@ -262,7 +262,7 @@ fn vcpu_states(
     let mut states = Vec::new();
     for section in snapshot.instances(SectionTag::VCPU) {
         let state: VcpuState = section
-            .decode(VERSION..=VERSION)
+            .decode(VCPU_VERSION..=VCPU_VERSION)
             .map_err(state_error(state_path))?;
         if state.id != section.index() {
             return Err(inconsistent(Mismatch::VcpuId {

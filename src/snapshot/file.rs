@@ -58,6 +58,10 @@ pub const VM_STATE: SectionTag = SectionTag::new(*b"VMST");
 
 /// Version of the sections this module writes.
 pub(super) const VERSION: u16 = 1;
+/// Version of the vCPU sections ([`SectionTag::VCPU`], a [`VcpuState`]): 2 since the state
+/// records its machine-check banks (`mce_banks`). Version 1 sections are refused: without the
+/// bank count a guest that enabled machine checks could not be restored.
+pub const VCPU_VERSION: u16 = 2;
 /// Version of the [`CAPABILITIES`] section: 2 since `Capabilities` gained the TSC-deadline
 /// timer, machine-check banks and PIT reinjection control (its postcard encoding changed).
 pub const CAPABILITIES_VERSION: u16 = 2;
@@ -265,7 +269,7 @@ impl<'a> Capture<'a> {
             writer.write_section(VM_STATE, 0, VERSION, &self.vm_state)?;
             writer.write_section(MEMORY_LAYOUT, 0, VERSION, &self.layout)?;
             for state in &self.vcpu_states {
-                writer.write_section(SectionTag::VCPU, state.id, VERSION, state)?;
+                writer.write_section(SectionTag::VCPU, state.id, VCPU_VERSION, state)?;
             }
             devices(&mut writer)?;
             writer.finish()?;

@@ -18,7 +18,7 @@ pub use vmkit_snapshot as format;
 pub use check::{check, Checked, Mismatch};
 pub use file::{
     restore, save, DiffTracker, MemoryRestore, Restored, SnapshotError, BASE, CAPABILITIES,
-    CAPABILITIES_VERSION, CONFIG, MAX_CHAIN, MEMORY_FILE, STATE_FILE, VM_STATE,
+    CAPABILITIES_VERSION, CONFIG, MAX_CHAIN, MEMORY_FILE, STATE_FILE, VCPU_VERSION, VM_STATE,
 };
 
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,27 @@ pub struct VcpuState {
     pub msrs: Vec<Msr>,
     /// Pending exceptions, interrupts, NMIs and SMM state.
     pub events: VcpuEvents,
+    /// The machine-check banks [`Vcpu::setup_mce`] gave the vCPU (`None`: it was never
+    /// called, or the backend has no machine-check emulation). No MSR write can set this
+    /// (MCG_CAP is read-only), and KVM refuses a saved MCG_CTL on a vCPU without it, so
+    /// [`restore_vcpu`] calls `setup_mce` with it before the MSRs.
+    pub mce_banks: Option<u8>,
+}
+
+/// The MCG_CAP MSR: machine-check bank count in bits 0–7, MCG_CTL present in bit 8.
+const MSR_MCG_CAP: u32 = 0x179;
+/// MCG_CAP's MCG_CTL_P bit, which [`Vcpu::setup_mce`] always sets and a fresh KVM vCPU lacks.
+const MCG_CTL_P: u64 = 1 << 8;
+
+/// The bank count [`Vcpu::setup_mce`] gave `vcpu`, read back from MCG_CAP: a vCPU it was
+/// never called on (MCG_CTL_P clear, or MCG_CAP unreadable, as on a backend without
+/// machine-check emulation) has none to restore.
+fn mce_banks(vcpu: &dyn Vcpu) -> Option<u8> {
+    let cap = vcpu.msrs(&[MSR_MCG_CAP]).ok()?.first()?.data;
+    (cap & MCG_CTL_P != 0)
+        .then(|| u8::try_from(cap & 0xff).ok())
+        .flatten()
+        .filter(|&banks| banks != 0)
 }
 
 /// The VM-wide state a hypervisor keeps.
@@ -145,11 +166,13 @@ pub fn save_vcpu(
         lapic,
         msrs,
         events,
+        mce_banks: mce_banks(vcpu),
     })
 }
 
 /// Loads `state` into `vcpu`, a fresh vCPU with the same id in a VM built like the original,
-/// or the same vCPU later (rolling it back).
+/// or the same vCPU later (rolling it back). Machine-check banks the state records are set up
+/// first ([`Vcpu::setup_mce`]), as the saved MCG_CTL needs them.
 ///
 /// A vCPU that has run keeps its CPUID: KVM refuses `KVM_SET_CPUID2` after the first
 /// `KVM_RUN` unless the table is unchanged, so the saved CPUID is set only where it differs
@@ -164,6 +187,10 @@ pub fn restore_vcpu(vcpu: &dyn Vcpu, state: &VcpuState) -> Result<(), VcpuError>
     }
     if vcpu.cpuid()? != state.cpuid {
         vcpu.set_cpuid(&state.cpuid)?;
+    }
+    // After the CPUID (KVM wants it first), before the MSRs (MCG_CTL needs MCG_CTL_P).
+    if let Some(banks) = state.mce_banks {
+        vcpu.setup_mce(banks)?;
     }
     vcpu.set_mp_state(state.mp_state)?;
     vcpu.set_sregs(&state.sregs)?;

@@ -282,9 +282,57 @@ pub fn a_guest_suspended_to_ram_wakes_at_its_waking_vector(hv: &dyn Hypervisor) 
     assert_ne!(u16::from_le_bytes(status) & (1 << 15), 0);
 }
 
+fn mce(caps: &Capabilities) -> Option<&'static str> {
+    (caps.mce_banks == 0).then_some("needs machine-check banks")
+}
+
+/// MCG_CAP and MCG_CTL.
+const MSR_MCG_CAP: u32 = 0x179;
+const MSR_MCG_CTL: u32 = 0x17b;
+
+/// A vCPU given machine-check banks whose MCG_CTL was set (as Linux sets it, to all ones)
+/// restores into a fresh vCPU: the state records the bank count, and restoring sets the banks
+/// up before the MSRs, without which KVM refuses the saved MCG_CTL.
+pub fn machine_check_banks_survive_a_snapshot(hv: &dyn Hypervisor) {
+    let caps = hv.capabilities().clone();
+    let banks = mce_banks(&caps).unwrap();
+    let config = VmConfig::default().irqchip(caps.irqchip);
+    let features = vmkit::snapshot::Features::for_vm(&config, &caps);
+    let t = long_mode_vm_with(hv, config.clone(), snippets::HLT);
+    t.vcpu
+        .set_cpuid(&guest_cpuid(&caps.cpuid, 0, 1, false))
+        .unwrap();
+    // Before setup_mce, the vCPU has no banks to record.
+    let msrs = vmkit::snapshot::readable_msrs(t.vcpu.as_ref(), &hv.msr_index_list());
+    let plain = vmkit::snapshot::save_vcpu(t.vcpu.as_ref(), &msrs, features).unwrap();
+    assert_eq!(plain.mce_banks, None);
+    t.vcpu.setup_mce(banks).unwrap();
+    t.vcpu
+        .set_msrs(&[vmkit::arch::x86_64::Msr {
+            index: MSR_MCG_CTL,
+            data: u64::MAX,
+        }])
+        .unwrap();
+    let msrs = vmkit::snapshot::readable_msrs(t.vcpu.as_ref(), &hv.msr_index_list());
+    let state = vmkit::snapshot::save_vcpu(t.vcpu.as_ref(), &msrs, features).unwrap();
+    assert_eq!(state.mce_banks, Some(banks));
+
+    let fresh = long_mode_vm_with(hv, config, snippets::HLT);
+    vmkit::snapshot::restore_vcpu(fresh.vcpu.as_ref(), &state).unwrap();
+    let read = fresh.vcpu.msrs(&[MSR_MCG_CAP, MSR_MCG_CTL]).unwrap();
+    assert_eq!(
+        read[0].data & 0xff,
+        u64::from(banks),
+        "MCG_CAP {:#x}",
+        read[0].data
+    );
+    assert_eq!(read[1].data, u64::MAX, "MCG_CTL");
+}
+
 crate::scenarios![
     a_guest_reads_the_pm_timer_and_powers_off_through_s5,
     a_guest_suspended_to_ram_wakes_at_its_waking_vector,
+    machine_check_banks_survive_a_snapshot => mce,
     the_boot_layers_cpuid_and_mce_banks_reach_the_guest => tsc_deadline_or_mce,
     the_pits_lost_tick_policy_can_be_chosen => pit_reinject,
 ];

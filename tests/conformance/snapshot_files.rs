@@ -415,16 +415,20 @@ pub fn vcpu_sections_are_checked(hv: &dyn Hypervisor) {
             if section.tag() != SectionTag::VCPU {
                 return keep(section, w);
             }
-            let mut state: snapshot::VcpuState = section.decode(1..=1).unwrap();
+            let mut state: snapshot::VcpuState = section
+                .decode(snapshot::VCPU_VERSION..=snapshot::VCPU_VERSION)
+                .unwrap();
             match case {
                 "none" => {}
                 "another id" => {
                     state.id = 0;
-                    w.write_section(SectionTag::VCPU, 1, 1, &state).unwrap();
+                    w.write_section(SectionTag::VCPU, 1, snapshot::VCPU_VERSION, &state)
+                        .unwrap();
                 }
                 _ => {
                     state.id = 1;
-                    w.write_section(SectionTag::VCPU, 1, 1, &state).unwrap();
+                    w.write_section(SectionTag::VCPU, 1, snapshot::VCPU_VERSION, &state)
+                        .unwrap();
                 }
             }
         });

@@ -52,7 +52,7 @@ use vm_memory::GuestAddressSpace;
 use vmkit::{DataMatch, IoEventAddress, Vm, VmError};
 use vmkit_bus::{Bus, BusError};
 use vmkit_virtio::mmio::{MmioError, MmioTransport, MMIO_REGION_SIZE, NOTIFY_OFFSET};
-use vmkit_virtio::VirtioDevice;
+use vmkit_virtio::{Persist, VirtioDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::resources::{GsiAllocator, MmioAllocator, MmioWindow, ResourceError};
@@ -118,6 +118,27 @@ pub enum WiringError {
         /// The VM's error.
         #[source]
         source: VmError,
+    },
+    /// A saved state could not be restored into the fresh transport
+    /// ([`VirtioMmioWiring::attach_restored`]); nothing was registered.
+    #[error("cannot restore the saved state of the virtio-mmio device at {base:#x}")]
+    Restore {
+        /// The window's base.
+        base: u64,
+        /// The transport's or the device's refusal.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The restored transport could not resume (re-signal its interrupt,
+    /// process its ready queues); everything stays registered, and the
+    /// VMM discards the VM.
+    #[error("cannot resume the restored virtio-mmio device at {base:#x}")]
+    Resume {
+        /// The window's base.
+        base: u64,
+        /// The transport's error.
+        #[source]
+        source: MmioError,
     },
     /// The window could not be put on the bus.
     #[error("cannot put the virtio-mmio device at {base:#x} on the bus")]
@@ -216,6 +237,60 @@ where
     where
         D: VirtioDevice<S::M> + Send + 'static,
     {
+        self.wire(vm, bus, device, notify, |_| Ok(()))
+    }
+
+    /// [`attach`](Self::attach) for a device restored from a snapshot:
+    /// `device` is built as for a first boot (on the same host resources),
+    /// and the transport around it takes `state` (from
+    /// [`Persist::save_state`] of the saved transport) *before* it is
+    /// shared or registered, as [`Persist`]'s convention asks. Once the
+    /// interrupt and notifications are wired, the transport resumes
+    /// ([`MmioTransport::resume`]): a pending interrupt is signalled again
+    /// and ready queues are processed. Call it with guest memory restored
+    /// and before the vCPUs run, attaching the devices in the order of the
+    /// first boot so that each gets the same window and GSI.
+    ///
+    /// A refused state ([`WiringError::Restore`]) takes no window or GSI
+    /// and registers nothing.
+    pub fn attach_restored<D>(
+        &mut self,
+        vm: &dyn Vm,
+        bus: &mut Bus,
+        device: D,
+        notify: &[u16],
+        state: &<MmioTransport<S, D> as Persist>::State,
+    ) -> Result<WiredDevice<S, D>, WiringError>
+    where
+        D: VirtioDevice<S::M> + Persist + Send + 'static,
+    {
+        let wired = self.wire(vm, bus, device, notify, |transport| {
+            transport.restore_state(state).map_err(Box::from)
+        })?;
+        wired
+            .transport
+            .resume()
+            .map_err(|source| WiringError::Resume {
+                base: wired.window.base,
+                source,
+            })?;
+        Ok(wired)
+    }
+
+    /// What [`attach`](Self::attach) does, with `prepare` applied to the
+    /// transport before it is shared.
+    fn wire<D, F>(
+        &mut self,
+        vm: &dyn Vm,
+        bus: &mut Bus,
+        device: D,
+        notify: &[u16],
+        prepare: F,
+    ) -> Result<WiredDevice<S, D>, WiringError>
+    where
+        D: VirtioDevice<S::M> + Send + 'static,
+        F: FnOnce(&mut MmioTransport<S, D>) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    {
         let count = device.queue_max_sizes().len();
         for (i, &queue) in notify.iter().enumerate() {
             if usize::from(queue) >= count {
@@ -234,9 +309,10 @@ where
         let base = window.base;
         let eventfd = |source| WiringError::EventFd { base, source };
         let irq = EventFd::new(EFD_NONBLOCK).map_err(eventfd)?;
-        let transport = MmioTransport::new(device, self.memory.clone(), irq)
+        let mut transport = MmioTransport::new(device, self.memory.clone(), irq)
             .map_err(|source| WiringError::Transport { base, source })?
             .with_packed_rings(self.packed_rings);
+        prepare(&mut transport).map_err(|source| WiringError::Restore { base, source })?;
         let transport = Arc::new(transport);
         let mut notifiers = Vec::with_capacity(notify.len());
         for &queue in notify {

@@ -19,10 +19,14 @@ use vmkit_machine::resources::{GsiAllocator, MmioAllocator, MmioWindow, Resource
 use vmkit_machine::virtio_mmio::{VirtioMmioWiring, WiringError};
 use vmkit_virtio::console::Console;
 use vmkit_virtio::mmio::{MMIO_REGION_SIZE, NOTIFY_OFFSET};
+use vmkit_virtio::Persist;
 
 /// Guest RAM: the first page holds the code.
 const RAM_SIZE: usize = 0x2000;
 const CODE: u64 = 0x1000;
+/// The `QueueSel` and `Status` registers of a virtio-mmio window (virtio 1.x, 4.2.2).
+const QUEUE_SEL: u64 = 0x030;
+const STATUS: u64 = 0x070;
 /// The windows: above RAM, below 64 KiB (reachable from real mode).
 const WINDOWS: u64 = 0x8000;
 
@@ -220,4 +224,51 @@ fn a_failed_attach_undoes_its_registrations_and_takes_nothing() {
         )
         .unwrap();
     }
+}
+
+#[test]
+fn a_restored_device_takes_its_saved_state_before_it_is_shared() {
+    let Some(vm) = vm() else { return };
+    let vm = vm.as_ref();
+    // The first boot: the driver selects queue 1 and acknowledges the device.
+    let mut bus = Bus::new();
+    let first = wiring(vm)
+        .attach(vm, &mut bus, Console::new(std::io::sink()), &[])
+        .unwrap();
+    first
+        .transport
+        .mmio_write(MmioAddress(WINDOWS), QUEUE_SEL, &1u32.to_le_bytes());
+    first
+        .transport
+        .mmio_write(MmioAddress(WINDOWS), STATUS, &1u32.to_le_bytes());
+    let saved = first.transport.save_state();
+    assert_eq!((saved.queue_sel, saved.status), (1, 1));
+
+    // The restore, on another VM: the same window and GSI, the saved registers.
+    let Some(other) = self::vm() else { return };
+    let other = other.as_ref();
+    let mut bus = Bus::new();
+    let mut wiring = wiring(other);
+    let restored = wiring
+        .attach_restored(other, &mut bus, Console::new(std::io::sink()), &[1], &saved)
+        .unwrap();
+    assert_eq!(
+        (restored.window.base, restored.gsi),
+        (first.window.base, first.gsi)
+    );
+    assert_eq!(restored.transport.save_state(), saved);
+
+    // A state of another device type is refused before anything is taken.
+    let mut wrong = saved.clone();
+    wrong.device_type = 2;
+    let err = wiring
+        .attach_restored(other, &mut bus, Console::new(std::io::sink()), &[1], &wrong)
+        .unwrap_err();
+    let WiringError::Restore { base, .. } = err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(base, WINDOWS + MMIO_REGION_SIZE);
+    let mut probe = wiring.mmio.clone();
+    assert_eq!(probe.allocate(1).unwrap().base, WINDOWS + MMIO_REGION_SIZE);
+    assert!(!wiring.gsis.is_used(6));
 }

@@ -122,7 +122,7 @@ cp "$here/l1-init" "$stage/init"
 cp "$here/l1-tests.sh" "$stage/harness/tests.sh"
 cp "$assets/l1/modules"/* "$stage/modules/"
 cp "$assets/l2/vmlinux" "$assets/l2/bzImage" "$assets/l2/initrd.cpio.gz" \
-    "$assets/l2/initrd-net.cpio.gz" "$stage/l2/"
+    "$assets/l2/initrd-net.cpio.gz" "$assets/l2/initrd-balloon.cpio.gz" "$stage/l2/"
 cp "$assets/pattern.bin" "$stage/pattern.bin"
 
 # add_libs BINARY: the shared libraries BINARY needs, at the paths the loader will look.
@@ -295,6 +295,7 @@ printf '  %s\n' "${phases[@]}"
 cat "${consoles[@]}" | grep -E '^VMKIT-TEST ' | sed 's/^/  /' || true
 cat "${consoles[@]}" | grep -E '^\| linux_boot: (median|ratio|FAILED)' | sed 's/^| /  /' || true
 cat "${consoles[@]}" | grep -E '^\| net-bench: ' | sed 's/^| /  /' || true
+cat "${consoles[@]}" | grep -E '^\| (balloon|density): ' | sed 's/^| /  /' || true
 for n in "${notes[@]}"; do
     echo "  note: $n"
 done

@@ -11,11 +11,11 @@ use vm_memory::{Bytes, GuestAddress};
 use vmkit::snapshot::{self, Features, MemoryRestore};
 use vmkit::{EventFd, GuestMemoryMmap, Hypervisor, MemoryFlags, MemoryRegion, VmConfig};
 use vmkit_virtio::balloon::{Balloon, DiscardError, VIRTIO_BALLOON_F_DEFLATE_ON_OOM};
-use vmkit_virtio::Persist;
 use vmkit_virtio::mmio::{
     MmioTransport, NOTIFY_OFFSET, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK,
     STATUS_FEATURES_OK,
 };
+use vmkit_virtio::Persist;
 
 const RAM_SIZE: usize = 4 << 20;
 const PAGE: u64 = 4096;
@@ -50,7 +50,11 @@ fn bring_up(t: &Device) {
         w32(t, 0x24, select);
         w32(t, 0x20, half);
     }
-    w32(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+    w32(
+        t,
+        0x70,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+    );
     assert_ne!(r32(t, 0x70) & STATUS_FEATURES_OK, 0);
     for queue in 0..2u32 {
         let base = ring(queue);
@@ -96,7 +100,11 @@ fn send_frames(t: &Device, memory: &GuestMemoryMmap, queue: u32, nth: u16) {
         .unwrap();
     t.write(NOTIFY_OFFSET, &queue.to_le_bytes());
     let used_idx: u16 = memory.read_obj(GuestAddress(base + 0x2000 + 2)).unwrap();
-    assert_eq!(used_idx, nth.wrapping_add(1), "queue {queue}: chain {nth} not returned");
+    assert_eq!(
+        used_idx,
+        nth.wrapping_add(1),
+        "queue {queue}: chain {nth} not returned"
+    );
 }
 
 /// The driver's `actual` field (configuration space offset 4).
@@ -143,7 +151,10 @@ pub fn a_snapshot_with_an_inflated_balloon_restores(hv: &dyn Hypervisor) {
     assert!(page_is(&memory, FIRST_PFN, 0) && page_is(&memory, FIRST_PFN + PFNS - 1, 0));
     assert!(page_is(&memory, FIRST_PFN + PFNS, 0xab));
     let before = balloon.with_device(|b| (b.target_pages(), b.actual_pages(), b.counters()));
-    assert_eq!((before.0, before.1, before.2.inflated_pages), (PFNS, PFNS, 16));
+    assert_eq!(
+        (before.0, before.1, before.2.inflated_pages),
+        (PFNS, PFNS, 16)
+    );
 
     let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmkit-balloon-").unwrap();
     let snap = dir.as_path().join("snap");
@@ -187,7 +198,10 @@ pub fn a_snapshot_with_an_inflated_balloon_restores(hv: &dyn Hypervisor) {
         again.restore_state(&state).unwrap();
         again.resume().unwrap();
         let after = again.with_device(|b| (b.target_pages(), b.actual_pages(), b.counters()));
-        assert_eq!(after, before, "{mode:?}: the balloon's state did not come back");
+        assert_eq!(
+            after, before,
+            "{mode:?}: the balloon's state did not come back"
+        );
         assert_eq!(r32(&again, 0x100), PFNS, "{mode:?}: num_pages");
         assert_eq!(r32(&again, 0x104), PFNS, "{mode:?}: actual");
         // The driver goes on: the host lowers the target, the guest deflates the same frames
@@ -197,7 +211,11 @@ pub fn a_snapshot_with_an_inflated_balloon_restores(hv: &dyn Hypervisor) {
         set_actual(&again, 0);
         let deflated = again.with_device(|b| (b.actual_pages(), b.counters().deflated_pages));
         assert_eq!(deflated, (0, u64::from(PFNS)), "{mode:?}");
-        assert_eq!(calls.load(Ordering::Relaxed), 0, "{mode:?}: deflating discarded");
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            0,
+            "{mode:?}: deflating discarded"
+        );
         memory
             .write_slice(&[0x5a; 4096], GuestAddress(u64::from(FIRST_PFN) * PAGE))
             .unwrap();
@@ -205,4 +223,4 @@ pub fn a_snapshot_with_an_inflated_balloon_restores(hv: &dyn Hypervisor) {
     }
 }
 
-crate::scenarios![a_snapshot_with_an_inflated_balloon_restores];
+crate::scenarios![a_snapshot_with_an_inflated_balloon_restores => crate::snapshots];

@@ -815,6 +815,9 @@ t_balloon_reporting() {
         # The statistics on SIGUSR1, for the log.
         kill -USR1 "$bvm"
         wait_for /tmp/bal-rep.log 'boot_linux: balloon: target' 10 || echo "(no statistics line after SIGUSR1)"
+    elif [ $bal_bad = 0 ]; then
+        echo "check FAILED: the guest did not free its memory in 120 s"
+        bal_bad=1
     fi
     ring 1
     balloon_vm_done 240
@@ -955,8 +958,8 @@ t_balloon_inflate() {
 # process's PSS shows, KVM's page tables and vCPU state in L1's kernel, and the VMM's own
 # page cache), and the sum of the VMM processes' PSS (KSM-merged pages divided among their
 # sharers) as a second view. It prints guests per GiB (1024 / MiB per guest) and the ratio
-# vmkit/QEMU; it fails only if a VMM booted no guest or a figure is missing, never on a
-# number.
+# vmkit/QEMU; it fails only if a guest a VMM started did not get idle or a figure is
+# missing, never on a number.
 DENSITY_MEM_MIB=128
 DENSITY_BUDGET_MIB=1536
 DENSITY_MAX_GUESTS=${VMKIT_SVM_DENSITY_GUESTS:-3}
@@ -1026,8 +1029,8 @@ density_run() {
         wait "$p"
     done
     grep -h 'VMKIT-L2-BALLOON-UP' /tmp/dens-"$1"-*.log | tr -d '\r' | sort | uniq -c | sed "s/^/$1: /"
-    if [ "$idle" -eq 0 ]; then
-        echo "$1: FAILED: no guest got idle"
+    if [ "$idle" -eq 0 ] || [ "$idle" -ne "$n" ]; then
+        echo "$1: FAILED: $idle of the $n guests started got idle"
         return 1
     fi
     drop=$(((avail_before - avail_after) / 1024))

@@ -71,7 +71,8 @@ pub enum ControlError {
     },
     /// The file does not hold a number of MiB within the guest's RAM.
     #[error(
-        "--balloon-control {}: holds {text:?}; it takes a target in MiB, a whole number from 0          to the guest's RAM ({ram_mib} MiB), on at most {CONTROL_MAX} bytes",
+        "--balloon-control {}: holds {text:?}; it takes a target in MiB, a whole number from 0 \
+         to the guest's RAM ({ram_mib} MiB), on at most {CONTROL_MAX} bytes",
         path.display()
     )]
     BadTarget {
@@ -144,8 +145,9 @@ fn parse_target(bytes: &[u8], ram_mib: u64) -> Option<u32> {
 }
 
 impl StatsOnSignal {
-    /// Catches SIGUSR1 (and SIGUSR2 when there is a `control` file) from now on, in a thread
-    /// confined by `filter` if there is one.
+    /// Catches SIGUSR1 and SIGUSR2 from now on, in a thread confined by `filter` if there is
+    /// one. SIGUSR2 sets the target from `control`; without one it is ignored with a line on
+    /// stderr (rather than ending the process).
     pub fn start<S>(
         transport: Arc<MmioTransport<S, Balloon<Discarder>>>,
         control: Option<Control>,

@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
 //!     [--cmdline "..."] [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]]
-//!     [--net MODE[,vhost] [--tap NAME] [--mac MAC]] [--balloon] [--exit-stats] [--map-kernel]
+//!     [--net MODE[,vhost] [--tap NAME] [--mac MAC]] [--balloon] [--balloon-control FILE]
+//!     [--balloon-no-reporting] [--mergeable] [--exit-stats] [--map-kernel]
 //!     [--split-rings] [--seccomp] [--s3-wake-after MS] [--save DIR] [--restore DIR]
 //! ```
 //!
@@ -44,7 +45,15 @@
 //!   deflate-on-OOM and free page reporting) whose inflated and reported pages leave the RAM
 //!   mappings (`vmkit::memory::discard`); the guest needs the `virtio_balloon` driver. Its
 //!   target starts at 0 (a VMM changes it with `MmioTransport::set_balloon_target`); SIGUSR1
-//!   prints the guest's latest memory statistics on one line of stderr.
+//!   prints the guest's latest memory statistics on one line of stderr. With
+//!   `--balloon-control FILE` (which implies `--balloon`), SIGUSR2 sets the target to the
+//!   number of MiB that FILE holds then (`echo 64 >FILE; kill -USR2 PID`; at most `--mem`).
+//!   `--balloon-no-reporting` withholds free page reporting (the balloon then gives memory
+//!   back only when inflated);
+//! - with `--mergeable`, guest RAM is marked for KSM (`MemoryFlags::MERGEABLE`,
+//!   `MADV_MERGEABLE`): the host kernel's `ksmd` merges identical pages across VMs when
+//!   `/sys/kernel/mm/ksm/run` is 1. Off by default: merged pages are a timing side channel
+//!   between guests (a write to a shared page takes a copy-on-write fault).
 //!
 //! The default command line is `console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=-1`
 //! (`earlyprintk` shows the kernel's first lines even when it dies before its console
@@ -248,9 +257,13 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         None => {
             let config = VmConfig::default().max_vcpus(vcpus).irqchip(true).pit(true);
             let vm = hypervisor.create_vm(&config)?;
+            let flags = match options.mergeable {
+                true => MemoryFlags::MERGEABLE,
+                false => MemoryFlags::empty(),
+            };
             for (start, size) in layout::ram_ranges(ram_size) {
                 let size = usize::try_from(size).map_err(|_| "--mem is too large for this host")?;
-                let region = MemoryRegion::anonymous(start, size, MemoryFlags::empty())?;
+                let region = MemoryRegion::anonymous(start, size, flags)?;
                 ram.push(region.clone());
                 vm.add_memory_region(region)?;
             }
@@ -405,14 +418,27 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     // The balloon's rare notifications go through the ordinary MMIO exit.
     let mut _balloon_stats = None;
     if options.balloon {
-        let device = Balloon::new(balloon::Discarder(ram), BalloonOptions::default());
+        let control = options
+            .balloon_control
+            .as_deref()
+            .map(|path| balloon::Control::open(path, options.mem_mib))
+            .transpose()?;
+        let balloon_options = BalloonOptions {
+            free_page_reporting: options.balloon_reporting,
+            ..BalloonOptions::default()
+        };
+        let device = Balloon::new(balloon::Discarder(ram), balloon_options);
         let wired = virtio.attach(vm.as_ref(), &mut bus, device, &[])?;
         virtio_mmio.push(announce(wired.window, wired.gsi)?);
         let filter = match options.seccomp {
             true => Some(balloon::stats_thread_rules().compile()?),
             false => None,
         };
-        _balloon_stats = Some(balloon::StatsOnSignal::start(wired.transport, filter)?);
+        _balloon_stats = Some(balloon::StatsOnSignal::start(
+            wired.transport,
+            control,
+            filter,
+        )?);
     }
     let console = attach(
         &mut virtio,

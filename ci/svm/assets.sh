@@ -17,6 +17,10 @@
 #       unpacks both) with /modules-net (virtio_net and what it needs beyond l2/modules) and
 #       /bin/netbench, so that the boot tests and the boot benchmark keep the small one.
 #       netbench is ci/svm/netbench.rs built static (it runs in L1 and in L2's busybox).
+#   l2/initrd-balloon.cpio.gz, l2/modules-balloon/
+#       the balloon tests' initramfs: initrd.cpio.gz followed by an archive with
+#       /modules-balloon (virtio_balloon: Debian's cloud kernel builds it as a module), which
+#       l2-init loads only when its command line asks for the balloon scenario.
 #   pattern.bin
 #       the 4096-byte pattern the L2 guest writes to its disk at 1 MiB (see l2-init).
 # Idempotent: a second run with nothing changed only checks the stamps. The last line of
@@ -65,7 +69,7 @@ if [ "$(cat "$out/l1/.stamp" 2>/dev/null)" != "$l1_want" ]; then
 fi
 
 # L2: the cloud kernel, its vmlinux and the virtio modules.
-l2_want="$l2_pkg virtio_mmio virtio_blk + virtio_net v1"
+l2_want="$l2_pkg virtio_mmio virtio_blk + virtio_net + virtio_balloon v1"
 if [ "$(cat "$out/l2/.stamp" 2>/dev/null)" != "$l2_want" ]; then
     deb=$(fetch_deb "$out/debs" "$l2_pkg")
     log "unpacking $(basename "$deb")"
@@ -82,6 +86,13 @@ if [ "$(cat "$out/l2/.stamp" 2>/dev/null)" != "$l2_want" ]; then
     mv "$out/l2/modules-net/order.new" "$out/l2/modules-net/order"
     for ko in "$out/l2/modules-net"/*.ko; do
         grep -qxF "$(basename "$ko" .ko)" "$out/l2/modules-net/order" || rm "$ko"
+    done
+    # The same for the balloon's driver.
+    install_modules "$tmp" "$out/l2/modules-balloon" virtio_balloon
+    grep -vxF -f "$out/l2/modules/order" "$out/l2/modules-balloon/order" >"$out/l2/modules-balloon/order.new" || true
+    mv "$out/l2/modules-balloon/order.new" "$out/l2/modules-balloon/order"
+    for ko in "$out/l2/modules-balloon"/*.ko; do
+        grep -qxF "$(basename "$ko" .ko)" "$out/l2/modules-balloon/order" || rm "$ko"
     done
     rm -rf "$tmp"
     echo "$l2_want" >"$out/l2/.stamp"
@@ -137,7 +148,24 @@ if [ "$(cat "$out/l2/.initrd-net-stamp" 2>/dev/null)" != "$initrd_net_want" ] ||
     echo "$initrd_net_want" >"$out/l2/.initrd-net-stamp"
 fi
 
+# The balloon tests' initramfs, the same way.
+initrd_balloon_want=$(cat "$out/l2/initrd.cpio.gz" "$out/l2/modules-balloon"/* "$here/assets.sh" |
+    sha256sum | cut -d' ' -f1)
+if [ "$(cat "$out/l2/.initrd-balloon-stamp" 2>/dev/null)" != "$initrd_balloon_want" ] ||
+    [ ! -s "$out/l2/initrd-balloon.cpio.gz" ]; then
+    log "building l2/initrd-balloon.cpio.gz"
+    stage=$out/tmp-l2-initrd-balloon
+    rm -rf "$stage"
+    mkdir -p "$stage/modules-balloon"
+    cp "$out/l2/modules-balloon"/* "$stage/modules-balloon/"
+    { cat "$out/l2/initrd.cpio.gz" && cpio_dir "$stage" | gzip -n -9; } >"$out/l2/initrd-balloon.cpio.gz.tmp"
+    mv "$out/l2/initrd-balloon.cpio.gz.tmp" "$out/l2/initrd-balloon.cpio.gz"
+    rm -rf "$stage"
+    echo "$initrd_balloon_want" >"$out/l2/.initrd-balloon-stamp"
+fi
+
 log "L1 kernel $l1_pkg, modules: $(tr '\n' ' ' <"$out/l1/modules/order")"
 log "L2 kernel $l2_pkg, modules: $(tr '\n' ' ' <"$out/l2/modules/order")"
 log "L2 network modules: $(tr '\n' ' ' <"$out/l2/modules-net/order")"
+log "L2 balloon modules: $(tr '\n' ' ' <"$out/l2/modules-balloon/order")"
 echo "$out"

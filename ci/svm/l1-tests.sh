@@ -7,12 +7,12 @@
 #
 # What L1 holds: /vmkit/bin/{conformance,kvm,boot_linux,linux_boot,dirty_harvest} (each only
 # if it built), /qemu/bin/qemu-system-x86_64 with its firmware in /qemu/share,
-# /l2/{vmlinux,bzImage,initrd.cpio.gz,initrd-net.cpio.gz} and /pattern.bin (see
-# ci/svm/l2-init), and for the network tests /usr/sbin/ip (iproute2), /bin/nft and
-# /bin/netbench.
+# /l2/{vmlinux,bzImage,initrd.cpio.gz,initrd-net.cpio.gz,initrd-balloon.cpio.gz} and
+# /pattern.bin (see ci/svm/l2-init), and for the network tests /usr/sbin/ip (iproute2),
+# /bin/nft and /bin/netbench.
 
 # shellcheck disable=SC2034 # read by l1-init
-TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage boot_linux_s3 net_isolated net_nat net_bridged net_vhost net_bench linux_boot_bench dirty_harvest_bench boot_linux_snapshot restore_bench"
+TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage boot_linux_s3 net_isolated net_nat net_bridged net_vhost balloon_reporting balloon_inflate net_bench linux_boot_bench dirty_harvest_bench density_bench boot_linux_snapshot restore_bench"
 
 # The L2 kernel command line every boot uses: reboot=k makes `reboot -f` an i8042 reset.
 L2_CMDLINE="console=ttyS0 quiet reboot=k panic=-1"
@@ -975,4 +975,373 @@ t_restore_bench() {
     echo "restore-bench: b/c $(awk "BEGIN { printf \"%.3f\", $mb / $mc }") (aim <= 0.2), b/a $(awk "BEGIN { printf \"%.3f\", $mb / $ma }") (aim <= 0.05)"
     rm -rf /tmp/rb-snap /tmp/rb-qemu.mig
     return 0
+}
+
+# --- Resource efficiency (issue 19): vmkit-virtio's balloon with Linux guests, and the
+# density of idle guests against QEMU's. The guests boot /l2/initrd-balloon.cpio.gz and run
+# the balloon scenario their command line names (vmkit.balloon=…, see ci/svm/l2-init); the
+# host tells a guest to go on by writing "VMKIT-GO N" at 2 MiB of its disk (go:N).
+
+# vm_rss_kb PID / mem_available_kb: a process's resident memory, and L1's MemAvailable, in kB.
+vm_rss_kb() {
+    awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status" 2>/dev/null
+}
+mem_available_kb() {
+    awk '$1 == "MemAvailable:" { print $2 }' /proc/meminfo
+}
+
+# ring N: lets a guest waiting in go:N go on (see l2-init), through its disk $disk.
+ring() {
+    printf 'VMKIT-GO %s\n' "$1" | dd of="$disk" bs=4096 seek=512 conv=notrunc,fsync 2>/dev/null
+}
+
+# balloon_vm LOG ARGS...: boot_linux with a balloon and a disk ($disk), started in the
+# background with its console and messages in LOG; its pid in $bvm.
+balloon_vm() {
+    blog=$1
+    shift
+    : >"$blog"
+    /vmkit/bin/boot_linux --kernel /l2/vmlinux --initrd /l2/initrd-balloon.cpio.gz --mem 256 --vcpus 1 \
+        --disk "$disk" --seccomp "$@" >"$blog" 2>&1 &
+    bvm=$!
+}
+
+# balloon_vm_done SECS: waits at most SECS for the guest of balloon_vm to end (then kills
+# it), shows its log (without \r, in $blog.clean) and checks its exit status, its disk and
+# that its scenario ran to the end without failures. Sets bal_bad=1 on a failure.
+balloon_vm_done() {
+    i=0
+    while kill -0 "$bvm" 2>/dev/null && [ $i -lt $(($1 * 10)) ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    kill -KILL "$bvm" 2>/dev/null && echo "check FAILED: the guest was still running after $1 s: killed"
+    wait "$bvm"
+    brc=$?
+    tr -d '\r' <"$blog" >"$blog.clean"
+    echo "--- guest (exit status $brc):"
+    cat "$blog.clean"
+    if [ $brc -ne 0 ]; then
+        echo "check FAILED: boot_linux exited with status $brc"
+        bal_bad=1
+    fi
+    check_l2 "$blog" 1 "$disk" || bal_bad=1
+    bal_expect "$blog.clean" '^VMKIT-L2-BALLOON-DONE$' "the guest ran its balloon scenario to the end"
+    if grep -q '^VMKIT-L2-BALLOON-FAILED' "$blog.clean"; then
+        echo "check FAILED: the guest reported failures"
+        bal_bad=1
+    fi
+}
+
+# bal_expect FILE EREGEX WHAT: expect's check, failing the balloon test.
+bal_expect() {
+    net_bad=0
+    expect "$@"
+    [ $net_bad = 0 ] || bal_bad=1
+}
+
+# same_sums LOG: the guest's checksums of its fills (VMKIT-L2-BALLOON-SUM lines) all agree:
+# memory that was reported and then used again holds what was written.
+same_sums() {
+    sums=$(sed -n 's/^VMKIT-L2-BALLOON-SUM md5 \([0-9a-f]*\).*/\1/p' "$1" | sort -u)
+    n=$(grep -c '^VMKIT-L2-BALLOON-SUM ' "$1")
+    if [ "$n" -ge 2 ] && [ "$(echo "$sums" | wc -l)" -eq 1 ]; then
+        echo "check: the guest's $n fills all read back md5 $sums"
+    else
+        echo "check FAILED: the guest's fills ($n) read back different data: $sums"
+        bal_bad=1
+    fi
+}
+
+# Free page reporting: the guest fills BALLOON_FILL_MIB of tmpfs and frees it;
+# boot_linux's RSS (VmRSS, read in L1) must fall back by 3/4 of that within
+# BALLOON_RECLAIM_SECS (a generous bound, not a speed requirement): the time it took is
+# printed. Then the guest fills the same memory again (the checksums of both fills must
+# match: the discarded pages came back as fresh zero pages, nothing in use was discarded),
+# frees it and does its disk round trip once more.
+BALLOON_FILL_MIB=64
+BALLOON_RECLAIM_SECS=120
+t_balloon_reporting() {
+    [ -x /vmkit/bin/boot_linux ] || { echo "/vmkit/bin/boot_linux: not built"; return 1; }
+    bal_bad=0
+    new_disk
+    balloon_vm /tmp/bal-rep.log --cmdline "$L2_CMDLINE vmkit.balloon=go:0,fill:$BALLOON_FILL_MIB,sum,free,go:1,fill:$BALLOON_FILL_MIB,sum,free,disk" --balloon
+    # The guest waits in go:0 once its driver is up: its RSS then is the baseline.
+    wait_for /tmp/bal-rep.log 'VMKIT-L2-BALLOON-UP' 120 || echo "(the guest did not say its balloon is up)"
+    rss_up=$(vm_rss_kb "$bvm")
+    ring 0
+    if wait_for /tmp/bal-rep.log 'VMKIT-L2-BALLOON-FILLED' 180; then
+        rss_filled=$(vm_rss_kb "$bvm")
+    else
+        echo "check FAILED: the guest did not fill its memory in 180 s"
+        bal_bad=1
+    fi
+    if [ $bal_bad = 0 ] && wait_for /tmp/bal-rep.log 'VMKIT-L2-BALLOON-FREED' 120; then
+        start=$(now_ms)
+        rss_freed=$(vm_rss_kb "$bvm")
+        goal=$((rss_filled - BALLOON_FILL_MIB * 1024 * 3 / 4))
+        echo "boot_linux RSS: $((rss_up / 1024)) MiB once up, $((rss_filled / 1024)) MiB with $BALLOON_FILL_MIB MiB filled, $((rss_freed / 1024)) MiB when the guest freed it; waiting for <= $((goal / 1024)) MiB"
+        rss=$rss_freed
+        while [ "${rss:-0}" -gt $goal ] && [ $(($(now_ms) - start)) -lt $((BALLOON_RECLAIM_SECS * 1000)) ]; do
+            sleep 0.2
+            rss=$(vm_rss_kb "$bvm")
+        done
+        took=$(($(now_ms) - start))
+        if [ "${rss:-0}" -le $goal ] && [ -n "$rss" ]; then
+            echo "check: boot_linux's RSS fell to $((rss / 1024)) MiB $took ms after the guest freed $BALLOON_FILL_MIB MiB"
+            echo "balloon: free page reporting gave back $(((rss_filled - rss) / 1024)) MiB of boot_linux's RSS in $took ms"
+        else
+            echo "check FAILED: boot_linux's RSS was still $((${rss:-0} / 1024)) MiB after $took ms (goal $((goal / 1024)) MiB)"
+            bal_bad=1
+        fi
+        # The statistics on SIGUSR1, for the log.
+        kill -USR1 "$bvm"
+        wait_for /tmp/bal-rep.log 'boot_linux: balloon: target' 10 || echo "(no statistics line after SIGUSR1)"
+    elif [ $bal_bad = 0 ]; then
+        echo "check FAILED: the guest did not free its memory in 120 s"
+        bal_bad=1
+    fi
+    ring 1
+    balloon_vm_done 240
+    bal_expect /tmp/bal-rep.log.clean '^VMKIT-L2-BALLOON-UP reporting 1 ' "the guest's driver negotiated free page reporting"
+    bal_expect /tmp/bal-rep.log.clean '^boot_linux: balloon: target 0 MiB, actual 0 MiB, free [0-9]+ MiB' "SIGUSR1 printed the guest's statistics"
+    [ "$(grep -c '^VMKIT-L2-DISK-OK$' /tmp/bal-rep.log.clean)" -eq 2 ] &&
+        echo "check: the guest's disk round trip passed after the reclaim too" ||
+        { echo "check FAILED: the guest's second disk round trip did not pass"; bal_bad=1; }
+    same_sums /tmp/bal-rep.log.clean
+    return $bal_bad
+}
+
+# guest_mem LOG N FIELD: FIELD (total, free or available, kB) of the guest's Nth
+# VMKIT-L2-BALLOON-MEM line.
+guest_mem() {
+    sed -n "s/^VMKIT-L2-BALLOON-MEM .*$3 \([0-9]*\).*/\1/p" "$1" | sed -n "$2p"
+}
+
+# balloon_actual_mib LOG: the balloon's size (actual, MiB) on boot_linux's last SIGUSR1 line.
+balloon_actual_mib() {
+    sed -n 's/^boot_linux: balloon: target [0-9]* MiB, actual \([0-9]*\) MiB.*/\1/p' "$1" | tail -n 1
+}
+
+# set_target MIB: the balloon's target through --balloon-control, then SIGUSR1 every second
+# until the guest's balloon holds MIB (at most 120 s). Prints how long it took.
+set_target() {
+    echo "$1" >/tmp/bal-target
+    kill -USR2 "$bvm"
+    start=$(now_ms)
+    while [ $(($(now_ms) - start)) -lt 120000 ] && kill -0 "$bvm" 2>/dev/null; do
+        sleep 1
+        kill -USR1 "$bvm"
+        sleep 0.5
+        tr -d '\r' <"$blog" >"$blog.now"
+        [ "$(balloon_actual_mib "$blog.now")" = "$1" ] && break
+    done
+    if [ "$(balloon_actual_mib "$blog.now")" = "$1" ]; then
+        echo "check: the balloon holds $1 MiB, $(($(now_ms) - start)) ms after the target was set"
+    else
+        echo "check FAILED: the balloon holds $(balloon_actual_mib "$blog.now") MiB, not $1, $(($(now_ms) - start)) ms after the target was set"
+        bal_bad=1
+    fi
+}
+
+# l1_available_kb: L1's MemAvailable once the kernel has split the huge pages that the
+# balloon left partly unmapped. boot_linux's RAM is backed by transparent huge pages; an
+# inflated 4 KiB page inside one is unmapped at once (the RSS falls) but the huge page is
+# freed only when all of it is, or when the deferred-split shrinker splits it, which
+# drop_caches runs (it runs every shrinker): without it MemAvailable would lag behind.
+l1_available_kb() {
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    mem_available_kb
+}
+
+# Inflate and deflate, with free page reporting withheld (--balloon-no-reporting: otherwise
+# the guest's free memory would already have been given back, and inflating would return
+# nothing more). The guest fills BALLOON_INFLATE_FILL_MIB of tmpfs and frees it, so that
+# most of its free memory is backed in L1; then L1 sets the target to BALLOON_TARGET_MIB
+# (--balloon-control and SIGUSR2): L1's MemAvailable must rise by at least half the target
+# (it is printed: about the target when the balloon took backed pages) and the guest's
+# MemFree fall by at least 3/4 of it; back to 0, the guest's MemFree must come back within
+# a quarter of the target, and the guest does its disk round trip once more.
+BALLOON_INFLATE_FILL_MIB=160
+BALLOON_TARGET_MIB=96
+t_balloon_inflate() {
+    [ -x /vmkit/bin/boot_linux ] || { echo "/vmkit/bin/boot_linux: not built"; return 1; }
+    bal_bad=0
+    new_disk
+    echo 0 >/tmp/bal-target
+    balloon_vm /tmp/bal-inf.log --balloon-control /tmp/bal-target --balloon-no-reporting \
+        --cmdline "$L2_CMDLINE vmkit.balloon=fill:$BALLOON_INFLATE_FILL_MIB,free,mem,go:1,mem,go:2,mem,disk"
+    if wait_for "$blog" 'VMKIT-L2-BALLOON-MEM' 240; then
+        avail0=$(l1_available_kb) rss0=$(vm_rss_kb "$bvm")
+        set_target $BALLOON_TARGET_MIB
+        avail1=$(l1_available_kb) rss1=$(vm_rss_kb "$bvm")
+        rise=$(((avail1 - avail0) / 1024))
+        echo "balloon: inflating to $BALLOON_TARGET_MIB MiB raised L1's MemAvailable by $rise MiB ($((avail0 / 1024)) -> $((avail1 / 1024)) MiB); boot_linux's RSS fell by $(((rss0 - rss1) / 1024)) MiB ($((rss0 / 1024)) -> $((rss1 / 1024)) MiB)"
+        if [ $rise -ge $((BALLOON_TARGET_MIB / 2)) ]; then
+            echo "check: L1's MemAvailable rose by $rise MiB (at least half the $BALLOON_TARGET_MIB MiB target)"
+        else
+            echo "check FAILED: L1's MemAvailable rose by $rise MiB, less than half the $BALLOON_TARGET_MIB MiB target"
+            bal_bad=1
+        fi
+        ring 1
+        wait_for "$blog" 'VMKIT-L2-BALLOON-GO 1' 60
+        sleep 1
+        set_target 0
+        avail2=$(l1_available_kb)
+        echo "balloon: deflated to 0: L1's MemAvailable $((avail2 / 1024)) MiB (the guest's pages come back as it touches them)"
+        ring 2
+    else
+        echo "check FAILED: the guest did not fill and free its memory in 240 s"
+        bal_bad=1
+    fi
+    balloon_vm_done 240
+    log=$blog.clean
+    free1=$(guest_mem "$log" 1 free) free2=$(guest_mem "$log" 2 free) free3=$(guest_mem "$log" 3 free)
+    total1=$(guest_mem "$log" 1 total) total2=$(guest_mem "$log" 2 total) total3=$(guest_mem "$log" 3 total)
+    if [ -n "$free3" ]; then
+        echo "balloon: the guest's MemTotal/MemFree: before $((total1 / 1024))/$((free1 / 1024)) MiB, inflated $((total2 / 1024))/$((free2 / 1024)) MiB, deflated $((total3 / 1024))/$((free3 / 1024)) MiB"
+        target_kb=$((BALLOON_TARGET_MIB * 1024))
+        if [ $((free1 - free2)) -ge $((target_kb * 3 / 4)) ]; then
+            echo "check: inflated, the guest's MemFree fell by $(((free1 - free2) / 1024)) MiB"
+        else
+            echo "check FAILED: inflated, the guest's MemFree fell by $(((free1 - free2) / 1024)) MiB only"
+            bal_bad=1
+        fi
+        if [ $((free1 - free3)) -le $((target_kb / 4)) ]; then
+            echo "check: deflated, the guest's MemFree is back ($(((free3 - free1) / 1024)) MiB from before)"
+        else
+            echo "check FAILED: deflated, the guest's MemFree is $(((free1 - free3) / 1024)) MiB below where it was"
+            bal_bad=1
+        fi
+    else
+        echo "check FAILED: the guest did not print its memory three times"
+        bal_bad=1
+    fi
+    bal_expect "$log" '^VMKIT-L2-BALLOON-UP reporting 0 deflate_on_oom 1 stats 1$' "the guest's driver negotiated deflate-on-OOM and statistics, not reporting"
+    bal_expect "$log" "^boot_linux: balloon: target set to $BALLOON_TARGET_MIB MiB$" "SIGUSR2 set the target from the control file"
+    [ "$(grep -c '^VMKIT-L2-DISK-OK$' "$log")" -eq 2 ] &&
+        echo "check: the guest's disk round trip passed after the deflation too" ||
+        { echo "check FAILED: the guest's second disk round trip did not pass"; bal_bad=1; }
+    return $bal_bad
+}
+
+# --- The density benchmark: idle guests of DENSITY_MEM_MIB each, the same kernel and
+# initramfs, booted one after the other (each waits for the previous one to be idle) while
+# L1's memory used so far plus one more guest's RAM stays within DENSITY_BUDGET_MIB, at most
+# DENSITY_MAX_GUESTS (L1 has one emulated CPU: the cap keeps the stage short; run.sh's
+# VMKIT_SVM_DENSITY_GUESTS raises it). Under vmkit's
+# boot_linux (--balloon with free page reporting, --mergeable) and under QEMU microvm
+# (virtio-balloon-device with free-page-reporting=on, mem-merge=on). KSM runs in L1 for
+# both while they settle, DENSITY_SETTLE_SECS once the last guest is idle (not while they
+# boot: ksmd's scanning at TCG speed would slow the boots several times over). Then it reads
+# the host memory the guests cost: L1's
+# MemAvailable drop since before the first guest (the figure compared: it includes what no
+# process's PSS shows, KVM's page tables and vCPU state in L1's kernel, and the VMM's own
+# page cache), and the sum of the VMM processes' PSS (KSM-merged pages divided among their
+# sharers) as a second view. It prints guests per GiB (1024 / MiB per guest) and the ratio
+# vmkit/QEMU; it fails only if a guest a VMM started did not get idle or a figure is
+# missing, never on a number.
+DENSITY_MEM_MIB=128
+DENSITY_BUDGET_MIB=1536
+DENSITY_MAX_GUESTS=${VMKIT_SVM_DENSITY_GUESTS:-3}
+DENSITY_SETTLE_SECS=15
+
+# density_vm VMM I: guest I under VMM (vmkit or qemu), in the background; its pid is
+# appended to $dpids, its console is /tmp/dens-VMM-I.log.
+density_vm() {
+    dlog=/tmp/dens-$1-$2.log
+    if [ "$1" = vmkit ]; then
+        /vmkit/bin/boot_linux --kernel /l2/vmlinux --initrd /l2/initrd-balloon.cpio.gz \
+            --cmdline "$L2_CMDLINE vmkit.balloon=idle" --mem $DENSITY_MEM_MIB --vcpus 1 \
+            --balloon --mergeable --seccomp >"$dlog" 2>&1 &
+    else
+        # The same vmlinux, entered through its PVH note as boot_linux does (a bzImage would
+        # first decompress itself through the guest's RAM).
+        qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on,mem-merge=on \
+            -enable-kvm -cpu host -smp 1 -m $DENSITY_MEM_MIB -nodefaults -no-user-config \
+            -display none -serial stdio -no-reboot -L /qemu/share -kernel /l2/vmlinux \
+            -initrd /l2/initrd-balloon.cpio.gz \
+            -append "$QEMU_L2_CMDLINE vmkit.balloon=idle" \
+            -device virtio-balloon-device,free-page-reporting=on >"$dlog" 2>&1 </dev/null &
+    fi
+    dpids="$dpids $!"
+}
+
+# density_run VMM: boots VMM's guests, settles, measures (into /tmp/dens-VMM.result:
+# guests, MiB per guest by MemAvailable, MiB per guest by PSS), stops them.
+density_run() {
+    dpids= n=0
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    avail_before=$(mem_available_kb)
+    start=$(now_ms)
+    while [ $n -lt $DENSITY_MAX_GUESTS ]; do
+        used=$(((avail_before - $(mem_available_kb)) / 1024))
+        [ $((used + DENSITY_MEM_MIB)) -le $DENSITY_BUDGET_MIB ] || break
+        n=$((n + 1))
+        density_vm "$1" $n
+        if ! wait_for "/tmp/dens-$1-$n.log" 'VMKIT-L2-BALLOON-IDLE' 90; then
+            echo "$1 guest $n did not get idle in 90 s; its console:"
+            tr -d '\r' <"/tmp/dens-$1-$n.log" | tail -n 20
+            break
+        fi
+    done
+    idle=0
+    for i in $(seq 1 $n); do
+        grep -q 'VMKIT-L2-BALLOON-IDLE' "/tmp/dens-$1-$i.log" && idle=$((idle + 1))
+    done
+    echo "$1: $idle of $n guests idle after $(($(now_ms) - start)) ms; settling $DENSITY_SETTLE_SECS s with KSM on"
+    echo 1 >/sys/kernel/mm/ksm/run
+    sleep $DENSITY_SETTLE_SECS
+    avail_after=$(l1_available_kb)
+    pss=0 rss=0
+    for p in $dpids; do
+        pp=$(awk '$1 == "Pss:" { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null)
+        pr=$(vm_rss_kb "$p")
+        pss=$((pss + ${pp:-0})) rss=$((rss + ${pr:-0}))
+    done
+    ksm=$(cat /sys/kernel/mm/ksm/pages_sharing)
+    # ksmd stops; the guests' merged pages go with their processes.
+    echo 0 >/sys/kernel/mm/ksm/run
+    for p in $dpids; do
+        kill -TERM "$p" 2>/dev/null
+    done
+    for p in $dpids; do
+        wait "$p"
+    done
+    grep -h 'VMKIT-L2-BALLOON-UP' /tmp/dens-"$1"-*.log | tr -d '\r' | sort | uniq -c | sed "s/^/$1: /"
+    if [ "$idle" -eq 0 ] || [ "$idle" -ne "$n" ]; then
+        echo "$1: FAILED: $idle of the $n guests started got idle"
+        return 1
+    fi
+    drop=$(((avail_before - avail_after) / 1024))
+    echo "$1: $idle idle guests of $DENSITY_MEM_MIB MiB: L1 MemAvailable fell by $drop MiB, VMM PSS sum $((pss / 1024)) MiB, RSS sum $((rss / 1024)) MiB, KSM pages_sharing $ksm"
+    echo "$idle $((drop * 1024 / idle)) $((pss / idle))" >"/tmp/dens-$1.result"
+}
+
+t_density_bench() {
+    [ -x /vmkit/bin/boot_linux ] || { echo "/vmkit/bin/boot_linux: not built"; return 1; }
+    rm -f /tmp/dens-*
+    echo 1000 >/sys/kernel/mm/ksm/pages_to_scan
+    echo "KSM while settling (pages_to_scan $(cat /sys/kernel/mm/ksm/pages_to_scan), sleep $(cat /sys/kernel/mm/ksm/sleep_millisecs) ms); budget $DENSITY_BUDGET_MIB MiB, guests of $DENSITY_MEM_MIB MiB, at most $DENSITY_MAX_GUESTS"
+    bad=0
+    density_run vmkit || bad=1
+    density_run qemu || bad=1
+    if [ ! -s /tmp/dens-vmkit.result ] || [ ! -s /tmp/dens-qemu.result ]; then
+        echo "density: FAILED: no measurement for both VMMs"
+        return 1
+    fi
+    read -r gv kv pv </tmp/dens-vmkit.result
+    read -r gq kq pq </tmp/dens-qemu.result
+    if [ "$kv" -le 0 ] || [ "$kq" -le 0 ] || [ "$pv" -le 0 ] || [ "$pq" -le 0 ]; then
+        echo "density: FAILED: a figure is not positive (vmkit $kv/$pv kB, qemu $kq/$pq kB)"
+        return 1
+    fi
+    mib() { awk "BEGIN { printf \"%.1f\", $1 / 1024 }"; }
+    echo "density: idle guests of $DENSITY_MEM_MIB MiB under a $DENSITY_BUDGET_MIB MiB budget (at most $DENSITY_MAX_GUESTS), KSM on, after $DENSITY_SETTLE_SECS s"
+    echo "density: vmkit $gv guests, $(mib "$kv") MiB per guest (L1 MemAvailable drop), PSS $(mib "$pv") MiB, $(awk "BEGIN { printf \"%.1f\", 1024 * 1024 / $kv }") guests per GiB"
+    echo "density: qemu $gq guests, $(mib "$kq") MiB per guest (L1 MemAvailable drop), PSS $(mib "$pq") MiB, $(awk "BEGIN { printf \"%.1f\", 1024 * 1024 / $kq }") guests per GiB"
+    echo "density: per-guest host memory vmkit/qemu $(awk "BEGIN { printf \"%.2f\", $kv / $kq }") (MemAvailable), $(awk "BEGIN { printf \"%.2f\", $pv / $pq }") (PSS) (lower is better)"
+    return $bad
 }

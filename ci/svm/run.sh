@@ -21,6 +21,8 @@
 #                              boot_linux: tells an L1/L2 problem from one of vmkit's
 #   VMKIT_SVM_NET_VHOST=1      the network benchmark also times QEMU with vhost-net and
 #                              boot_linux with its card on vhost-net (--net MODE,vhost)
+#   VMKIT_SVM_DENSITY_GUESTS=n the density benchmark's most guests per VMM (default 3; each
+#                              costs ~10-30 s of L1's one CPU)
 #   VMKIT_SVM_BENCH_ICOUNT=1   run the benchmark in a second L1 whose clock counts executed
 #                              instructions (-icount shift=0,sleep=off: 1 ns each, idle time
 #                              skipped) instead of following the host's: its times do not
@@ -63,7 +65,7 @@ for name in $known; do
 done
 [[ ${VMKIT_SVM_NET_VMM:-boot_linux} =~ ^(boot_linux|qemu)$ ]] ||
     { log "VMKIT_SVM_NET_VMM=$VMKIT_SVM_NET_VMM: boot_linux or qemu"; exit 1; }
-for var in VMKIT_SVM_TIMEOUT VMKIT_BENCH_ROUNDS; do
+for var in VMKIT_SVM_TIMEOUT VMKIT_BENCH_ROUNDS VMKIT_SVM_DENSITY_GUESTS; do
     [[ ${!var:-0} =~ ^[0-9]+$ ]] || { log "$var=${!var}: not a number"; exit 1; }
 done
 
@@ -122,7 +124,7 @@ cp "$here/l1-init" "$stage/init"
 cp "$here/l1-tests.sh" "$stage/harness/tests.sh"
 cp "$assets/l1/modules"/* "$stage/modules/"
 cp "$assets/l2/vmlinux" "$assets/l2/bzImage" "$assets/l2/initrd.cpio.gz" \
-    "$assets/l2/initrd-net.cpio.gz" "$stage/l2/"
+    "$assets/l2/initrd-net.cpio.gz" "$assets/l2/initrd-balloon.cpio.gz" "$stage/l2/"
 cp "$assets/pattern.bin" "$stage/pattern.bin"
 
 # add_libs BINARY: the shared libraries BINARY needs, at the paths the loader will look.
@@ -199,6 +201,7 @@ run_l1() {
     [ -n "${VMKIT_BENCH_ROUNDS:-}" ] && append+=" VMKIT_BENCH_ROUNDS=$VMKIT_BENCH_ROUNDS"
     [ -n "${VMKIT_SVM_NET_VMM:-}" ] && append+=" VMKIT_SVM_NET_VMM=$VMKIT_SVM_NET_VMM"
     [ -n "${VMKIT_SVM_NET_VHOST:-}" ] && append+=" VMKIT_SVM_NET_VHOST=$VMKIT_SVM_NET_VHOST"
+    [ -n "${VMKIT_SVM_DENSITY_GUESTS:-}" ] && append+=" VMKIT_SVM_DENSITY_GUESTS=$VMKIT_SVM_DENSITY_GUESTS"
     local console=$assets/l1-$name.log
     consoles+=("$console.clean")
     # Everything in L1 runs at TCG speed on a host CPU that others may share: the load says
@@ -298,6 +301,7 @@ printf '  %s\n' "${phases[@]}"
 cat "${consoles[@]}" | grep -E '^VMKIT-TEST ' | sed 's/^/  /' || true
 cat "${consoles[@]}" | grep -E '^\| linux_boot: (median|ratio|FAILED)' | sed 's/^| /  /' || true
 cat "${consoles[@]}" | grep -E '^\| net-bench: ' | sed 's/^| /  /' || true
+cat "${consoles[@]}" | grep -E '^\| (balloon|density): ' | sed 's/^| /  /' || true
 for n in "${notes[@]}"; do
     echo "  note: $n"
 done

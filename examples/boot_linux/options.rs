@@ -16,7 +16,8 @@ use vmkit_virtio::net::{MacAddr, NetOptions};
 pub const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmdline STRING] \
                          [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]] \
                          [--net tap|isolated:BRIDGE|bridged:BRIDGE|nat:BRIDGE:GATEWAY/PREFIX:UPLINK[,vhost] \
-                         [--tap NAME] [--mac MAC]] [--balloon] [--exit-stats] [--map-kernel] \
+                         [--tap NAME] [--mac MAC]] [--balloon] [--balloon-control FILE] \
+                         [--balloon-no-reporting] [--mergeable] [--exit-stats] [--map-kernel] \
                          [--split-rings] [--seccomp] [--s3-wake-after MS] \
                          [--save DIR] [--restore DIR]";
 /// The command line when `--cmdline` is not given. `earlyprintk` shows the kernel's first
@@ -222,8 +223,14 @@ pub struct Options {
     pub tap: String,
     /// `--mac`.
     pub mac: MacAddr,
-    /// `--balloon`.
+    /// `--balloon` (also implied by the other `--balloon-` flags).
     pub balloon: bool,
+    /// `--balloon-control FILE`: SIGUSR2 reads the balloon's target (MiB) from FILE.
+    pub balloon_control: Option<PathBuf>,
+    /// Not `--balloon-no-reporting`: the balloon offers free page reporting.
+    pub balloon_reporting: bool,
+    /// `--mergeable`: guest RAM is marked for KSM (`MemoryFlags::MERGEABLE`).
+    pub mergeable: bool,
     /// `--exit-stats`.
     pub exit_stats: bool,
     /// `--map-kernel`.
@@ -264,6 +271,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
         tap: "vmktap%d".to_owned(),
         mac: NetOptions::default().mac,
         balloon: false,
+        balloon_control: None,
+        balloon_reporting: true,
+        mergeable: false,
         exit_stats: false,
         map_kernel: false,
         split_rings: false,
@@ -319,6 +329,15 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
                     })?;
             }
             "--balloon" => options.balloon = true,
+            "--balloon-control" => {
+                options.balloon_control = Some(value()?.into());
+                options.balloon = true;
+            }
+            "--balloon-no-reporting" => {
+                options.balloon_reporting = false;
+                options.balloon = true;
+            }
+            "--mergeable" => options.mergeable = true,
             "--exit-stats" => options.exit_stats = true,
             "--map-kernel" => options.map_kernel = true,
             "--split-rings" => options.split_rings = true,
@@ -580,6 +599,20 @@ mod tests {
 
     fn refused(line: &str) -> String {
         parse(args(line)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_balloon_flags() {
+        let options = parse(args("--kernel k")).unwrap();
+        assert!(!options.balloon && options.balloon_reporting && !options.mergeable);
+        assert_eq!(options.balloon_control, None);
+        // Each --balloon- flag adds the balloon.
+        let options = parse(args("--kernel k --balloon-control /tmp/target")).unwrap();
+        assert!(options.balloon && options.balloon_reporting);
+        assert_eq!(options.balloon_control, Some(PathBuf::from("/tmp/target")));
+        let options = parse(args("--kernel k --balloon-no-reporting --mergeable")).unwrap();
+        assert!(options.balloon && !options.balloon_reporting && options.mergeable);
+        assert!(refused("--kernel k --balloon-control").contains("--balloon-control needs a value"));
     }
 
     #[test]

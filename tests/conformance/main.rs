@@ -25,6 +25,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod balloon;
 mod dirty;
 mod exits;
 mod interrupts;
@@ -284,6 +285,7 @@ fn main() -> ExitCode {
         snapshot_files::SCENARIOS,
         platform::SCENARIOS,
         pool::SCENARIOS,
+        balloon::SCENARIOS,
     ];
     let args = Arguments::parse(std::env::args().skip(1));
     let selected: Vec<&Scenario> = groups

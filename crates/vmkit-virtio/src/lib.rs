@@ -149,6 +149,7 @@ mod config;
 pub mod console;
 pub mod device;
 mod error;
+mod interrupt;
 mod mem;
 pub mod mmio;
 pub mod net;

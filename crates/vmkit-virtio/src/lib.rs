@@ -154,6 +154,7 @@ mod mem;
 pub mod mmio;
 pub mod net;
 pub mod packed;
+pub mod pci;
 mod queue;
 pub mod split;
 
@@ -162,6 +163,7 @@ pub use device::{DeviceError, StateError, VirtioDevice};
 pub use error::{DescIndex, Error, Result, RingArea};
 pub use mem::Descriptor;
 pub use packed::{PackedAccess, PackedChain, PackedQueue, PackedQueueState};
+pub use pci::Transport;
 pub use queue::{Chain, ChainHead, Queue, QueueAccess, QueueState};
 pub use split::{
     SplitAccess, SplitChain, SplitQueue, SplitQueueState, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,

@@ -608,8 +608,13 @@ impl<D> Inner<D> {
         }
     }
 
-    pub(crate) fn write_reg<M: GuestMemory + ?Sized>(&mut self, offset: u64, v: u32, mem: &M, irq: &dyn Interrupt)
-    where
+    pub(crate) fn write_reg<M: GuestMemory + ?Sized>(
+        &mut self,
+        offset: u64,
+        v: u32,
+        mem: &M,
+        irq: &dyn Interrupt,
+    ) where
         D: VirtioDevice<M>,
     {
         match offset {
@@ -677,7 +682,12 @@ impl<D> Inner<D> {
         }
     }
 
-    pub(crate) fn write_queue_ready<M: GuestMemory + ?Sized>(&mut self, v: u32, mem: &M, irq: &dyn Interrupt) {
+    pub(crate) fn write_queue_ready<M: GuestMemory + ?Sized>(
+        &mut self,
+        v: u32,
+        mem: &M,
+        irq: &dyn Interrupt,
+    ) {
         let i = match self.selected(reg::QUEUE_READY) {
             Ok(i) => i,
             Err(e) => return self.record(e),
@@ -715,8 +725,12 @@ impl<D> Inner<D> {
         }
     }
 
-    pub(crate) fn write_status<M: GuestMemory + ?Sized>(&mut self, v: u32, mem: &M, irq: &dyn Interrupt)
-    where
+    pub(crate) fn write_status<M: GuestMemory + ?Sized>(
+        &mut self,
+        v: u32,
+        mem: &M,
+        irq: &dyn Interrupt,
+    ) where
         D: VirtioDevice<M>,
     {
         if v == 0 {

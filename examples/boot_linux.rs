@@ -4,7 +4,7 @@
 //! cargo run --release --example boot_linux -- --kernel IMAGE [--initrd FILE]
 //!     [--cmdline "..."] [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]]
 //!     [--net MODE[,vhost] [--tap NAME] [--mac MAC]] [--balloon] [--exit-stats] [--map-kernel]
-//!     [--split-rings] [--seccomp]
+//!     [--split-rings] [--seccomp] [--pci]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -37,6 +37,12 @@
 //!   vhost_net`; the card then offers split rings only); at
 //!   exit the TAP leaves the bridge and the network is torn down, unless other VMs are
 //!   still on it (the last one out removes it). The guest needs the `virtio_net` driver.
+//! - with `--pci`, a PCI host bridge (vmkit-pci: ports `0xcf8`/`0xcfc`, ECAM at
+//!   `0xe0000000` in the ACPI MCFG, `PCI0` in the DSDT with `_PRT` routing INTA of each slot
+//!   to a GSI from 16 up) and the disk, the network card and the console on virtio-pci
+//!   (vmkit-virtio's `PciTransport`, BARs from `0xc0000000`, MSI-X through `KVM_SIGNAL_MSI`)
+//!   instead of virtio-mmio; the balloon stays on virtio-mmio, and the vhost datapath needs
+//!   virtio-mmio;
 //! - with `--balloon`, a virtio-balloon (vmkit-virtio's `Balloon`, with statistics,
 //!   deflate-on-OOM and free page reporting) whose inflated and reported pages leave the RAM
 //!   mappings (`vmkit::memory::discard`); the guest needs the `virtio_balloon` driver. Its
@@ -106,7 +112,9 @@ use vmkit_boot::linux::{self, layout};
 use vmkit_bus::Bus;
 use vmkit_devices::{Cmos, PmBlock, Serial, SleepState, COM1, COM1_GSI, I8042, SERIAL_PORTS};
 use vmkit_machine::worker::{self, WorkerOptions};
-use vmkit_machine::{GsiAllocator, MmioAllocator, MmioWindow, QueueWorker, VirtioMmioWiring};
+use vmkit_machine::{
+    GsiAllocator, MmioAllocator, MmioWindow, QueueWorker, VirtioMmioWiring, VirtioPciWiring, VmMsi,
+};
 use vmkit_net::vhost::{Datapath, VhostNet};
 use vmkit_net::worker::NetWorkerOptions;
 use vmkit_net::{Attachment, NetWorker, QueueKicks, TapMode};
@@ -133,6 +141,11 @@ const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 const VIRTIO_FIRST_IRQ: u32 = 5;
 /// The last IOAPIC pin.
 const VIRTIO_LAST_IRQ: u32 = 23;
+/// With `--pci`: the ECAM window (bus 0, 1 MiB), the BAR window, and the GSIs INTx goes to
+/// (the IOAPIC pins above the ISA IRQs, as on a PC; virtio-mmio keeps those below).
+const PCI_ECAM_BASE: u64 = 0xe000_0000;
+const PCI_BARS: (u64, u64) = (0xc000_0000, VIRTIO_MMIO_BASE);
+const PCI_FIRST_IRQ: u32 = 16;
 /// The ACPI SCI's IRQ (GSI), where PC chipsets put it.
 const SCI_IRQ: u8 = 9;
 
@@ -180,7 +193,11 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let disk = options.disk.as_ref().map(options::open_disk).transpose()?;
     let hypervisor = vmkit::open()?;
     let config = VmConfig::default().max_vcpus(vcpus).irqchip(true).pit(true);
-    let vm = hypervisor.create_vm(&config)?;
+    if options.pci && options.datapath == Datapath::Vhost {
+        return Err("--net ...,vhost needs the card on virtio-mmio: drop --pci or ,vhost".into());
+    }
+    // Shared: the PCI devices' MSI-X messages go out through it from any thread.
+    let vm: Arc<dyn vmkit::Vm> = Arc::from(hypervisor.create_vm(&config)?);
     // The balloon discards from these regions (the same mappings as the VM's).
     let mut ram = Vec::new();
     for (start, size) in layout::ram_ranges(ram_size) {
@@ -228,8 +245,33 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         PmBlock::PORTS,
         pm.clone(),
     )?;
-    let mut gsis = GsiAllocator::new(VIRTIO_FIRST_IRQ, VIRTIO_LAST_IRQ)?;
+    let mmio_last_irq = match options.pci {
+        true => PCI_FIRST_IRQ - 1,
+        false => VIRTIO_LAST_IRQ,
+    };
+    let mut gsis = GsiAllocator::new(VIRTIO_FIRST_IRQ, mmio_last_irq)?;
     gsis.reserve(u32::from(SCI_IRQ))?;
+    let mut pci = match options.pci {
+        true => Some(
+            VirtioPciWiring::new(
+                Arc::new(memory.clone()),
+                PCI_ECAM_BASE,
+                MmioAllocator::new(PCI_BARS.0, PCI_BARS.1)?,
+                GsiAllocator::new(PCI_FIRST_IRQ, VIRTIO_LAST_IRQ)?,
+                Arc::new(VmMsi(vm.clone())),
+            )
+            .packed_rings(!options.split_rings),
+        ),
+        false => None,
+    };
+    // With --pci and --seccomp, device threads send MSIs (KVM_SIGNAL_MSI): they take the
+    // vCPU threads' rules too, which allow it.
+    let pci_worker_rules = |mut rules: vmkit::seccomp::Rules| {
+        if options.pci {
+            rules.extend(&hypervisor.vcpu_seccomp_rules());
+        }
+        rules
+    };
 
     // Each virtio-mmio device gets a page of the MMIO hole, a GSI wired as an irqfd, and a
     // line in the ACPI tables.
@@ -249,19 +291,25 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             ..BlockOptions::default()
         };
         let block = Block::with_backend(file, size, block_options)?;
-        let mut disk = virtio.attach(vm.as_ref(), &mut bus, block, &[0])?;
-        virtio_mmio.push(announce(disk.window, disk.gsi)?);
-        let notifiers = std::mem::take(&mut disk.notifiers);
         let mut worker_options = WorkerOptions::named("virtio-blk");
         if options.seccomp {
-            worker_options = worker_options.seccomp(worker::blk_seccomp_rules().compile()?);
+            let rules = pci_worker_rules(worker::blk_seccomp_rules());
+            worker_options = worker_options.seccomp(rules.compile()?);
         }
-        _disk_worker = Some(QueueWorker::start_with(
-            disk.transport,
-            notifiers,
-            worker_options,
-            |err| eprintln!("boot_linux: disk: {}", ErrorChain(err)),
-        )?);
+        let on_error =
+            |err: &vmkit_machine::WorkerError| eprintln!("boot_linux: disk: {}", ErrorChain(err));
+        _disk_worker = Some(match pci.as_mut() {
+            Some(pci) => {
+                let disk = pci.attach(vm.as_ref(), block, &[0])?;
+                QueueWorker::start_with(disk.transport, disk.notifiers, worker_options, on_error)?
+            }
+            None => {
+                let mut disk = virtio.attach(vm.as_ref(), &mut bus, block, &[0])?;
+                virtio_mmio.push(announce(disk.window, disk.gsi)?);
+                let notifiers = std::mem::take(&mut disk.notifiers);
+                QueueWorker::start_with(disk.transport, notifiers, worker_options, on_error)?
+            }
+        });
     }
     // Declared before the worker so that it is dropped after it: the device stops before
     // its TAP leaves the network.
@@ -288,30 +336,16 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         // device thread (or vhost-net) without an exit to a vCPU thread; the rare control
         // queue goes through the ordinary MMIO exit.
         let vhost = options.datapath == Datapath::Vhost;
-        // vhost-net serves split rings only.
-        virtio = virtio.packed_rings(!options.split_rings && !vhost);
-        let mut card = virtio.attach(vm.as_ref(), &mut bus, device, &[RXQ, TXQ])?;
-        virtio = virtio.packed_rings(!options.split_rings);
-        virtio_mmio.push(announce(card.window, card.gsi)?);
-        let kicks = QueueKicks {
-            rx: card.take_notifier(RXQ).ok_or("no RX notifier")?,
-            tx: card.take_notifier(TXQ).ok_or("no TX notifier")?,
-        };
-        if vhost {
-            // The kernel moves the frames: the queues' ioeventfds are its kicks, the card's
-            // irqfd its call.
-            let memory = virtio.memory().clone();
-            let offload = card
-                .transport
-                .with_device(|net| VhostNet::open(memory, net.backend(), kicks))?
-                .on_error(|err| eprintln!("boot_linux: net: {}", ErrorChain(err)));
-            card.transport.set_offload(Some(Box::new(offload)));
-            eprintln!("boot_linux: net: datapath vhost-net");
-        } else {
+        if let Some(pci) = pci.as_mut() {
+            let mut card = pci.attach(vm.as_ref(), device, &[RXQ, TXQ])?;
+            let kicks = QueueKicks {
+                rx: card.take_notifier(RXQ).ok_or("no RX notifier")?,
+                tx: card.take_notifier(TXQ).ok_or("no TX notifier")?,
+            };
             let mut worker_options = NetWorkerOptions::default();
             if options.seccomp {
-                worker_options =
-                    worker_options.seccomp(vmkit_net::worker::seccomp_rules().compile()?);
+                let rules = pci_worker_rules(vmkit_net::worker::seccomp_rules());
+                worker_options = worker_options.seccomp(rules.compile()?);
             }
             _net_worker = Some(NetWorker::start_with(
                 card.transport,
@@ -319,6 +353,39 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                 worker_options,
                 |err| eprintln!("boot_linux: net: {}", ErrorChain(err)),
             )?);
+        } else {
+            // vhost-net serves split rings only.
+            virtio = virtio.packed_rings(!options.split_rings && !vhost);
+            let mut card = virtio.attach(vm.as_ref(), &mut bus, device, &[RXQ, TXQ])?;
+            virtio = virtio.packed_rings(!options.split_rings);
+            virtio_mmio.push(announce(card.window, card.gsi)?);
+            let kicks = QueueKicks {
+                rx: card.take_notifier(RXQ).ok_or("no RX notifier")?,
+                tx: card.take_notifier(TXQ).ok_or("no TX notifier")?,
+            };
+            if vhost {
+                // The kernel moves the frames: the queues' ioeventfds are its kicks, the card's
+                // irqfd its call.
+                let memory = virtio.memory().clone();
+                let offload = card
+                    .transport
+                    .with_device(|net| VhostNet::open(memory, net.backend(), kicks))?
+                    .on_error(|err| eprintln!("boot_linux: net: {}", ErrorChain(err)));
+                card.transport.set_offload(Some(Box::new(offload)));
+                eprintln!("boot_linux: net: datapath vhost-net");
+            } else {
+                let mut worker_options = NetWorkerOptions::default();
+                if options.seccomp {
+                    worker_options =
+                        worker_options.seccomp(vmkit_net::worker::seccomp_rules().compile()?);
+                }
+                _net_worker = Some(NetWorker::start_with(
+                    card.transport,
+                    kicks,
+                    worker_options,
+                    |err| eprintln!("boot_linux: net: {}", ErrorChain(err)),
+                )?);
+            }
         }
     }
     // The balloon's rare notifications go through the ordinary MMIO exit.
@@ -333,8 +400,46 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         };
         _balloon_stats = Some(balloon::StatsOnSignal::start(wired.transport, filter)?);
     }
-    let console = virtio.attach(vm.as_ref(), &mut bus, Console::new(io::stdout()), &[])?;
-    virtio_mmio.push(announce(console.window, console.gsi)?);
+    let _console = match pci.as_mut() {
+        Some(pci) => {
+            pci.attach(vm.as_ref(), Console::new(io::stdout()), &[])?;
+        }
+        None => {
+            let console = virtio.attach(vm.as_ref(), &mut bus, Console::new(io::stdout()), &[])?;
+            virtio_mmio.push(announce(console.window, console.gsi)?);
+        }
+    };
+    // The root bus on the bus: configuration ports, ECAM, BARs; and its ACPI description.
+    let pci_bridge = match pci {
+        Some(pci) => {
+            let platform = pci.finish(&mut bus)?;
+            eprintln!(
+                "boot_linux: PCI: ECAM at {:#x}, BARs in {:#x}..{:#x}, slots {:?}",
+                platform.ecam.base,
+                platform.bars.base,
+                platform.bars.end(),
+                platform
+                    .intx
+                    .iter()
+                    .map(|(slot, gsi)| format!("{slot}: GSI {gsi}"))
+                    .collect::<Vec<_>>()
+            );
+            Some(linux::PciHostBridge {
+                ecam_base: platform.ecam.base,
+                last_bus: 0,
+                mmio: (
+                    u32::try_from(platform.bars.base)?,
+                    u32::try_from(platform.bars.end() - 1)?,
+                ),
+                intx: platform
+                    .intx
+                    .iter()
+                    .map(|&(slot, gsi)| linux::PciIntx { slot, gsi })
+                    .collect(),
+            })
+        }
+        None => None,
+    };
 
     let mut cmdline = Cmdline::new(CMDLINE_CAPACITY)?;
     cmdline.insert_str(&options.cmdline)?;
@@ -348,6 +453,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             }],
             virtio_mmio,
             pm: Some(pm_tables()),
+            pci: pci_bridge,
         },
     };
     linux::write_boot_info(&memory, &kernel, &cmdline, initrd, &machine)?;

@@ -17,7 +17,7 @@ pub const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmd
                          [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]] \
                          [--net tap|isolated:BRIDGE|bridged:BRIDGE|nat:BRIDGE:GATEWAY/PREFIX:UPLINK[,vhost] \
                          [--tap NAME] [--mac MAC]] [--balloon] [--exit-stats] [--map-kernel] \
-                         [--split-rings] [--seccomp]";
+                         [--split-rings] [--seccomp] [--pci]";
 /// The command line when `--cmdline` is not given. `earlyprintk` shows the kernel's first
 /// lines (its banner) on the serial port before the console driver starts, which a kernel
 /// that dies early never reaches.
@@ -219,6 +219,8 @@ pub struct Options {
     pub split_rings: bool,
     /// `--seccomp`.
     pub seccomp: bool,
+    /// `--pci`: the disk, the network card and the console on virtio-pci.
+    pub pci: bool,
 }
 
 /// Parses this process's arguments and checks `--mem` against the host's RAM.
@@ -249,6 +251,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
         map_kernel: false,
         split_rings: false,
         seccomp: false,
+        pci: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -301,6 +304,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
             "--map-kernel" => options.map_kernel = true,
             "--split-rings" => options.split_rings = true,
             "--seccomp" => options.seccomp = true,
+            "--pci" => options.pci = true,
             "--help" | "-h" => return Err(OptionsError::Help),
             _ => return Err(OptionsError::Unexpected { arg }),
         }
@@ -521,9 +525,10 @@ mod tests {
         assert_eq!((options.mem_mib, options.vcpus), (256, 1));
         let options = parse(args(
             "--kernel k --initrd i --cmdline quiet --mem 16 --mem-overcommit --vcpus 2 \
-             --disk d.img,ro --balloon --exit-stats --map-kernel --split-rings --seccomp",
+             --disk d.img,ro --balloon --exit-stats --map-kernel --split-rings --seccomp --pci",
         ))
         .unwrap();
+        assert!(options.pci);
         assert_eq!(options.kernel, PathBuf::from("k"));
         assert_eq!(options.initrd, Some(PathBuf::from("i")));
         assert_eq!(options.cmdline, "quiet");

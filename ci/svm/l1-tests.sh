@@ -12,7 +12,7 @@
 # /bin/netbench.
 
 # shellcheck disable=SC2034 # read by l1-init
-TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage net_isolated net_nat net_bridged net_vhost net_bench linux_boot_bench dirty_harvest_bench"
+TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage boot_linux_pci net_isolated net_nat net_bridged net_vhost net_bench linux_boot_bench dirty_harvest_bench"
 
 # The L2 kernel command line every boot uses: reboot=k makes `reboot -f` an i8042 reset.
 L2_CMDLINE="console=ttyS0 quiet reboot=k panic=-1"
@@ -119,6 +119,9 @@ boot_linux() {
     if [ "${3:-}" = split ]; then
         ring=split
         set -- "$1" "$2" --split-rings
+    elif [ "${3:-}" = pci ]; then
+        ring=packed
+        set -- "$1" "$2" --pci
     else
         ring=packed
         set -- "$1" "$2"
@@ -137,6 +140,20 @@ t_boot_linux_vmlinux() {
 # (d) The same with two vCPUs.
 t_boot_linux_vmlinux_smp2() {
     boot_linux /l2/vmlinux 2
+}
+
+# The vmlinux with its devices on virtio-pci (boot_linux --pci): the disk test as above,
+# the disk and console found on bus 0 behind the host bridge, bound to virtio-pci, on MSI-X.
+t_boot_linux_pci() {
+    boot_linux /l2/vmlinux 1 pci || return 1
+    bad=0
+    for want in '^VMKIT-L2-PCI 0000:00:00.0 0x1b36:0x0008 class 0x060000' \
+        '^VMKIT-L2-PCI 0000:00:01.0 0x1af4:0x1042 class 0x018000 .* driver virtio-pci$' \
+        '^VMKIT-L2-PCI 0000:00:02.0 0x1af4:0x1043 class 0x078000 .* driver virtio-pci$' \
+        '^VMKIT-L2-PCI-MSIX [1-9]'; do
+        grep -q "$want" /tmp/console.clean || { echo "check: no line matching $want"; bad=1; }
+    done
+    return $bad
 }
 
 # (e) The bzImage (Linux boot protocol) instead of the vmlinux, on split virtqueues (the

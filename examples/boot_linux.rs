@@ -400,7 +400,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         };
         _balloon_stats = Some(balloon::StatsOnSignal::start(wired.transport, filter)?);
     }
-    let _console = match pci.as_mut() {
+    match pci.as_mut() {
         Some(pci) => {
             pci.attach(vm.as_ref(), Console::new(io::stdout()), &[])?;
         }
@@ -408,7 +408,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             let console = virtio.attach(vm.as_ref(), &mut bus, Console::new(io::stdout()), &[])?;
             virtio_mmio.push(announce(console.window, console.gsi)?);
         }
-    };
+    }
     // The root bus on the bus: configuration ports, ECAM, BARs; and its ACPI description.
     let pci_bridge = match pci {
         Some(pci) => {

@@ -150,7 +150,7 @@ t_boot_linux_pci() {
     for want in '^VMKIT-L2-PCI 0000:00:00.0 0x1b36:0x0008 class 0x060000' \
         '^VMKIT-L2-PCI 0000:00:01.0 0x1af4:0x1042 class 0x018000 .* driver virtio-pci$' \
         '^VMKIT-L2-PCI 0000:00:02.0 0x1af4:0x1043 class 0x078000 .* driver virtio-pci$' \
-        '^VMKIT-L2-PCI-MSIX [1-9]'; do
+        '^VMKIT-L2-PCI-MSI [1-9]'; do
         grep -q "$want" /tmp/console.clean || { echo "check: no line matching $want"; bad=1; }
     done
     return $bad

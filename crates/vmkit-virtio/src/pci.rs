@@ -353,6 +353,11 @@ where
         lock(&self.state).inner.driver_features
     }
 
+    /// The number of queues of the device.
+    pub fn queue_count(&self) -> usize {
+        lock(&self.state).inner.queues.len()
+    }
+
     /// How many guest accesses were refused.
     pub fn invalid_accesses(&self) -> u64 {
         lock(&self.state).inner.invalid_accesses
@@ -630,61 +635,6 @@ where
         if bar == 0 {
             self.write_bar(offset, data);
         }
-    }
-}
-
-/// What a device thread needs of a transport, whichever it is: virtio-mmio's
-/// [`MmioTransport`](crate::mmio::MmioTransport) or virtio-pci's [`PciTransport`].
-pub trait Transport: Send + Sync + 'static {
-    /// The device behind the transport.
-    type Device;
-    /// Processes queue `index` (see `MmioTransport::process_queue`).
-    fn process_queue(&self, index: u16) -> Result<bool, MmioError>;
-    /// Runs `f` on the device, under the transport's lock.
-    fn with_device<R>(&self, f: impl FnOnce(&mut Self::Device) -> R) -> R;
-    /// The device status.
-    fn status(&self) -> u32;
-    /// The number of queues of the device.
-    fn queue_count(&self) -> usize;
-}
-
-impl<S, D> Transport for PciTransport<S, D>
-where
-    S: GuestAddressSpace + Send + Sync + 'static,
-    D: VirtioDevice<S::M> + Send + 'static,
-{
-    type Device = D;
-    fn process_queue(&self, index: u16) -> Result<bool, MmioError> {
-        PciTransport::process_queue(self, index)
-    }
-    fn with_device<R>(&self, f: impl FnOnce(&mut D) -> R) -> R {
-        PciTransport::with_device(self, f)
-    }
-    fn status(&self) -> u32 {
-        PciTransport::status(self)
-    }
-    fn queue_count(&self) -> usize {
-        lock(&self.state).inner.queues.len()
-    }
-}
-
-impl<S, D> Transport for crate::mmio::MmioTransport<S, D>
-where
-    S: GuestAddressSpace + Send + Sync + 'static,
-    D: VirtioDevice<S::M> + Send + 'static,
-{
-    type Device = D;
-    fn process_queue(&self, index: u16) -> Result<bool, MmioError> {
-        crate::mmio::MmioTransport::process_queue(self, index)
-    }
-    fn with_device<R>(&self, f: impl FnOnce(&mut D) -> R) -> R {
-        crate::mmio::MmioTransport::with_device(self, f)
-    }
-    fn status(&self) -> u32 {
-        crate::mmio::MmioTransport::status(self)
-    }
-    fn queue_count(&self) -> usize {
-        self.with_device(|d| d.queue_max_sizes().len())
     }
 }
 

@@ -85,8 +85,8 @@ use std::time::Duration;
 
 use vmkit_seccomp::SpawnError;
 use vmkit_virtio::mmio::{MmioError, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_NEEDS_RESET};
-use vmkit_virtio::Transport;
 use vmkit_virtio::net::{Net, NetBackend, RXQ, TXQ};
+use vmkit_virtio::Transport;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 

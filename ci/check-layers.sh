@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks that the crate graph points one way (README, "Crates"): no device, bus,
+# Checks that the crate graph points one way (README, "Crates"): no device, bus, PCI,
 # virtio, net, snapshot, boot or machine crate pulls a hypervisor backend (kvm-ioctls, kvm-bindings, or
 # vmkit with its `kvm` or `xen` feature), and vmkit itself pulls no guest-OS code
 # (linux-loader, acpi_tables). Prints the offending path and exits 1 on a violation.
@@ -14,7 +14,7 @@ tree() {
 }
 
 # `cargo tree -p` resolves features for that package alone, as a VMM depending on it would.
-for crate in vmkit-bus vmkit-devices vmkit-virtio vmkit-net vmkit-snapshot vmkit-boot vmkit-machine vmkit-seccomp; do
+for crate in vmkit-bus vmkit-devices vmkit-virtio vmkit-net vmkit-snapshot vmkit-boot vmkit-machine vmkit-seccomp vmkit-pci; do
     deps=$(tree "$crate" --all-features)
     backend=$(grep -E '^(kvm-ioctls|kvm-bindings) |^vmkit v[^ ]+ \([^)]*\) \[[^]]*\b(kvm|xen)\b' <<<"$deps" || true)
     if [ -n "$backend" ]; then

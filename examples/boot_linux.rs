@@ -5,7 +5,7 @@
 //!     [--cmdline "..."] [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]]
 //!     [--net MODE[,vhost] [--tap NAME] [--mac MAC]] [--balloon] [--balloon-control FILE]
 //!     [--balloon-no-reporting] [--mergeable] [--exit-stats] [--map-kernel]
-//!     [--split-rings] [--seccomp] [--s3-wake-after MS] [--save DIR] [--restore DIR]
+//!     [--split-rings] [--seccomp] [--s3-wake-after MS] [--save DIR] [--restore DIR] [--pci]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -54,6 +54,12 @@
 //!   `MADV_MERGEABLE`): the host kernel's `ksmd` merges identical pages across VMs when
 //!   `/sys/kernel/mm/ksm/run` is 1. Off by default: merged pages are a timing side channel
 //!   between guests (a write to a shared page takes a copy-on-write fault).
+//! - with `--pci`, a PCI host bridge (vmkit-pci: ports `0xcf8`/`0xcfc`, ECAM at
+//!   `0xe0000000` in the ACPI MCFG, `PCI0` in the DSDT with `_PRT` routing INTA of each slot
+//!   to a GSI from 16 up) and the disk, the network card and the console on virtio-pci
+//!   (vmkit-virtio's `PciTransport`, BARs from `0xc0000000`, MSI-X through `KVM_SIGNAL_MSI`)
+//!   instead of virtio-mmio; the balloon stays on virtio-mmio, the vhost datapath needs
+//!   virtio-mmio, and `--save`/`--restore` refuse `--pci` (virtio-pci has no saved state yet).
 //!
 //! The default command line is `console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=-1`
 //! (`earlyprintk` shows the kernel's first lines even when it dies before its console
@@ -144,7 +150,8 @@ use vmkit_devices::{
 };
 use vmkit_machine::worker::{self, WorkerOptions};
 use vmkit_machine::{
-    GsiAllocator, MmioAllocator, MmioWindow, QueueWorker, VirtioMmioWiring, WiredDevice,
+    GsiAllocator, MmioAllocator, MmioWindow, QueueWorker, VirtioMmioWiring, VirtioPciWiring, VmMsi,
+    WiredDevice,
 };
 use vmkit_net::vhost::{Datapath, VhostNet};
 use vmkit_net::worker::NetWorkerOptions;
@@ -180,6 +187,11 @@ const VIRTIO_FIRST_IRQ: u32 = 5;
 const VIRTIO_LAST_IRQ: u32 = 23;
 /// The ACPI SCI's IRQ (GSI), where PC chipsets put it.
 const SCI_IRQ: u8 = 9;
+/// With `--pci`: the ECAM window (bus 0, 1 MiB), the BAR window, and the GSIs INTx goes to
+/// (the IOAPIC pins above the ISA IRQs, as on a PC; virtio-mmio keeps those below).
+const PCI_ECAM_BASE: u64 = 0xe000_0000;
+const PCI_BARS: (u64, u64) = (0xc000_0000, VIRTIO_MMIO_BASE);
+const PCI_FIRST_IRQ: u32 = 16;
 
 fn main() -> ExitCode {
     match run() {
@@ -245,6 +257,9 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         }
         None => None,
     };
+    if options.pci && options.datapath == Datapath::Vhost {
+        return Err("--net ...,vhost needs the card on virtio-mmio: drop --pci or ,vhost".into());
+    }
     // The balloon discards from these regions (the same mappings as the VM's).
     let mut ram = Vec::new();
     let (vm, config, mut restored_vcpus, from) = match restored {
@@ -270,6 +285,8 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             (vm, config, None, None)
         }
     };
+    // Shared: the PCI devices' MSI-X messages go out through it from any thread.
+    let vm: Arc<dyn vmkit::Vm> = Arc::from(vm);
     let from = from.as_ref();
     let memory = vm.memory();
 
@@ -301,7 +318,11 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         PmBlock::PORTS,
         pm.clone(),
     )?;
-    let mut gsis = GsiAllocator::new(VIRTIO_FIRST_IRQ, VIRTIO_LAST_IRQ)?;
+    let mmio_last_irq = match options.pci {
+        true => PCI_FIRST_IRQ - 1,
+        false => VIRTIO_LAST_IRQ,
+    };
+    let mut gsis = GsiAllocator::new(VIRTIO_FIRST_IRQ, mmio_last_irq)?;
     gsis.reserve(u32::from(SCI_IRQ))?;
 
     // Each virtio-mmio device gets a page of the MMIO hole, a GSI wired as an irqfd, and a
@@ -313,6 +334,27 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     )
     .packed_rings(!options.split_rings);
     let mut virtio_mmio = Vec::new();
+    let mut pci = match options.pci {
+        true => Some(
+            VirtioPciWiring::new(
+                Arc::new(memory.clone()),
+                PCI_ECAM_BASE,
+                MmioAllocator::new(PCI_BARS.0, PCI_BARS.1)?,
+                GsiAllocator::new(PCI_FIRST_IRQ, VIRTIO_LAST_IRQ)?,
+                Arc::new(VmMsi(vm.clone())),
+            )
+            .packed_rings(!options.split_rings),
+        ),
+        false => None,
+    };
+    // With --pci and --seccomp, device threads send MSIs (KVM_SIGNAL_MSI): they take the
+    // vCPU threads' rules too, which allow it.
+    let pci_worker_rules = |mut rules: vmkit::seccomp::Rules| {
+        if options.pci {
+            rules.extend(&hypervisor.vcpu_seccomp_rules());
+        }
+        rules
+    };
     // The disk's request queue notifies through an ioeventfd, served by a device thread, so
     // the guest's requests neither exit to nor wait on a vCPU thread.
     let mut disk_worker = None;
@@ -325,28 +367,35 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             ..BlockOptions::default()
         };
         let block = Block::with_backend(file, size, block_options)?;
-        let mut disk = attach(
-            &mut virtio,
-            vm.as_ref(),
-            &mut bus,
-            block,
-            &[0],
-            from,
-            snap::DISK,
-        )?;
-        saved_disk = Some(disk.transport.clone());
-        virtio_mmio.push(announce(disk.window, disk.gsi)?);
-        let notifiers = std::mem::take(&mut disk.notifiers);
         let mut worker_options = WorkerOptions::named("virtio-blk");
         if options.seccomp {
-            worker_options = worker_options.seccomp(worker::blk_seccomp_rules().compile()?);
+            let rules = pci_worker_rules(worker::blk_seccomp_rules());
+            worker_options = worker_options.seccomp(rules.compile()?);
         }
-        disk_worker = Some(QueueWorker::start_with(
-            disk.transport,
-            notifiers,
-            worker_options,
-            |err| eprintln!("boot_linux: disk: {}", ErrorChain(err)),
-        )?);
+        let on_error =
+            |err: &vmkit_machine::WorkerError| eprintln!("boot_linux: disk: {}", ErrorChain(err));
+        disk_worker = Some(match pci.as_mut() {
+            // Not with --save or --restore (refused): nothing to save or restore.
+            Some(pci) => {
+                let disk = pci.attach(vm.as_ref(), block, &[0])?;
+                QueueWorker::start_with(disk.transport, disk.notifiers, worker_options, on_error)?
+            }
+            None => {
+                let mut disk = attach(
+                    &mut virtio,
+                    vm.as_ref(),
+                    &mut bus,
+                    block,
+                    &[0],
+                    from,
+                    snap::DISK,
+                )?;
+                saved_disk = Some(disk.transport.clone());
+                virtio_mmio.push(announce(disk.window, disk.gsi)?);
+                let notifiers = std::mem::take(&mut disk.notifiers);
+                QueueWorker::start_with(disk.transport, notifiers, worker_options, on_error)?
+            }
+        });
     }
     // Declared before the worker so that it is dropped after it: the device stops before
     // its TAP leaves the network.
@@ -373,39 +422,17 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         // device thread (or vhost-net) without an exit to a vCPU thread; the rare control
         // queue goes through the ordinary MMIO exit.
         let vhost = options.datapath == Datapath::Vhost;
-        // vhost-net serves split rings only.
-        virtio = virtio.packed_rings(!options.split_rings && !vhost);
-        let mut card = attach(
-            &mut virtio,
-            vm.as_ref(),
-            &mut bus,
-            device,
-            &[RXQ, TXQ],
-            from,
-            snap::NET,
-        )?;
-        saved_card = Some(card.transport.clone());
-        virtio = virtio.packed_rings(!options.split_rings);
-        virtio_mmio.push(announce(card.window, card.gsi)?);
-        let kicks = QueueKicks {
-            rx: card.take_notifier(RXQ).ok_or("no RX notifier")?,
-            tx: card.take_notifier(TXQ).ok_or("no TX notifier")?,
-        };
-        if vhost {
-            // The kernel moves the frames: the queues' ioeventfds are its kicks, the card's
-            // irqfd its call.
-            let memory = virtio.memory().clone();
-            let offload = card
-                .transport
-                .with_device(|net| VhostNet::open(memory, net.backend(), kicks))?
-                .on_error(|err| eprintln!("boot_linux: net: {}", ErrorChain(err)));
-            card.transport.set_offload(Some(Box::new(offload)));
-            eprintln!("boot_linux: net: datapath vhost-net");
-        } else {
+        if let Some(pci) = pci.as_mut() {
+            // Not with --save or --restore (refused), nor with vhost (refused above).
+            let mut card = pci.attach(vm.as_ref(), device, &[RXQ, TXQ])?;
+            let kicks = QueueKicks {
+                rx: card.take_notifier(RXQ).ok_or("no RX notifier")?,
+                tx: card.take_notifier(TXQ).ok_or("no TX notifier")?,
+            };
             let mut worker_options = NetWorkerOptions::default();
             if options.seccomp {
-                worker_options =
-                    worker_options.seccomp(vmkit_net::worker::seccomp_rules().compile()?);
+                let rules = pci_worker_rules(vmkit_net::worker::seccomp_rules());
+                worker_options = worker_options.seccomp(rules.compile()?);
             }
             net_worker = Some(NetWorker::start_with(
                 card.transport,
@@ -413,6 +440,48 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                 worker_options,
                 |err| eprintln!("boot_linux: net: {}", ErrorChain(err)),
             )?);
+        } else {
+            // vhost-net serves split rings only.
+            virtio = virtio.packed_rings(!options.split_rings && !vhost);
+            let mut card = attach(
+                &mut virtio,
+                vm.as_ref(),
+                &mut bus,
+                device,
+                &[RXQ, TXQ],
+                from,
+                snap::NET,
+            )?;
+            saved_card = Some(card.transport.clone());
+            virtio = virtio.packed_rings(!options.split_rings);
+            virtio_mmio.push(announce(card.window, card.gsi)?);
+            let kicks = QueueKicks {
+                rx: card.take_notifier(RXQ).ok_or("no RX notifier")?,
+                tx: card.take_notifier(TXQ).ok_or("no TX notifier")?,
+            };
+            if vhost {
+                // The kernel moves the frames: the queues' ioeventfds are its kicks, the card's
+                // irqfd its call.
+                let memory = virtio.memory().clone();
+                let offload = card
+                    .transport
+                    .with_device(|net| VhostNet::open(memory, net.backend(), kicks))?
+                    .on_error(|err| eprintln!("boot_linux: net: {}", ErrorChain(err)));
+                card.transport.set_offload(Some(Box::new(offload)));
+                eprintln!("boot_linux: net: datapath vhost-net");
+            } else {
+                let mut worker_options = NetWorkerOptions::default();
+                if options.seccomp {
+                    worker_options =
+                        worker_options.seccomp(vmkit_net::worker::seccomp_rules().compile()?);
+                }
+                net_worker = Some(NetWorker::start_with(
+                    card.transport,
+                    kicks,
+                    worker_options,
+                    |err| eprintln!("boot_linux: net: {}", ErrorChain(err)),
+                )?);
+            }
         }
     }
     // The balloon's rare notifications go through the ordinary MMIO exit.
@@ -440,16 +509,56 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             filter,
         )?);
     }
-    let console = attach(
-        &mut virtio,
-        vm.as_ref(),
-        &mut bus,
-        Console::new(io::stdout()),
-        &[],
-        from,
-        snap::CONSOLE,
-    )?;
-    virtio_mmio.push(announce(console.window, console.gsi)?);
+    let console = match pci.as_mut() {
+        Some(pci) => {
+            pci.attach(vm.as_ref(), Console::new(io::stdout()), &[])?;
+            None
+        }
+        None => {
+            let console = attach(
+                &mut virtio,
+                vm.as_ref(),
+                &mut bus,
+                Console::new(io::stdout()),
+                &[],
+                from,
+                snap::CONSOLE,
+            )?;
+            virtio_mmio.push(announce(console.window, console.gsi)?);
+            Some(console)
+        }
+    };
+    // The root bus on the bus: configuration ports, ECAM, BARs; and its ACPI description.
+    let pci_bridge = match pci {
+        Some(pci) => {
+            let platform = pci.finish(&mut bus)?;
+            eprintln!(
+                "boot_linux: PCI: ECAM at {:#x}, BARs in {:#x}..{:#x}, slots {:?}",
+                platform.ecam.base,
+                platform.bars.base,
+                platform.bars.end(),
+                platform
+                    .intx
+                    .iter()
+                    .map(|(slot, gsi)| format!("{slot}: GSI {gsi}"))
+                    .collect::<Vec<_>>()
+            );
+            Some(linux::PciHostBridge {
+                ecam_base: platform.ecam.base,
+                last_bus: 0,
+                mmio: (
+                    u32::try_from(platform.bars.base)?,
+                    u32::try_from(platform.bars.end() - 1)?,
+                ),
+                intx: platform
+                    .intx
+                    .iter()
+                    .map(|&(slot, gsi)| linux::PciIntx { slot, gsi })
+                    .collect(),
+            })
+        }
+        None => None,
+    };
 
     let acpi_devices = linux::AcpiDevices {
         serial: vec![linux::SerialPort {
@@ -458,6 +567,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         }],
         virtio_mmio,
         pm: Some(pm_tables(options.s3_wake_after.is_some())),
+        pci: pci_bridge,
     };
     // Where the guest leaves its waking vector before it suspends (for a restored guest too:
     // the same flags lay its tables out the same way).
@@ -622,7 +732,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                         pm: &pm,
                         disk: saved_disk.as_deref(),
                         card: saved_card.as_deref(),
-                        console: &console.transport,
+                        console: console.as_ref().map(|c| &*c.transport),
                     },
                     (&mut disk_worker, &mut net_worker),
                     &shape,
@@ -747,7 +857,8 @@ struct Devices<'a> {
     pm: &'a PmBlock,
     disk: Option<&'a MmioTransport<Memory, Block>>,
     card: Option<&'a MmioTransport<Memory, Net<vmkit_net::Tap>>>,
-    console: &'a MmioTransport<Memory, Console<io::Stdout>>,
+    /// `None` with `--pci` (which `--save` refuses).
+    console: Option<&'a MmioTransport<Memory, Console<io::Stdout>>>,
 }
 
 /// Saves the running VM to `save.dir`: pauses every vCPU, stops the device threads (each
@@ -764,6 +875,9 @@ fn save_vm(
     workers: (&mut Option<QueueWorker>, &mut Option<NetWorker>),
     shape: &snap::Shape,
 ) -> Result<(), Box<dyn Error>> {
+    let console = devices
+        .console
+        .ok_or("the console is on virtio-pci, which snapshots do not cover")?;
     running.pause_all()?;
     // A device's state is taken with nothing serving it.
     if let Some(worker) = workers.0.take() {
@@ -786,7 +900,7 @@ fn save_vm(
         if let Some(card) = devices.card {
             w.write_device(snap::NET, card)?;
         }
-        w.write_device(snap::CONSOLE, devices.console)
+        w.write_device(snap::CONSOLE, console)
     })?;
     Ok(())
 }

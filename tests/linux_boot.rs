@@ -112,6 +112,7 @@ fn boot_until(vcpus: u32, wanted: &[&str]) -> String {
             }],
             virtio_mmio: Vec::new(),
             pm: None,
+            pci: None,
         },
     };
     linux::write_boot_info(&memory, &kernel, &cmdline, None, &machine).unwrap();

@@ -69,7 +69,7 @@ if [ "$(cat "$out/l1/.stamp" 2>/dev/null)" != "$l1_want" ]; then
 fi
 
 # L2: the cloud kernel, its vmlinux and the virtio modules.
-l2_want="$l2_pkg virtio_mmio virtio_blk + virtio_net + virtio_balloon v1"
+l2_want="$l2_pkg virtio_mmio virtio_blk virtio_pci + virtio_net + virtio_balloon v1"
 if [ "$(cat "$out/l2/.stamp" 2>/dev/null)" != "$l2_want" ]; then
     deb=$(fetch_deb "$out/debs" "$l2_pkg")
     log "unpacking $(basename "$deb")"
@@ -78,7 +78,7 @@ if [ "$(cat "$out/l2/.stamp" 2>/dev/null)" != "$l2_want" ]; then
     rm -rf "$out/l2"
     mkdir -p "$out/l2"
     kernel_images "$tmp" "$out/l2"
-    install_modules "$tmp" "$out/l2/modules" virtio_mmio virtio_blk
+    install_modules "$tmp" "$out/l2/modules" virtio_mmio virtio_blk virtio_pci
     # virtio_net's dependencies that l2/modules already loads (virtio, virtio_ring) would fail
     # a second insmod: the network set keeps only what is new.
     install_modules "$tmp" "$out/l2/modules-net" virtio_net

@@ -12,7 +12,7 @@
 # /bin/nft and /bin/netbench.
 
 # shellcheck disable=SC2034 # read by l1-init
-TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage boot_linux_s3 net_isolated net_nat net_bridged net_vhost balloon_reporting balloon_inflate net_bench linux_boot_bench dirty_harvest_bench density_bench boot_linux_snapshot restore_bench"
+TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage boot_linux_s3 boot_linux_pci net_isolated net_isolated_pci net_nat net_bridged net_vhost balloon_reporting balloon_inflate net_bench linux_boot_bench dirty_harvest_bench density_bench boot_linux_snapshot restore_bench"
 
 # The L2 kernel command line every boot uses: reboot=k makes `reboot -f` an i8042 reset.
 L2_CMDLINE="console=ttyS0 quiet reboot=k panic=-1"
@@ -119,6 +119,9 @@ boot_linux() {
     if [ "${3:-}" = split ]; then
         ring=split
         set -- "$1" "$2" --split-rings
+    elif [ "${3:-}" = pci ]; then
+        ring=packed
+        set -- "$1" "$2" --pci
     else
         ring=packed
         set -- "$1" "$2"
@@ -137,6 +140,20 @@ t_boot_linux_vmlinux() {
 # (d) The same with two vCPUs.
 t_boot_linux_vmlinux_smp2() {
     boot_linux /l2/vmlinux 2
+}
+
+# The vmlinux with its devices on virtio-pci (boot_linux --pci): the disk test as above,
+# the disk and console found on bus 0 behind the host bridge, bound to virtio-pci, on MSI-X.
+t_boot_linux_pci() {
+    boot_linux /l2/vmlinux 1 pci || return 1
+    bad=0
+    for want in '^VMKIT-L2-PCI 0000:00:00.0 0x1b36:0x0008 class 0x060000' \
+        '^VMKIT-L2-PCI 0000:00:01.0 0x1af4:0x1042 class 0x018000 .* driver virtio-pci$' \
+        '^VMKIT-L2-PCI 0000:00:02.0 0x1af4:0x1043 class 0x078000 .* driver virtio-pci$' \
+        '^VMKIT-L2-PCI-MSI [1-9]'; do
+        grep -q "$want" /tmp/console.clean || { echo "check: no line matching $want"; bad=1; }
+    done
+    return $bad
 }
 
 # (e) The bzImage (Linux boot protocol) instead of the vmlinux, on split virtqueues (the
@@ -315,7 +332,7 @@ net_vm() {
     else
         bounded 120 boot_linux --kernel /l2/vmlinux --initrd /l2/initrd-net.cpio.gz \
             --cmdline "$L2_CMDLINE $5" --mem 256 --vcpus 1 --net "$2" --tap "$3" --mac "$4" \
-            --seccomp >"$vlog.raw" 2>&1
+            --seccomp ${NET_PCI:+--pci} >"$vlog.raw" 2>&1
         vrc=$?
     fi
     tr -d '\r' <"$vlog.raw" >"$vlog"
@@ -418,6 +435,21 @@ t_net_isolated() {
     net_state /tmp/net-post
     net_same /tmp/net-pre /tmp/net-post "the test's own fixtures' removal"
     return $net_bad
+}
+
+# t_net_isolated with both guests' cards on virtio-pci (boot_linux --pci): the same checks,
+# and each guest's card found in slot 1, bound to virtio-pci.
+t_net_isolated_pci() {
+    [ "$NET_VMM" = boot_linux ] || { echo "boot_linux only"; return 1; }
+    NET_PCI=1
+    t_net_isolated
+    rc=$?
+    NET_PCI=
+    net_bad=0
+    for g in iso-a iso-b; do
+        expect "/tmp/net-$g.log" '^VMKIT-L2-PCI 0000:00:01.0 0x1af4:0x1041 class 0x020000 .* driver virtio-pci$' "guest $g's card is on PCI"
+    done
+    [ $rc -eq 0 ] && [ $net_bad -eq 0 ]
 }
 
 # One guest behind NAT reaches a server in the "outside" netns, which sees the connection

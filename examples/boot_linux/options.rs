@@ -19,7 +19,7 @@ pub const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmd
                          [--tap NAME] [--mac MAC]] [--balloon] [--balloon-control FILE] \
                          [--balloon-no-reporting] [--mergeable] [--exit-stats] [--map-kernel] \
                          [--split-rings] [--seccomp] [--s3-wake-after MS] \
-                         [--save DIR] [--restore DIR]";
+                         [--save DIR] [--restore DIR] [--pci]";
 /// The command line when `--cmdline` is not given. `earlyprintk` shows the kernel's first
 /// lines (its banner) on the serial port before the console driver starts, which a kernel
 /// that dies early never reaches.
@@ -245,6 +245,8 @@ pub struct Options {
     pub save: Option<PathBuf>,
     /// `--restore DIR`: the snapshot to resume instead of booting `--kernel`.
     pub restore: Option<PathBuf>,
+    /// `--pci`: the disk, the network card and the console on virtio-pci.
+    pub pci: bool,
 }
 
 /// Parses this process's arguments and checks `--mem` against the host's RAM.
@@ -281,6 +283,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
         s3_wake_after: None,
         save: None,
         restore: None,
+        pci: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -357,6 +360,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
             }
             "--save" => options.save = Some(value()?.into()),
             "--restore" => options.restore = Some(value()?.into()),
+            "--pci" => options.pci = true,
             "--help" | "-h" => return Err(OptionsError::Help),
             _ => return Err(OptionsError::Unexpected { arg }),
         }
@@ -373,7 +377,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
 
 /// Refuses `--save` and `--restore` with the devices whose state snapshots do not cover: the
 /// balloon (its discards would read a lazily restored region back from the memory file, not
-/// zeros) and vhost-net (the kernel's rings are not saved).
+/// zeros), vhost-net (the kernel's rings are not saved) and virtio-pci (no `Persist` yet).
 fn check_snapshot_flags(options: &Options) -> Result<(), OptionsError> {
     for (flag, given) in [("--save", &options.save), ("--restore", &options.restore)] {
         if given.is_none() {
@@ -391,6 +395,13 @@ fn check_snapshot_flags(options: &Options) -> Result<(), OptionsError> {
                 flag,
                 with: "--net MODE,vhost",
                 why: "vhost-net's ring state is in the kernel, which snapshots do not save",
+            });
+        }
+        if options.pci {
+            return Err(OptionsError::NotWithSnapshots {
+                flag,
+                with: "--pci",
+                why: "the virtio-pci transport has no saved state yet",
             });
         }
     }
@@ -623,9 +634,10 @@ mod tests {
         assert_eq!((options.mem_mib, options.vcpus), (256, 1));
         let options = parse(args(
             "--kernel k --initrd i --cmdline quiet --mem 16 --mem-overcommit --vcpus 2 \
-             --disk d.img,ro --balloon --exit-stats --map-kernel --split-rings --seccomp",
+             --disk d.img,ro --balloon --exit-stats --map-kernel --split-rings --seccomp --pci",
         ))
         .unwrap();
+        assert!(options.pci);
         assert_eq!(options.kernel, PathBuf::from("k"));
         assert_eq!(options.initrd, Some(PathBuf::from("i")));
         assert_eq!(options.cmdline, "quiet");
@@ -657,6 +669,8 @@ mod tests {
         );
         assert!(refused("--kernel k --save /s --net tap,vhost")
             .starts_with("--save cannot be combined with --net MODE,vhost"));
+        assert!(refused("--kernel k --save /s --pci")
+            .starts_with("--save cannot be combined with --pci"));
         assert!(parse(args("--kernel k --save /s --net tap")).is_ok());
     }
 

@@ -9,6 +9,11 @@
 //!   [`MmioTransport`](vmkit_virtio::mmio::MmioTransport): window, GSI,
 //!   irqfd, queue-notification ioeventfds, bus registration, undone on
 //!   failure.
+//! - [`virtio_pci`]: [`VirtioPciWiring`] does the same behind virtio-pci
+//!   transports on a PCI root bus (vmkit-pci): a slot, a size-aligned BAR,
+//!   an INTx GSI (irqfd), MSI-X through `Vm::signal_msi` ([`VmMsi`]),
+//!   notification ioeventfds; then the root's ports, ECAM and BAR windows
+//!   on the bus.
 //! - [`worker`]: [`QueueWorker`], a thread that serves queues of a
 //!   transport on their notification eventfds (from `attach`), so the
 //!   guest's notifications never exit to a vCPU thread.
@@ -56,8 +61,10 @@
 
 pub mod resources;
 pub mod virtio_mmio;
+pub mod virtio_pci;
 pub mod worker;
 
 pub use resources::{GsiAllocator, MmioAllocator, MmioWindow, ResourceError};
 pub use virtio_mmio::{QueueNotifier, VirtioMmioWiring, WiredDevice, WiringError};
+pub use virtio_pci::{PciPlatform, PciWiringError, VirtioPciWiring, VmMsi, WiredPciDevice};
 pub use worker::{QueueStats, QueueWorker, WorkerError, WorkerOptions, WorkerStats};

@@ -50,6 +50,13 @@ pub enum ResourceError {
     /// A window of size 0 was asked for.
     #[error("an MMIO window of size 0 was asked for")]
     ZeroSizeWindow,
+    /// A size-aligned window was asked for with a size that is not a power of two of at
+    /// least a page.
+    #[error("a size-aligned MMIO window of {size:#x} bytes was asked for: not a power of two of at least {PAGE_SIZE:#x}")]
+    UnalignedSize {
+        /// The size asked for.
+        size: u64,
+    },
     /// No room is left for a window of that size.
     #[error("no room for an MMIO window of {size:#x} bytes: only {next:#x}..{limit:#x} is left")]
     MmioExhausted {
@@ -82,6 +89,37 @@ pub enum ResourceError {
         /// The GSI.
         gsi: u32,
     },
+}
+
+#[cfg(test)]
+mod aligned_tests {
+    use super::*;
+
+    #[test]
+    fn aligned_windows_skip_to_their_size() {
+        let mut mmio = MmioAllocator::new(0xc000_1000, 0xc002_0000).unwrap();
+        assert_eq!(
+            mmio.allocate_aligned(0x8000).unwrap(),
+            MmioWindow {
+                base: 0xc000_8000,
+                size: 0x8000
+            }
+        );
+        assert_eq!(mmio.next_base(), 0xc001_0000);
+        assert_eq!(
+            mmio.allocate_aligned(0x3000),
+            Err(ResourceError::UnalignedSize { size: 0x3000 })
+        );
+        assert_eq!(
+            mmio.allocate_aligned(0x800),
+            Err(ResourceError::UnalignedSize { size: 0x800 })
+        );
+        assert!(matches!(
+            mmio.allocate_aligned(0x2_0000),
+            Err(ResourceError::MmioExhausted { .. })
+        ));
+        assert_eq!(mmio.allocate_aligned(0x1_0000).unwrap().base, 0xc001_0000);
+    }
 }
 
 /// A guest-physical MMIO window.
@@ -144,6 +182,32 @@ impl MmioAllocator {
         };
         self.next = end;
         Ok(window)
+    }
+
+    /// The next window of `size` bytes (a power of two, at least a page) aligned to its
+    /// size, as a PCI BAR must be; the pages skipped to align it stay unused.
+    pub fn allocate_aligned(&mut self, size: u64) -> Result<MmioWindow, ResourceError> {
+        if size == 0 {
+            return Err(ResourceError::ZeroSizeWindow);
+        }
+        let exhausted = ResourceError::MmioExhausted {
+            size,
+            next: self.next,
+            limit: self.limit,
+        };
+        if !size.is_power_of_two() || size < PAGE_SIZE {
+            return Err(ResourceError::UnalignedSize { size });
+        }
+        let base = self
+            .next
+            .checked_next_multiple_of(size)
+            .ok_or(exhausted.clone())?;
+        let end = base.checked_add(size).ok_or(exhausted.clone())?;
+        if end > self.limit {
+            return Err(exhausted);
+        }
+        self.next = end;
+        Ok(MmioWindow { base, size })
     }
 
     /// Where the next window would start.

@@ -7,9 +7,10 @@
 //! thread, and someone must then process the queue. [`QueueWorker`] is
 //! that someone for any device whose work is driven by its queues alone
 //! (virtio-blk, the console's transmit queue, …): one thread waits on the
-//! notification eventfds of one or more queues of one [`MmioTransport`],
+//! notification eventfds of one or more queues of one transport ([`Transport`]:
+//! virtio-mmio's [`MmioTransport`](vmkit_virtio::mmio::MmioTransport) or virtio-pci's),
 //! and for each that fired reads it and calls
-//! [`MmioTransport::process_queue`] for that queue. The transport
+//! [`MmioTransport::process_queue`](vmkit_virtio::mmio::MmioTransport::process_queue) for that queue. The transport
 //! interrupts the guest through its interrupt eventfd (an irqfd, if wired
 //! by `attach`).
 //!
@@ -71,10 +72,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use vm_memory::GuestAddressSpace;
 use vmkit_seccomp::SpawnError;
-use vmkit_virtio::mmio::{MmioError, MmioTransport};
-use vmkit_virtio::VirtioDevice;
+use vmkit_virtio::mmio::MmioError;
+use vmkit_virtio::Transport;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -200,7 +200,7 @@ pub struct QueueStats {
     /// adds up the notifications signalled before a read, so this counts
     /// each one, even when one pass served several).
     pub notifications: u64,
-    /// The passes over the queue ([`MmioTransport::process_queue`] calls).
+    /// The passes over the queue ([`MmioTransport::process_queue`](vmkit_virtio::mmio::MmioTransport::process_queue) calls).
     pub passes: u64,
     /// The passes that failed (each went to the `on_error` callback).
     pub errors: u64,
@@ -336,14 +336,13 @@ impl QueueWorker {
     /// device does not have, or the thread cannot be set up.
     ///
     /// See the [module documentation](self) for an example.
-    pub fn start<S, D, F>(
-        transport: Arc<MmioTransport<S, D>>,
+    pub fn start<T, F>(
+        transport: Arc<T>,
         notifiers: Vec<QueueNotifier>,
         on_error: F,
     ) -> Result<QueueWorker, WorkerError>
     where
-        S: GuestAddressSpace + Send + Sync + 'static,
-        D: VirtioDevice<S::M> + Send + 'static,
+        T: Transport,
         F: FnMut(&WorkerError) + Send + 'static,
     {
         QueueWorker::start_named(THREAD_NAME, transport, notifiers, on_error)
@@ -362,15 +361,14 @@ impl QueueWorker {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn start_named<S, D, F>(
+    pub fn start_named<T, F>(
         name: impl Into<String>,
-        transport: Arc<MmioTransport<S, D>>,
+        transport: Arc<T>,
         notifiers: Vec<QueueNotifier>,
         on_error: F,
     ) -> Result<QueueWorker, WorkerError>
     where
-        S: GuestAddressSpace + Send + Sync + 'static,
-        D: VirtioDevice<S::M> + Send + 'static,
+        T: Transport,
         F: FnMut(&WorkerError) + Send + 'static,
     {
         QueueWorker::start_with(transport, notifiers, WorkerOptions::named(name), on_error)
@@ -390,22 +388,21 @@ impl QueueWorker {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn start_with<S, D, F>(
-        transport: Arc<MmioTransport<S, D>>,
+    pub fn start_with<T, F>(
+        transport: Arc<T>,
         notifiers: Vec<QueueNotifier>,
         options: WorkerOptions,
         on_error: F,
     ) -> Result<QueueWorker, WorkerError>
     where
-        S: GuestAddressSpace + Send + Sync + 'static,
-        D: VirtioDevice<S::M> + Send + 'static,
+        T: Transport,
         F: FnMut(&WorkerError) + Send + 'static,
     {
         let WorkerOptions { name, seccomp } = options;
         if notifiers.is_empty() {
             return Err(WorkerError::NoQueues);
         }
-        let count = transport.with_device(|device| device.queue_max_sizes().len());
+        let count = transport.queue_count();
         for (i, notifier) in notifiers.iter().enumerate() {
             let queue = notifier.queue;
             if usize::from(queue) >= count {
@@ -538,9 +535,9 @@ impl Drop for QueueWorker {
 }
 
 /// The state of the worker thread.
-struct Worker<S: GuestAddressSpace, D, F> {
+struct Worker<T, F> {
     name: String,
-    transport: Arc<MmioTransport<S, D>>,
+    transport: Arc<T>,
     epoll: Epoll,
     notifiers: Vec<QueueNotifier>,
     /// Parallel to `notifiers`.
@@ -549,10 +546,9 @@ struct Worker<S: GuestAddressSpace, D, F> {
     on_error: F,
 }
 
-impl<S, D, F> Worker<S, D, F>
+impl<T, F> Worker<T, F>
 where
-    S: GuestAddressSpace,
-    D: VirtioDevice<S::M>,
+    T: Transport,
     F: FnMut(&WorkerError),
 {
     fn run(mut self) -> Result<WorkerStats, WorkerError> {

@@ -5,7 +5,7 @@
 //! transmit queues, and the TAP becoming readable (a frame for the guest)
 //! or writable again (room for frames the guest sent while it was full).
 //! [`NetWorker`] waits for both on one epoll set in a thread of its own and
-//! calls the transport's [`MmioTransport::process_queue`]; the transport
+//! calls the transport's [`Transport::process_queue`]; the transport
 //! interrupts the guest through its interrupt `EventFd` (an irqfd, if the
 //! VMM registered it so).
 //!
@@ -83,12 +83,10 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use vm_memory::GuestAddressSpace;
 use vmkit_seccomp::SpawnError;
-use vmkit_virtio::mmio::{
-    MmioError, MmioTransport, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_NEEDS_RESET,
-};
+use vmkit_virtio::mmio::{MmioError, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_NEEDS_RESET};
 use vmkit_virtio::net::{Net, NetBackend, RXQ, TXQ};
+use vmkit_virtio::Transport;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -262,13 +260,13 @@ impl NetWorker {
     /// backend only while no worker runs). `on_error` receives, in the
     /// worker thread, the errors that do not stop it and the one that does
     /// (see the [module documentation](self)).
-    pub fn start<S, B, F>(
-        transport: Arc<MmioTransport<S, Net<B>>>,
+    pub fn start<T, B, F>(
+        transport: Arc<T>,
         kicks: QueueKicks,
         on_error: F,
     ) -> Result<NetWorker, WorkerError>
     where
-        S: GuestAddressSpace + Send + Sync + 'static,
+        T: Transport<Device = Net<B>>,
         B: NetBackend + AsRawFd + Send + 'static,
         F: FnMut(&WorkerError) + Send + 'static,
     {
@@ -278,14 +276,14 @@ impl NetWorker {
     /// [`NetWorker::start`] with options: a seccomp filter the thread
     /// installs before it serves anything (this returns once it has, or
     /// with the error that kept it out).
-    pub fn start_with<S, B, F>(
-        transport: Arc<MmioTransport<S, Net<B>>>,
+    pub fn start_with<T, B, F>(
+        transport: Arc<T>,
         kicks: QueueKicks,
         options: NetWorkerOptions,
         on_error: F,
     ) -> Result<NetWorker, WorkerError>
     where
-        S: GuestAddressSpace + Send + Sync + 'static,
+        T: Transport<Device = Net<B>>,
         B: NetBackend + AsRawFd + Send + 'static,
         F: FnMut(&WorkerError) + Send + 'static,
     {
@@ -318,6 +316,7 @@ impl NetWorker {
         }
         let worker = Worker {
             transport,
+            backend_type: std::marker::PhantomData,
             epoll,
             backend,
             backend_events: EventSet::empty(),
@@ -372,8 +371,10 @@ impl Drop for NetWorker {
 }
 
 /// The state of the worker thread.
-struct Worker<S: GuestAddressSpace, B: NetBackend, F> {
-    transport: Arc<MmioTransport<S, Net<B>>>,
+struct Worker<T, B: NetBackend, F> {
+    transport: Arc<T>,
+    // The backend type is fixed by the transport's device.
+    backend_type: std::marker::PhantomData<B>,
     epoll: Epoll,
     backend: RawFd,
     /// What the backend is polled for now.
@@ -385,9 +386,9 @@ struct Worker<S: GuestAddressSpace, B: NetBackend, F> {
     on_error: F,
 }
 
-impl<S, B, F> Worker<S, B, F>
+impl<T, B, F> Worker<T, B, F>
 where
-    S: GuestAddressSpace,
+    T: Transport<Device = Net<B>>,
     B: NetBackend,
     F: FnMut(&WorkerError),
 {

@@ -25,6 +25,9 @@
 //! On top of the queues:
 //!
 //! - [`VirtioDevice`] ([`device`]): what a device back end implements.
+//! - [`pci::PciTransport`]: the virtio-pci modern transport, a PCI function
+//!   (vmkit-pci) with its structures in BAR 0 and MSI-X; [`Transport`] is
+//!   what device threads need of either transport.
 //! - [`mmio::MmioTransport`]: the virtio-mmio transport (version 2
 //!   registers), usable on a `vm-device` bus, with interrupts through an
 //!   `EventFd` and notifications by MMIO write or ioeventfd.
@@ -149,12 +152,15 @@ mod config;
 pub mod console;
 pub mod device;
 mod error;
+mod interrupt;
 mod mem;
 pub mod mmio;
 pub mod net;
 pub mod packed;
+pub mod pci;
 mod queue;
 pub mod split;
+mod transport;
 
 pub use config::QueueLayout;
 pub use device::{DeviceError, StateError, VirtioDevice};
@@ -166,6 +172,7 @@ pub use split::{
     SplitAccess, SplitChain, SplitQueue, SplitQueueState, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE,
 };
+pub use transport::Transport;
 pub use vmkit_snapshot::Persist;
 
 /// The largest queue size the specification allows (split and packed).

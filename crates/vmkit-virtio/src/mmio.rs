@@ -80,6 +80,7 @@ use crate::device::{
     DeviceError, VirtioDevice, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED,
     VIRTIO_F_VERSION_1,
 };
+use crate::interrupt::Interrupt;
 use crate::{Queue, QueueLayout, QueueState};
 
 pub use offload::{OffloadError, OffloadQueue, QueueOffload};
@@ -126,7 +127,7 @@ const TRANSPORT_FEATURES: u64 =
 /// Feature bits 24..=41: reserved for the transport.
 const TRANSPORT_RANGE: u64 = ((1u64 << 42) - 1) & !((1u64 << 24) - 1);
 
-mod reg {
+pub(crate) mod reg {
     pub const MAGIC: u64 = 0x000;
     pub const VERSION: u64 = 0x004;
     pub const DEVICE_ID: u64 = 0x008;
@@ -291,17 +292,17 @@ pub enum MmioError {
 /// The driver-written configuration of one queue, applied when the driver
 /// makes it ready.
 #[derive(Debug)]
-struct QueueSlot {
+pub(crate) struct QueueSlot {
     /// Split until the driver negotiates `VIRTIO_F_RING_PACKED`.
-    queue: Queue,
-    num: u32,
-    desc: u64,
-    driver: u64,
-    device: u64,
+    pub(crate) queue: Queue,
+    pub(crate) num: u32,
+    pub(crate) desc: u64,
+    pub(crate) driver: u64,
+    pub(crate) device: u64,
 }
 
 impl QueueSlot {
-    fn new(queue: Queue) -> Self {
+    pub(crate) fn new(queue: Queue) -> Self {
         let num = u32::from(queue.size());
         QueueSlot {
             queue,
@@ -321,55 +322,111 @@ impl QueueSlot {
     }
 }
 
-fn set_low(v: &mut u64, low: u32) {
+pub(crate) fn set_low(v: &mut u64, low: u32) {
     *v = (*v & !0xffff_ffff) | u64::from(low);
 }
 
-fn set_high(v: &mut u64, high: u32) {
+pub(crate) fn set_high(v: &mut u64, high: u32) {
     *v = (*v & 0xffff_ffff) | (u64::from(high) << 32);
 }
 
 #[derive(Debug)]
-struct Inner<D> {
-    device: D,
-    device_features: u64,
-    device_features_sel: u32,
-    driver_features: u64,
-    driver_features_sel: u32,
-    features_beyond_64: Option<(u32, u32)>,
-    queue_sel: u32,
-    queues: Vec<QueueSlot>,
-    status: u32,
-    interrupt_status: u32,
-    config_generation: u32,
-    shm_sel: u32,
-    invalid_accesses: u64,
-    last_error: Option<MmioError>,
+pub(crate) struct Inner<D> {
+    pub(crate) device: D,
+    pub(crate) device_features: u64,
+    pub(crate) device_features_sel: u32,
+    pub(crate) driver_features: u64,
+    pub(crate) driver_features_sel: u32,
+    pub(crate) features_beyond_64: Option<(u32, u32)>,
+    pub(crate) queue_sel: u32,
+    pub(crate) queues: Vec<QueueSlot>,
+    pub(crate) status: u32,
+    pub(crate) interrupt_status: u32,
+    pub(crate) config_generation: u32,
+    pub(crate) shm_sel: u32,
+    pub(crate) invalid_accesses: u64,
+    pub(crate) last_error: Option<MmioError>,
     /// The datapath serving some queues, and whether it runs.
-    offload: Option<Box<dyn QueueOffload>>,
-    offload_running: bool,
+    pub(crate) offload: Option<Box<dyn QueueOffload>>,
+    pub(crate) offload_running: bool,
 }
 
 impl<D> Inner<D> {
-    fn record(&mut self, e: MmioError) {
+    /// The transport-independent state around `device`, freshly reset.
+    pub(crate) fn new<M: GuestMemory + ?Sized>(device: D) -> Result<Self, MmioError>
+    where
+        D: VirtioDevice<M>,
+    {
+        let sizes = device.queue_max_sizes();
+        if sizes.is_empty() || sizes.len() > MAX_QUEUES {
+            return Err(MmioError::QueueCount {
+                count: sizes.len(),
+                max: MAX_QUEUES,
+            });
+        }
+        let mut queues = Vec::with_capacity(sizes.len());
+        for (index, &max) in sizes.iter().enumerate() {
+            let q = Queue::new(QueueLayout::Split, max)
+                .map_err(|source| MmioError::QueueMaxSize { index, source })?;
+            queues.push(QueueSlot::new(q));
+        }
+        let offered = device.features() | VIRTIO_F_VERSION_1;
+        let device_features = offered & (!TRANSPORT_RANGE | TRANSPORT_FEATURES);
+        Ok(Inner {
+            device,
+            device_features,
+            device_features_sel: 0,
+            driver_features: 0,
+            driver_features_sel: 0,
+            features_beyond_64: None,
+            queue_sel: 0,
+            queues,
+            status: 0,
+            interrupt_status: 0,
+            config_generation: 0,
+            shm_sel: 0,
+            invalid_accesses: 0,
+            last_error: None,
+            offload: None,
+            offload_running: false,
+        })
+    }
+
+    /// Offers `VIRTIO_F_RING_PACKED` if the device does, or withholds it.
+    pub(crate) fn offer_packed<M: GuestMemory + ?Sized>(&mut self, offer: bool)
+    where
+        D: VirtioDevice<M>,
+    {
+        if offer {
+            self.device_features |= self.device.features() & VIRTIO_F_RING_PACKED;
+        } else {
+            self.device_features &= !VIRTIO_F_RING_PACKED;
+        }
+    }
+}
+
+impl<D> Inner<D> {
+    pub(crate) fn record(&mut self, e: MmioError) {
         self.last_error = Some(e);
     }
 
-    fn invalid(&mut self, offset: u64, len: usize, write: bool) {
+    pub(crate) fn invalid(&mut self, offset: u64, len: usize, write: bool) {
         self.invalid_accesses = self.invalid_accesses.saturating_add(1);
         self.record(MmioError::InvalidAccess { offset, len, write });
     }
 
-    fn raise(&mut self, bit: u32, irq: &EventFd) {
+    /// Sets `bit` in the interrupt status and signals the interrupt of
+    /// `queue` (`None`: the configuration change interrupt).
+    pub(crate) fn raise(&mut self, bit: u32, queue: Option<u16>, irq: &dyn Interrupt) {
         self.interrupt_status |= bit;
-        if let Err(e) = irq.write(1) {
+        if let Err(e) = irq.signal(queue) {
             self.record(MmioError::Interrupt(e));
         }
     }
 
     /// The device can no longer operate: DEVICE_NEEDS_RESET and a
     /// configuration change interrupt.
-    fn needs_reset(&mut self, e: MmioError, irq: &EventFd) {
+    pub(crate) fn needs_reset(&mut self, e: MmioError, irq: &dyn Interrupt) {
         self.record(e);
         // The device stops using every queue, offloaded ones included.
         self.stop_offload();
@@ -377,12 +434,12 @@ impl<D> Inner<D> {
             self.status |= STATUS_NEEDS_RESET;
             self.config_generation = self.config_generation.wrapping_add(1);
             if self.status & STATUS_DRIVER_OK != 0 {
-                self.raise(INT_CONFIG_CHANGE, irq);
+                self.raise(INT_CONFIG_CHANGE, None, irq);
             }
         }
     }
 
-    fn live(&self) -> bool {
+    pub(crate) fn live(&self) -> bool {
         self.status & STATUS_DRIVER_OK != 0
             && self.status & (STATUS_FAILED | STATUS_NEEDS_RESET) == 0
     }
@@ -395,9 +452,12 @@ impl<D> Inner<D> {
     }
 
     /// Hands the offload its ready queues (at `DRIVER_OK`).
-    fn start_offload(&mut self, irq: &EventFd) -> Result<(), OffloadError> {
+    fn start_offload(&mut self, irq: &dyn Interrupt) -> Result<(), OffloadError> {
         let Some(offload) = self.offload.as_mut() else {
             return Ok(());
+        };
+        let Some(irq) = irq.eventfd() else {
+            return Err("this transport's interrupts cannot be handed to a queue offload".into());
         };
         let queues: Vec<OffloadQueue> = offload
             .queues()
@@ -425,7 +485,7 @@ impl<D> Inner<D> {
         self.offload_running = false;
     }
 
-    fn selected(&self, offset: u64) -> Result<usize, MmioError> {
+    pub(crate) fn selected(&self, offset: u64) -> Result<usize, MmioError> {
         let index = self.queue_sel;
         match usize::try_from(index) {
             Ok(i) if i < self.queues.len() => Ok(i),
@@ -439,11 +499,11 @@ impl<D> Inner<D> {
 }
 
 impl<D> Inner<D> {
-    fn process<M: GuestMemory + ?Sized>(
+    pub(crate) fn process<M: GuestMemory + ?Sized>(
         &mut self,
         index: u32,
         mem: &M,
-        irq: &EventFd,
+        irq: &dyn Interrupt,
     ) -> Result<bool, MmioError>
     where
         D: VirtioDevice<M>,
@@ -464,7 +524,7 @@ impl<D> Inner<D> {
         }
         match self.device.process_queue(i.1, &mut slot.queue, mem) {
             Ok(true) => {
-                self.raise(INT_USED_BUFFER, irq);
+                self.raise(INT_USED_BUFFER, Some(i.1), irq);
                 Ok(true)
             }
             Ok(false) => Ok(false),
@@ -475,7 +535,7 @@ impl<D> Inner<D> {
         }
     }
 
-    fn reset_device<M: GuestMemory + ?Sized>(&mut self)
+    pub(crate) fn reset_device<M: GuestMemory + ?Sized>(&mut self)
     where
         D: VirtioDevice<M>,
     {
@@ -494,7 +554,7 @@ impl<D> Inner<D> {
         self.shm_sel = 0;
     }
 
-    fn read_reg<M: GuestMemory + ?Sized>(&mut self, offset: u64) -> u32
+    pub(crate) fn read_reg<M: GuestMemory + ?Sized>(&mut self, offset: u64) -> u32
     where
         D: VirtioDevice<M>,
     {
@@ -548,8 +608,13 @@ impl<D> Inner<D> {
         }
     }
 
-    fn write_reg<M: GuestMemory + ?Sized>(&mut self, offset: u64, v: u32, mem: &M, irq: &EventFd)
-    where
+    pub(crate) fn write_reg<M: GuestMemory + ?Sized>(
+        &mut self,
+        offset: u64,
+        v: u32,
+        mem: &M,
+        irq: &dyn Interrupt,
+    ) where
         D: VirtioDevice<M>,
     {
         match offset {
@@ -594,7 +659,7 @@ impl<D> Inner<D> {
         }
     }
 
-    fn write_queue_reg(&mut self, offset: u64, v: u32) {
+    pub(crate) fn write_queue_reg(&mut self, offset: u64, v: u32) {
         let i = match self.selected(offset) {
             Ok(i) => i,
             Err(e) => return self.record(e),
@@ -617,7 +682,12 @@ impl<D> Inner<D> {
         }
     }
 
-    fn write_queue_ready<M: GuestMemory + ?Sized>(&mut self, v: u32, mem: &M, irq: &EventFd) {
+    pub(crate) fn write_queue_ready<M: GuestMemory + ?Sized>(
+        &mut self,
+        v: u32,
+        mem: &M,
+        irq: &dyn Interrupt,
+    ) {
         let i = match self.selected(reg::QUEUE_READY) {
             Ok(i) => i,
             Err(e) => return self.record(e),
@@ -655,8 +725,12 @@ impl<D> Inner<D> {
         }
     }
 
-    fn write_status<M: GuestMemory + ?Sized>(&mut self, v: u32, mem: &M, irq: &EventFd)
-    where
+    pub(crate) fn write_status<M: GuestMemory + ?Sized>(
+        &mut self,
+        v: u32,
+        mem: &M,
+        irq: &dyn Interrupt,
+    ) where
         D: VirtioDevice<M>,
     {
         if v == 0 {
@@ -795,40 +869,8 @@ where
     /// `RING_PACKED`: queues are split, and packed once the driver accepts
     /// `RING_PACKED`; see [`MmioTransport::with_packed_rings`]).
     pub fn new(device: D, mem: S, irq: EventFd) -> Result<Self, MmioError> {
-        let sizes = device.queue_max_sizes();
-        if sizes.is_empty() || sizes.len() > MAX_QUEUES {
-            return Err(MmioError::QueueCount {
-                count: sizes.len(),
-                max: MAX_QUEUES,
-            });
-        }
-        let mut queues = Vec::with_capacity(sizes.len());
-        for (index, &max) in sizes.iter().enumerate() {
-            let q = Queue::new(QueueLayout::Split, max)
-                .map_err(|source| MmioError::QueueMaxSize { index, source })?;
-            queues.push(QueueSlot::new(q));
-        }
-        let offered = device.features() | VIRTIO_F_VERSION_1;
-        let device_features = offered & (!TRANSPORT_RANGE | TRANSPORT_FEATURES);
         Ok(MmioTransport {
-            inner: Mutex::new(Inner {
-                device,
-                device_features,
-                device_features_sel: 0,
-                driver_features: 0,
-                driver_features_sel: 0,
-                features_beyond_64: None,
-                queue_sel: 0,
-                queues,
-                status: 0,
-                interrupt_status: 0,
-                config_generation: 0,
-                shm_sel: 0,
-                invalid_accesses: 0,
-                last_error: None,
-                offload: None,
-                offload_running: false,
-            }),
+            inner: Mutex::new(Inner::new(device)?),
             mem,
             irq,
         })
@@ -841,12 +883,7 @@ where
     /// withheld.
     pub fn with_packed_rings(self, offer: bool) -> Self {
         {
-            let mut inner = self.lock();
-            if offer {
-                inner.device_features |= inner.device.features() & VIRTIO_F_RING_PACKED;
-            } else {
-                inner.device_features &= !VIRTIO_F_RING_PACKED;
-            }
+            self.lock().offer_packed::<S::M>(offer);
         }
         self
     }
@@ -926,7 +963,7 @@ where
         let mut inner = self.lock();
         inner.config_generation = inner.config_generation.wrapping_add(1);
         if inner.status & STATUS_DRIVER_OK != 0 {
-            inner.raise(INT_CONFIG_CHANGE, &self.irq);
+            inner.raise(INT_CONFIG_CHANGE, None, &self.irq);
         }
     }
 

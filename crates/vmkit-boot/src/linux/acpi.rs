@@ -8,6 +8,11 @@
 //! with a `PNP0501` device for each serial port and an `LNRO0005` device for each
 //! virtio-mmio transport.
 //!
+//! With a [`PciHostBridge`] the XSDT also points at an MCFG (the bridge's ECAM window), and
+//! the DSDT gets `\_SB.PCI0` (`PNP0A08`/`PNP0A03`: bus range, the configuration ports, the
+//! I/O and memory windows in `_CRS`, INTx routing to GSIs in `_PRT`) and a `PNP0C02` device
+//! reserving the ECAM window.
+//!
 //! Without a PM block ([`AcpiDevices::pm`] `None`) the FADT describes hardware-reduced ACPI:
 //! no PM timer, GPE or SCI; its reset register is the i8042's command port with value
 //! `0xfe`, so `reboot` resets through the VMM's i8042 even without `reboot=k`.
@@ -25,6 +30,7 @@ use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
 };
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -84,6 +90,32 @@ pub struct PmBlock {
     pub s3_type: Option<u8>,
 }
 
+/// A PCI host bridge to describe to the guest: an MCFG entry for its ECAM window, and a
+/// `PCI0` device (`PNP0A08`, compatible with `PNP0A03`) in the DSDT with its bus range, I/O
+/// and memory windows and INTx routing (`_PRT`), plus a `PNP0C02` motherboard device that
+/// reserves the ECAM window (Linux uses ECAM only where it is reserved).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciHostBridge {
+    /// The ECAM window's base (bus 0; 1 MiB per bus).
+    pub ecam_base: u64,
+    /// The last bus number behind the bridge (the ECAM window holds `last_bus + 1` MiB).
+    pub last_bus: u8,
+    /// The memory window BARs are placed in: first and last address, below 4 GiB.
+    pub mmio: (u32, u32),
+    /// INTx routing: each device slot whose INTA–INTD are wired to a GSI (level-triggered,
+    /// active low, as PCI interrupts are).
+    pub intx: Vec<PciIntx>,
+}
+
+/// The GSI a slot's interrupt pins are wired to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciIntx {
+    /// The device's slot on bus 0.
+    pub slot: u8,
+    /// The GSI (an IOAPIC input).
+    pub gsi: u32,
+}
+
 /// The devices the ACPI tables announce.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AcpiDevices {
@@ -93,6 +125,67 @@ pub struct AcpiDevices {
     pub virtio_mmio: Vec<VirtioMmioDevice>,
     /// The ACPI PM block, if the machine has one (see the [module documentation](self)).
     pub pm: Option<PmBlock>,
+    /// A PCI host bridge, if the machine has one (see [`PciHostBridge`]).
+    pub pci: Option<PciHostBridge>,
+}
+
+/// The conventional configuration ports of a PCI host bridge (0xCF8–0xCFF).
+const PCI_CONFIG_PORT: u16 = 0xcf8;
+
+/// Appends `Device (\_SB.PCI0)` and the motherboard device reserving its ECAM window.
+fn pci_host_bridge(body: &mut Vec<u8>, pci: &PciHostBridge) {
+    let buses = aml::AddressSpace::<u16>::new_bus_number(0, u16::from(pci.last_bus));
+    let config = aml::IO::new(PCI_CONFIG_PORT, PCI_CONFIG_PORT, 1, 8);
+    // Every port but the configuration ports is open to the bus.
+    let io_low = aml::AddressSpace::<u16>::new_io(0, PCI_CONFIG_PORT - 1, None);
+    let io_high = aml::AddressSpace::<u16>::new_io(0x0d00, 0xffff, None);
+    let mmio = aml::AddressSpace::<u32>::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        pci.mmio.0,
+        pci.mmio.1,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![&buses, &config, &io_low, &io_high, &mmio]);
+    // _PRT: { address (slot << 16 | 0xffff), pin, source (none: a GSI), GSI }.
+    let entries: Vec<(u32, u8, u8, u32)> = pci
+        .intx
+        .iter()
+        .flat_map(|i| {
+            (0..4u8).map(move |pin| ((u32::from(i.slot) << 16) | 0xffff, pin, 0u8, i.gsi))
+        })
+        .collect();
+    let packages: Vec<aml::Package> = entries
+        .iter()
+        .map(|(addr, pin, source, gsi)| aml::Package::new(vec![addr, pin, source, gsi]))
+        .collect();
+    let prt = aml::Package::new(packages.iter().map(|p| p as &dyn Aml).collect());
+    let hid = aml::EISAName::new("PNP0A08");
+    let cid = aml::EISAName::new("PNP0A03");
+    aml::Device::new(
+        "_SB_.PCI0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &hid),
+            &aml::Name::new("_CID".into(), &cid),
+            &aml::Name::new("_UID".into(), &0u8),
+            &aml::Name::new("_SEG".into(), &0u8),
+            &aml::Name::new("_BBN".into(), &0u8),
+            &aml::Name::new("_ADR".into(), &0u8),
+            &aml::Name::new("_CRS".into(), &crs),
+            &aml::Name::new("_PRT".into(), &prt),
+        ],
+    )
+    .to_aml_bytes(body);
+    let ecam_size = (u64::from(pci.last_bus) + 1) << 20;
+    let ecam = aml::AddressSpace::<u64>::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        pci.ecam_base,
+        pci.ecam_base + ecam_size - 1,
+        None,
+    );
+    let hid = aml::EISAName::new("PNP0C02");
+    device(body, "MRES", &hid, 0, &[&ecam]);
 }
 
 /// MADT interrupt source override (type 2) flags: active high (bits 0–1 = 01),
@@ -164,6 +257,9 @@ fn dsdt_body(devices: &AcpiDevices) -> Vec<u8> {
         let hid: aml::AmlStr = "LNRO0005";
         device(&mut body, &name, &hid, uid as u32, &[&window, &irq]);
     }
+    if let Some(pci) = &devices.pci {
+        pci_host_bridge(&mut body, pci);
+    }
     if let Some(pm) = &devices.pm {
         if let Some(s3) = pm.s3_type {
             sleep_package(&mut body, "_S3_", s3);
@@ -223,7 +319,7 @@ fn tables(vcpus: u8, devices: &AcpiDevices) -> Vec<(u64, Vec<u8>)> {
     }
 
     let xsdt_addr = align(rsdp_addr + std::mem::size_of::<Rsdp>() as u64);
-    let xsdt_len = 36 + 2 * 8;
+    let xsdt_len = 36 + 8 * if devices.pci.is_some() { 3 } else { 2 };
     let fadt_addr = align(xsdt_addr + xsdt_len);
     let fadt_len = acpi_tables::fadt::FADT::len() as u64;
     // The FACS, when there is one, follows the FADT at the next 64-byte boundary.
@@ -257,9 +353,20 @@ fn tables(vcpus: u8, devices: &AcpiDevices) -> Vec<(u64, Vec<u8>)> {
     let mut fadt_bytes = Vec::new();
     fadt.finalize().to_aml_bytes(&mut fadt_bytes);
 
+    // The MCFG, with a PCI host bridge, follows the DSDT.
+    let mcfg = devices.pci.as_ref().map(|pci| {
+        let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+        mcfg.add_ecam(pci.ecam_base, 0, 0, pci.last_bus);
+        let mut bytes = Vec::new();
+        mcfg.to_aml_bytes(&mut bytes);
+        (align(dsdt_addr + dsdt_bytes.len() as u64), bytes)
+    });
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    if let Some((addr, _)) = &mcfg {
+        xsdt.add_entry(*addr);
+    }
     let mut xsdt_bytes = Vec::new();
     xsdt.to_aml_bytes(&mut xsdt_bytes);
     debug_assert_eq!(xsdt_bytes.len() as u64, xsdt_len);
@@ -274,6 +381,7 @@ fn tables(vcpus: u8, devices: &AcpiDevices) -> Vec<(u64, Vec<u8>)> {
     ];
     tables.extend(facs);
     tables.extend([(madt_addr, madt_bytes), (dsdt_addr, dsdt_bytes)]);
+    tables.extend(mcfg);
     tables
 }
 
@@ -351,6 +459,7 @@ mod tests {
                 },
             ],
             pm: None,
+            pci: None,
         }
     }
 
@@ -375,6 +484,7 @@ mod tests {
             2,
             &AcpiDevices {
                 pm: Some(PM),
+                pci: None,
                 ..devices()
             },
         );
@@ -464,6 +574,7 @@ mod tests {
         };
         let body = dsdt_body(&AcpiDevices {
             pm: Some(pm),
+            pci: None,
             ..devices()
         });
         assert!(body.windows(4).any(|w| w == b"_S5_"));
@@ -522,6 +633,7 @@ mod tests {
         let max = super::super::mptable::MAX_VCPUS;
         let with_pm = AcpiDevices {
             pm: Some(PM),
+            pci: Some(bridge()),
             ..devices()
         };
         assert_eq!(
@@ -532,5 +644,64 @@ mod tests {
             write_acpi_tables(&memory, max + 1, &devices()),
             Err(LinuxBootError::VcpuCount { .. })
         ));
+    }
+
+    fn bridge() -> PciHostBridge {
+        PciHostBridge {
+            ecam_base: 0xe000_0000,
+            last_bus: 0,
+            mmio: (0xc000_0000, 0xcfff_ffff),
+            intx: vec![PciIntx { slot: 1, gsi: 10 }, PciIntx { slot: 2, gsi: 11 }],
+        }
+    }
+
+    #[test]
+    fn a_pci_host_bridge_gets_an_mcfg_and_a_pci0_with_its_windows_and_routing() {
+        let with_pci = AcpiDevices {
+            pci: Some(bridge()),
+            ..devices()
+        };
+        let all = tables(2, &with_pci);
+        let (mcfg_addr, mcfg) = all.iter().find(|(_, t)| t.starts_with(b"MCFG")).unwrap();
+        assert_eq!(sum(mcfg), 0);
+        // One allocation entry after the header and 8 reserved bytes: base, segment, buses.
+        assert_eq!(mcfg.len(), 44 + 16);
+        assert_eq!(
+            u64::from_le_bytes(mcfg[44..52].try_into().unwrap()),
+            0xe000_0000
+        );
+        assert_eq!(mcfg[54..56], [0, 0]);
+        let (_, xsdt) = all.iter().find(|(_, t)| t.starts_with(b"XSDT")).unwrap();
+        assert_eq!(sum(xsdt), 0);
+        assert!(xsdt[36..].chunks(8).any(|e| e == mcfg_addr.to_le_bytes()));
+        let (_, dsdt) = all.iter().find(|(_, t)| t.starts_with(b"DSDT")).unwrap();
+        assert_eq!(sum(dsdt), 0);
+        let text = String::from_utf8_lossy(dsdt);
+        for name in ["PCI0", "_PRT", "_CID", "_SEG", "MRES"] {
+            assert!(text.contains(name), "{name}");
+        }
+        // PNP0A08 and PNP0A03 as EISA IDs; the memory window's bounds; slot 2's _PRT address.
+        for needle in [
+            aml_bytes(&aml::EISAName::new("PNP0A08")),
+            aml_bytes(&aml::EISAName::new("PNP0A03")),
+            0xc000_0000u32.to_le_bytes().to_vec(),
+            0xcfff_ffffu32.to_le_bytes().to_vec(),
+            0x0002_ffffu32.to_le_bytes().to_vec(),
+        ] {
+            assert!(
+                dsdt.windows(needle.len()).any(|w| w == needle),
+                "{needle:x?}"
+            );
+        }
+        // Without a bridge: neither.
+        let plain = tables(2, &devices());
+        assert!(!plain.iter().any(|(_, t)| t.starts_with(b"MCFG")));
+        assert!(!String::from_utf8_lossy(&dsdt_body(&devices())).contains("PCI0"));
+    }
+
+    fn aml_bytes(item: &dyn Aml) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        item.to_aml_bytes(&mut bytes);
+        bytes
     }
 }

@@ -69,7 +69,7 @@ mod params;
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{GuestMemoryBackend, GuestMemoryError};
 
-pub use acpi::{AcpiDevices, PmBlock, SerialPort, VirtioMmioDevice};
+pub use acpi::{AcpiDevices, PciHostBridge, PciIntx, PmBlock, SerialPort, VirtioMmioDevice};
 pub use cpu::{configure_vcpu, guest_cpuid, mce_banks, DEFAULT_MCE_BANKS};
 pub use image::{inspect, ImageError, KernelImage};
 pub use load::{

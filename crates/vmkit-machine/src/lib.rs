@@ -9,6 +9,9 @@
 //!   [`MmioTransport`](vmkit_virtio::mmio::MmioTransport): window, GSI,
 //!   irqfd, queue-notification ioeventfds, bus registration, undone on
 //!   failure.
+//! - [`split_irqchip`]: [`attach_ioapic`] puts vmkit-devices' userspace IOAPIC on a VM with
+//!   a split irqchip: its registers on the bus, its EOIs from the bus, its interrupts and
+//!   GSI routes through the `Vm`, so devices' irqfds on legacy GSIs keep working.
 //! - [`worker`]: [`QueueWorker`], a thread that serves queues of a
 //!   transport on their notification eventfds (from `attach`), so the
 //!   guest's notifications never exit to a vCPU thread.
@@ -55,9 +58,11 @@
 //! ```
 
 pub mod resources;
+pub mod split_irqchip;
 pub mod virtio_mmio;
 pub mod worker;
 
 pub use resources::{GsiAllocator, MmioAllocator, MmioWindow, ResourceError};
+pub use split_irqchip::{attach_ioapic, VmIoApicSink};
 pub use virtio_mmio::{QueueNotifier, VirtioMmioWiring, WiredDevice, WiringError};
 pub use worker::{QueueStats, QueueWorker, WorkerError, WorkerOptions, WorkerStats};

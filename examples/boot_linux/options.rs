@@ -17,7 +17,7 @@ pub const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmd
                          [--mem MIB [--mem-overcommit]] [--vcpus N] [--disk FILE[,ro]] \
                          [--net tap|isolated:BRIDGE|bridged:BRIDGE|nat:BRIDGE:GATEWAY/PREFIX:UPLINK[,vhost] \
                          [--tap NAME] [--mac MAC]] [--balloon] [--exit-stats] [--map-kernel] \
-                         [--split-rings] [--seccomp] [--s3-wake-after MS]";
+                         [--split-rings] [--seccomp] [--s3-wake-after MS] [--split-irqchip]";
 /// The command line when `--cmdline` is not given. `earlyprintk` shows the kernel's first
 /// lines (its banner) on the serial port before the console driver starts, which a kernel
 /// that dies early never reaches.
@@ -223,6 +223,8 @@ pub struct Options {
     pub seccomp: bool,
     /// `--s3-wake-after MS`: offer S3, and wake a suspended guest after this long.
     pub s3_wake_after: Option<std::time::Duration>,
+    /// `--split-irqchip`: local APICs in KVM, the IOAPIC in this process, no PIT.
+    pub split_irqchip: bool,
 }
 
 /// Parses this process's arguments and checks `--mem` against the host's RAM.
@@ -254,6 +256,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
         split_rings: false,
         seccomp: false,
         s3_wake_after: None,
+        split_irqchip: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -306,6 +309,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
             "--map-kernel" => options.map_kernel = true,
             "--split-rings" => options.split_rings = true,
             "--seccomp" => options.seccomp = true,
+            "--split-irqchip" => options.split_irqchip = true,
             "--s3-wake-after" => {
                 let text = value()?;
                 let ms: u64 = text
@@ -574,6 +578,16 @@ mod tests {
         assert!(text.contains("\"tap,kernel\""), "{text}");
         let text = refused("--kernel k --net nowhere,vhost");
         assert!(text.contains("a network mode"), "{text}");
+    }
+
+    #[test]
+    fn split_irqchip_is_a_flag() {
+        assert!(
+            parse(args("--kernel k --split-irqchip"))
+                .unwrap()
+                .split_irqchip
+        );
+        assert!(!parse(args("--kernel k")).unwrap().split_irqchip);
     }
 
     #[test]

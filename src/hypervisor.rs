@@ -401,7 +401,7 @@ pub enum IrqchipKind {
     ///
     /// The hypervisor reserves GSIs `0..ioapic_routes` for the VMM's IOAPIC pins: the VMM
     /// routes each to the MSI the pin's redirection entry gives
-    /// ([`Vm::set_gsi_routing`](crate::Vm::set_gsi_routing)), so an irqfd on a pin's GSI
+    /// ([`Vm::set_gsi_routing`]), so an irqfd on a pin's GSI
     /// keeps working, and the hypervisor learns from those routes which vectors are
     /// level-triggered: a guest's EOI of such a vector stops the vCPU with
     /// [`VcpuExit::IoapicEoi`](crate::VcpuExit::IoapicEoi) for the IOAPIC to see. There is

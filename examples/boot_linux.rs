@@ -6,6 +6,7 @@
 //!     [--net MODE[,vhost] [--tap NAME] [--mac MAC]] [--balloon] [--balloon-control FILE]
 //!     [--balloon-no-reporting] [--mergeable] [--exit-stats] [--map-kernel]
 //!     [--split-rings] [--seccomp] [--s3-wake-after MS] [--save DIR] [--restore DIR] [--pci]
+//!     [--split-irqchip]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -15,7 +16,10 @@
 //!
 //! - a 16550 serial port at `0x3f8` on IRQ 4 (console: add `console=ttyS0`), the i8042 whose
 //!   reset command ends the run (`reboot=k` makes the kernel use it) and a CMOS clock at
-//!   `0x70` (vmkit-devices), with the in-kernel irqchip and PIT;
+//!   `0x70` (vmkit-devices), with the in-kernel irqchip and PIT, or, with `--split-irqchip`,
+//!   KVM's local APICs only, vmkit-devices' userspace IOAPIC at the same address (wired by
+//!   vmkit-machine's `attach_ioapic`: the devices' irqfds follow its redirection table
+//!   through GSI routes) and no PIT (Linux calibrates with kvmclock);
 //! - an ACPI PM block at `0x600..=0x60f` (vmkit-devices' `PmBlock`, described in the FADT
 //!   with a FACS and `\_S5` in the DSDT; SCI on IRQ 9): the ACPI PM timer, which Linux
 //!   takes as a clocksource candidate (`acpi_pm`), soft off through PM1a_CNT, so `poweroff`
@@ -146,7 +150,7 @@ use vmkit::{ErrorChain, MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
 use vmkit_boot::linux::{self, layout};
 use vmkit_bus::Bus;
 use vmkit_devices::{
-    Cmos, Persist, PmBlock, Serial, SleepState, COM1, COM1_GSI, I8042, SERIAL_PORTS,
+    Cmos, Persist, PmBlock, Serial, SleepState, COM1, COM1_GSI, I8042, IOAPIC_PINS, SERIAL_PORTS,
 };
 use vmkit_machine::worker::{self, WorkerOptions};
 use vmkit_machine::{
@@ -270,7 +274,14 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             Some(restored.snapshot),
         ),
         None => {
-            let config = VmConfig::default().max_vcpus(vcpus).irqchip(true).pit(true);
+            let config = if options.split_irqchip {
+                // No PIT with it: Linux calibrates with kvmclock and times with the local APIC.
+                VmConfig::default()
+                    .max_vcpus(vcpus)
+                    .split_irqchip(IOAPIC_PINS as u32)
+            } else {
+                VmConfig::default().max_vcpus(vcpus).irqchip(true).pit(true)
+            };
             let vm = hypervisor.create_vm(&config)?;
             let flags = match options.mergeable {
                 true => MemoryFlags::MERGEABLE,
@@ -298,6 +309,15 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     // The devices. Each interrupt is an irqfd: the device signals an eventfd and the
     // hypervisor raises the GSI without a trip through this process.
     let mut bus = Bus::new();
+    if options.split_irqchip {
+        // The IOAPIC in this process, at the address the MADT gives; the devices' irqfds on
+        // their GSIs follow its redirection table through GSI routes.
+        vmkit_machine::attach_ioapic(
+            Arc::clone(&vm),
+            &mut bus,
+            Box::new(|err| eprintln!("boot_linux: IOAPIC: {}", ErrorChain(err))),
+        )?;
+    }
     // A restored device takes its saved state before it is shared (vmkit_snapshot::Persist).
     let serial = Arc::new(restore_into(
         Serial::new(io::stdout())?,

@@ -84,6 +84,10 @@ pub struct Capabilities {
     /// ([`Vm::set_pit_reinject`]).
     #[serde(default)]
     pub pit_reinject_control: bool,
+    /// A split irqchip can be asked for ([`VmConfig::split_irqchip`]): local APICs in the
+    /// hypervisor, the IOAPIC and PIC left to the VMM (KVM's `KVM_CAP_SPLIT_IRQCHIP`).
+    #[serde(default)]
+    pub split_irqchip: bool,
     /// The CPUID leaves the hypervisor can offer a guest.
     #[cfg(target_arch = "x86_64")]
     pub cpuid: Vec<CpuidEntry>,
@@ -216,6 +220,7 @@ impl Capabilities {
                 self.pit_reinject_control,
                 host.pit_reinject_control,
             ),
+            ("a split irqchip", self.split_irqchip, host.split_irqchip),
         ];
         for (name, required, available) in features {
             if required && !available {
@@ -310,8 +315,13 @@ pub struct VmConfig {
     /// returning [`VcpuExit::Hlt`](crate::VcpuExit::Hlt), and each vCPU has a local APIC whose
     /// state can be read and written.
     pub irqchip: bool,
-    /// Emulate the 8254 PIT in the hypervisor (needs `irqchip`).
+    /// Emulate the 8254 PIT in the hypervisor (needs `irqchip`, and the full one: see
+    /// [`IrqchipKind::Split`]).
     pub pit: bool,
+    /// Which parts of the interrupt controllers the hypervisor emulates when `irqchip` is
+    /// set: all of them (the default), or only the local APICs ([`VmConfig::split_irqchip`]).
+    #[serde(default)]
+    pub irqchip_kind: IrqchipKind,
     /// Track dirty pages with per-vCPU rings of this many entries (a power of two) instead of
     /// bitmaps; see [`DirtyLogMode`](crate::dirty::DirtyLogMode).
     pub dirty_ring: Option<u32>,
@@ -323,6 +333,7 @@ impl Default for VmConfig {
             max_vcpus: 1,
             irqchip: false,
             pit: false,
+            irqchip_kind: IrqchipKind::Full,
             dirty_ring: None,
         }
     }
@@ -341,6 +352,30 @@ impl VmConfig {
         self
     }
 
+    /// Asks for a split irqchip: local APICs in the hypervisor, the IOAPIC (and PIC, if any)
+    /// in the VMM, with `ioapic_routes` GSIs (24 to [`IrqchipKind::MAX_IOAPIC_ROUTES`]) kept
+    /// for the VMM's IOAPIC pins. Sets `irqchip` too; see [`IrqchipKind::Split`] for what
+    /// the VMM then does.
+    ///
+    /// ```
+    /// let config = vmkit::VmConfig::default().split_irqchip(24);
+    /// assert!(config.irqchip);
+    /// assert_eq!(config.split_ioapic_routes(), Some(24));
+    /// ```
+    pub fn split_irqchip(mut self, ioapic_routes: u32) -> Self {
+        self.irqchip = true;
+        self.irqchip_kind = IrqchipKind::Split { ioapic_routes };
+        self
+    }
+
+    /// The GSIs kept for the VMM's IOAPIC when the VM has a split irqchip; `None` otherwise.
+    pub fn split_ioapic_routes(&self) -> Option<u32> {
+        match self.irqchip_kind {
+            IrqchipKind::Split { ioapic_routes } if self.irqchip => Some(ioapic_routes),
+            _ => None,
+        }
+    }
+
     /// Chooses whether the hypervisor emulates the PIT (needs the irqchip).
     pub fn pit(mut self, pit: bool) -> Self {
         self.pit = pit;
@@ -352,6 +387,38 @@ impl VmConfig {
         self.dirty_ring = entries;
         self
     }
+}
+
+/// Which interrupt controllers a hypervisor's irqchip ([`VmConfig::irqchip`]) emulates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum IrqchipKind {
+    /// The local APICs, the IOAPIC and the two PICs.
+    #[default]
+    Full,
+    /// The local APICs only (KVM's `KVM_CAP_SPLIT_IRQCHIP`); the VMM emulates the IOAPIC
+    /// (e.g. vmkit-devices' `IoApic`) and sends its interrupts as MSIs.
+    ///
+    /// The hypervisor reserves GSIs `0..ioapic_routes` for the VMM's IOAPIC pins: the VMM
+    /// routes each to the MSI the pin's redirection entry gives
+    /// ([`Vm::set_gsi_routing`]), so an irqfd on a pin's GSI
+    /// keeps working, and the hypervisor learns from those routes which vectors are
+    /// level-triggered: a guest's EOI of such a vector stops the vCPU with
+    /// [`VcpuExit::IoapicEoi`](crate::VcpuExit::IoapicEoi) for the IOAPIC to see. There is
+    /// no in-kernel PIT (it needs the in-kernel PIC and IOAPIC), so [`VmConfig::pit`] is
+    /// refused with it, and no `Vm::irqchip_state` (the IOAPIC's state is the VMM's).
+    Split {
+        /// GSIs reserved for the IOAPIC's pins: 24 to [`IrqchipKind::MAX_IOAPIC_ROUTES`].
+        ioapic_routes: u32,
+    },
+}
+
+impl IrqchipKind {
+    /// The most GSIs a split irqchip reserves for IOAPIC pins (KVM's
+    /// `MAX_NR_RESERVED_IOAPIC_PINS`).
+    pub const MAX_IOAPIC_ROUTES: u32 = 48;
+    /// The fewest: one per pin of a PC's IOAPIC.
+    pub const MIN_IOAPIC_ROUTES: u32 = 24;
 }
 
 /// Errors from opening a hypervisor, querying it and creating VMs.

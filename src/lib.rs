@@ -118,7 +118,8 @@ pub mod xen;
 pub use dirty::{DirtyLog, DirtyLogMode, DirtyRegion};
 pub use error::{Error, ErrorChain, OpenAttempt, OpenFailure, Result};
 pub use hypervisor::{
-    Capabilities, Hypervisor, HypervisorError, HypervisorKind, MissingCapability, VmConfig,
+    Capabilities, Hypervisor, HypervisorError, HypervisorKind, IrqchipKind, MissingCapability,
+    VmConfig,
 };
 pub use interrupt::{DataMatch, IoEventAddress, IrqChip, IrqRoute, MsiMessage};
 pub use memory::{

@@ -85,6 +85,15 @@ pub enum VcpuExit<'a> {
     Kicked,
     /// `run()` returned early because the thread got a signal other than a kick.
     Interrupted,
+    /// With a split irqchip ([`IrqchipKind::Split`](crate::IrqchipKind::Split)), the guest
+    /// ended a level-triggered interrupt of `vector` at its local APIC: the VMM's IOAPIC
+    /// clears the remote IRR of the pins that use the vector (and raises a pin again if its
+    /// line is still asserted). vmkit-bus hands it to the listener set with
+    /// `Bus::set_eoi_listener`.
+    IoapicEoi {
+        /// The vector the guest acknowledged.
+        vector: u8,
+    },
     /// A dirty ring of this vCPU is full: harvest the VM's dirty log before running it again.
     DirtyRingFull,
     /// An exit this version of vmkit does not decode, with the backend's raw exit code.
@@ -148,6 +157,7 @@ impl fmt::Display for VcpuExit<'_> {
                 f,
                 "a failed entry (hardware reason {reason:#x}, host CPU {cpu})"
             ),
+            VcpuExit::IoapicEoi { vector } => write!(f, "an IOAPIC EOI of vector {vector:#x}"),
             VcpuExit::Kicked => f.write_str("a kick"),
             VcpuExit::Interrupted => f.write_str("a signal"),
             VcpuExit::DirtyRingFull => f.write_str("a full dirty ring"),

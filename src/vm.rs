@@ -69,6 +69,13 @@ pub enum VmError {
         /// What was attempted.
         op: &'static str,
     },
+    /// The operation needs the hypervisor's IOAPIC and PICs, which a split irqchip
+    /// ([`IrqchipKind::Split`](crate::IrqchipKind::Split)) leaves to the VMM.
+    #[error("{op} needs the in-kernel IOAPIC and PICs, but the VM has a split irqchip")]
+    SplitIrqchip {
+        /// What was attempted.
+        op: &'static str,
+    },
     /// An interrupt operation on a GSI failed.
     #[error("{op} failed for GSI {gsi}")]
     Irq {

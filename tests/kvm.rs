@@ -100,3 +100,41 @@ fn open_finds_kvm_and_reports_capabilities() {
         "{caps:?}"
     );
 }
+
+#[test]
+fn a_split_irqchip_refuses_the_pit_bad_route_counts_and_in_kernel_ioapic_state() {
+    let kvm = vmkit::kvm::Kvm::new().unwrap();
+    if !vmkit::Hypervisor::capabilities(&kvm).split_irqchip {
+        eprintln!("skipped: this KVM has no KVM_CAP_SPLIT_IRQCHIP");
+        return;
+    }
+    let refused = |config: VmConfig| match kvm.create_kvm_vm(&config) {
+        Err(vmkit::HypervisorError::InvalidConfig { reason }) => reason,
+        other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
+    };
+    assert!(refused(VmConfig::default().split_irqchip(24).pit(true)).contains("split irqchip"));
+    for routes in [0, 23, 49] {
+        assert!(refused(VmConfig::default().split_irqchip(routes)).contains("24 to 48"));
+    }
+    let vm = kvm
+        .create_kvm_vm(&VmConfig::default().split_irqchip(24))
+        .unwrap();
+    let vm: &dyn vmkit::Vm = &vm;
+    let err = vm.irqchip_state().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::SplitIrqchip {
+                op: "KVM_GET_IRQCHIP"
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "KVM_GET_IRQCHIP needs the in-kernel IOAPIC and PICs, but the VM has a split irqchip"
+    );
+    // The local APICs are KVM's: a vCPU has one.
+    let vcpu = vm.create_vcpu(0).unwrap();
+    vcpu.lapic().unwrap();
+}

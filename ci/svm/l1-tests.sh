@@ -12,7 +12,7 @@
 # /bin/nft and /bin/netbench.
 
 # shellcheck disable=SC2034 # read by l1-init
-TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage boot_linux_s3 boot_linux_pci net_isolated net_isolated_pci net_nat net_bridged net_vhost balloon_reporting balloon_inflate net_bench linux_boot_bench dirty_harvest_bench density_bench boot_linux_snapshot restore_bench"
+TESTS="conformance kvm qemu_microvm boot_linux_vmlinux boot_linux_vmlinux_smp2 boot_linux_bzimage boot_linux_s3 boot_linux_split_irqchip boot_linux_pci net_isolated net_isolated_pci net_nat net_bridged net_vhost balloon_reporting balloon_inflate net_bench linux_boot_bench dirty_harvest_bench density_bench boot_linux_snapshot restore_bench"
 
 # The L2 kernel command line every boot uses: reboot=k makes `reboot -f` an i8042 reset.
 L2_CMDLINE="console=ttyS0 quiet reboot=k panic=-1"
@@ -160,6 +160,16 @@ t_boot_linux_pci() {
 # other boots use packed ones).
 t_boot_linux_bzimage() {
     boot_linux /l2/bzImage 1 split
+}
+
+# (f2) A split irqchip with two vCPUs: KVM's local APICs, boot_linux's userspace IOAPIC at the
+# address the MADT gives (the devices' irqfds routed through its redirection table), no PIT;
+# the guest must boot, test its disk and see both CPUs as in (d).
+t_boot_linux_split_irqchip() {
+    new_disk
+    ring=packed
+    l2_boot 2 boot_linux --kernel /l2/vmlinux --initrd /l2/initrd.cpio.gz \
+        --cmdline "$L2_CMDLINE" --mem 256 --vcpus 2 --disk "$disk" --seccomp --split-irqchip
 }
 
 # (f) ACPI S3 with two vCPUs: the guest suspends to RAM after the disk test (vmkit.s3=1, see

@@ -19,7 +19,7 @@ pub const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmd
                          [--tap NAME] [--mac MAC]] [--balloon] [--balloon-control FILE] \
                          [--balloon-no-reporting] [--mergeable] [--exit-stats] [--map-kernel] \
                          [--split-rings] [--seccomp] [--s3-wake-after MS] \
-                         [--save DIR] [--restore DIR] [--pci]";
+                         [--save DIR] [--restore DIR] [--pci] [--split-irqchip]";
 /// The command line when `--cmdline` is not given. `earlyprintk` shows the kernel's first
 /// lines (its banner) on the serial port before the console driver starts, which a kernel
 /// that dies early never reaches.
@@ -247,6 +247,8 @@ pub struct Options {
     pub restore: Option<PathBuf>,
     /// `--pci`: the disk, the network card and the console on virtio-pci.
     pub pci: bool,
+    /// `--split-irqchip`: local APICs in KVM, the IOAPIC in this process, no PIT.
+    pub split_irqchip: bool,
 }
 
 /// Parses this process's arguments and checks `--mem` against the host's RAM.
@@ -284,6 +286,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
         save: None,
         restore: None,
         pci: false,
+        split_irqchip: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -345,6 +348,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
             "--map-kernel" => options.map_kernel = true,
             "--split-rings" => options.split_rings = true,
             "--seccomp" => options.seccomp = true,
+            "--split-irqchip" => options.split_irqchip = true,
             "--s3-wake-after" => {
                 let text = value()?;
                 let ms: u64 = text
@@ -377,7 +381,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
 
 /// Refuses `--save` and `--restore` with the devices whose state snapshots do not cover: the
 /// balloon (its discards would read a lazily restored region back from the memory file, not
-/// zeros), vhost-net (the kernel's rings are not saved) and virtio-pci (no `Persist` yet).
+/// zeros), vhost-net (the kernel's rings are not saved), virtio-pci (no `Persist` yet) and a
+/// split irqchip (snapshots take the in-kernel irqchip's state).
 fn check_snapshot_flags(options: &Options) -> Result<(), OptionsError> {
     for (flag, given) in [("--save", &options.save), ("--restore", &options.restore)] {
         if given.is_none() {
@@ -402,6 +407,13 @@ fn check_snapshot_flags(options: &Options) -> Result<(), OptionsError> {
                 flag,
                 with: "--pci",
                 why: "the virtio-pci transport has no saved state yet",
+            });
+        }
+        if options.split_irqchip {
+            return Err(OptionsError::NotWithSnapshots {
+                flag,
+                with: "--split-irqchip",
+                why: "snapshots save the in-kernel irqchip, not the userspace IOAPIC, yet",
             });
         }
     }
@@ -671,6 +683,8 @@ mod tests {
             .starts_with("--save cannot be combined with --net MODE,vhost"));
         assert!(refused("--kernel k --save /s --pci")
             .starts_with("--save cannot be combined with --pci"));
+        assert!(refused("--restore /s --split-irqchip")
+            .starts_with("--restore cannot be combined with --split-irqchip"));
         assert!(parse(args("--kernel k --save /s --net tap")).is_ok());
     }
 
@@ -691,6 +705,16 @@ mod tests {
         assert!(text.contains("\"tap,kernel\""), "{text}");
         let text = refused("--kernel k --net nowhere,vhost");
         assert!(text.contains("a network mode"), "{text}");
+    }
+
+    #[test]
+    fn split_irqchip_is_a_flag() {
+        assert!(
+            parse(args("--kernel k --split-irqchip"))
+                .unwrap()
+                .split_irqchip
+        );
+        assert!(!parse(args("--kernel k")).unwrap().split_irqchip);
     }
 
     #[test]

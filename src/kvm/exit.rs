@@ -10,8 +10,8 @@ use std::ptr::NonNull;
 
 use kvm_bindings::{
     kvm_run, KVM_EXIT_DEBUG, KVM_EXIT_DIRTY_RING_FULL, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT,
-    KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_INTR, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO,
-    KVM_EXIT_SHUTDOWN, KVM_EXIT_SYSTEM_EVENT,
+    KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_INTR, KVM_EXIT_IO, KVM_EXIT_IOAPIC_EOI, KVM_EXIT_IO_IN,
+    KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN, KVM_EXIT_SYSTEM_EVENT,
 };
 
 use super::convert::system_event_kind;
@@ -71,6 +71,11 @@ pub(super) unsafe fn decode<'a>(base: NonNull<u8>, size: usize) -> VcpuExit<'a> 
         KVM_EXIT_SHUTDOWN => VcpuExit::Shutdown,
         KVM_EXIT_INTR => VcpuExit::Interrupted,
         KVM_EXIT_DIRTY_RING_FULL => VcpuExit::DirtyRingFull,
+        KVM_EXIT_IOAPIC_EOI => {
+            // SAFETY: the exit reason says `eoi` is the active union member.
+            let vector = unsafe { run.__bindgen_anon_1.eoi.vector };
+            VcpuExit::IoapicEoi { vector }
+        }
         KVM_EXIT_SYSTEM_EVENT => {
             // SAFETY: the exit reason says `system_event` is the active union member.
             let event = unsafe { &run.__bindgen_anon_1.system_event };

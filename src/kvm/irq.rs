@@ -82,8 +82,17 @@ impl KvmVm {
         Ok(raw)
     }
 
+    /// The PICs' and IOAPIC's state lives in the kernel only with the full irqchip.
+    fn require_full_irqchip(&self, op: &'static str) -> Result<(), VmError> {
+        self.require_irqchip(op)?;
+        if self.shared.config.split_ioapic_routes().is_some() {
+            return Err(VmError::SplitIrqchip { op });
+        }
+        Ok(())
+    }
+
     pub(super) fn irqchip_get(&self) -> Result<IrqchipState, VmError> {
-        self.require_irqchip("KVM_GET_IRQCHIP")?;
+        self.require_full_irqchip("KVM_GET_IRQCHIP")?;
         let (master, slave, ioapic) = (
             self.read_chip(KVM_IRQCHIP_PIC_MASTER)?,
             self.read_chip(KVM_IRQCHIP_PIC_SLAVE)?,
@@ -103,7 +112,7 @@ impl KvmVm {
     }
 
     pub(super) fn irqchip_set(&self, state: &IrqchipState) -> Result<(), VmError> {
-        self.require_irqchip("KVM_SET_IRQCHIP")?;
+        self.require_full_irqchip("KVM_SET_IRQCHIP")?;
         let mut chips = [
             kvm_irqchip {
                 chip_id: KVM_IRQCHIP_PIC_MASTER,

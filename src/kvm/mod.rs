@@ -30,7 +30,9 @@ use std::sync::Arc;
 use kvm_ioctls::Cap;
 
 use crate::arch::x86_64::CpuidEntry;
-use crate::hypervisor::{Capabilities, Hypervisor, HypervisorError, HypervisorKind, VmConfig};
+use crate::hypervisor::{
+    Capabilities, Hypervisor, HypervisorError, HypervisorKind, IrqchipKind, VmConfig,
+};
 use crate::vm::Vm;
 
 pub use vcpu::KvmVcpu;
@@ -117,6 +119,7 @@ impl Kvm {
             tsc_deadline_timer: has(Cap::TscDeadlineTimer),
             mce_banks,
             pit_reinject_control: has(Cap::ReinjectControl),
+            split_irqchip: kvm.check_extension_raw(kvm_bindings::KVM_CAP_SPLIT_IRQCHIP.into()) > 0,
             cpuid: cpuid
                 .as_slice()
                 .iter()
@@ -156,6 +159,27 @@ impl Kvm {
         if config.pit && !config.irqchip {
             return invalid("an in-kernel PIT needs the in-kernel irqchip too");
         }
+        let split = config.split_ioapic_routes();
+        if let Some(routes) = split {
+            if !caps.split_irqchip {
+                return unsupported("a split irqchip (KVM_CAP_SPLIT_IRQCHIP)");
+            }
+            if !(IrqchipKind::MIN_IOAPIC_ROUTES..=IrqchipKind::MAX_IOAPIC_ROUTES).contains(&routes)
+            {
+                return invalid(
+                    "a split irqchip reserves 24 to 48 (IrqchipKind::MAX_IOAPIC_ROUTES) IOAPIC \
+                     routes",
+                );
+            }
+            if config.pit {
+                return invalid(
+                    "an in-kernel PIT needs the in-kernel PIC and IOAPIC, which a split irqchip \
+                     leaves to the VMM",
+                );
+            }
+        } else if matches!(config.irqchip_kind, IrqchipKind::Split { .. }) {
+            return invalid("a split irqchip needs VmConfig::irqchip");
+        }
         if config.pit && !caps.pit {
             return unsupported("an in-kernel PIT");
         }
@@ -175,7 +199,16 @@ impl Kvm {
         let run_size = fd.run_size();
         fd.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(hv_os("KVM_SET_TSS_ADDR"))?;
-        if config.irqchip {
+        if let Some(routes) = split {
+            // Before any vCPU exists: each vCPU's local APIC is made in the kernel.
+            let mut cap = kvm_bindings::kvm_enable_cap {
+                cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
+                ..Default::default()
+            };
+            cap.args[0] = u64::from(routes);
+            fd.enable_cap(&cap)
+                .map_err(hv_os("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
+        } else if config.irqchip {
             fd.create_irq_chip().map_err(hv_os("KVM_CREATE_IRQCHIP"))?;
         }
         if config.pit {

@@ -7,8 +7,8 @@
 
 use kvm_bindings::{
     kvm_clear_dirty_log, kvm_clock_data, kvm_cpuid2, kvm_dirty_log, kvm_fpu, kvm_guest_debug,
-    kvm_irq_level, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msrs, kvm_regs, kvm_sregs,
-    kvm_translation, kvm_vcpu_events, kvm_xcrs, kvm_xsave, KVMIO,
+    kvm_irq_level, kvm_irq_routing, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msrs, kvm_regs,
+    kvm_sregs, kvm_translation, kvm_vcpu_events, kvm_xcrs, kvm_xsave, KVMIO,
 };
 use vmkit_seccomp::Rules;
 use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
@@ -16,6 +16,7 @@ use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
 ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
 ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_irq_level);
+ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
 ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
@@ -50,7 +51,8 @@ ioctl_ior_nr!(KVM_GET_XSAVE2, KVMIO, 0xcf, kvm_xsave);
 /// save, restore, `with_vcpu`) and [`GuestStop`](crate::runner::GuestStop) (`KVM_TRANSLATE`
 /// for the instruction bytes) issue on this thread; `KVM_CHECK_EXTENSION` (the xsave buffer's
 /// size); `KVM_IRQ_LINE` and `KVM_SIGNAL_MSI`, for an exit handler that raises an interrupt
-/// itself; and the kick: `tgkill` with the kick signal (a vCPU that stops the VM kicks the
+/// itself, and `KVM_SET_GSI_ROUTING`, for a split irqchip's userspace IOAPIC, which reroutes
+/// its GSIs when the guest reprograms it; and the kick: `tgkill` with the kick signal (a vCPU that stops the VM kicks the
 /// others) and `getppid` (the one call that lets a pending kick signal land).
 pub(crate) fn vcpu_rules() -> Rules {
     let mut rules = Rules::new();
@@ -83,6 +85,7 @@ pub(crate) fn vcpu_rules() -> Rules {
             KVM_CHECK_EXTENSION(),
             KVM_IRQ_LINE(),
             KVM_SIGNAL_MSI(),
+            KVM_SET_GSI_ROUTING(),
         ])
         .allow(libc::SYS_getppid);
     rules.extend(&kick_rules());

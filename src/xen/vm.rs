@@ -115,6 +115,9 @@ impl XenVm {
                 max: capabilities.max_vcpus,
             });
         }
+        if matches!(config.irqchip_kind, crate::IrqchipKind::Split { .. }) {
+            return unsupported("a split irqchip (KVM_CAP_SPLIT_IRQCHIP)");
+        }
         if config.irqchip {
             return unsupported("an in-kernel irqchip (a PVH domain has only a local APIC)");
         }

@@ -15,6 +15,8 @@ use vmkit::arch::x86_64::MpState;
 use vmkit::runner::{self, ExitAction, ExitHandler, VmRunner};
 use vmkit::{EventFd, Hypervisor, MemoryFlags, MemoryRegion, VcpuExit, Vm, VmConfig};
 use vmkit_boot::entry;
+use vmkit_bus::{Bus, ExitOutcome};
+use vmkit_devices::{IoApic, IOAPIC_PINS};
 use vmkit_guests::minimal;
 
 /// What the harness answers for the kernel's MMIO read.
@@ -28,6 +30,9 @@ pub struct GuestConfig {
     pub irqchip: bool,
     /// Boot the BSP in interrupt mode (needs `irqchip`).
     pub interrupts: bool,
+    /// With `irqchip`: a split irqchip, with vmkit-devices' IOAPIC in the harness (wired by
+    /// vmkit-machine's `attach_ioapic`) instead of the hypervisor's.
+    pub split_irqchip: bool,
 }
 
 impl GuestConfig {
@@ -36,6 +41,7 @@ impl GuestConfig {
             vcpus,
             irqchip: false,
             interrupts: false,
+            split_irqchip: false,
         }
     }
 
@@ -44,6 +50,15 @@ impl GuestConfig {
             vcpus,
             irqchip: true,
             interrupts: true,
+            split_irqchip: false,
+        }
+    }
+
+    /// Interrupt mode with a split irqchip: the guest programs the harness's IOAPIC.
+    pub fn split_interrupts(vcpus: u32) -> Self {
+        GuestConfig {
+            split_irqchip: true,
+            ..Self::interrupts(vcpus)
         }
     }
 }
@@ -92,6 +107,8 @@ pub struct Guest {
     mmio_written: Arc<Mutex<Vec<Vec<u8>>>>,
     /// The serial interrupt eventfd, registered as an irqfd on GSI 4 with an irqchip.
     pub serial_irq: EventFd,
+    /// The userspace IOAPIC, with a split irqchip.
+    pub ioapic: Option<Arc<IoApic>>,
 }
 
 /// The harness's board: the 16550, the interrupt report port, power-off, and the kernel's
@@ -100,9 +117,32 @@ fn handler(
     uart: Mutex<Uart>,
     reports: Sender<u8>,
     mmio_written: Arc<Mutex<Vec<Vec<u8>>>>,
+    ioapic_bus: Option<Bus>,
 ) -> Arc<dyn ExitHandler> {
     let serial = minimal::SERIAL_PORT..minimal::SERIAL_PORT + 8;
     runner::from_fn(move |id, exit| {
+        // With a split irqchip, the IOAPIC's registers and the EOIs for it go to its bus.
+        if let Some(bus) = &ioapic_bus {
+            let ioapic = IoApic::BASE..IoApic::BASE + IoApic::SIZE;
+            let for_ioapic = match exit {
+                VcpuExit::MmioRead { addr, .. } | VcpuExit::MmioWrite { addr, .. } => {
+                    ioapic.contains(addr)
+                }
+                VcpuExit::IoapicEoi { .. } => true,
+                _ => false,
+            };
+            if for_ioapic {
+                let outcome = bus.handle_exit(exit);
+                assert!(
+                    matches!(
+                        outcome,
+                        ExitOutcome::Handled { .. } | ExitOutcome::Eoi { .. }
+                    ),
+                    "{outcome:?}"
+                );
+                return ExitAction::Continue;
+            }
+        }
         match exit {
             VcpuExit::IoIn { port, data, .. } => {
                 if serial.contains(port) {
@@ -147,14 +187,25 @@ fn handler(
 
 impl Guest {
     pub fn boot(hv: &dyn Hypervisor, config: GuestConfig) -> Guest {
-        let vm: Arc<dyn Vm> = Arc::from(
-            hv.create_vm(
-                &VmConfig::default()
-                    .max_vcpus(config.vcpus)
-                    .irqchip(config.irqchip),
+        let mut vm_config = VmConfig::default()
+            .max_vcpus(config.vcpus)
+            .irqchip(config.irqchip);
+        if config.split_irqchip {
+            vm_config = vm_config.split_irqchip(IOAPIC_PINS as u32);
+        }
+        let vm: Arc<dyn Vm> = Arc::from(hv.create_vm(&vm_config).unwrap());
+        let (ioapic, ioapic_bus) = if config.split_irqchip {
+            let mut bus = Bus::new();
+            let ioapic = vmkit_machine::attach_ioapic(
+                Arc::clone(&vm),
+                &mut bus,
+                Box::new(|err| panic!("IOAPIC: {err}")),
             )
-            .unwrap(),
-        );
+            .unwrap();
+            (Some(ioapic), Some(bus))
+        } else {
+            (None, None)
+        };
         let ram = MemoryRegion::anonymous(GuestAddress(0), 4 << 20, MemoryFlags::empty()).unwrap();
         vm.add_memory_region(ram).unwrap();
         let memory = vm.memory();
@@ -191,7 +242,7 @@ impl Guest {
             vcpus.push(vcpu);
         }
         let mmio_written = Arc::new(Mutex::new(vec![Vec::new(); config.vcpus as usize]));
-        let handler = handler(uart, report_tx, Arc::clone(&mmio_written));
+        let handler = handler(uart, report_tx, Arc::clone(&mmio_written), ioapic_bus);
         let options = super::runner_options().command_timeout(GIVE_UP);
         let runner = VmRunner::start_with(vcpus, handler, options).unwrap();
         Guest {
@@ -201,6 +252,7 @@ impl Guest {
             runner,
             mmio_written,
             serial_irq,
+            ioapic,
         }
     }
 

@@ -276,4 +276,51 @@ crate::scenarios![
     gsi_routing_sends_an_irqfd_as_an_msi => crate::irqchip,
     ioeventfd_on_a_port_with_and_without_datamatch => crate::irqchip,
     ioeventfd_on_mmio_matches_the_written_value => crate::ioeventfd,
+    a_split_irqchip_delivers_irqfds_and_level_eois_through_the_userspace_ioapic =>
+        crate::split_irqchip,
 ];
+
+/// A split irqchip: the guest programs the userspace IOAPIC (vmkit-devices' `IoApic`, on the
+/// harness's bus) through MMIO exits; irqfds on its GSIs reach the guest through the routes
+/// it keeps; a level-triggered pin raised on it is sent again after the guest's EOI, which
+/// comes back as `VcpuExit::IoapicEoi`, while the line stays asserted, and not after.
+pub fn a_split_irqchip_delivers_irqfds_and_level_eois_through_the_userspace_ioapic(
+    hv: &dyn Hypervisor,
+) {
+    assert!(matches!(
+        hv.create_vm(&VmConfig::default().split_irqchip(24).pit(true)),
+        Err(vmkit::HypervisorError::InvalidConfig { .. })
+    ));
+    let guest = Guest::boot(hv, GuestConfig::split_interrupts(1));
+    guest.wait_for_serial(minimal::IRQ_READY);
+    let ioapic = guest.ioapic.clone().unwrap();
+    // The guest unmasked every pin: each is routed, GSI 4 (the serial's irqfd) first.
+    let edge = ioapic.entry(minimal::SERIAL_GSI).unwrap();
+    assert_eq!(edge & (1 << 16), 0, "pin 4 unmasked: {edge:#x}");
+    assert_eq!(
+        guest.next_report(GIVE_UP),
+        minimal::gsi_vector(minimal::SERIAL_GSI)
+    );
+    // Another irqfd, on an edge-triggered pin.
+    let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
+    guest.vm.register_irqfd(&irqfd, 7, None).unwrap();
+    irqfd.write(1).unwrap();
+    assert_eq!(guest.next_report(GIVE_UP), minimal::gsi_vector(7));
+
+    // A level-triggered pin, raised on the IOAPIC: sent, in service until the guest's EOI.
+    let gsi = 17;
+    assert!(minimal::gsi_is_level_triggered(gsi));
+    ioapic.set_irq(gsi, true).unwrap();
+    assert_eq!(guest.next_report(GIVE_UP), minimal::gsi_vector(gsi));
+    // Still asserted: the EOI exit makes the IOAPIC send it again.
+    assert_eq!(guest.next_report(GIVE_UP), minimal::gsi_vector(gsi));
+    ioapic.set_irq(gsi, false).unwrap();
+    // Drain what was sent before the line went down; then nothing more comes, and the last
+    // EOI took the pin out of service.
+    while guest.next_report(QUIET).is_some() {}
+    let entry = ioapic.entry(gsi).unwrap();
+    assert_eq!(entry & (1 << 14), 0, "remote IRR clear: {entry:#x}");
+    irqfd.write(1).unwrap();
+    assert_eq!(guest.next_report(GIVE_UP), minimal::gsi_vector(7));
+    guest.finish(false);
+}

@@ -70,6 +70,12 @@ pub(crate) fn irqchip(caps: &Capabilities) -> Option<&'static str> {
     (!all).then_some("needs an in-kernel irqchip with irqfd, MSI and GSI routing")
 }
 
+pub(crate) fn split_irqchip(caps: &Capabilities) -> Option<&'static str> {
+    let all = caps.split_irqchip && caps.irqfd && caps.msi && caps.gsi_routing;
+    (!all)
+        .then_some("needs a split irqchip (KVM_CAP_SPLIT_IRQCHIP) with irqfd, MSI and GSI routing")
+}
+
 pub(crate) fn pit(caps: &Capabilities) -> Option<&'static str> {
     (!(caps.irqchip && caps.pit)).then_some("needs an in-kernel irqchip and PIT")
 }

@@ -42,7 +42,24 @@ pub struct Bus {
     mmio_unmapped_reads: AtomicU64,
     mmio_unmapped_writes: AtomicU64,
     malformed: AtomicU64,
+    eoi: Option<SharedEoiListener>,
 }
+
+/// Who hears of the guest's EOIs of level-triggered vectors ([`Bus::set_eoi_listener`]): the
+/// VMM's IOAPIC when the VM has a split irqchip. Any `Fn(u8) + Send + Sync` closure is one.
+pub trait EoiListener: Send + Sync {
+    /// The guest ended an interrupt of `vector` at its local APIC.
+    fn end_of_interrupt(&self, vector: u8);
+}
+
+impl<F: Fn(u8) + Send + Sync> EoiListener for F {
+    fn end_of_interrupt(&self, vector: u8) {
+        self(vector)
+    }
+}
+
+/// An [`EoiListener`] shared with the vCPU threads.
+pub type SharedEoiListener = Arc<dyn EoiListener>;
 
 impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -51,6 +68,7 @@ impl fmt::Debug for Bus {
             .field("mmio", &self.mmio.ranges().collect::<Vec<_>>())
             .field("unmapped", &self.unmapped())
             .field("malformed", &self.malformed_exits())
+            .field("eoi_listener", &self.eoi.is_some())
             .finish()
     }
 }
@@ -74,6 +92,13 @@ impl Bus {
     /// An empty bus: every access is unmapped.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets who hears of [`VcpuExit::IoapicEoi`](vmkit::VcpuExit::IoapicEoi) exits (a split
+    /// irqchip's userspace IOAPIC); without one, [`Bus::handle_exit`] leaves those exits alone
+    /// ([`ExitOutcome::NotBusExit`]). Replaces any listener set before.
+    pub fn set_eoi_listener(&mut self, listener: Option<SharedEoiListener>) {
+        self.eoi = listener;
     }
 
     /// Registers `device` for the `size` ports from `base` on.
@@ -223,6 +248,13 @@ impl Bus {
             VcpuExit::IoOut { port, size, data } => self.pio_write(*port, *size, data),
             VcpuExit::MmioRead { addr, data } => self.mmio_read(*addr, data),
             VcpuExit::MmioWrite { addr, data } => self.mmio_write(*addr, data),
+            VcpuExit::IoapicEoi { vector } => match &self.eoi {
+                Some(listener) => {
+                    listener.end_of_interrupt(*vector);
+                    ExitOutcome::Eoi { vector: *vector }
+                }
+                None => ExitOutcome::NotBusExit,
+            },
             _ => ExitOutcome::NotBusExit,
         }
     }

@@ -41,6 +41,8 @@
 //! - **Malformed exits**: a port width other than 1, 2 or 4, empty data, port data that is
 //!   not a whole number of accesses, or an MMIO access wider than [`MAX_MMIO_WIDTH`]. No
 //!   device sees it, a read is answered with all-ones, and [`Bus::malformed_exits`] counts it.
+//! - **IOAPIC EOIs** (`IoapicEoi`, with a split irqchip) go to the listener set with
+//!   [`Bus::set_eoi_listener`] ([`ExitOutcome::Eoi`]); without one they are other exits.
 //! - **Other exits** (`Hlt`, `Shutdown`…) are left untouched and reported as
 //!   [`ExitOutcome::NotBusExit`], for the VMM to handle.
 //!
@@ -104,7 +106,9 @@ mod error;
 mod map;
 mod types;
 
-pub use bus::{Bus, SharedMmioDevice, SharedPioDevice, MAX_MMIO_WIDTH};
+pub use bus::{
+    Bus, EoiListener, SharedEoiListener, SharedMmioDevice, SharedPioDevice, MAX_MMIO_WIDTH,
+};
 pub use error::BusError;
 pub use types::{Access, ExitOutcome, Malformed, Space, Span, UnmappedCounts};
 

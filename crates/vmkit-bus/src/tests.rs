@@ -926,3 +926,25 @@ fn debug_output_lists_ranges_and_counters() {
     assert!(text.contains("first: 1016, last: 1023"), "{text}");
     assert!(text.contains("malformed: 0"), "{text}");
 }
+
+#[test]
+fn ioapic_eois_reach_the_listener_only_once_one_is_set() {
+    let mut bus = Bus::new();
+    // No listener: the exit is left for the VMM.
+    let outcome = bus.handle_exit(&mut VcpuExit::IoapicEoi { vector: 0x31 });
+    assert_eq!(outcome, ExitOutcome::NotBusExit);
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&heard);
+    bus.set_eoi_listener(Some(Arc::new(move |vector| {
+        sink.lock().unwrap().push(vector)
+    })));
+    for vector in [0x31, 0xfe] {
+        let outcome = bus.handle_exit(&mut VcpuExit::IoapicEoi { vector });
+        assert_eq!(outcome, ExitOutcome::Eoi { vector });
+    }
+    assert_eq!(*heard.lock().unwrap(), [0x31, 0xfe]);
+    bus.set_eoi_listener(None);
+    let outcome = bus.handle_exit(&mut VcpuExit::IoapicEoi { vector: 0x40 });
+    assert_eq!(outcome, ExitOutcome::NotBusExit);
+    assert_eq!(heard.lock().unwrap().len(), 2);
+}

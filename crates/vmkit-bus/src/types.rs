@@ -143,7 +143,13 @@ pub enum ExitOutcome {
         /// What was wrong with it.
         problem: Malformed,
     },
-    /// The exit is not a port or MMIO access (for example `Hlt`); the bus left it alone.
+    /// An IOAPIC EOI exit went to the bus's EOI listener.
+    Eoi {
+        /// The vector the guest ended.
+        vector: u8,
+    },
+    /// The exit is not a port or MMIO access (for example `Hlt`), nor an IOAPIC EOI the bus
+    /// has a listener for; the bus left it alone.
     NotBusExit,
 }
 

@@ -84,6 +84,17 @@ pub enum RestoreError {
         /// The bits the register holds.
         bits: u16,
     },
+    /// An IOAPIC state value the device could never hold.
+    #[error("IOAPIC {field} = {value:#x} is unreachable: {reason}")]
+    IoApic {
+        /// The field (`"id"`, `"lines"`, `"redirection"`; for the entries' count, `value` is
+        /// the count).
+        field: &'static str,
+        /// The saved value.
+        value: u64,
+        /// Why it is unreachable.
+        reason: &'static str,
+    },
 }
 
 /// A new non-blocking eventfd for `device`.

@@ -17,12 +17,17 @@
 //!   a (non-hardware-reduced) FADT: its sleep requests ([`SleepState::S5`], soft off, and
 //!   [`SleepState::S3`]) and resets reach the VMM as flags and eventfds, its SCI as an
 //!   eventfd or a level.
+//! - [`IoApic`]: a userspace IOAPIC for a VM with a split irqchip (local APICs in the
+//!   hypervisor): the 24-pin redirection table behind its MMIO registers at `0xfec00000`,
+//!   level-triggered pins' remote IRR and EOIs, and its interrupts sent as MSIs through an
+//!   [`IoApicSink`], which also keeps the hypervisor's GSI routes in step with the table
+//!   so that irqfds on the legacy GSIs keep working (see the [`ioapic`] module).
 //! - [`DebugExit`]: a port (`0x501`) through which a test guest ends itself with an exit
 //!   code.
 //!
 //! Each device implements [`Persist`], vmkit's one convention for snapshots: `save_state`
 //! gives a serde-serializable state ([`SerialState`], [`I8042State`], [`CmosState`],
-//! [`DebugExitState`], [`PmState`]), and `restore_state` restores one into a fresh device, built as for a
+//! [`DebugExitState`], [`PmState`], [`IoApicState`]), and `restore_state` restores one into a fresh device, built as for a
 //! first boot (with its output, its eventfds, its clock), treating the state as untrusted
 //! input ([`RestoreError`]). The crate depends on no hypervisor backend.
 //!
@@ -79,6 +84,7 @@ mod cmos;
 mod debug_exit;
 mod error;
 mod i8042;
+pub mod ioapic;
 mod registers;
 mod serial;
 
@@ -87,5 +93,6 @@ pub use cmos::{Cmos, CmosState};
 pub use debug_exit::{DebugExit, DebugExitState};
 pub use error::{DeviceError, RestoreError};
 pub use i8042::{I8042State, I8042};
+pub use ioapic::{IoApic, IoApicError, IoApicMsi, IoApicSink, IoApicState, IOAPIC_PINS};
 pub use serial::{Serial, SerialState, COM1, COM1_GSI, SERIAL_FIFO_SIZE, SERIAL_PORTS};
 pub use vmkit_snapshot::Persist;

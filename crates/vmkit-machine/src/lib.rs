@@ -14,6 +14,9 @@
 //!   an INTx GSI (irqfd), MSI-X through `Vm::signal_msi` ([`VmMsi`]),
 //!   notification ioeventfds; then the root's ports, ECAM and BAR windows
 //!   on the bus.
+//! - [`split_irqchip`]: [`attach_ioapic`] puts vmkit-devices' userspace IOAPIC on a VM with
+//!   a split irqchip: its registers on the bus, its EOIs from the bus, its interrupts and
+//!   GSI routes through the `Vm`, so devices' irqfds on legacy GSIs keep working.
 //! - [`worker`]: [`QueueWorker`], a thread that serves queues of a
 //!   transport on their notification eventfds (from `attach`), so the
 //!   guest's notifications never exit to a vCPU thread.
@@ -60,11 +63,13 @@
 //! ```
 
 pub mod resources;
+pub mod split_irqchip;
 pub mod virtio_mmio;
 pub mod virtio_pci;
 pub mod worker;
 
 pub use resources::{GsiAllocator, MmioAllocator, MmioWindow, ResourceError};
+pub use split_irqchip::{attach_ioapic, VmIoApicSink};
 pub use virtio_mmio::{QueueNotifier, VirtioMmioWiring, WiredDevice, WiringError};
 pub use virtio_pci::{PciPlatform, PciWiringError, VirtioPciWiring, VmMsi, WiredPciDevice};
 pub use worker::{QueueStats, QueueWorker, WorkerError, WorkerOptions, WorkerStats};

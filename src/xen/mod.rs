@@ -98,6 +98,7 @@ mod ioreq;
 mod kick;
 mod libs;
 mod memory;
+mod memtype;
 mod page;
 #[cfg(feature = "seccomp")]
 pub(crate) mod seccomp;
@@ -204,6 +205,10 @@ impl Xen {
             max_memory_slots: MAX_MEMORY_SLOTS,
             cpuid,
             msrs: context::MSRS.to_vec(),
+            // Both through the ioreq server's memory type (see `memtype`). Xen has no dirty
+            // rings, so `dirty_ring_max_entries` stays 0.
+            read_only_memory: true,
+            dirty_log: true,
             ..Capabilities::default()
         };
         Ok(Xen {

@@ -17,11 +17,12 @@
 //! ([`Vm::memory`](crate::Vm::memory)) are not guest writes: they are not logged (vm-memory's
 //! bitmap records them, as on KVM).
 //!
-//! Why not Xen's own log-dirty mode (`XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY`): in the Xen
-//! harness (Xen 4.17 with NPT emulated by QEMU) a guest that wrote to RAM in that mode spun
-//! in Xen without ever completing the write, with superpages or without, so vmkit tracks the
-//! writes itself. The cost is one ioreq round trip per page and harvest, paid by the first
-//! write to a clean page. Xen has no dirty rings: `Capabilities::dirty_ring_max_entries` is 0.
+//! Why not Xen's log-dirty mode (`XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY`): it is
+//! domain-wide (every RAM page is write-protected and its writes fault, tracked region or
+//! not), while KVM logs per region; the memory type confines the cost to the regions that
+//! asked for it and shares one mechanism with read-only memory. The cost is one ioreq round
+//! trip per page and harvest, paid by the first write to a clean page. Xen has no dirty
+//! rings: `Capabilities::dirty_ring_max_entries` is 0.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -250,4 +251,16 @@ fn store(memory: &GuestMemoryMmap, addr: u64, data: &[u8]) -> bool {
     let slice = unsafe { vm_memory::VolatileSlice::new(host, data.len()) };
     slice.copy_from(data);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_covers_every_frame_it_touches() {
+        let r = |start, size| GuestRange { start, size };
+        assert_eq!(frames(r(0x4000_0000, 0x20_0000)), 0x40000..0x40200);
+        assert_eq!(frames(r(0x1000, 0x1800)), 1..3);
+    }
 }

@@ -31,8 +31,8 @@ use vm_memory::{Bytes, GuestAddress};
 use vmkit::{MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
 use vmkit_boot::entry;
 // The guest: DIRTY_WRITER writes a byte to each page listed at DIRTY_TABLE (a count, then
-// addresses; up to 25 % of 1 GiB here), then reports to REPORT_PORT and starts again.
-use vmkit_guests::snippets::{DIRTY_TABLE, DIRTY_WRITER, REPORT_PORT};
+// addresses; up to 25 % of 1 GiB here), then reports to BYTE_REPORT_PORT and starts again.
+use vmkit_guests::snippets::{BYTE_REPORT_PORT, DIRTY_TABLE, DIRTY_WRITER};
 
 const CODE: u64 = 0x10_0000;
 const TRACKED: u64 = 0x4000_0000;
@@ -82,7 +82,8 @@ fn guest_pass(vm: &dyn Vm, vcpu: &mut dyn Vcpu) -> usize {
     loop {
         match vcpu.run().unwrap() {
             VcpuExit::IoOut {
-                port: REPORT_PORT, ..
+                port: BYTE_REPORT_PORT,
+                ..
             } => return early,
             VcpuExit::DirtyRingFull => early += vm.harvest_dirty_log().unwrap().count(),
             other => panic!("unexpected exit {other:?}"),

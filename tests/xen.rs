@@ -64,7 +64,11 @@ fn open_picks_xen_and_reports_its_capabilities() {
     let caps = xen.capabilities();
     assert_eq!(caps.max_vcpus, 128);
     assert!(caps.max_memory_slots >= 64);
-    assert!(!caps.irqchip && !caps.irqfd && !caps.dirty_log);
+    assert!(!caps.irqchip && !caps.irqfd);
+    assert!(
+        caps.dirty_log && caps.dirty_ring_max_entries == 0,
+        "log-dirty, no rings"
+    );
     let leaf0 = caps.cpuid.iter().find(|e| e.function == 0).unwrap();
     assert!(leaf0.eax >= 0xd, "max basic leaf {:#x}", leaf0.eax);
     assert!(caps.msrs.contains(&msr_index::LSTAR));

@@ -368,8 +368,8 @@ pv_shutdown_spin:
 
 /// Dirties a list of pages, over and over: reads a qword count at
 /// [`DIRTY_TABLE`] and that many qword addresses after it, writes the byte 1
-/// to each address, writes `al` to [`REPORT_PORT`] (one byte: it exits on
-/// KVM) and starts again from the (possibly changed) table. Uses `rsi`
+/// to each address, writes `al` to [`BYTE_REPORT_PORT`] (one byte: it exits on
+/// KVM and on Xen, whose guests reach the real port 0x80) and starts again from the (possibly changed) table. Uses `rsi`
 /// (table cursor), `rcx` (count) and `rdi`.
 snippet dirty_writer
 1:      mov     $DIRTY_TABLE, %esi
@@ -382,5 +382,5 @@ snippet dirty_writer
         add     $8, %rsi
         dec     %rcx
         jmp     2b
-3:      out     %al, $REPORT_PORT
+3:      out     %al, $BYTE_REPORT_PORT
         jmp     1b

@@ -121,7 +121,7 @@ mod tests {
             &(PV_SHUTDOWN_ARG as u32).to_le_bytes()
         ));
         assert!(contains(DIRTY_WRITER, &(DIRTY_TABLE as u32).to_le_bytes()));
-        assert!(contains(DIRTY_WRITER, &[0xe6, REPORT_PORT as u8]));
+        assert!(contains(DIRTY_WRITER, &[0xe6, BYTE_REPORT_PORT as u8]));
         assert!(contains(CPU_PROBE, &MCG_CAP_MSR.to_le_bytes()));
         assert!(contains(CPU_PROBE, &[0x0f, 0xa2]), "cpuid");
         assert!(contains(CPU_PROBE, &[0x0f, 0x32]), "rdmsr");

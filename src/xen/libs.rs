@@ -116,7 +116,8 @@ impl Xc {
             .ok_or_else(|| fail("xc_interface_open"))
     }
 
-    fn xch(&self) -> *mut ffi::XcInterface {
+    /// The raw handle, for the feature modules' own bindings (`sys::ffi_parity`).
+    pub(crate) fn xch(&self) -> *mut ffi::XcInterface {
         self.raw.as_ptr()
     }
 
@@ -515,6 +516,11 @@ impl DeviceModel {
         NonNull::new(raw)
             .map(|raw| DeviceModel { raw })
             .ok_or_else(|| fail("xendevicemodel_open"))
+    }
+
+    /// The raw handle, for the feature modules' own bindings (`sys::ffi_parity`).
+    pub(crate) fn raw(&self) -> *mut ffi::DevicemodelHandle {
+        self.raw.as_ptr()
     }
 
     pub(crate) fn create_ioreq_server(&self, domid: DomId) -> Result<IoServId, XenCallError> {

@@ -12,9 +12,11 @@
 
 use std::fs::File;
 use std::io;
+use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryRegion, MemoryRegionAddress};
 
@@ -130,15 +132,23 @@ pub(crate) enum MapError {
 
 /// Maps the (populated) `frames` of domain `domid`, which make up `range` of its memory
 /// (guest frame numbers for PVH, machine frame numbers for PV), into this process, as a
-/// vm-memory region that owns the mapping.
+/// vm-memory region that owns the mapping; with `bitmap`, one that records the VMM's writes
+/// (as a [`LOG_DIRTY`](crate::MemoryFlags::LOG_DIRTY) region's does on KVM).
 pub(crate) fn map(
     privcmd: &Arc<File>,
     domid: u32,
     range: GuestRange,
     frames: &[XenPfn],
+    bitmap: bool,
 ) -> Result<GuestRegionMmap, MapError> {
     let size = frames.len() * PAGE_SIZE;
-    let mmap = MmapRegionBuilder::<DirtyBitmap>::new_with_bitmap(size, None)
+    let bitmap = bitmap.then(|| {
+        AtomicBitmap::new(
+            size,
+            NonZeroUsize::new(PAGE_SIZE).unwrap_or(NonZeroUsize::MIN),
+        )
+    });
+    let mmap = MmapRegionBuilder::<DirtyBitmap>::new_with_bitmap(size, bitmap)
         .with_file_offset(FileOffset::from_arc(Arc::clone(privcmd), 0))
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
         .with_mmap_flags(libc::MAP_SHARED)

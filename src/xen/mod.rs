@@ -65,8 +65,13 @@
 //! - A kick that finds the vCPU running first waits a little for its next I/O request
 //!   (four times its recent answer-to-request time, 1 to 50 ms) and, if it comes, returns
 //!   with the request as the next exit; otherwise it takes the vCPU offline.
-//! - No in-kernel PIC/IOAPIC/PIT, irqfd, ioeventfd, MSI injection, dirty logging,
-//!   read-only memory, guest debugging, XSAVE, XCR, vCPU-event state or VM clock yet:
+//! - Read-only regions and dirty-page logging use the ioreq server's memory type
+//!   (`p2m_ioreq_server`, writes only; see `memtype.rs`): a guest write to a read-only region
+//!   is an [`MmioWrite`](crate::VcpuExit::MmioWrite) exit and RAM keeps its contents, as on
+//!   KVM; the first write to a clean logged page costs an ioreq round trip that `run()`
+//!   absorbs. There are no dirty rings (`dirty_ring_max_entries` is 0).
+//! - No in-kernel PIC/IOAPIC/PIT, irqfd, ioeventfd, MSI injection,
+//!   guest debugging, XSAVE, XCR, vCPU-event state or VM clock yet:
 //!   [`Capabilities`] says so and the calls fail with errors that name the feature.
 //!   Setting registers through the vCPU context resets AVX and later XSAVE components
 //!   (the hosts tested have none).
@@ -98,6 +103,7 @@ mod ioreq;
 mod kick;
 mod libs;
 mod memory;
+mod memtype;
 mod page;
 #[cfg(feature = "seccomp")]
 pub(crate) mod seccomp;
@@ -204,6 +210,10 @@ impl Xen {
             max_memory_slots: MAX_MEMORY_SLOTS,
             cpuid,
             msrs: context::MSRS.to_vec(),
+            // Both through the ioreq server's memory type (see `memtype`). Xen has no dirty
+            // rings, so `dirty_ring_max_entries` stays 0.
+            read_only_memory: true,
+            dirty_log: true,
             ..Capabilities::default()
         };
         Ok(Xen {

@@ -10,6 +10,7 @@ use super::context::{self, Record};
 use super::control::{Control, Replay, StateError};
 use super::kick::XenKick;
 use super::libs::{Evtchn, PolicySource, XenCallError};
+use super::memtype::Server;
 use super::page::{IoreqPage, Slot};
 use super::sys::abi::XenPfn;
 use super::sys::abi::{
@@ -18,6 +19,7 @@ use super::sys::abi::{
     XEN_DOMCTL_CDF_HVM, XEN_DOMCTL_GRANT_VERSION_1, XEN_X86_EMU_LAPIC,
 };
 use super::{memory as ram, Handles, XenVcpu};
+use crate::dirty::DirtyLog;
 use crate::hypervisor::{Capabilities, HypervisorError, VmConfig};
 use crate::memory::{
     GuestMemoryMmap, GuestRange, MemoryFlags, MemoryRegion, MemorySlot, RegionTable,
@@ -84,6 +86,8 @@ pub(crate) struct VmShared {
     pub(crate) answered: Vec<AtomicU64>,
     /// Per vCPU: a request to answer again (see [`Replay`]).
     pub(crate) replays: Mutex<Vec<Option<Replay>>>,
+    /// Write-protected pages: read-only and dirty-logging regions (locked after `regions`).
+    protected: Mutex<super::memtype::Protected>,
 }
 
 /// A Xen VM: a PVH domain with vmkit as its device model.
@@ -174,6 +178,7 @@ impl XenVm {
                 pv_frames: Mutex::new(BTreeMap::new()),
                 answered: (0..config.max_vcpus).map(|_| AtomicU64::new(0)).collect(),
                 replays: Mutex::new(vec![None; config.max_vcpus as usize]),
+                protected: Mutex::default(),
                 control: Mutex::new(Control {
                     started: false,
                     created: vec![false; config.max_vcpus as usize],
@@ -346,6 +351,25 @@ impl VmShared {
         self.hvm.as_ref().and_then(|hvm| hvm.page.slot(id))
     }
 
+    /// The domain's ioreq server, for memory types (a PVH domain's only).
+    pub(crate) fn server(&self) -> Option<Server<'_>> {
+        self.hvm.as_ref().map(|hvm| Server {
+            dm: &self.handles.dm,
+            domid: self.domid as u16,
+            id: hvm.server_id,
+        })
+    }
+
+    /// Stores a guest write to a dirty-logging region (see [`super::memtype`]); false if
+    /// `addr` is not in one, and the write goes to the VMM.
+    pub(crate) fn absorb_write(&self, addr: u64, data: &[u8]) -> Result<bool, XenCallError> {
+        let Some(server) = self.server() else {
+            return Ok(false);
+        };
+        let memory = self.guest_memory();
+        lock(&self.protected).absorb(server, &memory, addr, data)
+    }
+
     /// Frees the frames of `range`: a PV domain's are `frames` (machine frames).
     fn release(&self, range: GuestRange, frames: &mut [XenPfn]) -> Result<(), XenCallError> {
         match self.kind() {
@@ -474,15 +498,16 @@ impl XenVm {
 impl Vm for XenVm {
     fn add_memory_region(&self, region: MemoryRegion) -> Result<MemorySlot, VmError> {
         let range = region.range();
+        let shared = &self.shared;
+        // Both need the ioreq server's memory type, which only a PVH domain has.
         for (flag, feature) in [
-            (MemoryFlags::READ_ONLY, "read-only memory"),
-            (MemoryFlags::LOG_DIRTY, "dirty-page logging"),
+            (MemoryFlags::READ_ONLY, "read-only memory in a PV domain"),
+            (MemoryFlags::LOG_DIRTY, "dirty-page logging in a PV domain"),
         ] {
-            if region.flags().contains(flag) {
+            if region.flags().contains(flag) && shared.kind() == DomainKind::Pv {
                 return Err(VmError::RegionUnsupported { range, feature });
             }
         }
-        let shared = &self.shared;
         let mut table = lock(&shared.regions);
         let slot = table.reserve(&region)?;
         let map_err = |op: &'static str, source: io::Error| VmError::MapRegion {
@@ -502,7 +527,14 @@ impl Vm for XenVm {
             DomainKind::Pv => ram::populate_pv(shared.xc(), shared.domid, range)
                 .map_err(|e| map_err(e.op, e.source))?,
         };
-        let mapping = match ram::map(&shared.handles.privcmd, shared.domid, range, &frames) {
+        let logged = region.flags().contains(MemoryFlags::LOG_DIRTY);
+        let mapping = match ram::map(
+            &shared.handles.privcmd,
+            shared.domid,
+            range,
+            &frames,
+            logged,
+        ) {
             Ok(mapping) => mapping,
             Err(err) => {
                 let _ = shared.release(range, &mut frames);
@@ -513,6 +545,22 @@ impl Vm for XenVm {
             }
         };
         ram::copy_nonzero(region.mapping(), &mapping);
+        if let Some(server) = shared.server() {
+            let mut protected = lock(&shared.protected);
+            let done = if region.flags().contains(MemoryFlags::READ_ONLY) {
+                protected.protect(server, range)
+            } else if logged {
+                protected.track(server, range)
+            } else {
+                Ok(())
+            };
+            if let Err(err) = done {
+                let _ = protected.unprotect(server, range);
+                drop(mapping);
+                let _ = shared.release(range, &mut frames);
+                return Err(map_err(err.op, err.source));
+            }
+        }
         table.commit(slot, MemoryRegion::from_mapping(mapping, region.flags()));
         if shared.kind() == DomainKind::Pv {
             lock(&shared.pv_frames).insert(range.start, frames);
@@ -528,6 +576,19 @@ impl Vm for XenVm {
         let copy =
             MemoryRegion::anonymous(region.guest_addr(), range.size as usize, region.flags())?;
         ram::copy_nonzero(region.mapping(), copy.mapping());
+        let protected = region
+            .flags()
+            .intersects(MemoryFlags::READ_ONLY | MemoryFlags::LOG_DIRTY);
+        if let (true, Some(server)) = (protected, shared.server()) {
+            lock(&shared.protected)
+                .unprotect(server, range)
+                .map_err(|e| VmError::MapRegion {
+                    op: e.op,
+                    slot,
+                    range,
+                    source: e.source,
+                })?;
+        }
         let mut frames = match shared.kind() {
             DomainKind::Pvh => Vec::new(),
             DomainKind::Pv => lock(&shared.pv_frames)
@@ -561,8 +622,31 @@ impl Vm for XenVm {
         Ok(Box::new(self.create_xen_vcpu(id)?))
     }
 
-    // Interrupts, ioeventfds, dirty logging, the irqchip and PIT state and the clock are
-    // not offered (Capabilities says so): the trait's defaults refuse them.
+    fn harvest_dirty_log(&self) -> Result<DirtyLog, VmError> {
+        let shared = &self.shared;
+        let table = lock(&shared.regions);
+        let tracked: Vec<(MemorySlot, GuestRange)> = table
+            .iter()
+            .filter(|(_, r)| r.flags().contains(MemoryFlags::LOG_DIRTY))
+            .map(|(slot, r)| (slot, r.range()))
+            .collect();
+        let Some(server) = shared.server() else {
+            return Ok(DirtyLog::default());
+        };
+        let regions = lock(&shared.protected)
+            .harvest(server, &tracked)
+            .map_err(|err| VmError::Os {
+                op: err.op,
+                source: err.source,
+            })?;
+        Ok(DirtyLog {
+            regions,
+            overflowed: false,
+        })
+    }
+
+    // Interrupts, ioeventfds, the irqchip and PIT state and the clock are not offered
+    // (Capabilities says so): the trait's defaults refuse them.
 }
 
 /// Reads the domain's CPUID policy.

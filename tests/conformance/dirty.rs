@@ -12,8 +12,8 @@ use crate::common::long_mode_vm_with;
 use vm_memory::{Bytes, GuestAddress};
 use vmkit::{DirtyLogMode, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
 // The guest: DIRTY_WRITER writes a byte to each page listed at DIRTY_TABLE (a count, then
-// addresses), then reports to REPORT_PORT and starts again.
-use vmkit_guests::snippets::{DIRTY_TABLE, DIRTY_WRITER, REPORT_PORT};
+// addresses), then reports to BYTE_REPORT_PORT and starts again.
+use vmkit_guests::snippets::{BYTE_REPORT_PORT, DIRTY_TABLE, DIRTY_WRITER};
 
 /// Tracked region: 2 MiB at 1 GiB, away from the code, tables and page tables in RAM.
 const TRACKED: u64 = 0x4000_0000;
@@ -84,7 +84,8 @@ fn guest_writes(vm: &dyn Vm, vcpu: &mut dyn Vcpu, pages: &[u64]) -> Harvested {
     loop {
         match vcpu.run().unwrap() {
             VcpuExit::IoOut {
-                port: REPORT_PORT, ..
+                port: BYTE_REPORT_PORT,
+                ..
             } => return harvested,
             VcpuExit::DirtyRingFull => harvested.add(vm),
             other => panic!("unexpected exit {other:?}"),

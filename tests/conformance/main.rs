@@ -120,6 +120,11 @@ pub(crate) fn snapshots(caps: &Capabilities) -> Option<&'static str> {
         .or_else(|| clock(caps))
 }
 
+/// Diff snapshots: dirty-page logging and everything a full snapshot needs.
+pub(crate) fn diff_snapshots(caps: &Capabilities) -> Option<&'static str> {
+    dirty_log(caps).or_else(|| snapshots(caps))
+}
+
 /// The capabilities that `vm::capabilities_serialize_and_compare` takes away from a host to
 /// compare it with a lesser one.
 pub(crate) fn interrupt_plumbing_and_clock(caps: &Capabilities) -> Option<&'static str> {

@@ -506,7 +506,7 @@ pub fn a_chain_of_diffs_restores_like_a_full_snapshot(hv: &dyn Hypervisor) {
 
 crate::scenarios![
     a_paused_smp_vm_saves_and_restores => crate::irqchip,
-    a_chain_of_diffs_restores_like_a_full_snapshot => crate::dirty_log,
+    a_chain_of_diffs_restores_like_a_full_snapshot => crate::diff_snapshots,
     continues_in_a_new_process => crate::pit,
     vcpu_and_memory_move_to_a_fresh_vm => crate::clock,
     with_irqchip_and_pit_state_too => crate::pit,

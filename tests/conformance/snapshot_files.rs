@@ -684,12 +684,12 @@ fn write_sparse_memory(path: &Path, id: SnapshotId, size: u64, byte: u8) {
 }
 
 crate::scenarios![
-    a_diff_memory_file_in_a_full_snapshot_is_refused => crate::dirty_log,
+    a_diff_memory_file_in_a_full_snapshot_is_refused => crate::diff_snapshots,
     another_snapshots_memory_file_is_refused => crate::snapshots,
     a_layout_that_disagrees_with_the_memory_file_is_refused => crate::snapshots,
     vcpu_sections_are_checked => crate::snapshots,
-    a_diff_on_the_wrong_base_is_refused => crate::dirty_log,
+    a_diff_on_the_wrong_base_is_refused => crate::diff_snapshots,
     special_files_are_refused_without_blocking => crate::snapshots,
-    regions_keep_their_flags => crate::dirty_log,
+    regions_keep_their_flags => crate::diff_snapshots,
     a_sparse_huge_region_restores_eagerly => crate::snapshots,
 ];

@@ -3,5 +3,6 @@
 
 pub(crate) mod abi;
 pub(crate) mod ffi;
+pub(crate) mod ffi_parity;
 #[cfg(test)]
 mod layout_tests;

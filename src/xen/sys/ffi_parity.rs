@@ -1,0 +1,35 @@
+//! The functions of Xen 4.17's C libraries behind the features that bring the Xen backend
+//! towards KVM's: memory types claimed by an ioreq server (`xendevicemodel.h`). Kept apart
+//! from `ffi` so that each feature's bindings stay next to one another. Every function
+//! returns -1 and sets `errno` on failure.
+
+use libc::{c_int, c_uint};
+
+use super::abi::{DomId, IoServId};
+use super::ffi::DevicemodelHandle;
+
+/// `HVMMEM_ram_rw`: ordinary guest RAM.
+pub const HVMMEM_RAM_RW: c_uint = 0;
+/// `HVMMEM_ioreq_server`: RAM whose accesses of the claimed kinds go to the ioreq server
+/// that claimed the type.
+pub const HVMMEM_IOREQ_SERVER: c_uint = 4;
+/// `XEN_DMOP_IOREQ_MEM_ACCESS_WRITE`: forward writes (reads still come from RAM).
+pub const XEN_DMOP_IOREQ_MEM_ACCESS_WRITE: u32 = 1 << 1;
+
+#[link(name = "xendevicemodel")]
+extern "C" {
+    pub fn xendevicemodel_map_mem_type_to_ioreq_server(
+        dmod: *mut DevicemodelHandle,
+        domid: DomId,
+        id: IoServId,
+        kind: u16,
+        flags: u32,
+    ) -> c_int;
+    pub fn xendevicemodel_set_mem_type(
+        dmod: *mut DevicemodelHandle,
+        domid: DomId,
+        mem_type: c_uint,
+        first_pfn: u64,
+        nr: u32,
+    ) -> c_int;
+}

@@ -100,6 +100,7 @@ pub mod interrupt;
 pub mod kvm;
 pub mod memory;
 pub mod pool;
+pub mod reserved;
 pub mod runner;
 #[cfg(feature = "seccomp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "seccomp")))]

@@ -19,6 +19,7 @@ mod exit;
 mod irq;
 mod kick;
 mod platform;
+mod reserved;
 #[cfg(feature = "seccomp")]
 pub(crate) mod seccomp;
 mod vcpu;
@@ -117,6 +118,9 @@ impl Kvm {
             tsc_deadline_timer: has(Cap::TscDeadlineTimer),
             mce_banks,
             pit_reinject_control: has(Cap::ReinjectControl),
+            irqfd_resample: has(Cap::IrqfdResample),
+            irqchip_state: has(Cap::Irqchip),
+            reserved: reserved::ranges(),
             cpuid: cpuid
                 .as_slice()
                 .iter()

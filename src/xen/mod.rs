@@ -94,11 +94,14 @@ pub(crate) fn tracing() -> bool {
 
 mod context;
 mod control;
+mod ioeventfd;
 mod ioreq;
+mod irq;
 mod kick;
 mod libs;
 mod memory;
 mod page;
+mod platform;
 #[cfg(feature = "seccomp")]
 pub(crate) mod seccomp;
 mod sys;
@@ -204,6 +207,14 @@ impl Xen {
             max_memory_slots: MAX_MEMORY_SLOTS,
             cpuid,
             msrs: context::MSRS.to_vec(),
+            // Xen's platform (VmConfig::irqchip), with vmkit's MSI routes and irqfd thread.
+            irqchip: true,
+            irqfd: true,
+            msi: true,
+            gsi_routing: true,
+            // Matched in the ioreq path.
+            ioeventfd: true,
+            reserved: platform::reserved_ranges(),
             ..Capabilities::default()
         };
         Ok(Xen {

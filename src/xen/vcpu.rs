@@ -309,6 +309,11 @@ impl XenVcpu {
                         }
                     }
                 }
+                if self.vm.ioeventfds.signal(&raw) {
+                    // A write an ioeventfd watches: signalled, answered, no exit.
+                    self.respond(raw.data)?;
+                    continue;
+                }
                 match Exchange::start(raw) {
                     Ok(exchange) => {
                         if let Some(step) = self.advance(exchange)? {

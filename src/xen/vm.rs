@@ -15,8 +15,11 @@ use super::sys::abi::XenPfn;
 use super::sys::abi::{
     ArchDomainConfig, CreateDomain, DomainInfo, HVM_PARAM_TRIPLE_FAULT_REASON, SHUTDOWN_SOFT_RESET,
     XENMEM_RESOURCE_IOREQ_SERVER, XENMEM_RESOURCE_IOREQ_SERVER_FRAME_IOREQ0, XEN_DOMCTL_CDF_HAP,
-    XEN_DOMCTL_CDF_HVM, XEN_DOMCTL_GRANT_VERSION_1, XEN_X86_EMU_LAPIC,
+    XEN_DOMCTL_CDF_HVM, XEN_DOMCTL_GRANT_VERSION_1,
 };
+use super::ioeventfd::IoEventFds;
+use super::irq::Interrupts;
+use super::sys::abi::HVM_PARAM_HPET_ENABLED;
 use super::{memory as ram, Handles, XenVcpu};
 use crate::hypervisor::{Capabilities, HypervisorError, VmConfig};
 use crate::memory::{
@@ -84,6 +87,10 @@ pub(crate) struct VmShared {
     pub(crate) answered: Vec<AtomicU64>,
     /// Per vCPU: a request to answer again (see [`Replay`]).
     pub(crate) replays: Mutex<Vec<Option<Replay>>>,
+    /// Guest writes that signal an eventfd instead of exiting.
+    pub(crate) ioeventfds: IoEventFds,
+    /// IRQ lines, MSIs and irqfds (a VM with an irqchip's only).
+    interrupts: Option<Interrupts>,
 }
 
 /// A Xen VM: a PVH domain with vmkit as its device model.
@@ -115,11 +122,17 @@ impl XenVm {
                 max: capabilities.max_vcpus,
             });
         }
-        if config.irqchip {
-            return unsupported("an in-kernel irqchip (a PVH domain has only a local APIC)");
+        if config.pit && !config.irqchip {
+            return invalid("an in-kernel PIT needs the in-kernel irqchip too");
         }
         if config.pit {
-            return invalid("an in-kernel PIT needs the in-kernel irqchip too");
+            return unsupported(
+                "an in-kernel PIT as a choice of its own (Xen's platform always has its PIT \
+                 with the irqchip, see Capabilities::reserved, but vmkit cannot read its state)",
+            );
+        }
+        if config.irqchip && kind == DomainKind::Pv {
+            return unsupported("an in-kernel irqchip in a PV domain (PV has no emulation)");
         }
         if config.dirty_ring.is_some() {
             return unsupported("dirty rings");
@@ -129,7 +142,10 @@ impl XenVm {
             source: err.source,
         };
         let (flags, emulation_flags) = match kind {
-            DomainKind::Pvh => (XEN_DOMCTL_CDF_HVM | XEN_DOMCTL_CDF_HAP, XEN_X86_EMU_LAPIC),
+            DomainKind::Pvh => (
+                XEN_DOMCTL_CDF_HVM | XEN_DOMCTL_CDF_HAP,
+                super::platform::emulation_flags(config.irqchip),
+            ),
             DomainKind::Pv => (0, 0),
         };
         let mut create = CreateDomain {
@@ -161,6 +177,8 @@ impl XenVm {
             DomainKind::Pv => None,
         };
         std::mem::forget(guard);
+        let interrupts = (config.irqchip && hvm.is_some())
+            .then(|| Interrupts::new(Arc::clone(&handles), domid as u16));
 
         Ok(XenVm {
             shared: Arc::new(VmShared {
@@ -176,6 +194,8 @@ impl XenVm {
                     created: vec![false; config.max_vcpus as usize],
                 }),
                 handles,
+                ioeventfds: IoEventFds::default(),
+                interrupts,
             }),
         })
     }
@@ -200,6 +220,11 @@ impl XenVm {
             u64::from(TRIPLE_FAULT_REASON),
         )
         .map_err(os)?;
+        if config.irqchip {
+            // Xen's HPET answers only when enabled; the platform is whole with it.
+            xc.set_hvm_param(domid, HVM_PARAM_HPET_ENABLED, 1)
+                .map_err(os)?;
+        }
 
         // The ioreq server: all of port and MMIO space, one page of synchronous requests.
         let dom = domid as u16;
@@ -558,8 +583,86 @@ impl Vm for XenVm {
         Ok(Box::new(self.create_xen_vcpu(id)?))
     }
 
-    // Interrupts, ioeventfds, dirty logging, the irqchip and PIT state and the clock are
-    // not offered (Capabilities says so): the trait's defaults refuse them.
+    fn set_irq_line(&self, gsi: u32, level: bool) -> Result<(), VmError> {
+        self.interrupts("setting an interrupt line")?
+            .set_irq_line(gsi, level)
+    }
+
+    fn signal_msi(&self, msi: crate::MsiMessage) -> Result<(), VmError> {
+        self.interrupts("sending an MSI")?.signal_msi(msi)
+    }
+
+    fn set_gsi_routing(&self, routes: &[crate::IrqRoute]) -> Result<(), VmError> {
+        self.interrupts("setting the GSI routing")?
+            .set_gsi_routing(routes)
+    }
+
+    fn register_irqfd(
+        &self,
+        fd: &vmm_sys_util::eventfd::EventFd,
+        gsi: u32,
+        resample: Option<&vmm_sys_util::eventfd::EventFd>,
+    ) -> Result<(), VmError> {
+        self.interrupts("registering an irqfd")?
+            .register_irqfd(fd, gsi, resample)
+    }
+
+    fn unregister_irqfd(
+        &self,
+        fd: &vmm_sys_util::eventfd::EventFd,
+        gsi: u32,
+    ) -> Result<(), VmError> {
+        self.interrupts("unregistering an irqfd")?
+            .unregister_irqfd(fd, gsi)
+    }
+
+    fn register_ioeventfd(
+        &self,
+        fd: &vmm_sys_util::eventfd::EventFd,
+        addr: crate::IoEventAddress,
+        datamatch: crate::DataMatch,
+    ) -> Result<(), VmError> {
+        self.require_ioreqs("registering an ioeventfd")?;
+        self.shared.ioeventfds.register(fd, addr, datamatch)
+    }
+
+    fn unregister_ioeventfd(
+        &self,
+        fd: &vmm_sys_util::eventfd::EventFd,
+        addr: crate::IoEventAddress,
+        datamatch: crate::DataMatch,
+    ) -> Result<(), VmError> {
+        self.require_ioreqs("unregistering an ioeventfd")?;
+        self.shared.ioeventfds.unregister(fd, addr, datamatch)
+    }
+
+    // Dirty logging, the irqchip and PIT state and the clock are not offered (Capabilities
+    // says so): the trait's defaults refuse them.
+}
+
+impl XenVm {
+    /// The interrupt plumbing, or the error for `op` on a VM without Xen's platform.
+    fn interrupts(&self, op: &'static str) -> Result<&Interrupts, VmError> {
+        match (&self.shared.interrupts, self.kind()) {
+            (Some(interrupts), _) => Ok(interrupts),
+            (None, DomainKind::Pv) => Err(VmError::Unsupported {
+                op,
+                reason: "a PV domain has no emulated interrupt controllers",
+            }),
+            (None, DomainKind::Pvh) => Err(VmError::NoIrqchip { op }),
+        }
+    }
+
+    /// Refuses `op` on a PV domain, which sends vmkit no I/O requests.
+    fn require_ioreqs(&self, op: &'static str) -> Result<(), VmError> {
+        match self.kind() {
+            DomainKind::Pvh => Ok(()),
+            DomainKind::Pv => Err(VmError::Unsupported {
+                op,
+                reason: "a PV domain sends vmkit no I/O requests",
+            }),
+        }
+    }
 }
 
 /// Reads the domain's CPUID policy.

@@ -42,8 +42,18 @@ fn wait_signalled(fd: &EventFd) -> u64 {
 
 pub fn irq_lines_and_msis_reach_the_handler(hv: &dyn Hypervisor) {
     let guest = irq_guest(hv);
-    for gsi in [3, 0, 15] {
-        guest.vm.set_irq_line(gsi, true).unwrap();
+    for gsi in [3, 0, 2, 15, 20] {
+        match guest.vm.set_irq_line(gsi, true) {
+            Ok(()) => {}
+            // Xen wires ISA IRQ 0 to IOAPIC pin 2: its pin 0 has no input to drive.
+            Err(vmkit::VmError::InvalidRoute { gsi: 0, reason })
+                if hv.kind() == vmkit::HypervisorKind::Xen =>
+            {
+                assert!(reason.contains("pin 0"), "{reason}");
+                continue;
+            }
+            Err(err) => panic!("GSI {gsi}: {err}"),
+        }
         guest.vm.set_irq_line(gsi, false).unwrap();
         assert_eq!(
             guest.next_report(GIVE_UP),
@@ -270,9 +280,9 @@ pub fn the_pit_is_emulated_in_the_hypervisor(hv: &dyn Hypervisor) {
 crate::scenarios![
     the_pit_is_emulated_in_the_hypervisor => crate::pit,
     pit_state_round_trips => crate::pit,
-    irqchip_state_shows_what_the_guest_programmed_and_round_trips => crate::irqchip,
+    irqchip_state_shows_what_the_guest_programmed_and_round_trips => crate::irqchip_state,
     irq_lines_and_msis_reach_the_handler => crate::irqchip,
-    irqfd_with_resample_acts_as_a_level_interrupt => crate::irqchip,
+    irqfd_with_resample_acts_as_a_level_interrupt => crate::irqfd_resample,
     gsi_routing_sends_an_irqfd_as_an_msi => crate::irqchip,
     ioeventfd_on_a_port_with_and_without_datamatch => crate::irqchip,
     ioeventfd_on_mmio_matches_the_written_value => crate::ioeventfd,

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use vm_device::bus::PioAddress;
 use vmkit::runner::{self, ExitAction, ExitHandler, VcpuOutcome, VmRunner};
+use vmkit::reserved::{IoSpace, ReservedWhen};
 use vmkit::{Capabilities, Hypervisor, VcpuError, VcpuExit, VmConfig, VmError};
 use vmkit_boot::linux::{guest_cpuid, mce_banks};
 use vmkit_bus::Bus;
@@ -165,8 +166,52 @@ pub fn a_guest_reads_the_pm_timer_and_powers_off_through_s5(hv: &dyn Hypervisor)
     );
 }
 
+fn irqchip_with_reserved_ports(caps: &Capabilities) -> Option<&'static str> {
+    let ports = caps
+        .reserved
+        .iter()
+        .any(|r| r.space == IoSpace::Pio && r.when != ReservedWhen::Always);
+    (!(caps.irqchip && ports)).then_some("needs an in-kernel irqchip that claims ports")
+}
+
+/// The guest reads every port `Capabilities::reserved` lists for a VM with an irqchip (and
+/// a PIT where there is one), then writes the byte report port: the report is the first
+/// exit, so the hypervisor answered every read itself, as the capabilities say.
+pub fn the_reserved_ports_never_reach_the_vmm(hv: &dyn Hypervisor) {
+    let caps = hv.capabilities().clone();
+    let config = VmConfig::default().irqchip(true).pit(caps.pit);
+    let mut code = Vec::new();
+    let mut ports = Vec::new();
+    for range in caps.reserved.iter().filter(|r| r.space == IoSpace::Pio) {
+        if !range.when.applies_to(&config) {
+            continue;
+        }
+        for port in range.start..range.start + range.len {
+            let port = u16::try_from(port).unwrap();
+            ports.push(port);
+            // mov dx, port; in al, dx
+            code.extend_from_slice(&[0x66, 0xba]);
+            code.extend_from_slice(&port.to_le_bytes());
+            code.push(0xec);
+        }
+    }
+    assert!(!ports.is_empty());
+    // mov al, 0x5a; out BYTE_REPORT_PORT, al; hlt
+    code.extend_from_slice(&[0xb0, 0x5a, 0xe6, snippets::BYTE_REPORT_PORT as u8, 0xf4]);
+    let mut t = long_mode_vm_with(hv, config, &code);
+    match t.vcpu.run().unwrap() {
+        VcpuExit::IoOut { port, data, .. } => assert_eq!(
+            (port, data),
+            (snippets::BYTE_REPORT_PORT, &[0x5a][..]),
+            "reads of {ports:#x?} were all handled by the hypervisor"
+        ),
+        other => panic!("a reserved port reached the VMM: {other:?} (reserved: {ports:#x?})"),
+    }
+}
+
 crate::scenarios![
     a_guest_reads_the_pm_timer_and_powers_off_through_s5,
     the_boot_layers_cpuid_and_mce_banks_reach_the_guest => tsc_deadline_or_mce,
     the_pits_lost_tick_policy_can_be_chosen => pit_reinject,
+    the_reserved_ports_never_reach_the_vmm => irqchip_with_reserved_ports,
 ];

@@ -62,7 +62,8 @@ pub(crate) struct Hvm {
 pub enum DomainKind {
     /// A PVH domain: an HVM container with only a local APIC emulated by Xen, and vmkit as
     /// its device model. What [`Hypervisor::create_vm`](crate::Hypervisor::create_vm)
-    /// creates.
+    /// creates; with [`VmConfig::irqchip`] the same HVM container has Xen's whole emulated
+    /// platform (see the `platform` module).
     Pvh,
     /// A 64-bit PV domain ([`Xen::create_pv_vm`](super::Xen::create_pv_vm)): no
     /// emulation at all, guest page tables of machine frames, hypercalls for everything.

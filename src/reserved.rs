@@ -52,7 +52,8 @@ pub struct ReservedRange {
     pub len: u64,
     /// For which VMs.
     pub when: ReservedWhen,
-    /// What the hypervisor emulates there, e.g. "PIT".
+    /// What the hypervisor emulates there, e.g. "PIT"; it says so when the hypervisor takes
+    /// only writes (Xen's debug port).
     pub device: String,
 }
 

@@ -60,8 +60,10 @@ enum Line {
 /// The input that drives `gsi`, or why there is none.
 fn line_of(gsi: u32) -> Result<Line, &'static str> {
     match gsi {
-        0 => Err("Xen's IOAPIC pin 0 has no input a device model can drive (Xen wires ISA \
-                  IRQ 0 to pin 2; GSIs 1-47 can be raised)"),
+        0 => Err(
+            "Xen's IOAPIC pin 0 has no input a device model can drive (Xen wires ISA \
+                  IRQ 0 to pin 2; GSIs 1-47 can be raised)",
+        ),
         1..=15 => Ok(Line::Isa(gsi as u8)),
         16..IOAPIC_PINS => Ok(Line::Intx {
             device: ((gsi - 16) / 4) as u8,
@@ -212,12 +214,10 @@ impl Interrupts {
 
     /// [`Vm::signal_msi`](crate::Vm::signal_msi).
     pub(crate) fn signal_msi(&self, msi: MsiMessage) -> Result<(), VmError> {
-        self.state
-            .send_msi(msi)
-            .map_err(|err| VmError::Msi {
-                msi,
-                source: err.source,
-            })
+        self.state.send_msi(msi).map_err(|err| VmError::Msi {
+            msi,
+            source: err.source,
+        })
     }
 
     /// [`Vm::set_gsi_routing`](crate::Vm::set_gsi_routing): checks the table against Xen's
@@ -449,27 +449,9 @@ mod tests {
         assert!(line_of(0).is_err());
         assert_eq!(line_of(2), Ok(Line::Isa(2)));
         assert_eq!(line_of(15), Ok(Line::Isa(15)));
-        assert_eq!(
-            line_of(16),
-            Ok(Line::Intx {
-                device: 0,
-                intx: 0
-            })
-        );
-        assert_eq!(
-            line_of(17),
-            Ok(Line::Intx {
-                device: 0,
-                intx: 1
-            })
-        );
-        assert_eq!(
-            line_of(47),
-            Ok(Line::Intx {
-                device: 7,
-                intx: 3
-            })
-        );
+        assert_eq!(line_of(16), Ok(Line::Intx { device: 0, intx: 0 }));
+        assert_eq!(line_of(17), Ok(Line::Intx { device: 0, intx: 1 }));
+        assert_eq!(line_of(47), Ok(Line::Intx { device: 7, intx: 3 }));
         assert!(line_of(48).is_err());
         // Xen's wiring of INTx to GSIs for devices 0-7: 16 + 4 * device + intx (its
         // hvm_pci_intx_gsi, with device >> 3 being 0), each GSI reached by exactly one INTx.

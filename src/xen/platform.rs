@@ -12,7 +12,7 @@
 //!
 //! | range | device | when |
 //! | --- | --- | --- |
-//! | port 0xE9 | debug console (`(dN) …` lines on Xen's console) | always |
+//! | port 0xE9 | debug console (`(dN) …` lines on Xen's console); writes only, reads reach vmkit | always |
 //! | ports 0x80, 0xED | passed through to the real hardware (unless Xen was booted with `hvm_port80=0`) | always |
 //! | MMIO 0xFEE00000, 4 KiB | local APIC (at each vCPU's APIC base) | always |
 //! | ports 0x20-0x21, 0xA0-0xA1 | 8259 PICs | irqchip |
@@ -46,15 +46,33 @@ pub(crate) fn reserved_ranges() -> Vec<ReservedRange> {
     use IoSpace::{Mmio, Pio};
     use ReservedWhen::{Always, Irqchip};
     [
-        (Pio, 0xe9, 1, Always, "Xen debug console"),
-        (Pio, 0x80, 1, Always, "real port 0x80 (Xen passes it through)"),
-        (Pio, 0xed, 1, Always, "real port 0xED (Xen passes it through)"),
+        (Pio, 0xe9, 1, Always, "Xen debug console (writes)"),
+        (
+            Pio,
+            0x80,
+            1,
+            Always,
+            "real port 0x80 (Xen passes it through)",
+        ),
+        (
+            Pio,
+            0xed,
+            1,
+            Always,
+            "real port 0xED (Xen passes it through)",
+        ),
         (Mmio, 0xfee0_0000, 0x1000, Always, "local APIC"),
         (Pio, 0x20, 2, Irqchip, "8259 PIC (master)"),
         (Pio, 0xa0, 2, Irqchip, "8259 PIC (slave)"),
         (Pio, 0x4d0, 2, Irqchip, "8259 edge/level control (ELCR)"),
         (Pio, 0x40, 4, Irqchip, "8254 PIT"),
-        (Pio, 0x61, 1, Irqchip, "PC speaker port (PIT channel 2 gate)"),
+        (
+            Pio,
+            0x61,
+            1,
+            Irqchip,
+            "PC speaker port (PIT channel 2 gate)",
+        ),
         (Pio, 0x70, 2, Irqchip, "RTC / CMOS"),
         (Pio, 0x1f40, 4, Irqchip, "ACPI PM1a event block"),
         (Pio, 0x1f48, 4, Irqchip, "ACPI PM timer"),
@@ -90,7 +108,7 @@ mod tests {
         };
         assert_eq!(
             hit(&pvh, IoSpace::Pio, 0xe9).as_deref(),
-            Some("Xen debug console")
+            Some("Xen debug console (writes)")
         );
         assert_eq!(hit(&pvh, IoSpace::Pio, 0x70), None);
         assert_eq!(hit(&hvm, IoSpace::Pio, 0x71).as_deref(), Some("RTC / CMOS"));

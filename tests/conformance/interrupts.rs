@@ -70,7 +70,11 @@ pub fn irq_lines_and_msis_reach_the_handler(hv: &dyn Hypervisor) {
     assert_eq!(guest.next_report(GIVE_UP), minimal::gsi_vector(level));
     guest.vm.set_irq_line(level, false).unwrap();
     while let Some(vector) = guest.next_report(QUIET) {
-        assert_eq!(Some(vector), minimal::gsi_vector(level), "only GSI {level} was high");
+        assert_eq!(
+            Some(vector),
+            minimal::gsi_vector(level),
+            "only GSI {level} was high"
+        );
     }
     for vector in [0x38, 0x3f] {
         guest.vm.signal_msi(MsiMessage::x86(0, vector)).unwrap();

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use vm_device::bus::PioAddress;
-use vmkit::runner::{self, ExitAction, ExitHandler, VcpuOutcome, VmRunner};
 use vmkit::reserved::{IoSpace, ReservedWhen};
+use vmkit::runner::{self, ExitAction, ExitHandler, VcpuOutcome, VmRunner};
 use vmkit::{Capabilities, Hypervisor, VcpuError, VcpuExit, VmConfig, VmError};
 use vmkit_boot::linux::{guest_cpuid, mce_banks};
 use vmkit_bus::Bus;
@@ -174,13 +174,15 @@ fn irqchip_with_reserved_ports(caps: &Capabilities) -> Option<&'static str> {
     (!(caps.irqchip && ports)).then_some("needs an in-kernel irqchip that claims ports")
 }
 
-/// The guest reads every port `Capabilities::reserved` lists for a VM with an irqchip (and
-/// a PIT where there is one), then writes the byte report port: the report is the first
-/// exit, so the hypervisor answered every read itself, as the capabilities say.
+/// The guest writes 0 to every port `Capabilities::reserved` lists for a VM with an
+/// irqchip (and a PIT where there is one), then writes the byte report port: the report is
+/// the first exit, so the hypervisor took every write itself, as the capabilities say.
+/// (Writes, because Xen's debug port 0xE9 takes writes only.)
 pub fn the_reserved_ports_never_reach_the_vmm(hv: &dyn Hypervisor) {
     let caps = hv.capabilities().clone();
     let config = VmConfig::default().irqchip(true).pit(caps.pit);
-    let mut code = Vec::new();
+    // mov al, 0
+    let mut code = vec![0xb0, 0x00];
     let mut ports = Vec::new();
     for range in caps.reserved.iter().filter(|r| r.space == IoSpace::Pio) {
         if !range.when.applies_to(&config) {
@@ -189,10 +191,10 @@ pub fn the_reserved_ports_never_reach_the_vmm(hv: &dyn Hypervisor) {
         for port in range.start..range.start + range.len {
             let port = u16::try_from(port).unwrap();
             ports.push(port);
-            // mov dx, port; in al, dx
+            // mov dx, port; out dx, al
             code.extend_from_slice(&[0x66, 0xba]);
             code.extend_from_slice(&port.to_le_bytes());
-            code.push(0xec);
+            code.push(0xee);
         }
     }
     assert!(!ports.is_empty());
@@ -203,7 +205,7 @@ pub fn the_reserved_ports_never_reach_the_vmm(hv: &dyn Hypervisor) {
         VcpuExit::IoOut { port, data, .. } => assert_eq!(
             (port, data),
             (snippets::BYTE_REPORT_PORT, &[0x5a][..]),
-            "reads of {ports:#x?} were all handled by the hypervisor"
+            "writes to {ports:#x?} were all handled by the hypervisor"
         ),
         other => panic!("a reserved port reached the VMM: {other:?} (reserved: {ports:#x?})"),
     }

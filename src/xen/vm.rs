@@ -14,11 +14,11 @@ use super::kick::XenKick;
 use super::libs::{Evtchn, PolicySource, XenCallError};
 use super::page::{IoreqPage, Slot};
 use super::sys::abi::XenPfn;
-use super::sys::abi::HVM_PARAM_HPET_ENABLED;
 use super::sys::abi::{
-    ArchDomainConfig, CreateDomain, DomainInfo, HVM_PARAM_TRIPLE_FAULT_REASON, SHUTDOWN_SOFT_RESET,
-    XENMEM_RESOURCE_IOREQ_SERVER, XENMEM_RESOURCE_IOREQ_SERVER_FRAME_IOREQ0, XEN_DOMCTL_CDF_HAP,
-    XEN_DOMCTL_CDF_HVM, XEN_DOMCTL_GRANT_VERSION_1,
+    ArchDomainConfig, CreateDomain, DomainInfo, HVM_PARAM_HPET_ENABLED,
+    HVM_PARAM_TRIPLE_FAULT_REASON, SHUTDOWN_SOFT_RESET, XENMEM_RESOURCE_IOREQ_SERVER,
+    XENMEM_RESOURCE_IOREQ_SERVER_FRAME_IOREQ0, XEN_DOMCTL_CDF_HAP, XEN_DOMCTL_CDF_HVM,
+    XEN_DOMCTL_GRANT_VERSION_1,
 };
 use super::{memory as ram, Handles, XenVcpu};
 use crate::hypervisor::{Capabilities, HypervisorError, VmConfig};

@@ -86,12 +86,12 @@ pub struct Capabilities {
     #[serde(default)]
     pub pit_reinject_control: bool,
     /// An irqfd can be level-triggered with a resample eventfd
-    /// ([`Vm::register_irqfd`](crate::Vm::register_irqfd)'s `resample`), which needs the
+    /// ([`Vm::register_irqfd`]'s `resample`), which needs the
     /// hypervisor to tell the guest's EOI.
     #[serde(default)]
     pub irqfd_resample: bool,
     /// The in-kernel interrupt controllers' state can be read and written
-    /// ([`Vm::irqchip_state`](crate::Vm::irqchip_state)).
+    /// ([`Vm::irqchip_state`]).
     #[serde(default)]
     pub irqchip_state: bool,
     /// The port and MMIO ranges the hypervisor handles itself, by configuration (see

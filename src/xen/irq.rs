@@ -17,7 +17,10 @@
 //! An irqfd is served by a reactor thread per VM (started by the first registration): it
 //! waits in `epoll` on the registered eventfds and pulses the GSI, as KVM does for an
 //! irqfd without resample. Xen tells a device model nothing about the guest's EOI, so a
-//! level-triggered irqfd with a resample eventfd is refused as unsupported.
+//! level-triggered irqfd with a resample eventfd is refused as unsupported. The thread is
+//! spawned by the thread that registers the first irqfd (a VMM does so while it sets the
+//! machine up, before it confines its threads with seccomp) and inherits its filter; it
+//! stops when the VM goes.
 //!
 //! [`VmConfig::irqchip`]: crate::VmConfig::irqchip
 

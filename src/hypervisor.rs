@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 #[cfg(target_arch = "x86_64")]
 use crate::arch::x86_64::CpuidEntry;
+use crate::reserved::{IoSpace, ReservedRange};
 use crate::vm::Vm;
 
 /// Which hypervisor a backend drives.
@@ -88,6 +89,20 @@ pub struct Capabilities {
     /// hypervisor, the IOAPIC and PIC left to the VMM (KVM's `KVM_CAP_SPLIT_IRQCHIP`).
     #[serde(default)]
     pub split_irqchip: bool,
+    /// An irqfd can be level-triggered with a resample eventfd
+    /// ([`Vm::register_irqfd`]'s `resample`), which needs the
+    /// hypervisor to tell the guest's EOI.
+    #[serde(default)]
+    pub irqfd_resample: bool,
+    /// The in-kernel interrupt controllers' state can be read and written
+    /// ([`Vm::irqchip_state`]).
+    #[serde(default)]
+    pub irqchip_state: bool,
+    /// The port and MMIO ranges the hypervisor handles itself, by configuration (see
+    /// [`crate::reserved`]): guest accesses there never reach the VMM, so its devices must
+    /// not sit there ([`Capabilities::reserved_conflict`] checks one).
+    #[serde(default)]
+    pub reserved: Vec<ReservedRange>,
     /// The CPUID leaves the hypervisor can offer a guest.
     #[cfg(target_arch = "x86_64")]
     pub cpuid: Vec<CpuidEntry>,
@@ -216,6 +231,16 @@ impl Capabilities {
                 host.tsc_deadline_timer,
             ),
             (
+                "level-triggered irqfds (resample)",
+                self.irqfd_resample,
+                host.irqfd_resample,
+            ),
+            (
+                "irqchip state access",
+                self.irqchip_state,
+                host.irqchip_state,
+            ),
+            (
                 "PIT reinjection control",
                 self.pit_reinject_control,
                 host.pit_reinject_control,
@@ -249,6 +274,29 @@ impl Capabilities {
         #[cfg(target_arch = "x86_64")]
         self.missing_x86_in(host, &mut missing);
         missing
+    }
+
+    /// The first range the hypervisor handles itself in a VM created with `config` that
+    /// `len` ports or bytes from `start` overlap, if any: a device of the VMM there would
+    /// never see the guest's accesses.
+    ///
+    /// ```
+    /// use vmkit::reserved::{IoSpace, ReservedRange, ReservedWhen};
+    /// use vmkit::{Capabilities, VmConfig};
+    /// let mut caps = Capabilities::default();
+    /// caps.reserved.push(ReservedRange::new(IoSpace::Pio, 0x40, 4, ReservedWhen::Pit, "PIT"));
+    /// let config = VmConfig::default().irqchip(true).pit(true);
+    /// assert!(caps.reserved_conflict(&config, IoSpace::Pio, 0x42, 1).is_some());
+    /// assert!(caps.reserved_conflict(&config, IoSpace::Pio, 0x3f8, 8).is_none());
+    /// ```
+    pub fn reserved_conflict(
+        &self,
+        config: &VmConfig,
+        space: IoSpace,
+        start: u64,
+        len: u64,
+    ) -> Option<&ReservedRange> {
+        crate::reserved::conflict(&self.reserved, config, space, start, len)
     }
 
     #[cfg(target_arch = "x86_64")]

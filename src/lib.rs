@@ -103,6 +103,7 @@ pub mod memory;
 #[cfg(target_arch = "x86_64")]
 pub mod migration;
 pub mod pool;
+pub mod reserved;
 pub mod runner;
 #[cfg(feature = "seccomp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "seccomp")))]

@@ -11,7 +11,7 @@ repo=$(cd "$here/../.." && pwd)
 cd "$repo"
 assets=${VMKIT_XEN_ASSETS:-$repo/target/harness/xen}
 timeout_s=${VMKIT_XEN_TIMEOUT:-600}
-test_timeout=${VMKIT_XEN_TEST_TIMEOUT:-300}
+test_timeout=${VMKIT_XEN_TEST_TIMEOUT:-600}
 qemu_mem=${VMKIT_XEN_MEM:-2048}
 qemu_smp=${VMKIT_XEN_SMP:-2}
 dom0_mem=${VMKIT_XEN_DOM0_MEM:-512M}

@@ -19,6 +19,7 @@ mod exit;
 mod irq;
 mod kick;
 mod platform;
+mod reserved;
 #[cfg(feature = "seccomp")]
 pub(crate) mod seccomp;
 mod vcpu;
@@ -120,6 +121,9 @@ impl Kvm {
             mce_banks,
             pit_reinject_control: has(Cap::ReinjectControl),
             split_irqchip: kvm.check_extension_raw(kvm_bindings::KVM_CAP_SPLIT_IRQCHIP.into()) > 0,
+            irqfd_resample: has(Cap::IrqfdResample),
+            irqchip_state: has(Cap::Irqchip),
+            reserved: reserved::ranges(),
             cpuid: cpuid
                 .as_slice()
                 .iter()

@@ -583,6 +583,63 @@ impl DeviceModel {
         .map(drop)
     }
 
+    /// Sets the level of ISA IRQ `irq` (0-15): Xen's PIC input `irq` and IOAPIC pin
+    /// `irq` (pin 2 for IRQ 0).
+    pub(crate) fn set_isa_irq_level(
+        &self,
+        domid: DomId,
+        irq: u8,
+        level: bool,
+    ) -> Result<(), XenCallError> {
+        // SAFETY: plain values.
+        check("xendevicemodel_set_isa_irq_level", unsafe {
+            ffi::xendevicemodel_set_isa_irq_level(
+                self.raw.as_ptr(),
+                domid,
+                irq,
+                libc::c_uint::from(level),
+            )
+        })
+        .map(drop)
+    }
+
+    /// Sets the level of INTx pin `intx` (0-3) of PCI device `device` on bus 0.
+    pub(crate) fn set_pci_intx_level(
+        &self,
+        domid: DomId,
+        device: u8,
+        intx: u8,
+        level: bool,
+    ) -> Result<(), XenCallError> {
+        // SAFETY: plain values.
+        check("xendevicemodel_set_pci_intx_level", unsafe {
+            ffi::xendevicemodel_set_pci_intx_level(
+                self.raw.as_ptr(),
+                domid,
+                0,
+                0,
+                device,
+                intx,
+                libc::c_uint::from(level),
+            )
+        })
+        .map(drop)
+    }
+
+    /// Sends the MSI `address`/`data` to the domain.
+    pub(crate) fn inject_msi(
+        &self,
+        domid: DomId,
+        address: u64,
+        data: u32,
+    ) -> Result<(), XenCallError> {
+        // SAFETY: plain values.
+        check("xendevicemodel_inject_msi", unsafe {
+            ffi::xendevicemodel_inject_msi(self.raw.as_ptr(), domid, address, data)
+        })
+        .map(drop)
+    }
+
     pub(crate) fn destroy_ioreq_server(
         &self,
         domid: DomId,

@@ -34,7 +34,12 @@
 //! # What a vmkit VM is on Xen
 //!
 //! A PVH domain: an HVM container with hardware-assisted paging and only a local APIC
-//! emulated by Xen (`XEN_X86_EMU_LAPIC`), no firmware, no QEMU. vmkit registers itself as
+//! emulated by Xen (`XEN_X86_EMU_LAPIC`), no firmware, no QEMU. With
+//! [`VmConfig::irqchip`] it is an HVM domain with Xen's whole emulated platform instead
+//! (PICs, IOAPIC, PIT, RTC, HPET, ACPI PM timer besides the local APICs: the other set of
+//! emulation flags Xen 4.17 accepts for a guest; see the `platform` module for the ranges
+//! Xen then claims, which [`Capabilities::reserved`] lists as data), still without firmware
+//! or QEMU. vmkit registers itself as
 //! the domain's only ioreq server for all of port and MMIO space, so every port or MMIO
 //! access that Xen does not handle itself (the local APIC, port 0xE9) becomes an ioreq,
 //! which `run()` returns as the same [`VcpuExit`](crate::VcpuExit)s as KVM's. Guest RAM
@@ -70,9 +75,20 @@
 //!   is an [`MmioWrite`](crate::VcpuExit::MmioWrite) exit and RAM keeps its contents, as on
 //!   KVM; the first write to a clean logged page costs an ioreq round trip that `run()`
 //!   absorbs. There are no dirty rings (`dirty_ring_max_entries` is 0).
-//! - No in-kernel PIC/IOAPIC/PIT, irqfd, ioeventfd, MSI injection,
-//!   guest debugging, XSAVE, XCR, vCPU-event state or VM clock yet:
-//!   [`Capabilities`] says so and the calls fail with errors that name the feature.
+//! - Interrupts need [`VmConfig::irqchip`] (see the `irq` module): IRQ lines go through
+//!   Xen's device-model operations (GSI `n` is ISA IRQ `n` for 1-15 and a PCI INTx for
+//!   16-47; GSI 0 cannot be raised, Xen wires ISA IRQ 0 to pin 2), MSIs through
+//!   `xendevicemodel_inject_msi`; GSI routing accepts Xen's fixed wiring plus MSI routes;
+//!   irqfds are served by a thread of the library. An irqfd with `resample` is refused
+//!   (Xen reports no EOI to a device model). With an irqchip a halted vCPU stays halted in
+//!   Xen, as in KVM, instead of returning `Hlt`. Xen's PIT always comes with the platform,
+//!   but [`VmConfig::pit`] is refused: vmkit cannot read the PIT's state yet, nor the PIC
+//!   and IOAPIC state (`Capabilities::irqchip_state`).
+//! - ioeventfds (with or without an irqchip) are matched in the ioreq path: a single
+//!   write to a registered address and value signals the eventfd and is answered without
+//!   returning from `run()`.
+//! - No guest debugging, XSAVE, XCR, vCPU-event state or VM clock yet: [`Capabilities`]
+//!   says so and the calls fail with errors that name the feature.
 //!   Setting registers through the vCPU context resets AVX and later XSAVE components
 //!   (the hosts tested have none).
 //! - Exits cost more: every one is a round trip through Xen's scheduler and an event
@@ -99,12 +115,15 @@ pub(crate) fn tracing() -> bool {
 
 mod context;
 mod control;
+mod ioeventfd;
 mod ioreq;
+mod irq;
 mod kick;
 mod libs;
 mod memory;
 mod memtype;
 mod page;
+mod platform;
 #[cfg(feature = "seccomp")]
 pub(crate) mod seccomp;
 mod sys;
@@ -214,6 +233,14 @@ impl Xen {
             // rings, so `dirty_ring_max_entries` stays 0.
             read_only_memory: true,
             dirty_log: true,
+            // Xen's platform (VmConfig::irqchip), with vmkit's MSI routes and irqfd thread.
+            irqchip: true,
+            irqfd: true,
+            msi: true,
+            gsi_routing: true,
+            // Matched in the ioreq path.
+            ioeventfd: true,
+            reserved: platform::reserved_ranges(),
             ..Capabilities::default()
         };
         Ok(Xen {

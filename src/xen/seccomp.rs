@@ -64,6 +64,8 @@ pub(crate) fn vcpu_rules() -> Rules {
 pub(crate) fn vmm_rules() -> Rules {
     let mut rules = hypercall_buffers();
     rules.allow_ioctls(&[privcmd_hypercall(), privcmd_dm_op(), evtchn_unbind()]);
+    // Unregistering an irqfd takes it out of the irqfd thread's epoll set (`irq.rs`).
+    rules.allow_all(&[libc::SYS_epoll_ctl]);
     rules
 }
 

@@ -319,6 +319,11 @@ impl XenVcpu {
                         }
                     }
                 }
+                if self.vm.ioeventfds.signal(&raw) {
+                    // A write an ioeventfd watches: signalled, answered, no exit.
+                    self.respond(raw.data)?;
+                    continue;
+                }
                 match Exchange::start(raw) {
                     Ok(exchange) => {
                         if let Some(step) = self.advance(exchange)? {
@@ -346,6 +351,11 @@ impl XenVcpu {
                 match parked {
                     Parked::Offline => self.phase = Phase::Parked { halted: false },
                     Parked::InIo | Parked::ShuttingDown => {}
+                    Parked::Halted if self.vm.config.irqchip => {
+                        // Halted in Xen, as in KVM with an irqchip: the kick ends run(), the
+                        // vCPU stays halted.
+                        self.phase = Phase::Parked { halted: true };
+                    }
                     Parked::Halted => {
                         // The halt came first: report it, and the kick on the next run().
                         self.kick.restore();
@@ -363,6 +373,9 @@ impl XenVcpu {
                 }
                 match status {
                     Status::Running => {}
+                    // With an irqchip the hypervisor keeps a halted vCPU, as KVM does: it
+                    // waits there for INIT/SIPI (Xen brings it back itself) or a kick.
+                    Status::Halted if self.vm.config.irqchip => {}
                     Status::Halted => {
                         self.phase = Phase::Parked { halted: true };
                         return Ok(VcpuExit::Hlt);
@@ -513,6 +526,11 @@ impl Vcpu for XenVcpu {
             if let Some(step) = self.advance(exchange)? {
                 return Ok(self.exit(step));
             }
+        }
+        if self.phase == (Phase::Parked { halted: true }) && self.vm.config.irqchip {
+            // Still halted in Xen (see wait()): wait on, without bringing it back online.
+            self.phase = Phase::Running;
+            self.check_soon();
         }
         if let Phase::Parked { .. } = self.phase {
             trace!("vCPU {} unparked", self.id);

@@ -8,15 +8,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::context::{self, Record};
 use super::control::{Control, Replay, StateError};
+use super::ioeventfd::IoEventFds;
+use super::irq::Interrupts;
 use super::kick::XenKick;
 use super::libs::{Evtchn, PolicySource, XenCallError};
 use super::memtype::Server;
 use super::page::{IoreqPage, Slot};
 use super::sys::abi::XenPfn;
 use super::sys::abi::{
-    ArchDomainConfig, CreateDomain, DomainInfo, HVM_PARAM_TRIPLE_FAULT_REASON, SHUTDOWN_SOFT_RESET,
-    XENMEM_RESOURCE_IOREQ_SERVER, XENMEM_RESOURCE_IOREQ_SERVER_FRAME_IOREQ0, XEN_DOMCTL_CDF_HAP,
-    XEN_DOMCTL_CDF_HVM, XEN_DOMCTL_GRANT_VERSION_1, XEN_X86_EMU_LAPIC,
+    ArchDomainConfig, CreateDomain, DomainInfo, HVM_PARAM_HPET_ENABLED,
+    HVM_PARAM_TRIPLE_FAULT_REASON, SHUTDOWN_SOFT_RESET, XENMEM_RESOURCE_IOREQ_SERVER,
+    XENMEM_RESOURCE_IOREQ_SERVER_FRAME_IOREQ0, XEN_DOMCTL_CDF_HAP, XEN_DOMCTL_CDF_HVM,
+    XEN_DOMCTL_GRANT_VERSION_1,
 };
 use super::{memory as ram, Handles, XenVcpu};
 use crate::dirty::DirtyLog;
@@ -61,7 +64,8 @@ pub(crate) struct Hvm {
 pub enum DomainKind {
     /// A PVH domain: an HVM container with only a local APIC emulated by Xen, and vmkit as
     /// its device model. What [`Hypervisor::create_vm`](crate::Hypervisor::create_vm)
-    /// creates.
+    /// creates; with [`VmConfig::irqchip`] the same HVM container has Xen's whole emulated
+    /// platform (see the `platform` module).
     Pvh,
     /// A 64-bit PV domain ([`Xen::create_pv_vm`](super::Xen::create_pv_vm)): no
     /// emulation at all, guest page tables of machine frames, hypercalls for everything.
@@ -88,6 +92,10 @@ pub(crate) struct VmShared {
     pub(crate) replays: Mutex<Vec<Option<Replay>>>,
     /// Write-protected pages: read-only and dirty-logging regions (locked after `regions`).
     protected: Mutex<super::memtype::Protected>,
+    /// Guest writes that signal an eventfd instead of exiting.
+    pub(crate) ioeventfds: IoEventFds,
+    /// IRQ lines, MSIs and irqfds (a VM with an irqchip's only).
+    interrupts: Option<Interrupts>,
 }
 
 /// A Xen VM: a PVH domain with vmkit as its device model.
@@ -122,11 +130,17 @@ impl XenVm {
         if matches!(config.irqchip_kind, crate::IrqchipKind::Split { .. }) {
             return unsupported("a split irqchip (KVM_CAP_SPLIT_IRQCHIP)");
         }
-        if config.irqchip {
-            return unsupported("an in-kernel irqchip (a PVH domain has only a local APIC)");
+        if config.pit && !config.irqchip {
+            return invalid("an in-kernel PIT needs the in-kernel irqchip too");
         }
         if config.pit {
-            return invalid("an in-kernel PIT needs the in-kernel irqchip too");
+            return unsupported(
+                "an in-kernel PIT as a choice of its own (Xen's platform always has its PIT \
+                 with the irqchip, see Capabilities::reserved, but vmkit cannot read its state)",
+            );
+        }
+        if config.irqchip && kind == DomainKind::Pv {
+            return unsupported("an in-kernel irqchip in a PV domain (PV has no emulation)");
         }
         if config.dirty_ring.is_some() {
             return unsupported("dirty rings");
@@ -136,7 +150,10 @@ impl XenVm {
             source: err.source,
         };
         let (flags, emulation_flags) = match kind {
-            DomainKind::Pvh => (XEN_DOMCTL_CDF_HVM | XEN_DOMCTL_CDF_HAP, XEN_X86_EMU_LAPIC),
+            DomainKind::Pvh => (
+                XEN_DOMCTL_CDF_HVM | XEN_DOMCTL_CDF_HAP,
+                super::platform::emulation_flags(config.irqchip),
+            ),
             DomainKind::Pv => (0, 0),
         };
         let mut create = CreateDomain {
@@ -168,6 +185,8 @@ impl XenVm {
             DomainKind::Pv => None,
         };
         std::mem::forget(guard);
+        let interrupts = (config.irqchip && hvm.is_some())
+            .then(|| Interrupts::new(Arc::clone(&handles), domid as u16));
 
         Ok(XenVm {
             shared: Arc::new(VmShared {
@@ -184,6 +203,8 @@ impl XenVm {
                     created: vec![false; config.max_vcpus as usize],
                 }),
                 handles,
+                ioeventfds: IoEventFds::default(),
+                interrupts,
             }),
         })
     }
@@ -208,6 +229,11 @@ impl XenVm {
             u64::from(TRIPLE_FAULT_REASON),
         )
         .map_err(os)?;
+        if config.irqchip {
+            // Xen's HPET answers only when enabled; the platform is whole with it.
+            xc.set_hvm_param(domid, HVM_PARAM_HPET_ENABLED, 1)
+                .map_err(os)?;
+        }
 
         // The ioreq server: all of port and MMIO space, one page of synchronous requests.
         let dom = domid as u16;
@@ -645,8 +671,86 @@ impl Vm for XenVm {
         })
     }
 
-    // Interrupts, ioeventfds, the irqchip and PIT state and the clock are not offered
-    // (Capabilities says so): the trait's defaults refuse them.
+    fn set_irq_line(&self, gsi: u32, level: bool) -> Result<(), VmError> {
+        self.interrupts("setting an interrupt line")?
+            .set_irq_line(gsi, level)
+    }
+
+    fn signal_msi(&self, msi: crate::MsiMessage) -> Result<(), VmError> {
+        self.interrupts("sending an MSI")?.signal_msi(msi)
+    }
+
+    fn set_gsi_routing(&self, routes: &[crate::IrqRoute]) -> Result<(), VmError> {
+        self.interrupts("setting the GSI routing")?
+            .set_gsi_routing(routes)
+    }
+
+    fn register_irqfd(
+        &self,
+        fd: &vmm_sys_util::eventfd::EventFd,
+        gsi: u32,
+        resample: Option<&vmm_sys_util::eventfd::EventFd>,
+    ) -> Result<(), VmError> {
+        self.interrupts("registering an irqfd")?
+            .register_irqfd(fd, gsi, resample)
+    }
+
+    fn unregister_irqfd(
+        &self,
+        fd: &vmm_sys_util::eventfd::EventFd,
+        gsi: u32,
+    ) -> Result<(), VmError> {
+        self.interrupts("unregistering an irqfd")?
+            .unregister_irqfd(fd, gsi)
+    }
+
+    fn register_ioeventfd(
+        &self,
+        fd: &vmm_sys_util::eventfd::EventFd,
+        addr: crate::IoEventAddress,
+        datamatch: crate::DataMatch,
+    ) -> Result<(), VmError> {
+        self.require_ioreqs("registering an ioeventfd")?;
+        self.shared.ioeventfds.register(fd, addr, datamatch)
+    }
+
+    fn unregister_ioeventfd(
+        &self,
+        fd: &vmm_sys_util::eventfd::EventFd,
+        addr: crate::IoEventAddress,
+        datamatch: crate::DataMatch,
+    ) -> Result<(), VmError> {
+        self.require_ioreqs("unregistering an ioeventfd")?;
+        self.shared.ioeventfds.unregister(fd, addr, datamatch)
+    }
+
+    // The irqchip and PIT state and the clock are not offered (Capabilities says so): the
+    // trait's defaults refuse them.
+}
+
+impl XenVm {
+    /// The interrupt plumbing, or the error for `op` on a VM without Xen's platform.
+    fn interrupts(&self, op: &'static str) -> Result<&Interrupts, VmError> {
+        match (&self.shared.interrupts, self.kind()) {
+            (Some(interrupts), _) => Ok(interrupts),
+            (None, DomainKind::Pv) => Err(VmError::Unsupported {
+                op,
+                reason: "a PV domain has no emulated interrupt controllers",
+            }),
+            (None, DomainKind::Pvh) => Err(VmError::NoIrqchip { op }),
+        }
+    }
+
+    /// Refuses `op` on a PV domain, which sends vmkit no I/O requests.
+    fn require_ioreqs(&self, op: &'static str) -> Result<(), VmError> {
+        match self.kind() {
+            DomainKind::Pvh => Ok(()),
+            DomainKind::Pv => Err(VmError::Unsupported {
+                op,
+                reason: "a PV domain sends vmkit no I/O requests",
+            }),
+        }
+    }
 }
 
 /// Reads the domain's CPUID policy.

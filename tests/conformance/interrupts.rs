@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::guest::{Guest, GuestConfig, GIVE_UP};
 use crate::common::long_mode_vm;
+use vmkit::reserved::IoSpace;
 use vmkit::{DataMatch, EventFd, IoEventAddress, IrqRoute, MsiMessage, VcpuExit, VmConfig};
 use vmkit_guests::{minimal, snippets};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
@@ -42,13 +43,37 @@ fn wait_signalled(fd: &EventFd) -> u64 {
 
 pub fn irq_lines_and_msis_reach_the_handler(hv: &dyn Hypervisor) {
     let guest = irq_guest(hv);
-    for gsi in [3, 0, 15] {
-        guest.vm.set_irq_line(gsi, true).unwrap();
+    for gsi in [3, 0, 2, 15] {
+        match guest.vm.set_irq_line(gsi, true) {
+            Ok(()) => {}
+            // Xen wires ISA IRQ 0 to IOAPIC pin 2: its pin 0 has no input to drive.
+            Err(vmkit::VmError::InvalidRoute { gsi: 0, reason })
+                if hv.kind() == vmkit::HypervisorKind::Xen =>
+            {
+                assert!(reason.contains("pin 0"), "{reason}");
+                continue;
+            }
+            Err(err) => panic!("GSI {gsi}: {err}"),
+        }
         guest.vm.set_irq_line(gsi, false).unwrap();
         assert_eq!(
             guest.next_report(GIVE_UP),
             minimal::gsi_vector(gsi),
             "GSI {gsi}"
+        );
+    }
+    // A level-triggered GSI is delivered while it is high (again after each EOI), and no
+    // more once it is lowered.
+    let level = 20;
+    assert!(minimal::gsi_is_level_triggered(level));
+    guest.vm.set_irq_line(level, true).unwrap();
+    assert_eq!(guest.next_report(GIVE_UP), minimal::gsi_vector(level));
+    guest.vm.set_irq_line(level, false).unwrap();
+    while let Some(vector) = guest.next_report(QUIET) {
+        assert_eq!(
+            Some(vector),
+            minimal::gsi_vector(level),
+            "only GSI {level} was high"
         );
     }
     for vector in [0x38, 0x3f] {
@@ -168,13 +193,25 @@ pub fn ioeventfd_on_mmio_matches_the_written_value(hv: &dyn Hypervisor) {
         1,
         "the write of 7 signalled the eventfd"
     );
-    assert!(matches!(
-        t.vcpu.run().unwrap(),
+    // The report port, unless the hypervisor handles it itself (Xen lets byte accesses to
+    // port 0x80 reach the real port): then the final hlt comes next.
+    let report_reserved = hv
+        .capabilities()
+        .reserved_conflict(
+            &VmConfig::default(),
+            IoSpace::Pio,
+            u64::from(snippets::REPORT_PORT),
+            1,
+        )
+        .is_some();
+    match t.vcpu.run().unwrap() {
         VcpuExit::IoOut {
             port: snippets::REPORT_PORT,
             ..
-        }
-    ));
+        } if !report_reserved => {}
+        VcpuExit::Hlt if report_reserved => {}
+        other => panic!("expected the report (reserved: {report_reserved}), got {other:?}"),
+    }
     // Unregistering with a different match is an error that names the address.
     let err =
         t.vm.unregister_ioeventfd(&fd, addr, DataMatch::U32(first + 1))
@@ -270,9 +307,9 @@ pub fn the_pit_is_emulated_in_the_hypervisor(hv: &dyn Hypervisor) {
 crate::scenarios![
     the_pit_is_emulated_in_the_hypervisor => crate::pit,
     pit_state_round_trips => crate::pit,
-    irqchip_state_shows_what_the_guest_programmed_and_round_trips => crate::irqchip,
+    irqchip_state_shows_what_the_guest_programmed_and_round_trips => crate::irqchip_state,
     irq_lines_and_msis_reach_the_handler => crate::irqchip,
-    irqfd_with_resample_acts_as_a_level_interrupt => crate::irqchip,
+    irqfd_with_resample_acts_as_a_level_interrupt => crate::irqfd_resample,
     gsi_routing_sends_an_irqfd_as_an_msi => crate::irqchip,
     ioeventfd_on_a_port_with_and_without_datamatch => crate::irqchip,
     ioeventfd_on_mmio_matches_the_written_value => crate::ioeventfd,

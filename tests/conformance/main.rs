@@ -76,6 +76,20 @@ pub(crate) fn split_irqchip(caps: &Capabilities) -> Option<&'static str> {
         .then_some("needs a split irqchip (KVM_CAP_SPLIT_IRQCHIP) with irqfd, MSI and GSI routing")
 }
 
+/// An irqchip whose PIC and IOAPIC state can be read and written.
+pub(crate) fn irqchip_state(caps: &Capabilities) -> Option<&'static str> {
+    irqchip(caps).or_else(|| {
+        (!caps.irqchip_state).then_some("needs the irqchip's PIC and IOAPIC state access")
+    })
+}
+
+/// An irqchip with level-triggered irqfds (resample).
+pub(crate) fn irqfd_resample(caps: &Capabilities) -> Option<&'static str> {
+    irqchip(caps).or_else(|| {
+        (!caps.irqfd_resample).then_some("needs level-triggered irqfds (resample on EOI)")
+    })
+}
+
 pub(crate) fn pit(caps: &Capabilities) -> Option<&'static str> {
     (!(caps.irqchip && caps.pit)).then_some("needs an in-kernel irqchip and PIT")
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use vm_device::bus::PioAddress;
+use vmkit::reserved::{IoSpace, ReservedWhen};
 use vmkit::runner::{self, ExitAction, ExitHandler, VcpuOutcome, VmRunner};
 use vmkit::{Capabilities, Hypervisor, VcpuError, VcpuExit, VmConfig, VmError};
 use vmkit_boot::linux::{guest_cpuid, mce_banks};
@@ -329,10 +330,56 @@ pub fn machine_check_banks_survive_a_snapshot(hv: &dyn Hypervisor) {
     assert_eq!(read[1].data, u64::MAX, "MCG_CTL");
 }
 
+fn irqchip_with_reserved_ports(caps: &Capabilities) -> Option<&'static str> {
+    let ports = caps
+        .reserved
+        .iter()
+        .any(|r| r.space == IoSpace::Pio && r.when != ReservedWhen::Always);
+    (!(caps.irqchip && ports)).then_some("needs an in-kernel irqchip that claims ports")
+}
+
+/// The guest writes 0 to every port `Capabilities::reserved` lists for a VM with an
+/// irqchip (and a PIT where there is one), then writes the byte report port: the report is
+/// the first exit, so the hypervisor took every write itself, as the capabilities say.
+/// (Writes, because Xen's debug port 0xE9 takes writes only.)
+pub fn the_reserved_ports_never_reach_the_vmm(hv: &dyn Hypervisor) {
+    let caps = hv.capabilities().clone();
+    let config = VmConfig::default().irqchip(true).pit(caps.pit);
+    // mov al, 0
+    let mut code = vec![0xb0, 0x00];
+    let mut ports = Vec::new();
+    for range in caps.reserved.iter().filter(|r| r.space == IoSpace::Pio) {
+        if !range.when.applies_to(&config) {
+            continue;
+        }
+        for port in range.start..range.start + range.len {
+            let port = u16::try_from(port).unwrap();
+            ports.push(port);
+            // mov dx, port; out dx, al
+            code.extend_from_slice(&[0x66, 0xba]);
+            code.extend_from_slice(&port.to_le_bytes());
+            code.push(0xee);
+        }
+    }
+    assert!(!ports.is_empty());
+    // mov al, 0x5a; out BYTE_REPORT_PORT, al; hlt
+    code.extend_from_slice(&[0xb0, 0x5a, 0xe6, snippets::BYTE_REPORT_PORT as u8, 0xf4]);
+    let mut t = long_mode_vm_with(hv, config, &code);
+    match t.vcpu.run().unwrap() {
+        VcpuExit::IoOut { port, data, .. } => assert_eq!(
+            (port, data),
+            (snippets::BYTE_REPORT_PORT, &[0x5a][..]),
+            "writes to {ports:#x?} were all handled by the hypervisor"
+        ),
+        other => panic!("a reserved port reached the VMM: {other:?} (reserved: {ports:#x?})"),
+    }
+}
+
 crate::scenarios![
     a_guest_reads_the_pm_timer_and_powers_off_through_s5,
     a_guest_suspended_to_ram_wakes_at_its_waking_vector,
     machine_check_banks_survive_a_snapshot => mce,
     the_boot_layers_cpuid_and_mce_banks_reach_the_guest => tsc_deadline_or_mce,
     the_pits_lost_tick_policy_can_be_chosen => pit_reinject,
+    the_reserved_ports_never_reach_the_vmm => irqchip_with_reserved_ports,
 ];

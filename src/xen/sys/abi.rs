@@ -27,6 +27,27 @@ pub const XEN_DOMCTL_INTERFACE_VERSION: u32 = 0x15;
 pub const XEN_DOMCTL_CDF_HVM: u32 = 1 << 0;
 pub const XEN_DOMCTL_CDF_HAP: u32 = 1 << 1;
 pub const XEN_X86_EMU_LAPIC: u32 = 1 << 0;
+pub const XEN_X86_EMU_HPET: u32 = 1 << 1;
+pub const XEN_X86_EMU_PM: u32 = 1 << 2;
+pub const XEN_X86_EMU_RTC: u32 = 1 << 3;
+pub const XEN_X86_EMU_IOAPIC: u32 = 1 << 4;
+pub const XEN_X86_EMU_PIC: u32 = 1 << 5;
+pub const XEN_X86_EMU_VGA: u32 = 1 << 6;
+pub const XEN_X86_EMU_IOMMU: u32 = 1 << 7;
+pub const XEN_X86_EMU_PIT: u32 = 1 << 8;
+pub const XEN_X86_EMU_USE_PIRQ: u32 = 1 << 9;
+pub const XEN_X86_EMU_VPCI: u32 = 1 << 10;
+pub const XEN_X86_EMU_ALL: u32 = XEN_X86_EMU_LAPIC
+    | XEN_X86_EMU_HPET
+    | XEN_X86_EMU_PM
+    | XEN_X86_EMU_RTC
+    | XEN_X86_EMU_IOAPIC
+    | XEN_X86_EMU_PIC
+    | XEN_X86_EMU_VGA
+    | XEN_X86_EMU_IOMMU
+    | XEN_X86_EMU_PIT
+    | XEN_X86_EMU_USE_PIRQ
+    | XEN_X86_EMU_VPCI;
 pub const XEN_DOMCTL_GRANT_VERSION_1: u32 = 1;
 
 #[repr(C)]
@@ -438,6 +459,7 @@ pub const SHUTDOWN_CRASH: u32 = 3;
 pub const SHUTDOWN_WATCHDOG: u32 = 4;
 pub const SHUTDOWN_SOFT_RESET: u32 = 5;
 pub const HVM_PARAM_TRIPLE_FAULT_REASON: u32 = 31;
+pub const HVM_PARAM_HPET_ENABLED: u32 = 11;
 
 // --- privcmd (Linux's include/uapi/xen/privcmd.h) ---
 

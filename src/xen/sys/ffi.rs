@@ -199,6 +199,21 @@ extern "C" {
         domid: DomId,
         id: IoServId,
     ) -> c_int;
+    pub fn xendevicemodel_set_pci_intx_level(
+        dmod: *mut DevicemodelHandle,
+        domid: DomId,
+        segment: u16,
+        bus: u8,
+        device: u8,
+        intx: u8,
+        level: c_uint,
+    ) -> c_int;
+    pub fn xendevicemodel_set_isa_irq_level(
+        dmod: *mut DevicemodelHandle,
+        domid: DomId,
+        irq: u8,
+        level: c_uint,
+    ) -> c_int;
     pub fn xendevicemodel_inject_msi(
         dmod: *mut DevicemodelHandle,
         domid: DomId,

@@ -58,6 +58,9 @@ fn checks() -> Vec<Check> {
     constant!(c, "XEN_DOMCTL_CDF_hvm", XEN_DOMCTL_CDF_HVM);
     constant!(c, "XEN_DOMCTL_CDF_hap", XEN_DOMCTL_CDF_HAP);
     constant!(c, "XEN_X86_EMU_LAPIC", XEN_X86_EMU_LAPIC);
+    constant!(c, "XEN_X86_EMU_VPCI", XEN_X86_EMU_VPCI);
+    constant!(c, "XEN_X86_EMU_ALL", XEN_X86_EMU_ALL);
+    constant!(c, "HVM_PARAM_HPET_ENABLED", HVM_PARAM_HPET_ENABLED);
     constant!(c, "XEN_DOMCTL_GRANT_version(1)", XEN_DOMCTL_GRANT_VERSION_1);
     size!(c, "struct xen_arch_domainconfig", ArchDomainConfig);
     size!(c, "struct xen_domctl_createdomain", CreateDomain);

@@ -281,18 +281,21 @@ impl Pairs {
         };
         let ours = median(pairs.iter().map(|p| p.0.as_secs_f64()).collect());
         let plain = median(pairs.iter().map(|p| p.1.as_secs_f64()).collect());
-        let ratio = median(
-            pairs
-                .iter()
-                .map(|p| p.0.as_secs_f64() / p.1.as_secs_f64())
-                .collect(),
-        );
+        let mut ratios: Vec<f64> = pairs
+            .iter()
+            .map(|p| p.0.as_secs_f64() / p.1.as_secs_f64())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let quartile = |q: usize| ratios[(ratios.len() - 1) * q / 4];
+        let ratio = median(ratios.clone());
         println!(
             "{name}: vmkit {:.3} ms, {against} {:.3} ms (medians), vmkit/{against} = {ratio:.3} \
-             (median of {} interleaved rounds)",
+             (median of {} interleaved rounds; quartiles {:.3}..{:.3})",
             ours * 1e3,
             plain * 1e3,
-            pairs.len()
+            pairs.len(),
+            quartile(1),
+            quartile(3)
         );
     }
 }

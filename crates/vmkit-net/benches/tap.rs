@@ -1,10 +1,12 @@
 //! virtio-net over a TAP device against the raw TAP, in the same run.
 //!
-//! - `tap_tx`: the guest driver puts 64 frames of 1514 bytes (each behind
-//!   a 12-byte header, in separate descriptors) on the transmit queue
-//!   (not timed) and the device writes them to the TAP
-//!   (`process_queue(TXQ)`, timed), against 64 `write`s of the same
-//!   packets on a second TAP of the same kind.
+//! - `tap_tx`: the guest driver puts a batch of frames (each behind a
+//!   12-byte header, in separate descriptors) on the transmit queue (not
+//!   timed) and the device writes them to the TAP (`process_queue(TXQ)`,
+//!   timed), against `write`s of the same packets on a second TAP of the
+//!   same kind. Two shapes: 64 frames of 1514 bytes, and 16 TCP segments of
+//!   64 KiB handed over for segmentation offload (`GSO_TCPV4`, what a Linux
+//!   guest sends with TSO on; the in-place path is for these).
 //! - `tap_rx`: the host stack sends 64 UDP datagrams (1514-byte frames) out
 //!   of the TAP (not timed); then the device reads them and places them in
 //!   the guest's receive buffers (`process_queue(RXQ)`, merged buffers;
@@ -18,6 +20,13 @@
 //! Each group also times `virtio_net_copying`: the same device on a TAP
 //! that does not offer its vectored methods, so that frames are copied
 //! through the device's own buffer (the path before frames moved in place).
+//!
+//! The three legs run interleaved: every round times the device, the
+//! copying device and the raw TAP one after the other (criterion reports
+//! the device's rounds), and at the end each shape prints the medians, the
+//! median of the per-round ratios device / raw and copying / raw, and the
+//! ratios' quartiles (the spread on a busy machine). A filter picks a shape:
+//! `cargo bench -p vmkit-net --bench tap -- tap_tx/16x65226`.
 //!
 //! Runs in a network namespace of its own (`unshare`), as root; prints a
 //! note and does nothing otherwise.
@@ -44,10 +53,48 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const BATCH: usize = 64;
 const FRAME: usize = 1514;
+/// The GSO shape: 16 frames of 14 + 20 + 20 + 65172 bytes (an IPv4 TCP
+/// segment of 64 KiB less the IP header limit), `gso_size` 1448.
+const GSO_BATCH: usize = 16;
+const GSO_FRAME: usize = 14 + 65_535 - 323;
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0x10, 2];
 const RX_BUF: u32 = 4096;
 
 type Transport<B> = MmioTransport<Arc<Mem>, Net<B>>;
+
+/// No backend at all: every frame is taken and dropped unread, so that a
+/// device on it costs only its own bookkeeping (the queue, the header,
+/// the frame's pieces), not the system call.
+struct Discard;
+
+impl NetBackend for Discard {
+    fn capabilities(&self) -> BackendCapabilities {
+        BackendCapabilities {
+            vnet_hdr: true,
+            tx_offloads: VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4,
+            rx_offloads: 0,
+        }
+    }
+    fn set_rx_offloads(&mut self, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn recv(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+    fn send(&mut self, _: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn vectored(&self) -> bool {
+        true
+    }
+    fn send_vectored<S: vm_memory::bitmap::BitmapSlice>(
+        &mut self,
+        _: &[u8],
+        _: &[vm_memory::VolatileSlice<'_, S>],
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// The TAP without its vectored methods: the device copies each frame
 /// through a buffer of its own, as before frames moved in place.
@@ -93,6 +140,19 @@ struct Guest<B: NetBackend> {
     rx: Vq,
     tx: Vq,
     rx_addr: Vec<u64>,
+    /// The transmit shapes: (frames per batch, address of the first, stride, frame length).
+    shapes: Vec<Shape>,
+}
+
+/// A transmit batch laid out in guest memory: `count` packets (header, then
+/// frame 0x100 bytes further), `stride` bytes apart from `base`.
+#[derive(Clone)]
+struct Shape {
+    count: usize,
+    base: u64,
+    stride: u64,
+    frame_len: usize,
+    /// Header and frame back to back, as the raw TAP writes them.
     packet: Vec<u8>,
 }
 
@@ -106,28 +166,56 @@ impl<B: NetBackend> Guest<B> {
         let net = Net::new(tap, opts).unwrap();
         let t = MmioTransport::new(net, mem.clone(), EventFd::new(EFD_NONBLOCK).unwrap()).unwrap();
         let (rx, tx) = (Vq::new(0, 256), Vq::new(1, 256));
-        bring_up(&t, VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_CSUM, &[&rx, &tx]);
+        bring_up(
+            &t,
+            VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4,
+            &[&rx, &tx],
+        );
         let mut g = Guest {
             t,
             mem,
             rx,
             tx,
             rx_addr: vec![0; 256],
-            packet: Vec::new(),
+            shapes: Vec::new(),
         };
         for i in 0..128u64 {
             g.post_rx(0x10_0000 + u64::from(RX_BUF) * i);
         }
         // The transmit packets: header and frame, at fixed addresses.
-        let frame = tx_frame();
-        for i in 0..BATCH as u64 {
-            let a = 0x50_0000 + 0x1000 * i;
-            g.mem
-                .write_slice(&NetHeader::default().to_bytes(), GuestAddress(a))
-                .unwrap();
-            g.mem.write_slice(&frame, GuestAddress(a + 0x100)).unwrap();
+        for (count, base, stride, header, frame) in [
+            (
+                BATCH,
+                0x20_0000,
+                0x1000,
+                NetHeader::default(),
+                tx_frame(FRAME),
+            ),
+            (
+                BATCH,
+                0x58_0000,
+                0x2000,
+                NetHeader::default(),
+                tx_frame(4096),
+            ),
+            (32, 0x48_0000, 0x3000, NetHeader::default(), tx_frame(9014)),
+            (GSO_BATCH, 0x30_0000, 0x1_1000, gso_header(), gso_frame()),
+        ] {
+            for i in 0..count as u64 {
+                let a = base + stride * i;
+                g.mem
+                    .write_slice(&header.to_bytes(), GuestAddress(a))
+                    .unwrap();
+                g.mem.write_slice(&frame, GuestAddress(a + 0x100)).unwrap();
+            }
+            g.shapes.push(Shape {
+                count,
+                base,
+                stride,
+                frame_len: frame.len(),
+                packet: [header.to_bytes().to_vec(), frame].concat(),
+            });
         }
-        g.packet = [NetHeader::default().to_bytes().to_vec(), frame].concat();
         g
     }
 
@@ -136,20 +224,27 @@ impl<B: NetBackend> Guest<B> {
         self.rx_addr[usize::from(head)] = addr;
     }
 
-    /// The driver's half of a transmit batch: 64 chains made available.
-    fn post_tx(&mut self) {
-        for i in 0..BATCH as u64 {
-            let a = 0x50_0000 + 0x1000 * i;
+    /// The driver's half of a transmit batch of shape `s`: its chains made available.
+    fn post_tx(&mut self, s: usize) {
+        let Shape {
+            count,
+            base,
+            stride,
+            frame_len,
+            ..
+        } = self.shapes[s].clone();
+        for i in 0..count as u64 {
+            let a = base + stride * i;
             self.tx.push(
                 &self.mem,
-                &[(a, 12, false), (a + 0x100, FRAME as u32, false)],
+                &[(a, 12, false), (a + 0x100, frame_len as u32, false)],
             );
         }
     }
 
     /// The driver takes the sent chains back.
-    fn reap_tx(&mut self) {
-        for _ in 0..BATCH {
+    fn reap_tx(&mut self, n: usize) {
+        for _ in 0..n {
             self.tx.pop_used(&self.mem).unwrap();
         }
     }
@@ -161,30 +256,22 @@ impl<B: NetBackend> Guest<B> {
         idx.wrapping_sub(self.rx.last_used)
     }
 
-    /// `iters` transmit batches; the time spent in the device.
-    fn time_tx(&mut self, iters: u64) -> Duration {
-        let mut total = Duration::ZERO;
-        for _ in 0..iters {
-            self.post_tx();
-            let start = Instant::now();
-            self.t.process_queue(TXQ).unwrap();
-            total += start.elapsed();
-            self.reap_tx();
-        }
-        total
+    /// One transmit batch of shape `s`; the time spent in the device.
+    fn time_tx(&mut self, s: usize) -> Duration {
+        self.post_tx(s);
+        let start = Instant::now();
+        self.t.process_queue(TXQ).unwrap();
+        let took = start.elapsed();
+        self.reap_tx(self.shapes[s].count);
+        took
     }
 
-    /// `iters` receive batches, each after `inject` (not timed); the time
-    /// spent in the device.
-    fn time_rx(&mut self, iters: u64, inject: impl Fn()) -> Duration {
-        let mut total = Duration::ZERO;
-        for _ in 0..iters {
-            inject();
-            let (n, spent) = self.receive(BATCH);
-            total += spent;
-            assert_eq!(n, BATCH, "every frame reached the guest");
-        }
-        total
+    /// One receive batch after `inject` (not timed); the time spent in the device.
+    fn time_rx(&mut self, inject: impl Fn()) -> Duration {
+        inject();
+        let (n, spent) = self.receive(BATCH);
+        assert_eq!(n, BATCH, "every frame reached the guest");
+        spent
     }
 
     /// Receives `n` frames; returns how many arrived and the time spent
@@ -206,13 +293,104 @@ impl<B: NetBackend> Guest<B> {
     }
 }
 
-/// A frame to a MAC nobody has: the host drops it on arrival.
-fn tx_frame() -> Vec<u8> {
+/// A frame of `len` bytes to a MAC nobody has: the host drops it on arrival.
+fn tx_frame(len: usize) -> Vec<u8> {
     let mut f = vec![0x52, 0x54, 0, 0, 0x10, 0x99];
     f.extend_from_slice(&GUEST_MAC);
     f.extend_from_slice(&[0x08, 0x00]);
-    f.resize(FRAME, 0xab);
+    f.resize(len, 0xab);
     f
+}
+
+/// The GSO frame's header: TCPv4 segmentation at 1448 bytes, the checksum
+/// left to the host (as a Linux guest with TSO sends them).
+fn gso_header() -> NetHeader {
+    NetHeader {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: 14 + 20 + 20,
+        gso_size: 1448,
+        csum_start: 14 + 20,
+        csum_offset: 16,
+        ..NetHeader::default()
+    }
+}
+
+/// A 64 KiB IPv4 TCP segment to a MAC nobody has (the host drops it on
+/// arrival, unsegmented).
+fn gso_frame() -> Vec<u8> {
+    let mut f = vec![0x52, 0x54, 0, 0, 0x10, 0x99];
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let ip_len = (GSO_FRAME - 14) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&[10, 10, 0, 2]);
+    ip[16..20].copy_from_slice(&[10, 10, 0, 1]);
+    let mut sum = 0u32;
+    for w in ip.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&9u16.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x18;
+    tcp[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
+    f.extend_from_slice(&tcp);
+    f.resize(GSO_FRAME, 0xab);
+    f
+}
+
+/// Per-round times of the legs of one shape (`LEGS` names them; the last is
+/// the baseline), reported as medians, the median per-round ratios to the
+/// baseline, and those ratios' quartiles.
+#[derive(Default)]
+struct Rounds(std::cell::RefCell<Vec<Vec<Duration>>>);
+
+impl Rounds {
+    fn push(&self, round: Vec<Duration>) {
+        self.0.borrow_mut().push(round);
+    }
+
+    fn report(&self, name: &str, legs: &[&str]) {
+        let rounds = self.0.borrow();
+        let Some(base) = legs.len().checked_sub(1) else {
+            return;
+        };
+        if rounds.is_empty() {
+            return;
+        }
+        let quartiles = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            let at = |q: usize| v[(v.len() - 1) * q / 4];
+            [at(1), at(2), at(3)]
+        };
+        let mut line = format!("{name} ({} interleaved rounds):", rounds.len());
+        for (i, leg) in legs.iter().enumerate() {
+            let t = quartiles(rounds.iter().map(|r| r[i].as_secs_f64() * 1e6).collect());
+            line += &format!(" {leg} {:.1} µs", t[1]);
+            if i != base {
+                let r = quartiles(
+                    rounds
+                        .iter()
+                        .map(|r| r[i].as_secs_f64() / r[base].as_secs_f64())
+                        .collect(),
+                );
+                line += &format!(" (/{} {:.3} [{:.3}..{:.3}])", legs[base], r[1], r[0], r[2]);
+            }
+            line += ";";
+        }
+        println!("{line}");
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -234,6 +412,7 @@ fn bench(c: &mut Criterion) {
     sh("ip link set lo up");
     let mut g = Guest::new(tap("vmkbdev", "10.10.0.1/24"));
     let mut gc = Guest::new(Copying(tap("vmkbcpy", "10.12.0.1/24")));
+    let mut gn = Guest::new(Discard);
     let mut raw = tap("vmkbraw", "10.11.0.1/24");
     for (dev, ip) in [
         ("vmkbdev", "10.10.0.2"),
@@ -254,65 +433,95 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("tap_tx");
     group
         .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
+        .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    group.bench_function(BenchmarkId::new("virtio_net_device", "64x1514"), |b| {
-        b.iter_custom(|iters| g.time_tx(iters))
-    });
-    group.bench_function(BenchmarkId::new("virtio_net_copying", "64x1514"), |b| {
-        b.iter_custom(|iters| gc.time_tx(iters))
-    });
-    let packet = g.packet.clone();
-    group.bench_function(BenchmarkId::new("raw_tap_write", "64x1514"), |b| {
-        b.iter(|| {
-            for _ in 0..BATCH {
-                raw.send(&packet).unwrap();
-            }
-        })
-    });
+    for s in 0..g.shapes.len() {
+        let Shape {
+            count,
+            frame_len,
+            ref packet,
+            ..
+        } = g.shapes[s].clone();
+        let name = format!("{count}x{frame_len}");
+        // The raw TAP's packets: one per frame, as many as the guest's, so
+        // that both read the same amount of memory; and one packet written
+        // again and again (always in cache), the floor.
+        let packets = vec![packet.clone(); count];
+        let rounds = Rounds::default();
+        group.bench_function(BenchmarkId::from_parameter(&name), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let dev = g.time_tx(s);
+                    let cpy = gc.time_tx(s);
+                    let null = gn.time_tx(s);
+                    let start = Instant::now();
+                    for _ in 0..count {
+                        raw.send(packet).unwrap();
+                    }
+                    let hot = start.elapsed();
+                    let start = Instant::now();
+                    for p in &packets {
+                        raw.send(p).unwrap();
+                    }
+                    rounds.push(vec![dev, cpy, null, hot, start.elapsed()]);
+                    total += dev;
+                }
+                total
+            })
+        });
+        rounds.report(
+            &format!("tap_tx/{name}"),
+            &["device", "copying", "device_no_io", "raw_one_buffer", "raw"],
+        );
+    }
     group.finish();
 
     let mut group = c.benchmark_group("tap_rx");
     group
         .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
+        .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    group.bench_function(BenchmarkId::new("virtio_net_device", "64x1514"), |b| {
-        b.iter_custom(|iters| g.time_rx(iters, || inject(Ipv4Addr::new(10, 10, 0, 2))))
-    });
-    group.bench_function(BenchmarkId::new("virtio_net_copying", "64x1514"), |b| {
-        b.iter_custom(|iters| gc.time_rx(iters, || inject(Ipv4Addr::new(10, 12, 0, 2))))
-    });
     let raw_fd = raw.as_raw_fd();
     let mut buf = vec![0u8; MAX_PACKET_LEN];
-    group.bench_function(BenchmarkId::new("raw_tap_read", "64x1514"), |b| {
+    let mut raw_read = || {
+        inject(Ipv4Addr::new(10, 11, 0, 2));
+        let start = Instant::now();
+        let mut n = 0;
+        let end = start + Duration::from_secs(2);
+        while n < BATCH && Instant::now() < end {
+            match raw.recv(&mut buf) {
+                Ok(len) => {
+                    assert_eq!(len, 12 + FRAME);
+                    n += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read {raw_fd}: {e}"),
+            }
+        }
+        let took = start.elapsed();
+        assert_eq!(n, BATCH);
+        took
+    };
+    let rounds = Rounds::default();
+    group.bench_function(BenchmarkId::from_parameter("64x1514"), |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                inject(Ipv4Addr::new(10, 11, 0, 2));
-                let start = Instant::now();
-                let mut n = 0;
-                let end = start + Duration::from_secs(2);
-                while n < BATCH && Instant::now() < end {
-                    match raw.recv(&mut buf) {
-                        Ok(len) => {
-                            assert_eq!(len, 12 + FRAME);
-                            n += 1;
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => panic!("read {raw_fd}: {e}"),
-                    }
-                }
-                total += start.elapsed();
-                assert_eq!(n, BATCH);
+                let dev = g.time_rx(|| inject(Ipv4Addr::new(10, 10, 0, 2)));
+                let cpy = gc.time_rx(|| inject(Ipv4Addr::new(10, 12, 0, 2)));
+                rounds.push(vec![dev, cpy, raw_read()]);
+                total += dev;
             }
             total
         })
     });
+    rounds.report("tap_rx/64x1514", &["device", "copying", "raw"]);
     group.finish();
     for s in [
         g.t.with_device(|d| d.stats()),
         gc.t.with_device(|d| d.stats()),
+        gn.t.with_device(|d| d.stats()),
     ] {
         assert_eq!(
             s.tx_malformed + s.rx_dropped_invalid + s.rx_dropped_too_big + s.bad_chains,

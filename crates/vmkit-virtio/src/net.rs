@@ -1157,8 +1157,11 @@ impl<B: NetBackend> Net<B> {
         let hb = h.to_bytes();
         let header: &[u8] = if self.caps.vnet_hdr { &hb } else { &[] };
         let end = NET_HDR_LEN + packet.frame_len;
-        // A frame in more pieces than one system call takes: copied.
-        let vectored = vectored && segs.len() < iov::MAX_SLICES;
+        // Copied: a frame in more pieces than one system call takes, and a
+        // small one (one `write` from a buffer in cache beats a `writev` of
+        // the header and the frame's pieces; see `iov::IN_PLACE_MIN`).
+        let vectored =
+            vectored && segs.len() < iov::MAX_SLICES && packet.frame_len >= iov::IN_PLACE_MIN;
         if !vectored {
             if !segs.is_empty() {
                 iov::copy_out(segs, self.tx_buf.get_mut(NET_HDR_LEN..).unwrap_or(&mut []));

@@ -14,6 +14,13 @@ use vm_memory::bitmap::{BitmapSlice, BS};
 /// `UIO_MAXIOV`, less one for the header); a packet in more is copied.
 pub(super) const MAX_SLICES: usize = 1023;
 
+/// The smallest transmit frame sent in place; smaller ones are copied
+/// through the device's buffer and sent with one `write`. Measured with
+/// `cargo bench -p vmkit-net --bench tap -- tap_tx` (device in place vs
+/// copying, interleaved): in place costs 8 % more at 1514 bytes, the same
+/// at 4096, 7 % less at 9014 and 25 % less at 64 KiB (GSO).
+pub(super) const IN_PLACE_MIN: usize = 4096;
+
 /// A slice of the guest memory `M`.
 pub(super) type GuestSlice<'m, M> = VolatileSlice<'m, BS<'m, <M as GuestMemory>::Bitmap>>;
 use vm_memory::{GuestMemory, Permissions, VolatileSlice};

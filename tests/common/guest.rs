@@ -21,8 +21,9 @@ use vmkit_guests::minimal;
 
 /// What the harness answers for the kernel's MMIO read.
 pub const MMIO_ANSWER: u32 = 0x1234_abcd;
-/// A liveness bound for waits: reaching it means the guest is stuck, not slow.
-pub const GIVE_UP: Duration = Duration::from_secs(30);
+/// A liveness bound for waits: reaching it means the guest is stuck, not slow. Generous,
+/// because a whole minimal-kernel run on Xen in QEMU's TCG takes ~30 s on a loaded host.
+pub const GIVE_UP: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Copy, Debug)]
 pub struct GuestConfig {

@@ -179,9 +179,14 @@ impl<S: GuestAddressSpace, D> WiredDevice<S, D> {
     /// Takes the notification eventfd of `queue`, if it was asked for (and
     /// not taken yet).
     pub fn take_notifier(&mut self, queue: u16) -> Option<EventFd> {
-        let i = self.notifiers.iter().position(|n| n.queue == queue)?;
-        Some(self.notifiers.remove(i).event)
+        take_notifier(&mut self.notifiers, queue)
     }
+}
+
+/// Takes the notification eventfd of `queue` out of `notifiers`, if it is there.
+pub(crate) fn take_notifier(notifiers: &mut Vec<QueueNotifier>, queue: u16) -> Option<EventFd> {
+    let i = notifiers.iter().position(|n| n.queue == queue)?;
+    Some(notifiers.remove(i).event)
 }
 
 /// Places virtio-mmio devices on a VM: windows and GSIs from its

@@ -161,8 +161,7 @@ pub struct WiredPciDevice<S: GuestAddressSpace, D> {
 impl<S: GuestAddressSpace, D> WiredPciDevice<S, D> {
     /// Takes the notification eventfd of `queue`, if it was asked for (and not taken yet).
     pub fn take_notifier(&mut self, queue: u16) -> Option<EventFd> {
-        let i = self.notifiers.iter().position(|n| n.queue == queue)?;
-        Some(self.notifiers.remove(i).event)
+        crate::virtio_mmio::take_notifier(&mut self.notifiers, queue)
     }
 }
 

@@ -6,6 +6,7 @@
 //!     [--net MODE[,vhost] [--tap NAME] [--mac MAC]] [--balloon] [--balloon-control FILE]
 //!     [--balloon-no-reporting] [--mergeable] [--exit-stats] [--map-kernel]
 //!     [--split-rings] [--seccomp] [--s3-wake-after MS] [--save DIR] [--restore DIR] [--pci]
+//!     [--migrate-to ADDR] [--incoming ADDR]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -106,6 +107,23 @@
 //! for a boot, on this run's host resources (the disk file `--disk` names, a new TAP on the
 //! network `--net` names), and takes its saved state before the vCPUs run. `--balloon` and
 //! `--net MODE,vhost` are refused with either flag: snapshots do not cover them yet.
+//!
+//! `--migrate-to ADDR`: SIGPWR migrates the running VM live (`vmkit::migration`) to a
+//! boot_linux run with `--incoming ADDR` and the same flags as a `--restore` takes. ADDR is a
+//! Unix socket path if it contains a `/`, else a TCP `host:port` (the destination listens
+//! there for one connection). RAM is added with `MemoryFlags::LOG_DIRTY`; pre-copy rounds run
+//! while the guest does (each reported on stderr), then the vCPUs pause, the device threads
+//! stop and the same device sections and shape as a snapshot's are sent. The destination
+//! refuses a machine its flags build differently before it confirms; until it confirms, any
+//! failure (refusal, lost or corrupt stream) leaves the VM running here: boot_linux says why
+//! and restarts the device threads. Once confirmed it prints vmkit's summary (rounds, pages,
+//! bytes, downtime, total), stops the VM and exits 0; its TAP leaves the network. The
+//! destination builds its devices from the received sections as `--restore` does, on its own
+//! disk file and a new TAP on the network `--net` names, and asks the guest to announce
+//! itself (`VIRTIO_NET_F_GUEST_ANNOUNCE`: Linux's driver sends a gratuitous ARP), as does a
+//! restored one. A run that came in with `--incoming` can move on with `--migrate-to` too: its
+//! RAM keeps the source's dirty logging. The same devices as for snapshots are refused
+//! (`--balloon`, `,vhost`, `--pci`).
 //!
 //! SIGINT (Ctrl-C) and SIGTERM stop the VM rather than kill the process: boot_linux says
 //! `boot_linux: SIGINT: stopping the VM`, stops the vCPUs, ends the device threads and
@@ -744,6 +762,17 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     }
     let running = VmRunner::start_with(vcpu_handles, handler, runner_options)?;
     interrupts.watch(running.vcpus());
+    // A guest that moved here (--incoming, or --restore, maybe on another host) announces
+    // itself on the network, so that switches learn where its MAC address is now
+    // (VIRTIO_NET_F_GUEST_ANNOUNCE: a gratuitous ARP from Linux's driver).
+    let mut announcing = None;
+    if let (Some(_), Some(card)) = (from, &saved_card) {
+        if card.with_device(|net| net.announce()) {
+            announcing = Some(card.clone());
+            card.notify_config_change();
+            eprintln!("boot_linux: net: asked the guest to announce itself");
+        }
+    }
     if let Some(after) = options.s3_wake_after {
         let facs = facs.ok_or("the ACPI tables have no FACS to wake the guest from")?;
         let vcpus = running.vcpus().to_vec();
@@ -834,6 +863,12 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     };
     if let Some(stats) = stats {
         stats.print();
+    }
+    if let Some(card) = announcing {
+        match card.with_device(|net| net.announcing()) {
+            true => eprintln!("boot_linux: net: the guest never acknowledged its announcement"),
+            false => eprintln!("boot_linux: net: the guest announced itself (acknowledged)"),
+        }
     }
     let mut powered_off = false;
     for vcpu in finished {

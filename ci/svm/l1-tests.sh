@@ -1073,9 +1073,10 @@ MIG_NETTEST="dirty:2,snap:5003:$MIG_PERIOD"
 # (vmkit's and QEMU's own figures, and the guest-visible pause: the largest gap between counts
 # as L1 sees them, minus the period) and bytes, with the ratios.
 #
-# The guest does not announce its move (no VIRTIO_NET_F_GUEST_ANNOUNCE yet): the source's TAP
-# leaves migbr0 when the source exits, which flushes the bridge's entry for the guest's MAC, so
-# L1's next frame floods to the destination's TAP, and the guest's answer teaches the bridge.
+# The guest announces its move: the destination sets VIRTIO_NET_S_ANNOUNCE once its vCPUs run
+# and Linux's driver sends a gratuitous ARP, from which migbr0 learns the guest's MAC on the
+# destination's TAP. (Without it the move still works here: the source's TAP leaves migbr0 when
+# the source exits, which flushes the bridge's entry, so L1's next frame floods to the new TAP.)
 t_migrate_linux() {
     if [ ! -x /vmkit/bin/boot_linux ]; then
         echo "/vmkit/bin/boot_linux: not built"
@@ -1126,6 +1127,9 @@ t_migrate_linux() {
     [ -n "$first" ] && [ -n "$last" ] && [ "$first_n" -gt "$last_n" ] &&
         [ "$first_n" -le $((last_n + 2)) ] && cont=yes
     verdict $cont "the counter continued at the destination ($last_n, then $first_n; not from 1)"
+    ann=no
+    grep -q 'boot_linux: net: asked the guest to announce itself' /tmp/mig-dst.log && ann=yes
+    verdict $ann "the destination asked the guest to announce itself (VIRTIO_NET_F_GUEST_ANNOUNCE negotiated)"
     (echo after-migration >&3) 2>/dev/null
     tcp=no
     wait_for /tmp/mig-tcp.out '^VMKIT-DISK after-migration$' 60 && tcp=yes
@@ -1145,6 +1149,9 @@ t_migrate_linux() {
     grep -aq 'after-migration' /tmp/mig-disk.img && disk=yes
     verdict $disk "the disk image holds the line the guest wrote after the move"
     grep ' boot_linux' /tmp/mig-dst.log | cut -d' ' -f2- | tail -n 8 | sed 's/^/| /'
+    acked=no
+    grep -q 'boot_linux: net: the guest announced itself' /tmp/mig-dst.log && acked=yes
+    verdict $acked "the guest acknowledged its announcement (VIRTIO_NET_CTRL_ANNOUNCE_ACK)"
     ip link del migbr0
 
     # (b) QEMU: the same guest, workload, disk, and network, 10.0.7.3 on migbr1.

@@ -267,6 +267,14 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     // --restore: the VM, its memory (mapped lazily from the snapshot), its vCPUs and its
     // VM-wide state come from the snapshot, once the machine's shape is checked against the
     // flags; the kernel, initrd and boot information are already in that memory.
+    // --incoming: the TAP joins its network before the VM comes in, so that the guest's pause
+    // after the source hands over does not include it (the card is built on it below).
+    // When the migrating VM came in (--incoming).
+    let mut arrived = None;
+    let mut early_tap = match (&options.incoming, &options.net) {
+        (Some(_), Some(mode)) => Some(Attachment::open(mode, &options.tap)?),
+        _ => None,
+    };
     let restored = match &options.restore {
         Some(dir) => {
             snap::check_shape(dir, hypervisor.kind(), &shape)?;
@@ -283,6 +291,11 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         None => match &options.incoming {
             Some(addr) => {
                 let incoming = migrate::receive(addr, hypervisor.as_ref(), &shape)?;
+                eprintln!(
+                    "boot_linux: received the VM from {addr} ({} pre-copy rounds, {} pages)",
+                    incoming.rounds, incoming.pages
+                );
+                arrived = Some(Instant::now());
                 Some(snapshot::Restored {
                     vm: incoming.vm,
                     vcpus: incoming.vcpus,
@@ -447,7 +460,10 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let mut net_attachment = net::Leaving(None);
     let mut net_worker = None;
     if let Some(mode) = &options.net {
-        let (attachment, tap) = Attachment::open(mode, &options.tap)?;
+        let (attachment, tap) = match early_tap.take() {
+            Some(opened) => opened,
+            None => Attachment::open(mode, &options.tap)?,
+        };
         if let Some(leftover) = attachment.leftover() {
             eprintln!("boot_linux: net: {leftover}");
         }
@@ -658,7 +674,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         vcpu_handles = vcpus;
         let what = match (&options.restore, &options.incoming) {
             (Some(dir), _) => dir.display().to_string(),
-            (None, Some(addr)) => format!("the VM migrated to {addr}"),
+            (None, Some(addr)) => format!("the VM that came in at {addr}"),
             (None, None) => String::new(),
         };
         eprintln!(
@@ -765,6 +781,12 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     // A guest that moved here (--incoming, or --restore, maybe on another host) announces
     // itself on the network, so that switches learn where its MAC address is now
     // (VIRTIO_NET_F_GUEST_ANNOUNCE: a gratuitous ARP from Linux's driver).
+    if let Some(at) = arrived {
+        eprintln!(
+            "boot_linux: the vCPUs run {} ms after the VM came in (its devices built)",
+            at.elapsed().as_millis()
+        );
+    }
     let mut announcing = None;
     if let (Some(_), Some(card)) = (from, &saved_card) {
         if card.with_device(|net| net.announce()) {

@@ -1020,20 +1020,21 @@ stamp() {
     done
 }
 
-# mig_run LOG CMD...: CMD in the background (its pid in $mig_pid), its output stamped into LOG.
+# mig_run LOG CMD...: CMD in the background (its pid in $mig_pid), its output stamped into LOG
+# (line by line: no buffering filter in between; the guest's lines keep their \r).
 mig_run() {
     mr_log=$1
     shift
     rm -f "$mr_log.fifo"
     mkfifo "$mr_log.fifo"
-    stamp <"$mr_log.fifo" | tr -d '\r' >"$mr_log" &
+    stamp <"$mr_log.fifo" >"$mr_log" &
     "$@" >"$mr_log.fifo" 2>&1 &
     mig_pid=$!
 }
 
 # mig_counts LOG...: the stamped counter lines of console logs, as "n l1_uptime guest_uptime".
 mig_counts() {
-    cat "$@" | sed -n 's/^\([0-9.]*\) VMKIT-L2-COUNT \([0-9][0-9]*\) \([0-9.]*\)$/\2 \1 \3/p' | sort -n
+    cat "$@" | tr -d '\r' | sed -n 's/^\([0-9.]*\) VMKIT-L2-COUNT \([0-9][0-9]*\) \([0-9.]*\)$/\2 \1 \3/p' | sort -n
 }
 
 # mig_gap LOG...: the longest pause the counter shows as L1 saw it (the largest gap between
@@ -1148,7 +1149,7 @@ t_migrate_linux() {
     disk=no
     grep -aq 'after-migration' /tmp/mig-disk.img && disk=yes
     verdict $disk "the disk image holds the line the guest wrote after the move"
-    grep ' boot_linux' /tmp/mig-dst.log | cut -d' ' -f2- | tail -n 8 | sed 's/^/| /'
+    grep ' boot_linux' /tmp/mig-dst.log | cut -d' ' -f2- | tail -n 12 | sed 's/^/| /'
     acked=no
     grep -q 'boot_linux: net: the guest announced itself' /tmp/mig-dst.log && acked=yes
     verdict $acked "the guest acknowledged its announcement (VIRTIO_NET_CTRL_ANNOUNCE_ACK)"

@@ -1020,15 +1020,16 @@ stamp() {
     done
 }
 
-# mig_run LOG CMD...: CMD in the background (its pid in $mig_pid), its output stamped into LOG
-# (line by line: no buffering filter in between; the guest's lines keep their \r).
+# mig_run LOG CMD...: CMD in the background (its pid in $mig_pid), its stdout (the guest's
+# console) stamped into LOG line by line (no buffering filter in between; the guest's lines
+# keep their \r), its stderr in LOG.err (apart: a console line is often unfinished).
 mig_run() {
     mr_log=$1
     shift
     rm -f "$mr_log.fifo"
     mkfifo "$mr_log.fifo"
     stamp <"$mr_log.fifo" >"$mr_log" &
-    "$@" >"$mr_log.fifo" 2>&1 &
+    "$@" >"$mr_log.fifo" 2>"$mr_log.err" &
     mig_pid=$!
 }
 
@@ -1106,15 +1107,15 @@ t_migrate_linux() {
     verdict $tcp "L1's TCP connection to the guest carried a line through its disk"
     mig_run /tmp/mig-dst.log /vmkit/bin/boot_linux --tap vmktapmd --incoming 127.0.0.1:4444 "$@"
     dst=$mig_pid
-    wait_for /tmp/mig-dst.log 'waiting for a migrating VM' 30
+    wait_for /tmp/mig-dst.log.err 'waiting for a migrating VM' 30
     # Some counts with the workload running, then the migration.
     wait_for /tmp/mig-src.log ' VMKIT-L2-COUNT 20 ' 30
     t0=$(now_ms)
     kill -PWR "$src"
     mig_wait_exit "$src" 120
     echo "vmkit: the source exited with status $mig_rc $(($(now_ms) - t0)) ms after SIGPWR"
-    grep ' boot_linux' /tmp/mig-src.log | cut -d' ' -f2- | sed 's/^/| /'
-    summary=$(sed -n 's/.*boot_linux: migrated the VM to [^:]*:[0-9]*: //p' /tmp/mig-src.log)
+    sed 's/^/| /' /tmp/mig-src.log.err
+    summary=$(sed -n 's/^boot_linux: migrated the VM to [^:]*:[0-9]*: //p' /tmp/mig-src.log.err)
     moved=no
     [ $mig_rc -eq 0 ] && [ -n "$summary" ] && moved=yes
     verdict $moved "boot_linux migrated the VM on SIGPWR and exited 0"
@@ -1129,7 +1130,7 @@ t_migrate_linux() {
         [ "$first_n" -le $((last_n + 2)) ] && cont=yes
     verdict $cont "the counter continued at the destination ($last_n, then $first_n; not from 1)"
     ann=no
-    grep -q 'boot_linux: net: asked the guest to announce itself' /tmp/mig-dst.log && ann=yes
+    grep -q '^boot_linux: net: asked the guest to announce itself' /tmp/mig-dst.log.err && ann=yes
     verdict $ann "the destination asked the guest to announce itself (VIRTIO_NET_F_GUEST_ANNOUNCE negotiated)"
     (echo after-migration >&3) 2>/dev/null
     tcp=no
@@ -1149,9 +1150,9 @@ t_migrate_linux() {
     disk=no
     grep -aq 'after-migration' /tmp/mig-disk.img && disk=yes
     verdict $disk "the disk image holds the line the guest wrote after the move"
-    grep ' boot_linux' /tmp/mig-dst.log | cut -d' ' -f2- | tail -n 12 | sed 's/^/| /'
+    sed 's/^/| /' /tmp/mig-dst.log.err
     acked=no
-    grep -q 'boot_linux: net: the guest announced itself' /tmp/mig-dst.log && acked=yes
+    grep -q '^boot_linux: net: the guest announced itself' /tmp/mig-dst.log.err && acked=yes
     verdict $acked "the guest acknowledged its announcement (VIRTIO_NET_CTRL_ANNOUNCE_ACK)"
     ip link del migbr0
 
@@ -1224,6 +1225,13 @@ t_migrate_linux() {
     echo "migrate-bench: vmkit: total ${vtotal:-?} ms, downtime ${vdown:-?} ms (its own report), guest-visible pause $vgap ms, ${vbytes:-?} bytes"
     echo "migrate-bench: QEMU:  total ${qtotal:-?} ms, downtime ${qdown:-?} ms (its own report), guest-visible pause $qgap ms, $((${qkb:-0} * 1024)) bytes of RAM"
     echo "migrate-bench: vmkit/QEMU: total $(ratio "$vtotal" "$qtotal") (aim <= 0.8), downtime $(ratio "$vdown" "$qdown") (own reports), guest-visible pause $(ratio "$vgap" "$qgap") (aim <= 1), bytes $(ratio "$vbytes" "$((${qkb:-0} * 1024))")"
+    if [ $snap_bad -ne 0 ]; then
+        for f in /tmp/mig-src.log /tmp/mig-dst.log /tmp/mig-qsrc.log /tmp/mig-qsrc.log.err \
+            /tmp/mig-qdst.log /tmp/mig-qdst.log.err; do
+            echo "--- $f (its last lines):"
+            tr -d '\r' <"$f" | tail -n 15 | sed 's/^/| /'
+        done
+    fi
     rm -f /tmp/mig-*
     return $snap_bad
 }

@@ -6,7 +6,7 @@
 //!     [--net MODE[,vhost] [--tap NAME] [--mac MAC]] [--balloon] [--balloon-control FILE]
 //!     [--balloon-no-reporting] [--mergeable] [--exit-stats] [--map-kernel]
 //!     [--split-rings] [--seccomp] [--s3-wake-after MS] [--save DIR] [--restore DIR] [--pci]
-//!     [--split-irqchip]
+//!     [--split-irqchip] [--migrate-to ADDR] [--incoming ADDR]
 //! ```
 //!
 //! `IMAGE` is an ELF `vmlinux` (entered through PVH when it has the PVH note, which is the
@@ -111,6 +111,23 @@
 //! network `--net` names), and takes its saved state before the vCPUs run. `--balloon` and
 //! `--net MODE,vhost` are refused with either flag: snapshots do not cover them yet.
 //!
+//! `--migrate-to ADDR`: SIGPWR migrates the running VM live (`vmkit::migration`) to a
+//! boot_linux run with `--incoming ADDR` and the same flags as a `--restore` takes. ADDR is a
+//! Unix socket path if it contains a `/`, else a TCP `host:port` (the destination listens
+//! there for one connection). RAM is added with `MemoryFlags::LOG_DIRTY`; pre-copy rounds run
+//! while the guest does (each reported on stderr), then the vCPUs pause, the device threads
+//! stop and the same device sections and shape as a snapshot's are sent. The destination
+//! refuses a machine its flags build differently before it confirms; until it confirms, any
+//! failure (refusal, lost or corrupt stream) leaves the VM running here: boot_linux says why
+//! and restarts the device threads. Once confirmed it prints vmkit's summary (rounds, pages,
+//! bytes, downtime, total), stops the VM and exits 0; its TAP leaves the network. The
+//! destination builds its devices from the received sections as `--restore` does, on its own
+//! disk file and a new TAP on the network `--net` names, and asks the guest to announce
+//! itself (`VIRTIO_NET_F_GUEST_ANNOUNCE`: Linux's driver sends a gratuitous ARP), as does a
+//! restored one. A run that came in with `--incoming` can move on with `--migrate-to` too: its
+//! RAM keeps the source's dirty logging. The same devices as for snapshots are refused
+//! (`--balloon`, `,vhost`, `--pci`).
+//!
 //! SIGINT (Ctrl-C) and SIGTERM stop the VM rather than kill the process: boot_linux says
 //! `boot_linux: SIGINT: stopping the VM`, stops the vCPUs, ends the device threads and
 //! leaves the network as at any other end (the last VM out tears it down). A network that a
@@ -169,6 +186,8 @@ use vmkit_virtio::VirtioDevice;
 
 #[path = "boot_linux/balloon.rs"]
 mod balloon;
+#[path = "boot_linux/migrate.rs"]
+mod migrate;
 #[path = "boot_linux/net.rs"]
 mod net;
 #[path = "boot_linux/options.rs"]
@@ -199,7 +218,9 @@ const PCI_FIRST_IRQ: u32 = 16;
 
 fn main() -> ExitCode {
     match run() {
-        Ok(Ending::Reset | Ending::PowerOff | Ending::Saved) => ExitCode::SUCCESS,
+        Ok(Ending::Reset | Ending::PowerOff | Ending::Saved | Ending::Migrated) => {
+            ExitCode::SUCCESS
+        }
         Ok(Ending::Signal(signal)) => ExitCode::from(signals::exit_status(signal)),
         // `--help` is not a failure: the usage goes to stdout.
         Err(err) if matches!(err.downcast_ref(), Some(options::OptionsError::Help)) => {
@@ -229,6 +250,8 @@ enum Ending {
     Signal(i32),
     /// The VM was saved (`--save`, SIGUSR2), then stopped.
     Saved,
+    /// The VM migrated (`--migrate-to`, SIGPWR) and runs at the destination.
+    Migrated,
 }
 
 fn run() -> Result<Ending, Box<dyn Error>> {
@@ -247,6 +270,14 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     // --restore: the VM, its memory (mapped lazily from the snapshot), its vCPUs and its
     // VM-wide state come from the snapshot, once the machine's shape is checked against the
     // flags; the kernel, initrd and boot information are already in that memory.
+    // --incoming: the TAP joins its network before the VM comes in, so that the guest's pause
+    // after the source hands over does not include it (the card is built on it below).
+    // When the migrating VM came in (--incoming).
+    let mut arrived = None;
+    let mut early_tap = match (&options.incoming, &options.net) {
+        (Some(_), Some(mode)) => Some(Attachment::open(mode, &options.tap)?),
+        _ => None,
+    };
     let restored = match &options.restore {
         Some(dir) => {
             snap::check_shape(dir, hypervisor.kind(), &shape)?;
@@ -259,7 +290,24 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                 )?,
             )
         }
-        None => None,
+        // --incoming: the same, from the migration stream.
+        None => match &options.incoming {
+            Some(addr) => {
+                let incoming = migrate::receive(addr, hypervisor.as_ref(), &shape)?;
+                eprintln!(
+                    "boot_linux: received the VM from {addr} ({} pre-copy rounds, {} pages)",
+                    incoming.rounds, incoming.pages
+                );
+                arrived = Some(Instant::now());
+                Some(snapshot::Restored {
+                    vm: incoming.vm,
+                    vcpus: incoming.vcpus,
+                    config: incoming.config,
+                    snapshot: incoming.state,
+                })
+            }
+            None => None,
+        },
     };
     if options.pci && options.datapath == Datapath::Vhost {
         return Err("--net ...,vhost needs the card on virtio-mmio: drop --pci or ,vhost".into());
@@ -283,10 +331,14 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                 VmConfig::default().max_vcpus(vcpus).irqchip(true).pit(true)
             };
             let vm = hypervisor.create_vm(&config)?;
-            let flags = match options.mergeable {
+            let mut flags = match options.mergeable {
                 true => MemoryFlags::MERGEABLE,
                 false => MemoryFlags::empty(),
             };
+            // A migration's pre-copy rounds send what the dirty log says changed.
+            if options.migrate_to.is_some() {
+                flags |= MemoryFlags::LOG_DIRTY;
+            }
             for (start, size) in layout::ram_ranges(ram_size) {
                 let size = usize::try_from(size).map_err(|_| "--mem is too large for this host")?;
                 let region = MemoryRegion::anonymous(start, size, flags)?;
@@ -381,6 +433,8 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     // The transports a save reads (their workers stopped first).
     let mut saved_disk = None;
     let mut saved_card = None;
+    // With --migrate-to: what restarts the device threads after a failed migration.
+    let mut restart = Restart::default();
     if let (Some((file, size)), Some(arg)) = (disk, &options.disk) {
         let block_options = BlockOptions {
             read_only: arg.read_only,
@@ -413,6 +467,9 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                 saved_disk = Some(disk.transport.clone());
                 virtio_mmio.push(announce(disk.window, disk.gsi)?);
                 let notifiers = std::mem::take(&mut disk.notifiers);
+                if options.migrate_to.is_some() {
+                    restart.disk = Some((disk.transport.clone(), clone_notifiers(&notifiers)?));
+                }
                 QueueWorker::start_with(disk.transport, notifiers, worker_options, on_error)?
             }
         });
@@ -422,7 +479,10 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let mut net_attachment = net::Leaving(None);
     let mut net_worker = None;
     if let Some(mode) = &options.net {
-        let (attachment, tap) = Attachment::open(mode, &options.tap)?;
+        let (attachment, tap) = match early_tap.take() {
+            Some(opened) => opened,
+            None => Attachment::open(mode, &options.tap)?,
+        };
         if let Some(leftover) = attachment.leftover() {
             eprintln!("boot_linux: net: {leftover}");
         }
@@ -490,6 +550,13 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                 card.transport.set_offload(Some(Box::new(offload)));
                 eprintln!("boot_linux: net: datapath vhost-net");
             } else {
+                if options.migrate_to.is_some() {
+                    let kicks = QueueKicks {
+                        rx: kicks.rx.try_clone()?,
+                        tx: kicks.tx.try_clone()?,
+                    };
+                    restart.net = Some((card.transport.clone(), kicks));
+                }
                 let mut worker_options = NetWorkerOptions::default();
                 if options.seccomp {
                     worker_options =
@@ -622,11 +689,16 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             hypervisor.kind()
         );
     }
-    if let (Some(vcpus), Some(dir)) = (restored_vcpus.take(), &options.restore) {
+    if let Some(vcpus) = restored_vcpus.take() {
         vcpu_handles = vcpus;
+        let what = match (&options.restore, &options.incoming) {
+            (Some(dir), _) => dir.display().to_string(),
+            (None, Some(addr)) => format!("the VM that came in at {addr}"),
+            (None, None) => String::new(),
+        };
         eprintln!(
             "boot_linux: restored {} ({} MiB, {} vCPU(s), on {}) in {} us",
-            dir.display(),
+            what,
             options.mem_mib,
             vcpu_handles.len(),
             hypervisor.kind(),
@@ -634,16 +706,27 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         );
     }
     // What a save needs: the MSRs the vCPUs can read (asked while a vCPU is at hand).
+    let msrs = match vcpu_handles.first() {
+        Some(vcpu) if options.save.is_some() || options.migrate_to.is_some() => {
+            snapshot::readable_msrs(vcpu.as_ref(), &hypervisor.msr_index_list())
+        }
+        _ => Vec::new(),
+    };
     let save = match &options.save {
         Some(dir) => Some(Saving {
             dir: dir.clone(),
             request: snap::SaveRequest::catch()
                 .map_err(|err| format!("cannot catch SIGUSR2: {err}"))?,
-            msrs: match vcpu_handles.first() {
-                Some(vcpu) => snapshot::readable_msrs(vcpu.as_ref(), &hypervisor.msr_index_list()),
-                None => Vec::new(),
-            },
+            msrs: msrs.clone(),
         }),
+        None => None,
+    };
+    let migration = match &options.migrate_to {
+        Some(addr) => Some((
+            addr.clone(),
+            snap::SaveRequest::catch_signal(libc::SIGPWR)
+                .map_err(|err| format!("cannot catch SIGPWR: {err}"))?,
+        )),
         None => None,
     };
 
@@ -698,10 +781,10 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             rules.extend(&vmkit::seccomp::discard_rules());
         }
         runner_options = runner_options.seccomp(rules.compile()?);
-        if options.save.is_some() {
+        if options.save.is_some() || options.migrate_to.is_some() {
             eprintln!(
-                "boot_linux: seccomp: the main thread stays unconfined: --save writes the \
-                 snapshot from it"
+                "boot_linux: seccomp: the main thread stays unconfined: --save and \
+                 --migrate-to write the VM's state from it"
             );
         } else if matches!(options.net, None | Some(TapMode::Alone)) {
             main_filter = Some(main_thread_rules(hypervisor.kind()).compile()?);
@@ -714,6 +797,23 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     }
     let running = VmRunner::start_with(vcpu_handles, handler, runner_options)?;
     interrupts.watch(running.vcpus());
+    // A guest that moved here (--incoming, or --restore, maybe on another host) announces
+    // itself on the network, so that switches learn where its MAC address is now
+    // (VIRTIO_NET_F_GUEST_ANNOUNCE: a gratuitous ARP from Linux's driver).
+    if let Some(at) = arrived {
+        eprintln!(
+            "boot_linux: the vCPUs run {} ms after the VM came in (its devices built)",
+            at.elapsed().as_millis()
+        );
+    }
+    let mut announcing = None;
+    if let (Some(_), Some(card)) = (from, &saved_card) {
+        if card.with_device(|net| net.announce()) {
+            announcing = Some(card.clone());
+            card.notify_config_change();
+            eprintln!("boot_linux: net: asked the guest to announce itself");
+        }
+    }
     if let Some(after) = options.s3_wake_after {
         let facs = facs.ok_or("the ACPI tables have no FACS to wake the guest from")?;
         let vcpus = running.vcpus().to_vec();
@@ -730,30 +830,31 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         filter.install()?;
     }
     let mut saved_to = None;
-    let finished = match save {
-        None => running.join(),
-        Some(save) => {
-            // Waits for the VM to stop, or for SIGUSR2 to save it (then it stops).
-            while !running.wait_stopping(Duration::from_millis(20)) {
-                if !save.request.take() {
-                    continue;
-                }
+    let mut migrated = None;
+    let devices = Devices {
+        serial: &serial,
+        i8042: &i8042,
+        cmos: &cmos,
+        pm: &pm,
+        disk: saved_disk.as_deref(),
+        card: saved_card.as_deref(),
+        console: console.as_ref().map(|c| &*c.transport),
+    };
+    let finished = if save.is_none() && migration.is_none() {
+        running.join()
+    } else {
+        // Waits for the VM to stop, or for SIGUSR2 to save it (then it stops), or for SIGPWR
+        // to migrate it (then it stops here, or runs on if the migration failed).
+        while !running.wait_stopping(Duration::from_millis(20)) {
+            if let Some(save) = save.as_ref().filter(|save| save.request.take()) {
                 let at = Instant::now();
                 let result = save_vm(
-                    &save,
+                    save,
                     &running,
                     hypervisor.as_ref(),
                     &config,
                     vm.as_ref(),
-                    Devices {
-                        serial: &serial,
-                        i8042: &i8042,
-                        cmos: &cmos,
-                        pm: &pm,
-                        disk: saved_disk.as_deref(),
-                        card: saved_card.as_deref(),
-                        console: console.as_ref().map(|c| &*c.transport),
-                    },
+                    &devices,
                     (&mut disk_worker, &mut net_worker),
                     &shape,
                 );
@@ -762,11 +863,53 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                 saved_to = Some((save.dir.clone(), at.elapsed()));
                 break;
             }
-            running.join()
+            let Some((addr, _)) = migration.as_ref().filter(|(_, request)| request.take()) else {
+                continue;
+            };
+            eprintln!("boot_linux: SIGPWR: migrating the VM to {addr}");
+            let source = vmkit::migration::Source {
+                hypervisor: hypervisor.as_ref(),
+                config: &config,
+                vm: vm.as_ref(),
+                runner: &running,
+                msrs: &msrs,
+                marked: None,
+            };
+            let result = migrate::send(addr, &source, |w| {
+                // A device's state is taken with nothing serving it.
+                stop_workers((&mut disk_worker, &mut net_worker)).map_err(|err| {
+                    snapshot::format::StateError::Io {
+                        part: snapshot::format::Part::Output,
+                        source: io::Error::other(format!("stopping the device threads: {err}")),
+                    }
+                })?;
+                write_devices(w, &devices, &shape)
+            });
+            match result {
+                Ok(summary) => {
+                    running.stop_all();
+                    migrated = Some((addr.clone(), summary));
+                    break;
+                }
+                Err(err) => {
+                    eprintln!(
+                        "boot_linux: the migration failed; the VM runs on here: {}",
+                        ErrorChain(err.as_ref())
+                    );
+                    restart.start(&options, (&mut disk_worker, &mut net_worker))?;
+                }
+            }
         }
+        running.join()
     };
     if let Some(stats) = stats {
         stats.print();
+    }
+    if let Some(card) = announcing {
+        match card.with_device(|net| net.announcing()) {
+            true => eprintln!("boot_linux: net: the guest never acknowledged its announcement"),
+            false => eprintln!("boot_linux: net: the guest announced itself (acknowledged)"),
+        }
     }
     let mut powered_off = false;
     for vcpu in finished {
@@ -781,6 +924,19 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             took.as_millis()
         );
         return Ok(Ending::Saved);
+    }
+    if let Some((addr, summary)) = migrated {
+        eprintln!(
+            "boot_linux: migrated the VM to {addr}: {} rounds, {} pages ({} while paused), {} \
+             bytes, downtime {} ms, total {} ms; it runs there",
+            summary.rounds,
+            summary.pages_sent,
+            summary.final_pages,
+            summary.bytes_sent,
+            summary.downtime.as_millis(),
+            summary.total.as_millis()
+        );
+        return Ok(Ending::Migrated);
     }
     if let Some(signal) = interrupts.caught() {
         eprintln!("boot_linux: {}: the VM stopped", signals::name(signal));
@@ -891,38 +1047,127 @@ fn save_vm(
     hypervisor: &dyn vmkit::Hypervisor,
     config: &VmConfig,
     vm: &dyn vmkit::Vm,
-    devices: Devices<'_>,
+    devices: &Devices<'_>,
     workers: (&mut Option<QueueWorker>, &mut Option<NetWorker>),
     shape: &snap::Shape,
 ) -> Result<(), Box<dyn Error>> {
-    let console = devices
-        .console
-        .ok_or("the console is on virtio-pci, which snapshots do not cover")?;
     running.pause_all()?;
     // A device's state is taken with nothing serving it.
+    stop_workers(workers)?;
+    let features = snapshot::Features::for_vm(config, hypervisor.capabilities());
+    let vcpus = running.save_all(&save.msrs, features)?;
+    snapshot::save(&save.dir, hypervisor, config, vm, &vcpus, |w| {
+        write_devices(w, devices, shape)
+    })?;
+    Ok(())
+}
+
+/// Stops the disk's and the network card's threads, each finishing what the guest had asked.
+fn stop_workers(
+    workers: (&mut Option<QueueWorker>, &mut Option<NetWorker>),
+) -> Result<(), Box<dyn Error>> {
     if let Some(worker) = workers.0.take() {
         worker.stop()?;
     }
     if let Some(worker) = workers.1.take() {
         worker.stop()?;
     }
-    let features = snapshot::Features::for_vm(config, hypervisor.capabilities());
-    let vcpus = running.save_all(&save.msrs, features)?;
-    snapshot::save(&save.dir, hypervisor, config, vm, &vcpus, |w| {
-        w.write_section(snap::SHAPE, 0, snap::SHAPE_VERSION, shape)?;
-        w.write_device(snap::SERIAL, devices.serial)?;
-        w.write_device(snap::I8042, devices.i8042)?;
-        w.write_device(snap::CMOS, devices.cmos)?;
-        w.write_device(snap::PM, devices.pm)?;
-        if let Some(disk) = devices.disk {
-            w.write_device(snap::DISK, disk)?;
-        }
-        if let Some(card) = devices.card {
-            w.write_device(snap::NET, card)?;
-        }
-        w.write_device(snap::CONSOLE, console)
-    })?;
     Ok(())
+}
+
+/// Writes the machine's shape and each device's state: a snapshot's device sections, and a
+/// migration's.
+fn write_devices<W: io::Write>(
+    w: &mut snapshot::format::Writer<W>,
+    devices: &Devices<'_>,
+    shape: &snap::Shape,
+) -> Result<(), snapshot::format::StateError> {
+    w.write_section(snap::SHAPE, 0, snap::SHAPE_VERSION, shape)?;
+    w.write_device(snap::SERIAL, devices.serial)?;
+    w.write_device(snap::I8042, devices.i8042)?;
+    w.write_device(snap::CMOS, devices.cmos)?;
+    w.write_device(snap::PM, devices.pm)?;
+    if let Some(disk) = devices.disk {
+        w.write_device(snap::DISK, disk)?;
+    }
+    if let Some(card) = devices.card {
+        w.write_device(snap::NET, card)?;
+    }
+    // Always there: --pci, which has no console transport here, is refused with both.
+    if let Some(console) = devices.console {
+        w.write_device(snap::CONSOLE, console)?;
+    }
+    Ok(())
+}
+
+/// Copies of the queue notifiers' eventfds, to start a device thread on them again.
+fn clone_notifiers(
+    notifiers: &[vmkit_machine::QueueNotifier],
+) -> io::Result<Vec<vmkit_machine::QueueNotifier>> {
+    notifiers
+        .iter()
+        .map(|n| {
+            Ok(vmkit_machine::QueueNotifier {
+                queue: n.queue,
+                event: n.event.try_clone()?,
+            })
+        })
+        .collect()
+}
+
+/// `--migrate-to`: what starts the disk's and the network card's threads again after a
+/// failed migration stopped them (the transports and copies of their notifiers).
+#[derive(Default)]
+struct Restart {
+    disk: Option<(Arc<DiskTransport>, Vec<vmkit_machine::QueueNotifier>)>,
+    net: Option<(Arc<CardTransport>, QueueKicks)>,
+}
+
+/// The disk's transport.
+type DiskTransport = MmioTransport<Memory, Block>;
+/// The network card's.
+type CardTransport = MmioTransport<Memory, Net<vmkit_net::Tap>>;
+
+impl Restart {
+    /// Starts each thread that is not running, as at boot.
+    fn start(
+        &self,
+        options: &options::Options,
+        workers: (&mut Option<QueueWorker>, &mut Option<NetWorker>),
+    ) -> Result<(), Box<dyn Error>> {
+        if let (None, Some((transport, notifiers))) = (&workers.0, &self.disk) {
+            let mut worker_options = WorkerOptions::named("virtio-blk");
+            if options.seccomp {
+                worker_options = worker_options.seccomp(worker::blk_seccomp_rules().compile()?);
+            }
+            *workers.0 = Some(QueueWorker::start_with(
+                transport.clone(),
+                clone_notifiers(notifiers)?,
+                worker_options,
+                |err: &vmkit_machine::WorkerError| {
+                    eprintln!("boot_linux: disk: {}", ErrorChain(err))
+                },
+            )?);
+        }
+        if let (None, Some((transport, kicks))) = (&workers.1, &self.net) {
+            let mut worker_options = NetWorkerOptions::default();
+            if options.seccomp {
+                worker_options =
+                    worker_options.seccomp(vmkit_net::worker::seccomp_rules().compile()?);
+            }
+            let kicks = QueueKicks {
+                rx: kicks.rx.try_clone()?,
+                tx: kicks.tx.try_clone()?,
+            };
+            *workers.1 = Some(NetWorker::start_with(
+                transport.clone(),
+                kicks,
+                worker_options,
+                |err| eprintln!("boot_linux: net: {}", ErrorChain(err)),
+            )?);
+        }
+        Ok(())
+    }
 }
 
 /// The PM block as the ACPI tables describe it: vmkit-devices' layout at its default base;

@@ -19,7 +19,8 @@ pub const USAGE: &str = "usage: boot_linux --kernel IMAGE [--initrd FILE] [--cmd
                          [--tap NAME] [--mac MAC]] [--balloon] [--balloon-control FILE] \
                          [--balloon-no-reporting] [--mergeable] [--exit-stats] [--map-kernel] \
                          [--split-rings] [--seccomp] [--s3-wake-after MS] \
-                         [--save DIR] [--restore DIR] [--pci] [--split-irqchip]";
+                         [--save DIR] [--restore DIR] [--pci] [--split-irqchip] \
+                         [--migrate-to ADDR] [--incoming ADDR]";
 /// The command line when `--cmdline` is not given. `earlyprintk` shows the kernel's first
 /// lines (its banner) on the serial port before the console driver starts, which a kernel
 /// that dies early never reaches.
@@ -249,6 +250,10 @@ pub struct Options {
     pub pci: bool,
     /// `--split-irqchip`: local APICs in KVM, the IOAPIC in this process, no PIT.
     pub split_irqchip: bool,
+    /// `--migrate-to ADDR`: where SIGPWR migrates the running VM to.
+    pub migrate_to: Option<crate::migrate::Address>,
+    /// `--incoming ADDR`: receive a migrating VM there instead of booting `--kernel`.
+    pub incoming: Option<crate::migrate::Address>,
 }
 
 /// Parses this process's arguments and checks `--mem` against the host's RAM.
@@ -287,6 +292,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
         restore: None,
         pci: false,
         split_irqchip: false,
+        migrate_to: None,
+        incoming: None,
     };
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -365,6 +372,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
             "--save" => options.save = Some(value()?.into()),
             "--restore" => options.restore = Some(value()?.into()),
             "--pci" => options.pci = true,
+            "--migrate-to" => options.migrate_to = Some(crate::migrate::Address::parse(value()?)),
+            "--incoming" => options.incoming = Some(crate::migrate::Address::parse(value()?)),
             "--help" | "-h" => return Err(OptionsError::Help),
             _ => return Err(OptionsError::Unexpected { arg }),
         }
@@ -372,8 +381,15 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
     // A restore takes the guest's kernel from the snapshot's memory.
     match kernel {
         Some(kernel) => options.kernel = kernel,
-        None if options.restore.is_some() => {}
+        None if options.restore.is_some() || options.incoming.is_some() => {}
         None => return Err(OptionsError::NoKernel),
+    }
+    if options.restore.is_some() && options.incoming.is_some() {
+        return Err(OptionsError::NotWithSnapshots {
+            flag: "--incoming",
+            with: "--restore",
+            why: "the guest comes from one of them",
+        });
     }
     check_snapshot_flags(&options)?;
     Ok(options)
@@ -382,10 +398,16 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
 /// Refuses `--save` and `--restore` with the devices whose state snapshots do not cover: the
 /// balloon (its discards would read a lazily restored region back from the memory file, not
 /// zeros), vhost-net (the kernel's rings are not saved), virtio-pci (no `Persist` yet) and a
-/// split irqchip (snapshots take the in-kernel irqchip's state).
+/// split irqchip (snapshots take the in-kernel irqchip's state). Migration (`--migrate-to`,
+/// `--incoming`) carries the same state, so it refuses the same.
 fn check_snapshot_flags(options: &Options) -> Result<(), OptionsError> {
-    for (flag, given) in [("--save", &options.save), ("--restore", &options.restore)] {
-        if given.is_none() {
+    for (flag, given) in [
+        ("--save", options.save.is_some()),
+        ("--restore", options.restore.is_some()),
+        ("--migrate-to", options.migrate_to.is_some()),
+        ("--incoming", options.incoming.is_some()),
+    ] {
+        if !given {
             continue;
         }
         if options.balloon {
@@ -663,6 +685,30 @@ mod tests {
                 read_only: true
             })
         );
+    }
+
+    #[test]
+    fn migration_takes_an_address_and_refuses_what_snapshots_miss() {
+        use crate::migrate::Address;
+        let options = parse(args("--kernel k --migrate-to 10.0.0.2:4444 --net tap")).unwrap();
+        assert_eq!(
+            options.migrate_to,
+            Some(Address::Tcp("10.0.0.2:4444".into()))
+        );
+        // An incoming guest needs no kernel; a path is a Unix socket.
+        let options = parse(args("--incoming /run/mig.sock --vcpus 2")).unwrap();
+        assert_eq!(
+            options.incoming,
+            Some(Address::Unix(PathBuf::from("/run/mig.sock")))
+        );
+        assert!(refused("--incoming /s --restore /r")
+            .starts_with("--incoming cannot be combined with --restore"));
+        assert!(refused("--kernel k --migrate-to h:1 --pci")
+            .starts_with("--migrate-to cannot be combined with --pci"));
+        assert!(refused("--incoming h:1 --balloon")
+            .starts_with("--incoming cannot be combined with --balloon"));
+        assert!(refused("--kernel k --migrate-to h:1 --net tap,vhost")
+            .starts_with("--migrate-to cannot be combined with --net MODE,vhost"));
     }
 
     #[test]

@@ -133,14 +133,21 @@ pub fn check_shape(dir: &Path, kind: HypervisorKind, given: &Shape) -> Result<()
 
 /// `Ok` when `saved` is `given`, else the first difference.
 fn compare(dir: &Path, saved: &Shape, given: &Shape) -> Result<(), RestoreError> {
-    let mismatch = |what, saved: String, given: String| {
-        Err(RestoreError::Mismatch {
+    match difference(saved, given) {
+        None => Ok(()),
+        Some((what, saved, given)) => Err(RestoreError::Mismatch {
             dir: dir.to_path_buf(),
             what,
             saved,
             given,
-        })
-    };
+        }),
+    }
+}
+
+/// The first difference between a `saved` machine and the `given` one: what differs (and
+/// the flag that sets it), the saved value and the given one. A snapshot's restore and a
+/// migration's destination both check with it.
+pub fn difference(saved: &Shape, given: &Shape) -> Option<(&'static str, String, String)> {
     let disk = |d: Option<(u64, bool)>| match d {
         Some((size, ro)) => format!("{size} bytes{}", if ro { ", read-only" } else { "" }),
         None => "none".to_owned(),
@@ -150,40 +157,41 @@ fn compare(dir: &Path, saved: &Shape, given: &Shape) -> Result<(), RestoreError>
         None => "none".to_owned(),
     };
     if saved.mem_mib != given.mem_mib {
-        return mismatch(
+        return Some((
             "RAM (--mem, MiB)",
             saved.mem_mib.to_string(),
             given.mem_mib.to_string(),
-        );
+        ));
     }
     if saved.vcpus != given.vcpus {
-        return mismatch(
+        return Some((
             "vCPUs (--vcpus)",
             saved.vcpus.to_string(),
             given.vcpus.to_string(),
-        );
+        ));
     }
     if saved.disk != given.disk {
-        return mismatch("disk (--disk)", disk(saved.disk), disk(given.disk));
+        return Some(("disk (--disk)", disk(saved.disk), disk(given.disk)));
     }
     if saved.net_mac != given.net_mac {
-        return mismatch(
+        return Some((
             "network card (--net, --mac)",
             mac(saved.net_mac),
             mac(given.net_mac),
-        );
+        ));
     }
     if saved.split_rings != given.split_rings {
-        return mismatch(
+        return Some((
             "split rings only (--split-rings)",
             saved.split_rings.to_string(),
             given.split_rings.to_string(),
-        );
+        ));
     }
-    Ok(())
+    None
 }
 
-/// SIGUSR2 asks for a save, from [`SaveRequest::catch`] on.
+/// SIGUSR2 asks for a save, from [`SaveRequest::catch`] on (or another signal for another
+/// request: [`SaveRequest::catch_signal`]).
 pub struct SaveRequest {
     asked: Arc<AtomicBool>,
 }
@@ -191,12 +199,17 @@ pub struct SaveRequest {
 impl SaveRequest {
     /// Catches SIGUSR2 from now on (the handler only sets a flag).
     pub fn catch() -> std::io::Result<SaveRequest> {
+        SaveRequest::catch_signal(SIGUSR2)
+    }
+
+    /// Catches `signal` from now on (`--migrate-to` takes SIGPWR this way).
+    pub fn catch_signal(signal: i32) -> std::io::Result<SaveRequest> {
         let asked = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(SIGUSR2, Arc::clone(&asked))?;
+        signal_hook::flag::register(signal, Arc::clone(&asked))?;
         Ok(SaveRequest { asked })
     }
 
-    /// Whether SIGUSR2 came since the last call.
+    /// Whether the signal came since the last call.
     pub fn take(&self) -> bool {
         self.asked.swap(false, Ordering::Relaxed)
     }

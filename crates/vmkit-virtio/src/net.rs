@@ -15,8 +15,9 @@
 //! # Features
 //!
 //! Offered: `VERSION_1`, `INDIRECT_DESC`, `EVENT_IDX`, `MAC`, `STATUS`,
-//! `MRG_RXBUF` (unless disabled), `MTU` (if set), `CTRL_VQ` with `CTRL_RX`
-//! and `CTRL_MAC_ADDR` (unless disabled). Checksum and segmentation
+//! `MRG_RXBUF` (unless disabled), `MTU` (if set), `CTRL_VQ` with `CTRL_RX`,
+//! `CTRL_MAC_ADDR` and `GUEST_ANNOUNCE` (unless disabled; [`Net::announce`]
+//! asks the driver to announce the guest after a migration). Checksum and segmentation
 //! offloads are offered only as far as the backend says it honours them
 //! ([`BackendCapabilities`]): transmit offloads (`CSUM`, `HOST_TSO4`,
 //! `HOST_TSO6`, `HOST_ECN`, `HOST_UFO`) need a backend that takes a
@@ -126,10 +127,10 @@ use vm_memory::{GuestMemory, VolatileSlice};
 
 pub use ctrl::{
     decode as decode_ctrl, CtrlCommand, CtrlError, CtrlRequest, InvalidCtrl, MacAddr, MacTable,
-    MAC_TABLE_ENTRIES, MAX_CTRL_LEN, VIRTIO_NET_CTRL_GUEST_OFFLOADS,
-    VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET,
-    VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI,
-    VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_OK,
+    MAC_TABLE_ENTRIES, MAX_CTRL_LEN, VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK,
+    VIRTIO_NET_CTRL_GUEST_OFFLOADS, VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET, VIRTIO_NET_CTRL_MAC,
+    VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_RX,
+    VIRTIO_NET_CTRL_RX_ALLMULTI, VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_OK,
 };
 pub use header::{
     HeaderError, NetHeader, TxError, TxPacket, NET_HDR_LEN, VIRTIO_NET_HDR_F_DATA_VALID,
@@ -202,6 +203,8 @@ pub const HOST_OFFLOAD_FEATURES: u64 = VIRTIO_NET_F_CSUM
 
 /// `status` bit: the link is up.
 pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+/// `status` bit: the device asks the driver to announce itself (`VIRTIO_NET_F_GUEST_ANNOUNCE`).
+pub const VIRTIO_NET_S_ANNOUNCE: u16 = 2;
 
 /// The receive queue.
 pub const RXQ: u16 = 0;
@@ -536,6 +539,8 @@ pub struct Net<B: NetBackend> {
     mac: MacAddr,
     mtu: Option<u16>,
     link_up: bool,
+    /// `VIRTIO_NET_S_ANNOUNCE` is set: [`Net::announce`] asked, the driver has not acked.
+    announcing: bool,
     offered: u64,
     acked: u64,
     rx_offloads: u64,
@@ -581,7 +586,7 @@ fn sanitize(mut f: u64) -> u64 {
 
 /// The first feature dependency (virtio 1.2, 5.1.3.1) that `f` breaks.
 fn broken_dependency(f: u64) -> Option<&'static str> {
-    let rules: [(u64, u64, &'static str); 13] = [
+    let rules: [(u64, u64, &'static str); 14] = [
         (
             VIRTIO_NET_F_GUEST_TSO4,
             VIRTIO_NET_F_GUEST_CSUM,
@@ -643,6 +648,11 @@ fn broken_dependency(f: u64) -> Option<&'static str> {
             "CTRL_GUEST_OFFLOADS requires CTRL_VQ",
         ),
         (VIRTIO_NET_F_MQ, VIRTIO_NET_F_CTRL_VQ, "MQ requires CTRL_VQ"),
+        (
+            VIRTIO_NET_F_GUEST_ANNOUNCE,
+            VIRTIO_NET_F_CTRL_VQ,
+            "GUEST_ANNOUNCE requires CTRL_VQ",
+        ),
     ];
     rules
         .iter()
@@ -685,7 +695,10 @@ impl<B: NetBackend> Net<B> {
             f |= VIRTIO_NET_F_MTU;
         }
         if options.ctrl_queue {
-            f |= VIRTIO_NET_F_CTRL_VQ | VIRTIO_NET_F_CTRL_RX | VIRTIO_NET_F_CTRL_MAC_ADDR;
+            f |= VIRTIO_NET_F_CTRL_VQ
+                | VIRTIO_NET_F_CTRL_RX
+                | VIRTIO_NET_F_CTRL_MAC_ADDR
+                | VIRTIO_NET_F_GUEST_ANNOUNCE;
         }
         if options.offloads && caps.vnet_hdr {
             f |= caps.tx_offloads & HOST_OFFLOAD_FEATURES;
@@ -703,6 +716,7 @@ impl<B: NetBackend> Net<B> {
             mac,
             mtu: options.mtu,
             link_up: true,
+            announcing: false,
             offered: f,
             acked: 0,
             rx_offloads: 0,
@@ -740,6 +754,22 @@ impl<B: NetBackend> Net<B> {
         let changed = self.link_up != up;
         self.link_up = up;
         changed
+    }
+
+    /// Asks the driver to announce the guest on its network (gratuitous ARP, IPv6 neighbour
+    /// advertisements), as after a live migration moved it: sets `VIRTIO_NET_S_ANNOUNCE` in
+    /// the configuration's status until the driver acknowledges with
+    /// `VIRTIO_NET_CTRL_ANNOUNCE_ACK`. Returns whether it did, i.e. whether the driver
+    /// negotiated `VIRTIO_NET_F_GUEST_ANNOUNCE`; then call the transport's
+    /// `notify_config_change()` so that the driver notices.
+    pub fn announce(&mut self) -> bool {
+        self.announcing = self.acked & VIRTIO_NET_F_GUEST_ANNOUNCE != 0;
+        self.announcing
+    }
+
+    /// Whether an announcement is asked and not yet acknowledged.
+    pub fn announcing(&self) -> bool {
+        self.announcing
     }
 
     /// The features the driver accepted (0 before activation).
@@ -784,11 +814,14 @@ impl<B: NetBackend> Net<B> {
     fn config(&self) -> [u8; CONFIG_LEN] {
         let mut c = [0u8; CONFIG_LEN];
         c[..6].copy_from_slice(&self.mac);
-        let status = if self.link_up {
+        let mut status = if self.link_up {
             VIRTIO_NET_S_LINK_UP
         } else {
             0
         };
+        if self.announcing {
+            status |= VIRTIO_NET_S_ANNOUNCE;
+        }
         c[6..8].copy_from_slice(&status.to_le_bytes());
         c[8..10].copy_from_slice(&1u16.to_le_bytes());
         c[10..12].copy_from_slice(&self.mtu.unwrap_or(0).to_le_bytes());
@@ -1271,6 +1304,10 @@ impl<B: NetBackend> Net<B> {
                 self.mac = *mac;
                 VIRTIO_NET_OK
             }
+            CtrlCommand::AnnounceAck if has(VIRTIO_NET_F_GUEST_ANNOUNCE) => {
+                self.announcing = false;
+                VIRTIO_NET_OK
+            }
             CtrlCommand::GuestOffloadsSet(v) if has(VIRTIO_NET_F_CTRL_GUEST_OFFLOADS) => {
                 let allowed = self.acked & GUEST_OFFLOAD_FEATURES;
                 if v & !allowed != 0 || broken_dependency(*v).is_some() {
@@ -1352,6 +1389,7 @@ impl<M: GuestMemory + ?Sized, B: NetBackend> VirtioDevice<M> for Net<B> {
 
     fn reset(&mut self) {
         self.acked = 0;
+        self.announcing = false;
         self.rx_offloads = 0;
         self.restored_offloads = None;
         self.mac = self.default_mac;

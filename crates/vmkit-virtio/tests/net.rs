@@ -255,6 +255,7 @@ fn identifies_as_a_network_device_and_offers_what_the_backend_honours() {
         VIRTIO_NET_F_CTRL_VQ,
         VIRTIO_NET_F_CTRL_RX,
         VIRTIO_NET_F_CTRL_MAC_ADDR,
+        VIRTIO_NET_F_GUEST_ANNOUNCE,
     ] {
         assert_ne!(f & want, 0, "{want:#x} offered");
     }
@@ -965,6 +966,7 @@ fn broken_feature_dependencies_or_a_refusing_backend_fail_activation() {
     for (features, refuse) in [
         (VIRTIO_NET_F_GUEST_TSO4, false),
         (VIRTIO_NET_F_CTRL_RX, false),
+        (VIRTIO_NET_F_GUEST_ANNOUNCE, false),
         (VIRTIO_NET_F_HOST_ECN | VIRTIO_NET_F_CSUM, false),
         (VIRTIO_NET_F_GUEST_CSUM, true),
     ] {
@@ -976,6 +978,45 @@ fn broken_feature_dependencies_or_a_refusing_backend_fail_activation() {
         assert_ne!(t.status() & STATUS_NEEDS_RESET, 0, "{features:#x}");
         assert!(t.take_error().is_some());
     }
+}
+
+#[test]
+fn guest_announce_sets_the_status_bit_until_the_driver_acks() {
+    let status = |t: &Transport<Dev>| {
+        let mut st = [0u8; 2];
+        t.read(0x106, &mut st);
+        u16::from_le_bytes(st)
+    };
+    // Not negotiated: nothing to ask, and the ack is refused.
+    let mut s = setup(VIRTIO_NET_F_STATUS | VIRTIO_NET_F_CTRL_VQ);
+    assert!(!s.t.with_device(|d| d.announce()));
+    assert_eq!(status(&s.t), VIRTIO_NET_S_LINK_UP);
+    assert_eq!(
+        s.command(&[VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK]),
+        (1, VIRTIO_NET_ERR)
+    );
+
+    let mut s = setup(VIRTIO_NET_F_STATUS | VIRTIO_NET_F_CTRL_VQ | VIRTIO_NET_F_GUEST_ANNOUNCE);
+    assert!(s.t.with_device(|d| d.announce()));
+    s.t.notify_config_change();
+    assert_ne!(s.t.r32(0x60) & INT_CONFIG_CHANGE, 0);
+    assert_eq!(status(&s.t), VIRTIO_NET_S_LINK_UP | VIRTIO_NET_S_ANNOUNCE);
+    // An ack with data is malformed and leaves the request standing.
+    assert_eq!(
+        s.command(&[VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK, 0]),
+        (1, VIRTIO_NET_ERR)
+    );
+    assert!(s.t.with_device(|d| d.announcing()));
+    assert_eq!(
+        s.command(&[VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK]),
+        (1, VIRTIO_NET_OK)
+    );
+    assert_eq!(status(&s.t), VIRTIO_NET_S_LINK_UP);
+    assert!(!s.t.with_device(|d| d.announcing()));
+    // Asked again, then the device is reset: the request goes with it.
+    assert!(s.t.with_device(|d| d.announce()));
+    s.t.w32(0x70, 0);
+    assert!(!s.t.with_device(|d| d.announcing()));
 }
 
 #[test]

@@ -16,6 +16,11 @@ pub const VIRTIO_NET_CTRL_MAC: u8 = 1;
 pub const VIRTIO_NET_CTRL_MAC_TABLE_SET: u8 = 0;
 /// `VIRTIO_NET_CTRL_MAC` command: set the device's MAC address.
 pub const VIRTIO_NET_CTRL_MAC_ADDR_SET: u8 = 1;
+/// Command class: announcing the guest on the network (`VIRTIO_NET_F_GUEST_ANNOUNCE`).
+pub const VIRTIO_NET_CTRL_ANNOUNCE: u8 = 3;
+/// `VIRTIO_NET_CTRL_ANNOUNCE` command: the driver has announced itself (gratuitous ARP and
+/// the like) as the configuration's `VIRTIO_NET_S_ANNOUNCE` status asked.
+pub const VIRTIO_NET_CTRL_ANNOUNCE_ACK: u8 = 0;
 /// Command class: receive offloads.
 pub const VIRTIO_NET_CTRL_GUEST_OFFLOADS: u8 = 5;
 /// `VIRTIO_NET_CTRL_GUEST_OFFLOADS` command: set the receive offloads.
@@ -138,6 +143,8 @@ pub enum CtrlCommand {
     MacAddrSet(MacAddr),
     /// `VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET`, with the offload feature bits.
     GuestOffloadsSet(u64),
+    /// `VIRTIO_NET_CTRL_ANNOUNCE_ACK`: the driver announced itself.
+    AnnounceAck,
     /// A class or command this device does not implement (answered
     /// [`VIRTIO_NET_ERR`]).
     Unsupported {
@@ -282,6 +289,12 @@ pub fn decode(bytes: &[u8]) -> Result<CtrlCommand, CtrlError> {
                 return Err(bad());
             }
             CtrlCommand::MacTableSet { unicast, multicast }
+        }
+        (VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK) => {
+            if !data.is_empty() {
+                return Err(wrong(0));
+            }
+            CtrlCommand::AnnounceAck
         }
         (VIRTIO_NET_CTRL_GUEST_OFFLOADS, VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET) => {
             let b = <[u8; 8]>::try_from(data).map_err(|_| wrong(8))?;

@@ -1,0 +1,194 @@
+//! `--migrate-to ADDR` and `--incoming ADDR`: live migration of the running guest to another
+//! boot_linux process, over vmkit's migration stream (`vmkit::migration`).
+//!
+//! ADDR is a Unix socket path when it contains a `/` (`/run/vm.sock`, `./vm.sock`), else a
+//! TCP `host:port`. The destination listens there, takes one connection and receives; the
+//! source connects when SIGPWR comes (`kill -PWR PID`; SIGUSR2 stays `--save`'s and
+//! `--balloon-control`'s). The machine's [`Shape`] travels in the state frame as in a
+//! snapshot, and the destination refuses a machine its flags build differently before it
+//! confirms, so the source runs on.
+
+use std::error::Error;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+
+use vmkit::migration::{self, Incoming, IncomingOptions, MigrationOptions, Source, Summary};
+
+use crate::snap::{self, Shape};
+
+/// Where a migration goes or comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    /// A TCP `host:port`.
+    Tcp(String),
+    /// A Unix socket's path.
+    Unix(PathBuf),
+}
+
+impl Address {
+    /// A path when `text` has a `/`, else a TCP address (resolved when used).
+    pub fn parse(text: String) -> Address {
+        match text.contains('/') {
+            true => Address::Unix(text.into()),
+            false => Address::Tcp(text),
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp(addr) => f.write_str(addr),
+            Address::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A connected migration stream.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
+/// Waits at `addr` for the source's one connection.
+fn accept(addr: &Address) -> Result<Stream, Box<dyn Error>> {
+    let failed = |what: &str, err: io::Error| format!("--incoming {addr}: cannot {what}: {err}");
+    Ok(match addr {
+        Address::Tcp(at) => {
+            let listener = TcpListener::bind(at).map_err(|err| failed("listen", err))?;
+            let (stream, _) = listener.accept().map_err(|err| failed("accept", err))?;
+            // Small frames (the handshake, the confirmation) must not wait for more.
+            stream
+                .set_nodelay(true)
+                .map_err(|err| failed("set TCP_NODELAY", err))?;
+            Stream::Tcp(stream)
+        }
+        Address::Unix(path) => {
+            let listener = UnixListener::bind(path).map_err(|err| failed("listen", err))?;
+            let accepted = listener.accept();
+            // The socket file served its purpose once a source connected (or failed to).
+            let _ = std::fs::remove_file(path);
+            Stream::Unix(accepted.map_err(|err| failed("accept", err))?.0)
+        }
+    })
+}
+
+/// Connects to the destination at `addr`.
+fn connect(addr: &Address) -> Result<Stream, Box<dyn Error>> {
+    let failed = |err: io::Error| format!("--migrate-to {addr}: cannot connect: {err}");
+    Ok(match addr {
+        Address::Tcp(at) => {
+            let stream = TcpStream::connect(at).map_err(failed)?;
+            stream.set_nodelay(true).map_err(failed)?;
+            Stream::Tcp(stream)
+        }
+        Address::Unix(path) => Stream::Unix(UnixStream::connect(path).map_err(failed)?),
+    })
+}
+
+/// `--incoming`: receives the VM at `addr` on `hypervisor`, refusing (before it confirms) a
+/// machine whose shape is not `given`. The devices are built from the returned state's
+/// sections after this returns, as for `--restore`.
+pub fn receive(
+    addr: &Address,
+    hypervisor: &dyn vmkit::Hypervisor,
+    given: &Shape,
+) -> Result<Incoming, Box<dyn Error>> {
+    eprintln!("boot_linux: waiting for a migrating VM at {addr}");
+    let stream = accept(addr)?;
+    let (incoming, ()) = migration::receive(
+        stream,
+        hypervisor,
+        &IncomingOptions::default(),
+        |incoming| {
+            let saved: Shape = incoming.state.read_section(
+                snap::SHAPE,
+                0,
+                snap::SHAPE_VERSION..=snap::SHAPE_VERSION,
+            )?;
+            match snap::difference(&saved, given) {
+                None => Ok(()),
+                Some((what, saved, given)) => Err(format!(
+                    "the source's machine has {what} {saved}, this run's flags give {given}"
+                )
+                .into()),
+            }
+        },
+    )
+    .map_err(|err| format!("--incoming {addr}: {}", vmkit::ErrorChain(&err)))?;
+    Ok(incoming)
+}
+
+/// `--migrate-to`: migrates the VM `source` describes to `addr`; `devices` stops the device
+/// threads and writes the device sections once the vCPUs are paused. Each pre-copy round is
+/// reported on stderr. On failure the VM runs on here (vmkit resumes its vCPUs) and the error
+/// says which side and phase failed; restarting the device threads is the caller's.
+pub fn send(
+    addr: &Address,
+    source: &Source<'_>,
+    devices: impl FnOnce(
+        &mut vmkit::snapshot::format::Writer<Vec<u8>>,
+    ) -> Result<(), vmkit::snapshot::format::StateError>,
+) -> Result<Summary, Box<dyn Error>> {
+    let stream = connect(addr)?;
+    migration::migrate(stream, source, &MigrationOptions::default(), devices, |p| {
+        eprintln!(
+            "boot_linux: migrate: round {}{}: {} pages sent, {} dirty ({:.0} pages/s), \
+                 {:.1} MB/s, ~{} ms to send them",
+            p.round,
+            if p.stopped { " (stopped)" } else { "" },
+            p.pages_sent,
+            p.dirty_pages,
+            p.dirty_rate,
+            p.bandwidth / 1e6,
+            p.expected_downtime.as_millis()
+        )
+    })
+    .map_err(|err| format!("--migrate-to {addr}: {}", vmkit::ErrorChain(&err)).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slash_makes_a_unix_socket() {
+        assert_eq!(
+            Address::parse("./m.sock".into()),
+            Address::Unix("./m.sock".into())
+        );
+        assert_eq!(
+            Address::parse("[::1]:7".into()),
+            Address::Tcp("[::1]:7".into())
+        );
+        assert_eq!(Address::parse("h:7".into()).to_string(), "h:7");
+    }
+}

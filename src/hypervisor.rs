@@ -103,6 +103,12 @@ pub struct Capabilities {
     /// not sit there ([`Capabilities::reserved_conflict`] checks one).
     #[serde(default)]
     pub reserved: Vec<ReservedRange>,
+    /// PCI configuration cycles through ports 0xCF8/0xCFC reach the VMM as port I/O, so a
+    /// root bus there (vmkit-pci) answers them. Xen takes a cycle (0xCFC with CF8's enable
+    /// bit set) itself and sends it only to an ioreq server that mapped the device, which
+    /// vmkit does not do yet: there a guest reaches the root bus through ECAM only.
+    #[serde(default)]
+    pub pci_config_ports: bool,
     /// The CPUID leaves the hypervisor can offer a guest.
     #[cfg(target_arch = "x86_64")]
     pub cpuid: Vec<CpuidEntry>,

@@ -143,4 +143,9 @@ constants! {
     /// Where the S3 scenario places [`WAKE_REAL_MODE`] and points the FACS's waking vector:
     /// below 1 MiB, clear of the boot GDT and page tables.
     WAKE_VECTOR: u64 = 0x7000;
+    /// The ECAM window (bus 0) [`PCI_ECAM_READ`] reads, below 4 GiB (identity-mapped).
+    PCI_ECAM: u64 = 0xe000_0000;
+    /// What [`PCI_PORT_READ`] writes to CONFIG_ADDRESS (port 0xcf8): enable, bus 0,
+    /// device 0, function 0, register 0 (the vendor and device IDs).
+    PCI_CONFIG_ADDRESS_00: u32 = 0x8000_0000;
 }

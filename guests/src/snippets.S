@@ -206,6 +206,28 @@ snippet wake_real_mode
         out     %eax, $REPORT_PORT
         hlt
 
+/// Reads the vendor and device IDs of PCI device 00:00.0 through the
+/// configuration ports (writes [`PCI_CONFIG_ADDRESS_00`] to 0xcf8, reads
+/// 0xcfc), reports them (a dword to [`REPORT_PORT`]), then halts. Clobbers
+/// `rax` and `rdx`.
+snippet pci_port_read
+        mov     $0xcf8, %dx
+        mov     $PCI_CONFIG_ADDRESS_00, %eax
+        out     %eax, %dx
+        mov     $0xcfc, %dx
+        in      %dx, %eax
+        out     %eax, $REPORT_PORT
+        hlt
+
+/// Reads the vendor and device IDs of PCI device 00:00.0 through ECAM at
+/// [`PCI_ECAM`], reports them (a dword to [`REPORT_PORT`]), then halts.
+/// Clobbers `rax` and `rbx`.
+snippet pci_ecam_read
+        mov     $PCI_ECAM, %rbx
+        mov     (%rbx), %eax
+        out     %eax, $REPORT_PORT
+        hlt
+
 /// Jumps to itself forever: a guest that never exits on its own.
 snippet spin
 1:      jmp     1b

@@ -124,6 +124,7 @@ impl Kvm {
             irqfd_resample: has(Cap::IrqfdResample),
             irqchip_state: has(Cap::Irqchip),
             reserved: reserved::ranges(),
+            pci_config_ports: true,
             cpuid: cpuid
                 .as_slice()
                 .iter()

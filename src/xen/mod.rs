@@ -241,6 +241,8 @@ impl Xen {
             // Matched in the ioreq path.
             ioeventfd: true,
             reserved: platform::reserved_ranges(),
+            // Config cycles go only to a server that mapped the device (see Capabilities).
+            pci_config_ports: false,
             ..Capabilities::default()
         };
         Ok(Xen {

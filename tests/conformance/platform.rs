@@ -375,8 +375,83 @@ pub fn the_reserved_ports_never_reach_the_vmm(hv: &dyn Hypervisor) {
     }
 }
 
+/// Whether PCI configuration cycles through the ports reach the VMM.
+fn pci_config_ports(caps: &Capabilities) -> Option<&'static str> {
+    (!caps.pci_config_ports).then_some(
+        "the hypervisor takes configuration cycles on ports 0xcf8/0xcfc itself (Xen: only for \
+         devices mapped to an ioreq server)",
+    )
+}
+
+/// Runs `code` with a PCI root bus (vmkit-pci, put on the bus by vmkit-machine's
+/// `VirtioPciWiring`) and returns the dwords the guest reported.
+fn run_with_pci_root(hv: &dyn Hypervisor, code: &[u8]) -> Vec<u32> {
+    use vmkit_machine::{GsiAllocator, MmioAllocator, VirtioPciWiring, VmMsi};
+
+    let t = long_mode_vm_with(hv, VmConfig::default(), code);
+    let vm: Arc<dyn vmkit::Vm> = Arc::from(t.vm);
+    let wiring = VirtioPciWiring::new(
+        Arc::new(vm.memory()),
+        snippets::PCI_ECAM,
+        MmioAllocator::new(0xc000_0000, 0xd000_0000).unwrap(),
+        GsiAllocator::new(16, 23).unwrap(),
+        Arc::new(VmMsi(vm.clone())),
+    );
+    let mut bus = Bus::new();
+    let platform = wiring.finish(&mut bus).unwrap();
+    assert_eq!(platform.ecam.base, snippets::PCI_ECAM);
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let reports = Arc::clone(&reports);
+        runner::from_fn(move |id, exit| {
+            if let VcpuExit::IoOut {
+                port: snippets::REPORT_PORT,
+                data,
+                ..
+            } = &*exit
+            {
+                let value = u32::from_le_bytes((*data).try_into().unwrap());
+                reports.lock().unwrap().push(value);
+                return ExitAction::Continue;
+            }
+            if let VcpuExit::Hlt = exit {
+                return ExitAction::PowerOff;
+            }
+            bus.handle(id, exit)
+        })
+    };
+    let running =
+        VmRunner::start_with(vec![t.vcpu], handler, crate::common::runner_options()).unwrap();
+    let finished = running.join_timeout(GIVE_UP).unwrap();
+    assert_eq!(
+        finished[0].outcome.as_ref().unwrap(),
+        &VcpuOutcome::PowerOff
+    );
+    let reports = reports.lock().unwrap().clone();
+    reports
+}
+
+/// The host bridge's vendor 0x1b36 and device 0x0008 (a generic PCIe host bridge), as one
+/// configuration dword.
+const HOST_BRIDGE_ID: u32 = 0x0008_1b36;
+
+/// A guest reads the PCI host bridge's identity through ECAM (MMIO), on every backend.
+pub fn the_pci_host_bridge_answers_through_ecam(hv: &dyn Hypervisor) {
+    let reports = run_with_pci_root(hv, snippets::PCI_ECAM_READ);
+    assert_eq!(reports[..], [HOST_BRIDGE_ID], "{reports:x?}");
+}
+
+/// A guest reads the PCI host bridge's identity through the configuration ports 0xcf8/0xcfc,
+/// where they reach the VMM.
+pub fn the_pci_host_bridge_answers_through_the_configuration_ports(hv: &dyn Hypervisor) {
+    let reports = run_with_pci_root(hv, snippets::PCI_PORT_READ);
+    assert_eq!(reports[..], [HOST_BRIDGE_ID], "{reports:x?}");
+}
+
 crate::scenarios![
     a_guest_reads_the_pm_timer_and_powers_off_through_s5,
+    the_pci_host_bridge_answers_through_ecam,
+    the_pci_host_bridge_answers_through_the_configuration_ports => pci_config_ports,
     a_guest_suspended_to_ram_wakes_at_its_waking_vector,
     machine_check_banks_survive_a_snapshot => mce,
     the_boot_layers_cpuid_and_mce_banks_reach_the_guest => tsc_deadline_or_mce,

@@ -212,12 +212,17 @@ impl Xen {
                     "HVM guests with hardware-assisted paging (Xen's physinfo lacks hvm or hap)",
             });
         }
-        let cpuid = xc
+        let cpuid: Vec<CpuidEntry> = xc
             .cpuid_policy(PolicySource::System(XEN_SYSCTL_CPU_POLICY_HVM_DEFAULT))
             .map_err(hv_err)?
             .iter()
             .map(cpuid_entry)
             .collect();
+        // XSAVE state and XCR0 travel in the CPU_XSAVE record, which Xen keeps only when
+        // the host has XSAVE (CPUID leaf 1, ECX bit 26) and offers it to HVM guests.
+        let xsave = cpuid
+            .iter()
+            .any(|e| e.function == 1 && e.ecx >> 26 & 1 == 1);
         let handles = Handles {
             xc,
             dm: DeviceModel::open().map_err(hv_err)?,
@@ -241,6 +246,8 @@ impl Xen {
             // Matched in the ioreq path.
             ioeventfd: true,
             reserved: platform::reserved_ranges(),
+            xsave,
+            xcrs: xsave,
             ..Capabilities::default()
         };
         Ok(Xen {

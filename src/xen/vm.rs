@@ -331,7 +331,7 @@ impl XenVm {
         if shared.kind() == DomainKind::Pvh {
             shared
                 .with_paused(&control, |vm| {
-                    vm.load_records(id, Some(context::reset_cpu()), |_| {}, None)?;
+                    vm.load_records(id, Some(context::reset_cpu()), |_| {}, &[])?;
                     // The load brought the vCPU online: it waits offline for its first run().
                     vm.set_online(id, false)?;
                     Ok::<_, StateError>(())

@@ -438,6 +438,12 @@ pub(crate) fn xsave_area_size(mask: u64, leaves: &[CpuidLeaf]) -> Option<usize> 
     Some(size)
 }
 
+/// Whether a CPUID policy offers XSAVE (leaf 1, ECX bit 26): only then does Xen keep
+/// CPU_XSAVE records.
+pub(crate) fn has_xsave(leaves: &[CpuidLeaf]) -> bool {
+    leaves.iter().any(|l| l.leaf == 1 && l.c >> 26 & 1 == 1)
+}
+
 /// The XSAVE features a domain's CPUID policy allows in XCR0 (leaf 0xD sub-leaf 0, EDX:EAX).
 pub(crate) fn xcr0_max(leaves: &[CpuidLeaf]) -> u64 {
     leaves

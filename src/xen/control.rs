@@ -332,6 +332,9 @@ impl VmShared {
         vcpu: u32,
         leaves: &[CpuidLeaf],
     ) -> Result<Option<XsaveRecord>, StateError> {
+        if !context::has_xsave(leaves) {
+            return Ok(None);
+        }
         let max = context::xsave_area_size(context::xcr0_max(leaves), leaves).ok_or_else(|| {
             StateError::Context("the CPUID policy does not size every XSAVE component".into())
         })?;

@@ -27,9 +27,9 @@ use super::sys::abi::{
 use super::vm::{self, DomainKind, Shutdown, VmShared, TRIPLE_FAULT_REASON};
 use super::{cpuid_entry, cpuid_leaf};
 use crate::arch::x86_64::{
-    CpuidEntry, Fpu, LapicState, MpState, Msr, Regs, SpecialRegs, Xcr, Xsave,
+    CpuidEntry, Fpu, LapicState, MpState, Msr, Regs, SpecialRegs, VcpuEvents, Xcr, Xsave,
 };
-use crate::vcpu::{KickHandle, SystemEventKind, Vcpu, VcpuError, VcpuExit};
+use crate::vcpu::{GuestDebug, KickHandle, SystemEventKind, Vcpu, VcpuError, VcpuExit};
 
 /// The longest `run()` waits before looking whether the vCPU halted or the domain shut down.
 pub const MAX_CHECK_INTERVAL: Duration = Duration::from_millis(50);
@@ -40,6 +40,10 @@ const FIRST_CHECK: Duration = Duration::from_millis(2);
 /// taking one offline costs several hypercalls with the whole domain paused. Within these
 /// bounds the wait is four times the vCPU's recent time from an answer to its next request.
 const KICK_GRACE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(50));
+
+/// Why a Xen vCPU has no vCPU-event state.
+const NO_EVENT_STATE: &str = "Xen 4.17's HVM CPU record keeps only the event being injected: \
+                              no pending or masked NMI, no interrupt shadow";
 
 /// `InternalError::suberror` of an ioreq vmkit could not serve (`data`: type, address,
 /// size, count).
@@ -498,6 +502,14 @@ impl XenVcpu {
         if let Some(record) = record {
             return Ok((record, leaves));
         }
+        if !context::has_xsave(&leaves) {
+            return Err(VcpuError::Unsupported {
+                vcpu: self.id,
+                op: "XSAVE state",
+                reason: "the host (or this domain's CPUID policy) has no XSAVE \
+                         (Capabilities::xsave is false)",
+            });
+        }
         let ctx = self
             .vm
             .xc()
@@ -861,6 +873,33 @@ impl Vcpu for XenVcpu {
             .ok_or_else(|| invalid(format!("XCR0 {xcr0:#x} cannot be sized")))?;
         record.area.resize(size, 0);
         self.load_xsave(&record, "XCRs")
+    }
+
+    fn vcpu_events(&self) -> Result<VcpuEvents, VcpuError> {
+        Err(VcpuError::Unsupported {
+            vcpu: self.id,
+            op: "vCPU events",
+            reason: NO_EVENT_STATE,
+        })
+    }
+
+    fn set_vcpu_events(&self, _events: &VcpuEvents) -> Result<(), VcpuError> {
+        Err(VcpuError::Unsupported {
+            vcpu: self.id,
+            op: "vCPU events",
+            reason: NO_EVENT_STATE,
+        })
+    }
+
+    fn set_guest_debug(&self, _debug: &GuestDebug) -> Result<(), VcpuError> {
+        Err(VcpuError::Unsupported {
+            vcpu: self.id,
+            op: "guest debugging",
+            reason: "Xen 4.17 single-steps an HVM vCPU only with VMX's monitor trap flag \
+                     (XEN_DOMCTL_debug_op fails with EOPNOTSUPP on AMD SVM) and reports debug \
+                     exceptions by pausing the domain for a debugger (VIRQ_DEBUGGER) or \
+                     through a vm_event ring, neither of which vmkit serves yet",
+        })
     }
 
     fn mp_state(&self) -> Result<MpState, VcpuError> {

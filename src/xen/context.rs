@@ -3,8 +3,8 @@
 //! buffer format (a header record, typed records, an end marker).
 
 use super::sys::abi::{
-    CpuUserRegs, HvmHwCpu, HvmSaveDescriptor, HvmSaveHeader, Pod, HVM_FILE_MAGIC,
-    HVM_SAVE_CODE_END, HVM_SAVE_CODE_HEADER,
+    CpuUserRegs, CpuidLeaf, HvmHwCpu, HvmSaveDescriptor, HvmSaveHeader, Pod,
+    HVM_CPU_XSAVE_HEADER_SIZE, HVM_FILE_MAGIC, HVM_SAVE_CODE_END, HVM_SAVE_CODE_HEADER,
 };
 use crate::arch::x86_64::{msr_index, DescriptorTable, Fpu, Msr, Regs, Segment, SpecialRegs};
 
@@ -361,6 +361,97 @@ pub(crate) fn set_msr(cpu: &mut HvmHwCpu, msr: &Msr) -> bool {
     }
 }
 
+/// x87 and SSE state: the XSAVE components every x86-64 vCPU has (XCR0 bits 0 and 1).
+pub(crate) const XSTATE_FP_SSE: u64 = 0b11;
+/// The legacy (FXSAVE) region and the XSAVE header: the smallest XSAVE area.
+pub(crate) const XSAVE_MIN_SIZE: usize = 576;
+/// Byte offset of `XSTATE_BV` in an XSAVE area.
+pub(crate) const XSTATE_BV: usize = 512;
+
+/// A vCPU's `HVM_SAVE_CODE(CPU_XSAVE)` record (`struct hvm_hw_cpu_xsave`): the extended
+/// control register and the XSAVE area in the standard (uncompacted) format, as long as
+/// the components ever enabled (`xcr0_accum`) need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct XsaveRecord {
+    /// The host's XSAVE features (informational: Xen ignores it on load).
+    pub(crate) xfeature_mask: u64,
+    pub(crate) xcr0: u64,
+    /// Every component XCR0 has enabled since the vCPU started; the area holds these.
+    pub(crate) xcr0_accum: u64,
+    pub(crate) area: Vec<u8>,
+}
+
+impl XsaveRecord {
+    /// Parses a record; `None` if it is shorter than its header and the smallest area.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < HVM_CPU_XSAVE_HEADER_SIZE + XSAVE_MIN_SIZE {
+            return None;
+        }
+        let word = |i: usize| {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(v)
+        };
+        Some(XsaveRecord {
+            xfeature_mask: word(0),
+            xcr0: word(1),
+            xcr0_accum: word(2),
+            area: bytes[HVM_CPU_XSAVE_HEADER_SIZE..].to_vec(),
+        })
+    }
+
+    /// The record's bytes.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(HVM_CPU_XSAVE_HEADER_SIZE + self.area.len());
+        for word in [self.xfeature_mask, self.xcr0, self.xcr0_accum] {
+            bytes.extend(word.to_le_bytes());
+        }
+        bytes.extend(&self.area);
+        bytes
+    }
+}
+
+/// `XSTATE_BV` of an XSAVE area (0 if the area is too short to have a header).
+pub(crate) fn xstate_bv(area: &[u8]) -> u64 {
+    let mut v = [0u8; 8];
+    match area.get(XSTATE_BV..XSTATE_BV + 8) {
+        Some(bytes) => {
+            v.copy_from_slice(bytes);
+            u64::from_le_bytes(v)
+        }
+        None => 0,
+    }
+}
+
+/// The size of a standard-format XSAVE area holding the components of `mask`, from the
+/// offsets and sizes CPUID leaf 0xD reports for them (sub-leaf `i`: EAX size, EBX
+/// offset), as Xen sizes a CPU_XSAVE record. `None` if a component of `mask` above SSE has
+/// no sub-leaf in `leaves`.
+pub(crate) fn xsave_area_size(mask: u64, leaves: &[CpuidLeaf]) -> Option<usize> {
+    let mut size = XSAVE_MIN_SIZE;
+    for bit in (2..64).filter(|bit| mask >> bit & 1 == 1) {
+        let leaf = leaves
+            .iter()
+            .find(|l| l.leaf == 0xd && l.subleaf == bit && l.a != 0)?;
+        size = size.max(leaf.b as usize + leaf.a as usize);
+    }
+    Some(size)
+}
+
+/// Whether a CPUID policy offers XSAVE (leaf 1, ECX bit 26): only then does Xen keep
+/// CPU_XSAVE records.
+pub(crate) fn has_xsave(leaves: &[CpuidLeaf]) -> bool {
+    leaves.iter().any(|l| l.leaf == 1 && l.c >> 26 & 1 == 1)
+}
+
+/// The XSAVE features a domain's CPUID policy allows in XCR0 (leaf 0xD sub-leaf 0, EDX:EAX).
+pub(crate) fn xcr0_max(leaves: &[CpuidLeaf]) -> u64 {
+    leaves
+        .iter()
+        .find(|l| l.leaf == 0xd && l.subleaf == 0)
+        .map_or(XSTATE_FP_SSE, |l| u64::from(l.d) << 32 | u64::from(l.a))
+}
+
 /// The CPU record of a vCPU after RESET (as the architecture defines it, and as KVM
 /// starts a vCPU): real mode at `f000:fff0`, caches disabled, no FPU state yet.
 pub(crate) fn reset_cpu() -> HvmHwCpu {
@@ -496,5 +587,43 @@ mod tests {
         bad.truncate(buf.len() - 20);
         assert!(matches!(parse(&bad), Err(ContextError::Truncated { .. })));
         assert_eq!(parse(&buf[32..]), Err(ContextError::NoHeader));
+    }
+
+    #[test]
+    fn xsave_records_round_trip_and_size_by_component() {
+        let mut area = vec![0u8; XSAVE_MIN_SIZE];
+        area[XSTATE_BV] = 0b11;
+        let record = XsaveRecord {
+            xfeature_mask: 0x7,
+            xcr0: 0x3,
+            xcr0_accum: 0x7,
+            area,
+        };
+        let bytes = record.to_bytes();
+        assert_eq!(bytes.len(), HVM_CPU_XSAVE_HEADER_SIZE + XSAVE_MIN_SIZE);
+        assert_eq!(XsaveRecord::from_bytes(&bytes), Some(record.clone()));
+        assert_eq!(xstate_bv(&record.area), 0b11);
+        // Too short for the legacy region and header: refused, not read past.
+        assert_eq!(XsaveRecord::from_bytes(&bytes[..100]), None);
+
+        let avx = CpuidLeaf {
+            leaf: 0xd,
+            subleaf: 2,
+            a: 256,
+            b: 576,
+            ..CpuidLeaf::default()
+        };
+        let max = CpuidLeaf {
+            leaf: 0xd,
+            subleaf: 0,
+            a: 0x7,
+            ..CpuidLeaf::default()
+        };
+        assert_eq!(xsave_area_size(0b11, &[]), Some(XSAVE_MIN_SIZE));
+        assert_eq!(xsave_area_size(0b111, &[avx, max]), Some(832));
+        // A component the policy does not describe cannot be sized.
+        assert_eq!(xsave_area_size(0b1011, &[avx, max]), None);
+        assert_eq!(xcr0_max(&[avx, max]), 0x7);
+        assert_eq!(xcr0_max(&[]), XSTATE_FP_SSE);
     }
 }

@@ -31,13 +31,14 @@
 use std::io;
 use std::sync::atomic::Ordering;
 
-use super::context::{self, Record};
+use super::context::{self, Record, XsaveRecord};
 use super::ioreq::RawRequest;
-use super::libs::XenCallError;
+use super::libs::{PolicySource, XenCallError};
 use super::sys::abi::{
-    DomainInfo, HvmHwCpu, Pod, HVM_SAVE_CODE_CPU, HVM_SAVE_CODE_LAPIC_REGS, SHUTDOWN_POWEROFF,
-    STATE_IOREQ_INPROCESS, STATE_IOREQ_NONE, STATE_IOREQ_READY, STATE_IORESP_READY, VGCF_ONLINE,
-    XEN_DOMINF_DYING, XEN_DOMINF_SHUTDOWN, XEN_DOMINF_SHUTDOWNMASK, XEN_DOMINF_SHUTDOWNSHIFT,
+    CpuidLeaf, DomainInfo, HvmHwCpu, Pod, HVM_CPU_XSAVE_HEADER_SIZE, HVM_SAVE_CODE_CPU,
+    HVM_SAVE_CODE_CPU_XSAVE, SHUTDOWN_POWEROFF, STATE_IOREQ_INPROCESS, STATE_IOREQ_NONE,
+    STATE_IOREQ_READY, STATE_IORESP_READY, VGCF_ONLINE, XEN_DOMINF_DYING, XEN_DOMINF_SHUTDOWN,
+    XEN_DOMINF_SHUTDOWNMASK, XEN_DOMINF_SHUTDOWNSHIFT,
 };
 use super::vm::{lock, Shutdown, VmShared};
 
@@ -254,6 +255,28 @@ impl VmShared {
         })
     }
 
+    /// vCPU `id`'s XSAVE record (see [`Self::xsave_record`]) and the domain's CPUID policy,
+    /// bringing the vCPU online for the moment if it is offline. Takes the control lock and
+    /// pauses the domain.
+    pub(crate) fn read_xsave(
+        &self,
+        id: u32,
+    ) -> Result<(Option<XsaveRecord>, Vec<CpuidLeaf>), StateError> {
+        let control = self.control();
+        self.with_paused(&control, |vm| {
+            let leaves = vm.xc().cpuid_policy(PolicySource::Domain(vm.domid))?;
+            let online = vm.is_online(id)?;
+            if !online {
+                vm.set_online(id, true)?;
+            }
+            let record = vm.xsave_record(id, &leaves);
+            if !online {
+                vm.set_online(id, false)?;
+            }
+            Ok((record?, leaves))
+        })
+    }
+
     /// Counts an answer given to vCPU `id`.
     pub(crate) fn count_answer(&self, id: u32) {
         if let Some(n) = self.answered.get(id as usize) {
@@ -280,18 +303,19 @@ impl VmShared {
             _ => false,
         }
     }
-    /// Changes vCPU `id`'s CPU record (and, with `lapic_regs`, its local APIC registers),
-    /// keeping it online or offline as it was. Takes the control lock and pauses the domain.
+    /// Changes vCPU `id`'s CPU record (and loads `extra`, its other records, e.g. local APIC
+    /// registers or XSAVE state), keeping it online or offline as it was. Takes the control
+    /// lock and pauses the domain.
     pub(crate) fn edit_cpu(
         &self,
         id: u32,
         edit: impl FnOnce(&mut HvmHwCpu),
-        lapic_regs: Option<&[u8]>,
+        extra: &[Record],
     ) -> Result<(), StateError> {
         let control = self.control();
         self.with_paused(&control, |vm| {
             let online = vm.is_online(id)?;
-            vm.load_records(id, None, edit, lapic_regs)?;
+            vm.load_records(id, None, edit, extra)?;
             if !online {
                 vm.set_online(id, false)?;
             }
@@ -299,16 +323,63 @@ impl VmShared {
         })
     }
 
+    /// Reads vCPU `vcpu`'s XSAVE record, its area cut to the components it holds; `None`
+    /// if Xen keeps none (the host has no XSAVE, or the vCPU never had XCR0 set). `leaves`
+    /// is the domain's CPUID policy, which sizes the areas. The caller holds the control
+    /// lock and has paused the domain, with the vCPU online.
+    pub(crate) fn xsave_record(
+        &self,
+        vcpu: u32,
+        leaves: &[CpuidLeaf],
+    ) -> Result<Option<XsaveRecord>, StateError> {
+        if !context::has_xsave(leaves) {
+            return Ok(None);
+        }
+        let max = context::xsave_area_size(context::xcr0_max(leaves), leaves).ok_or_else(|| {
+            StateError::Context("the CPUID policy does not size every XSAVE component".into())
+        })?;
+        let mut buf = vec![0u8; HVM_CPU_XSAVE_HEADER_SIZE + max];
+        match self
+            .xc()
+            .hvm_record(self.domid, HVM_SAVE_CODE_CPU_XSAVE, vcpu as u16, &mut buf)
+        {
+            Ok(()) => {}
+            // No record of this type for the vCPU.
+            Err(err)
+                if matches!(
+                    err.source.raw_os_error(),
+                    Some(libc::ENOENT | libc::ENODATA)
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(err) => return Err(err.into()),
+        }
+        let mut record = XsaveRecord::from_bytes(&buf)
+            .ok_or_else(|| StateError::Context("a short XSAVE record".into()))?;
+        // The buffer was sized for every component; the record holds those of xcr0_accum.
+        let size = context::xsave_area_size(record.xcr0_accum, leaves).ok_or_else(|| {
+            StateError::Context(format!(
+                "XCR0_ACCUM {:#x} names a component the CPUID policy does not size",
+                record.xcr0_accum
+            ))
+        })?;
+        record.area.truncate(size);
+        Ok(Some(record))
+    }
+
     /// Loads vCPU `id`'s CPU record — `base` or its current one — changed by `edit`, plus
-    /// `lapic_regs`, together with the CPU record of every other online vCPU (a load takes
-    /// every vCPU it has no record for offline). `id` ends up online. The caller holds the
-    /// control lock and has paused the domain.
+    /// `extra` (other records of `id`), together with the CPU record of every other online
+    /// vCPU (a load takes every vCPU it has no record for offline). Each loaded vCPU's XSAVE
+    /// record goes along unless `extra` has one: loading a CPU record resets the XSAVE
+    /// components above SSE. `id` ends up online. The caller holds the control lock and has
+    /// paused the domain.
     pub(crate) fn load_records(
         &self,
         id: u32,
         base: Option<HvmHwCpu>,
         edit: impl FnOnce(&mut HvmHwCpu),
-        lapic_regs: Option<&[u8]>,
+        extra: &[Record],
     ) -> Result<(), StateError> {
         if self.slot(id).is_some_and(|s| s.state() != STATE_IOREQ_NONE) {
             return Err(StateError::IoInFlight { vcpu: id });
@@ -327,6 +398,14 @@ impl VmShared {
         };
         let mut load = vec![hvm.header.clone()];
         let mut replays = Vec::new();
+        let leaves = self.xc().cpuid_policy(PolicySource::Domain(self.domid))?;
+        let xsave = |vcpu: u32| -> Result<Option<Record>, StateError> {
+            Ok(self.xsave_record(vcpu, &leaves)?.map(|r| Record {
+                typecode: HVM_SAVE_CODE_CPU_XSAVE,
+                instance: vcpu as u16,
+                data: r.to_bytes(),
+            }))
+        };
         for vcpu in (0..self.config.max_vcpus).filter(|&v| v != id) {
             if !self.is_online(vcpu)? {
                 continue;
@@ -336,6 +415,7 @@ impl VmShared {
                 instance: vcpu as u16,
                 data: record(vcpu)?,
             });
+            load.extend(xsave(vcpu)?);
             // The load makes a vCPU in the middle of an I/O access send it again once
             // answered (answered already, with STATE_IORESP_READY).
             if let Some(slot) = self.slot(vcpu) {
@@ -372,13 +452,14 @@ impl VmShared {
             instance: id as u16,
             data: cpu.to_bytes(),
         });
-        if let Some(regs) = lapic_regs {
-            load.push(Record {
-                typecode: HVM_SAVE_CODE_LAPIC_REGS,
-                instance: id as u16,
-                data: regs.to_vec(),
-            });
+        // Records load in order: the XSAVE record after the CPU record that resets it.
+        if !extra.iter().any(|r| r.typecode == HVM_SAVE_CODE_CPU_XSAVE) && base.is_none() {
+            load.extend(xsave(id)?);
         }
+        load.extend(extra.iter().map(|r| Record {
+            instance: id as u16,
+            ..r.clone()
+        }));
         let mut buf = context::build(&load);
         self.xc().set_hvm_context(self.domid, &mut buf)?;
         let mut pending = lock(&self.replays);

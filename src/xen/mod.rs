@@ -87,10 +87,17 @@
 //! - ioeventfds (with or without an irqchip) are matched in the ioreq path: a single
 //!   write to a registered address and value signals the eventfd and is answered without
 //!   returning from `run()`.
-//! - No guest debugging, XSAVE, XCR, vCPU-event state or VM clock yet: [`Capabilities`]
-//!   says so and the calls fail with errors that name the feature.
-//!   Setting registers through the vCPU context resets AVX and later XSAVE components
-//!   (the hosts tested have none).
+//! - XSAVE state and XCR0 travel in Xen's `CPU_XSAVE` HVM record (standard format; vmkit
+//!   exchanges at least KVM's 4 KiB area), offered when the host has XSAVE. Xen keeps no
+//!   record for a vCPU whose XCR0 was never set: it reads as XCR0 = 1 with its FXSAVE
+//!   image. Every state load carries each vCPU's XSAVE record, since loading a CPU record
+//!   resets the components above SSE; setting registers or the FPU through the vCPU
+//!   context still does.
+//! - No guest debugging, vCPU-event state or VM clock: Xen 4.17 single-steps only with
+//!   VMX's monitor trap flag and reports debug exceptions to a debugger or vm_event ring
+//!   that vmkit does not serve; its CPU record keeps only the event being injected (no NMI
+//!   or interrupt-shadow state); its time is each vCPU's TSC. [`Capabilities`] says so and
+//!   the calls fail with errors that give these reasons.
 //! - Exits cost more: every one is a round trip through Xen's scheduler and an event
 //!   channel, and state access goes through domctls.
 //!
@@ -212,12 +219,17 @@ impl Xen {
                     "HVM guests with hardware-assisted paging (Xen's physinfo lacks hvm or hap)",
             });
         }
-        let cpuid = xc
+        let cpuid: Vec<CpuidEntry> = xc
             .cpuid_policy(PolicySource::System(XEN_SYSCTL_CPU_POLICY_HVM_DEFAULT))
             .map_err(hv_err)?
             .iter()
             .map(cpuid_entry)
             .collect();
+        // XSAVE state and XCR0 travel in the CPU_XSAVE record, which Xen keeps only when
+        // the host has XSAVE (CPUID leaf 1, ECX bit 26) and offers it to HVM guests.
+        let xsave = cpuid
+            .iter()
+            .any(|e| e.function == 1 && e.index == 0 && e.ecx >> 26 & 1 == 1);
         let handles = Handles {
             xc,
             dm: DeviceModel::open().map_err(hv_err)?,
@@ -243,6 +255,8 @@ impl Xen {
             reserved: platform::reserved_ranges(),
             // Config cycles go only to a server that mapped the device (see Capabilities).
             pci_config_ports: false,
+            xsave,
+            xcrs: xsave,
             ..Capabilities::default()
         };
         Ok(Xen {

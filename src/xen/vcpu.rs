@@ -13,21 +13,23 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::context;
+use super::context::{self, Record, XsaveRecord};
 use super::control::{same_request, Parked, StateError, Status};
 use super::ioreq::{Exchange, ExitKind, Invalid, Next, RawRequest, Step, MAX_BATCH_BYTES};
 use super::kick::XenKick;
 use super::libs::{Evtchn, XenCallError};
 use super::sys::abi::{
-    EvtchnPort, HvmHwCpu, Pod, VcpuGuestContext, FLAT_KERNEL_CS64, FLAT_KERNEL_DS64,
-    FLAT_KERNEL_SS64, HVM_LAPIC_REGS_SIZE, HVM_SAVE_CODE_CPU, HVM_SAVE_CODE_LAPIC_REGS,
-    SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT, STATE_IOREQ_INPROCESS, STATE_IOREQ_READY,
-    STATE_IORESP_READY, VGCF_I387_VALID, VGCF_IN_KERNEL,
+    CpuidLeaf, EvtchnPort, HvmHwCpu, Pod, VcpuGuestContext, FLAT_KERNEL_CS64, FLAT_KERNEL_DS64,
+    FLAT_KERNEL_SS64, HVM_LAPIC_REGS_SIZE, HVM_SAVE_CODE_CPU, HVM_SAVE_CODE_CPU_XSAVE,
+    HVM_SAVE_CODE_LAPIC_REGS, SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT,
+    STATE_IOREQ_INPROCESS, STATE_IOREQ_READY, STATE_IORESP_READY, VGCF_I387_VALID, VGCF_IN_KERNEL,
 };
 use super::vm::{self, DomainKind, Shutdown, VmShared, TRIPLE_FAULT_REASON};
 use super::{cpuid_entry, cpuid_leaf};
-use crate::arch::x86_64::{CpuidEntry, Fpu, LapicState, MpState, Msr, Regs, SpecialRegs};
-use crate::vcpu::{KickHandle, SystemEventKind, Vcpu, VcpuError, VcpuExit};
+use crate::arch::x86_64::{
+    CpuidEntry, Fpu, LapicState, MpState, Msr, Regs, SpecialRegs, VcpuEvents, Xcr, Xsave,
+};
+use crate::vcpu::{GuestDebug, KickHandle, SystemEventKind, Vcpu, VcpuError, VcpuExit};
 
 /// The longest `run()` waits before looking whether the vCPU halted or the domain shut down.
 pub const MAX_CHECK_INTERVAL: Duration = Duration::from_millis(50);
@@ -38,6 +40,10 @@ const FIRST_CHECK: Duration = Duration::from_millis(2);
 /// taking one offline costs several hypercalls with the whole domain paused. Within these
 /// bounds the wait is four times the vCPU's recent time from an answer to its next request.
 const KICK_GRACE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(50));
+
+/// Why a Xen vCPU has no vCPU-event state.
+const NO_EVENT_STATE: &str = "Xen 4.17's HVM CPU record keeps only the event being injected: \
+                              no pending or masked NMI, no interrupt shadow";
 
 /// `InternalError::suberror` of an ioreq vmkit could not serve (`data`: type, address,
 /// size, count).
@@ -484,6 +490,73 @@ impl XenVcpu {
         Ok((cpu, u64::from_le_bytes(apic_base)))
     }
 
+    /// The vCPU's XSAVE record and the domain's CPUID policy. Xen keeps no record for a vCPU
+    /// whose XCR0 was never set: then the record is made from its FXSAVE image, with XCR0
+    /// at its reset value (x87 only) and x87 and SSE state present.
+    fn xsave_state(&self) -> Result<(XsaveRecord, Vec<CpuidLeaf>), VcpuError> {
+        self.require_pvh("XSAVE state")?;
+        let (record, leaves) = self
+            .vm
+            .read_xsave(self.id)
+            .map_err(self.state_error("XSAVE area"))?;
+        if let Some(record) = record {
+            return Ok((record, leaves));
+        }
+        if !context::has_xsave(&leaves) {
+            return Err(VcpuError::Unsupported {
+                vcpu: self.id,
+                op: "XSAVE state",
+                reason: "the host (or this domain's CPUID policy) has no XSAVE \
+                         (Capabilities::xsave is false)",
+            });
+        }
+        let ctx = self
+            .vm
+            .xc()
+            .vcpu_context(self.vm.domid, self.id)
+            .map_err(os(self.id))?;
+        let mut area = vec![0u8; context::XSAVE_MIN_SIZE];
+        area[..512].copy_from_slice(&ctx.fpu_ctxt);
+        area[context::XSTATE_BV..context::XSTATE_BV + 8]
+            .copy_from_slice(&context::XSTATE_FP_SSE.to_le_bytes());
+        let record = XsaveRecord {
+            xfeature_mask: context::xcr0_max(&leaves),
+            xcr0: 1,
+            xcr0_accum: context::XSTATE_FP_SSE,
+            area,
+        };
+        Ok((record, leaves))
+    }
+
+    /// Loads `record` as the vCPU's XSAVE state (with its current CPU record).
+    fn load_xsave(&self, record: &XsaveRecord, what: &'static str) -> Result<(), VcpuError> {
+        self.vm
+            .edit_cpu(
+                self.id,
+                |_| {},
+                &[Record {
+                    typecode: HVM_SAVE_CODE_CPU_XSAVE,
+                    instance: self.id as u16,
+                    data: record.to_bytes(),
+                }],
+            )
+            .map_err(self.state_error(what))
+    }
+
+    /// The size of the XSAVE area vmkit exchanges for this domain: every component its
+    /// CPUID policy allows, and at least KVM's legacy 4 KiB (so areas move between
+    /// backends).
+    fn xsave_exchange_size(&self, leaves: &[CpuidLeaf]) -> Result<usize, VcpuError> {
+        let all = context::xsave_area_size(context::xcr0_max(leaves), leaves).ok_or_else(|| {
+            VcpuError::InvalidState {
+                vcpu: self.id,
+                what: "XSAVE area",
+                reason: "the domain's CPUID policy does not size every XSAVE component".into(),
+            }
+        })?;
+        Ok(all.max(Xsave::LEGACY_SIZE))
+    }
+
     /// Refuses to change state Xen would reset an in-flight access of this vCPU with.
     fn check_idle(&self, what: &'static str) -> Result<(), VcpuError> {
         let busy = self
@@ -575,7 +648,7 @@ impl Vcpu for XenVcpu {
     fn set_sregs(&self, sregs: &SpecialRegs) -> Result<(), VcpuError> {
         self.require_pvh("special registers")?;
         self.vm
-            .edit_cpu(self.id, |cpu| context::set_sregs(cpu, sregs), None)
+            .edit_cpu(self.id, |cpu| context::set_sregs(cpu, sregs), &[])
             .map_err(self.state_error("special registers"))
     }
 
@@ -640,7 +713,7 @@ impl Vcpu for XenVcpu {
                         context::set_msr(cpu, msr);
                     }
                 },
-                None,
+                &[],
             )
             .map_err(self.state_error("MSR list"))
     }
@@ -691,8 +764,142 @@ impl Vcpu for XenVcpu {
     fn set_lapic(&self, lapic: &LapicState) -> Result<(), VcpuError> {
         self.require_pvh("local APIC state")?;
         self.vm
-            .edit_cpu(self.id, |_| {}, Some(&lapic.regs))
+            .edit_cpu(
+                self.id,
+                |_| {},
+                &[Record {
+                    typecode: HVM_SAVE_CODE_LAPIC_REGS,
+                    instance: self.id as u16,
+                    data: lapic.regs.to_vec(),
+                }],
+            )
             .map_err(self.state_error("local APIC state"))
+    }
+
+    fn xsave(&self) -> Result<Xsave, VcpuError> {
+        let (record, leaves) = self.xsave_state()?;
+        let mut area = record.area;
+        area.resize(self.xsave_exchange_size(&leaves)?.max(area.len()), 0);
+        let region = area
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+        Ok(Xsave { region })
+    }
+
+    fn set_xsave(&self, xsave: &Xsave) -> Result<(), VcpuError> {
+        self.check_idle("XSAVE area")?;
+        let (mut record, leaves) = self.xsave_state()?;
+        let invalid = |reason: String| VcpuError::InvalidState {
+            vcpu: self.id,
+            what: "XSAVE area",
+            reason,
+        };
+        let bytes = self.xsave_exchange_size(&leaves)?;
+        if xsave.region.len() * 4 != bytes {
+            return Err(invalid(format!(
+                "{} bytes given, Xen exchanges {bytes}",
+                xsave.region.len() * 4
+            )));
+        }
+        let area: Vec<u8> = xsave.region.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let xcomp_bv = u64::from_le_bytes(
+            area[context::XSTATE_BV + 8..context::XSTATE_BV + 16]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        if xcomp_bv != 0 {
+            return Err(invalid(format!(
+                "XCOMP_BV {xcomp_bv:#x}: the area is compacted; Xen takes the standard format"
+            )));
+        }
+        let xstate_bv = context::xstate_bv(&area);
+        let max = context::xcr0_max(&leaves);
+        if xstate_bv & !max != 0 {
+            return Err(invalid(format!(
+                "XSTATE_BV {xstate_bv:#x} names components this domain's CPUID policy does \
+                 not offer (it allows {max:#x})"
+            )));
+        }
+        // The record holds every component the area has state for.
+        record.xcr0_accum |= xstate_bv;
+        let size = context::xsave_area_size(record.xcr0_accum, &leaves)
+            .ok_or_else(|| invalid(format!("XSTATE_BV {xstate_bv:#x} cannot be sized")))?;
+        record.area = area;
+        record.area.truncate(size);
+        self.load_xsave(&record, "XSAVE area")
+    }
+
+    fn xcrs(&self) -> Result<Vec<Xcr>, VcpuError> {
+        let (record, _) = self.xsave_state()?;
+        Ok(vec![Xcr {
+            index: 0,
+            value: record.xcr0,
+        }])
+    }
+
+    fn set_xcrs(&self, xcrs: &[Xcr]) -> Result<(), VcpuError> {
+        self.check_idle("XCRs")?;
+        let invalid = |reason: String| VcpuError::InvalidState {
+            vcpu: self.id,
+            what: "XCRs",
+            reason,
+        };
+        if let Some(other) = xcrs.iter().find(|x| x.index != 0) {
+            return Err(invalid(format!(
+                "XCR{} given; Xen keeps XCR0 only",
+                other.index
+            )));
+        }
+        let Some(xcr0) = xcrs.last().map(|x| x.value) else {
+            return Ok(());
+        };
+        if xcr0 & 1 == 0 {
+            return Err(invalid(format!(
+                "XCR0 {xcr0:#x} lacks x87 state (bit 0), which XCR0 must always enable"
+            )));
+        }
+        let (mut record, leaves) = self.xsave_state()?;
+        let max = context::xcr0_max(&leaves);
+        if xcr0 & !max != 0 {
+            return Err(invalid(format!(
+                "XCR0 {xcr0:#x} enables components this domain's CPUID policy does not offer \
+                 (it allows {max:#x})"
+            )));
+        }
+        record.xcr0 = xcr0;
+        record.xcr0_accum |= xcr0;
+        let size = context::xsave_area_size(record.xcr0_accum, &leaves)
+            .ok_or_else(|| invalid(format!("XCR0 {xcr0:#x} cannot be sized")))?;
+        record.area.resize(size, 0);
+        self.load_xsave(&record, "XCRs")
+    }
+
+    fn vcpu_events(&self) -> Result<VcpuEvents, VcpuError> {
+        Err(VcpuError::Unsupported {
+            vcpu: self.id,
+            op: "vCPU events",
+            reason: NO_EVENT_STATE,
+        })
+    }
+
+    fn set_vcpu_events(&self, _events: &VcpuEvents) -> Result<(), VcpuError> {
+        Err(VcpuError::Unsupported {
+            vcpu: self.id,
+            op: "vCPU events",
+            reason: NO_EVENT_STATE,
+        })
+    }
+
+    fn set_guest_debug(&self, _debug: &GuestDebug) -> Result<(), VcpuError> {
+        Err(VcpuError::Unsupported {
+            vcpu: self.id,
+            op: "guest debugging",
+            reason: "Xen 4.17 single-steps an HVM vCPU only with VMX's monitor trap flag \
+                     (XEN_DOMCTL_debug_op fails with EOPNOTSUPP on AMD SVM) and reports debug \
+                     exceptions by pausing the domain for a debugger (VIRQ_DEBUGGER) or \
+                     through a vm_event ring, neither of which vmkit serves yet",
+        })
     }
 
     fn mp_state(&self) -> Result<MpState, VcpuError> {

@@ -28,7 +28,7 @@ use crate::memory::{
     GuestMemoryMmap, GuestRange, MemoryFlags, MemoryRegion, MemorySlot, RegionTable,
 };
 use crate::vcpu::Vcpu;
-use crate::vm::{Vm, VmError};
+use crate::vm::{ClockState, Vm, VmError};
 
 /// The shutdown reason Xen is told to use for a triple fault (`HVM_PARAM_TRIPLE_FAULT_REASON`),
 /// so that `run()` can tell it from a guest's shutdown request and report
@@ -103,6 +103,10 @@ pub(crate) struct VmShared {
 pub struct XenVm {
     pub(super) shared: Arc<VmShared>,
 }
+
+/// Why a Xen VM has no VM clock.
+const NO_CLOCK: &str = "Xen keeps a domain's time as each vCPU's TSC (in the CPU record) and \
+                        its PV time info; vmkit has no single clock to move for an HVM domain";
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves its data consistent before it can panic.
@@ -331,7 +335,7 @@ impl XenVm {
         if shared.kind() == DomainKind::Pvh {
             shared
                 .with_paused(&control, |vm| {
-                    vm.load_records(id, Some(context::reset_cpu()), |_| {}, None)?;
+                    vm.load_records(id, Some(context::reset_cpu()), |_| {}, &[])?;
                     // The load brought the vCPU online: it waits offline for its first run().
                     vm.set_online(id, false)?;
                     Ok::<_, StateError>(())
@@ -522,6 +526,20 @@ impl XenVm {
 }
 
 impl Vm for XenVm {
+    fn clock(&self) -> Result<ClockState, VmError> {
+        Err(VmError::Unsupported {
+            op: "reading the VM clock",
+            reason: NO_CLOCK,
+        })
+    }
+
+    fn set_clock(&self, _clock: &ClockState) -> Result<(), VmError> {
+        Err(VmError::Unsupported {
+            op: "setting the VM clock",
+            reason: NO_CLOCK,
+        })
+    }
+
     fn add_memory_region(&self, region: MemoryRegion) -> Result<MemorySlot, VmError> {
         let range = region.range();
         let shared = &self.shared;

@@ -293,6 +293,11 @@ pub const HVM_SAVE_CODE_END: u16 = 0;
 pub const HVM_SAVE_CODE_HEADER: u16 = 1;
 pub const HVM_SAVE_CODE_CPU: u16 = 2;
 pub const HVM_SAVE_CODE_LAPIC_REGS: u16 = 6;
+/// `CPU_XSAVE_CODE`: a vCPU's XCR0, XCR0_ACCUM and XSAVE area (variable length).
+pub const HVM_SAVE_CODE_CPU_XSAVE: u16 = 16;
+/// The bytes of `struct hvm_hw_cpu_xsave` before its XSAVE area: `xfeature_mask`, `xcr0`,
+/// `xcr0_accum`.
+pub const HVM_CPU_XSAVE_HEADER_SIZE: usize = 24;
 pub const XEN_X86_FPU_INITIALISED: u32 = 1 << 0;
 
 /// `struct hvm_save_descriptor`: precedes every record in a context buffer.

@@ -218,6 +218,12 @@ fn checks() -> Vec<Check> {
     constant!(c, "HVM_SAVE_CODE(HEADER)", HVM_SAVE_CODE_HEADER);
     constant!(c, "HVM_SAVE_CODE(CPU)", HVM_SAVE_CODE_CPU);
     constant!(c, "HVM_SAVE_CODE(LAPIC_REGS)", HVM_SAVE_CODE_LAPIC_REGS);
+    constant!(c, "CPU_XSAVE_CODE", HVM_SAVE_CODE_CPU_XSAVE);
+    constant!(
+        c,
+        "offsetof(struct hvm_hw_cpu_xsave, save_area)",
+        HVM_CPU_XSAVE_HEADER_SIZE
+    );
     constant!(c, "HVM_SAVE_CODE(END)", HVM_SAVE_CODE_END);
     constant!(c, "HVM_SAVE_LENGTH(LAPIC_REGS)", HVM_LAPIC_REGS_SIZE);
     constant!(c, "XEN_X86_FPU_INITIALISED", XEN_X86_FPU_INITIALISED);

@@ -34,13 +34,19 @@ fn pit_reinject(caps: &Capabilities) -> Option<&'static str> {
 
 /// The next dword the guest reports.
 fn report(vcpu: &mut dyn vmkit::Vcpu) -> u32 {
-    match vcpu.run().unwrap() {
+    let exit = vcpu.run().unwrap();
+    reported(&exit).unwrap_or_else(|| panic!("unexpected exit {exit:?}"))
+}
+
+/// The dword a snippet reported, if `exit` is its write to [`snippets::REPORT_PORT`].
+fn reported(exit: &VcpuExit<'_>) -> Option<u32> {
+    match exit {
         VcpuExit::IoOut {
             port: snippets::REPORT_PORT,
             data,
             ..
-        } => u32::from_le_bytes(data.try_into().unwrap()),
-        other => panic!("unexpected exit {other:?}"),
+        } => Some(u32::from_le_bytes((*data).try_into().unwrap())),
+        _ => None,
     }
 }
 
@@ -121,13 +127,7 @@ pub fn a_guest_reads_the_pm_timer_and_powers_off_through_s5(hv: &dyn Hypervisor)
     let handler = {
         let (pm, reports) = (Arc::clone(&pm), Arc::clone(&reports));
         runner::from_fn(move |id, exit| {
-            if let VcpuExit::IoOut {
-                port: snippets::REPORT_PORT,
-                data,
-                ..
-            } = &*exit
-            {
-                let value = u32::from_le_bytes((*data).try_into().unwrap());
+            if let Some(value) = reported(exit) {
                 reports.lock().unwrap().push((value, Instant::now()));
                 return ExitAction::Continue;
             }
@@ -219,13 +219,7 @@ pub fn a_guest_suspended_to_ram_wakes_at_its_waking_vector(hv: &dyn Hypervisor) 
         let (pm, reports) = (Arc::clone(&pm), Arc::clone(&reports));
         let suspended = Mutex::new(suspended);
         runner::from_fn(move |id, exit| {
-            if let VcpuExit::IoOut {
-                port: snippets::REPORT_PORT,
-                data,
-                ..
-            } = &*exit
-            {
-                let value = u32::from_le_bytes((*data).try_into().unwrap());
+            if let Some(value) = reported(exit) {
                 reports.lock().unwrap().push(value);
                 return ExitAction::Continue;
             }
@@ -404,13 +398,7 @@ fn run_with_pci_root(hv: &dyn Hypervisor, code: &[u8]) -> Vec<u32> {
     let handler = {
         let reports = Arc::clone(&reports);
         runner::from_fn(move |id, exit| {
-            if let VcpuExit::IoOut {
-                port: snippets::REPORT_PORT,
-                data,
-                ..
-            } = &*exit
-            {
-                let value = u32::from_le_bytes((*data).try_into().unwrap());
+            if let Some(value) = reported(exit) {
                 reports.lock().unwrap().push(value);
                 return ExitAction::Continue;
             }

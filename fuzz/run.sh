@@ -3,7 +3,9 @@
 # from the checked-in seed corpus, with debug assertions (overflow checks)
 # on. Fails on a crash, leak or timeout in any target.
 # Targets run JOBS at a time (default: the number of cores; each libFuzzer run
-# is single-threaded), each one's output printed whole when it ends.
+# is single-threaded), each one's output printed whole when it ends. While the
+# process FUZZ_YIELD_TO_PID lives (CI's SVM harness, one emulated CPU), one at
+# a time, so that process keeps a core; JOBS again once it has ended.
 # Usage: fuzz/run.sh [SECONDS] [JOBS]
 set -euo pipefail
 
@@ -46,9 +48,18 @@ report() {
     fi
 }
 
+# jobs_now: how many targets may run at this moment.
+jobs_now() {
+    if [ -n "${FUZZ_YIELD_TO_PID:-}" ] && kill -0 "$FUZZ_YIELD_TO_PID" 2>/dev/null; then
+        echo 1
+    else
+        echo "$jobs"
+    fi
+}
+
 declare -A running=() # pid -> target
 for t in "${targets[@]}"; do
-    while [ "${#running[@]}" -ge "$jobs" ]; do
+    while [ "${#running[@]}" -ge "$(jobs_now)" ]; do
         status=0
         wait -n -p done_pid "${!running[@]}" || status=$?
         report "${running[$done_pid]}" "$status"
@@ -68,4 +79,4 @@ if [ "${#failed[@]}" -gt 0 ]; then
     echo "fuzz: failed: ${failed[*]}" >&2
     exit 1
 fi
-echo "fuzz: all ${#targets[@]} targets ran ${secs}s without a crash ($jobs at a time)"
+echo "fuzz: all ${#targets[@]} targets ran ${secs}s without a crash (up to $jobs at a time)"

@@ -7,7 +7,7 @@
 //! pending flag covers a kick that lands while the vCPU is out of `KVM_RUN` for another exit:
 //! the next `run()` returns [`VcpuExit::Kicked`](crate::VcpuExit::Kicked) without entering.
 //! Every operation on the kicking side is an atomic memory access or a `tgkill` system call,
-//! so [`Kick::kick`](crate::vcpu::Kick::kick) is async-signal-safe.
+//! so [`Kick::kick`] is async-signal-safe.
 //!
 //! A kick is three steps (flag, `immediate_exit`, signal) that the vCPU thread can observe one
 //! at a time. If the vCPU consumed the flag between the kicker's first and last step, the

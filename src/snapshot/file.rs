@@ -7,7 +7,7 @@
 //! snapshot identity; a diff's memory file also carries its base's.
 //!
 //! Restoring checks the files against this host and against each other *before* creating
-//! anything ([`check`](super::check)), then maps the memory file copy-on-write
+//! anything ([`check`](fn@super::check)), then maps the memory file copy-on-write
 //! ([`MemoryRestore::Lazy`], pages load when the guest first touches them) or streams it in
 //! ([`MemoryRestore::Eager`]).
 

@@ -91,37 +91,6 @@ pub enum ResourceError {
     },
 }
 
-#[cfg(test)]
-mod aligned_tests {
-    use super::*;
-
-    #[test]
-    fn aligned_windows_skip_to_their_size() {
-        let mut mmio = MmioAllocator::new(0xc000_1000, 0xc002_0000).unwrap();
-        assert_eq!(
-            mmio.allocate_aligned(0x8000).unwrap(),
-            MmioWindow {
-                base: 0xc000_8000,
-                size: 0x8000
-            }
-        );
-        assert_eq!(mmio.next_base(), 0xc001_0000);
-        assert_eq!(
-            mmio.allocate_aligned(0x3000),
-            Err(ResourceError::UnalignedSize { size: 0x3000 })
-        );
-        assert_eq!(
-            mmio.allocate_aligned(0x800),
-            Err(ResourceError::UnalignedSize { size: 0x800 })
-        );
-        assert!(matches!(
-            mmio.allocate_aligned(0x2_0000),
-            Err(ResourceError::MmioExhausted { .. })
-        ));
-        assert_eq!(mmio.allocate_aligned(0x1_0000).unwrap().base, 0xc001_0000);
-    }
-}
-
 /// A guest-physical MMIO window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MmioWindow {
@@ -417,5 +386,31 @@ mod tests {
             }
             prop_assert_eq!(g.allocate(), Err(ResourceError::GsiExhausted { first, last }));
         }
+    }
+
+    #[test]
+    fn aligned_windows_skip_to_their_size() {
+        let mut mmio = MmioAllocator::new(0xc000_1000, 0xc002_0000).unwrap();
+        assert_eq!(
+            mmio.allocate_aligned(0x8000).unwrap(),
+            MmioWindow {
+                base: 0xc000_8000,
+                size: 0x8000
+            }
+        );
+        assert_eq!(mmio.next_base(), 0xc001_0000);
+        assert_eq!(
+            mmio.allocate_aligned(0x3000),
+            Err(ResourceError::UnalignedSize { size: 0x3000 })
+        );
+        assert_eq!(
+            mmio.allocate_aligned(0x800),
+            Err(ResourceError::UnalignedSize { size: 0x800 })
+        );
+        assert!(matches!(
+            mmio.allocate_aligned(0x2_0000),
+            Err(ResourceError::MmioExhausted { .. })
+        ));
+        assert_eq!(mmio.allocate_aligned(0x1_0000).unwrap().base, 0xc001_0000);
     }
 }

@@ -419,11 +419,11 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         ),
         false => None,
     };
-    // With --pci and --seccomp, device threads send MSIs (KVM_SIGNAL_MSI): they take the
-    // vCPU threads' rules too, which allow it.
+    // With --pci and --seccomp, device threads send MSIs through the VM: they may raise
+    // interrupts, nothing more.
     let pci_worker_rules = |mut rules: vmkit::seccomp::Rules| {
         if options.pci {
-            rules.extend(&hypervisor.vcpu_seccomp_rules());
+            rules.extend(&vmkit::seccomp::interrupt_rules(hypervisor.kind()));
         }
         rules
     };

@@ -17,6 +17,9 @@
 //!
 //! - [`discard_rules`]: what [`memory::discard`](crate::memory::discard) needs, for the thread
 //!   that serves a balloon's queues (often a vCPU thread, through the exit handler).
+//! - [`interrupt_rules`]: what [`Vm::set_irq_line`](crate::Vm::set_irq_line) and
+//!   [`Vm::signal_msi`](crate::Vm::signal_msi) need, for a device thread that raises its
+//!   interrupts itself rather than through an irqfd (e.g. a virtio-pci device's MSI-X).
 //!
 //! The exit handler runs on the vCPU thread, so the vCPU filter must allow what it does. The
 //! rules allow what the handlers of vmkit's companion crates do (the bus's locks, serial
@@ -105,5 +108,35 @@ pub fn discard_rules() -> Rules {
         2,
         &[libc::MADV_DONTNEED as u64, libc::MADV_REMOVE as u64],
     );
+    rules
+}
+
+/// What raising an interrupt takes on `kind`: [`Vm::set_irq_line`](crate::Vm::set_irq_line)
+/// and [`Vm::signal_msi`](crate::Vm::signal_msi) (KVM: `KVM_IRQ_LINE` and `KVM_SIGNAL_MSI` on
+/// the VM's descriptor; Xen: the device-model operation with libxencall's hypercall
+/// buffers). Add it to a device thread's rules when its device signals through the VM
+/// rather than an irqfd; the vCPU and VMM lists have it already. For a backend not compiled
+/// in, nothing.
+///
+/// ```
+/// let mut rules = vmkit::seccomp::Rules::base();
+/// rules.extend(&vmkit::seccomp::interrupt_rules(vmkit::HypervisorKind::Kvm));
+/// let filter = rules.compile()?;
+/// # Ok::<(), vmkit::seccomp::SeccompError>(())
+/// ```
+pub fn interrupt_rules(kind: HypervisorKind) -> Rules {
+    let mut rules = Rules::new();
+    match kind {
+        #[cfg(feature = "kvm")]
+        HypervisorKind::Kvm => {
+            rules.extend(&crate::kvm::seccomp::interrupt_rules());
+        }
+        #[cfg(feature = "xen")]
+        HypervisorKind::Xen => {
+            rules.extend(&crate::xen::seccomp::interrupt_rules());
+        }
+        #[allow(unreachable_patterns)]
+        _ => {}
+    }
     rules
 }

@@ -195,6 +195,15 @@ fn no_list_allows_a_way_out() {
             vmkit::seccomp::vmm_rules(vmkit::HypervisorKind::Xen),
         ));
     }
+    let mut pci_worker = vmkit_machine::worker::queue_seccomp_rules();
+    pci_worker.extend(&vmkit::seccomp::interrupt_rules(vmkit::HypervisorKind::Kvm));
+    lists.push(("KVM virtio-pci worker", pci_worker));
+    #[cfg(feature = "xen")]
+    {
+        let mut pci_worker = vmkit_machine::worker::queue_seccomp_rules();
+        pci_worker.extend(&vmkit::seccomp::interrupt_rules(vmkit::HypervisorKind::Xen));
+        lists.push(("Xen virtio-pci worker", pci_worker));
+    }
     let mut net_vcpu = vmkit::seccomp::vcpu_rules(vmkit::HypervisorKind::Kvm);
     net_vcpu.extend(&vmkit_net::worker::vcpu_seccomp_rules());
     lists.push(("KVM vCPU with a network card", net_vcpu));
@@ -261,4 +270,31 @@ fn a_confined_thread_discards_shared_and_private_ram() {
             .chain(&back[0x3000..])
             .all(|&b| b == 0x5a));
     }
+}
+
+/// A device thread confined to the base rules and `interrupt_rules` raises an IRQ line and
+/// sends an MSI through the VM (what a virtio-pci device's MSI-X does).
+#[test]
+fn a_confined_device_thread_raises_interrupts() {
+    let Some(hv) = hypervisor() else { return };
+    let vm = match hv.create_vm(&VmConfig::default().irqchip(true)) {
+        Ok(vm) => std::sync::Arc::new(vm),
+        Err(err) => {
+            eprintln!("SKIP: no VM with an irqchip here: {err}");
+            return;
+        }
+    };
+    let _vcpu = vm.create_vcpu(0).unwrap();
+    let mut rules = vmkit::seccomp::Rules::base();
+    rules.extend(&vmkit::seccomp::interrupt_rules(hv.kind()));
+    let filter = rules.compile().unwrap();
+    let device = std::sync::Arc::clone(&vm);
+    std::thread::spawn(move || {
+        filter.install().unwrap();
+        device.set_irq_line(5, true).unwrap();
+        device.set_irq_line(5, false).unwrap();
+        device.signal_msi(vmkit::MsiMessage::x86(0, 0x40)).unwrap();
+    })
+    .join()
+    .unwrap();
 }

@@ -116,6 +116,13 @@ pub(crate) fn vmm_rules() -> Rules {
     rules
 }
 
+/// Raising an interrupt through the VM (`set_irq_line`, `signal_msi`) from any thread.
+pub(crate) fn interrupt_rules() -> Rules {
+    let mut rules = Rules::new();
+    rules.allow_ioctls(&[KVM_IRQ_LINE(), KVM_SIGNAL_MSI()]);
+    rules
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -69,6 +69,14 @@ pub(crate) fn vmm_rules() -> Rules {
     rules
 }
 
+/// Raising an interrupt through the VM (`set_irq_line`, `signal_msi`) from any thread: a
+/// device-model operation (libxendevicemodel) with libxencall's hypercall buffers.
+pub(crate) fn interrupt_rules() -> Rules {
+    let mut rules = hypercall_buffers();
+    rules.allow_ioctls(&[privcmd_dm_op()]);
+    rules
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -124,6 +124,9 @@ else
         build_target boot_seccomp "--seccomp" "^hello from the vmkit minimal kernel$" \
             build --release --locked --features xen --example boot
         build_target xen_boot "${VMKIT_XEN_BENCH_ARGS:---bench}" "" build --release --locked --features xen --bench xen_boot
+        # Interrupt latency on Xen (the same benchmark as on KVM), short: a few samples each.
+        build_target interrupts "--bench --warm-up-time 1 --measurement-time 2 --sample-size 10" \
+            "^inject_to_handler/irqfd +time:" build --release --locked --features xen --bench interrupts
         {
             for i in "${!names[@]}"; do
                 printf '%s|%s|%s|%s\n' "${names[$i]}" "${paths[$i]}" "${argv[$i]}" "${wants[$i]}"

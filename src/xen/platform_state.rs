@@ -27,7 +27,9 @@
 //!   value otherwise is refused.
 //! - **PIC `elcr_mask`** is fixed in Xen (0xF8 master, 0xDE slave, as in KVM): another
 //!   value is refused, and so are ELCR bits outside it. Xen's `int_output` is derived from
-//!   the other registers as the 8259 does; vmkit computes it on a load.
+//!   the other registers as the 8259 does; vmkit computes it on a load. Xen's master ELCR
+//!   also has bit 2 (the cascade input level-triggered, from reset until the guest first
+//!   writes the ELCR, which masks it away): it is part of `elcr`, read and loaded as it is.
 //! - **IOAPIC**: Xen's has 48 pins, vmkit's type 24; a read with a pin above 23 programmed
 //!   (anything but Xen's reset value, masked) is refused, naming the pin, and a load resets
 //!   those pins. Xen keeps no IRR (an edge is delivered at once; a level pin follows its
@@ -317,7 +319,10 @@ pub(crate) fn pic_records(
                 "Xen's ELCR mask is fixed: 0xf8 for the master, 0xde for the slave",
             ));
         }
-        if state.elcr & !mask != 0 {
+        // Xen's master also has bit 2, the cascade input's mode: level from reset until the
+        // guest writes the ELCR (the write is masked). It is state like the others.
+        let cascade = if chip == 0 { 1 << 2 } else { 0 };
+        if state.elcr & !(mask | cascade) != 0 {
             return Err(refuse(
                 field("elcr"),
                 u64::from(state.elcr),
@@ -674,7 +679,7 @@ mod tests {
                 irq_base: 0x20,
                 init_priority: 0x70,
                 flags: VPIC_IS_MASTER | VPIC_AUTO_EOI,
-                elcr: 0x08,
+                elcr: 0x0c,
                 int_output: 1,
             },
             HvmHwVpic {
@@ -736,6 +741,7 @@ mod tests {
             (|p| p.init_state = 4, "pic_master.init_state"),
             (|p| p.elcr_mask = 0, "pic_master.elcr_mask"),
             (|p| p.elcr = 0x01, "pic_master.elcr"),
+            (|p| p.elcr = 0x02, "pic_master.elcr"),
         ] {
             let mut bad = master;
             edit(&mut bad);

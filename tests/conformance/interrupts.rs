@@ -273,14 +273,15 @@ pub fn pit_state_round_trips(hv: &dyn Hypervisor) {
 }
 
 pub fn the_pit_is_emulated_in_the_hypervisor(hv: &dyn Hypervisor) {
-    // mov al, 0x34; out 0x43, al; out 0x80, al; hlt -- program PIT channel 0, then report.
+    // mov al, 0x34; out 0x43, al; out 0x81, al; hlt -- program PIT channel 0, then report
+    // (a byte on port 0x81: Xen passes byte writes to port 0x80 through to the hardware).
     let code = snippets::PIT_PROGRAM;
     let mut t =
         crate::common::long_mode_vm_with(hv, VmConfig::default().irqchip(true).pit(true), code);
     match t.vcpu.run().unwrap() {
         VcpuExit::IoOut { port, .. } => assert_eq!(
             port,
-            snippets::REPORT_PORT,
+            snippets::BYTE_REPORT_PORT,
             "the PIT command port was handled in the hypervisor"
         ),
         other => panic!("unexpected exit {other:?}"),

@@ -510,12 +510,13 @@ fn smp_snapshots(caps: &vmkit::Capabilities) -> Option<&'static str> {
     crate::irqchip_state(caps).or_else(|| crate::snapshots(caps))
 }
 
-/// The PIT's state and everything else a snapshot saves (Xen has the first since its PIT
-/// state is read, not yet the clock and pending events).
+/// The PIT and irqchip state and what else these snapshots save: pending events and the
+/// clock (XSAVE state only where the host has it, as `Features::for_vm` chooses).
 fn pit_snapshots(caps: &vmkit::Capabilities) -> Option<&'static str> {
     crate::pit(caps)
         .or_else(|| crate::irqchip_state(caps))
-        .or_else(|| crate::snapshots(caps))
+        .or_else(|| crate::vcpu_events(caps))
+        .or_else(|| crate::clock(caps))
 }
 
 crate::scenarios![

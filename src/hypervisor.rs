@@ -430,7 +430,10 @@ impl VmConfig {
         }
     }
 
-    /// Chooses whether the hypervisor emulates the PIT (needs the irqchip).
+    /// Chooses whether the hypervisor emulates the PIT (needs the irqchip). On Xen the
+    /// irqchip's platform always includes Xen's PIT (ports 0x40-0x43 and 0x61, see
+    /// [`Capabilities::reserved`]); there `pit(false)` only refuses the PIT's state calls
+    /// ([`VmError::NoPit`](crate::VmError::NoPit)).
     pub fn pit(mut self, pit: bool) -> Self {
         self.pit = pit;
         self

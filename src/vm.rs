@@ -158,6 +158,20 @@ pub enum VmError {
         #[source]
         source: io::Error,
     },
+    /// A device-state value that this hypervisor's model of the device cannot hold (or
+    /// that vmkit's backend-neutral type cannot hold, when reading): refused rather than
+    /// dropped.
+    #[error("{op}: {field} = {value:#x} cannot be represented: {reason}")]
+    StateNotRepresentable {
+        /// What was attempted, e.g. "setting the irqchip state".
+        op: &'static str,
+        /// The field, e.g. "pic_master.init_state" or "ioapic pin 30".
+        field: String,
+        /// Its value.
+        value: u64,
+        /// Why it has no counterpart.
+        reason: &'static str,
+    },
     /// This hypervisor (or vmkit's backend for it) does not offer the operation at all;
     /// [`Capabilities`](crate::Capabilities) tells beforehand.
     #[error("{op} is not supported: {reason}")]

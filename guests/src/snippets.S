@@ -257,11 +257,11 @@ snippet mmio_two_writes
         hlt
 
 /// Writes [`PIT_COMMAND`] to the PIT's [`PIT_COMMAND_PORT`], then the same
-/// byte to [`REPORT_PORT`], then halts. Sets `al`.
+/// byte to [`BYTE_REPORT_PORT`] (a byte to port 0x80 never exits on Xen), then halts. Sets `al`.
 snippet pit_program
         mov     $PIT_COMMAND, %al
         out     %al, $PIT_COMMAND_PORT
-        out     %al, $REPORT_PORT
+        out     %al, $BYTE_REPORT_PORT
         hlt
 
 /// Writes the dword [`DEBUG_EXIT_DWORD_STATUS`] to [`DEBUG_EXIT_PORT`]

@@ -97,6 +97,7 @@ mod tests {
         assert_eq!(REPORT_LOOP, [0xe6, REPORT_PORT as u8, 0xeb, 0xfc]);
         assert!(contains(PIT_PROGRAM, &[0xb0, PIT_COMMAND]));
         assert!(contains(PIT_PROGRAM, &[0xe6, PIT_COMMAND_PORT as u8]));
+        assert!(contains(PIT_PROGRAM, &[0xe6, BYTE_REPORT_PORT as u8]));
         assert!(contains(DEBUG_EXIT_DWORD, &DEBUG_EXIT_PORT.to_le_bytes()));
         assert!(contains(
             DEBUG_EXIT_DWORD,

@@ -381,6 +381,18 @@ impl VmShared {
         edit: impl FnOnce(&mut HvmHwCpu),
         extra: &[Record],
     ) -> Result<(), StateError> {
+        self.load_records_and(id, base, edit, extra, &[])
+    }
+
+    /// [`Self::load_records`], also loading `domain`: domain-wide records, kept as they are.
+    fn load_records_and(
+        &self,
+        id: u32,
+        base: Option<HvmHwCpu>,
+        edit: impl FnOnce(&mut HvmHwCpu),
+        extra: &[Record],
+        domain: &[Record],
+    ) -> Result<(), StateError> {
         if self.slot(id).is_some_and(|s| s.state() != STATE_IOREQ_NONE) {
             return Err(StateError::IoInFlight { vcpu: id });
         }
@@ -460,6 +472,7 @@ impl VmShared {
             instance: id as u16,
             ..r.clone()
         }));
+        load.extend(domain.iter().cloned());
         let mut buf = context::build(&load);
         self.xc().set_hvm_context(self.domid, &mut buf)?;
         let mut pending = lock(&self.replays);
@@ -472,6 +485,43 @@ impl VmShared {
             pending[vcpu as usize] = Some(replay);
         }
         Ok(())
+    }
+}
+
+impl VmShared {
+    /// Loads domain-wide records (`records`, e.g. the PIT's) together with the CPU and
+    /// XSAVE records of every online vCPU, since a load takes every vCPU it has no CPU record
+    /// for offline; each vCPU stays as it was. The caller holds the control lock and has
+    /// paused the domain.
+    pub(crate) fn load_domain_records(&self, records: &[Record]) -> Result<(), StateError> {
+        let online: Vec<u32> = (0..self.config.max_vcpus)
+            .filter_map(|vcpu| match self.is_online(vcpu) {
+                Ok(true) => Some(Ok(vcpu)),
+                Ok(false) => None,
+                Err(err) => Some(Err(err)),
+            })
+            .collect::<Result<_, _>>()?;
+        // One without an I/O access in flight, if any: load_records_and carries the others
+        // and their I/O replays.
+        let first = online
+            .iter()
+            .find(|&&v| self.slot(v).is_none_or(|s| s.state() == STATE_IOREQ_NONE))
+            .or(online.first());
+        match first {
+            Some(&first) => self.load_records_and(first, None, |_| {}, &[], records),
+            None => {
+                let Some(hvm) = &self.hvm else {
+                    return Err(StateError::Context(
+                        "a PV domain has no HVM state records".to_string(),
+                    ));
+                };
+                let mut load = vec![hvm.header.clone()];
+                load.extend(records.iter().cloned());
+                let mut buf = context::build(&load);
+                self.xc().set_hvm_context(self.domid, &mut buf)?;
+                Ok(())
+            }
+        }
     }
 }
 

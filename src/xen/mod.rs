@@ -81,9 +81,15 @@
 //!   `xendevicemodel_inject_msi`; GSI routing accepts Xen's fixed wiring plus MSI routes;
 //!   irqfds are served by a thread of the library. An irqfd with `resample` is refused
 //!   (Xen reports no EOI to a device model). With an irqchip a halted vCPU stays halted in
-//!   Xen, as in KVM, instead of returning `Hlt`. Xen's PIT always comes with the platform,
-//!   but [`VmConfig::pit`] is refused: vmkit cannot read the PIT's state yet, nor the PIC
-//!   and IOAPIC state (`Capabilities::irqchip_state`).
+//!   Xen, as in KVM, instead of returning `Hlt`. Xen's PIT always comes with the platform
+//!   (ports 0x40-0x43 and 0x61 are Xen's whenever the VM has the irqchip):
+//!   [`VmConfig::pit`] asks for its state calls, which read and load Xen's HVM records,
+//!   as do the PIC and IOAPIC state calls (see `platform_state.rs` for how each field maps,
+//!   and what is refused: IOAPIC pins 24-47, which vmkit's type lacks, an IOAPIC IRR, PIT
+//!   load times that Xen restarts as KVM does). The PIT's lost-tick policy is Xen's
+//!   domain-wide `HVM_PARAM_TIMER_MODE`, so it covers Xen's other emulated timers too
+//!   (RTC, HPET, local APIC timer): reinjection is `no_delay_for_missed_ticks` (vmkit's
+//!   default, as libxl's), none is `one_missed_tick_pending`.
 //! - ioeventfds (with or without an irqchip) are matched in the ioreq path: a single
 //!   write to a registered address and value signals the eventfd and is answered without
 //!   returning from `run()`.
@@ -131,6 +137,7 @@ mod memory;
 mod memtype;
 mod page;
 mod platform;
+mod platform_state;
 #[cfg(feature = "seccomp")]
 pub(crate) mod seccomp;
 mod sys;
@@ -257,6 +264,11 @@ impl Xen {
             pci_config_ports: false,
             xsave,
             xcrs: xsave,
+            // Xen's PIT, PICs and IOAPIC through their HVM records (see `platform_state`),
+            // the lost-tick policy through HVM_PARAM_TIMER_MODE.
+            pit: true,
+            irqchip_state: true,
+            pit_reinject_control: true,
             ..Capabilities::default()
         };
         Ok(Xen {

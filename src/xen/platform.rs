@@ -32,7 +32,7 @@
 //! `Capabilities::pci_config_ports` is false, and a guest reaches vmkit's PCI root through
 //! ECAM. Xen's PIT is part of the
 //! set: a Xen VM with an irqchip always has it, whatever [`VmConfig::pit`](crate::VmConfig::pit)
-//! says.
+//! says (`pit(false)` only refuses the PIT's state calls, as on KVM).
 
 use super::sys::abi::{XEN_X86_EMU_ALL, XEN_X86_EMU_LAPIC, XEN_X86_EMU_VPCI};
 use crate::reserved::{IoSpace, ReservedRange, ReservedWhen};

@@ -300,6 +300,104 @@ pub const HVM_SAVE_CODE_CPU_XSAVE: u16 = 16;
 pub const HVM_CPU_XSAVE_HEADER_SIZE: usize = 24;
 pub const XEN_X86_FPU_INITIALISED: u32 = 1 << 0;
 
+// The platform's device records (one instance each, but two PICs).
+pub const HVM_SAVE_CODE_PIC: u16 = 3;
+pub const HVM_SAVE_CODE_IOAPIC: u16 = 4;
+pub const HVM_SAVE_CODE_ISA_IRQ: u16 = 8;
+pub const HVM_SAVE_CODE_PIT: u16 = 10;
+pub const HVM_SAVE_CODE_HPET: u16 = 12;
+/// `HVM_SAVE_LENGTH(HPET)`: vmkit reads only its configuration register.
+pub const HVM_HPET_SIZE: usize = 1048;
+/// Byte offset of the configuration register in `struct hvm_hw_hpet`.
+pub const HVM_HPET_CONFIG_OFFSET: usize = 16;
+/// The HPET configuration's legacy-replacement bit (`HPET_CFG_LEGACY`): the HPET, not the
+/// PIT, drives IRQ 0.
+pub const HPET_CFG_LEGACY: u64 = 1 << 1;
+/// `VIOAPIC_NUM_PINS` of a domain other than dom0.
+pub const VIOAPIC_NUM_PINS: usize = 48;
+
+/// `struct hvm_hw_pit_channel`: one 8254 channel. Xen keeps no load time in it: a load
+/// restarts each channel's count at the moment of the load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HvmHwPitChannel {
+    pub count: u32,
+    pub latched_count: u16,
+    pub count_latched: u8,
+    pub status_latched: u8,
+    pub status: u8,
+    pub read_state: u8,
+    pub write_state: u8,
+    pub write_latch: u8,
+    pub rw_mode: u8,
+    pub mode: u8,
+    pub bcd: u8,
+    pub gate: u8,
+}
+
+/// `struct hvm_hw_pit`: the PIT's three channels and the speaker port's data bit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HvmHwPit {
+    pub channels: [HvmHwPitChannel; 3],
+    pub speaker_data_on: u32,
+    pub pad0: u32,
+}
+
+/// `struct hvm_hw_vpic`: one 8259. Bytes 4 and 5 hold C bit-fields (allocated from bit 0
+/// up on x86): byte 4 is `init_state` (bits 0-3) and `priority_add` (bits 4-7); byte 5 is
+/// the one-bit flags of the `VPIC_*` constants.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HvmHwVpic {
+    pub irr: u8,
+    pub imr: u8,
+    pub isr: u8,
+    pub irq_base: u8,
+    pub init_priority: u8,
+    pub flags: u8,
+    pub elcr: u8,
+    pub int_output: u8,
+}
+
+/// Bits of [`HvmHwVpic::flags`], in the order `struct hvm_hw_vpic` declares them.
+pub const VPIC_READSEL_ISR: u8 = 1 << 0;
+pub const VPIC_POLL: u8 = 1 << 1;
+pub const VPIC_AUTO_EOI: u8 = 1 << 2;
+pub const VPIC_ROTATE_ON_AUTO_EOI: u8 = 1 << 3;
+pub const VPIC_SPECIAL_FULLY_NESTED_MODE: u8 = 1 << 4;
+pub const VPIC_SPECIAL_MASK_MODE: u8 = 1 << 5;
+pub const VPIC_IS_MASTER: u8 = 1 << 6;
+
+/// `struct hvm_hw_vioapic` with a domain's 48 pins: each entry is the 64-bit value of
+/// `union vioapic_redir_entry`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HvmHwVioapic {
+    pub base_address: u64,
+    pub ioregsel: u32,
+    pub id: u32,
+    pub redirtbl: [u64; VIOAPIC_NUM_PINS],
+}
+
+impl Default for HvmHwVioapic {
+    fn default() -> Self {
+        HvmHwVioapic {
+            base_address: 0,
+            ioregsel: 0,
+            id: 0,
+            redirtbl: [0; VIOAPIC_NUM_PINS],
+        }
+    }
+}
+
+/// `struct hvm_hw_isa_irqs`: the levels of the ISA IRQ wires (bit `n`: IRQ `n`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HvmHwIsaIrqs {
+    pub bits: u64,
+}
+
 /// `struct hvm_save_descriptor`: precedes every record in a context buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -465,6 +563,12 @@ pub const SHUTDOWN_WATCHDOG: u32 = 4;
 pub const SHUTDOWN_SOFT_RESET: u32 = 5;
 pub const HVM_PARAM_TRIPLE_FAULT_REASON: u32 = 31;
 pub const HVM_PARAM_HPET_ENABLED: u32 = 11;
+/// The platform timers' policy for ticks a vCPU missed while descheduled (`HVMPTM_*`).
+pub const HVM_PARAM_TIMER_MODE: u32 = 10;
+pub const HVMPTM_DELAY_FOR_MISSED_TICKS: u64 = 0;
+pub const HVMPTM_NO_DELAY_FOR_MISSED_TICKS: u64 = 1;
+pub const HVMPTM_NO_MISSED_TICKS_PENDING: u64 = 2;
+pub const HVMPTM_ONE_MISSED_TICK_PENDING: u64 = 3;
 
 // --- privcmd (Linux's include/uapi/xen/privcmd.h) ---
 
@@ -540,3 +644,11 @@ unsafe impl Pod for HvmHwCpu {}
 unsafe impl Pod for HvmSaveHeader {}
 // SAFETY: as above.
 unsafe impl Pod for HvmSaveDescriptor {}
+// SAFETY: as above.
+unsafe impl Pod for HvmHwPit {}
+// SAFETY: as above.
+unsafe impl Pod for HvmHwVpic {}
+// SAFETY: as above.
+unsafe impl Pod for HvmHwVioapic {}
+// SAFETY: as above.
+unsafe impl Pod for HvmHwIsaIrqs {}

@@ -241,6 +241,106 @@ fn checks() -> Vec<Check> {
         HvmSaveHeader,
         [magic, version, changeset, cpuid, gtsc_khz]
     );
+    constant!(c, "HVM_SAVE_CODE(PIC)", HVM_SAVE_CODE_PIC);
+    constant!(c, "HVM_SAVE_CODE(IOAPIC)", HVM_SAVE_CODE_IOAPIC);
+    constant!(c, "HVM_SAVE_CODE(ISA_IRQ)", HVM_SAVE_CODE_ISA_IRQ);
+    constant!(c, "HVM_SAVE_CODE(PIT)", HVM_SAVE_CODE_PIT);
+    constant!(c, "HVM_SAVE_CODE(HPET)", HVM_SAVE_CODE_HPET);
+    constant!(c, "HVM_SAVE_LENGTH(HPET)", HVM_HPET_SIZE);
+    constant!(
+        c,
+        "offsetof(struct hvm_hw_hpet, config)",
+        HVM_HPET_CONFIG_OFFSET
+    );
+    constant!(c, "HVM_PARAM_TIMER_MODE", HVM_PARAM_TIMER_MODE);
+    constant!(
+        c,
+        "HVMPTM_delay_for_missed_ticks",
+        HVMPTM_DELAY_FOR_MISSED_TICKS
+    );
+    constant!(
+        c,
+        "HVMPTM_no_delay_for_missed_ticks",
+        HVMPTM_NO_DELAY_FOR_MISSED_TICKS
+    );
+    constant!(
+        c,
+        "HVMPTM_no_missed_ticks_pending",
+        HVMPTM_NO_MISSED_TICKS_PENDING
+    );
+    constant!(
+        c,
+        "HVMPTM_one_missed_tick_pending",
+        HVMPTM_ONE_MISSED_TICK_PENDING
+    );
+    size!(c, "struct hvm_hw_pit", HvmHwPit);
+    offsets!(
+        c,
+        "struct hvm_hw_pit",
+        HvmHwPit,
+        [channels, speaker_data_on]
+    );
+    size!(c, "struct hvm_hw_pit_channel", HvmHwPitChannel);
+    offsets!(
+        c,
+        "struct hvm_hw_pit_channel",
+        HvmHwPitChannel,
+        [
+            count,
+            latched_count,
+            count_latched,
+            status_latched,
+            status,
+            read_state,
+            write_state,
+            write_latch,
+            rw_mode,
+            mode,
+            bcd,
+            gate,
+        ]
+    );
+    size!(c, "struct hvm_hw_vpic", HvmHwVpic);
+    offsets!(
+        c,
+        "struct hvm_hw_vpic",
+        HvmHwVpic,
+        [irr, imr, isr, irq_base, elcr, int_output]
+    );
+    // The bit-fields, from a C structure with one field set.
+    for (field, byte, value) in [
+        ("init_state", 4, 0xa),
+        ("priority_add", 4, 0xa0),
+        ("readsel_isr", 5, VPIC_READSEL_ISR),
+        ("poll", 5, VPIC_POLL),
+        ("auto_eoi", 5, VPIC_AUTO_EOI),
+        ("rotate_on_auto_eoi", 5, VPIC_ROTATE_ON_AUTO_EOI),
+        (
+            "special_fully_nested_mode",
+            5,
+            VPIC_SPECIAL_FULLY_NESTED_MODE,
+        ),
+        ("special_mask_mode", 5, VPIC_SPECIAL_MASK_MODE),
+        ("is_master", 5, VPIC_IS_MASTER),
+    ] {
+        let set = if field == "init_state" || field == "priority_add" {
+            0xa
+        } else {
+            1
+        };
+        c.push(Check {
+            c: format!("VPIC_BYTE({field}, {set}, {byte})"),
+            rust: i128::from(value),
+        });
+    }
+    size!(c, "struct hvm_hw_vioapic", HvmHwVioapic);
+    offsets!(
+        c,
+        "struct hvm_hw_vioapic",
+        HvmHwVioapic,
+        [base_address, ioregsel, id, redirtbl]
+    );
+    size!(c, "struct hvm_hw_isa_irqs", HvmHwIsaIrqs);
     size!(c, "struct hvm_hw_cpu", HvmHwCpu);
     offsets!(
         c,
@@ -438,6 +538,14 @@ static long long ioreq_bits(int state, int ptr, int dir, int df)
     r.df = df;
     return ((unsigned char *)&r)[30];
 }
+
+/* The byte `byte` of a PIC record with only `field` set to `value`. */
+#define VPIC_BYTE(field, value, byte) ({ \
+    struct hvm_hw_vpic v; \
+    memset(&v, 0, sizeof(v)); \
+    v.field = value; \
+    ((unsigned char *)&v)[byte]; \
+})
 
 int main(void)
 {

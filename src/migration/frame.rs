@@ -14,7 +14,9 @@
 use std::io::{self, Read, Write};
 
 use vmkit_snapshot::state::SECTION_HEADER_LEN;
-use vmkit_snapshot::{checksum, SectionHeader, SectionTag, StateError};
+use vmkit_snapshot::{SectionHeader, SectionTag, StateError};
+
+use super::checksum::checksum;
 
 use super::wire;
 

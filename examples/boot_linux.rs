@@ -936,6 +936,15 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             summary.downtime.as_millis(),
             summary.total.as_millis()
         );
+        eprintln!(
+            "boot_linux: migration: pausing the vCPUs took {} ms; the downtime: state capture \
+             {} ms, last pages and state sent {} ms, the destination's restore and \
+             confirmation {} ms",
+            summary.pausing.as_millis(),
+            summary.capture.as_millis(),
+            summary.final_copy.as_millis(),
+            summary.confirmation.as_millis()
+        );
         return Ok(Ending::Migrated);
     }
     if let Some(signal) = interrupts.caught() {

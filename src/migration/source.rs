@@ -12,7 +12,7 @@ use vmkit_snapshot::{Arch, SectionTag, StateError, Writer};
 use super::check::backend_code;
 use super::error::{MigrationError, Phase, Reason, Side};
 use super::frame::{FrameError, FrameReader, FrameWriter};
-use super::progress::{send_time, MigrationOptions, Progress, Summary};
+use super::progress::{converged, send_time, MigrationOptions, Progress, Summary};
 use super::track::{MarkedPages, Owed};
 use super::wire::{
     self, Message, Offer, PageBatch, Region, RoundEnd, MAX_PAGES_PER_FRAME, PAGES_HEADER_LEN,
@@ -233,7 +233,8 @@ impl<S: Read + Write> Link<S> {
         Ok(sent)
     }
 
-    /// Sends the page frame being filled, if it has any page.
+    /// Sends the page frame being filled, if it has any page. Control frames share the frame
+    /// writer's buffer: they go only after this.
     fn flush(&mut self, phase: Phase) -> Result<(), MigrationError> {
         self.batch.end_run();
         if self.batch.table.is_empty() {
@@ -368,6 +369,7 @@ pub fn migrate<S: Read + Write>(
         .map(|(i, r)| (i as u32, 0..r.pages()))
         .collect();
     let copy_started = Instant::now();
+    let mut previous_dirty = None;
     loop {
         let phase = Phase::PreCopy { round };
         if source.runner.is_stopping() {
@@ -405,9 +407,11 @@ pub fn migrate<S: Read + Write>(
             expected_downtime,
         });
         round += 1;
-        if expected_downtime <= options.downtime_budget || round >= options.max_rounds {
+        let done = converged(options, expected_downtime, dirty, previous_dirty);
+        if done || round >= options.max_rounds {
             break;
         }
+        previous_dirty = Some(dirty);
         runs = owed.take_runs();
     }
 
@@ -423,13 +427,23 @@ pub fn migrate<S: Read + Write>(
         round,
     );
     match result {
-        Ok((final_pages, bytes, paused)) => Ok(Summary {
+        Ok(stopped) => Ok(Summary {
+            downtime: stopped.paused.elapsed(),
             rounds: round,
-            pages_sent: pages_sent + final_pages,
-            final_pages,
-            bytes_sent: bytes,
-            downtime: paused.elapsed(),
+            pages_sent: pages_sent + stopped.final_pages,
+            final_pages: stopped.final_pages,
+            bytes_sent: link.out.bytes(),
             total: started.elapsed(),
+            pausing: stopped.pausing,
+            capture: stopped.capture,
+            final_copy: stopped.final_copy,
+            confirmation: Duration::ZERO,
+        })
+        .map(|mut summary: Summary| {
+            summary.confirmation = summary
+                .downtime
+                .saturating_sub(summary.capture + summary.final_copy);
+            summary
         }),
         Err(error) => Err(match source.runner.resume_all() {
             Ok(()) => error,
@@ -445,9 +459,21 @@ pub fn migrate<S: Read + Write>(
     }
 }
 
+/// What the stop-and-copy did, and how long its parts took.
+struct Stopped {
+    /// Pages sent while paused.
+    final_pages: u64,
+    /// When the vCPUs were all paused.
+    paused: Instant,
+    /// Pausing them.
+    pausing: Duration,
+    /// Capturing the state.
+    capture: Duration,
+    /// The last harvest, pages and state frame.
+    final_copy: Duration,
+}
+
 /// Pauses the vCPUs, sends the last pages and the state, and waits for the confirmation.
-/// Returns the pages sent while paused, the bytes sent in all, and when the vCPUs were
-/// all paused.
 #[allow(clippy::too_many_arguments)]
 fn stop_and_copy<S: Read + Write>(
     link: &mut Link<S>,
@@ -458,11 +484,13 @@ fn stop_and_copy<S: Read + Write>(
     progress: &mut impl FnMut(&Progress),
     pages_sent: u64,
     round: u32,
-) -> Result<(u64, u64, Instant), MigrationError> {
+) -> Result<Stopped, MigrationError> {
     let phase = Phase::StopAndCopy;
     let local = |reason: Reason| MigrationError::new(Side::Source, phase, reason);
+    let pausing = Instant::now();
     source.runner.pause_all().map_err(|e| local(e.into()))?;
     let paused = Instant::now();
+    let pausing = paused - pausing;
     if source.runner.is_stopping() {
         let _ = link.encode_and_send(phase, wire::ABORT, "abort", "the guest stopped");
         return Err(local(Reason::GuestStopped));
@@ -491,6 +519,7 @@ fn stop_and_copy<S: Read + Write>(
         .write_section(VM_STATE, 0, SECTION_VERSION, &vm_state)
         .map_err(|e| local(Reason::State(e)))?;
     let state = writer.finish().map_err(|e| local(Reason::State(e)))?;
+    let capture = paused.elapsed();
 
     let dirty = owed
         .collect(source.vm, source.marked)
@@ -513,6 +542,13 @@ fn stop_and_copy<S: Read + Write>(
     }
     link.flush(phase)?;
     link.send(phase, wire::STATE, &state)?;
+    let final_copy = paused.elapsed().saturating_sub(capture);
     link.recv(Phase::Confirm, "a confirmation")?;
-    Ok((final_pages, link.out.bytes(), paused))
+    Ok(Stopped {
+        final_pages,
+        paused,
+        pausing,
+        capture,
+        final_copy,
+    })
 }

@@ -334,3 +334,91 @@ pub(super) fn encode<T: Serialize + ?Sized>(
 ) -> Result<Vec<u8>, FrameError> {
     postcard::to_stdvec(value).map_err(|source| FrameError::Encode { kind, source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A page frame's payload: `runs` (first page, count, kind), data pages filled with their
+    /// index in the frame.
+    fn batch(region: u32, runs: &[(u64, u32, u32)]) -> Vec<u8> {
+        let data_pages: u32 = runs.iter().filter(|r| r.2 == RUN_DATA).map(|r| r.1).sum();
+        let data = data_pages as usize * PAGE_SIZE;
+        let mut out = vec![0u8; PAGES_HEADER_LEN + data + runs.len() * RUN_ENTRY_LEN];
+        PageBatch::write_header(&mut out, region, runs.len() as u32);
+        for (i, page) in out[PAGES_HEADER_LEN..PAGES_HEADER_LEN + data]
+            .chunks_mut(PAGE_SIZE)
+            .enumerate()
+        {
+            page.fill(i as u8 + 1);
+        }
+        for (i, &(first, count, kind)) in runs.iter().enumerate() {
+            let at = PAGES_HEADER_LEN + data + i * RUN_ENTRY_LEN;
+            PageBatch::write_run(&mut out[at..], first, count, kind);
+        }
+        out
+    }
+
+    #[test]
+    fn a_batch_decodes_into_its_runs() {
+        let payload = batch(
+            3,
+            &[(10, 2, RUN_DATA), (12, 5, RUN_ZERO), (40, 1, RUN_DATA)],
+        );
+        let Message::Pages(decoded) = Message::decode(0, PAGES, &payload).unwrap() else {
+            panic!("not pages");
+        };
+        let runs: Vec<_> = decoded.runs().collect();
+        assert_eq!(decoded.pages(), 8);
+        assert_eq!(runs.len(), 3);
+        assert_eq!(
+            (runs[0].region, runs[0].first_page, runs[0].count),
+            (3, 10, 2)
+        );
+        let first = runs[0].data.unwrap();
+        assert_eq!(first.len(), 2 * PAGE_SIZE);
+        assert_eq!((first[0], first[PAGE_SIZE]), (1, 2));
+        assert_eq!(
+            (runs[1].first_page, runs[1].count, runs[1].data),
+            (12, 5, None)
+        );
+        assert_eq!(runs[2].data.unwrap(), &[3u8; PAGE_SIZE][..]);
+    }
+
+    #[test]
+    fn malformed_batches_are_refused() {
+        let max = MAX_PAGES_PER_FRAME;
+        let cases: [(&str, Vec<u8>); 6] = [
+            ("no runs", batch(0, &[])),
+            ("a run of no pages", batch(0, &[(0, 0, RUN_ZERO)])),
+            ("an unknown kind", batch(0, &[(0, 1, 7)])),
+            (
+                "too many pages",
+                batch(0, &[(0, max, RUN_ZERO), (max as u64, 1, RUN_ZERO)]),
+            ),
+            ("a short header", vec![0; PAGES_HEADER_LEN - 1]),
+            ("a table past the end", {
+                let mut b = batch(0, &[(0, 1, RUN_ZERO)]);
+                PageBatch::write_header(&mut b, 0, 2);
+                b
+            }),
+        ];
+        for (what, payload) in cases {
+            assert!(
+                matches!(
+                    Message::decode(0, PAGES, &payload),
+                    Err(FrameError::Decode { .. })
+                ),
+                "{what} went through"
+            );
+        }
+        // Page data one byte short of what the table announces.
+        let mut short = batch(0, &[(0, 1, RUN_DATA)]);
+        short.remove(PAGES_HEADER_LEN);
+        assert!(Message::decode(0, PAGES, &short).is_err());
+        // Too many runs, refused before the table is read.
+        let mut many = vec![0u8; PAGES_HEADER_LEN];
+        PageBatch::write_header(&mut many, 0, max + 1);
+        assert!(Message::decode(0, PAGES, &many).is_err());
+    }
+}

@@ -89,7 +89,7 @@ fn source(mib: usize) -> Running {
 }
 
 /// One migration of a fresh source; returns its time, the bytes it sent, and when round 0
-/// ended with how many bytes.
+/// ended with how many bytes; prints the downtime's parts with `VMKIT_MIGRATION_PARTS=1`.
 fn migrate_once(mib: usize) -> (Duration, u64, (Duration, u64)) {
     let running = source(mib);
     let (ours, theirs) = UnixStream::pair().unwrap();
@@ -121,6 +121,17 @@ fn migrate_once(mib: usize) -> (Duration, u64, (Duration, u64)) {
     )
     .unwrap();
     let took = started.elapsed();
+    if std::env::var_os("VMKIT_MIGRATION_PARTS").is_some() {
+        println!(
+            "migration: {took:?}, downtime {:?} (pausing {:?} before it; capture {:?}, final \
+             copy {:?}, confirmation {:?})",
+            summary.downtime,
+            summary.pausing,
+            summary.capture,
+            summary.final_copy,
+            summary.confirmation
+        );
+    }
     destination.join().unwrap();
     running.runner.stop_all();
     running.runner.join();

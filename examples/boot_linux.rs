@@ -875,7 +875,11 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                 msrs: &msrs,
                 marked: None,
             };
+            // How long the devices' part of the state capture took (stopping their threads,
+            // then their sections), for the report.
+            let mut devices_took = None;
             let result = migrate::send(addr, &source, |w| {
+                let started = Instant::now();
                 // A device's state is taken with nothing serving it.
                 stop_workers((&mut disk_worker, &mut net_worker)).map_err(|err| {
                     snapshot::format::StateError::Io {
@@ -883,8 +887,19 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                         source: io::Error::other(format!("stopping the device threads: {err}")),
                     }
                 })?;
-                write_devices(w, &devices, &shape)
+                let stopped = started.elapsed();
+                write_devices(w, &devices, &shape)?;
+                devices_took = Some((stopped, started.elapsed() - stopped));
+                Ok(())
             });
+            if let Some((stopped, written)) = devices_took {
+                eprintln!(
+                    "boot_linux: migration: the device threads stopped in {} ms, their state \
+                     written in {} ms",
+                    stopped.as_millis(),
+                    written.as_millis()
+                );
+            }
             match result {
                 Ok(summary) => {
                     running.stop_all();

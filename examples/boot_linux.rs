@@ -875,7 +875,11 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                 msrs: &msrs,
                 marked: None,
             };
+            // How long the devices' part of the state capture took (stopping their threads,
+            // then their sections), for the report.
+            let mut devices_took = None;
             let result = migrate::send(addr, &source, |w| {
+                let started = Instant::now();
                 // A device's state is taken with nothing serving it.
                 stop_workers((&mut disk_worker, &mut net_worker)).map_err(|err| {
                     snapshot::format::StateError::Io {
@@ -883,8 +887,19 @@ fn run() -> Result<Ending, Box<dyn Error>> {
                         source: io::Error::other(format!("stopping the device threads: {err}")),
                     }
                 })?;
-                write_devices(w, &devices, &shape)
+                let stopped = started.elapsed();
+                write_devices(w, &devices, &shape)?;
+                devices_took = Some((stopped, started.elapsed() - stopped));
+                Ok(())
             });
+            if let Some((stopped, written)) = devices_took {
+                eprintln!(
+                    "boot_linux: migration: the device threads stopped in {} ms, their state \
+                     written in {} ms",
+                    stopped.as_millis(),
+                    written.as_millis()
+                );
+            }
             match result {
                 Ok(summary) => {
                     running.stop_all();
@@ -935,6 +950,15 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             summary.bytes_sent,
             summary.downtime.as_millis(),
             summary.total.as_millis()
+        );
+        eprintln!(
+            "boot_linux: migration: pausing the vCPUs took {} ms; the downtime: state capture \
+             {} ms, last pages and state sent {} ms, the destination's restore and \
+             confirmation {} ms",
+            summary.pausing.as_millis(),
+            summary.capture.as_millis(),
+            summary.final_copy.as_millis(),
+            summary.confirmation.as_millis()
         );
         return Ok(Ending::Migrated);
     }

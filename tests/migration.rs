@@ -599,12 +599,16 @@ fn refused_at_restore() {
     assert!(dest_error.contains("restore phase"), "{dest_error}");
 }
 
-/// Cut inside round 0's pages.
+/// Cut inside round 0's pages. Round 0 of this small guest is a few page frames, which may
+/// all fit in the sockets' buffers before the cut: the source then notices in a later round.
 #[test]
 fn truncated_stream() {
     let (error, dest_error) = fails(Mangle::Truncate(20_000), None);
     assert_eq!(error.side, Side::Destination);
-    assert_eq!(error.phase, Phase::PreCopy { round: 0 });
+    assert!(
+        matches!(error.phase, Phase::PreCopy { .. } | Phase::StopAndCopy),
+        "{error:?}"
+    );
     assert!(dest_error.contains("ended inside frame"), "{dest_error}");
 }
 

@@ -122,7 +122,10 @@ pub fn receive(
     hypervisor: &dyn vmkit::Hypervisor,
     given: &Shape,
 ) -> Result<Incoming, Box<dyn Error>> {
-    eprintln!("boot_linux: waiting for a migrating VM at {addr}");
+    eprintln!(
+        "boot_linux: waiting for a migrating VM at {addr} (frame checksums: {:?})",
+        migration::checksum::Implementation::fastest()
+    );
     let stream = accept(addr)?;
     let (incoming, ()) = migration::receive(
         stream,
@@ -158,6 +161,10 @@ pub fn send(
         &mut vmkit::snapshot::format::Writer<Vec<u8>>,
     ) -> Result<(), vmkit::snapshot::format::StateError>,
 ) -> Result<Summary, Box<dyn Error>> {
+    eprintln!(
+        "boot_linux: migrate: frame checksums: {:?}",
+        migration::checksum::Implementation::fastest()
+    );
     let stream = connect(addr)?;
     migration::migrate(stream, source, &MigrationOptions::default(), devices, |p| {
         eprintln!(

@@ -5,7 +5,7 @@
 use vmkit_snapshot::{Arch, Backend, MAX_REGIONS};
 
 use super::error::Refusal;
-use super::wire::{Message, Offer, PageRun};
+use super::wire::{Message, Offer, PageBatch, PageRun};
 use crate::hypervisor::{Capabilities, HypervisorKind};
 use crate::memory::{MemoryFlags, PAGE_SIZE};
 
@@ -259,7 +259,7 @@ impl StreamCheck {
                 regions: regions.len(),
             })?;
         let pages = region.pages();
-        let end = run.first_page.saturating_add(run.count());
+        let end = run.first_page.saturating_add(u64::from(run.count));
         if end > pages {
             return Err(CheckError::OutOfRegion {
                 region: run.region,
@@ -269,6 +269,11 @@ impl StreamCheck {
             });
         }
         Ok(())
+    }
+
+    /// Checks every run of a page frame against the accepted offer's layout.
+    pub fn page_batch(&self, batch: &PageBatch<'_>) -> Result<(), CheckError> {
+        batch.runs().try_for_each(|run| self.page_run(&run))
     }
 
     /// Checks the end of a round: the next number, within the limit.
@@ -303,7 +308,7 @@ impl StreamCheck {
                 self.accept((**offer).clone());
                 Ok(true)
             }
-            (Message::Pages(run), Some(_)) => self.page_run(run).map(|()| true),
+            (Message::Pages(batch), Some(_)) => self.page_batch(batch).map(|()| true),
             (Message::RoundEnd(end), Some(_)) => self.round_end(end.round).map(|()| true),
             (Message::State(_) | Message::Abort(_), Some(_)) => Ok(false),
             (other, _) => Err(Refusal::Stream(format!("unexpected {} frame", other.kind())).into()),
@@ -316,7 +321,7 @@ pub(super) mod tests {
     use super::*;
     use crate::hypervisor::VmConfig;
     use crate::migration::frame::FrameWriter;
-    use crate::migration::wire::{self, Region, RoundEnd, PAGES_HEADER_LEN};
+    use crate::migration::wire::{self, Region, RoundEnd, PAGES_HEADER_LEN, RUN_DATA, RUN_ZERO};
 
     /// The host the fuzz target and these tests check against.
     pub(crate) fn host() -> Capabilities {
@@ -409,7 +414,8 @@ pub(super) mod tests {
         let run = |region, first_page| PageRun {
             region,
             first_page,
-            data: &page,
+            count: 1,
+            data: Some(&page[..]),
         };
         // Nothing before the offer.
         assert!(check.page_run(&run(0, 0)).is_err());
@@ -466,10 +472,14 @@ pub(super) mod tests {
         let mut writer = FrameWriter::new();
         let offer = wire::encode("offer", &offer()).unwrap();
         writer.send(&mut out, wire::OFFER, &offer).unwrap();
+        // Each frame: a data page, and the page after it as a zero run.
         for &(region, first) in pages {
-            let buf = writer.buffer(PAGES_HEADER_LEN + PAGE_SIZE);
-            PageRun::write_header(buf, region, 1, first);
-            buf[PAGES_HEADER_LEN..].fill(first as u8 | 1);
+            let buf = writer.buffer(PAGES_HEADER_LEN + PAGE_SIZE + 2 * wire::RUN_ENTRY_LEN);
+            PageBatch::write_header(buf, region, 2);
+            let (data, table) = buf[PAGES_HEADER_LEN..].split_at_mut(PAGE_SIZE);
+            data.fill(first as u8 | 1);
+            PageBatch::write_run(table, first, 1, RUN_DATA);
+            PageBatch::write_run(&mut table[wire::RUN_ENTRY_LEN..], first + 1, 1, RUN_ZERO);
             writer.send_buffer(&mut out, wire::PAGES).unwrap();
         }
         let end = wire::encode("round end", &RoundEnd { round: 0, pages: 1 }).unwrap();
@@ -496,7 +506,7 @@ pub(super) mod tests {
             writer.finish().unwrap();
         }
         let seeds: [(&str, Vec<u8>); 4] = [
-            ("whole", source_stream(&[(0, 0), (0, 15), (1, 1)], &state)),
+            ("whole", source_stream(&[(0, 0), (0, 14), (1, 0)], &state)),
             ("no_pages", source_stream(&[], &state)),
             ("out_of_region", source_stream(&[(1, 2)], &state)),
             ("empty_state", source_stream(&[(0, 3)], &[])),

@@ -12,7 +12,7 @@ use super::frame::{FrameError, FrameReader, FrameWriter};
 use super::wire::{self, Message, Offer};
 use super::SECTION_VERSION;
 use crate::hypervisor::{Capabilities, Hypervisor, VmConfig};
-use crate::memory::{MemoryFlags, MemoryRegion, PAGE_SIZE};
+use crate::memory::{GuestMemoryMmap, MemoryFlags, MemoryRegion, PAGE_SIZE};
 use crate::snapshot::{restore_vcpu, restore_vm, VcpuState, VmState, VM_STATE};
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
@@ -190,17 +190,21 @@ pub fn receive<S: Read + Write, T>(
                 let error = MigrationError::new(Side::Source, phase, error);
                 return Err(refuse(&mut link.out, &mut link.stream, refusal, error));
             }
-            (Message::Pages(run), Ok(_)) => {
+            (Message::Pages(batch), Ok(_)) => {
                 let regions = check.offer().map_or(&[][..], |o| &o.regions[..]);
-                let base = regions.get(run.region as usize).map_or(0, |r| r.guest_addr);
-                let addr = base + run.first_page * PAGE_SIZE as u64;
-                if let Err(source) = memory.write_slice(run.data, GuestAddress(addr)) {
-                    let reason = Reason::GuestMemory { addr, source };
-                    let refusal = Refusal::Restore(crate::ErrorChain(&reason).to_string());
-                    let error = MigrationError::new(Side::Destination, phase, reason);
-                    return Err(refuse(&mut link.out, &mut link.stream, refusal, error));
+                let base = regions
+                    .get(batch.region as usize)
+                    .map_or(0, |r| r.guest_addr);
+                for run in batch.runs() {
+                    let addr = base + run.first_page * PAGE_SIZE as u64;
+                    if let Err(source) = write_run(&memory, addr, run.count, run.data) {
+                        let reason = Reason::GuestMemory { addr, source };
+                        let refusal = Refusal::Restore(crate::ErrorChain(&reason).to_string());
+                        let error = MigrationError::new(Side::Destination, phase, reason);
+                        return Err(refuse(&mut link.out, &mut link.stream, refusal, error));
+                    }
+                    pages += u64::from(run.count);
                 }
-                pages += run.count();
             }
             (Message::RoundEnd(_), Ok(_)) => {
                 round += 1;
@@ -263,6 +267,22 @@ pub fn receive<S: Read + Write, T>(
         .send(&mut link.stream, wire::CONFIRM, &[])
         .map_err(|e| MigrationError::new(Side::Source, Phase::Confirm, Reason::Stream(e)))?;
     Ok((incoming, built))
+}
+
+/// Writes a checked run of `count` pages at `addr`: its data, or zeros.
+fn write_run(
+    memory: &GuestMemoryMmap,
+    addr: u64,
+    count: u32,
+    data: Option<&[u8]>,
+) -> Result<(), vm_memory::GuestMemoryError> {
+    static ZERO: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+    match data {
+        Some(data) => memory.write_slice(data, GuestAddress(addr)),
+        None => (0..u64::from(count)).try_for_each(|page| {
+            memory.write_slice(&ZERO, GuestAddress(addr + page * PAGE_SIZE as u64))
+        }),
+    }
 }
 
 /// A frame that could not be read or decoded: refused, and blamed on the source.

@@ -14,12 +14,15 @@
 use std::io::{self, Read, Write};
 
 use vmkit_snapshot::state::SECTION_HEADER_LEN;
-use vmkit_snapshot::{checksum, SectionHeader, SectionTag, StateError};
+use vmkit_snapshot::{SectionHeader, SectionTag, StateError};
+
+use super::checksum::checksum;
 
 use super::wire;
 
-/// The protocol version every frame carries; a destination refuses any other.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version every frame carries; a destination refuses any other. Version 2
+/// batches page runs (zero runs without their contents) in one frame.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Errors of reading or writing frames.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +141,10 @@ pub enum FrameError {
 #[derive(Debug)]
 pub struct FrameReader {
     seq: u32,
+    /// Kept between frames (never shrunk, so never zeroed again); the payload is its first
+    /// `len` bytes.
     payload: Vec<u8>,
+    len: usize,
     bytes: u64,
 }
 
@@ -154,6 +160,7 @@ impl FrameReader {
         FrameReader {
             seq: 0,
             payload: Vec::new(),
+            len: 0,
             bytes: 0,
         }
     }
@@ -216,25 +223,30 @@ impl FrameReader {
                 max,
             });
         }
-        self.payload.clear();
-        // Grows with what arrives, not with what the header claims.
-        let got = stream
-            .take(header.payload_len)
-            .read_to_end(&mut self.payload)
-            .map_err(|source| FrameError::Io {
-                op: "reading",
-                seq,
-                source,
-            })?;
-        if (got as u64) < header.payload_len {
-            return Err(FrameError::Truncated {
-                seq,
-                part: "payload",
-                needed: header.payload_len,
-                got: got as u64,
-            });
+        // The buffer grows with what arrives, not with what the header claims: by at most
+        // GROWTH bytes past what was read.
+        const GROWTH: usize = 1 << 20;
+        let len = usize::try_from(header.payload_len).unwrap_or(usize::MAX);
+        let mut got = 0;
+        while got < len {
+            let want = len.min(got.saturating_add(GROWTH));
+            if self.payload.len() < want {
+                self.payload.resize(want, 0);
+            }
+            let n = read_full(stream, &mut self.payload[got..want], seq)?;
+            got += n;
+            if got < want {
+                return Err(FrameError::Truncated {
+                    seq,
+                    part: "payload",
+                    needed: header.payload_len,
+                    got: got as u64,
+                });
+            }
         }
-        let computed = checksum(&self.payload);
+        self.len = len;
+        let payload = &self.payload[..len];
+        let computed = checksum(payload);
         if computed != header.payload_checksum {
             return Err(FrameError::Payload {
                 seq,
@@ -244,8 +256,8 @@ impl FrameReader {
             });
         }
         self.seq = seq.wrapping_add(1);
-        self.bytes += (SECTION_HEADER_LEN + self.payload.len()) as u64;
-        Ok((header.tag, &self.payload))
+        self.bytes += (SECTION_HEADER_LEN + len) as u64;
+        Ok((header.tag, &self.payload[..self.len]))
     }
 }
 
@@ -279,7 +291,10 @@ fn read_full<R: Read + ?Sized>(
 #[derive(Debug)]
 pub struct FrameWriter {
     seq: u32,
+    /// Header and payload; kept between frames (never shrunk, so never zeroed again).
     buf: Vec<u8>,
+    /// The payload's length in `buf`.
+    len: usize,
     bytes: u64,
 }
 
@@ -295,6 +310,7 @@ impl FrameWriter {
         FrameWriter {
             seq: 0,
             buf: Vec::new(),
+            len: 0,
             bytes: 0,
         }
     }
@@ -304,12 +320,15 @@ impl FrameWriter {
         self.bytes
     }
 
-    /// A cleared payload buffer of `len` bytes, to fill in place and then send with
-    /// [`send_buffer`](Self::send_buffer).
+    /// A payload buffer of `len` bytes, to fill in place and then send with
+    /// [`send_buffer`](Self::send_buffer). Its bytes are left over from earlier frames: the
+    /// caller fills all of it (or sends less with [`send_buffer_part`](Self::send_buffer_part)).
     pub fn buffer(&mut self, len: usize) -> &mut [u8] {
-        self.buf.clear();
-        self.buf.resize(SECTION_HEADER_LEN + len, 0);
-        &mut self.buf[SECTION_HEADER_LEN..]
+        if self.buf.len() < SECTION_HEADER_LEN + len {
+            self.buf.resize(SECTION_HEADER_LEN + len, 0);
+        }
+        self.len = len;
+        &mut self.buf[SECTION_HEADER_LEN..SECTION_HEADER_LEN + len]
     }
 
     /// Sends the payload in the buffer as a frame with `tag`.
@@ -318,7 +337,22 @@ impl FrameWriter {
         stream: &mut W,
         tag: SectionTag,
     ) -> Result<(), FrameError> {
-        let payload = self.buf.get(SECTION_HEADER_LEN..).unwrap_or_default();
+        self.send_buffer_part(stream, tag, self.len)
+    }
+
+    /// Sends the first `len` bytes of the buffer (at most what [`buffer`](Self::buffer) gave)
+    /// as a frame with `tag`.
+    pub fn send_buffer_part<W: Write + ?Sized>(
+        &mut self,
+        stream: &mut W,
+        tag: SectionTag,
+        len: usize,
+    ) -> Result<(), FrameError> {
+        let end = SECTION_HEADER_LEN + len.min(self.len);
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        let payload = &self.buf[SECTION_HEADER_LEN..end];
         let header = SectionHeader {
             tag,
             index: self.seq,
@@ -326,19 +360,16 @@ impl FrameWriter {
             payload_len: payload.len() as u64,
             payload_checksum: checksum(payload),
         };
-        if self.buf.len() < SECTION_HEADER_LEN {
-            self.buf.resize(SECTION_HEADER_LEN, 0);
-        }
         self.buf[..SECTION_HEADER_LEN].copy_from_slice(&header.encode());
         stream
-            .write_all(&self.buf)
+            .write_all(&self.buf[..end])
             .and_then(|()| stream.flush())
             .map_err(|source| FrameError::Io {
                 op: "writing",
                 seq: self.seq,
                 source,
             })?;
-        self.bytes += self.buf.len() as u64;
+        self.bytes += end as u64;
         self.seq = self.seq.wrapping_add(1);
         Ok(())
     }

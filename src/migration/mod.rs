@@ -101,6 +101,7 @@
 //! from inside the guest.
 
 mod check;
+pub mod checksum;
 mod destination;
 mod error;
 pub mod frame;

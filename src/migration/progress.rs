@@ -10,7 +10,9 @@ use crate::memory::PAGE_SIZE;
 #[non_exhaustive]
 pub struct MigrationOptions {
     /// The longest pause the guest should see: the source stops the vCPUs once the pages
-    /// still dirty would take at most this long to send at the bandwidth measured so far.
+    /// still dirty would take at most this long to send at the bandwidth measured so far;
+    /// while a round still halves the dirty set, it goes on until they would take at most
+    /// half of it (another short round costs less than the pause it saves).
     pub downtime_budget: Duration,
     /// After this many pre-copy rounds (round 0 included) the source stops the vCPUs however
     /// much is still dirty, so that a guest that dirties memory faster than the stream
@@ -85,6 +87,29 @@ pub struct Summary {
     pub downtime: Duration,
     /// From the offer to the confirmation.
     pub total: Duration,
+    /// How long pausing the vCPUs took (before `downtime` starts).
+    pub pausing: Duration,
+    /// The part of `downtime` spent capturing the devices', vCPUs' and VM's state.
+    pub capture: Duration,
+    /// The part of `downtime` spent harvesting and sending the last dirty pages and the state.
+    pub final_copy: Duration,
+    /// The part of `downtime` spent waiting for the destination to restore and confirm.
+    pub confirmation: Duration,
+}
+
+/// Whether pre-copy ends after a round that left `dirty` pages (`expected` to send), the
+/// round before having left `previous`.
+pub(super) fn converged(
+    options: &MigrationOptions,
+    expected: Duration,
+    dirty: u64,
+    previous: Option<u64>,
+) -> bool {
+    let halving = previous.is_some_and(|p| dirty.saturating_mul(2) <= p);
+    match halving {
+        true => expected <= options.downtime_budget / 2,
+        false => expected <= options.downtime_budget,
+    }
 }
 
 /// The time sending `pages` takes at `bandwidth` bytes per second.
@@ -94,4 +119,22 @@ pub(super) fn send_time(pages: u64, bandwidth: f64) -> Duration {
     }
     let secs = (pages * PAGE_SIZE as u64) as f64 / bandwidth;
     Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pre_copy_goes_on_while_rounds_halve_the_dirty_set() {
+        let options = MigrationOptions::default();
+        let ms = Duration::from_millis;
+        assert!(!converged(&options, ms(301), 10, None));
+        assert!(converged(&options, ms(300), 10, None));
+        // Halved, and above half the budget: one more round.
+        assert!(!converged(&options, ms(200), 100, Some(200)));
+        assert!(converged(&options, ms(150), 100, Some(200)));
+        // Not halved: the budget alone.
+        assert!(converged(&options, ms(200), 101, Some(200)));
+    }
 }

@@ -5,18 +5,22 @@ use std::io::{Read, Write};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::bitmap::BS;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, VolatileSlice};
 use vmkit_snapshot::{Arch, SectionTag, StateError, Writer};
 
 use super::check::backend_code;
 use super::error::{MigrationError, Phase, Reason, Side};
 use super::frame::{FrameError, FrameReader, FrameWriter};
-use super::progress::{send_time, MigrationOptions, Progress, Summary};
+use super::progress::{converged, send_time, MigrationOptions, Progress, Summary};
 use super::track::{MarkedPages, Owed};
-use super::wire::{self, Message, Offer, PageRun, Region, RoundEnd, MAX_PAGES_PER_FRAME};
+use super::wire::{
+    self, Message, Offer, PageBatch, Region, RoundEnd, MAX_PAGES_PER_FRAME, PAGES_HEADER_LEN,
+    RUN_DATA, RUN_ENTRY_LEN, RUN_ZERO,
+};
 use super::SECTION_VERSION;
 use crate::hypervisor::{Hypervisor, VmConfig};
-use crate::memory::{GuestMemoryMmap, PAGE_SIZE};
+use crate::memory::{DirtyBitmap, GuestMemoryMmap, PAGE_SIZE};
 use crate::runner::VmRunner;
 use crate::snapshot::{save_vm, Features, VM_STATE};
 use crate::vm::Vm;
@@ -48,8 +52,60 @@ struct Link<S> {
     stream: S,
     out: FrameWriter,
     input: FrameReader,
-    /// Guest pages read aside in round 0, to leave zero pages out.
-    scratch: Vec<u8>,
+    /// The page frame being filled.
+    batch: Batch,
+}
+
+/// The page frame being filled: its region, its data so far (in the frame writer's buffer,
+/// after the header) and its run table.
+#[derive(Default)]
+struct Batch {
+    region: u32,
+    /// Pages covered, data and zero runs.
+    pages: u32,
+    /// Bytes of page data in the buffer.
+    data: usize,
+    /// The finished runs' table entries.
+    table: Vec<u8>,
+    /// The run being extended: first page, count, kind.
+    run: Option<(u64, u32, u32)>,
+}
+
+impl Batch {
+    /// The frame buffer's size: header, the most data, the largest table.
+    const BUFFER: usize =
+        PAGES_HEADER_LEN + MAX_PAGES_PER_FRAME as usize * (PAGE_SIZE + RUN_ENTRY_LEN);
+
+    /// Adds `page` of `kind` (its data, if any, is already in the buffer).
+    fn add(&mut self, page: u64, kind: u32) {
+        match &mut self.run {
+            Some((first, count, k)) if *k == kind && *first + u64::from(*count) == page => {
+                *count += 1
+            }
+            _ => {
+                self.end_run();
+                self.run = Some((page, 1, kind));
+            }
+        }
+        self.pages += 1;
+        if kind == RUN_DATA {
+            self.data += PAGE_SIZE;
+        }
+    }
+
+    fn end_run(&mut self) {
+        if let Some((first, count, kind)) = self.run.take() {
+            let at = self.table.len();
+            self.table.resize(at + RUN_ENTRY_LEN, 0);
+            PageBatch::write_run(&mut self.table[at..], first, count, kind);
+        }
+    }
+}
+
+/// Whether a page is all zero; OR-folded in blocks, which the compiler vectorizes.
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks(256)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 impl<S: Read + Write> Link<S> {
@@ -122,9 +178,11 @@ impl<S: Read + Write> Link<S> {
         self.send(phase, tag, &payload)
     }
 
-    /// Sends `pages` of region `index` (guest address `addr`) in frames of at most
-    /// [`MAX_PAGES_PER_FRAME`] pages; with `skip_zero`, all-zero pages are left out (the
-    /// destination's fresh memory is zero). Returns the pages sent.
+    /// Sends `pages` of region `index` (guest address `addr`) in page frames of at most
+    /// [`MAX_PAGES_PER_FRAME`] pages, each page copied once from guest memory into the frame;
+    /// all-zero pages go as zero runs without their contents, or with `skip_zero` not at all
+    /// (the destination's fresh memory is zero). Frames fill across calls: [`flush`](Self::flush)
+    /// sends the last one. Returns the pages sent or announced.
     fn send_run(
         &mut self,
         phase: Phase,
@@ -133,67 +191,80 @@ impl<S: Read + Write> Link<S> {
         pages: Range<u64>,
         skip_zero: bool,
     ) -> Result<u64, MigrationError> {
-        let page = PAGE_SIZE as u64;
+        let local = |reason| MigrationError::new(Side::Source, phase, reason);
+        let guest = guest_slice(memory, addr).map_err(local)?;
         let mut sent = 0;
-        let mut first = pages.start;
-        while first < pages.end {
-            let count = (pages.end - first).min(u64::from(MAX_PAGES_PER_FRAME));
-            let len = count as usize * PAGE_SIZE;
-            let at = addr + first * page;
-            let local = |reason| MigrationError::new(Side::Source, phase, reason);
-            if !skip_zero {
-                let buf = self.out.buffer(wire::PAGES_HEADER_LEN + len);
-                read_guest(memory, at, &mut buf[wire::PAGES_HEADER_LEN..]).map_err(local)?;
-                PageRun::write_header(buf, index, count as u32, first);
-                self.send_buffer(phase)?;
-                sent += count;
-                first += count;
-                continue;
+        for page in pages {
+            if self.batch.region != index || self.batch.pages >= MAX_PAGES_PER_FRAME {
+                self.flush(phase)?;
+                self.batch.region = index;
             }
-            // Reads the batch aside, then sends its non-zero runs.
-            let mut data = std::mem::take(&mut self.scratch);
-            data.resize(len, 0);
-            read_guest(memory, at, &mut data).map_err(local)?;
-            let zero = |i: u64| {
-                let s = i as usize * PAGE_SIZE;
-                data[s..s + PAGE_SIZE].iter().all(|&b| b == 0)
+            let at = PAGES_HEADER_LEN + self.batch.data;
+            let buf = &mut self.out.buffer(Batch::BUFFER)[at..at + PAGE_SIZE];
+            // The guest may write the page meanwhile: it is dirty again then, and goes in a
+            // later round; the frame's checksum covers this copy.
+            let offset = page as usize * PAGE_SIZE;
+            let copied = guest
+                .subslice(offset, PAGE_SIZE)
+                .map(|s| s.copy_to(buf))
+                .map_err(|e| {
+                    local(Reason::GuestMemory {
+                        addr: addr + offset as u64,
+                        source: e.into(),
+                    })
+                })?;
+            if copied != PAGE_SIZE {
+                return Err(local(Reason::GuestMemory {
+                    addr: addr + offset as u64,
+                    source: vm_memory::GuestMemoryError::PartialBuffer {
+                        expected: PAGE_SIZE,
+                        completed: copied,
+                    },
+                }));
+            }
+            let kind = match is_zero(buf) {
+                true if skip_zero => continue,
+                true => RUN_ZERO,
+                false => RUN_DATA,
             };
-            let mut p = 0u64;
-            let mut result = Ok(());
-            while p < count && result.is_ok() {
-                if zero(p) {
-                    p += 1;
-                    continue;
-                }
-                let start = p;
-                while p < count && !zero(p) {
-                    p += 1;
-                }
-                let run = &data[start as usize * PAGE_SIZE..p as usize * PAGE_SIZE];
-                let buf = self.out.buffer(wire::PAGES_HEADER_LEN + run.len());
-                PageRun::write_header(buf, index, (p - start) as u32, first + start);
-                buf[wire::PAGES_HEADER_LEN..].copy_from_slice(run);
-                result = self.send_buffer(phase);
-                sent += p - start;
-            }
-            self.scratch = data;
-            result?;
-            first += count;
+            self.batch.add(page, kind);
+            sent += 1;
         }
         Ok(sent)
     }
 
-    fn send_buffer(&mut self, phase: Phase) -> Result<(), MigrationError> {
-        match self.out.send_buffer(&mut self.stream, wire::PAGES) {
+    /// Sends the page frame being filled, if it has any page. Control frames share the frame
+    /// writer's buffer: they go only after this.
+    fn flush(&mut self, phase: Phase) -> Result<(), MigrationError> {
+        self.batch.end_run();
+        if self.batch.table.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let runs = (batch.table.len() / RUN_ENTRY_LEN) as u32;
+        let len = PAGES_HEADER_LEN + batch.data + batch.table.len();
+        let buf = self.out.buffer(Batch::BUFFER);
+        PageBatch::write_header(buf, batch.region, runs);
+        buf[PAGES_HEADER_LEN + batch.data..len].copy_from_slice(&batch.table);
+        // The table's allocation is reused.
+        let mut table = batch.table;
+        table.clear();
+        self.batch.table = table;
+        match self
+            .out
+            .send_buffer_part(&mut self.stream, wire::PAGES, len)
+        {
             Ok(()) => Ok(()),
             Err(error) => Err(self.write_failed(phase, error)),
         }
     }
 }
 
-/// Copies guest memory at `addr` into `buf` through vm-memory's volatile accessors (the
-/// guest may write the page meanwhile: that page is dirty again and goes in a later round).
-fn read_guest(memory: &GuestMemoryMmap, addr: u64, buf: &mut [u8]) -> Result<(), Reason> {
+/// The whole region of guest memory that starts at `addr`.
+fn guest_slice(
+    memory: &GuestMemoryMmap,
+    addr: u64,
+) -> Result<VolatileSlice<'_, BS<'_, DirtyBitmap>>, Reason> {
     let region = memory
         .find_region(GuestAddress(addr))
         .ok_or(Reason::GuestMemory {
@@ -201,21 +272,10 @@ fn read_guest(memory: &GuestMemoryMmap, addr: u64, buf: &mut [u8]) -> Result<(),
             source: vm_memory::GuestMemoryError::InvalidGuestAddress(GuestAddress(addr)),
         })?;
     let offset = (addr - region.start_addr().0) as usize;
-    let copied = region
+    region
         .as_volatile_slice()
-        .and_then(|s| s.subslice(offset, buf.len()).map_err(Into::into))
-        .map(|s| s.copy_to(buf))
-        .map_err(|source| Reason::GuestMemory { addr, source })?;
-    if copied != buf.len() {
-        return Err(Reason::GuestMemory {
-            addr,
-            source: vm_memory::GuestMemoryError::PartialBuffer {
-                expected: buf.len(),
-                completed: copied,
-            },
-        });
-    }
-    Ok(())
+        .and_then(|s| s.offset(offset).map_err(Into::into))
+        .map_err(|source| Reason::GuestMemory { addr, source })
 }
 
 /// Migrates the VM in `source` to the destination at the other end of `stream`.
@@ -270,7 +330,7 @@ pub fn migrate<S: Read + Write>(
         stream,
         out: FrameWriter::new(),
         input: FrameReader::new(),
-        scratch: Vec::new(),
+        batch: Batch::default(),
     };
     let vm = source.vm;
     let regions: Vec<Region> = vm
@@ -309,6 +369,7 @@ pub fn migrate<S: Read + Write>(
         .map(|(i, r)| (i as u32, 0..r.pages()))
         .collect();
     let copy_started = Instant::now();
+    let mut previous_dirty = None;
     loop {
         let phase = Phase::PreCopy { round };
         if source.runner.is_stopping() {
@@ -321,6 +382,7 @@ pub fn migrate<S: Read + Write>(
             let addr = regions[index as usize].guest_addr;
             sent += link.send_run(phase, &memory, (index, addr), pages, round == 0)?;
         }
+        link.flush(phase)?;
         pages_sent += sent;
         link.encode_and_send(
             phase,
@@ -345,9 +407,11 @@ pub fn migrate<S: Read + Write>(
             expected_downtime,
         });
         round += 1;
-        if expected_downtime <= options.downtime_budget || round >= options.max_rounds {
+        let done = converged(options, expected_downtime, dirty, previous_dirty);
+        if done || round >= options.max_rounds {
             break;
         }
+        previous_dirty = Some(dirty);
         runs = owed.take_runs();
     }
 
@@ -363,13 +427,23 @@ pub fn migrate<S: Read + Write>(
         round,
     );
     match result {
-        Ok((final_pages, bytes, paused)) => Ok(Summary {
+        Ok(stopped) => Ok(Summary {
+            downtime: stopped.paused.elapsed(),
             rounds: round,
-            pages_sent: pages_sent + final_pages,
-            final_pages,
-            bytes_sent: bytes,
-            downtime: paused.elapsed(),
+            pages_sent: pages_sent + stopped.final_pages,
+            final_pages: stopped.final_pages,
+            bytes_sent: link.out.bytes(),
             total: started.elapsed(),
+            pausing: stopped.pausing,
+            capture: stopped.capture,
+            final_copy: stopped.final_copy,
+            confirmation: Duration::ZERO,
+        })
+        .map(|mut summary: Summary| {
+            summary.confirmation = summary
+                .downtime
+                .saturating_sub(summary.capture + summary.final_copy);
+            summary
         }),
         Err(error) => Err(match source.runner.resume_all() {
             Ok(()) => error,
@@ -385,9 +459,21 @@ pub fn migrate<S: Read + Write>(
     }
 }
 
+/// What the stop-and-copy did, and how long its parts took.
+struct Stopped {
+    /// Pages sent while paused.
+    final_pages: u64,
+    /// When the vCPUs were all paused.
+    paused: Instant,
+    /// Pausing them.
+    pausing: Duration,
+    /// Capturing the state.
+    capture: Duration,
+    /// The last harvest, pages and state frame.
+    final_copy: Duration,
+}
+
 /// Pauses the vCPUs, sends the last pages and the state, and waits for the confirmation.
-/// Returns the pages sent while paused, the bytes sent in all, and when the vCPUs were
-/// all paused.
 #[allow(clippy::too_many_arguments)]
 fn stop_and_copy<S: Read + Write>(
     link: &mut Link<S>,
@@ -398,11 +484,13 @@ fn stop_and_copy<S: Read + Write>(
     progress: &mut impl FnMut(&Progress),
     pages_sent: u64,
     round: u32,
-) -> Result<(u64, u64, Instant), MigrationError> {
+) -> Result<Stopped, MigrationError> {
     let phase = Phase::StopAndCopy;
     let local = |reason: Reason| MigrationError::new(Side::Source, phase, reason);
+    let pausing = Instant::now();
     source.runner.pause_all().map_err(|e| local(e.into()))?;
     let paused = Instant::now();
+    let pausing = paused - pausing;
     if source.runner.is_stopping() {
         let _ = link.encode_and_send(phase, wire::ABORT, "abort", "the guest stopped");
         return Err(local(Reason::GuestStopped));
@@ -431,6 +519,7 @@ fn stop_and_copy<S: Read + Write>(
         .write_section(VM_STATE, 0, SECTION_VERSION, &vm_state)
         .map_err(|e| local(Reason::State(e)))?;
     let state = writer.finish().map_err(|e| local(Reason::State(e)))?;
+    let capture = paused.elapsed();
 
     let dirty = owed
         .collect(source.vm, source.marked)
@@ -451,7 +540,15 @@ fn stop_and_copy<S: Read + Write>(
         let addr = regions[index as usize].guest_addr;
         final_pages += link.send_run(phase, &memory, (index, addr), pages, false)?;
     }
+    link.flush(phase)?;
     link.send(phase, wire::STATE, &state)?;
+    let final_copy = paused.elapsed().saturating_sub(capture);
     link.recv(Phase::Confirm, "a confirmation")?;
-    Ok((final_pages, link.out.bytes(), paused))
+    Ok(Stopped {
+        final_pages,
+        paused,
+        pausing,
+        capture,
+        final_copy,
+    })
 }

@@ -130,6 +130,7 @@ mod libs;
 mod memory;
 mod memtype;
 mod page;
+mod pci;
 mod platform;
 #[cfg(feature = "seccomp")]
 pub(crate) mod seccomp;
@@ -254,7 +255,7 @@ impl Xen {
             ioeventfd: true,
             reserved: platform::reserved_ranges(),
             // Config cycles go only to a server that mapped the device (see Capabilities).
-            pci_config_ports: false,
+            pci_config_ports: true,
             xsave,
             xcrs: xsave,
             ..Capabilities::default()

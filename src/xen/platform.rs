@@ -27,10 +27,10 @@
 //! graphics ports (0x3C4-0x3C5, 0x3CE-0x3CF) and the PCI configuration address port 0xCF8;
 //! the ACPI PM1a control register (0x1F44) is the device model's. On every domain, an
 //! access to 0xCFC-0xCFF while CF8 holds an enabled address is a PCI configuration cycle,
-//! which Xen sends only to an ioreq server that mapped that device (vmkit maps none yet, so
-//! the guest reads all ones; without the enable bit they are plain port I/O for vmkit):
-//! `Capabilities::pci_config_ports` is false, and a guest reaches vmkit's PCI root through
-//! ECAM. Xen's PIT is part of the
+//! which Xen sends only to an ioreq server that mapped that device: vmkit maps those the VMM
+//! claims ([`Vm::claim_pci_config`](crate::Vm::claim_pci_config), the `pci` module); the
+//! others read all ones. Without the enable bit they are plain port I/O for vmkit. Xen's
+//! PIT is part of the
 //! set: a Xen VM with an irqchip always has it, whatever [`VmConfig::pit`](crate::VmConfig::pit)
 //! says.
 

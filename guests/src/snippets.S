@@ -228,6 +228,120 @@ snippet pci_ecam_read
         out     %eax, $REPORT_PORT
         hlt
 
+/// Drives the MSI-X of the virtio-pci function at [`PCI_MSIX_CONFIG`] as a
+/// driver would: sets up an IDT at [`PCI_MSIX_IDT`] with a handler for
+/// [`PCI_MSIX_VECTOR`] (a stack at [`PCI_MSIX_STACK`]), software-enables the
+/// local APIC; through the configuration ports enables memory decoding and
+/// bus mastering, reads BAR 0, walks the capability list to MSI-X and
+/// enables it; through BAR 0 points MSI-X table entry 0 at vCPU 0's local
+/// APIC with the vector, unmasked, chooses entry 0 for configuration
+/// changes (virtio common configuration `config_msix_vector`) and brings
+/// the device to DRIVER_OK with VIRTIO_F_VERSION_1. Then it reports the
+/// device status (bits 23-16) and the configuration vector read back (bits
+/// 15-0) to [`REPORT_PORT`] as a dword and waits with interrupts on; the
+/// handler reports the vector, writes the local APIC's EOI and returns. A
+/// function without MSI-X reports 0xffffffff and halts.
+snippet pci_msix
+        mov     $PCI_MSIX_STACK, %rsp
+        /* The interrupt gate of the vector. */
+        mov     $(PCI_MSIX_IDT + PCI_MSIX_VECTOR * 16), %rbx
+        lea     5f(%rip), %rax
+        mov     %ax, (%rbx)
+        mov     %cs, %dx
+        mov     %dx, 2(%rbx)
+        movw    $0x8e00, 4(%rbx)
+        shr     $16, %rax
+        mov     %ax, 6(%rbx)
+        shr     $16, %rax
+        mov     %eax, 8(%rbx)
+        movl    $0, 12(%rbx)
+        mov     $(PCI_MSIX_IDT + 0x1000), %rbx
+        movw    $0xfff, (%rbx)
+        movq    $PCI_MSIX_IDT, 2(%rbx)
+        lidt    (%rbx)
+        /* Spurious-interrupt vector register: APIC software enable. */
+        mov     $0xfee000f0, %ebx
+        movl    $0x1ff, (%rbx)
+        /* Command register: memory space and bus master. */
+        mov     $0xcf8, %dx
+        mov     $(PCI_MSIX_CONFIG + 0x04), %eax
+        out     %eax, %dx
+        mov     $0xcfc, %dx
+        mov     $0x6, %ax
+        out     %ax, %dx
+        /* BAR 0 (32-bit memory) into rbx. */
+        mov     $0xcf8, %dx
+        mov     $(PCI_MSIX_CONFIG + 0x10), %eax
+        out     %eax, %dx
+        mov     $0xcfc, %dx
+        in      %dx, %eax
+        and     $0xfffffff0, %eax
+        mov     %eax, %ebx
+        /* The capability list, from the pointer at 0x34, to ID 0x11 (MSI-X): ecx. */
+        mov     $0xcf8, %dx
+        mov     $(PCI_MSIX_CONFIG + 0x34), %eax
+        out     %eax, %dx
+        mov     $0xcfc, %dx
+        in      %dx, %eax
+        movzbl  %al, %ecx
+1:      and     $0xfc, %ecx
+        jz      4f
+        mov     $0xcf8, %dx
+        mov     $PCI_MSIX_CONFIG, %eax
+        or      %ecx, %eax
+        out     %eax, %dx
+        mov     $0xcfc, %dx
+        in      %dx, %eax
+        cmp     $0x11, %al
+        je      2f
+        movzbl  %ah, %ecx
+        jmp     1b
+        /* MSI-X enable: message control bit 15, bit 31 of the capability's dword. */
+2:      or      $0x80000000, %eax
+        out     %eax, %dx
+        /* The table's offset in BAR 0 (BIR 0), from the capability's second dword. */
+        mov     $0xcf8, %dx
+        mov     $PCI_MSIX_CONFIG, %eax
+        or      %ecx, %eax
+        add     $4, %eax
+        out     %eax, %dx
+        mov     $0xcfc, %dx
+        in      %dx, %eax
+        and     $0xfffffff8, %eax
+        lea     (%rbx,%rax), %rsi
+        /* Table entry 0: vCPU 0's local APIC, fixed delivery of the vector, unmasked. */
+        movl    $0xfee00000, (%rsi)
+        movl    $0, 4(%rsi)
+        movl    $PCI_MSIX_VECTOR, 8(%rsi)
+        movl    $0, 12(%rsi)
+        /* Common configuration at BAR 0 offset 0: config_msix_vector, then status. */
+        movw    $0, 0x10(%rbx)
+        movb    $1, 0x14(%rbx)
+        movb    $3, 0x14(%rbx)
+        movl    $1, 0x08(%rbx)
+        movl    $1, 0x0c(%rbx)
+        movb    $0xb, 0x14(%rbx)
+        movb    $0xf, 0x14(%rbx)
+        movzbl  0x14(%rbx), %ecx
+        shl     $16, %ecx
+        movzwl  0x10(%rbx), %eax
+        or      %ecx, %eax
+        out     %eax, $REPORT_PORT
+        sti
+3:      hlt
+        jmp     3b
+4:      mov     $0xffffffff, %eax
+        out     %eax, $REPORT_PORT
+        hlt
+        /* The handler. */
+5:      push    %rax
+        mov     $PCI_MSIX_VECTOR, %eax
+        out     %eax, $REPORT_PORT
+        mov     $0xfee000b0, %eax
+        movl    $0, (%rax)
+        pop     %rax
+        iretq
+
 /// Jumps to itself forever: a guest that never exits on its own.
 snippet spin
 1:      jmp     1b

@@ -84,6 +84,11 @@
 //!   Xen, as in KVM, instead of returning `Hlt`. Xen's PIT always comes with the platform,
 //!   but [`VmConfig::pit`] is refused: vmkit cannot read the PIT's state yet, nor the PIC
 //!   and IOAPIC state (`Capabilities::irqchip_state`).
+//! - PCI configuration cycles on ports 0xCFC-0xCFF reach vmkit only for the functions
+//!   mapped to its ioreq server, which [`Vm::claim_pci_config`](crate::Vm::claim_pci_config)
+//!   does (the `pci` module); Xen's `IOREQ_TYPE_PCI_CONFIG` request becomes the data-port
+//!   exit the guest's instruction is (the `ioreq` module), after the 0xCF8 write Xen
+//!   forwarded too, so the VMM sees what it sees on KVM. Unclaimed functions read all ones.
 //! - ioeventfds (with or without an irqchip) are matched in the ioreq path: a single
 //!   write to a registered address and value signals the eventfd and is answered without
 //!   returning from `run()`.

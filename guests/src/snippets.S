@@ -228,24 +228,10 @@ snippet pci_ecam_read
         out     %eax, $REPORT_PORT
         hlt
 
-/// Drives the MSI-X of the virtio-pci function at [`PCI_MSIX_CONFIG`] as a
-/// driver would: sets up an IDT at [`PCI_MSIX_IDT`] with a handler for
-/// [`PCI_MSIX_VECTOR`] (a stack at [`PCI_MSIX_STACK`]), software-enables the
-/// local APIC; through the configuration ports enables memory decoding and
-/// bus mastering, reads BAR 0, walks the capability list to MSI-X and
-/// enables it; through BAR 0 points MSI-X table entry 0 at vCPU 0's local
-/// APIC with the vector, unmasked, chooses entry 0 for configuration
-/// changes (virtio common configuration `config_msix_vector`) and brings
-/// the device to DRIVER_OK with VIRTIO_F_VERSION_1. Then it reports the
-/// device status (bits 23-16) and the configuration vector read back (bits
-/// 15-0) to [`REPORT_PORT`] as a dword and waits with interrupts on; the
-/// handler reports the vector, writes the local APIC's EOI and returns. A
-/// function without MSI-X reports 0xffffffff and halts.
-snippet pci_msix
-        mov     $PCI_MSIX_STACK, %rsp
-        /* The interrupt gate of the vector. */
-        mov     $(PCI_MSIX_IDT + PCI_MSIX_VECTOR * 16), %rbx
-        lea     5f(%rip), %rax
+/* Points the interrupt gate of `vector` in PCI_MSIX's IDT at `handler`. */
+        .macro pci_msix_gate vector, handler
+        mov     $(PCI_MSIX_IDT + \vector * 16), %rbx
+        lea     \handler(%rip), %rax
         mov     %ax, (%rbx)
         mov     %cs, %dx
         mov     %dx, 2(%rbx)
@@ -255,6 +241,27 @@ snippet pci_msix
         shr     $16, %rax
         mov     %eax, 8(%rbx)
         movl    $0, 12(%rbx)
+        .endm
+
+/// Drives the MSI-X of the virtio-pci console at [`PCI_MSIX_CONFIG`] as a
+/// driver would. Sets up an IDT at [`PCI_MSIX_IDT`] with handlers for
+/// [`PCI_MSIX_VECTOR`] and [`PCI_MSIX_QUEUE_VECTOR`] (a stack at
+/// [`PCI_MSIX_STACK`]) and software-enables the local APIC; through the
+/// configuration ports enables memory decoding and bus mastering, reads BAR
+/// 0, walks the capability list to MSI-X and enables it; through BAR 0
+/// points MSI-X table entries 0 and 1 at vCPU 0's local APIC with the two
+/// vectors, unmasked, chooses entry 0 for configuration changes, negotiates
+/// VIRTIO_F_VERSION_1, sets up receive queue 0 (split rings at
+/// [`PCI_MSIX_RING`], one buffer at [`PCI_MSIX_BUFFER`]) on entry 1 and sets
+/// DRIVER_OK. Then it reports, as a dword to [`REPORT_PORT`], the queue's
+/// vector (bits 31-24), the device status (23-16) and the configuration
+/// vector (15-0) read back, and waits with interrupts on; each handler
+/// reports its vector, writes the local APIC's EOI and returns. A function
+/// without MSI-X reports 0xffffffff and halts.
+snippet pci_msix
+        mov     $PCI_MSIX_STACK, %rsp
+        pci_msix_gate PCI_MSIX_VECTOR, .Lpci_msix_config_irq
+        pci_msix_gate PCI_MSIX_QUEUE_VECTOR, .Lpci_msix_queue_irq
         mov     $(PCI_MSIX_IDT + 0x1000), %rbx
         movw    $0xfff, (%rbx)
         movq    $PCI_MSIX_IDT, 2(%rbx)
@@ -309,21 +316,45 @@ snippet pci_msix
         in      %dx, %eax
         and     $0xfffffff8, %eax
         lea     (%rbx,%rax), %rsi
-        /* Table entry 0: vCPU 0's local APIC, fixed delivery of the vector, unmasked. */
+        /* Table entries 0 and 1: vCPU 0's local APIC, fixed delivery, unmasked. */
         movl    $0xfee00000, (%rsi)
         movl    $0, 4(%rsi)
         movl    $PCI_MSIX_VECTOR, 8(%rsi)
         movl    $0, 12(%rsi)
-        /* Common configuration at BAR 0 offset 0: config_msix_vector, then status. */
+        movl    $0xfee00000, 16(%rsi)
+        movl    $0, 20(%rsi)
+        movl    $PCI_MSIX_QUEUE_VECTOR, 24(%rsi)
+        movl    $0, 28(%rsi)
+        /* Common configuration at BAR 0 offset 0. */
         movw    $0, 0x10(%rbx)
         movb    $1, 0x14(%rbx)
         movb    $3, 0x14(%rbx)
         movl    $1, 0x08(%rbx)
         movl    $1, 0x0c(%rbx)
         movb    $0xb, 0x14(%rbx)
+        /* Receive queue 0: one device-writable 16-byte buffer, made available. */
+        mov     $PCI_MSIX_RING, %rdi
+        movq    $PCI_MSIX_BUFFER, (%rdi)
+        movl    $16, 8(%rdi)
+        movw    $2, 12(%rdi)
+        movw    $0, 14(%rdi)
+        movw    $0, 0x1000(%rdi)
+        movw    $0, 0x1004(%rdi)
+        movw    $1, 0x1002(%rdi)
+        movw    $0, 0x16(%rbx)
+        movw    $1, 0x1a(%rbx)
+        movq    %rdi, 0x20(%rbx)
+        lea     0x1000(%rdi), %rax
+        movq    %rax, 0x28(%rbx)
+        lea     0x2000(%rdi), %rax
+        movq    %rax, 0x30(%rbx)
+        movw    $1, 0x1c(%rbx)
         movb    $0xf, 0x14(%rbx)
-        movzbl  0x14(%rbx), %ecx
-        shl     $16, %ecx
+        movzwl  0x1a(%rbx), %ecx
+        shl     $24, %ecx
+        movzbl  0x14(%rbx), %eax
+        shl     $16, %eax
+        or      %eax, %ecx
         movzwl  0x10(%rbx), %eax
         or      %ecx, %eax
         out     %eax, $REPORT_PORT
@@ -333,9 +364,14 @@ snippet pci_msix
 4:      mov     $0xffffffff, %eax
         out     %eax, $REPORT_PORT
         hlt
-        /* The handler. */
-5:      push    %rax
+.Lpci_msix_config_irq:
+        push    %rax
         mov     $PCI_MSIX_VECTOR, %eax
+        jmp     .Lpci_msix_irq
+.Lpci_msix_queue_irq:
+        push    %rax
+        mov     $PCI_MSIX_QUEUE_VECTOR, %eax
+.Lpci_msix_irq:
         out     %eax, $REPORT_PORT
         mov     $0xfee000b0, %eax
         movl    $0, (%rax)

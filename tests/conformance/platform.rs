@@ -471,12 +471,14 @@ fn pci_msix(caps: &Capabilities) -> Option<&'static str> {
 
 /// A guest drives a virtio-pci console's MSI-X as a driver would (snippets::PCI_MSIX):
 /// through the configuration ports it enables the function and its MSI-X capability,
-/// through BAR 0 it programs table entry 0 with a vector and chooses that entry for
-/// configuration changes, and it brings the device to DRIVER_OK. When the device then
-/// signals a configuration change, the message (vmkit-machine's `VmMsi`, `Vm::signal_msi`)
-/// reaches the guest's handler for that vector.
+/// through BAR 0 it programs two MSI-X table entries, chooses one for configuration changes
+/// and one for its receive queue (which it sets up with one buffer), and sets DRIVER_OK.
+/// When the device signals a configuration change and then fills the buffer with host
+/// input, each message (vmkit-machine's `VmMsi`, `Vm::signal_msi`) reaches the guest's
+/// handler for its vector.
 pub fn a_virtio_pci_devices_msix_vector_reaches_the_guest(hv: &dyn Hypervisor) {
     use vmkit::pci::PciFunctions;
+    use vmkit::vm_memory::{Bytes, GuestAddress};
     use vmkit_machine::{GsiAllocator, MmioAllocator, VirtioPciWiring, VmMsi};
     use vmkit_virtio::console::Console;
 
@@ -500,10 +502,11 @@ pub fn a_virtio_pci_devices_msix_vector_reaches_the_guest(hv: &dyn Hypervisor) {
     let mut bus = Bus::new();
     let platform = wiring.finish(&mut bus).unwrap();
     let transport = console.transport.clone();
-    // The status the guest reads back (ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK) and
-    // configuration vector 0.
-    let ready = 0xf << 16;
-    let vector = u32::from(snippets::PCI_MSIX_VECTOR);
+    // What the guest reads back: the receive queue on MSI-X entry 1, the status
+    // (ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK), configuration changes on entry 0.
+    let ready = 1 << 24 | 0xf << 16;
+    let config_vector = u32::from(snippets::PCI_MSIX_VECTOR);
+    let queue_vector = u32::from(snippets::PCI_MSIX_QUEUE_VECTOR);
     let reports = Arc::new(Mutex::new(Vec::new()));
     let handler = {
         let reports = Arc::clone(&reports);
@@ -513,6 +516,12 @@ pub fn a_virtio_pci_devices_msix_vector_reaches_the_guest(hv: &dyn Hypervisor) {
                 return match value {
                     v if v == ready => {
                         transport.notify_config_change();
+                        ExitAction::Continue
+                    }
+                    v if v == config_vector => {
+                        // Host input fills the guest's buffer: a used buffer on queue 0.
+                        transport.with_device(|console| console.enqueue_input(b"msix"));
+                        transport.process_queue(0).unwrap();
                         ExitAction::Continue
                     }
                     _ => ExitAction::PowerOff,
@@ -532,7 +541,16 @@ pub fn a_virtio_pci_devices_msix_vector_reaches_the_guest(hv: &dyn Hypervisor) {
         &VcpuOutcome::PowerOff
     );
     let reports = reports.lock().unwrap().clone();
-    assert_eq!(reports, [ready, vector], "{reports:#x?}");
+    assert_eq!(
+        reports,
+        [ready, config_vector, queue_vector],
+        "{reports:#x?}"
+    );
+    let mut input = [0u8; 4];
+    vm.memory()
+        .read_slice(&mut input, GuestAddress(snippets::PCI_MSIX_BUFFER))
+        .unwrap();
+    assert_eq!(&input, b"msix");
     assert_eq!(console.transport.take_error().map(|e| e.to_string()), None);
     assert_eq!(console.transport.invalid_accesses(), 0);
     assert_eq!(platform.root.invalid_accesses(), 0);

@@ -627,7 +627,8 @@ pub trait Vm: Send + Sync {
     /// claimed read all ones there, as absent ones do. ECAM (MMIO) needs no claim anywhere.
     ///
     /// Claiming a function again is not an error. The claims end with the VM or with
-    /// [`Vm::release_pci_config`]. See
+    /// [`Vm::release_pci_config`]; they are not VM state a snapshot carries, so a VMM that
+    /// restores one into a new VM claims again, as it registers its irqfds again. See
     /// [`Capabilities::pci_config_ports`](crate::Capabilities::pci_config_ports).
     ///
     /// ```

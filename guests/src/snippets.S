@@ -361,9 +361,7 @@ snippet pci_msix
         sti
 3:      hlt
         jmp     3b
-4:      mov     $0xffffffff, %eax
-        out     %eax, $REPORT_PORT
-        hlt
+        /* The handlers. */
 .Lpci_msix_config_irq:
         push    %rax
         mov     $PCI_MSIX_VECTOR, %eax
@@ -377,6 +375,9 @@ snippet pci_msix
         movl    $0, (%rax)
         pop     %rax
         iretq
+4:      mov     $0xffffffff, %eax
+        out     %eax, $REPORT_PORT
+        hlt
 
 /// Jumps to itself forever: a guest that never exits on its own.
 snippet spin

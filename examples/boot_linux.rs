@@ -619,6 +619,11 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let pci_bridge = match pci {
         Some(pci) => {
             let platform = pci.finish(&mut bus)?;
+            // Linux reads registers below 0x100 through ports 0xcf8/0xcfc: on Xen they reach
+            // the root bus only for functions claimed (on KVM this does nothing).
+            if hypervisor.capabilities().pci_config_ports {
+                vm.claim_pci_config(vmkit::pci::PciFunctions::Bus(0))?;
+            }
             eprintln!(
                 "boot_linux: PCI: ECAM at {:#x}, BARs in {:#x}..{:#x}, slots {:?}",
                 platform.ecam.base,

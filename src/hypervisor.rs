@@ -103,10 +103,12 @@ pub struct Capabilities {
     /// not sit there ([`Capabilities::reserved_conflict`] checks one).
     #[serde(default)]
     pub reserved: Vec<ReservedRange>,
-    /// PCI configuration cycles through ports 0xCF8/0xCFC reach the VMM as port I/O, so a
-    /// root bus there (vmkit-pci) answers them. Xen takes a cycle (0xCFC with CF8's enable
-    /// bit set) itself and sends it only to an ioreq server that mapped the device, which
-    /// vmkit does not do yet: there a guest reaches the root bus through ECAM only.
+    /// PCI configuration cycles through ports 0xCF8/0xCFC reach the VMM as port I/O for the
+    /// functions it claimed with [`Vm::claim_pci_config`], so a root bus there (vmkit-pci)
+    /// answers them. On KVM every cycle reaches the VMM, claimed or not; on Xen a cycle for
+    /// a function no one claimed reads all ones (Xen takes a data-port access with 0xCF8's
+    /// enable bit set itself and sends it only to the ioreq server that claimed the
+    /// function). ECAM (MMIO) needs no claim on any backend.
     #[serde(default)]
     pub pci_config_ports: bool,
     /// The CPUID leaves the hypervisor can offer a guest.

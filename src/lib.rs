@@ -102,6 +102,7 @@ pub mod kvm;
 pub mod memory;
 #[cfg(target_arch = "x86_64")]
 pub mod migration;
+pub mod pci;
 pub mod pool;
 pub mod reserved;
 pub mod runner;

@@ -172,6 +172,17 @@ pub enum VmError {
         /// Why it has no counterpart.
         reason: &'static str,
     },
+    /// Claiming or releasing PCI functions' configuration cycles failed.
+    #[error("{op} failed for {functions}")]
+    PciConfig {
+        /// The call, e.g. `xendevicemodel_map_pcidev_to_ioreq_server`.
+        op: &'static str,
+        /// The function it failed for.
+        functions: crate::pci::PciFunctions,
+        /// What the OS reported.
+        #[source]
+        source: io::Error,
+    },
     /// This hypervisor (or vmkit's backend for it) does not offer the operation at all;
     /// [`Capabilities`](crate::Capabilities) tells beforehand.
     #[error("{op} is not supported: {reason}")]
@@ -614,6 +625,72 @@ pub trait Vm: Send + Sync {
         )
     }
 
+    /// Tells the hypervisor that the VMM's PCI host bridge answers configuration cycles
+    /// through ports 0xCF8/0xCFC-0xCFF for `functions`, so that they reach the VMM.
+    ///
+    /// After this, a guest's `out 0xcf8` of an address for one of `functions` and its
+    /// access to a data port reach the VMM as the [`VcpuExit::IoOut`](crate::VcpuExit::IoOut)
+    /// and [`VcpuExit::IoIn`](crate::VcpuExit::IoIn) exits the guest's instructions are, on
+    /// every backend, so one host bridge (vmkit-pci's `PciRoot` on the VMM's bus) answers
+    /// them unchanged. On KVM every port access reaches the VMM anyway and this does nothing.
+    /// On Xen, Xen latches the address port itself (a 4-byte write to 0xCF8, which it also
+    /// passes on to the VMM, so the VMM's latch holds the same value) and sends a data-port
+    /// access with the enable bit set only to the device model that claimed the addressed
+    /// function; vmkit claims `functions` for its ioreq server here and turns Xen's
+    /// configuration request back into the data-port access the guest made. Functions no one
+    /// claimed read all ones there, as absent ones do. ECAM (MMIO) needs no claim anywhere.
+    ///
+    /// Claiming a function again is not an error. The claims end with the VM or with
+    /// [`Vm::release_pci_config`]; they are not VM state a snapshot carries, so a VMM that
+    /// restores one into a new VM claims again, as it registers its irqfds again. See
+    /// [`Capabilities::pci_config_ports`](crate::Capabilities::pci_config_ports).
+    ///
+    /// ```
+    /// use vmkit::pci::PciFunctions;
+    /// use vmkit::VmConfig;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// # if !hypervisor.capabilities().pci_config_ports { return Ok(()); }
+    /// let vm = hypervisor.create_vm(&VmConfig::default())?;
+    /// // The host bridge answers for every function of bus 0.
+    /// vm.claim_pci_config(PciFunctions::Bus(0))?;
+    /// # Ok(()) }
+    /// ```
+    fn claim_pci_config(&self, functions: crate::pci::PciFunctions) -> Result<(), VmError> {
+        let _ = functions;
+        unsupported(
+            "claiming PCI configuration cycles",
+            "this hypervisor backend does not pass configuration cycles on ports 0xcf8/0xcfc \
+             to the VMM (Capabilities::pci_config_ports is false)",
+        )
+    }
+
+    /// Ends claims of [`Vm::claim_pci_config`]: on Xen, configuration cycles through the
+    /// ports for `functions` no longer reach the VMM (the guest reads all ones); on KVM
+    /// nothing changes. Functions not claimed are skipped.
+    ///
+    /// ```
+    /// use vmkit::pci::{PciBdf, PciFunctions};
+    /// use vmkit::VmConfig;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hypervisor = vmkit::open()?;
+    /// # if !hypervisor.capabilities().pci_config_ports { return Ok(()); }
+    /// let vm = hypervisor.create_vm(&VmConfig::default())?;
+    /// let nic = PciFunctions::Function(PciBdf::new(0, 3, 0)?);
+    /// vm.claim_pci_config(nic)?;
+    /// // The device is unplugged.
+    /// vm.release_pci_config(nic)?;
+    /// # Ok(()) }
+    /// ```
+    fn release_pci_config(&self, functions: crate::pci::PciFunctions) -> Result<(), VmError> {
+        let _ = functions;
+        unsupported(
+            "releasing PCI configuration cycles",
+            "this hypervisor backend does not pass configuration cycles on ports 0xcf8/0xcfc \
+             to the VMM (Capabilities::pci_config_ports is false)",
+        )
+    }
+
     /// Reads the VM clock.
     ///
     /// ```
@@ -706,6 +783,9 @@ mod tests {
             vm.set_pit_reinject(false).err(),
             vm.clock().err(),
             vm.set_clock(&ClockState::default()).err(),
+            vm.claim_pci_config(crate::pci::PciFunctions::Bus(0)).err(),
+            vm.release_pci_config(crate::pci::PciFunctions::Bus(0))
+                .err(),
         ];
         for result in results {
             match result {

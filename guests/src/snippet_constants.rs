@@ -148,4 +148,22 @@ constants! {
     /// What [`PCI_PORT_READ`] writes to CONFIG_ADDRESS (port 0xcf8): enable, bus 0,
     /// device 0, function 0, register 0 (the vendor and device IDs).
     PCI_CONFIG_ADDRESS_00: u32 = 0x8000_0000;
+    /// What [`PCI_MSIX`] writes to CONFIG_ADDRESS for register 0 of the virtio-pci function
+    /// it drives: enable, bus 0, device 1 (the first slot after the host bridge), function 0.
+    PCI_MSIX_CONFIG: u32 = 0x8000_0800;
+    /// The vector [`PCI_MSIX`] programs into MSI-X table entry 0 (configuration changes)
+    /// and reports from its handler.
+    PCI_MSIX_VECTOR: u8 = 0x5c;
+    /// The vector [`PCI_MSIX`] programs into MSI-X table entry 1 (receive queue 0) and
+    /// reports from its handler.
+    PCI_MSIX_QUEUE_VECTOR: u8 = 0x5d;
+    /// Where [`PCI_MSIX`] puts receive queue 0's split rings (in RAM): the descriptor table,
+    /// the driver ring 4 KiB later, the device ring 8 KiB later.
+    PCI_MSIX_RING: u64 = 0x21_0000;
+    /// The 16-byte buffer [`PCI_MSIX`] offers the receive queue (in RAM).
+    PCI_MSIX_BUFFER: u64 = 0x22_0000;
+    /// Where [`PCI_MSIX`] builds its IDT (4 KiB, in RAM; the IDTR operand follows it).
+    PCI_MSIX_IDT: u64 = 0x20_0000;
+    /// [`PCI_MSIX`]'s stack top (in RAM), for the interrupt frame.
+    PCI_MSIX_STACK: u64 = 0x30_0000;
 }

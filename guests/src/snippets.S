@@ -228,6 +228,157 @@ snippet pci_ecam_read
         out     %eax, $REPORT_PORT
         hlt
 
+/* Points the interrupt gate of `vector` in PCI_MSIX's IDT at `handler`. */
+        .macro pci_msix_gate vector, handler
+        mov     $(PCI_MSIX_IDT + \vector * 16), %rbx
+        lea     \handler(%rip), %rax
+        mov     %ax, (%rbx)
+        mov     %cs, %dx
+        mov     %dx, 2(%rbx)
+        movw    $0x8e00, 4(%rbx)
+        shr     $16, %rax
+        mov     %ax, 6(%rbx)
+        shr     $16, %rax
+        mov     %eax, 8(%rbx)
+        movl    $0, 12(%rbx)
+        .endm
+
+/// Drives the MSI-X of the virtio-pci console at [`PCI_MSIX_CONFIG`] as a
+/// driver would. Sets up an IDT at [`PCI_MSIX_IDT`] with handlers for
+/// [`PCI_MSIX_VECTOR`] and [`PCI_MSIX_QUEUE_VECTOR`] (a stack at
+/// [`PCI_MSIX_STACK`]) and software-enables the local APIC; through the
+/// configuration ports enables memory decoding and bus mastering, reads BAR
+/// 0, walks the capability list to MSI-X and enables it; through BAR 0
+/// points MSI-X table entries 0 and 1 at vCPU 0's local APIC with the two
+/// vectors, unmasked, chooses entry 0 for configuration changes, negotiates
+/// VIRTIO_F_VERSION_1, sets up receive queue 0 (split rings at
+/// [`PCI_MSIX_RING`], one buffer at [`PCI_MSIX_BUFFER`]) on entry 1 and sets
+/// DRIVER_OK. Then it reports, as a dword to [`REPORT_PORT`], the queue's
+/// vector (bits 31-24), the device status (23-16) and the configuration
+/// vector (15-0) read back, and waits with interrupts on; each handler
+/// reports its vector, writes the local APIC's EOI and returns. A function
+/// without MSI-X reports 0xffffffff and halts.
+snippet pci_msix
+        mov     $PCI_MSIX_STACK, %rsp
+        pci_msix_gate PCI_MSIX_VECTOR, .Lpci_msix_config_irq
+        pci_msix_gate PCI_MSIX_QUEUE_VECTOR, .Lpci_msix_queue_irq
+        mov     $(PCI_MSIX_IDT + 0x1000), %rbx
+        movw    $0xfff, (%rbx)
+        movq    $PCI_MSIX_IDT, 2(%rbx)
+        lidt    (%rbx)
+        /* Spurious-interrupt vector register: APIC software enable. */
+        mov     $0xfee000f0, %ebx
+        movl    $0x1ff, (%rbx)
+        /* Command register: memory space and bus master. */
+        mov     $0xcf8, %dx
+        mov     $(PCI_MSIX_CONFIG + 0x04), %eax
+        out     %eax, %dx
+        mov     $0xcfc, %dx
+        mov     $0x6, %ax
+        out     %ax, %dx
+        /* BAR 0 (32-bit memory) into rbx. */
+        mov     $0xcf8, %dx
+        mov     $(PCI_MSIX_CONFIG + 0x10), %eax
+        out     %eax, %dx
+        mov     $0xcfc, %dx
+        in      %dx, %eax
+        and     $0xfffffff0, %eax
+        mov     %eax, %ebx
+        /* The capability list, from the pointer at 0x34, to ID 0x11 (MSI-X): ecx. */
+        mov     $0xcf8, %dx
+        mov     $(PCI_MSIX_CONFIG + 0x34), %eax
+        out     %eax, %dx
+        mov     $0xcfc, %dx
+        in      %dx, %eax
+        movzbl  %al, %ecx
+1:      and     $0xfc, %ecx
+        jz      4f
+        mov     $0xcf8, %dx
+        mov     $PCI_MSIX_CONFIG, %eax
+        or      %ecx, %eax
+        out     %eax, %dx
+        mov     $0xcfc, %dx
+        in      %dx, %eax
+        cmp     $0x11, %al
+        je      2f
+        movzbl  %ah, %ecx
+        jmp     1b
+        /* MSI-X enable: message control bit 15, bit 31 of the capability's dword. */
+2:      or      $0x80000000, %eax
+        out     %eax, %dx
+        /* The table's offset in BAR 0 (BIR 0), from the capability's second dword. */
+        mov     $0xcf8, %dx
+        mov     $PCI_MSIX_CONFIG, %eax
+        or      %ecx, %eax
+        add     $4, %eax
+        out     %eax, %dx
+        mov     $0xcfc, %dx
+        in      %dx, %eax
+        and     $0xfffffff8, %eax
+        lea     (%rbx,%rax), %rsi
+        /* Table entries 0 and 1: vCPU 0's local APIC, fixed delivery, unmasked. */
+        movl    $0xfee00000, (%rsi)
+        movl    $0, 4(%rsi)
+        movl    $PCI_MSIX_VECTOR, 8(%rsi)
+        movl    $0, 12(%rsi)
+        movl    $0xfee00000, 16(%rsi)
+        movl    $0, 20(%rsi)
+        movl    $PCI_MSIX_QUEUE_VECTOR, 24(%rsi)
+        movl    $0, 28(%rsi)
+        /* Common configuration at BAR 0 offset 0. */
+        movw    $0, 0x10(%rbx)
+        movb    $1, 0x14(%rbx)
+        movb    $3, 0x14(%rbx)
+        movl    $1, 0x08(%rbx)
+        movl    $1, 0x0c(%rbx)
+        movb    $0xb, 0x14(%rbx)
+        /* Receive queue 0: one device-writable 16-byte buffer, made available. */
+        mov     $PCI_MSIX_RING, %rdi
+        movq    $PCI_MSIX_BUFFER, (%rdi)
+        movl    $16, 8(%rdi)
+        movw    $2, 12(%rdi)
+        movw    $0, 14(%rdi)
+        movw    $0, 0x1000(%rdi)
+        movw    $0, 0x1004(%rdi)
+        movw    $1, 0x1002(%rdi)
+        movw    $0, 0x16(%rbx)
+        movw    $1, 0x1a(%rbx)
+        movq    %rdi, 0x20(%rbx)
+        lea     0x1000(%rdi), %rax
+        movq    %rax, 0x28(%rbx)
+        lea     0x2000(%rdi), %rax
+        movq    %rax, 0x30(%rbx)
+        movw    $1, 0x1c(%rbx)
+        movb    $0xf, 0x14(%rbx)
+        movzwl  0x1a(%rbx), %ecx
+        shl     $24, %ecx
+        movzbl  0x14(%rbx), %eax
+        shl     $16, %eax
+        or      %eax, %ecx
+        movzwl  0x10(%rbx), %eax
+        or      %ecx, %eax
+        out     %eax, $REPORT_PORT
+        sti
+3:      hlt
+        jmp     3b
+        /* The handlers. */
+.Lpci_msix_config_irq:
+        push    %rax
+        mov     $PCI_MSIX_VECTOR, %eax
+        jmp     .Lpci_msix_irq
+.Lpci_msix_queue_irq:
+        push    %rax
+        mov     $PCI_MSIX_QUEUE_VECTOR, %eax
+.Lpci_msix_irq:
+        out     %eax, $REPORT_PORT
+        mov     $0xfee000b0, %eax
+        movl    $0, (%rax)
+        pop     %rax
+        iretq
+4:      mov     $0xffffffff, %eax
+        out     %eax, $REPORT_PORT
+        hlt
+
 /// Jumps to itself forever: a guest that never exits on its own.
 snippet spin
 1:      jmp     1b

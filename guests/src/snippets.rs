@@ -74,6 +74,9 @@ mod tests {
         assert!(contains(PORT_WRITES, &SERIAL_PORT.to_le_bytes()));
         assert!(contains(PORT_WRITES, &PORT_WRITES_DWORD.to_le_bytes()));
         assert!(contains(PORT_READS, &[0xe4, PORT_READS_BYTE_PORT as u8]));
+        assert!(contains(PCI_MSIX, &PCI_MSIX_CONFIG.to_le_bytes()));
+        assert!(contains(PCI_MSIX, &[0xb8, PCI_MSIX_VECTOR, 0, 0, 0]));
+        assert!(contains(PCI_MSIX, &[0xb8, PCI_MSIX_QUEUE_VECTOR, 0, 0, 0]));
         assert!(contains(PORT_READS, &[0xe7, REPORT_PORT as u8]));
         assert!(contains(STRING_PORT_READS, &[0xf3, 0x6c]), "rep insb");
         assert!(contains(

@@ -342,6 +342,15 @@ impl Vm for KvmVm {
         })
     }
 
+    // Every port access reaches the VMM as an exit on KVM: nothing to claim.
+    fn claim_pci_config(&self, _functions: crate::pci::PciFunctions) -> Result<(), VmError> {
+        Ok(())
+    }
+
+    fn release_pci_config(&self, _functions: crate::pci::PciFunctions) -> Result<(), VmError> {
+        Ok(())
+    }
+
     fn clock(&self) -> Result<ClockState, VmError> {
         let raw = self.shared.fd.get_clock().map_err(|err| VmError::Os {
             op: "KVM_GET_CLOCK",

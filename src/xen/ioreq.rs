@@ -16,6 +16,10 @@
 //! `data`, one element after the other (downwards with `df`); this module reads and writes
 //! it through [`GuestAccess`].
 //!
+//! A configuration cycle on ports 0xCFC-0xCFF for a PCI function vmkit claimed comes as an
+//! `IOREQ_TYPE_PCI_CONFIG` request (see [`pci_config_port`]); it becomes the port access the
+//! guest made, so the VMM sees the same exits as on KVM.
+//!
 //! Every field comes from the hypervisor on behalf of the guest; nothing here trusts it:
 //! sizes, counts and addresses are checked, and a request that makes no sense becomes an
 //! [`Invalid`] the vCPU reports instead of acting on.
@@ -24,8 +28,8 @@ use std::fmt;
 
 use super::sys::abi::{
     ioreq_offset, IOREQ_BITS_DATA_IS_PTR, IOREQ_BITS_DF, IOREQ_BITS_DIR_READ,
-    IOREQ_BITS_STATE_MASK, IOREQ_SIZE, IOREQ_TYPE_COPY, IOREQ_TYPE_INVALIDATE, IOREQ_TYPE_PIO,
-    IOREQ_TYPE_TIMEOFFSET,
+    IOREQ_BITS_STATE_MASK, IOREQ_SIZE, IOREQ_TYPE_COPY, IOREQ_TYPE_INVALIDATE,
+    IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO, IOREQ_TYPE_TIMEOFFSET,
 };
 
 /// The most bytes one port I/O exit carries: a page, as KVM batches `rep ins`.
@@ -34,6 +38,43 @@ pub(crate) const MAX_BATCH_BYTES: usize = 4096;
 /// The most elements one request may have. Xen limits a string instruction's repetitions
 /// to what fits in a page; anything beyond this is not a request Xen would send.
 const MAX_COUNT: u32 = 1 << 16;
+
+/// The configuration data port (0xCFC-0xCFF) a PCI configuration access went to.
+const PCI_CONFIG_DATA_PORT: u64 = 0xcfc;
+
+/// What an `IOREQ_TYPE_PCI_CONFIG` request is for the VMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PciConfig {
+    /// The guest's access to this data port (0xCFC-0xCFF).
+    Port(u64),
+    /// A register the VMM's latch cannot address: answered here, without an exit.
+    Unreachable,
+}
+
+/// Decodes a configuration request's address: segment, bus, device and function in bits
+/// 63-32, the register in bits 31-0. Xen forms the register from the latched 0xCF8 value
+/// (bits 7-2) and the data port the guest used (bits 1-0); on the AMD families whose
+/// northbridge allows it, bits 27-24 of 0xCF8 add bits 11-8.
+///
+/// The VMM answers the guest's own data-port access from its latch of 0xCF8, which saw the
+/// same 4-byte writes Xen latched (Xen passes them on to vmkit): that selects the same
+/// function and register, and the VMM sees the exits it would see on KVM. A register above
+/// 0xFF (the AMD extension) is one a latch of the conventional mechanism drops the bits
+/// of, so that access is refused here as a device would refuse it. A segment other than 0
+/// or a register beyond 4 KiB is nothing Xen sends.
+fn pci_config_port(addr: u64) -> Result<PciConfig, &'static str> {
+    if addr >> 48 != 0 {
+        return Err("PCI segment other than 0");
+    }
+    let register = addr & 0xffff_ffff;
+    if register > 0xfff {
+        return Err("PCI register beyond the 4 KiB configuration space");
+    }
+    if register > 0xff {
+        return Ok(PciConfig::Unreachable);
+    }
+    Ok(PciConfig::Port(PCI_CONFIG_DATA_PORT | (register & 3)))
+}
 
 /// A request as Xen wrote it into the ioreq slot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -180,20 +221,44 @@ impl Exchange {
     /// to do for (time offsets, map-cache invalidation) are answered at once.
     pub(crate) fn start(request: RawRequest) -> Result<Exchange, Invalid> {
         let invalid = |reason| Invalid { request, reason };
+        let answered = |response| Exchange {
+            request,
+            mmio: false,
+            size: 0,
+            count: 0,
+            done: 0,
+            pending: 0,
+            response,
+        };
+        // A configuration cycle is the data-port access the guest made (see pci_config_port).
+        let request = if request.kind == IOREQ_TYPE_PCI_CONFIG {
+            match pci_config_port(request.addr).map_err(invalid)? {
+                PciConfig::Port(port) => RawRequest {
+                    kind: IOREQ_TYPE_PIO,
+                    addr: port,
+                    ..request
+                },
+                // Reads get all ones (a pointer's destination keeps what it held), writes
+                // are dropped.
+                PciConfig::Unreachable => {
+                    if !matches!(request.size, 1 | 2 | 4) {
+                        return Err(invalid("unsupported access size"));
+                    }
+                    let response = if request.dir_read && !request.data_is_ptr {
+                        u64::MAX
+                    } else {
+                        request.data
+                    };
+                    return Ok(answered(response));
+                }
+            }
+        } else {
+            request
+        };
         let mmio = match request.kind {
             IOREQ_TYPE_PIO => false,
             IOREQ_TYPE_COPY => true,
-            IOREQ_TYPE_TIMEOFFSET | IOREQ_TYPE_INVALIDATE => {
-                return Ok(Exchange {
-                    request,
-                    mmio: false,
-                    size: 0,
-                    count: 0,
-                    done: 0,
-                    pending: 0,
-                    response: request.data,
-                })
-            }
+            IOREQ_TYPE_TIMEOFFSET | IOREQ_TYPE_INVALIDATE => return Ok(answered(request.data)),
             _ => return Err(invalid("unknown request type")),
         };
         let size = request.size as usize;
@@ -658,6 +723,166 @@ mod tests {
         let lens: Vec<usize> = exits.iter().map(|(_, d)| d.len()).collect();
         assert_eq!(lens, [4096, 6000 - 4096]);
         assert!(ram.0.borrow()[..6000].iter().all(|&b| b == 7));
+    }
+
+    /// A configuration request as Xen forms it: `sbdf` in bits 63-32, `register` below.
+    fn pci_config(sbdf: u32, register: u32, size: u32, read: bool, data: u64) -> RawRequest {
+        RawRequest {
+            addr: u64::from(sbdf) << 32 | u64::from(register),
+            data,
+            count: 1,
+            size,
+            dir_read: read,
+            kind: IOREQ_TYPE_PCI_CONFIG,
+            ..RawRequest::default()
+        }
+    }
+
+    #[test]
+    fn configuration_cycles_become_the_guests_data_port_access() {
+        let ram = Ram::new(0x1000);
+        // 00:03.0, register 0x02 (the device id), a word: `in ax, 0xcfe`.
+        let (exits, response) = serve(
+            pci_config(3 << 3, 0x02, 2, true, 0),
+            &ram,
+            &mut [0x08, 0x00].into_iter(),
+        );
+        assert_eq!(
+            exits,
+            [(
+                ExitKind::PioIn {
+                    port: 0xcfe,
+                    size: 2
+                },
+                vec![0x08, 0x00]
+            )]
+        );
+        assert_eq!(response, 0x0008);
+        // A dword write of BAR 0 of 00:1f.7: `out 0xcfc, eax`.
+        let (exits, _) = serve(
+            pci_config(0xff, 0x10, 4, false, 0xfebf_0000),
+            &ram,
+            &mut std::iter::empty(),
+        );
+        assert_eq!(
+            exits,
+            [(
+                ExitKind::PioOut {
+                    port: 0xcfc,
+                    size: 4
+                },
+                0xfebf_0000u32.to_le_bytes().to_vec()
+            )]
+        );
+        // `rep insb` from 0xcfd into RAM: one batched exit, as a port string.
+        let raw = RawRequest {
+            data: 0x100,
+            count: 3,
+            data_is_ptr: true,
+            ..pci_config(0x0100, 0x41, 1, true, 0)
+        };
+        let (exits, _) = serve(raw, &ram, &mut [1, 2, 3].into_iter());
+        assert_eq!(
+            exits[0].0,
+            ExitKind::PioIn {
+                port: 0xcfd,
+                size: 1
+            }
+        );
+        assert_eq!(&ram.0.borrow()[0x100..0x103], [1, 2, 3]);
+    }
+
+    #[test]
+    fn hostile_configuration_cycles_are_refused_or_answered_as_absent() {
+        for (raw, reason) in [
+            (
+                pci_config(1 << 16, 0, 4, true, 0),
+                "PCI segment other than 0",
+            ),
+            (
+                pci_config(0, 0x1000, 4, true, 0),
+                "PCI register beyond the 4 KiB configuration space",
+            ),
+            (
+                pci_config(0, u32::MAX, 1, false, 0),
+                "PCI register beyond the 4 KiB configuration space",
+            ),
+            (pci_config(0, 0, 3, true, 0), "unsupported access size"),
+            (pci_config(0, 0, 8, true, 0), "unsupported access size"),
+            (pci_config(0, 0x100, 0, true, 0), "unsupported access size"),
+        ] {
+            let err = Exchange::start(raw).unwrap_err();
+            assert_eq!(err.reason, reason, "{raw}");
+            // The report names what the guest's request was, not what it became.
+            assert_eq!(err.request, raw);
+        }
+        // An AMD extended register (above 0xff): no exit; reads all ones, writes dropped.
+        let ram = Ram::new(0x1000);
+        let (exits, response) = serve(
+            pci_config(0, 0x104, 4, true, 0),
+            &ram,
+            &mut std::iter::empty(),
+        );
+        assert!(exits.is_empty());
+        assert_eq!(response, u64::MAX);
+        let (exits, _) = serve(
+            pci_config(0, 0xf00, 2, false, 0x1234),
+            &ram,
+            &mut std::iter::empty(),
+        );
+        assert!(exits.is_empty());
+    }
+
+    #[test]
+    fn any_configuration_request_stays_on_the_data_ports() {
+        // A deterministic sweep of hostile field values (xorshift): every request is refused
+        // or served through ports 0xcfc-0xcff only, without a panic.
+        let ram = Ram::new(0x1000);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let bits = next();
+            let raw = RawRequest {
+                addr: if bits & 1 == 0 {
+                    next()
+                } else {
+                    next() & 0xffff_ffff_0000_0fff
+                },
+                data: next(),
+                count: if bits & 2 == 0 {
+                    next() as u32
+                } else {
+                    (next() % 5) as u32
+                },
+                size: (next() % 10) as u32,
+                data_is_ptr: bits & 4 != 0,
+                dir_read: bits & 8 != 0,
+                df: bits & 16 != 0,
+                kind: IOREQ_TYPE_PCI_CONFIG,
+                ..RawRequest::default()
+            };
+            let Ok(mut exchange) = Exchange::start(raw) else {
+                continue;
+            };
+            let mut buf = vec![0u8; MAX_BATCH_BYTES];
+            let mut exits = 0;
+            while let Next::Exit(step) = exchange.next(&ram, &mut buf) {
+                match step.kind {
+                    ExitKind::PioIn { port, .. } | ExitKind::PioOut { port, .. } => {
+                        assert!((0xcfc..=0xcff).contains(&port), "{raw}: port {port:#x}")
+                    }
+                    other => panic!("{raw}: {other:?}"),
+                }
+                exchange.complete(&ram, &buf[..step.len]);
+                exits += 1;
+                assert!(exits <= MAX_COUNT, "{raw}");
+            }
+        }
     }
 
     #[test]

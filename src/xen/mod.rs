@@ -90,6 +90,11 @@
 //!   domain-wide `HVM_PARAM_TIMER_MODE`, so it covers Xen's other emulated timers too
 //!   (RTC, HPET, local APIC timer): reinjection is `no_delay_for_missed_ticks` (vmkit's
 //!   default, as libxl's), none is `one_missed_tick_pending`.
+//! - PCI configuration cycles on ports 0xCFC-0xCFF reach vmkit only for the functions
+//!   mapped to its ioreq server, which [`Vm::claim_pci_config`](crate::Vm::claim_pci_config)
+//!   does (the `pci` module); Xen's `IOREQ_TYPE_PCI_CONFIG` request becomes the data-port
+//!   exit the guest's instruction is (the `ioreq` module), after the 0xCF8 write Xen
+//!   forwarded too, so the VMM sees what it sees on KVM. Unclaimed functions read all ones.
 //! - ioeventfds (with or without an irqchip) are matched in the ioreq path: a single
 //!   write to a registered address and value signals the eventfd and is answered without
 //!   returning from `run()`.
@@ -136,6 +141,7 @@ mod libs;
 mod memory;
 mod memtype;
 mod page;
+mod pci;
 mod platform;
 mod platform_state;
 #[cfg(feature = "seccomp")]
@@ -261,7 +267,7 @@ impl Xen {
             ioeventfd: true,
             reserved: platform::reserved_ranges(),
             // Config cycles go only to a server that mapped the device (see Capabilities).
-            pci_config_ports: false,
+            pci_config_ports: true,
             xsave,
             xcrs: xsave,
             // Xen's PIT, PICs and IOAPIC through their HVM records (see `platform_state`),

@@ -24,15 +24,16 @@
 //! | MMIO 0xFED00000, 1 KiB | HPET (vmkit sets `HVM_PARAM_HPET_ENABLED`) | irqchip |
 //!
 //! With the irqchip Xen also watches, but still forwards to vmkit, the VGA sequencer and
-//! graphics ports (0x3C4-0x3C5, 0x3CE-0x3CF) and the PCI configuration address port 0xCF8;
-//! the ACPI PM1a control register (0x1F44) is the device model's. On every domain, an
-//! access to 0xCFC-0xCFF while CF8 holds an enabled address is a PCI configuration cycle,
-//! which Xen sends only to an ioreq server that mapped that device (vmkit maps none yet, so
-//! the guest reads all ones; without the enable bit they are plain port I/O for vmkit):
-//! `Capabilities::pci_config_ports` is false, and a guest reaches vmkit's PCI root through
-//! ECAM. Xen's PIT is part of the
-//! set: a Xen VM with an irqchip always has it, whatever [`VmConfig::pit`](crate::VmConfig::pit)
-//! says (`pit(false)` only refuses the PIT's state calls, as on KVM).
+//! graphics ports (0x3C4-0x3C5, 0x3CE-0x3CF); the ACPI PM1a control register (0x1F44) is
+//! the device model's. On every domain (irqchip or not: the port scenario runs without one)
+//! Xen latches 4-byte writes to the PCI configuration address port 0xCF8 and forwards them
+//! too, and an access to 0xCFC-0xCFF while that latch holds an enabled address is a PCI
+//! configuration cycle, which Xen sends only to an ioreq server that mapped that device:
+//! vmkit maps those the VMM claims ([`Vm::claim_pci_config`](crate::Vm::claim_pci_config),
+//! the `pci` module); the others read all ones. Without the enable bit they are plain port
+//! I/O for vmkit. Xen's PIT is part of the set: a Xen VM with an irqchip always has it,
+//! whatever [`VmConfig::pit`](crate::VmConfig::pit) says (`pit(false)` only refuses the PIT's
+//! state calls, as on KVM).
 
 use super::sys::abi::{XEN_X86_EMU_ALL, XEN_X86_EMU_LAPIC, XEN_X86_EMU_VPCI};
 use crate::reserved::{IoSpace, ReservedRange, ReservedWhen};

@@ -96,6 +96,8 @@ pub(crate) struct VmShared {
     pub(crate) ioeventfds: IoEventFds,
     /// IRQ lines, MSIs and irqfds (a VM with an irqchip's only).
     interrupts: Option<Interrupts>,
+    /// PCI functions whose configuration cycles Xen sends to vmkit.
+    pci: super::pci::PciClaims,
 }
 
 /// A Xen VM: a PVH domain with vmkit as its device model.
@@ -208,6 +210,7 @@ impl XenVm {
                 handles,
                 ioeventfds: IoEventFds::default(),
                 interrupts,
+                pci: Default::default(),
             }),
         })
     }
@@ -772,6 +775,26 @@ impl Vm for XenVm {
     fn set_pit_reinject(&self, reinject: bool) -> Result<(), VmError> {
         self.require_pit("HVM_PARAM_TIMER_MODE")?;
         super::platform_state::set_pit_reinject(&self.shared, reinject)
+    }
+
+    fn claim_pci_config(&self, functions: crate::pci::PciFunctions) -> Result<(), VmError> {
+        let op = "claiming PCI configuration cycles";
+        self.require_ioreqs(op)?;
+        let server = self.shared.server().ok_or(VmError::Unsupported {
+            op,
+            reason: "the domain has no ioreq server",
+        })?;
+        self.shared.pci.claim(server, functions)
+    }
+
+    fn release_pci_config(&self, functions: crate::pci::PciFunctions) -> Result<(), VmError> {
+        let op = "releasing PCI configuration cycles";
+        self.require_ioreqs(op)?;
+        let server = self.shared.server().ok_or(VmError::Unsupported {
+            op,
+            reason: "the domain has no ioreq server",
+        })?;
+        self.shared.pci.release(server, functions)
     }
 }
 

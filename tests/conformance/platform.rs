@@ -376,18 +376,32 @@ pub fn the_reserved_ports_never_reach_the_vmm(hv: &dyn Hypervisor) {
 /// Whether PCI configuration cycles through the ports reach the VMM.
 fn pci_config_ports(caps: &Capabilities) -> Option<&'static str> {
     (!caps.pci_config_ports).then_some(
-        "the hypervisor takes configuration cycles on ports 0xcf8/0xcfc itself (Xen: only for \
-         devices mapped to an ioreq server)",
+        "the hypervisor does not pass configuration cycles on ports 0xcf8/0xcfc to the VMM",
     )
 }
 
 /// Runs `code` with a PCI root bus (vmkit-pci, put on the bus by vmkit-machine's
-/// `VirtioPciWiring`) and returns the dwords the guest reported.
-fn run_with_pci_root(hv: &dyn Hypervisor, code: &[u8]) -> Vec<u32> {
+/// `VirtioPciWiring`) and returns the dwords the guest reported. Where the ports reach the
+/// VMM, bus 0 is claimed for them, then `released` given up again.
+fn run_with_pci_root(
+    hv: &dyn Hypervisor,
+    code: &[u8],
+    released: Option<vmkit::pci::PciFunctions>,
+) -> Vec<u32> {
     use vmkit_machine::{GsiAllocator, MmioAllocator, VirtioPciWiring, VmMsi};
 
     let t = long_mode_vm_with(hv, VmConfig::default(), code);
     let vm: Arc<dyn vmkit::Vm> = Arc::from(t.vm);
+    if hv.capabilities().pci_config_ports {
+        // The root bus answers for bus 0; on Xen its cycles on the ports reach us only so.
+        let bus0 = vmkit::pci::PciFunctions::Bus(0);
+        vm.claim_pci_config(bus0).unwrap();
+        // Claims are idempotent.
+        vm.claim_pci_config(bus0).unwrap();
+        if let Some(functions) = released {
+            vm.release_pci_config(functions).unwrap();
+        }
+    }
     let wiring = VirtioPciWiring::new(
         Arc::new(vm.memory()),
         snippets::PCI_ECAM,
@@ -429,21 +443,128 @@ const HOST_BRIDGE_ID: u32 = 0x0008_1b36;
 
 /// A guest reads the PCI host bridge's identity through ECAM (MMIO), on every backend.
 pub fn the_pci_host_bridge_answers_through_ecam(hv: &dyn Hypervisor) {
-    let reports = run_with_pci_root(hv, snippets::PCI_ECAM_READ);
+    let reports = run_with_pci_root(hv, snippets::PCI_ECAM_READ, None);
     assert_eq!(reports[..], [HOST_BRIDGE_ID], "{reports:x?}");
 }
 
 /// A guest reads the PCI host bridge's identity through the configuration ports 0xcf8/0xcfc,
-/// where they reach the VMM.
+/// where they reach the VMM (on Xen, for the functions claimed: a released one reads all
+/// ones).
 pub fn the_pci_host_bridge_answers_through_the_configuration_ports(hv: &dyn Hypervisor) {
-    let reports = run_with_pci_root(hv, snippets::PCI_PORT_READ);
+    let reports = run_with_pci_root(hv, snippets::PCI_PORT_READ, None);
     assert_eq!(reports[..], [HOST_BRIDGE_ID], "{reports:x?}");
+    // With the host bridge's function released, Xen answers the cycle itself, as for an
+    // absent function (all ones); on KVM every cycle still reaches the VMM.
+    let host_bridge = vmkit::pci::PciBdf::new(0, 0, 0).unwrap();
+    let reports = run_with_pci_root(
+        hv,
+        snippets::PCI_PORT_READ,
+        Some(vmkit::pci::PciFunctions::Function(host_bridge)),
+    );
+    let expected = match hv.kind() {
+        vmkit::HypervisorKind::Xen => u32::MAX,
+        _ => HOST_BRIDGE_ID,
+    };
+    assert_eq!(reports[..], [expected], "{reports:x?}");
+}
+
+/// An irqchip that takes MSIs, and configuration cycles on the ports (the guest uses both).
+fn pci_msix(caps: &Capabilities) -> Option<&'static str> {
+    crate::irqchip(caps).or_else(|| pci_config_ports(caps))
+}
+
+/// A guest drives a virtio-pci console's MSI-X as a driver would (snippets::PCI_MSIX):
+/// through the configuration ports it enables the function and its MSI-X capability,
+/// through BAR 0 it programs two MSI-X table entries, chooses one for configuration changes
+/// and one for its receive queue (which it sets up with one buffer), and sets DRIVER_OK.
+/// When the device signals a configuration change and then fills the buffer with host
+/// input, each message (vmkit-machine's `VmMsi`, `Vm::signal_msi`) reaches the guest's
+/// handler for its vector.
+pub fn a_virtio_pci_devices_msix_vector_reaches_the_guest(hv: &dyn Hypervisor) {
+    use vmkit::pci::PciFunctions;
+    use vmkit::vm_memory::{Bytes, GuestAddress};
+    use vmkit_machine::{GsiAllocator, MmioAllocator, VirtioPciWiring, VmMsi};
+    use vmkit_virtio::console::Console;
+
+    let t = long_mode_vm_with(hv, VmConfig::default().irqchip(true), snippets::PCI_MSIX);
+    let vm: Arc<dyn vmkit::Vm> = Arc::from(t.vm);
+    vm.claim_pci_config(PciFunctions::Bus(0)).unwrap();
+    let mut wiring = VirtioPciWiring::new(
+        Arc::new(vm.memory()),
+        snippets::PCI_ECAM,
+        MmioAllocator::new(0xc000_0000, 0xd000_0000).unwrap(),
+        GsiAllocator::new(16, 23).unwrap(),
+        Arc::new(VmMsi(vm.clone())),
+    );
+    let console = wiring
+        .attach(vm.as_ref(), Console::new(std::io::sink()), &[])
+        .unwrap();
+    assert_eq!(
+        0x8000_0000 | u32::from(console.slot) << 11,
+        snippets::PCI_MSIX_CONFIG
+    );
+    let mut bus = Bus::new();
+    let platform = wiring.finish(&mut bus).unwrap();
+    let transport = console.transport.clone();
+    // What the guest reads back: the receive queue on MSI-X entry 1, the status
+    // (ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK), configuration changes on entry 0.
+    let ready = 1 << 24 | 0xf << 16;
+    let config_vector = u32::from(snippets::PCI_MSIX_VECTOR);
+    let queue_vector = u32::from(snippets::PCI_MSIX_QUEUE_VECTOR);
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let reports = Arc::clone(&reports);
+        runner::from_fn(move |id, exit| {
+            if let Some(value) = reported(exit) {
+                reports.lock().unwrap().push(value);
+                return match value {
+                    v if v == ready => {
+                        transport.notify_config_change();
+                        ExitAction::Continue
+                    }
+                    v if v == config_vector => {
+                        // Host input fills the guest's buffer: a used buffer on queue 0.
+                        transport.with_device(|console| console.enqueue_input(b"msix"));
+                        transport.process_queue(0).unwrap();
+                        ExitAction::Continue
+                    }
+                    _ => ExitAction::PowerOff,
+                };
+            }
+            if let VcpuExit::Hlt = exit {
+                return ExitAction::PowerOff;
+            }
+            bus.handle(id, exit)
+        })
+    };
+    let running =
+        VmRunner::start_with(vec![t.vcpu], handler, crate::common::runner_options()).unwrap();
+    let finished = running.join_timeout(GIVE_UP).unwrap();
+    assert_eq!(
+        finished[0].outcome.as_ref().unwrap(),
+        &VcpuOutcome::PowerOff
+    );
+    let reports = reports.lock().unwrap().clone();
+    assert_eq!(
+        reports,
+        [ready, config_vector, queue_vector],
+        "{reports:#x?}"
+    );
+    let mut input = [0u8; 4];
+    vm.memory()
+        .read_slice(&mut input, GuestAddress(snippets::PCI_MSIX_BUFFER))
+        .unwrap();
+    assert_eq!(&input, b"msix");
+    assert_eq!(console.transport.take_error().map(|e| e.to_string()), None);
+    assert_eq!(console.transport.invalid_accesses(), 0);
+    assert_eq!(platform.root.invalid_accesses(), 0);
 }
 
 crate::scenarios![
     a_guest_reads_the_pm_timer_and_powers_off_through_s5,
     the_pci_host_bridge_answers_through_ecam,
     the_pci_host_bridge_answers_through_the_configuration_ports => pci_config_ports,
+    a_virtio_pci_devices_msix_vector_reaches_the_guest => pci_msix,
     a_guest_suspended_to_ram_wakes_at_its_waking_vector,
     machine_check_banks_survive_a_snapshot => mce,
     the_boot_layers_cpuid_and_mce_banks_reach_the_guest => tsc_deadline_or_mce,

@@ -1,5 +1,6 @@
 //! The functions of Xen 4.17's C libraries behind the features that bring the Xen backend
-//! towards KVM's: memory types claimed by an ioreq server (`xendevicemodel.h`). Kept apart
+//! towards KVM's: memory types and PCI functions claimed by an ioreq server
+//! (`xendevicemodel.h`). Kept apart
 //! from `ffi` so that each feature's bindings stay next to one another. Every function
 //! returns -1 and sets `errno` on failure.
 
@@ -24,6 +25,24 @@ extern "C" {
         id: IoServId,
         kind: u16,
         flags: u32,
+    ) -> c_int;
+    pub fn xendevicemodel_map_pcidev_to_ioreq_server(
+        dmod: *mut DevicemodelHandle,
+        domid: DomId,
+        id: IoServId,
+        segment: u16,
+        bus: u8,
+        device: u8,
+        function: u8,
+    ) -> c_int;
+    pub fn xendevicemodel_unmap_pcidev_from_ioreq_server(
+        dmod: *mut DevicemodelHandle,
+        domid: DomId,
+        id: IoServId,
+        segment: u16,
+        bus: u8,
+        device: u8,
+        function: u8,
     ) -> c_int;
     pub fn xendevicemodel_set_mem_type(
         dmod: *mut DevicemodelHandle,

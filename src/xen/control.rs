@@ -93,6 +93,8 @@ pub(crate) struct Control {
     pub(crate) started: bool,
     /// Which vCPUs exist on vmkit's side.
     pub(crate) created: Vec<bool>,
+    /// The VM clock's base (see the `clock` module).
+    pub(crate) clock: super::clock::ClockBase,
 }
 
 /// Why reading or writing vCPU state failed.
@@ -112,7 +114,7 @@ pub(crate) enum StateError {
 
 impl VmShared {
     /// Whether Xen has vCPU `id` online.
-    fn is_online(&self, id: u32) -> Result<bool, XenCallError> {
+    pub(crate) fn is_online(&self, id: u32) -> Result<bool, XenCallError> {
         Ok(self.xc().vcpu_info(self.domid, id)?.online != 0)
     }
 

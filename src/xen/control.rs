@@ -118,6 +118,15 @@ impl VmShared {
         Ok(self.xc().vcpu_info(self.domid, id)?.online != 0)
     }
 
+    /// Makes the CPU records Xen hands out one by one carry each vCPU's TSC as of now. Xen
+    /// stamps a CPU record's `tsc` at the instant of the last whole save or load of the
+    /// domain's context (`sync_tsc`), and a single-record read does not move that instant:
+    /// without this a read returns the TSC of that moment, and loading it back would set the
+    /// guest's TSC back by the time since. A whole save moves it. The domain must be paused.
+    pub(crate) fn stamp_tsc(&self) -> Result<(), XenCallError> {
+        self.xc().hvm_context(self.domid).map(drop)
+    }
+
     /// Takes vCPU `id` offline or brings it online, keeping its registers (the domain must
     /// be paused, or the vCPU offline already when bringing it online).
     pub(crate) fn set_online(&self, id: u32, online: bool) -> Result<(), XenCallError> {
@@ -240,6 +249,12 @@ impl VmShared {
             let online = vm.is_online(id)?;
             if !online {
                 vm.set_online(id, true)?;
+            }
+            if records
+                .iter()
+                .any(|&(typecode, _)| typecode == HVM_SAVE_CODE_CPU)
+            {
+                vm.stamp_tsc()?;
             }
             let read: Result<Vec<Vec<u8>>, XenCallError> = records
                 .iter()
@@ -398,6 +413,9 @@ impl VmShared {
                 "a PV vCPU has no HVM state records".to_string(),
             ));
         };
+        // The records read below carry each vCPU's TSC as of now, which the load then
+        // applies (rather than as of the last whole save or load).
+        self.stamp_tsc()?;
         let mut load = vec![hvm.header.clone()];
         let mut replays = Vec::new();
         let leaves = self.xc().cpuid_policy(PolicySource::Domain(self.domid))?;

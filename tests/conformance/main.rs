@@ -133,6 +133,16 @@ pub(crate) fn snapshots(caps: &Capabilities) -> Option<&'static str> {
     vcpu_events(caps).or_else(|| clock(caps))
 }
 
+/// A snapshot of a sparse region larger than the host's memory: RAM backed on first touch
+/// and everything a full snapshot needs.
+pub(crate) fn sparse_snapshots(caps: &Capabilities) -> Option<&'static str> {
+    snapshots(caps).or_else(|| {
+        (!caps.ram_on_demand).then_some(
+            "needs guest RAM backed on first touch (Xen allocates every frame of a region)",
+        )
+    })
+}
+
 /// Diff snapshots: dirty-page logging and everything a full snapshot needs.
 pub(crate) fn diff_snapshots(caps: &Capabilities) -> Option<&'static str> {
     dirty_log(caps).or_else(|| snapshots(caps))

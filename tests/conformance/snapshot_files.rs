@@ -691,5 +691,5 @@ crate::scenarios![
     a_diff_on_the_wrong_base_is_refused => crate::diff_snapshots,
     special_files_are_refused_without_blocking => crate::snapshots,
     regions_keep_their_flags => crate::diff_snapshots,
-    a_sparse_huge_region_restores_eagerly => crate::snapshots,
+    a_sparse_huge_region_restores_eagerly => crate::sparse_snapshots,
 ];

@@ -286,7 +286,8 @@ fn vcpu_states(
 
 /// Checks the snapshot in `dir` for a restore on `hypervisor`, reading only the files: the
 /// state file's header, checksums, architecture and backend; the capabilities the VM used
-/// against this host's; the vCPU sections; the memory file's header, kind, identity and region
+/// against this host's; the vCPU sections, and their pending events against what this host
+/// can hold; the memory file's header, kind, identity and region
 /// table against the state file; for a diff, every snapshot down to the full one, each diff's
 /// recorded base identity against the base directory's snapshot. Region data is not read
 /// (see [`MemoryRestore`](super::MemoryRestore)).
@@ -314,6 +315,15 @@ pub fn check(dir: &Path, hypervisor: &dyn Hypervisor) -> Result<Checked, Snapsho
         .read_section(VM_STATE, 0, VERSION..=VERSION)
         .map_err(state_error(&state_path))?;
     let vcpu_states = vcpu_states(&state_path, &snapshot, &config)?;
+    // Pending events this host cannot hold (an NMI blocked, an interrupt shadow…) would be
+    // refused by set_vcpu_events halfway through the restore.
+    let missing: Vec<_> = vcpu_states
+        .iter()
+        .flat_map(|s| hypervisor.capabilities().missing_events(s.id, &s.events))
+        .collect();
+    if !missing.is_empty() {
+        return Err(SnapshotError::MissingCapabilities { missing });
+    }
     let layout: Vec<RegionLayout> = snapshot
         .read_section(MEMORY_LAYOUT, 0, VERSION..=VERSION)
         .map_err(state_error(&state_path))?;

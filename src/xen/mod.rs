@@ -104,11 +104,21 @@
 //!   image. Every state load carries each vCPU's XSAVE record, since loading a CPU record
 //!   resets the components above SSE; setting registers or the FPU through the vCPU
 //!   context still does.
-//! - No guest debugging, vCPU-event state or VM clock: Xen 4.17 single-steps only with
-//!   VMX's monitor trap flag and reports debug exceptions to a debugger or vm_event ring
-//!   that vmkit does not serve; its CPU record keeps only the event being injected (no NMI
-//!   or interrupt-shadow state); its time is each vCPU's TSC. [`Capabilities`] says so and
-//!   the calls fail with errors that give these reasons.
+//! - vCPU events are the CPU record's `pending_event`: the one event being injected (an
+//!   exception with its error code, an external interrupt, an NMI). The record has no NMI
+//!   pending or masked bit, no interrupt shadow and no SMM, and Xen drops an injected
+//!   software interrupt, `#BP` or `#OF` on load (the guest executes the instruction
+//!   again): those read as clear, and `set_vcpu_events` refuses them with
+//!   [`VcpuError::EventFieldUnsupported`](crate::VcpuError::EventFieldUnsupported) naming
+//!   the field ([`Capabilities::vcpu_event_fields`] is all false). `sipi_vector` is not kept
+//!   (it matters only for a vCPU waiting in `SipiReceived`, which a Xen vCPU cannot be set
+//!   to).
+//! - The VM clock is the guest's TSC in nanoseconds at the domain's TSC frequency (see the
+//!   `clock` module): setting it moves every vCPU's TSC together, and a vCPU created later
+//!   starts at the clock's value. A PV domain has none ([`VmError::Unsupported`](crate::VmError::Unsupported)).
+//! - No guest debugging: Xen 4.17 single-steps only with VMX's monitor trap flag and
+//!   reports debug exceptions to a debugger or vm_event ring that vmkit does not serve.
+//!   [`Capabilities`] says so and the calls fail with errors that give this reason.
 //! - Exits cost more: every one is a round trip through Xen's scheduler and an event
 //!   channel, and state access goes through domctls.
 //!
@@ -131,6 +141,7 @@ pub(crate) fn tracing() -> bool {
     *TRACE.get_or_init(|| std::env::var_os("VMKIT_XEN_TRACE").is_some())
 }
 
+mod clock;
 mod context;
 mod control;
 mod ioeventfd;
@@ -275,6 +286,11 @@ impl Xen {
             pit: true,
             irqchip_state: true,
             pit_reinject_control: true,
+            // The event being injected, through the CPU record; see `vcpu.rs` for what else
+            // the record lacks (`vcpu_event_fields` stays all false).
+            vcpu_events: true,
+            // The guest TSC in nanoseconds (see `clock`).
+            clock: true,
             ..Capabilities::default()
         };
         Ok(Xen {

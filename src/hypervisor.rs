@@ -125,6 +125,23 @@ pub struct Capabilities {
     /// refused.
     #[serde(default)]
     pub ram_on_demand: bool,
+    /// A guest can run code from a read-only or dirty-logging region. KVM: always. Xen:
+    /// vmkit tracks writes to such regions with the ioreq server's page type, which Xen maps
+    /// executable with Intel's EPT but not with AMD's nested paging (`p2m-pt.c`): there an
+    /// instruction fetch from such a page faults into Xen's emulator, which cannot run it,
+    /// and the vCPU stops with a triple fault. Keep code out of tracked regions where this
+    /// is false.
+    #[serde(default)]
+    pub code_runs_in_tracked_memory: bool,
+    /// A vCPU paused in the middle of a port or MMIO access (a kick or a runner pause between
+    /// the exit and the next `run()`) takes state writes (`set_regs`,
+    /// [`VcpuState`](crate::snapshot::VcpuState) restores…). KVM completes the access first
+    /// ([`Vcpu::complete_pending_io`](crate::Vcpu::complete_pending_io)); a Xen vCPU keeps
+    /// it in flight until it runs again, and its state writes refuse with
+    /// [`VcpuError::InvalidState`](crate::VcpuError::InvalidState) until then. Reads work
+    /// on both, and so does loading state into a fresh vCPU (a restore).
+    #[serde(default)]
+    pub state_writes_mid_io: bool,
     /// The CPUID leaves the hypervisor can offer a guest.
     #[cfg(target_arch = "x86_64")]
     pub cpuid: Vec<CpuidEntry>,

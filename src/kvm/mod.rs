@@ -126,6 +126,8 @@ impl Kvm {
             reserved: reserved::ranges(),
             pci_config_ports: true,
             ram_on_demand: true,
+            code_runs_in_tracked_memory: true,
+            state_writes_mid_io: true,
             vcpu_event_fields: VcpuEventFields {
                 smm: kvm.check_extension_raw(kvm_bindings::KVM_CAP_X86_SMM.into()) > 0,
                 // vmkit does not enable KVM_CAP_EXCEPTION_PAYLOAD, without which KVM reports

@@ -254,6 +254,7 @@ impl Xen {
         let xsave = cpuid
             .iter()
             .any(|e| e.function == 1 && e.index == 0 && e.ecx >> 26 & 1 == 1);
+        let amd = amd_nested_paging(&cpuid);
         let handles = Handles {
             xc,
             dm: DeviceModel::open().map_err(hv_err)?,
@@ -291,6 +292,10 @@ impl Xen {
             vcpu_events: true,
             // The guest TSC in nanoseconds (see `clock`).
             clock: true,
+            // Write tracking's page type is executable with EPT only (see Capabilities).
+            code_runs_in_tracked_memory: !amd,
+            // State writes refuse while an ioreq is in flight (`XenVcpu::check_idle`).
+            state_writes_mid_io: false,
             ..Capabilities::default()
         };
         Ok(Xen {
@@ -365,6 +370,18 @@ impl Hypervisor for Xen {
     }
 }
 
+/// Whether Xen runs HVM guests on AMD's nested paging (an AMD or Hygon CPU: Xen's `p2m-pt`
+/// code) rather than Intel's EPT, from the vendor in `cpuid`'s leaf 0.
+fn amd_nested_paging(cpuid: &[CpuidEntry]) -> bool {
+    // "AuthenticAMD" and "HygonGenuine" as leaf 0's EBX, EDX, ECX.
+    const AMD: [u32; 3] = [0x6874_7541, 0x6974_6e65, 0x444d_4163];
+    const HYGON: [u32; 3] = [0x6f67_7948, 0x6e65_476e, 0x656e_6975];
+    cpuid
+        .iter()
+        .find(|e| e.function == 0 && e.index == 0)
+        .is_some_and(|e| [AMD, HYGON].contains(&[e.ebx, e.edx, e.ecx]))
+}
+
 /// Xen's serialized CPUID leaf as vmkit's entry.
 fn cpuid_entry(leaf: &CpuidLeaf) -> CpuidEntry {
     let indexed = libs::has_subleaf(leaf);
@@ -396,5 +413,30 @@ fn cpuid_leaf(entry: &CpuidEntry) -> CpuidLeaf {
         b: entry.ebx,
         c: entry.ecx,
         d: entry.edx,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf0(vendor: &[u8; 12]) -> Vec<CpuidEntry> {
+        let word =
+            |i: usize| u32::from_le_bytes([vendor[i], vendor[i + 1], vendor[i + 2], vendor[i + 3]]);
+        vec![CpuidEntry {
+            function: 0,
+            ebx: word(0),
+            edx: word(4),
+            ecx: word(8),
+            ..CpuidEntry::default()
+        }]
+    }
+
+    #[test]
+    fn nested_paging_is_told_by_the_vendor() {
+        assert!(amd_nested_paging(&leaf0(b"AuthenticAMD")));
+        assert!(amd_nested_paging(&leaf0(b"HygonGenuine")));
+        assert!(!amd_nested_paging(&leaf0(b"GenuineIntel")));
+        assert!(!amd_nested_paging(&[]));
     }
 }

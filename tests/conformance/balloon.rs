@@ -223,4 +223,4 @@ pub fn a_snapshot_with_an_inflated_balloon_restores(hv: &dyn Hypervisor) {
     }
 }
 
-crate::scenarios![a_snapshot_with_an_inflated_balloon_restores => crate::snapshots];
+crate::scenarios![a_snapshot_with_an_inflated_balloon_restores => crate::balloon_snapshots];

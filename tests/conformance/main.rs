@@ -148,6 +148,38 @@ pub(crate) fn diff_snapshots(caps: &Capabilities) -> Option<&'static str> {
     dirty_log(caps).or_else(|| snapshots(caps))
 }
 
+/// Diff snapshots of a guest whose code sits in the logged RAM.
+pub(crate) fn diff_snapshots_of_running_code(caps: &Capabilities) -> Option<&'static str> {
+    diff_snapshots(caps).or_else(|| {
+        (!caps.code_runs_in_tracked_memory).then_some(
+            "needs code to run from dirty-logged RAM (Xen on AMD nested paging maps the page \
+             type vmkit tracks writes with non-executable)",
+        )
+    })
+}
+
+/// Loading a vCPU's state while it is paused in the middle of a port access, and what a
+/// snapshot of it needs.
+pub(crate) fn state_writes_mid_io(caps: &Capabilities) -> Option<&'static str> {
+    snapshots(caps).or_else(|| {
+        (!caps.state_writes_mid_io).then_some(
+            "needs state writes to a vCPU paused inside an I/O access (a Xen vCPU keeps the \
+             access in flight until it runs again)",
+        )
+    })
+}
+
+/// A balloon that gives RAM back (`vmkit::memory::discard` on the VMM's mapping), and what
+/// a snapshot needs.
+pub(crate) fn balloon_snapshots(caps: &Capabilities) -> Option<&'static str> {
+    snapshots(caps).or_else(|| {
+        (!caps.ram_on_demand).then_some(
+            "needs guest RAM the VMM's mapping backs, to give back (Xen's guest frames are \
+             Xen's own, which vmkit::memory::discard does not reach)",
+        )
+    })
+}
+
 /// The capabilities that `vm::capabilities_serialize_and_compare` takes away from a host to
 /// compare it with a lesser one.
 pub(crate) fn interrupt_plumbing_and_clock(caps: &Capabilities) -> Option<&'static str> {

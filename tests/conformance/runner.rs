@@ -330,7 +330,7 @@ pub fn a_command_to_a_stuck_handler_times_out(hv: &dyn Hypervisor) {
 crate::scenarios![
     commands_reach_vcpus_that_never_exit,
     a_runner_started_paused_runs_nothing_until_resumed,
-    paused_vcpus_save_and_restore_their_state => crate::vcpu_events,
+    paused_vcpus_save_and_restore_their_state => crate::state_writes_mid_io,
     a_failing_handler_stops_the_vm_and_names_its_vcpu,
     a_triple_fault_is_reported_with_rip_and_code,
     a_panicking_handler_stops_the_vm,

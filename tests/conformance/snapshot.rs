@@ -521,7 +521,7 @@ fn pit_snapshots(caps: &vmkit::Capabilities) -> Option<&'static str> {
 
 crate::scenarios![
     a_paused_smp_vm_saves_and_restores => smp_snapshots,
-    a_chain_of_diffs_restores_like_a_full_snapshot => crate::diff_snapshots,
+    a_chain_of_diffs_restores_like_a_full_snapshot => crate::diff_snapshots_of_running_code,
     continues_in_a_new_process => pit_snapshots,
     vcpu_and_memory_move_to_a_fresh_vm => crate::clock,
     with_irqchip_and_pit_state_too => pit_snapshots,

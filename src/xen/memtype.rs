@@ -23,6 +23,13 @@
 //! asked for it and shares one mechanism with read-only memory. The cost is one ioreq round
 //! trip per page and harvest, paid by the first write to a clean page. Xen has no dirty
 //! rings: `Capabilities::dirty_ring_max_entries` is 0.
+//!
+//! The price of the memory type on AMD: Xen's nested-paging code (`p2m-pt.c`) maps
+//! `p2m_ioreq_server` pages non-executable (EPT keeps them executable), so a guest that runs
+//! code from a read-only or logged page faults into Xen's emulator, which cannot fetch it,
+//! and the vCPU stops with a triple fault. `Capabilities::code_runs_in_tracked_memory` says
+//! which case a host is; switching such hosts to Xen's log-dirty mode (whose type stays
+//! executable) is the way out, at the domain-wide cost above.
 
 use std::collections::BTreeMap;
 use std::ops::Range;

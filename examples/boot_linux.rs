@@ -161,9 +161,10 @@ use std::time::{Duration, Instant};
 
 use linux_loader::cmdline::Cmdline;
 use vm_device::bus::PioAddress;
+use vmkit::reserved::IoSpace;
 use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VmRunner};
 use vmkit::snapshot::{self, format::Snapshot, MemoryRestore};
-use vmkit::{ErrorChain, MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
+use vmkit::{ErrorChain, MemoryFlags, MemoryRegion, SystemEventKind, VcpuExit, VmConfig};
 use vmkit_boot::linux::{self, layout};
 use vmkit_bus::Bus;
 use vmkit_devices::{
@@ -232,6 +233,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Refuses a hypervisor that keeps, for a VM made with `config`, the ports of a device
+/// this machine needs (`Capabilities::reserved`): the guest's accesses would never reach it.
+fn check_ports(caps: &vmkit::Capabilities, config: &VmConfig) -> Result<(), Box<dyn Error>> {
+    let devices = [
+        ("the serial port", COM1, SERIAL_PORTS),
+        // Its data and command ports; port 0x61 between them is the PIT's speaker gate.
+        ("the i8042's data port", I8042::BASE, 1),
+        ("the i8042's command port", I8042::BASE + 4, 1),
+        ("the ACPI PM block", PmBlock::DEFAULT_BASE, PmBlock::PORTS),
+    ];
+    for (name, base, ports) in devices {
+        let (base, ports) = (u64::from(base), u64::from(ports));
+        if let Some(kept) = caps.reserved_conflict(config, IoSpace::Pio, base, ports) {
+            return Err(format!(
+                "{name} (ports {base:#x}-{:#x}) sits on {kept}, which the hypervisor keeps",
+                base + ports - 1
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Opens the file of `flag`.
@@ -360,6 +384,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
 
     // The devices. Each interrupt is an irqfd: the device signals an eventfd and the
     // hypervisor raises the GSI without a trip through this process.
+    check_ports(hypervisor.capabilities(), &config)?;
     let mut bus = Bus::new();
     if options.split_irqchip {
         // The IOAPIC in this process, at the address the MADT gives; the devices' irqfds on
@@ -381,7 +406,19 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let i8042 = Arc::new(restore_into(I8042::new()?, from, snap::I8042)?);
     bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())?;
     let cmos = Arc::new(restore_into(Cmos::new(), from, snap::CMOS)?);
-    bus.register_pio(PioAddress(Cmos::BASE), Cmos::PORTS, cmos.clone())?;
+    // A hypervisor that emulates the RTC itself (Xen, with its platform) keeps these ports:
+    // the guest gets its clock, and this one stays off the bus.
+    match hypervisor.capabilities().reserved_conflict(
+        &config,
+        IoSpace::Pio,
+        u64::from(Cmos::BASE),
+        u64::from(Cmos::PORTS),
+    ) {
+        Some(kept) => eprintln!("boot_linux: CMOS: the hypervisor serves {kept} itself"),
+        None => {
+            bus.register_pio(PioAddress(Cmos::BASE), Cmos::PORTS, cmos.clone())?;
+        }
+    }
     // The ACPI PM block: its SCI is an irqfd on IRQ 9, kept out of the virtio devices' range.
     let pm = Arc::new(restore_into(PmBlock::new()?, from, snap::PM)?);
     vm.register_irqfd(pm.sci_evt(), u32::from(SCI_IRQ), None)?;
@@ -736,25 +773,39 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let (suspended, suspends) = std::sync::mpsc::channel();
     let waking = options.s3_wake_after.is_some();
     let (board_i8042, board_pm) = (i8042.clone(), pm.clone());
-    let board = runner::from_fn(move |id, exit| match bus.handle(id, exit) {
-        ExitAction::Continue
-            if board_i8042.take_reset_request() || board_pm.take_reset_request() =>
-        {
-            ExitAction::Reset
-        }
-        ExitAction::Continue => match board_pm.take_sleep_request() {
-            Some(SleepState::S5) => ExitAction::PowerOff,
-            Some(SleepState::S3) if waking && suspended.send(id).is_ok() => ExitAction::Continue,
-            Some(SleepState::S3) => {
-                eprintln!(
-                    "boot_linux: vCPU {id}: the guest asked to suspend (S3), which this VMM does \
-                     not offer: the vCPU stays paused (Ctrl-C ends the run)"
-                );
-                ExitAction::Pause
+    let board = runner::from_fn(move |id, exit| match exit {
+        // The hypervisor's own reset or power-off (a Linux guest that knows Xen asks Xen
+        // for them, even with reboot=k), as if through the devices here.
+        VcpuExit::SystemEvent {
+            kind: SystemEventKind::Reset,
+            ..
+        } => ExitAction::Reset,
+        VcpuExit::SystemEvent {
+            kind: SystemEventKind::Shutdown,
+            ..
+        } => ExitAction::PowerOff,
+        exit => match bus.handle(id, exit) {
+            ExitAction::Continue
+                if board_i8042.take_reset_request() || board_pm.take_reset_request() =>
+            {
+                ExitAction::Reset
             }
-            None => ExitAction::Continue,
+            ExitAction::Continue => match board_pm.take_sleep_request() {
+                Some(SleepState::S5) => ExitAction::PowerOff,
+                Some(SleepState::S3) if waking && suspended.send(id).is_ok() => {
+                    ExitAction::Continue
+                }
+                Some(SleepState::S3) => {
+                    eprintln!(
+                        "boot_linux: vCPU {id}: the guest asked to suspend (S3), which this VMM \
+                         does not offer: the vCPU stays paused (Ctrl-C ends the run)"
+                    );
+                    ExitAction::Pause
+                }
+                None => ExitAction::Continue,
+            },
+            action => action,
         },
-        action => action,
     });
     let stats = options.exit_stats.then(|| Arc::new(ExitStats::new(vcpus)));
     let handler = match &stats {

@@ -82,8 +82,16 @@
 //!   irqfds are served by a thread of the library. An irqfd with `resample` is refused
 //!   (Xen reports no EOI to a device model). With an irqchip a halted vCPU stays halted in
 //!   Xen, as in KVM, instead of returning `Hlt`. Xen's PIT always comes with the platform,
-//!   but [`VmConfig::pit`] is refused: vmkit cannot read the PIT's state yet, nor the PIC
-//!   and IOAPIC state (`Capabilities::irqchip_state`).
+//!   so [`VmConfig::pit`] (with the irqchip) is accepted and changes nothing; vmkit cannot
+//!   read the PIT's state yet, nor the PIC and IOAPIC state (`Capabilities::irqchip_state`).
+//!   An application processor waits offline in Xen for the INIT and startup IPIs that its
+//!   local APIC takes (Xen brings it up), as on KVM.
+//! - CPUID: Xen answers the hypervisor leaves (0x40000000 up) itself, with its signature
+//!   and at least its leaf 0x40000002 (the hypercall page): a guest always sees Xen there.
+//!   `set_cpuid` leaves the entries of that range out (KVM's signature and features leaf,
+//!   which vmkit-boot's Linux CPUID has). A Linux guest therefore takes Xen's paravirtual
+//!   interfaces that need no toolstack (its clock, event channels, the vector callback);
+//!   with no xenstore for the domain, its xenbus finds nothing and it uses vmkit's devices.
 //! - ioeventfds (with or without an irqchip) are matched in the ioreq path: a single
 //!   write to a registered address and value signals the eventfd and is answered without
 //!   returning from `run()`.
@@ -347,6 +355,18 @@ fn cpuid_entry(leaf: &CpuidLeaf) -> CpuidEntry {
         ecx: leaf.c,
         edx: leaf.d,
     }
+}
+
+/// The hypervisor leaves, which Xen answers itself (signature `XenVMMXenVMM` at
+/// 0x40000000, or at 0x40000100 with Viridian).
+const HYPERVISOR_LEAVES: std::ops::RangeInclusive<u32> = 0x4000_0000..=0x4fff_ffff;
+
+/// Whether Xen's CPUID policy takes `entry`: not in the hypervisor leaves. There Xen
+/// takes only EAX of 0x40000000 and 0x40000100, as how many of its own leaves the guest
+/// sees (at least 2, so Xen stays visible), which is not what EAX means there on KVM (the
+/// last leaf); another hypervisor's leaves (KVM's features leaf) it refuses.
+fn xen_takes(entry: &CpuidEntry) -> bool {
+    !HYPERVISOR_LEAVES.contains(&entry.function)
 }
 
 /// vmkit's CPUID entry as Xen's serialized leaf.

@@ -137,12 +137,8 @@ impl XenVm {
         if config.pit && !config.irqchip {
             return invalid("an in-kernel PIT needs the in-kernel irqchip too");
         }
-        if config.pit {
-            return unsupported(
-                "an in-kernel PIT as a choice of its own (Xen's platform always has its PIT \
-                 with the irqchip, see Capabilities::reserved, but vmkit cannot read its state)",
-            );
-        }
+        // Xen's platform always has its PIT with the irqchip (see Capabilities::reserved):
+        // asking for it changes nothing.
         if config.irqchip && kind == DomainKind::Pv {
             return unsupported("an in-kernel irqchip in a PV domain (PV has no emulation)");
         }

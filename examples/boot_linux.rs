@@ -16,7 +16,8 @@
 //!
 //! - a 16550 serial port at `0x3f8` on IRQ 4 (console: add `console=ttyS0`), the i8042 whose
 //!   reset command ends the run (`reboot=k` makes the kernel use it) and a CMOS clock at
-//!   `0x70` (vmkit-devices), with the in-kernel irqchip and PIT, or, with `--split-irqchip`,
+//!   `0x70` (vmkit-devices; left out where the hypervisor serves the RTC itself, as Xen does:
+//!   `Capabilities::reserved`), with the in-kernel irqchip and PIT, or, with `--split-irqchip`,
 //!   KVM's local APICs only, vmkit-devices' userspace IOAPIC at the same address (wired by
 //!   vmkit-machine's `attach_ioapic`: the devices' irqfds follow its redirection table
 //!   through GSI routes) and no PIT (Linux calibrates with kvmclock);
@@ -141,7 +142,8 @@
 //!
 //! Exit status: 0 once the guest powers off through ACPI (boot_linux says `the guest powered
 //! off`) or resets the machine (through the i8042, which `reboot=k` selects, or the ACPI
-//! reset register; a panic with `panic=-1` ends the same way); 130 after SIGINT and 143
+//! reset register; a panic with `panic=-1` ends the same way; or through the hypervisor: a
+//! Linux guest that detects Xen resets and powers off with Xen's calls); 130 after SIGINT and 143
 //! after SIGTERM (128 plus the signal's number, as a shell reports a process the signal
 //! killed); 1, with the reason on stderr (naming the flag or file and the limit), on any
 //! failure.

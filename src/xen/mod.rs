@@ -384,3 +384,22 @@ fn cpuid_leaf(entry: &CpuidEntry) -> CpuidLeaf {
         d: entry.edx,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hypervisor_leaves_stay_xens() {
+        let leaf = |function| CpuidEntry {
+            function,
+            ..CpuidEntry::default()
+        };
+        for function in [0x4000_0000, 0x4000_0001, 0x4000_0100, 0x4fff_ffff] {
+            assert!(!xen_takes(&leaf(function)), "{function:#x}");
+        }
+        for function in [0, 1, 0xd, 0x3fff_ffff, 0x5000_0000, 0x8000_0001] {
+            assert!(xen_takes(&leaf(function)), "{function:#x}");
+        }
+    }
+}

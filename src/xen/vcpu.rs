@@ -982,3 +982,16 @@ fn mtrr_def_type(record: &[u8]) -> u64 {
     word.copy_from_slice(&record[HVM_MTRR_DEF_TYPE_OFFSET..HVM_MTRR_DEF_TYPE_OFFSET + 8]);
     u64::from_le_bytes(word)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mtrr_default_type_is_read_at_its_offset() {
+        let mut record = vec![0u8; HVM_MTRR_SIZE];
+        record[HVM_MTRR_DEF_TYPE_OFFSET..HVM_MTRR_DEF_TYPE_OFFSET + 8]
+            .copy_from_slice(&0xc06u64.to_le_bytes());
+        assert_eq!(mtrr_def_type(&record), 0xc06);
+    }
+}

@@ -705,6 +705,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         let machine = linux::MachineConfig {
             ram_size,
             vcpus,
+            apic_id_stride: hypervisor.capabilities().apic_id_stride,
             devices: acpi_devices,
         };
         linux::write_boot_info(&memory, &kernel, &cmdline, initrd, &machine)?;

@@ -136,11 +136,12 @@ else
         build_target boot_seccomp "--seccomp" "^hello from the vmkit minimal kernel$" \
             build --release --locked --features xen --example boot
         build_target xen_boot "${VMKIT_XEN_BENCH_ARGS:---bench}" "" build --release --locked --features xen --bench xen_boot
-        # Debian's kernel under boot_linux as an HVM domain: dom0 checks the guest's markers
-        # and its disk (init.sh, linux_check); the CPU count is this regexp. One vCPU only:
-        # with two, the guest's AP never comes up (see ci/xen/README.md).
-        build_target linux_smp1 "$(linux_args 1)" "^VMKIT-L2-CPUS 1" \
-            build --release --locked --features xen --example boot_linux
+        # Debian's kernel under boot_linux as an HVM domain, 1 and 2 vCPUs: dom0 checks the
+        # guest's markers and its disk (init.sh, linux_check); the CPU count is this regexp.
+        for cpus in 1 2; do
+            build_target "linux_smp$cpus" "$(linux_args "$cpus")" "^VMKIT-L2-CPUS $cpus" \
+                build --release --locked --features xen --example boot_linux
+        done
         {
             for i in "${!names[@]}"; do
                 printf '%s|%s|%s|%s\n' "${names[$i]}" "${paths[$i]}" "${argv[$i]}" "${wants[$i]}"

@@ -125,6 +125,8 @@ impl Kvm {
             irqchip_state: has(Cap::Irqchip),
             reserved: reserved::ranges(),
             pci_config_ports: true,
+            // vmkit gives vCPU n APIC ID n (KVM_CREATE_VCPU's id).
+            apic_id_stride: 0,
             cpuid: cpuid
                 .as_slice()
                 .iter()

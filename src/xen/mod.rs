@@ -249,6 +249,8 @@ impl Xen {
             max_memory_slots: MAX_MEMORY_SLOTS,
             cpuid,
             msrs: context::MSRS.to_vec(),
+            // Xen's vlapic: vCPU n has APIC ID 2n (and CPUID says so).
+            apic_id_stride: 2,
             // Both through the ioreq server's memory type (see `memtype`). Xen has no dirty
             // rings, so `dirty_ring_max_entries` stays 0.
             read_only_memory: true,

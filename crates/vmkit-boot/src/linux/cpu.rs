@@ -152,7 +152,9 @@ pub fn configure_vcpu<M: GuestMemoryBackend>(
 ) -> Result<(), LinuxBootError> {
     // The TSC-deadline timer is part of the local APIC, which only the in-kernel irqchip has.
     let tsc_deadline = irqchip && caps.tsc_deadline_timer;
-    vcpu.set_cpuid(&guest_cpuid(&caps.cpuid, index, vcpus, tsc_deadline))?;
+    // The APIC ID the hypervisor gives this vCPU (Xen's CPUID says so whatever vmkit sets).
+    let apic_index = index.saturating_mul(caps.apic_id_stride.max(1));
+    vcpu.set_cpuid(&guest_cpuid(&caps.cpuid, apic_index, vcpus, tsc_deadline))?;
     if let Some(banks) = mce_banks(caps) {
         vcpu.setup_mce(banks)?;
     }

@@ -85,7 +85,10 @@
 //!   so [`VmConfig::pit`] (with the irqchip) is accepted and changes nothing; vmkit cannot
 //!   read the PIT's state yet, nor the PIC and IOAPIC state (`Capabilities::irqchip_state`).
 //!   An application processor waits offline in Xen for the INIT and startup IPIs that its
-//!   local APIC takes (Xen brings it up), as on KVM.
+//!   local APIC takes (Xen brings it up), as on KVM: its `mp_state` is `Uninitialized` until
+//!   it first runs, and `set_mp_state(Runnable)` makes its first `run()` start it from the
+//!   registers set instead. Xen numbers vCPU n's local APIC 2n
+//!   (`Capabilities::apic_id_stride`).
 //! - CPUID: Xen answers the hypervisor leaves (0x40000000 up) itself, with its signature
 //!   and at least its leaf 0x40000002 (the hypercall page): a guest always sees Xen there.
 //!   `set_cpuid` leaves the entries of that range out (KVM's signature and features leaf,

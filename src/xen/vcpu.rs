@@ -10,6 +10,7 @@
 //! then less and less often (up to every [`MAX_CHECK_INTERVAL`]).
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,9 @@ pub struct XenVcpu {
     evtchn: Option<(Evtchn, EvtchnPort)>,
     kick: Arc<XenKick>,
     phase: Phase,
+    /// An application processor that has not run yet and waits for INIT and SIPI (see
+    /// `new`); `set_mp_state(Runnable)` clears it.
+    awaiting_sipi: AtomicBool,
     /// The request being served and the exit returned for it last.
     exchange: Option<(Exchange, Option<Step>)>,
     buf: Vec<u8>,
@@ -120,16 +124,16 @@ impl XenVcpu {
     ) -> Self {
         // With Xen's local APICs an application processor waits, offline in Xen, for the
         // INIT and startup IPIs that bring it up (Xen handles them), as on KVM: its first
-        // run() must not put it online in the state it was created in.
-        let waits_for_sipi = id != 0 && vm.config.irqchip;
+        // run() must not put it online in the state it was created in, unless the VMM made
+        // it runnable (set_mp_state).
+        let awaiting_sipi = AtomicBool::new(id != 0 && vm.config.irqchip);
         XenVcpu {
             id,
             vm,
             evtchn,
             kick,
-            phase: Phase::Parked {
-                halted: waits_for_sipi,
-            },
+            phase: Phase::Parked { halted: false },
+            awaiting_sipi,
             exchange: None,
             buf: vec![0; MAX_BATCH_BYTES],
             event_data: [0; 4],
@@ -623,6 +627,12 @@ impl Vcpu for XenVcpu {
                 return Ok(self.exit(step));
             }
         }
+        if self.awaiting_sipi.swap(false, Ordering::SeqCst)
+            && self.phase == (Phase::Parked { halted: false })
+        {
+            // Offline in Xen until the guest's startup IPI: wait as for a halted vCPU.
+            self.phase = Phase::Parked { halted: true };
+        }
         if self.phase == (Phase::Parked { halted: true }) && self.vm.config.irqchip {
             // Still halted in Xen (see wait()): wait on, without bringing it back online.
             self.phase = Phase::Running;
@@ -958,6 +968,9 @@ impl Vcpu for XenVcpu {
     }
 
     fn mp_state(&self) -> Result<MpState, VcpuError> {
+        if self.awaiting_sipi.load(Ordering::SeqCst) {
+            return Ok(MpState::Uninitialized);
+        }
         Ok(match self.phase {
             Phase::Parked { halted: true } => MpState::Halted,
             _ => MpState::Runnable,
@@ -966,7 +979,17 @@ impl Vcpu for XenVcpu {
 
     fn set_mp_state(&self, state: MpState) -> Result<(), VcpuError> {
         match state {
-            MpState::Runnable => Ok(()),
+            MpState::Runnable => {
+                self.awaiting_sipi.store(false, Ordering::SeqCst);
+                Ok(())
+            }
+            // Back to waiting for INIT and SIPI, as long as it has not run.
+            MpState::Uninitialized
+                if self.vm.config.irqchip && self.phase == (Phase::Parked { halted: false }) =>
+            {
+                self.awaiting_sipi.store(true, Ordering::SeqCst);
+                Ok(())
+            }
             _ => Err(VcpuError::Unsupported {
                 vcpu: self.id,
                 op: "a multiprocessing state other than runnable",

@@ -16,7 +16,8 @@
 //!
 //! - a 16550 serial port at `0x3f8` on IRQ 4 (console: add `console=ttyS0`), the i8042 whose
 //!   reset command ends the run (`reboot=k` makes the kernel use it) and a CMOS clock at
-//!   `0x70` (vmkit-devices), with the in-kernel irqchip and PIT, or, with `--split-irqchip`,
+//!   `0x70` (vmkit-devices; left out where the hypervisor serves the RTC itself, as Xen does:
+//!   `Capabilities::reserved`), with the in-kernel irqchip and PIT, or, with `--split-irqchip`,
 //!   KVM's local APICs only, vmkit-devices' userspace IOAPIC at the same address (wired by
 //!   vmkit-machine's `attach_ioapic`: the devices' irqfds follow its redirection table
 //!   through GSI routes) and no PIT (Linux calibrates with kvmclock);
@@ -141,7 +142,8 @@
 //!
 //! Exit status: 0 once the guest powers off through ACPI (boot_linux says `the guest powered
 //! off`) or resets the machine (through the i8042, which `reboot=k` selects, or the ACPI
-//! reset register; a panic with `panic=-1` ends the same way); 130 after SIGINT and 143
+//! reset register; a panic with `panic=-1` ends the same way; or through the hypervisor: a
+//! Linux guest that detects Xen resets and powers off with Xen's calls); 130 after SIGINT and 143
 //! after SIGTERM (128 plus the signal's number, as a shell reports a process the signal
 //! killed); 1, with the reason on stderr (naming the flag or file and the limit), on any
 //! failure.
@@ -161,9 +163,10 @@ use std::time::{Duration, Instant};
 
 use linux_loader::cmdline::Cmdline;
 use vm_device::bus::PioAddress;
+use vmkit::reserved::IoSpace;
 use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VmRunner};
 use vmkit::snapshot::{self, format::Snapshot, MemoryRestore};
-use vmkit::{ErrorChain, MemoryFlags, MemoryRegion, VcpuExit, VmConfig};
+use vmkit::{ErrorChain, MemoryFlags, MemoryRegion, SystemEventKind, VcpuExit, VmConfig};
 use vmkit_boot::linux::{self, layout};
 use vmkit_bus::Bus;
 use vmkit_devices::{
@@ -232,6 +235,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Refuses a hypervisor that keeps, for a VM made with `config`, the ports of a device
+/// this machine needs (`Capabilities::reserved`): the guest's accesses would never reach it.
+fn check_ports(caps: &vmkit::Capabilities, config: &VmConfig) -> Result<(), Box<dyn Error>> {
+    let devices = [
+        ("the serial port", COM1, SERIAL_PORTS),
+        // Its data and command ports; port 0x61 between them is the PIT's speaker gate.
+        ("the i8042's data port", I8042::BASE, 1),
+        ("the i8042's command port", I8042::BASE + 4, 1),
+        ("the ACPI PM block", PmBlock::DEFAULT_BASE, PmBlock::PORTS),
+    ];
+    for (name, base, ports) in devices {
+        let (base, ports) = (u64::from(base), u64::from(ports));
+        if let Some(kept) = caps.reserved_conflict(config, IoSpace::Pio, base, ports) {
+            return Err(format!(
+                "{name} (ports {base:#x}-{:#x}) sits on {kept}, which the hypervisor keeps",
+                base + ports - 1
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Opens the file of `flag`.
@@ -360,6 +386,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
 
     // The devices. Each interrupt is an irqfd: the device signals an eventfd and the
     // hypervisor raises the GSI without a trip through this process.
+    check_ports(hypervisor.capabilities(), &config)?;
     let mut bus = Bus::new();
     if options.split_irqchip {
         // The IOAPIC in this process, at the address the MADT gives; the devices' irqfds on
@@ -381,7 +408,19 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let i8042 = Arc::new(restore_into(I8042::new()?, from, snap::I8042)?);
     bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())?;
     let cmos = Arc::new(restore_into(Cmos::new(), from, snap::CMOS)?);
-    bus.register_pio(PioAddress(Cmos::BASE), Cmos::PORTS, cmos.clone())?;
+    // A hypervisor that emulates the RTC itself (Xen, with its platform) keeps these ports:
+    // the guest gets its clock, and this one stays off the bus.
+    match hypervisor.capabilities().reserved_conflict(
+        &config,
+        IoSpace::Pio,
+        u64::from(Cmos::BASE),
+        u64::from(Cmos::PORTS),
+    ) {
+        Some(kept) => eprintln!("boot_linux: CMOS: the hypervisor serves {kept} itself"),
+        None => {
+            bus.register_pio(PioAddress(Cmos::BASE), Cmos::PORTS, cmos.clone())?;
+        }
+    }
     // The ACPI PM block: its SCI is an irqfd on IRQ 9, kept out of the virtio devices' range.
     let pm = Arc::new(restore_into(PmBlock::new()?, from, snap::PM)?);
     vm.register_irqfd(pm.sci_evt(), u32::from(SCI_IRQ), None)?;
@@ -671,6 +710,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         let machine = linux::MachineConfig {
             ram_size,
             vcpus,
+            apic_id_stride: hypervisor.capabilities().apic_id_stride,
             devices: acpi_devices,
         };
         linux::write_boot_info(&memory, &kernel, &cmdline, initrd, &machine)?;
@@ -741,25 +781,39 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let (suspended, suspends) = std::sync::mpsc::channel();
     let waking = options.s3_wake_after.is_some();
     let (board_i8042, board_pm) = (i8042.clone(), pm.clone());
-    let board = runner::from_fn(move |id, exit| match bus.handle(id, exit) {
-        ExitAction::Continue
-            if board_i8042.take_reset_request() || board_pm.take_reset_request() =>
-        {
-            ExitAction::Reset
-        }
-        ExitAction::Continue => match board_pm.take_sleep_request() {
-            Some(SleepState::S5) => ExitAction::PowerOff,
-            Some(SleepState::S3) if waking && suspended.send(id).is_ok() => ExitAction::Continue,
-            Some(SleepState::S3) => {
-                eprintln!(
-                    "boot_linux: vCPU {id}: the guest asked to suspend (S3), which this VMM does \
-                     not offer: the vCPU stays paused (Ctrl-C ends the run)"
-                );
-                ExitAction::Pause
+    let board = runner::from_fn(move |id, exit| match exit {
+        // The hypervisor's own reset or power-off (a Linux guest that knows Xen asks Xen
+        // for them, even with reboot=k), as if through the devices here.
+        VcpuExit::SystemEvent {
+            kind: SystemEventKind::Reset,
+            ..
+        } => ExitAction::Reset,
+        VcpuExit::SystemEvent {
+            kind: SystemEventKind::Shutdown,
+            ..
+        } => ExitAction::PowerOff,
+        exit => match bus.handle(id, exit) {
+            ExitAction::Continue
+                if board_i8042.take_reset_request() || board_pm.take_reset_request() =>
+            {
+                ExitAction::Reset
             }
-            None => ExitAction::Continue,
+            ExitAction::Continue => match board_pm.take_sleep_request() {
+                Some(SleepState::S5) => ExitAction::PowerOff,
+                Some(SleepState::S3) if waking && suspended.send(id).is_ok() => {
+                    ExitAction::Continue
+                }
+                Some(SleepState::S3) => {
+                    eprintln!(
+                        "boot_linux: vCPU {id}: the guest asked to suspend (S3), which this VMM \
+                         does not offer: the vCPU stays paused (Ctrl-C ends the run)"
+                    );
+                    ExitAction::Pause
+                }
+                None => ExitAction::Continue,
+            },
+            action => action,
         },
-        action => action,
     });
     let stats = options.exit_stats.then(|| Arc::new(ExitStats::new(vcpus)));
     let handler = match &stats {

@@ -89,6 +89,11 @@ pub struct Capabilities {
     /// hypervisor, the IOAPIC and PIC left to the VMM (KVM's `KVM_CAP_SPLIT_IRQCHIP`).
     #[serde(default)]
     pub split_irqchip: bool,
+    /// How the hypervisor numbers the vCPUs' local APICs: vCPU `n` has APIC ID
+    /// `n * apic_id_stride` (0 counts as 1). KVM lets the VMM choose and vmkit gives `n`
+    /// (0); Xen fixes `2n` (2). Firmware tables (the MADT) must say the same.
+    #[serde(default)]
+    pub apic_id_stride: u32,
     /// An irqfd can be level-triggered with a resample eventfd
     /// ([`Vm::register_irqfd`]'s `resample`), which needs the
     /// hypervisor to tell the guest's EOI.

@@ -105,6 +105,7 @@ fn boot_until(vcpus: u32, wanted: &[&str]) -> String {
     let machine = linux::MachineConfig {
         ram_size,
         vcpus,
+        apic_id_stride: hypervisor.capabilities().apic_id_stride,
         devices: linux::AcpiDevices {
             serial: vec![linux::SerialPort {
                 port: COM1,

@@ -51,7 +51,8 @@ if ! resolve; then
     resolve || { echo "assets: apt has no candidate for one of: ${pkgs[*]}" >&2; exit 1; }
 fi
 if [ -f "$assets/stamp" ] && [ "$(cat "$assets/stamp")" = "$want" ] &&
-    [ -f "$assets/xen" ] && [ -f "$assets/vmlinuz" ] && [ -d "$assets/root" ]; then
+    [ -f "$assets/xen" ] && [ -f "$assets/vmlinuz" ] && [ -d "$assets/root" ] &&
+    [ -f "$assets/guest/modules/order" ]; then
     echo "assets: up to date in $assets"
     exit 0
 fi
@@ -115,8 +116,16 @@ add_module() {
     echo "$name" >>"$assets/modules/order"
 }
 for m in xen-privcmd xen-evtchn xen-gntdev xen-gntalloc xenfs; do add_module "$m"; done
+# The same kernel boots as a vmkit guest (ci/xen/guest.sh): its virtio drivers, with
+# their dependencies, for the guest's initramfs.
+log_prefix=xen-assets
+# shellcheck source=../svm/common.sh
+. "$repo/ci/svm/common.sh"
+rm -rf "$assets/guest/modules"
+mkdir -p "$assets/guest"
+install_modules "$assets/root" "$assets/guest/modules" virtio_mmio virtio_blk
 # Keep the tree small: the tools need no kernel modules tree or firmware.
 rm -rf "$assets/root/lib/modules" "$assets/root/usr/share/doc" "$assets/root/usr/share/man" "$assets/debs"
 
 printf '%s' "$want" >"$assets/stamp"
-echo "assets: ready in $assets (kernel $kver, modules: $(tr '\n' ' ' <"$assets/modules/order"))"
+echo "assets: ready in $assets (kernel $kver, modules: $(tr '\n' ' ' <"$assets/modules/order"), guest modules: $(tr '\n' ' ' <"$assets/guest/modules/order"))"

@@ -61,8 +61,10 @@ run_test() {
     start=$(date +%s)
     seen=$(dmesg | wc -l)
     rm -f /tmp/rc
-    # shellcheck disable=SC2086
-    { timeout -s KILL "$secs" "/tests/$name" $args </dev/null 2>&1; echo $? >/tmp/rc; } |
+    case $name in linux*) linux_disk ;; esac
+    # eval: the arguments may quote words with spaces (boot_linux's --cmdline).
+    eval "set -- $args"
+    { timeout -s KILL "$secs" "/tests/$name" "$@" </dev/null 2>&1; echo $? >/tmp/rc; } |
         tee "/tmp/out.$name" |
         awk -v max="$limit" -v n="$name" '
             NR <= max { print n "| " $0; fflush(); next }
@@ -80,6 +82,7 @@ run_test() {
         say "$name: no output line matches '$want'"
         verdict=FAILED
     fi
+    case $name in linux*) linux_check "/tmp/out.$name" || verdict=FAILED ;; esac
     if [ "$verdict" = FAILED ]; then
         # dom0's kernel messages (quiet on the console) since the test started often say
         # why a privcmd call failed.
@@ -91,6 +94,28 @@ run_test() {
         xl destroy "$id" </dev/null
     done
     echo "VMKIT-TEST $name $verdict (${took}s)"
+}
+
+# The linux tests (boot_linux on /xen/vmlinux with the guest's init, ci/svm/l2-init): a
+# fresh zero-filled 8 MiB /tmp/disk.img before, and afterwards the guest's markers in the
+# output $1 and the pattern it wrote at 1 MiB of that disk, checked from dom0.
+linux_disk() {
+    rm -f /tmp/disk.img
+    dd if=/dev/zero of=/tmp/disk.img bs=1M count=8 2>/dev/null
+}
+linux_check() {
+    ok=0
+    tr -d '\r' <"$1" >"$1.clean"
+    for want in VMKIT-L2-USERSPACE VMKIT-L2-DISK-OK; do
+        grep -qx "$want" "$1.clean" || { say "$name: the guest did not print $want"; ok=1; }
+    done
+    if dd if=/tmp/disk.img bs=4096 skip=256 count=1 2>/dev/null | cmp -s - /xen/pattern.bin; then
+        say "$name: the disk holds the guest's pattern at 1 MiB"
+    else
+        say "$name: the disk does not hold the guest's pattern at 1 MiB"
+        ok=1
+    fi
+    return $ok
 }
 
 # The PVH minimal kernel under xl, the baseline that benchmarks compare to. Nothing

@@ -22,6 +22,7 @@ phase_start=$SECONDS
 phase() { echo "=== xen: $1 took $((SECONDS - phase_start)) s"; phase_start=$SECONDS; }
 
 "$here/assets.sh"
+"$here/guest.sh"
 phase "assets"
 
 # The binaries to run: parallel arrays. A target that cannot be built is recorded in
@@ -77,6 +78,17 @@ build_target() {
     add_bin "$name" "$exe" "$args" "$want"
 }
 
+# boot_linux's arguments in dom0 for a guest of $1 vCPUs (see the linux tests in init.sh).
+linux_args() {
+    echo "--kernel /xen/vmlinux --initrd /xen/initrd.cpio.gz --cmdline '$linux_cmdline'" \
+        "--mem 256 --vcpus $1 --disk /tmp/disk.img --seccomp"
+}
+# quiet: every byte on the serial port is an exit, ~20 ms each here (Xen's ioreq round
+# trip under TCG). pci=off: boot_linux without --pci has no PCI, and Linux's probe of every
+# bus for peer bridges would cost ~9700 exits (over 3 minutes). The guest, which detects
+# Xen, resets through Xen (boot_linux takes that as the end of the run, as the i8042's).
+linux_cmdline=${VMKIT_XEN_LINUX_CMDLINE:-console=ttyS0 quiet reboot=k panic=-1 pci=off}
+
 if [ -n "${VMKIT_XEN_BINS:-}" ]; then
     # name=path[:args], whitespace-separated; commas in args stand for spaces.
     for entry in $VMKIT_XEN_BINS; do
@@ -127,6 +139,12 @@ else
         # Interrupt latency on Xen (the same benchmark as on KVM), short: a few samples each.
         build_target interrupts "--bench --warm-up-time 1 --measurement-time 2 --sample-size 10" \
             "^inject_to_handler/irqfd +time:" build --release --locked --features xen --bench interrupts
+        # Debian's kernel under boot_linux as an HVM domain, 1 and 2 vCPUs: dom0 checks the
+        # guest's markers and its disk (init.sh, linux_check); the CPU count is this regexp.
+        for cpus in 1 2; do
+            build_target "linux_smp$cpus" "$(linux_args "$cpus")" "^VMKIT-L2-CPUS $cpus" \
+                build --release --locked --features xen --example boot_linux
+        done
         {
             for i in "${!names[@]}"; do
                 printf '%s|%s|%s|%s\n' "${names[$i]}" "${paths[$i]}" "${argv[$i]}" "${wants[$i]}"
@@ -226,6 +244,17 @@ if [ -n "$minimal" ]; then
     cp "$here/minimal.cfg" "$rootfs/xen/minimal.cfg"
 fi
 [ "$xl_check" = 1 ] && : >"$rootfs/tests/xl-check"
+# The Linux guest (ci/xen/guest.sh) when a linux test runs: dom0's kernel, the guest's
+# initramfs, and the pattern its disk must hold afterwards.
+for n in "${run_names[@]}"; do
+    case $n in
+        linux*)
+            cp "$assets/vmlinux" "$rootfs/xen/vmlinux"
+            cp "$assets/guest/initrd.cpio.gz" "$assets/guest/pattern.bin" "$rootfs/xen/"
+            break
+            ;;
+    esac
+done
 # Uncompressed: the emulated dom0 unpacks a plain cpio far faster than a gzip one.
 (cd "$rootfs" && find . -print0 | cpio --null -o -H newc --quiet) >"$assets/initramfs.cpio"
 echo "xen: initramfs $(du -h "$assets/initramfs.cpio" | cut -f1), ${#run_names[@]} binaries"

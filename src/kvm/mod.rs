@@ -135,6 +135,8 @@ impl Kvm {
                 pending_exception: false,
                 ..VcpuEventFields::ALL
             },
+            // vmkit gives vCPU n APIC ID n (KVM_CREATE_VCPU's id).
+            apic_id_stride: 0,
             cpuid: cpuid
                 .as_slice()
                 .iter()

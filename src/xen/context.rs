@@ -302,7 +302,7 @@ pub(crate) fn set_fpu(image: &mut [u8; 512], fpu: &Fpu) {
 }
 
 /// The MSRs a CPU record holds, in the order [`msr_index_list`] reports them.
-pub(crate) const MSRS: [u32; 14] = [
+pub(crate) const MSRS: [u32; 15] = [
     msr_index::EFER,
     msr_index::STAR,
     msr_index::LSTAR,
@@ -316,9 +316,13 @@ pub(crate) const MSRS: [u32; 14] = [
     MSR_TSC_AUX,
     MSR_FS_BASE,
     MSR_GS_BASE,
-    // Listed last: not in the CPU record but in the local APIC's.
+    // Listed last: not in the CPU record but in the MTRR record and the local APIC's.
+    MSR_MTRR_DEF_TYPE,
     MSR_APIC_BASE,
 ];
+
+/// MTRRdefType: MTRRs enabled and their default memory type; in the MTRR record.
+pub(crate) const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 
 const MSR_TSC_AUX: u32 = 0xc000_0103;
 const MSR_FS_BASE: u32 = 0xc000_0100;
@@ -687,7 +691,7 @@ mod tests {
     fn msrs_map_to_record_fields() {
         let mut cpu = HvmHwCpu::default();
         for (i, &index) in MSRS.iter().enumerate() {
-            if index == MSR_APIC_BASE {
+            if index == MSR_APIC_BASE || index == MSR_MTRR_DEF_TYPE {
                 assert!(!set_msr(&mut cpu, &Msr { index, data: 1 }));
                 continue;
             }

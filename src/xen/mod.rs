@@ -90,11 +90,22 @@
 //!   domain-wide `HVM_PARAM_TIMER_MODE`, so it covers Xen's other emulated timers too
 //!   (RTC, HPET, local APIC timer): reinjection is `no_delay_for_missed_ticks` (vmkit's
 //!   default, as libxl's), none is `one_missed_tick_pending`.
+//!   An application processor waits offline in Xen for the INIT and startup IPIs that its
+//!   local APIC takes (Xen brings it up), as on KVM: its `mp_state` is `Uninitialized` until
+//!   it first runs, and `set_mp_state(Runnable)` makes its first `run()` start it from the
+//!   registers set instead. Xen numbers vCPU n's local APIC 2n
+//!   (`Capabilities::apic_id_stride`).
 //! - PCI configuration cycles on ports 0xCFC-0xCFF reach vmkit only for the functions
 //!   mapped to its ioreq server, which [`Vm::claim_pci_config`](crate::Vm::claim_pci_config)
 //!   does (the `pci` module); Xen's `IOREQ_TYPE_PCI_CONFIG` request becomes the data-port
 //!   exit the guest's instruction is (the `ioreq` module), after the 0xCF8 write Xen
 //!   forwarded too, so the VMM sees what it sees on KVM. Unclaimed functions read all ones.
+//! - CPUID: Xen answers the hypervisor leaves (0x40000000 up) itself, with its signature
+//!   and at least its leaf 0x40000002 (the hypercall page): a guest always sees Xen there.
+//!   `set_cpuid` leaves the entries of that range out (KVM's signature and features leaf,
+//!   which vmkit-boot's Linux CPUID has). A Linux guest therefore takes Xen's paravirtual
+//!   interfaces that need no toolstack (its clock, event channels, the vector callback);
+//!   with no xenstore for the domain, its xenbus finds nothing and it uses vmkit's devices.
 //! - ioeventfds (with or without an irqchip) are matched in the ioreq path: a single
 //!   write to a registered address and value signals the eventfd and is answered without
 //!   returning from `run()`.
@@ -266,6 +277,8 @@ impl Xen {
             max_memory_slots: MAX_MEMORY_SLOTS,
             cpuid,
             msrs: context::MSRS.to_vec(),
+            // Xen's vlapic: vCPU n has APIC ID 2n (and CPUID says so).
+            apic_id_stride: 2,
             // Both through the ioreq server's memory type (see `memtype`). Xen has no dirty
             // rings, so `dirty_ring_max_entries` stays 0.
             read_only_memory: true,
@@ -400,6 +413,18 @@ fn cpuid_entry(leaf: &CpuidLeaf) -> CpuidEntry {
     }
 }
 
+/// The hypervisor leaves, which Xen answers itself (signature `XenVMMXenVMM` at
+/// 0x40000000, or at 0x40000100 with Viridian).
+const HYPERVISOR_LEAVES: std::ops::RangeInclusive<u32> = 0x4000_0000..=0x4fff_ffff;
+
+/// Whether Xen's CPUID policy takes `entry`: not in the hypervisor leaves. There Xen
+/// takes only EAX of 0x40000000 and 0x40000100, as how many of its own leaves the guest
+/// sees (at least 2, so Xen stays visible), which is not what EAX means there on KVM (the
+/// last leaf); another hypervisor's leaves (KVM's features leaf) it refuses.
+fn xen_takes(entry: &CpuidEntry) -> bool {
+    !HYPERVISOR_LEAVES.contains(&entry.function)
+}
+
 /// vmkit's CPUID entry as Xen's serialized leaf.
 fn cpuid_leaf(entry: &CpuidEntry) -> CpuidLeaf {
     CpuidLeaf {
@@ -438,5 +463,19 @@ mod tests {
         assert!(amd_nested_paging(&leaf0(b"HygonGenuine")));
         assert!(!amd_nested_paging(&leaf0(b"GenuineIntel")));
         assert!(!amd_nested_paging(&[]));
+    }
+
+    #[test]
+    fn the_hypervisor_leaves_stay_xens() {
+        let leaf = |function| CpuidEntry {
+            function,
+            ..CpuidEntry::default()
+        };
+        for function in [0x4000_0000, 0x4000_0001, 0x4000_0100, 0x4fff_ffff] {
+            assert!(!xen_takes(&leaf(function)), "{function:#x}");
+        }
+        for function in [0, 1, 0xd, 0x3fff_ffff, 0x5000_0000, 0x8000_0001] {
+            assert!(xen_takes(&leaf(function)), "{function:#x}");
+        }
     }
 }

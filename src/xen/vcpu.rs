@@ -10,6 +10,7 @@
 //! then less and less often (up to every [`MAX_CHECK_INTERVAL`]).
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,9 +21,10 @@ use super::kick::XenKick;
 use super::libs::{Evtchn, XenCallError};
 use super::sys::abi::{
     CpuidLeaf, EvtchnPort, HvmHwCpu, Pod, VcpuGuestContext, FLAT_KERNEL_CS64, FLAT_KERNEL_DS64,
-    FLAT_KERNEL_SS64, HVM_LAPIC_REGS_SIZE, HVM_SAVE_CODE_CPU, HVM_SAVE_CODE_CPU_XSAVE,
-    HVM_SAVE_CODE_LAPIC_REGS, SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT,
-    STATE_IOREQ_INPROCESS, STATE_IOREQ_READY, STATE_IORESP_READY, VGCF_I387_VALID, VGCF_IN_KERNEL,
+    FLAT_KERNEL_SS64, HVM_LAPIC_REGS_SIZE, HVM_MTRR_DEF_TYPE_OFFSET, HVM_MTRR_SIZE,
+    HVM_SAVE_CODE_CPU, HVM_SAVE_CODE_CPU_XSAVE, HVM_SAVE_CODE_LAPIC_REGS, HVM_SAVE_CODE_MTRR,
+    SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT, STATE_IOREQ_INPROCESS, STATE_IOREQ_READY,
+    STATE_IORESP_READY, VGCF_I387_VALID, VGCF_IN_KERNEL,
 };
 use super::vm::{self, DomainKind, Shutdown, VmShared, TRIPLE_FAULT_REASON};
 use super::{cpuid_entry, cpuid_leaf};
@@ -81,6 +83,9 @@ pub struct XenVcpu {
     evtchn: Option<(Evtchn, EvtchnPort)>,
     kick: Arc<XenKick>,
     phase: Phase,
+    /// An application processor that has not run yet and waits for INIT and SIPI (see
+    /// `new`); `set_mp_state(Runnable)` clears it.
+    awaiting_sipi: AtomicBool,
     /// The request being served and the exit returned for it last.
     exchange: Option<(Exchange, Option<Step>)>,
     buf: Vec<u8>,
@@ -113,12 +118,18 @@ impl XenVcpu {
         evtchn: Option<(Evtchn, EvtchnPort)>,
         kick: Arc<XenKick>,
     ) -> Self {
+        // With Xen's local APICs an application processor waits, offline in Xen, for the
+        // INIT and startup IPIs that bring it up (Xen handles them), as on KVM: its first
+        // run() must not put it online in the state it was created in, unless the VMM made
+        // it runnable (set_mp_state).
+        let awaiting_sipi = AtomicBool::new(id != 0 && vm.config.irqchip);
         XenVcpu {
             id,
             vm,
             evtchn,
             kick,
             phase: Phase::Parked { halted: false },
+            awaiting_sipi,
             exchange: None,
             buf: vec![0; MAX_BATCH_BYTES],
             event_data: [0; 4],
@@ -197,6 +208,22 @@ impl XenVcpu {
             .xc()
             .set_vcpu_context(self.vm.domid, self.id, &mut ctx)
             .map_err(os(self.id))
+    }
+
+    /// The vCPU's MTRR record (`struct hvm_hw_mtrr`), [`HVM_MTRR_SIZE`] bytes.
+    fn mtrr_record(&self) -> Result<Vec<u8>, VcpuError> {
+        let mut records = self
+            .vm
+            .read_records(self.id, &[(HVM_SAVE_CODE_MTRR, HVM_MTRR_SIZE)])
+            .map_err(os(self.id))?;
+        match records.pop() {
+            Some(record) if record.len() == HVM_MTRR_SIZE => Ok(record),
+            _ => Err(VcpuError::InvalidState {
+                vcpu: self.id,
+                what: "MTRR record",
+                reason: format!("Xen did not return its {HVM_MTRR_SIZE} bytes"),
+            }),
+        }
     }
 
     /// Looks soon: the vCPU was just let go.
@@ -596,6 +623,12 @@ impl Vcpu for XenVcpu {
                 return Ok(self.exit(step));
             }
         }
+        if self.awaiting_sipi.swap(false, Ordering::SeqCst)
+            && self.phase == (Phase::Parked { halted: false })
+        {
+            // Offline in Xen until the guest's startup IPI: wait as for a halted vCPU.
+            self.phase = Phase::Parked { halted: true };
+        }
         if self.phase == (Phase::Parked { halted: true }) && self.vm.config.irqchip {
             // Still halted in Xen (see wait()): wait on, without bringing it back online.
             self.phase = Phase::Running;
@@ -673,11 +706,17 @@ impl Vcpu for XenVcpu {
     fn msrs(&self, indices: &[u32]) -> Result<Vec<Msr>, VcpuError> {
         self.require_pvh("MSRs")?;
         let (cpu, apic_base) = self.cpu_and_apic_base()?;
+        let mtrr = match indices.contains(&context::MSR_MTRR_DEF_TYPE) {
+            true => Some(self.mtrr_record()?),
+            false => None,
+        };
         indices
             .iter()
             .map(|&index| {
                 let data = if index == context::MSR_APIC_BASE {
                     Some(apic_base)
+                } else if index == context::MSR_MTRR_DEF_TYPE {
+                    mtrr.as_deref().map(mtrr_def_type)
                 } else {
                     context::msr(&cpu, index)
                 };
@@ -706,7 +745,12 @@ impl Vcpu for XenVcpu {
             .filter(|m| !(m.index == context::MSR_APIC_BASE && Some(m.data) == apic_base))
             .copied()
             .collect();
-        if let Some(msr) = msrs.iter().find(|m| !context::set_msr(&mut probe, m)) {
+        let in_cpu = |m: &&Msr| m.index != context::MSR_MTRR_DEF_TYPE;
+        if let Some(msr) = msrs
+            .iter()
+            .filter(in_cpu)
+            .find(|m| !context::set_msr(&mut probe, m))
+        {
             return Err(VcpuError::InvalidState {
                 vcpu: self.id,
                 what: "MSR list",
@@ -716,15 +760,32 @@ impl Vcpu for XenVcpu {
         if msrs.is_empty() {
             return Ok(());
         }
+        // MTRRdefType lives in the MTRR record: the vCPU's, with that field changed (the
+        // last value given wins, as with the others).
+        let mut extra = Vec::new();
+        if let Some(def_type) = msrs
+            .iter()
+            .rev()
+            .find(|m| m.index == context::MSR_MTRR_DEF_TYPE)
+        {
+            let mut record = self.mtrr_record()?;
+            record[HVM_MTRR_DEF_TYPE_OFFSET..HVM_MTRR_DEF_TYPE_OFFSET + 8]
+                .copy_from_slice(&def_type.data.to_le_bytes());
+            extra.push(Record {
+                typecode: HVM_SAVE_CODE_MTRR,
+                instance: self.id as u16,
+                data: record,
+            });
+        }
         self.vm
             .edit_cpu(
                 self.id,
                 |cpu| {
-                    for msr in &msrs {
+                    for msr in msrs.iter().filter(in_cpu) {
                         context::set_msr(cpu, msr);
                     }
                 },
-                &[],
+                &extra,
             )
             .map_err(self.state_error("MSR list"))
     }
@@ -742,7 +803,11 @@ impl Vcpu for XenVcpu {
                 reason: "Xen fixes a domain's CPUID policy when it first runs".into(),
             });
         }
-        let mut leaves: Vec<_> = entries.iter().map(cpuid_leaf).collect();
+        let mut leaves: Vec<_> = entries
+            .iter()
+            .filter(|e| super::xen_takes(e))
+            .map(cpuid_leaf)
+            .collect();
         self.vm
             .xc()
             .set_domain_cpuid(self.vm.domid, &mut leaves)
@@ -932,6 +997,9 @@ impl Vcpu for XenVcpu {
     }
 
     fn mp_state(&self) -> Result<MpState, VcpuError> {
+        if self.awaiting_sipi.load(Ordering::SeqCst) {
+            return Ok(MpState::Uninitialized);
+        }
         Ok(match self.phase {
             Phase::Parked { halted: true } => MpState::Halted,
             _ => MpState::Runnable,
@@ -940,12 +1008,42 @@ impl Vcpu for XenVcpu {
 
     fn set_mp_state(&self, state: MpState) -> Result<(), VcpuError> {
         match state {
-            MpState::Runnable => Ok(()),
+            MpState::Runnable => {
+                self.awaiting_sipi.store(false, Ordering::SeqCst);
+                Ok(())
+            }
+            // Back to waiting for INIT and SIPI, as long as it has not run.
+            MpState::Uninitialized
+                if self.vm.config.irqchip && self.phase == (Phase::Parked { halted: false }) =>
+            {
+                self.awaiting_sipi.store(true, Ordering::SeqCst);
+                Ok(())
+            }
             _ => Err(VcpuError::Unsupported {
                 vcpu: self.id,
                 op: "a multiprocessing state other than runnable",
                 reason: "a Xen vCPU is runnable whenever its thread is in run()",
             }),
         }
+    }
+}
+
+/// MTRRdefType from an MTRR record of [`HVM_MTRR_SIZE`] bytes.
+fn mtrr_def_type(record: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&record[HVM_MTRR_DEF_TYPE_OFFSET..HVM_MTRR_DEF_TYPE_OFFSET + 8]);
+    u64::from_le_bytes(word)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mtrr_default_type_is_read_at_its_offset() {
+        let mut record = vec![0u8; HVM_MTRR_SIZE];
+        record[HVM_MTRR_DEF_TYPE_OFFSET..HVM_MTRR_DEF_TYPE_OFFSET + 8]
+            .copy_from_slice(&0xc06u64.to_le_bytes());
+        assert_eq!(mtrr_def_type(&record), 0xc06);
     }
 }

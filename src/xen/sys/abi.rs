@@ -515,6 +515,14 @@ impl Default for HvmHwCpu {
 /// `struct hvm_hw_lapic_regs`: the local APIC's register page.
 pub const HVM_LAPIC_REGS_SIZE: usize = 1024;
 
+/// `HVM_SAVE_CODE(MTRR)`: a vCPU's PAT and MTRRs (`struct hvm_hw_mtrr`).
+pub const HVM_SAVE_CODE_MTRR: u16 = 14;
+/// `struct hvm_hw_mtrr`: PAT, 8 variable ranges (base and mask), 11 fixed ranges, MTRRcap,
+/// MTRRdefType, 64 bits each.
+pub const HVM_MTRR_SIZE: usize = 240;
+/// Byte offset of `msr_mtrr_def_type` in `struct hvm_hw_mtrr`.
+pub const HVM_MTRR_DEF_TYPE_OFFSET: usize = 232;
+
 // --- ioreq servers (xen/hvm/ioreq.h, xen/hvm/hvm_op.h, xen/memory.h) ---
 
 pub const HVM_IOREQSRV_BUFIOREQ_OFF: i32 = 0;

@@ -226,6 +226,13 @@ fn checks() -> Vec<Check> {
     );
     constant!(c, "HVM_SAVE_CODE(END)", HVM_SAVE_CODE_END);
     constant!(c, "HVM_SAVE_LENGTH(LAPIC_REGS)", HVM_LAPIC_REGS_SIZE);
+    constant!(c, "HVM_SAVE_CODE(MTRR)", HVM_SAVE_CODE_MTRR);
+    constant!(c, "HVM_SAVE_LENGTH(MTRR)", HVM_MTRR_SIZE);
+    constant!(
+        c,
+        "offsetof(struct hvm_hw_mtrr, msr_mtrr_def_type)",
+        HVM_MTRR_DEF_TYPE_OFFSET
+    );
     constant!(c, "XEN_X86_FPU_INITIALISED", XEN_X86_FPU_INITIALISED);
     size!(c, "struct hvm_save_descriptor", HvmSaveDescriptor);
     offsets!(

@@ -294,7 +294,7 @@ fn fixed_hardware(mut fadt: FADTBuilder, pm: &PmBlock, facs_addr: u64) -> FADTBu
 }
 
 /// The tables, each with the guest address it goes to, RSDP first.
-fn tables(vcpus: u8, devices: &AcpiDevices) -> Vec<(u64, Vec<u8>)> {
+fn tables(vcpus: u8, stride: u8, devices: &AcpiDevices) -> Vec<(u64, Vec<u8>)> {
     let align = |addr: u64| (addr + 15) & !15;
     let rsdp_addr = ACPI_TABLES;
 
@@ -309,9 +309,14 @@ fn tables(vcpus: u8, devices: &AcpiDevices) -> Vec<(u64, Vec<u8>)> {
         LocalInterruptController::Address(LAPIC_ADDR),
     );
     for id in 0..vcpus {
-        madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+        madt.add_structure(ProcessorLocalApic::new(
+            id,
+            id * stride,
+            EnabledStatus::Enabled,
+        ));
     }
-    madt.add_structure(IoApic::new(vcpus, IOAPIC_ADDR, 0));
+    // The IOAPIC's ID follows the last local APIC's (`vcpus` with stride 1).
+    madt.add_structure(IoApic::new((vcpus - 1) * stride + 1, IOAPIC_ADDR, 0));
     let mut madt_bytes = Vec::new();
     madt.to_aml_bytes(&mut madt_bytes);
     if let Some(pm) = &devices.pm {
@@ -390,7 +395,8 @@ fn tables(vcpus: u8, devices: &AcpiDevices) -> Vec<(u64, Vec<u8>)> {
 /// [`wake`](crate::wake)). `None` without a PM block (no FACS then).
 pub fn facs_address(vcpus: u32, devices: &AcpiDevices) -> Option<u64> {
     let count = u8::try_from(vcpus).ok().filter(|&n| n >= 1)?;
-    tables(count, devices)
+    // The tables' sizes do not depend on the APIC IDs.
+    tables(count, 1, devices)
         .into_iter()
         .find(|(_, bytes)| bytes.starts_with(b"FACS"))
         .map(|(addr, _)| addr)
@@ -403,14 +409,19 @@ pub fn write_acpi_tables<M: GuestMemoryBackend>(
     vcpus: u32,
     devices: &AcpiDevices,
 ) -> Result<u64, LinuxBootError> {
-    let count = u8::try_from(vcpus)
-        .ok()
-        .filter(|&n| n >= 1 && u32::from(n) <= super::mptable::MAX_VCPUS)
-        .ok_or(LinuxBootError::VcpuCount {
-            vcpus,
-            max: super::mptable::MAX_VCPUS,
-        })?;
-    let tables = tables(count, devices);
+    write_acpi_tables_with_stride(memory, vcpus, 1, devices)
+}
+
+/// [`write_acpi_tables`] for a hypervisor that gives vCPU `n` APIC ID `n * apic_id_stride`
+/// ([`Capabilities::apic_id_stride`](vmkit::Capabilities::apic_id_stride); 0 counts as 1).
+pub fn write_acpi_tables_with_stride<M: GuestMemoryBackend>(
+    memory: &M,
+    vcpus: u32,
+    apic_id_stride: u32,
+    devices: &AcpiDevices,
+) -> Result<u64, LinuxBootError> {
+    let (count, stride) = super::mptable::apic_ids(vcpus, apic_id_stride)?;
+    let tables = tables(count, stride, devices);
     let end = tables
         .last()
         .map_or(ACPI_TABLES, |(addr, bytes)| addr + bytes.len() as u64);
@@ -482,6 +493,7 @@ mod tests {
     fn a_pm_block_makes_fixed_hardware_tables_that_point_at_its_ports() {
         let tables = tables(
             2,
+            1,
             &AcpiDevices {
                 pm: Some(PM),
                 pci: None,
@@ -585,7 +597,7 @@ mod tests {
 
     #[test]
     fn every_table_checksums_and_the_pointers_chain() {
-        let tables = tables(2, &devices());
+        let tables = tables(2, 1, &devices());
         let (rsdp_addr, rsdp) = &tables[0];
         assert_eq!(*rsdp_addr, ACPI_TABLES);
         assert_eq!(&rsdp[..8], b"RSD PTR ");
@@ -661,7 +673,7 @@ mod tests {
             pci: Some(bridge()),
             ..devices()
         };
-        let all = tables(2, &with_pci);
+        let all = tables(2, 1, &with_pci);
         let (mcfg_addr, mcfg) = all.iter().find(|(_, t)| t.starts_with(b"MCFG")).unwrap();
         assert_eq!(sum(mcfg), 0);
         // One allocation entry after the header and 8 reserved bytes: base, segment, buses.
@@ -694,7 +706,7 @@ mod tests {
             );
         }
         // Without a bridge: neither.
-        let plain = tables(2, &devices());
+        let plain = tables(2, 1, &devices());
         assert!(!plain.iter().any(|(_, t)| t.starts_with(b"MCFG")));
         assert!(!String::from_utf8_lossy(&dsdt_body(&devices())).contains("PCI0"));
     }

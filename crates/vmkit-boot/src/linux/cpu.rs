@@ -32,6 +32,7 @@ const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
 const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
 
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+const MISC_ENABLE: u32 = vmkit::arch::x86_64::msr_index::MISC_ENABLE;
 /// MTRRs enabled, default memory type write-back: all RAM is cacheable without the guest
 /// having to program variable ranges.
 const MTRR_ENABLE_WRITE_BACK: u64 = (1 << 11) | 6;
@@ -151,11 +152,19 @@ pub fn configure_vcpu<M: GuestMemoryBackend>(
 ) -> Result<(), LinuxBootError> {
     // The TSC-deadline timer is part of the local APIC, which only the in-kernel irqchip has.
     let tsc_deadline = irqchip && caps.tsc_deadline_timer;
-    vcpu.set_cpuid(&guest_cpuid(&caps.cpuid, index, vcpus, tsc_deadline))?;
+    // The APIC ID the hypervisor gives this vCPU (Xen's CPUID says so whatever vmkit sets).
+    let apic_index = index.saturating_mul(caps.apic_id_stride.max(1));
+    vcpu.set_cpuid(&guest_cpuid(&caps.cpuid, apic_index, vcpus, tsc_deadline))?;
     if let Some(banks) = mce_banks(caps) {
         vcpu.setup_mce(banks)?;
     }
-    vcpu.set_msrs(&boot_msrs())?;
+    // IA32_MISC_ENABLE only where the hypervisor lets a VMM set it (Xen answers it from its
+    // own CPU policy): its fast-strings bit is a hint, not something Linux needs.
+    let msrs: Vec<Msr> = boot_msrs()
+        .into_iter()
+        .filter(|m| m.index != MISC_ENABLE || caps.msrs.contains(&MISC_ENABLE))
+        .collect();
+    vcpu.set_msrs(&msrs)?;
     if irqchip {
         configure_lapic_lints(vcpu)?;
     }

@@ -259,8 +259,11 @@ pub fn load_kernel_file(
 pub struct MachineConfig {
     /// Bytes of RAM, laid out by [`layout::ram_ranges`].
     pub ram_size: u64,
-    /// vCPUs (APIC IDs `0..vcpus`).
+    /// vCPUs (APIC IDs `0..vcpus`, times `apic_id_stride`).
     pub vcpus: u32,
+    /// vCPU `n` has APIC ID `n * apic_id_stride` (0 counts as 1): the hypervisor's
+    /// [`Capabilities::apic_id_stride`](vmkit::Capabilities::apic_id_stride).
+    pub apic_id_stride: u32,
     /// The devices announced in ACPI.
     pub devices: AcpiDevices,
 }
@@ -291,8 +294,13 @@ pub fn write_boot_info<M: GuestMemoryBackend>(
             });
         }
     }
-    let rsdp = acpi::write_acpi_tables(memory, machine.vcpus, &machine.devices)?;
-    mptable::write_mptable(memory, machine.vcpus)?;
+    let rsdp = acpi::write_acpi_tables_with_stride(
+        memory,
+        machine.vcpus,
+        machine.apic_id_stride,
+        &machine.devices,
+    )?;
+    mptable::write_mptable_with_stride(memory, machine.vcpus, machine.apic_id_stride)?;
     match kernel.entry {
         KernelEntry::Pvh(_) => write_pvh_start_info(memory, initrd, &e820, rsdp),
         KernelEntry::Linux64(_) => {

@@ -47,12 +47,12 @@ fn checksum(bytes: &[u8]) -> u8 {
 }
 
 /// The configuration table for `vcpus` processors, checksummed, and its entry count.
-fn config_table(vcpus: u8) -> Vec<u8> {
-    let ioapic_id = vcpus;
+fn config_table(vcpus: u8, stride: u8) -> Vec<u8> {
+    let ioapic_id = (vcpus - 1) * stride + 1;
     let mut entries = Vec::new();
     for id in 0..vcpus {
         entries.push(ENTRY_PROCESSOR);
-        entries.push(id);
+        entries.push(id * stride);
         entries.push(LAPIC_VERSION);
         entries.push(CPU_ENABLED | if id == 0 { CPU_BOOTSTRAP } else { 0 });
         entries.extend_from_slice(&CPU_SIGNATURE.to_le_bytes());
@@ -106,8 +106,9 @@ fn floating_pointer() -> [u8; 16] {
     pointer
 }
 
-/// Writes the MP floating pointer and configuration table for `vcpus` processors.
-pub fn write_mptable<M: GuestMemoryBackend>(memory: &M, vcpus: u32) -> Result<(), LinuxBootError> {
+/// The vCPU count and APIC ID stride as bytes, checked: 1 to [`MAX_VCPUS`] vCPUs whose
+/// highest APIC ID, and the IOAPIC's after it, fit the tables' byte (stride 0 counts as 1).
+pub(crate) fn apic_ids(vcpus: u32, apic_id_stride: u32) -> Result<(u8, u8), LinuxBootError> {
     let count = u8::try_from(vcpus)
         .ok()
         .filter(|&n| n >= 1 && u32::from(n) <= MAX_VCPUS)
@@ -115,7 +116,28 @@ pub fn write_mptable<M: GuestMemoryBackend>(memory: &M, vcpus: u32) -> Result<()
             vcpus,
             max: MAX_VCPUS,
         })?;
-    let table = config_table(count);
+    let stride = apic_id_stride.max(1);
+    // The IOAPIC takes the ID after the last local APIC's.
+    let max = (254 / stride + 1).min(MAX_VCPUS);
+    match u8::try_from(stride) {
+        Ok(stride) if (u32::from(count) - 1) * u32::from(stride) < 255 => Ok((count, stride)),
+        _ => Err(LinuxBootError::VcpuCount { vcpus, max }),
+    }
+}
+
+/// Writes the MP floating pointer and configuration table for `vcpus` processors.
+pub fn write_mptable<M: GuestMemoryBackend>(memory: &M, vcpus: u32) -> Result<(), LinuxBootError> {
+    write_mptable_with_stride(memory, vcpus, 1)
+}
+
+/// [`write_mptable`] for a hypervisor that gives vCPU `n` APIC ID `n * apic_id_stride`.
+pub fn write_mptable_with_stride<M: GuestMemoryBackend>(
+    memory: &M,
+    vcpus: u32,
+    apic_id_stride: u32,
+) -> Result<(), LinuxBootError> {
+    let (count, stride) = apic_ids(vcpus, apic_id_stride)?;
+    let table = config_table(count, stride);
     debug_assert!(MPTABLE + table.len() as u64 <= MP_FLOATING_POINTER);
     for (what, addr, bytes) in [
         ("MP table", MPTABLE, table.as_slice()),
@@ -150,7 +172,7 @@ mod tests {
             MPTABLE as u32
         );
 
-        let table = config_table(4);
+        let table = config_table(4, 1);
         assert_eq!(sum(&table), 0);
         assert_eq!(
             u16::from_le_bytes([table[4], table[5]]) as usize,
@@ -169,8 +191,31 @@ mod tests {
     }
 
     #[test]
+    fn a_stride_spaces_the_apic_ids_as_the_hypervisor_does() {
+        // Xen's numbering: vCPU n has APIC ID 2n; the IOAPIC comes after the last.
+        let table = config_table(3, 2);
+        assert_eq!(sum(&table), 0);
+        for id in 0..3usize {
+            assert_eq!(table[44 + 20 * id + 1], 2 * id as u8);
+        }
+        let ioapic = &table[44 + 60 + 8..][..8];
+        assert_eq!((ioapic[0], ioapic[1]), (ENTRY_IOAPIC, 5));
+        // Stride 0 is KVM's numbering; the highest APIC ID must fit a byte.
+        assert_eq!(apic_ids(4, 0).unwrap(), (4, 1));
+        assert_eq!(apic_ids(128, 2).unwrap(), (128, 2));
+        assert!(matches!(
+            apic_ids(128, 3),
+            Err(LinuxBootError::VcpuCount {
+                vcpus: 128,
+                max: 85
+            })
+        ));
+        assert!(apic_ids(2, 1 << 20).is_err());
+    }
+
+    #[test]
     fn the_largest_table_fits_below_the_floating_pointer() {
-        let table = config_table(MAX_VCPUS as u8);
+        let table = config_table(MAX_VCPUS as u8, 1);
         assert!(MPTABLE + table.len() as u64 <= MP_FLOATING_POINTER);
     }
 

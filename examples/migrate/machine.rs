@@ -69,10 +69,13 @@ fn open_disk(path: &Path) -> Result<Block, BoxError> {
     Ok(Block::new(file, BlockOptions::default())?)
 }
 
-/// The VM's configuration: in-kernel irqchip and PIT, and dirty rings when asked for and
-/// the host has them.
+/// The VM's configuration: in-kernel irqchip and PIT where the host can save their state
+/// (the guest polls its devices, so it runs without them, as on Xen, whose PIT and PIC state
+/// vmkit cannot read), and dirty rings when asked for and the host has them.
 pub fn config(hypervisor: &dyn Hypervisor, dirty_ring: bool) -> VmConfig {
-    let config = VmConfig::default().irqchip(true).pit(true);
+    let caps = hypervisor.capabilities();
+    let platform = caps.irqchip && caps.irqchip_state && caps.pit;
+    let config = VmConfig::default().irqchip(platform).pit(platform);
     let max = hypervisor.capabilities().dirty_ring_max_entries;
     if dirty_ring && max >= 4096 {
         config.dirty_ring(Some(4096))

@@ -134,6 +134,12 @@ pub(crate) fn snapshots(caps: &Capabilities) -> Option<&'static str> {
         .or_else(|| clock(caps))
 }
 
+/// A snapshot of a VM without an irqchip and of a host without XSAVE (its vCPUs' legacy FPU
+/// state is saved instead): pending events and the VM clock.
+pub(crate) fn register_snapshots(caps: &Capabilities) -> Option<&'static str> {
+    vcpu_events(caps).or_else(|| clock(caps))
+}
+
 /// Diff snapshots: dirty-page logging and everything a full snapshot needs.
 pub(crate) fn diff_snapshots(caps: &Capabilities) -> Option<&'static str> {
     dirty_log(caps).or_else(|| snapshots(caps))

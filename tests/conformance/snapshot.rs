@@ -262,7 +262,16 @@ pub fn restore_child(dir: &str) {
 }
 
 pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
-    let config = VmConfig::default().irqchip(true).pit(true);
+    continues_in_a_new_process_with(hv, VmConfig::default().irqchip(true).pit(true));
+}
+
+/// The same without an in-kernel irqchip or PIT (the counting guest polls its devices): the
+/// configuration both KVM and Xen (a PVH domain without emulated interrupt controllers) save.
+pub fn continues_in_a_new_process_without_irqchip(hv: &dyn Hypervisor) {
+    continues_in_a_new_process_with(hv, VmConfig::default());
+}
+
+fn continues_in_a_new_process_with(hv: &dyn Hypervisor, config: VmConfig) {
     let vm = hv.create_vm(&config).unwrap();
     let ram = MemoryRegion::anonymous(GuestAddress(0), RAM_SIZE, MemoryFlags::empty()).unwrap();
     vm.add_memory_region(ram).unwrap();
@@ -354,7 +363,11 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
         snap.join(snapshot::STATE_FILE),
         snapshot::format::Expected {
             arch: snapshot::format::Arch::X86_64,
-            backend: snapshot::format::Backend::Kvm,
+            backend: if hv.kind() == vmkit::HypervisorKind::Xen {
+                snapshot::format::Backend::Xen
+            } else {
+                snapshot::format::Backend::Kvm
+            },
         },
     )
     .unwrap();
@@ -514,6 +527,7 @@ crate::scenarios![
     a_paused_smp_vm_saves_and_restores => smp_snapshots,
     a_chain_of_diffs_restores_like_a_full_snapshot => crate::diff_snapshots,
     continues_in_a_new_process => crate::pit,
+    continues_in_a_new_process_without_irqchip => crate::register_snapshots,
     vcpu_and_memory_move_to_a_fresh_vm => crate::clock,
     with_irqchip_and_pit_state_too => crate::pit,
 ];

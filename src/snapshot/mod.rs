@@ -10,6 +10,7 @@
 
 mod check;
 mod file;
+mod portable;
 
 /// The snapshot file formats, re-exported so that a VMM writes its device sections with the
 /// same version vmkit uses.
@@ -20,6 +21,7 @@ pub use file::{
     restore, save, DiffTracker, MemoryRestore, Restored, SnapshotError, BASE, CAPABILITIES,
     CAPABILITIES_VERSION, CONFIG, MAX_CHAIN, MEMORY_FILE, STATE_FILE, VCPU_VERSION, VM_STATE,
 };
+pub use portable::PORTABLE_MSRS;
 
 use serde::{Deserialize, Serialize};
 
@@ -213,12 +215,22 @@ pub fn restore_vcpu(vcpu: &dyn Vcpu, state: &VcpuState) -> Result<(), VcpuError>
 
 /// Writes saved MSRs one by one. A hypervisor may list MSRs that it lets a VM read but not
 /// write in every configuration (KVM's async-page-fault interrupt MSR needs an in-kernel
-/// LAPIC); one refused with its reset value, 0, is skipped, since the fresh vCPU already holds
-/// that value. Any other refusal is an error naming the MSR.
+/// LAPIC; Xen's APIC base is read-only); one refused with a value the vCPU already holds
+/// (its reset value, 0, or the value read back) is skipped. Any other refusal is an error
+/// naming the MSR.
 fn restore_msrs(vcpu: &dyn Vcpu, msrs: &[Msr]) -> Result<(), VcpuError> {
     for msr in msrs {
         match vcpu.set_msrs(std::slice::from_ref(msr)) {
             Err(VcpuError::InvalidState { .. }) if msr.data == 0 => {}
+            Err(err @ VcpuError::InvalidState { .. }) => {
+                let holds = vcpu
+                    .msrs(&[msr.index])
+                    .ok()
+                    .and_then(|m| m.first().copied());
+                if holds != Some(*msr) {
+                    return Err(err);
+                }
+            }
             result => result?,
         }
     }

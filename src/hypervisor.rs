@@ -5,7 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 #[cfg(target_arch = "x86_64")]
-use crate::arch::x86_64::CpuidEntry;
+use crate::arch::x86_64::{CpuidEntry, VcpuEventField, VcpuEventFields};
 use crate::reserved::{IoSpace, ReservedRange};
 use crate::vm::Vm;
 
@@ -109,6 +109,13 @@ pub struct Capabilities {
     /// vmkit does not do yet: there a guest reaches the root bus through ECAM only.
     #[serde(default)]
     pub pci_config_ports: bool,
+    /// Which parts of the pending-event state besides the event being injected the
+    /// hypervisor holds ([`Vcpu::set_vcpu_events`](crate::Vcpu::set_vcpu_events) refuses
+    /// the others, naming the field). A snapshot or migrated vCPU whose events set a field
+    /// missing here is refused before anything is created.
+    #[cfg(target_arch = "x86_64")]
+    #[serde(default)]
+    pub vcpu_event_fields: VcpuEventFields,
     /// The CPUID leaves the hypervisor can offer a guest.
     #[cfg(target_arch = "x86_64")]
     pub cpuid: Vec<CpuidEntry>,
@@ -152,6 +159,15 @@ pub enum MissingCapability {
     },
     /// An MSR cannot be read or written.
     Msr(u32),
+    /// A vCPU's pending-event state sets a field the host cannot hold
+    /// ([`Capabilities::vcpu_event_fields`]).
+    #[cfg(target_arch = "x86_64")]
+    VcpuEvent {
+        /// The vCPU.
+        vcpu: u32,
+        /// The field.
+        field: VcpuEventField,
+    },
 }
 
 impl fmt::Display for MissingCapability {
@@ -176,6 +192,10 @@ impl fmt::Display for MissingCapability {
                 "CPUID leaf {function:#x}.{index} {register} lacks feature bits {bits:#010x}"
             ),
             MissingCapability::Msr(index) => write!(f, "MSR {index:#x} is not available"),
+            #[cfg(target_arch = "x86_64")]
+            MissingCapability::VcpuEvent { vcpu, field } => {
+                write!(f, "vCPU {vcpu} has {field}, which this host cannot hold")
+            }
         }
     }
 }
@@ -280,6 +300,30 @@ impl Capabilities {
         #[cfg(target_arch = "x86_64")]
         self.missing_x86_in(host, &mut missing);
         missing
+    }
+
+    /// The fields of vCPU `vcpu`'s pending-event state that `self` (the host to restore on)
+    /// cannot hold, as [`MissingCapability::VcpuEvent`]s; empty when it can hold them all.
+    ///
+    /// ```
+    /// use vmkit::arch::x86_64::VcpuEvents;
+    /// let mut events = VcpuEvents::default();
+    /// events.interrupt.shadow = 1;
+    /// let missing = vmkit::Capabilities::default().missing_events(0, &events);
+    /// assert_eq!(missing[0].to_string(),
+    ///     "vCPU 0 has an interrupt shadow (interrupt.shadow), which this host cannot hold");
+    /// ```
+    #[cfg(target_arch = "x86_64")]
+    pub fn missing_events(
+        &self,
+        vcpu: u32,
+        events: &crate::arch::x86_64::VcpuEvents,
+    ) -> Vec<MissingCapability> {
+        events
+            .unsupported_in(self.vcpu_event_fields)
+            .into_iter()
+            .map(|field| MissingCapability::VcpuEvent { vcpu, field })
+            .collect()
     }
 
     /// The first range the hypervisor handles itself in a VM created with `config` that

@@ -286,6 +286,19 @@ pub enum VcpuError {
         /// Why, e.g. "the VM has no in-kernel irqchip".
         reason: &'static str,
     },
+    /// The pending-event state passed to [`Vcpu::set_vcpu_events`] sets a field this
+    /// hypervisor cannot hold (see
+    /// [`Capabilities::vcpu_event_fields`](crate::Capabilities::vcpu_event_fields)).
+    #[cfg(target_arch = "x86_64")]
+    #[error("{field} cannot be set on vCPU {vcpu}: {reason}")]
+    EventFieldUnsupported {
+        /// The vCPU.
+        vcpu: u32,
+        /// The field.
+        field: crate::arch::x86_64::VcpuEventField,
+        /// Why the hypervisor cannot hold it.
+        reason: &'static str,
+    },
 }
 
 /// What the trait's default methods return: the backend does not offer `op` at all.
@@ -727,6 +740,11 @@ pub trait Vcpu: Send {
 
     /// Reads pending exceptions, interrupts, NMIs and SMM state.
     ///
+    /// A backend may hold only part of this state besides the event being injected:
+    /// [`Capabilities::vcpu_event_fields`](crate::Capabilities::vcpu_event_fields) says which
+    /// parts, and those it does not hold read as clear (Xen holds the injected event only:
+    /// no NMI pending or masked, no interrupt shadow, no SMM).
+    ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let hypervisor = vmkit::open()?;
@@ -747,6 +765,11 @@ pub trait Vcpu: Send {
     }
     /// Writes pending exceptions, interrupts, NMIs and SMM state.
     ///
+    /// State the backend cannot hold (see
+    /// [`Capabilities::vcpu_event_fields`](crate::Capabilities::vcpu_event_fields)) is
+    /// refused with [`VcpuError::EventFieldUnsupported`] naming the field, before anything
+    /// changes; it is never dropped silently.
+    ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let hypervisor = vmkit::open()?;
@@ -754,7 +777,11 @@ pub trait Vcpu: Send {
     /// let vm = hypervisor.create_vm(&vmkit::VmConfig::default())?;
     /// let vcpu = vm.create_vcpu(0)?;
     /// let mut events = vcpu.vcpu_events()?;
-    /// events.nmi.pending = true; // inject an NMI at the next run()
+    /// if hypervisor.capabilities().vcpu_event_fields.nmi_state {
+    ///     events.nmi.pending = true; // deliver an NMI at the next run()
+    /// } else {
+    ///     events.nmi.injected = true; // inject one
+    /// }
     /// vcpu.set_vcpu_events(&events)?;
     /// # Ok(()) }
     /// ```

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use kvm_ioctls::Cap;
 
-use crate::arch::x86_64::CpuidEntry;
+use crate::arch::x86_64::{CpuidEntry, VcpuEventFields};
 use crate::hypervisor::{
     Capabilities, Hypervisor, HypervisorError, HypervisorKind, IrqchipKind, VmConfig,
 };
@@ -125,6 +125,13 @@ impl Kvm {
             irqchip_state: has(Cap::Irqchip),
             reserved: reserved::ranges(),
             pci_config_ports: true,
+            vcpu_event_fields: VcpuEventFields {
+                smm: kvm.check_extension_raw(kvm_bindings::KVM_CAP_X86_SMM.into()) > 0,
+                // vmkit does not enable KVM_CAP_EXCEPTION_PAYLOAD, without which KVM reports
+                // (and takes) a pending exception as injected.
+                pending_exception: false,
+                ..VcpuEventFields::ALL
+            },
             cpuid: cpuid
                 .as_slice()
                 .iter()

@@ -311,7 +311,8 @@ fn open_state(path: &Path, ours: Backend) -> Result<(Snapshot, Expected), Snapsh
 /// state file's header, checksums and architecture; the capabilities of the host that wrote
 /// it against this host's (for a snapshot of the other backend, KVM or Xen: what the VM used,
 /// its configuration, state, CPUID feature bits and the MSRs holding a value, see
-/// [`PORTABLE_MSRS`](super::PORTABLE_MSRS)); the vCPU sections; the memory file's header, kind, identity and region
+/// [`PORTABLE_MSRS`](super::PORTABLE_MSRS)); the vCPU sections, and their pending events
+/// against what this host can hold; the memory file's header, kind, identity and region
 /// table against the state file; for a diff, every snapshot down to the full one, each diff's
 /// recorded base identity against the base directory's snapshot. Region data is not read
 /// (see [`MemoryRestore`](super::MemoryRestore)).
@@ -343,14 +344,21 @@ pub fn check(dir: &Path, hypervisor: &dyn Hypervisor) -> Result<Checked, Snapsho
     let layout: Vec<RegionLayout> = snapshot
         .read_section(MEMORY_LAYOUT, 0, VERSION..=VERSION)
         .map_err(state_error(&state_path))?;
+    let mut missing = Vec::new();
     if !same_backend {
         // From another backend: held to what the VM used, not to what its host offered.
         portable::adapt(&mut vcpu_states, host);
-        let missing =
-            portable::required(&config, &vm_state, &vcpu_states, &layout).missing_in(host);
-        if !missing.is_empty() {
-            return Err(SnapshotError::MissingCapabilities { missing });
-        }
+        missing = portable::required(&config, &vm_state, &vcpu_states, &layout).missing_in(host);
+    }
+    // Pending events this host cannot hold (an NMI blocked, an interrupt shadow…) would be
+    // refused by set_vcpu_events halfway through the restore.
+    missing.extend(
+        vcpu_states
+            .iter()
+            .flat_map(|s| host.missing_events(s.id, &s.events)),
+    );
+    if !missing.is_empty() {
+        return Err(SnapshotError::MissingCapabilities { missing });
     }
     let memory = open_memory(dir)?;
     check_memory(&state_path, &snapshot, &layout, &memory)?;

@@ -6,7 +6,9 @@ use super::sys::abi::{
     CpuUserRegs, CpuidLeaf, HvmHwCpu, HvmSaveDescriptor, HvmSaveHeader, Pod,
     HVM_CPU_XSAVE_HEADER_SIZE, HVM_FILE_MAGIC, HVM_SAVE_CODE_END, HVM_SAVE_CODE_HEADER,
 };
-use crate::arch::x86_64::{msr_index, DescriptorTable, Fpu, Msr, Regs, Segment, SpecialRegs};
+use crate::arch::x86_64::{
+    msr_index, DescriptorTable, Fpu, Msr, Regs, Segment, SpecialRegs, VcpuEventField, VcpuEvents,
+};
 
 /// One record of an HVM context buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -452,6 +454,148 @@ pub(crate) fn xcr0_max(leaves: &[CpuidLeaf]) -> u64 {
         .map_or(XSTATE_FP_SSE, |l| u64::from(l.d) << 32 | u64::from(l.a))
 }
 
+/// `pending_event` of a CPU record (Xen's `pending_vector`, `pending_type`,
+/// `pending_error_valid` and `pending_valid` bits, the layout of VMX's VM-entry
+/// interruption information and SVM's EVENTINJ).
+mod pending {
+    pub const VECTOR: u32 = 0xff;
+    pub const TYPE_SHIFT: u32 = 8;
+    pub const TYPE_MASK: u32 = 0x7;
+    pub const ERROR_VALID: u32 = 1 << 11;
+    pub const VALID: u32 = 1 << 31;
+    /// `X86_EVENTTYPE_*`.
+    pub const EXT_INTR: u32 = 0;
+    pub const NMI: u32 = 2;
+    pub const HW_EXCEPTION: u32 = 3;
+    pub const SW_INTERRUPT: u32 = 4;
+}
+
+/// The NMI vector.
+const NMI_VECTOR: u8 = 2;
+
+/// The pending-event state of a CPU record: the one event being injected. Xen saves only an
+/// event it would re-inject (an external interrupt, an NMI, a hardware exception other than
+/// `#BP` and `#OF`); everything else [`VcpuEvents`] describes reads as clear.
+pub(crate) fn events_from(cpu: &HvmHwCpu) -> VcpuEvents {
+    let mut events = VcpuEvents::default();
+    let raw = cpu.pending_event;
+    if raw & pending::VALID == 0 {
+        return events;
+    }
+    let vector = (raw & pending::VECTOR) as u8;
+    match raw >> pending::TYPE_SHIFT & pending::TYPE_MASK {
+        pending::EXT_INTR | pending::SW_INTERRUPT => {
+            events.interrupt.injected = true;
+            events.interrupt.nr = vector;
+            events.interrupt.soft =
+                raw >> pending::TYPE_SHIFT & pending::TYPE_MASK == pending::SW_INTERRUPT;
+        }
+        pending::NMI => events.nmi.injected = true,
+        // Hardware and software exceptions.
+        _ => {
+            events.exception.injected = true;
+            events.exception.nr = vector;
+            events.exception.has_error_code = raw & pending::ERROR_VALID != 0;
+            events.exception.error_code = if events.exception.has_error_code {
+                cpu.error_code
+            } else {
+                0
+            };
+        }
+    }
+    events
+}
+
+/// Why a CPU record cannot hold a vCPU's pending events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum EventRefusal {
+    /// A field Xen's record has no room for.
+    Field(VcpuEventField, &'static str),
+    /// A combination or value the record cannot express.
+    Invalid(String),
+}
+
+/// Why each field Xen cannot hold is refused.
+fn refusal(field: VcpuEventField) -> &'static str {
+    match field {
+        VcpuEventField::NmiPending | VcpuEventField::NmiMasked => {
+            "Xen's HVM CPU record has no pending or masked NMI (only an NMI being injected)"
+        }
+        VcpuEventField::InterruptShadow => "Xen's HVM CPU record has no interrupt shadow",
+        VcpuEventField::Smm => "Xen does not emulate system-management mode",
+        VcpuEventField::PendingException => {
+            "Xen's HVM CPU record holds an exception being injected, not one waiting to be"
+        }
+        _ => {
+            "Xen drops an injected software interrupt, #BP or #OF on load and expects the guest \
+             to execute the instruction again"
+        }
+    }
+}
+
+/// Writes `events` into a CPU record as its pending event. `sipi_vector` is not kept: it
+/// matters only with `MpState::SipiReceived`, which a Xen vCPU cannot be set to.
+pub(crate) fn set_events(cpu: &mut HvmHwCpu, events: &VcpuEvents) -> Result<(), EventRefusal> {
+    if let Some(&field) = events
+        .unsupported_in(crate::arch::x86_64::VcpuEventFields::default())
+        .first()
+    {
+        return Err(EventRefusal::Field(field, refusal(field)));
+    }
+    let injected = [
+        events.exception.injected,
+        events.interrupt.injected,
+        events.nmi.injected,
+    ];
+    if injected.iter().filter(|&&i| i).count() > 1 {
+        return Err(EventRefusal::Invalid(
+            "more than one of exception, interrupt and NMI is being injected; \
+             Xen's CPU record holds one event"
+                .into(),
+        ));
+    }
+    let event = if events.exception.injected {
+        let e = &events.exception;
+        if e.nr > 31 {
+            return Err(EventRefusal::Invalid(format!(
+                "exception vector {} is above 31",
+                e.nr
+            )));
+        }
+        if e.has_error_code && e.error_code > 0xffff {
+            return Err(EventRefusal::Invalid(format!(
+                "error code {:#x} of exception {} is wider than the 16 bits Xen accepts",
+                e.error_code, e.nr
+            )));
+        }
+        let error = if e.has_error_code {
+            pending::ERROR_VALID
+        } else {
+            0
+        };
+        Some((
+            pending::HW_EXCEPTION << pending::TYPE_SHIFT | error | u32::from(e.nr),
+            if e.has_error_code { e.error_code } else { 0 },
+        ))
+    } else if events.interrupt.injected {
+        Some((
+            pending::EXT_INTR << pending::TYPE_SHIFT | u32::from(events.interrupt.nr),
+            0,
+        ))
+    } else if events.nmi.injected {
+        Some((
+            pending::NMI << pending::TYPE_SHIFT | u32::from(NMI_VECTOR),
+            0,
+        ))
+    } else {
+        None
+    };
+    let (raw, error_code) = event.map_or((0, 0), |(raw, code)| (raw | pending::VALID, code));
+    cpu.pending_event = raw;
+    cpu.error_code = error_code;
+    Ok(())
+}
+
 /// The CPU record of a vCPU after RESET (as the architecture defines it, and as KVM
 /// starts a vCPU): real mode at `f000:fff0`, caches disabled, no FPU state yet.
 pub(crate) fn reset_cpu() -> HvmHwCpu {
@@ -625,5 +769,124 @@ mod tests {
         assert_eq!(xsave_area_size(0b1011, &[avx, max]), None);
         assert_eq!(xcr0_max(&[avx, max]), 0x7);
         assert_eq!(xcr0_max(&[]), XSTATE_FP_SSE);
+    }
+
+    #[test]
+    fn an_injected_exception_round_trips_through_pending_event() {
+        let mut cpu = reset_cpu();
+        let mut events = VcpuEvents::default();
+        events.exception.injected = true;
+        events.exception.nr = 14;
+        events.exception.has_error_code = true;
+        events.exception.error_code = 0x6;
+        set_events(&mut cpu, &events).unwrap();
+        // Valid, hardware exception (type 3), error code valid, vector 14.
+        assert_eq!(cpu.pending_event, 0x8000_0b0e);
+        assert_eq!(cpu.error_code, 6);
+        assert_eq!(events_from(&cpu), events);
+
+        let mut nmi = VcpuEvents::default();
+        nmi.nmi.injected = true;
+        set_events(&mut cpu, &nmi).unwrap();
+        assert_eq!((cpu.pending_event, cpu.error_code), (0x8000_0202, 0));
+        assert_eq!(events_from(&cpu), nmi);
+
+        let mut irq = VcpuEvents::default();
+        irq.interrupt.injected = true;
+        irq.interrupt.nr = 0x30;
+        set_events(&mut cpu, &irq).unwrap();
+        assert_eq!(cpu.pending_event, 0x8000_0030);
+        assert_eq!(events_from(&cpu), irq);
+
+        // Nothing injected clears the record's event; sipi_vector is not kept.
+        let none = VcpuEvents {
+            sipi_vector: 0x9f,
+            ..VcpuEvents::default()
+        };
+        set_events(&mut cpu, &none).unwrap();
+        assert_eq!((cpu.pending_event, cpu.error_code), (0, 0));
+        assert_eq!(events_from(&cpu), VcpuEvents::default());
+    }
+
+    #[test]
+    fn what_the_cpu_record_cannot_hold_is_refused_by_field() {
+        let mut cpu = reset_cpu();
+        let refused = |edit: fn(&mut VcpuEvents)| {
+            let mut events = VcpuEvents::default();
+            edit(&mut events);
+            set_events(&mut reset_cpu(), &events).unwrap_err()
+        };
+        let field = |r: EventRefusal| match r {
+            EventRefusal::Field(field, _) => Some(field),
+            EventRefusal::Invalid(_) => None,
+        };
+        assert_eq!(
+            field(refused(|e| e.nmi.pending = true)),
+            Some(VcpuEventField::NmiPending)
+        );
+        assert_eq!(
+            field(refused(|e| e.nmi.masked = true)),
+            Some(VcpuEventField::NmiMasked)
+        );
+        assert_eq!(
+            field(refused(|e| e.interrupt.shadow = 1)),
+            Some(VcpuEventField::InterruptShadow)
+        );
+        assert_eq!(
+            field(refused(|e| e.smm.smm = true)),
+            Some(VcpuEventField::Smm)
+        );
+        assert_eq!(
+            field(refused(|e| e.exception.pending = true)),
+            Some(VcpuEventField::PendingException)
+        );
+        assert_eq!(
+            field(refused(|e| {
+                e.interrupt.injected = true;
+                e.interrupt.soft = true;
+            })),
+            Some(VcpuEventField::SoftwareEvent)
+        );
+        assert_eq!(
+            field(refused(|e| {
+                e.exception.injected = true;
+                e.exception.nr = 3;
+            })),
+            Some(VcpuEventField::SoftwareEvent)
+        );
+        // Values the record cannot express.
+        assert_eq!(
+            field(refused(|e| {
+                e.exception.injected = true;
+                e.nmi.injected = true;
+            })),
+            None
+        );
+        assert_eq!(
+            field(refused(|e| {
+                e.exception.injected = true;
+                e.exception.nr = 13;
+                e.exception.has_error_code = true;
+                e.exception.error_code = 0x1_0000;
+            })),
+            None
+        );
+        // A refusal leaves the record as it was.
+        let before = cpu.pending_event;
+        let mut events = VcpuEvents::default();
+        events.nmi.pending = true;
+        assert!(set_events(&mut cpu, &events).is_err());
+        assert_eq!(cpu.pending_event, before);
+    }
+
+    #[test]
+    fn a_software_interrupt_xen_saved_reads_as_soft() {
+        let cpu = HvmHwCpu {
+            pending_event: 0x8000_0480,
+            ..reset_cpu()
+        };
+        let events = events_from(&cpu);
+        assert!(events.interrupt.injected && events.interrupt.soft);
+        assert_eq!(events.interrupt.nr, 0x80);
     }
 }

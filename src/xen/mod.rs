@@ -93,11 +93,19 @@
 //!   image. Every state load carries each vCPU's XSAVE record, since loading a CPU record
 //!   resets the components above SSE; setting registers or the FPU through the vCPU
 //!   context still does.
-//! - No guest debugging, vCPU-event state or VM clock: Xen 4.17 single-steps only with
-//!   VMX's monitor trap flag and reports debug exceptions to a debugger or vm_event ring
-//!   that vmkit does not serve; its CPU record keeps only the event being injected (no NMI
-//!   or interrupt-shadow state); its time is each vCPU's TSC. [`Capabilities`] says so and
-//!   the calls fail with errors that give these reasons.
+//! - vCPU events are the CPU record's `pending_event`: the one event being injected (an
+//!   exception with its error code, an external interrupt, an NMI). The record has no NMI
+//!   pending or masked bit, no interrupt shadow and no SMM, and Xen drops an injected
+//!   software interrupt, `#BP` or `#OF` on load (the guest executes the instruction
+//!   again): those read as clear, and `set_vcpu_events` refuses them with
+//!   [`VcpuError::EventFieldUnsupported`](crate::VcpuError::EventFieldUnsupported) naming
+//!   the field ([`Capabilities::vcpu_event_fields`] is all false). `sipi_vector` is not kept
+//!   (it matters only for a vCPU waiting in `SipiReceived`, which a Xen vCPU cannot be set
+//!   to).
+//! - No guest debugging or VM clock: Xen 4.17 single-steps only with VMX's monitor trap
+//!   flag and reports debug exceptions to a debugger or vm_event ring that vmkit does not
+//!   serve; its time is each vCPU's TSC. [`Capabilities`] says so and the calls fail with
+//!   errors that give these reasons.
 //! - Exits cost more: every one is a round trip through Xen's scheduler and an event
 //!   channel, and state access goes through domctls.
 //!
@@ -257,6 +265,9 @@ impl Xen {
             pci_config_ports: false,
             xsave,
             xcrs: xsave,
+            // The event being injected, through the CPU record; see `vcpu.rs` for what else
+            // the record lacks (`vcpu_event_fields` stays all false).
+            vcpu_events: true,
             ..Capabilities::default()
         };
         Ok(Xen {

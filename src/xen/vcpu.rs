@@ -13,7 +13,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::context::{self, Record, XsaveRecord};
+use super::context::{self, EventRefusal, Record, XsaveRecord};
 use super::control::{same_request, Parked, StateError, Status};
 use super::ioreq::{Exchange, ExitKind, Invalid, Next, RawRequest, Step, MAX_BATCH_BYTES};
 use super::kick::XenKick;
@@ -40,10 +40,6 @@ const FIRST_CHECK: Duration = Duration::from_millis(2);
 /// taking one offline costs several hypercalls with the whole domain paused. Within these
 /// bounds the wait is four times the vCPU's recent time from an answer to its next request.
 const KICK_GRACE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(50));
-
-/// Why a Xen vCPU has no vCPU-event state.
-const NO_EVENT_STATE: &str = "Xen 4.17's HVM CPU record keeps only the event being injected: \
-                              no pending or masked NMI, no interrupt shadow";
 
 /// `InternalError::suberror` of an ioreq vmkit could not serve (`data`: type, address,
 /// size, count).
@@ -876,19 +872,37 @@ impl Vcpu for XenVcpu {
     }
 
     fn vcpu_events(&self) -> Result<VcpuEvents, VcpuError> {
-        Err(VcpuError::Unsupported {
-            vcpu: self.id,
-            op: "vCPU events",
-            reason: NO_EVENT_STATE,
-        })
+        self.require_pvh("vCPU events")?;
+        let (cpu, _) = self.cpu_and_apic_base()?;
+        Ok(context::events_from(&cpu))
     }
 
-    fn set_vcpu_events(&self, _events: &VcpuEvents) -> Result<(), VcpuError> {
-        Err(VcpuError::Unsupported {
-            vcpu: self.id,
-            op: "vCPU events",
-            reason: NO_EVENT_STATE,
-        })
+    fn set_vcpu_events(&self, events: &VcpuEvents) -> Result<(), VcpuError> {
+        self.require_pvh("vCPU events")?;
+        // Refused before the domain is touched.
+        let mut probe = HvmHwCpu::default();
+        context::set_events(&mut probe, events).map_err(|refusal| match refusal {
+            EventRefusal::Field(field, reason) => VcpuError::EventFieldUnsupported {
+                vcpu: self.id,
+                field,
+                reason,
+            },
+            EventRefusal::Invalid(reason) => VcpuError::InvalidState {
+                vcpu: self.id,
+                what: "vCPU events",
+                reason,
+            },
+        })?;
+        self.vm
+            .edit_cpu(
+                self.id,
+                |cpu| {
+                    cpu.pending_event = probe.pending_event;
+                    cpu.error_code = probe.error_code;
+                },
+                &[],
+            )
+            .map_err(self.state_error("vCPU events"))
     }
 
     fn set_guest_debug(&self, _debug: &GuestDebug) -> Result<(), VcpuError> {

@@ -4,8 +4,8 @@
 use vmkit::Hypervisor;
 
 use crate::common::{long_mode_vm, long_mode_vm_with, next_exit, CODE_ADDR};
-use vmkit::arch::x86_64::{msr_index, LapicState, MpState, Msr, Xcr};
-use vmkit::{VcpuError, VcpuExit, VmConfig};
+use vmkit::arch::x86_64::{msr_index, LapicState, MpState, Msr, VcpuEventField, Xcr};
+use vmkit::{HypervisorKind, VcpuError, VcpuExit, VmConfig};
 use vmkit_guests::snippets::{self, HLT};
 
 pub fn general_registers_reach_the_guest_and_come_back(hv: &dyn Hypervisor) {
@@ -209,27 +209,80 @@ pub fn xsave_and_xcrs_round_trip(hv: &dyn Hypervisor) {
 }
 
 pub fn events_and_mp_state_round_trip(hv: &dyn Hypervisor) {
+    let fields = hv.capabilities().vcpu_event_fields;
     let t = long_mode_vm(hv, HLT);
+    // An exception being injected, with its error code: every backend with events holds it.
     let mut events = t.vcpu.vcpu_events().unwrap();
+    events.exception.injected = true;
+    events.exception.nr = 13;
+    events.exception.has_error_code = true;
+    events.exception.error_code = 0x18;
+    t.vcpu.set_vcpu_events(&events).unwrap();
+    let back = t.vcpu.vcpu_events().unwrap();
+    assert_eq!(back.exception, events.exception);
+
+    let mut events = back;
+    events.exception = Default::default();
     events.nmi.pending = true;
     events.nmi.masked = true;
     events.interrupt.shadow = 1;
-    t.vcpu.set_vcpu_events(&events).unwrap();
-    let back = t.vcpu.vcpu_events().unwrap();
-    assert!(back.nmi.pending && back.nmi.masked);
-    // AMD SVM has a single interrupt-shadow bit, which KVM reports as both the STI and the
-    // MOV SS shadow (3); Intel keeps them apart (1).
-    assert_ne!(
-        back.interrupt.shadow & 1,
-        0,
-        "shadow {}",
-        back.interrupt.shadow
-    );
+    if fields.nmi_state && fields.interrupt_shadow {
+        t.vcpu.set_vcpu_events(&events).unwrap();
+        let back = t.vcpu.vcpu_events().unwrap();
+        assert!(back.nmi.pending && back.nmi.masked);
+        // AMD SVM has a single interrupt-shadow bit, which KVM reports as both the STI and
+        // the MOV SS shadow (3); Intel keeps them apart (1).
+        assert_ne!(
+            back.interrupt.shadow & 1,
+            0,
+            "shadow {}",
+            back.interrupt.shadow
+        );
+    } else {
+        // Refused by name, and nothing changed: the injected exception is still there.
+        let err = t.vcpu.set_vcpu_events(&events).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VcpuError::EventFieldUnsupported {
+                    field: VcpuEventField::NmiPending,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        events.nmi = Default::default();
+        let err = t.vcpu.set_vcpu_events(&events).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VcpuError::EventFieldUnsupported {
+                    field: VcpuEventField::InterruptShadow,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let back = t.vcpu.vcpu_events().unwrap();
+        assert!(back.exception.injected && back.exception.nr == 13);
+        assert!(!back.nmi.pending && !back.nmi.masked && back.interrupt.shadow == 0);
+        // An NMI being injected is held instead.
+        let mut nmi = vmkit::arch::x86_64::VcpuEvents::default();
+        nmi.nmi.injected = true;
+        t.vcpu.set_vcpu_events(&nmi).unwrap();
+        assert_eq!(t.vcpu.vcpu_events().unwrap(), nmi);
+    }
 
     let t = long_mode_vm_with(hv, VmConfig::default().irqchip(true), HLT);
     assert_eq!(t.vcpu.mp_state().unwrap(), MpState::Runnable);
-    t.vcpu.set_mp_state(MpState::Halted).unwrap();
-    assert_eq!(t.vcpu.mp_state().unwrap(), MpState::Halted);
+    match t.vcpu.set_mp_state(MpState::Halted) {
+        Ok(()) => assert_eq!(t.vcpu.mp_state().unwrap(), MpState::Halted),
+        // A Xen vCPU is runnable whenever its thread is in run().
+        Err(VcpuError::Unsupported { .. }) if hv.kind() == HypervisorKind::Xen => {
+            t.vcpu.set_mp_state(MpState::Runnable).unwrap();
+        }
+        Err(err) => panic!("{err}"),
+    }
 }
 
 pub fn supported_cpuid_has_the_basic_leaves(hv: &dyn Hypervisor) {

@@ -91,3 +91,125 @@ pub enum MpState {
     /// A state this version of vmkit does not name, with the backend's raw value.
     Other(u32),
 }
+
+/// Which parts of [`VcpuEvents`] a hypervisor can hold
+/// ([`Capabilities::vcpu_event_fields`](crate::Capabilities::vcpu_event_fields)). An event
+/// being injected (an exception with its error code, an external interrupt, an NMI) is
+/// always held where [`Capabilities::vcpu_events`](crate::Capabilities::vcpu_events) is
+/// true; these say what else is.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct VcpuEventFields {
+    /// A pending NMI and NMI blocking ([`PendingNmi::pending`], [`PendingNmi::masked`]).
+    pub nmi_state: bool,
+    /// The interrupt shadow ([`PendingInterrupt::shadow`]).
+    pub interrupt_shadow: bool,
+    /// System-management mode ([`SmmState`]).
+    pub smm: bool,
+    /// An exception that waits to be delivered and whose delivery has not started
+    /// ([`PendingException::pending`]).
+    pub pending_exception: bool,
+    /// Software events being delivered: an injected software interrupt
+    /// ([`PendingInterrupt::soft`]) or an injected `#BP` or `#OF` (vectors 3 and 4, raised by
+    /// `int3` and `into`), which the hypervisor re-injects rather than re-executing the
+    /// instruction.
+    pub software_events: bool,
+}
+
+impl VcpuEventFields {
+    /// Every field (KVM).
+    pub const ALL: VcpuEventFields = VcpuEventFields {
+        nmi_state: true,
+        interrupt_shadow: true,
+        smm: true,
+        pending_exception: true,
+        software_events: true,
+    };
+}
+
+/// A part of [`VcpuEvents`] that a hypervisor may be unable to hold (see
+/// [`VcpuEventFields`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum VcpuEventField {
+    /// [`PendingNmi::pending`].
+    NmiPending,
+    /// [`PendingNmi::masked`].
+    NmiMasked,
+    /// A nonzero [`PendingInterrupt::shadow`].
+    InterruptShadow,
+    /// Any field of [`SmmState`].
+    Smm,
+    /// [`PendingException::pending`].
+    PendingException,
+    /// An injected software interrupt, or an injected `#BP` or `#OF`.
+    SoftwareEvent,
+}
+
+impl std::fmt::Display for VcpuEventField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VcpuEventField::NmiPending => "a pending NMI (nmi.pending)",
+            VcpuEventField::NmiMasked => "NMI blocking (nmi.masked)",
+            VcpuEventField::InterruptShadow => "an interrupt shadow (interrupt.shadow)",
+            VcpuEventField::Smm => "system-management mode state (smm)",
+            VcpuEventField::PendingException => {
+                "an exception pending but not injected (exception.pending)"
+            }
+            VcpuEventField::SoftwareEvent => {
+                "an injected software interrupt, #BP or #OF (interrupt.soft, exception.nr 3 or 4)"
+            }
+        })
+    }
+}
+
+impl VcpuEvents {
+    /// The fields set in `self` that a hypervisor holding only `fields` cannot hold, in the
+    /// order of [`VcpuEventField`]; empty when it can hold all of `self`.
+    ///
+    /// ```
+    /// use vmkit::arch::x86_64::{VcpuEventField, VcpuEventFields, VcpuEvents};
+    /// let mut events = VcpuEvents::default();
+    /// events.nmi.masked = true;
+    /// assert_eq!(events.unsupported_in(VcpuEventFields::default()), [VcpuEventField::NmiMasked]);
+    /// assert!(events.unsupported_in(VcpuEventFields::ALL).is_empty());
+    /// ```
+    pub fn unsupported_in(&self, fields: VcpuEventFields) -> Vec<VcpuEventField> {
+        let smm = self.smm;
+        let software = (self.interrupt.injected && self.interrupt.soft)
+            || (self.exception.injected && matches!(self.exception.nr, 3 | 4));
+        [
+            (
+                VcpuEventField::NmiPending,
+                self.nmi.pending,
+                fields.nmi_state,
+            ),
+            (VcpuEventField::NmiMasked, self.nmi.masked, fields.nmi_state),
+            (
+                VcpuEventField::InterruptShadow,
+                self.interrupt.shadow != 0,
+                fields.interrupt_shadow,
+            ),
+            (
+                VcpuEventField::Smm,
+                smm.smm || smm.pending || smm.smm_inside_nmi || smm.latched_init,
+                fields.smm,
+            ),
+            (
+                VcpuEventField::PendingException,
+                self.exception.pending,
+                fields.pending_exception,
+            ),
+            (
+                VcpuEventField::SoftwareEvent,
+                software,
+                fields.software_events,
+            ),
+        ]
+        .into_iter()
+        .filter(|&(_, set, held)| set && !held)
+        .map(|(field, _, _)| field)
+        .collect()
+    }
+}

@@ -11,7 +11,10 @@ mod msr;
 mod regs;
 
 pub use cpuid::CpuidEntry;
-pub use events::{MpState, PendingException, PendingInterrupt, PendingNmi, SmmState, VcpuEvents};
+pub use events::{
+    MpState, PendingException, PendingInterrupt, PendingNmi, SmmState, VcpuEventField,
+    VcpuEventFields, VcpuEvents,
+};
 pub use fpu::{Fpu, Xcr, Xsave};
 pub use irqchip::{IoapicState, IrqchipState, PicState, PitChannel, PitState};
 pub use lapic::LapicState;

@@ -255,11 +255,20 @@ fn save_to(
     devices: (&Uart, &I8042, &Disk),
     disk_path: &Path,
     count: u64,
+    given_cpuid: Option<&[CpuidEntry]>,
 ) -> Result<(), BoxError> {
     std::fs::create_dir_all(out)?;
     let msrs = snapshot::PORTABLE_MSRS;
     let features = snapshot::Features::for_vm(config, hv.capabilities());
-    let vcpus = running.save_all(&msrs, features)?;
+    let mut vcpus = running.save_all(&msrs, features)?;
+    // The table this process gave the guest: a nested KVM (as on the CI host) reports more
+    // feature bits through KVM_GET_CPUID2 than it supports, which a restore on another
+    // backend would then (rightly) refuse.
+    if let Some(cpuid) = given_cpuid {
+        for vcpu in &mut vcpus {
+            vcpu.cpuid = cpuid.to_vec();
+        }
+    }
     let (serial, i8042, disk) = devices;
     snapshot::save(&out.join("snap"), hv, config, vm, &vcpus, |w| {
         w.write_device(SERIAL, serial)?;
@@ -298,7 +307,8 @@ fn save(dir: &Path, at: u64) -> Result<(), BoxError> {
     let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None)
         .map_err(|err| format!("cannot load the minimal kernel: {err}"))?;
     let vcpu = vm.create_vcpu(0)?;
-    vcpu.set_cpuid(&baseline_cpuid(&hv.supported_cpuid()))?;
+    let cpuid = baseline_cpuid(&hv.supported_cpuid());
+    vcpu.set_cpuid(&cpuid)?;
     entry::configure_long_mode(vcpu.as_ref(), &memory, kernel.kernel_load.0)?;
     let mut regs = vcpu.regs()?;
     regs.rdx = minimal::ENTRY_FLAG_COUNT | minimal::ENTRY_FLAG_VIRTIO_BLK;
@@ -328,6 +338,7 @@ fn save(dir: &Path, at: u64) -> Result<(), BoxError> {
             (&serial, &i8042, &disk),
             &disk_path,
             at,
+            Some(&cpuid),
         )
     });
     running.stop_all();
@@ -380,6 +391,7 @@ fn resume(dir: &Path, mode: MemoryRestore, save_at: Option<(u64, &Path)>) -> Res
                     (&serial, &i8042, &disk),
                     &disk_path,
                     at,
+                    None,
                 )
             });
             running.stop_all();

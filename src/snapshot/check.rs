@@ -13,7 +13,7 @@ use vmkit_snapshot::{
 
 use super::file::{
     backend, RegionLayout, SnapshotError, BASE, CAPABILITIES, CAPABILITIES_VERSION, CONFIG,
-    MAX_CHAIN, MEMORY_FILE, MEMORY_LAYOUT, STATE_FILE, VCPU_VERSION, VERSION, VM_STATE,
+    MAX_CHAIN, MEMORY_FILE, MEMORY_LAYOUT, STATE_FILE, VCPU_VERSION, VERSION,
 };
 use super::{portable, VcpuState, VmState};
 use crate::hypervisor::{Capabilities, Hypervisor, VmConfig};
@@ -337,9 +337,8 @@ pub fn check(dir: &Path, hypervisor: &dyn Hypervisor) -> Result<Checked, Snapsho
             return Err(SnapshotError::MissingCapabilities { missing });
         }
     }
-    let vm_state: VmState = snapshot
-        .read_section(VM_STATE, 0, VERSION..=VERSION)
-        .map_err(state_error(&state_path))?;
+    let mut vm_state: VmState =
+        super::read_vm_state(&snapshot).map_err(state_error(&state_path))?;
     let mut vcpu_states = vcpu_states(&state_path, &snapshot, &config)?;
     let layout: Vec<RegionLayout> = snapshot
         .read_section(MEMORY_LAYOUT, 0, VERSION..=VERSION)
@@ -347,7 +346,7 @@ pub fn check(dir: &Path, hypervisor: &dyn Hypervisor) -> Result<Checked, Snapsho
     let mut missing = Vec::new();
     if !same_backend {
         // From another backend: held to what the VM used, not to what its host offered.
-        portable::adapt(&mut vcpu_states, host);
+        portable::adapt(&mut vm_state, &mut vcpu_states, host);
         missing = portable::required(&config, &vm_state, &vcpu_states, &layout).missing_in(host);
     }
     // Pending events this host cannot hold (an NMI blocked, an interrupt shadow…) would be

@@ -266,7 +266,7 @@ impl<'a> Capture<'a> {
             }
             writer.write_section(CONFIG, 0, VERSION, self.config)?;
             writer.write_section(CAPABILITIES, 0, CAPABILITIES_VERSION, caps)?;
-            writer.write_section(VM_STATE, 0, VERSION, &self.vm_state)?;
+            writer.write_section(VM_STATE, 0, super::VM_STATE_VERSION, &self.vm_state)?;
             writer.write_section(MEMORY_LAYOUT, 0, VERSION, &self.layout)?;
             for state in &self.vcpu_states {
                 writer.write_section(SectionTag::VCPU, state.id, VCPU_VERSION, state)?;

@@ -18,6 +18,9 @@ use crate::memory::MemoryFlags;
 /// `XenVMMXenVMM`): the target offers its own, so the source's are not carried over.
 const HYPERVISOR_LEAVES: std::ops::RangeInclusive<u32> = 0x4000_0000..=0x4fff_ffff;
 
+/// `IA32_TSC`.
+const MSR_TSC: u32 = 0x10;
+
 /// CPUID.1:ECX bit 26, XSAVE.
 const CPUID_XSAVE: u32 = 1 << 26;
 
@@ -44,11 +47,17 @@ pub const PORTABLE_MSRS: [u32; 14] = [
     0x1b,        // APIC_BASE
 ];
 
-/// Adapts vCPU states taken on another backend to `host`: the source hypervisor's own CPUID
-/// leaves are dropped, and the XSAVE area of a vCPU whose guest was never offered XSAVE is
+/// Adapts state taken on another backend to `host`: the source hypervisor's own CPUID
+/// leaves are dropped; the XSAVE area of a vCPU whose guest was never offered XSAVE is
 /// dropped on a host that cannot hold one (the legacy FPU state, saved with it, is all the
-/// guest used). Anything else that cannot cross stays, for [`required`] to report.
-pub(super) fn adapt(states: &mut [VcpuState], host: &Capabilities) {
+/// guest used); the VM clock is dropped on a host without one (Xen) when every vCPU carries
+/// its TSC, which is the guest's time there. Anything else that cannot cross stays, for
+/// [`required`] to report.
+pub(super) fn adapt(vm_state: &mut VmState, states: &mut [VcpuState], host: &Capabilities) {
+    let carries_tsc = |s: &VcpuState| s.msrs.iter().any(|m| m.index == MSR_TSC);
+    if !host.clock && states.iter().all(carries_tsc) {
+        vm_state.clock = None;
+    }
     for state in states {
         state
             .cpuid
@@ -83,8 +92,8 @@ pub(super) fn required(
         split_irqchip: matches!(config.irqchip_kind, IrqchipKind::Split { .. }),
         pit: config.pit,
         dirty_ring_max_entries: config.dirty_ring.unwrap_or(0),
-        // Restore writes both.
-        clock: true,
+        clock: vm_state.clock.is_some(),
+        // Restore writes them.
         vcpu_events: true,
         ..Capabilities::default()
     };
@@ -163,7 +172,7 @@ mod tests {
             vec![entry(1, 0), entry(0x4000_0000, 1), entry(0x4000_0001, 1)],
             Vec::new(),
         )];
-        adapt(&mut states, &Capabilities::default());
+        adapt(&mut vm_state(), &mut states, &Capabilities::default());
         assert_eq!(states[0].cpuid, [entry(1, 0)]);
         assert_eq!(states[0].xsave, None);
         assert!(states[0].xcrs.is_empty());
@@ -172,13 +181,11 @@ mod tests {
     #[test]
     fn an_offered_xsave_is_kept_and_then_required() {
         let mut states = [state(vec![entry(1, CPUID_XSAVE)], Vec::new())];
-        adapt(&mut states, &Capabilities::default());
+        let mut vm_state = vm_state();
+        adapt(&mut vm_state, &mut states, &Capabilities::default());
         assert!(states[0].xsave.is_some());
-        let vm_state = VmState {
-            clock: Default::default(),
-            irqchip: None,
-            pit: None,
-        };
+        // No TSC carried: the clock stays, and is required.
+        assert!(vm_state.clock.is_some());
         let layout = [RegionLayout {
             guest_addr: 0,
             size: 4096,
@@ -189,7 +196,6 @@ mod tests {
             .missing_in(&Capabilities {
                 max_vcpus: 1,
                 max_memory_slots: 1,
-                clock: true,
                 vcpu_events: true,
                 cpuid: vec![entry(1, 0)],
                 ..Default::default()
@@ -202,7 +208,38 @@ mod tests {
             "{missing:?}"
         );
         assert!(missing.iter().any(|m| m.contains("CPUID")), "{missing:?}");
-        assert_eq!(missing.len(), 3, "{missing:?}");
+        assert!(
+            missing.iter().any(|m| m.contains("VM clock")),
+            "{missing:?}"
+        );
+        assert_eq!(missing.len(), 4, "{missing:?}");
+    }
+
+    #[test]
+    fn a_carried_tsc_stands_for_the_clock_on_a_host_without_one() {
+        let tsc = Msr {
+            index: MSR_TSC,
+            data: 1 << 30,
+        };
+        let mut states = [state(Vec::new(), vec![tsc])];
+        let mut vm_state = vm_state();
+        adapt(&mut vm_state, &mut states, &Capabilities::default());
+        assert_eq!(vm_state.clock, None);
+        let mut vm_state = self::vm_state();
+        let host = Capabilities {
+            clock: true,
+            ..Default::default()
+        };
+        adapt(&mut vm_state, &mut states, &host);
+        assert!(vm_state.clock.is_some());
+    }
+
+    fn vm_state() -> VmState {
+        VmState {
+            clock: Some(Default::default()),
+            irqchip: None,
+            pit: None,
+        }
     }
 
     #[test]
@@ -218,12 +255,7 @@ mod tests {
             },
         ];
         let states = [state(Vec::new(), msrs)];
-        let vm_state = VmState {
-            clock: Default::default(),
-            irqchip: None,
-            pit: None,
-        };
-        let required = required(&VmConfig::default(), &vm_state, &states, &[]);
+        let required = required(&VmConfig::default(), &vm_state(), &states, &[]);
         assert_eq!(required.msrs, [0x10]);
         assert!(required.clock && required.vcpu_events && !required.irqchip);
     }

@@ -134,10 +134,11 @@ pub(crate) fn snapshots(caps: &Capabilities) -> Option<&'static str> {
         .or_else(|| clock(caps))
 }
 
-/// A snapshot of a VM without an irqchip and of a host without XSAVE (its vCPUs' legacy FPU
-/// state is saved instead): pending events and the VM clock.
+/// A snapshot of a VM without an irqchip on a host without XSAVE (its vCPUs' legacy FPU
+/// state is saved instead) or a VM clock (Xen: the TSC MSR carries the guest's time):
+/// pending events.
 pub(crate) fn register_snapshots(caps: &Capabilities) -> Option<&'static str> {
-    vcpu_events(caps).or_else(|| clock(caps))
+    vcpu_events(caps)
 }
 
 /// Diff snapshots: dirty-page logging and everything a full snapshot needs.

@@ -326,7 +326,29 @@ fn start_source(dir: &Path, dirty_ring: bool, line_delay: Duration) -> SourceVm 
         sink,
         disk,
     };
-    source.wait_count(2);
+    let deadline = Instant::now() + GIVE_UP;
+    while source.sink.last_count() < 2 && !source.running.is_stopping() {
+        assert!(
+            Instant::now() < deadline,
+            "no count 2:\n{}",
+            source.sink.text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if source.sink.last_count() < 2 {
+        // Say why the vCPU stopped before the guest counted.
+        let text = source.sink.text();
+        let outcomes: Vec<String> = source
+            .running
+            .join()
+            .into_iter()
+            .map(|f| match f.outcome {
+                Ok(outcome) => format!("vCPU {}: {outcome:?}", f.id),
+                Err(err) => format!("vCPU {}: {}", f.id, vmkit::ErrorChain(&err)),
+            })
+            .collect();
+        panic!("the guest stopped before count 2: {outcomes:?}\n{text}");
+    }
     source
 }
 

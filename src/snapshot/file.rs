@@ -172,6 +172,9 @@ pub enum SnapshotError {
 pub enum MemoryRestore {
     /// Map the memory file copy-on-write: restore cost does not grow with memory size; pages
     /// are read when the guest first touches them. Chunk checksums are not verified.
+    /// On Xen, whose guest memory is Xen's own frames mapped into vmkit, adding the region
+    /// copies the mapped file in at once (its zero pages skipped), so the VM keeps no link
+    /// to the file there.
     #[default]
     Lazy,
     /// Copy every region into fresh anonymous memory, chunk by chunk straight into the guest

@@ -21,6 +21,10 @@ const HYPERVISOR_LEAVES: std::ops::RangeInclusive<u32> = 0x4000_0000..=0x4fff_ff
 /// `IA32_TSC`.
 const MSR_TSC: u32 = 0x10;
 
+/// The MSRs that [`SpecialRegs`](crate::arch::x86_64::SpecialRegs) carries as well: `EFER`
+/// and `IA32_APIC_BASE`.
+const IN_SPECIAL_REGISTERS: [u32; 2] = [0xc000_0080, 0x1b];
+
 /// CPUID.1:ECX bit 26, XSAVE.
 const CPUID_XSAVE: u32 = 1 << 26;
 
@@ -125,7 +129,13 @@ pub(super) fn required(
             }
         }
         // An MSR at 0 is the fresh vCPU's value already: restore skips it where refused.
-        for msr in state.msrs.iter().filter(|m| m.data != 0) {
+        // EFER and the APIC base are special registers too, which every backend restores
+        // (KVM lists neither as an MSR).
+        for msr in state
+            .msrs
+            .iter()
+            .filter(|m| m.data != 0 && !IN_SPECIAL_REGISTERS.contains(&m.index))
+        {
             if !caps.msrs.contains(&msr.index) {
                 caps.msrs.push(msr.index);
             }
@@ -254,7 +264,11 @@ mod tests {
                 data: 0,
             },
         ];
-        let states = [state(Vec::new(), msrs)];
+        let efer = Msr {
+            index: 0xc000_0080,
+            data: 0x500,
+        };
+        let states = [state(Vec::new(), [msrs, vec![efer]].concat())];
         let required = required(&VmConfig::default(), &vm_state(), &states, &[]);
         assert_eq!(required.msrs, [0x10]);
         assert!(required.clock && required.vcpu_events && !required.irqchip);

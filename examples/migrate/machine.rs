@@ -14,7 +14,9 @@ use vm_memory::GuestAddress;
 use vmkit::migration::Incoming;
 use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VcpuOutcome, VmRunner};
 use vmkit::snapshot::format::{StateError, Writer};
-use vmkit::{EventFd, Hypervisor, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
+use vmkit::{
+    EventFd, Hypervisor, HypervisorKind, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig,
+};
 use vmkit_boot::entry;
 use vmkit_bus::Bus;
 use vmkit_devices::{Persist, Serial, COM1, I8042, SERIAL_PORTS};
@@ -27,6 +29,9 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 
 /// Guest memory.
 pub const RAM_SIZE: usize = 4 << 20;
+/// The low memory that holds the boot page tables and GDT (below the kernel at 1 MiB), kept
+/// out of dirty logging on Xen.
+const UNLOGGED_LOW_MEMORY: usize = 1 << 20;
 /// Device section indices in the state frame.
 const SERIAL: u32 = 0;
 const RESET: u32 = 1;
@@ -105,9 +110,25 @@ pub fn boot<W: Write + Send + 'static>(
     out: W,
 ) -> Result<Booted<W>, BoxError> {
     let vm = hypervisor.create_vm(config)?;
+    // On Xen a dirty-logged page is write-protected until its first write, which Xen hands
+    // to vmkit as an I/O request; the processor's own writes of accessed bits into the page
+    // tables and the GDT cannot go that way (the guest triple-faults on its first
+    // instruction). So there the first MiB, which holds them, is not logged: every pre-copy
+    // round sends it whole.
+    let logged_from = match hypervisor.kind() {
+        HypervisorKind::Xen => UNLOGGED_LOW_MEMORY,
+        _ => 0,
+    };
+    if logged_from > 0 {
+        vm.add_memory_region(MemoryRegion::anonymous(
+            GuestAddress(0),
+            logged_from,
+            MemoryFlags::empty(),
+        )?)?;
+    }
     vm.add_memory_region(MemoryRegion::anonymous(
-        GuestAddress(0),
-        RAM_SIZE,
+        GuestAddress(logged_from as u64),
+        RAM_SIZE - logged_from,
         MemoryFlags::LOG_DIRTY,
     )?)?;
     let memory = vm.memory();

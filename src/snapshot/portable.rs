@@ -67,7 +67,8 @@ pub(super) fn adapt(vm_state: &mut VmState, states: &mut [VcpuState], host: &Cap
             .cpuid
             .retain(|e| !HYPERVISOR_LEAVES.contains(&e.function));
         let offered_xsave = leaf(&state.cpuid, 1, 0).is_some_and(|e| e.ecx & CPUID_XSAVE != 0);
-        if !(host.xsave && host.xcrs) && !offered_xsave {
+        let host_holds_xsave = host.xsave && host.xcrs;
+        if !(offered_xsave || host_holds_xsave) {
             state.xsave = None;
             state.xcrs.clear();
         }

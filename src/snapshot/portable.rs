@@ -8,6 +8,8 @@
 //! target lacks is listed, before anything is created, by the same
 //! [`Capabilities::missing_in`] a same-backend restore uses.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::file::RegionLayout;
 use super::{VcpuState, VmState};
 use crate::arch::x86_64::CpuidEntry;
@@ -109,25 +111,24 @@ pub(super) fn required(
     };
     caps.read_only_memory = flags(MemoryFlags::READ_ONLY);
     caps.dirty_log = flags(MemoryFlags::LOG_DIRTY);
+    // Maps, not list searches: a state file's tables are hostile input of any length.
+    let mut cpuid: BTreeMap<(u32, u32), CpuidEntry> = BTreeMap::new();
+    let mut msrs = BTreeSet::new();
     for state in vcpus {
         caps.xsave |= state.xsave.is_some();
         caps.xcrs |= !state.xcrs.is_empty();
         caps.mce_banks = caps.mce_banks.max(state.mce_banks.map_or(0, u32::from));
         // Every vCPU's feature bits, merged leaf by leaf.
         for entry in &state.cpuid {
-            match caps
-                .cpuid
-                .iter_mut()
-                .find(|e| e.function == entry.function && e.index == entry.index)
-            {
-                Some(merged) => {
+            cpuid
+                .entry((entry.function, entry.index))
+                .and_modify(|merged| {
                     merged.eax |= entry.eax;
                     merged.ebx |= entry.ebx;
                     merged.ecx |= entry.ecx;
                     merged.edx |= entry.edx;
-                }
-                None => caps.cpuid.push(*entry),
-            }
+                })
+                .or_insert(*entry);
         }
         // An MSR at 0 is the fresh vCPU's value already: restore skips it where refused.
         // EFER and the APIC base are special registers too, which every backend restores
@@ -137,11 +138,11 @@ pub(super) fn required(
             .iter()
             .filter(|m| m.data != 0 && !IN_SPECIAL_REGISTERS.contains(&m.index))
         {
-            if !caps.msrs.contains(&msr.index) {
-                caps.msrs.push(msr.index);
-            }
+            msrs.insert(msr.index);
         }
     }
+    caps.cpuid = cpuid.into_values().collect();
+    caps.msrs = msrs.into_iter().collect();
     caps
 }
 

@@ -128,7 +128,7 @@ else
         # eagerly), on Xen; also the binary of the cross-backend round trip below.
         build_target snapshot_across "" "^snapshot_across: the count went on from 11 to 40 on Xen$" \
             build --release --locked --features xen --example snapshot_across
-        # Live migration between two processes over a Unix socket, on Xen's dirty bitmap.
+        # Live migration between two processes over a Unix socket (RAM not dirty-logged on Xen).
         build_target migration "--test-threads=1 migrates_over_a_unix_socket" "test result: ok\. 1 passed" \
             test --release --locked --features xen --no-run --test migration
         {

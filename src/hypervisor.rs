@@ -116,6 +116,13 @@ pub struct Capabilities {
     #[cfg(target_arch = "x86_64")]
     #[serde(default)]
     pub vcpu_event_fields: VcpuEventFields,
+    /// Guest RAM is backed on first touch: a region costs the host only the pages the guest
+    /// (or a restore) writes, so a sparse region may be larger than the host's memory. KVM
+    /// maps the caller's memory and does; Xen allocates every frame of a region when it is
+    /// added ([`Vm::add_memory_region`]), and a region larger than the free memory is
+    /// refused.
+    #[serde(default)]
+    pub ram_on_demand: bool,
     /// The CPUID leaves the hypervisor can offer a guest.
     #[cfg(target_arch = "x86_64")]
     pub cpuid: Vec<CpuidEntry>,

@@ -13,7 +13,8 @@ use crate::memory::{
 };
 use crate::vcpu::Vcpu;
 
-/// The VM's clock (on KVM, kvmclock's time base), to carry across a snapshot and restore.
+/// The VM's clock (on KVM, kvmclock's time base; on Xen, the guest's TSC in nanoseconds at
+/// the domain's TSC frequency), to carry across a snapshot and restore.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
 )]

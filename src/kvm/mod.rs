@@ -125,6 +125,7 @@ impl Kvm {
             irqchip_state: has(Cap::Irqchip),
             reserved: reserved::ranges(),
             pci_config_ports: true,
+            ram_on_demand: true,
             vcpu_event_fields: VcpuEventFields {
                 smm: kvm.check_extension_raw(kvm_bindings::KVM_CAP_X86_SMM.into()) > 0,
                 // vmkit does not enable KVM_CAP_EXCEPTION_PAYLOAD, without which KVM reports

@@ -323,7 +323,7 @@ pub(crate) const MSRS: [u32; 14] = [
 const MSR_TSC_AUX: u32 = 0xc000_0103;
 const MSR_FS_BASE: u32 = 0xc000_0100;
 const MSR_GS_BASE: u32 = 0xc000_0101;
-/// `IA32_APIC_BASE`: read from the local APIC record; writing it is not supported.
+/// `IA32_APIC_BASE`: read from the local APIC record; a write must give the value it holds.
 pub(crate) const MSR_APIC_BASE: u32 = 0x1b;
 
 /// The field of a CPU record that holds MSR `index`, if it is one.

@@ -93,6 +93,8 @@ pub(crate) struct Control {
     pub(crate) started: bool,
     /// Which vCPUs exist on vmkit's side.
     pub(crate) created: Vec<bool>,
+    /// The VM clock's base (see the `clock` module).
+    pub(crate) clock: super::clock::ClockBase,
 }
 
 /// Why reading or writing vCPU state failed.
@@ -112,8 +114,17 @@ pub(crate) enum StateError {
 
 impl VmShared {
     /// Whether Xen has vCPU `id` online.
-    fn is_online(&self, id: u32) -> Result<bool, XenCallError> {
+    pub(crate) fn is_online(&self, id: u32) -> Result<bool, XenCallError> {
         Ok(self.xc().vcpu_info(self.domid, id)?.online != 0)
+    }
+
+    /// Makes the CPU records Xen hands out one by one carry each vCPU's TSC as of now. Xen
+    /// stamps a CPU record's `tsc` at the instant of the last whole save or load of the
+    /// domain's context (`sync_tsc`), and a single-record read does not move that instant:
+    /// without this a read returns the TSC of that moment, and loading it back would set the
+    /// guest's TSC back by the time since. A whole save moves it. The domain must be paused.
+    pub(crate) fn stamp_tsc(&self) -> Result<(), XenCallError> {
+        self.xc().hvm_context(self.domid).map(drop)
     }
 
     /// Takes vCPU `id` offline or brings it online, keeping its registers (the domain must
@@ -238,6 +249,12 @@ impl VmShared {
             let online = vm.is_online(id)?;
             if !online {
                 vm.set_online(id, true)?;
+            }
+            if records
+                .iter()
+                .any(|&(typecode, _)| typecode == HVM_SAVE_CODE_CPU)
+            {
+                vm.stamp_tsc()?;
             }
             let read: Result<Vec<Vec<u8>>, XenCallError> = records
                 .iter()
@@ -396,6 +413,9 @@ impl VmShared {
                 "a PV vCPU has no HVM state records".to_string(),
             ));
         };
+        // The records read below carry each vCPU's TSC as of now, which the load then
+        // applies (rather than as of the last whole save or load).
+        self.stamp_tsc()?;
         let mut load = vec![hvm.header.clone()];
         let mut replays = Vec::new();
         let leaves = self.xc().cpuid_policy(PolicySource::Domain(self.domid))?;

@@ -102,10 +102,12 @@
 //!   the field ([`Capabilities::vcpu_event_fields`] is all false). `sipi_vector` is not kept
 //!   (it matters only for a vCPU waiting in `SipiReceived`, which a Xen vCPU cannot be set
 //!   to).
-//! - No guest debugging or VM clock: Xen 4.17 single-steps only with VMX's monitor trap
-//!   flag and reports debug exceptions to a debugger or vm_event ring that vmkit does not
-//!   serve; its time is each vCPU's TSC. [`Capabilities`] says so and the calls fail with
-//!   errors that give these reasons.
+//! - The VM clock is the guest's TSC in nanoseconds at the domain's TSC frequency (see the
+//!   `clock` module): setting it moves every vCPU's TSC together, and a vCPU created later
+//!   starts at the clock's value. A PV domain has none ([`VmError::Unsupported`](crate::VmError::Unsupported)).
+//! - No guest debugging: Xen 4.17 single-steps only with VMX's monitor trap flag and
+//!   reports debug exceptions to a debugger or vm_event ring that vmkit does not serve.
+//!   [`Capabilities`] says so and the calls fail with errors that give this reason.
 //! - Exits cost more: every one is a round trip through Xen's scheduler and an event
 //!   channel, and state access goes through domctls.
 //!
@@ -128,6 +130,7 @@ pub(crate) fn tracing() -> bool {
     *TRACE.get_or_init(|| std::env::var_os("VMKIT_XEN_TRACE").is_some())
 }
 
+mod clock;
 mod context;
 mod control;
 mod ioeventfd;
@@ -268,6 +271,8 @@ impl Xen {
             // The event being injected, through the CPU record; see `vcpu.rs` for what else
             // the record lacks (`vcpu_event_fields` stays all false).
             vcpu_events: true,
+            // The guest TSC in nanoseconds (see `clock`).
+            clock: true,
             ..Capabilities::default()
         };
         Ok(Xen {

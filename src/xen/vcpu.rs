@@ -694,6 +694,18 @@ impl Vcpu for XenVcpu {
     fn set_msrs(&self, msrs: &[Msr]) -> Result<(), VcpuError> {
         self.require_pvh("MSRs")?;
         let mut probe = HvmHwCpu::default();
+        // IA32_APIC_BASE lives in the local APIC record, which vmkit does not write: the
+        // value it holds already is accepted (a saved MSR list carries it), another refused.
+        let apic_base = if msrs.iter().any(|m| m.index == context::MSR_APIC_BASE) {
+            Some(self.cpu_and_apic_base()?.1)
+        } else {
+            None
+        };
+        let msrs: Vec<Msr> = msrs
+            .iter()
+            .filter(|m| !(m.index == context::MSR_APIC_BASE && Some(m.data) == apic_base))
+            .copied()
+            .collect();
         if let Some(msr) = msrs.iter().find(|m| !context::set_msr(&mut probe, m)) {
             return Err(VcpuError::InvalidState {
                 vcpu: self.id,
@@ -701,11 +713,14 @@ impl Vcpu for XenVcpu {
                 reason: format!("MSR {:#x} refused the value {:#x}", msr.index, msr.data),
             });
         }
+        if msrs.is_empty() {
+            return Ok(());
+        }
         self.vm
             .edit_cpu(
                 self.id,
                 |cpu| {
-                    for msr in msrs {
+                    for msr in &msrs {
                         context::set_msr(cpu, msr);
                     }
                 },

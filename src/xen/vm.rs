@@ -6,6 +6,7 @@ use std::io;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use super::clock::{self, ClockBase};
 use super::context::{self, Record};
 use super::control::{Control, Replay, StateError};
 use super::ioeventfd::IoEventFds;
@@ -14,13 +15,13 @@ use super::kick::XenKick;
 use super::libs::{Evtchn, PolicySource, XenCallError};
 use super::memtype::Server;
 use super::page::{IoreqPage, Slot};
-use super::sys::abi::XenPfn;
 use super::sys::abi::{
     ArchDomainConfig, CreateDomain, DomainInfo, HVM_PARAM_HPET_ENABLED,
     HVM_PARAM_TRIPLE_FAULT_REASON, SHUTDOWN_SOFT_RESET, XENMEM_RESOURCE_IOREQ_SERVER,
     XENMEM_RESOURCE_IOREQ_SERVER_FRAME_IOREQ0, XEN_DOMCTL_CDF_HAP, XEN_DOMCTL_CDF_HVM,
     XEN_DOMCTL_GRANT_VERSION_1,
 };
+use super::sys::abi::{HvmHwCpu, XenPfn};
 use super::{memory as ram, Handles, XenVcpu};
 use crate::dirty::DirtyLog;
 use crate::hypervisor::{Capabilities, HypervisorError, VmConfig};
@@ -104,9 +105,24 @@ pub struct XenVm {
     pub(super) shared: Arc<VmShared>,
 }
 
-/// Why a Xen VM has no VM clock.
-const NO_CLOCK: &str = "Xen keeps a domain's time as each vCPU's TSC (in the CPU record) and \
-                        its PV time info; vmkit has no single clock to move for an HVM domain";
+/// Why a PV domain has no VM clock.
+const NO_PV_CLOCK: &str = "a PV guest keeps time from Xen's system time (the same for every \
+                           domain); vmkit's Xen clock is an HVM guest's TSC";
+
+/// A clock operation's error from a state error.
+fn clock_error(op: &'static str) -> impl Fn(StateError) -> VmError {
+    move |err| match err {
+        StateError::Xen(err) => VmError::Os {
+            op: err.op,
+            source: err.source,
+        },
+        // An I/O access in flight, or a context vmkit cannot read (as create_vcpu reports).
+        other => VmError::Os {
+            op,
+            source: io::Error::other(other.to_string()),
+        },
+    }
+}
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves its data consistent before it can panic.
@@ -205,6 +221,7 @@ impl XenVm {
                 control: Mutex::new(Control {
                     started: false,
                     created: vec![false; config.max_vcpus as usize],
+                    clock: ClockBase::new(),
                 }),
                 handles,
                 ioeventfds: IoEventFds::default(),
@@ -335,7 +352,12 @@ impl XenVm {
         if shared.kind() == DomainKind::Pvh {
             shared
                 .with_paused(&control, |vm| {
-                    vm.load_records(id, Some(context::reset_cpu()), |_| {}, &[])?;
+                    // The TSC starts at the VM clock (see `clock`), in step with the others.
+                    let reset = HvmHwCpu {
+                        tsc: clock::ns_to_ticks(control.clock.now(), vm.gtsc_khz()?),
+                        ..context::reset_cpu()
+                    };
+                    vm.load_records(id, Some(reset), |_| {}, &[])?;
                     // The load brought the vCPU online: it waits offline for its first run().
                     vm.set_online(id, false)?;
                     Ok::<_, StateError>(())
@@ -527,17 +549,54 @@ impl XenVm {
 
 impl Vm for XenVm {
     fn clock(&self) -> Result<ClockState, VmError> {
-        Err(VmError::Unsupported {
-            op: "reading the VM clock",
-            reason: NO_CLOCK,
+        let shared = &self.shared;
+        if shared.kind() != DomainKind::Pvh {
+            return Err(VmError::Unsupported {
+                op: "reading the VM clock",
+                reason: NO_PV_CLOCK,
+            });
+        }
+        let (first, base) = {
+            let control = shared.control();
+            (control.created.iter().position(|&c| c), control.clock)
+        };
+        let Some(first) = first else {
+            return Ok(ClockState {
+                ns: base.now(),
+                stable: true,
+            });
+        };
+        let (tsc, khz) = shared
+            .guest_tsc(first as u32)
+            .map_err(clock_error("reading the VM clock"))?;
+        Ok(ClockState {
+            ns: clock::ticks_to_ns(tsc, khz).unwrap_or(0),
+            // Every vCPU's TSC was set together; the guest may have written its own since.
+            stable: false,
         })
     }
 
-    fn set_clock(&self, _clock: &ClockState) -> Result<(), VmError> {
-        Err(VmError::Unsupported {
-            op: "setting the VM clock",
-            reason: NO_CLOCK,
-        })
+    fn set_clock(&self, clock: &ClockState) -> Result<(), VmError> {
+        let shared = &self.shared;
+        if shared.kind() != DomainKind::Pvh {
+            return Err(VmError::Unsupported {
+                op: "setting the VM clock",
+                reason: NO_PV_CLOCK,
+            });
+        }
+        let vcpus: Vec<u32> = {
+            let control = shared.control();
+            (0..shared.config.max_vcpus)
+                .filter(|&id| control.created[id as usize])
+                .collect()
+        };
+        if !vcpus.is_empty() {
+            shared
+                .set_guest_time(&vcpus, clock.ns)
+                .map_err(clock_error("setting the VM clock"))?;
+        }
+        shared.control().clock = ClockBase::at(clock.ns);
+        Ok(())
     }
 
     fn add_memory_region(&self, region: MemoryRegion) -> Result<MemorySlot, VmError> {

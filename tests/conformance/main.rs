@@ -126,12 +126,21 @@ pub(crate) fn vcpu_events(caps: &Capabilities) -> Option<&'static str> {
     (!caps.vcpu_events).then_some("needs pending-event (vCPU events) state")
 }
 
-/// What `vmkit::snapshot::save` captures besides registers: pending events, XSAVE state and
-/// the VM clock.
+/// What `vmkit::snapshot::save` captures besides registers: pending events and the VM
+/// clock. XSAVE state goes along where the host has it; without, the guest's CPUID offers
+/// none and the legacy FPU state is all there is (`snapshot::Features::xsave`).
 pub(crate) fn snapshots(caps: &Capabilities) -> Option<&'static str> {
-    vcpu_events(caps)
-        .or_else(|| xsave(caps))
-        .or_else(|| clock(caps))
+    vcpu_events(caps).or_else(|| clock(caps))
+}
+
+/// A snapshot of a sparse region larger than the host's memory: RAM backed on first touch
+/// and everything a full snapshot needs.
+pub(crate) fn sparse_snapshots(caps: &Capabilities) -> Option<&'static str> {
+    snapshots(caps).or_else(|| {
+        (!caps.ram_on_demand).then_some(
+            "needs guest RAM backed on first touch (Xen allocates every frame of a region)",
+        )
+    })
 }
 
 /// A snapshot of a VM without an irqchip on a host without XSAVE (its vCPUs' legacy FPU

@@ -98,6 +98,19 @@ pub fn msrs_round_trip_and_unknown_ones_are_named(hv: &dyn Hypervisor) {
         }])
         .unwrap_err();
     assert!(format!("{err:?}").contains("0x42424242"), "{err:?}");
+
+    // The TSC runs on: a read gives its value now, and writing other state does not set it
+    // back (on Xen both go through the CPU record, whose TSC Xen stamps at a whole save).
+    let tsc = || t.vcpu.msrs(&[msr_index::TSC]).unwrap()[0].data;
+    let first = tsc();
+    t.vcpu.set_msrs(&msrs).unwrap();
+    let second = tsc();
+    t.vcpu.set_msrs(&msrs).unwrap();
+    let third = tsc();
+    assert!(
+        first < second && second < third,
+        "TSC {first}, {second}, {third}"
+    );
 }
 
 pub fn cpuid_set_is_what_the_guest_executes(hv: &dyn Hypervisor) {

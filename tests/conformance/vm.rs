@@ -206,6 +206,35 @@ pub fn clock_can_be_read_and_moved_forward(hv: &dyn Hypervisor) {
         after.ns - target < 60_000_000_000,
         "the clock jumped further than asked"
     );
+
+    // With a vCPU, whose time (on Xen, its TSC) moves with the clock.
+    let vm = hv.create_vm(&VmConfig::default()).unwrap();
+    let vcpu = vm.create_vcpu(0).unwrap();
+    let tsc =
+        |vcpu: &dyn vmkit::Vcpu| vcpu.msrs(&[vmkit::arch::x86_64::msr_index::TSC]).unwrap()[0].data;
+    let tsc_before = tsc(&*vcpu);
+    let before = vm.clock().unwrap();
+    let target = before.ns + 3_600_000_000_000;
+    vm.set_clock(&vmkit::ClockState {
+        ns: target,
+        stable: false,
+    })
+    .unwrap();
+    let after = vm.clock().unwrap();
+    assert!(after.ns >= target, "{} < {target}", after.ns);
+    assert!(
+        after.ns - target < 60_000_000_000,
+        "{} vs {target}",
+        after.ns
+    );
+    if hv.kind() == vmkit::HypervisorKind::Xen {
+        // The guest's TSC went an hour ahead too: far more than the VM's age before.
+        let tsc_after = tsc(&*vcpu);
+        assert!(
+            tsc_after / 2 > tsc_before,
+            "TSC {tsc_before} -> {tsc_after} for an hour"
+        );
+    }
 }
 
 pub fn capabilities_serialize_and_compare(hv: &dyn Hypervisor) {

@@ -145,6 +145,13 @@ else
             build_target "linux_smp$cpus" "$(linux_args "$cpus")" "^VMKIT-L2-CPUS $cpus" \
                 build --release --locked --features xen --example boot_linux
         done
+        # The counting guest saved in one process and resumed in another (lazily, then
+        # eagerly), on Xen; also the binary of the cross-backend round trip below.
+        build_target snapshot_across "" "^snapshot_across: the count went on from 11 to 40 on Xen$" \
+            build --release --locked --features xen --example snapshot_across
+        # Live migration between two processes over a Unix socket (RAM not dirty-logged on Xen).
+        build_target migration "--test-threads=1 migrates_over_a_unix_socket" "test result: ok\. 1 passed" \
+            test --release --locked --features xen --no-run --test migration
         {
             for i in "${!names[@]}"; do
                 printf '%s|%s|%s|%s\n' "${names[$i]}" "${paths[$i]}" "${argv[$i]}" "${wants[$i]}"
@@ -181,6 +188,33 @@ fi
 rootfs=$assets/initramfs
 rm -rf "$rootfs"
 mkdir -p "$rootfs"/{bin,lib/modules,tests,xen,usr/lib/xen-4.17/bin,usr/sbin,etc/xen}
+
+# Restore across backends (VMKIT_XEN_CROSS=0 turns it off): this host saves the counting
+# guest on KVM at count 10 into the initramfs; dom0 resumes it on Xen, saves it again at
+# count 20 and sends that back on the console (init.sh's export); after the run this host
+# resumes it on KVM to the end. Each step checks that the count goes on (snapshot_across).
+cross_bin="" cross=$assets/cross
+rm -rf "$cross"
+if [ "${VMKIT_XEN_CROSS:-1}" = 1 ]; then
+    for i in "${!names[@]}"; do
+        [ "${names[$i]}" = snapshot_across ] && cross_bin=${paths[$i]}
+    done
+    if [ -z "$cross_bin" ]; then
+        echo "xen: snapshot_across was not built: the cross-backend round trip is counted as FAILED"
+        missing+=(cross-kvm-to-xen cross-xen-to-kvm)
+    elif ! "$cross_bin" save "$cross/kvm" >"$assets/cross-save.log" 2>&1; then
+        tail -n 20 "$assets/cross-save.log"
+        echo "xen: saving on KVM failed (is /dev/kvm usable?): the round trip is counted as FAILED"
+        missing+=(cross-kvm-to-xen cross-xen-to-kvm)
+        cross_bin=""
+    else
+        tail -n 1 "$assets/cross-save.log"
+        mkdir -p "$rootfs/cross"
+        cp -r "$cross/kvm" "$rootfs/cross/kvm"
+        add_bin cross-kvm-to-xen "$cross_bin" "resume /cross/kvm --save-at 20 /tmp/export/xen" \
+            "^snapshot_across: the count went on from 11 to 20 on Xen$"
+    fi
+fi
 cp /bin/busybox "$rootfs/bin/busybox"
 cp "$here/init.sh" "$rootfs/init"
 chmod 755 "$rootfs/init"
@@ -279,6 +313,30 @@ rc=${PIPESTATUS[0]}
 set -e
 phase "boot and tests"
 
+# The cross-backend round trip's last step: the snapshot dom0 exported (a gzipped tar,
+# base64 in VMKIT-EXPORT lines, checked against its SHA-256), resumed here on KVM.
+cross_verdict=""
+if [ -n "$cross_bin" ]; then
+    mkdir -p "$cross/xen"
+    want_sum=$(grep -oE '^VMKIT-EXPORT-SHA256 [0-9a-f]{64}' "$log" | awk 'NR == 1 {print $2}' || true)
+    grep -E '^VMKIT-EXPORT [A-Za-z0-9+/=]+$' "$log" | cut -d' ' -f2 | base64 -d >"$cross/xen.tgz" 2>/dev/null || true
+    got_sum=$(sha256sum "$cross/xen.tgz" | cut -d' ' -f1)
+    if [ -z "$want_sum" ]; then
+        echo "xen: dom0 exported no snapshot"
+        cross_verdict=FAILED
+    elif [ "$want_sum" != "$got_sum" ]; then
+        echo "xen: the exported snapshot arrived damaged (SHA-256 $got_sum, dom0 sent $want_sum)"
+        cross_verdict=FAILED
+    elif tar -xzf "$cross/xen.tgz" -C "$cross" && "$cross_bin" resume "$cross/xen" >"$assets/cross-resume.log" 2>&1 &&
+        grep -q '^snapshot_across: the count went on from 21 to 40 on KVM$' "$assets/cross-resume.log"; then
+        tail -n 1 "$assets/cross-resume.log"
+        cross_verdict=ok
+    else
+        tail -n 20 "$assets/cross-resume.log" 2>/dev/null || true
+        cross_verdict=FAILED
+    fi
+fi
+
 # Count. Markers are matched anywhere in a line: Xen may interleave its own output.
 passed=0 failed=0
 echo "=== xen: results"
@@ -294,6 +352,10 @@ for n in "${expected[@]}"; do
         *) echo "  $n: FAILED (no marker: dom0 died, hung or timed out)"; failed=$((failed + 1)) ;;
     esac
 done
+case $cross_verdict in
+    ok) echo "  cross-xen-to-kvm: ok"; passed=$((passed + 1)) ;;
+    FAILED) echo "  cross-xen-to-kvm: FAILED"; failed=$((failed + 1)) ;;
+esac
 for n in "${missing[@]}"; do
     echo "  $n: FAILED (not built or not runnable)"
     failed=$((failed + 1))

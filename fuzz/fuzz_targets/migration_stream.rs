@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
                         backend: Backend::Kvm,
                     };
                     if let Ok(snapshot) = Snapshot::from_bytes(state, expected) {
-                        let _ = snapshot.read_section::<VmState>(VM_STATE, 0, 1..=1);
+                        let _ = snapshot.read_section::<VmState>(VM_STATE, 0, 1..=2);
                         for section in snapshot.instances(SectionTag::VCPU) {
                             let _ = section.decode::<VcpuState>(1..=1);
                         }

@@ -13,7 +13,7 @@ use super::wire::{self, Message, Offer};
 use super::SECTION_VERSION;
 use crate::hypervisor::{Capabilities, Hypervisor, VmConfig};
 use crate::memory::{GuestMemoryMmap, MemoryFlags, MemoryRegion, PAGE_SIZE};
-use crate::snapshot::{restore_vcpu, restore_vm, VcpuState, VmState, VM_STATE};
+use crate::snapshot::{read_vm_state, restore_vcpu, restore_vm, VcpuState, VmState};
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
 
@@ -336,9 +336,7 @@ fn restore(
         backend: backend_code(hypervisor.kind()),
     };
     let snapshot = Snapshot::from_bytes(state, expected).map_err(Reason::State)?;
-    let vm_state: VmState = snapshot
-        .read_section(VM_STATE, 0, SECTION_VERSION..=SECTION_VERSION)
-        .map_err(Reason::State)?;
+    let vm_state: VmState = read_vm_state(&snapshot).map_err(Reason::State)?;
     // `build` created them in the offer's order.
     for vcpu in &vcpus {
         let state: VcpuState = snapshot

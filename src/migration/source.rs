@@ -22,7 +22,7 @@ use super::SECTION_VERSION;
 use crate::hypervisor::{Hypervisor, VmConfig};
 use crate::memory::{DirtyBitmap, GuestMemoryMmap, PAGE_SIZE};
 use crate::runner::VmRunner;
-use crate::snapshot::{save_vm, Features, VM_STATE};
+use crate::snapshot::{save_vm, Features, VM_STATE, VM_STATE_VERSION};
 use crate::vm::Vm;
 
 /// The VM a source migrates, and what it runs on.
@@ -516,7 +516,7 @@ fn stop_and_copy<S: Read + Write>(
     }
     let vm_state = save_vm(source.vm, features).map_err(|e| local(e.into()))?;
     writer
-        .write_section(VM_STATE, 0, SECTION_VERSION, &vm_state)
+        .write_section(VM_STATE, 0, VM_STATE_VERSION, &vm_state)
         .map_err(|e| local(Reason::State(e)))?;
     let state = writer.finish().map_err(|e| local(Reason::State(e)))?;
     let capture = paused.elapsed();

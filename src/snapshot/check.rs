@@ -7,15 +7,15 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use vmkit_snapshot::{
-    open_regular, Arch, Expected, Flags, MemoryError as MemoryFileError, MemoryFile, MemoryKind,
-    SectionTag, Snapshot, SnapshotId, StateError,
+    open_regular, Arch, Backend, Expected, Flags, MemoryError as MemoryFileError, MemoryFile,
+    MemoryKind, SectionTag, Snapshot, SnapshotId, StateError,
 };
 
 use super::file::{
     backend, RegionLayout, SnapshotError, BASE, CAPABILITIES, CAPABILITIES_VERSION, CONFIG,
-    MAX_CHAIN, MEMORY_FILE, MEMORY_LAYOUT, STATE_FILE, VCPU_VERSION, VERSION, VM_STATE,
+    MAX_CHAIN, MEMORY_FILE, MEMORY_LAYOUT, STATE_FILE, VCPU_VERSION, VERSION,
 };
-use super::{VcpuState, VmState};
+use super::{portable, VcpuState, VmState};
 use crate::hypervisor::{Capabilities, Hypervisor, VmConfig};
 
 /// How the files of a snapshot disagree (see [`SnapshotError::Mismatch`]).
@@ -284,10 +284,35 @@ fn vcpu_states(
     Ok(states)
 }
 
+/// Opens a state file written by this host's backend `ours` or by another one vmkit knows
+/// (a restore across backends, see [`portable`]); returns it with what it was opened as.
+fn open_state(path: &Path, ours: Backend) -> Result<(Snapshot, Expected), SnapshotError> {
+    let expected = Expected {
+        arch: Arch::X86_64,
+        backend: ours,
+    };
+    match Snapshot::open(path, expected) {
+        Err(StateError::BackendMismatch { found, .. }) => {
+            let theirs = Expected {
+                backend: found,
+                ..expected
+            };
+            Snapshot::open(path, theirs)
+                .map(|snapshot| (snapshot, theirs))
+                .map_err(state_error(path))
+        }
+        opened => opened
+            .map(|snapshot| (snapshot, expected))
+            .map_err(state_error(path)),
+    }
+}
+
 /// Checks the snapshot in `dir` for a restore on `hypervisor`, reading only the files: the
-/// state file's header, checksums, architecture and backend; the capabilities the VM used
-/// against this host's; the vCPU sections, and their pending events against what this host
-/// can hold; the memory file's header, kind, identity and region
+/// state file's header, checksums and architecture; the capabilities of the host that wrote
+/// it against this host's (for a snapshot of the other backend, KVM or Xen: what the VM used,
+/// its configuration, state, CPUID feature bits and the MSRs holding a value, see
+/// [`PORTABLE_MSRS`](super::PORTABLE_MSRS)); the vCPU sections, and their pending events
+/// against what this host can hold; the memory file's header, kind, identity and region
 /// table against the state file; for a diff, every snapshot down to the full one, each diff's
 /// recorded base identity against the base directory's snapshot. Region data is not read
 /// (see [`MemoryRestore`](super::MemoryRestore)).
@@ -296,37 +321,44 @@ fn vcpu_states(
 /// VMM can call this to vet a snapshot directory; [`restore`](super::restore) calls it first.
 pub fn check(dir: &Path, hypervisor: &dyn Hypervisor) -> Result<Checked, SnapshotError> {
     let state_path = dir.join(STATE_FILE);
-    let expected = Expected {
-        arch: Arch::X86_64,
-        backend: backend(hypervisor.kind()),
-    };
-    let snapshot = Snapshot::open(&state_path, expected).map_err(state_error(&state_path))?;
+    let ours = backend(hypervisor.kind());
+    let (snapshot, expected) = open_state(&state_path, ours)?;
     let config: VmConfig = snapshot
         .read_section(CONFIG, 0, VERSION..=VERSION)
         .map_err(state_error(&state_path))?;
     let their_caps: Capabilities = snapshot
         .read_section(CAPABILITIES, 0, CAPABILITIES_VERSION..=CAPABILITIES_VERSION)
         .map_err(state_error(&state_path))?;
-    let missing = their_caps.missing_in(hypervisor.capabilities());
-    if !missing.is_empty() {
-        return Err(SnapshotError::MissingCapabilities { missing });
+    let host = hypervisor.capabilities();
+    let same_backend = expected.backend == ours;
+    if same_backend {
+        let missing = their_caps.missing_in(host);
+        if !missing.is_empty() {
+            return Err(SnapshotError::MissingCapabilities { missing });
+        }
     }
-    let vm_state: VmState = snapshot
-        .read_section(VM_STATE, 0, VERSION..=VERSION)
-        .map_err(state_error(&state_path))?;
-    let vcpu_states = vcpu_states(&state_path, &snapshot, &config)?;
-    // Pending events this host cannot hold (an NMI blocked, an interrupt shadow…) would be
-    // refused by set_vcpu_events halfway through the restore.
-    let missing: Vec<_> = vcpu_states
-        .iter()
-        .flat_map(|s| hypervisor.capabilities().missing_events(s.id, &s.events))
-        .collect();
-    if !missing.is_empty() {
-        return Err(SnapshotError::MissingCapabilities { missing });
-    }
+    let mut vm_state: VmState =
+        super::read_vm_state(&snapshot).map_err(state_error(&state_path))?;
+    let mut vcpu_states = vcpu_states(&state_path, &snapshot, &config)?;
     let layout: Vec<RegionLayout> = snapshot
         .read_section(MEMORY_LAYOUT, 0, VERSION..=VERSION)
         .map_err(state_error(&state_path))?;
+    let mut missing = Vec::new();
+    if !same_backend {
+        // From another backend: held to what the VM used, not to what its host offered.
+        portable::adapt(&mut vm_state, &mut vcpu_states, host);
+        missing = portable::required(&config, &vm_state, &vcpu_states, &layout).missing_in(host);
+    }
+    // Pending events this host cannot hold (an NMI blocked, an interrupt shadow…) would be
+    // refused by set_vcpu_events halfway through the restore.
+    missing.extend(
+        vcpu_states
+            .iter()
+            .flat_map(|s| host.missing_events(s.id, &s.events)),
+    );
+    if !missing.is_empty() {
+        return Err(SnapshotError::MissingCapabilities { missing });
+    }
     let memory = open_memory(dir)?;
     check_memory(&state_path, &snapshot, &layout, &memory)?;
 

@@ -175,6 +175,9 @@ pub enum SnapshotError {
 pub enum MemoryRestore {
     /// Map the memory file copy-on-write: restore cost does not grow with memory size; pages
     /// are read when the guest first touches them. Chunk checksums are not verified.
+    /// On Xen, whose guest memory is Xen's own frames mapped into vmkit, adding the region
+    /// copies the mapped file in at once (its zero pages skipped), so the VM keeps no link
+    /// to the file there.
     #[default]
     Lazy,
     /// Copy every region into fresh anonymous memory, chunk by chunk straight into the guest
@@ -269,7 +272,7 @@ impl<'a> Capture<'a> {
             }
             writer.write_section(CONFIG, 0, VERSION, self.config)?;
             writer.write_section(CAPABILITIES, 0, CAPABILITIES_VERSION, caps)?;
-            writer.write_section(VM_STATE, 0, VERSION, &self.vm_state)?;
+            writer.write_section(VM_STATE, 0, super::VM_STATE_VERSION, &self.vm_state)?;
             writer.write_section(MEMORY_LAYOUT, 0, VERSION, &self.layout)?;
             for state in &self.vcpu_states {
                 writer.write_section(SectionTag::VCPU, state.id, VCPU_VERSION, state)?;

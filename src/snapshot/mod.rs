@@ -10,6 +10,7 @@
 
 mod check;
 mod file;
+mod portable;
 
 /// The snapshot file formats, re-exported so that a VMM writes its device sections with the
 /// same version vmkit uses.
@@ -20,6 +21,7 @@ pub use file::{
     restore, save, DiffTracker, MemoryRestore, Restored, SnapshotError, BASE, CAPABILITIES,
     CAPABILITIES_VERSION, CONFIG, MAX_CHAIN, MEMORY_FILE, STATE_FILE, VCPU_VERSION, VM_STATE,
 };
+pub use portable::PORTABLE_MSRS;
 
 use serde::{Deserialize, Serialize};
 
@@ -82,8 +84,9 @@ fn mce_banks(vcpu: &dyn Vcpu) -> Option<u8> {
 /// The VM-wide state a hypervisor keeps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmState {
-    /// The VM clock.
-    pub clock: ClockState,
+    /// The VM clock; `None` on a backend without one (Xen, where the guest's time is each
+    /// vCPU's TSC, carried in its MSRs).
+    pub clock: Option<ClockState>,
     /// The in-kernel PICs and IOAPIC, when the VM has them.
     pub irqchip: Option<IrqchipState>,
     /// The in-kernel PIT, when the VM has one.
@@ -99,6 +102,8 @@ pub struct Features {
     pub pit: bool,
     /// The hypervisor exposes XSAVE and XCRs.
     pub xsave: bool,
+    /// The hypervisor has a VM clock.
+    pub clock: bool,
 }
 
 impl Features {
@@ -117,6 +122,7 @@ impl Features {
             irqchip: config.irqchip,
             pit: config.pit,
             xsave: capabilities.xsave && capabilities.xcrs,
+            clock: capabilities.clock,
         }
     }
 }
@@ -213,12 +219,22 @@ pub fn restore_vcpu(vcpu: &dyn Vcpu, state: &VcpuState) -> Result<(), VcpuError>
 
 /// Writes saved MSRs one by one. A hypervisor may list MSRs that it lets a VM read but not
 /// write in every configuration (KVM's async-page-fault interrupt MSR needs an in-kernel
-/// LAPIC); one refused with its reset value, 0, is skipped, since the fresh vCPU already holds
-/// that value. Any other refusal is an error naming the MSR.
+/// LAPIC; Xen's APIC base is read-only); one refused with a value the vCPU already holds
+/// (its reset value, 0, or the value read back) is skipped. Any other refusal is an error
+/// naming the MSR.
 fn restore_msrs(vcpu: &dyn Vcpu, msrs: &[Msr]) -> Result<(), VcpuError> {
     for msr in msrs {
         match vcpu.set_msrs(std::slice::from_ref(msr)) {
             Err(VcpuError::InvalidState { .. }) if msr.data == 0 => {}
+            Err(err @ VcpuError::InvalidState { .. }) => {
+                let holds = vcpu
+                    .msrs(&[msr.index])
+                    .ok()
+                    .and_then(|m| m.first().copied());
+                if holds != Some(*msr) {
+                    return Err(err);
+                }
+            }
             result => result?,
         }
     }
@@ -228,7 +244,7 @@ fn restore_msrs(vcpu: &dyn Vcpu, msrs: &[Msr]) -> Result<(), VcpuError> {
 /// Captures the VM-wide state.
 pub fn save_vm(vm: &dyn Vm, features: Features) -> Result<VmState, VmError> {
     Ok(VmState {
-        clock: vm.clock()?,
+        clock: features.clock.then(|| vm.clock()).transpose()?,
         irqchip: features.irqchip.then(|| vm.irqchip_state()).transpose()?,
         pit: features.pit.then(|| vm.pit_state()).transpose()?,
     })
@@ -242,5 +258,43 @@ pub fn restore_vm(vm: &dyn Vm, state: &VmState) -> Result<(), VmError> {
     if let Some(pit) = &state.pit {
         vm.set_pit_state(pit)?;
     }
-    vm.set_clock(&state.clock)
+    match &state.clock {
+        Some(clock) => vm.set_clock(clock),
+        None => Ok(()),
+    }
+}
+
+/// [`VmState`] as the first version of its section held it, with a clock always.
+#[derive(Deserialize)]
+struct VmStateV1 {
+    clock: ClockState,
+    irqchip: Option<IrqchipState>,
+    pit: Option<PitState>,
+}
+
+/// Version of the [`VM_STATE`] section (2: the clock is optional).
+pub(crate) const VM_STATE_VERSION: u16 = 2;
+
+/// Decodes a [`VM_STATE`] section of version 1 or 2.
+pub(crate) fn decode_vm_state(section: &format::Section) -> Result<VmState, format::StateError> {
+    if section.version() == 1 {
+        let v1: VmStateV1 = section.decode(1..=1)?;
+        return Ok(VmState {
+            clock: Some(v1.clock),
+            irqchip: v1.irqchip,
+            pit: v1.pit,
+        });
+    }
+    section.decode(VM_STATE_VERSION..=VM_STATE_VERSION)
+}
+
+/// Reads the [`VM_STATE`] section of `snapshot` (version 1 or 2).
+pub(crate) fn read_vm_state(snapshot: &format::Snapshot) -> Result<VmState, format::StateError> {
+    let section = snapshot
+        .get(VM_STATE, 0)
+        .ok_or(format::StateError::MissingSection {
+            tag: VM_STATE,
+            index: 0,
+        })?;
+    decode_vm_state(section)
 }

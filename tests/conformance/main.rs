@@ -143,6 +143,13 @@ pub(crate) fn sparse_snapshots(caps: &Capabilities) -> Option<&'static str> {
     })
 }
 
+/// A snapshot of a VM without an irqchip on a host without XSAVE (its vCPUs' legacy FPU
+/// state is saved instead) or a VM clock (Xen: the TSC MSR carries the guest's time):
+/// pending events.
+pub(crate) fn register_snapshots(caps: &Capabilities) -> Option<&'static str> {
+    vcpu_events(caps)
+}
+
 /// Diff snapshots: dirty-page logging and everything a full snapshot needs.
 pub(crate) fn diff_snapshots(caps: &Capabilities) -> Option<&'static str> {
     dirty_log(caps).or_else(|| snapshots(caps))

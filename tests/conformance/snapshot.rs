@@ -131,11 +131,7 @@ fn output(serial: &Serial<Vec<u8>>) -> String {
 }
 
 fn state_moves(hv: &dyn Hypervisor, config: VmConfig) {
-    let features = Features {
-        irqchip: config.irqchip,
-        pit: config.pit,
-        xsave: hv.capabilities().xsave && hv.capabilities().xcrs,
-    };
+    let features = Features::for_vm(&config, hv.capabilities());
     let mut first = machine(hv, &config);
     let memory = first.vm.memory();
     let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None).unwrap();
@@ -262,7 +258,78 @@ pub fn restore_child(dir: &str) {
 }
 
 pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
-    let config = VmConfig::default().irqchip(true).pit(true);
+    continues_in_a_new_process_with(hv, VmConfig::default().irqchip(true).pit(true), false);
+}
+
+/// The same without an in-kernel irqchip or PIT (the counting guest polls its devices): the
+/// configuration both KVM and Xen (a PVH domain without emulated interrupt controllers) save.
+pub fn continues_in_a_new_process_without_irqchip(hv: &dyn Hypervisor) {
+    continues_in_a_new_process_with(hv, VmConfig::default(), false);
+}
+
+/// A snapshot whose state file names the other backend (KVM for Xen, Xen for KVM) goes
+/// through the cross-backend check, against what the VM used rather than what its host
+/// offered: restored on this host it counts on; with an MSR and a CPUID feature bit this host
+/// lacks in its vCPU section it is refused, listing both, before anything is created.
+pub fn a_snapshot_of_the_other_backend_restores(hv: &dyn Hypervisor) {
+    continues_in_a_new_process_with(hv, VmConfig::default(), true);
+}
+
+fn backend_of(hv: &dyn Hypervisor) -> snapshot::format::Backend {
+    if hv.kind() == vmkit::HypervisorKind::Xen {
+        snapshot::format::Backend::Xen
+    } else {
+        snapshot::format::Backend::Kvm
+    }
+}
+
+/// Rewrites the state file in `snap`: as written by `backend`, each section's payload passed
+/// through `edit` (its tag and index, the payload; `None` keeps it).
+fn rewrite_state(
+    snap: &std::path::Path,
+    backend: snapshot::format::Backend,
+    mut edit: impl FnMut(snapshot::format::SectionTag, u32, &[u8]) -> Option<Vec<u8>>,
+) {
+    let path = snap.join(snapshot::STATE_FILE);
+    let bytes = std::fs::read(&path).unwrap();
+    let original = [
+        snapshot::format::Backend::Kvm,
+        snapshot::format::Backend::Xen,
+    ]
+    .into_iter()
+    .find_map(|backend| {
+        snapshot::format::Snapshot::from_bytes(
+            &bytes,
+            snapshot::format::Expected {
+                arch: snapshot::format::Arch::X86_64,
+                backend,
+            },
+        )
+        .ok()
+    })
+    .unwrap();
+    let header = original.header().clone();
+    let mut file = std::fs::File::create(&path).unwrap();
+    let mut writer =
+        snapshot::format::Writer::new(&mut file, header.arch, backend, header.capabilities);
+    writer.set_snapshot_id(header.snapshot_id);
+    writer.set_flags(header.flags).unwrap();
+    for section in original.iter() {
+        let h = section.header();
+        let payload = edit(h.tag, h.index, section.payload());
+        writer
+            .write_raw_section(
+                h.tag,
+                h.index,
+                h.version,
+                payload.as_deref().unwrap_or(section.payload()),
+            )
+            .unwrap();
+    }
+    writer.finish().unwrap();
+}
+
+fn continues_in_a_new_process_with(hv: &dyn Hypervisor, config: VmConfig, other_backend: bool) {
     let vm = hv.create_vm(&config).unwrap();
     let ram = MemoryRegion::anonymous(GuestAddress(0), RAM_SIZE, MemoryFlags::empty()).unwrap();
     vm.add_memory_region(ram).unwrap();
@@ -316,6 +383,24 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
     let before = first.output();
     assert_eq!(minimal::check_count_serial(&before).unwrap(), (1, 10));
     drop(first);
+    let other = match backend_of(hv) {
+        snapshot::format::Backend::Kvm => snapshot::format::Backend::Xen,
+        _ => snapshot::format::Backend::Kvm,
+    };
+    if other_backend {
+        // The vCPU section carries the CPUID the VMM gave: a nested KVM (as on the CI host)
+        // reports more feature bits through KVM_GET_CPUID2 than it supports, which the
+        // cross-backend check, held to the vCPU's table, would rightly refuse.
+        let given = hv.supported_cpuid();
+        rewrite_state(&snap, other, |tag, _, payload| {
+            if tag != snapshot::format::SectionTag::VCPU {
+                return None;
+            }
+            let mut state: snapshot::VcpuState = postcard::from_bytes(payload).unwrap();
+            state.cpuid = given.clone();
+            Some(postcard::to_allocvec(&state).unwrap())
+        });
+    }
 
     for mode in ["lazy", "eager"] {
         // Each restore starts from the disk as it was at the snapshot.
@@ -348,13 +433,60 @@ pub fn continues_in_a_new_process(hv: &dyn Hypervisor) {
         std::fs::write(&disk_path, at_snapshot).unwrap();
     }
 
+    if other_backend {
+        // What the vCPU used and this host lacks: an MSR holding a value, a CPUID feature bit.
+        let host_leaf1 = hv
+            .capabilities()
+            .cpuid
+            .iter()
+            .find(|e| e.function == 1 && e.index == 0)
+            .copied()
+            .unwrap();
+        let lacking = (0..32)
+            .map(|bit| 1u32 << bit)
+            .find(|bit| host_leaf1.ecx & bit == 0);
+        rewrite_state(&snap, other, |tag, _, payload| {
+            if tag != snapshot::format::SectionTag::VCPU {
+                return None;
+            }
+            let mut state: snapshot::VcpuState = postcard::from_bytes(payload).unwrap();
+            state.msrs.push(vmkit::arch::x86_64::Msr {
+                index: 0x4242_4242,
+                data: 1,
+            });
+            let leaf = state
+                .cpuid
+                .iter_mut()
+                .find(|e| e.function == 1 && e.index == 0)
+                .unwrap();
+            leaf.ecx |= lacking.unwrap_or(0);
+            Some(postcard::to_allocvec(&state).unwrap())
+        });
+        match snapshot::restore(&snap, hv, snapshot::MemoryRestore::Lazy) {
+            Err(err @ snapshot::SnapshotError::MissingCapabilities { .. }) => {
+                let text = err.to_string();
+                assert!(text.contains("MSR 0x42424242 is not available"), "{text}");
+                if let Some(bit) = lacking {
+                    let bits = format!("CPUID leaf 0x1.0 ecx lacks feature bits {bit:#010x}");
+                    assert!(text.contains(&bits), "{text}");
+                }
+            }
+            other => panic!("expected MissingCapabilities, got {:?}", other.map(|_| ())),
+        }
+        return;
+    }
+
     // A snapshot from a host with more than this one is refused, listing what is missing:
     // rewrite the capabilities section as if the writer had offered more vCPUs and an MSR.
     let original = snapshot::format::Snapshot::open(
         snap.join(snapshot::STATE_FILE),
         snapshot::format::Expected {
             arch: snapshot::format::Arch::X86_64,
-            backend: snapshot::format::Backend::Kvm,
+            backend: if hv.kind() == vmkit::HypervisorKind::Xen {
+                snapshot::format::Backend::Xen
+            } else {
+                snapshot::format::Backend::Kvm
+            },
         },
     )
     .unwrap();
@@ -523,6 +655,8 @@ crate::scenarios![
     a_paused_smp_vm_saves_and_restores => smp_snapshots,
     a_chain_of_diffs_restores_like_a_full_snapshot => crate::diff_snapshots_of_running_code,
     continues_in_a_new_process => pit_snapshots,
+    continues_in_a_new_process_without_irqchip => crate::register_snapshots,
+    a_snapshot_of_the_other_backend_restores => crate::register_snapshots,
     vcpu_and_memory_move_to_a_fresh_vm => crate::clock,
     with_irqchip_and_pit_state_too => pit_snapshots,
 ];

@@ -420,9 +420,10 @@ fn migrates(transport: Transport, dirty_ring: bool, options: MigrationOptions) {
     let mut child = spawn_destination(&addr, dir.as_path(), None);
     let stream = accept(&listener, &mut child);
     let source = start_source(dir.as_path(), dirty_ring, Duration::from_millis(20));
-    // The machine's RAM is not dirty-logged on Xen (see machine::boot): every round resends
+    // Where the machine's RAM is not dirty-logged (see machine::boot) every round resends
     // all of it, so more than a few only let the guest count to its end meanwhile.
-    let options = if source.hv.kind() == vmkit::HypervisorKind::Xen {
+    let logged = source.hv.capabilities().code_runs_in_tracked_memory;
+    let options = if !logged {
         let rounds = options.max_rounds.min(3);
         options.max_rounds(rounds)
     } else {
@@ -464,7 +465,7 @@ fn migrates(transport: Transport, dirty_ring: bool, options: MigrationOptions) {
         "{transport:?} (dirty {}): count {last_here} -> {first_there}; {} rounds, {} pages ({} paused), {} bytes, downtime {:?}, total {:?}",
         if source.config.dirty_ring.is_some() {
             "ring"
-        } else if source.hv.kind() == vmkit::HypervisorKind::Xen {
+        } else if !logged {
             "none: all RAM each round"
         } else {
             "bitmap"

@@ -14,9 +14,7 @@ use vm_memory::GuestAddress;
 use vmkit::migration::Incoming;
 use vmkit::runner::{self, ExitAction, ExitHandler, RunnerOptions, VcpuOutcome, VmRunner};
 use vmkit::snapshot::format::{StateError, Writer};
-use vmkit::{
-    EventFd, Hypervisor, HypervisorKind, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig,
-};
+use vmkit::{EventFd, Hypervisor, MemoryFlags, MemoryRegion, Vcpu, VcpuExit, Vm, VmConfig};
 use vmkit_boot::entry;
 use vmkit_bus::Bus;
 use vmkit_devices::{Persist, Serial, COM1, I8042, SERIAL_PORTS};
@@ -72,8 +70,8 @@ fn open_disk(path: &Path) -> Result<Block, BoxError> {
 }
 
 /// The VM's configuration: in-kernel irqchip and PIT where the host can save their state
-/// (the guest polls its devices, so it runs without them, as on Xen, whose PIT and PIC state
-/// vmkit cannot read), and dirty rings when asked for and the host has them.
+/// (the guest polls its devices, so it runs without them too), and dirty rings when asked
+/// for and the host has them.
 pub fn config(hypervisor: &dyn Hypervisor, dirty_ring: bool) -> VmConfig {
     let caps = hypervisor.capabilities();
     let platform = caps.irqchip && caps.irqchip_state && caps.pit;
@@ -107,15 +105,15 @@ pub fn boot<W: Write + Send + 'static>(
     out: W,
 ) -> Result<Booted<W>, BoxError> {
     let vm = hypervisor.create_vm(config)?;
-    // On Xen a dirty-logged page is write-protected until its first write, which Xen hands
-    // to vmkit as an I/O request. This guest does not get going that way: with its boot page
-    // tables and GDT logged it triple-faults on its first instruction (the processor's own
-    // accessed-bit writes), and with only the memory above 1 MiB logged it prints nothing
-    // in two minutes. So on Xen its RAM is not logged and every pre-copy round sends all of
-    // it (4 MiB), which still migrates it without a gap or a repeat.
-    let flags = match hypervisor.kind() {
-        HypervisorKind::Xen => MemoryFlags::empty(),
-        _ => MemoryFlags::LOG_DIRTY,
+    // The guest runs from this RAM. Where the hypervisor cannot run code from a
+    // dirty-logged page (Xen on AMD's nested paging maps the type it tracks writes with
+    // non-executable: the guest triple-faults on its first instruction) the RAM is not
+    // logged, and every pre-copy round sends all of it (4 MiB), which still migrates the
+    // guest without a gap or a repeat.
+    let flags = if hypervisor.capabilities().code_runs_in_tracked_memory {
+        MemoryFlags::LOG_DIRTY
+    } else {
+        MemoryFlags::empty()
     };
     vm.add_memory_region(MemoryRegion::anonymous(GuestAddress(0), RAM_SIZE, flags)?)?;
     let memory = vm.memory();

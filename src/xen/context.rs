@@ -301,7 +301,7 @@ pub(crate) fn set_fpu(image: &mut [u8; 512], fpu: &Fpu) {
     }
 }
 
-/// The MSRs a CPU record holds, in the order [`msr_index_list`] reports them.
+/// The MSRs a CPU record holds, in the order [`Hypervisor::msr_index_list`](crate::Hypervisor::msr_index_list) reports them.
 pub(crate) const MSRS: [u32; 15] = [
     msr_index::EFER,
     msr_index::STAR,

@@ -96,7 +96,7 @@
 //!   registers set instead. Xen numbers vCPU n's local APIC 2n
 //!   (`Capabilities::apic_id_stride`).
 //! - PCI configuration cycles on ports 0xCFC-0xCFF reach vmkit only for the functions
-//!   mapped to its ioreq server, which [`Vm::claim_pci_config`](crate::Vm::claim_pci_config)
+//!   mapped to its ioreq server, which [`Vm::claim_pci_config`]
 //!   does (the `pci` module); Xen's `IOREQ_TYPE_PCI_CONFIG` request becomes the data-port
 //!   exit the guest's instruction is (the `ioreq` module), after the 0xCF8 write Xen
 //!   forwarded too, so the VMM sees what it sees on KVM. Unclaimed functions read all ones.

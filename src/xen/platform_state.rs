@@ -1,5 +1,5 @@
 //! The state of Xen's emulated PIT, PICs and IOAPIC as vmkit's backend-neutral
-//! [`PitState`] and [`IrqchipState`]: conversions between those and Xen's HVM records
+//! [`PitState`] and [`IrqchipState`](crate::arch::x86_64::IrqchipState): conversions between those and Xen's HVM records
 //! (`PIT`, two `PIC`, `IOAPIC`, with the `ISA_IRQ` wires and the HPET's legacy bit), and the
 //! PIT's lost-tick policy as `HVM_PARAM_TIMER_MODE`.
 //!

@@ -147,6 +147,13 @@ pub struct Capabilities {
     /// on both, and so does loading state into a fresh vCPU (a restore).
     #[serde(default)]
     pub state_writes_mid_io: bool,
+    /// A vCPU can be loaded halted (`set_mp_state(MpState::Halted)`), as restoring one
+    /// saved inside `hlt` needs. KVM: yes. Xen: no — its HVM records keep no halted state
+    /// (Xen's own restore wakes such a vCPU after its `hlt`, which the guest never asked
+    /// for), so vmkit refuses; a snapshot with a halted vCPU is refused before anything is
+    /// created ([`MissingCapability::HaltedVcpu`]).
+    #[serde(default)]
+    pub halted_vcpus: bool,
     /// The CPUID leaves the hypervisor can offer a guest.
     #[cfg(target_arch = "x86_64")]
     pub cpuid: Vec<CpuidEntry>,
@@ -190,6 +197,12 @@ pub enum MissingCapability {
     },
     /// An MSR cannot be read or written.
     Msr(u32),
+    /// A vCPU was saved halted (inside `hlt`), which the host cannot load
+    /// ([`Capabilities::halted_vcpus`]).
+    HaltedVcpu {
+        /// The vCPU.
+        vcpu: u32,
+    },
     /// A vCPU's pending-event state sets a field the host cannot hold
     /// ([`Capabilities::vcpu_event_fields`]).
     #[cfg(target_arch = "x86_64")]
@@ -223,6 +236,10 @@ impl fmt::Display for MissingCapability {
                 "CPUID leaf {function:#x}.{index} {register} lacks feature bits {bits:#010x}"
             ),
             MissingCapability::Msr(index) => write!(f, "MSR {index:#x} is not available"),
+            MissingCapability::HaltedVcpu { vcpu } => write!(
+                f,
+                "vCPU {vcpu} was saved halted (inside hlt), which this host cannot load"
+            ),
             #[cfg(target_arch = "x86_64")]
             MissingCapability::VcpuEvent { vcpu, field } => {
                 write!(f, "vCPU {vcpu} has {field}, which this host cannot hold")
@@ -355,6 +372,26 @@ impl Capabilities {
             .into_iter()
             .map(|field| MissingCapability::VcpuEvent { vcpu, field })
             .collect()
+    }
+
+    /// What keeps `self` (the host to restore on) from loading vCPU `vcpu` in `mp_state`:
+    /// a halted vCPU where the host cannot hold one ([`Capabilities::halted_vcpus`]).
+    ///
+    /// ```
+    /// use vmkit::arch::x86_64::MpState;
+    /// let host = vmkit::Capabilities::default();
+    /// assert!(host.missing_mp_state(1, MpState::Runnable).is_none());
+    /// assert_eq!(host.missing_mp_state(1, MpState::Halted).unwrap().to_string(),
+    ///     "vCPU 1 was saved halted (inside hlt), which this host cannot load");
+    /// ```
+    #[cfg(target_arch = "x86_64")]
+    pub fn missing_mp_state(
+        &self,
+        vcpu: u32,
+        mp_state: crate::arch::x86_64::MpState,
+    ) -> Option<MissingCapability> {
+        (mp_state == crate::arch::x86_64::MpState::Halted && !self.halted_vcpus)
+            .then_some(MissingCapability::HaltedVcpu { vcpu })
     }
 
     /// The first range the hypervisor handles itself in a VM created with `config` that

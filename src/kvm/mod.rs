@@ -128,6 +128,7 @@ impl Kvm {
             ram_on_demand: true,
             code_runs_in_tracked_memory: true,
             state_writes_mid_io: true,
+            halted_vcpus: true,
             vcpu_event_fields: VcpuEventFields {
                 smm: kvm.check_extension_raw(kvm_bindings::KVM_CAP_X86_SMM.into()) > 0,
                 // vmkit does not enable KVM_CAP_EXCEPTION_PAYLOAD, without which KVM reports

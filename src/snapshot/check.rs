@@ -356,6 +356,12 @@ pub fn check(dir: &Path, hypervisor: &dyn Hypervisor) -> Result<Checked, Snapsho
             .iter()
             .flat_map(|s| host.missing_events(s.id, &s.events)),
     );
+    // Likewise a halted vCPU where the host cannot load one.
+    missing.extend(
+        vcpu_states
+            .iter()
+            .filter_map(|s| host.missing_mp_state(s.id, s.mp_state)),
+    );
     if !missing.is_empty() {
         return Err(SnapshotError::MissingCapabilities { missing });
     }

@@ -309,6 +309,8 @@ impl Xen {
             code_runs_in_tracked_memory: !amd,
             // State writes refuse while an ioreq is in flight (`XenVcpu::check_idle`).
             state_writes_mid_io: false,
+            // No halted state in the HVM records (`XenVcpu::set_mp_state`).
+            halted_vcpus: false,
             ..Capabilities::default()
         };
         Ok(Xen {

@@ -378,6 +378,8 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let vm: Arc<dyn vmkit::Vm> = Arc::from(vm);
     let from = from.as_ref();
     let memory = vm.memory();
+    // With --incoming: what each step of building the machine costs the guest's pause.
+    let mut laps = migrate::Laps::new(arrived);
 
     let boot = match from {
         Some(_) => None,
@@ -469,6 +471,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     // The disk's request queue notifies through an ioeventfd, served by a device thread, so
     // the guest's requests neither exit to nor wait on a vCPU thread.
     let mut disk_worker = None;
+    laps.lap("board devices");
     // The transports a save reads (their workers stopped first).
     let mut saved_disk = None;
     let mut saved_card = None;
@@ -515,6 +518,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     }
     // Declared before the worker so that it is dropped after it: the device stops before
     // its TAP leaves the network.
+    laps.lap("disk");
     let mut net_attachment = net::Leaving(None);
     let mut net_worker = None;
     if let Some(mode) = &options.net {
@@ -610,6 +614,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             }
         }
     }
+    laps.lap("network card");
     // The balloon's rare notifications go through the ordinary MMIO exit.
     let mut _balloon_stats = None;
     if options.balloon {
@@ -655,6 +660,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         }
     };
     // The root bus on the bus: configuration ports, ECAM, BARs; and its ACPI description.
+    laps.lap("console");
     let pci_bridge = match pci {
         Some(pci) => {
             let platform = pci.finish(&mut bus)?;
@@ -854,14 +860,16 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             );
         }
     }
+    laps.lap("the rest");
     let running = VmRunner::start_with(vcpu_handles, handler, runner_options)?;
     interrupts.watch(running.vcpus());
+    laps.lap("starting the vCPUs");
     // A guest that moved here (--incoming, or --restore, maybe on another host) announces
     // itself on the network, so that switches learn where its MAC address is now
     // (VIRTIO_NET_F_GUEST_ANNOUNCE: a gratuitous ARP from Linux's driver).
-    if let Some(at) = arrived {
+    if let (Some(at), Some(laps)) = (arrived, laps.describe()) {
         eprintln!(
-            "boot_linux: the vCPUs run {} ms after the VM came in (its devices built)",
+            "boot_linux: the vCPUs run {} ms after the VM came in: {laps}",
             at.elapsed().as_millis()
         );
     }
@@ -1146,9 +1154,17 @@ fn save_vm(
 }
 
 /// Stops the disk's and the network card's threads, each finishing what the guest had asked.
+/// Both are told first and joined after, so they wind down together (on a host with one
+/// CPU, one after the other costs each its own wake-up and join).
 fn stop_workers(
     workers: (&mut Option<QueueWorker>, &mut Option<NetWorker>),
 ) -> Result<(), Box<dyn Error>> {
+    if let Some(worker) = workers.0.as_ref() {
+        worker.request_stop()?;
+    }
+    if let Some(worker) = workers.1.as_ref() {
+        worker.request_stop()?;
+    }
     if let Some(worker) = workers.0.take() {
         worker.stop()?;
     }

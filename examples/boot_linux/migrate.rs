@@ -14,6 +14,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use vmkit::migration::{self, Incoming, IncomingOptions, MigrationOptions, Source, Summary};
 
@@ -182,6 +183,43 @@ pub fn send(
     .map_err(|err| format!("--migrate-to {addr}: {}", vmkit::ErrorChain(&err)).into())
 }
 
+/// `--incoming`: how long each step of building the machine took once the VM came in, for
+/// the report (a run that did not come in records nothing).
+pub struct Laps {
+    last: Option<Instant>,
+    laps: Vec<(&'static str, Duration)>,
+}
+
+impl Laps {
+    /// Laps from `arrived`, when the VM came in.
+    pub fn new(arrived: Option<Instant>) -> Laps {
+        Laps {
+            last: arrived,
+            laps: Vec::new(),
+        }
+    }
+
+    /// Ends the step `what` now.
+    pub fn lap(&mut self, what: &'static str) {
+        if let Some(last) = self.last {
+            let now = Instant::now();
+            self.laps.push((what, now - last));
+            self.last = Some(now);
+        }
+    }
+
+    /// "what N ms, ..." for each step, or `None` with none recorded.
+    pub fn describe(&self) -> Option<String> {
+        (!self.laps.is_empty()).then(|| {
+            self.laps
+                .iter()
+                .map(|(what, took)| format!("{what} {} ms", took.as_millis()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +235,17 @@ mod tests {
             Address::Tcp("[::1]:7".into())
         );
         assert_eq!(Address::parse("h:7".into()).to_string(), "h:7");
+    }
+
+    #[test]
+    fn laps_are_kept_only_for_a_vm_that_came_in() {
+        let mut none = Laps::new(None);
+        none.lap("disk");
+        assert_eq!(none.describe(), None);
+        let mut laps = Laps::new(Some(Instant::now()));
+        laps.lap("disk");
+        laps.lap("net");
+        let text = laps.describe().unwrap();
+        assert!(text.starts_with("disk ") && text.contains(" ms, net ") && text.ends_with(" ms"));
     }
 }

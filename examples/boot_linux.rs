@@ -300,6 +300,8 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     // after the source hands over does not include it (the card is built on it below).
     // When the migrating VM came in (--incoming).
     let mut arrived = None;
+    // With --incoming: the board's devices, built and wired before the VM came in.
+    let mut prepared_board = None;
     let mut early_tap = match (&options.incoming, &options.net) {
         (Some(_), Some(mode)) => Some(Attachment::open(mode, &options.tap)?),
         _ => None,
@@ -319,7 +321,15 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         // --incoming: the same, from the migration stream.
         None => match &options.incoming {
             Some(addr) => {
-                let incoming = migrate::receive(addr, hypervisor.as_ref(), &shape)?;
+                // The board's devices are built and their interrupts wired while the
+                // memory comes, so that none of it counts in the guest's pause.
+                let (incoming, board) =
+                    migrate::receive(addr, hypervisor.as_ref(), &shape, |vm| {
+                        let board = Board::build()?;
+                        board.wire(vm)?;
+                        Ok(board)
+                    })?;
+                prepared_board = Some(board);
                 eprintln!(
                     "boot_linux: received the VM from {addr} ({} pre-copy rounds, {} pages)",
                     incoming.rounds, incoming.pages
@@ -399,17 +409,20 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             Box::new(|err| eprintln!("boot_linux: IOAPIC: {}", ErrorChain(err))),
         )?;
     }
+    let board = match prepared_board {
+        Some(board) => board,
+        None => {
+            let board = Board::build().map_err(|err| err as Box<dyn Error>)?;
+            board.wire(vm.as_ref())?;
+            board
+        }
+    };
     // A restored device takes its saved state before it is shared (vmkit_snapshot::Persist).
-    let serial = Arc::new(restore_into(
-        Serial::new(io::stdout())?,
-        from,
-        snap::SERIAL,
-    )?);
-    vm.register_irqfd(serial.interrupt_evt(), COM1_GSI, None)?;
+    let serial = Arc::new(restore_into(board.serial, from, snap::SERIAL)?);
     bus.register_pio(PioAddress(COM1), SERIAL_PORTS, serial.clone())?;
-    let i8042 = Arc::new(restore_into(I8042::new()?, from, snap::I8042)?);
+    let i8042 = Arc::new(restore_into(board.i8042, from, snap::I8042)?);
     bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())?;
-    let cmos = Arc::new(restore_into(Cmos::new(), from, snap::CMOS)?);
+    let cmos = Arc::new(restore_into(board.cmos, from, snap::CMOS)?);
     // A hypervisor that emulates the RTC itself (Xen, with its platform) keeps these ports:
     // the guest gets its clock, and this one stays off the bus.
     match hypervisor.capabilities().reserved_conflict(
@@ -424,8 +437,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         }
     }
     // The ACPI PM block: its SCI is an irqfd on IRQ 9, kept out of the virtio devices' range.
-    let pm = Arc::new(restore_into(PmBlock::new()?, from, snap::PM)?);
-    vm.register_irqfd(pm.sci_evt(), u32::from(SCI_IRQ), None)?;
+    let pm = Arc::new(restore_into(board.pm, from, snap::PM)?);
     bus.register_pio(
         PioAddress(PmBlock::DEFAULT_BASE),
         PmBlock::PORTS,
@@ -1081,6 +1093,32 @@ fn restore_into<P: Persist>(
         device.restore_state(&state)?;
     }
     Ok(device)
+}
+
+/// The board's devices, built fresh (not yet restored or shared).
+struct Board {
+    serial: Serial<io::Stdout>,
+    i8042: I8042,
+    cmos: Cmos,
+    pm: PmBlock,
+}
+
+impl Board {
+    fn build() -> Result<Board, Box<dyn Error + Send + Sync>> {
+        Ok(Board {
+            serial: Serial::new(io::stdout())?,
+            i8042: I8042::new()?,
+            cmos: Cmos::new(),
+            pm: PmBlock::new()?,
+        })
+    }
+
+    /// Registers the serial port's interrupt and the PM block's SCI on `vm` as irqfds (the
+    /// SCI on IRQ 9, kept out of the virtio devices' range).
+    fn wire(&self, vm: &dyn vmkit::Vm) -> Result<(), vmkit::VmError> {
+        vm.register_irqfd(self.serial.interrupt_evt(), COM1_GSI, None)?;
+        vm.register_irqfd(self.pm.sci_evt(), u32::from(SCI_IRQ), None)
+    }
 }
 
 /// The guest memory the virtio transports use.

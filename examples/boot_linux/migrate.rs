@@ -116,30 +116,34 @@ fn connect(addr: &Address) -> Result<Stream, Box<dyn Error>> {
 }
 
 /// `--incoming`: receives the VM at `addr` on `hypervisor`, refusing (before it confirms) a
-/// machine whose shape is not `given`. The devices are built from the returned state's
-/// sections after this returns, as for `--restore`.
-pub fn receive(
+/// machine whose shape is not `given`. `prepare` builds what it can of the devices on the
+/// empty VM before the source pauses anything (a failure refuses the VM, and the source runs
+/// on); the rest is built from the returned state's sections after this returns, as for
+/// `--restore`.
+pub fn receive<P>(
     addr: &Address,
     hypervisor: &dyn vmkit::Hypervisor,
     given: &Shape,
-) -> Result<Incoming, Box<dyn Error>> {
+    prepare: impl FnOnce(&dyn vmkit::Vm) -> Result<P, Box<dyn Error + Send + Sync>>,
+) -> Result<(Incoming, P), Box<dyn Error>> {
     eprintln!(
         "boot_linux: waiting for a migrating VM at {addr} (frame checksums: {:?})",
         migration::checksum::Implementation::fastest()
     );
     let stream = accept(addr)?;
-    let (incoming, ()) = migration::receive(
+    migration::receive_prepared(
         stream,
         hypervisor,
         &IncomingOptions::default(),
-        |incoming| {
+        prepare,
+        |incoming, prepared| {
             let saved: Shape = incoming.state.read_section(
                 snap::SHAPE,
                 0,
                 snap::SHAPE_VERSION..=snap::SHAPE_VERSION,
             )?;
             match snap::difference(&saved, given) {
-                None => Ok(()),
+                None => Ok(prepared),
                 Some((what, saved, given)) => Err(format!(
                     "the source's machine has {what} {saved}, this run's flags give {given}"
                 )
@@ -147,8 +151,7 @@ pub fn receive(
             }
         },
     )
-    .map_err(|err| format!("--incoming {addr}: {}", vmkit::ErrorChain(&err)))?;
-    Ok(incoming)
+    .map_err(|err| format!("--incoming {addr}: {}", vmkit::ErrorChain(&err)).into())
 }
 
 /// `--migrate-to`: migrates the VM `source` describes to `addr`; `devices` stops the device

@@ -300,6 +300,8 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     // after the source hands over does not include it (the card is built on it below).
     // When the migrating VM came in (--incoming).
     let mut arrived = None;
+    // With --incoming: the board's devices, built and wired before the VM came in.
+    let mut prepared_board = None;
     let mut early_tap = match (&options.incoming, &options.net) {
         (Some(_), Some(mode)) => Some(Attachment::open(mode, &options.tap)?),
         _ => None,
@@ -319,7 +321,15 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         // --incoming: the same, from the migration stream.
         None => match &options.incoming {
             Some(addr) => {
-                let incoming = migrate::receive(addr, hypervisor.as_ref(), &shape)?;
+                // The board's devices are built and their interrupts wired while the
+                // memory comes, so that none of it counts in the guest's pause.
+                let (incoming, board) =
+                    migrate::receive(addr, hypervisor.as_ref(), &shape, |vm| {
+                        let board = Board::build()?;
+                        board.wire(vm)?;
+                        Ok(board)
+                    })?;
+                prepared_board = Some(board);
                 eprintln!(
                     "boot_linux: received the VM from {addr} ({} pre-copy rounds, {} pages)",
                     incoming.rounds, incoming.pages
@@ -378,6 +388,8 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     let vm: Arc<dyn vmkit::Vm> = Arc::from(vm);
     let from = from.as_ref();
     let memory = vm.memory();
+    // With --incoming: what each step of building the machine costs the guest's pause.
+    let mut laps = migrate::Laps::new(arrived);
 
     let boot = match from {
         Some(_) => None,
@@ -397,17 +409,20 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             Box::new(|err| eprintln!("boot_linux: IOAPIC: {}", ErrorChain(err))),
         )?;
     }
+    let board = match prepared_board {
+        Some(board) => board,
+        None => {
+            let board = Board::build().map_err(|err| err as Box<dyn Error>)?;
+            board.wire(vm.as_ref())?;
+            board
+        }
+    };
     // A restored device takes its saved state before it is shared (vmkit_snapshot::Persist).
-    let serial = Arc::new(restore_into(
-        Serial::new(io::stdout())?,
-        from,
-        snap::SERIAL,
-    )?);
-    vm.register_irqfd(serial.interrupt_evt(), COM1_GSI, None)?;
+    let serial = Arc::new(restore_into(board.serial, from, snap::SERIAL)?);
     bus.register_pio(PioAddress(COM1), SERIAL_PORTS, serial.clone())?;
-    let i8042 = Arc::new(restore_into(I8042::new()?, from, snap::I8042)?);
+    let i8042 = Arc::new(restore_into(board.i8042, from, snap::I8042)?);
     bus.register_pio(PioAddress(I8042::BASE), I8042::PORTS, i8042.clone())?;
-    let cmos = Arc::new(restore_into(Cmos::new(), from, snap::CMOS)?);
+    let cmos = Arc::new(restore_into(board.cmos, from, snap::CMOS)?);
     // A hypervisor that emulates the RTC itself (Xen, with its platform) keeps these ports:
     // the guest gets its clock, and this one stays off the bus.
     match hypervisor.capabilities().reserved_conflict(
@@ -422,8 +437,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         }
     }
     // The ACPI PM block: its SCI is an irqfd on IRQ 9, kept out of the virtio devices' range.
-    let pm = Arc::new(restore_into(PmBlock::new()?, from, snap::PM)?);
-    vm.register_irqfd(pm.sci_evt(), u32::from(SCI_IRQ), None)?;
+    let pm = Arc::new(restore_into(board.pm, from, snap::PM)?);
     bus.register_pio(
         PioAddress(PmBlock::DEFAULT_BASE),
         PmBlock::PORTS,
@@ -469,6 +483,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     // The disk's request queue notifies through an ioeventfd, served by a device thread, so
     // the guest's requests neither exit to nor wait on a vCPU thread.
     let mut disk_worker = None;
+    laps.lap("board devices");
     // The transports a save reads (their workers stopped first).
     let mut saved_disk = None;
     let mut saved_card = None;
@@ -515,6 +530,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
     }
     // Declared before the worker so that it is dropped after it: the device stops before
     // its TAP leaves the network.
+    laps.lap("disk");
     let mut net_attachment = net::Leaving(None);
     let mut net_worker = None;
     if let Some(mode) = &options.net {
@@ -610,6 +626,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             }
         }
     }
+    laps.lap("network card");
     // The balloon's rare notifications go through the ordinary MMIO exit.
     let mut _balloon_stats = None;
     if options.balloon {
@@ -655,6 +672,7 @@ fn run() -> Result<Ending, Box<dyn Error>> {
         }
     };
     // The root bus on the bus: configuration ports, ECAM, BARs; and its ACPI description.
+    laps.lap("console");
     let pci_bridge = match pci {
         Some(pci) => {
             let platform = pci.finish(&mut bus)?;
@@ -854,14 +872,16 @@ fn run() -> Result<Ending, Box<dyn Error>> {
             );
         }
     }
+    laps.lap("the rest");
     let running = VmRunner::start_with(vcpu_handles, handler, runner_options)?;
     interrupts.watch(running.vcpus());
+    laps.lap("starting the vCPUs");
     // A guest that moved here (--incoming, or --restore, maybe on another host) announces
     // itself on the network, so that switches learn where its MAC address is now
     // (VIRTIO_NET_F_GUEST_ANNOUNCE: a gratuitous ARP from Linux's driver).
-    if let Some(at) = arrived {
+    if let (Some(at), Some(laps)) = (arrived, laps.describe()) {
         eprintln!(
-            "boot_linux: the vCPUs run {} ms after the VM came in (its devices built)",
+            "boot_linux: the vCPUs run {} ms after the VM came in: {laps}",
             at.elapsed().as_millis()
         );
     }
@@ -1075,6 +1095,32 @@ fn restore_into<P: Persist>(
     Ok(device)
 }
 
+/// The board's devices, built fresh (not yet restored or shared).
+struct Board {
+    serial: Serial<io::Stdout>,
+    i8042: I8042,
+    cmos: Cmos,
+    pm: PmBlock,
+}
+
+impl Board {
+    fn build() -> Result<Board, Box<dyn Error + Send + Sync>> {
+        Ok(Board {
+            serial: Serial::new(io::stdout())?,
+            i8042: I8042::new()?,
+            cmos: Cmos::new(),
+            pm: PmBlock::new()?,
+        })
+    }
+
+    /// Registers the serial port's interrupt and the PM block's SCI on `vm` as irqfds (the
+    /// SCI on IRQ 9, kept out of the virtio devices' range).
+    fn wire(&self, vm: &dyn vmkit::Vm) -> Result<(), vmkit::VmError> {
+        vm.register_irqfd(self.serial.interrupt_evt(), COM1_GSI, None)?;
+        vm.register_irqfd(self.pm.sci_evt(), u32::from(SCI_IRQ), None)
+    }
+}
+
 /// The guest memory the virtio transports use.
 type Memory = Arc<vmkit::GuestMemoryMmap>;
 
@@ -1146,9 +1192,17 @@ fn save_vm(
 }
 
 /// Stops the disk's and the network card's threads, each finishing what the guest had asked.
+/// Both are told first and joined after, so they wind down together (on a host with one
+/// CPU, one after the other costs each its own wake-up and join).
 fn stop_workers(
     workers: (&mut Option<QueueWorker>, &mut Option<NetWorker>),
 ) -> Result<(), Box<dyn Error>> {
+    if let Some(worker) = workers.0.as_ref() {
+        worker.request_stop()?;
+    }
+    if let Some(worker) = workers.1.as_ref() {
+        worker.request_stop()?;
+    }
     if let Some(worker) = workers.0.take() {
         worker.stop()?;
     }

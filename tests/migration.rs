@@ -35,6 +35,7 @@ use vmkit::migration::{
     Side, Source, Summary,
 };
 use vmkit::runner::VmRunner;
+use vmkit::vm_memory::GuestMemoryBackend as _;
 use vmkit::{Hypervisor, VmConfig};
 use vmkit_guests::minimal;
 use vmm_sys_util::tempdir::TempDir;
@@ -145,9 +146,22 @@ fn destination(addr: &str, dir: &Path) -> Result<(), BoxError> {
         _ => dir.join("disk.img"),
     };
     let mut stream = Stream::connect(addr)?;
-    let (incoming, devices) = migration::receive(&mut stream, hv.as_ref(), &options, |i| {
-        machine::restore_devices(i, &disk, File::create(dir.join("dest-serial"))?)
-    })?;
+    // The devices' first step runs on the empty VM before the offer is accepted; what it
+    // returns reaches the restore.
+    let hold_back_prepare = std::env::var(CHILD_HOLD_BACK).as_deref() == Ok("prepare");
+    let (incoming, devices) = migration::receive_prepared(
+        &mut stream,
+        hv.as_ref(),
+        &options,
+        |vm| match hold_back_prepare {
+            true => Err("the devices' host resources are missing".into()),
+            false => Ok(vm.memory().num_regions()),
+        },
+        |i, regions| {
+            assert_eq!(regions, i.vm.memory().num_regions());
+            machine::restore_devices(i, &disk, File::create(dir.join("dest-serial"))?)
+        },
+    )?;
     let running = machine::start(incoming.vcpus, &devices, Duration::ZERO)?;
     machine::finish(running, GIVE_UP)
 }
@@ -618,6 +632,25 @@ fn refused_for_a_missing_cpuid_feature() {
         "{missing:?}"
     );
     assert!(dest_error.contains("CPUID leaf 0x1.0 edx"), "{dest_error}");
+}
+
+/// The destination cannot prepare its devices on the empty VM: it refuses before the source
+/// pauses anything.
+#[test]
+fn refused_when_the_devices_cannot_be_prepared() {
+    let (error, dest_error) = fails(Mangle::None, Some("prepare"));
+    assert_eq!(
+        (error.side, error.phase),
+        (Side::Destination, Phase::Handshake)
+    );
+    let Some(Refusal::Restore(why)) = error.refusal() else {
+        panic!("{error:?}");
+    };
+    assert!(why.contains("host resources are missing"), "{why}");
+    assert!(
+        dest_error.contains("handshake phase: preparing the devices"),
+        "{dest_error}"
+    );
 }
 
 /// The destination has everything but cannot rebuild the devices: it refuses after the

@@ -14,6 +14,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use vmkit::migration::{self, Incoming, IncomingOptions, MigrationOptions, Source, Summary};
 
@@ -115,30 +116,34 @@ fn connect(addr: &Address) -> Result<Stream, Box<dyn Error>> {
 }
 
 /// `--incoming`: receives the VM at `addr` on `hypervisor`, refusing (before it confirms) a
-/// machine whose shape is not `given`. The devices are built from the returned state's
-/// sections after this returns, as for `--restore`.
-pub fn receive(
+/// machine whose shape is not `given`. `prepare` builds what it can of the devices on the
+/// empty VM before the source pauses anything (a failure refuses the VM, and the source runs
+/// on); the rest is built from the returned state's sections after this returns, as for
+/// `--restore`.
+pub fn receive<P>(
     addr: &Address,
     hypervisor: &dyn vmkit::Hypervisor,
     given: &Shape,
-) -> Result<Incoming, Box<dyn Error>> {
+    prepare: impl FnOnce(&dyn vmkit::Vm) -> Result<P, Box<dyn Error + Send + Sync>>,
+) -> Result<(Incoming, P), Box<dyn Error>> {
     eprintln!(
         "boot_linux: waiting for a migrating VM at {addr} (frame checksums: {:?})",
         migration::checksum::Implementation::fastest()
     );
     let stream = accept(addr)?;
-    let (incoming, ()) = migration::receive(
+    migration::receive_prepared(
         stream,
         hypervisor,
         &IncomingOptions::default(),
-        |incoming| {
+        prepare,
+        |incoming, prepared| {
             let saved: Shape = incoming.state.read_section(
                 snap::SHAPE,
                 0,
                 snap::SHAPE_VERSION..=snap::SHAPE_VERSION,
             )?;
             match snap::difference(&saved, given) {
-                None => Ok(()),
+                None => Ok(prepared),
                 Some((what, saved, given)) => Err(format!(
                     "the source's machine has {what} {saved}, this run's flags give {given}"
                 )
@@ -146,8 +151,7 @@ pub fn receive(
             }
         },
     )
-    .map_err(|err| format!("--incoming {addr}: {}", vmkit::ErrorChain(&err)))?;
-    Ok(incoming)
+    .map_err(|err| format!("--incoming {addr}: {}", vmkit::ErrorChain(&err)).into())
 }
 
 /// `--migrate-to`: migrates the VM `source` describes to `addr`; `devices` stops the device
@@ -182,6 +186,43 @@ pub fn send(
     .map_err(|err| format!("--migrate-to {addr}: {}", vmkit::ErrorChain(&err)).into())
 }
 
+/// `--incoming`: how long each step of building the machine took once the VM came in, for
+/// the report (a run that did not come in records nothing).
+pub struct Laps {
+    last: Option<Instant>,
+    laps: Vec<(&'static str, Duration)>,
+}
+
+impl Laps {
+    /// Laps from `arrived`, when the VM came in.
+    pub fn new(arrived: Option<Instant>) -> Laps {
+        Laps {
+            last: arrived,
+            laps: Vec::new(),
+        }
+    }
+
+    /// Ends the step `what` now.
+    pub fn lap(&mut self, what: &'static str) {
+        if let Some(last) = self.last {
+            let now = Instant::now();
+            self.laps.push((what, now - last));
+            self.last = Some(now);
+        }
+    }
+
+    /// "what N ms, ..." for each step, or `None` with none recorded.
+    pub fn describe(&self) -> Option<String> {
+        (!self.laps.is_empty()).then(|| {
+            self.laps
+                .iter()
+                .map(|(what, took)| format!("{what} {} ms", took.as_millis()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +238,17 @@ mod tests {
             Address::Tcp("[::1]:7".into())
         );
         assert_eq!(Address::parse("h:7".into()).to_string(), "h:7");
+    }
+
+    #[test]
+    fn laps_are_kept_only_for_a_vm_that_came_in() {
+        let mut none = Laps::new(None);
+        none.lap("disk");
+        assert_eq!(none.describe(), None);
+        let mut laps = Laps::new(Some(Instant::now()));
+        laps.lap("disk");
+        laps.lap("net");
+        let text = laps.describe().unwrap();
+        assert!(text.starts_with("disk ") && text.contains(" ms, net ") && text.ends_with(" ms"));
     }
 }

@@ -123,6 +123,30 @@ pub fn receive<S: Read + Write, T>(
     options: &IncomingOptions,
     devices: impl FnOnce(&Incoming) -> Result<T, Box<dyn std::error::Error + Send + Sync>>,
 ) -> Result<(Incoming, T), MigrationError> {
+    receive_prepared(
+        stream,
+        hypervisor,
+        options,
+        |_| Ok(()),
+        |incoming, ()| devices(incoming),
+    )
+}
+
+/// [`receive`] with a first step for the VMM's devices: `prepare` runs once the empty VM is
+/// built and before the offer is accepted (so before the source pauses anything), and may
+/// build what does not depend on the devices' saved state, wired to the VM (interrupt
+/// eventfds registered as irqfds, say). Then `devices` gets what `prepare` returned with the
+/// [`Incoming`] VM, to load the state into it, as in [`receive`].
+///
+/// A failing `prepare` refuses the offer: the source runs on, and the VM, with whatever
+/// `prepare` registered on it, is dropped.
+pub fn receive_prepared<S: Read + Write, P, T>(
+    stream: S,
+    hypervisor: &dyn Hypervisor,
+    options: &IncomingOptions,
+    prepare: impl FnOnce(&dyn Vm) -> Result<P, Box<dyn std::error::Error + Send + Sync>>,
+    devices: impl FnOnce(&Incoming, P) -> Result<T, Box<dyn std::error::Error + Send + Sync>>,
+) -> Result<(Incoming, T), MigrationError> {
     let mut link = Link {
         stream,
         out: FrameWriter::new(),
@@ -157,7 +181,12 @@ pub fn receive<S: Read + Write, T>(
         let error = MigrationError::new(Side::Destination, phase, Reason::Refused(refusal.clone()));
         return Err(refuse(&mut link.out, &mut link.stream, refusal, error));
     }
-    let built_vm = match build(hypervisor, &offer) {
+    let prepared = build(hypervisor, &offer).and_then(|built| {
+        prepare(built.0.as_ref())
+            .map(|prepared| (built, prepared))
+            .map_err(Reason::PrepareDevices)
+    });
+    let (built_vm, prepared) = match prepared {
         Ok(built) => built,
         Err(reason) => {
             let refusal = Refusal::Restore(crate::ErrorChain(&reason).to_string());
@@ -246,7 +275,7 @@ pub fn receive<S: Read + Write, T>(
             found: "state",
         })
         .and_then(|offer| restore(built_vm, &offer, &state, hypervisor, round, pages))
-        .and_then(|incoming| match devices(&incoming) {
+        .and_then(|incoming| match devices(&incoming, prepared) {
             Ok(built) => Ok((incoming, built)),
             Err(source) => Err(Reason::Devices(source)),
         });

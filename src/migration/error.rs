@@ -159,6 +159,10 @@ pub enum Reason {
     /// The VMM's device restore failed.
     #[error("restoring the devices")]
     Devices(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The VMM's first step for its devices, on the empty VM
+    /// ([`receive_prepared`](super::receive_prepared)), failed.
+    #[error("preparing the devices")]
+    PrepareDevices(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The migration failed after the source paused its vCPUs, and resuming them failed
     /// too: the VM is paused on the source. `failure` is the first error.
     #[error("resuming the source's vCPUs after the failure ({failure})")]

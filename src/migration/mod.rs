@@ -111,7 +111,7 @@ mod track;
 pub mod wire;
 
 pub use check::{check_offer, CheckError, Limits, StreamCheck};
-pub use destination::{receive, Incoming, IncomingOptions};
+pub use destination::{receive, receive_prepared, Incoming, IncomingOptions};
 pub use error::{MigrationError, Phase, Reason, Refusal, Side};
 pub use frame::{FrameError, FrameReader, FrameWriter, PROTOCOL_VERSION};
 pub use progress::{MigrationOptions, Progress, Summary};

@@ -506,12 +506,14 @@ fn stop_and_copy<S: Read + Write>(
     );
     devices(&mut writer).map_err(|e| local(Reason::State(e)))?;
     let features = Features::for_vm(source.config, source.hypervisor.capabilities());
-    for handle in source.runner.vcpus() {
-        let vcpu = handle
-            .save_state(source.msrs, features)
-            .map_err(|e| local(e.into()))?;
+    // Every vCPU saves on its own thread at once: one round trip, not one per vCPU.
+    let vcpus = source
+        .runner
+        .save_states(source.msrs, features)
+        .map_err(|e| local(e.into()))?;
+    for vcpu in &vcpus {
         writer
-            .write_section(SectionTag::VCPU, vcpu.id, SECTION_VERSION, &vcpu)
+            .write_section(SectionTag::VCPU, vcpu.id, SECTION_VERSION, vcpu)
             .map_err(|e| local(Reason::State(e)))?;
     }
     let vm_state = save_vm(source.vm, features).map_err(|e| local(e.into()))?;

@@ -369,12 +369,35 @@ impl VcpuHandle {
         R: Send + 'static,
         F: FnOnce(&mut dyn Vcpu) -> R + Send + 'static,
     {
+        let answer = self.request(name, f)?;
+        self.answer(&answer, name)
+    }
+
+    /// Queues `f` for the vCPU's thread; its result comes on the returned receiver.
+    fn request<R, F>(&self, name: &'static str, f: F) -> Result<Receiver<R>, RunnerError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn Vcpu) -> R + Send + 'static,
+    {
         let (done, answer) = mpsc::channel();
         let run = move |vcpu: &mut dyn Vcpu| {
             let _ = done.send(f(vcpu));
         };
         self.send(Command::With(Box::new(run)), name)?;
-        self.answer(&answer, name)
+        Ok(answer)
+    }
+
+    /// Queues a state capture ([`save_state`](Self::save_state)) without waiting for it.
+    #[cfg(target_arch = "x86_64")]
+    fn request_save(
+        &self,
+        msrs: &[u32],
+        features: Features,
+    ) -> Result<Receiver<Result<VcpuState, crate::vcpu::VcpuError>>, RunnerError> {
+        let msrs = msrs.to_vec();
+        self.request("save state", move |vcpu| {
+            snapshot::save_vcpu(vcpu, &msrs, features)
+        })
     }
 
     /// Captures the vCPU's state with [`snapshot::save_vcpu`] (which first completes the
@@ -382,9 +405,9 @@ impl VcpuHandle {
     /// vCPU first, or use [`VmRunner::save_all`].
     #[cfg(target_arch = "x86_64")]
     pub fn save_state(&self, msrs: &[u32], features: Features) -> Result<VcpuState, RunnerError> {
-        let msrs = msrs.to_vec();
         let name = "save state";
-        self.command(name, move |vcpu| snapshot::save_vcpu(vcpu, &msrs, features))?
+        let answer = self.request_save(msrs, features)?;
+        self.answer(&answer, name)?
             .map_err(|source| RunnerError::Command {
                 vcpu: self.id,
                 command: name,
@@ -542,9 +565,37 @@ impl VmRunner {
         features: Features,
     ) -> Result<Vec<VcpuState>, RunnerError> {
         self.pause_all()?;
+        self.save_states(msrs, features)
+    }
+
+    /// Captures every vCPU's state on its own thread, as [`VcpuHandle::save_state`] does, in
+    /// the order of [`vcpus`](Self::vcpus); pause them first. Every capture is queued before
+    /// any answer is awaited, so the vCPUs save at once rather than one round trip after the
+    /// other.
+    #[cfg(target_arch = "x86_64")]
+    pub fn save_states(
+        &self,
+        msrs: &[u32],
+        features: Features,
+    ) -> Result<Vec<VcpuState>, RunnerError> {
+        let name = "save state";
+        let answers = self
+            .handles
+            .iter()
+            .map(|h| h.request_save(msrs, features))
+            .collect::<Result<Vec<_>, _>>()?;
         self.handles
             .iter()
-            .map(|h| h.save_state(msrs, features))
+            .zip(answers)
+            .map(|(handle, answer)| {
+                handle
+                    .answer(&answer, name)?
+                    .map_err(|source| RunnerError::Command {
+                        vcpu: handle.id,
+                        command: name,
+                        source,
+                    })
+            })
             .collect()
     }
 

@@ -91,11 +91,14 @@ pub fn paused_vcpus_save_and_restore_their_state(hv: &dyn Hypervisor) {
             state.id
         );
     }
-    // Still paused: saving again reads the same registers.
-    let again = running.save_all(&msrs, features).unwrap();
+    // Still paused: saving again (all at once, and one vCPU alone) reads the same registers.
+    let again = running.save_states(&msrs, features).unwrap();
+    assert_eq!(again.iter().map(|s| s.id).collect::<Vec<_>>(), [0, 1]);
     for (first, second) in saved.iter().zip(&again) {
         assert_eq!(first.regs, second.regs, "vCPU {}", first.id);
     }
+    let alone = running.vcpus()[1].save_state(&msrs, features).unwrap();
+    assert_eq!(alone.regs, saved[1].regs);
     assert_eq!(
         totals(&counters),
         frozen,

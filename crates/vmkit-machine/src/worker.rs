@@ -493,6 +493,30 @@ impl QueueWorker {
         self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
+    /// Tells the thread to stop, without waiting for it: [`QueueWorker::stop`]
+    /// then only joins. Telling several workers first and joining them after
+    /// lets them wind down together rather than one after the other.
+    ///
+    /// ```no_run
+    /// # fn f(disk: vmkit_machine::QueueWorker, other: vmkit_machine::QueueWorker)
+    /// # -> Result<(), vmkit_machine::WorkerError> {
+    /// disk.request_stop()?;
+    /// other.request_stop()?;
+    /// disk.stop()?;
+    /// other.stop()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn request_stop(&self) -> Result<(), WorkerError> {
+        if self.thread.is_none() {
+            return Ok(());
+        }
+        self.stop.write(1).map_err(|source| WorkerError::Stop {
+            name: self.name.clone(),
+            source,
+        })
+    }
+
     /// Stops the thread and waits for it; every notification signalled
     /// before this call is served first. Returns what the thread did, or
     /// the error that ended it early, or why it could not be stopped.

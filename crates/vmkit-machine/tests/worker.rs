@@ -322,3 +322,21 @@ fn stop_serves_the_notifications_signalled_before_it() {
     // Dropping a worker stops it too (the test would hang otherwise).
     drop(QueueWorker::start(transport(), vec![notifier(0)], |_| {}).unwrap());
 }
+
+#[test]
+fn requested_stops_are_joined_with_every_notification_served() {
+    // Two workers told first, joined after (as a VMM stops its devices together): each
+    // serves what was signalled before it was told.
+    let (n0, n1) = (notifier(0), notifier(0));
+    let (kick0, kick1) = (n0.event.try_clone().unwrap(), n1.event.try_clone().unwrap());
+    let first = QueueWorker::start_named("first", transport(), vec![n0], |_| {}).unwrap();
+    let second = QueueWorker::start_named("second", transport(), vec![n1], |_| {}).unwrap();
+    kick0.write(2).unwrap();
+    kick1.write(5).unwrap();
+    first.request_stop().unwrap();
+    second.request_stop().unwrap();
+    // Asking again changes nothing.
+    first.request_stop().unwrap();
+    assert_eq!(first.stop().unwrap().notifications(0), 2);
+    assert_eq!(second.stop().unwrap().notifications(0), 5);
+}

@@ -343,6 +343,15 @@ impl NetWorker {
         self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
+    /// Tells the thread to stop, without waiting for it: [`NetWorker::stop`]
+    /// then only joins, so several device threads can wind down together.
+    pub fn request_stop(&self) -> Result<(), WorkerError> {
+        if self.thread.is_none() {
+            return Ok(());
+        }
+        self.stop.write(1).map_err(WorkerError::Stop)
+    }
+
     /// Stops the thread and waits for it. Returns the error that ended it
     /// early, if one did, or why it could not be stopped.
     pub fn stop(mut self) -> Result<(), WorkerError> {

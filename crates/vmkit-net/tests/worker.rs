@@ -288,3 +288,21 @@ fn dropping_the_worker_joins_its_thread() {
         assert_eq!(rx_kick.read().unwrap(), 1);
     });
 }
+
+#[test]
+fn a_requested_stop_is_joined_by_stop() {
+    if !host_can("a_requested_stop_is_joined_by_stop", false) {
+        return;
+    }
+    let ns = Netns::new("workerreq");
+    ns.run(|| {
+        let s = Setup::new(&ns);
+        let (kicks, _rx_kick, _tx_kick) = kicks();
+        let worker = NetWorker::start(s.transport.clone(), kicks, |_: &WorkerError| {}).unwrap();
+        // Told twice, as a caller stopping several devices may: it ends once.
+        worker.request_stop().unwrap();
+        worker.request_stop().unwrap();
+        worker.stop().unwrap();
+        assert_eq!(Arc::strong_count(&s.transport), 1);
+    });
+}

@@ -141,10 +141,12 @@ pub struct Capabilities {
     /// A vCPU paused in the middle of a port or MMIO access (a kick or a runner pause between
     /// the exit and the next `run()`) takes state writes (`set_regs`,
     /// [`VcpuState`](crate::snapshot::VcpuState) restores…). KVM completes the access first
-    /// ([`Vcpu::complete_pending_io`](crate::Vcpu::complete_pending_io)); a Xen vCPU keeps
-    /// it in flight until it runs again, and its state writes refuse with
-    /// [`VcpuError::InvalidState`](crate::VcpuError::InvalidState) until then. Reads work
-    /// on both, and so does loading state into a fresh vCPU (a restore).
+    /// ([`Vcpu::complete_pending_io`](crate::Vcpu::complete_pending_io)). Xen: for port
+    /// writes, which Xen retires at the exit (a kick serves a request the vCPU just sent
+    /// before it pauses it, so the VMM has seen it); a Xen vCPU paused inside a port read, a
+    /// string access or an MMIO access keeps it in flight until it runs again, and its state
+    /// writes refuse with [`VcpuError::InvalidState`](crate::VcpuError::InvalidState) until
+    /// then. Reads work on both, and so does loading state into a fresh vCPU (a restore).
     #[serde(default)]
     pub state_writes_mid_io: bool,
     /// A vCPU can be loaded halted (`set_mp_state(MpState::Halted)`), as restoring one

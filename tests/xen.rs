@@ -598,6 +598,55 @@ fn changing_one_vcpus_state_repeats_no_io_of_another() {
     assert_eq!(seen[0], 1);
 }
 
+#[test]
+fn state_writes_wait_only_for_io_xen_has_not_retired() {
+    let Some(xen) = xen("state_writes_wait_only_for_io_xen_has_not_retired") else {
+        return;
+    };
+    // again: inc eax; out 0x84, eax; jmp again
+    let code = snippets::COUNT_LOOP;
+    let mut t = long_mode_vm(&xen, code);
+    match t.vcpu.run().unwrap() {
+        VcpuExit::IoOut {
+            port: snippets::COUNT_PORT,
+            data,
+            ..
+        } => assert_eq!(data, 1u32.to_le_bytes()),
+        other => panic!("{other:?}"),
+    }
+    // Xen retired the port write before sending it: rip is past the 4 bytes of
+    // `inc eax; out 0x84, eax`, and a register write is taken with the write in flight.
+    let mut regs = t.vcpu.regs().unwrap();
+    assert_eq!(regs.rip, CODE_ADDR + 4);
+    regs.rax = 100;
+    t.vcpu.set_regs(&regs).unwrap();
+    let mut sregs = t.vcpu.sregs().unwrap();
+    sregs.fs.base = 0x7fff_0000_2000;
+    t.vcpu.set_sregs(&sregs).unwrap();
+    // Answering the write leaves the new registers alone, and the write is not sent again.
+    match t.vcpu.run().unwrap() {
+        VcpuExit::IoOut {
+            port: snippets::COUNT_PORT,
+            data,
+            ..
+        } => assert_eq!(data, 101u32.to_le_bytes()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t.vcpu.sregs().unwrap().fs.base, 0x7fff_0000_2000);
+
+    // A port read in flight still refuses: Xen writes its answer into rax on the next run().
+    let mut t = long_mode_vm(&xen, snippets::PORT_MMIO_ECHO);
+    match t.vcpu.run().unwrap() {
+        VcpuExit::IoIn { data, .. } => data.copy_from_slice(&[1, 2, 3, 4]),
+        other => panic!("expected a dword port read, got {other:?}"),
+    }
+    let regs = t.vcpu.regs().unwrap();
+    assert!(matches!(
+        t.vcpu.set_regs(&regs),
+        Err(vmkit::VcpuError::InvalidState { .. })
+    ));
+}
+
 /// A 64-bit PV guest at virtual 0x400000: code in the page at guest-physical 0x1000, data
 /// at 0x2000 (virtual 0x401000), stack at 0x3000 (0x402000); page tables in a region of
 /// their own at 0x100000, sealed. Returns the VM and its vCPU, set to start at `entry`.

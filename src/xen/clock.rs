@@ -22,7 +22,6 @@ use super::context::{self, Record};
 use super::control::StateError;
 use super::sys::abi::{
     HvmHwCpu, HvmSaveHeader, Pod, HVM_SAVE_CODE_CPU, HVM_SAVE_CODE_CPU_XSAVE, HVM_SAVE_CODE_HEADER,
-    STATE_IOREQ_NONE,
 };
 use super::vm::VmShared;
 
@@ -135,12 +134,10 @@ impl VmShared {
     }
 
     /// Sets the TSC of every vCPU of `vcpus` to `ns` of guest time, in one load. Refused
-    /// while one of them has an I/O access in flight (a load would make it send it again).
+    /// while one of them has an I/O access in flight that a load would disturb (see
+    /// `VmShared::io_blocks_state_writes`).
     pub(crate) fn set_guest_time(&self, vcpus: &[u32], ns: u64) -> Result<(), StateError> {
-        if let Some(&vcpu) = vcpus
-            .iter()
-            .find(|&&id| self.slot(id).is_some_and(|s| s.state() != STATE_IOREQ_NONE))
-        {
+        if let Some(&vcpu) = vcpus.iter().find(|&&id| self.io_blocks_state_writes(id)) {
             return Err(StateError::IoInFlight { vcpu });
         }
         self.with_context(vcpus, |vm, records| {

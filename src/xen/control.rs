@@ -26,7 +26,10 @@
 //! answer to an I/O request takes the answer, but then executes the instruction again and
 //! sends the same request once more. vmkit recognises that repeat ([`Replay`]) and answers
 //! it with the answer already given, without an exit, so the VMM sees each access once.
-//! The vCPU whose state changes must not be in the middle of an I/O access itself.
+//! A port write (`out`) is the exception: Xen retired it before sending it and takes nothing
+//! back from the answer, so it is never sent again, and the vCPU whose state changes may be
+//! in the middle of one ([`retired_port_write`]). Otherwise the vCPU whose state changes must
+//! not be in the middle of an I/O access itself.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -36,9 +39,9 @@ use super::ioreq::RawRequest;
 use super::libs::{PolicySource, XenCallError};
 use super::sys::abi::{
     CpuidLeaf, DomainInfo, HvmHwCpu, Pod, HVM_CPU_XSAVE_HEADER_SIZE, HVM_SAVE_CODE_CPU,
-    HVM_SAVE_CODE_CPU_XSAVE, SHUTDOWN_POWEROFF, STATE_IOREQ_INPROCESS, STATE_IOREQ_NONE,
-    STATE_IOREQ_READY, STATE_IORESP_READY, VGCF_ONLINE, XEN_DOMINF_DYING, XEN_DOMINF_SHUTDOWN,
-    XEN_DOMINF_SHUTDOWNMASK, XEN_DOMINF_SHUTDOWNSHIFT,
+    HVM_SAVE_CODE_CPU_XSAVE, IOREQ_TYPE_PIO, SHUTDOWN_POWEROFF, STATE_IOREQ_INPROCESS,
+    STATE_IOREQ_NONE, STATE_IOREQ_READY, STATE_IORESP_READY, VGCF_ONLINE, XEN_DOMINF_DYING,
+    XEN_DOMINF_SHUTDOWN, XEN_DOMINF_SHUTDOWNMASK, XEN_DOMINF_SHUTDOWNSHIFT,
 };
 use super::vm::{lock, Shutdown, VmShared};
 
@@ -72,6 +75,21 @@ pub(crate) enum Status {
 pub(crate) struct Replay {
     pub(crate) request: RawRequest,
     pub(crate) after: u64,
+}
+
+/// Whether Xen has retired the instruction of `request` already and takes nothing back
+/// from its answer: a port write that is not a string instruction. Xen moves `rip` past an
+/// `out` before it sends the request (`handle_pio`, on AMD SVM and Intel VMX alike), and
+/// completes nothing when the vCPU consumes the answer (`ioreq_needs_completion` is false
+/// for it). So neither a register write nor a state load (both cancel the vCPU's emulation,
+/// `hvmemul_cancel`) disturbs it, and a load never makes the vCPU send it again. Any other
+/// access has Xen write its answer into the vCPU (a port read's `rax`) or emulate the
+/// instruction again (MMIO).
+pub(crate) fn retired_port_write(request: &RawRequest) -> bool {
+    request.kind == IOREQ_TYPE_PIO
+        && !request.dir_read
+        && !request.data_is_ptr
+        && request.count == 1
 }
 
 /// Whether `again` is `first` sent a second time (same access, same data).
@@ -301,6 +319,24 @@ impl VmShared {
         }
     }
 
+    /// Whether vCPU `id` has an I/O access in flight that a write of its state would
+    /// disturb: any but a port write that vmkit has taken (`STATE_IOREQ_INPROCESS`: handed
+    /// to the VMM as an exit, not answered yet; see [`retired_port_write`]). A request still
+    /// `STATE_IOREQ_READY` blocks too: the VMM has not seen it, and would only see it after
+    /// the write, in the new state's timeline. An answer Xen has not consumed
+    /// (`STATE_IORESP_READY`) blocks as well: the vCPU may be running again by the time
+    /// the request is read.
+    pub(crate) fn io_blocks_state_writes(&self, id: u32) -> bool {
+        let Some(slot) = self.slot(id) else {
+            return false;
+        };
+        match slot.state() {
+            STATE_IOREQ_NONE => false,
+            STATE_IOREQ_INPROCESS => !retired_port_write(&slot.read()),
+            _ => true,
+        }
+    }
+
     /// If `request` from vCPU `id` repeats one a load made it send again, forgets the
     /// repeat and returns true: the caller answers it as before.
     pub(crate) fn take_replay(&self, id: u32, request: &RawRequest) -> bool {
@@ -410,7 +446,7 @@ impl VmShared {
         extra: &[Record],
         domain: &[Record],
     ) -> Result<(), StateError> {
-        if self.slot(id).is_some_and(|s| s.state() != STATE_IOREQ_NONE) {
+        if self.io_blocks_state_writes(id) {
             return Err(StateError::IoInFlight { vcpu: id });
         }
         let cpu_len = std::mem::size_of::<HvmHwCpu>();
@@ -449,10 +485,11 @@ impl VmShared {
             });
             load.extend(xsave(vcpu)?);
             // The load makes a vCPU in the middle of an I/O access send it again once
-            // answered (answered already, with STATE_IORESP_READY).
+            // answered (answered already, with STATE_IORESP_READY); not a port write,
+            // which Xen retired before sending it (a repeat of it is the guest's own).
             if let Some(slot) = self.slot(vcpu) {
                 let state = slot.state();
-                if state != STATE_IOREQ_NONE {
+                if state != STATE_IOREQ_NONE && !retired_port_write(&slot.read()) {
                     let answered = self.answered[vcpu as usize].load(Ordering::SeqCst);
                     let after = answered + u64::from(state != STATE_IORESP_READY);
                     replays.push((
@@ -556,6 +593,34 @@ fn shutdown_of(info: &DomainInfo) -> Option<Shutdown> {
 mod tests {
     use super::*;
     use crate::xen::sys::abi::{IOREQ_TYPE_COPY, IOREQ_TYPE_PIO};
+
+    #[test]
+    fn only_a_plain_port_write_counts_as_retired() {
+        let out = RawRequest {
+            kind: IOREQ_TYPE_PIO,
+            addr: 0x81,
+            size: 1,
+            count: 1,
+            ..RawRequest::default()
+        };
+        assert!(retired_port_write(&out));
+        // A port read gets its answer written into rax by Xen.
+        assert!(!retired_port_write(&RawRequest {
+            dir_read: true,
+            ..out
+        }));
+        // A string access (`outs`): its data is in guest memory.
+        assert!(!retired_port_write(&RawRequest {
+            data_is_ptr: true,
+            count: 4,
+            ..out
+        }));
+        // An MMIO write: Xen emulates the instruction again once answered.
+        assert!(!retired_port_write(&RawRequest {
+            kind: IOREQ_TYPE_COPY,
+            ..out
+        }));
+    }
 
     #[test]
     fn a_repeated_request_is_recognised_and_a_different_one_is_not() {

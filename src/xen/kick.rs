@@ -3,7 +3,9 @@
 //! On Xen the guest runs on its own (Xen-scheduled) CPU while `run()` waits in `ppoll` on the
 //! vCPU's event channel; a kick sets a pending flag and writes an eventfd that the same
 //! `ppoll` watches, so `run()` wakes at once, takes the vCPU out of the guest (see
-//! `XenVm::park`) and returns [`VcpuExit::Kicked`](crate::VcpuExit::Kicked). A kick that
+//! `XenVm::park`) and returns [`VcpuExit::Kicked`](crate::VcpuExit::Kicked). If the vCPU
+//! is just sending an I/O request, that request is served first: when it needs the VMM it
+//! is this `run()`'s exit and the kick ends the next `run()`, as on KVM. A kick that
 //! lands while the vCPU is outside `run()` stays pending for the next call. Kicking is an
 //! atomic store and a `write(2)`: async-signal-safe.
 //!

@@ -64,12 +64,24 @@
 //!   with the Xen reason code as data. Either way `run()` keeps returning it.
 //! - Xen lets HVM guests reach the real port 0x80 (and 0xED) with byte accesses, unless it
 //!   was booted with `hvm_port80=0`: those never exit. Port 0xE9 is Xen's debug console.
-//! - At an I/O exit the instruction has not retired yet: `rip` still points at it until
-//!   the next `run()` completes it (KVM advances `rip` first). Changing a vCPU's registers
-//!   while its own I/O access is in flight is refused: Xen would restart the access.
+//! - At an MMIO exit (and a string port access's) the instruction has not retired yet:
+//!   `rip` still points at it until the next `run()` completes it. An `in` or `out` has
+//!   retired at its exit: Xen moves `rip` past it before sending the request, and writes an
+//!   `in`'s answer into `rax` on the next `run()`.
+//! - State writes while the vCPU's own access is in flight (between an exit and the next
+//!   `run()`, e.g. a vCPU paused by a kick or the runner): taken when the access is an
+//!   `out`, which Xen has retired and takes nothing back from (the write applies to the
+//!   state after the `out`, as on KVM after `complete_pending_io`); refused with
+//!   `VcpuError::InvalidState` for any other access (a port read, a string access, MMIO):
+//!   Xen writes their answer into the vCPU or emulates the instruction again on the next
+//!   `run()`, and a write cancels that emulation. So
+//!   `Capabilities::state_writes_mid_io` holds for port writes only.
 //! - A kick that finds the vCPU running first waits a little for its next I/O request
-//!   (four times its recent answer-to-request time, 1 to 50 ms) and, if it comes, returns
-//!   with the request as the next exit; otherwise it takes the vCPU offline.
+//!   (four times its recent answer-to-request time, 1 to 50 ms) and, if it comes, serves
+//!   it: a request that needs the VMM is this `run()`'s exit and the kick ends the next
+//!   `run()` (as on KVM, where a kick racing an exit does the same). So a kicked vCPU never
+//!   holds a request the VMM has not seen, which a state write could otherwise leave to be
+//!   served in the new state's timeline. Otherwise the kick takes the vCPU offline.
 //! - Read-only regions and dirty-page logging use the ioreq server's memory type
 //!   (`p2m_ioreq_server`, writes only; see `memtype.rs`): a guest write to a read-only region
 //!   is an [`MmioWrite`](crate::VcpuExit::MmioWrite) exit and RAM keeps its contents, as on
@@ -307,8 +319,9 @@ impl Xen {
             clock: true,
             // Write tracking's page type is executable with EPT only (see Capabilities).
             code_runs_in_tracked_memory: !amd,
-            // State writes refuse while an ioreq is in flight (`XenVcpu::check_idle`).
-            state_writes_mid_io: false,
+            // For port writes, which Xen retires at the exit; other accesses in flight
+            // still refuse (`VmShared::io_blocks_state_writes`).
+            state_writes_mid_io: true,
             // No halted state in the HVM records (`XenVcpu::set_mp_state`).
             halted_vcpus: false,
             ..Capabilities::default()

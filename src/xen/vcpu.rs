@@ -74,6 +74,18 @@ enum Phase {
     Stopped(Shutdown),
 }
 
+/// What [`XenVcpu::serve_ready`] did.
+enum Served {
+    /// No request was ready.
+    Nothing,
+    /// The request needs the VMM: this exit.
+    Exit(Step),
+    /// vmkit could not serve the request; it was answered with all-ones.
+    Invalid(Invalid),
+    /// Answered without the VMM.
+    Answered,
+}
+
 /// A Xen vCPU.
 #[derive(Debug)]
 pub struct XenVcpu {
@@ -324,61 +336,101 @@ impl XenVcpu {
         }
     }
 
+    /// Takes the vCPU's ready request, if any, and serves it until it needs the VMM.
+    fn serve_ready(&mut self) -> Result<Served, VcpuError> {
+        let id = self.id;
+        // A PV vCPU has no slot: nothing is emulated for it.
+        let Some(slot) = self.vm.slot(id).filter(|s| s.state() == STATE_IOREQ_READY) else {
+            return Ok(Served::Nothing);
+        };
+        let bytes = slot.bytes();
+        let raw = RawRequest::from_bytes(&bytes);
+        slot.set_state(STATE_IOREQ_INPROCESS);
+        if let Some(at) = self.answered_at.take() {
+            self.turnaround = (self.turnaround * 7 + at.elapsed()) / 8;
+        }
+        trace!("vCPU {id} ioreq {raw}: {}", hex(&bytes));
+        self.current = raw;
+        if self.vm.take_replay(id, &raw) {
+            // A state load made the vCPU send this again: the VMM has seen it.
+            if let Some((last, data)) = self.last {
+                if same_request(&last, &raw) {
+                    self.respond(data)?;
+                    return Ok(Served::Answered);
+                }
+            }
+        }
+        if self.vm.ioeventfds.signal(&raw) {
+            // A write an ioeventfd watches: signalled, answered, no exit.
+            self.respond(raw.data)?;
+            return Ok(Served::Answered);
+        }
+        match Exchange::start(raw) {
+            Ok(exchange) => match self.advance(exchange)? {
+                Some(step) => Ok(Served::Exit(step)),
+                None => Ok(Served::Answered),
+            },
+            Err(invalid) => {
+                // Answer (reads get all-ones) so the vCPU goes on, and report it.
+                self.respond(u64::MAX)?;
+                Ok(Served::Invalid(invalid))
+            }
+        }
+    }
+
     /// Waits for the vCPU's next exit; it is online.
     fn wait(&mut self) -> Result<VcpuExit<'_>, VcpuError> {
         let id = self.id;
+        // A kick came in while the vCPU was sending a request: that request is served first
+        // and, if it needs the VMM, is this run()'s exit, the kick kept for the next run().
+        // So a vCPU paused by a kick has no request the VMM has not seen (see the module
+        // docs on state writes).
+        let mut kicked = false;
         loop {
-            // A PV vCPU has no slot: nothing is emulated for it.
-            let ready = self.vm.slot(id).filter(|s| s.state() == STATE_IOREQ_READY);
-            if let Some(slot) = ready {
-                let bytes = slot.bytes();
-                let raw = RawRequest::from_bytes(&bytes);
-                slot.set_state(STATE_IOREQ_INPROCESS);
-                if let Some(at) = self.answered_at.take() {
-                    self.turnaround = (self.turnaround * 7 + at.elapsed()) / 8;
+            match self.serve_ready()? {
+                Served::Nothing => {}
+                Served::Exit(step) => {
+                    if kicked {
+                        self.kick.restore();
+                    }
+                    return Ok(self.exit(step));
                 }
-                trace!("vCPU {id} ioreq {raw}: {}", hex(&bytes));
-                self.current = raw;
-                if self.vm.take_replay(id, &raw) {
-                    // A state load made the vCPU send this again: the VMM has seen it.
-                    if let Some((last, data)) = self.last {
-                        if same_request(&last, &raw) {
-                            self.respond(data)?;
-                            continue;
+                Served::Invalid(invalid) => {
+                    if kicked {
+                        // Answered, so the vCPU runs on: stop it before the kick is kept.
+                        match self.vm.park(id).map_err(os(id))? {
+                            Parked::Offline => self.phase = Phase::Parked { halted: false },
+                            Parked::Halted => self.phase = Phase::Parked { halted: true },
+                            Parked::InIo | Parked::ShuttingDown => {}
                         }
+                        self.kick.restore();
                     }
+                    return Ok(self.invalid_exit(&invalid));
                 }
-                if self.vm.ioeventfds.signal(&raw) {
-                    // A write an ioeventfd watches: signalled, answered, no exit.
-                    self.respond(raw.data)?;
-                    continue;
-                }
-                match Exchange::start(raw) {
-                    Ok(exchange) => {
-                        if let Some(step) = self.advance(exchange)? {
-                            return Ok(self.exit(step));
-                        }
-                    }
-                    Err(invalid) => {
-                        // Answer (reads get all-ones) so the vCPU goes on, and report it.
-                        self.respond(u64::MAX)?;
-                        return Ok(self.invalid_exit(&invalid));
-                    }
-                }
-                continue;
+                Served::Answered if !kicked => continue,
+                // Answered without the VMM: the kick now takes the vCPU out.
+                Served::Answered => {}
             }
-            if self.kick.take() {
-                self.kick.drain();
-                let grace = (self.turnaround * 4).clamp(KICK_GRACE.0, KICK_GRACE.1);
-                if self.request_within(grace)? {
-                    // The vCPU now waits for an answer: it is stopped already.
-                    trace!("vCPU {id} kicked while waiting for an answer");
-                    return Ok(VcpuExit::Kicked);
+            if kicked || self.kick.take() {
+                if !kicked {
+                    self.kick.drain();
+                    let grace = (self.turnaround * 4).clamp(KICK_GRACE.0, KICK_GRACE.1);
+                    if self.request_within(grace)? {
+                        // The vCPU now waits for an answer: it is stopped already.
+                        trace!("vCPU {id} kicked while sending a request");
+                        kicked = true;
+                        continue;
+                    }
                 }
                 let parked = self.vm.park(id).map_err(os(id))?;
                 trace!("vCPU {id} kicked: {parked:?}");
                 match parked {
                     Parked::Offline => self.phase = Phase::Parked { halted: false },
+                    // The request came after all: serve it first, as above.
+                    Parked::InIo if !kicked && self.request_ready() => {
+                        kicked = true;
+                        continue;
+                    }
                     Parked::InIo | Parked::ShuttingDown => {}
                     Parked::Halted if self.vm.config.irqchip => {
                         // Halted in Xen, as in KVM with an irqchip: the kick ends run(), the
@@ -421,14 +473,18 @@ impl XenVcpu {
         }
     }
 
+    /// Whether the vCPU has sent a request vmkit has not taken yet.
+    fn request_ready(&self) -> bool {
+        self.vm
+            .slot(self.id)
+            .is_some_and(|s| s.state() == STATE_IOREQ_READY)
+    }
+
     /// Waits up to `grace` for the vCPU to send a request; true if one is ready.
     fn request_within(&mut self, grace: Duration) -> Result<bool, VcpuError> {
         let until = Instant::now() + grace;
         loop {
-            let ready = self
-                .vm
-                .slot(self.id)
-                .is_some_and(|s| s.state() == STATE_IOREQ_READY);
+            let ready = self.request_ready();
             let left = until.saturating_duration_since(Instant::now());
             if ready || left.is_zero() {
                 return Ok(ready);
@@ -582,11 +638,7 @@ impl XenVcpu {
 
     /// Refuses to change state Xen would reset an in-flight access of this vCPU with.
     fn check_idle(&self, what: &'static str) -> Result<(), VcpuError> {
-        let busy = self
-            .vm
-            .slot(self.id)
-            .is_some_and(|s| s.state() != super::sys::abi::STATE_IOREQ_NONE);
-        if busy {
+        if self.vm.io_blocks_state_writes(self.id) {
             return Err(VcpuError::InvalidState {
                 vcpu: self.id,
                 what,

@@ -425,6 +425,22 @@ fn migrates(transport: Transport, dirty_ring: bool, options: MigrationOptions) {
         .migrate(stream, &options, |p| reports.push(p.clone()))
         .unwrap_or_else(|err| panic!("{}", vmkit::ErrorChain(&err)));
     let migrated_at = source.sink.last_count();
+    // Before the assertions, so that a failed run shows how the rounds went.
+    let per_round: Vec<u64> = reports.iter().map(|p| p.dirty_pages).collect();
+    eprintln!(
+        "{transport:?} (dirty {}): count {migrated_at} at the switch; {} rounds, {} pages ({} paused; dirtied per round {per_round:?}), {} bytes, downtime {:?}, total {:?}",
+        if source.config.dirty_ring.is_some() {
+            "ring"
+        } else {
+            "bitmap"
+        },
+        summary.rounds,
+        summary.pages_sent,
+        summary.final_pages,
+        summary.bytes_sent,
+        summary.downtime,
+        summary.total
+    );
     source.running.stop_all();
     source.running.join();
     let status = wait_child(&mut child);
@@ -452,21 +468,6 @@ fn migrates(transport: Transport, dirty_ring: bool, options: MigrationOptions) {
     assert_eq!(reports.len(), summary.rounds as usize + 1);
     assert!(reports.last().unwrap().stopped);
     assert!(summary.pages_sent > 0 && summary.bytes_sent > summary.pages_sent * 4096);
-    let per_round: Vec<u64> = reports.iter().map(|p| p.dirty_pages).collect();
-    eprintln!(
-        "{transport:?} (dirty {}): count {last_here} -> {first_there}; {} rounds, {} pages ({} paused; dirtied per round {per_round:?}), {} bytes, downtime {:?}, total {:?}",
-        if source.config.dirty_ring.is_some() {
-            "ring"
-        } else {
-            "bitmap"
-        },
-        summary.rounds,
-        summary.pages_sent,
-        summary.final_pages,
-        summary.bytes_sent,
-        summary.downtime,
-        summary.total
-    );
 }
 
 #[test]

@@ -28,7 +28,9 @@
 //! (`hap_enable_log_dirty`), although it lets pages take that type afterwards. So when the
 //! first region starts logging while read-only regions exist, vmkit pauses the domain,
 //! gives their pages the ordinary type, enters log-dirty mode, protects them again and
-//! resumes the domain: the guest never sees them writable.
+//! resumes the domain: the guest never sees them writable. (Xen gives the ioreq server's
+//! type to `p2m_ram_rw` pages only, which new RAM is in log-dirty mode too, so read-only
+//! regions added later need nothing special.)
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -196,10 +198,15 @@ impl Protected {
             done = done.and(server.set_type(HVMMEM_RAM_RW, start >> PAGE_SHIFT, pages));
         }
         let done = done.and_then(|()| logdirty::enable(server.xc, domid));
-        // Protected again whatever happened, before the guest runs.
+        // Protected again whatever happened, before the guest runs. Xen gives the type only
+        // to `p2m_ram_rw` pages (`allow_p2m_type_change`), and log-dirty mode has just made
+        // them `p2m_ram_logdirty`: through the ordinary type first.
         let mut again = Ok(());
         for (&start, &pages) in &self.read_only {
-            again = again.and(server.set_type(HVMMEM_IOREQ_SERVER, start >> PAGE_SHIFT, pages));
+            let first = start >> PAGE_SHIFT;
+            again = again
+                .and_then(|()| server.set_type(HVMMEM_RAM_RW, first, pages))
+                .and_then(|()| server.set_type(HVMMEM_IOREQ_SERVER, first, pages));
         }
         let resumed = server.xc.unpause(domid);
         done.and(again).and(resumed)

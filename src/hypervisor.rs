@@ -130,12 +130,16 @@ pub struct Capabilities {
     /// refused.
     #[serde(default)]
     pub ram_on_demand: bool,
-    /// A guest can run code from a read-only or dirty-logging region. KVM: always. Xen:
-    /// vmkit tracks writes to such regions with the ioreq server's page type, which Xen maps
-    /// executable with Intel's EPT but not with AMD's nested paging (`p2m-pt.c`): there an
-    /// instruction fetch from such a page faults into Xen's emulator, which cannot run it,
-    /// and the vCPU stops with a triple fault. Keep code out of tracked regions where this
-    /// is false.
+    /// A guest can run code from a read-only region
+    /// ([`MemoryFlags::READ_ONLY`](crate::MemoryFlags::READ_ONLY)). KVM: always. Xen: vmkit
+    /// sends writes to such regions to the VMM through the ioreq server's page type, which
+    /// Xen maps executable with Intel's EPT but not with AMD's nested paging (`p2m-pt.c`):
+    /// there an instruction fetch from such a page faults into Xen's emulator, which cannot
+    /// run it, and the vCPU stops with a triple fault. Keep code out of read-only regions
+    /// where this is false. Dirty-logging regions
+    /// ([`MemoryFlags::LOG_DIRTY`](crate::MemoryFlags::LOG_DIRTY)) run code on every
+    /// backend (Xen logs them with its log-dirty mode, whose page type stays executable);
+    /// the field's name is older than that.
     #[serde(default)]
     pub code_runs_in_tracked_memory: bool,
     /// A vCPU paused in the middle of a port or MMIO access (a kick or a runner pause between

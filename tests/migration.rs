@@ -434,20 +434,27 @@ fn migrates(transport: Transport, dirty_ring: bool, options: MigrationOptions) {
     let mut child = spawn_destination(&addr, dir.as_path(), None);
     let stream = accept(&listener, &mut child);
     let source = start_source(dir.as_path(), dirty_ring, Duration::from_millis(20));
-    // Where the machine's RAM is not dirty-logged (see machine::boot) every round resends
-    // all of it, so more than a few only let the guest count to its end meanwhile.
-    let logged = source.hv.capabilities().code_runs_in_tracked_memory;
-    let options = if !logged {
-        let rounds = options.max_rounds.min(3);
-        options.max_rounds(rounds)
-    } else {
-        options
-    };
     let mut reports = Vec::new();
     let summary = source
         .migrate(stream, &options, |p| reports.push(p.clone()))
         .unwrap_or_else(|err| panic!("{}", vmkit::ErrorChain(&err)));
     let migrated_at = source.sink.last_count();
+    // Before the assertions, so that a failed run shows how the rounds went.
+    let per_round: Vec<u64> = reports.iter().map(|p| p.dirty_pages).collect();
+    eprintln!(
+        "{transport:?} (dirty {}): count {migrated_at} at the switch; {} rounds, {} pages ({} paused; dirtied per round {per_round:?}), {} bytes, downtime {:?}, total {:?}",
+        if source.config.dirty_ring.is_some() {
+            "ring"
+        } else {
+            "bitmap"
+        },
+        summary.rounds,
+        summary.pages_sent,
+        summary.final_pages,
+        summary.bytes_sent,
+        summary.downtime,
+        summary.total
+    );
     source.running.stop_all();
     source.running.join();
     let status = wait_child(&mut child);
@@ -475,22 +482,6 @@ fn migrates(transport: Transport, dirty_ring: bool, options: MigrationOptions) {
     assert_eq!(reports.len(), summary.rounds as usize + 1);
     assert!(reports.last().unwrap().stopped);
     assert!(summary.pages_sent > 0 && summary.bytes_sent > summary.pages_sent * 4096);
-    eprintln!(
-        "{transport:?} (dirty {}): count {last_here} -> {first_there}; {} rounds, {} pages ({} paused), {} bytes, downtime {:?}, total {:?}",
-        if source.config.dirty_ring.is_some() {
-            "ring"
-        } else if !logged {
-            "none: all RAM each round"
-        } else {
-            "bitmap"
-        },
-        summary.rounds,
-        summary.pages_sent,
-        summary.final_pages,
-        summary.bytes_sent,
-        summary.downtime,
-        summary.total
-    );
 }
 
 #[test]

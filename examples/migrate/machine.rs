@@ -105,16 +105,8 @@ pub fn boot<W: Write + Send + 'static>(
     out: W,
 ) -> Result<Booted<W>, BoxError> {
     let vm = hypervisor.create_vm(config)?;
-    // The guest runs from this RAM. Where the hypervisor cannot run code from a
-    // dirty-logged page (Xen on AMD's nested paging maps the type it tracks writes with
-    // non-executable: the guest triple-faults on its first instruction) the RAM is not
-    // logged, and every pre-copy round sends all of it (4 MiB), which still migrates the
-    // guest without a gap or a repeat.
-    let flags = if hypervisor.capabilities().code_runs_in_tracked_memory {
-        MemoryFlags::LOG_DIRTY
-    } else {
-        MemoryFlags::empty()
-    };
+    // The guest runs from this logged RAM: each pre-copy round sends the pages it wrote.
+    let flags = MemoryFlags::LOG_DIRTY;
     vm.add_memory_region(MemoryRegion::anonymous(GuestAddress(0), RAM_SIZE, flags)?)?;
     let memory = vm.memory();
     let kernel = Elf::load(&memory, None, &mut Cursor::new(minimal::ELF), None)

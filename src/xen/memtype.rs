@@ -1,58 +1,63 @@
-//! Write-protected guest RAM through Xen's `p2m_ioreq_server` page type: read-only regions
-//! and dirty-page logging, both with KVM's semantics.
+//! Tracked guest RAM: read-only regions through Xen's `p2m_ioreq_server` page type, and
+//! dirty-page logging through Xen's log-dirty mode, both with KVM's semantics.
 //!
-//! vmkit's ioreq server claims the type for writes (`XEN_DMOP_IOREQ_MEM_ACCESS_WRITE`; only
-//! one server of a domain can), and vmkit sets it on pages with `HVMMEM_ioreq_server`. The
-//! guest then reads such a page from RAM as usual, while each write reaches vmkit as an MMIO
-//! write ioreq and leaves RAM unchanged. For a
-//! [`READ_ONLY`](crate::MemoryFlags::READ_ONLY) region that write is returned to the VMM as
-//! [`VcpuExit::MmioWrite`](crate::VcpuExit::MmioWrite), exactly KVM's read-only memory (a
-//! plain read-only p2m type would drop the write silently).
+//! Read-only: vmkit's ioreq server claims the type for writes
+//! (`XEN_DMOP_IOREQ_MEM_ACCESS_WRITE`; only one server of a domain can), and vmkit sets it on
+//! the region's pages with `HVMMEM_ioreq_server`. The guest reads such a page from RAM as
+//! usual, while each write reaches vmkit as an MMIO write ioreq, leaves RAM unchanged and is
+//! returned to the VMM as [`VcpuExit::MmioWrite`](crate::VcpuExit::MmioWrite), exactly KVM's
+//! read-only memory (a plain read-only p2m type would drop the write silently). On AMD,
+//! Xen's nested-paging code (`p2m-pt.c`) maps this type non-executable (EPT keeps it
+//! executable), so a guest that runs code from a read-only page faults into Xen's emulator,
+//! which cannot fetch it, and the vCPU stops with a triple fault;
+//! `Capabilities::code_runs_in_tracked_memory` says which case a host is.
 //!
-//! For a [`LOG_DIRTY`](crate::MemoryFlags::LOG_DIRTY) region vmkit absorbs the write
-//! instead: it stores the data in RAM, marks the page dirty and gives the page back its
-//! ordinary type, so later writes to it run at full speed; the write never reaches the VMM.
-//! A harvest protects the reported pages again before it returns, so a write that races with
-//! it is in this log or the next, as on KVM. Writes through vmkit's own mapping
-//! ([`Vm::memory`](crate::Vm::memory)) are not guest writes: they are not logged (vm-memory's
-//! bitmap records them, as on KVM).
-//!
-//! Why not Xen's log-dirty mode (`XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY`): it is
-//! domain-wide (every RAM page is write-protected and its writes fault, tracked region or
-//! not), while KVM logs per region; the memory type confines the cost to the regions that
-//! asked for it and shares one mechanism with read-only memory. The cost is one ioreq round
-//! trip per page and harvest, paid by the first write to a clean page. Xen has no dirty
+//! Dirty logging ([`LOG_DIRTY`](crate::MemoryFlags::LOG_DIRTY)): Xen's log-dirty mode (see
+//! [`super::logdirty`]) is on while at least one region logs. Its page type stays executable
+//! on EPT and NPT, so a guest may run code and keep its page tables in logged RAM. The mode
+//! is domain-wide: every RAM page is write-protected until its first write after a clean,
+//! logged region or not (one fault per page and harvest, taken inside Xen), and a harvest
+//! cleans Xen's whole bitmap. vmkit keeps what Xen reported for each logging region until
+//! that region is harvested, ignores the other pages, and cleans once more when a region
+//! starts logging while others do, so that a new region starts clean. Writes through vmkit's
+//! own mapping ([`Vm::memory`](crate::Vm::memory)) are foreign mappings, not guest writes:
+//! Xen does not log them (vm-memory's bitmap records them, as on KVM). Xen has no dirty
 //! rings: `Capabilities::dirty_ring_max_entries` is 0.
 //!
-//! The price of the memory type on AMD: Xen's nested-paging code (`p2m-pt.c`) maps
-//! `p2m_ioreq_server` pages non-executable (EPT keeps them executable), so a guest that runs
-//! code from a read-only or logged page faults into Xen's emulator, which cannot fetch it,
-//! and the vCPU stops with a triple fault. `Capabilities::code_runs_in_tracked_memory` says
-//! which case a host is; switching such hosts to Xen's log-dirty mode (whose type stays
-//! executable) is the way out, at the domain-wide cost above.
+//! Xen refuses to enter log-dirty mode (`EBUSY`) while any page has the ioreq server's type
+//! (`hap_enable_log_dirty`), although it lets pages take that type afterwards. So when the
+//! first region starts logging while read-only regions exist, vmkit pauses the domain,
+//! gives their pages the ordinary type, enters log-dirty mode, protects them again and
+//! resumes the domain: the guest never sees them writable. (Xen gives the ioreq server's
+//! type to `p2m_ram_rw` pages only, which new RAM is in log-dirty mode too, so read-only
+//! regions added later need nothing special.)
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::GuestAddress;
 
-use super::libs::{DeviceModel, XenCallError};
+use super::libs::{DeviceModel, Xc, XenCallError};
+use super::logdirty;
 use super::sys::abi::{DomId, IoServId};
 use super::sys::ffi_parity::{
     self as ffi, HVMMEM_IOREQ_SERVER, HVMMEM_RAM_RW, XEN_DMOP_IOREQ_MEM_ACCESS_WRITE,
 };
-use crate::dirty::{self, DirtyRegion};
-use crate::memory::{GuestMemoryMmap, GuestRange, MemorySlot, PAGE_SIZE};
+use crate::dirty::DirtyRegion;
+use crate::memory::{GuestRange, MemorySlot, PAGE_SIZE};
 
 const PAGE_SHIFT: u32 = 12;
 
-/// The write-protected pages of one domain.
+/// The tracked pages of one domain.
 #[derive(Debug, Default)]
 pub(crate) struct Protected {
     /// Whether vmkit's ioreq server has claimed the type.
     claimed: bool,
-    /// Dirty-logging regions by first address: their size in pages and the pages written
-    /// since the last harvest.
+    /// Read-only regions by first address: their size in pages.
+    read_only: BTreeMap<u64, u64>,
+    /// Dirty-logging regions by first address: their size in pages and the pages Xen
+    /// reported written since the region's last harvest. Xen's log-dirty mode is on exactly
+    /// while this is not empty.
     tracked: BTreeMap<u64, Tracked>,
 }
 
@@ -62,10 +67,11 @@ struct Tracked {
     bitmap: Vec<u64>,
 }
 
-/// The domain and its ioreq server, for the device-model calls.
+/// The domain, its ioreq server and libxenctrl, for the device-model and log-dirty calls.
 #[derive(Clone, Copy)]
 pub(crate) struct Server<'a> {
     pub(crate) dm: &'a DeviceModel,
+    pub(crate) xc: &'a Xc,
     pub(crate) domid: DomId,
     pub(crate) id: IoServId,
 }
@@ -103,7 +109,8 @@ fn frames(range: GuestRange) -> Range<u64> {
 }
 
 impl Protected {
-    /// Write-protects every page of `range` (RAM just populated): writes become ioreqs.
+    /// Write-protects every page of `range` (RAM just populated, a read-only region):
+    /// writes become ioreqs.
     pub(crate) fn protect(
         &mut self,
         server: Server<'_>,
@@ -129,7 +136,10 @@ impl Protected {
             self.claimed = true;
         }
         let frames = frames(range);
-        server.set_type(HVMMEM_IOREQ_SERVER, frames.start, frames.end - frames.start)
+        server.set_type(HVMMEM_IOREQ_SERVER, frames.start, frames.end - frames.start)?;
+        self.read_only
+            .insert(range.start, frames.end - frames.start);
+        Ok(())
     }
 
     /// Starts logging guest writes to `range` (RAM just populated), all pages clean.
@@ -138,8 +148,15 @@ impl Protected {
         server: Server<'_>,
         range: GuestRange,
     ) -> Result<(), XenCallError> {
-        self.protect(server, range)?;
-        let pages = range.size.div_ceil(PAGE_SIZE as u64);
+        let frames = frames(range);
+        if self.tracked.is_empty() {
+            self.enable(server)?;
+        } else {
+            // Clears whatever Xen holds for the new region's pages (its population, an
+            // earlier region there) and keeps the other regions' pages for their harvest.
+            self.collect(server, frames.end.max(self.end_frame()))?;
+        }
+        let pages = frames.end - frames.start;
         self.tracked.insert(
             range.start,
             Tracked {
@@ -150,61 +167,90 @@ impl Protected {
         Ok(())
     }
 
-    /// Gives the pages of `range` their ordinary type back and stops logging them (before
-    /// they are freed).
+    /// Stops tracking `range` (before its pages are freed): a read-only region's pages get
+    /// their ordinary type back; the last logging region takes Xen out of log-dirty mode.
     pub(crate) fn unprotect(
         &mut self,
         server: Server<'_>,
         range: GuestRange,
     ) -> Result<(), XenCallError> {
-        self.tracked.remove(&range.start);
+        if self.tracked.remove(&range.start).is_some() {
+            if self.tracked.is_empty() {
+                logdirty::disable(server.xc, server.domid.into())?;
+            }
+            return Ok(());
+        }
+        self.read_only.remove(&range.start);
         let frames = frames(range);
         server.set_type(HVMMEM_RAM_RW, frames.start, frames.end - frames.start)
     }
 
-    /// Handles a guest write of `data` at `addr` if it fell in a dirty-logging region:
-    /// stores it, marks its pages dirty and unprotects them. False if the write is not
-    /// vmkit's to absorb (it goes to the VMM).
-    pub(crate) fn absorb(
-        &mut self,
-        server: Server<'_>,
-        memory: &GuestMemoryMmap,
-        addr: u64,
-        data: &[u8],
-    ) -> Result<bool, XenCallError> {
-        let Some(end) = addr.checked_add(data.len() as u64) else {
-            return Ok(false);
-        };
-        let Some((&start, tracked)) = self.tracked.range_mut(..=addr).next_back() else {
-            return Ok(false);
-        };
-        let region_end = start + tracked.pages * PAGE_SIZE as u64;
-        if data.is_empty() || end > region_end {
-            return Ok(false);
+    /// Enters Xen's log-dirty mode, with read-only regions briefly unprotected while the
+    /// domain is paused if there are any (see the module's documentation).
+    fn enable(&self, server: Server<'_>) -> Result<(), XenCallError> {
+        let domid = u32::from(server.domid);
+        if self.read_only.is_empty() {
+            return logdirty::enable(server.xc, domid);
         }
-        if !store(memory, addr, data) {
-            return Ok(false);
+        server.xc.pause(domid)?;
+        let mut done = Ok(());
+        for (&start, &pages) in &self.read_only {
+            done = done.and(server.set_type(HVMMEM_RAM_RW, start >> PAGE_SHIFT, pages));
         }
-        let first = (addr - start) >> PAGE_SHIFT;
-        let last = (end - 1 - start) >> PAGE_SHIFT;
-        for page in first..=last {
-            tracked.bitmap[(page / 64) as usize] |= 1 << (page % 64);
+        let done = done.and_then(|()| logdirty::enable(server.xc, domid));
+        // Protected again whatever happened, before the guest runs. Xen gives the type only
+        // to `p2m_ram_rw` pages (`allow_p2m_type_change`), and log-dirty mode has just made
+        // them `p2m_ram_logdirty`: through the ordinary type first.
+        let mut again = Ok(());
+        for (&start, &pages) in &self.read_only {
+            let first = start >> PAGE_SHIFT;
+            again = again
+                .and_then(|()| server.set_type(HVMMEM_RAM_RW, first, pages))
+                .and_then(|()| server.set_type(HVMMEM_IOREQ_SERVER, first, pages));
         }
-        server.set_type(
-            HVMMEM_RAM_RW,
-            (start >> PAGE_SHIFT) + first,
-            last - first + 1,
-        )?;
-        Ok(true)
+        let resumed = server.xc.unpause(domid);
+        done.and(again).and(resumed)
     }
 
-    /// The pages written in each of `regions` since the previous harvest; they are
-    /// write-protected again before this returns.
+    /// The frame after the last logging region's.
+    fn end_frame(&self) -> u64 {
+        self.tracked
+            .iter()
+            .map(|(&start, t)| (start >> PAGE_SHIFT) + t.pages)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Cleans Xen's bitmap over frames `0..end` and adds the pages it reported to their
+    /// logging regions.
+    fn collect(&mut self, server: Server<'_>, end: u64) -> Result<(), XenCallError> {
+        let bitmap = logdirty::clean(server.xc, server.domid.into(), end)?;
+        for (&start, tracked) in &mut self.tracked {
+            let base = start >> PAGE_SHIFT;
+            for page in 0..tracked.pages {
+                let frame = base + page;
+                let Some(&byte) = usize::try_from(frame / 8).ok().and_then(|i| bitmap.get(i))
+                else {
+                    break;
+                };
+                if byte & (1 << (frame % 8)) != 0 {
+                    tracked.bitmap[(page / 64) as usize] |= 1 << (page % 64);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The pages written in each of `regions` since the previous harvest; Xen logs the
+    /// writes after this returns for the next one.
     pub(crate) fn harvest(
         &mut self,
         server: Server<'_>,
         regions: &[(MemorySlot, GuestRange)],
     ) -> Result<Vec<DirtyRegion>, XenCallError> {
+        if !self.tracked.is_empty() {
+            self.collect(server, self.end_frame())?;
+        }
         let mut log = Vec::with_capacity(regions.len());
         for &(slot, range) in regions {
             let bitmap = match self.tracked.get_mut(&range.start) {
@@ -214,50 +260,14 @@ impl Protected {
                 }
                 None => Vec::new(),
             };
-            let region = DirtyRegion {
+            log.push(DirtyRegion {
                 slot,
                 guest_addr: GuestAddress(range.start),
                 bitmap,
-            };
-            let base = range.start >> PAGE_SHIFT;
-            for run in region.dirty_runs() {
-                if let Err(err) =
-                    server.set_type(HVMMEM_IOREQ_SERVER, base + run.start, run.end - run.start)
-                {
-                    // Keep what was not reported, so that the next harvest has it.
-                    if let Some(tracked) = self.tracked.get_mut(&range.start) {
-                        for page in dirty::set_bits(&region.bitmap) {
-                            tracked.bitmap[(page / 64) as usize] |= 1 << (page % 64);
-                        }
-                    }
-                    return Err(err);
-                }
-            }
-            log.push(region);
+            });
         }
         Ok(log)
     }
-}
-
-/// Stores a guest write in RAM through vmkit's mapping without marking vm-memory's bitmap,
-/// which records the VMM's own writes only. False if `addr` is not mapped RAM.
-fn store(memory: &GuestMemoryMmap, addr: u64, data: &[u8]) -> bool {
-    let Some(region) = memory.find_region(GuestAddress(addr)) else {
-        return false;
-    };
-    let offset = addr - region.start_addr().0;
-    if offset + data.len() as u64 > region.len() {
-        return false;
-    }
-    let Ok(host) = region.get_host_address(MemoryRegionAddress(offset)) else {
-        return false;
-    };
-    // SAFETY: `host..host + data.len()` lies inside the region's live mapping (checked
-    // above), which `memory` keeps mapped for the call; a volatile slice without a bitmap is
-    // how vm-memory writes guest memory that the guest may access at the same time.
-    let slice = unsafe { vm_memory::VolatileSlice::new(host, data.len()) };
-    slice.copy_from(data);
-    true
 }
 
 #[cfg(test)]

@@ -82,11 +82,12 @@
 //!   `run()` (as on KVM, where a kick racing an exit does the same). So a kicked vCPU never
 //!   holds a request the VMM has not seen, which a state write could otherwise leave to be
 //!   served in the new state's timeline. Otherwise the kick takes the vCPU offline.
-//! - Read-only regions and dirty-page logging use the ioreq server's memory type
-//!   (`p2m_ioreq_server`, writes only; see `memtype.rs`): a guest write to a read-only region
-//!   is an [`MmioWrite`](crate::VcpuExit::MmioWrite) exit and RAM keeps its contents, as on
-//!   KVM; the first write to a clean logged page costs an ioreq round trip that `run()`
-//!   absorbs. There are no dirty rings (`dirty_ring_max_entries` is 0).
+//! - Read-only regions use the ioreq server's memory type (`p2m_ioreq_server`, writes only;
+//!   see `memtype.rs`): a guest write to one is an [`MmioWrite`](crate::VcpuExit::MmioWrite)
+//!   exit and RAM keeps its contents, as on KVM. Dirty-page logging uses Xen's log-dirty
+//!   mode while a region logs (`logdirty.rs`): domain-wide, so every RAM page's first write
+//!   after a harvest faults into Xen, logged region or not; only the logged regions' pages
+//!   are reported. There are no dirty rings (`dirty_ring_max_entries` is 0).
 //! - Interrupts need [`VmConfig::irqchip`] (see the `irq` module): IRQ lines go through
 //!   Xen's device-model operations (GSI `n` is ISA IRQ `n` for 1-15 and a PCI INTx for
 //!   16-47; GSI 0 cannot be raised, Xen wires ISA IRQ 0 to pin 2), MSIs through
@@ -172,6 +173,7 @@ mod ioreq;
 mod irq;
 mod kick;
 mod libs;
+mod logdirty;
 mod memory;
 mod memtype;
 mod page;
@@ -317,7 +319,8 @@ impl Xen {
             vcpu_events: true,
             // The guest TSC in nanoseconds (see `clock`).
             clock: true,
-            // Write tracking's page type is executable with EPT only (see Capabilities).
+            // Read-only memory's page type is executable with EPT only (see Capabilities);
+            // log-dirty mode's is executable everywhere.
             code_runs_in_tracked_memory: !amd,
             // For port writes, which Xen retires at the exit; other accesses in flight
             // still refuse (`VmShared::io_blocks_state_writes`).

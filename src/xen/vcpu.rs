@@ -278,28 +278,18 @@ impl XenVcpu {
         }
     }
 
-    /// Serves `exchange` until it needs the VMM (returns its step) or is answered (`None`).
+    /// Takes `exchange`'s next step: one that needs the VMM (returned) or its answer (`None`).
     fn advance(&mut self, mut exchange: Exchange) -> Result<Option<Step>, VcpuError> {
         let memory = self.vm.guest_memory();
-        loop {
-            match exchange.next(&memory, &mut self.buf) {
-                Next::Exit(step) => {
-                    // A write to a dirty-logging region is vmkit's (see `memtype`).
-                    if let ExitKind::MmioWrite { addr } = step.kind {
-                        let data = &self.buf[..step.len];
-                        if self.vm.absorb_write(addr, data).map_err(os(self.id))? {
-                            exchange.complete(&memory, data);
-                            continue;
-                        }
-                    }
-                    self.exchange = Some((exchange, Some(step)));
-                    return Ok(Some(step));
-                }
-                Next::Respond { data } => {
-                    self.exchange = None;
-                    self.respond(data)?;
-                    return Ok(None);
-                }
+        match exchange.next(&memory, &mut self.buf) {
+            Next::Exit(step) => {
+                self.exchange = Some((exchange, Some(step)));
+                Ok(Some(step))
+            }
+            Next::Respond { data } => {
+                self.exchange = None;
+                self.respond(data)?;
+                Ok(None)
             }
         }
     }

@@ -91,7 +91,7 @@ pub(crate) struct VmShared {
     pub(crate) answered: Vec<AtomicU64>,
     /// Per vCPU: a request to answer again (see [`Replay`]).
     pub(crate) replays: Mutex<Vec<Option<Replay>>>,
-    /// Write-protected pages: read-only and dirty-logging regions (locked after `regions`).
+    /// Tracked pages: read-only and dirty-logging regions (locked after `regions`).
     protected: Mutex<super::memtype::Protected>,
     /// Guest writes that signal an eventfd instead of exiting.
     pub(crate) ioeventfds: IoEventFds,
@@ -416,19 +416,10 @@ impl VmShared {
     pub(crate) fn server(&self) -> Option<Server<'_>> {
         self.hvm.as_ref().map(|hvm| Server {
             dm: &self.handles.dm,
+            xc: &self.handles.xc,
             domid: self.domid as u16,
             id: hvm.server_id,
         })
-    }
-
-    /// Stores a guest write to a dirty-logging region (see [`super::memtype`]); false if
-    /// `addr` is not in one, and the write goes to the VMM.
-    pub(crate) fn absorb_write(&self, addr: u64, data: &[u8]) -> Result<bool, XenCallError> {
-        let Some(server) = self.server() else {
-            return Ok(false);
-        };
-        let memory = self.guest_memory();
-        lock(&self.protected).absorb(server, &memory, addr, data)
     }
 
     /// Frees the frames of `range`: a PV domain's are `frames` (machine frames).

@@ -188,10 +188,74 @@ pub fn vmm_writes_do_not_count_as_guest_writes_but_are_in_the_vm_memory_bitmap(
     assert!(!bitmap.dirty_at(4 * 0x1000));
 }
 
+/// Dirty logging with a read-only region as well.
+fn dirty_log_and_read_only_memory(caps: &vmkit::Capabilities) -> Option<&'static str> {
+    crate::dirty_log(caps).or_else(|| crate::read_only_memory(caps))
+}
+
+/// A read-only region that exists before the first logging region keeps turning guest
+/// writes into MMIO exits once logging starts, and the log stays exact. (Xen refuses its
+/// log-dirty mode while read-only pages exist; vmkit has to lift and restore their
+/// protection around it.)
+pub fn a_read_only_region_added_before_logging_stays_read_only(hv: &dyn Hypervisor) {
+    const ROM: u64 = TRACKED + 4 * 0x10_0000;
+    let mut t = long_mode_vm_with(hv, VmConfig::default(), DIRTY_WRITER);
+    let rom = MemoryRegion::anonymous(GuestAddress(ROM), 0x2000, MemoryFlags::READ_ONLY).unwrap();
+    t.vm.add_memory_region(rom).unwrap();
+    let logged = MemoryRegion::anonymous(
+        GuestAddress(TRACKED),
+        (TRACKED_PAGES * 0x1000) as usize,
+        MemoryFlags::LOG_DIRTY,
+    )
+    .unwrap();
+    t.vm.add_memory_region(logged).unwrap();
+
+    let memory = t.vm.memory();
+    let targets = [
+        TRACKED + 3 * 0x1000,
+        ROM + 0x1008,
+        TRACKED + 9 * 0x1000 + 16,
+    ];
+    memory
+        .write_obj(targets.len() as u64, GuestAddress(DIRTY_TABLE))
+        .unwrap();
+    for (i, addr) in targets.iter().enumerate() {
+        memory
+            .write_obj(*addr, GuestAddress(DIRTY_TABLE + 8 + 8 * i as u64))
+            .unwrap();
+    }
+    let mut mmio_writes = Vec::new();
+    loop {
+        match t.vcpu.run().unwrap() {
+            VcpuExit::IoOut {
+                port: BYTE_REPORT_PORT,
+                ..
+            } => break,
+            VcpuExit::MmioWrite { addr, .. } => mmio_writes.push(addr),
+            other => panic!("unexpected exit {other:?}"),
+        }
+    }
+    assert_eq!(
+        mmio_writes,
+        [ROM + 0x1008],
+        "the guest's write to read-only memory"
+    );
+    let mut rom_bytes = [0xffu8; 0x2000];
+    memory
+        .read_slice(&mut rom_bytes, GuestAddress(ROM))
+        .unwrap();
+    assert!(
+        rom_bytes.iter().all(|&b| b == 0),
+        "read-only memory kept its contents"
+    );
+    assert_eq!(dirty_pages(t.vm.as_ref()), BTreeSet::from([3, 9]));
+}
+
 crate::scenarios![
     bitmap_reports_exactly_the_written_pages => crate::dirty_log,
     ring_reports_exactly_the_written_pages => crate::dirty_ring,
     a_full_ring_never_loses_pages_silently => crate::dirty_ring,
     dirty_ring_sizes_are_checked => crate::dirty_ring,
     vmm_writes_do_not_count_as_guest_writes_but_are_in_the_vm_memory_bitmap => crate::dirty_log,
+    a_read_only_region_added_before_logging_stays_read_only => dirty_log_and_read_only_memory,
 ];

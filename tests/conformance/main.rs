@@ -155,16 +155,6 @@ pub(crate) fn diff_snapshots(caps: &Capabilities) -> Option<&'static str> {
     dirty_log(caps).or_else(|| snapshots(caps))
 }
 
-/// Diff snapshots of a guest whose code sits in the logged RAM.
-pub(crate) fn diff_snapshots_of_running_code(caps: &Capabilities) -> Option<&'static str> {
-    diff_snapshots(caps).or_else(|| {
-        (!caps.code_runs_in_tracked_memory).then_some(
-            "needs code to run from dirty-logged RAM (Xen on AMD nested paging maps the page \
-             type vmkit tracks writes with non-executable)",
-        )
-    })
-}
-
 /// Loading a vCPU's state while it is paused in the middle of a port access, and what a
 /// snapshot of it needs.
 pub(crate) fn state_writes_mid_io(caps: &Capabilities) -> Option<&'static str> {

@@ -659,7 +659,7 @@ fn pit_snapshots(caps: &vmkit::Capabilities) -> Option<&'static str> {
 
 crate::scenarios![
     a_paused_smp_vm_saves_and_restores => smp_snapshots,
-    a_chain_of_diffs_restores_like_a_full_snapshot => crate::diff_snapshots_of_running_code,
+    a_chain_of_diffs_restores_like_a_full_snapshot => crate::diff_snapshots,
     continues_in_a_new_process => pit_snapshots,
     continues_in_a_new_process_without_irqchip => crate::register_snapshots,
     a_snapshot_of_the_other_backend_restores => crate::register_snapshots,

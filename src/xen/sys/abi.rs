@@ -660,3 +660,32 @@ unsafe impl Pod for HvmHwVpic {}
 unsafe impl Pod for HvmHwVioapic {}
 // SAFETY: as above.
 unsafe impl Pod for HvmHwIsaIrqs {}
+
+// --- log-dirty mode (xen/domctl.h, xenctrl.h) ---
+
+/// `XEN_DOMCTL_SHADOW_OP_OFF`: leave log-dirty (shadow) mode.
+pub const XEN_DOMCTL_SHADOW_OP_OFF: u32 = 0;
+/// `XEN_DOMCTL_SHADOW_OP_CLEAN`: copy the dirty bitmap out and clear it.
+pub const XEN_DOMCTL_SHADOW_OP_CLEAN: u32 = 11;
+/// `XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY`: start logging the domain's writes to its RAM.
+pub const XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY: u32 = 2;
+
+/// `xc_hypercall_buffer_t`: memory that Xen may access during a hypercall, allocated by
+/// libxenctrl (`xc__hypercall_buffer_alloc_pages`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct HypercallBuffer {
+    pub hbuf: *mut libc::c_void,
+    pub param_shadow: *mut HypercallBuffer,
+    pub dir: libc::c_int,
+    pub ubuf: *mut libc::c_void,
+    pub sz: usize,
+}
+
+/// `xc_shadow_op_stats_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShadowOpStats {
+    pub fault_count: u32,
+    pub dirty_count: u32,
+}

@@ -1,13 +1,13 @@
 //! The functions of Xen 4.17's C libraries behind the features that bring the Xen backend
 //! towards KVM's: memory types and PCI functions claimed by an ioreq server
-//! (`xendevicemodel.h`). Kept apart
+//! (`xendevicemodel.h`), and Xen's log-dirty mode (`xenctrl.h`). Kept apart
 //! from `ffi` so that each feature's bindings stay next to one another. Every function
 //! returns -1 and sets `errno` on failure.
 
-use libc::{c_int, c_uint};
+use libc::{c_int, c_longlong, c_uint, c_ulong, c_void};
 
-use super::abi::{DomId, IoServId};
-use super::ffi::DevicemodelHandle;
+use super::abi::{DomId, HypercallBuffer, IoServId, ShadowOpStats};
+use super::ffi::{DevicemodelHandle, XcInterface};
 
 /// `HVMMEM_ram_rw`: ordinary guest RAM.
 pub const HVMMEM_RAM_RW: c_uint = 0;
@@ -51,4 +51,35 @@ extern "C" {
         first_pfn: u64,
         nr: u32,
     ) -> c_int;
+}
+
+#[link(name = "xenctrl")]
+extern "C" {
+    pub fn xc_shadow_control(
+        xch: *mut XcInterface,
+        domid: u32,
+        sop: c_uint,
+        mb: *mut c_uint,
+        mode: c_uint,
+    ) -> c_int;
+    /// Returns the number of pages the bitmap covers (at most `pages`), or -1.
+    pub fn xc_logdirty_control(
+        xch: *mut XcInterface,
+        domid: u32,
+        sop: c_uint,
+        dirty_bitmap: *mut HypercallBuffer,
+        pages: c_ulong,
+        mode: c_uint,
+        stats: *mut ShadowOpStats,
+    ) -> c_longlong;
+    pub fn xc__hypercall_buffer_alloc_pages(
+        xch: *mut XcInterface,
+        b: *mut HypercallBuffer,
+        nr_pages: c_int,
+    ) -> *mut c_void;
+    pub fn xc__hypercall_buffer_free_pages(
+        xch: *mut XcInterface,
+        b: *mut HypercallBuffer,
+        nr_pages: c_int,
+    );
 }

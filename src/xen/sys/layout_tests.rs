@@ -85,6 +85,27 @@ fn checks() -> Vec<Check> {
         ]
     );
 
+    constant!(c, "XEN_DOMCTL_SHADOW_OP_OFF", XEN_DOMCTL_SHADOW_OP_OFF);
+    constant!(c, "XEN_DOMCTL_SHADOW_OP_CLEAN", XEN_DOMCTL_SHADOW_OP_CLEAN);
+    constant!(
+        c,
+        "XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY",
+        XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY
+    );
+    size!(c, "xc_hypercall_buffer_t", HypercallBuffer);
+    offsets!(
+        c,
+        "xc_hypercall_buffer_t",
+        HypercallBuffer,
+        [hbuf, param_shadow, dir, ubuf, sz]
+    );
+    size!(c, "xc_shadow_op_stats_t", ShadowOpStats);
+    offsets!(
+        c,
+        "xc_shadow_op_stats_t",
+        ShadowOpStats,
+        [fault_count, dirty_count]
+    );
     constant!(c, "XEN_DOMINF_dying", XEN_DOMINF_DYING);
     constant!(c, "XEN_DOMINF_hvm_guest", XEN_DOMINF_HVM_GUEST);
     constant!(c, "XEN_DOMINF_shutdown", XEN_DOMINF_SHUTDOWN);

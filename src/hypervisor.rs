@@ -138,10 +138,9 @@ pub struct Capabilities {
     /// run it, and the vCPU stops with a triple fault. Keep code out of read-only regions
     /// where this is false. Dirty-logging regions
     /// ([`MemoryFlags::LOG_DIRTY`](crate::MemoryFlags::LOG_DIRTY)) run code on every
-    /// backend (Xen logs them with its log-dirty mode, whose page type stays executable);
-    /// the field's name is older than that.
+    /// backend (Xen logs them with its log-dirty mode, whose page type stays executable).
     #[serde(default)]
-    pub code_runs_in_tracked_memory: bool,
+    pub code_runs_in_read_only_memory: bool,
     /// A vCPU paused in the middle of a port or MMIO access (a kick or a runner pause between
     /// the exit and the next `run()`) takes state writes (`set_regs`,
     /// [`VcpuState`](crate::snapshot::VcpuState) restores…). KVM completes the access first

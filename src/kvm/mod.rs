@@ -126,7 +126,7 @@ impl Kvm {
             reserved: reserved::ranges(),
             pci_config_ports: true,
             ram_on_demand: true,
-            code_runs_in_tracked_memory: true,
+            code_runs_in_read_only_memory: true,
             state_writes_mid_io: true,
             halted_vcpus: true,
             vcpu_event_fields: VcpuEventFields {

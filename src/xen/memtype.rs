@@ -10,7 +10,7 @@
 //! Xen's nested-paging code (`p2m-pt.c`) maps this type non-executable (EPT keeps it
 //! executable), so a guest that runs code from a read-only page faults into Xen's emulator,
 //! which cannot fetch it, and the vCPU stops with a triple fault;
-//! `Capabilities::code_runs_in_tracked_memory` says which case a host is.
+//! `Capabilities::code_runs_in_read_only_memory` says which case a host is.
 //!
 //! Dirty logging ([`LOG_DIRTY`](crate::MemoryFlags::LOG_DIRTY)): Xen's log-dirty mode (see
 //! [`super::logdirty`]) is on while at least one region logs. Its page type stays executable

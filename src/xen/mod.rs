@@ -321,7 +321,7 @@ impl Xen {
             clock: true,
             // Read-only memory's page type is executable with EPT only (see Capabilities);
             // log-dirty mode's is executable everywhere.
-            code_runs_in_tracked_memory: !amd,
+            code_runs_in_read_only_memory: !amd,
             // For port writes, which Xen retires at the exit; other accesses in flight
             // still refuse (`VmShared::io_blocks_state_writes`).
             state_writes_mid_io: true,

@@ -39,7 +39,10 @@ mount -t xenfs xenfs /proc/xen || fatal "cannot mount xenfs"
 # The C xenstored; it daemonizes once its socket is ready.
 xenstored --pid-file /run/xenstored.pid || fatal "xenstored failed"
 xen-init-dom0 >/tmp/init-dom0.log 2>&1 || { cat /tmp/init-dom0.log; fatal "xen-init-dom0 failed"; }
-xenconsoled --pid-file=/run/xenconsoled.pid --log=none || fatal "xenconsoled failed"
+# Guests' consoles go to /var/log/xen/console/guest-NAME.log: the boot benchmark reads
+# its xl guest's there.
+mkdir -p /var/log/xen/console
+xenconsoled --pid-file=/run/xenconsoled.pid --log=guest || fatal "xenconsoled failed"
 
 # What Xen offers, for the CI log.
 xl info >/tmp/xl-info 2>&1 || { cat /tmp/xl-info; fatal "xl info failed"; }
@@ -151,6 +154,158 @@ xl_check() {
 while IFS='|' read -r name secs want args; do
     [ -n "$name" ] && run_test "$name" "$secs" "$want" "$args"
 done </tests/list
+
+# uptime_ms: sets now to dom0's uptime in ms (/proc/uptime's centiseconds; builtins only,
+# so that timing costs no fork; the 1 prefix keeps "05" from being read as octal).
+uptime_ms() {
+    read -r up _ </proc/uptime
+    now=$((${up%.*} * 1000 + (1${up#*.} - 100) * 10))
+}
+
+# One boot_linux side of the benchmark: $1 the binary in /tests, $2 the timeout (s), $3
+# memory (MiB), $4 the kernel command line. Sets ms to start-to-marker, or returns 1.
+bench_vmkit() {
+    rm -f /tmp/bench.mark /tmp/bench.out /tmp/bench.rc
+    uptime_ms
+    t0=$now
+    { timeout -s KILL "$2" "/tests/$1" --kernel /xen/vmlinux --initrd /xen/initrd.cpio.gz \
+        --cmdline "$4" --mem "$3" --vcpus 1 --seccomp </dev/null 2>&1; echo $? >/tmp/bench.rc; } |
+        while IFS= read -r line; do
+            case $line in
+                *VMKIT-L2-USERSPACE*)
+                    if [ ! -f /tmp/bench.mark ]; then
+                        uptime_ms
+                        echo "$now" >/tmp/bench.mark
+                    fi
+                    ;;
+            esac
+            echo "$line" >>/tmp/bench.out
+        done
+    rc=$(cat /tmp/bench.rc 2>/dev/null || echo 255)
+    if [ ! -f /tmp/bench.mark ]; then
+        say "xen-linux-boot: boot_linux never printed VMKIT-L2-USERSPACE (exit status $rc):"
+        tail -n 20 /tmp/bench.out 2>/dev/null | sed 's/^/xen-linux-boot vmkit| /'
+        return 1
+    fi
+    ms=$(($(cat /tmp/bench.mark) - t0))
+    [ "$rc" = 0 ] || { say "xen-linux-boot: boot_linux exit status $rc"; return 1; }
+}
+
+# The xl side: $1 the round, $2 the timeout (s), $3 memory (MiB), $4 the kernel command
+# line. The same kernel and initramfs as a PVH domain (no device model, no disk); its
+# console (hvc0) is read from xenconsoled's log as it grows. Sets ms, or returns 1.
+bench_xl() {
+    dom=vmkit-bench-pvh-$1
+    clog=/var/log/xen/console/guest-$dom.log
+    cat >/tmp/bench-pvh.cfg <<EOF
+name = "$dom"
+type = "pvh"
+kernel = "/xen/vmlinux"
+ramdisk = "/xen/initrd.cpio.gz"
+cmdline = "$4"
+memory = $3
+vcpus = 1
+on_poweroff = "destroy"
+on_reboot = "destroy"
+on_crash = "preserve"
+EOF
+    rm -f "$clog"
+    uptime_ms
+    t0=$now
+    deadline=$((t0 + $2 * 1000))
+    if ! xl create /tmp/bench-pvh.cfg </dev/null >/tmp/bench-xl.out 2>&1; then
+        say "xen-linux-boot: xl create failed:"
+        sed 's/^/xen-linux-boot xl| /' /tmp/bench-xl.out
+        return 1
+    fi
+    uptime_ms
+    created=$((now - t0))
+    # Polled with builtins every 50 ms: the log appears once xenconsoled attaches, then a
+    # read at its end returns what there is (a partial line is kept for the next read).
+    found=""
+    while [ ! -e "$clog" ] && [ "$now" -lt "$deadline" ]; do
+        sleep 0.05
+        uptime_ms
+    done
+    if [ -e "$clog" ]; then
+        exec 3<"$clog"
+        acc=""
+        while [ -z "$found" ] && [ "$now" -lt "$deadline" ]; do
+            if IFS= read -r line <&3; then
+                case "$acc$line" in *VMKIT-L2-USERSPACE*) uptime_ms; found=$now ;; esac
+                acc=""
+            else
+                acc="$acc$line"
+                case "$acc" in
+                    *VMKIT-L2-USERSPACE*) uptime_ms; found=$now ;;
+                    *) sleep 0.05; uptime_ms ;;
+                esac
+            fi
+        done
+        exec 3<&-
+    fi
+    # The guest resets itself after the marker (vmkit.bench=1) and on_reboot destroys it;
+    # whatever is left (a hung guest) goes now.
+    xl destroy "$dom" </dev/null >/dev/null 2>&1
+    if [ -z "$found" ]; then
+        say "xen-linux-boot: the xl guest never printed VMKIT-L2-USERSPACE in $2 s; its console:"
+        tail -n 20 "$clog" 2>/dev/null | sed 's/^/xen-linux-boot xl| /'
+        return 1
+    fi
+    ms=$((found - t0))
+}
+
+# med FILE: the median of the numbers in FILE, one a line (the mean of the middle two for
+# an even count).
+med() {
+    sort -n "$1" | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2)}'
+}
+
+# The boot benchmark (issue 14): boot_linux (HVM) against `xl create` (PVH) of the same
+# kernel and initramfs, start to VMKIT-L2-USERSPACE, in alternating rounds; prints the
+# medians and their ratio. /tests/linux-bench: bin|rounds|timeout|memory|vmkit cmdline|xl
+# cmdline. Fails if either side misses the marker in any round; the ratio is only shown.
+linux_bench() {
+    IFS='|' read -r bin rounds secs mem vcmd xcmd </tests/linux-bench
+    say "=== running xen-linux-boot ($rounds rounds of boot_linux HVM, then xl create PVH)"
+    bstart=$(date +%s)
+    bverdict=ok
+    : >/tmp/bench.vmkit
+    : >/tmp/bench.xl
+    r=1
+    while [ "$r" -le "$rounds" ]; do
+        v=none x=none
+        if bench_vmkit "$bin" "$secs" "$mem" "$vcmd"; then
+            echo "$ms" >>/tmp/bench.vmkit
+            v=$ms
+        else
+            bverdict=FAILED
+        fi
+        created=none
+        if bench_xl "$r" "$secs" "$mem" "$xcmd"; then
+            echo "$ms" >>/tmp/bench.xl
+            x=$ms
+        else
+            bverdict=FAILED
+        fi
+        say "xen-linux-boot round $r: boot_linux $v ms, xl $x ms (xl create returned at $created ms)"
+        r=$((r + 1))
+    done
+    if [ "$bverdict" = ok ]; then
+        vm=$(med /tmp/bench.vmkit)
+        xm=$(med /tmp/bench.xl)
+        ratio=$(awk -v a="$vm" -v b="$xm" 'BEGIN {printf "%.2f", a / b}')
+        echo "VMKIT-BENCH xen-linux-boot vmkit_ms=$vm xl_ms=$xm ratio=$ratio rounds=$rounds" \
+            "vmkit_all=$(paste -sd, /tmp/bench.vmkit) xl_all=$(paste -sd, /tmp/bench.xl)"
+    fi
+    xl list | awk 'NR > 2 {print $2}' | while read -r id; do
+        say "xen-linux-boot left domain $id; destroying it"
+        xl destroy "$id" </dev/null
+    done
+    echo "VMKIT-TEST xen-linux-boot $bverdict ($(($(date +%s) - bstart))s)"
+}
+
+[ -f /tests/linux-bench ] && linux_bench
 
 # What a test left in /tmp/export (a snapshot to resume on the host), sent back on the
 # console: a gzipped tar in base64 lines, paced so that Xen's console buffer never drops

@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cd "$repo"
 assets=${VMKIT_XEN_ASSETS:-$repo/target/harness/xen}
-timeout_s=${VMKIT_XEN_TIMEOUT:-600}
+timeout_s=${VMKIT_XEN_TIMEOUT:-900}
 test_timeout=${VMKIT_XEN_TEST_TIMEOUT:-600}
 qemu_mem=${VMKIT_XEN_MEM:-2048}
 qemu_smp=${VMKIT_XEN_SMP:-2}
@@ -78,10 +78,12 @@ build_target() {
     add_bin "$name" "$exe" "$args" "$want"
 }
 
+# The Linux guest's memory (MiB), in the linux tests and the boot benchmark.
+linux_mem=256
 # boot_linux's arguments in dom0 for a guest of $1 vCPUs (see the linux tests in init.sh).
 linux_args() {
     echo "--kernel /xen/vmlinux --initrd /xen/initrd.cpio.gz --cmdline '$linux_cmdline'" \
-        "--mem 256 --vcpus $1 --disk /tmp/disk.img --seccomp"
+        "--mem $linux_mem --vcpus $1 --disk /tmp/disk.img --seccomp"
 }
 # quiet: every byte on the serial port is an exit, ~20 ms each here (Xen's ioreq round
 # trip under TCG). pci=off: boot_linux without --pci has no PCI, and Linux's probe of every
@@ -289,6 +291,23 @@ for n in "${run_names[@]}"; do
             ;;
     esac
 done
+# The boot benchmark (init.sh's linux_bench): boot_linux, the binary of the first linux
+# test, against `xl create` of the same kernel and initramfs as a PVH guest, whose console
+# is hvc0. vmkit.bench=1 makes the guest reset right after its userspace marker.
+bench_rounds=${VMKIT_XEN_LINUX_BENCH_ROUNDS:-2}
+if [ "${VMKIT_XEN_LINUX_BENCH:-1}" = 1 ] && [ -f "$rootfs/xen/vmlinux" ]; then
+    for n in "${run_names[@]}"; do
+        case $n in
+            linux*)
+                printf '%s|%s|%s|%s|%s|%s\n' "$n" "$bench_rounds" "$test_timeout" "$linux_mem" \
+                    "$linux_cmdline vmkit.bench=1" \
+                    "$(sed 's/console=ttyS0/console=hvc0/' <<<"$linux_cmdline") vmkit.bench=1" \
+                    >"$rootfs/tests/linux-bench"
+                break
+                ;;
+        esac
+    done
+fi
 # Uncompressed: the emulated dom0 unpacks a plain cpio far faster than a gzip one.
 (cd "$rootfs" && find . -print0 | cpio --null -o -H newc --quiet) >"$assets/initramfs.cpio"
 echo "xen: initramfs $(du -h "$assets/initramfs.cpio" | cut -f1), ${#run_names[@]} binaries"
@@ -345,6 +364,10 @@ declare -A verdict=()
 while read -r n v; do verdict[$n]=$v; done < <(grep -oE '^VMKIT-TEST [A-Za-z0-9._-]+ (ok|FAILED)' "$log" | awk '{print $2, $3}')
 expected=("${run_names[@]}")
 [ "$xl_check" = 1 ] && expected+=(xl-create-minimal)
+if [ -f "$rootfs/tests/linux-bench" ]; then
+    expected+=(xen-linux-boot)
+    grep -E 'xen-linux-boot round|^VMKIT-BENCH ' "$log" | sed 's/^/  /' || true
+fi
 for n in "${expected[@]}"; do
     case ${verdict[$n]:-} in
         ok) echo "  $n: ok"; passed=$((passed + 1)) ;;

@@ -481,7 +481,9 @@ fn migrates(transport: Transport, dirty_ring: bool, options: MigrationOptions) {
     assert!(summary.rounds >= 1 && summary.rounds <= options.max_rounds);
     assert_eq!(reports.len(), summary.rounds as usize + 1);
     assert!(reports.last().unwrap().stopped);
-    assert!(summary.pages_sent > 0 && summary.bytes_sent > summary.pages_sent * 4096);
+    // Pages go as runs; a zero page dirtied after round 0 costs no contents, so the bytes
+    // are not a multiple of the pages.
+    assert!(summary.pages_sent > 0 && summary.bytes_sent > 0);
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //! bytes a source sends. Mode bit 0 set: each frame's header and payload checksums are
 //! recomputed first, so that mutations reach the decoders and checks behind them. Every
 //! frame is read with `FrameReader`, decoded as a `Message` and checked with `StreamCheck`
-//! as `migration::receive` does; a state frame is parsed as a state file and its VM-state
-//! and vCPU sections decoded.
+//! as `migration::receive` does; a state frame is parsed as a state file and its VM-state,
+//! vCPU and capabilities sections decoded.
 //! Seeds: `VMKIT_MIGRATION_SEEDS=$PWD/fuzz/corpus/migration_stream cargo test --lib migration::check::tests::fuzz_seeds`.
 #![no_main]
 
@@ -12,7 +12,10 @@ use std::io::Cursor;
 use libfuzzer_sys::fuzz_target;
 use vmkit::migration::wire::Message;
 use vmkit::migration::{FrameReader, Limits, StreamCheck};
-use vmkit::snapshot::{VcpuState, VmState, VM_STATE};
+use vmkit::snapshot::{
+    CapabilitiesSection, VcpuState, VmState, CAPABILITIES, CAPABILITIES_VERSION, VCPU_VERSION,
+    VM_STATE,
+};
 use vmkit::{Capabilities, HypervisorKind};
 use vmkit_snapshot::state::SECTION_HEADER_LEN;
 use vmkit_snapshot::{checksum, Arch, Backend, Expected, SectionTag, Snapshot};
@@ -76,7 +79,13 @@ fuzz_target!(|data: &[u8]| {
                     if let Ok(snapshot) = Snapshot::from_bytes(state, expected) {
                         let _ = snapshot.read_section::<VmState>(VM_STATE, 0, 1..=2);
                         for section in snapshot.instances(SectionTag::VCPU) {
-                            let _ = section.decode::<VcpuState>(1..=1);
+                            let _ = section.decode::<VcpuState>(VCPU_VERSION..=VCPU_VERSION);
+                        }
+                        let range = CAPABILITIES_VERSION..=CAPABILITIES_VERSION;
+                        if let Ok(caps) =
+                            snapshot.read_section::<CapabilitiesSection>(CAPABILITIES, 0, range)
+                        {
+                            let _ = caps.capabilities();
                         }
                     }
                 }

@@ -16,7 +16,7 @@ use super::file::{
     MAX_CHAIN, MEMORY_FILE, MEMORY_LAYOUT, STATE_FILE, VCPU_VERSION, VERSION,
 };
 use super::{portable, VcpuState, VmState};
-use crate::hypervisor::{Capabilities, Hypervisor, VmConfig};
+use crate::hypervisor::{Hypervisor, VmConfig};
 
 /// How the files of a snapshot disagree (see [`SnapshotError::Mismatch`]).
 #[derive(Debug, thiserror::Error)]
@@ -326,9 +326,15 @@ pub fn check(dir: &Path, hypervisor: &dyn Hypervisor) -> Result<Checked, Snapsho
     let config: VmConfig = snapshot
         .read_section(CONFIG, 0, VERSION..=VERSION)
         .map_err(state_error(&state_path))?;
-    let their_caps: Capabilities = snapshot
+    let section: super::CapabilitiesSection = snapshot
         .read_section(CAPABILITIES, 0, CAPABILITIES_VERSION..=CAPABILITIES_VERSION)
         .map_err(state_error(&state_path))?;
+    let their_caps = section
+        .capabilities()
+        .map_err(|source| SnapshotError::Capabilities {
+            path: state_path.clone(),
+            source,
+        })?;
     let host = hypervisor.capabilities();
     let same_backend = expected.backend == ours;
     if same_backend {

@@ -62,12 +62,12 @@ pub(super) const VERSION: u16 = 1;
 /// records its machine-check banks (`mce_banks`). Version 1 sections are refused: without the
 /// bank count a guest that enabled machine checks could not be restored.
 pub const VCPU_VERSION: u16 = 2;
-/// Version of the [`CAPABILITIES`] section: 3 since `Capabilities` gained the PCI
-/// configuration ports, the vCPU-event fields, RAM on demand, code in tracked memory,
-/// state writes in the middle of an access and the APIC ID stride (2: the TSC-deadline timer, machine-check banks
-/// and PIT reinjection control). Its postcard encoding changes with every field, so an
-/// older section is refused by version rather than misread.
-pub const CAPABILITIES_VERSION: u16 = 3;
+/// Version of the [`CAPABILITIES`] section: 4 since it holds named entries, so that a
+/// field added to [`Capabilities`] leaves existing snapshots readable (an older writer's
+/// file lacks the entry, which reads as the default; see [`CapabilitiesError`](super::CapabilitiesError)
+/// for what is refused). Versions 1 to 3 encoded the struct itself, whose layout changed with every
+/// field, and are refused by version rather than misread.
+pub const CAPABILITIES_VERSION: u16 = 4;
 
 /// Errors from saving or restoring a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +120,16 @@ pub enum SnapshotError {
         /// What is wrong.
         #[source]
         source: Mismatch,
+    },
+    /// The state file's capabilities section cannot be read: it names a capability this
+    /// version of vmkit does not know, or holds a malformed entry.
+    #[error("snapshot state file {}: its host's capabilities", .path.display())]
+    Capabilities {
+        /// The state file.
+        path: PathBuf,
+        /// Which entry, and what is wrong with it.
+        #[source]
+        source: super::CapabilitiesError,
     },
     /// No random identity could be drawn for a new snapshot.
     #[error("drawing a random snapshot identity from /dev/urandom")]
@@ -271,7 +281,12 @@ impl<'a> Capture<'a> {
                 writer.write_section(BASE, 0, VERSION, &base.to_string_lossy())?;
             }
             writer.write_section(CONFIG, 0, VERSION, self.config)?;
-            writer.write_section(CAPABILITIES, 0, CAPABILITIES_VERSION, caps)?;
+            writer.write_section(
+                CAPABILITIES,
+                0,
+                CAPABILITIES_VERSION,
+                &super::CapabilitiesSection::new(caps),
+            )?;
             writer.write_section(VM_STATE, 0, super::VM_STATE_VERSION, &self.vm_state)?;
             writer.write_section(MEMORY_LAYOUT, 0, VERSION, &self.layout)?;
             for state in &self.vcpu_states {

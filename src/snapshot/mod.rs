@@ -8,6 +8,7 @@
 //!
 //! Capture only while every vCPU is outside `run()` (see [`crate::runner`]).
 
+mod capabilities;
 mod check;
 mod file;
 mod portable;
@@ -16,6 +17,7 @@ mod portable;
 /// same version vmkit uses.
 pub use vmkit_snapshot as format;
 
+pub use capabilities::{CapabilitiesError, CapabilitiesSection};
 pub use check::{check, Checked, Mismatch};
 pub use file::{
     restore, save, DiffTracker, MemoryRestore, Restored, SnapshotError, BASE, CAPABILITIES,

@@ -490,12 +490,14 @@ fn continues_in_a_new_process_with(hv: &dyn Hypervisor, config: VmConfig, other_
         },
     )
     .unwrap();
-    let mut richer: vmkit::Capabilities = original
-        .read_section(
+    let mut richer = original
+        .read_section::<snapshot::CapabilitiesSection>(
             snapshot::CAPABILITIES,
             0,
             snapshot::CAPABILITIES_VERSION..=snapshot::CAPABILITIES_VERSION,
         )
+        .unwrap()
+        .capabilities()
         .unwrap();
     richer.max_vcpus = u32::MAX;
     richer.msrs.push(0x4242_4242);
@@ -508,7 +510,12 @@ fn continues_in_a_new_process_with(hv: &dyn Hypervisor, config: VmConfig, other_
         let h = section.header();
         if h.tag == snapshot::CAPABILITIES {
             writer
-                .write_section(h.tag, h.index, h.version, &richer)
+                .write_section(
+                    h.tag,
+                    h.index,
+                    h.version,
+                    &snapshot::CapabilitiesSection::new(&richer),
+                )
                 .unwrap();
         } else {
             writer

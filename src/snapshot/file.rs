@@ -64,7 +64,7 @@ pub(super) const VERSION: u16 = 1;
 pub const VCPU_VERSION: u16 = 2;
 /// Version of the [`CAPABILITIES`] section: 3 since `Capabilities` gained the PCI
 /// configuration ports, the vCPU-event fields, RAM on demand, code in tracked memory,
-/// state writes in the middle of an access and the APIC ID stride (2: the TSC-deadline timer, machine-check banks
+/// state writes in the middle of an access, emulated dirty rings and the APIC ID stride (2: the TSC-deadline timer, machine-check banks
 /// and PIT reinjection control). Its postcard encoding changes with every field, so an
 /// older section is refused by version rather than misread.
 pub const CAPABILITIES_VERSION: u16 = 3;

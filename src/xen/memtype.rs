@@ -22,7 +22,7 @@
 //! starts logging while others do, so that a new region starts clean. Writes through vmkit's
 //! own mapping ([`Vm::memory`](crate::Vm::memory)) are foreign mappings, not guest writes:
 //! Xen does not log them (vm-memory's bitmap records them, as on KVM). Xen has no dirty
-//! rings: `Capabilities::dirty_ring_max_entries` is 0.
+//! rings; vmkit's are emulated over this same harvest (see [`super::dirtyring`]).
 //!
 //! Xen refuses to enter log-dirty mode (`EBUSY`) while any page has the ioreq server's type
 //! (`hap_enable_log_dirty`), although it lets pages take that type afterwards. So when the

@@ -29,8 +29,10 @@ pub(crate) fn check(entries: u32) -> Result<(), &'static str> {
     if entries.is_power_of_two() && (MIN_ENTRIES..=MAX_ENTRIES).contains(&entries) {
         Ok(())
     } else {
-        Err("dirty ring entries must be a power of two, at least 256 and at most \
-             Capabilities::dirty_ring_max_entries")
+        Err(
+            "dirty ring entries must be a power of two, at least 256 and at most \
+             Capabilities::dirty_ring_max_entries",
+        )
     }
 }
 

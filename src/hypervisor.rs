@@ -57,9 +57,10 @@ pub struct Capabilities {
     /// in the bitmap for the harvest, so no vCPU stops with
     /// [`VcpuExit::DirtyRingFull`](crate::VcpuExit::DirtyRingFull) and
     /// [`DirtyLog::overflowed`](crate::DirtyLog::overflowed) is never set (a VMM that counts
-    /// on that exit to slow down a guest that dirties memory fast gets no pause). A harvest
-    /// costs in proportion to the guest's memory, like a bitmap harvest, not to the pages
-    /// written. There are no per-vCPU entries in the order written (no backend's API shows
+    /// on that exit to slow down a guest that dirties memory fast gets no pause; if Xen cannot
+    /// grow its bitmap, the harvest fails with an error instead of reporting less). A harvest's
+    /// cost grows with the guest's memory, as a bitmap harvest's does, not only with the
+    /// pages written. There are no per-vCPU entries in the order written (no backend's API shows
     /// them). False where rings are real, or absent.
     #[serde(default)]
     pub dirty_ring_emulated: bool,

@@ -19,7 +19,9 @@ pub enum DirtyLogMode {
     #[default]
     Bitmap,
     /// Per-vCPU rings of dirty-page entries that the hypervisor appends to and the VMM
-    /// consumes; cheaper when few pages are dirtied in large memory.
+    /// consumes; cheaper when few pages are dirtied in large memory. Emulated from a bitmap
+    /// where [`Capabilities::dirty_ring_emulated`](crate::Capabilities::dirty_ring_emulated)
+    /// says so (Xen): the same harvest, without the saving, and a ring that never fills.
     Ring {
         /// Entries per vCPU ring (a power of two).
         entries: u32,
@@ -143,7 +145,7 @@ pub struct DirtyLog {
     ///
     /// A hypervisor normally stops a vCPU ([`VcpuExit::DirtyRingFull`]) before its ring fills;
     /// a nested, software-emulated KVM may not, when it emulates many guest instructions
-    /// without re-entering its run loop.
+    /// without re-entering its run loop. Emulated rings never fill, so never set this.
     ///
     /// [`VcpuExit::DirtyRingFull`]: crate::VcpuExit::DirtyRingFull
     pub overflowed: bool,

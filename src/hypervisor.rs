@@ -48,6 +48,22 @@ pub struct Capabilities {
     pub dirty_log_manual_clear: bool,
     /// The most entries a per-vCPU dirty ring may have; 0 if there are no dirty rings.
     pub dirty_ring_max_entries: u32,
+    /// Dirty rings ([`VmConfig::dirty_ring`]) are emulated from one bitmap for the whole VM
+    /// (Xen's log-dirty mode) instead of kept by the hypervisor for each vCPU (KVM).
+    /// [`Vm::harvest_dirty_log`] keeps its guarantee: every page the guest wrote since the
+    /// previous harvest is reported, once. What differs: the ring never fills. Its size is
+    /// checked as on KVM (a power of two, at least 256, at most
+    /// [`Capabilities::dirty_ring_max_entries`]) and means nothing else; pages beyond it stay
+    /// in the bitmap for the harvest, so no vCPU stops with
+    /// [`VcpuExit::DirtyRingFull`](crate::VcpuExit::DirtyRingFull) and
+    /// [`DirtyLog::overflowed`](crate::DirtyLog::overflowed) is never set (a VMM that counts
+    /// on that exit to slow down a guest that dirties memory fast gets no pause; if Xen cannot
+    /// grow its bitmap, the harvest fails with an error instead of reporting less). A harvest's
+    /// cost grows with the guest's memory, as a bitmap harvest's does, not only with the
+    /// pages written. There are no per-vCPU entries in the order written (no backend's API shows
+    /// them). False where rings are real, or absent.
+    #[serde(default)]
+    pub dirty_ring_emulated: bool,
     /// An in-kernel interrupt controller ([`VmConfig::irqchip`]).
     pub irqchip: bool,
     /// An in-kernel PIT ([`VmConfig::pit`]).

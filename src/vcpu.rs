@@ -95,6 +95,8 @@ pub enum VcpuExit<'a> {
         vector: u8,
     },
     /// A dirty ring of this vCPU is full: harvest the VM's dirty log before running it again.
+    /// Never with emulated rings
+    /// ([`Capabilities::dirty_ring_emulated`](crate::Capabilities::dirty_ring_emulated)).
     DirtyRingFull,
     /// An exit this version of vmkit does not decode, with the backend's raw exit code.
     Unknown {

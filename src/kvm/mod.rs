@@ -106,6 +106,8 @@ impl Kvm {
                 .check_extension_raw(kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2.into())
                 > 0,
             dirty_ring_max_entries: ring_bytes / dirty::ENTRY_SIZE,
+            // KVM's rings are its own, per vCPU, with DirtyRingFull exits.
+            dirty_ring_emulated: false,
             irqchip: has(Cap::Irqchip),
             pit: has(Cap::Pit2),
             irqfd: has(Cap::Irqfd),

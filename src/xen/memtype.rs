@@ -22,7 +22,7 @@
 //! starts logging while others do, so that a new region starts clean. Writes through vmkit's
 //! own mapping ([`Vm::memory`](crate::Vm::memory)) are foreign mappings, not guest writes:
 //! Xen does not log them (vm-memory's bitmap records them, as on KVM). Xen has no dirty
-//! rings: `Capabilities::dirty_ring_max_entries` is 0.
+//! rings; vmkit's are emulated over this same harvest (see [`super::dirtyring`]).
 //!
 //! Xen refuses to enter log-dirty mode (`EBUSY`) while any page has the ioreq server's type
 //! (`hap_enable_log_dirty`), although it lets pages take that type afterwards. So when the
@@ -226,17 +226,11 @@ impl Protected {
     fn collect(&mut self, server: Server<'_>, end: u64) -> Result<(), XenCallError> {
         let bitmap = logdirty::clean(server.xc, server.domid.into(), end)?;
         for (&start, tracked) in &mut self.tracked {
-            let base = start >> PAGE_SHIFT;
-            for page in 0..tracked.pages {
-                let frame = base + page;
-                let Some(&byte) = usize::try_from(frame / 8).ok().and_then(|i| bitmap.get(i))
-                else {
-                    break;
-                };
-                if byte & (1 << (frame % 8)) != 0 {
-                    tracked.bitmap[(page / 64) as usize] |= 1 << (page % 64);
-                }
-            }
+            add_frames(
+                &bitmap,
+                start >> PAGE_SHIFT..(start >> PAGE_SHIFT) + tracked.pages,
+                &mut tracked.bitmap,
+            );
         }
         Ok(())
     }
@@ -270,9 +264,61 @@ impl Protected {
     }
 }
 
+/// Sets in `region` (one bit per page of the region that holds `frames`, as in
+/// [`DirtyRegion::bitmap`]) the pages whose frames Xen's `bitmap` (one bit per frame, frame
+/// `n` in bit `n % 8` of byte `n / 8`) marks. Skips Xen's zero bytes whole: most are, and a
+/// harvest of a large region would otherwise test each of its pages.
+fn add_frames(bitmap: &[u8], frames: Range<u64>, region: &mut [u64]) {
+    let first = usize::try_from(frames.start / 8).unwrap_or(usize::MAX);
+    let last = usize::try_from(frames.end.div_ceil(8)).unwrap_or(usize::MAX);
+    let Some(bytes) = bitmap.get(first..last.min(bitmap.len())) else {
+        return;
+    };
+    for (i, &byte) in bytes.iter().enumerate().filter(|(_, &b)| b != 0) {
+        let byte_frame = (first + i) as u64 * 8;
+        for bit in 0..8 {
+            let frame = byte_frame + bit;
+            if byte & (1 << bit) != 0 && frames.contains(&frame) {
+                let page = frame - frames.start;
+                if let Some(word) = region.get_mut((page / 64) as usize) {
+                    *word |= 1 << (page % 64);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_land_on_their_region_pages_only() {
+        // Frames 3..200 (an unaligned start and end), Xen's bitmap over frames 0..256.
+        let frames = 3..200u64;
+        let mut xen = vec![0u8; 32];
+        let marked = [0u64, 2, 3, 7, 8, 63, 66, 67, 130, 199, 200, 255];
+        for frame in marked {
+            xen[(frame / 8) as usize] |= 1 << (frame % 8);
+        }
+        let mut region = vec![0u64; 197usize.div_ceil(64)];
+        add_frames(&xen, frames.clone(), &mut region);
+        let got: Vec<u64> = crate::dirty::set_bits(&region).collect();
+        let want: Vec<u64> = marked
+            .iter()
+            .filter(|f| frames.contains(f))
+            .map(|f| f - frames.start)
+            .collect();
+        assert_eq!(got, want);
+        // A bitmap shorter than the region (Xen covered fewer frames) sets what it has.
+        let mut region = vec![0u64; 4];
+        add_frames(&xen[..1], frames, &mut region);
+        assert_eq!(crate::dirty::set_bits(&region).collect::<Vec<_>>(), [0, 4]);
+        // A region past the bitmap's end sets nothing.
+        let mut region = vec![0u64; 1];
+        add_frames(&xen, 1000..1010, &mut region);
+        assert_eq!(region, [0]);
+    }
 
     #[test]
     fn a_range_covers_every_frame_it_touches() {

@@ -87,7 +87,9 @@
 //!   exit and RAM keeps its contents, as on KVM. Dirty-page logging uses Xen's log-dirty
 //!   mode while a region logs (`logdirty.rs`): domain-wide, so every RAM page's first write
 //!   after a harvest faults into Xen, logged region or not; only the logged regions' pages
-//!   are reported. There are no dirty rings (`dirty_ring_max_entries` is 0).
+//!   are reported. Dirty rings ([`VmConfig::dirty_ring`]) are emulated over the same mode
+//!   (`dirtyring.rs`, `Capabilities::dirty_ring_emulated`): the same harvest, a ring that
+//!   never fills because Xen's bitmap keeps what a ring would not hold.
 //! - Interrupts need [`VmConfig::irqchip`] (see the `irq` module): IRQ lines go through
 //!   Xen's device-model operations (GSI `n` is ISA IRQ `n` for 1-15 and a PCI INTx for
 //!   16-47; GSI 0 cannot be raised, Xen wires ISA IRQ 0 to pin 2), MSIs through
@@ -168,6 +170,7 @@ pub(crate) fn tracing() -> bool {
 mod clock;
 mod context;
 mod control;
+mod dirtyring;
 mod ioeventfd;
 mod ioreq;
 mod irq;
@@ -293,10 +296,12 @@ impl Xen {
             msrs: context::MSRS.to_vec(),
             // Xen's vlapic: vCPU n has APIC ID 2n (and CPUID says so).
             apic_id_stride: 2,
-            // Both through the ioreq server's memory type (see `memtype`). Xen has no dirty
-            // rings, so `dirty_ring_max_entries` stays 0.
+            // Both through the ioreq server's memory type (see `memtype`).
             read_only_memory: true,
             dirty_log: true,
+            // Rings emulated over log-dirty mode (see `dirtyring`).
+            dirty_ring_max_entries: dirtyring::MAX_ENTRIES,
+            dirty_ring_emulated: true,
             // Xen's platform (VmConfig::irqchip), with vmkit's MSI routes and irqfd thread.
             irqchip: true,
             irqfd: true,

@@ -23,7 +23,7 @@ use super::sys::abi::{
 };
 use super::sys::abi::{HvmHwCpu, XenPfn};
 use super::{memory as ram, Handles, XenVcpu};
-use crate::dirty::DirtyLog;
+use crate::dirty::{DirtyLog, DirtyLogMode};
 use crate::hypervisor::{Capabilities, HypervisorError, VmConfig};
 use crate::memory::{
     GuestMemoryMmap, GuestRange, MemoryFlags, MemoryRegion, MemorySlot, RegionTable,
@@ -163,8 +163,13 @@ impl XenVm {
         if config.irqchip && kind == DomainKind::Pv {
             return unsupported("an in-kernel irqchip in a PV domain (PV has no emulation)");
         }
-        if config.dirty_ring.is_some() {
-            return unsupported("dirty rings");
+        if let Some(entries) = config.dirty_ring {
+            // Emulated over log-dirty mode (see `dirtyring`), which needs a PVH domain.
+            if kind == DomainKind::Pv {
+                return unsupported("dirty rings in a PV domain (no log-dirty mode there)");
+            }
+            super::dirtyring::check(entries)
+                .map_err(|reason| HypervisorError::InvalidConfig { reason })?;
         }
         let os = |err: XenCallError| HypervisorError::Os {
             op: err.op,
@@ -725,6 +730,14 @@ impl Vm for XenVm {
         Ok(Box::new(self.create_xen_vcpu(id)?))
     }
 
+    fn dirty_log_mode(&self) -> DirtyLogMode {
+        // Rings are emulated (see `dirtyring`): the harvest below serves both modes.
+        match self.shared.config.dirty_ring {
+            Some(entries) => DirtyLogMode::Ring { entries },
+            None => DirtyLogMode::Bitmap,
+        }
+    }
+
     fn harvest_dirty_log(&self) -> Result<DirtyLog, VmError> {
         let shared = &self.shared;
         let table = lock(&shared.regions);
@@ -744,6 +757,7 @@ impl Vm for XenVm {
             })?;
         Ok(DirtyLog {
             regions,
+            // Xen's bitmap has no size limit; an emulated ring never drops a page.
             overflowed: false,
         })
     }

@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --features xen --example boot_linux_pv -- --kernel VMLINUX
 //!     [--initrd FILE] [--cmdline "..."] [--mem MIB] [--vcpus N] [--name NAME]
-//!     [--marker TEXT] [--timeout SECS]
+//!     [--marker TEXT] [--timeout SECS] [--check-xenstore]
 //! ```
 //!
 //! Runs in a Xen dom0 with xenstored (the domain's xenstore nodes go there). The kernel
@@ -13,7 +13,10 @@
 //! 1 vCPU, name `vmkit-pv`, timeout 600 s.
 //!
 //! With `--marker TEXT`, the first console line containing TEXT is reported on stderr with
-//! the milliseconds since the start (`boot_linux_pv: marker after N ms`). Exits 0 when the
+//! the milliseconds since the start (`boot_linux_pv: marker after N ms`). At the shutdown it
+//! reports whether the guest wrote `control/feature-poweroff` to its xenstore directory
+//! (Linux's xenbus does once connected); with `--check-xenstore` a guest that did not fails
+//! the run. Exits 0 when the
 //! guest powers off or reboots (Linux's `reboot -f` is a reboot), 1 on a crash, another
 //! shutdown reason, a timeout or an error. There are no other devices: a PV guest's block
 //! and network devices would be backends in dom0, which this example does not set up.
@@ -41,7 +44,8 @@ mod pv {
 
     const USAGE: &str =
         "usage: boot_linux_pv --kernel VMLINUX [--initrd FILE] [--cmdline \"...\"] \
-                         [--mem MIB] [--vcpus N] [--name NAME] [--marker TEXT] [--timeout SECS]";
+                         [--mem MIB] [--vcpus N] [--name NAME] [--marker TEXT] [--timeout SECS] \
+                         [--check-xenstore]";
 
     /// A bad command line.
     #[derive(Debug, thiserror::Error)]
@@ -76,12 +80,15 @@ mod pv {
         Timeout(u64),
         #[error("domain {0} vanished (destroyed by someone else?)")]
         Gone(u32),
+        #[error("the guest never wrote control/feature-poweroff: its xenbus did not connect")]
+        NoXenbus,
     }
 
     struct Options {
         config: PvLinuxConfig,
         marker: Option<String>,
         timeout: Duration,
+        check_xenstore: bool,
     }
 
     fn number(flag: &'static str, value: &str, min: u64, max: u64) -> Result<u64, ArgError> {
@@ -103,6 +110,7 @@ mod pv {
         let mut config = PvLinuxConfig::new("");
         let mut marker = None;
         let mut timeout = 600;
+        let mut check_xenstore = false;
         while let Some(flag) = args.next() {
             let mut value = || {
                 args.next()
@@ -122,6 +130,7 @@ mod pv {
                     config.vcpus = number("--vcpus", &value()?, 1, u64::from(u32::MAX))? as u32
                 }
                 "--timeout" => timeout = number("--timeout", &value()?, 1, 86_400)?,
+                "--check-xenstore" => check_xenstore = true,
                 _ => return Err(ArgError::Unknown(flag)),
             }
         }
@@ -130,6 +139,7 @@ mod pv {
             config,
             marker,
             timeout: Duration::from_secs(timeout),
+            check_xenstore,
         })
     }
 
@@ -210,6 +220,17 @@ mod pv {
                         domain.domid(),
                         start.elapsed().as_millis()
                     );
+                    let feature = domain.xenstore_read("control/feature-poweroff")?;
+                    eprintln!(
+                        "boot_linux_pv: xenstore {}/control/feature-poweroff: {}",
+                        domain.xenstore_path(),
+                        feature
+                            .as_deref()
+                            .map_or("absent".into(), String::from_utf8_lossy)
+                    );
+                    if options.check_xenstore && feature.is_none() {
+                        return Err(RunError::NoXenbus);
+                    }
                     let clean = matches!(reason, PvShutdown::Poweroff | PvShutdown::Reboot);
                     return Ok(if clean {
                         ExitCode::SUCCESS
@@ -246,9 +267,18 @@ mod pv {
         #[test]
         fn flags_are_parsed_and_bad_values_named() {
             let o = parse(args(&[
-                "--kernel", "k", "--mem", "128", "--vcpus", "2", "--marker", "M",
+                "--kernel",
+                "k",
+                "--mem",
+                "128",
+                "--vcpus",
+                "2",
+                "--marker",
+                "M",
+                "--check-xenstore",
             ]))
             .unwrap();
+            assert!(o.check_xenstore);
             assert_eq!(o.config.kernel, PathBuf::from("k"));
             assert_eq!((o.config.mem_mib, o.config.vcpus), (128, 2));
             assert_eq!(o.marker.as_deref(), Some("M"));

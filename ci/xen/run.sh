@@ -95,7 +95,7 @@ linux_cmdline=${VMKIT_XEN_LINUX_CMDLINE:-console=ttyS0 quiet reboot=k panic=-1 p
 pv_linux_args() {
     echo "--kernel /xen/vmlinux --initrd /xen/initrd.cpio.gz" \
         "--cmdline '$(sed 's/console=ttyS0/console=hvc0/' <<<"$linux_cmdline")'" \
-        "--mem $linux_mem --vcpus 1 --marker VMKIT-L2-USERSPACE"
+        "--mem $linux_mem --vcpus 1 --marker VMKIT-L2-USERSPACE --check-xenstore"
 }
 
 if [ -n "${VMKIT_XEN_BINS:-}" ]; then

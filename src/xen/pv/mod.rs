@@ -475,6 +475,18 @@ impl Xen {
         if self.physcaps & XEN_SYSCTL_PHYSCAP_PV == 0 {
             return Err(PvError::NoPv);
         }
+        // Xen would refuse it only midway through the build, with a vague errno.
+        let free = self.handles.xc.physinfo()?.free_pages * 4096;
+        if u64::from(config.mem_mib) << 20 > free {
+            return Err(PvError::Config {
+                field: "mem_mib",
+                reason: format!(
+                    "{} MiB is more than Xen's free memory ({} MiB)",
+                    config.mem_mib,
+                    free >> 20
+                ),
+            });
+        }
         let kernel = read_file("kernel", &config.kernel, PV_MAX_KERNEL_BYTES)?;
         let initrd = match &config.initrd {
             Some(path) => {

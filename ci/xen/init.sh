@@ -86,6 +86,7 @@ run_test() {
         verdict=FAILED
     fi
     case $name in linux*) linux_check "/tmp/out.$name" || verdict=FAILED ;; esac
+    case $name in pv_*) pv_check || verdict=FAILED ;; esac
     if [ "$verdict" = FAILED ]; then
         # dom0's kernel messages (quiet on the console) since the test started often say
         # why a privcmd call failed.
@@ -97,6 +98,16 @@ run_test() {
         xl destroy "$id" </dev/null
     done
     echo "VMKIT-TEST $name $verdict (${took}s)"
+}
+
+# The PV tests (boot_linux_pv): the binary must have destroyed its domain and removed its
+# xenstore nodes (/local/domain holds only dom0's).
+pv_check() {
+    left=$(xl list | awk 'NR > 2 {print $2}' | tr '\n' ' ')
+    [ -z "$left" ] || { say "pv check: domains left: $left"; return 1; }
+    nodes=$(xenstore-ls /local/domain 2>&1 | grep -v '^ ' | grep -v '^0 = ' | tr '\n' ' ')
+    [ -z "$nodes" ] || { say "pv check: xenstore nodes left under /local/domain: $nodes"; return 1; }
+    say "pv check: no domain and no xenstore node left"
 }
 
 # The linux tests (boot_linux on /xen/vmlinux with the guest's init, ci/svm/l2-init): a

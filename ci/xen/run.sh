@@ -91,6 +91,13 @@ linux_args() {
 # Xen, resets through Xen (boot_linux takes that as the end of the run, as the i8042's).
 linux_cmdline=${VMKIT_XEN_LINUX_CMDLINE:-console=ttyS0 quiet reboot=k panic=-1 pci=off}
 
+# boot_linux_pv's arguments in dom0: the PV guest's console is hvc0.
+pv_linux_args() {
+    echo "--kernel /xen/vmlinux --initrd /xen/initrd.cpio.gz" \
+        "--cmdline '$(sed 's/console=ttyS0/console=hvc0/' <<<"$linux_cmdline")'" \
+        "--mem $linux_mem --vcpus 1 --marker VMKIT-L2-USERSPACE --check-xenstore"
+}
+
 if [ -n "${VMKIT_XEN_BINS:-}" ]; then
     # name=path[:args], whitespace-separated; commas in args stand for spaces.
     for entry in $VMKIT_XEN_BINS; do
@@ -147,6 +154,11 @@ else
             build_target "linux_smp$cpus" "$(linux_args "$cpus")" "^VMKIT-L2-CPUS $cpus" \
                 build --release --locked --features xen --example boot_linux
         done
+        # The same kernel and initramfs as a PV domain (boot_linux_pv: libxenguest's builder,
+        # the console ring served by vmkit, xenstore nodes in dom0's xenstored); no disk.
+        # dom0 checks afterwards that no domain and no xenstore node is left (init.sh).
+        build_target pv_linux "$(pv_linux_args)" "VMKIT-L2-USERSPACE" \
+            build --release --locked --features xen --example boot_linux_pv
         # The counting guest saved in one process and resumed in another (lazily, then
         # eagerly), on Xen; also the binary of the cross-backend round trip below.
         build_target snapshot_across "" "^snapshot_across: the count went on from 11 to 40 on Xen$" \
@@ -284,7 +296,7 @@ fi
 # initramfs, and the pattern its disk must hold afterwards.
 for n in "${run_names[@]}"; do
     case $n in
-        linux*)
+        linux* | pv_linux*)
             cp "$assets/vmlinux" "$rootfs/xen/vmlinux"
             cp "$assets/guest/initrd.cpio.gz" "$assets/guest/pattern.bin" "$rootfs/xen/"
             break

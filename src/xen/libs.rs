@@ -680,6 +680,11 @@ impl ForeignMemory {
             .ok_or_else(|| fail("xenforeignmemory_open"))
     }
 
+    /// The raw handle, for the feature modules' own bindings (`sys::ffi_pv`).
+    pub(crate) fn raw(&self) -> *mut ffi::ForeignmemoryHandle {
+        self.raw.as_ptr()
+    }
+
     /// Maps `frames` frames of a domain's resource (e.g. an ioreq server's pages) read-write.
     pub(crate) fn map_resource(
         self: &Arc<Self>,

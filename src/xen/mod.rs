@@ -183,6 +183,7 @@ mod page;
 mod pci;
 mod platform;
 mod platform_state;
+mod pv;
 #[cfg(feature = "seccomp")]
 pub(crate) mod seccomp;
 mod sys;
@@ -202,6 +203,11 @@ use sys::abi::{
     XEN_SYSCTL_PHYSCAP_HVM, XEN_SYSCTL_PHYSCAP_PV,
 };
 
+pub use pv::{
+    PvConsole, PvDomain, PvError, PvLinuxConfig, PvShutdown, PvState, RingError, StoreError,
+    PV_MAX_CMDLINE_BYTES, PV_MAX_INITRD_BYTES, PV_MAX_KERNEL_BYTES, PV_MAX_MEM_MIB, PV_MAX_VCPUS,
+    PV_MIN_MEM_MIB,
+};
 pub use vcpu::{PvStart, XenVcpu, INVALID_IOREQ, MAX_CHECK_INTERVAL};
 pub use vm::{DomainKind, XenVm};
 

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use super::abi::*;
+use super::abi_pv::*;
 
 /// One check: a C expression and the value Rust computes for it.
 struct Check {
@@ -531,6 +532,92 @@ fn checks() -> Vec<Check> {
         Logger,
         [vmessage, progress, destroy]
     );
+    // PV Linux (abi_pv): the builder's image, xenstore permissions, the console ring.
+    constant!(c, "XG_MAX_MODULES", XG_MAX_MODULES);
+    constant!(c, "XENFEAT_NR_SUBMAPS", XENFEAT_NR_SUBMAPS);
+    constant!(c, "XS_PERM_NONE", XS_PERM_NONE);
+    constant!(c, "XS_PERM_READ", XS_PERM_READ);
+    constant!(c, "XS_PERM_WRITE", XS_PERM_WRITE);
+    constant!(c, "XBT_NULL", XBT_NULL);
+    size!(c, "struct xs_permissions", XsPermissions);
+    offsets!(c, "struct xs_permissions", XsPermissions, [id, perms]);
+    size!(c, "struct xc_dom_seg", DomSeg);
+    size!(c, "struct xc_dom_module", DomModule);
+    size!(c, "struct xc_hvm_firmware_module", FirmwareModule);
+    size!(c, "struct xc_dom_image", DomImage);
+    offsets!(
+        c,
+        "struct xc_dom_image",
+        DomImage,
+        [
+            modules,
+            f_requested,
+            kernel_seg,
+            console_pfn,
+            xenstore_pfn,
+            alloc_bootstack,
+            f_active,
+            pv_p2m,
+            p2m_size,
+            flags,
+            console_evtchn,
+            xenstore_evtchn,
+            console_domid,
+            xenstore_domid,
+            xch,
+            xen_caps,
+            kernel_loader,
+            nr_vnodes,
+            allocate,
+            container_type,
+            device_model,
+            system_firmware_module,
+            e820_entries,
+            vuart_gfn,
+            max_vcpus,
+        ]
+    );
+    constant!(c, "XC_DOM_PV_CONTAINER", XC_DOM_PV_CONTAINER);
+    constant!(
+        c,
+        "sizeof(((struct xencons_interface *)0)->in)",
+        XENCONS_IN_SIZE
+    );
+    constant!(
+        c,
+        "sizeof(((struct xencons_interface *)0)->out)",
+        XENCONS_OUT_SIZE
+    );
+    constant!(
+        c,
+        "offsetof(struct xencons_interface, in)",
+        XENCONS_IN_OFFSET
+    );
+    constant!(
+        c,
+        "offsetof(struct xencons_interface, out)",
+        XENCONS_OUT_OFFSET
+    );
+    constant!(
+        c,
+        "offsetof(struct xencons_interface, in_cons)",
+        XENCONS_IN_CONS
+    );
+    constant!(
+        c,
+        "offsetof(struct xencons_interface, in_prod)",
+        XENCONS_IN_PROD
+    );
+    constant!(
+        c,
+        "offsetof(struct xencons_interface, out_cons)",
+        XENCONS_OUT_CONS
+    );
+    constant!(
+        c,
+        "offsetof(struct xencons_interface, out_prod)",
+        XENCONS_OUT_PROD
+    );
     c
 }
 
@@ -545,6 +632,8 @@ const PRELUDE: &str = r#"
 #include <xenevtchn.h>
 #include <xentoollog.h>
 #include <xen/hvm/save.h>
+#include <xenstore.h>
+#include <xen/io/console.h>
 #include <xen/hvm/ioreq.h>
 #include <xen/hvm/params.h>
 #include <xen/hvm/hvm_op.h>

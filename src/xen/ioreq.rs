@@ -294,6 +294,14 @@ impl Exchange {
         })
     }
 
+    /// The width of this exchange if it is a single port read into a register (`in`, not
+    /// `ins`): the access whose answer Xen puts into `rax` only when the vCPU next runs.
+    pub(crate) fn register_port_read(&self) -> Option<usize> {
+        let r = &self.request;
+        (!self.mmio && r.kind == IOREQ_TYPE_PIO && r.dir_read && !r.data_is_ptr && self.size > 0)
+            .then_some(self.size)
+    }
+
     /// Guest-physical or MMIO address of element `index`, stepping by the element size,
     /// downwards with `df`. `None` if it wraps.
     fn element_addr(&self, base: u64, index: u32) -> Option<u64> {

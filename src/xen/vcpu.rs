@@ -278,6 +278,27 @@ impl XenVcpu {
         }
     }
 
+    /// Puts the answer of a port read the VMM was handed but Xen has not completed yet into
+    /// `regs.rax`, as the vCPU will hold it once it runs (what KVM's `complete_pending_io`
+    /// does). Xen moves `rip` past an `in` when it sends the request but writes `rax` only
+    /// when the vCPU next runs, so without this a snapshot taken between the exit and the next
+    /// `run()` would resume past the `in` without its data.
+    fn merge_pending_port_read(&self, regs: &mut Regs) {
+        let Some((exchange, Some(step))) = &self.exchange else {
+            return;
+        };
+        let Some(size) = exchange.register_port_read() else {
+            return;
+        };
+        if !matches!(step.kind, ExitKind::PioIn { .. }) || step.len != size {
+            return;
+        }
+        let Some(answer) = self.buf.get(..size) else {
+            return;
+        };
+        regs.rax = merge_read(regs.rax, answer);
+    }
+
     /// Takes `exchange`'s next step: one that needs the VMM (returned) or its answer (`None`).
     fn advance(&mut self, mut exchange: Exchange) -> Result<Option<Step>, VcpuError> {
         let memory = self.vm.guest_memory();
@@ -639,6 +660,20 @@ impl XenVcpu {
     }
 }
 
+/// `rax` after a port read of `answer.len()` bytes: a dword read clears the upper half (as
+/// a 32-bit register write does), narrower ones replace their bytes only.
+fn merge_read(rax: u64, answer: &[u8]) -> u64 {
+    let mut bytes = if answer.len() == 4 {
+        [0; 8]
+    } else {
+        rax.to_le_bytes()
+    };
+    for (byte, value) in bytes.iter_mut().zip(answer) {
+        *byte = *value;
+    }
+    u64::from_le_bytes(bytes)
+}
+
 /// Bytes in hexadecimal, for traces.
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -695,7 +730,9 @@ impl Vcpu for XenVcpu {
             .xc()
             .vcpu_context(self.vm.domid, self.id)
             .map_err(os(self.id))?;
-        Ok(context::regs_from(&ctx.user_regs))
+        let mut regs = context::regs_from(&ctx.user_regs);
+        self.merge_pending_port_read(&mut regs);
+        Ok(regs)
     }
 
     fn set_regs(&self, regs: &Regs) -> Result<(), VcpuError> {
@@ -1087,5 +1124,14 @@ mod tests {
         record[HVM_MTRR_DEF_TYPE_OFFSET..HVM_MTRR_DEF_TYPE_OFFSET + 8]
             .copy_from_slice(&0xc06u64.to_le_bytes());
         assert_eq!(mtrr_def_type(&record), 0xc06);
+    }
+
+    #[test]
+    fn a_port_reads_answer_goes_into_rax_as_the_instruction_writes_it() {
+        let rax = 0x1122_3344_5566_7788;
+        assert_eq!(merge_read(rax, &[0xaa]), 0x1122_3344_5566_77aa);
+        assert_eq!(merge_read(rax, &[0xaa, 0xbb]), 0x1122_3344_5566_bbaa);
+        // `in eax` writes a 32-bit register: the upper half is cleared.
+        assert_eq!(merge_read(rax, &[1, 2, 3, 4]), 0x0403_0201);
     }
 }

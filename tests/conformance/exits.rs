@@ -44,19 +44,29 @@ pub fn port_writes_of_each_width(hv: &dyn Hypervisor) {
 pub fn port_reads_reach_the_guest(hv: &dyn Hypervisor) {
     // A byte from port 0x61, a dword from port 0x71, echoed to ports 0x80 and 0x81 (0x81:
     // see port_writes_of_each_width), hlt.
-    let code = snippets::PORT_READS;
-    let mut t = long_mode_vm(hv, code);
-    match t.vcpu.run().unwrap() {
+    let mut t = long_mode_vm(hv, snippets::PORT_READS);
+    answer_the_byte_read(t.vcpu.as_mut(), 0x42);
+    finish_port_reads(t.vcpu.as_mut(), 0x42);
+}
+
+/// Runs `vcpu` (at the start of `snippets::PORT_READS`) to its byte read and answers `byte`.
+fn answer_the_byte_read(vcpu: &mut dyn vmkit::Vcpu, byte: u8) {
+    match vcpu.run().unwrap() {
         VcpuExit::IoIn { port, size, data } => {
             assert_eq!(
                 (port, size, data.len()),
                 (snippets::PORT_READS_BYTE_PORT, 1, 1)
             );
-            data[0] = 0x42;
+            data[0] = byte;
         }
         other => panic!("expected a byte read from port 0x61, got {other:?}"),
     }
-    match t.vcpu.run().unwrap() {
+}
+
+/// Runs `vcpu` (past `snippets::PORT_READS`'s byte read) to its end: answers the dword read
+/// and checks that the guest echoes both answers, the byte read having got `byte`.
+fn finish_port_reads(vcpu: &mut dyn vmkit::Vcpu, byte: u8) {
+    match vcpu.run().unwrap() {
         VcpuExit::IoIn { port, size, data } => {
             assert_eq!(
                 (port, size, data.len()),
@@ -67,7 +77,7 @@ pub fn port_reads_reach_the_guest(hv: &dyn Hypervisor) {
         other => panic!("expected a dword read from port 0x71, got {other:?}"),
     }
     // The guest echoes what it read, so these prove the answers arrived.
-    match t.vcpu.run().unwrap() {
+    match vcpu.run().unwrap() {
         VcpuExit::IoOut {
             port: REPORT_PORT,
             size: 4,
@@ -77,15 +87,32 @@ pub fn port_reads_reach_the_guest(hv: &dyn Hypervisor) {
         }
         other => panic!("expected the guest to echo the dword, got {other:?}"),
     }
-    match t.vcpu.run().unwrap() {
+    match vcpu.run().unwrap() {
         VcpuExit::IoOut {
             port: BYTE_REPORT_PORT,
             size: 1,
             data,
-        } => assert_eq!(data, [0x42]),
+        } => assert_eq!(data, [byte]),
         other => panic!("expected the guest to echo the byte, got {other:?}"),
     }
-    assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
+    assert_eq!(next_exit(vcpu), "Hlt");
+}
+
+/// A vCPU saved between a port read's exit and its next `run()` (as a runner's pause takes
+/// it) carries the answer: restored into a fresh VM it goes on past the `in` with the data in
+/// its register, neither repeating the read nor losing it; the original goes on the same way.
+pub fn a_vcpu_saved_after_a_port_read_resumes_with_the_answer(hv: &dyn Hypervisor) {
+    let caps = hv.capabilities().clone();
+    let features = vmkit::snapshot::Features::for_vm(&vmkit::VmConfig::default(), &caps);
+    let mut t = long_mode_vm(hv, snippets::PORT_READS);
+    answer_the_byte_read(t.vcpu.as_mut(), 0x5a);
+    let msrs = vmkit::snapshot::readable_msrs(t.vcpu.as_ref(), &hv.msr_index_list());
+    let state = vmkit::snapshot::save_vcpu(t.vcpu.as_ref(), &msrs, features).unwrap();
+    assert_eq!(state.regs.rax & 0xff, 0x5a, "rax {:#x}", state.regs.rax);
+    let mut fresh = long_mode_vm(hv, snippets::PORT_READS);
+    vmkit::snapshot::restore_vcpu(fresh.vcpu.as_ref(), &state).unwrap();
+    finish_port_reads(fresh.vcpu.as_mut(), 0x5a);
+    finish_port_reads(t.vcpu.as_mut(), 0x5a);
 }
 
 pub fn string_port_reads_keep_the_access_width(hv: &dyn Hypervisor) {
@@ -233,6 +260,7 @@ pub fn hardware_breakpoint_stops_before_the_instruction(hv: &dyn Hypervisor) {
 crate::scenarios![
     port_writes_of_each_width,
     port_reads_reach_the_guest,
+    a_vcpu_saved_after_a_port_read_resumes_with_the_answer => crate::register_snapshots,
     string_port_reads_keep_the_access_width,
     mmio_reads_and_writes,
     triple_fault_is_a_shutdown_exit,

@@ -765,7 +765,9 @@ fn a_pv_guest_runs_to_its_shutdown_hypercall() {
 /// first. That write is only needed under QEMU's TCG, the Xen harness's CPU: TCG arms an
 /// instruction breakpoint when DR7 is written with `mov` (`cpu_x86_update_dr7`), but its
 /// VMRUN copies the VMCB's DR7 without arming anything, so a breakpoint that Xen (or KVM)
-/// loads for a guest never fires there. Rewriting DR7 from inside the guest arms it.
+/// loads for a guest never fires there. Rewriting DR7 from inside the guest arms it; and
+/// since TCG keeps what it armed, for every guest after this one, until DR7 is written
+/// again, the guest disarms it before its `hlt` (the test moves it past the breakpoint).
 #[test]
 fn a_hardware_breakpoint_stops_the_guest_before_the_instruction() {
     let Some(xen) = xen("a_hardware_breakpoint_stops_the_guest_before_the_instruction") else {
@@ -779,6 +781,8 @@ fn a_hardware_breakpoint_stops_the_guest_before_the_instruction() {
         0x90, // nop
         0x48, 0xff, 0xc0, // inc rax
         0x48, 0xff, 0xc0, // inc rax, the breakpoint (offset 24)
+        0x48, 0xc7, 0xc1, 0x00, 0x04, 0x00, 0x00, // mov rcx, 0x400 (disarm)
+        0x0f, 0x23, 0xf9, // mov dr7, rcx
         0xf4, // hlt
     ];
     let breakpoint = CODE_ADDR + 24;
@@ -807,7 +811,12 @@ fn a_hardware_breakpoint_stops_the_guest_before_the_instruction() {
         }
         other => panic!("expected a breakpoint exit, got {other:?}"),
     }
-    assert_eq!(t.vcpu.regs().unwrap().rax, 1, "only the first inc ran");
-    // (Not resumed: TCG keeps the breakpoint it armed until DR7 is written again, so under
-    // the harness it would fire once more whatever vmkit loads.)
+    let mut regs = t.vcpu.regs().unwrap();
+    assert_eq!(regs.rax, 1, "only the first inc ran");
+    // Past the breakpoint's instruction, to the guest's disarming and its hlt.
+    regs.rip = breakpoint + 3;
+    t.vcpu.set_regs(&regs).unwrap();
+    assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
+    assert_eq!(t.vcpu.regs().unwrap().rax, 1);
+    t.vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
 }

@@ -20,7 +20,14 @@
 //! CPU record. The ring is one page of the domain's (`HVM_PARAM_MONITOR_RING_PFN`, which
 //! vmkit points at a frame outside guest RAM; `xc_monitor_enable` maps it here and takes it
 //! out of the guest's physical map) with an event channel; every vCPU thread in `run()`
-//! drains it, keeping each event for the vCPU it belongs to.
+//! drains it, keeping each event for the vCPU it belongs to. A vCPU whose event another
+//! thread took finds it at its next look at the vCPU (within `MAX_CHECK_INTERVAL`), unless
+//! the event channel wakes it first. A debug exception of a vCPU that is not debugging,
+//! while another one is, is the guest's own: it is injected back into the guest.
+//!
+//! The guest's own debug registers are kept aside while breakpoints are set and put back
+//! when they are cleared; what the guest writes to them meanwhile is lost then (KVM keeps
+//! the two sets apart; Xen's CPU record has one).
 
 use std::os::fd::RawFd;
 use std::ptr::NonNull;

@@ -26,8 +26,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, MemoryRegionAddress};
 use vmkit::arch::x86_64::{msr_index, Msr};
 use vmkit::xen::Xen;
 use vmkit::{
-    Hypervisor, HypervisorKind, MemoryFlags, MemoryRegion, MemorySlot, SystemEventKind, Vcpu,
-    VcpuExit, VmConfig,
+    GuestDebug, Hypervisor, HypervisorKind, MemoryFlags, MemoryRegion, MemorySlot, SystemEventKind,
+    Vcpu, VcpuExit, VmConfig,
 };
 use vmkit_boot::entry;
 use vmkit_bus::{Bus, ExitOutcome};
@@ -758,4 +758,65 @@ fn a_pv_guest_runs_to_its_shutdown_hypercall() {
         );
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The hardware-breakpoint path (DR0 and DR7 in the CPU record, the #DB through Xen's
+/// monitor ring, a debug exit before the instruction) with a guest that writes DR7 itself
+/// first. That write is only needed under QEMU's TCG, the Xen harness's CPU: TCG arms an
+/// instruction breakpoint when DR7 is written with `mov` (`cpu_x86_update_dr7`), but its
+/// VMRUN copies the VMCB's DR7 without arming anything, so a breakpoint that Xen (or KVM)
+/// loads for a guest never fires there. Rewriting DR7 from inside the guest arms it; and
+/// since TCG keeps what it armed, for every guest after this one, until DR7 is written
+/// again, the guest disarms it before its `hlt` (the test moves it past the breakpoint).
+#[test]
+fn a_hardware_breakpoint_stops_the_guest_before_the_instruction() {
+    let Some(xen) = xen("a_hardware_breakpoint_stops_the_guest_before_the_instruction") else {
+        return;
+    };
+    let code: &[u8] = &[
+        0x48, 0xc7, 0xc1, 0x00, 0x04, 0x00, 0x00, // mov rcx, 0x400 (every breakpoint off)
+        0x0f, 0x23, 0xf9, // mov dr7, rcx
+        0x48, 0xc7, 0xc1, 0x02, 0x04, 0x00, 0x00, // mov rcx, 0x402 (G0: DR0 on execution)
+        0x0f, 0x23, 0xf9, // mov dr7, rcx
+        0x90, // nop
+        0x48, 0xff, 0xc0, // inc rax
+        0x48, 0xff, 0xc0, // inc rax, the breakpoint (offset 24)
+        0x48, 0xc7, 0xc1, 0x00, 0x04, 0x00, 0x00, // mov rcx, 0x400 (disarm)
+        0x0f, 0x23, 0xf9, // mov dr7, rcx
+        0xf4, // hlt
+    ];
+    let breakpoint = CODE_ADDR + 24;
+    let mut t = long_mode_vm(&xen, code);
+    t.vcpu
+        .set_guest_debug(&GuestDebug {
+            hw_breakpoints: vec![breakpoint],
+            ..GuestDebug::default()
+        })
+        .unwrap();
+    match t.vcpu.run().unwrap() {
+        VcpuExit::Debug(debug) => {
+            assert_eq!((debug.pc, debug.exception), (breakpoint, 1));
+            assert_eq!(
+                debug.dr6 & 0xf,
+                1,
+                "DR6 names breakpoint 0: {:#x}",
+                debug.dr6
+            );
+            assert_eq!(
+                debug.dr7 & 0xff,
+                0b10,
+                "DR7 enables DR0 only: {:#x}",
+                debug.dr7
+            );
+        }
+        other => panic!("expected a breakpoint exit, got {other:?}"),
+    }
+    let mut regs = t.vcpu.regs().unwrap();
+    assert_eq!(regs.rax, 1, "only the first inc ran");
+    // Past the breakpoint's instruction, to the guest's disarming and its hlt.
+    regs.rip = breakpoint + 3;
+    t.vcpu.set_regs(&regs).unwrap();
+    assert_eq!(next_exit(t.vcpu.as_mut()), "Hlt");
+    assert_eq!(t.vcpu.regs().unwrap().rax, 1);
+    t.vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
 }

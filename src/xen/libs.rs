@@ -387,6 +387,35 @@ impl Xc {
         .map(drop)
     }
 
+    /// Enables the domain's monitor vm_event ring (`xc_monitor_enable`: the page at the gfn
+    /// in `HVM_PARAM_MONITOR_RING_PFN`, populated, mapped here and taken out of the guest's
+    /// physmap); returns the mapped page and Xen's event channel port for it.
+    pub(crate) fn monitor_enable(
+        &self,
+        domid: u32,
+    ) -> Result<(NonNull<u8>, EvtchnPort), XenCallError> {
+        let mut port = 0u32;
+        // SAFETY: `port` is a live u32 for the call.
+        let page = unsafe { ffi::xc_monitor_enable(self.xch(), domid, &mut port) };
+        NonNull::new(page.cast::<u8>())
+            .map(|page| (page, port as EvtchnPort))
+            .ok_or_else(|| fail("xc_monitor_enable"))
+    }
+
+    /// Sends the domain's debug exceptions (#DB) to the monitor ring, the vCPU paused until
+    /// answered (`sync`), or stops sending them.
+    pub(crate) fn monitor_debug_exceptions(
+        &self,
+        domid: u32,
+        enable: bool,
+    ) -> Result<(), XenCallError> {
+        // SAFETY: plain values.
+        check("xc_monitor_debug_exceptions", unsafe {
+            ffi::xc_monitor_debug_exceptions(self.xch(), domid, enable, true)
+        })
+        .map(drop)
+    }
+
     /// The CPUID leaves of a system policy (`XEN_SYSCTL_cpu_policy_*`) or, with `domain`,
     /// of that domain's policy.
     pub(crate) fn cpuid_policy(
@@ -598,6 +627,31 @@ impl DeviceModel {
                 domid,
                 irq,
                 libc::c_uint::from(level),
+            )
+        })
+        .map(drop)
+    }
+
+    /// Injects hardware exception `vector` (no error code) into vCPU `vcpu`.
+    pub(crate) fn inject_exception(
+        &self,
+        domid: DomId,
+        vcpu: u32,
+        vector: u8,
+    ) -> Result<(), XenCallError> {
+        // XEN_DMOP_EVENT_hw_exc; error code ~0: none.
+        const HW_EXCEPTION: u8 = 3;
+        // SAFETY: plain values.
+        check("xendevicemodel_inject_event", unsafe {
+            ffi::xendevicemodel_inject_event(
+                self.raw.as_ptr(),
+                domid,
+                vcpu as libc::c_int,
+                vector,
+                HW_EXCEPTION,
+                u32::MAX,
+                0,
+                0,
             )
         })
         .map(drop)

@@ -142,9 +142,12 @@
 //! - The VM clock is the guest's TSC in nanoseconds at the domain's TSC frequency (see the
 //!   `clock` module): setting it moves every vCPU's TSC together, and a vCPU created later
 //!   starts at the clock's value. A PV domain has none ([`VmError::Unsupported`](crate::VmError::Unsupported)).
-//! - No guest debugging: Xen 4.17 single-steps only with VMX's monitor trap flag and
-//!   reports debug exceptions to a debugger or vm_event ring that vmkit does not serve.
-//!   [`Capabilities`] says so and the calls fail with errors that give this reason.
+//! - Guest debugging (single-stepping, hardware breakpoints) takes debug exceptions from
+//!   Xen's monitor vm_event ring (see the `debug` module): single-stepping sets RFLAGS.TF in
+//!   the guest, hidden from `regs()` as KVM does on AMD, since Xen 4.17 steps with VMX's
+//!   monitor trap flag only; the breakpoints are DR0-DR3 and DR7 of the vCPU's CPU record.
+//!   A debug exit's DR6 is composed by vmkit (BS while single-stepping, B0-B3 for the
+//!   breakpoints at its address), since Xen's event carries none on AMD. PV vCPUs refuse.
 //! - Exits cost more: every one is a round trip through Xen's scheduler and an event
 //!   channel, and state access goes through domctls.
 //!
@@ -170,6 +173,7 @@ pub(crate) fn tracing() -> bool {
 mod clock;
 mod context;
 mod control;
+pub(crate) mod debug;
 mod dirtyring;
 mod ioeventfd;
 mod ioreq;
@@ -330,6 +334,8 @@ impl Xen {
             vcpu_events: true,
             // The guest TSC in nanoseconds (see `clock`).
             clock: true,
+            // Through the monitor ring (see `debug`).
+            guest_debug: true,
             // Read-only memory's page type is executable with EPT only (see Capabilities);
             // log-dirty mode's is executable everywhere.
             code_runs_in_read_only_memory: !amd,

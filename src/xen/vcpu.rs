@@ -31,7 +31,7 @@ use super::{cpuid_entry, cpuid_leaf};
 use crate::arch::x86_64::{
     CpuidEntry, Fpu, LapicState, MpState, Msr, Regs, SpecialRegs, VcpuEvents, Xcr, Xsave,
 };
-use crate::vcpu::{GuestDebug, KickHandle, SystemEventKind, Vcpu, VcpuError, VcpuExit};
+use crate::vcpu::{DebugExit, GuestDebug, KickHandle, SystemEventKind, Vcpu, VcpuError, VcpuExit};
 
 /// The longest `run()` waits before looking whether the vCPU halted or the domain shut down.
 pub const MAX_CHECK_INTERVAL: Duration = Duration::from_millis(50);
@@ -70,6 +70,8 @@ enum Phase {
     Parked { halted: bool },
     /// Online: running, or waiting for the answer to an I/O request.
     Running,
+    /// Online, paused by Xen after a debug exception until vmkit answers it (see `debug`).
+    Debug,
     /// The domain shut down; `run()` keeps reporting it.
     Stopped(Shutdown),
 }
@@ -113,7 +115,29 @@ pub struct XenVcpu {
     /// to the vCPU's next request.
     answered_at: Option<Instant>,
     turnaround: Duration,
+    /// Single-stepping and hardware breakpoints (`set_guest_debug`).
+    debug: std::sync::Mutex<DebugState>,
 }
+
+/// A vCPU's guest debugging, and the guest's own state it covers.
+#[derive(Debug, Default)]
+struct DebugState {
+    /// Single-stepping: the vCPU runs with RFLAGS.TF set, and `guest_tf` is the guest's own.
+    single_step: bool,
+    guest_tf: bool,
+    /// The hardware breakpoints, and the guest's DR0-DR3 and DR7 while they are set.
+    breakpoints: Vec<u64>,
+    guest_drs: Option<[u64; 5]>,
+}
+
+/// RFLAGS.TF.
+const RFLAGS_TF: u64 = 1 << 8;
+/// DR6 as a debug exception leaves it before its status bits: the bits that read as 1.
+const DR6_FIXED: u64 = 0xffff_0ff0;
+/// DR6.BS: the exception is a single step.
+const DR6_BS: u64 = 1 << 14;
+/// DR7's bit 10, which reads as 1.
+const DR7_FIXED: u64 = 1 << 10;
 
 fn os(vcpu: u32) -> impl Fn(XenCallError) -> VcpuError {
     move |err| VcpuError::Os {
@@ -151,6 +175,7 @@ impl XenVcpu {
             interval: FIRST_CHECK,
             answered_at: None,
             turnaround: Duration::ZERO,
+            debug: std::sync::Mutex::default(),
         }
     }
 
@@ -398,6 +423,12 @@ impl XenVcpu {
         // docs on state writes).
         let mut kicked = false;
         loop {
+            if let Some(exit) = self.take_debug_event()? {
+                if kicked {
+                    self.kick.restore();
+                }
+                return Ok(exit);
+            }
             match self.serve_ready()? {
                 Served::Nothing => {}
                 Served::Exit(step) => {
@@ -484,6 +515,98 @@ impl XenVcpu {
         }
     }
 
+    /// The debug exit for this vCPU's debug exception on the monitor ring, if there is one:
+    /// the vCPU is then paused by Xen until the next `run()` answers it.
+    fn take_debug_event(&mut self) -> Result<Option<VcpuExit<'static>>, VcpuError> {
+        let Some(monitor) = self.vm.monitor() else {
+            return Ok(None);
+        };
+        let Some(event) = monitor.take(&self.vm, self.id).map_err(os(self.id))? else {
+            return Ok(None);
+        };
+        self.phase = Phase::Debug;
+        let debug = lock_debug(&self.debug);
+        // Xen's vm_event carries no DR6 on AMD (its save of the VMCB leaves it out), so the
+        // status is what vmkit knows: a single step, and the breakpoints at this address.
+        let mut dr6 = DR6_FIXED;
+        if debug.single_step {
+            dr6 |= DR6_BS;
+        }
+        for (i, &addr) in debug.breakpoints.iter().enumerate() {
+            if addr == event.pc {
+                dr6 |= 1 << i;
+            }
+        }
+        trace!("vCPU {}: debug exception at {:#x}", self.id, event.pc);
+        Ok(Some(VcpuExit::Debug(DebugExit {
+            pc: event.pc,
+            exception: 1,
+            dr6,
+            dr7: event.dr7,
+        })))
+    }
+
+    /// Sets RFLAGS.TF for single-stepping (keeping the guest's own in `debug`), or gives
+    /// the guest its own back.
+    fn set_trap_flag(&self, debug: &mut DebugState, on: bool) -> Result<(), VcpuError> {
+        if debug.single_step == on {
+            return Ok(());
+        }
+        let _control = self.vm.control();
+        let xc = self.vm.xc();
+        let mut ctx = xc
+            .vcpu_context(self.vm.domid, self.id)
+            .map_err(os(self.id))?;
+        let rflags = ctx.user_regs.rflags;
+        if on {
+            debug.guest_tf = rflags & RFLAGS_TF != 0;
+            ctx.user_regs.rflags = rflags | RFLAGS_TF;
+        } else {
+            ctx.user_regs.rflags = rflags & !RFLAGS_TF | guest_tf(debug);
+        }
+        xc.set_vcpu_context(self.vm.domid, self.id, &mut ctx)
+            .map_err(os(self.id))?;
+        debug.single_step = on;
+        Ok(())
+    }
+
+    /// Puts `breakpoints` into DR0-DR3 and DR7 (keeping the guest's own registers in
+    /// `debug`), or, with none, gives the guest its own back.
+    fn set_breakpoints(
+        &self,
+        debug: &mut DebugState,
+        breakpoints: &[u64],
+    ) -> Result<(), VcpuError> {
+        if debug.breakpoints == breakpoints {
+            return Ok(());
+        }
+        let mut saved = debug.guest_drs;
+        self.vm
+            .edit_cpu(
+                self.id,
+                |cpu| {
+                    let guest = *saved.get_or_insert([cpu.dr0, cpu.dr1, cpu.dr2, cpu.dr3, cpu.dr7]);
+                    let [dr0, dr1, dr2, dr3, dr7] = if breakpoints.is_empty() {
+                        guest
+                    } else {
+                        let mut regs = [0, 0, 0, 0, DR7_FIXED];
+                        for (i, &addr) in breakpoints.iter().enumerate() {
+                            regs[i] = addr;
+                            // G<i>; R/W and LEN 0: break on execution.
+                            regs[4] |= 1 << (2 * i + 1);
+                        }
+                        regs
+                    };
+                    (cpu.dr0, cpu.dr1, cpu.dr2, cpu.dr3, cpu.dr7) = (dr0, dr1, dr2, dr3, dr7);
+                },
+                &[],
+            )
+            .map_err(self.state_error("debug registers"))?;
+        debug.guest_drs = if breakpoints.is_empty() { None } else { saved };
+        debug.breakpoints = breakpoints.to_vec();
+        Ok(())
+    }
+
     /// Whether the vCPU has sent a request vmkit has not taken yet.
     fn request_ready(&self) -> bool {
         self.vm
@@ -508,6 +631,8 @@ impl XenVcpu {
     fn sleep(&mut self, timeout: Duration) -> Result<(), VcpuError> {
         // A PV vCPU has no event channel: -1 makes ppoll skip the entry.
         let evtchn_fd = self.evtchn.as_ref().map_or(-1, |(evtchn, _)| evtchn.fd());
+        // The monitor ring's, where debug exceptions arrive (taken in `wait`).
+        let monitor_fd = self.vm.monitor().map_or(-1, |m| m.fd());
         let mut fds = [
             libc::pollfd {
                 fd: evtchn_fd,
@@ -519,14 +644,19 @@ impl XenVcpu {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: monitor_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let ts = libc::timespec {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
         };
-        // SAFETY: `fds` is an array of two pollfds and `ts` a valid timespec, both live for
-        // the call; no signal mask is passed.
-        let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
+        // SAFETY: `fds` is an array of three pollfds and `ts` a valid timespec, both live
+        // for the call; no signal mask is passed.
+        let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 3, &ts, std::ptr::null()) };
         if rc < 0 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EINTR) {
@@ -700,6 +830,14 @@ impl Vcpu for XenVcpu {
                 return Ok(self.exit(step));
             }
         }
+        if self.phase == Phase::Debug {
+            // Paused by Xen at a debug exception: answering lets it go on.
+            if let Some(monitor) = self.vm.monitor() {
+                monitor.resume(self.id).map_err(os(self.id))?;
+            }
+            self.phase = Phase::Running;
+            self.check_soon();
+        }
         if self.awaiting_sipi.swap(false, Ordering::SeqCst)
             && self.phase == (Phase::Parked { halted: false })
         {
@@ -732,17 +870,28 @@ impl Vcpu for XenVcpu {
             .map_err(os(self.id))?;
         let mut regs = context::regs_from(&ctx.user_regs);
         self.merge_pending_port_read(&mut regs);
+        let debug = lock_debug(&self.debug);
+        if debug.single_step {
+            // TF is vmkit's while single-stepping: the guest's own shows.
+            regs.rflags = regs.rflags & !RFLAGS_TF | guest_tf(&debug);
+        }
         Ok(regs)
     }
 
     fn set_regs(&self, regs: &Regs) -> Result<(), VcpuError> {
         self.check_idle("registers")?;
+        let mut debug = lock_debug(&self.debug);
         let _control = self.vm.control();
         let xc = self.vm.xc();
         let mut ctx = xc
             .vcpu_context(self.vm.domid, self.id)
             .map_err(os(self.id))?;
         context::set_regs(&mut ctx.user_regs, regs);
+        if debug.single_step {
+            // The guest's TF is kept aside; the vCPU's stays set.
+            debug.guest_tf = regs.rflags & RFLAGS_TF != 0;
+            ctx.user_regs.rflags |= RFLAGS_TF;
+        }
         xc.set_vcpu_context(self.vm.domid, self.id, &mut ctx)
             .map_err(os(self.id))
     }
@@ -1064,15 +1213,48 @@ impl Vcpu for XenVcpu {
             .map_err(self.state_error("vCPU events"))
     }
 
-    fn set_guest_debug(&self, _debug: &GuestDebug) -> Result<(), VcpuError> {
-        Err(VcpuError::Unsupported {
-            vcpu: self.id,
-            op: "guest debugging",
-            reason: "Xen 4.17 single-steps an HVM vCPU only with VMX's monitor trap flag \
-                     (XEN_DOMCTL_debug_op fails with EOPNOTSUPP on AMD SVM) and reports debug \
-                     exceptions by pausing the domain for a debugger (VIRQ_DEBUGGER) or \
-                     through a vm_event ring, neither of which vmkit serves yet",
-        })
+    fn set_guest_debug(&self, request: &GuestDebug) -> Result<(), VcpuError> {
+        if request.hw_breakpoints.len() > GuestDebug::MAX_HW_BREAKPOINTS {
+            return Err(VcpuError::InvalidState {
+                vcpu: self.id,
+                what: "guest debug",
+                reason: format!(
+                    "{} hardware breakpoints, x86 has {}",
+                    request.hw_breakpoints.len(),
+                    GuestDebug::MAX_HW_BREAKPOINTS
+                ),
+            });
+        }
+        if self.vm.kind() != DomainKind::Pvh {
+            return Err(VcpuError::Unsupported {
+                vcpu: self.id,
+                op: "guest debugging",
+                reason: "Xen's monitor ring, which reports debug exceptions, serves HVM \
+                         domains only, and a PV vCPU has no HVM CPU record for breakpoints",
+            });
+        }
+        self.check_idle("guest debugging")?;
+        let on = request.single_step || !request.hw_breakpoints.is_empty();
+        let mut debug = lock_debug(&self.debug);
+        let monitor = match on {
+            true => Some(self.vm.enable_monitor().map_err(os(self.id))?),
+            false => self.vm.monitor(),
+        };
+        if let Some(monitor) = &monitor {
+            if on {
+                monitor
+                    .set_debugging(&self.vm, self.id, true)
+                    .map_err(os(self.id))?;
+            }
+        }
+        self.set_trap_flag(&mut debug, request.single_step)?;
+        self.set_breakpoints(&mut debug, &request.hw_breakpoints)?;
+        if let (Some(monitor), false) = (&monitor, on) {
+            monitor
+                .set_debugging(&self.vm, self.id, false)
+                .map_err(os(self.id))?;
+        }
+        Ok(())
     }
 
     fn mp_state(&self) -> Result<MpState, VcpuError> {
@@ -1105,6 +1287,22 @@ impl Vcpu for XenVcpu {
             }),
         }
     }
+}
+
+/// The guest's own RFLAGS.TF, kept aside while single-stepping.
+fn guest_tf(debug: &DebugState) -> u64 {
+    if debug.guest_tf {
+        RFLAGS_TF
+    } else {
+        0
+    }
+}
+
+fn lock_debug(debug: &std::sync::Mutex<DebugState>) -> std::sync::MutexGuard<'_, DebugState> {
+    // Every critical section leaves the state consistent before it can fail.
+    debug
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// MTRRdefType from an MTRR record of [`HVM_MTRR_SIZE`] bytes.

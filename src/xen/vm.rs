@@ -99,6 +99,9 @@ pub(crate) struct VmShared {
     interrupts: Option<Interrupts>,
     /// PCI functions whose configuration cycles Xen sends to vmkit.
     pci: super::pci::PciClaims,
+    /// The monitor ring that reports debug exceptions, once a vCPU debugs (locked before
+    /// `regions`).
+    monitor: Mutex<Option<Arc<super::debug::Monitor>>>,
 }
 
 /// A Xen VM: a PVH domain with vmkit as its device model.
@@ -233,6 +236,7 @@ impl XenVm {
                 ioeventfds: IoEventFds::default(),
                 interrupts,
                 pci: Default::default(),
+                monitor: Mutex::new(None),
             }),
         })
     }
@@ -479,6 +483,36 @@ impl VmShared {
 
     pub(crate) fn control(&self) -> MutexGuard<'_, Control> {
         lock(&self.control)
+    }
+
+    /// The domain's monitor ring, if a vCPU has debugged.
+    pub(crate) fn monitor(&self) -> Option<Arc<super::debug::Monitor>> {
+        lock(&self.monitor).clone()
+    }
+
+    /// The domain's monitor ring (see the `debug` module), set up on first use. Its page
+    /// goes, for the moment of the setup, at the first frame above guest RAM.
+    pub(crate) fn enable_monitor(&self) -> Result<Arc<super::debug::Monitor>, XenCallError> {
+        let mut monitor = lock(&self.monitor);
+        if let Some(monitor) = &*monitor {
+            return Ok(Arc::clone(monitor));
+        }
+        // Held so that no region appears at that frame meanwhile.
+        let regions = lock(&self.regions);
+        let end = regions
+            .iter()
+            .map(|(_, r)| r.guest_addr().0.saturating_add(r.size()))
+            .max()
+            .unwrap_or(0);
+        let gfn = end.div_ceil(4096).max(1);
+        let enabled = Arc::new(super::debug::Monitor::enable(
+            self,
+            gfn,
+            self.config.max_vcpus as usize,
+        )?);
+        drop(regions);
+        *monitor = Some(Arc::clone(&enabled));
+        Ok(enabled)
     }
 }
 

@@ -218,6 +218,9 @@ pub fn single_step_reports_each_instruction(hv: &dyn Hypervisor) {
             }
             other => panic!("expected a debug exit, got {other:?}"),
         }
+        // The trap flag that steps the guest is the hypervisor's, not part of its state.
+        let rflags = t.vcpu.regs().unwrap().rflags;
+        assert_eq!(rflags & (1 << 8), 0, "TF shows in RFLAGS {rflags:#x}");
     }
     // Each exit reports the next instruction to execute.
     assert_eq!(

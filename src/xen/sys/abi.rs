@@ -571,6 +571,8 @@ pub const SHUTDOWN_WATCHDOG: u32 = 4;
 pub const SHUTDOWN_SOFT_RESET: u32 = 5;
 pub const HVM_PARAM_TRIPLE_FAULT_REASON: u32 = 31;
 pub const HVM_PARAM_HPET_ENABLED: u32 = 11;
+/// The gfn of the monitor vm_event ring's page (`xc_monitor_enable` populates it).
+pub const HVM_PARAM_MONITOR_RING_PFN: u32 = 28;
 /// The platform timers' policy for ticks a vCPU missed while descheduled (`HVMPTM_*`).
 pub const HVM_PARAM_TIMER_MODE: u32 = 10;
 pub const HVMPTM_DELAY_FOR_MISSED_TICKS: u64 = 0;

@@ -127,6 +127,14 @@ extern "C" {
         size: u32,
     ) -> c_int;
     pub fn xc_hvm_param_set(handle: *mut XcInterface, dom: u32, param: u32, value: u64) -> c_int;
+    pub fn xc_monitor_enable(xch: *mut XcInterface, domain_id: u32, port: *mut u32) -> *mut c_void;
+    pub fn xc_monitor_disable(xch: *mut XcInterface, domain_id: u32) -> c_int;
+    pub fn xc_monitor_debug_exceptions(
+        xch: *mut XcInterface,
+        domain_id: u32,
+        enable: bool,
+        sync: bool,
+    ) -> c_int;
 }
 
 #[link(name = "xenguest")]
@@ -207,6 +215,16 @@ extern "C" {
         device: u8,
         intx: u8,
         level: c_uint,
+    ) -> c_int;
+    pub fn xendevicemodel_inject_event(
+        dmod: *mut DevicemodelHandle,
+        domid: DomId,
+        vcpu: c_int,
+        vector: u8,
+        kind: u8,
+        error_code: u32,
+        insn_len: u8,
+        extra: u64,
     ) -> c_int;
     pub fn xendevicemodel_set_isa_irq_level(
         dmod: *mut DevicemodelHandle,

@@ -516,6 +516,46 @@ fn checks() -> Vec<Check> {
         HVM_PARAM_TRIPLE_FAULT_REASON
     );
 
+    // The monitor ring (`xen::debug`).
+    {
+        use crate::xen::debug::{layout as ring, *};
+        constant!(c, "HVM_PARAM_MONITOR_RING_PFN", HVM_PARAM_MONITOR_RING_PFN);
+        constant!(c, "VM_EVENT_INTERFACE_VERSION", INTERFACE_VERSION);
+        constant!(c, "VM_EVENT_FLAG_VCPU_PAUSED", FLAG_VCPU_PAUSED);
+        constant!(c, "VM_EVENT_REASON_DEBUG_EXCEPTION", REASON_DEBUG_EXCEPTION);
+        constant!(c, "offsetof(vm_event_sring_t, req_prod)", ring::REQ_PROD);
+        constant!(c, "offsetof(vm_event_sring_t, req_event)", ring::REQ_EVENT);
+        constant!(c, "offsetof(vm_event_sring_t, rsp_prod)", ring::RSP_PROD);
+        constant!(c, "offsetof(vm_event_sring_t, rsp_event)", ring::RSP_EVENT);
+        constant!(c, "offsetof(vm_event_sring_t, ring)", ring::HEADER);
+        constant!(c, "sizeof(union vm_event_sring_entry)", ring::ENTRY);
+        constant!(c, "__RING_SIZE((vm_event_sring_t *)0, 4096)", ring::ENTRIES);
+        constant!(c, "offsetof(vm_event_request_t, version)", ring::VERSION);
+        constant!(c, "offsetof(vm_event_request_t, flags)", ring::FLAGS);
+        constant!(c, "offsetof(vm_event_request_t, reason)", ring::REASON);
+        constant!(c, "offsetof(vm_event_request_t, vcpu_id)", ring::VCPU_ID);
+        constant!(
+            c,
+            "offsetof(vm_event_request_t, altp2m_idx)",
+            ring::ALTP2M_IDX
+        );
+        constant!(
+            c,
+            "offsetof(vm_event_request_t, data.regs.x86.rip)",
+            ring::RIP
+        );
+        constant!(
+            c,
+            "offsetof(vm_event_request_t, data.regs.x86.dr7)",
+            ring::DR7
+        );
+        constant!(
+            c,
+            "offsetof(vm_event_request_t, data.regs.x86.cs_base)",
+            ring::CS_BASE
+        );
+    }
+
     size!(c, "struct privcmd_mmapbatch_v2", PrivcmdMmapBatchV2);
     offsets!(
         c,
@@ -640,6 +680,7 @@ const PRELUDE: &str = r#"
 #include <xen/hvm/dm_op.h>
 #include <xen/memory.h>
 #include <xen/sched.h>
+#include <xen/vm_event.h>
 #include <sys/ioctl.h>
 #include <linux/types.h>
 #define __user

@@ -64,8 +64,8 @@ fn open_picks_xen_and_reports_its_capabilities() {
     let caps = xen.capabilities();
     assert_eq!(caps.max_vcpus, 128);
     assert!(caps.max_memory_slots >= 64);
-    // Xen's platform with VmConfig::irqchip; no EOI notice for resample.
-    assert!(caps.irqchip && caps.irqfd && caps.msi && !caps.irqfd_resample);
+    // Xen's platform with VmConfig::irqchip; resample through the IOAPIC's record.
+    assert!(caps.irqchip && caps.irqfd && caps.msi && caps.irqfd_resample);
     assert!(caps
         .reserved
         .iter()

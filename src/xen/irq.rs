@@ -16,8 +16,9 @@
 //!
 //! An irqfd is served by a reactor thread per VM (started by the first registration): it
 //! waits in `epoll` on the registered eventfds and pulses the GSI, as KVM does for an
-//! irqfd without resample. Xen tells a device model nothing about the guest's EOI, so a
-//! level-triggered irqfd with a resample eventfd is refused as unsupported. The thread is
+//! irqfd without resample. A level-triggered irqfd (with a resample eventfd) is held high
+//! until the guest's EOI, which the reactor learns from the IOAPIC's HVM record (Xen sends
+//! a device model no EOI notice); see `resample.rs` for how, and what that costs. The thread is
 //! spawned by the thread that registers the first irqfd (a VMM does so while it sets the
 //! machine up, before it confines its threads with seccomp) and inherits its filter; it
 //! stops when the VM goes.
@@ -35,7 +36,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::libs::XenCallError;
-use super::sys::abi::DomId;
+use super::resample::{self, Stage, Step};
+use super::sys::abi::{DomId, HvmHwVioapic, Pod, HVM_SAVE_CODE_IOAPIC};
 use super::Handles;
 use crate::interrupt::{IrqChip, IrqRoute, MsiMessage};
 use crate::vm::VmError;
@@ -122,7 +124,22 @@ struct Irqfd {
     raw_fd: i32,
     /// Our own duplicate, which the reactor waits on and reads.
     fd: EventFd,
+    /// A level-triggered irqfd's line: its resample eventfd and where it is.
+    resample: Option<ResampleLine>,
 }
+
+#[derive(Debug)]
+struct ResampleLine {
+    /// Our duplicate of the caller's resample eventfd, signalled at the guest's EOI.
+    fd: EventFd,
+    /// The line Xen sees pulsed, and its IOAPIC pin (GSI `n` is pin `n`).
+    line: Line,
+    pin: usize,
+    stage: Stage,
+}
+
+/// The `REMOTE_IRR` bit of a redirection entry.
+const REMOTE_IRR: u64 = 1 << 14;
 
 impl State {
     /// Sets `gsi` to `level`: through its MSI route (a rising level sends the message), or
@@ -140,12 +157,95 @@ impl State {
             }
             return self.send_msi(msi).map_err(|e| RaiseError::Msi(msi, e));
         }
+        let line = line_of(gsi).map_err(RaiseError::Refused)?;
+        self.drive(line, level).map_err(RaiseError::Xen)
+    }
+
+    /// Sets the level of one of Xen's interrupt inputs.
+    fn drive(&self, line: Line, level: bool) -> Result<(), XenCallError> {
         let dm = &self.handles.dm;
-        match line_of(gsi).map_err(RaiseError::Refused)? {
+        match line {
             Line::Isa(irq) => dm.set_isa_irq_level(self.domid, irq, level),
             Line::Intx { device, intx } => dm.set_pci_intx_level(self.domid, device, intx, level),
         }
-        .map_err(RaiseError::Xen)
+    }
+
+    /// Xen's IOAPIC record (the domctl pauses the domain while it copies it).
+    fn ioapic(&self) -> Result<HvmHwVioapic, XenCallError> {
+        let mut buf = vec![0u8; std::mem::size_of::<HvmHwVioapic>()];
+        self.handles
+            .xc
+            .hvm_record(u32::from(self.domid), HVM_SAVE_CODE_IOAPIC, 0, &mut buf)?;
+        // The buffer has the record's size, so this always succeeds.
+        Ok(HvmHwVioapic::from_bytes(&buf).unwrap_or_default())
+    }
+
+    /// Moves the resample lines on (see `resample.rs`): signals those whose EOI the IOAPIC
+    /// record shows, and pulses, with the domain paused, those Xen would now deliver.
+    fn track_resample_lines(&self) {
+        let mut irqfds = self.irqfds.lock().unwrap_or_else(|e| e.into_inner());
+        let high = |i: &Irqfd| i.resample.as_ref().is_some_and(|r| r.stage != Stage::Low);
+        if !irqfds.values().any(high) {
+            return;
+        }
+        let ioapic = match self.ioapic() {
+            Ok(ioapic) => ioapic,
+            Err(err) => {
+                trace!("d{}: resample: reading the IOAPIC: {err}", self.domid);
+                return;
+            }
+        };
+        let mut pulse = false;
+        for line in irqfds.values_mut().filter_map(|i| i.resample.as_mut()) {
+            match resample::step(line.stage, entry(&ioapic, line.pin)) {
+                Step::Eoi => {
+                    line.stage = Stage::Low;
+                    // Xen's line is already low; the device checks whether it still needs
+                    // the interrupt and writes the irqfd again if so.
+                    let _ = line.fd.write(1);
+                }
+                Step::Pulse => pulse = true,
+                Step::Wait => {}
+            }
+        }
+        if !pulse {
+            return;
+        }
+        // Paused, the guest cannot mask the pin or EOI between the read and the pulse, so a
+        // pulse on an unmasked idle level pin is delivered and in service when it returns.
+        let domid = u32::from(self.domid);
+        if let Err(err) = self.handles.xc.pause(domid) {
+            trace!("d{}: resample: pausing: {err}", self.domid);
+            return;
+        }
+        let pulsed = self.ioapic().and_then(|mut ioapic| {
+            for line in irqfds.values_mut().filter_map(|i| i.resample.as_mut()) {
+                let step = resample::step(line.stage, entry(&ioapic, line.pin));
+                if step == Step::Pulse {
+                    self.drive(line.line, true)?;
+                    self.drive(line.line, false)?;
+                    // Xen latched it: another line on the pin waits for this one's EOI.
+                    if let Some(e) = ioapic.redirtbl.get_mut(line.pin) {
+                        *e |= REMOTE_IRR;
+                    }
+                    line.stage = resample::after(line.stage, step);
+                }
+            }
+            Ok(())
+        });
+        let unpaused = self.handles.xc.unpause(domid);
+        if let Err(err) = pulsed.and(unpaused) {
+            trace!("d{}: resample: pulsing: {err}", self.domid);
+        }
+    }
+
+    /// Whether some resample line is high (the reactor then polls).
+    fn resample_pending(&self) -> bool {
+        self.irqfds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|i| i.resample.as_ref().is_some_and(|r| r.stage != Stage::Low))
     }
 
     fn send_msi(&self, msi: MsiMessage) -> Result<(), XenCallError> {
@@ -242,13 +342,6 @@ impl Interrupts {
         gsi: u32,
         resample: Option<&EventFd>,
     ) -> Result<(), VmError> {
-        if resample.is_some() {
-            return Err(VmError::Unsupported {
-                op: "registering a level-triggered irqfd (resample)",
-                reason: "Xen tells a device model nothing about the guest's EOI, so vmkit \
-                         cannot lower the line and signal the resample eventfd then",
-            });
-        }
         self.state
             .check_gsi(gsi)
             .map_err(|reason| VmError::InvalidRoute { gsi, reason })?;
@@ -256,6 +349,17 @@ impl Interrupts {
         let own = fd
             .try_clone()
             .map_err(|e| irq_err("duplicating the irqfd", e))?;
+        let resample = match resample {
+            None => None,
+            Some(resample) => Some(ResampleLine {
+                fd: resample
+                    .try_clone()
+                    .map_err(|e| irq_err("duplicating the resample eventfd", e))?,
+                line: self.resample_line(gsi)?,
+                pin: gsi as usize,
+                stage: Stage::Low,
+            }),
+        };
         let mut irqfds = self.state.irqfds.lock().unwrap_or_else(|e| e.into_inner());
         if irqfds
             .values()
@@ -289,9 +393,29 @@ impl Interrupts {
                 gsi,
                 raw_fd: fd.as_raw_fd(),
                 fd: own,
+                resample,
             },
         );
         Ok(())
+    }
+
+    /// The IOAPIC-wired input a level-triggered irqfd on `gsi` drives: it is followed on its
+    /// IOAPIC pin, so it cannot be an MSI.
+    fn resample_line(&self, gsi: u32) -> Result<Line, VmError> {
+        let routed = self
+            .state
+            .msi_routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&gsi);
+        if routed {
+            return Err(VmError::InvalidRoute {
+                gsi,
+                reason: "a level-triggered irqfd (resample) needs an IOAPIC pin, and this GSI \
+                         is routed to an MSI, which has no EOI to wait for",
+            });
+        }
+        line_of(gsi).map_err(|reason| VmError::InvalidRoute { gsi, reason })
     }
 
     /// [`Vm::unregister_irqfd`](crate::Vm::unregister_irqfd).
@@ -347,11 +471,19 @@ impl Interrupts {
     }
 }
 
-/// The reactor: pulses the GSI of each irqfd written, until the stop eventfd is.
+/// The reactor: pulses the GSI of each irqfd written, and follows level-triggered ones to
+/// their EOI, until the stop eventfd is written.
 fn serve(epoll: &Epoll, state: &State) {
     let mut events = vec![EpollEvent::default(); 32];
+    let poll_ms = i32::try_from(resample::EOI_POLL.as_millis()).unwrap_or(1);
     loop {
-        let n = match epoll.wait(-1, &mut events) {
+        // While a resample line is high, wake to read the IOAPIC for its EOI.
+        let timeout = if state.resample_pending() {
+            poll_ms
+        } else {
+            -1
+        };
+        let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => {
@@ -365,12 +497,19 @@ fn serve(epoll: &Epoll, state: &State) {
                 return;
             }
             let gsi = {
-                let irqfds = state.irqfds.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(irqfd) = irqfds.get(&token) else {
+                let mut irqfds = state.irqfds.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(irqfd) = irqfds.get_mut(&token) else {
                     continue; // Unregistered meanwhile.
                 };
                 // The caller may have made it blocking: read only what poll says is there.
                 if !readable(&irqfd.fd) || irqfd.fd.read().is_err() {
+                    continue;
+                }
+                if let Some(line) = &mut irqfd.resample {
+                    // Raised (if it was high already, it stays so until the EOI, as on KVM).
+                    if line.stage == Stage::Low {
+                        line.stage = Stage::Waiting;
+                    }
                     continue;
                 }
                 irqfd.gsi
@@ -382,7 +521,13 @@ fn serve(epoll: &Epoll, state: &State) {
                 trace!("d{}: irqfd on GSI {gsi}: {err:?}", state.domid);
             }
         }
+        state.track_resample_lines();
     }
+}
+
+/// Pin `pin`'s redirection entry in `ioapic` (a masked idle entry if there is no such pin).
+fn entry(ioapic: &HvmHwVioapic, pin: usize) -> u64 {
+    ioapic.redirtbl.get(pin).copied().unwrap_or(1 << 16)
 }
 
 /// Whether `fd` can be read without blocking.

@@ -66,6 +66,8 @@ fn open_picks_xen_and_reports_its_capabilities() {
     assert!(caps.max_memory_slots >= 64);
     // Xen's platform with VmConfig::irqchip; resample through the IOAPIC's record.
     assert!(caps.irqchip && caps.irqfd && caps.msi && caps.irqfd_resample);
+    // Xen's local APICs with the VMM's IOAPIC; level EOIs from the local APICs' record.
+    assert!(caps.split_irqchip);
     assert!(caps
         .reserved
         .iter()

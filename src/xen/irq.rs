@@ -14,6 +14,10 @@
 //! refuses any other with the reason; MSI routes are vmkit's own table: raising a GSI with
 //! one sends the message (`xendevicemodel_inject_msi`) instead.
 //!
+//! With a split irqchip Xen has no IOAPIC or PIC: only MSI routes are accepted, a GSI
+//! reaches the guest through its route or not at all, and a level-triggered MSI is followed
+//! to its EOI in the local APICs (`eoi.rs`).
+//!
 //! An irqfd is served by a reactor thread per VM (started by the first registration): it
 //! waits in `epoll` on the registered eventfds and pulses the GSI, as KVM does for an
 //! irqfd without resample. A level-triggered irqfd (with a resample eventfd) is held high
@@ -35,9 +39,12 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::eoi::{self, EoiWatch};
 use super::libs::XenCallError;
 use super::resample::{self, Stage, Step};
-use super::sys::abi::{DomId, HvmHwVioapic, Pod, HVM_SAVE_CODE_IOAPIC};
+use super::sys::abi::{
+    DomId, HvmHwVioapic, Pod, HVM_LAPIC_REGS_SIZE, HVM_SAVE_CODE_IOAPIC, HVM_SAVE_CODE_LAPIC_REGS,
+};
 use super::Handles;
 use crate::interrupt::{IrqChip, IrqRoute, MsiMessage};
 use crate::vm::VmError;
@@ -106,11 +113,27 @@ impl RaiseError {
     }
 }
 
+/// A split irqchip ([`VmConfig::split_irqchip`](crate::VmConfig::split_irqchip)): Xen's
+/// local APICs only, the VMM's IOAPIC sending MSIs (see `eoi.rs`).
+#[derive(Debug)]
+pub(crate) struct Split {
+    /// The level-triggered vectors the vCPUs watch for the guest's EOI.
+    pub(crate) eoi: Arc<EoiWatch>,
+    /// The VM's vCPUs (`VmConfig::max_vcpus`).
+    pub(crate) vcpus: u32,
+}
+
+/// Why a GSI without an MSI route cannot be raised with a split irqchip.
+const SPLIT_UNROUTED: &str = "with a split irqchip Xen has no IOAPIC or PIC: a GSI reaches the \
+                              guest only through its MSI route (the VMM's IOAPIC sets them)";
+
 /// What the VM and its reactor thread share.
 #[derive(Debug)]
 struct State {
     handles: Arc<Handles>,
     domid: DomId,
+    /// With a split irqchip.
+    split: Option<Split>,
     /// vmkit's MSI routes, by GSI.
     msi_routes: RwLock<HashMap<u32, MsiMessage>>,
     /// Registered irqfds, by epoll token.
@@ -156,6 +179,9 @@ impl State {
                 return Ok(());
             }
             return self.send_msi(msi).map_err(|e| RaiseError::Msi(msi, e));
+        }
+        if self.split.is_some() {
+            return Err(RaiseError::Refused(SPLIT_UNROUTED));
         }
         let line = line_of(gsi).map_err(RaiseError::Refused)?;
         self.drive(line, level).map_err(RaiseError::Xen)
@@ -249,12 +275,45 @@ impl State {
     }
 
     fn send_msi(&self, msi: MsiMessage) -> Result<(), XenCallError> {
-        self.handles
-            .dm
-            .inject_msi(self.domid, msi.address, msi.data)
+        match &self.split {
+            Some(split) if msi.data & eoi::MSI_DATA_LEVEL != 0 => self.send_level_msi(split, msi),
+            _ => self
+                .handles
+                .dm
+                .inject_msi(self.domid, msi.address, msi.data),
+        }
     }
 
-    /// Whether raising `gsi` can work now.
+    /// Sends a split irqchip's level-triggered MSI and has the vCPUs it reached watch for
+    /// its EOI (see `eoi.rs`): with the domain paused, so that none can end it before vmkit
+    /// has seen where it went.
+    fn send_level_msi(&self, split: &Split, msi: MsiMessage) -> Result<(), XenCallError> {
+        let domid = u32::from(self.domid);
+        let xc = &self.handles.xc;
+        xc.pause(domid)?;
+        let sent = self
+            .handles
+            .dm
+            .inject_msi(self.domid, msi.address, msi.data)
+            .map(|()| {
+                let vector = (msi.data & 0xff) as u8;
+                let mut regs = vec![0u8; HVM_LAPIC_REGS_SIZE];
+                for vcpu in 0..split.vcpus {
+                    // A vCPU whose record cannot be read (none yet) was sent nothing.
+                    let read = u16::try_from(vcpu).map(|instance| {
+                        xc.hvm_record(domid, HVM_SAVE_CODE_LAPIC_REGS, instance, &mut regs)
+                    });
+                    if matches!(read, Ok(Ok(()))) && eoi::holds(&regs, vector) {
+                        split.eoi.watch(vcpu, vector);
+                    }
+                }
+            });
+        let unpaused = xc.unpause(domid);
+        sent.and(unpaused)
+    }
+
+    /// Whether an irqfd on `gsi` can work: now, or with a split irqchip once the VMM's
+    /// IOAPIC routes it (until then its writes are dropped, as on KVM).
     fn check_gsi(&self, gsi: u32) -> Result<(), &'static str> {
         let routed = self
             .msi_routes
@@ -263,6 +322,12 @@ impl State {
             .contains_key(&gsi);
         if routed {
             Ok(())
+        } else if self.split.is_some() {
+            if gsi < MAX_ROUTES {
+                Ok(())
+            } else {
+                Err("GSIs run from 0 to 4095")
+            }
         } else {
             line_of(gsi).map(drop)
         }
@@ -295,17 +360,29 @@ pub(crate) struct Interrupts {
 }
 
 impl Interrupts {
-    pub(crate) fn new(handles: Arc<Handles>, domid: DomId) -> Self {
+    /// The plumbing of domain `domid`; `split` with a split irqchip.
+    pub(crate) fn new(handles: Arc<Handles>, domid: DomId, split: Option<Split>) -> Self {
         Interrupts {
             state: Arc::new(State {
                 handles,
                 domid,
+                split,
                 msi_routes: RwLock::new(HashMap::new()),
                 irqfds: Mutex::new(HashMap::new()),
             }),
             reactor: Mutex::new(None),
             next_token: AtomicU64::new(STOP + 1),
         }
+    }
+
+    /// With a split irqchip, the vectors its vCPUs watch for the guest's EOI.
+    pub(crate) fn eoi_watch(&self) -> Option<&EoiWatch> {
+        self.state.split.as_ref().map(|split| &*split.eoi)
+    }
+
+    /// Whether the VM has a split irqchip.
+    pub(crate) fn is_split(&self) -> bool {
+        self.state.split.is_some()
     }
 
     /// [`Vm::set_irq_line`](crate::Vm::set_irq_line).
@@ -326,7 +403,7 @@ impl Interrupts {
     /// [`Vm::set_gsi_routing`](crate::Vm::set_gsi_routing): checks the table against Xen's
     /// wiring and keeps its MSI routes.
     pub(crate) fn set_gsi_routing(&self, routes: &[IrqRoute]) -> Result<(), VmError> {
-        let msi_routes = check_routes(routes)?;
+        let msi_routes = check_routes(routes, self.state.split.is_some())?;
         *self
             .state
             .msi_routes
@@ -402,6 +479,13 @@ impl Interrupts {
     /// The IOAPIC-wired input a level-triggered irqfd on `gsi` drives: it is followed on its
     /// IOAPIC pin, so it cannot be an MSI.
     fn resample_line(&self, gsi: u32) -> Result<Line, VmError> {
+        if self.state.split.is_some() {
+            return Err(VmError::Unsupported {
+                op: "registering a level-triggered irqfd (resample)",
+                reason: "with a split irqchip the VMM's IOAPIC keeps the line's level and \
+                         hears the EOI (VcpuExit::IoapicEoi); Xen has no IOAPIC pin to follow",
+            });
+        }
         let routed = self
             .state
             .msi_routes
@@ -542,8 +626,9 @@ fn readable(fd: &EventFd) -> bool {
     rc == 1 && pfd.revents & libc::POLLIN != 0
 }
 
-/// Checks a routing table against Xen's fixed wiring; returns its MSI routes.
-fn check_routes(routes: &[IrqRoute]) -> Result<HashMap<u32, MsiMessage>, VmError> {
+/// Checks a routing table against Xen's fixed wiring (none with a `split` irqchip); returns
+/// its MSI routes.
+fn check_routes(routes: &[IrqRoute], split: bool) -> Result<HashMap<u32, MsiMessage>, VmError> {
     let invalid = |gsi, reason| Err(VmError::InvalidRoute { gsi, reason });
     if routes.len() > MAX_ROUTES as usize {
         let gsi = routes.last().map_or(0, IrqRoute::gsi);
@@ -561,6 +646,12 @@ fn check_routes(routes: &[IrqRoute]) -> Result<HashMap<u32, MsiMessage>, VmError
                 if msi_routes.insert(gsi, msi).is_some() {
                     return invalid(gsi, "Xen's platform sends a GSI to at most one MSI");
                 }
+            }
+            IrqRoute::Irqchip { .. } if split => {
+                return invalid(
+                    gsi,
+                    "with a split irqchip Xen has no IOAPIC or PIC to route to: only MSI routes",
+                );
             }
             IrqRoute::Irqchip { chip, pin, .. } => {
                 let fixed = match chip {
@@ -619,7 +710,7 @@ mod tests {
         let mut routes = IrqRoute::pc_defaults();
         let msi = MsiMessage::x86(0, 0x3a);
         routes.push(IrqRoute::Msi { gsi: 30, msi });
-        let table = check_routes(&routes).unwrap();
+        let table = check_routes(&routes, false).unwrap();
         assert_eq!(table.len(), 1);
         assert_eq!(table.get(&30), Some(&msi));
     }
@@ -631,7 +722,7 @@ mod tests {
             chip: IrqChip::IoApic,
             pin: 6,
         }];
-        let err = check_routes(&moved).unwrap_err();
+        let err = check_routes(&moved, false).unwrap_err();
         assert!(err.to_string().contains("GSI 5"), "{err}");
         assert!(err.to_string().contains("fixed"), "{err}");
         let both = [
@@ -645,11 +736,25 @@ mod tests {
                 msi: MsiMessage::x86(0, 0x30),
             },
         ];
-        assert!(check_routes(&both).is_err());
+        assert!(check_routes(&both, false).is_err());
         let high = [IrqRoute::Msi {
             gsi: 5000,
             msi: MsiMessage::x86(0, 0x30),
         }];
-        assert!(check_routes(&high).is_err());
+        assert!(check_routes(&high, false).is_err());
+    }
+
+    #[test]
+    fn a_split_irqchip_takes_msi_routes_only() {
+        // The VMM's IOAPIC routes its pins, GSI 0 included, to MSIs.
+        let pins: Vec<IrqRoute> = (0u8..24)
+            .map(|pin| IrqRoute::Msi {
+                gsi: u32::from(pin),
+                msi: MsiMessage::x86(0, 0x20 + pin),
+            })
+            .collect();
+        assert_eq!(check_routes(&pins, true).unwrap().len(), 24);
+        let err = check_routes(&IrqRoute::pc_defaults(), true).unwrap_err();
+        assert!(err.to_string().contains("split irqchip"), "{err}");
     }
 }

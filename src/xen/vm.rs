@@ -901,10 +901,7 @@ impl XenVm {
     /// Refuses `op` unless the VM has Xen's PICs and IOAPIC (not a split irqchip).
     fn full_irqchip(&self, op: &'static str) -> Result<(), VmError> {
         if self.interrupts(op)?.is_split() {
-            return Err(VmError::Unsupported {
-                op,
-                reason: "a split irqchip's IOAPIC and PICs are the VMM's, not Xen's",
-            });
+            return Err(VmError::SplitIrqchip { op });
         }
         Ok(())
     }

@@ -594,7 +594,9 @@ pub enum IrqchipKind {
     /// ([`Vm::set_gsi_routing`]), so an irqfd on a pin's GSI
     /// keeps working, and the hypervisor learns from those routes which vectors are
     /// level-triggered: a guest's EOI of such a vector stops the vCPU with
-    /// [`VcpuExit::IoapicEoi`](crate::VcpuExit::IoapicEoi) for the IOAPIC to see. There is
+    /// [`VcpuExit::IoapicEoi`](crate::VcpuExit::IoapicEoi) for the IOAPIC to see (on Xen,
+    /// which reports no EOI, vmkit reads it from the local APIC's registers: the exit comes
+    /// up to a millisecond after the EOI, the guest running on meanwhile). There is
     /// no in-kernel PIT (it needs the in-kernel PIC and IOAPIC), so [`VmConfig::pit`] is
     /// refused with it, and no `Vm::irqchip_state` (the IOAPIC's state is the VMM's).
     Split {

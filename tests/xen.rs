@@ -55,6 +55,54 @@ fn next_exit(vcpu: &mut dyn Vcpu) -> String {
 }
 
 #[test]
+fn a_split_irqchip_refuses_the_pit_bad_route_counts_and_what_xen_lacks_for_it() {
+    let Some(xen) =
+        xen("a_split_irqchip_refuses_the_pit_bad_route_counts_and_what_xen_lacks_for_it")
+    else {
+        return;
+    };
+    let refused = |config: VmConfig| match xen.create_vm(&config) {
+        Err(vmkit::HypervisorError::InvalidConfig { reason }) => reason,
+        other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
+    };
+    assert!(refused(VmConfig::default().split_irqchip(24).pit(true)).contains("split irqchip"));
+    for routes in [0, 23, 49] {
+        assert!(refused(VmConfig::default().split_irqchip(routes)).contains("24 to 48"));
+    }
+    let vm = xen
+        .create_vm(&VmConfig::default().split_irqchip(24))
+        .unwrap();
+    let err = vm.irqchip_state().unwrap_err();
+    assert!(matches!(err, vmkit::VmError::SplitIrqchip { .. }), "{err}");
+    // Xen has no IOAPIC or PIC in this domain: irqchip routes and unrouted lines are refused
+    // with the reason, MSI routes (the VMM's IOAPIC's) are taken.
+    let err = vm
+        .set_gsi_routing(&vmkit::IrqRoute::pc_defaults())
+        .unwrap_err();
+    assert!(err.to_string().contains("split irqchip"), "{err}");
+    let err = vm.set_irq_line(5, true).unwrap_err();
+    assert!(
+        matches!(err, vmkit::VmError::InvalidRoute { gsi: 5, .. }),
+        "{err}"
+    );
+    let route = vmkit::IrqRoute::Msi {
+        gsi: 5,
+        msi: vmkit::MsiMessage::x86(0, 0x35),
+    };
+    vm.set_gsi_routing(&[route]).unwrap();
+    vm.set_irq_line(5, true).unwrap();
+    // A level-triggered irqfd has no Xen IOAPIC pin to follow: the VMM's IOAPIC hears EOIs.
+    let (irqfd, resample) = (
+        vmkit::EventFd::new(0).unwrap(),
+        vmkit::EventFd::new(0).unwrap(),
+    );
+    let err = vm.register_irqfd(&irqfd, 5, Some(&resample)).unwrap_err();
+    assert!(matches!(err, vmkit::VmError::Unsupported { .. }), "{err}");
+    // An irqfd on a GSI the IOAPIC has not routed yet is taken, as on KVM.
+    vm.register_irqfd(&irqfd, 9, None).unwrap();
+}
+
+#[test]
 fn open_picks_xen_and_reports_its_capabilities() {
     let Some(xen) = xen("open_picks_xen_and_reports_its_capabilities") else {
         return;
@@ -64,8 +112,10 @@ fn open_picks_xen_and_reports_its_capabilities() {
     let caps = xen.capabilities();
     assert_eq!(caps.max_vcpus, 128);
     assert!(caps.max_memory_slots >= 64);
-    // Xen's platform with VmConfig::irqchip; no EOI notice for resample.
-    assert!(caps.irqchip && caps.irqfd && caps.msi && !caps.irqfd_resample);
+    // Xen's platform with VmConfig::irqchip; resample through the IOAPIC's record.
+    assert!(caps.irqchip && caps.irqfd && caps.msi && caps.irqfd_resample);
+    // Xen's local APICs with the VMM's IOAPIC; level EOIs from the local APICs' record.
+    assert!(caps.split_irqchip);
     assert!(caps
         .reserved
         .iter()

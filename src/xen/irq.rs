@@ -14,10 +14,15 @@
 //! refuses any other with the reason; MSI routes are vmkit's own table: raising a GSI with
 //! one sends the message (`xendevicemodel_inject_msi`) instead.
 //!
+//! With a split irqchip Xen has no IOAPIC or PIC: only MSI routes are accepted, a GSI
+//! reaches the guest through its route or not at all, and a level-triggered MSI is followed
+//! to its EOI in the local APICs (`eoi.rs`).
+//!
 //! An irqfd is served by a reactor thread per VM (started by the first registration): it
 //! waits in `epoll` on the registered eventfds and pulses the GSI, as KVM does for an
-//! irqfd without resample. Xen tells a device model nothing about the guest's EOI, so a
-//! level-triggered irqfd with a resample eventfd is refused as unsupported. The thread is
+//! irqfd without resample. A level-triggered irqfd (with a resample eventfd) is held high
+//! until the guest's EOI, which the reactor learns from the IOAPIC's HVM record (Xen sends
+//! a device model no EOI notice); see `resample.rs` for how, and what that costs. The thread is
 //! spawned by the thread that registers the first irqfd (a VMM does so while it sets the
 //! machine up, before it confines its threads with seccomp) and inherits its filter; it
 //! stops when the VM goes.
@@ -34,8 +39,12 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::eoi::{self, EoiWatch};
 use super::libs::XenCallError;
-use super::sys::abi::DomId;
+use super::resample::{self, Stage, Step};
+use super::sys::abi::{
+    DomId, HvmHwVioapic, Pod, HVM_LAPIC_REGS_SIZE, HVM_SAVE_CODE_IOAPIC, HVM_SAVE_CODE_LAPIC_REGS,
+};
 use super::Handles;
 use crate::interrupt::{IrqChip, IrqRoute, MsiMessage};
 use crate::vm::VmError;
@@ -104,11 +113,27 @@ impl RaiseError {
     }
 }
 
+/// A split irqchip ([`VmConfig::split_irqchip`](crate::VmConfig::split_irqchip)): Xen's
+/// local APICs only, the VMM's IOAPIC sending MSIs (see `eoi.rs`).
+#[derive(Debug)]
+pub(crate) struct Split {
+    /// The level-triggered vectors the vCPUs watch for the guest's EOI.
+    pub(crate) eoi: Arc<EoiWatch>,
+    /// The VM's vCPUs (`VmConfig::max_vcpus`).
+    pub(crate) vcpus: u32,
+}
+
+/// Why a GSI without an MSI route cannot be raised with a split irqchip.
+const SPLIT_UNROUTED: &str = "with a split irqchip Xen has no IOAPIC or PIC: a GSI reaches the \
+                              guest only through its MSI route (the VMM's IOAPIC sets them)";
+
 /// What the VM and its reactor thread share.
 #[derive(Debug)]
 struct State {
     handles: Arc<Handles>,
     domid: DomId,
+    /// With a split irqchip.
+    split: Option<Split>,
     /// vmkit's MSI routes, by GSI.
     msi_routes: RwLock<HashMap<u32, MsiMessage>>,
     /// Registered irqfds, by epoll token.
@@ -122,7 +147,22 @@ struct Irqfd {
     raw_fd: i32,
     /// Our own duplicate, which the reactor waits on and reads.
     fd: EventFd,
+    /// A level-triggered irqfd's line: its resample eventfd and where it is.
+    resample: Option<ResampleLine>,
 }
+
+#[derive(Debug)]
+struct ResampleLine {
+    /// Our duplicate of the caller's resample eventfd, signalled at the guest's EOI.
+    fd: EventFd,
+    /// The line Xen sees pulsed, and its IOAPIC pin (GSI `n` is pin `n`).
+    line: Line,
+    pin: usize,
+    stage: Stage,
+}
+
+/// The `REMOTE_IRR` bit of a redirection entry.
+const REMOTE_IRR: u64 = 1 << 14;
 
 impl State {
     /// Sets `gsi` to `level`: through its MSI route (a rising level sends the message), or
@@ -140,21 +180,140 @@ impl State {
             }
             return self.send_msi(msi).map_err(|e| RaiseError::Msi(msi, e));
         }
+        if self.split.is_some() {
+            return Err(RaiseError::Refused(SPLIT_UNROUTED));
+        }
+        let line = line_of(gsi).map_err(RaiseError::Refused)?;
+        self.drive(line, level).map_err(RaiseError::Xen)
+    }
+
+    /// Sets the level of one of Xen's interrupt inputs.
+    fn drive(&self, line: Line, level: bool) -> Result<(), XenCallError> {
         let dm = &self.handles.dm;
-        match line_of(gsi).map_err(RaiseError::Refused)? {
+        match line {
             Line::Isa(irq) => dm.set_isa_irq_level(self.domid, irq, level),
             Line::Intx { device, intx } => dm.set_pci_intx_level(self.domid, device, intx, level),
         }
-        .map_err(RaiseError::Xen)
+    }
+
+    /// Xen's IOAPIC record (the domctl pauses the domain while it copies it).
+    fn ioapic(&self) -> Result<HvmHwVioapic, XenCallError> {
+        let mut buf = vec![0u8; std::mem::size_of::<HvmHwVioapic>()];
+        self.handles
+            .xc
+            .hvm_record(u32::from(self.domid), HVM_SAVE_CODE_IOAPIC, 0, &mut buf)?;
+        // The buffer has the record's size, so this always succeeds.
+        Ok(HvmHwVioapic::from_bytes(&buf).unwrap_or_default())
+    }
+
+    /// Moves the resample lines on (see `resample.rs`): signals those whose EOI the IOAPIC
+    /// record shows, and pulses, with the domain paused, those Xen would now deliver.
+    fn track_resample_lines(&self) {
+        let mut irqfds = self.irqfds.lock().unwrap_or_else(|e| e.into_inner());
+        let high = |i: &Irqfd| i.resample.as_ref().is_some_and(|r| r.stage != Stage::Low);
+        if !irqfds.values().any(high) {
+            return;
+        }
+        let ioapic = match self.ioapic() {
+            Ok(ioapic) => ioapic,
+            Err(err) => {
+                trace!("d{}: resample: reading the IOAPIC: {err}", self.domid);
+                return;
+            }
+        };
+        let mut pulse = false;
+        for line in irqfds.values_mut().filter_map(|i| i.resample.as_mut()) {
+            match resample::step(line.stage, entry(&ioapic, line.pin)) {
+                Step::Eoi => {
+                    line.stage = Stage::Low;
+                    // Xen's line is already low; the device checks whether it still needs
+                    // the interrupt and writes the irqfd again if so.
+                    let _ = line.fd.write(1);
+                }
+                Step::Pulse => pulse = true,
+                Step::Wait => {}
+            }
+        }
+        if !pulse {
+            return;
+        }
+        // Paused, the guest cannot mask the pin or EOI between the read and the pulse, so a
+        // pulse on an unmasked idle level pin is delivered and in service when it returns.
+        let domid = u32::from(self.domid);
+        if let Err(err) = self.handles.xc.pause(domid) {
+            trace!("d{}: resample: pausing: {err}", self.domid);
+            return;
+        }
+        let pulsed = self.ioapic().and_then(|mut ioapic| {
+            for line in irqfds.values_mut().filter_map(|i| i.resample.as_mut()) {
+                let step = resample::step(line.stage, entry(&ioapic, line.pin));
+                if step == Step::Pulse {
+                    self.drive(line.line, true)?;
+                    self.drive(line.line, false)?;
+                    // Xen latched it: another line on the pin waits for this one's EOI.
+                    if let Some(e) = ioapic.redirtbl.get_mut(line.pin) {
+                        *e |= REMOTE_IRR;
+                    }
+                    line.stage = resample::after(line.stage, step);
+                }
+            }
+            Ok(())
+        });
+        let unpaused = self.handles.xc.unpause(domid);
+        if let Err(err) = pulsed.and(unpaused) {
+            trace!("d{}: resample: pulsing: {err}", self.domid);
+        }
+    }
+
+    /// Whether some resample line is high (the reactor then polls).
+    fn resample_pending(&self) -> bool {
+        self.irqfds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|i| i.resample.as_ref().is_some_and(|r| r.stage != Stage::Low))
     }
 
     fn send_msi(&self, msi: MsiMessage) -> Result<(), XenCallError> {
-        self.handles
-            .dm
-            .inject_msi(self.domid, msi.address, msi.data)
+        match &self.split {
+            Some(split) if msi.data & eoi::MSI_DATA_LEVEL != 0 => self.send_level_msi(split, msi),
+            _ => self
+                .handles
+                .dm
+                .inject_msi(self.domid, msi.address, msi.data),
+        }
     }
 
-    /// Whether raising `gsi` can work now.
+    /// Sends a split irqchip's level-triggered MSI and has the vCPUs it reached watch for
+    /// its EOI (see `eoi.rs`): with the domain paused, so that none can end it before vmkit
+    /// has seen where it went.
+    fn send_level_msi(&self, split: &Split, msi: MsiMessage) -> Result<(), XenCallError> {
+        let domid = u32::from(self.domid);
+        let xc = &self.handles.xc;
+        xc.pause(domid)?;
+        let sent = self
+            .handles
+            .dm
+            .inject_msi(self.domid, msi.address, msi.data)
+            .map(|()| {
+                let vector = (msi.data & 0xff) as u8;
+                let mut regs = vec![0u8; HVM_LAPIC_REGS_SIZE];
+                for vcpu in 0..split.vcpus {
+                    // A vCPU whose record cannot be read (none yet) was sent nothing.
+                    let read = u16::try_from(vcpu).map(|instance| {
+                        xc.hvm_record(domid, HVM_SAVE_CODE_LAPIC_REGS, instance, &mut regs)
+                    });
+                    if matches!(read, Ok(Ok(()))) && eoi::holds(&regs, vector) {
+                        split.eoi.watch(vcpu, vector);
+                    }
+                }
+            });
+        let unpaused = xc.unpause(domid);
+        sent.and(unpaused)
+    }
+
+    /// Whether an irqfd on `gsi` can work: now, or with a split irqchip once the VMM's
+    /// IOAPIC routes it (until then its writes are dropped, as on KVM).
     fn check_gsi(&self, gsi: u32) -> Result<(), &'static str> {
         let routed = self
             .msi_routes
@@ -163,6 +322,12 @@ impl State {
             .contains_key(&gsi);
         if routed {
             Ok(())
+        } else if self.split.is_some() {
+            if gsi < MAX_ROUTES {
+                Ok(())
+            } else {
+                Err("GSIs run from 0 to 4095")
+            }
         } else {
             line_of(gsi).map(drop)
         }
@@ -195,17 +360,29 @@ pub(crate) struct Interrupts {
 }
 
 impl Interrupts {
-    pub(crate) fn new(handles: Arc<Handles>, domid: DomId) -> Self {
+    /// The plumbing of domain `domid`; `split` with a split irqchip.
+    pub(crate) fn new(handles: Arc<Handles>, domid: DomId, split: Option<Split>) -> Self {
         Interrupts {
             state: Arc::new(State {
                 handles,
                 domid,
+                split,
                 msi_routes: RwLock::new(HashMap::new()),
                 irqfds: Mutex::new(HashMap::new()),
             }),
             reactor: Mutex::new(None),
             next_token: AtomicU64::new(STOP + 1),
         }
+    }
+
+    /// With a split irqchip, the vectors its vCPUs watch for the guest's EOI.
+    pub(crate) fn eoi_watch(&self) -> Option<&EoiWatch> {
+        self.state.split.as_ref().map(|split| &*split.eoi)
+    }
+
+    /// Whether the VM has a split irqchip.
+    pub(crate) fn is_split(&self) -> bool {
+        self.state.split.is_some()
     }
 
     /// [`Vm::set_irq_line`](crate::Vm::set_irq_line).
@@ -226,7 +403,7 @@ impl Interrupts {
     /// [`Vm::set_gsi_routing`](crate::Vm::set_gsi_routing): checks the table against Xen's
     /// wiring and keeps its MSI routes.
     pub(crate) fn set_gsi_routing(&self, routes: &[IrqRoute]) -> Result<(), VmError> {
-        let msi_routes = check_routes(routes)?;
+        let msi_routes = check_routes(routes, self.state.split.is_some())?;
         *self
             .state
             .msi_routes
@@ -242,13 +419,6 @@ impl Interrupts {
         gsi: u32,
         resample: Option<&EventFd>,
     ) -> Result<(), VmError> {
-        if resample.is_some() {
-            return Err(VmError::Unsupported {
-                op: "registering a level-triggered irqfd (resample)",
-                reason: "Xen tells a device model nothing about the guest's EOI, so vmkit \
-                         cannot lower the line and signal the resample eventfd then",
-            });
-        }
         self.state
             .check_gsi(gsi)
             .map_err(|reason| VmError::InvalidRoute { gsi, reason })?;
@@ -256,6 +426,17 @@ impl Interrupts {
         let own = fd
             .try_clone()
             .map_err(|e| irq_err("duplicating the irqfd", e))?;
+        let resample = match resample {
+            None => None,
+            Some(resample) => Some(ResampleLine {
+                fd: resample
+                    .try_clone()
+                    .map_err(|e| irq_err("duplicating the resample eventfd", e))?,
+                line: self.resample_line(gsi)?,
+                pin: gsi as usize,
+                stage: Stage::Low,
+            }),
+        };
         let mut irqfds = self.state.irqfds.lock().unwrap_or_else(|e| e.into_inner());
         if irqfds
             .values()
@@ -289,9 +470,36 @@ impl Interrupts {
                 gsi,
                 raw_fd: fd.as_raw_fd(),
                 fd: own,
+                resample,
             },
         );
         Ok(())
+    }
+
+    /// The IOAPIC-wired input a level-triggered irqfd on `gsi` drives: it is followed on its
+    /// IOAPIC pin, so it cannot be an MSI.
+    fn resample_line(&self, gsi: u32) -> Result<Line, VmError> {
+        if self.state.split.is_some() {
+            return Err(VmError::Unsupported {
+                op: "registering a level-triggered irqfd (resample)",
+                reason: "with a split irqchip the VMM's IOAPIC keeps the line's level and \
+                         hears the EOI (VcpuExit::IoapicEoi); Xen has no IOAPIC pin to follow",
+            });
+        }
+        let routed = self
+            .state
+            .msi_routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&gsi);
+        if routed {
+            return Err(VmError::InvalidRoute {
+                gsi,
+                reason: "a level-triggered irqfd (resample) needs an IOAPIC pin, and this GSI \
+                         is routed to an MSI, which has no EOI to wait for",
+            });
+        }
+        line_of(gsi).map_err(|reason| VmError::InvalidRoute { gsi, reason })
     }
 
     /// [`Vm::unregister_irqfd`](crate::Vm::unregister_irqfd).
@@ -347,11 +555,19 @@ impl Interrupts {
     }
 }
 
-/// The reactor: pulses the GSI of each irqfd written, until the stop eventfd is.
+/// The reactor: pulses the GSI of each irqfd written, and follows level-triggered ones to
+/// their EOI, until the stop eventfd is written.
 fn serve(epoll: &Epoll, state: &State) {
     let mut events = vec![EpollEvent::default(); 32];
+    let poll_ms = i32::try_from(resample::EOI_POLL.as_millis()).unwrap_or(1);
     loop {
-        let n = match epoll.wait(-1, &mut events) {
+        // While a resample line is high, wake to read the IOAPIC for its EOI.
+        let timeout = if state.resample_pending() {
+            poll_ms
+        } else {
+            -1
+        };
+        let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => {
@@ -365,12 +581,19 @@ fn serve(epoll: &Epoll, state: &State) {
                 return;
             }
             let gsi = {
-                let irqfds = state.irqfds.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(irqfd) = irqfds.get(&token) else {
+                let mut irqfds = state.irqfds.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(irqfd) = irqfds.get_mut(&token) else {
                     continue; // Unregistered meanwhile.
                 };
                 // The caller may have made it blocking: read only what poll says is there.
                 if !readable(&irqfd.fd) || irqfd.fd.read().is_err() {
+                    continue;
+                }
+                if let Some(line) = &mut irqfd.resample {
+                    // Raised (if it was high already, it stays so until the EOI, as on KVM).
+                    if line.stage == Stage::Low {
+                        line.stage = Stage::Waiting;
+                    }
                     continue;
                 }
                 irqfd.gsi
@@ -382,7 +605,13 @@ fn serve(epoll: &Epoll, state: &State) {
                 trace!("d{}: irqfd on GSI {gsi}: {err:?}", state.domid);
             }
         }
+        state.track_resample_lines();
     }
+}
+
+/// Pin `pin`'s redirection entry in `ioapic` (a masked idle entry if there is no such pin).
+fn entry(ioapic: &HvmHwVioapic, pin: usize) -> u64 {
+    ioapic.redirtbl.get(pin).copied().unwrap_or(1 << 16)
 }
 
 /// Whether `fd` can be read without blocking.
@@ -397,8 +626,9 @@ fn readable(fd: &EventFd) -> bool {
     rc == 1 && pfd.revents & libc::POLLIN != 0
 }
 
-/// Checks a routing table against Xen's fixed wiring; returns its MSI routes.
-fn check_routes(routes: &[IrqRoute]) -> Result<HashMap<u32, MsiMessage>, VmError> {
+/// Checks a routing table against Xen's fixed wiring (none with a `split` irqchip); returns
+/// its MSI routes.
+fn check_routes(routes: &[IrqRoute], split: bool) -> Result<HashMap<u32, MsiMessage>, VmError> {
     let invalid = |gsi, reason| Err(VmError::InvalidRoute { gsi, reason });
     if routes.len() > MAX_ROUTES as usize {
         let gsi = routes.last().map_or(0, IrqRoute::gsi);
@@ -416,6 +646,12 @@ fn check_routes(routes: &[IrqRoute]) -> Result<HashMap<u32, MsiMessage>, VmError
                 if msi_routes.insert(gsi, msi).is_some() {
                     return invalid(gsi, "Xen's platform sends a GSI to at most one MSI");
                 }
+            }
+            IrqRoute::Irqchip { .. } if split => {
+                return invalid(
+                    gsi,
+                    "with a split irqchip Xen has no IOAPIC or PIC to route to: only MSI routes",
+                );
             }
             IrqRoute::Irqchip { chip, pin, .. } => {
                 let fixed = match chip {
@@ -474,7 +710,7 @@ mod tests {
         let mut routes = IrqRoute::pc_defaults();
         let msi = MsiMessage::x86(0, 0x3a);
         routes.push(IrqRoute::Msi { gsi: 30, msi });
-        let table = check_routes(&routes).unwrap();
+        let table = check_routes(&routes, false).unwrap();
         assert_eq!(table.len(), 1);
         assert_eq!(table.get(&30), Some(&msi));
     }
@@ -486,7 +722,7 @@ mod tests {
             chip: IrqChip::IoApic,
             pin: 6,
         }];
-        let err = check_routes(&moved).unwrap_err();
+        let err = check_routes(&moved, false).unwrap_err();
         assert!(err.to_string().contains("GSI 5"), "{err}");
         assert!(err.to_string().contains("fixed"), "{err}");
         let both = [
@@ -500,11 +736,25 @@ mod tests {
                 msi: MsiMessage::x86(0, 0x30),
             },
         ];
-        assert!(check_routes(&both).is_err());
+        assert!(check_routes(&both, false).is_err());
         let high = [IrqRoute::Msi {
             gsi: 5000,
             msi: MsiMessage::x86(0, 0x30),
         }];
-        assert!(check_routes(&high).is_err());
+        assert!(check_routes(&high, false).is_err());
+    }
+
+    #[test]
+    fn a_split_irqchip_takes_msi_routes_only() {
+        // The VMM's IOAPIC routes its pins, GSI 0 included, to MSIs.
+        let pins: Vec<IrqRoute> = (0u8..24)
+            .map(|pin| IrqRoute::Msi {
+                gsi: u32::from(pin),
+                msi: MsiMessage::x86(0, 0x20 + pin),
+            })
+            .collect();
+        assert_eq!(check_routes(&pins, true).unwrap().len(), 24);
+        let err = check_routes(&IrqRoute::pc_defaults(), true).unwrap_err();
+        assert!(err.to_string().contains("split irqchip"), "{err}");
     }
 }

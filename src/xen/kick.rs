@@ -51,6 +51,12 @@ impl XenKick {
         let _ = self.wake.read();
     }
 
+    /// Wakes a waiting `run()` without a kick: it looks at what else it has to do (a
+    /// split irqchip's EOI to watch for, `eoi.rs`) and waits on.
+    pub(crate) fn wake(&self) {
+        let _ = self.wake.write(1);
+    }
+
     /// The eventfd a wait watches.
     pub(crate) fn fd(&self) -> RawFd {
         self.wake.as_raw_fd()

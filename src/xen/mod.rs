@@ -94,9 +94,16 @@
 //!   Xen's device-model operations (GSI `n` is ISA IRQ `n` for 1-15 and a PCI INTx for
 //!   16-47; GSI 0 cannot be raised, Xen wires ISA IRQ 0 to pin 2), MSIs through
 //!   `xendevicemodel_inject_msi`; GSI routing accepts Xen's fixed wiring plus MSI routes;
-//!   irqfds are served by a thread of the library. An irqfd with `resample` is refused
-//!   (Xen reports no EOI to a device model). With an irqchip a halted vCPU stays halted in
-//!   Xen, as in KVM, instead of returning `Hlt`. Xen's PIT always comes with the platform
+//!   irqfds are served by a thread of the library. An irqfd with `resample` is held high
+//!   until the guest's EOI, which the thread reads from the IOAPIC's HVM record every
+//!   millisecond while such a line is high (Xen sends a device model no EOI notice; see
+//!   `resample.rs`). A split irqchip
+//!   ([`VmConfig::split_irqchip`](crate::VmConfig::split_irqchip)) is a domain with Xen's
+//!   local APICs only (the PVH set) and only MSI routes: the VMM's IOAPIC serves its MMIO
+//!   window through the ioreq server and sends MSIs; a level-triggered one is watched in
+//!   the target's local APIC registers until the guest ends it, which that vCPU's `run()`
+//!   returns as [`VcpuExit::IoapicEoi`](crate::VcpuExit::IoapicEoi) (see `eoi.rs`). With
+//!   an irqchip a halted vCPU stays halted in Xen, as in KVM, instead of returning `Hlt`. Xen's PIT always comes with the platform
 //!   (ports 0x40-0x43 and 0x61 are Xen's whenever the VM has the irqchip):
 //!   [`VmConfig::pit`] asks for its state calls, which read and load Xen's HVM records,
 //!   as do the PIC and IOAPIC state calls (see `platform_state.rs` for how each field maps,
@@ -175,6 +182,7 @@ mod context;
 mod control;
 pub(crate) mod debug;
 mod dirtyring;
+mod eoi;
 mod ioeventfd;
 mod ioreq;
 mod irq;
@@ -188,6 +196,7 @@ mod pci;
 mod platform;
 mod platform_state;
 mod pv;
+mod resample;
 #[cfg(feature = "seccomp")]
 pub(crate) mod seccomp;
 mod sys;
@@ -315,6 +324,10 @@ impl Xen {
             // Xen's platform (VmConfig::irqchip), with vmkit's MSI routes and irqfd thread.
             irqchip: true,
             irqfd: true,
+            // Held high until the EOI the IOAPIC's record shows (see `resample`).
+            irqfd_resample: true,
+            // Xen's local APICs, the VMM's IOAPIC; level EOIs watched for (see `eoi`).
+            split_irqchip: true,
             msi: true,
             gsi_routing: true,
             // Matched in the ioreq path.

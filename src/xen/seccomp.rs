@@ -70,10 +70,12 @@ pub(crate) fn vmm_rules() -> Rules {
 }
 
 /// Raising an interrupt through the VM (`set_irq_line`, `signal_msi`) from any thread: a
-/// device-model operation (libxendevicemodel) with libxencall's hypercall buffers.
+/// device-model operation (libxendevicemodel) with libxencall's hypercall buffers; with a
+/// split irqchip a level-triggered MSI also pauses the domain and reads the local APICs
+/// (domctls, `eoi.rs`).
 pub(crate) fn interrupt_rules() -> Rules {
     let mut rules = hypercall_buffers();
-    rules.allow_ioctls(&[privcmd_dm_op()]);
+    rules.allow_ioctls(&[privcmd_dm_op(), privcmd_hypercall()]);
     rules
 }
 

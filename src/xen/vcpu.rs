@@ -117,6 +117,8 @@ pub struct XenVcpu {
     turnaround: Duration,
     /// Single-stepping and hardware breakpoints (`set_guest_debug`).
     debug: std::sync::Mutex<DebugState>,
+    /// With a split irqchip, when the local APIC was last read for watched EOIs (`eoi.rs`).
+    eoi_read_at: Option<Instant>,
 }
 
 /// A vCPU's guest debugging, and the guest's own state it covers.
@@ -176,6 +178,40 @@ impl XenVcpu {
             answered_at: None,
             turnaround: Duration::ZERO,
             debug: std::sync::Mutex::default(),
+            eoi_read_at: None,
+        }
+    }
+
+    /// With a split irqchip: a level-triggered vector this vCPU was sent that the guest has
+    /// ended since, read from its local APIC at most every `EOI_POLL` (see `eoi.rs`).
+    fn ended_level_vector(&mut self) -> Result<Option<u8>, VcpuError> {
+        let Some(watch) = self.vm.eoi_watch() else {
+            return Ok(None);
+        };
+        if !watch.watching(self.id)
+            || self
+                .eoi_read_at
+                .is_some_and(|at| at.elapsed() < super::eoi::EOI_POLL)
+        {
+            return Ok(None);
+        }
+        self.eoi_read_at = Some(Instant::now());
+        let mut regs = vec![0u8; HVM_LAPIC_REGS_SIZE];
+        let instance = u16::try_from(self.id).unwrap_or(u16::MAX);
+        self.vm
+            .xc()
+            .hvm_record(self.vm.domid, HVM_SAVE_CODE_LAPIC_REGS, instance, &mut regs)
+            .map_err(os(self.id))?;
+        Ok(watch.take_ended(self.id, &regs))
+    }
+
+    /// How long the wait may sleep: until the next check, and no longer than `EOI_POLL`
+    /// while this vCPU watches for an EOI.
+    fn sleep_for(&self) -> Duration {
+        let until_check = self.next_check.saturating_duration_since(Instant::now());
+        match self.vm.eoi_watch() {
+            Some(watch) if watch.watching(self.id) => until_check.min(super::eoi::EOI_POLL),
+            _ => until_check,
         }
     }
 
@@ -488,6 +524,9 @@ impl XenVcpu {
                 }
                 return Ok(VcpuExit::Kicked);
             }
+            if let Some(vector) = self.ended_level_vector()? {
+                return Ok(VcpuExit::IoapicEoi { vector });
+            }
             let now = Instant::now();
             if now >= self.next_check {
                 let status = self.vm.status(id).map_err(os(id))?;
@@ -511,7 +550,7 @@ impl XenVcpu {
                 self.next_check = now + self.interval;
                 self.interval = (self.interval * 2).min(MAX_CHECK_INTERVAL);
             }
-            self.sleep(self.next_check.saturating_duration_since(Instant::now()))?;
+            self.sleep(self.sleep_for())?;
         }
     }
 

@@ -152,8 +152,27 @@ impl XenVm {
                 max: capabilities.max_vcpus,
             });
         }
-        if matches!(config.irqchip_kind, crate::IrqchipKind::Split { .. }) {
-            return unsupported("a split irqchip (KVM_CAP_SPLIT_IRQCHIP)");
+        let split = config.split_ioapic_routes();
+        if let Some(routes) = split {
+            // Xen's local APICs and the VMM's IOAPIC (see `eoi.rs`); checked as KVM does.
+            let (min, max) = (
+                crate::IrqchipKind::MIN_IOAPIC_ROUTES,
+                crate::IrqchipKind::MAX_IOAPIC_ROUTES,
+            );
+            if !(min..=max).contains(&routes) {
+                return invalid(
+                    "a split irqchip reserves 24 to 48 (IrqchipKind::MAX_IOAPIC_ROUTES) IOAPIC \
+                     routes",
+                );
+            }
+            if config.pit {
+                return invalid(
+                    "an in-kernel PIT needs the in-kernel PIC and IOAPIC, which a split irqchip \
+                     leaves to the VMM",
+                );
+            }
+        } else if matches!(config.irqchip_kind, crate::IrqchipKind::Split { .. }) {
+            return invalid("a split irqchip needs VmConfig::irqchip");
         }
         if config.pit && !config.irqchip {
             return invalid("an in-kernel PIT needs the in-kernel irqchip too");
@@ -181,7 +200,8 @@ impl XenVm {
         let (flags, emulation_flags) = match kind {
             DomainKind::Pvh => (
                 XEN_DOMCTL_CDF_HVM | XEN_DOMCTL_CDF_HAP,
-                super::platform::emulation_flags(config.irqchip),
+                // A split irqchip has Xen's local APICs only, as a VM without one.
+                super::platform::emulation_flags(config.irqchip && split.is_none()),
             ),
             DomainKind::Pv => (0, 0),
         };
@@ -214,8 +234,13 @@ impl XenVm {
             DomainKind::Pv => None,
         };
         std::mem::forget(guard);
-        let interrupts = (config.irqchip && hvm.is_some())
-            .then(|| Interrupts::new(Arc::clone(&handles), domid as u16));
+        let interrupts = (config.irqchip && hvm.is_some()).then(|| {
+            let split = split.map(|_| super::irq::Split {
+                eoi: Arc::default(),
+                vcpus: config.max_vcpus,
+            });
+            Interrupts::new(Arc::clone(&handles), domid as u16, split)
+        });
 
         Ok(XenVm {
             shared: Arc::new(VmShared {
@@ -262,9 +287,12 @@ impl XenVm {
         )
         .map_err(os)?;
         if config.irqchip {
-            // Xen's HPET answers only when enabled; the platform is whole with it.
-            xc.set_hvm_param(domid, HVM_PARAM_HPET_ENABLED, 1)
-                .map_err(os)?;
+            // Xen's HPET answers only when enabled; the platform is whole with it (a split
+            // irqchip's domain has no HPET).
+            if config.split_ioapic_routes().is_none() {
+                xc.set_hvm_param(domid, HVM_PARAM_HPET_ENABLED, 1)
+                    .map_err(os)?;
+            }
             // KVM's default lost-tick policy (reinjection on), which libxl also chooses.
             xc.set_hvm_param(
                 domid,
@@ -361,6 +389,10 @@ impl XenVm {
             id,
             source,
         })?;
+        let kick = Arc::new(kick);
+        if let Some(watch) = shared.eoi_watch() {
+            watch.add_vcpu(id, Arc::clone(&kick));
+        }
         // A PVH vCPU starts in the architectural reset state, offline until its first run().
         // A PV vCPU has no state until the VMM sets its start state (set_pv_start).
         let mut control = lock(&shared.control);
@@ -391,7 +423,7 @@ impl XenVm {
         }
         control.created[id as usize] = true;
         drop(control);
-        Ok(XenVcpu::new(id, Arc::clone(shared), evtchn, Arc::new(kick)))
+        Ok(XenVcpu::new(id, Arc::clone(shared), evtchn, kick))
     }
 }
 
@@ -513,6 +545,11 @@ impl VmShared {
         drop(regions);
         *monitor = Some(Arc::clone(&enabled));
         Ok(enabled)
+    }
+
+    /// With a split irqchip, the vectors the vCPUs watch for the guest's EOI (`eoi.rs`).
+    pub(crate) fn eoi_watch(&self) -> Option<&super::eoi::EoiWatch> {
+        self.interrupts.as_ref().and_then(Interrupts::eoi_watch)
     }
 }
 
@@ -851,12 +888,12 @@ impl Vm for XenVm {
 
     // The irqchip and PIT state: Xen's HVM records (see `platform_state`).
     fn irqchip_state(&self) -> Result<crate::arch::x86_64::IrqchipState, VmError> {
-        self.interrupts("reading the irqchip state")?;
+        self.full_irqchip("reading the irqchip state")?;
         super::platform_state::irqchip_state(&self.shared)
     }
 
     fn set_irqchip_state(&self, state: &crate::arch::x86_64::IrqchipState) -> Result<(), VmError> {
-        self.interrupts("setting the irqchip state")?;
+        self.full_irqchip("setting the irqchip state")?;
         super::platform_state::set_irqchip_state(&self.shared, state)
     }
 
@@ -907,6 +944,14 @@ impl XenVm {
             }),
             (None, DomainKind::Pvh) => Err(VmError::NoIrqchip { op }),
         }
+    }
+
+    /// Refuses `op` unless the VM has Xen's PICs and IOAPIC (not a split irqchip).
+    fn full_irqchip(&self, op: &'static str) -> Result<(), VmError> {
+        if self.interrupts(op)?.is_split() {
+            return Err(VmError::SplitIrqchip { op });
+        }
+        Ok(())
     }
 
     /// Refuses `op` unless the VM asked for the PIT ([`VmConfig::pit`], which implies Xen's

@@ -116,20 +116,8 @@ if [ "$(cat "$out/l2/.initrd-stamp" 2>/dev/null)" != "$initrd_want" ] || [ ! -s 
     echo "$initrd_want" >"$out/l2/.initrd-stamp"
 fi
 
-# netbench: rebuilt when its source or the compiler changes. Static (crt-static: glibc's
-# libc.a), stripped: it goes into an initramfs that L2 unpacks at TCG speed.
-netbench_want=$({ cat "$here/netbench.rs"; rustc -vV; } | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$out/.netbench-stamp" 2>/dev/null)" != "$netbench_want" ] || [ ! -x "$out/netbench" ]; then
-    log "building netbench"
-    rustc --edition 2021 -O -C target-feature=+crt-static -C strip=symbols \
-        -o "$out/netbench.tmp" "$here/netbench.rs" >&2
-    if readelf -lW "$out/netbench.tmp" | grep -q 'Requesting program interpreter'; then
-        log "netbench did not link statically (is libc6-dev's libc.a installed?)"
-        exit 1
-    fi
-    mv "$out/netbench.tmp" "$out/netbench"
-    echo "$netbench_want" >"$out/.netbench-stamp"
-fi
+# netbench: rebuilt when its source or the compiler changes (common.sh).
+build_netbench "$out/netbench" "$out/.netbench-stamp"
 
 # The network tests' initramfs: the base one, then an archive that adds to its tree.
 initrd_net_want=$(cat "$out/l2/initrd.cpio.gz" "$out/netbench" "$out/l2/modules-net"/* \

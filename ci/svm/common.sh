@@ -207,3 +207,22 @@ busybox_initrd() {
     mv "$output.tmp" "$output"
     rm -rf "$stage"
 }
+
+# build_netbench OUT STAMP: ci/svm/netbench.rs built at OUT (static, crt-static: glibc's
+# libc.a; stripped: it goes into an initramfs that guests unpack at TCG speed), rebuilt when its
+# source or the compiler changes (the file STAMP records them).
+build_netbench() {
+    local out=$1 stamp=$2 src want
+    src="$(dirname "${BASH_SOURCE[0]}")/netbench.rs"
+    command -v rustc >/dev/null || { log "rustc is missing (netbench is built with it)"; return 1; }
+    want=$({ cat "$src"; rustc -vV; } | sha256sum | cut -d' ' -f1)
+    [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && [ -x "$out" ] && return 0
+    log "building netbench"
+    rustc --edition 2021 -O -C target-feature=+crt-static -C strip=symbols -o "$out.tmp" "$src" >&2 ||
+        return 1
+    if readelf -lW "$out.tmp" | grep -q 'Requesting program interpreter'; then
+        log "netbench did not link statically (is libc6-dev's libc.a installed?)"
+        return 1
+    fi
+    mv "$out.tmp" "$out" && echo "$want" >"$stamp"
+}

@@ -50,9 +50,12 @@ if ! resolve; then
     apt-get update -qq
     resolve || { echo "assets: apt has no candidate for one of: ${pkgs[*]}" >&2; exit 1; }
 fi
-if [ -f "$assets/stamp" ] && [ "$(cat "$assets/stamp")" = "$want" ] &&
+# What is taken out of the packages: bumped when that changes (a module added), so that a
+# tree unpacked before is redone.
+layout=2
+if [ -f "$assets/stamp" ] && [ "$(cat "$assets/stamp")" = "$want layout $layout" ] &&
     [ -f "$assets/xen" ] && [ -f "$assets/vmlinuz" ] && [ -d "$assets/root" ] &&
-    [ -f "$assets/guest/modules/order" ]; then
+    [ -f "$assets/guest/modules/order" ] && [ -f "$assets/guest/modules-net/order" ]; then
     echo "assets: up to date in $assets"
     exit 0
 fi
@@ -116,16 +119,27 @@ add_module() {
     echo "$name" >>"$assets/modules/order"
 }
 for m in xen-privcmd xen-evtchn xen-gntdev xen-gntalloc xenfs; do add_module "$m"; done
+# The linux_net test's network in dom0: a TAP (tun) on a bridge (bridge, with stp and llc).
+for m in tun bridge; do add_module "$m"; done
 # The same kernel boots as a vmkit guest (ci/xen/guest.sh): its virtio drivers, with
 # their dependencies, for the guest's initramfs.
 log_prefix=xen-assets
 # shellcheck source=../svm/common.sh
 . "$repo/ci/svm/common.sh"
-rm -rf "$assets/guest/modules"
+rm -rf "$assets/guest/modules" "$assets/guest/modules-net"
 mkdir -p "$assets/guest"
 install_modules "$assets/root" "$assets/guest/modules" virtio_mmio virtio_blk
+# The network test's card driver, in a set of its own (ci/xen/guest.sh's initrd-net.cpio.gz),
+# without what the base set already loads (a second insmod of it would fail).
+install_modules "$assets/root" "$assets/guest/modules-net" virtio_net
+grep -vxF -f "$assets/guest/modules/order" "$assets/guest/modules-net/order" \
+    >"$assets/guest/modules-net/order.new" || true
+mv "$assets/guest/modules-net/order.new" "$assets/guest/modules-net/order"
+for ko in "$assets/guest/modules-net"/*.ko; do
+    grep -qxF "$(basename "$ko" .ko)" "$assets/guest/modules-net/order" || rm "$ko"
+done
 # Keep the tree small: the tools need no kernel modules tree or firmware.
 rm -rf "$assets/root/lib/modules" "$assets/root/usr/share/doc" "$assets/root/usr/share/man" "$assets/debs"
 
-printf '%s' "$want" >"$assets/stamp"
-echo "assets: ready in $assets (kernel $kver, modules: $(tr '\n' ' ' <"$assets/modules/order"), guest modules: $(tr '\n' ' ' <"$assets/guest/modules/order"))"
+printf '%s' "$want layout $layout" >"$assets/stamp"
+echo "assets: ready in $assets (kernel $kver, modules: $(tr '\n' ' ' <"$assets/modules/order"), guest modules: $(tr '\n' ' ' <"$assets/guest/modules/order"), network: $(tr '\n' ' ' <"$assets/guest/modules-net/order"))"

@@ -6,6 +6,10 @@
 # ci/xen/assets.sh took out of the package. Writes, under $VMKIT_XEN_ASSETS/guest:
 #   initrd.cpio.gz   the initramfs (rebuilt when its inputs change)
 #   pattern.bin      the 4096-byte disk pattern the host side checks afterwards
+#   initrd-net.cpio.gz  the network test's (linux_net): initrd.cpio.gz followed by an archive
+#                    with /modules-net (virtio_net and what it needs beyond /modules) and
+#                    /bin/netbench, as the SVM harness's l2/initrd-net.cpio.gz
+#   netbench         ci/svm/netbench.rs, static: in the guest and in dom0 (its listener)
 # Run after assets.sh.
 set -euo pipefail
 
@@ -35,4 +39,21 @@ if [ "$(cat "$guest/.initrd-stamp" 2>/dev/null)" != "$want" ] || [ ! -s "$guest/
     busybox_initrd "$guest/initrd.cpio.gz" "$busybox" "$repo/ci/svm/l2-init" "$guest/modules" \
         "$guest/pattern.bin"
     echo "$want" >"$guest/.initrd-stamp"
+fi
+
+# The network test's initramfs: the base one, then an archive that adds to its tree (the
+# kernel unpacks both).
+build_netbench "$guest/netbench" "$guest/.netbench-stamp"
+want_net=$(cat "$guest/initrd.cpio.gz" "$guest/netbench" "$guest/modules-net"/* | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$guest/.initrd-net-stamp" 2>/dev/null)" != "$want_net" ] || [ ! -s "$guest/initrd-net.cpio.gz" ]; then
+    log "building $guest/initrd-net.cpio.gz"
+    stage=$guest/initrd-net.stage
+    rm -rf "$stage"
+    mkdir -p "$stage"/{bin,modules-net}
+    cp "$guest/netbench" "$stage/bin/netbench"
+    cp "$guest/modules-net"/* "$stage/modules-net/"
+    { cat "$guest/initrd.cpio.gz" && cpio_dir "$stage" | gzip -n -9; } >"$guest/initrd-net.cpio.gz.tmp"
+    mv "$guest/initrd-net.cpio.gz.tmp" "$guest/initrd-net.cpio.gz"
+    rm -rf "$stage"
+    echo "$want_net" >"$guest/.initrd-net-stamp"
 fi

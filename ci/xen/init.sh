@@ -69,6 +69,7 @@ run_test() {
     seen=$(dmesg | wc -l)
     rm -f /tmp/rc
     case $name in linux*) linux_disk ;; esac
+    case $name in linux_net*) net_up ;; esac
     # eval: the arguments may quote words with spaces (boot_linux's --cmdline).
     eval "set -- $args"
     { timeout -s KILL "$secs" "/tests/$name" "$@" </dev/null 2>&1; echo $? >/tmp/rc; } |
@@ -90,6 +91,7 @@ run_test() {
         verdict=FAILED
     fi
     case $name in linux*) linux_check "/tmp/out.$name" || verdict=FAILED ;; esac
+    case $name in linux_net*) net_check "/tmp/out.$name.clean" || verdict=FAILED ;; esac
     case $name in pv_*) pv_check || verdict=FAILED ;; esac
     if [ "$verdict" = FAILED ]; then
         # dom0's kernel messages (quiet on the console) since the test started often say
@@ -133,6 +135,56 @@ linux_check() {
         say "$name: the disk does not hold the guest's pattern at 1 MiB"
         ok=1
     fi
+    return $ok
+}
+
+# The network tests (linux_net: boot_linux --net bridged:xnbr0, see run.sh's
+# linux_net_args): before, dom0's bridge xnbr0 (10.20.0.1/24, no uplink: only the guest's
+# TAP will be on it) and a netbench listener for one connection on port 5001; afterwards,
+# frames both ways: the guest's answers from dom0 (its ping and TCP round trips), the
+# listener's peer (the guest's address), dom0's packet counts on the bridge, and boot_linux's
+# TAP on the bridge and off it again. The bridge goes at the end.
+net_up() {
+    # IPv6 off: dom0 sends nothing on xnbr0 of its own (neighbour discovery, MLD), so what it
+    # sent there was for the guest.
+    { ip link add xnbr0 type bridge && echo 1 >/proc/sys/net/ipv6/conf/xnbr0/disable_ipv6 &&
+        ip addr add 10.20.0.1/24 dev xnbr0 && ip link set xnbr0 up; } ||
+        say "net: cannot set up xnbr0"
+    netbench serve 5001 1 >/tmp/net-serve.log 2>&1 &
+    net_serve=$!
+}
+net_check() {
+    ok=0
+    for want in '^VMKIT-L2-NET-UP eth0 10\.20\.0\.2/24 mac 52:54:00:14:00:02$' \
+        '^VMKIT-L2-NET-RING packed$' '^VMKIT-L2-NET-PING-OK 10\.20\.0\.1 ' '^VMKIT-L2-NET-RTT-OK ' '^VMKIT-L2-NET-DONE$' \
+        '^boot_linux: net: tap vmktap0 mac 52:54:00:14:00:02 on xnbr0 \(bridged\)$' \
+        '^boot_linux: net: left xnbr0$'; do
+        grep -qE "$want" "$1" || { say "$name: no line matches '$want'"; ok=1; }
+    done
+    if grep '^VMKIT-L2-NET-FAILED' "$1"; then
+        say "$name: the guest reported network failures"
+        ok=1
+    fi
+    # The listener exits after its one connection; one the guest never made is stopped.
+    kill "$net_serve" 2>/dev/null
+    wait "$net_serve"
+    sed 's/^/net listener| /' /tmp/net-serve.log
+    if grep -qx 'netbench: peer 10.20.0.2' /tmp/net-serve.log; then
+        say "net: dom0's listener served the guest 10.20.0.2"
+    else
+        say "net: dom0's listener never served the guest 10.20.0.2"
+        ok=1
+    fi
+    ports=$(ls /sys/class/net/xnbr0/brif 2>/dev/null | tr '\n' ' ')
+    [ -z "$ports" ] || { say "net: ports left on xnbr0: $ports"; ok=1; }
+    # dom0's own end of the bridge: what its stack took in from the guest and sent to it
+    # (its neighbour entry for the guest is gone: the kernel flushes a link's neighbours
+    # when it loses its carrier, as xnbr0 does when its last port leaves).
+    st=/sys/class/net/xnbr0/statistics
+    rx=$(cat $st/rx_packets) tx=$(cat $st/tx_packets)
+    say "net: dom0's xnbr0 received $rx and sent $tx packets"
+    [ "$rx" -gt 0 ] && [ "$tx" -gt 0 ] || { say "net: no packets one way on xnbr0"; ok=1; }
+    ip link del xnbr0
     return $ok
 }
 

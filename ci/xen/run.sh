@@ -91,6 +91,31 @@ linux_args() {
 # Xen, resets through Xen (boot_linux takes that as the end of the run, as the i8042's).
 linux_cmdline=${VMKIT_XEN_LINUX_CMDLINE:-console=ttyS0 quiet reboot=k panic=-1 pci=off}
 
+# linux_net: boot_linux's virtio-net card on a TAP that vmkit-net puts on dom0's bridge
+# xnbr0 (bridged mode; init.sh makes the bridge, 10.20.0.1/24, with no uplink, and a netbench
+# listener on port 5001 there). The guest (ci/svm/l2-init's network scenario, with the
+# network initramfs) takes 10.20.0.2/24, pings dom0 and makes 20 TCP round trips with the
+# listener; dom0 checks both ends afterwards (init.sh, net_check). The addresses, MAC and
+# port here are the ones init.sh checks.
+linux_net_args() {
+    echo "--kernel /xen/vmlinux --initrd /xen/initrd-net.cpio.gz" \
+        "--cmdline '$linux_cmdline vmkit.net=10.20.0.2/24 vmkit.nettest=ping:10.20.0.1,rtt:10.20.0.1:5001:20'" \
+        "--mem $linux_mem --vcpus 1 --disk /tmp/disk.img --seccomp" \
+        "--net bridged:xnbr0 --tap vmktap0 --mac 52:54:00:14:00:02"
+}
+
+# The arguments and regexp of a linux test of the default list, by name: a VMKIT_XEN_BINS
+# entry with that name and no arguments takes them (its command line holds spaces and
+# commas, which such an entry cannot carry). Sets d_args and d_want, or returns 1.
+linux_defaults() {
+    case $1 in
+        linux_smp[12]) d_args=$(linux_args "${1#linux_smp}") d_want="^VMKIT-L2-CPUS ${1#linux_smp}" ;;
+        linux_net) d_args=$(linux_net_args) d_want="^VMKIT-L2-NET-DONE" ;;
+        pv_linux) d_args=$(pv_linux_args) d_want="VMKIT-L2-USERSPACE" ;;
+        *) return 1 ;;
+    esac
+}
+
 # boot_linux_pv's arguments in dom0: the PV guest's console is hvc0.
 pv_linux_args() {
     echo "--kernel /xen/vmlinux --initrd /xen/initrd.cpio.gz" \
@@ -116,7 +141,11 @@ if [ -n "${VMKIT_XEN_BINS:-}" ]; then
             missing+=("$name")
             continue
         fi
-        add_bin "$name" "$path" "$args" ""
+        want=""
+        if [ -z "$args" ] && [ "$rest" = "$path" ] && linux_defaults "$name"; then
+            args=$d_args want=$d_want
+        fi
+        add_bin "$name" "$path" "$args" "$want"
     done
 else
     last=$assets/last-build.list
@@ -154,6 +183,9 @@ else
             build_target "linux_smp$cpus" "$(linux_args "$cpus")" "^VMKIT-L2-CPUS $cpus" \
                 build --release --locked --features xen --example boot_linux
         done
+        # Its virtio-net card on dom0's bridge: frames both ways (see linux_net_args).
+        build_target linux_net "$(linux_net_args)" "^VMKIT-L2-NET-DONE" \
+            build --release --locked --features xen --example boot_linux
         # The same kernel and initramfs as a PV domain (boot_linux_pv: libxenguest's builder,
         # the console ring served by vmkit, xenstore nodes in dom0's xenstored); no disk.
         # dom0 checks afterwards that no domain and no xenstore node is left (init.sh).
@@ -299,6 +331,16 @@ for n in "${run_names[@]}"; do
         linux* | pv_linux*)
             cp "$assets/vmlinux" "$rootfs/xen/vmlinux"
             cp "$assets/guest/initrd.cpio.gz" "$assets/guest/pattern.bin" "$rootfs/xen/"
+            break
+            ;;
+    esac
+done
+# The network test's initramfs, and netbench (in the guest's initramfs, and dom0's listener).
+for n in "${run_names[@]}"; do
+    case $n in
+        linux_net*)
+            cp "$assets/guest/initrd-net.cpio.gz" "$rootfs/xen/"
+            cp "$assets/guest/netbench" "$rootfs/bin/netbench"
             break
             ;;
     esac

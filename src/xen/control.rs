@@ -42,6 +42,7 @@ use super::sys::abi::{
     HVM_SAVE_CODE_CPU_XSAVE, IOREQ_TYPE_PIO, SHUTDOWN_POWEROFF, STATE_IOREQ_INPROCESS,
     STATE_IOREQ_NONE, STATE_IOREQ_READY, STATE_IORESP_READY, VGCF_ONLINE, XEN_DOMINF_DYING,
     XEN_DOMINF_SHUTDOWN, XEN_DOMINF_SHUTDOWNMASK, XEN_DOMINF_SHUTDOWNSHIFT,
+    XEN_X86_FPU_INITIALISED,
 };
 use super::vm::{lock, Shutdown, VmShared};
 
@@ -516,6 +517,21 @@ impl VmShared {
             }
         };
         edit(&mut cpu);
+        if let Some(area) = extra
+            .iter()
+            .find(|r| r.typecode == HVM_SAVE_CODE_CPU_XSAVE)
+            .and_then(|r| {
+                r.data
+                    .get(HVM_CPU_XSAVE_HEADER_SIZE..HVM_CPU_XSAVE_HEADER_SIZE + 512)
+            })
+        {
+            // The FPU state is the XSAVE area's, and initialised: a CPU record without
+            // XEN_X86_FPU_INITIALISED leaves Xen's `fpu_initialised` clear, and the next
+            // vCPU context set (`set_online`) would then reset the loaded area to its initial
+            // state (`vcpu_setup_fpu`: XSTATE_BV 0, MXCSR default).
+            cpu.flags |= XEN_X86_FPU_INITIALISED;
+            cpu.fpu_regs.copy_from_slice(area);
+        }
         load.push(Record {
             typecode: HVM_SAVE_CODE_CPU,
             instance: id as u16,

@@ -126,8 +126,12 @@
 //!   exchanges at least KVM's 4 KiB area), offered when the host has XSAVE. Xen keeps no
 //!   record for a vCPU whose XCR0 was never set: it reads as XCR0 = 1 with its FXSAVE
 //!   image. Every state load carries each vCPU's XSAVE record, since loading a CPU record
-//!   resets the components above SSE; setting registers or the FPU through the vCPU
-//!   context still does.
+//!   resets the components above SSE, and marks the FPU initialised when it loads an XSAVE
+//!   area (Xen would otherwise reset that area at the next vCPU context set). A vCPU
+//!   context set still resets XSTATE_BV to x87 and SSE (Xen's `vcpu_setup_fpu`): setting
+//!   registers or the FPU, and vmkit's own offline/online moves (a kick, a read of an
+//!   offline vCPU's records), so the components above SSE (AVX's upper halves, PKRU…) of a
+//!   guest that uses them do not survive those.
 //! - vCPU events are the CPU record's `pending_event`: the one event being injected (an
 //!   exception with its error code, an external interrupt, an NMI). The record has no NMI
 //!   pending or masked bit, no interrupt shadow and no SMM, and Xen drops an injected

@@ -144,6 +144,13 @@
 //! - The VM clock is the guest's TSC in nanoseconds at the domain's TSC frequency (see the
 //!   `clock` module): setting it moves every vCPU's TSC together, and a vCPU created later
 //!   starts at the clock's value. A PV domain has none ([`VmError::Unsupported`](crate::VmError::Unsupported)).
+//! - Machine checks: Xen's virtual MCE keeps state for two banks per vCPU
+//!   ([`Capabilities::mce_banks`] is 2); `setup_mce` takes 1 or 2 and loads the vCPU's
+//!   `VMCE_VCPU` record with that count and MCG_CTL_P, keeping Xen's vendor bits. MCG_CTL
+//!   reads all ones with MCG_CTL_P (zero without) and takes no other value, MCG_CAP changes
+//!   only through `setup_mce`, and MCG_STATUS is not offered (it is not in the record; see
+//!   the `mce` module). The TSC-deadline timer ([`Capabilities::tsc_deadline_timer`]) is
+//!   Xen's vlapic's, offered when the host has it.
 //! - No guest debugging: Xen 4.17 single-steps only with VMX's monitor trap flag and
 //!   reports debug exceptions to a debugger or vm_event ring that vmkit does not serve.
 //!   [`Capabilities`] says so and the calls fail with errors that give this reason.
@@ -178,6 +185,7 @@ mod irq;
 mod kick;
 mod libs;
 mod logdirty;
+mod mce;
 mod memory;
 mod memtype;
 mod page;
@@ -284,6 +292,12 @@ impl Xen {
             .iter()
             .any(|e| e.function == 1 && e.index == 0 && e.ecx >> 26 & 1 == 1);
         let amd = amd_nested_paging(&cpuid);
+        // Xen's vlapic emulates the TSC-deadline timer mode (`vlapic.c`: the LVT timer's
+        // mode and MSR_IA32_TSC_DEADLINE), and its HVM policy offers it (CPUID.1:ECX bit 24)
+        // exactly when the host has it (a plain `S` feature, not forced on as x2APIC is).
+        let tsc_deadline_timer = cpuid
+            .iter()
+            .any(|e| e.function == 1 && e.index == 0 && e.ecx >> 24 & 1 == 1);
         let handles = Handles {
             xc,
             dm: DeviceModel::open().map_err(hv_err)?,
@@ -331,6 +345,9 @@ impl Xen {
             state_writes_mid_io: true,
             // No halted state in the HVM records (`XenVcpu::set_mp_state`).
             halted_vcpus: false,
+            // Xen's virtual MCE keeps state for two banks (see `mce`).
+            mce_banks: u32::from(mce::GUEST_MC_BANKS),
+            tsc_deadline_timer,
             ..Capabilities::default()
         };
         Ok(Xen {

@@ -19,12 +19,14 @@ use super::control::{same_request, Parked, StateError, Status};
 use super::ioreq::{Exchange, ExitKind, Invalid, Next, RawRequest, Step, MAX_BATCH_BYTES};
 use super::kick::XenKick;
 use super::libs::{Evtchn, XenCallError};
+use super::mce::{self, VmceRecord};
 use super::sys::abi::{
     CpuidLeaf, EvtchnPort, HvmHwCpu, Pod, VcpuGuestContext, FLAT_KERNEL_CS64, FLAT_KERNEL_DS64,
     FLAT_KERNEL_SS64, HVM_LAPIC_REGS_SIZE, HVM_MTRR_DEF_TYPE_OFFSET, HVM_MTRR_SIZE,
     HVM_SAVE_CODE_CPU, HVM_SAVE_CODE_CPU_XSAVE, HVM_SAVE_CODE_LAPIC_REGS, HVM_SAVE_CODE_MTRR,
-    SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT, STATE_IOREQ_INPROCESS, STATE_IOREQ_READY,
-    STATE_IORESP_READY, VGCF_I387_VALID, VGCF_IN_KERNEL,
+    HVM_SAVE_CODE_VMCE_VCPU, HVM_VMCE_VCPU_SIZE, SHUTDOWN_CRASH, SHUTDOWN_POWEROFF,
+    SHUTDOWN_REBOOT, STATE_IOREQ_INPROCESS, STATE_IOREQ_READY, STATE_IORESP_READY, VGCF_I387_VALID,
+    VGCF_IN_KERNEL,
 };
 use super::vm::{self, DomainKind, Shutdown, VmShared, TRIPLE_FAULT_REASON};
 use super::{cpuid_entry, cpuid_leaf};
@@ -236,6 +238,22 @@ impl XenVcpu {
                 reason: format!("Xen did not return its {HVM_MTRR_SIZE} bytes"),
             }),
         }
+    }
+
+    /// The vCPU's machine-check record (see the `mce` module).
+    fn vmce_record(&self) -> Result<VmceRecord, VcpuError> {
+        let records = self
+            .vm
+            .read_records(self.id, &[(HVM_SAVE_CODE_VMCE_VCPU, HVM_VMCE_VCPU_SIZE)])
+            .map_err(os(self.id))?;
+        records
+            .first()
+            .and_then(|r| VmceRecord::from_bytes(r))
+            .ok_or_else(|| VcpuError::InvalidState {
+                vcpu: self.id,
+                what: "machine-check record",
+                reason: format!("Xen did not return its {HVM_VMCE_VCPU_SIZE} bytes"),
+            })
     }
 
     /// Looks soon: the vCPU was just let go.
@@ -752,6 +770,10 @@ impl Vcpu for XenVcpu {
             true => Some(self.mtrr_record()?),
             false => None,
         };
+        let vmce = match indices.iter().any(|&i| mce::is_mce_msr(i)) {
+            true => Some(self.vmce_record()?),
+            false => None,
+        };
         indices
             .iter()
             .map(|&index| {
@@ -759,6 +781,8 @@ impl Vcpu for XenVcpu {
                     Some(apic_base)
                 } else if index == context::MSR_MTRR_DEF_TYPE {
                     mtrr.as_deref().map(mtrr_def_type)
+                } else if let (true, Some(vmce)) = (mce::is_mce_msr(index), &vmce) {
+                    vmce.msr(index)
                 } else {
                     context::msr(&cpu, index)
                 };
@@ -782,9 +806,32 @@ impl Vcpu for XenVcpu {
         } else {
             None
         };
+        // MCG_CAP and MCG_CTL are fixed in Xen but for setup_mce (see `mce`): likewise.
+        let vmce = match msrs.iter().any(|m| mce::is_mce_msr(m.index)) {
+            true => Some(self.vmce_record()?),
+            false => None,
+        };
+        if let Some(msr) = msrs
+            .iter()
+            .find(|m| vmce.and_then(|v| v.accepts(m)) == Some(false))
+        {
+            return Err(VcpuError::InvalidState {
+                vcpu: self.id,
+                what: "MSR list",
+                reason: format!(
+                    "MSR {:#x} refused the value {:#x}: Xen's machine-check emulation holds \
+                     {:#x} there (MCG_CTL reads all ones with MCG_CTL_P in MCG_CAP, zero \
+                     without, and ignores writes; MCG_CAP changes only through setup_mce)",
+                    msr.index,
+                    msr.data,
+                    vmce.and_then(|v| v.msr(msr.index)).unwrap_or_default()
+                ),
+            });
+        }
         let msrs: Vec<Msr> = msrs
             .iter()
             .filter(|m| !(m.index == context::MSR_APIC_BASE && Some(m.data) == apic_base))
+            .filter(|m| !mce::is_mce_msr(m.index))
             .copied()
             .collect();
         let in_cpu = |m: &&Msr| m.index != context::MSR_MTRR_DEF_TYPE;
@@ -1036,6 +1083,34 @@ impl Vcpu for XenVcpu {
                      exceptions by pausing the domain for a debugger (VIRQ_DEBUGGER) or \
                      through a vm_event ring, neither of which vmkit serves yet",
         })
+    }
+
+    fn setup_mce(&self, banks: u8) -> Result<(), VcpuError> {
+        self.require_pvh("machine-check banks")?;
+        if banks == 0 || banks > mce::GUEST_MC_BANKS {
+            return Err(VcpuError::InvalidState {
+                vcpu: self.id,
+                what: "machine-check bank count",
+                reason: format!(
+                    "{banks} banks requested; Xen's machine-check emulation keeps state for \
+                     1 to {} (GUEST_MC_BANK_NUM)",
+                    mce::GUEST_MC_BANKS
+                ),
+            });
+        }
+        self.check_idle("machine-check banks")?;
+        let record = self.vmce_record()?.with_banks(banks);
+        self.vm
+            .edit_cpu(
+                self.id,
+                |_| {},
+                &[Record {
+                    typecode: HVM_SAVE_CODE_VMCE_VCPU,
+                    instance: self.id as u16,
+                    data: record.to_bytes(),
+                }],
+            )
+            .map_err(self.state_error("machine-check banks"))
     }
 
     fn mp_state(&self) -> Result<MpState, VcpuError> {

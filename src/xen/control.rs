@@ -49,8 +49,10 @@ use super::vm::{lock, Shutdown, VmShared};
 /// What [`VmShared::park`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Parked {
-    /// The vCPU is offline.
-    Offline,
+    /// The vCPU is offline. `blocked`: it was halted in Xen (`hlt` with interrupts
+    /// enabled) when taken offline, and stays so when it comes back online (Xen keeps the
+    /// block: an interrupt ends it).
+    Offline { blocked: bool },
     /// The vCPU waits for an I/O request vmkit has not answered: it cannot run anyway.
     InIo,
     /// The guest had halted the vCPU already.
@@ -129,6 +131,9 @@ pub(crate) enum StateError {
     /// Xen returned a context vmkit cannot parse.
     #[error("Xen returned an unusable HVM context: {0}")]
     Context(String),
+    /// The state asked for cannot be made on Xen.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl VmShared {
@@ -204,7 +209,8 @@ impl VmShared {
             let control = self.control();
             let parked = self.with_paused(&control, |vm| {
                 let info = vm.domain_info()?;
-                let online = vm.is_online(id)?;
+                let vcpu = vm.xc().vcpu_info(vm.domid, id)?;
+                let online = vcpu.online != 0;
                 if shutdown_of(&info).is_some() && online {
                     return Ok(Some(Parked::ShuttingDown));
                 }
@@ -225,7 +231,9 @@ impl VmShared {
                     return Ok(Some(Parked::Halted));
                 }
                 vm.set_online(id, false)?;
-                Ok::<_, XenCallError>(Some(Parked::Offline))
+                Ok::<_, XenCallError>(Some(Parked::Offline {
+                    blocked: vcpu.blocked != 0,
+                }))
             })?;
             drop(control);
             match parked {

@@ -144,6 +144,13 @@
 //! - The VM clock is the guest's TSC in nanoseconds at the domain's TSC frequency (see the
 //!   `clock` module): setting it moves every vCPU's TSC together, and a vCPU created later
 //!   starts at the clock's value. A PV domain has none ([`VmError::Unsupported`](crate::VmError::Unsupported)).
+//! - A vCPU loaded halted (`set_mp_state(Halted)`, with the irqchip as on KVM): Xen's HVM
+//!   records have no halted state, so its first `run()` moves `rip` back onto its `hlt`
+//!   (the byte there must be 0xF4) unless an interrupt is deliverable to it at once, and
+//!   the vCPU halts again in Xen; see the `halted` module and
+//!   [`Capabilities::halted_vcpus`] for the one race. `mp_state` reads `Halted` for a vCPU
+//!   the guest halted: offline in Xen (`cli; hlt`), or blocked in Xen (`sti; hlt`) when a
+//!   kick took it out of `run()`.
 //! - Machine checks: Xen's virtual MCE keeps state for two banks per vCPU
 //!   ([`Capabilities::mce_banks`] is 2); `setup_mce` takes 1 or 2 and loads the vCPU's
 //!   `VMCE_VCPU` record with that count and MCG_CTL_P, keeping Xen's vendor bits. MCG_CTL
@@ -179,6 +186,7 @@ pub(crate) fn tracing() -> bool {
 mod clock;
 mod context;
 mod control;
+mod halted;
 mod ioeventfd;
 mod ioreq;
 mod irq;
@@ -343,8 +351,8 @@ impl Xen {
             // For port writes, which Xen retires at the exit; other accesses in flight
             // still refuse (`VmShared::io_blocks_state_writes`).
             state_writes_mid_io: true,
-            // No halted state in the HVM records (`XenVcpu::set_mp_state`).
-            halted_vcpus: false,
+            // Not in the HVM records: a vCPU loaded halted executes its hlt again (`halted`).
+            halted_vcpus: true,
             // Xen's virtual MCE keeps state for two banks (see `mce`).
             mce_banks: u32::from(mce::GUEST_MC_BANKS),
             tsc_deadline_timer,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::context::{self, EventRefusal, Record, XsaveRecord};
 use super::control::{same_request, Parked, StateError, Status};
+use super::halted::Resume;
 use super::ioreq::{Exchange, ExitKind, Invalid, Next, RawRequest, Step, MAX_BATCH_BYTES};
 use super::kick::XenKick;
 use super::libs::{Evtchn, XenCallError};
@@ -100,6 +101,12 @@ pub struct XenVcpu {
     /// An application processor that has not run yet and waits for INIT and SIPI (see
     /// `new`); `set_mp_state(Runnable)` clears it.
     awaiting_sipi: AtomicBool,
+    /// The vCPU was loaded halted (`set_mp_state(Halted)`) and has not run since: its first
+    /// `run()` makes it halt again (see the `halted` module).
+    load_halted: AtomicBool,
+    /// A kick took the vCPU offline while it was halted in Xen (`hlt` with interrupts
+    /// enabled); it stays halted when it comes back, so its `mp_state` is `Halted`.
+    parked_in_hlt: bool,
     /// The request being served and the exit returned for it last.
     exchange: Option<(Exchange, Option<Step>)>,
     buf: Vec<u8>,
@@ -144,6 +151,8 @@ impl XenVcpu {
             kick,
             phase: Phase::Parked { halted: false },
             awaiting_sipi,
+            load_halted: AtomicBool::new(false),
+            parked_in_hlt: false,
             exchange: None,
             buf: vec![0; MAX_BATCH_BYTES],
             event_data: [0; 4],
@@ -407,7 +416,10 @@ impl XenVcpu {
                     if kicked {
                         // Answered, so the vCPU runs on: stop it before the kick is kept.
                         match self.vm.park(id).map_err(os(id))? {
-                            Parked::Offline => self.phase = Phase::Parked { halted: false },
+                            Parked::Offline { blocked } => {
+                                self.phase = Phase::Parked { halted: false };
+                                self.parked_in_hlt = blocked;
+                            }
                             Parked::Halted => self.phase = Phase::Parked { halted: true },
                             Parked::InIo | Parked::ShuttingDown => {}
                         }
@@ -433,7 +445,10 @@ impl XenVcpu {
                 let parked = self.vm.park(id).map_err(os(id))?;
                 trace!("vCPU {id} kicked: {parked:?}");
                 match parked {
-                    Parked::Offline => self.phase = Phase::Parked { halted: false },
+                    Parked::Offline { blocked } => {
+                        self.phase = Phase::Parked { halted: false };
+                        self.parked_in_hlt = blocked;
+                    }
                     // The request came after all: serve it first, as above.
                     Parked::InIo if !kicked && self.request_ready() => {
                         kicked = true;
@@ -644,6 +659,26 @@ impl XenVcpu {
         Ok(all.max(Xsave::LEGACY_SIZE))
     }
 
+    /// Starts a vCPU loaded halted: at its `hlt` again unless an interrupt is deliverable to
+    /// it (see the `halted` module). Either way it comes online in the next step of `run()`.
+    fn resume_halted(&mut self) -> Result<(), VcpuError> {
+        let resume = self
+            .vm
+            .halted_resume(self.id)
+            .map_err(self.state_error("halted vCPU"))?;
+        trace!("vCPU {} loaded halted: {resume:?}", self.id);
+        if let Resume::Rehalt { rip } = resume {
+            let mut regs = self.regs()?;
+            regs.rip = rip;
+            self.set_regs(&regs)?;
+        }
+        self.load_halted.store(false, Ordering::SeqCst);
+        self.awaiting_sipi.store(false, Ordering::SeqCst);
+        // Online at once, to halt (or take the interrupt) in Xen.
+        self.phase = Phase::Parked { halted: false };
+        Ok(())
+    }
+
     /// Refuses to change state Xen would reset an in-flight access of this vCPU with.
     fn check_idle(&self, what: &'static str) -> Result<(), VcpuError> {
         if self.vm.io_blocks_state_writes(self.id) {
@@ -683,6 +718,9 @@ impl Vcpu for XenVcpu {
                 return Ok(self.exit(step));
             }
         }
+        if self.load_halted.load(Ordering::SeqCst) {
+            self.resume_halted()?;
+        }
         if self.awaiting_sipi.swap(false, Ordering::SeqCst)
             && self.phase == (Phase::Parked { halted: false })
         {
@@ -696,6 +734,7 @@ impl Vcpu for XenVcpu {
         }
         if let Phase::Parked { .. } = self.phase {
             trace!("vCPU {} unparked", self.id);
+            self.parked_in_hlt = false;
             self.vm.unpark(self.id).map_err(os(self.id))?;
             self.phase = Phase::Running;
             self.check_soon();
@@ -1117,8 +1156,14 @@ impl Vcpu for XenVcpu {
         if self.awaiting_sipi.load(Ordering::SeqCst) {
             return Ok(MpState::Uninitialized);
         }
+        if self.load_halted.load(Ordering::SeqCst) {
+            return Ok(MpState::Halted);
+        }
+        // Halted by the guest: offline in Xen (`hlt` with interrupts disabled), or blocked
+        // in Xen when a kick took it offline. A vCPU inside run() reads as runnable.
         Ok(match self.phase {
             Phase::Parked { halted: true } => MpState::Halted,
+            Phase::Parked { halted: false } if self.parked_in_hlt => MpState::Halted,
             _ => MpState::Runnable,
         })
     }
@@ -1127,6 +1172,14 @@ impl Vcpu for XenVcpu {
         match state {
             MpState::Runnable => {
                 self.awaiting_sipi.store(false, Ordering::SeqCst);
+                self.load_halted.store(false, Ordering::SeqCst);
+                Ok(())
+            }
+            // As on KVM, only with the irqchip (its local APIC wakes the vCPU); see the
+            // `halted` module for how Xen is made to keep it halted.
+            MpState::Halted if self.vm.config.irqchip && self.vm.kind() == DomainKind::Pvh => {
+                self.awaiting_sipi.store(false, Ordering::SeqCst);
+                self.load_halted.store(true, Ordering::SeqCst);
                 Ok(())
             }
             // Back to waiting for INIT and SIPI, as long as it has not run.
@@ -1138,8 +1191,9 @@ impl Vcpu for XenVcpu {
             }
             _ => Err(VcpuError::Unsupported {
                 vcpu: self.id,
-                op: "a multiprocessing state other than runnable",
-                reason: "a Xen vCPU is runnable whenever its thread is in run()",
+                op: "this multiprocessing state",
+                reason: "a Xen vCPU can be set runnable, halted (with the irqchip) or, before \
+                         it first runs, waiting for INIT and SIPI (with the irqchip)",
             }),
         }
     }

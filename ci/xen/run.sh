@@ -323,7 +323,7 @@ mkdir -p "$(dirname "$log")"
 echo "xen: booting (timeout ${timeout_s}s), console in $log"
 set +e
 timeout --foreground -k 10 "$timeout_s" qemu-system-x86_64 \
-    -accel tcg,thread=multi -cpu "${VMKIT_XEN_CPU:-max,-smap}" -smp "$qemu_smp" -m "$qemu_mem" \
+    -accel tcg,thread=multi -cpu "${VMKIT_XEN_CPU:-qemu64,+svm,+npt}" -smp "$qemu_smp" -m "$qemu_mem" \
     -nographic -no-reboot -nodefaults -serial stdio -monitor none \
     -kernel "$assets/xen" -append "$xen_cmdline" \
     -initrd "$dom0_kernel $dom0_cmdline,$assets/initramfs.cpio" \

@@ -124,8 +124,9 @@
 //!   returning from `run()`.
 //! - XSAVE state and XCR0 travel in Xen's `CPU_XSAVE` HVM record (standard format; vmkit
 //!   exchanges at least KVM's 4 KiB area), offered when the host has XSAVE. Xen keeps no
-//!   record for a vCPU whose XCR0 was never set: it reads as XCR0 = 1 with its FXSAVE
-//!   image. Every state load carries each vCPU's XSAVE record, since loading a CPU record
+//!   record for a vCPU whose XCR0 was never set, nor in a domain whose CPUID policy has no
+//!   XSAVE: it reads as XCR0 = 1 with its FXSAVE image (as KVM reports such a vCPU), and in
+//!   such a domain only that is taken (XCR0 1, x87 and SSE state, set through the image). Every state load carries each vCPU's XSAVE record, since loading a CPU record
 //!   resets the components above SSE, and marks the FPU initialised when it loads an XSAVE
 //!   area (Xen would otherwise reset that area at the next vCPU context set). A vCPU
 //!   context set still resets XSTATE_BV to x87 and SSE (Xen's `vcpu_setup_fpu`): setting

@@ -19,7 +19,7 @@ use super::control::{same_request, Parked, StateError, Status};
 use super::halted::Resume;
 use super::ioreq::{Exchange, ExitKind, Invalid, Next, RawRequest, Step, MAX_BATCH_BYTES};
 use super::kick::XenKick;
-use super::libs::{Evtchn, XenCallError};
+use super::libs::{Evtchn, PolicySource, XenCallError};
 use super::mce::{self, VmceRecord};
 use super::sys::abi::{
     CpuidLeaf, EvtchnPort, HvmHwCpu, Pod, VcpuGuestContext, FLAT_KERNEL_CS64, FLAT_KERNEL_DS64,
@@ -27,7 +27,7 @@ use super::sys::abi::{
     HVM_SAVE_CODE_CPU, HVM_SAVE_CODE_CPU_XSAVE, HVM_SAVE_CODE_LAPIC_REGS, HVM_SAVE_CODE_MTRR,
     HVM_SAVE_CODE_VMCE_VCPU, HVM_VMCE_VCPU_SIZE, SHUTDOWN_CRASH, SHUTDOWN_POWEROFF,
     SHUTDOWN_REBOOT, STATE_IOREQ_INPROCESS, STATE_IOREQ_READY, STATE_IORESP_READY, VGCF_I387_VALID,
-    VGCF_IN_KERNEL,
+    VGCF_IN_KERNEL, XEN_SYSCTL_CPU_POLICY_HVM_DEFAULT,
 };
 use super::vm::{self, DomainKind, Shutdown, VmShared, TRIPLE_FAULT_REASON};
 use super::{cpuid_entry, cpuid_leaf};
@@ -604,14 +604,21 @@ impl XenVcpu {
         if let Some(record) = record {
             return Ok((record, leaves));
         }
-        if !context::has_xsave(&leaves) {
+        // Whether the host has XSAVE: Xen's HVM default policy offers it then.
+        let host = self
+            .vm
+            .xc()
+            .cpuid_policy(PolicySource::System(XEN_SYSCTL_CPU_POLICY_HVM_DEFAULT))
+            .map_err(os(self.id))?;
+        if !context::has_xsave(&host) {
             return Err(VcpuError::Unsupported {
                 vcpu: self.id,
                 op: "XSAVE state",
-                reason: "the host (or this domain's CPUID policy) has no XSAVE \
-                         (Capabilities::xsave is false)",
+                reason: "the host has no XSAVE (Capabilities::xsave is false)",
             });
         }
+        // No record: XCR0 was never set, or this domain's CPUID policy has no XSAVE (Xen
+        // keeps none then; KVM still reports such a vCPU's FPU state as an XSAVE area).
         let ctx = self
             .vm
             .xc()
@@ -628,6 +635,20 @@ impl XenVcpu {
             area,
         };
         Ok((record, leaves))
+    }
+
+    /// Sets the vCPU context's FXSAVE image (x87 and SSE state) to `image` (512 bytes).
+    fn set_fxsave_image(&self, image: &[u8], what: &'static str) -> Result<(), VcpuError> {
+        self.check_idle(what)?;
+        let _control = self.vm.control();
+        let xc = self.vm.xc();
+        let mut ctx = xc
+            .vcpu_context(self.vm.domid, self.id)
+            .map_err(os(self.id))?;
+        ctx.fpu_ctxt.copy_from_slice(image);
+        ctx.flags |= VGCF_I387_VALID;
+        xc.set_vcpu_context(self.vm.domid, self.id, &mut ctx)
+            .map_err(os(self.id))
     }
 
     /// Loads `record` as the vCPU's XSAVE state (with its current CPU record).
@@ -1025,6 +1046,17 @@ impl Vcpu for XenVcpu {
                  not offer (it allows {max:#x})"
             )));
         }
+        if !context::has_xsave(&leaves) {
+            // Without XSAVE in the domain's policy Xen keeps x87 and SSE state only: in the
+            // vCPU context's FXSAVE image.
+            if xstate_bv & !context::XSTATE_FP_SSE != 0 {
+                return Err(invalid(format!(
+                    "XSTATE_BV {xstate_bv:#x}: this domain's CPUID policy has no XSAVE, so \
+                     Xen keeps x87 and SSE state only"
+                )));
+            }
+            return self.set_fxsave_image(&area[..512], "XSAVE area");
+        }
         // The record holds every component the area has state for.
         record.xcr0_accum |= xstate_bv;
         let size = context::xsave_area_size(record.xcr0_accum, &leaves)
@@ -1070,6 +1102,15 @@ impl Vcpu for XenVcpu {
                 "XCR0 {xcr0:#x} enables components this domain's CPUID policy does not offer \
                  (it allows {max:#x})"
             )));
+        }
+        if !context::has_xsave(&leaves) {
+            // XCR0 is 1 for good without XSAVE in the domain's policy (what xcrs() reads).
+            if xcr0 != 1 {
+                return Err(invalid(format!(
+                    "XCR0 {xcr0:#x}: this domain's CPUID policy has no XSAVE, so XCR0 stays 1"
+                )));
+            }
+            return Ok(());
         }
         record.xcr0 = xcr0;
         record.xcr0_accum |= xcr0;

@@ -17,7 +17,7 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-targets=(split_queue packed_queue virtio_blk_request snapshot_reader virtio_net_tx virtio_net_ctrl virtio_balloon device_state mmio_restore kernel_image migration_stream pci_config ioapic_mmio)
+targets=(split_queue packed_queue virtio_blk_request snapshot_reader virtio_net_tx virtio_net_ctrl virtio_balloon device_state mmio_restore kernel_image migration_stream pci_config ioapic_mmio guest_paging)
 cargo +nightly fuzz build -O -a
 
 logs="$(mktemp -d)"

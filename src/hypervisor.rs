@@ -169,10 +169,19 @@ pub struct Capabilities {
     #[serde(default)]
     pub state_writes_mid_io: bool,
     /// A vCPU can be loaded halted (`set_mp_state(MpState::Halted)`), as restoring one
-    /// saved inside `hlt` needs. KVM: yes. Xen: no — its HVM records keep no halted state
-    /// (Xen's own restore wakes such a vCPU after its `hlt`, which the guest never asked
-    /// for), so vmkit refuses; a snapshot with a halted vCPU is refused before anything is
-    /// created ([`MissingCapability::HaltedVcpu`]).
+    /// saved inside `hlt` needs; where it cannot, a snapshot with a halted vCPU is refused
+    /// before anything is created ([`MissingCapability::HaltedVcpu`]). KVM: yes. Xen: yes,
+    /// emulated, since its HVM records keep no halted state (Xen's own restore wakes such
+    /// a vCPU after its `hlt`): the vCPU's first `run()` checks whether an interrupt is
+    /// deliverable to it at once (an event being injected, or with RFLAGS.IF set a vector
+    /// in its local APIC's IRR above the processor priority from the TPR and ISR). If one
+    /// is, it starts where it is and Xen delivers it, as KVM would wake it; if not, `rip`
+    /// goes back onto its `hlt` (the byte before `rip` must be 0xF4, or `run()` fails
+    /// with [`VcpuError::InvalidState`](crate::VcpuError::InvalidState)) and the vCPU halts
+    /// again in Xen. The one difference: an interrupt that becomes pending between that
+    /// check and the vCPU's start (or one held in the PIC) is taken before the
+    /// re-executed `hlt`, so the guest halts again after its handler where KVM would have
+    /// gone on past the `hlt`.
     #[serde(default)]
     pub halted_vcpus: bool,
     /// The CPUID leaves the hypervisor can offer a guest.

@@ -302,7 +302,7 @@ pub(crate) fn set_fpu(image: &mut [u8; 512], fpu: &Fpu) {
 }
 
 /// The MSRs a CPU record holds, in the order [`Hypervisor::msr_index_list`](crate::Hypervisor::msr_index_list) reports them.
-pub(crate) const MSRS: [u32; 15] = [
+pub(crate) const MSRS: [u32; 16] = [
     msr_index::EFER,
     msr_index::STAR,
     msr_index::LSTAR,
@@ -316,9 +316,11 @@ pub(crate) const MSRS: [u32; 15] = [
     MSR_TSC_AUX,
     MSR_FS_BASE,
     MSR_GS_BASE,
-    // Listed last: not in the CPU record but in the MTRR record and the local APIC's.
+    // Listed last: not in the CPU record but in the MTRR record, the local APIC's and the
+    // machine-check record (see `mce`).
     MSR_MTRR_DEF_TYPE,
     MSR_APIC_BASE,
+    super::mce::MSR_MCG_CTL,
 ];
 
 /// MTRRdefType: MTRRs enabled and their default memory type; in the MTRR record.
@@ -691,7 +693,13 @@ mod tests {
     fn msrs_map_to_record_fields() {
         let mut cpu = HvmHwCpu::default();
         for (i, &index) in MSRS.iter().enumerate() {
-            if index == MSR_APIC_BASE || index == MSR_MTRR_DEF_TYPE {
+            if [
+                MSR_APIC_BASE,
+                MSR_MTRR_DEF_TYPE,
+                crate::xen::mce::MSR_MCG_CTL,
+            ]
+            .contains(&index)
+            {
                 assert!(!set_msr(&mut cpu, &Msr { index, data: 1 }));
                 continue;
             }

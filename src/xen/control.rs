@@ -42,14 +42,17 @@ use super::sys::abi::{
     HVM_SAVE_CODE_CPU_XSAVE, IOREQ_TYPE_PIO, SHUTDOWN_POWEROFF, STATE_IOREQ_INPROCESS,
     STATE_IOREQ_NONE, STATE_IOREQ_READY, STATE_IORESP_READY, VGCF_ONLINE, XEN_DOMINF_DYING,
     XEN_DOMINF_SHUTDOWN, XEN_DOMINF_SHUTDOWNMASK, XEN_DOMINF_SHUTDOWNSHIFT,
+    XEN_X86_FPU_INITIALISED,
 };
 use super::vm::{lock, Shutdown, VmShared};
 
 /// What [`VmShared::park`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Parked {
-    /// The vCPU is offline.
-    Offline,
+    /// The vCPU is offline. `blocked`: it was halted in Xen (`hlt` with interrupts
+    /// enabled) when taken offline, and stays so when it comes back online (Xen keeps the
+    /// block: an interrupt ends it).
+    Offline { blocked: bool },
     /// The vCPU waits for an I/O request vmkit has not answered: it cannot run anyway.
     InIo,
     /// The guest had halted the vCPU already.
@@ -128,6 +131,9 @@ pub(crate) enum StateError {
     /// Xen returned a context vmkit cannot parse.
     #[error("Xen returned an unusable HVM context: {0}")]
     Context(String),
+    /// The state asked for cannot be made on Xen.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl VmShared {
@@ -203,7 +209,8 @@ impl VmShared {
             let control = self.control();
             let parked = self.with_paused(&control, |vm| {
                 let info = vm.domain_info()?;
-                let online = vm.is_online(id)?;
+                let vcpu = vm.xc().vcpu_info(vm.domid, id)?;
+                let online = vcpu.online != 0;
                 if shutdown_of(&info).is_some() && online {
                     return Ok(Some(Parked::ShuttingDown));
                 }
@@ -224,7 +231,9 @@ impl VmShared {
                     return Ok(Some(Parked::Halted));
                 }
                 vm.set_online(id, false)?;
-                Ok::<_, XenCallError>(Some(Parked::Offline))
+                Ok::<_, XenCallError>(Some(Parked::Offline {
+                    blocked: vcpu.blocked != 0,
+                }))
             })?;
             drop(control);
             match parked {
@@ -516,6 +525,21 @@ impl VmShared {
             }
         };
         edit(&mut cpu);
+        if let Some(area) = extra
+            .iter()
+            .find(|r| r.typecode == HVM_SAVE_CODE_CPU_XSAVE)
+            .and_then(|r| {
+                r.data
+                    .get(HVM_CPU_XSAVE_HEADER_SIZE..HVM_CPU_XSAVE_HEADER_SIZE + 512)
+            })
+        {
+            // The FPU state is the XSAVE area's, and initialised: a CPU record without
+            // XEN_X86_FPU_INITIALISED leaves Xen's `fpu_initialised` clear, and the next
+            // vCPU context set (`set_online`) would then reset the loaded area to its initial
+            // state (`vcpu_setup_fpu`: XSTATE_BV 0, MXCSR default).
+            cpu.flags |= XEN_X86_FPU_INITIALISED;
+            cpu.fpu_regs.copy_from_slice(area);
+        }
         load.push(Record {
             typecode: HVM_SAVE_CODE_CPU,
             instance: id as u16,

@@ -133,10 +133,15 @@
 //!   returning from `run()`.
 //! - XSAVE state and XCR0 travel in Xen's `CPU_XSAVE` HVM record (standard format; vmkit
 //!   exchanges at least KVM's 4 KiB area), offered when the host has XSAVE. Xen keeps no
-//!   record for a vCPU whose XCR0 was never set: it reads as XCR0 = 1 with its FXSAVE
-//!   image. Every state load carries each vCPU's XSAVE record, since loading a CPU record
-//!   resets the components above SSE; setting registers or the FPU through the vCPU
-//!   context still does.
+//!   record for a vCPU whose XCR0 was never set, nor in a domain whose CPUID policy has no
+//!   XSAVE: it reads as XCR0 = 1 with its FXSAVE image (as KVM reports such a vCPU), and in
+//!   such a domain only that is taken (XCR0 1, x87 and SSE state, set through the image). Every state load carries each vCPU's XSAVE record, since loading a CPU record
+//!   resets the components above SSE, and marks the FPU initialised when it loads an XSAVE
+//!   area (Xen would otherwise reset that area at the next vCPU context set). A vCPU
+//!   context set still resets XSTATE_BV to x87 and SSE (Xen's `vcpu_setup_fpu`): setting
+//!   registers or the FPU, and vmkit's own offline/online moves (a kick, a read of an
+//!   offline vCPU's records), so the components above SSE (AVX's upper halves, PKRU…) of a
+//!   guest that uses them do not survive those.
 //! - vCPU events are the CPU record's `pending_event`: the one event being injected (an
 //!   exception with its error code, an external interrupt, an NMI). The record has no NMI
 //!   pending or masked bit, no interrupt shadow and no SMM, and Xen drops an injected
@@ -155,6 +160,20 @@
 //!   monitor trap flag only; the breakpoints are DR0-DR3 and DR7 of the vCPU's CPU record.
 //!   A debug exit's DR6 is composed by vmkit (BS while single-stepping, B0-B3 for the
 //!   breakpoints at its address), since Xen's event carries none on AMD. PV vCPUs refuse.
+//! - A vCPU loaded halted (`set_mp_state(Halted)`, with the irqchip as on KVM): Xen's HVM
+//!   records have no halted state, so its first `run()` moves `rip` back onto its `hlt`
+//!   (the byte there must be 0xF4) unless an interrupt is deliverable to it at once, and
+//!   the vCPU halts again in Xen; see the `halted` module and
+//!   [`Capabilities::halted_vcpus`] for the one race. `mp_state` reads `Halted` for a vCPU
+//!   the guest halted: offline in Xen (`cli; hlt`), or blocked in Xen (`sti; hlt`) when a
+//!   kick took it out of `run()`.
+//! - Machine checks: Xen's virtual MCE keeps state for two banks per vCPU
+//!   ([`Capabilities::mce_banks`] is 2); `setup_mce` takes 1 or 2 and loads the vCPU's
+//!   `VMCE_VCPU` record with that count and MCG_CTL_P, keeping Xen's vendor bits. MCG_CTL
+//!   reads all ones with MCG_CTL_P (zero without) and takes no other value, MCG_CAP changes
+//!   only through `setup_mce`, and MCG_STATUS is not offered (it is not in the record; see
+//!   the `mce` module). The TSC-deadline timer ([`Capabilities::tsc_deadline_timer`]) is
+//!   Xen's vlapic's, offered when the host has it.
 //! - Exits cost more: every one is a round trip through Xen's scheduler and an event
 //!   channel, and state access goes through domctls.
 //!
@@ -183,12 +202,14 @@ mod control;
 pub(crate) mod debug;
 mod dirtyring;
 mod eoi;
+mod halted;
 mod ioeventfd;
 mod ioreq;
 mod irq;
 mod kick;
 mod libs;
 mod logdirty;
+mod mce;
 mod memory;
 mod memtype;
 mod page;
@@ -302,6 +323,12 @@ impl Xen {
             .iter()
             .any(|e| e.function == 1 && e.index == 0 && e.ecx >> 26 & 1 == 1);
         let amd = amd_nested_paging(&cpuid);
+        // Xen's vlapic emulates the TSC-deadline timer mode (`vlapic.c`: the LVT timer's
+        // mode and MSR_IA32_TSC_DEADLINE), and its HVM policy offers it (CPUID.1:ECX bit 24)
+        // exactly when the host has it (a plain `S` feature, not forced on as x2APIC is).
+        let tsc_deadline_timer = cpuid
+            .iter()
+            .any(|e| e.function == 1 && e.index == 0 && e.ecx >> 24 & 1 == 1);
         let handles = Handles {
             xc,
             dm: DeviceModel::open().map_err(hv_err)?,
@@ -355,8 +382,11 @@ impl Xen {
             // For port writes, which Xen retires at the exit; other accesses in flight
             // still refuse (`VmShared::io_blocks_state_writes`).
             state_writes_mid_io: true,
-            // No halted state in the HVM records (`XenVcpu::set_mp_state`).
-            halted_vcpus: false,
+            // Not in the HVM records: a vCPU loaded halted executes its hlt again (`halted`).
+            halted_vcpus: true,
+            // Xen's virtual MCE keeps state for two banks (see `mce`).
+            mce_banks: u32::from(mce::GUEST_MC_BANKS),
+            tsc_deadline_timer,
             ..Capabilities::default()
         };
         Ok(Xen {

@@ -16,15 +16,18 @@ use std::time::{Duration, Instant};
 
 use super::context::{self, EventRefusal, Record, XsaveRecord};
 use super::control::{same_request, Parked, StateError, Status};
+use super::halted::Resume;
 use super::ioreq::{Exchange, ExitKind, Invalid, Next, RawRequest, Step, MAX_BATCH_BYTES};
 use super::kick::XenKick;
-use super::libs::{Evtchn, XenCallError};
+use super::libs::{Evtchn, PolicySource, XenCallError};
+use super::mce::{self, VmceRecord};
 use super::sys::abi::{
     CpuidLeaf, EvtchnPort, HvmHwCpu, Pod, VcpuGuestContext, FLAT_KERNEL_CS64, FLAT_KERNEL_DS64,
     FLAT_KERNEL_SS64, HVM_LAPIC_REGS_SIZE, HVM_MTRR_DEF_TYPE_OFFSET, HVM_MTRR_SIZE,
     HVM_SAVE_CODE_CPU, HVM_SAVE_CODE_CPU_XSAVE, HVM_SAVE_CODE_LAPIC_REGS, HVM_SAVE_CODE_MTRR,
-    SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT, STATE_IOREQ_INPROCESS, STATE_IOREQ_READY,
-    STATE_IORESP_READY, VGCF_I387_VALID, VGCF_IN_KERNEL,
+    HVM_SAVE_CODE_VMCE_VCPU, HVM_VMCE_VCPU_SIZE, SHUTDOWN_CRASH, SHUTDOWN_POWEROFF,
+    SHUTDOWN_REBOOT, STATE_IOREQ_INPROCESS, STATE_IOREQ_READY, STATE_IORESP_READY, VGCF_I387_VALID,
+    VGCF_IN_KERNEL, XEN_SYSCTL_CPU_POLICY_HVM_DEFAULT,
 };
 use super::vm::{self, DomainKind, Shutdown, VmShared, TRIPLE_FAULT_REASON};
 use super::{cpuid_entry, cpuid_leaf};
@@ -100,6 +103,12 @@ pub struct XenVcpu {
     /// An application processor that has not run yet and waits for INIT and SIPI (see
     /// `new`); `set_mp_state(Runnable)` clears it.
     awaiting_sipi: AtomicBool,
+    /// The vCPU was loaded halted (`set_mp_state(Halted)`) and has not run since: its first
+    /// `run()` makes it halt again (see the `halted` module).
+    load_halted: AtomicBool,
+    /// A kick took the vCPU offline while it was halted in Xen (`hlt` with interrupts
+    /// enabled); it stays halted when it comes back, so its `mp_state` is `Halted`.
+    parked_in_hlt: bool,
     /// The request being served and the exit returned for it last.
     exchange: Option<(Exchange, Option<Step>)>,
     buf: Vec<u8>,
@@ -168,6 +177,8 @@ impl XenVcpu {
             kick,
             phase: Phase::Parked { halted: false },
             awaiting_sipi,
+            load_halted: AtomicBool::new(false),
+            parked_in_hlt: false,
             exchange: None,
             buf: vec![0; MAX_BATCH_BYTES],
             event_data: [0; 4],
@@ -297,6 +308,22 @@ impl XenVcpu {
                 reason: format!("Xen did not return its {HVM_MTRR_SIZE} bytes"),
             }),
         }
+    }
+
+    /// The vCPU's machine-check record (see the `mce` module).
+    fn vmce_record(&self) -> Result<VmceRecord, VcpuError> {
+        let records = self
+            .vm
+            .read_records(self.id, &[(HVM_SAVE_CODE_VMCE_VCPU, HVM_VMCE_VCPU_SIZE)])
+            .map_err(os(self.id))?;
+        records
+            .first()
+            .and_then(|r| VmceRecord::from_bytes(r))
+            .ok_or_else(|| VcpuError::InvalidState {
+                vcpu: self.id,
+                what: "machine-check record",
+                reason: format!("Xen did not return its {HVM_VMCE_VCPU_SIZE} bytes"),
+            })
     }
 
     /// Looks soon: the vCPU was just let go.
@@ -477,7 +504,10 @@ impl XenVcpu {
                     if kicked {
                         // Answered, so the vCPU runs on: stop it before the kick is kept.
                         match self.vm.park(id).map_err(os(id))? {
-                            Parked::Offline => self.phase = Phase::Parked { halted: false },
+                            Parked::Offline { blocked } => {
+                                self.phase = Phase::Parked { halted: false };
+                                self.parked_in_hlt = blocked;
+                            }
                             Parked::Halted => self.phase = Phase::Parked { halted: true },
                             Parked::InIo | Parked::ShuttingDown => {}
                         }
@@ -503,7 +533,10 @@ impl XenVcpu {
                 let parked = self.vm.park(id).map_err(os(id))?;
                 trace!("vCPU {id} kicked: {parked:?}");
                 match parked {
-                    Parked::Offline => self.phase = Phase::Parked { halted: false },
+                    Parked::Offline { blocked } => {
+                        self.phase = Phase::Parked { halted: false };
+                        self.parked_in_hlt = blocked;
+                    }
                     // The request came after all: serve it first, as above.
                     Parked::InIo if !kicked && self.request_ready() => {
                         kicked = true;
@@ -761,14 +794,21 @@ impl XenVcpu {
         if let Some(record) = record {
             return Ok((record, leaves));
         }
-        if !context::has_xsave(&leaves) {
+        // Whether the host has XSAVE: Xen's HVM default policy offers it then.
+        let host = self
+            .vm
+            .xc()
+            .cpuid_policy(PolicySource::System(XEN_SYSCTL_CPU_POLICY_HVM_DEFAULT))
+            .map_err(os(self.id))?;
+        if !context::has_xsave(&host) {
             return Err(VcpuError::Unsupported {
                 vcpu: self.id,
                 op: "XSAVE state",
-                reason: "the host (or this domain's CPUID policy) has no XSAVE \
-                         (Capabilities::xsave is false)",
+                reason: "the host has no XSAVE (Capabilities::xsave is false)",
             });
         }
+        // No record: XCR0 was never set, or this domain's CPUID policy has no XSAVE (Xen
+        // keeps none then; KVM still reports such a vCPU's FPU state as an XSAVE area).
         let ctx = self
             .vm
             .xc()
@@ -785,6 +825,20 @@ impl XenVcpu {
             area,
         };
         Ok((record, leaves))
+    }
+
+    /// Sets the vCPU context's FXSAVE image (x87 and SSE state) to `image` (512 bytes).
+    fn set_fxsave_image(&self, image: &[u8], what: &'static str) -> Result<(), VcpuError> {
+        self.check_idle(what)?;
+        let _control = self.vm.control();
+        let xc = self.vm.xc();
+        let mut ctx = xc
+            .vcpu_context(self.vm.domid, self.id)
+            .map_err(os(self.id))?;
+        ctx.fpu_ctxt.copy_from_slice(image);
+        ctx.flags |= VGCF_I387_VALID;
+        xc.set_vcpu_context(self.vm.domid, self.id, &mut ctx)
+            .map_err(os(self.id))
     }
 
     /// Loads `record` as the vCPU's XSAVE state (with its current CPU record).
@@ -814,6 +868,26 @@ impl XenVcpu {
             }
         })?;
         Ok(all.max(Xsave::LEGACY_SIZE))
+    }
+
+    /// Starts a vCPU loaded halted: at its `hlt` again unless an interrupt is deliverable to
+    /// it (see the `halted` module). Either way it comes online in the next step of `run()`.
+    fn resume_halted(&mut self) -> Result<(), VcpuError> {
+        let resume = self
+            .vm
+            .halted_resume(self.id)
+            .map_err(self.state_error("halted vCPU"))?;
+        trace!("vCPU {} loaded halted: {resume:?}", self.id);
+        if let Resume::Rehalt { rip } = resume {
+            let mut regs = self.regs()?;
+            regs.rip = rip;
+            self.set_regs(&regs)?;
+        }
+        self.load_halted.store(false, Ordering::SeqCst);
+        self.awaiting_sipi.store(false, Ordering::SeqCst);
+        // Online at once, to halt (or take the interrupt) in Xen.
+        self.phase = Phase::Parked { halted: false };
+        Ok(())
     }
 
     /// Refuses to change state Xen would reset an in-flight access of this vCPU with.
@@ -877,6 +951,9 @@ impl Vcpu for XenVcpu {
             self.phase = Phase::Running;
             self.check_soon();
         }
+        if self.load_halted.load(Ordering::SeqCst) {
+            self.resume_halted()?;
+        }
         if self.awaiting_sipi.swap(false, Ordering::SeqCst)
             && self.phase == (Phase::Parked { halted: false })
         {
@@ -890,6 +967,7 @@ impl Vcpu for XenVcpu {
         }
         if let Phase::Parked { .. } = self.phase {
             trace!("vCPU {} unparked", self.id);
+            self.parked_in_hlt = false;
             self.vm.unpark(self.id).map_err(os(self.id))?;
             self.phase = Phase::Running;
             self.check_soon();
@@ -977,6 +1055,10 @@ impl Vcpu for XenVcpu {
             true => Some(self.mtrr_record()?),
             false => None,
         };
+        let vmce = match indices.iter().any(|&i| mce::is_mce_msr(i)) {
+            true => Some(self.vmce_record()?),
+            false => None,
+        };
         indices
             .iter()
             .map(|&index| {
@@ -984,6 +1066,8 @@ impl Vcpu for XenVcpu {
                     Some(apic_base)
                 } else if index == context::MSR_MTRR_DEF_TYPE {
                     mtrr.as_deref().map(mtrr_def_type)
+                } else if let (true, Some(vmce)) = (mce::is_mce_msr(index), &vmce) {
+                    vmce.msr(index)
                 } else {
                     context::msr(&cpu, index)
                 };
@@ -1007,9 +1091,32 @@ impl Vcpu for XenVcpu {
         } else {
             None
         };
+        // MCG_CAP and MCG_CTL are fixed in Xen but for setup_mce (see `mce`): likewise.
+        let vmce = match msrs.iter().any(|m| mce::is_mce_msr(m.index)) {
+            true => Some(self.vmce_record()?),
+            false => None,
+        };
+        if let Some(msr) = msrs
+            .iter()
+            .find(|m| vmce.and_then(|v| v.accepts(m)) == Some(false))
+        {
+            return Err(VcpuError::InvalidState {
+                vcpu: self.id,
+                what: "MSR list",
+                reason: format!(
+                    "MSR {:#x} refused the value {:#x}: Xen's machine-check emulation holds \
+                     {:#x} there (MCG_CTL reads all ones with MCG_CTL_P in MCG_CAP, zero \
+                     without, and ignores writes; MCG_CAP changes only through setup_mce)",
+                    msr.index,
+                    msr.data,
+                    vmce.and_then(|v| v.msr(msr.index)).unwrap_or_default()
+                ),
+            });
+        }
         let msrs: Vec<Msr> = msrs
             .iter()
             .filter(|m| !(m.index == context::MSR_APIC_BASE && Some(m.data) == apic_base))
+            .filter(|m| !mce::is_mce_msr(m.index))
             .copied()
             .collect();
         let in_cpu = |m: &&Msr| m.index != context::MSR_MTRR_DEF_TYPE;
@@ -1164,6 +1271,17 @@ impl Vcpu for XenVcpu {
                  not offer (it allows {max:#x})"
             )));
         }
+        if !context::has_xsave(&leaves) {
+            // Without XSAVE in the domain's policy Xen keeps x87 and SSE state only: in the
+            // vCPU context's FXSAVE image.
+            if xstate_bv & !context::XSTATE_FP_SSE != 0 {
+                return Err(invalid(format!(
+                    "XSTATE_BV {xstate_bv:#x}: this domain's CPUID policy has no XSAVE, so \
+                     Xen keeps x87 and SSE state only"
+                )));
+            }
+            return self.set_fxsave_image(&area[..512], "XSAVE area");
+        }
         // The record holds every component the area has state for.
         record.xcr0_accum |= xstate_bv;
         let size = context::xsave_area_size(record.xcr0_accum, &leaves)
@@ -1209,6 +1327,15 @@ impl Vcpu for XenVcpu {
                 "XCR0 {xcr0:#x} enables components this domain's CPUID policy does not offer \
                  (it allows {max:#x})"
             )));
+        }
+        if !context::has_xsave(&leaves) {
+            // XCR0 is 1 for good without XSAVE in the domain's policy (what xcrs() reads).
+            if xcr0 != 1 {
+                return Err(invalid(format!(
+                    "XCR0 {xcr0:#x}: this domain's CPUID policy has no XSAVE, so XCR0 stays 1"
+                )));
+            }
+            return Ok(());
         }
         record.xcr0 = xcr0;
         record.xcr0_accum |= xcr0;
@@ -1296,12 +1423,46 @@ impl Vcpu for XenVcpu {
         Ok(())
     }
 
+    fn setup_mce(&self, banks: u8) -> Result<(), VcpuError> {
+        self.require_pvh("machine-check banks")?;
+        if banks == 0 || banks > mce::GUEST_MC_BANKS {
+            return Err(VcpuError::InvalidState {
+                vcpu: self.id,
+                what: "machine-check bank count",
+                reason: format!(
+                    "{banks} banks requested; Xen's machine-check emulation keeps state for \
+                     1 to {} (GUEST_MC_BANK_NUM)",
+                    mce::GUEST_MC_BANKS
+                ),
+            });
+        }
+        self.check_idle("machine-check banks")?;
+        let record = self.vmce_record()?.with_banks(banks);
+        self.vm
+            .edit_cpu(
+                self.id,
+                |_| {},
+                &[Record {
+                    typecode: HVM_SAVE_CODE_VMCE_VCPU,
+                    instance: self.id as u16,
+                    data: record.to_bytes(),
+                }],
+            )
+            .map_err(self.state_error("machine-check banks"))
+    }
+
     fn mp_state(&self) -> Result<MpState, VcpuError> {
         if self.awaiting_sipi.load(Ordering::SeqCst) {
             return Ok(MpState::Uninitialized);
         }
+        if self.load_halted.load(Ordering::SeqCst) {
+            return Ok(MpState::Halted);
+        }
+        // Halted by the guest: offline in Xen (`hlt` with interrupts disabled), or blocked
+        // in Xen when a kick took it offline. A vCPU inside run() reads as runnable.
         Ok(match self.phase {
             Phase::Parked { halted: true } => MpState::Halted,
+            Phase::Parked { halted: false } if self.parked_in_hlt => MpState::Halted,
             _ => MpState::Runnable,
         })
     }
@@ -1310,6 +1471,14 @@ impl Vcpu for XenVcpu {
         match state {
             MpState::Runnable => {
                 self.awaiting_sipi.store(false, Ordering::SeqCst);
+                self.load_halted.store(false, Ordering::SeqCst);
+                Ok(())
+            }
+            // As on KVM, only with the irqchip (its local APIC wakes the vCPU); see the
+            // `halted` module for how Xen is made to keep it halted.
+            MpState::Halted if self.vm.config.irqchip && self.vm.kind() == DomainKind::Pvh => {
+                self.awaiting_sipi.store(false, Ordering::SeqCst);
+                self.load_halted.store(true, Ordering::SeqCst);
                 Ok(())
             }
             // Back to waiting for INIT and SIPI, as long as it has not run.
@@ -1321,8 +1490,9 @@ impl Vcpu for XenVcpu {
             }
             _ => Err(VcpuError::Unsupported {
                 vcpu: self.id,
-                op: "a multiprocessing state other than runnable",
-                reason: "a Xen vCPU is runnable whenever its thread is in run()",
+                op: "this multiprocessing state",
+                reason: "a Xen vCPU can be set runnable, halted (with the irqchip) or, before \
+                         it first runs, waiting for INIT and SIPI (with the irqchip)",
             }),
         }
     }

@@ -5,7 +5,7 @@ use vmkit::Hypervisor;
 
 use crate::common::{long_mode_vm, long_mode_vm_with, next_exit, CODE_ADDR};
 use vmkit::arch::x86_64::{msr_index, LapicState, MpState, Msr, VcpuEventField, Xcr};
-use vmkit::{HypervisorKind, VcpuError, VcpuExit, VmConfig};
+use vmkit::{VcpuError, VcpuExit, VmConfig};
 use vmkit_guests::snippets::{self, HLT};
 
 pub fn general_registers_reach_the_guest_and_come_back(hv: &dyn Hypervisor) {
@@ -288,14 +288,12 @@ pub fn events_and_mp_state_round_trip(hv: &dyn Hypervisor) {
 
     let t = long_mode_vm_with(hv, VmConfig::default().irqchip(true), HLT);
     assert_eq!(t.vcpu.mp_state().unwrap(), MpState::Runnable);
-    match t.vcpu.set_mp_state(MpState::Halted) {
-        Ok(()) => assert_eq!(t.vcpu.mp_state().unwrap(), MpState::Halted),
-        // A Xen vCPU is runnable whenever its thread is in run().
-        Err(VcpuError::Unsupported { .. }) if hv.kind() == HypervisorKind::Xen => {
-            t.vcpu.set_mp_state(MpState::Runnable).unwrap();
-        }
-        Err(err) => panic!("{err}"),
-    }
+    // Every backend loads a halted vCPU (Xen by emulation: Capabilities::halted_vcpus).
+    assert!(hv.capabilities().halted_vcpus);
+    t.vcpu.set_mp_state(MpState::Halted).unwrap();
+    assert_eq!(t.vcpu.mp_state().unwrap(), MpState::Halted);
+    t.vcpu.set_mp_state(MpState::Runnable).unwrap();
+    assert_eq!(t.vcpu.mp_state().unwrap(), MpState::Runnable);
 }
 
 pub fn supported_cpuid_has_the_basic_leaves(hv: &dyn Hypervisor) {

@@ -8,6 +8,7 @@ mod fpu;
 mod irqchip;
 mod lapic;
 mod msr;
+mod paging;
 mod regs;
 
 pub use cpuid::CpuidEntry;
@@ -19,6 +20,7 @@ pub use fpu::{Fpu, Xcr, Xsave};
 pub use irqchip::{IoapicState, IrqchipState, PicState, PitChannel, PitState};
 pub use lapic::LapicState;
 pub use msr::{msr_index, Msr};
+pub use paging::Paging;
 pub use regs::{DescriptorTable, Regs, Segment, SpecialRegs};
 
 /// Serializes fixed-size byte arrays longer than serde's built-in 32 as byte strings, and

@@ -523,6 +523,11 @@ pub const HVM_MTRR_SIZE: usize = 240;
 /// Byte offset of `msr_mtrr_def_type` in `struct hvm_hw_mtrr`.
 pub const HVM_MTRR_DEF_TYPE_OFFSET: usize = 232;
 
+/// `HVM_SAVE_CODE(VMCE_VCPU)`: a vCPU's virtual machine-check state (`struct hvm_vmce_vcpu`).
+pub const HVM_SAVE_CODE_VMCE_VCPU: u16 = 18;
+/// `struct hvm_vmce_vcpu`: MCG_CAP, MCi_CTL2 of banks 0 and 1, MCG_EXT_CTL, 64 bits each.
+pub const HVM_VMCE_VCPU_SIZE: usize = 32;
+
 // --- ioreq servers (xen/hvm/ioreq.h, xen/hvm/hvm_op.h, xen/memory.h) ---
 
 pub const HVM_IOREQSRV_BUFIOREQ_OFF: i32 = 0;

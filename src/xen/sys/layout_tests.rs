@@ -255,6 +255,8 @@ fn checks() -> Vec<Check> {
         "offsetof(struct hvm_hw_mtrr, msr_mtrr_def_type)",
         HVM_MTRR_DEF_TYPE_OFFSET
     );
+    constant!(c, "HVM_SAVE_CODE(VMCE_VCPU)", HVM_SAVE_CODE_VMCE_VCPU);
+    constant!(c, "HVM_SAVE_LENGTH(VMCE_VCPU)", HVM_VMCE_VCPU_SIZE);
     constant!(c, "XEN_X86_FPU_INITIALISED", XEN_X86_FPU_INITIALISED);
     size!(c, "struct hvm_save_descriptor", HvmSaveDescriptor);
     offsets!(

@@ -408,6 +408,20 @@ impl XsaveRecord {
         })
     }
 
+    /// Puts `image` (an FXSAVE image, 512 bytes) into the area's legacy region as the x87
+    /// and SSE state, marking them in XSTATE_BV (as far as `xcr0_accum` allows) so a load
+    /// takes them rather than their initial state.
+    pub(crate) fn set_fxsave_image(&mut self, image: &[u8]) {
+        let n = image.len().min(512).min(self.area.len());
+        self.area[..n].copy_from_slice(&image[..n]);
+        if let Some(bv) = self.area.get_mut(XSTATE_BV..XSTATE_BV + 8) {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(bv);
+            let marked = u64::from_le_bytes(v) | XSTATE_FP_SSE & self.xcr0_accum;
+            bv.copy_from_slice(&marked.to_le_bytes());
+        }
+    }
+
     /// The record's bytes.
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(HVM_CPU_XSAVE_HEADER_SIZE + self.area.len());
@@ -743,6 +757,29 @@ mod tests {
         bad.truncate(buf.len() - 20);
         assert!(matches!(parse(&bad), Err(ContextError::Truncated { .. })));
         assert_eq!(parse(&buf[32..]), Err(ContextError::NoHeader));
+    }
+
+    #[test]
+    fn an_fxsave_image_goes_into_the_legacy_region_keeping_the_upper_components() {
+        let mut area = vec![0u8; 832];
+        // AVX only: x87 and SSE in their initial state.
+        area[XSTATE_BV] = 0b100;
+        area[576] = 0xaa;
+        let mut record = XsaveRecord {
+            xfeature_mask: 0x7,
+            xcr0: 0x7,
+            xcr0_accum: 0x7,
+            area,
+        };
+        record.set_fxsave_image(&[0x55; 512]);
+        assert!(record.area[..512].iter().all(|&b| b == 0x55));
+        assert_eq!(xstate_bv(&record.area), 0b111);
+        assert_eq!(record.area[576], 0xaa);
+        // SSE never enabled: only x87 is marked.
+        record.xcr0_accum = 0x1;
+        record.area[XSTATE_BV] = 0;
+        record.set_fxsave_image(&[0x11; 512]);
+        assert_eq!(xstate_bv(&record.area), 0b1);
     }
 
     #[test]

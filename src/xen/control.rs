@@ -33,16 +33,17 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
+use std::sync::MutexGuard;
 
 use super::context::{self, Record, XsaveRecord};
 use super::ioreq::RawRequest;
 use super::libs::{PolicySource, XenCallError};
 use super::sys::abi::{
-    CpuidLeaf, DomainInfo, HvmHwCpu, Pod, HVM_CPU_XSAVE_HEADER_SIZE, HVM_SAVE_CODE_CPU,
-    HVM_SAVE_CODE_CPU_XSAVE, IOREQ_TYPE_PIO, SHUTDOWN_POWEROFF, STATE_IOREQ_INPROCESS,
-    STATE_IOREQ_NONE, STATE_IOREQ_READY, STATE_IORESP_READY, VGCF_ONLINE, XEN_DOMINF_DYING,
-    XEN_DOMINF_SHUTDOWN, XEN_DOMINF_SHUTDOWNMASK, XEN_DOMINF_SHUTDOWNSHIFT,
-    XEN_X86_FPU_INITIALISED,
+    CpuidLeaf, DomainInfo, HvmHwCpu, Pod, VcpuGuestContext, HVM_CPU_XSAVE_HEADER_SIZE,
+    HVM_SAVE_CODE_CPU, HVM_SAVE_CODE_CPU_XSAVE, IOREQ_TYPE_PIO, SHUTDOWN_POWEROFF,
+    STATE_IOREQ_INPROCESS, STATE_IOREQ_NONE, STATE_IOREQ_READY, STATE_IORESP_READY,
+    VGCF_I387_VALID, VGCF_ONLINE, XEN_DOMINF_DYING, XEN_DOMINF_SHUTDOWN, XEN_DOMINF_SHUTDOWNMASK,
+    XEN_DOMINF_SHUTDOWNSHIFT, XEN_X86_FPU_INITIALISED,
 };
 use super::vm::{lock, Shutdown, VmShared};
 
@@ -136,6 +137,20 @@ pub(crate) enum StateError {
     Refused(String),
 }
 
+impl From<StateError> for XenCallError {
+    /// A state error where only a Xen call's is expected (the offline and online moves,
+    /// which now also keep XSAVE state).
+    fn from(err: StateError) -> Self {
+        match err {
+            StateError::Xen(err) => err,
+            other => XenCallError {
+                op: "keeping a vCPU's XSAVE state across a vCPU context set",
+                source: io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
 impl VmShared {
     /// Whether Xen has vCPU `id` online.
     pub(crate) fn is_online(&self, id: u32) -> Result<bool, XenCallError> {
@@ -151,9 +166,10 @@ impl VmShared {
         self.xc().hvm_context(self.domid).map(drop)
     }
 
-    /// Takes vCPU `id` offline or brings it online, keeping its registers (the domain must
-    /// be paused, or the vCPU offline already when bringing it online).
-    pub(crate) fn set_online(&self, id: u32, online: bool) -> Result<(), XenCallError> {
+    /// Takes vCPU `id` offline or brings it online, keeping its registers and XSAVE state
+    /// (see [`Self::set_context`]). The caller holds the control lock and has paused the
+    /// domain.
+    pub(crate) fn set_online(&self, id: u32, online: bool) -> Result<(), StateError> {
         let mut ctx = self.xc().vcpu_context(self.domid, id)?;
         trace!(
             "d{} vCPU {id}: online -> {online}, rip {:#x}",
@@ -165,7 +181,89 @@ impl VmShared {
         } else {
             ctx.flags &= !VGCF_ONLINE;
         }
-        self.xc().set_vcpu_context(self.domid, id, &mut ctx)
+        match self.xsave_policy()? {
+            // There already: a context set would only cost a load (which a vCPU in the
+            // middle of an I/O access refuses).
+            Some(_) if self.is_online(id)? == online => Ok(()),
+            Some(leaves) => self.set_context_keeping_xsave(id, &mut ctx, &leaves),
+            None => Ok(self.xc().set_vcpu_context(self.domid, id, &mut ctx)?),
+        }
+    }
+
+    /// The domain's CPUID policy if a vCPU context set can lose XSAVE state: a PVH domain
+    /// whose policy has XSAVE. `None` otherwise (nothing to keep).
+    fn xsave_policy(&self) -> Result<Option<Vec<CpuidLeaf>>, XenCallError> {
+        if self.hvm.is_none() {
+            return Ok(None);
+        }
+        let leaves = self.xc().cpuid_policy(PolicySource::Domain(self.domid))?;
+        Ok(context::has_xsave(&leaves).then_some(leaves))
+    }
+
+    /// Sets vCPU `id`'s context (`xc_vcpu_setcontext`) to `ctx`, keeping its XSAVE state.
+    /// Xen's context set resets XSTATE_BV to x87 and SSE (`vcpu_setup_fpu`), dropping the
+    /// components above SSE (AVX's upper halves, PKRU…); in a domain whose CPUID policy has
+    /// XSAVE the vCPU's XSAVE record is read before and loaded back after (pausing the
+    /// domain for that), with the x87 and SSE state of `ctx`. `control` is the control lock,
+    /// which the caller holds.
+    pub(crate) fn set_context(
+        &self,
+        control: &MutexGuard<'_, Control>,
+        id: u32,
+        ctx: &mut VcpuGuestContext,
+    ) -> Result<(), StateError> {
+        match self.xsave_policy()? {
+            Some(leaves) => {
+                self.with_paused(control, |vm| vm.set_context_keeping_xsave(id, ctx, &leaves))
+            }
+            None => Ok(self.xc().set_vcpu_context(self.domid, id, ctx)?),
+        }
+    }
+
+    /// [`Self::set_context`] in a domain whose CPUID policy (`leaves`) has XSAVE. The vCPU's
+    /// XSAVE record is read before the set, or, if vmkit took it offline, is the record kept
+    /// then (that set reset Xen's). The record is loaded back if the vCPU is online after the set,
+    /// and kept for its next online move otherwise (a load would bring it online). The
+    /// caller holds the control lock and has paused the domain.
+    fn set_context_keeping_xsave(
+        &self,
+        id: u32,
+        ctx: &mut VcpuGuestContext,
+        leaves: &[CpuidLeaf],
+    ) -> Result<(), StateError> {
+        let stashed = match self.is_online(id)? {
+            true => None,
+            false => lock(&self.offline_xsave)
+                .get_mut(id as usize)
+                .and_then(Option::take),
+        };
+        // Not taken offline by vmkit (online, or halted by the guest, which sets no
+        // context): Xen's record is the state, readable online or not.
+        let kept = match stashed {
+            Some(record) => Some(record),
+            None => self.xsave_record(id, leaves)?,
+        };
+        self.xc().set_vcpu_context(self.domid, id, ctx)?;
+        let Some(mut kept) = kept else {
+            // Xen keeps no record (XCR0 never set): nothing above SSE to keep.
+            return Ok(());
+        };
+        if ctx.flags & VGCF_I387_VALID != 0 {
+            // The x87 and SSE state are those just set.
+            kept.set_fxsave_image(&ctx.fpu_ctxt);
+        }
+        if ctx.flags & VGCF_ONLINE == 0 {
+            if let Some(slot) = lock(&self.offline_xsave).get_mut(id as usize) {
+                *slot = Some(kept);
+            }
+            return Ok(());
+        }
+        let record = Record {
+            typecode: HVM_SAVE_CODE_CPU_XSAVE,
+            instance: id as u16,
+            data: kept.to_bytes(),
+        };
+        self.load_records(id, None, |_| {}, &[record])
     }
 
     /// If the domain is shut down only because every vCPU went offline (see the module
@@ -311,6 +409,11 @@ impl VmShared {
             let leaves = vm.xc().cpuid_policy(PolicySource::Domain(vm.domid))?;
             let online = vm.is_online(id)?;
             if !online {
+                // The record kept when vmkit took the vCPU offline is its state.
+                let kept = lock(&vm.offline_xsave).get(id as usize).cloned().flatten();
+                if kept.is_some() {
+                    return Ok((kept, leaves));
+                }
                 vm.set_online(id, true)?;
             }
             let record = vm.xsave_record(id, &leaves);

@@ -138,10 +138,14 @@
 //!   such a domain only that is taken (XCR0 1, x87 and SSE state, set through the image). Every state load carries each vCPU's XSAVE record, since loading a CPU record
 //!   resets the components above SSE, and marks the FPU initialised when it loads an XSAVE
 //!   area (Xen would otherwise reset that area at the next vCPU context set). A vCPU
-//!   context set still resets XSTATE_BV to x87 and SSE (Xen's `vcpu_setup_fpu`): setting
-//!   registers or the FPU, and vmkit's own offline/online moves (a kick, a read of an
-//!   offline vCPU's records), so the components above SSE (AVX's upper halves, PKRU…) of a
-//!   guest that uses them do not survive those.
+//!   context set (`xc_vcpu_setcontext`) also resets XSTATE_BV to x87 and SSE (Xen's
+//!   `vcpu_setup_fpu`, which nothing in the call skips): setting registers or the FPU,
+//!   single-stepping, and vmkit's own offline/online moves (a kick, a read of an offline
+//!   vCPU's records) are context sets. In a domain whose CPUID policy has XSAVE, vmkit
+//!   therefore reads the vCPU's XSAVE record before each one and loads it back after (the
+//!   domain paused; with the x87 and SSE state just set), and keeps the record of a vCPU it
+//!   takes offline until the vCPU comes back online (an XSAVE read of it returns that
+//!   record). That costs a record read and a load per context set, in such domains only.
 //! - vCPU events are the CPU record's `pending_event`: the one event being injected (an
 //!   exception with its error code, an external interrupt, an NMI). The record has no NMI
 //!   pending or masked bit, no interrupt shadow and no SMM, and Xen drops an injected

@@ -624,7 +624,7 @@ impl XenVcpu {
         if debug.single_step == on {
             return Ok(());
         }
-        let _control = self.vm.control();
+        let control = self.vm.control();
         let xc = self.vm.xc();
         let mut ctx = xc
             .vcpu_context(self.vm.domid, self.id)
@@ -636,8 +636,9 @@ impl XenVcpu {
         } else {
             ctx.user_regs.rflags = rflags & !RFLAGS_TF | guest_tf(debug);
         }
-        xc.set_vcpu_context(self.vm.domid, self.id, &mut ctx)
-            .map_err(os(self.id))?;
+        self.vm
+            .set_context(&control, self.id, &mut ctx)
+            .map_err(self.state_error("single-stepping"))?;
         debug.single_step = on;
         Ok(())
     }
@@ -998,7 +999,7 @@ impl Vcpu for XenVcpu {
     fn set_regs(&self, regs: &Regs) -> Result<(), VcpuError> {
         self.check_idle("registers")?;
         let mut debug = lock_debug(&self.debug);
-        let _control = self.vm.control();
+        let control = self.vm.control();
         let xc = self.vm.xc();
         let mut ctx = xc
             .vcpu_context(self.vm.domid, self.id)
@@ -1009,8 +1010,9 @@ impl Vcpu for XenVcpu {
             debug.guest_tf = regs.rflags & RFLAGS_TF != 0;
             ctx.user_regs.rflags |= RFLAGS_TF;
         }
-        xc.set_vcpu_context(self.vm.domid, self.id, &mut ctx)
-            .map_err(os(self.id))
+        self.vm
+            .set_context(&control, self.id, &mut ctx)
+            .map_err(self.state_error("registers"))
     }
 
     fn sregs(&self) -> Result<SpecialRegs, VcpuError> {
@@ -1037,15 +1039,16 @@ impl Vcpu for XenVcpu {
 
     fn set_fpu(&self, fpu: &Fpu) -> Result<(), VcpuError> {
         self.check_idle("FPU state")?;
-        let _control = self.vm.control();
+        let control = self.vm.control();
         let xc = self.vm.xc();
         let mut ctx = xc
             .vcpu_context(self.vm.domid, self.id)
             .map_err(os(self.id))?;
         context::set_fpu(&mut ctx.fpu_ctxt, fpu);
         ctx.flags |= VGCF_I387_VALID;
-        xc.set_vcpu_context(self.vm.domid, self.id, &mut ctx)
-            .map_err(os(self.id))
+        self.vm
+            .set_context(&control, self.id, &mut ctx)
+            .map_err(self.state_error("FPU state"))
     }
 
     fn msrs(&self, indices: &[u32]) -> Result<Vec<Msr>, VcpuError> {

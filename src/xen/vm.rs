@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::clock::{self, ClockBase};
-use super::context::{self, Record};
+use super::context::{self, Record, XsaveRecord};
 use super::control::{Control, Replay, StateError};
 use super::ioeventfd::IoEventFds;
 use super::irq::Interrupts;
@@ -102,6 +102,10 @@ pub(crate) struct VmShared {
     /// The monitor ring that reports debug exceptions, once a vCPU debugs (locked before
     /// `regions`).
     monitor: Mutex<Option<Arc<super::debug::Monitor>>>,
+    /// Per vCPU: the XSAVE record of a vCPU vmkit took offline, loaded back when it comes
+    /// online (a vCPU context set resets the components above SSE; see
+    /// `VmShared::set_context`). Locked with the control lock held.
+    pub(crate) offline_xsave: Mutex<Vec<Option<XsaveRecord>>>,
 }
 
 /// A Xen VM: a PVH domain with vmkit as its device model.
@@ -251,6 +255,7 @@ impl XenVm {
                 pv_frames: Mutex::new(BTreeMap::new()),
                 answered: (0..config.max_vcpus).map(|_| AtomicU64::new(0)).collect(),
                 replays: Mutex::new(vec![None; config.max_vcpus as usize]),
+                offline_xsave: Mutex::new(vec![None; config.max_vcpus as usize]),
                 protected: Mutex::default(),
                 control: Mutex::new(Control {
                     started: false,

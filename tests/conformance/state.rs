@@ -6,7 +6,7 @@ use vmkit::Hypervisor;
 use crate::common::{long_mode_vm, long_mode_vm_with, next_exit, CODE_ADDR};
 use vmkit::arch::x86_64::{msr_index, LapicState, MpState, Msr, VcpuEventField, Xcr};
 use vmkit::{VcpuError, VcpuExit, VmConfig};
-use vmkit_guests::snippets::{self, HLT};
+use vmkit_guests::snippets::{self, HLT, SPIN};
 
 pub fn general_registers_reach_the_guest_and_come_back(hv: &dyn Hypervisor) {
     // add rax, rbx; mov rcx, 0x1122334455667788; hlt
@@ -221,6 +221,91 @@ pub fn xsave_and_xcrs_round_trip(hv: &dyn Hypervisor) {
     assert!(err.to_string().contains("400 bytes given"), "{err}");
 }
 
+/// AVX state (a YMM register's upper half) set through `set_xsave` survives what else
+/// writes the vCPU: setting its registers or FPU state, and kick-and-run cycles (on Xen
+/// each of these is a vCPU context set, which resets XSTATE_BV to x87 and SSE).
+pub fn avx_state_survives_set_regs_set_fpu_and_kicks(hv: &dyn Hypervisor) {
+    let cpuid = hv.supported_cpuid();
+    let leaf = |function: u32, index: u32| {
+        cpuid
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+    };
+    // XCR0 may enable AVX (leaf 0xd EAX bit 2); its area offset is leaf 0xd sub-leaf 2 EBX.
+    let avx_offset = match (leaf(0xd, 0), leaf(0xd, 2)) {
+        (Some(max), Some(avx)) if max.eax & 0b100 != 0 => avx.ebx as usize,
+        _ => {
+            println!("(no AVX in this host's XSAVE: nothing to check)");
+            return;
+        }
+    };
+    let mut t = long_mode_vm(hv, SPIN);
+    t.vcpu
+        .set_xcrs(&[Xcr {
+            index: 0,
+            value: 0b111,
+        }])
+        .unwrap();
+    let mut xsave = t.vcpu.xsave().unwrap();
+    assert!(xsave.region.len() * 4 >= avx_offset + 256);
+    // XMM0 (legacy area byte 160) and YMM0's upper half (the AVX area's first 16 bytes).
+    let xmm0 = 160 / 4;
+    let ymm0_high = avx_offset / 4;
+    xsave.region[xmm0..xmm0 + 4].copy_from_slice(&[1, 2, 3, 4]);
+    xsave.region[ymm0_high..ymm0_high + 4].copy_from_slice(&[5, 6, 7, 8]);
+    // XSTATE_BV marks SSE and AVX state as present.
+    xsave.region[512 / 4] |= 0b110;
+    t.vcpu.set_xsave(&xsave).unwrap();
+    let check = |vcpu: &dyn vmkit::Vcpu, after: &str| {
+        let back = vcpu.xsave().unwrap();
+        assert_eq!(
+            back.region[xmm0..xmm0 + 4],
+            [1, 2, 3, 4],
+            "XMM0 after {after}"
+        );
+        assert_eq!(
+            back.region[ymm0_high..ymm0_high + 4],
+            [5, 6, 7, 8],
+            "YMM0's upper half after {after}"
+        );
+        assert_ne!(
+            back.region[512 / 4] & 0b100,
+            0,
+            "XSTATE_BV's AVX bit after {after}"
+        );
+    };
+    check(t.vcpu.as_ref(), "set_xsave");
+
+    let regs = t.vcpu.regs().unwrap();
+    t.vcpu.set_regs(&regs).unwrap();
+    check(t.vcpu.as_ref(), "set_regs");
+    let fpu = t.vcpu.fpu().unwrap();
+    t.vcpu.set_fpu(&fpu).unwrap();
+    check(t.vcpu.as_ref(), "set_fpu");
+
+    // The guest spins (touching no vector state); each cycle runs it and kicks it.
+    for cycle in 1..=2 {
+        let kick = t.vcpu.kick_handle();
+        let kicker = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            kick.kick();
+        });
+        loop {
+            match t.vcpu.run().unwrap() {
+                VcpuExit::Kicked => break,
+                VcpuExit::Interrupted => continue,
+                exit => panic!("the guest spins, yet exited: {exit:?}"),
+            }
+        }
+        kicker.join().unwrap();
+        check(t.vcpu.as_ref(), &format!("kick-and-run cycle {cycle}"));
+    }
+    // And once more with registers set while the vCPU is parked by a kick.
+    let regs = t.vcpu.regs().unwrap();
+    t.vcpu.set_regs(&regs).unwrap();
+    check(t.vcpu.as_ref(), "set_regs after a kick");
+}
+
 pub fn events_and_mp_state_round_trip(hv: &dyn Hypervisor) {
     let fields = hv.capabilities().vcpu_event_fields;
     let t = long_mode_vm(hv, HLT);
@@ -311,6 +396,7 @@ crate::scenarios![
     cpuid_set_is_what_the_guest_executes,
     lapic_needs_an_irqchip_and_round_trips_with_one => crate::irqchip,
     xsave_and_xcrs_round_trip => crate::xsave,
+    avx_state_survives_set_regs_set_fpu_and_kicks => crate::xsave,
     events_and_mp_state_round_trip => crate::vcpu_events,
     supported_cpuid_has_the_basic_leaves,
 ];

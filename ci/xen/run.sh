@@ -10,11 +10,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cd "$repo"
 assets=${VMKIT_XEN_ASSETS:-$repo/target/harness/xen}
-timeout_s=${VMKIT_XEN_TIMEOUT:-900}
+timeout_s=${VMKIT_XEN_TIMEOUT:-1500}
 test_timeout=${VMKIT_XEN_TEST_TIMEOUT:-600}
-qemu_mem=${VMKIT_XEN_MEM:-2048}
+qemu_mem=${VMKIT_XEN_MEM:-2560}
 qemu_smp=${VMKIT_XEN_SMP:-2}
-dom0_mem=${VMKIT_XEN_DOM0_MEM:-512M}
+# dom0's root file system is its initramfs, in its memory: the test binaries, two Linux
+# initramfs images, the kernel, the guests' disk and the snapshots the tests write.
+dom0_mem=${VMKIT_XEN_DOM0_MEM:-768M}
 log=${VMKIT_XEN_LOG:-$assets/console.log}
 
 total_start=$SECONDS

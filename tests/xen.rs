@@ -818,7 +818,14 @@ fn a_pv_guest_runs_to_its_shutdown_hypercall() {
 /// loads for a guest never fires there. Rewriting DR7 from inside the guest arms it; and
 /// since TCG keeps what it armed, for every guest after this one, until DR7 is written
 /// again, the guest disarms it before its `hlt` (the test moves it past the breakpoint).
+///
+/// Ignored by default: TCG arms the breakpoint on the emulated CPU the guest's `mov` ran on,
+/// and when Xen moves the vCPU to the other one before the disarming `mov`, the breakpoint
+/// stays armed there. In one CI run the next minimal kernel, whose code sits at the same
+/// address (0x100018), took the #DB and triple-faulted. Run it by hand, alone:
+/// `VMKIT_XEN_BINS="xen=…:--ignored,a_hardware_breakpoint" ci/xen/run.sh`.
 #[test]
+#[ignore = "arms a breakpoint in QEMU's TCG that can outlive the test and fault later guests"]
 fn a_hardware_breakpoint_stops_the_guest_before_the_instruction() {
     let Some(xen) = xen("a_hardware_breakpoint_stops_the_guest_before_the_instruction") else {
         return;

@@ -185,11 +185,14 @@ pub(crate) fn map(
     ))
 }
 
-/// Copies every page of `from` that is not all zeroes to the same offset in `to` (fresh
-/// guest frames are zeroed by Xen, so zero pages need no copy). Pages of an anonymous
-/// mapping that were never touched are not even read (`mincore`), which keeps adding a
-/// large fresh region cheap.
-pub(crate) fn copy_nonzero(from: &GuestRegionMmap, to: &GuestRegionMmap) {
+/// Makes `to` hold what `from` holds: every page of `from` that is not all zeroes is
+/// copied; with `to_is_stale` (fresh guest frames) every other page of `to` is zeroed, and
+/// without (a zeroed mapping of this process) left alone. Fresh guest frames are not zero: Xen does
+/// not scrub what it allocates to a domain that has not run yet (that is the toolstack's
+/// job), so they may hold an earlier, destroyed domain's data (seen as a pool VM built from
+/// a snapshot reading bytes its template does not have). Pages of an anonymous mapping that
+/// were never touched are not read (`mincore`), only zeroed in `to`.
+pub(crate) fn copy_region(from: &GuestRegionMmap, to: &GuestRegionMmap, to_is_stale: bool) {
     const CHUNK: usize = 64 * 1024;
     let len = from.len().min(to.len()) as usize;
     let anonymous = from.file_offset().is_none();
@@ -206,6 +209,11 @@ pub(crate) fn copy_nonzero(from: &GuestRegionMmap, to: &GuestRegionMmap) {
             // page aligned, and `resident` has a byte for each of its `pages` pages.
             let rc = unsafe { libc::mincore(start.cast(), n, resident.as_mut_ptr()) };
             if rc == 0 && resident[..pages].iter().all(|&r| r & 1 == 0) {
+                if to_is_stale {
+                    let zeros = &mut buf[..n];
+                    zeros.fill(0);
+                    let _ = to.write_slice(zeros, MemoryRegionAddress(offset as u64));
+                }
                 offset += n;
                 continue;
             }
@@ -218,10 +226,15 @@ pub(crate) fn copy_nonzero(from: &GuestRegionMmap, to: &GuestRegionMmap) {
         {
             break;
         }
-        for (i, page) in chunk.chunks(PAGE_SIZE).enumerate() {
-            if page.iter().any(|&b| b != 0) {
-                let at = MemoryRegionAddress((offset + i * PAGE_SIZE) as u64);
-                let _ = to.write_slice(page, at);
+        if to_is_stale {
+            // Every page goes over, zero or not: the frames under `to` may hold stale data.
+            let _ = to.write_slice(chunk, MemoryRegionAddress(offset as u64));
+        } else {
+            for (i, page) in chunk.chunks(PAGE_SIZE).enumerate() {
+                if page.iter().any(|&b| b != 0) {
+                    let at = MemoryRegionAddress((offset + i * PAGE_SIZE) as u64);
+                    let _ = to.write_slice(page, at);
+                }
             }
         }
         offset += n;

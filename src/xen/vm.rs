@@ -728,7 +728,8 @@ impl Vm for XenVm {
                 ));
             }
         };
-        ram::copy_nonzero(region.mapping(), &mapping);
+        // Xen's fresh frames may hold an earlier domain's data: every page is written.
+        ram::copy_region(region.mapping(), &mapping, true);
         if let Some(server) = shared.server() {
             let mut protected = lock(&shared.protected);
             let done = if region.flags().contains(MemoryFlags::READ_ONLY) {
@@ -759,7 +760,7 @@ impl Vm for XenVm {
         let range = region.range();
         let copy =
             MemoryRegion::anonymous(region.guest_addr(), range.size as usize, region.flags())?;
-        ram::copy_nonzero(region.mapping(), copy.mapping());
+        ram::copy_region(region.mapping(), copy.mapping(), false);
         let protected = region
             .flags()
             .intersects(MemoryFlags::READ_ONLY | MemoryFlags::LOG_DIRTY);

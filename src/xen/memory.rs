@@ -210,9 +210,7 @@ pub(crate) fn copy_region(from: &GuestRegionMmap, to: &GuestRegionMmap, to_is_st
             let rc = unsafe { libc::mincore(start.cast(), n, resident.as_mut_ptr()) };
             if rc == 0 && resident[..pages].iter().all(|&r| r & 1 == 0) {
                 if to_is_stale {
-                    let zeros = &mut buf[..n];
-                    zeros.fill(0);
-                    let _ = to.write_slice(zeros, MemoryRegionAddress(offset as u64));
+                    zero(to, offset, n);
                 }
                 offset += n;
                 continue;
@@ -226,19 +224,32 @@ pub(crate) fn copy_region(from: &GuestRegionMmap, to: &GuestRegionMmap, to_is_st
         {
             break;
         }
-        if to_is_stale {
-            // Every page goes over, zero or not: the frames under `to` may hold stale data.
-            let _ = to.write_slice(chunk, MemoryRegionAddress(offset as u64));
-        } else {
-            for (i, page) in chunk.chunks(PAGE_SIZE).enumerate() {
-                if page.iter().any(|&b| b != 0) {
-                    let at = MemoryRegionAddress((offset + i * PAGE_SIZE) as u64);
-                    let _ = to.write_slice(page, at);
-                }
+        for (i, page) in chunk.chunks(PAGE_SIZE).enumerate() {
+            let at = offset + i * PAGE_SIZE;
+            if page.iter().any(|&b| b != 0) {
+                let _ = to.write_slice(page, MemoryRegionAddress(at as u64));
+            } else if to_is_stale {
+                // The frame under `to` may hold stale data.
+                zero(to, at, page.len());
             }
         }
         offset += n;
     }
+}
+
+/// Zeroes `len` bytes of `to` from `offset`, a range inside it, without marking them in its
+/// dirty bitmap: clearing a fresh frame is not a write of the VMM's (a logging region's
+/// bitmap must show only what the VMM and the guest wrote).
+fn zero(to: &GuestRegionMmap, offset: usize, len: usize) {
+    let len = len.min((to.len() as usize).saturating_sub(offset));
+    if len == 0 {
+        return;
+    }
+    // SAFETY: `offset < to.len()` (len is non-zero after the clamp), inside the mapping.
+    let start = unsafe { to.as_ptr().add(offset) };
+    // SAFETY: `start..start + len` lies inside `to`'s live, writable mapping (clamped to its
+    // length above), which nothing else in this process accesses while a region is added.
+    unsafe { std::ptr::write_bytes(start, 0, len) };
 }
 
 #[cfg(test)]

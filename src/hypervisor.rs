@@ -572,6 +572,30 @@ impl VmConfig {
         }
     }
 
+    /// What is wrong with this configuration's split irqchip, the same on every backend that
+    /// has one: a route count outside 24..=48, a PIT (it needs the in-kernel PIC and IOAPIC),
+    /// or a split irqchip asked for without the irqchip. `None` if nothing is.
+    pub(crate) fn split_irqchip_problem(&self) -> Option<&'static str> {
+        match self.split_ioapic_routes() {
+            Some(routes)
+                if !(IrqchipKind::MIN_IOAPIC_ROUTES..=IrqchipKind::MAX_IOAPIC_ROUTES)
+                    .contains(&routes) =>
+            {
+                Some(
+                    "a split irqchip reserves 24 to 48 (IrqchipKind::MAX_IOAPIC_ROUTES) IOAPIC \
+                     routes",
+                )
+            }
+            Some(_) if self.pit => Some(
+                "an in-kernel PIT needs the in-kernel PIC and IOAPIC, which a split irqchip \
+                 leaves to the VMM",
+            ),
+            Some(_) => None,
+            None => matches!(self.irqchip_kind, IrqchipKind::Split { .. })
+                .then_some("a split irqchip needs VmConfig::irqchip"),
+        }
+    }
+
     /// Chooses whether the hypervisor emulates the PIT (needs the irqchip). On Xen the
     /// irqchip's platform always includes Xen's PIT (ports 0x40-0x43 and 0x61, see
     /// [`Capabilities::reserved`]); there `pit(false)` only refuses the PIT's state calls

@@ -31,9 +31,7 @@ use std::sync::Arc;
 use kvm_ioctls::Cap;
 
 use crate::arch::x86_64::{CpuidEntry, VcpuEventFields};
-use crate::hypervisor::{
-    Capabilities, Hypervisor, HypervisorError, HypervisorKind, IrqchipKind, VmConfig,
-};
+use crate::hypervisor::{Capabilities, Hypervisor, HypervisorError, HypervisorKind, VmConfig};
 use crate::vm::Vm;
 
 pub use vcpu::KvmVcpu;
@@ -180,25 +178,11 @@ impl Kvm {
             return invalid("an in-kernel PIT needs the in-kernel irqchip too");
         }
         let split = config.split_ioapic_routes();
-        if let Some(routes) = split {
-            if !caps.split_irqchip {
-                return unsupported("a split irqchip (KVM_CAP_SPLIT_IRQCHIP)");
-            }
-            if !(IrqchipKind::MIN_IOAPIC_ROUTES..=IrqchipKind::MAX_IOAPIC_ROUTES).contains(&routes)
-            {
-                return invalid(
-                    "a split irqchip reserves 24 to 48 (IrqchipKind::MAX_IOAPIC_ROUTES) IOAPIC \
-                     routes",
-                );
-            }
-            if config.pit {
-                return invalid(
-                    "an in-kernel PIT needs the in-kernel PIC and IOAPIC, which a split irqchip \
-                     leaves to the VMM",
-                );
-            }
-        } else if matches!(config.irqchip_kind, IrqchipKind::Split { .. }) {
-            return invalid("a split irqchip needs VmConfig::irqchip");
+        if split.is_some() && !caps.split_irqchip {
+            return unsupported("a split irqchip (KVM_CAP_SPLIT_IRQCHIP)");
+        }
+        if let Some(problem) = config.split_irqchip_problem() {
+            return invalid(problem);
         }
         if config.pit && !caps.pit {
             return unsupported("an in-kernel PIT");

@@ -156,27 +156,10 @@ impl XenVm {
                 max: capabilities.max_vcpus,
             });
         }
+        // Xen's local APICs and the VMM's IOAPIC (see `eoi.rs`), checked as on KVM.
         let split = config.split_ioapic_routes();
-        if let Some(routes) = split {
-            // Xen's local APICs and the VMM's IOAPIC (see `eoi.rs`); checked as KVM does.
-            let (min, max) = (
-                crate::IrqchipKind::MIN_IOAPIC_ROUTES,
-                crate::IrqchipKind::MAX_IOAPIC_ROUTES,
-            );
-            if !(min..=max).contains(&routes) {
-                return invalid(
-                    "a split irqchip reserves 24 to 48 (IrqchipKind::MAX_IOAPIC_ROUTES) IOAPIC \
-                     routes",
-                );
-            }
-            if config.pit {
-                return invalid(
-                    "an in-kernel PIT needs the in-kernel PIC and IOAPIC, which a split irqchip \
-                     leaves to the VMM",
-                );
-            }
-        } else if matches!(config.irqchip_kind, crate::IrqchipKind::Split { .. }) {
-            return invalid("a split irqchip needs VmConfig::irqchip");
+        if let Some(problem) = config.split_irqchip_problem() {
+            return invalid(problem);
         }
         if config.pit && !config.irqchip {
             return invalid("an in-kernel PIT needs the in-kernel irqchip too");

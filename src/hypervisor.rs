@@ -575,6 +575,10 @@ impl VmConfig {
     /// What is wrong with this configuration's split irqchip, the same on every backend that
     /// has one: a route count outside 24..=48, a PIT (it needs the in-kernel PIC and IOAPIC),
     /// or a split irqchip asked for without the irqchip. `None` if nothing is.
+    #[cfg_attr(
+        not(any(feature = "kvm", feature = "xen")),
+        expect(dead_code, reason = "only the backends check a configuration")
+    )]
     pub(crate) fn split_irqchip_problem(&self) -> Option<&'static str> {
         match self.split_ioapic_routes() {
             Some(routes)

@@ -167,7 +167,7 @@
 #define VQ_DESC_F_NEXT  1
 #define VQ_DESC_F_WRITE 2
 #define VQ_AVAIL_F_NO_INTERRUPT 1
-#define BLK_POLLS       0x100000        /* bound of every wait on the device */
+#define BLK_POLLS       0x800000        /* bound of every wait on the device */
 #define BLK_CONFIG_TRIES 4              /* config generation retries */
 
 #define BLK_T_IN        0

@@ -58,6 +58,14 @@ say "dom0 ready $(cut -d' ' -f1 /proc/uptime) s after its kernel started"
 echo "VMKIT-READY"
 
 limit=$(cat /tests/output-lines 2>/dev/null || echo 400)
+# VMKIT_XEN_MALLOC_CHECK=1 (run.sh): each test binary on glibc's checking malloc, which
+# aborts at the first corrupted chunk it meets, and with freed and fresh memory filled
+# (MALLOC_PERTURB_), so a use after free reads garbage rather than old data.
+malloc_env=""
+if [ -f /tests/malloc-check ]; then
+    malloc_env="env LD_PRELOAD=/lib/x86_64-linux-gnu/libc_malloc_debug.so.0 MALLOC_CHECK_=3 MALLOC_PERTURB_=165"
+    say "test binaries run with $malloc_env"
+fi
 
 # Runs one test: $1 name, $2 timeout (s), $3 an extended regexp that some output line
 # must match (or empty), $4 its arguments (split on spaces). Output is streamed but
@@ -72,7 +80,7 @@ run_test() {
     case $name in linux_net*) net_up ;; esac
     # eval: the arguments may quote words with spaces (boot_linux's --cmdline).
     eval "set -- $args"
-    { timeout -s KILL "$secs" "/tests/$name" "$@" </dev/null 2>&1; echo $? >/tmp/rc; } |
+    { $malloc_env timeout -s KILL "$secs" "/tests/$name" "$@" </dev/null 2>&1; echo $? >/tmp/rc; } |
         tee "/tmp/out.$name" |
         awk -v max="$limit" -v n="$name" '
             NR <= max { print n "| " $0; fflush(); next }

@@ -303,6 +303,18 @@ done
 gcc_s=$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ && !f {print $NF; f = 1}')
 [ -n "$gcc_s" ] && copy_libs "$gcc_s" && cp -L "$gcc_s" "$rootfs/lib/x86_64-linux-gnu/"
 
+# VMKIT_XEN_MALLOC_CHECK=1: the test binaries run on glibc's checking malloc (init.sh);
+# since glibc 2.34 that lives in libc_malloc_debug, which nothing links.
+if [ "${VMKIT_XEN_MALLOC_CHECK:-0}" = 1 ]; then
+    mdebug=$(ldconfig -p | awk '/libc_malloc_debug\.so\.0 .*x86-64/ && !f {print $NF; f = 1}')
+    if [ -z "$mdebug" ]; then
+        echo "xen: VMKIT_XEN_MALLOC_CHECK=1 but this host has no libc_malloc_debug.so.0" >&2
+        exit 2
+    fi
+    cp -L "$mdebug" "$rootfs/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"
+    : >"$rootfs/tests/malloc-check"
+fi
+
 # Debug info makes the initramfs several times larger; symbols stay for backtraces.
 strip_cmd=$(command -v strip || true)
 : >"$rootfs/tests/list"

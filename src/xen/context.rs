@@ -820,6 +820,54 @@ mod tests {
         assert_eq!(xcr0_max(&[]), XSTATE_FP_SSE);
     }
 
+    /// The components of the Xen harness's XSAVE CPU (QEMU's `max` under TCG: x87, SSE,
+    /// AVX, MPX's two and PKRU, XCR0 0x21f), whose area Xen reports as 0xa88 bytes
+    /// (`xstate: size: 0xa88`). A CPU_XSAVE read is sized from the domain's policy: for
+    /// every component it allows the area must be Xen's, or Xen refuses the read
+    /// (`ENOBUFS`), and a record of fewer components must be cut where Xen ends it.
+    #[test]
+    fn xsave_areas_of_the_harness_cpu_are_sized_as_xen_sizes_them() {
+        let component = |subleaf: u32, size: u32, offset: u32| CpuidLeaf {
+            leaf: 0xd,
+            subleaf,
+            a: size,
+            b: offset,
+            ..CpuidLeaf::default()
+        };
+        let leaves = [
+            CpuidLeaf {
+                leaf: 0xd,
+                subleaf: 0,
+                a: 0x21f,
+                ..CpuidLeaf::default()
+            },
+            component(2, 256, 576), // AVX: the upper halves of YMM0-15
+            component(3, 64, 960),  // MPX: BND0-3
+            component(4, 64, 1024), // MPX: BNDCFGU, BNDSTATUS
+            component(9, 8, 0xa80), // PKRU
+        ];
+        assert_eq!(xcr0_max(&leaves), 0x21f);
+        assert_eq!(xsave_area_size(0x21f, &leaves), Some(0xa88));
+        // A record holds what XCR0 ever enabled: x87 and SSE only, then AVX, then MPX.
+        assert_eq!(xsave_area_size(0x3, &leaves), Some(XSAVE_MIN_SIZE));
+        assert_eq!(xsave_area_size(0x7, &leaves), Some(832));
+        assert_eq!(xsave_area_size(0x1f, &leaves), Some(1088));
+        // PKRU without MPX still ends at PKRU's end: the standard format has fixed offsets.
+        assert_eq!(xsave_area_size(0x207, &leaves), Some(0xa88));
+
+        // A buffer of every component, holding a record of x87, SSE and AVX: parsed, its
+        // area cut to the 832 bytes Xen wrote, and written back at that length.
+        let mut buf = vec![0u8; HVM_CPU_XSAVE_HEADER_SIZE + 0xa88];
+        buf[..8].copy_from_slice(&0x21fu64.to_le_bytes());
+        buf[8..16].copy_from_slice(&0x7u64.to_le_bytes());
+        buf[16..24].copy_from_slice(&0x7u64.to_le_bytes());
+        let mut record = XsaveRecord::from_bytes(&buf).unwrap();
+        assert_eq!(record.area.len(), 0xa88);
+        let size = xsave_area_size(record.xcr0_accum, &leaves).unwrap();
+        record.area.truncate(size);
+        assert_eq!(record.to_bytes().len(), HVM_CPU_XSAVE_HEADER_SIZE + 832);
+    }
+
     #[test]
     fn an_injected_exception_round_trips_through_pending_event() {
         let mut cpu = reset_cpu();

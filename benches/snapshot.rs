@@ -21,7 +21,9 @@
 //! sync of the directory, so that a crash leaves either the old file or the new one, and
 //! never a state file naming memory that is not on disk; that is four syncs where the plain
 //! write has one, and for a few pages the syncs are nearly all the cost. Both sides write new files:
-//! the last round's are removed untimed. On a file system mounted with `-o discard`, that
+//! the last round's are removed untimed, each side's right before its own write (so neither
+//! inherits the writeback of the other's removal), and in `save_vs_plain` the two sides take
+//! turns going first. On a file system mounted with `-o discard`, that
 //! removal issues a discard per extent of the sparse file, synchronously, and can take far
 //! longer than the save itself (so does a save over an older snapshot of the same directory,
 //! which replaces its memory file).
@@ -188,7 +190,9 @@ fn diff_save(c: &mut Criterion) {
 
 /// The plain-write floor: `pages` (guest page numbers) of `fixture`'s memory written with one
 /// `pwrite` each at `offset(k, page)` of a fresh file at `path`, its length set to `len`,
-/// then `fsync`. Returns the time taken; the file is removed afterwards.
+/// then `fsync`. Returns the time taken. The last round's file is removed first, untimed, as
+/// vmkit's side removes its last snapshot right before its save: each side's timed write then
+/// follows its own removal, and neither inherits the other's.
 fn plain_write(
     fixture: &Fixture,
     path: &Path,
@@ -196,11 +200,10 @@ fn plain_write(
     len: u64,
     offset: impl Fn(usize, u64) -> u64,
 ) -> Duration {
+    let _ = std::fs::remove_file(path);
     let start = Instant::now();
     plain_write_file(fixture, path, pages, len, offset);
-    let took = start.elapsed();
-    std::fs::remove_file(path).unwrap();
-    took
+    start.elapsed()
 }
 
 /// The work [`plain_write`] times: the pages written to a fresh file, its length set, synced.
@@ -228,8 +231,8 @@ fn plain_write_file(
 
 /// [`plain_write`] made as durable as a snapshot (see the module documentation): the pages
 /// into a temporary file, synced, renamed to `path`, the directory synced; then a 4 KiB
-/// second file (standing for the state file) the same way. Returns the time taken; both
-/// files are removed afterwards.
+/// second file (standing for the state file) the same way. Returns the time taken; the last
+/// round's files are removed first, untimed (see [`plain_write`]).
 fn plain_write_durable(
     fixture: &Fixture,
     path: &Path,
@@ -240,6 +243,8 @@ fn plain_write_durable(
     let dir = File::open(path.parent().unwrap()).unwrap();
     let tmp = path.with_extension("tmp");
     let second = path.with_extension("state");
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(&second);
     let start = Instant::now();
     plain_write_file(fixture, &tmp, pages, len, offset);
     std::fs::rename(&tmp, path).unwrap();
@@ -250,10 +255,7 @@ fn plain_write_durable(
     drop(state);
     std::fs::rename(&tmp, &second).unwrap();
     dir.sync_all().unwrap();
-    let took = start.elapsed();
-    std::fs::remove_file(path).unwrap();
-    std::fs::remove_file(&second).unwrap();
-    took
+    start.elapsed()
 }
 
 /// Per-round (vmkit, plain) times, reported as medians and the median ratio.
@@ -261,6 +263,11 @@ fn plain_write_durable(
 struct Pairs(RefCell<Vec<(Duration, Duration)>>);
 
 impl Pairs {
+    /// The number of rounds recorded.
+    fn len(&self) -> usize {
+        self.0.borrow().len()
+    }
+
     fn push(&self, ours: Duration, plain: Duration) {
         self.0.borrow_mut().push((ours, plain));
     }
@@ -326,11 +333,22 @@ fn save_vs_plain(c: &mut Criterion) {
                 for _ in 0..iters {
                     // Into a fresh directory, as the plain write goes to a fresh file: freeing
                     // the last round's blocks is timed on neither side.
-                    let _ = std::fs::remove_dir_all(&dir);
-                    let ours = fixture.save(&dir);
+                    let ours = || {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        fixture.save(&dir)
+                    };
                     // The data after a header page, as in vmkit's file.
                     let floor =
-                        plain_write(fixture, &plain, &data, size + 4096, |_, p| 4096 + p * 4096);
+                        || plain_write(fixture, &plain, &data, size + 4096, |_, p| 4096 + p * 4096);
+                    // Each side goes first in every other round, so that neither always runs
+                    // right after the other's writeback.
+                    let (ours, floor) = if pairs.len() % 2 == 0 {
+                        let ours = ours();
+                        (ours, floor())
+                    } else {
+                        let floor = floor();
+                        (ours(), floor)
+                    };
                     pairs.push(ours, floor);
                     total += ours;
                 }
@@ -340,6 +358,7 @@ fn save_vs_plain(c: &mut Criterion) {
         pairs.report(&format!("save_vs_plain/{mib}MiB"));
         drop(fixture);
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(&plain);
     }
     group.finish();
 }
@@ -407,6 +426,8 @@ fn diff_vs_plain(c: &mut Criterion) {
         durable_pairs.report_against(&format!("diff_vs_plain/{name}"), "plain-durable");
         let _ = std::fs::remove_dir_all(&base);
         let _ = std::fs::remove_dir_all(&diff);
+        let _ = std::fs::remove_file(&plain);
+        let _ = std::fs::remove_file(plain.with_extension("state"));
     }
     group.finish();
 }

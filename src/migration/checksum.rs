@@ -1,5 +1,5 @@
 //! The frames' checksum, CRC-64/NVME (the snapshot format's), computed by whichever of two
-//! implementations is faster on this CPU: vmkit-snapshot's (crc64fast-nvme, carry-less
+//! implementations is faster on this CPU: vmkit-snapshot's (crc-fast, carry-less
 //! multiplication) or a slicing-by-16 table (the `crc` crate).
 //!
 //! Carry-less multiplication is the fastest where the CPU has it in hardware, and among the
@@ -17,7 +17,7 @@ static TABLE: crc::Crc<u64, crc::Table<16>> =
 /// An implementation of the checksum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Implementation {
-    /// crc64fast-nvme (carry-less multiplication where the CPU has it).
+    /// vmkit-snapshot's (crc-fast: carry-less multiplication where the CPU has it).
     Clmul,
     /// Slicing-by-16 tables.
     Table,

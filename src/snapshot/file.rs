@@ -362,7 +362,7 @@ fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
 /// the vCPUs run on their own threads, or from [`save_vcpu`] for a vCPU at hand. Every vCPU
 /// must stay outside `run()` until the save returns, and a device must have no request in
 /// flight, for the snapshot to be consistent. Guest memory is read through vm-memory's
-/// volatile copies, a chunk at a time into one bounded buffer (never as a `&[u8]` over the
+/// volatile copies, a few pages at a time into bounded buffers (never as a `&[u8]` over the
 /// mapping), so a save while something still writes guest memory (a running vCPU, a device,
 /// the kernel's vhost-net datapath) is memory-safe but gives a torn snapshot: pages from
 /// different moments, each chunk still matching its checksum. The memory file is written

@@ -73,9 +73,12 @@
 //! [`MemoryWriter`] writes into a [`File`] with positioned writes, leaves zero
 //! pages as holes and sets the final length with `set_len`. It does not
 //! `fsync`; wrap it in [`write_atomically`](crate::write_atomically). It reads
-//! each region from a [`RegionSource`] a chunk at a time into one buffer of
-//! its own, so that the source can be memory something else may write
-//! meanwhile (guest memory read through volatile copies).
+//! each region from a [`RegionSource`] 32 KiB at a time into a small buffer of
+//! its own, checksums and scans that copy while it is in the CPU's cache, and
+//! copies only the non-zero pages on into a chunk-sized buffer the writes go
+//! out from. So the source can be memory something else may write meanwhile
+//! (guest memory read through volatile copies), and each byte of it is read
+//! once.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -84,7 +87,7 @@ use std::os::unix::fs::FileExt;
 use thiserror::Error;
 
 use crate::bytes::{arr, put, read_full, u16_at, u32_at, u64_at};
-use crate::{checksum, AtomicWriteError, SnapshotId};
+use crate::{checksum, AtomicWriteError, Checksum, SnapshotId};
 
 /// Magic bytes at the start of every memory file.
 pub const MEMORY_MAGIC: [u8; 8] = *b"VMKITMEM";
@@ -1007,8 +1010,9 @@ fn check_overlaps(regions: &[RegionInfo]) -> Result<(), MemoryError> {
 
 /// Where a region's contents come from when [`MemoryWriter`] writes them.
 ///
-/// The writer never holds the contents as one `&[u8]`: it copies them out a chunk at a time
-/// into a buffer of its own, then checksums, scans for zero pages and writes from that copy.
+/// The writer never holds the contents as one `&[u8]`: it copies them out a few pages at a
+/// time (never more than a chunk) into a buffer of its own, then checksums, scans for zero
+/// pages and writes from that copy.
 /// So a source can be memory that something else writes meanwhile (a running guest, a device
 /// doing DMA), read through a volatile copy: the file is then torn (pages from different
 /// moments) but consistent with its own checksums, and nothing is a data race. Byte slices,
@@ -1158,9 +1162,10 @@ impl MemoryWriter {
     /// contents), replacing whatever `file` held. Returns the file's header as
     /// a reader would see it.
     ///
-    /// The contents are copied out a chunk at a time into one buffer of the
-    /// chunk size (allocated once per call), checksummed, scanned for zero
-    /// pages and written from there.
+    /// The contents are copied out 32 KiB at a time into a small buffer,
+    /// checksummed and scanned for zero pages there; the non-zero pages are
+    /// copied on into one buffer of the chunk size (both allocated once per
+    /// call) and written from there.
     pub fn write_full<S: RegionSource>(
         &self,
         file: &mut File,
@@ -1279,6 +1284,7 @@ impl MemoryWriter {
         // One chunk's worth, no more than the largest region's data needs.
         let most = infos.iter().map(|i| i.data_len).max().unwrap_or(0);
         let mut buf = vec![0u8; chunk.min(most) as usize];
+        let mut scratch = Box::new([0u8; (BLOCK_PAGES * PAGE_SIZE) as usize]);
         for (plan, info) in plans.iter().zip(&infos) {
             if let Some(p) = &plan.pages {
                 page_table.extend_from_slice(p);
@@ -1289,6 +1295,7 @@ impl MemoryWriter {
                 info.file_offset,
                 chunk,
                 &mut buf,
+                &mut scratch,
                 &mut chunk_sums,
             )?;
         }
@@ -1339,18 +1346,27 @@ fn is_zero(page: &[u8]) -> bool {
         .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
-/// Writes one region's recorded pages at `file_offset`, a chunk at a time: the chunk's pages
-/// are read from the source into `buf` (one read per run of consecutive pages), checksummed
-/// there, and each run of non-zero pages goes out from `buf` in one positioned write (a chunk's
-/// pages are bound for consecutive file positions); zero pages are skipped (left as holes).
-/// Checksum and data come from the same copy, so they agree even if the source changes
-/// meanwhile. Appends the chunk checksums.
+/// Pages the writer reads from the source at a time (32 KiB), into a scratch buffer that
+/// stays in the CPU's cache: the checksum and the zero-page scan read them there, and only
+/// the non-zero pages are copied on into the chunk buffer the writes go out from. Zero pages,
+/// most of a typical guest, cost one read each and are never stored anywhere.
+const BLOCK_PAGES: u64 = 8;
+
+/// Writes one region's recorded pages at `file_offset`, a chunk at a time. The chunk's pages
+/// are read from the source a block of [`BLOCK_PAGES`] at a time into `scratch` (one read per
+/// run of consecutive source pages in the block), checksummed there, and scanned for zero
+/// pages; each non-zero page is copied to its place in `buf`, and each run of non-zero pages
+/// goes out from `buf` in one positioned write (a chunk's pages are bound for consecutive
+/// file positions). Zero pages are skipped (left as holes). Checksum and data come from the
+/// same copy (a zero page is checksummed as the zeros its hole reads as), so they agree even
+/// if the source changes meanwhile. Appends the chunk checksums.
 fn write_region_data<S: RegionSource>(
     file: &File,
     plan: &Plan<'_, S>,
     file_offset: u64,
     chunk_size: u64,
     buf: &mut [u8],
+    scratch: &mut [u8; (BLOCK_PAGES * PAGE_SIZE) as usize],
     sums: &mut Vec<u64>,
 ) -> Result<(), MemoryError> {
     // `buf` holds a chunk, or the whole data when that is shorter.
@@ -1362,45 +1378,69 @@ fn write_region_data<S: RegionSource>(
         let chunk = buf
             .get_mut(..((end - first) * PAGE_SIZE) as usize)
             .unwrap_or_default();
-        // Runs of consecutive source pages: the whole chunk of a full region, the adjacent
-        // dirty pages of a diff.
-        let mut k = first;
-        while k < end {
-            let start = plan.page(k);
-            let mut run = 1;
-            while k + run < end && plan.page(k + run) == start + run {
-                run += 1;
-            }
-            let at = ((k - first) * PAGE_SIZE) as usize;
-            let dst = chunk
-                .get_mut(at..at + (run * PAGE_SIZE) as usize)
-                .unwrap_or_default();
-            plan.contents
-                .read_at(start * PAGE_SIZE, dst)
-                .map_err(io_err("reading region contents"))?;
-            k += run;
-        }
-        sums.push(checksum(chunk));
+        let mut sum = Checksum::new();
+        // The first page of the run of non-zero pages not yet written, relative to `first`.
         let mut pending: Option<usize> = None;
-        let write = |from: usize, to: usize| {
-            let data = chunk.get(from * PAGE..to * PAGE).unwrap_or_default();
-            file.write_all_at(data, file_offset + (first + from as u64) * PAGE_SIZE)
-                .map_err(io_err("writing region data"))
-        };
-        for (i, page) in chunk.chunks(PAGE).enumerate() {
-            match (is_zero(page), pending) {
-                (true, Some(from)) => {
-                    write(from, i)?;
-                    pending = None;
+        let mut block = first;
+        while block < end {
+            let block_end = (block + BLOCK_PAGES).min(end);
+            let data = scratch
+                .get_mut(..((block_end - block) * PAGE_SIZE) as usize)
+                .unwrap_or_default();
+            // Runs of consecutive source pages: the whole block of a full region, the
+            // adjacent dirty pages of a diff.
+            let mut k = block;
+            while k < block_end {
+                let start = plan.page(k);
+                let mut run = 1;
+                while k + run < block_end && plan.page(k + run) == start + run {
+                    run += 1;
                 }
-                (false, None) => pending = Some(i),
-                _ => {}
+                let at = ((k - block) * PAGE_SIZE) as usize;
+                let dst = data
+                    .get_mut(at..at + (run * PAGE_SIZE) as usize)
+                    .unwrap_or_default();
+                plan.contents
+                    .read_at(start * PAGE_SIZE, dst)
+                    .map_err(io_err("reading region contents"))?;
+                k += run;
             }
+            sum.update(data);
+            for (j, page) in data.chunks(PAGE).enumerate() {
+                let i = (block - first) as usize + j;
+                if is_zero(page) {
+                    if let Some(run) = pending.take() {
+                        write_run(file, chunk, run, i, file_offset, first)?;
+                    }
+                } else {
+                    if let Some(slot) = chunk.get_mut(i * PAGE..(i + 1) * PAGE) {
+                        slot.copy_from_slice(page);
+                    }
+                    pending.get_or_insert(i);
+                }
+            }
+            block = block_end;
         }
-        if let Some(from) = pending {
-            write(from, (end - first) as usize)?;
+        sums.push(sum.finish());
+        if let Some(run) = pending {
+            write_run(file, chunk, run, (end - first) as usize, file_offset, first)?;
         }
         first = end;
     }
     Ok(())
+}
+
+/// Writes pages `from..to` of `chunk` (a chunk starting at recorded page `first` of a region
+/// whose data is at `file_offset`) with one positioned write.
+fn write_run(
+    file: &File,
+    chunk: &[u8],
+    from: usize,
+    to: usize,
+    file_offset: u64,
+    first: u64,
+) -> Result<(), MemoryError> {
+    let data = chunk.get(from * PAGE..to * PAGE).unwrap_or_default();
+    file.write_all_at(data, file_offset + (first + from as u64) * PAGE_SIZE)
+        .map_err(io_err("writing region data"))
 }

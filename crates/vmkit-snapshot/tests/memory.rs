@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use vmkit_snapshot::memory::{MEMORY_HEADER_LEN, REGION_ENTRY_LEN};
 use vmkit_snapshot::{
     checksum, write_atomically, DiffRegion, MemoryError, MemoryFile, MemoryKind, MemoryWriter,
-    RegionSource, SnapshotId, MAX_REGIONS, PAGE_SIZE,
+    RegionSource, SnapshotId, DEFAULT_CHUNK_SIZE, MAX_REGIONS, PAGE_SIZE,
 };
 
 const PAGE: usize = PAGE_SIZE as usize;
@@ -910,8 +910,25 @@ fn a_full_write_reads_each_chunk_once_in_bounded_pieces() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mem");
     let hdr = write_atomically(&path, |f| MemoryWriter::new().write_full(f, &[(0, &src)])).unwrap();
-    // 3 MiB in 2 MiB chunks: two reads, each at most a chunk, covering the region once.
-    assert_eq!(*src.reads.borrow(), vec![(0, 2 << 20), (2 << 20, 1 << 20)]);
+    // 3 MiB in 2 MiB chunks: reads of whole pages, in order, covering the region once, none
+    // longer than a chunk or crossing into the next chunk.
+    let reads = src.reads.borrow();
+    let chunk = u64::from(DEFAULT_CHUNK_SIZE);
+    let mut next = 0;
+    for &(offset, len) in reads.iter() {
+        assert_eq!(offset, next, "{reads:?}");
+        assert!(
+            len > 0 && (len as u64).is_multiple_of(PAGE_SIZE),
+            "{reads:?}"
+        );
+        assert_eq!(
+            offset / chunk,
+            (offset + len as u64 - 1) / chunk,
+            "{reads:?}"
+        );
+        next = offset + len as u64;
+    }
+    assert_eq!(next, ram.len() as u64);
     let mut f = File::open(&path).unwrap();
     hdr.verify_all(&mut f).unwrap();
     let mut back = vec![0u8; ram.len()];
@@ -967,6 +984,14 @@ fn contents_changing_during_the_write_give_a_torn_file_that_still_verifies() {
     hdr.verify_all(&mut f).unwrap();
     let mut back = vec![0u8; 4 << 20];
     hdr.read_region(&mut f, 0, &mut back).unwrap();
-    assert!(back[..2 << 20].iter().all(|&b| b == 1));
-    assert!(back[2 << 20..].iter().all(|&b| b == 2));
+    // The `k`th read saw every byte at 1 + k, and the file holds what each read saw.
+    let reads = src.reads.borrow();
+    assert!(reads.len() > 2, "{reads:?}");
+    for (k, &(offset, len)) in reads.iter().enumerate() {
+        let at = offset as usize;
+        assert!(
+            back[at..at + len].iter().all(|&b| b == 1 + k as u8),
+            "read {k} at {offset:#x}"
+        );
+    }
 }

@@ -1107,19 +1107,22 @@ impl<B: NetBackend> Net<B> {
         let err = queue_err(TXQ);
         let mut budget = PROCESS_BUDGET;
         self.tx_blocked = false;
-        // The frame's pieces, for a vectored backend; reused for the batch.
+        // The frame's pieces, for a vectored backend, and the region they
+        // were found in; reused for the batch.
         let mut segs = Vec::new();
+        let mut cache = iov::SliceCache::new();
         loop {
             let mut blocked = None;
             {
                 let mut q = queue.access(mem).map_err(&err)?;
                 while budget > 0 {
-                    let Some(chain) = q.pop().map_err(&err)? else {
+                    let Some(mut chain) = q.pop().map_err(&err)? else {
                         break;
                     };
                     budget -= 1;
                     let head = chain.head();
-                    if !self.send_one(chain, mem, &mut segs) {
+                    // By reference: the chain is not moved again.
+                    if !self.send_one(&mut chain, mem, &mut cache, &mut segs) {
                         blocked = Some(head);
                         break;
                     }
@@ -1145,6 +1148,7 @@ impl<B: NetBackend> Net<B> {
         &mut self,
         chain: I,
         mem: &'m M,
+        cache: &mut iov::SliceCache<'m, M>,
         segs: &mut Vec<iov::GuestSlice<'m, M>>,
     ) -> bool
     where
@@ -1154,7 +1158,7 @@ impl<B: NetBackend> Net<B> {
         let vectored = self.backend.vectored();
         segs.clear();
         let parsed = if vectored {
-            iov::gather_tx(chain, mem, self.acked, segs)
+            iov::gather_tx(chain, mem, self.acked, cache, segs)
         } else {
             TxPacket::parse(chain, mem, self.acked, &mut self.tx_buf)
         };

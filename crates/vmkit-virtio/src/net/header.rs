@@ -132,6 +132,7 @@ pub struct NetHeader {
 
 impl NetHeader {
     /// Decodes the 12 little-endian header bytes.
+    #[inline]
     pub fn from_bytes(b: &[u8; NET_HDR_LEN]) -> Self {
         let le = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         NetHeader {
@@ -146,6 +147,7 @@ impl NetHeader {
     }
 
     /// Encodes the header in its 12-byte little-endian form.
+    #[inline]
     pub fn to_bytes(&self) -> [u8; NET_HDR_LEN] {
         let mut b = [0u8; NET_HDR_LEN];
         b[0] = self.flags;

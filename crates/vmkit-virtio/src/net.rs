@@ -551,6 +551,9 @@ pub struct Net<B: NetBackend> {
     rx_buf: Vec<u8>,
     rx_pending: Option<usize>,
     rx_stalled: bool,
+    /// Receive passes left that skip the in-place attempt (see
+    /// `rx_direct::SKIP_AFTER_SMALL`).
+    rx_direct_skip: u16,
     tx_buf: Vec<u8>,
     tx_blocked: bool,
     descs: Vec<Descriptor>,
@@ -727,6 +730,7 @@ impl<B: NetBackend> Net<B> {
             rx_buf: vec![0; MAX_PACKET_LEN],
             rx_pending: None,
             rx_stalled: false,
+            rx_direct_skip: 0,
             tx_buf: vec![0; MAX_PACKET_LEN],
             tx_blocked: false,
             descs: Vec::new(),
@@ -889,6 +893,11 @@ impl<B: NetBackend> Net<B> {
     /// Collects the writable buffers of a receive chain into `descs`;
     /// `None` if the chain is malformed (or, with merged buffers, smaller
     /// than a header).
+    ///
+    /// Inlined, and the chain taken by reference: with two callers (the
+    /// copying and the in-place path) it was a call per chain that moved
+    /// the chain's 200 bytes, 1.5 µs a pass of 64 frames.
+    #[inline(always)]
     fn collect_rx<I>(&mut self, head: ChainHead, chain: I, mrg: bool) -> Option<RxChain>
     where
         I: IntoIterator<Item = crate::Result<Descriptor>>,
@@ -922,11 +931,13 @@ impl<B: NetBackend> Net<B> {
         })
     }
 
-    /// Places the packet of `len` bytes in `rx_buf` into receive chains.
-    fn deliver<M: GuestMemory + ?Sized>(
+    /// Places the packet of `len` bytes in `rx_buf` into receive chains
+    /// (`cache`: the region of the pass's last buffer, see [`header::scatter`]).
+    fn deliver<'m, M: GuestMemory + ?Sized>(
         &mut self,
-        q: &mut QueueAccess<'_, '_, M>,
-        mem: &M,
+        q: &mut QueueAccess<'_, 'm, M>,
+        mem: &'m M,
+        cache: &mut iov::SliceCache<'m, M>,
         len: usize,
         budget: &mut u32,
     ) -> Result<Delivery, DeviceError> {
@@ -948,14 +959,14 @@ impl<B: NetBackend> Net<B> {
             if *budget == 0 {
                 return Ok(Delivery::Stop(RxStop::NoBuffers { undo: popped }));
             }
-            let Some(chain) = q.pop().map_err(&err)? else {
+            let Some(mut chain) = q.pop().map_err(&err)? else {
                 return Ok(Delivery::Stop(RxStop::NoBuffers { undo: popped }));
             };
             *budget -= 1;
             let head = chain.head();
             // At most `size` slots are in flight, so this does not overflow.
             popped = popped.saturating_add(head.slots());
-            match self.collect_rx(head, chain, mrg) {
+            match self.collect_rx(head, &mut chain, mrg) {
                 Some(c) => {
                     cap += c.cap;
                     self.chains.push(c);
@@ -993,7 +1004,7 @@ impl<B: NetBackend> Net<B> {
             let written = if failed {
                 0
             } else {
-                header::scatter(mem, descs, 0, now).unwrap_or_else(|| {
+                header::scatter(mem, cache, descs, 0, now).unwrap_or_else(|| {
                     failed = true;
                     0
                 })
@@ -1018,6 +1029,7 @@ impl<B: NetBackend> Net<B> {
     ) -> Result<RxStop, DeviceError> {
         let err = queue_err(RXQ);
         let mut q = queue.access(mem).map_err(&err)?;
+        let mut cache = iov::SliceCache::new();
         loop {
             let len = match self.rx_pending.take() {
                 Some(len) => len,
@@ -1027,7 +1039,7 @@ impl<B: NetBackend> Net<B> {
                 },
             };
             self.rx_pending = Some(len);
-            match self.deliver(&mut q, mem, len, budget)? {
+            match self.deliver(&mut q, mem, &mut cache, len, budget)? {
                 Delivery::Delivered => {
                     self.rx_pending = None;
                     self.rx_stalled = false;
@@ -1048,6 +1060,11 @@ impl<B: NetBackend> Net<B> {
         let err = queue_err(RXQ);
         let mut budget = PROCESS_BUDGET;
         let mut direct = self.backend.vectored();
+        if direct && self.rx_direct_skip > 0 {
+            // The driver's buffers were too small for it lately.
+            self.rx_direct_skip -= 1;
+            direct = false;
+        }
         loop {
             let stop = if direct && self.rx_pending.is_none() {
                 let pass = {
@@ -1063,8 +1080,11 @@ impl<B: NetBackend> Net<B> {
                         queue.undo_pop(undo);
                         RxStop::Budget
                     }
-                    rx_direct::Direct::Fallback { undo } => {
+                    rx_direct::Direct::Fallback { undo, small } => {
                         queue.undo_pop(undo);
+                        if small {
+                            self.rx_direct_skip = rx_direct::SKIP_AFTER_SMALL;
+                        }
                         direct = false;
                         continue;
                     }
@@ -1402,6 +1422,7 @@ impl<M: GuestMemory + ?Sized, B: NetBackend> VirtioDevice<M> for Net<B> {
             self.stats.rx_dropped_link_down += 1;
         }
         self.rx_stalled = false;
+        self.rx_direct_skip = 0;
         self.tx_blocked = false;
         // The guest no longer takes offloaded frames.
         let _ = self.backend.set_rx_offloads(0);

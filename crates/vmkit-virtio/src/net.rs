@@ -1227,6 +1227,7 @@ impl<B: NetBackend> Net<B> {
 
     /// Parses and checks one transmit chain (appending the frame's pieces
     /// to `segs`); says what to do with it.
+    #[inline(always)]
     fn prepare_tx<'m, M, I>(
         &mut self,
         chain: I,
@@ -1278,6 +1279,7 @@ impl<B: NetBackend> Net<B> {
     /// Sends (or counts as dropped) one prepared chain; `false` if the
     /// backend would block. A vectored backend gets the frame in place in
     /// guest memory (`segs`, the pieces), anything else a copy in `tx_buf`.
+    #[inline(always)]
     fn send_tx<S: vm_memory::bitmap::BitmapSlice>(
         &mut self,
         what: &TxStage,

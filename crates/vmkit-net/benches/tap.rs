@@ -11,7 +11,9 @@
 //!   of the TAP (not timed); then the device reads them and places them in
 //!   the guest's receive buffers (`process_queue(RXQ)`, merged buffers;
 //!   the driver takes them and gives the buffers back afterwards, not
-//!   timed), against 64 `read`s of the same frames from the TAP.
+//!   timed), against 64 `read`s of the same frames from the TAP, each into
+//!   a buffer of its own as the guest's are (and, as `raw_one_buffer`,
+//!   into one buffer again and again).
 //!
 //! Only the device's work is timed: the test's driver (a simple split
 //! queue driver going through `vm-memory` for every field) is not what is

@@ -1178,14 +1178,22 @@ impl<B: NetBackend> Net<B> {
         let result = loop {
             // Ring slots of the chains to un-pop when the backend would block.
             let mut blocked = None;
+            // A pop that broke the queue: reported once the chains popped
+            // before it are sent and returned, as they were one by one.
+            let mut broken = None;
             {
                 let mut q = queue.access(mem).map_err(&err)?;
                 'batches: while budget > 0 {
                     staged.clear();
                     segs.clear();
                     while staged.len() < TX_BATCH && segs.len() < TX_BATCH_SLICES && budget > 0 {
-                        let Some(mut chain) = q.pop().map_err(&err)? else {
-                            break;
+                        let mut chain = match q.pop() {
+                            Ok(Some(chain)) => chain,
+                            Ok(None) => break,
+                            Err(e) => {
+                                broken = Some(err(e));
+                                break;
+                            }
                         };
                         budget -= 1;
                         let head = chain.head();
@@ -1209,11 +1217,19 @@ impl<B: NetBackend> Net<B> {
                         }
                         q.add_used(*head, 0).map_err(&err)?;
                     }
+                    if broken.is_some() {
+                        break;
+                    }
                 }
             }
             if let Some(slots) = blocked {
                 queue.undo_pop(slots);
                 self.tx_blocked = true;
+            }
+            if let Some(e) = broken {
+                break Err(e);
+            }
+            if blocked.is_some() {
                 break Ok(());
             }
             if budget == 0 || !queue.enable_notification(mem).map_err(&err)? {

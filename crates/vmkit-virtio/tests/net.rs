@@ -1138,6 +1138,37 @@ fn a_backend_that_blocks_mid_batch_keeps_the_rest_of_the_batch_with(layout: u64)
     assert_eq!(stats.bad_chains, 0);
 }
 
+/// A driver that breaks the queue after good chains (a head out of range):
+/// the frames before it still go out and their chains come back, as when
+/// chains were sent one by one; then the device needs a reset.
+#[test]
+fn frames_before_a_queue_breaking_head_are_still_sent() {
+    let mut s = setup(0);
+    let hdr = hdr_bytes(NetHeader::default());
+    let frames: Vec<Vec<u8>> = (0..2).map(|i| frame(PEER, 60, i as u8)).collect();
+    let mut heads = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let a = s.put(BUF + 0x1000 * i as u64, &[hdr.clone(), f.clone()].concat());
+        heads.push(u32::from(s.tx.push(&s.mem, &[r(a, 72)])));
+    }
+    // A third entry naming descriptor 0xffff, past the table.
+    let slot = u64::from(s.tx.avail_idx % s.tx.size);
+    s.mem
+        .write_obj(0xffffu16, GuestAddress(s.tx.avail + 4 + 2 * slot))
+        .unwrap();
+    s.mem
+        .write_obj(s.tx.avail_idx.wrapping_add(1), GuestAddress(s.tx.avail + 2))
+        .unwrap();
+    notify(&s.t, 1);
+    assert_eq!(s.sent(), frames);
+    let mut used = Vec::new();
+    while let Some((head, _)) = s.tx.pop_used(&s.mem) {
+        used.push(head);
+    }
+    assert_eq!(used, heads);
+    assert_ne!(s.t.status() & STATUS_NEEDS_RESET, 0);
+}
+
 #[test]
 fn state_round_trips_and_corrupt_state_is_refused() {
     let features = VIRTIO_NET_F_CTRL_VQ

@@ -11,7 +11,9 @@
 //!   of the TAP (not timed); then the device reads them and places them in
 //!   the guest's receive buffers (`process_queue(RXQ)`, merged buffers;
 //!   the driver takes them and gives the buffers back afterwards, not
-//!   timed), against 64 `read`s of the same frames from the TAP.
+//!   timed), against 64 `read`s of the same frames from the TAP, each into
+//!   a buffer of its own as the guest's are (and, as `raw_one_buffer`,
+//!   into one buffer again and again).
 //!
 //! Only the device's work is timed: the test's driver (a simple split
 //! queue driver going through `vm-memory` for every field) is not what is
@@ -21,9 +23,16 @@
 //! that does not offer its vectored methods, so that frames are copied
 //! through the device's own buffer (the path before frames moved in place).
 //!
-//! The three legs run interleaved: every round times the device, the
-//! copying device and the raw TAP one after the other (criterion reports
-//! the device's rounds), and at the end each shape prints the medians, the
+//! The raw TAP is the device's own TAP, through a second descriptor (a
+//! `dup` of the device's): both write and read the same interface, so
+//! that neither finds the kernel's state for it (the interface, its queue,
+//! its socket) warmer than the other does because the leg before it used it.
+//!
+//! The legs run interleaved: every round times the device, the copying
+//! device and the raw TAP one after the other (criterion reports the
+//! device's rounds), with the device and the raw TAP swapping places every
+//! other round, so that each follows the other leg as often as the one
+//! before it. At the end each shape prints the medians, the
 //! median of the per-round ratios device / raw and copying / raw, and the
 //! ratios' quartiles (the spread on a busy machine). A filter picks a shape:
 //! `cargo bench -p vmkit-net --bench tap -- tap_tx/16x65226`.
@@ -38,8 +47,10 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::fs::File;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -361,6 +372,11 @@ impl Rounds {
         self.0.borrow_mut().push(round);
     }
 
+    /// How many rounds were recorded.
+    fn len(&self) -> usize {
+        self.0.borrow().len()
+    }
+
     fn report(&self, name: &str, legs: &[&str]) {
         let rounds = self.0.borrow();
         let Some(base) = legs.len().checked_sub(1) else {
@@ -410,15 +426,18 @@ fn bench(c: &mut Criterion) {
         return;
     }
     sh("ip link set lo up");
-    let mut g = Guest::new(tap("vmkbdev", "10.10.0.1/24"));
+    let dev_tap = tap("vmkbdev", "10.10.0.1/24");
+    // The raw TAP: the device's, through a descriptor of its own.
+    let raw = File::from(dev_tap.as_fd().try_clone_to_owned().unwrap());
+    let raw_fd = raw.as_raw_fd();
+    let send = |packet: &[u8]| {
+        let n = (&raw).write(packet).unwrap();
+        assert_eq!(n, packet.len(), "write {raw_fd}");
+    };
+    let mut g = Guest::new(dev_tap);
     let mut gc = Guest::new(Copying(tap("vmkbcpy", "10.12.0.1/24")));
     let mut gn = Guest::new(Discard);
-    let mut raw = tap("vmkbraw", "10.11.0.1/24");
-    for (dev, ip) in [
-        ("vmkbdev", "10.10.0.2"),
-        ("vmkbcpy", "10.12.0.2"),
-        ("vmkbraw", "10.11.0.2"),
-    ] {
+    for (dev, ip) in [("vmkbdev", "10.10.0.2"), ("vmkbcpy", "10.12.0.2")] {
         let mac = common::fmt_mac(&GUEST_MAC);
         sh(&format!("ip neigh replace {ip} lladdr {mac} dev {dev}"));
     }
@@ -452,20 +471,36 @@ fn bench(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let dev = g.time_tx(s);
-                    let cpy = gc.time_tx(s);
-                    let null = gn.time_tx(s);
-                    let start = Instant::now();
-                    for _ in 0..count {
-                        raw.send(packet).unwrap();
+                    let mut t = vec![Duration::ZERO; 5];
+                    // The device and the raw TAP swap places every other round.
+                    let order = if rounds.len() % 2 == 0 {
+                        [0, 4, 1, 2, 3]
+                    } else {
+                        [4, 0, 1, 2, 3]
+                    };
+                    for leg in order {
+                        t[leg] = match leg {
+                            0 => g.time_tx(s),
+                            1 => gc.time_tx(s),
+                            2 => gn.time_tx(s),
+                            3 => {
+                                let start = Instant::now();
+                                for _ in 0..count {
+                                    send(packet);
+                                }
+                                start.elapsed()
+                            }
+                            _ => {
+                                let start = Instant::now();
+                                for p in &packets {
+                                    send(p);
+                                }
+                                start.elapsed()
+                            }
+                        };
                     }
-                    let hot = start.elapsed();
-                    let start = Instant::now();
-                    for p in &packets {
-                        raw.send(p).unwrap();
-                    }
-                    rounds.push(vec![dev, cpy, null, hot, start.elapsed()]);
-                    total += dev;
+                    total += t[0];
+                    rounds.push(t);
                 }
                 total
             })
@@ -482,18 +517,30 @@ fn bench(c: &mut Criterion) {
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    let raw_fd = raw.as_raw_fd();
-    let mut buf = vec![0u8; MAX_PACKET_LEN];
-    let mut raw_read = || {
-        inject(Ipv4Addr::new(10, 11, 0, 2));
+    // The raw TAP's buffers: as many and as large as the guest's, taken
+    // in turn as the device takes the guest's (each frame lands in memory
+    // of its own, as it must in the guest); and one buffer read into again
+    // and again (always in cache), the floor.
+    let mut bufs = vec![0u8; 128 * RX_BUF as usize];
+    let mut next_buf = 0usize;
+    let mut one = vec![0u8; MAX_PACKET_LEN];
+    let mut raw_read = |distinct: bool| {
+        inject(Ipv4Addr::new(10, 10, 0, 2));
         let start = Instant::now();
         let mut n = 0;
         let end = start + Duration::from_secs(2);
         while n < BATCH && Instant::now() < end {
-            match raw.recv(&mut buf) {
+            let buf = if distinct {
+                let at = next_buf * RX_BUF as usize;
+                &mut bufs[at..at + RX_BUF as usize]
+            } else {
+                &mut one[..]
+            };
+            match (&raw).read(buf) {
                 Ok(len) => {
                     assert_eq!(len, 12 + FRAME);
                     n += 1;
+                    next_buf = (next_buf + 1) % 128;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => panic!("read {raw_fd}: {e}"),
@@ -508,15 +555,31 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let dev = g.time_rx(|| inject(Ipv4Addr::new(10, 10, 0, 2)));
-                let cpy = gc.time_rx(|| inject(Ipv4Addr::new(10, 12, 0, 2)));
-                rounds.push(vec![dev, cpy, raw_read()]);
-                total += dev;
+                let mut t = vec![Duration::ZERO; 4];
+                // The device and the raw TAP swap places every other round.
+                let order = if rounds.len() % 2 == 0 {
+                    [0, 3, 1, 2]
+                } else {
+                    [3, 0, 1, 2]
+                };
+                for leg in order {
+                    t[leg] = match leg {
+                        0 => g.time_rx(|| inject(Ipv4Addr::new(10, 10, 0, 2))),
+                        1 => gc.time_rx(|| inject(Ipv4Addr::new(10, 12, 0, 2))),
+                        2 => raw_read(false),
+                        _ => raw_read(true),
+                    };
+                }
+                total += t[0];
+                rounds.push(t);
             }
             total
         })
     });
-    rounds.report("tap_rx/64x1514", &["device", "copying", "raw"]);
+    rounds.report(
+        "tap_rx/64x1514",
+        &["device", "copying", "raw_one_buffer", "raw"],
+    );
     group.finish();
     for s in [
         g.t.with_device(|d| d.stats()),

@@ -63,6 +63,11 @@
 //! for it), and any other backend, go through a buffer of the device's own. Both paths make the same checks
 //! and give the driver the same used entries.
 //!
+//! Transmit chains are taken in batches of up to 64: the batch is popped
+//! and checked first, then its frames are sent one after the other and
+//! their chains returned. When the backend would block, the chain it
+//! refused and the rest of the batch go back on the queue unprocessed.
+//!
 //! # Receive flow control
 //!
 //! When the driver has no receive buffers, the device keeps the frame it
@@ -520,6 +525,34 @@ enum Delivery {
     Stop(RxStop),
 }
 
+/// The most transmit chains checked before the first of them is sent
+/// (see `Net::transmit`).
+const TX_BATCH: usize = 64;
+
+/// A batch also ends once its frames are in this many pieces, so that a
+/// driver cutting frames into tiny buffers holds the device's slice list
+/// to the size of a few frames (one chain alone may still take up to the
+/// queue's limits, as it always could).
+const TX_BATCH_SLICES: usize = 4 * iov::MAX_SLICES;
+
+/// What to do with a checked transmit chain.
+#[derive(Clone, Copy, Debug)]
+enum TxStage {
+    /// Send the frame: the header the backend gets, the frame's pieces
+    /// (a range of the pass's slices), its length.
+    Send {
+        header: [u8; NET_HDR_LEN],
+        segs: (usize, usize),
+        frame_len: usize,
+    },
+    /// The queue refused the chain ([`NetStats::bad_chains`]).
+    BadChain,
+    /// A malformed packet, or above the MTU ([`NetStats::tx_malformed`]).
+    Malformed,
+    /// The link is down ([`NetStats::tx_dropped_link_down`]).
+    LinkDown,
+}
+
 /// One receive chain: its head, its writable buffers in `descs[start..end]`,
 /// its capacity.
 #[derive(Clone, Copy, Debug)]
@@ -551,8 +584,13 @@ pub struct Net<B: NetBackend> {
     rx_buf: Vec<u8>,
     rx_pending: Option<usize>,
     rx_stalled: bool,
+    /// Receive passes left that skip the in-place attempt (see
+    /// `rx_direct::SKIP_AFTER_SMALL`).
+    rx_direct_skip: u16,
     tx_buf: Vec<u8>,
     tx_blocked: bool,
+    /// The batch being sent (kept for its allocation).
+    tx_staged: Vec<(ChainHead, TxStage)>,
     descs: Vec<Descriptor>,
     chains: Vec<RxChain>,
     ctrl_buf: Vec<u8>,
@@ -727,8 +765,10 @@ impl<B: NetBackend> Net<B> {
             rx_buf: vec![0; MAX_PACKET_LEN],
             rx_pending: None,
             rx_stalled: false,
+            rx_direct_skip: 0,
             tx_buf: vec![0; MAX_PACKET_LEN],
             tx_blocked: false,
+            tx_staged: Vec::new(),
             descs: Vec::new(),
             chains: Vec::new(),
             ctrl_buf: Vec::new(),
@@ -889,6 +929,11 @@ impl<B: NetBackend> Net<B> {
     /// Collects the writable buffers of a receive chain into `descs`;
     /// `None` if the chain is malformed (or, with merged buffers, smaller
     /// than a header).
+    ///
+    /// Inlined, and the chain taken by reference: with two callers (the
+    /// copying and the in-place path) it was a call per chain that moved
+    /// the chain's 200 bytes, 1.5 µs a pass of 64 frames.
+    #[inline(always)]
     fn collect_rx<I>(&mut self, head: ChainHead, chain: I, mrg: bool) -> Option<RxChain>
     where
         I: IntoIterator<Item = crate::Result<Descriptor>>,
@@ -922,11 +967,13 @@ impl<B: NetBackend> Net<B> {
         })
     }
 
-    /// Places the packet of `len` bytes in `rx_buf` into receive chains.
-    fn deliver<M: GuestMemory + ?Sized>(
+    /// Places the packet of `len` bytes in `rx_buf` into receive chains
+    /// (`cache`: the region of the pass's last buffer, see [`header::scatter`]).
+    fn deliver<'m, M: GuestMemory + ?Sized>(
         &mut self,
-        q: &mut QueueAccess<'_, '_, M>,
-        mem: &M,
+        q: &mut QueueAccess<'_, 'm, M>,
+        mem: &'m M,
+        cache: &mut iov::SliceCache<'m, M>,
         len: usize,
         budget: &mut u32,
     ) -> Result<Delivery, DeviceError> {
@@ -948,14 +995,14 @@ impl<B: NetBackend> Net<B> {
             if *budget == 0 {
                 return Ok(Delivery::Stop(RxStop::NoBuffers { undo: popped }));
             }
-            let Some(chain) = q.pop().map_err(&err)? else {
+            let Some(mut chain) = q.pop().map_err(&err)? else {
                 return Ok(Delivery::Stop(RxStop::NoBuffers { undo: popped }));
             };
             *budget -= 1;
             let head = chain.head();
             // At most `size` slots are in flight, so this does not overflow.
             popped = popped.saturating_add(head.slots());
-            match self.collect_rx(head, chain, mrg) {
+            match self.collect_rx(head, &mut chain, mrg) {
                 Some(c) => {
                     cap += c.cap;
                     self.chains.push(c);
@@ -993,7 +1040,7 @@ impl<B: NetBackend> Net<B> {
             let written = if failed {
                 0
             } else {
-                header::scatter(mem, descs, 0, now).unwrap_or_else(|| {
+                header::scatter(mem, cache, descs, 0, now).unwrap_or_else(|| {
                     failed = true;
                     0
                 })
@@ -1018,6 +1065,7 @@ impl<B: NetBackend> Net<B> {
     ) -> Result<RxStop, DeviceError> {
         let err = queue_err(RXQ);
         let mut q = queue.access(mem).map_err(&err)?;
+        let mut cache = iov::SliceCache::new();
         loop {
             let len = match self.rx_pending.take() {
                 Some(len) => len,
@@ -1027,7 +1075,7 @@ impl<B: NetBackend> Net<B> {
                 },
             };
             self.rx_pending = Some(len);
-            match self.deliver(&mut q, mem, len, budget)? {
+            match self.deliver(&mut q, mem, &mut cache, len, budget)? {
                 Delivery::Delivered => {
                     self.rx_pending = None;
                     self.rx_stalled = false;
@@ -1048,6 +1096,11 @@ impl<B: NetBackend> Net<B> {
         let err = queue_err(RXQ);
         let mut budget = PROCESS_BUDGET;
         let mut direct = self.backend.vectored();
+        if direct && self.rx_direct_skip > 0 {
+            // The driver's buffers were too small for it lately.
+            self.rx_direct_skip -= 1;
+            direct = false;
+        }
         loop {
             let stop = if direct && self.rx_pending.is_none() {
                 let pass = {
@@ -1063,8 +1116,11 @@ impl<B: NetBackend> Net<B> {
                         queue.undo_pop(undo);
                         RxStop::Budget
                     }
-                    rx_direct::Direct::Fallback { undo } => {
+                    rx_direct::Direct::Fallback { undo, small } => {
                         queue.undo_pop(undo);
+                        if small {
+                            self.rx_direct_skip = rx_direct::SKIP_AFTER_SMALL;
+                        }
                         direct = false;
                         continue;
                     }
@@ -1099,6 +1155,13 @@ impl<B: NetBackend> Net<B> {
         }
     }
 
+    /// Sends what the driver put on the transmit queue, in batches of up to
+    /// [`TX_BATCH`] chains: each batch's chains are popped and checked
+    /// first ([`Net::prepare_tx`]), then sent one after the other
+    /// ([`Net::send_tx`]) and returned. Checking a batch in one go keeps
+    /// the device's own work together, instead of cut into pieces between
+    /// system calls that leave the caches to the kernel (measured with the
+    /// `tap` bench of `vmkit-net`: 2 µs less a batch of 64 frames).
     fn transmit<M: GuestMemory + ?Sized>(
         &mut self,
         queue: &mut Queue,
@@ -1107,66 +1170,101 @@ impl<B: NetBackend> Net<B> {
         let err = queue_err(TXQ);
         let mut budget = PROCESS_BUDGET;
         self.tx_blocked = false;
-        // The frame's pieces, for a vectored backend; reused for the batch.
+        // The frames' pieces, and the region they were found in; reused
+        // for every batch of the pass.
         let mut segs = Vec::new();
-        loop {
+        let mut cache = iov::SliceCache::new();
+        let mut staged = std::mem::take(&mut self.tx_staged);
+        let result = loop {
+            // Ring slots of the chains to un-pop when the backend would block.
             let mut blocked = None;
+            // A pop that broke the queue: reported once the chains popped
+            // before it are sent and returned, as they were one by one.
+            let mut broken = None;
             {
                 let mut q = queue.access(mem).map_err(&err)?;
-                while budget > 0 {
-                    let Some(chain) = q.pop().map_err(&err)? else {
-                        break;
-                    };
-                    budget -= 1;
-                    let head = chain.head();
-                    if !self.send_one(chain, mem, &mut segs) {
-                        blocked = Some(head);
+                'batches: while budget > 0 {
+                    staged.clear();
+                    segs.clear();
+                    while staged.len() < TX_BATCH && segs.len() < TX_BATCH_SLICES && budget > 0 {
+                        let mut chain = match q.pop() {
+                            Ok(Some(chain)) => chain,
+                            Ok(None) => break,
+                            Err(e) => {
+                                broken = Some(err(e));
+                                break;
+                            }
+                        };
+                        budget -= 1;
+                        let head = chain.head();
+                        // By reference: the chain is not moved again.
+                        let what = self.prepare_tx(&mut chain, mem, &mut cache, &mut segs);
+                        staged.push((head, what));
+                    }
+                    if staged.is_empty() {
                         break;
                     }
-                    q.add_used(head, 0).map_err(&err)?;
+                    for (i, (head, what)) in staged.iter().enumerate() {
+                        if !self.send_tx(what, &segs) {
+                            // The backend will take the frame later: keep its
+                            // chain and the ones after it (the last popped).
+                            let rest = staged.get(i..).unwrap_or(&[]);
+                            blocked = Some(
+                                rest.iter()
+                                    .fold(0u16, |n, (h, _)| n.saturating_add(h.slots())),
+                            );
+                            break 'batches;
+                        }
+                        q.add_used(*head, 0).map_err(&err)?;
+                    }
+                    if broken.is_some() {
+                        break;
+                    }
                 }
             }
-            if let Some(head) = blocked {
-                // The backend will take the frame later: keep its chain.
-                queue.undo_pop(head.slots());
+            if let Some(slots) = blocked {
+                queue.undo_pop(slots);
                 self.tx_blocked = true;
-                return Ok(());
+            }
+            if let Some(e) = broken {
+                break Err(e);
+            }
+            if blocked.is_some() {
+                break Ok(());
             }
             if budget == 0 || !queue.enable_notification(mem).map_err(&err)? {
-                return Ok(());
+                break Ok(());
             }
-        }
+        };
+        staged.clear();
+        self.tx_staged = staged;
+        result
     }
 
-    /// Parses and sends one transmit chain; `false` if the backend would
-    /// block. A vectored backend gets the frame in place in guest memory
-    /// (`segs`, the pieces), anything else a copy in `tx_buf`.
-    fn send_one<'m, M, I>(
+    /// Parses and checks one transmit chain (appending the frame's pieces
+    /// to `segs`); says what to do with it.
+    #[inline(always)]
+    fn prepare_tx<'m, M, I>(
         &mut self,
         chain: I,
         mem: &'m M,
+        cache: &mut iov::SliceCache<'m, M>,
         segs: &mut Vec<iov::GuestSlice<'m, M>>,
-    ) -> bool
+    ) -> TxStage
     where
         M: GuestMemory + ?Sized,
         I: IntoIterator<Item = crate::Result<Descriptor>>,
     {
-        let vectored = self.backend.vectored();
-        segs.clear();
-        let parsed = if vectored {
-            iov::gather_tx(chain, mem, self.acked, segs)
-        } else {
-            TxPacket::parse(chain, mem, self.acked, &mut self.tx_buf)
-        };
-        let packet = match parsed {
+        let first = segs.len();
+        let packet = match iov::gather_tx(chain, mem, self.acked, cache, segs) {
             Ok(p) => p,
             Err(TxError::Chain(_)) => {
-                self.stats.bad_chains += 1;
-                return true;
+                segs.truncate(first);
+                return TxStage::BadChain;
             }
             Err(_) => {
-                self.stats.tx_malformed += 1;
-                return true;
+                segs.truncate(first);
+                return TxStage::Malformed;
             }
         };
         if let Some(mtu) = self.mtu {
@@ -1176,37 +1274,72 @@ impl<B: NetBackend> Net<B> {
                 && packet.header.gso_type == VIRTIO_NET_HDR_GSO_NONE
                 && packet.frame_len > limit
             {
-                self.stats.tx_malformed += 1;
-                return true;
+                segs.truncate(first);
+                return TxStage::Malformed;
             }
         }
         if !self.link_up {
-            self.stats.tx_dropped_link_down += 1;
-            return true;
+            segs.truncate(first);
+            return TxStage::LinkDown;
         }
         // The header the backend gets: the validated copy.
         let mut h = packet.header;
         h.num_buffers = 0;
-        let hb = h.to_bytes();
-        let header: &[u8] = if self.caps.vnet_hdr { &hb } else { &[] };
-        let end = NET_HDR_LEN + packet.frame_len;
-        // Copied: a frame in more pieces than one system call takes, and a
-        // small one (one `write` from a buffer in cache beats a `writev` of
-        // the header and the frame's pieces; see `iov::IN_PLACE_MIN`).
-        let vectored =
-            vectored && segs.len() < iov::MAX_SLICES && packet.frame_len >= iov::IN_PLACE_MIN;
-        if !vectored {
-            if !segs.is_empty() {
-                iov::copy_out(segs, self.tx_buf.get_mut(NET_HDR_LEN..).unwrap_or(&mut []));
+        TxStage::Send {
+            header: h.to_bytes(),
+            segs: (first, segs.len()),
+            frame_len: packet.frame_len,
+        }
+    }
+
+    /// Sends (or counts as dropped) one prepared chain; `false` if the
+    /// backend would block. A vectored backend gets the frame in place in
+    /// guest memory (`segs`, the pieces), anything else a copy in `tx_buf`.
+    #[inline(always)]
+    fn send_tx<S: vm_memory::bitmap::BitmapSlice>(
+        &mut self,
+        what: &TxStage,
+        segs: &[VolatileSlice<'_, S>],
+    ) -> bool {
+        let (hb, (lo, hi), frame_len) = match what {
+            TxStage::Send {
+                header,
+                segs,
+                frame_len,
+            } => (header, *segs, *frame_len),
+            TxStage::BadChain => {
+                self.stats.bad_chains += 1;
+                return true;
             }
+            TxStage::Malformed => {
+                self.stats.tx_malformed += 1;
+                return true;
+            }
+            TxStage::LinkDown => {
+                self.stats.tx_dropped_link_down += 1;
+                return true;
+            }
+        };
+        let frame = segs.get(lo..hi).unwrap_or(&[]);
+        let header: &[u8] = if self.caps.vnet_hdr { hb } else { &[] };
+        let end = NET_HDR_LEN + frame_len;
+        // Copied: for a backend that does not take pieces, a frame in more
+        // pieces than one system call takes, and a small one (one `write`
+        // from a buffer in cache beats a `writev` of the header and the
+        // frame's pieces; see `iov::IN_PLACE_MIN`).
+        let vectored = self.backend.vectored()
+            && frame.len() < iov::MAX_SLICES
+            && frame_len >= iov::IN_PLACE_MIN;
+        if !vectored {
+            iov::copy_out(frame, self.tx_buf.get_mut(NET_HDR_LEN..).unwrap_or(&mut []));
             if let Some(b) = self.tx_buf.get_mut(..NET_HDR_LEN) {
-                b.copy_from_slice(&hb);
+                b.copy_from_slice(hb);
             }
         }
         let start = NET_HDR_LEN - header.len();
         loop {
             let sent = if vectored {
-                self.backend.send_vectored(header, segs)
+                self.backend.send_vectored(header, frame)
             } else {
                 match self.tx_buf.get(start..end) {
                     Some(bytes) => self.backend.send(bytes),
@@ -1219,7 +1352,7 @@ impl<B: NetBackend> Net<B> {
             match sent {
                 Ok(()) => {
                     self.stats.tx_frames += 1;
-                    self.stats.tx_bytes += packet.frame_len as u64;
+                    self.stats.tx_bytes += frame_len as u64;
                     return true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -1398,6 +1531,7 @@ impl<M: GuestMemory + ?Sized, B: NetBackend> VirtioDevice<M> for Net<B> {
             self.stats.rx_dropped_link_down += 1;
         }
         self.rx_stalled = false;
+        self.rx_direct_skip = 0;
         self.tx_blocked = false;
         // The guest no longer takes offloaded frames.
         let _ = self.backend.set_rx_offloads(0);

@@ -9,6 +9,7 @@ use super::{
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4,
     VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO,
 };
+use crate::mem::SliceCache;
 use crate::Descriptor;
 
 /// The size of the header in front of every packet: with
@@ -132,6 +133,7 @@ pub struct NetHeader {
 
 impl NetHeader {
     /// Decodes the 12 little-endian header bytes.
+    #[inline]
     pub fn from_bytes(b: &[u8; NET_HDR_LEN]) -> Self {
         let le = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         NetHeader {
@@ -146,6 +148,7 @@ impl NetHeader {
     }
 
     /// Encodes the header in its 12-byte little-endian form.
+    #[inline]
     pub fn to_bytes(&self) -> [u8; NET_HDR_LEN] {
         let mut b = [0u8; NET_HDR_LEN];
         b[0] = self.flags;
@@ -398,9 +401,13 @@ impl TxPacket {
 
 /// Writes `data` across the device-writable buffers `descs` (in order),
 /// skipping the first `skip` bytes of their combined space. Returns the
-/// bytes written, or `None` if guest memory refused a write.
-pub(super) fn scatter<M: GuestMemory + ?Sized>(
-    mem: &M,
+/// bytes written, or `None` if guest memory refused a write. `cache` keeps
+/// the region the last buffer was found in, for the whole receive pass: a
+/// buffer in it is written without a region lookup (and marked dirty, as
+/// `write_slice` would).
+pub(super) fn scatter<'m, M: GuestMemory + ?Sized>(
+    mem: &'m M,
+    cache: &mut SliceCache<'m, M>,
     descs: &[Descriptor],
     mut skip: usize,
     mut data: &[u8],
@@ -418,8 +425,11 @@ pub(super) fn scatter<M: GuestMemory + ?Sized>(
         let n = (len - skip).min(data.len());
         let (now, rest) = data.split_at(n);
         // skip < len <= u32::MAX, and addr + len does not wrap (checked by the queue).
-        let addr = GuestAddress(d.addr().0 + skip as u64);
-        mem.write_slice(now, addr).ok()?;
+        let addr = d.addr().0 + skip as u64;
+        match cache.slice(mem, addr, n) {
+            Some(s) => s.copy_from(now),
+            None => mem.write_slice(now, GuestAddress(addr)).ok()?,
+        }
         written += n;
         data = rest;
         skip = 0;

@@ -23,11 +23,11 @@ pub(super) const IN_PLACE_MIN: usize = 4096;
 
 /// A slice of the guest memory `M`.
 pub(super) type GuestSlice<'m, M> = VolatileSlice<'m, BS<'m, <M as GuestMemory>::Bitmap>>;
-use vm_memory::{GuestMemory, Permissions, VolatileSlice};
+use vm_memory::{Bytes, GuestMemory, Permissions, VolatileSlice};
 
 use super::header::{NetHeader, TxError, TxPacket, NET_HDR_LEN};
 use super::{MAX_FRAME_LEN, MIN_FRAME_LEN};
-use crate::mem::SliceCache;
+pub(super) use crate::mem::SliceCache;
 use crate::Descriptor;
 
 /// Appends the guest memory of `d` past `skip` bytes to `out`, as slices
@@ -59,11 +59,15 @@ fn push_range<'m, M: GuestMemory + ?Sized>(
 /// A transmit chain gathered in place: [`TxPacket::parse`]'s checks and
 /// errors, in the same order, without the copy. The frame (the chain past
 /// the header) is appended to `frame` as guest memory slices; the header
-/// is copied out and validated.
+/// is copied out and validated. `cache` remembers the last region a buffer
+/// was found in; the caller keeps it for a whole pass, so that a batch of
+/// frames in one region costs one region lookup, not one per frame (it
+/// borrows `mem`, so it cannot outlive the memory it resolved).
 pub(super) fn gather_tx<'m, M, I>(
     chain: I,
     mem: &'m M,
     features: u64,
+    cache: &mut SliceCache<'m, M>,
     frame: &mut Vec<GuestSlice<'m, M>>,
 ) -> Result<TxPacket, TxError>
 where
@@ -74,7 +78,6 @@ where
     let mut hb = [0u8; NET_HDR_LEN];
     let mut at = 0usize;
     let mut too_long = false;
-    let mut cache = SliceCache::new();
     for d in chain {
         let d = d?;
         if d.is_write_only() {
@@ -93,32 +96,19 @@ where
             addr: d.addr().0,
             source,
         };
-        let first = frame.len();
-        push_range(mem, &mut cache, &d, 0, Permissions::Read, frame).map_err(read_err)?;
         // The header's bytes are copied out; the rest stays in place.
-        let mut i = first;
-        while let Some(s) = frame.get(i).cloned() {
-            let in_header = NET_HDR_LEN.saturating_sub(at).min(s.len());
-            at += s.len();
-            if in_header == 0 {
-                i += 1;
-                continue;
-            }
-            if let Some(dst) = hb.get_mut(at - s.len()..at - s.len() + in_header) {
-                s.copy_to(dst);
-            }
-            match s.offset(in_header) {
-                Ok(rest) if !rest.is_empty() => {
-                    if let Some(slot) = frame.get_mut(i) {
-                        *slot = rest;
-                    }
-                    i += 1;
+        let in_header = NET_HDR_LEN.saturating_sub(at).min(len);
+        if in_header > 0 {
+            let dst = hb.get_mut(at..at + in_header).unwrap_or(&mut []);
+            match cache.slice(mem, d.addr().0, in_header) {
+                Some(s) => {
+                    s.copy_to(dst);
                 }
-                _ => {
-                    frame.remove(i);
-                }
+                None => mem.read_slice(dst, d.addr()).map_err(read_err)?,
             }
         }
+        push_range(mem, cache, &d, in_header, Permissions::Read, frame).map_err(read_err)?;
+        at += len;
     }
     if too_long {
         return Err(TxError::TooLong { max: MAX });

@@ -449,6 +449,23 @@ impl VmShared {
         }
     }
 
+    /// What vCPU `id` will send again after a load of its CPU record, to be answered as
+    /// before: a load makes a vCPU in the middle of an I/O access send it again once
+    /// answered (answered already, with `STATE_IORESP_READY`); not a port write, which Xen
+    /// retired before sending it (a repeat of it is the guest's own).
+    fn replay_after_load(&self, id: u32) -> Option<Replay> {
+        let slot = self.slot(id)?;
+        let state = slot.state();
+        if state == STATE_IOREQ_NONE || retired_port_write(&slot.read()) {
+            return None;
+        }
+        let answered = self.answered.get(id as usize)?.load(Ordering::SeqCst);
+        Some(Replay {
+            request: slot.read(),
+            after: answered + u64::from(state != STATE_IORESP_READY),
+        })
+    }
+
     /// If `request` from vCPU `id` repeats one a load made it send again, forgets the
     /// repeat and returns true: the caller answers it as before.
     pub(crate) fn take_replay(&self, id: u32, request: &RawRequest) -> bool {
@@ -546,10 +563,12 @@ impl VmShared {
         edit: impl FnOnce(&mut HvmHwCpu),
         extra: &[Record],
     ) -> Result<(), StateError> {
-        self.load_records_and(id, base, edit, extra, &[])
+        self.load_records_and(id, base, edit, extra, &[], false)
     }
 
     /// [`Self::load_records`], also loading `domain`: domain-wide records, kept as they are.
+    /// With `id_unchanged` (the caller's `edit` leaves `id`'s record as it is), an access in
+    /// flight on `id` is answered again like the other vCPUs' instead of refusing the load.
     fn load_records_and(
         &self,
         id: u32,
@@ -557,8 +576,9 @@ impl VmShared {
         edit: impl FnOnce(&mut HvmHwCpu),
         extra: &[Record],
         domain: &[Record],
+        id_unchanged: bool,
     ) -> Result<(), StateError> {
-        if self.io_blocks_state_writes(id) {
+        if !id_unchanged && self.io_blocks_state_writes(id) {
             return Err(StateError::IoInFlight { vcpu: id });
         }
         let cpu_len = std::mem::size_of::<HvmHwCpu>();
@@ -596,23 +616,10 @@ impl VmShared {
                 data: record(vcpu)?,
             });
             load.extend(xsave(vcpu)?);
-            // The load makes a vCPU in the middle of an I/O access send it again once
-            // answered (answered already, with STATE_IORESP_READY); not a port write,
-            // which Xen retired before sending it (a repeat of it is the guest's own).
-            if let Some(slot) = self.slot(vcpu) {
-                let state = slot.state();
-                if state != STATE_IOREQ_NONE && !retired_port_write(&slot.read()) {
-                    let answered = self.answered[vcpu as usize].load(Ordering::SeqCst);
-                    let after = answered + u64::from(state != STATE_IORESP_READY);
-                    replays.push((
-                        vcpu,
-                        Replay {
-                            request: slot.read(),
-                            after,
-                        },
-                    ));
-                }
-            }
+            replays.extend(self.replay_after_load(vcpu).map(|r| (vcpu, r)));
+        }
+        if id_unchanged {
+            replays.extend(self.replay_after_load(id).map(|r| (id, r)));
         }
         let mut cpu = match base {
             Some(cpu) => cpu,
@@ -685,14 +692,15 @@ impl VmShared {
                 Err(err) => Some(Err(err)),
             })
             .collect::<Result<_, _>>()?;
-        // One without an I/O access in flight, if any: load_records_and carries the others
-        // and their I/O replays.
+        // One without an I/O access in flight, if any (the others' accesses are answered
+        // again after the load, see `replay_after_load`); else the first, whose record the
+        // load keeps as it is, so its access is answered again too.
         let first = online
             .iter()
             .find(|&&v| self.slot(v).is_none_or(|s| s.state() == STATE_IOREQ_NONE))
             .or(online.first());
         match first {
-            Some(&first) => self.load_records_and(first, None, |_| {}, &[], records),
+            Some(&first) => self.load_records_and(first, None, |_| {}, &[], records, true),
             None => {
                 let Some(hvm) = &self.hvm else {
                     return Err(StateError::Context(

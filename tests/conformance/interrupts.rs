@@ -347,10 +347,45 @@ pub fn the_pit_is_emulated_in_the_hypervisor(hv: &dyn Hypervisor) {
     );
 }
 
+/// The irqchip's state loads while the only vCPU waits for the answer to an MMIO read (as a
+/// running VM's vCPU thread may be at any time), and the guest still gets that answer. On Xen
+/// every load carries each vCPU's CPU record, which makes a vCPU in the middle of an access
+/// send it again; vmkit answers the repeat as before.
+pub fn irqchip_state_loads_while_the_vcpu_waits_for_an_mmio_read(hv: &dyn Hypervisor) {
+    // A dword read at MMIO_ADDR echoed to port 0x80, then MMIO writes; hlt
+    let mut t = crate::common::long_mode_vm_with(
+        hv,
+        VmConfig::default().irqchip(true),
+        snippets::MMIO_ACCESSES,
+    );
+    let answer = 0x5eed_f00du32.to_le_bytes();
+    match t.vcpu.run().unwrap() {
+        VcpuExit::MmioRead { addr, data } => {
+            assert_eq!((addr, data.len()), (common::MMIO_ADDR, 4));
+            data.copy_from_slice(&answer);
+        }
+        other => panic!("expected an MMIO read, got {other:?}"),
+    }
+    // The answer is given on the next run(); until then the read is in flight.
+    let mut state = t.vm.irqchip_state().unwrap();
+    state.ioapic.redirection_table[3] = 0x0001_0000 | 0x33; // masked, vector 0x33
+    t.vm.set_irqchip_state(&state).unwrap();
+    assert_eq!(t.vm.irqchip_state().unwrap(), state);
+    match t.vcpu.run().unwrap() {
+        VcpuExit::IoOut {
+            port: snippets::REPORT_PORT,
+            data,
+            ..
+        } => assert_eq!(data, answer, "the guest read what the host answered"),
+        other => panic!("expected the guest to echo the MMIO value, got {other:?}"),
+    }
+}
+
 crate::scenarios![
     the_pit_is_emulated_in_the_hypervisor => crate::pit,
     pit_state_round_trips => crate::pit,
     irqchip_state_shows_what_the_guest_programmed_and_round_trips => crate::irqchip_state,
+    irqchip_state_loads_while_the_vcpu_waits_for_an_mmio_read => crate::irqchip_state,
     irqchip_and_pit_state_move_to_a_fresh_vm => pit_and_irqchip_state,
     irq_lines_and_msis_reach_the_handler => crate::irqchip,
     irqfd_with_resample_acts_as_a_level_interrupt => crate::irqfd_resample,

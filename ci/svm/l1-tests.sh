@@ -634,9 +634,10 @@ t_net_vhost() {
 # on the same bridge with vhost=off: QEMU's own userspace virtio-net, the same kind of
 # datapath as vmkit's. With VMKIT_SVM_NET_VHOST=1 (~50 s more) also vhost=on, the kernel's
 # vhost-net, and vmkit's boot_linux with its card on vhost-net (--net bridged:benchbr0,vhost).
-# Interleaved rounds in the same L1; the summary gives the medians and the ratios
-# vmkit/QEMU. It fails only if a run fails, never on a number.
-NET_BENCH_ROUNDS=3
+# Interleaved rounds in the same L1 (even rounds in reverse order); the summary gives the
+# medians and the ratios vmkit/QEMU, and each round's ratio of the two legs that ran back to
+# back. It fails only if a run fails, never on a number.
+NET_BENCH_ROUNDS=${VMKIT_SVM_NET_ROUNDS:-3}
 NET_BENCH_SECS=3
 
 # bench_run VMM: one guest of the benchmark under VMM (vmkit, vmkit-vhost, qemu or qemu-vhost).
@@ -664,6 +665,17 @@ median() {
     sort -n "$1" | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+# paired_ratios A B: the throughput ratio A/B of each round in which both legs ran (the two
+# legs of a round run back to back, so they share the host's load more than the medians of
+# all rounds do), and their median.
+paired_ratios() {
+    [ -s "/tmp/nb-$1.byround" ] && [ -s "/tmp/nb-$2.byround" ] || return 0
+    awk 'NR == FNR { a[$1] = $2; next } ($1 in a) && $2 > 0 { printf "%.2f\n", a[$1] / $2 }' \
+        "/tmp/nb-$1.byround" "/tmp/nb-$2.byround" >"/tmp/nb-$1-$2.ratios"
+    [ -s "/tmp/nb-$1-$2.ratios" ] || return 0
+    echo "net-bench: throughput $1/$2 round by round: $(tr '\n' ' ' <"/tmp/nb-$1-$2.ratios")(median $(median "/tmp/nb-$1-$2.ratios"))"
+}
+
 t_net_bench() {
     if [ ! -x /vmkit/bin/boot_linux ]; then
         echo "/vmkit/bin/boot_linux: not built"
@@ -688,7 +700,10 @@ t_net_bench() {
     rm -f /tmp/nb-*
     round=1
     while [ $round -le $NET_BENCH_ROUNDS ]; do
-        for vmm in $vmms; do
+        # Even rounds run the legs in reverse order, so that no datapath always goes first.
+        order=$vmms
+        [ $((round % 2)) -eq 0 ] && order=$(echo "$vmms" | tr ' ' '\n' | tac | tr '\n' ' ')
+        for vmm in $order; do
             start=$(now_ms)
             # L1's view: TCP segments that arrived bad (checksum and others), for a round
             # whose numbers fall out of line.
@@ -709,6 +724,7 @@ t_net_bench() {
                 "L1 TCP InErrs +$(($(snmp Tcp InErrs) - errs)) InCsumErrors +$(($(snmp Tcp InCsumErrors) - csum)) ($(($(now_ms) - start)) ms)"
             echo "$tput" >>"/tmp/nb-$vmm.tput"
             echo "$lat" >>"/tmp/nb-$vmm.rtt"
+            echo "$round $tput" >>"/tmp/nb-$vmm.byround"
         done
         round=$((round + 1))
     done
@@ -724,12 +740,14 @@ t_net_bench() {
     echo "net-bench: guest-to-host TCP over virtio-net, medians of $(wc -l </tmp/nb-vmkit.tput) rounds: ${NET_BENCH_SECS} s stream, 200 1-byte round trips"
     echo "net-bench: throughput vmkit $tv MB/s qemu $tq MB/s ratio $(awk "BEGIN { printf \"%.2f\", $tv / $tq }") (higher is better)"
     echo "net-bench: rtt median vmkit $lv us qemu $lq us ratio $(awk "BEGIN { printf \"%.2f\", $lv / $lq }") (lower is better)"
+    paired_ratios vmkit qemu
     if [ -s /tmp/nb-qemu-vhost.tput ]; then
         th=$(median /tmp/nb-qemu-vhost.tput) lh=$(median /tmp/nb-qemu-vhost.rtt)
         echo "net-bench: qemu vhost=on: throughput $th MB/s (vmkit/vhost $(awk "BEGIN { printf \"%.2f\", $tv / $th }")) rtt $lh us (vmkit/vhost $(awk "BEGIN { printf \"%.2f\", $lv / $lh }"))"
         if [ -s /tmp/nb-vmkit-vhost.tput ]; then
             tk=$(median /tmp/nb-vmkit-vhost.tput) lk=$(median /tmp/nb-vmkit-vhost.rtt)
             echo "net-bench: vmkit vhost: throughput $tk MB/s ratio to qemu vhost=on $(awk "BEGIN { printf \"%.2f\", $tk / $th }") (higher is better), rtt $lk us ratio $(awk "BEGIN { printf \"%.2f\", $lk / $lh }") (lower is better)"
+            paired_ratios vmkit-vhost qemu-vhost
         fi
     fi
     return $bad

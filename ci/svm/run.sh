@@ -21,6 +21,8 @@
 #                              boot_linux: tells an L1/L2 problem from one of vmkit's
 #   VMKIT_SVM_NET_VHOST=1      the network benchmark also times QEMU with vhost-net and
 #                              boot_linux with its card on vhost-net (--net MODE,vhost)
+#   VMKIT_SVM_NET_ROUNDS=n     the network benchmark's rounds (default 3; each round boots
+#                              one guest per datapath, ~20-40 s each)
 #   VMKIT_SVM_DENSITY_GUESTS=n the density benchmark's most guests per VMM (default 3; each
 #                              costs ~10-30 s of L1's one CPU)
 #   VMKIT_SVM_BENCH_ICOUNT=1   run the benchmark in a second L1 whose clock counts executed
@@ -201,6 +203,7 @@ run_l1() {
     [ -n "${VMKIT_BENCH_ROUNDS:-}" ] && append+=" VMKIT_BENCH_ROUNDS=$VMKIT_BENCH_ROUNDS"
     [ -n "${VMKIT_SVM_NET_VMM:-}" ] && append+=" VMKIT_SVM_NET_VMM=$VMKIT_SVM_NET_VMM"
     [ -n "${VMKIT_SVM_NET_VHOST:-}" ] && append+=" VMKIT_SVM_NET_VHOST=$VMKIT_SVM_NET_VHOST"
+    [ -n "${VMKIT_SVM_NET_ROUNDS:-}" ] && append+=" VMKIT_SVM_NET_ROUNDS=$VMKIT_SVM_NET_ROUNDS"
     [ -n "${VMKIT_SVM_DENSITY_GUESTS:-}" ] && append+=" VMKIT_SVM_DENSITY_GUESTS=$VMKIT_SVM_DENSITY_GUESTS"
     local console=$assets/l1-$name.log
     consoles+=("$console.clean")

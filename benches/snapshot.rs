@@ -16,11 +16,12 @@
 //! a sparse file (a full save: each data page at its offset, the length set, holes for the
 //! zero pages; a diff: the dirty pages back to back), then one `fsync`. They print both
 //! medians and the median of the per-round ratios vmkit / plain. `diff_vs_plain` also times
-//! the plain write made as durable as a snapshot: a snapshot is two files (memory, then
-//! state), each written to a temporary file, synced, renamed over its name and followed by a
-//! sync of the directory, so that a crash leaves either the old file or the new one, and
-//! never a state file naming memory that is not on disk; that is four syncs where the plain
-//! write has one, and for a few pages the syncs are nearly all the cost. Both sides write new files:
+//! the plain write made as durable as a snapshot, by hand: a snapshot is a new directory with
+//! two files (memory and state), written under temporary names, synced together, renamed into
+//! place, then the directory and its parent synced, so that a state file never names memory
+//! that is not on disk and the whole snapshot survives a crash once the save returns. That is
+//! three syncs where the plain write has one, and for a few pages the syncs are nearly all
+//! the cost. Both sides write new files:
 //! the last round's are removed untimed, each side's right before its own write (so neither
 //! inherits the writeback of the other's removal), and in `save_vs_plain` the two sides take
 //! turns going first. On a file system mounted with `-o discard`, that
@@ -202,18 +203,20 @@ fn plain_write(
 ) -> Duration {
     let _ = std::fs::remove_file(path);
     let start = Instant::now();
-    plain_write_file(fixture, path, pages, len, offset);
+    plain_write_file(fixture, path, pages, len, offset, true);
     start.elapsed()
 }
 
-/// The work [`plain_write`] times: the pages written to a fresh file, its length set, synced.
+/// The work [`plain_write`] times: the pages written to a fresh file, its length set, and
+/// (if `sync`) the file synced. Returns the file.
 fn plain_write_file(
     fixture: &Fixture,
     path: &Path,
     pages: &[u64],
     len: u64,
     offset: impl Fn(usize, u64) -> u64,
-) {
+    sync: bool,
+) -> File {
     let memory = fixture.vm.memory();
     let mut page = [0u8; 4096];
     let file = File::create(path).unwrap();
@@ -226,35 +229,44 @@ fn plain_write_file(
         file.write_all_at(&page, offset(k, p)).unwrap();
     }
     file.set_len(len).unwrap();
-    file.sync_all().unwrap();
+    if sync {
+        file.sync_all().unwrap();
+    }
+    file
 }
 
-/// [`plain_write`] made as durable as a snapshot (see the module documentation): the pages
-/// into a temporary file, synced, renamed to `path`, the directory synced; then a 4 KiB
-/// second file (standing for the state file) the same way. Returns the time taken; the last
-/// round's files are removed first, untimed (see [`plain_write`]).
+/// [`plain_write`] made as durable as a snapshot (see the module documentation), by hand with
+/// no vmkit code: a new directory `dir` with two files, the pages and a 4 KiB one standing for
+/// the state file, each written under a temporary name; both synced at once (one on a thread
+/// of its own), renamed into place, the directory synced, then its parent (for the new
+/// directory's entry). Returns the time taken; the last round's directory is removed first,
+/// untimed (see [`plain_write`]).
 fn plain_write_durable(
     fixture: &Fixture,
-    path: &Path,
+    dir: &Path,
     pages: &[u64],
     len: u64,
     offset: impl Fn(usize, u64) -> u64,
 ) -> Duration {
-    let dir = File::open(path.parent().unwrap()).unwrap();
-    let tmp = path.with_extension("tmp");
-    let second = path.with_extension("state");
-    let _ = std::fs::remove_file(path);
-    let _ = std::fs::remove_file(&second);
+    let _ = std::fs::remove_dir_all(dir);
     let start = Instant::now();
-    plain_write_file(fixture, &tmp, pages, len, offset);
-    std::fs::rename(&tmp, path).unwrap();
-    dir.sync_all().unwrap();
-    let state = File::create(&tmp).unwrap();
+    std::fs::create_dir(dir).unwrap();
+    let (data_tmp, state_tmp) = (dir.join(".data.tmp"), dir.join(".state.tmp"));
+    let data = plain_write_file(fixture, &data_tmp, pages, len, offset, false);
+    let state = File::create(&state_tmp).unwrap();
     state.write_all_at(&[0x5a; 4096], 0).unwrap();
-    state.sync_all().unwrap();
-    drop(state);
-    std::fs::rename(&tmp, &second).unwrap();
-    dir.sync_all().unwrap();
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| state.sync_data().unwrap());
+        data.sync_data().unwrap();
+        other.join().unwrap();
+    });
+    std::fs::rename(&data_tmp, dir.join("data")).unwrap();
+    std::fs::rename(&state_tmp, dir.join("state")).unwrap();
+    File::open(dir).unwrap().sync_all().unwrap();
+    File::open(dir.parent().unwrap())
+        .unwrap()
+        .sync_all()
+        .unwrap();
     start.elapsed()
 }
 
@@ -378,6 +390,7 @@ fn diff_vs_plain(c: &mut Criterion) {
         let base = root.as_path().join("base");
         let diff = root.as_path().join("diff");
         let plain = root.as_path().join("plain");
+        let durable_dir = root.as_path().join("plain-durable");
         let dirty: Vec<u64> = (0..pages).map(|i| i * 3).collect();
         let pairs = Pairs::default();
         let durable_pairs = Pairs::default();
@@ -412,10 +425,13 @@ fn diff_vs_plain(c: &mut Criterion) {
                         k as u64 * 4096
                     });
                     pairs.push(ours, floor);
-                    let durable =
-                        plain_write_durable(&fixture, &plain, &dirty, pages * 4096, |k, _| {
-                            k as u64 * 4096
-                        });
+                    let durable = plain_write_durable(
+                        &fixture,
+                        &durable_dir,
+                        &dirty,
+                        pages * 4096,
+                        |k, _| k as u64 * 4096,
+                    );
                     durable_pairs.push(ours, durable);
                     total += ours;
                 }
@@ -427,7 +443,7 @@ fn diff_vs_plain(c: &mut Criterion) {
         let _ = std::fs::remove_dir_all(&base);
         let _ = std::fs::remove_dir_all(&diff);
         let _ = std::fs::remove_file(&plain);
-        let _ = std::fs::remove_file(plain.with_extension("state"));
+        let _ = std::fs::remove_dir_all(&durable_dir);
     }
     group.finish();
 }

@@ -22,7 +22,7 @@ use vm_memory::{
     VolatileSlice,
 };
 use vmkit_snapshot::{
-    checksum, write_atomically, Arch, Backend, DiffRegion, Expected, Flags,
+    checksum, Arch, AtomicFiles, AtomicWriteError, Backend, DiffRegion, Expected, Flags,
     MemoryError as MemoryFileError, MemoryWriter, RegionSource, SectionTag, Snapshot, SnapshotId,
     StateError, Writer,
 };
@@ -134,6 +134,17 @@ pub enum SnapshotError {
     /// No random identity could be drawn for a new snapshot.
     #[error("drawing a random snapshot identity from /dev/urandom")]
     Identity(#[source] std::io::Error),
+    /// The snapshot's files, written, could not be put in place durably: a sync, a rename
+    /// or the directory's sync failed (the source says which file and step; see
+    /// [`AtomicFiles::commit`] for what each failure leaves).
+    #[error("putting the snapshot files in place in {}", .dir.display())]
+    Commit {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// The step that failed.
+        #[source]
+        source: AtomicWriteError,
+    },
     /// The snapshot directory could not be created.
     #[error("creating the snapshot directory {}", .path.display())]
     CreateDir {
@@ -262,44 +273,45 @@ impl<'a> Capture<'a> {
         })
     }
 
-    /// Writes the state file; a diff snapshot names its base.
+    /// Writes the state file into `files` (a diff snapshot names its base).
     fn write_state(
         &self,
+        files: &mut AtomicFiles,
         dir: &Path,
         id: SnapshotId,
         base: Option<&Path>,
         devices: impl FnOnce(&mut Writer<&mut File>) -> Result<(), StateError>,
     ) -> Result<(), SnapshotError> {
         let caps = self.hypervisor.capabilities();
-        let state_path = dir.join(STATE_FILE);
-        write_atomically(&state_path, |file| -> Result<(), StateError> {
-            let kind = backend(self.hypervisor.kind());
-            let mut writer = Writer::new(file, Arch::X86_64, kind, digest(caps));
-            writer.set_snapshot_id(id);
-            if let Some(base) = base {
-                writer.set_flags(Flags::DIFF_MEMORY)?;
-                writer.write_section(BASE, 0, VERSION, &base.to_string_lossy())?;
-            }
-            writer.write_section(CONFIG, 0, VERSION, self.config)?;
-            writer.write_section(
-                CAPABILITIES,
-                0,
-                CAPABILITIES_VERSION,
-                &super::CapabilitiesSection::new(caps),
-            )?;
-            writer.write_section(VM_STATE, 0, super::VM_STATE_VERSION, &self.vm_state)?;
-            writer.write_section(MEMORY_LAYOUT, 0, VERSION, &self.layout)?;
-            for state in &self.vcpu_states {
-                writer.write_section(SectionTag::VCPU, state.id, VCPU_VERSION, state)?;
-            }
-            devices(&mut writer)?;
-            writer.finish()?;
-            Ok(())
-        })
-        .map_err(|source| SnapshotError::State {
-            path: state_path.clone(),
-            source,
-        })
+        files
+            .write(STATE_FILE, |file| -> Result<(), StateError> {
+                let kind = backend(self.hypervisor.kind());
+                let mut writer = Writer::new(file, Arch::X86_64, kind, digest(caps));
+                writer.set_snapshot_id(id);
+                if let Some(base) = base {
+                    writer.set_flags(Flags::DIFF_MEMORY)?;
+                    writer.write_section(BASE, 0, VERSION, &base.to_string_lossy())?;
+                }
+                writer.write_section(CONFIG, 0, VERSION, self.config)?;
+                writer.write_section(
+                    CAPABILITIES,
+                    0,
+                    CAPABILITIES_VERSION,
+                    &super::CapabilitiesSection::new(caps),
+                )?;
+                writer.write_section(VM_STATE, 0, super::VM_STATE_VERSION, &self.vm_state)?;
+                writer.write_section(MEMORY_LAYOUT, 0, VERSION, &self.layout)?;
+                for state in &self.vcpu_states {
+                    writer.write_section(SectionTag::VCPU, state.id, VCPU_VERSION, state)?;
+                }
+                devices(&mut writer)?;
+                writer.finish()?;
+                Ok(())
+            })
+            .map_err(|source| SnapshotError::State {
+                path: dir.join(STATE_FILE),
+                source,
+            })
     }
 }
 
@@ -345,9 +357,21 @@ fn guest_sources(
         .collect()
 }
 
-fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
-    std::fs::create_dir_all(dir).map_err(|source| SnapshotError::CreateDir {
-        path: dir.to_path_buf(),
+/// The snapshot directory, created if needed, for the files of one snapshot.
+fn snapshot_files(dir: &Path) -> Result<AtomicFiles, SnapshotError> {
+    AtomicFiles::create_dir(dir).map_err(|e| match e {
+        AtomicWriteError::CreateDir { path, source } => SnapshotError::CreateDir { path, source },
+        other => SnapshotError::Commit {
+            dir: dir.to_path_buf(),
+            source: other,
+        },
+    })
+}
+
+/// Puts the written files of a snapshot in place (see [`AtomicFiles::commit`]).
+fn commit(files: AtomicFiles, dir: &Path) -> Result<(), SnapshotError> {
+    files.commit().map_err(|source| SnapshotError::Commit {
+        dir: dir.to_path_buf(),
         source,
     })
 }
@@ -365,8 +389,13 @@ fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
 /// volatile copies, a few pages at a time into bounded buffers (never as a `&[u8]` over the
 /// mapping), so a save while something still writes guest memory (a running vCPU, a device,
 /// the kernel's vhost-net datapath) is memory-safe but gives a torn snapshot: pages from
-/// different moments, each chunk still matching its checksum. The memory file is written
-/// before the state file, so a state file only ever names complete memory.
+/// different moments, each chunk still matching its checksum.
+///
+/// Both files are written under temporary names, synced together, then renamed into place,
+/// the memory file first, and the directory synced ([`AtomicFiles`]): a state file only ever
+/// names memory that is on disk. A crash between the two renames can leave the new memory
+/// file beside an older state file; both carry the snapshot's identity, and
+/// [`restore`] refuses such a pair ([`SnapshotError::Mismatch`]).
 pub fn save(
     dir: &Path,
     hypervisor: &dyn Hypervisor,
@@ -375,23 +404,24 @@ pub fn save(
     vcpus: &[VcpuState],
     devices: impl FnOnce(&mut Writer<&mut File>) -> Result<(), StateError>,
 ) -> Result<(), SnapshotError> {
-    create_dir(dir)?;
+    let mut files = snapshot_files(dir)?;
     let capture = Capture::take(hypervisor, config, vm, vcpus)?;
     let memory = vm.memory();
     let sources = guest_sources(&memory)?;
     let id = SnapshotId::random().map_err(SnapshotError::Identity)?;
-    let memory_path = dir.join(MEMORY_FILE);
-    write_atomically(&memory_path, |file| {
-        MemoryWriter::new()
-            .with_identity(id, SnapshotId::NONE)
-            .write_full(file, &sources)
-            .map(|_| ())
-    })
-    .map_err(|source| SnapshotError::Memory {
-        path: memory_path.clone(),
-        source,
-    })?;
-    capture.write_state(dir, id, None, devices)
+    files
+        .write(MEMORY_FILE, |file| {
+            MemoryWriter::new()
+                .with_identity(id, SnapshotId::NONE)
+                .write_full(file, &sources)
+                .map(|_| ())
+        })
+        .map_err(|source| SnapshotError::Memory {
+            path: dir.join(MEMORY_FILE),
+            source,
+        })?;
+    capture.write_state(&mut files, dir, id, None, devices)?;
+    commit(files, dir)
 }
 
 /// Tracks the guest pages written since the last snapshot, so that the next snapshot can be a
@@ -478,7 +508,7 @@ impl DiffTracker {
             .header()
             .snapshot_id;
         let id = SnapshotId::random().map_err(SnapshotError::Identity)?;
-        create_dir(dir)?;
+        let mut files = snapshot_files(dir)?;
         let capture = Capture::take(hypervisor, config, vm, vcpus)?;
         self.collect(vm)?;
         let memory = vm.memory();
@@ -501,18 +531,19 @@ impl DiffTracker {
                 dirty_pages,
             })
             .collect();
-        let memory_path = dir.join(MEMORY_FILE);
-        write_atomically(&memory_path, |file| {
-            MemoryWriter::new()
-                .with_identity(id, base_id)
-                .write_diff(file, &diff)
-                .map(|_| ())
-        })
-        .map_err(|source| SnapshotError::Memory {
-            path: memory_path.clone(),
-            source,
-        })?;
-        capture.write_state(dir, id, Some(base), devices)?;
+        files
+            .write(MEMORY_FILE, |file| {
+                MemoryWriter::new()
+                    .with_identity(id, base_id)
+                    .write_diff(file, &diff)
+                    .map(|_| ())
+            })
+            .map_err(|source| SnapshotError::Memory {
+                path: dir.join(MEMORY_FILE),
+                source,
+            })?;
+        capture.write_state(&mut files, dir, id, Some(base), devices)?;
+        commit(files, dir)?;
         // Durably written: only now are these pages no longer owed to a snapshot.
         self.pending.clear();
         Ok(())

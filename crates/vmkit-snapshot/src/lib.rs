@@ -24,7 +24,9 @@
 //! - [`open_regular`]: opens a snapshot file without blocking on a FIFO, and
 //!   refuses anything but a regular file.
 //! - [`write_atomically`]: write to a temporary file, fsync, rename over the
-//!   target, fsync the directory.
+//!   target, fsync the directory; [`AtomicFiles`] does the same for files
+//!   that belong together, with their syncs overlapped and one directory
+//!   sync.
 //! - [`Persist`]: the one trait through which every device saves its state
 //!   (a serde type of its own) and restores it into a fresh device;
 //!   [`Writer::write_device`] and [`Snapshot::read_device`] store it as a
@@ -131,7 +133,7 @@ mod open;
 mod persist;
 pub mod state;
 
-pub use atomic::{write_atomically, AtomicWriteError};
+pub use atomic::{write_atomically, AtomicFiles, AtomicWriteError};
 pub use id::SnapshotId;
 pub use memory::{
     DiffRegion, MemoryError, MemoryFile, MemoryKind, MemoryWriter, RegionInfo, RegionSource,

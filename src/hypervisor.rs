@@ -518,8 +518,9 @@ pub struct VmConfig {
     /// set: all of them (the default), or only the local APICs ([`VmConfig::split_irqchip`]).
     #[serde(default)]
     pub irqchip_kind: IrqchipKind,
-    /// Track dirty pages with per-vCPU rings of this many entries (a power of two) instead of
-    /// bitmaps; see [`DirtyLogMode`](crate::dirty::DirtyLogMode).
+    /// Track dirty pages with per-vCPU rings of this many entries (a power of two, from
+    /// [`VmConfig::MIN_DIRTY_RING_ENTRIES`] to [`Capabilities::dirty_ring_max_entries`])
+    /// instead of bitmaps; see [`DirtyLogMode`](crate::dirty::DirtyLogMode).
     pub dirty_ring: Option<u32>,
 }
 
@@ -570,6 +571,27 @@ impl VmConfig {
             IrqchipKind::Split { ioapic_routes } if self.irqchip => Some(ioapic_routes),
             _ => None,
         }
+    }
+
+    /// The fewest entries a dirty ring ([`VmConfig::dirty_ring`]) may have: one page of KVM's
+    /// 16-byte entries, the least KVM takes. Xen, whose rings are emulated, checks the same.
+    pub const MIN_DIRTY_RING_ENTRIES: u32 = 256;
+
+    /// What is wrong with this configuration's dirty-ring size on a hypervisor whose rings
+    /// hold at most `max_entries`, the same on every backend: it must be a power of two from
+    /// [`MIN_DIRTY_RING_ENTRIES`](Self::MIN_DIRTY_RING_ENTRIES) to `max_entries`. `None` if
+    /// nothing is, or if the configuration asks for no ring.
+    #[cfg_attr(
+        not(any(feature = "kvm", feature = "xen")),
+        expect(dead_code, reason = "only the backends check a configuration")
+    )]
+    pub(crate) fn dirty_ring_problem(&self, max_entries: u32) -> Option<&'static str> {
+        let entries = self.dirty_ring?;
+        let fits = (Self::MIN_DIRTY_RING_ENTRIES..=max_entries).contains(&entries);
+        (!entries.is_power_of_two() || !fits).then_some(
+            "dirty ring entries must be a power of two, at least 256 \
+             (VmConfig::MIN_DIRTY_RING_ENTRIES) and at most Capabilities::dirty_ring_max_entries",
+        )
     }
 
     /// What is wrong with this configuration's split irqchip, the same on every backend that
@@ -795,5 +817,28 @@ pub trait Hypervisor: Send + Sync {
     #[cfg(target_arch = "x86_64")]
     fn msr_index_list(&self) -> Vec<u32> {
         self.capabilities().msrs.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VmConfig;
+
+    #[test]
+    fn dirty_ring_sizes_are_powers_of_two_within_kvm_limits() {
+        let max = 65536;
+        assert_eq!(VmConfig::default().dirty_ring_problem(max), None);
+        for good in [VmConfig::MIN_DIRTY_RING_ENTRIES, 4096, max] {
+            let config = VmConfig::default().dirty_ring(Some(good));
+            assert_eq!(config.dirty_ring_problem(max), None, "{good}");
+        }
+        for bad in [0, 1, 128, 1000, 4095, max * 2, u32::MAX] {
+            let config = VmConfig::default().dirty_ring(Some(bad));
+            let problem = config.dirty_ring_problem(max);
+            assert!(
+                problem.is_some_and(|p| p.contains("power of two")),
+                "{bad}: {problem:?}"
+            );
+        }
     }
 }

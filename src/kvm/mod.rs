@@ -187,15 +187,13 @@ impl Kvm {
         if config.pit && !caps.pit {
             return unsupported("an in-kernel PIT");
         }
-        if let Some(entries) = config.dirty_ring {
+        if config.dirty_ring.is_some() {
             if caps.dirty_ring_max_entries == 0 {
                 return unsupported("dirty rings");
             }
-            if !entries.is_power_of_two() || entries > caps.dirty_ring_max_entries {
-                return invalid(
-                    "dirty ring entries must be a power of two, at most \
-                     Capabilities::dirty_ring_max_entries",
-                );
+            // KVM refuses a ring under one page with a bare EINVAL: say why first.
+            if let Some(problem) = config.dirty_ring_problem(caps.dirty_ring_max_entries) {
+                return invalid(problem);
             }
         }
 

@@ -24,34 +24,3 @@
 /// The largest ring accepted: KVM's own limit (`KVM_DIRTY_RING_MAX_ENTRIES`), so that a VM
 /// configured on Xen also fits a KVM host. Nothing on Xen depends on the size.
 pub(crate) const MAX_ENTRIES: u32 = 65536;
-
-/// The smallest ring accepted: one page of KVM's 16-byte entries, the least KVM takes.
-pub(crate) const MIN_ENTRIES: u32 = 256;
-
-/// Checks a ring size as KVM does: a power of two, from [`MIN_ENTRIES`] to [`MAX_ENTRIES`].
-pub(crate) fn check(entries: u32) -> Result<(), &'static str> {
-    if entries.is_power_of_two() && (MIN_ENTRIES..=MAX_ENTRIES).contains(&entries) {
-        Ok(())
-    } else {
-        Err(
-            "dirty ring entries must be a power of two, at least 256 and at most \
-             Capabilities::dirty_ring_max_entries",
-        )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_are_powers_of_two_within_kvm_limits() {
-        for good in [MIN_ENTRIES, 4096, MAX_ENTRIES] {
-            assert_eq!(check(good), Ok(()), "{good}");
-        }
-        for bad in [0, 1, 128, 1000, 4095, MAX_ENTRIES * 2, u32::MAX] {
-            let err = check(bad).unwrap_err();
-            assert!(err.contains("power of two"), "{bad}: {err}");
-        }
-    }
-}

@@ -172,13 +172,14 @@ impl XenVm {
         if config.irqchip && kind == DomainKind::Pv {
             return unsupported("an in-kernel irqchip in a PV domain (PV has no emulation)");
         }
-        if let Some(entries) = config.dirty_ring {
+        if config.dirty_ring.is_some() {
             // Emulated over log-dirty mode (see `dirtyring`), which needs a PVH domain.
             if kind == DomainKind::Pv {
                 return unsupported("dirty rings in a PV domain (no log-dirty mode there)");
             }
-            super::dirtyring::check(entries)
-                .map_err(|reason| HypervisorError::InvalidConfig { reason })?;
+            if let Some(reason) = config.dirty_ring_problem(super::dirtyring::MAX_ENTRIES) {
+                return Err(HypervisorError::InvalidConfig { reason });
+            }
         }
         let os = |err: XenCallError| HypervisorError::Os {
             op: err.op,

@@ -273,15 +273,28 @@ impl<'a> Capture<'a> {
         })
     }
 
-    /// Writes the state file into `files` (a diff snapshot names its base).
-    fn write_state(
+    /// Writes the snapshot into `dir`: the memory file (`memory` fills it, given a writer that
+    /// carries the identities), then the state file (a diff's names its base), then puts both
+    /// in place ([`AtomicFiles::commit`]).
+    fn write(
         &self,
-        files: &mut AtomicFiles,
+        mut files: AtomicFiles,
         dir: &Path,
         id: SnapshotId,
-        base: Option<&Path>,
+        base: Option<(&Path, SnapshotId)>,
+        memory: impl FnOnce(MemoryWriter, &mut File) -> Result<(), MemoryFileError>,
         devices: impl FnOnce(&mut Writer<&mut File>) -> Result<(), StateError>,
     ) -> Result<(), SnapshotError> {
+        let base_id = base.map_or(SnapshotId::NONE, |(_, base_id)| base_id);
+        files
+            .write(MEMORY_FILE, |file| {
+                memory(MemoryWriter::new().with_identity(id, base_id), file)
+            })
+            .map_err(|source| SnapshotError::Memory {
+                path: dir.join(MEMORY_FILE),
+                source,
+            })?;
+        let base = base.map(|(path, _)| path);
         let caps = self.hypervisor.capabilities();
         files
             .write(STATE_FILE, |file| -> Result<(), StateError> {
@@ -311,7 +324,8 @@ impl<'a> Capture<'a> {
             .map_err(|source| SnapshotError::State {
                 path: dir.join(STATE_FILE),
                 source,
-            })
+            })?;
+        commit(files, dir)
     }
 }
 
@@ -404,24 +418,14 @@ pub fn save(
     vcpus: &[VcpuState],
     devices: impl FnOnce(&mut Writer<&mut File>) -> Result<(), StateError>,
 ) -> Result<(), SnapshotError> {
-    let mut files = snapshot_files(dir)?;
+    let files = snapshot_files(dir)?;
     let capture = Capture::take(hypervisor, config, vm, vcpus)?;
     let memory = vm.memory();
     let sources = guest_sources(&memory)?;
     let id = SnapshotId::random().map_err(SnapshotError::Identity)?;
-    files
-        .write(MEMORY_FILE, |file| {
-            MemoryWriter::new()
-                .with_identity(id, SnapshotId::NONE)
-                .write_full(file, &sources)
-                .map(|_| ())
-        })
-        .map_err(|source| SnapshotError::Memory {
-            path: dir.join(MEMORY_FILE),
-            source,
-        })?;
-    capture.write_state(&mut files, dir, id, None, devices)?;
-    commit(files, dir)
+    let memory_file =
+        |writer: MemoryWriter, file: &mut File| writer.write_full(file, &sources).map(|_| ());
+    capture.write(files, dir, id, None, memory_file, devices)
 }
 
 /// Tracks the guest pages written since the last snapshot, so that the next snapshot can be a
@@ -508,7 +512,7 @@ impl DiffTracker {
             .header()
             .snapshot_id;
         let id = SnapshotId::random().map_err(SnapshotError::Identity)?;
-        let mut files = snapshot_files(dir)?;
+        let files = snapshot_files(dir)?;
         let capture = Capture::take(hypervisor, config, vm, vcpus)?;
         self.collect(vm)?;
         let memory = vm.memory();
@@ -531,19 +535,9 @@ impl DiffTracker {
                 dirty_pages,
             })
             .collect();
-        files
-            .write(MEMORY_FILE, |file| {
-                MemoryWriter::new()
-                    .with_identity(id, base_id)
-                    .write_diff(file, &diff)
-                    .map(|_| ())
-            })
-            .map_err(|source| SnapshotError::Memory {
-                path: dir.join(MEMORY_FILE),
-                source,
-            })?;
-        capture.write_state(&mut files, dir, id, Some(base), devices)?;
-        commit(files, dir)?;
+        let memory_file =
+            |writer: MemoryWriter, file: &mut File| writer.write_diff(file, &diff).map(|_| ());
+        capture.write(files, dir, id, Some((base, base_id)), memory_file, devices)?;
         // Durably written: only now are these pages no longer owed to a snapshot.
         self.pending.clear();
         Ok(())

@@ -149,8 +149,9 @@ struct Staged {
 /// syncs as that allows.
 ///
 /// [`write`](Self::write) fills each new file under a temporary name;
-/// [`commit`](Self::commit) then syncs them all (each on its own thread, so
-/// that the disk sees their writes and cache flushes together), renames them
+/// [`commit`](Self::commit) then syncs them all (all but the first on a
+/// thread of their own, so that the disk sees their writes and cache
+/// flushes together), renames them
 /// over their names in the order they were written, and syncs the directory
 /// once. Against [`write_atomically`] for each file in turn, that saves a
 /// directory sync per file and lets the file syncs overlap: for a 64 KiB
@@ -315,13 +316,10 @@ fn sync_all_at_once(staged: &[Staged]) -> Result<(), AtomicWriteError> {
         }
         let mut result = here.into_iter().try_for_each(sync);
         for handle in threads {
-            // A panicking sync thread (it cannot: `sync_data` returns errors) counts as failed.
-            let joined = handle.join().unwrap_or_else(|_| {
-                Err(AtomicWriteError::Sync {
-                    path: PathBuf::from("(sync thread)"),
-                    source: io::Error::other("the sync thread panicked"),
-                })
-            });
+            // `sync_data` returns its errors; a panic there would be a bug, passed on as such.
+            let joined = handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             result = result.and(joined);
         }
         result

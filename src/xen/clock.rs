@@ -133,13 +133,11 @@ impl VmShared {
         })
     }
 
-    /// Sets the TSC of every vCPU of `vcpus` to `ns` of guest time, in one load. Refused
-    /// while one of them has an I/O access in flight that a load would disturb (see
-    /// `VmShared::io_blocks_state_writes`).
+    /// Sets the TSC of every vCPU of `vcpus` to `ns` of guest time, in one load. The load
+    /// changes nothing else of their records, so a vCPU in the middle of an I/O access (an
+    /// MMIO or port read, a string access), which the load makes send it again, gets the
+    /// same answer again (`VmShared::replay_after_load`), as for the irqchip's state.
     pub(crate) fn set_guest_time(&self, vcpus: &[u32], ns: u64) -> Result<(), StateError> {
-        if let Some(&vcpu) = vcpus.iter().find(|&&id| self.io_blocks_state_writes(id)) {
-            return Err(StateError::IoInFlight { vcpu });
-        }
         self.with_context(vcpus, |vm, records| {
             let tsc = ns_to_ticks(ns, gtsc_khz(&records)?);
             let mut load = Vec::new();
@@ -164,8 +162,13 @@ impl VmShared {
                     _ => {}
                 }
             }
+            let replays = vcpus
+                .iter()
+                .filter_map(|&vcpu| vm.replay_after_load(vcpu).map(|r| (vcpu, r)))
+                .collect();
             let mut buf = context::build(&load);
             vm.xc().set_hvm_context(vm.domid, &mut buf)?;
+            vm.expect_replays(replays);
             Ok(())
         })
     }

@@ -452,8 +452,9 @@ impl VmShared {
     /// What vCPU `id` will send again after a load of its CPU record, to be answered as
     /// before: a load makes a vCPU in the middle of an I/O access send it again once
     /// answered (answered already, with `STATE_IORESP_READY`); not a port write, which Xen
-    /// retired before sending it (a repeat of it is the guest's own).
-    fn replay_after_load(&self, id: u32) -> Option<Replay> {
+    /// retired before sending it (a repeat of it is the guest's own). Read it with the
+    /// domain paused, before the load; then hand it to [`Self::expect_replays`].
+    pub(crate) fn replay_after_load(&self, id: u32) -> Option<Replay> {
         let slot = self.slot(id)?;
         let state = slot.state();
         if state == STATE_IOREQ_NONE || retired_port_write(&slot.read()) {
@@ -464,6 +465,22 @@ impl VmShared {
             request: slot.read(),
             after: answered + u64::from(state != STATE_IORESP_READY),
         })
+    }
+
+    /// Records, after a load, the accesses it makes vCPUs send again (from
+    /// [`Self::replay_after_load`]), so that each repeat is answered as before.
+    pub(crate) fn expect_replays(&self, replays: Vec<(u32, Replay)>) {
+        let mut pending = lock(&self.replays);
+        for (vcpu, replay) in replays {
+            trace!(
+                "d{} vCPU {vcpu}: will answer {} again",
+                self.domid,
+                replay.request
+            );
+            if let Some(slot) = pending.get_mut(vcpu as usize) {
+                *slot = Some(replay);
+            }
+        }
     }
 
     /// If `request` from vCPU `id` repeats one a load made it send again, forgets the
@@ -666,15 +683,7 @@ impl VmShared {
         load.extend(domain.iter().cloned());
         let mut buf = context::build(&load);
         self.xc().set_hvm_context(self.domid, &mut buf)?;
-        let mut pending = lock(&self.replays);
-        for (vcpu, replay) in replays {
-            trace!(
-                "d{} vCPU {vcpu}: will answer {} again",
-                self.domid,
-                replay.request
-            );
-            pending[vcpu as usize] = Some(replay);
-        }
+        self.expect_replays(replays);
         Ok(())
     }
 }

@@ -76,8 +76,9 @@
 //!   Xen writes their answer into the vCPU or emulates the instruction again on the next
 //!   `run()`, and a write cancels that emulation. So
 //!   `Capabilities::state_writes_mid_io` holds for port writes only. Loads of the VM's
-//!   own state (the irqchip's, the PIT's) go through whatever the vCPUs are doing: they
-//!   keep every vCPU's record as it is, and an access in flight is answered again.
+//!   own state (the irqchip's, the PIT's, the clock's) go through whatever the vCPUs are
+//!   doing: they keep every vCPU's record as it is (the clock's moves only the TSC), and
+//!   an access in flight is answered again.
 //! - A kick that finds the vCPU running first waits a little for its next I/O request
 //!   (four times its recent answer-to-request time, 1 to 50 ms) and, if it comes, serves
 //!   it: a request that needs the VMM is this `run()`'s exit and the kick ends the next

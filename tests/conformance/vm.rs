@@ -237,6 +237,38 @@ pub fn clock_can_be_read_and_moved_forward(hv: &dyn Hypervisor) {
     }
 }
 
+/// Moving the VM's clock between an MMIO-read exit and the next `run()`, while the read is in
+/// flight, keeps the read: the guest gets the answer. (On Xen the clock is each vCPU's TSC,
+/// set by loading its CPU record, and the load makes the vCPU send its read again.)
+pub fn the_clock_moves_while_the_vcpu_waits_for_an_mmio_read(hv: &dyn Hypervisor) {
+    // A dword read at MMIO_ADDR echoed to port 0x80, then MMIO writes; hlt
+    let mut t = crate::common::long_mode_vm_with(hv, VmConfig::default(), snippets::MMIO_ACCESSES);
+    let answer = 0x0c10_c4edu32.to_le_bytes();
+    match t.vcpu.run().unwrap() {
+        VcpuExit::MmioRead { addr, data } => {
+            assert_eq!((addr, data.len()), (crate::common::MMIO_ADDR, 4));
+            data.copy_from_slice(&answer);
+        }
+        other => panic!("expected an MMIO read, got {other:?}"),
+    }
+    // The answer is given on the next run(); until then the read is in flight.
+    let target = t.vm.clock().unwrap().ns + 3_600_000_000_000; // an hour ahead
+    t.vm.set_clock(&vmkit::ClockState {
+        ns: target,
+        stable: false,
+    })
+    .unwrap();
+    assert!(t.vm.clock().unwrap().ns >= target);
+    match t.vcpu.run().unwrap() {
+        VcpuExit::IoOut {
+            port: snippets::REPORT_PORT,
+            data,
+            ..
+        } => assert_eq!(data, answer, "the guest read what the host answered"),
+        other => panic!("expected the guest to echo the MMIO value, got {other:?}"),
+    }
+}
+
 pub fn capabilities_serialize_and_compare(hv: &dyn Hypervisor) {
     let caps = hv.capabilities().clone();
     assert!(caps.irqfd && caps.ioeventfd && caps.msi && caps.gsi_routing && caps.clock);
@@ -283,5 +315,6 @@ crate::scenarios![
     read_only_region_turns_guest_writes_into_mmio_exits => crate::read_only_memory,
     dirty_logging_regions_track_vmm_writes => crate::dirty_log,
     clock_can_be_read_and_moved_forward => crate::clock,
+    the_clock_moves_while_the_vcpu_waits_for_an_mmio_read => crate::clock,
     capabilities_serialize_and_compare => crate::interrupt_plumbing_and_clock,
 ];

@@ -60,6 +60,36 @@ pub fn long_mode_vm_with(hypervisor: &dyn Hypervisor, config: VmConfig, code: &[
     TestVm { vm, vcpu }
 }
 
+/// Runs `vcpu`, about to run `vmkit_guests::snippets::MMIO_ACCESSES`, to the guest's dword
+/// read at [`MMIO_ADDR`] and answers it with `answer`. The guest gets the answer on the next
+/// `run()`; until then the read is in flight.
+pub fn answer_the_mmio_read(vcpu: &mut dyn Vcpu, answer: u32) {
+    match vcpu.run().unwrap() {
+        VcpuExit::MmioRead { addr, data } => {
+            assert_eq!((addr, data.len()), (MMIO_ADDR, 4));
+            data.copy_from_slice(&answer.to_le_bytes());
+        }
+        other => panic!("expected an MMIO read, got {other:?}"),
+    }
+}
+
+/// Runs `vcpu`, after [`answer_the_mmio_read`], to the guest's echo of the value it read on
+/// `snippets::REPORT_PORT`, and checks that the echo is `answer`.
+pub fn expect_the_echo(vcpu: &mut dyn Vcpu, answer: u32) {
+    match vcpu.run().unwrap() {
+        VcpuExit::IoOut {
+            port: vmkit_guests::snippets::REPORT_PORT,
+            data,
+            ..
+        } => assert_eq!(
+            data,
+            answer.to_le_bytes(),
+            "the guest read what the host answered"
+        ),
+        other => panic!("expected the guest to echo the MMIO value, got {other:?}"),
+    }
+}
+
 /// The CPU vendor string the guest sees in CPUID leaf 0 (EBX, EDX, ECX).
 pub fn cpu_vendor(hypervisor: &dyn Hypervisor) -> [u8; 12] {
     let leaf0 = hypervisor

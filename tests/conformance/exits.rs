@@ -148,27 +148,8 @@ pub fn mmio_reads_and_writes(hv: &dyn Hypervisor) {
     // MMIO_ADDR + 8, + 16 and + 3; hlt
     let code = snippets::MMIO_ACCESSES;
     let mut t = long_mode_vm(hv, code);
-    match t.vcpu.run().unwrap() {
-        VcpuExit::MmioRead { addr, data } => {
-            assert_eq!((addr, data.len()), (MMIO_ADDR, 4));
-            data.copy_from_slice(&0xcafe_f00du32.to_le_bytes());
-        }
-        other => panic!("expected an MMIO read, got {other:?}"),
-    }
-    match t.vcpu.run().unwrap() {
-        VcpuExit::IoOut {
-            port: REPORT_PORT,
-            data,
-            ..
-        } => {
-            assert_eq!(
-                data,
-                0xcafe_f00du32.to_le_bytes(),
-                "the guest read what the host answered"
-            )
-        }
-        other => panic!("expected the guest to echo the MMIO value, got {other:?}"),
-    }
+    crate::common::answer_the_mmio_read(t.vcpu.as_mut(), 0xcafe_f00d);
+    crate::common::expect_the_echo(t.vcpu.as_mut(), 0xcafe_f00d);
     let writes: [(u64, &[u8]); 3] = [
         (
             MMIO_ADDR + snippets::MMIO_DWORD_OFFSET,

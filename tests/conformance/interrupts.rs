@@ -358,27 +358,14 @@ pub fn irqchip_state_loads_while_the_vcpu_waits_for_an_mmio_read(hv: &dyn Hyperv
         VmConfig::default().irqchip(true),
         snippets::MMIO_ACCESSES,
     );
-    let answer = 0x5eed_f00du32.to_le_bytes();
-    match t.vcpu.run().unwrap() {
-        VcpuExit::MmioRead { addr, data } => {
-            assert_eq!((addr, data.len()), (common::MMIO_ADDR, 4));
-            data.copy_from_slice(&answer);
-        }
-        other => panic!("expected an MMIO read, got {other:?}"),
-    }
+    let answer = 0x5eed_f00d;
+    common::answer_the_mmio_read(t.vcpu.as_mut(), answer);
     // The answer is given on the next run(); until then the read is in flight.
     let mut state = t.vm.irqchip_state().unwrap();
     state.ioapic.redirection_table[3] = 0x0001_0000 | 0x33; // masked, vector 0x33
     t.vm.set_irqchip_state(&state).unwrap();
     assert_eq!(t.vm.irqchip_state().unwrap(), state);
-    match t.vcpu.run().unwrap() {
-        VcpuExit::IoOut {
-            port: snippets::REPORT_PORT,
-            data,
-            ..
-        } => assert_eq!(data, answer, "the guest read what the host answered"),
-        other => panic!("expected the guest to echo the MMIO value, got {other:?}"),
-    }
+    common::expect_the_echo(t.vcpu.as_mut(), answer);
 }
 
 crate::scenarios![

@@ -243,15 +243,8 @@ pub fn clock_can_be_read_and_moved_forward(hv: &dyn Hypervisor) {
 pub fn the_clock_moves_while_the_vcpu_waits_for_an_mmio_read(hv: &dyn Hypervisor) {
     // A dword read at MMIO_ADDR echoed to port 0x80, then MMIO writes; hlt
     let mut t = crate::common::long_mode_vm_with(hv, VmConfig::default(), snippets::MMIO_ACCESSES);
-    let answer = 0x0c10_c4edu32.to_le_bytes();
-    match t.vcpu.run().unwrap() {
-        VcpuExit::MmioRead { addr, data } => {
-            assert_eq!((addr, data.len()), (crate::common::MMIO_ADDR, 4));
-            data.copy_from_slice(&answer);
-        }
-        other => panic!("expected an MMIO read, got {other:?}"),
-    }
-    // The answer is given on the next run(); until then the read is in flight.
+    let answer = 0x0c10_c4ed;
+    crate::common::answer_the_mmio_read(t.vcpu.as_mut(), answer);
     let target = t.vm.clock().unwrap().ns + 3_600_000_000_000; // an hour ahead
     t.vm.set_clock(&vmkit::ClockState {
         ns: target,
@@ -259,14 +252,7 @@ pub fn the_clock_moves_while_the_vcpu_waits_for_an_mmio_read(hv: &dyn Hypervisor
     })
     .unwrap();
     assert!(t.vm.clock().unwrap().ns >= target);
-    match t.vcpu.run().unwrap() {
-        VcpuExit::IoOut {
-            port: snippets::REPORT_PORT,
-            data,
-            ..
-        } => assert_eq!(data, answer, "the guest read what the host answered"),
-        other => panic!("expected the guest to echo the MMIO value, got {other:?}"),
-    }
+    crate::common::expect_the_echo(t.vcpu.as_mut(), answer);
 }
 
 pub fn capabilities_serialize_and_compare(hv: &dyn Hypervisor) {

@@ -72,7 +72,8 @@
 //!
 //! [`MemoryWriter`] writes into a [`File`] with positioned writes, leaves zero
 //! pages as holes and sets the final length with `set_len`. It does not
-//! `fsync`; wrap it in [`write_atomically`](crate::write_atomically). It reads
+//! `fsync`; wrap it in [`write_atomically`](crate::write_atomically), or in
+//! [`AtomicFiles`](crate::AtomicFiles) with the files saved beside it. It reads
 //! each region from a [`RegionSource`] 32 KiB at a time into a small buffer of
 //! its own, checksums and scans that copy while it is in the CPU's cache, and
 //! copies only the non-zero pages on into a chunk-sized buffer the writes go
